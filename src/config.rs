@@ -1,0 +1,377 @@
+//! Typed configuration. Layers, later wins: built-in defaults < TOML file
+//! (`--config FILE` or `ENGRAM_CONFIG`) < `ENGRAM_*` environment variables.
+//!
+//! Invariant: a [`Config`] that exists is valid. Every check happens once in
+//! [`Config::load`]; a bad value stops start-up with a message naming the key
+//! (as both TOML key and env var) and what is allowed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// The embedder that turns text into vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderKind {
+    /// Offline feature hashing; deterministic, no network.
+    Hash,
+    /// An OpenAI-compatible embeddings endpoint.
+    Openai,
+}
+
+/// The extractor that turns messages into facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtractorKind {
+    /// No LLM: each message is stored as said.
+    Verbatim,
+    /// An OpenAI-compatible chat model extracts atomic facts.
+    Llm,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `sqlite://PATH` (default: `engram.db` under the XDG data dir).
+    pub database_url: String,
+    /// `redis://...`; `None` runs without a cache.
+    pub cache_url: Option<String>,
+    pub embedder: EmbedderKind,
+    pub embedding_model: Option<String>,
+    pub embedding_dims: usize,
+    pub extractor: ExtractorKind,
+    pub llm_model: String,
+    /// The user an omitted `user_id` means.
+    pub default_user: String,
+    /// Cosine similarity at or above which a new memory counts as already known.
+    pub dedup_threshold: f32,
+    /// Largest accepted text, query or conversation, in bytes.
+    pub max_text_bytes: usize,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for engram: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} (env {env}): {message}")]
+    Invalid {
+        key: &'static str,
+        env: String,
+        message: String,
+    },
+    #[error(
+        "no data directory found for the default database; set ENGRAM_DATABASE_URL=sqlite://PATH"
+    )]
+    NoDataDir,
+}
+
+/// The file layer: every key optional, unknown keys refused (typos fail loudly).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    cache_url: Option<String>,
+    embedder: Option<String>,
+    embedding_model: Option<String>,
+    embedding_dims: Option<i64>,
+    extractor: Option<String>,
+    llm_model: Option<String>,
+    default_user: Option<String>,
+    dedup_threshold: Option<f64>,
+    max_text_bytes: Option<i64>,
+}
+
+pub const DEFAULT_EMBEDDING_DIMS: usize = 384;
+pub const DEFAULT_DEDUP_THRESHOLD: f32 = 0.9;
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 32 * 1024;
+pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
+pub const DEFAULT_USER: &str = "default";
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file_cfg = match file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let layer = Layers {
+            file: file_cfg,
+            env,
+        };
+
+        let database_url = match layer.string("database_url") {
+            Some(url) => validate_database_url(url)?,
+            None => default_database_url()?,
+        };
+        let cache_url = layer.string("cache_url").filter(|s| !s.trim().is_empty());
+        if let Some(url) = &cache_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "cache_url",
+                format!("'{url}' is not a redis:// or rediss:// URL"),
+            ));
+        }
+
+        let embedder = layer.choice("embedder", EmbedderKind::Hash, &["hash", "openai"])?;
+        let extractor = layer.choice("extractor", ExtractorKind::Verbatim, &["verbatim", "llm"])?;
+        let embedding_dims = layer.number("embedding_dims", DEFAULT_EMBEDDING_DIMS as i64)?;
+        if !(8..=8192).contains(&embedding_dims) {
+            return Err(invalid(
+                "embedding_dims",
+                format!("{embedding_dims} is out of range; allowed 8..=8192 (default 384)"),
+            ));
+        }
+        let dedup_threshold = layer.float("dedup_threshold", f64::from(DEFAULT_DEDUP_THRESHOLD))?;
+        if !(0.0..=1.0).contains(&dedup_threshold) || dedup_threshold == 0.0 {
+            return Err(invalid(
+                "dedup_threshold",
+                format!("{dedup_threshold} is out of range; allowed (0, 1], default 0.9"),
+            ));
+        }
+        let max_text_bytes = layer.number("max_text_bytes", DEFAULT_MAX_TEXT_BYTES as i64)?;
+        if !(1..=16 * 1024 * 1024).contains(&max_text_bytes) {
+            return Err(invalid(
+                "max_text_bytes",
+                format!("{max_text_bytes} is out of range; allowed 1..=16777216 (default 32768)"),
+            ));
+        }
+        let default_user = layer
+            .string("default_user")
+            .unwrap_or_else(|| DEFAULT_USER.to_owned());
+        let default_user = crate::model::validate_id("default_user", &default_user)
+            .map_err(|e| invalid("default_user", e.to_string()))?;
+
+        Ok(Self {
+            database_url,
+            cache_url,
+            embedder,
+            embedding_model: layer.string("embedding_model"),
+            embedding_dims: embedding_dims as usize,
+            extractor,
+            llm_model: layer
+                .string("llm_model")
+                .unwrap_or_else(|| DEFAULT_LLM_MODEL.to_owned()),
+            default_user,
+            dedup_threshold: dedup_threshold as f32,
+            max_text_bytes: max_text_bytes as usize,
+        })
+    }
+}
+
+/// Reads one key from env first, then the file.
+struct Layers<'a> {
+    file: FileConfig,
+    env: &'a HashMap<String, String>,
+}
+
+impl Layers<'_> {
+    fn env(&self, key: &str) -> Option<&String> {
+        self.env.get(&env_name(key))
+    }
+
+    fn string(&self, key: &'static str) -> Option<String> {
+        if let Some(v) = self.env(key) {
+            return Some(v.clone());
+        }
+        match key {
+            "database_url" => self.file.database_url.clone(),
+            "cache_url" => self.file.cache_url.clone(),
+            "embedder" => self.file.embedder.clone(),
+            "embedding_model" => self.file.embedding_model.clone(),
+            "extractor" => self.file.extractor.clone(),
+            "llm_model" => self.file.llm_model.clone(),
+            "default_user" => self.file.default_user.clone(),
+            _ => None,
+        }
+    }
+
+    fn choice<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &'static str,
+        default: T,
+        allowed: &[&str],
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = self.string(key) else {
+            return Ok(default);
+        };
+        let value = raw.trim().to_ascii_lowercase();
+        serde_json::from_value(serde_json::Value::String(value)).map_err(|_| {
+            invalid(
+                key,
+                format!("'{raw}' is not one of: {}", allowed.join(", ")),
+            )
+        })
+    }
+
+    fn number(&self, key: &'static str, default: i64) -> Result<i64, ConfigError> {
+        if let Some(raw) = self.env(key) {
+            return parse(key, raw, "an integer");
+        }
+        let file = match key {
+            "embedding_dims" => self.file.embedding_dims,
+            "max_text_bytes" => self.file.max_text_bytes,
+            _ => None,
+        };
+        Ok(file.unwrap_or(default))
+    }
+
+    fn float(&self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+        if let Some(raw) = self.env(key) {
+            return parse(key, raw, "a number");
+        }
+        let file = match key {
+            "dedup_threshold" => self.file.dedup_threshold,
+            _ => None,
+        };
+        Ok(file.unwrap_or(default))
+    }
+}
+
+fn parse<T: FromStr>(key: &'static str, raw: &str, what: &str) -> Result<T, ConfigError> {
+    raw.trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("'{raw}' is not {what}")))
+}
+
+fn env_name(key: &str) -> String {
+    format!("ENGRAM_{}", key.to_ascii_uppercase())
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        env: env_name(key),
+        message: message.into(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn validate_database_url(url: String) -> Result<String, ConfigError> {
+    let url = url.trim().to_owned();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(invalid(
+                "database_url",
+                "sqlite:// needs a file path, e.g. sqlite:///var/lib/engram/engram.db",
+            ));
+        }
+        return Ok(url);
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(invalid(
+            "database_url",
+            "the PostgreSQL store is not part of this build yet; use sqlite://PATH",
+        ));
+    }
+    Err(invalid(
+        "database_url",
+        format!("'{url}' is not supported; use sqlite://PATH"),
+    ))
+}
+
+fn default_database_url() -> Result<String, ConfigError> {
+    let dir = dirs::data_dir().ok_or(ConfigError::NoDataDir)?;
+    Ok(format!(
+        "sqlite://{}",
+        dir.join("engram").join("engram.db").display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("engram.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"sqlite:///tmp/a.db\"\nembedding_dims = 128\ndefault_user = \"filey\"\n",
+        )
+        .unwrap();
+
+        let cfg = Config::load_from(Some(&file), &env(&[("ENGRAM_DEFAULT_USER", "envy")])).unwrap();
+        assert_eq!(cfg.database_url, "sqlite:///tmp/a.db");
+        assert_eq!(cfg.embedding_dims, 128);
+        assert_eq!(cfg.default_user, "envy");
+        assert_eq!(cfg.dedup_threshold, 0.9);
+        assert_eq!(cfg.max_text_bytes, 32 * 1024);
+        assert_eq!(cfg.embedder, EmbedderKind::Hash);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_choices() {
+        let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDER", "bert")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ENGRAM_EMBEDDER") && err.contains("hash, openai"),
+            "{err}"
+        );
+
+        let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_DIMS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("embedding_dims") && err.contains("integer"),
+            "{err}"
+        );
+
+        let err = Config::load_from(None, &env(&[("ENGRAM_DEDUP_THRESHOLD", "1.5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dedup_threshold"), "{err}");
+
+        let err = Config::load_from(None, &env(&[("ENGRAM_DATABASE_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sqlite://"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("engram.toml");
+        std::fs::write(&file, "embeder = \"hash\"\n").unwrap();
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("embeder"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! A user's memories as text an LLM can use: the `user_context` profile and
+//! the `with_memory` system prompt built from it. One template, shared by the
+//! MCP tool, resource and prompt.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::model::Memory;
+
+/// A compact profile of one user's memories.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct UserContext {
+    pub user_id: String,
+    /// The memories below as a bulleted list, ready for a system prompt.
+    pub context: String,
+    /// Most recent first.
+    pub memories: Vec<Memory>,
+    /// How many current memories the user has in all.
+    pub total: u64,
+}
+
+impl UserContext {
+    pub fn new(user_id: String, memories: Vec<Memory>, total: u64) -> Self {
+        let context = render(&user_id, &memories, total);
+        Self {
+            user_id,
+            context,
+            memories,
+            total,
+        }
+    }
+}
+
+fn render(user_id: &str, memories: &[Memory], total: u64) -> String {
+    if memories.is_empty() {
+        return format!("No memories are stored for user \"{user_id}\" yet.");
+    }
+    let mut text = format!(
+        "What is known about user \"{user_id}\" ({} of {total} memories, most recent first):\n",
+        memories.len()
+    );
+    for m in memories {
+        text.push_str(&format!(
+            "- {} ({})\n",
+            m.memory,
+            m.updated_at.format("%Y-%m-%d")
+        ));
+    }
+    text
+}
+
+/// The system prompt of the `with_memory` prompt: instructions plus the profile.
+pub fn system_prompt(context: &UserContext, task: Option<&str>) -> String {
+    let mut prompt = String::from(
+        "You are an assistant with long-term memory of the user you are talking to. \
+         Use the memories below when they help; prefer newer ones when they conflict; \
+         do not recite them unprompted, and never invent memories that are not listed.\n\n",
+    );
+    prompt.push_str(&context.context);
+    if let Some(task) = task.map(str::trim).filter(|t| !t.is_empty()) {
+        prompt.push_str("\n\nTask: ");
+        prompt.push_str(task);
+    }
+    prompt
+}

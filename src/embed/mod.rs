@@ -1,0 +1,47 @@
+//! Text to vectors. The [`Embedder`] trait is the seam; `hash` is the offline
+//! implementation. Vectors are L2-normalised, so cosine similarity is a dot product.
+//!
+//! Documents (what is stored) and queries (what is searched) go through separate
+//! methods because remote models often embed them differently.
+
+mod hash;
+
+pub use hash::HashEmbedder;
+
+use async_trait::async_trait;
+
+/// Which embedder built a vector. The store keeps this and refuses to mix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedderIdentity {
+    /// e.g. `hash-v1` or `openai:text-embedding-3-small`.
+    pub name: String,
+    pub dims: usize,
+}
+
+impl std::fmt::Display for EmbedderIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} dims)", self.name, self.dims)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("embedding failed: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    fn identity(&self) -> EmbedderIdentity;
+
+    /// Embeds texts to be stored, in order; one vector per text.
+    async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// Embeds a search query.
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError>;
+}
+
+/// Dot product of two equal-length vectors (cosine, for normalised ones).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

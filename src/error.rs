@@ -1,0 +1,44 @@
+//! The service boundary's error type. Every failure a caller can see is one of
+//! these; each message says what went wrong and, where it can, what to do.
+
+use crate::embed::EmbedError;
+use crate::extract::ExtractError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent something we do not accept. `field` names the argument,
+    /// `message` says what was wrong and what is accepted.
+    #[error("invalid `{field}`: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+
+    /// The thing asked for does not exist for this user.
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// True when the caller can fix the request; false for server-side failures.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(self, Self::InvalidInput { .. } | Self::NotFound(_))
+    }
+}

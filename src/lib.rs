@@ -1,0 +1,40 @@
+//! engram: long-term memory for AI agents, served over MCP.
+//!
+//! One flow, several thin doors. Every transport parses input, resolves who is
+//! calling, calls one [`MemoryService`] method and maps the result:
+//!
+//! ```text
+//! agent ──MCP (stdio)──▶ mcp ──▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
+//! ```
+//!
+//! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
+//! * [`model`]: the nouns: memories, ids, scopes, facts, events, filters.
+//! * [`service`]: the only place that knows the order of steps (remember, recall,
+//!   user_context, forget).
+//! * [`extract`]: turns a message into facts (`verbatim` today; an LLM later).
+//! * [`embed`]: turns text into vectors (`hash`, offline and deterministic).
+//! * [`store`]: durable memories, history and search (`sqlite`, the embedded default).
+//! * [`context`]: a user's memories rendered for a system prompt.
+//! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
+//! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
+//! * [`bench`]: the `engram bench` workload.
+//! * [`startup`]: builds the service from a config and runs a transport.
+//! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
+
+pub mod bench;
+pub mod config;
+pub mod context;
+pub mod embed;
+pub mod error;
+pub mod extract;
+pub mod mcp;
+pub mod model;
+pub mod rank;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::Error;
+pub use service::MemoryService;

@@ -1,0 +1,73 @@
+//! The `engram` binary: parse the command line, load config, run a subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use engram::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Long-term memory for AI agents, served over MCP"
+)]
+struct Cli {
+    /// TOML config file (keys as the ENGRAM_* variables, lower-cased without the prefix).
+    #[arg(long, global = true, env = "ENGRAM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP (stdio by default; logs go to stderr).
+    Serve {
+        #[arg(long, value_enum, default_value_t = Transport::Stdio)]
+        transport: Transport,
+    },
+    /// Fill a scratch store and print remember throughput and recall latency.
+    Bench(engram::bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Transport {
+    Stdio,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    engram::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("engram: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engram: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve { transport } => {
+            let config = Config::load(cli.config.as_deref())?;
+            match transport {
+                Transport::Stdio => engram::startup::serve_stdio(&config).await?,
+            }
+        }
+        Command::Bench(args) => engram::bench::run(args).await?,
+    }
+    Ok(())
+}

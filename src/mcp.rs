@@ -1,0 +1,432 @@
+//! The MCP face of engram: four tools, a context resource template and a
+//! `with_memory` prompt, each a thin adapter over [`MemoryService`].
+//!
+//! Adapters parse arguments, resolve the user (an omitted `user_id` means the
+//! configured default user), call one service method and map the result.
+//! Caller mistakes become tool errors (`isError: true`) whose text says what
+//! was wrong and what is accepted; the server keeps serving.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    GetPromptResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{
+    ErrorData, Json, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
+    tool_handler, tool_router,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::context::{UserContext, system_prompt};
+use crate::error::Error;
+use crate::model::{MemoryId, Message, Metadata, Scope};
+use crate::service::{
+    ForgetResult, ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest,
+    RememberResult,
+};
+
+const CONTEXT_URI_PREFIX: &str = "engram://users/";
+const CONTEXT_URI_SUFFIX: &str = "/context";
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RememberParams {
+    /// Text to remember. Give this or `messages`.
+    pub text: Option<String>,
+    /// A conversation to remember: [{role: user|assistant|system|tool, content}].
+    pub messages: Option<Vec<Message>>,
+    /// Whose memory this is; defaults to the server's default user.
+    pub user_id: Option<String>,
+    /// Narrows the memory to one agent.
+    pub agent_id: Option<String>,
+    /// Narrows the memory to one run or session.
+    pub run_id: Option<String>,
+    /// Free-form JSON object stored with the memory; recall can filter on it.
+    pub metadata: Option<Metadata>,
+    /// false stores the text as given, without extraction. Default true.
+    pub infer: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecallParams {
+    /// What to look for, in natural language or keywords.
+    pub query: String,
+    /// Whose memories to search; defaults to the server's default user.
+    pub user_id: Option<String>,
+    /// Only memories of this agent.
+    pub agent_id: Option<String>,
+    /// Only memories of this run.
+    pub run_id: Option<String>,
+    /// How many results, 1..=100 (default 10).
+    pub limit: Option<i64>,
+    /// Metadata equality filters, e.g. {"topic": "travel"}; values must be
+    /// strings, numbers or booleans.
+    pub filters: Option<Metadata>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserContextParams {
+    /// Whose profile; defaults to the server's default user.
+    pub user_id: Option<String>,
+    /// Only memories of this agent.
+    pub agent_id: Option<String>,
+    /// Only memories of this run.
+    pub run_id: Option<String>,
+    /// How many memories, 1..=100 (default 20).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetParams {
+    /// Delete this one memory (an id from remember or recall).
+    pub memory_id: Option<String>,
+    /// The memory's owner; defaults to the server's default user. With
+    /// `all: true` it must be given explicitly.
+    pub user_id: Option<String>,
+    /// true deletes every memory of `user_id`, with their history.
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WithMemoryArgs {
+    /// Whose memories to include; defaults to the server's default user.
+    pub user_id: Option<String>,
+    /// Optional task to append to the system prompt.
+    pub task: Option<String>,
+}
+
+/// The rmcp handler. Cheap to clone: the service is shared.
+#[derive(Clone)]
+pub struct EngramMcp {
+    service: Arc<MemoryService>,
+    default_user: String,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+type ToolResult<T> = Result<Json<T>, String>;
+
+#[tool_router]
+impl EngramMcp {
+    pub fn new(service: Arc<MemoryService>, default_user: String) -> Self {
+        Self {
+            service,
+            default_user,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+
+    fn scope(
+        &self,
+        user_id: Option<&str>,
+        agent_id: Option<&str>,
+        run_id: Option<&str>,
+    ) -> Result<Scope, Error> {
+        Scope::new(user_id.unwrap_or(&self.default_user), agent_id, run_id)
+    }
+
+    #[tool(
+        description = "Store something worth remembering about the user: a fact, preference or \
+                       conversation. Near-duplicates of existing memories are not stored again \
+                       (event NONE with the existing id).",
+        annotations(
+            title = "Remember",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn remember(
+        &self,
+        Parameters(p): Parameters<RememberParams>,
+    ) -> ToolResult<RememberResult> {
+        let scope = self
+            .scope(
+                p.user_id.as_deref(),
+                p.agent_id.as_deref(),
+                p.run_id.as_deref(),
+            )
+            .map_err(tool_error)?;
+        let req = RememberRequest {
+            scope,
+            text: p.text,
+            messages: p.messages,
+            metadata: p.metadata,
+            infer: p.infer.unwrap_or(true),
+        };
+        self.service
+            .remember(req)
+            .await
+            .map(Json)
+            .map_err(tool_error)
+    }
+
+    #[tool(
+        description = "Search the user's memories by meaning and keywords; returns the most \
+                       relevant first, with ids, text, scores and timestamps.",
+        annotations(
+            title = "Recall",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn recall(&self, Parameters(p): Parameters<RecallParams>) -> ToolResult<RecallResult> {
+        let scope = self
+            .scope(
+                p.user_id.as_deref(),
+                p.agent_id.as_deref(),
+                p.run_id.as_deref(),
+            )
+            .map_err(tool_error)?;
+        let req = RecallRequest {
+            scope,
+            query: p.query,
+            limit: p.limit,
+            filters: p.filters,
+        };
+        self.service.recall(req).await.map(Json).map_err(tool_error)
+    }
+
+    #[tool(
+        description = "A compact profile of the user (most recent memories first) as text ready \
+                       for a system prompt, plus the memories themselves.",
+        annotations(
+            title = "User context",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn user_context(
+        &self,
+        Parameters(p): Parameters<UserContextParams>,
+    ) -> ToolResult<UserContext> {
+        let scope = self
+            .scope(
+                p.user_id.as_deref(),
+                p.agent_id.as_deref(),
+                p.run_id.as_deref(),
+            )
+            .map_err(tool_error)?;
+        self.service
+            .user_context(&scope, p.limit)
+            .await
+            .map(Json)
+            .map_err(tool_error)
+    }
+
+    #[tool(
+        description = "Permanently delete memories: {memory_id} deletes one; {user_id, all: true} \
+                       deletes every memory and history of that user. Cannot be undone.",
+        annotations(
+            title = "Forget",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn forget(&self, Parameters(p): Parameters<ForgetParams>) -> ToolResult<ForgetResult> {
+        let all = p.all.unwrap_or(false);
+        let target = match (p.memory_id.as_deref(), all) {
+            (Some(_), true) => {
+                return Err(tool_error(Error::invalid(
+                    "memory_id",
+                    "give either `memory_id` or `all: true`, not both",
+                )));
+            }
+            (Some(raw), false) => {
+                ForgetTarget::One(MemoryId::parse("memory_id", raw).map_err(tool_error)?)
+            }
+            (None, true) if p.user_id.is_none() => {
+                return Err(tool_error(Error::invalid(
+                    "user_id",
+                    "deleting all memories needs `user_id` given explicitly, with `all: true`",
+                )));
+            }
+            (None, true) => ForgetTarget::AllOfUser,
+            (None, false) => {
+                return Err(tool_error(Error::invalid(
+                    "memory_id",
+                    "say what to forget: {memory_id} for one memory, or {user_id, all: true} \
+                     for all of a user's",
+                )));
+            }
+        };
+        let scope = self
+            .scope(p.user_id.as_deref(), None, None)
+            .map_err(tool_error)?;
+        self.service
+            .forget(&scope.user_id, target)
+            .await
+            .map(Json)
+            .map_err(tool_error)
+    }
+}
+
+#[prompt_router]
+impl EngramMcp {
+    /// A system prompt that carries the user's memories.
+    #[prompt(
+        name = "with_memory",
+        description = "A system prompt carrying what engram remembers about the user."
+    )]
+    async fn with_memory(
+        &self,
+        Parameters(args): Parameters<WithMemoryArgs>,
+    ) -> Result<GetPromptResult, ErrorData> {
+        let scope = self
+            .scope(args.user_id.as_deref(), None, None)
+            .map_err(protocol_error)?;
+        let context = self
+            .service
+            .user_context(&scope, None)
+            .await
+            .map_err(protocol_error)?;
+        let text = system_prompt(&context, args.task.as_deref());
+        Ok(
+            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]).with_description(
+                format!("Memory-aware system prompt for user \"{}\"", scope.user_id),
+            ),
+        )
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for EngramMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("engram", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "engram is long-term memory. Call `recall` before answering questions that may \
+             depend on what you know about the user, `remember` when they tell you something \
+             worth keeping, `user_context` for a profile to prime a conversation, and `forget` \
+             when asked to delete memories.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(Vec::new()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(
+            format!("{CONTEXT_URI_PREFIX}{{user_id}}{CONTEXT_URI_SUFFIX}"),
+            "user_context",
+        )
+        .with_title("User context")
+        .with_description("What engram remembers about a user, as text for a system prompt.")
+        .with_mime_type("text/markdown");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let Some(user) = uri
+            .strip_prefix(CONTEXT_URI_PREFIX)
+            .and_then(|rest| rest.strip_suffix(CONTEXT_URI_SUFFIX))
+        else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource '{uri}'; engram serves engram://users/{{user_id}}/context"),
+                None,
+            ));
+        };
+        let user = percent_decode(user);
+        let scope = self
+            .scope(Some(&user), None, None)
+            .map_err(protocol_error)?;
+        let context = self
+            .service
+            .user_context(&scope, None)
+            .await
+            .map_err(protocol_error)?;
+        let contents = ResourceContents::text(context.context, uri).with_mime_type("text/markdown");
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+/// The text of a tool error. Server-side failures are logged here, once.
+fn tool_error(e: Error) -> String {
+    if !e.is_caller_error() {
+        tracing::error!(error = %e, "tool call failed");
+    }
+    e.to_string()
+}
+
+/// Caller mistakes as invalid params; everything else as an internal error.
+fn protocol_error(e: Error) -> ErrorData {
+    if e.is_caller_error() {
+        ErrorData::invalid_params(e.to_string(), None)
+    } else {
+        tracing::error!(error = %e, "request failed");
+        ErrorData::internal_error(e.to_string(), None)
+    }
+}
+
+/// Decodes `%XX` escapes (user ids in URIs); leaves malformed escapes as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("alice%20smith"), "alice smith");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("plain"), "plain");
+    }
+}

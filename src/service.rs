@@ -1,0 +1,370 @@
+//! [`MemoryService`]: the flows, and the only place that knows their order.
+//!
+//! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ store each
+//!   (the store deduplicates atomically) ─▶ report one event per fact.
+//! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ fuse ─▶ load.
+//! * user_context: the most recent memories, rendered for a system prompt.
+//! * forget: hard-delete one memory or all of a user's.
+//!
+//! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
+//! all validation happens here so every transport refuses the same input.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::context::UserContext;
+use crate::embed::Embedder;
+use crate::error::Error;
+use crate::extract::{Extractor, VerbatimExtractor};
+use crate::model::{
+    Event, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, validate_metadata,
+};
+use crate::rank;
+use crate::store::{HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store};
+
+pub const DEFAULT_RECALL_LIMIT: usize = 10;
+pub const DEFAULT_CONTEXT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 100;
+pub const MAX_MESSAGES: usize = 200;
+/// Each signal contributes this many candidates per requested result to fusion.
+const CANDIDATES_PER_RESULT: usize = 4;
+const MIN_CANDIDATES: usize = 40;
+
+/// Tunables the service enforces.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dedup_threshold: f32,
+    pub max_text_bytes: usize,
+}
+
+pub struct MemoryService {
+    store: Arc<dyn Store>,
+    embedder: Arc<dyn Embedder>,
+    extractor: Arc<dyn Extractor>,
+    settings: Settings,
+}
+
+/// `remember`: text or a conversation, for one scope.
+#[derive(Debug, Clone)]
+pub struct RememberRequest {
+    pub scope: Scope,
+    pub text: Option<String>,
+    pub messages: Option<Vec<Message>>,
+    pub metadata: Option<Metadata>,
+    /// False stores the text as given, without the extractor.
+    pub infer: bool,
+}
+
+/// What happened to one fact.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct MemoryEvent {
+    pub id: MemoryId,
+    /// The memory's text (for NONE: the text already stored).
+    pub memory: String,
+    pub event: Event,
+    /// For NONE: the cosine similarity with the memory already stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct RememberResult {
+    pub user_id: String,
+    pub results: Vec<MemoryEvent>,
+}
+
+/// `recall`: a query within a scope.
+#[derive(Debug, Clone)]
+pub struct RecallRequest {
+    pub scope: Scope,
+    pub query: String,
+    pub limit: Option<i64>,
+    pub filters: Option<Metadata>,
+}
+
+/// A recalled memory with its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ScoredMemory {
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// Fused relevance in (0, 1]; 1.0 = first by both vector and keyword search.
+    pub score: f32,
+    /// Cosine similarity with the query, when vector search found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_score: Option<f32>,
+    /// BM25 relevance, when keyword search found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyword_score: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct RecallResult {
+    pub user_id: String,
+    pub query: String,
+    pub results: Vec<ScoredMemory>,
+}
+
+/// What `forget` removes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ForgetTarget {
+    One(MemoryId),
+    AllOfUser,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ForgetResult {
+    pub user_id: String,
+    /// How many memories were deleted.
+    pub deleted: u64,
+    /// The deleted memory, when one was named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_id: Option<MemoryId>,
+}
+
+impl MemoryService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        embedder: Arc<dyn Embedder>,
+        extractor: Arc<dyn Extractor>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            embedder,
+            extractor,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub async fn remember(&self, req: RememberRequest) -> Result<RememberResult, Error> {
+        let input = self.validate_input(req.text, req.messages)?;
+        let metadata = validate_metadata(req.metadata)?;
+        let facts = if req.infer {
+            self.extractor.extract(&input).await?
+        } else {
+            VerbatimExtractor.extract(&input).await?
+        };
+        if facts.is_empty() {
+            return Err(Error::invalid(
+                "messages",
+                "nothing to remember: every message was empty or a system/tool message; \
+                 send user or assistant messages with text",
+            ));
+        }
+        let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
+        let embeddings = self.embedder.embed_documents(&texts).await?;
+
+        let mut results = Vec::with_capacity(facts.len());
+        for (fact, embedding) in facts.into_iter().zip(embeddings) {
+            let mut fact_metadata = metadata.clone();
+            if let Some(role) = &fact.role {
+                fact_metadata
+                    .entry("role")
+                    .or_insert_with(|| role.clone().into());
+            }
+            let new = NewMemory {
+                id: MemoryId::new(),
+                scope: req.scope.clone(),
+                content: fact.text,
+                embedding,
+                metadata: fact_metadata,
+                categories: fact.categories,
+                actor: fact.role.unwrap_or_else(|| "user".to_owned()),
+            };
+            let event = match self
+                .store
+                .insert(new, self.settings.dedup_threshold)
+                .await?
+            {
+                InsertOutcome::Added(m) => MemoryEvent {
+                    id: m.id,
+                    memory: m.memory,
+                    event: Event::Add,
+                    similarity: None,
+                },
+                InsertOutcome::Duplicate {
+                    existing,
+                    similarity,
+                } => MemoryEvent {
+                    id: existing.id,
+                    memory: existing.memory,
+                    event: Event::None,
+                    similarity: Some(similarity),
+                },
+            };
+            results.push(event);
+        }
+        Ok(RememberResult {
+            user_id: req.scope.user_id,
+            results,
+        })
+    }
+
+    pub async fn recall(&self, req: RecallRequest) -> Result<RecallResult, Error> {
+        let query = self.validate_text("query", &req.query)?;
+        let limit = validate_limit(req.limit, DEFAULT_RECALL_LIMIT)?;
+        let filter = MetadataFilter::parse(req.filters.as_ref())?;
+        let at = SearchScope {
+            scope: &req.scope,
+            filter: &filter,
+        };
+        let candidates = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
+        let embedding = self.embedder.embed_query(&query).await?;
+        let (vector, keyword) = tokio::try_join!(
+            self.store.vector_search(at, &embedding, candidates),
+            self.store.keyword_search(at, &query, candidates),
+        )?;
+        let mut fused = rank::fuse(&vector, &keyword);
+        fused.truncate(limit);
+
+        let ids: Vec<MemoryId> = fused.iter().map(|f| f.id).collect();
+        let memories = self.store.get_many(&req.scope.user_id, &ids).await?;
+        let results = fused
+            .into_iter()
+            .zip(memories)
+            .filter(|(f, m)| f.id == m.id)
+            .map(|(f, memory)| ScoredMemory {
+                memory,
+                score: f.score,
+                vector_score: f.vector_score,
+                keyword_score: f.keyword_score,
+            })
+            .collect();
+        Ok(RecallResult {
+            user_id: req.scope.user_id,
+            query,
+            results,
+        })
+    }
+
+    pub async fn user_context(
+        &self,
+        scope: &Scope,
+        limit: Option<i64>,
+    ) -> Result<UserContext, Error> {
+        let limit = validate_limit(limit, DEFAULT_CONTEXT_LIMIT)?;
+        let (memories, total) = self.store.recent(scope, limit).await?;
+        Ok(UserContext::new(scope.user_id.clone(), memories, total))
+    }
+
+    pub async fn forget(&self, user_id: &str, target: ForgetTarget) -> Result<ForgetResult, Error> {
+        match target {
+            ForgetTarget::One(id) => {
+                if !self.store.delete(user_id, id).await? {
+                    return Err(Error::NotFound(format!(
+                        "no memory {id} belongs to user \"{user_id}\"; nothing was deleted"
+                    )));
+                }
+                Ok(ForgetResult {
+                    user_id: user_id.to_owned(),
+                    deleted: 1,
+                    memory_id: Some(id),
+                })
+            }
+            ForgetTarget::AllOfUser => Ok(ForgetResult {
+                user_id: user_id.to_owned(),
+                deleted: self.store.delete_user(user_id).await?,
+                memory_id: None,
+            }),
+        }
+    }
+
+    pub async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, Error> {
+        Ok(self.store.history(user_id, id).await?)
+    }
+
+    /// Exactly one of text and messages, non-empty and within the size cap.
+    fn validate_input(
+        &self,
+        text: Option<String>,
+        messages: Option<Vec<Message>>,
+    ) -> Result<Input, Error> {
+        match (text, messages) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "text",
+                "give either `text` or `messages`, not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "text",
+                "nothing to remember: give `text` (a string) or `messages` ([{role, content}])",
+            )),
+            (Some(text), None) => Ok(Input::Text(self.validate_text("text", &text)?)),
+            (None, Some(messages)) => {
+                if messages.is_empty() {
+                    return Err(Error::invalid("messages", "must hold at least one message"));
+                }
+                if messages.len() > MAX_MESSAGES {
+                    return Err(Error::invalid(
+                        "messages",
+                        format!(
+                            "holds {} messages; at most {MAX_MESSAGES} are accepted",
+                            messages.len()
+                        ),
+                    ));
+                }
+                for m in &messages {
+                    let role = m.role.to_ascii_lowercase();
+                    if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
+                        return Err(Error::invalid(
+                            "messages",
+                            format!(
+                                "role '{}' is not accepted; use user, assistant, system or tool",
+                                m.role
+                            ),
+                        ));
+                    }
+                }
+                let total: usize = messages.iter().map(|m| m.content.len()).sum();
+                self.check_size("messages", total)?;
+                if messages.iter().all(|m| m.content.trim().is_empty()) {
+                    return Err(Error::invalid(
+                        "messages",
+                        "every message is empty; nothing to remember",
+                    ));
+                }
+                Ok(Input::Messages(messages))
+            }
+        }
+    }
+
+    fn validate_text(&self, field: &'static str, raw: &str) -> Result<String, Error> {
+        self.check_size(field, raw.len())?;
+        let text = raw.trim();
+        if text.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        Ok(text.to_owned())
+    }
+
+    fn check_size(&self, field: &'static str, bytes: usize) -> Result<(), Error> {
+        let max = self.settings.max_text_bytes;
+        if bytes > max {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is {bytes} bytes; at most {max} are accepted (ENGRAM_MAX_TEXT_BYTES); \
+                     split it into smaller pieces"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `limit` within 1..=100, or the default when omitted.
+pub fn validate_limit(raw: Option<i64>, default: usize) -> Result<usize, Error> {
+    match raw {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(Error::invalid(
+            "limit",
+            format!("{n} is out of range; accepted 1..={MAX_LIMIT} (default {default})"),
+        )),
+    }
+}

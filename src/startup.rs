@@ -1,0 +1,82 @@
+//! Turning a [`Config`] into a running engram: `build` wires the parts,
+//! `serve_stdio` runs a transport until the client goes away.
+
+use std::sync::Arc;
+
+use rmcp::ServiceExt;
+
+use crate::config::{Config, EmbedderKind, ExtractorKind};
+use crate::embed::{Embedder, HashEmbedder};
+use crate::extract::{Extractor, VerbatimExtractor};
+use crate::mcp::EngramMcp;
+use crate::service::{MemoryService, Settings};
+use crate::store::{SqliteStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("MCP transport failed: {0}")]
+    Transport(String),
+}
+
+/// Builds the embedder a config names.
+pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
+    match config.embedder {
+        EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedding_dims))),
+        EmbedderKind::Openai => Err(StartupError::Unsupported(
+            "ENGRAM_EMBEDDER=openai is not available in this version yet; use ENGRAM_EMBEDDER=hash"
+                .into(),
+        )),
+    }
+}
+
+fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
+    match config.extractor {
+        ExtractorKind::Verbatim => Ok(Arc::new(VerbatimExtractor)),
+        ExtractorKind::Llm => Err(StartupError::Unsupported(
+            "ENGRAM_EXTRACTOR=llm is not available in this version yet; use ENGRAM_EXTRACTOR=verbatim"
+                .into(),
+        )),
+    }
+}
+
+/// Opens the store and wires the service. Fails fast on any misconfiguration.
+pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
+    let embedder = embedder(config)?;
+    let extractor = extractor(config)?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.database_url, embedder.identity()).await?);
+    let settings = Settings {
+        dedup_threshold: config.dedup_threshold,
+        max_text_bytes: config.max_text_bytes,
+    };
+    Ok(Arc::new(MemoryService::new(
+        store, embedder, extractor, settings,
+    )))
+}
+
+/// Serves MCP over stdin/stdout until the client disconnects.
+pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
+    let service = build(config).await?;
+    tracing::info!(
+        database = %config.database_url,
+        default_user = %config.default_user,
+        "engram serving MCP on stdio"
+    );
+    let handler = EngramMcp::new(service, config.default_user.clone());
+    let running = handler
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    tracing::info!("client disconnected; engram stopped");
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Durable memories, their history, and search. The [`Store`] trait is the
+//! seam; `sqlite` is the embedded default.
+//!
+//! Invariants every implementation keeps:
+//! * every read and write is bounded by a user id; there is no unscoped path;
+//! * a memory and its history row commit together;
+//! * [`Store::insert`] deduplicates atomically: two concurrent inserts of
+//!   near-identical text for one user leave one memory;
+//! * the store remembers which embedder built its vectors and refuses another.
+
+mod sqlite;
+mod vector_index;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::embed::EmbedderIdentity;
+use crate::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+
+    #[error("cannot apply database migrations to {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+
+    #[error(
+        "this database was built with embedder {stored}, but engram is configured with {configured}. \
+         Configure the original embedder again (ENGRAM_EMBEDDER / ENGRAM_EMBEDDING_DIMS), or run \
+         `engram reembed` to rebuild every vector with the configured one"
+    )]
+    EmbedderMismatch { stored: String, configured: String },
+
+    #[error("database error while {context}: {source}")]
+    Database {
+        context: &'static str,
+        source: sqlx::Error,
+    },
+
+    #[error("stored data is corrupt ({0})")]
+    Corrupt(String),
+}
+
+/// A memory to be written, already embedded.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    pub id: MemoryId,
+    pub scope: Scope,
+    pub content: String,
+    pub embedding: Vec<f32>,
+    pub metadata: Metadata,
+    pub categories: Vec<String>,
+    /// Who caused the write, for history (`user`, `assistant`, `operator`...).
+    pub actor: String,
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug, Clone)]
+pub enum InsertOutcome {
+    Added(Memory),
+    /// A current memory of the user was at least as similar as the threshold.
+    Duplicate {
+        existing: Memory,
+        similarity: f32,
+    },
+}
+
+/// Where to search: the scope (user, optionally agent and run) and metadata filters.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchScope<'a> {
+    pub scope: &'a Scope,
+    pub filter: &'a MetadataFilter,
+}
+
+/// One candidate from a search, best first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub id: MemoryId,
+    /// Cosine similarity for vector hits; BM25 relevance (higher is better) for keyword hits.
+    pub score: f32,
+}
+
+/// One row of a memory's history.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HistoryEntry {
+    pub memory_id: MemoryId,
+    pub event: Event,
+    pub old_memory: Option<String>,
+    pub new_memory: Option<String>,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The embedder the stored vectors were built with.
+    fn embedder(&self) -> &EmbedderIdentity;
+
+    /// Stores `new` with an ADD history row, unless a current memory of the same
+    /// user has cosine similarity >= `dedup_threshold` with it.
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// The user's memories with these ids, in the order given; unknown ids are skipped.
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError>;
+
+    /// Up to `limit` current memories in scope, most similar to `query` first.
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Up to `limit` current memories in scope matching words of `query`, by BM25.
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// The most recently updated current memories in scope, and how many there are.
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;
+
+    /// The history of one of the user's memories, oldest first.
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Hard-deletes one memory of the user and its history. False if it was not theirs.
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
+
+    /// Hard-deletes every memory and history row of the user; returns how many memories.
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,777 @@
+//! The embedded store: one SQLite file (WAL), FTS5 for keywords, and vectors
+//! as f32 blobs scanned through the in-process [`VectorIndex`].
+//!
+//! Writes are serialised twice: an in-process mutex (no busy-waiting between
+//! our own tasks) and `BEGIN IMMEDIATE` (SQLite's write lock, which also
+//! serialises other processes on the same file). Deduplication runs inside
+//! that transaction, so it is atomic. Every write bumps the user's generation,
+//! which is what keeps the vector index honest.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+
+use super::vector_index::{UserVectors, VectorIndex};
+use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
+use crate::embed::{EmbedderIdentity, dot};
+use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How far below the threshold an approximate score may be and still get an exact check.
+const DEDUP_MARGIN: f32 = 0.05;
+/// How many approximate candidates get an exact dedup check.
+const DEDUP_CANDIDATES: usize = 8;
+
+const MEMORY_COLUMNS: &str = "id, user_id, agent_id, run_id, content, metadata, categories, \
+                              created_at, updated_at";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    embedder: EmbedderIdentity,
+    index: VectorIndex,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
+    /// applies migrations, and checks the embedder matches the stored one.
+    pub async fn open(url: &str, embedder: EmbedderIdentity) -> Result<Self, StoreError> {
+        let pool = connect(url).await?;
+        let store = Self {
+            pool,
+            index: VectorIndex::new(embedder.dims),
+            embedder,
+            write_lock: tokio::sync::Mutex::new(()),
+        };
+        store.check_embedder().await?;
+        Ok(store)
+    }
+
+    /// Records the embedder on first open; refuses a different one afterwards.
+    async fn check_embedder(&self) -> Result<(), StoreError> {
+        let configured = self.embedder.to_string();
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the store's embedder"))?;
+        match stored {
+            Some(stored) if stored == configured => Ok(()),
+            Some(stored) => Err(StoreError::EmbedderMismatch { stored, configured }),
+            None => {
+                sqlx::query("INSERT INTO store_info (key, value) VALUES ('embedder', ?)")
+                    .bind(&configured)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("recording the store's embedder"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps the in-process vectors of `user_id` at `generation`, reloading
+    /// from `conn` when they are behind.
+    async fn sync_vectors(
+        &self,
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        vecs: &mut UserVectors,
+    ) -> Result<i64, StoreError> {
+        let generation = generation(conn, user_id).await?;
+        if vecs.generation == Some(generation) {
+            return Ok(generation);
+        }
+        let rows = sqlx::query(
+            "SELECT pk, id, embedding FROM memories WHERE user_id = ? AND valid_to IS NULL",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("loading vectors"))?;
+        vecs.reset(generation);
+        for row in &rows {
+            let embedding =
+                decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            if embedding.len() != self.embedder.dims {
+                return Err(StoreError::Corrupt(format!(
+                    "a vector has {} dims, the store {}",
+                    embedding.len(),
+                    self.embedder.dims
+                )));
+            }
+            vecs.push(
+                row.try_get("pk").map_err(db("reading a vector"))?,
+                parse_id(row)?,
+                &embedding,
+            );
+        }
+        tracing::debug!(user_id, rows = rows.len(), generation, "loaded vectors");
+        Ok(generation)
+    }
+
+    /// The most similar current memory of the user, if any reaches `threshold`.
+    async fn find_duplicate(
+        &self,
+        conn: &mut SqliteConnection,
+        vecs: &UserVectors,
+        embedding: &[f32],
+        threshold: f32,
+    ) -> Result<Option<(i64, f32)>, StoreError> {
+        let candidates: Vec<i64> = vecs
+            .top_k(embedding, DEDUP_CANDIDATES)
+            .into_iter()
+            .filter(|s| s.score >= threshold - DEDUP_MARGIN)
+            .map(|s| s.pk)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT pk, embedding FROM memories WHERE pk IN (SELECT value FROM json_each(?))",
+        )
+        .bind(json_array(&candidates))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("checking for duplicates"))?;
+        let mut best: Option<(i64, f32)> = None;
+        for row in &rows {
+            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            let sim = dot(embedding, &v);
+            if sim >= threshold && best.is_none_or(|(_, b)| sim > b) {
+                best = Some((row.try_get("pk").map_err(db("reading a vector"))?, sim));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Exact scan over the rows a narrowed scope or metadata filter selects.
+    async fn exact_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.embedding FROM memories m \
+             WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+               AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) \
+               AND (?4 IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM json_each(?4) f WHERE NOT EXISTS ( \
+                      SELECT 1 FROM json_each(m.metadata) mm \
+                      WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom)))",
+        )
+        .bind(&at.scope.user_id)
+        .bind(&at.scope.agent_id)
+        .bind(&at.scope.run_id)
+        .bind(filter_json(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("searching vectors"))?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            hits.push(Hit {
+                id: parse_id(row)?,
+                score: dot(query, &v),
+            });
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
+        let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE pk = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pk)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("reading a memory"))?;
+        memory_from_row(&row)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn embedder(&self) -> &EmbedderIdentity {
+        &self.embedder
+    }
+
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let entry = self.index.user(&new.scope.user_id);
+        let mut vecs = entry.write().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a write"))?;
+
+        self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
+            .await?;
+        if let Some((pk, similarity)) = self
+            .find_duplicate(&mut tx, &vecs, &new.embedding, dedup_threshold)
+            .await?
+        {
+            let existing = Self::fetch_memory(&mut tx, pk).await?;
+            tx.rollback().await.map_err(db("ending a read"))?;
+            return Ok(InsertOutcome::Duplicate {
+                existing,
+                similarity,
+            });
+        }
+
+        let now = Utc::now();
+        let ms = now.timestamp_millis();
+        let metadata =
+            serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let categories = serde_json::to_string(&new.categories)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let pk: i64 = sqlx::query_scalar(
+            "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, embedding, \
+             metadata, categories, created_at, updated_at, valid_from) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
+        )
+        .bind(new.id.to_string())
+        .bind(&new.scope.user_id)
+        .bind(&new.scope.agent_id)
+        .bind(&new.scope.run_id)
+        .bind(&new.content)
+        .bind(content_hash(&new.content))
+        .bind(encode_vector(&new.embedding))
+        .bind(&metadata)
+        .bind(&categories)
+        .bind(ms)
+        .bind(ms)
+        .bind(ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("storing a memory"))?;
+        sqlx::query("INSERT INTO memories_fts (rowid, scope, content) VALUES (?, ?, ?)")
+            .bind(pk)
+            .bind(scope_tokens(&new.scope))
+            .bind(&new.content)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("indexing a memory"))?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
+             VALUES (?, ?, 'ADD', NULL, ?, ?, ?)",
+        )
+        .bind(new.id.to_string())
+        .bind(&new.scope.user_id)
+        .bind(&new.content)
+        .bind(&new.actor)
+        .bind(ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording history"))?;
+        let generation = bump_generation(&mut tx, &new.scope.user_id).await?;
+        tx.commit().await.map_err(db("committing a memory"))?;
+
+        vecs.push(pk, new.id, &new.embedding);
+        vecs.generation = Some(generation);
+        Ok(InsertOutcome::Added(Memory {
+            id: new.id,
+            memory: new.content,
+            scope: new.scope,
+            metadata: new.metadata,
+            categories: new.categories,
+            created_at: now,
+            updated_at: now,
+        }))
+    }
+
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories \
+             WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(serde_json::Value::from(id_list).to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading memories"))?;
+        let mut found = rows
+            .iter()
+            .map(memory_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        found.sort_by_key(|m| ids.iter().position(|id| *id == m.id));
+        Ok(found)
+    }
+
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        if at.scope.agent_id.is_some() || at.scope.run_id.is_some() || !at.filter.is_empty() {
+            return self.exact_search(at, query, limit).await;
+        }
+        let user_id = &at.scope.user_id;
+        let entry = self.index.user(user_id);
+        {
+            let vecs = entry.read().await;
+            let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
+            if vecs.generation == Some(generation(&mut conn, user_id).await?) {
+                return Ok(to_hits(vecs.top_k(query, limit)));
+            }
+        }
+        let mut vecs = entry.write().await;
+        let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
+        let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+        self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+        tx.commit().await.map_err(db("loading vectors"))?;
+        Ok(to_hits(vecs.top_k(query, limit)))
+    }
+
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let Some(terms) = match_terms(query) else {
+            return Ok(Vec::new());
+        };
+        let expr = format!(
+            "scope : ({}) AND content : ({terms})",
+            scope_match(at.scope)
+        );
+        let rows = sqlx::query(
+            "SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
+             JOIN memories m ON m.pk = memories_fts.rowid \
+             WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
+               AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) \
+               AND (?5 IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM json_each(?5) f WHERE NOT EXISTS ( \
+                      SELECT 1 FROM json_each(m.metadata) mm \
+                      WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom))) \
+             ORDER BY rank LIMIT ?6",
+        )
+        .bind(expr)
+        .bind(&at.scope.user_id)
+        .bind(&at.scope.agent_id)
+        .bind(&at.scope.run_id)
+        .bind(filter_json(at))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("searching keywords"))?;
+        rows.iter()
+            .map(|row| {
+                let rank: f64 = row.try_get("rank").map_err(db("reading a keyword hit"))?;
+                Ok(Hit {
+                    id: parse_id(row)?,
+                    score: -rank as f32,
+                })
+            })
+            .collect()
+    }
+
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE user_id = ?1 AND valid_to IS NULL \
+                             AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR run_id = ?3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories {WHERE} ORDER BY updated_at DESC, pk DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM memories {WHERE}"
+        )))
+        .bind(&scope.user_id)
+        .bind(&scope.agent_id)
+        .bind(&scope.run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting memories"))?;
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT memory_id, event, old_content, new_content, actor, created_at \
+             FROM memory_history WHERE user_id = ? AND memory_id = ? ORDER BY pk",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading history"))?;
+        rows.iter()
+            .map(|row| {
+                let event: String = row.try_get("event").map_err(db("reading history"))?;
+                Ok(HistoryEntry {
+                    memory_id: id,
+                    event: parse_event(&event)?,
+                    old_memory: row.try_get("old_content").map_err(db("reading history"))?,
+                    new_memory: row.try_get("new_content").map_err(db("reading history"))?,
+                    actor: row.try_get("actor").map_err(db("reading history"))?,
+                    created_at: millis(row.try_get("created_at").map_err(db("reading history"))?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let entry = self.index.user(user_id);
+        let mut vecs = entry.write().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a delete"))?;
+        let before = generation(&mut tx, user_id).await?;
+        let pk: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
+                .bind(user_id)
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("finding a memory"))?;
+        let Some(pk) = pk else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("unindexing a memory"))?;
+        sqlx::query("DELETE FROM memories WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a memory"))?;
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ? AND memory_id = ?")
+            .bind(user_id)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a delete"))?;
+        sqlx::query(
+            "DELETE FROM memories_fts WHERE rowid IN (SELECT pk FROM memories WHERE user_id = ?)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("unindexing memories"))?;
+        let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting memories"))?
+            .rows_affected();
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        // The generation row goes too (no trace of the user is left). Other
+        // processes see generation 0, differ from their copy, and reload.
+        sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting generation"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        self.index.drop_user(user_id);
+        Ok(deleted)
+    }
+}
+
+async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        url: url.to_owned(),
+        source,
+    };
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+    }
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(open_err)?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .map_err(open_err)?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+async fn generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
+    let g: Option<i64> =
+        sqlx::query_scalar("SELECT generation FROM user_generations WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db("reading the user's generation"))?;
+    Ok(g.unwrap_or(0))
+}
+
+async fn bump_generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
+    let next: i64 =
+        sqlx::query_scalar("UPDATE write_seq SET value = value + 1 WHERE one = 1 RETURNING value")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("advancing the write sequence"))?;
+    sqlx::query(
+        "INSERT INTO user_generations (user_id, generation) VALUES (?, ?) \
+         ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation",
+    )
+    .bind(user_id)
+    .bind(next)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("recording the user's generation"))?;
+    Ok(next)
+}
+
+fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+fn to_hits(scored: Vec<super::vector_index::Scored>) -> Vec<Hit> {
+    scored
+        .into_iter()
+        .map(|s| Hit {
+            id: s.id,
+            score: s.score,
+        })
+        .collect()
+}
+
+fn memory_from_row(row: &SqliteRow) -> Result<Memory, StoreError> {
+    let get = db("reading a memory");
+    let metadata: String = row.try_get("metadata").map_err(&get)?;
+    let categories: String = row.try_get("categories").map_err(&get)?;
+    Ok(Memory {
+        id: parse_id(row)?,
+        memory: row.try_get("content").map_err(&get)?,
+        scope: Scope {
+            user_id: row.try_get("user_id").map_err(&get)?,
+            agent_id: row.try_get("agent_id").map_err(&get)?,
+            run_id: row.try_get("run_id").map_err(&get)?,
+        },
+        metadata: serde_json::from_str::<Metadata>(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+        categories: serde_json::from_str(&categories)
+            .map_err(|e| StoreError::Corrupt(format!("categories: {e}")))?,
+        created_at: millis(row.try_get("created_at").map_err(&get)?),
+        updated_at: millis(row.try_get("updated_at").map_err(&get)?),
+    })
+}
+
+fn parse_id(row: &SqliteRow) -> Result<MemoryId, StoreError> {
+    let raw: String = row.try_get("id").map_err(db("reading an id"))?;
+    raw.parse()
+        .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
+}
+
+fn parse_event(raw: &str) -> Result<Event, StoreError> {
+    Ok(match raw {
+        "ADD" => Event::Add,
+        "UPDATE" => Event::Update,
+        "SUPERSEDE" => Event::Supersede,
+        "DELETE" => Event::Delete,
+        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
+    })
+}
+
+fn millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn encode_vector(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn decode_vector(bytes: Vec<u8>) -> Result<Vec<f32>, StoreError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(StoreError::Corrupt(format!(
+            "a vector blob of {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn content_hash(content: &str) -> String {
+    Sha256::digest(content.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn json_array(values: &[i64]) -> String {
+    serde_json::Value::from(values.to_vec()).to_string()
+}
+
+fn filter_json(at: SearchScope<'_>) -> Option<String> {
+    if at.filter.is_empty() {
+        return None;
+    }
+    let object: serde_json::Map<String, serde_json::Value> =
+        at.filter.pairs().iter().cloned().collect();
+    Some(serde_json::Value::Object(object).to_string())
+}
+
+/// An opaque FTS token for one scope component: a letter and 16 hex digits.
+fn scope_token(kind: char, id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut token = String::with_capacity(17);
+    token.push(kind);
+    for b in &digest[..8] {
+        token.push_str(&format!("{b:02x}"));
+    }
+    token
+}
+
+fn scope_tokens(scope: &Scope) -> String {
+    let mut tokens = vec![scope_token('u', &scope.user_id)];
+    if let Some(a) = &scope.agent_id {
+        tokens.push(scope_token('a', a));
+    }
+    if let Some(r) = &scope.run_id {
+        tokens.push(scope_token('r', r));
+    }
+    tokens.join(" ")
+}
+
+/// The scope part of a MATCH: every given component must be present.
+fn scope_match(scope: &Scope) -> String {
+    scope_tokens(scope)
+        .split(' ')
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Words of a query that carry meaning, quoted and OR-ed for FTS5. `None`
+/// when the query has no words at all.
+fn match_terms(query: &str) -> Option<String> {
+    let words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let mut terms: Vec<&str> = Vec::new();
+    for w in &words {
+        if !STOPWORDS.contains(&w.as_str()) && !terms.contains(&w.as_str()) {
+            terms.push(w);
+        }
+    }
+    if terms.is_empty() {
+        // Only stopwords: search them rather than nothing.
+        for w in &words {
+            if !terms.contains(&w.as_str()) {
+                terms.push(w);
+            }
+        }
+    }
+    terms.truncate(32);
+    (!terms.is_empty()).then(|| {
+        terms
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    })
+}
+
+/// Words too common to rank by (English function words).
+const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for",
+    "from", "had", "has", "have", "he", "her", "him", "his", "how", "i", "if", "in", "into", "is",
+    "it", "its", "me", "my", "of", "on", "or", "our", "she", "so", "that", "the", "their", "them",
+    "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why",
+    "will", "with", "you", "your",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_terms_drop_stopwords_and_quote() {
+        assert_eq!(
+            match_terms("What is my favourite coffee?").as_deref(),
+            Some("\"favourite\" OR \"coffee\"")
+        );
+        assert_eq!(
+            match_terms("who is it").as_deref(),
+            Some("\"who\" OR \"is\" OR \"it\"")
+        );
+        assert_eq!(match_terms("?!"), None);
+        // FTS5 syntax in the query is only ever a word.
+        assert_eq!(match_terms("a\" OR x:*").as_deref(), Some("\"x\""));
+    }
+
+    #[test]
+    fn vectors_round_trip() {
+        let v = vec![0.5, -1.25, 3.0];
+        assert_eq!(decode_vector(encode_vector(&v)).unwrap(), v);
+        assert!(decode_vector(vec![1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! An in-process, 8-bit quantised copy of each active user's current vectors,
+//! so a similarity scan reads 1 byte per dimension instead of decoding rows.
+//!
+//! Invariant: the copy is only an accelerator. Each [`UserVectors`] carries the
+//! user's write generation it reflects; the store compares it with the
+//! generation in the database before every use and reloads on mismatch, so a
+//! write by another process (or a lost update) can never be served stale.
+//!
+//! Quantisation: each vector is scaled so its largest |component| maps to 127.
+//! Scores are approximate (typically within 0.01 of the exact cosine); callers
+//! that need exact similarity (dedup) re-check candidates against the stored f32.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::RwLock;
+
+use crate::model::MemoryId;
+
+/// Per-user quantised vectors.
+#[derive(Debug, Default)]
+pub struct UserVectors {
+    /// The database write generation this copy reflects; `None` = never loaded.
+    pub generation: Option<i64>,
+    dims: usize,
+    pks: Vec<i64>,
+    ids: Vec<MemoryId>,
+    codes: Vec<i8>,
+    inv_scales: Vec<f32>,
+}
+
+impl UserVectors {
+    pub fn new(dims: usize) -> Self {
+        Self {
+            dims,
+            ..Self::default()
+        }
+    }
+
+    /// Replaces the contents; used on (re)load.
+    pub fn reset(&mut self, generation: i64) {
+        self.generation = Some(generation);
+        self.pks.clear();
+        self.ids.clear();
+        self.codes.clear();
+        self.inv_scales.clear();
+    }
+
+    pub fn push(&mut self, pk: i64, id: MemoryId, vector: &[f32]) {
+        debug_assert_eq!(vector.len(), self.dims);
+        let inv_scale = quantise_into(vector, &mut self.codes);
+        self.pks.push(pk);
+        self.ids.push(id);
+        self.inv_scales.push(inv_scale);
+    }
+
+    pub fn remove(&mut self, pk: i64) {
+        if let Some(i) = self.pks.iter().position(|&p| p == pk) {
+            let last = self.pks.len() - 1;
+            self.pks.swap(i, last);
+            self.ids.swap(i, last);
+            self.inv_scales.swap(i, last);
+            let d = self.dims;
+            if i != last {
+                let (head, tail) = self.codes.split_at_mut(last * d);
+                head[i * d..(i + 1) * d].copy_from_slice(&tail[..d]);
+            }
+            self.pks.pop();
+            self.ids.pop();
+            self.inv_scales.pop();
+            self.codes.truncate(last * d);
+        }
+    }
+
+    /// The `k` rows most similar to `query` (approximate cosine), best first.
+    pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
+        if self.pks.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let mut q = Vec::with_capacity(self.dims);
+        let q_inv = quantise_into(query, &mut q);
+        let mut scores = vec![0.0f32; self.pks.len()];
+        scan(&q, &self.codes, self.dims, &mut scores);
+        let mut order: Vec<(usize, f32)> = scores
+            .iter()
+            .zip(&self.inv_scales)
+            .map(|(&s, &inv)| s * q_inv * inv)
+            .enumerate()
+            .collect();
+        let k = k.min(order.len());
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            order.truncate(k);
+        }
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        order
+            .into_iter()
+            .map(|(i, score)| Scored {
+                pk: self.pks[i],
+                id: self.ids[i],
+                score,
+            })
+            .collect()
+    }
+}
+
+/// One row of a scan result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub pk: i64,
+    pub id: MemoryId,
+    /// Approximate cosine similarity.
+    pub score: f32,
+}
+
+/// Appends the 8-bit codes of `v` to `out`; returns the factor that maps a
+/// code dot product back to the real scale.
+fn quantise_into(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 {
+        out.extend(std::iter::repeat_n(0i8, v.len()));
+        return 0.0;
+    }
+    let scale = 127.0 / max;
+    out.extend(v.iter().map(|x| (x * scale).round() as i8));
+    1.0 / scale
+}
+
+/// Integer dot products of `q` with every row of `codes`, into `scores`.
+fn scan(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { scan_avx2(q, codes, dims, scores) };
+            return;
+        }
+    }
+    scan_portable(q, codes, dims, scores);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
+    // The same loop, compiled with AVX2 so the compiler vectorises it wide.
+    scan_portable(q, codes, dims, scores);
+}
+
+#[inline(always)]
+fn scan_portable(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
+    for (row, score) in codes.chunks_exact(dims).zip(scores.iter_mut()) {
+        let dot: i32 = row
+            .iter()
+            .zip(q)
+            .map(|(&a, &b)| i32::from(a as i16 * b as i16))
+            .sum();
+        *score = dot as f32;
+    }
+}
+
+/// All users' copies. Each user's copy sits behind its own async lock: scans
+/// share it, writers and reloads take it exclusively.
+#[derive(Debug, Default)]
+pub struct VectorIndex {
+    dims: usize,
+    users: Mutex<HashMap<String, Arc<RwLock<UserVectors>>>>,
+}
+
+impl VectorIndex {
+    pub fn new(dims: usize) -> Self {
+        Self {
+            dims,
+            users: Mutex::default(),
+        }
+    }
+
+    pub fn user(&self, user_id: &str) -> Arc<RwLock<UserVectors>> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        users
+            .entry(user_id.to_owned())
+            .or_insert_with(|| Arc::new(RwLock::new(UserVectors::new(self.dims))))
+            .clone()
+    }
+
+    pub fn drop_user(&self, user_id: &str) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        users.remove(user_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::{HashEmbedder, dot};
+
+    #[test]
+    fn approximate_scores_track_exact_cosine_and_rank_the_same() {
+        let e = HashEmbedder::new(384);
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("note {i} about topic {} and place {}", i % 17, i % 11))
+            .collect();
+        let mut uv = UserVectors::new(384);
+        uv.reset(1);
+        let vecs: Vec<Vec<f32>> = texts.iter().map(|t| e.embed(t)).collect();
+        for (i, v) in vecs.iter().enumerate() {
+            uv.push(i as i64, MemoryId::new(), v);
+        }
+        let q = e.embed("topic 3 and place 5");
+        let approx = uv.top_k(&q, 10);
+        for hit in &approx {
+            let exact = dot(&q, &vecs[hit.pk as usize]);
+            assert!(
+                (exact - hit.score).abs() < 0.02,
+                "approx {} exact {exact}",
+                hit.score
+            );
+        }
+        let mut exact: Vec<(usize, f32)> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, dot(&q, v)))
+            .collect();
+        exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(approx[0].pk as usize, exact[0].0);
+    }
+
+    #[test]
+    fn remove_keeps_rows_aligned() {
+        let e = HashEmbedder::new(32);
+        let mut uv = UserVectors::new(32);
+        uv.reset(1);
+        for (pk, t) in [(10, "alpha"), (11, "bravo"), (12, "charlie")] {
+            uv.push(pk, MemoryId::new(), &e.embed(t));
+        }
+        uv.remove(10);
+        assert_eq!(uv.top_k(&e.embed("x"), 10).len(), 2);
+        let top = uv.top_k(&e.embed("charlie"), 1);
+        assert_eq!(top[0].pk, 12);
+        assert!(top[0].score > 0.98);
+    }
+}

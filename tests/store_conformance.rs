@@ -1,0 +1,375 @@
+//! The store conformance suite: one generic body per behaviour, run against
+//! every `Store` implementation (today: SQLite). A backend that passes here
+//! behaves like the others as far as the service can tell.
+
+use std::sync::Arc;
+
+use engram::embed::{Embedder, HashEmbedder};
+use engram::model::{Event, MemoryId, Metadata, MetadataFilter, Scope};
+use engram::store::{InsertOutcome, NewMemory, SearchScope, SqliteStore, Store, StoreError};
+use serde_json::json;
+
+const DIMS: usize = 384;
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/engram.db", dir.path().display());
+    let store = SqliteStore::open(&url, HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    Backend {
+        store: Arc::new(store),
+        _dir: dir,
+        url,
+    }
+}
+
+fn new_memory(scope: &Scope, text: &str, metadata: serde_json::Value) -> NewMemory {
+    NewMemory {
+        id: MemoryId::new(),
+        scope: scope.clone(),
+        content: text.to_owned(),
+        embedding: HashEmbedder::new(DIMS).embed(text),
+        metadata: metadata.as_object().cloned().unwrap_or_default(),
+        categories: vec![],
+        actor: "user".into(),
+    }
+}
+
+fn scope(user: &str, agent: Option<&str>, run: Option<&str>) -> Scope {
+    Scope::new(user, agent, run).unwrap()
+}
+
+async fn add(
+    store: &dyn Store,
+    scope: &Scope,
+    text: &str,
+    metadata: serde_json::Value,
+) -> MemoryId {
+    match store
+        .insert(new_memory(scope, text, metadata), 0.9)
+        .await
+        .unwrap()
+    {
+        InsertOutcome::Added(m) => m.id,
+        InsertOutcome::Duplicate { .. } => panic!("unexpected duplicate for {text}"),
+    }
+}
+
+async fn keyword_and_vector_search_find_the_memory(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let id = add(s, &alice, "I love espresso in Lisbon", json!({})).await;
+    add(s, &alice, "My dog is called Rex", json!({})).await;
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+
+    let kw = s.keyword_search(at, "espresso", 10).await.unwrap();
+    assert_eq!(kw.len(), 1, "{kw:?}");
+    assert_eq!(kw[0].id, id);
+    assert!(kw[0].score > 0.0);
+
+    let q = HashEmbedder::new(DIMS).embed("espresso Lisbon");
+    let vec = s.vector_search(at, &q, 10).await.unwrap();
+    assert_eq!(vec.len(), 2);
+    assert_eq!(vec[0].id, id);
+    assert!(vec[0].score > vec[1].score);
+}
+
+async fn users_never_see_each_other(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    let a = add(
+        s,
+        &alice,
+        "Alice's secret: the vault code is 1234",
+        json!({}),
+    )
+    .await;
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &bob,
+        filter: &none,
+    };
+    assert!(
+        s.keyword_search(at, "vault code secret", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let q = HashEmbedder::new(DIMS).embed("Alice's secret: the vault code is 1234");
+    assert!(s.vector_search(at, &q, 10).await.unwrap().is_empty());
+    assert!(s.get_many("bob", &[a]).await.unwrap().is_empty());
+    assert!(!s.delete("bob", a).await.unwrap());
+    assert_eq!(s.get_many("alice", &[a]).await.unwrap().len(), 1);
+    // A near-identical text for bob is not a duplicate of alice's.
+    add(s, &bob, "Alice's secret: the vault code is 1234", json!({})).await;
+}
+
+async fn duplicates_are_refused_even_concurrently(b: Backend) {
+    let s = b.store.clone();
+    let alice = scope("alice", None, None);
+    let first = add(
+        s.as_ref(),
+        &alice,
+        "I prefer window seats on long flights",
+        json!({}),
+    )
+    .await;
+    match s
+        .insert(
+            new_memory(&alice, "I prefer window seats on long flights!", json!({})),
+            0.9,
+        )
+        .await
+        .unwrap()
+    {
+        InsertOutcome::Duplicate {
+            existing,
+            similarity,
+        } => {
+            assert_eq!(existing.id, first);
+            assert!(similarity >= 0.9);
+        }
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            s.insert(new_memory(&alice, "Allergic to peanuts", json!({})), 0.9)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), InsertOutcome::Added(_)) {
+            added += 1;
+        }
+    }
+    assert_eq!(added, 1);
+    let (_, total) = s.recent(&alice, 100).await.unwrap();
+    assert_eq!(total, 2);
+}
+
+async fn scopes_and_metadata_filters_narrow(b: Backend) {
+    let s = b.store.as_ref();
+    let a1 = scope("alice", Some("travel-agent"), Some("run-1"));
+    let a2 = scope("alice", Some("chef"), None);
+    let t = add(
+        s,
+        &a1,
+        "Flying to Tokyo in March",
+        json!({"topic": "travel", "n": 1}),
+    )
+    .await;
+    let c = add(
+        s,
+        &a2,
+        "Cooking ramen in Tokyo style",
+        json!({"topic": "food", "n": 2}),
+    )
+    .await;
+    let q = HashEmbedder::new(DIMS).embed("Tokyo");
+    let none = MetadataFilter::default();
+
+    let only_agent = scope("alice", Some("travel-agent"), None);
+    let at = SearchScope {
+        scope: &only_agent,
+        filter: &none,
+    };
+    let ids: Vec<_> = s
+        .vector_search(at, &q, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![t]);
+    let ids: Vec<_> = s
+        .keyword_search(at, "Tokyo", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![t]);
+
+    let wrong_run = scope("alice", Some("travel-agent"), Some("run-2"));
+    let at = SearchScope {
+        scope: &wrong_run,
+        filter: &none,
+    };
+    assert!(s.keyword_search(at, "Tokyo", 10).await.unwrap().is_empty());
+
+    let user = scope("alice", None, None);
+    let food: Metadata = json!({"topic": "food"}).as_object().cloned().unwrap();
+    let filter = MetadataFilter::parse(Some(&food)).unwrap();
+    let at = SearchScope {
+        scope: &user,
+        filter: &filter,
+    };
+    let ids: Vec<_> = s
+        .vector_search(at, &q, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![c]);
+    let ids: Vec<_> = s
+        .keyword_search(at, "Tokyo", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![c]);
+
+    // Numbers match numbers, not strings.
+    let n_str: Metadata = json!({"n": "1"}).as_object().cloned().unwrap();
+    let filter = MetadataFilter::parse(Some(&n_str)).unwrap();
+    let at = SearchScope {
+        scope: &user,
+        filter: &filter,
+    };
+    assert!(s.keyword_search(at, "Tokyo", 10).await.unwrap().is_empty());
+    let n_num: Metadata = json!({"n": 1}).as_object().cloned().unwrap();
+    let filter = MetadataFilter::parse(Some(&n_num)).unwrap();
+    let at = SearchScope {
+        scope: &user,
+        filter: &filter,
+    };
+    let ids: Vec<_> = s
+        .keyword_search(at, "Tokyo", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![t]);
+}
+
+async fn delete_removes_rows_history_and_index(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let a = add(s, &alice, "Likes green tea", json!({})).await;
+    let b2 = add(s, &alice, "Works as a nurse in Oslo", json!({})).await;
+    let history = s.history("alice", a).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].event, Event::Add);
+    assert_eq!(history[0].new_memory.as_deref(), Some("Likes green tea"));
+
+    assert!(s.delete("alice", a).await.unwrap());
+    assert!(!s.delete("alice", a).await.unwrap());
+    assert!(s.history("alice", a).await.unwrap().is_empty());
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    assert!(
+        s.keyword_search(at, "green tea", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let q = HashEmbedder::new(DIMS).embed("Likes green tea");
+    let ids: Vec<_> = s
+        .vector_search(at, &q, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![b2]);
+    // The same text can be remembered again after being forgotten.
+    add(s, &alice, "Likes green tea", json!({})).await;
+
+    assert_eq!(s.delete_user("alice").await.unwrap(), 2);
+    assert!(s.vector_search(at, &q, 10).await.unwrap().is_empty());
+    assert!(s.keyword_search(at, "nurse", 10).await.unwrap().is_empty());
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 0);
+    assert!(s.history("alice", b2).await.unwrap().is_empty());
+}
+
+async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
+    let other = SqliteStore::open(&b.url, HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    let alice = scope("alice", None, None);
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let q = HashEmbedder::new(DIMS).embed("sailing boats");
+    // Warm the other instance's vectors, then write through the first.
+    assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
+    let id = add(b.store.as_ref(), &alice, "Loves sailing boats", json!({})).await;
+    let hits = other.vector_search(at, &q, 10).await.unwrap();
+    assert_eq!(hits.first().map(|h| h.id), Some(id));
+    // And a duplicate written through the other instance is still refused.
+    let dup = other
+        .insert(new_memory(&alice, "Loves sailing boats", json!({})), 0.9)
+        .await
+        .unwrap();
+    assert!(matches!(dup, InsertOutcome::Duplicate { .. }));
+    assert!(b.store.delete("alice", id).await.unwrap());
+    assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
+}
+
+async fn a_different_embedder_is_refused(b: Backend) {
+    add(
+        b.store.as_ref(),
+        &scope("alice", None, None),
+        "anything",
+        json!({}),
+    )
+    .await;
+    let err = match SqliteStore::open(&b.url, HashEmbedder::new(128).identity()).await {
+        Err(e) => e,
+        Ok(_) => panic!("opened with a different embedder"),
+    };
+    assert!(matches!(err, StoreError::EmbedderMismatch { .. }));
+    let text = err.to_string();
+    assert!(
+        text.contains("384") && text.contains("128") && text.contains("reembed"),
+        "{text}"
+    );
+}
+
+macro_rules! conformance {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(sqlite:
+    keyword_and_vector_search_find_the_memory,
+    users_never_see_each_other,
+    duplicates_are_refused_even_concurrently,
+    scopes_and_metadata_filters_narrow,
+    delete_removes_rows_history_and_index,
+    a_second_instance_on_the_same_database_stays_coherent,
+    a_different_embedder_is_refused,
+);
