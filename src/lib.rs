@@ -18,6 +18,7 @@
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
 //! * [`bench`]: the `engram bench` workload.
+//! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
 
@@ -32,6 +33,7 @@ pub mod model;
 pub mod rank;
 pub mod service;
 pub mod startup;
+pub mod stdio;
 pub mod store;
 pub mod telemetry;
 

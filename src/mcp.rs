@@ -49,8 +49,10 @@ pub struct RememberParams {
     /// Narrows the memory to one run or session.
     pub run_id: Option<String>,
     /// Free-form JSON object stored with the memory; recall can filter on it.
+    #[serde(default, deserialize_with = "lenient::object")]
     pub metadata: Option<Metadata>,
     /// false stores the text as given, without extraction. Default true.
+    #[serde(default, deserialize_with = "lenient::boolean")]
     pub infer: Option<bool>,
 }
 
@@ -66,9 +68,11 @@ pub struct RecallParams {
     /// Only memories of this run.
     pub run_id: Option<String>,
     /// How many results, 1..=100 (default 10).
+    #[serde(default, deserialize_with = "lenient::integer")]
     pub limit: Option<i64>,
     /// Metadata equality filters, e.g. {"topic": "travel"}; values must be
     /// strings, numbers or booleans.
+    #[serde(default, deserialize_with = "lenient::object")]
     pub filters: Option<Metadata>,
 }
 
@@ -82,6 +86,7 @@ pub struct UserContextParams {
     /// Only memories of this run.
     pub run_id: Option<String>,
     /// How many memories, 1..=100 (default 20).
+    #[serde(default, deserialize_with = "lenient::integer")]
     pub limit: Option<i64>,
 }
 
@@ -94,6 +99,7 @@ pub struct ForgetParams {
     /// `all: true` it must be given explicitly.
     pub user_id: Option<String>,
     /// true deletes every memory of `user_id`, with their history.
+    #[serde(default, deserialize_with = "lenient::boolean")]
     pub all: Option<bool>,
 }
 
@@ -113,8 +119,6 @@ pub struct EngramMcp {
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
-
-type ToolResult<T> = Result<Json<T>, String>;
 
 #[tool_router]
 impl EngramMcp {
@@ -151,7 +155,7 @@ impl EngramMcp {
     async fn remember(
         &self,
         Parameters(p): Parameters<RememberParams>,
-    ) -> ToolResult<RememberResult> {
+    ) -> Result<Json<RememberResult>, String> {
         let scope = self
             .scope(
                 p.user_id.as_deref(),
@@ -184,7 +188,10 @@ impl EngramMcp {
             open_world_hint = false
         )
     )]
-    async fn recall(&self, Parameters(p): Parameters<RecallParams>) -> ToolResult<RecallResult> {
+    async fn recall(
+        &self,
+        Parameters(p): Parameters<RecallParams>,
+    ) -> Result<Json<RecallResult>, String> {
         let scope = self
             .scope(
                 p.user_id.as_deref(),
@@ -215,7 +222,7 @@ impl EngramMcp {
     async fn user_context(
         &self,
         Parameters(p): Parameters<UserContextParams>,
-    ) -> ToolResult<UserContext> {
+    ) -> Result<Json<UserContext>, String> {
         let scope = self
             .scope(
                 p.user_id.as_deref(),
@@ -241,7 +248,10 @@ impl EngramMcp {
             open_world_hint = false
         )
     )]
-    async fn forget(&self, Parameters(p): Parameters<ForgetParams>) -> ToolResult<ForgetResult> {
+    async fn forget(
+        &self,
+        Parameters(p): Parameters<ForgetParams>,
+    ) -> Result<Json<ForgetResult>, String> {
         let all = p.all.unwrap_or(false);
         let target = match (p.memory_id.as_deref(), all) {
             (Some(_), true) => {
@@ -394,6 +404,61 @@ fn protocol_error(e: Error) -> ErrorData {
     } else {
         tracing::error!(error = %e, "request failed");
         ErrorData::internal_error(e.to_string(), None)
+    }
+}
+
+/// Argument decoders that also accept the string forms some clients send
+/// (the MCP Inspector CLI passes every `--tool-arg` as a string when a schema
+/// type is nullable): `"5"` for 5, `"true"` for true, `"{...}"` for an object.
+mod lenient {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use crate::model::Metadata;
+
+    pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("invalid type: {n} is not an integer"))),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+                D::Error::custom(format!("invalid type: string \"{s}\", expected an integer"))
+            }),
+            Some(other) => Err(D::Error::custom(format!(
+                "invalid type: {other}, expected an integer"
+            ))),
+        }
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(Value::String(s)) if s.trim() == "true" => Ok(Some(true)),
+            Some(Value::String(s)) if s.trim() == "false" => Ok(Some(false)),
+            Some(other) => Err(D::Error::custom(format!(
+                "invalid type: {other}, expected true or false"
+            ))),
+        }
+    }
+
+    pub fn object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Metadata>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Object(map)) => Ok(Some(map)),
+                _ => Err(D::Error::custom(format!(
+                    "invalid type: string \"{s}\", expected a JSON object such as {{\"topic\": \"travel\"}}"
+                ))),
+            },
+            Some(other) => Err(D::Error::custom(format!(
+                "invalid type: {other}, expected a JSON object such as {{\"topic\": \"travel\"}}"
+            ))),
+        }
     }
 }
 

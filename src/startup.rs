@@ -70,7 +70,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     );
     let handler = EngramMcp::new(service, config.default_user.clone());
     let running = handler
-        .serve(rmcp::transport::stdio())
+        .serve(crate::stdio::transport(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        ))
         .await
         .map_err(|e| StartupError::Transport(e.to_string()))?;
     running

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs engram's whole test suite from a fresh clone: formatting, lints, tests.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh inspector       # extra args go to the test runner (here: a filter)
+#
+# Needs cargo (with rustfmt and clippy), node and npm. Installs the pinned MCP
+# Inspector CLI into a cache outside the repo on first use and exports
+# ENGRAM_INSPECTOR_CLI so tests/inspector.rs runs it without network access.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+INSPECTOR_VERSION=0.15.0
+# The Inspector depends on the MCP TypeScript SDK with a caret range; pin it too
+# so the client that talks to engram does not change under us.
+MCP_SDK_VERSION=1.32.2
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+# --- MCP Inspector CLI -------------------------------------------------------
+for tool in node npm; do
+    command -v "$tool" >/dev/null || { echo "error: $tool not found; install Node.js 20+" >&2; exit 1; }
+done
+inspector_dir="${XDG_CACHE_HOME:-$HOME/.cache}/engram-test/inspector-${INSPECTOR_VERSION}-sdk-${MCP_SDK_VERSION}"
+if [[ ! -f "$inspector_dir/.installed" ]]; then
+    step "installing @modelcontextprotocol/inspector@${INSPECTOR_VERSION} into $inspector_dir"
+    mkdir -p "$inspector_dir"
+    npm install --prefix "$inspector_dir" --no-audit --no-fund \
+        "@modelcontextprotocol/inspector@${INSPECTOR_VERSION}" \
+        "@modelcontextprotocol/sdk@${MCP_SDK_VERSION}" >&2
+    touch "$inspector_dir/.installed"
+fi
+# The package's "bin" entry (mcp-inspector) is the CLI's JS entry point.
+ENGRAM_INSPECTOR_CLI="$(node -p '
+    const path = require("path");
+    const pkg = path.join(process.argv[1], "node_modules/@modelcontextprotocol/inspector");
+    path.join(pkg, require(path.join(pkg, "package.json")).bin["mcp-inspector"]);
+' "$inspector_dir")"
+export ENGRAM_INSPECTOR_CLI
+step "inspector CLI: $ENGRAM_INSPECTOR_CLI"
+
+# --- Rust --------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+# cargo-nextest is used when present; building it from source takes minutes,
+# so when it is missing we fall back to cargo test rather than install it.
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run $*"
+    cargo nextest run --no-fail-fast "$@"
+    if [[ $# -eq 0 ]]; then
+        step "cargo test --doc (nextest does not run doctests)"
+        cargo test --doc
+    fi
+else
+    step "cargo test $* (cargo-nextest not installed)"
+    cargo test --no-fail-fast "$@"
+fi
+
+step "all tests passed"
