@@ -27,6 +27,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
     },
+    /// Rebuild every stored vector with the configured embedder (stop servers first).
+    Reembed,
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
 }
@@ -66,6 +68,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             match transport {
                 Transport::Stdio => engram::startup::serve_stdio(&config).await?,
             }
+        }
+        Command::Reembed => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::reembed(&config).await?;
         }
         Command::Bench(args) => engram::bench::run(args).await?,
     }

@@ -60,6 +60,18 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
     )))
 }
 
+/// `engram reembed`: rebuilds the store's vectors with the configured embedder.
+pub async fn reembed(config: &Config) -> Result<(), StartupError> {
+    let embedder = embedder(config)?;
+    let count = SqliteStore::reembed(&config.database_url, embedder.as_ref()).await?;
+    eprintln!(
+        "engram: re-embedded {count} memories in {} with {}",
+        config.database_url,
+        embedder.identity()
+    );
+    Ok(())
+}
+
 /// Serves MCP over stdin/stdout until the client disconnects.
 pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;

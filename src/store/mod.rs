@@ -45,6 +45,9 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+
     #[error("stored data is corrupt ({0})")]
     Corrupt(String),
 }

@@ -22,7 +22,7 @@ use sqlx::{Connection, Row};
 
 use super::vector_index::{UserVectors, VectorIndex};
 use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
-use crate::embed::{EmbedderIdentity, dot};
+use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -55,6 +55,66 @@ impl SqliteStore {
         };
         store.check_embedder().await?;
         Ok(store)
+    }
+
+    /// Rebuilds every stored vector with `embedder` and records it as the
+    /// store's embedder. One write transaction: all or nothing. Running
+    /// servers must be stopped first (they checked the embedder when they opened).
+    pub async fn reembed(url: &str, embedder: &dyn Embedder) -> Result<u64, StoreError> {
+        const BATCH: i64 = 256;
+        let identity = embedder.identity();
+        let pool = connect(url).await?;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting the re-embed"))?;
+        let mut after = 0i64;
+        let mut done = 0u64;
+        loop {
+            let rows: Vec<(i64, String)> =
+                sqlx::query_as("SELECT pk, content FROM memories WHERE pk > ? ORDER BY pk LIMIT ?")
+                    .bind(after)
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db("reading memories to re-embed"))?;
+            let Some(&(last, _)) = rows.last() else { break };
+            let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
+            let vectors = embedder.embed_documents(&texts).await?;
+            for ((pk, _), vector) in rows.iter().zip(&vectors) {
+                sqlx::query("UPDATE memories SET embedding = ? WHERE pk = ?")
+                    .bind(encode_vector(vector))
+                    .bind(pk)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("storing a re-embedded vector"))?;
+            }
+            done += rows.len() as u64;
+            after = last;
+        }
+        sqlx::query(
+            "INSERT INTO store_info (key, value) VALUES ('embedder', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(identity.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording the store's embedder"))?;
+        // Every user's vectors changed: move all generations past any cached copy.
+        let next: i64 = sqlx::query_scalar(
+            "UPDATE write_seq SET value = value + 1 WHERE one = 1 RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("advancing the write sequence"))?;
+        sqlx::query("UPDATE user_generations SET generation = ?")
+            .bind(next)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("advancing generations"))?;
+        tx.commit().await.map_err(db("committing the re-embed"))?;
+        pool.close().await;
+        Ok(done)
     }
 
     /// Records the embedder on first open; refuses a different one afterwards.

@@ -1,0 +1,100 @@
+//! Shared helpers for the tests that drive the real binary over MCP stdio.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+/// The built binary under test.
+pub const ENGRAM: &str = env!("CARGO_BIN_EXE_engram");
+
+pub type Client = RunningService<RoleClient, ()>;
+
+pub struct Engram {
+    _dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+impl Engram {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("engram.db");
+        Self { _dir: dir, db }
+    }
+
+    pub async fn connect(&self) -> Client {
+        connect_with(&self.db, &[]).await
+    }
+}
+
+pub async fn connect_with(db: &Path, env: &[(&str, &str)]) -> Client {
+    let transport = TokioChildProcess::new(tokio::process::Command::new(ENGRAM).configure(|cmd| {
+        cmd.arg("serve")
+            .env("ENGRAM_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("ENGRAM_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    }))
+    .expect("spawn engram");
+    ().serve(transport)
+        .await
+        .expect("MCP handshake with engram")
+}
+
+pub async fn call(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
+    let args = args.as_object().cloned().expect("arguments are an object");
+    client
+        .call_tool(CallToolRequestParams::new(tool).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+}
+
+/// Calls a tool that must succeed; returns its structured content.
+pub async fn ok(client: &Client, tool: &'static str, args: Value) -> Value {
+    let result = call(client, tool, args.clone()).await;
+    assert_ne!(
+        result.is_error,
+        Some(true),
+        "{tool} {args} failed: {:?}",
+        result.content
+    );
+    result
+        .structured_content
+        .unwrap_or_else(|| panic!("{tool} returned no structured content"))
+}
+
+/// Calls a tool that must fail with a tool error; returns the error text.
+pub async fn tool_err(client: &Client, tool: &'static str, args: Value) -> String {
+    let result = call(client, tool, args.clone()).await;
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "{tool} {args} should fail: {result:?}"
+    );
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn texts(recall: &Value) -> Vec<String> {
+    recall["results"]
+        .as_array()
+        .expect("results array")
+        .iter()
+        .map(|r| r["memory"].as_str().expect("memory text").to_owned())
+        .collect()
+}
+
+pub async fn total(client: &Client, user: &str) -> u64 {
+    ok(client, "user_context", json!({"user_id": user})).await["total"]
+        .as_u64()
+        .expect("total")
+}
