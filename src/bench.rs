@@ -1,6 +1,10 @@
 //! `engram bench`: fills a scratch store for one user through [`MemoryService`]
 //! and prints remember throughput and recall latency percentiles at each size.
 //!
+//! Besides end-to-end recall it times the two candidate searches on their own
+//! (vector and keyword, straight on the store) and measures recall@10 of the
+//! quantised vector index against an exact f32 scan of the same vectors.
+//!
 //! The text is synthetic but shaped like memories (a subject, an activity, a
 //! place, a time) drawn from word lists by a seeded generator, so runs are
 //! repeatable and keyword search has realistic selectivity.
@@ -9,11 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::embed::HashEmbedder;
+use crate::embed::{Embedder, HashEmbedder, dot};
 use crate::extract::VerbatimExtractor;
-use crate::model::{Event, Scope};
+use crate::model::{Event, MemoryId, MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
-use crate::store::SqliteStore;
+use crate::store::{SearchScope, SqliteStore, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -38,14 +42,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| scratch.join("bench.db"));
     let embedder = Arc::new(HashEmbedder::new(args.dims));
-    let store = SqliteStore::open(
-        &format!("sqlite://{}", path.display()),
-        crate::embed::Embedder::identity(embedder.as_ref()),
-    )
-    .await?;
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", path.display()), embedder.identity()).await?,
+    );
     let service = MemoryService::new(
-        Arc::new(store),
-        embedder,
+        store.clone(),
+        embedder.clone(),
         Arc::new(VerbatimExtractor),
         Settings {
             dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
@@ -54,69 +56,118 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let scope = Scope::user("bench-user");
     let mut words = Generator::new(42);
-    let mut stored = 0usize;
+    let mut stored = store.recent(&scope, 1).await?.1 as usize;
+    // Every stored vector, for the exact-scan reference.
+    let mut reference: Vec<(MemoryId, Vec<f32>)> = Vec::new();
+    if stored > 0 {
+        eprintln!("note: {stored} memories already stored; recall@10 covers only new ones");
+    }
     println!(
-        "engram bench: sqlite store at {}, hash embedder {} dims, one user",
+        "engram bench: sqlite store at {}, hash embedder {} dims, one user, {} queries per size",
         path.display(),
-        args.dims
+        args.dims,
+        args.queries
     );
     println!(
-        "{:>9} {:>14} {:>6} {:>10} {:>10} {:>10} {:>8}",
-        "memories", "remember/s", "dups", "recall p50", "p95", "p99", "queries"
+        "{:>9} {:>11} {:>5} | {:>9} {:>8} {:>8} | {:>10} {:>11} | {:>9}",
+        "memories",
+        "remember/s",
+        "dups",
+        "recall p50",
+        "p95",
+        "p99",
+        "vector p50",
+        "keyword p50",
+        "recall@10"
     );
     for &size in &args.sizes {
         let mut dups = 0usize;
+        let mut calls = 0usize;
         let started = Instant::now();
-        let added_before = stored;
         while stored < size {
+            let text = words.memory();
             let req = RememberRequest {
                 scope: scope.clone(),
-                text: Some(words.memory()),
+                text: Some(text.clone()),
                 messages: None,
                 metadata: None,
                 infer: true,
             };
             let result = service.remember(req).await?;
+            calls += 1;
             for r in &result.results {
                 if r.event == Event::Add {
                     stored += 1;
+                    reference.push((r.id, embedder.embed(&text)));
                 } else {
                     dups += 1;
                 }
             }
         }
-        let fill = started.elapsed();
-        let per_sec = (stored - added_before + dups) as f64 / fill.as_secs_f64();
+        let per_sec = calls as f64 / started.elapsed().as_secs_f64();
 
-        let mut latencies = Vec::with_capacity(args.queries);
-        for _ in 0..args.queries {
+        let queries: Vec<String> = (0..args.queries).map(|_| words.query()).collect();
+        let mut recall = Vec::with_capacity(queries.len());
+        let mut vector = Vec::with_capacity(queries.len());
+        let mut keyword = Vec::with_capacity(queries.len());
+        let mut overlap = 0usize;
+        let mut expected = 0usize;
+        let none = MetadataFilter::default();
+        let at = SearchScope {
+            scope: &scope,
+            filter: &none,
+        };
+        for query in &queries {
             let req = RecallRequest {
                 scope: scope.clone(),
-                query: words.query(),
+                query: query.clone(),
                 limit: Some(10),
                 filters: None,
             };
             let t = Instant::now();
-            let result = service.recall(req).await?;
-            latencies.push(t.elapsed());
-            std::hint::black_box(result);
+            std::hint::black_box(service.recall(req).await?);
+            recall.push(t.elapsed());
+
+            let q = embedder.embed(query);
+            let t = Instant::now();
+            let hits = store.vector_search(at, &q, 10).await?;
+            vector.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(store.keyword_search(at, query, 40).await?);
+            keyword.push(t.elapsed());
+
+            let exact = exact_top(&reference, &q, 10);
+            expected += exact.len();
+            overlap += hits.iter().filter(|h| exact.contains(&h.id)).count();
         }
-        latencies.sort();
+        for list in [&mut recall, &mut vector, &mut keyword] {
+            list.sort();
+        }
         println!(
-            "{:>9} {:>14.0} {:>6} {:>10} {:>10} {:>10} {:>8}",
+            "{:>9} {:>11.0} {:>5} | {:>10} {:>8} {:>8} | {:>10} {:>11} | {:>9.3}",
             stored,
             per_sec,
             dups,
-            ms(percentile(&latencies, 0.50)),
-            ms(percentile(&latencies, 0.95)),
-            ms(percentile(&latencies, 0.99)),
-            args.queries
+            ms(percentile(&recall, 0.50)),
+            ms(percentile(&recall, 0.95)),
+            ms(percentile(&recall, 0.99)),
+            ms(percentile(&vector, 0.50)),
+            ms(percentile(&keyword, 0.50)),
+            overlap as f64 / expected.max(1) as f64,
         );
     }
     if args.database.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     Ok(())
+}
+
+/// The ids of the `k` reference vectors most similar to `q`, by exact cosine.
+fn exact_top(reference: &[(MemoryId, Vec<f32>)], q: &[f32], k: usize) -> Vec<MemoryId> {
+    let mut scored: Vec<(MemoryId, f32)> =
+        reference.iter().map(|(id, v)| (*id, dot(q, v))).collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.into_iter().take(k).map(|(id, _)| id).collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -14,7 +14,6 @@ CREATE TABLE memories (
     run_id       TEXT,
     content      TEXT    NOT NULL,
     content_hash TEXT    NOT NULL,               -- sha256 of the content, hex
-    embedding    BLOB    NOT NULL,               -- f32 little-endian, store_info.dims long
     metadata     TEXT    NOT NULL DEFAULT '{}',  -- JSON object
     categories   TEXT    NOT NULL DEFAULT '[]',  -- JSON array of strings
     created_at   INTEGER NOT NULL,
@@ -23,6 +22,13 @@ CREATE TABLE memories (
     valid_to     INTEGER,                        -- set when superseded; NULL = current
     expires_at   INTEGER
 );
+-- Vectors live apart from the rows they belong to, so scans of memories
+-- (keyword joins, listings) read small rows and never page through blobs.
+CREATE TABLE memory_vectors (
+    pk        INTEGER PRIMARY KEY REFERENCES memories (pk) ON DELETE CASCADE,
+    embedding BLOB NOT NULL                      -- f32 little-endian, the store's dims long
+);
+
 CREATE INDEX memories_scope  ON memories (user_id, agent_id, run_id) WHERE valid_to IS NULL;
 CREATE INDEX memories_recent ON memories (user_id, updated_at DESC) WHERE valid_to IS NULL;
 CREATE INDEX memories_hash   ON memories (user_id, content_hash);

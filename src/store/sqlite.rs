@@ -7,6 +7,7 @@
 //! that transaction, so it is atomic. Every write bumps the user's generation,
 //! which is what keeps the vector index honest.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -29,11 +30,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// How far below the threshold an approximate score may be and still get an exact check.
 const DEDUP_MARGIN: f32 = 0.05;
+/// A vector search re-ranks `limit * RERANK_FACTOR + RERANK_EXTRA` approximate
+/// candidates by exact cosine.
+const RERANK_FACTOR: usize = 2;
+const RERANK_EXTRA: usize = 10;
 /// How many approximate candidates get an exact dedup check.
 const DEDUP_CANDIDATES: usize = 8;
 
-const MEMORY_COLUMNS: &str = "id, user_id, agent_id, run_id, content, metadata, categories, \
-                              created_at, updated_at";
+/// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
+const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
+                              m.categories, m.created_at, m.updated_at";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -82,7 +88,7 @@ impl SqliteStore {
             let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
             let vectors = embedder.embed_documents(&texts).await?;
             for ((pk, _), vector) in rows.iter().zip(&vectors) {
-                sqlx::query("UPDATE memories SET embedding = ? WHERE pk = ?")
+                sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
                     .bind(encode_vector(vector))
                     .bind(pk)
                     .execute(&mut *tx)
@@ -152,7 +158,8 @@ impl SqliteStore {
             return Ok(generation);
         }
         let rows = sqlx::query(
-            "SELECT pk, id, embedding FROM memories WHERE user_id = ? AND valid_to IS NULL",
+            "SELECT m.pk, m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
+             WHERE m.user_id = ? AND m.valid_to IS NULL",
         )
         .bind(user_id)
         .fetch_all(&mut *conn)
@@ -196,21 +203,11 @@ impl SqliteStore {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "SELECT pk, embedding FROM memories WHERE pk IN (SELECT value FROM json_each(?))",
-        )
-        .bind(json_array(&candidates))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("checking for duplicates"))?;
-        let mut best: Option<(i64, f32)> = None;
-        for row in &rows {
-            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
-            let sim = dot(embedding, &v);
-            if sim >= threshold && best.is_none_or(|(_, b)| sim > b) {
-                best = Some((row.try_get("pk").map_err(db("reading a vector"))?, sim));
-            }
-        }
+        let best = exact_scores(conn, &candidates, embedding)
+            .await?
+            .into_iter()
+            .filter(|&(_, sim)| sim >= threshold)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
         Ok(best)
     }
 
@@ -222,7 +219,7 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
         let rows = sqlx::query(
-            "SELECT m.id, m.embedding FROM memories m \
+            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
              WHERE m.user_id = ?1 AND m.valid_to IS NULL \
                AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) \
                AND (?4 IS NULL OR NOT EXISTS ( \
@@ -251,7 +248,7 @@ impl SqliteStore {
     }
 
     async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
-        let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE pk = ?");
+        let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.pk = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(pk)
             .fetch_one(&mut *conn)
@@ -302,9 +299,9 @@ impl Store for SqliteStore {
         let categories = serde_json::to_string(&new.categories)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let pk: i64 = sqlx::query_scalar(
-            "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, embedding, \
+            "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
              metadata, categories, created_at, updated_at, valid_from) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
         )
         .bind(new.id.to_string())
         .bind(&new.scope.user_id)
@@ -312,7 +309,6 @@ impl Store for SqliteStore {
         .bind(&new.scope.run_id)
         .bind(&new.content)
         .bind(content_hash(&new.content))
-        .bind(encode_vector(&new.embedding))
         .bind(&metadata)
         .bind(&categories)
         .bind(ms)
@@ -321,6 +317,12 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db("storing a memory"))?;
+        sqlx::query("INSERT INTO memory_vectors (pk, embedding) VALUES (?, ?)")
+            .bind(pk)
+            .bind(encode_vector(&new.embedding))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing a vector"))?;
         sqlx::query("INSERT INTO memories_fts (rowid, scope, content) VALUES (?, ?, ?)")
             .bind(pk)
             .bind(scope_tokens(&new.scope))
@@ -362,12 +364,12 @@ impl Store for SqliteStore {
         }
         let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories \
-             WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))"
+            "SELECT {MEMORY_COLUMNS} FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
+             WHERE m.user_id = ?"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
             .bind(serde_json::Value::from(id_list).to_string())
+            .bind(user_id)
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading memories"))?;
@@ -390,19 +392,34 @@ impl Store for SqliteStore {
         }
         let user_id = &at.scope.user_id;
         let entry = self.index.user(user_id);
-        {
-            let vecs = entry.read().await;
-            let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
-            if vecs.generation == Some(generation(&mut conn, user_id).await?) {
-                return Ok(to_hits(vecs.top_k(query, limit)));
-            }
-        }
-        let mut vecs = entry.write().await;
         let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
-        let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
-        self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-        tx.commit().await.map_err(db("loading vectors"))?;
-        Ok(to_hits(vecs.top_k(query, limit)))
+        let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
+        let approx = {
+            let vecs = entry.read().await;
+            if vecs.generation == Some(generation(&mut conn, user_id).await?) {
+                vecs.top_k(query, pool)
+            } else {
+                drop(vecs);
+                let mut vecs = entry.write().await;
+                let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+                self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+                tx.commit().await.map_err(db("loading vectors"))?;
+                vecs.top_k(query, pool)
+            }
+        };
+        // Re-rank the approximate candidates by exact cosine on the stored f32.
+        let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
+        let exact: HashMap<i64, f32> = exact_scores(&mut conn, &pks, query)
+            .await?
+            .into_iter()
+            .collect();
+        let mut hits: Vec<Hit> = approx
+            .iter()
+            .filter_map(|s| exact.get(&s.pk).map(|&score| Hit { id: s.id, score }))
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(hits)
     }
 
     async fn keyword_search(
@@ -418,26 +435,25 @@ impl Store for SqliteStore {
             "scope : ({}) AND content : ({terms})",
             scope_match(at.scope)
         );
-        let rows = sqlx::query(
-            "SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
-             JOIN memories m ON m.pk = memories_fts.rowid \
-             WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
-               AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) \
-               AND (?5 IS NULL OR NOT EXISTS ( \
-                    SELECT 1 FROM json_each(?5) f WHERE NOT EXISTS ( \
-                      SELECT 1 FROM json_each(m.metadata) mm \
-                      WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom))) \
-             ORDER BY rank LIMIT ?6",
-        )
-        .bind(expr)
-        .bind(&at.scope.user_id)
-        .bind(&at.scope.agent_id)
-        .bind(&at.scope.run_id)
-        .bind(filter_json(at))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("searching keywords"))?;
+        // Unfiltered, FTS5 ranks inside the index (the scope tokens already
+        // narrow to user, agent and run) and only the top rows touch the
+        // table; the outer checks make a token collision harmless. Filtered,
+        // every match must be checked against its metadata before the cut.
+        let sql = if at.filter.is_empty() {
+            KEYWORD_TOP_THEN_CHECK
+        } else {
+            KEYWORD_CHECK_THEN_TOP
+        };
+        let rows = sqlx::query(sql)
+            .bind(expr)
+            .bind(&at.scope.user_id)
+            .bind(&at.scope.agent_id)
+            .bind(&at.scope.run_id)
+            .bind(filter_json(at))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("searching keywords"))?;
         rows.iter()
             .map(|row| {
                 let rank: f64 = row.try_get("rank").map_err(db("reading a keyword hit"))?;
@@ -450,10 +466,11 @@ impl Store for SqliteStore {
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
-        const WHERE: &str = "WHERE user_id = ?1 AND valid_to IS NULL \
-                             AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR run_id = ?3)";
+        const WHERE: &str = "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+                             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3)";
         let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories {WHERE} ORDER BY updated_at DESC, pk DESC LIMIT ?4"
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&scope.user_id)
@@ -464,7 +481,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("listing memories"))?;
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM memories {WHERE}"
+            "SELECT COUNT(*) FROM memories m {WHERE}"
         )))
         .bind(&scope.user_id)
         .bind(&scope.agent_id)
@@ -526,6 +543,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("unindexing a memory"))?;
+        sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a vector"))?;
         sqlx::query("DELETE FROM memories WHERE pk = ?")
             .bind(pk)
             .execute(&mut *tx)
@@ -560,6 +582,13 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db("unindexing memories"))?;
+        sqlx::query(
+            "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting vectors"))?;
         let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
             .bind(user_id)
             .execute(&mut *tx)
@@ -601,7 +630,12 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        // Reads come from the OS page cache through mmap rather than read()
+        // calls, and each connection keeps a larger page cache of its own.
+        .pragma("mmap_size", "268435456")
+        .pragma("cache_size", "-32768");
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
@@ -615,6 +649,28 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
             source,
         })?;
     Ok(pool)
+}
+
+/// Exact cosine similarity of `query` with the stored vectors of `pks`.
+async fn exact_scores(
+    conn: &mut SqliteConnection,
+    pks: &[i64],
+    query: &[f32],
+) -> Result<Vec<(i64, f32)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT v.pk, v.embedding FROM json_each(?) j CROSS JOIN memory_vectors v ON v.pk = j.value",
+    )
+    .bind(json_array(pks))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("reading vectors"))?;
+    rows.iter()
+        .map(|row| {
+            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            let pk: i64 = row.try_get("pk").map_err(db("reading a vector"))?;
+            Ok((pk, dot(query, &v)))
+        })
+        .collect()
 }
 
 async fn generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
@@ -647,16 +703,6 @@ async fn bump_generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i
 
 fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { context, source }
-}
-
-fn to_hits(scored: Vec<super::vector_index::Scored>) -> Vec<Hit> {
-    scored
-        .into_iter()
-        .map(|s| Hit {
-            id: s.id,
-            score: s.score,
-        })
-        .collect()
 }
 
 fn memory_from_row(row: &SqliteRow) -> Result<Memory, StoreError> {
@@ -799,6 +845,28 @@ fn match_terms(query: &str) -> Option<String> {
             .join(" OR ")
     })
 }
+
+const KEYWORD_TOP_THEN_CHECK: &str = "\
+    SELECT m.id, f.rank FROM ( \
+        SELECT rowid, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
+        WHERE memories_fts MATCH ?1 ORDER BY rank LIMIT ?6) f \
+    CROSS JOIN memories m ON m.pk = f.rowid \
+    WHERE m.user_id = ?2 AND m.valid_to IS NULL \
+      AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) AND ?5 IS NULL \
+    ORDER BY f.rank";
+
+// CROSS JOIN pins the FTS index as the outer loop; with a plain JOIN the
+// planner may walk the user's rows and re-run MATCH once per row.
+const KEYWORD_CHECK_THEN_TOP: &str = "\
+    SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
+    CROSS JOIN memories m ON m.pk = memories_fts.rowid \
+    WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
+      AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) \
+      AND (?5 IS NULL OR NOT EXISTS ( \
+           SELECT 1 FROM json_each(?5) f WHERE NOT EXISTS ( \
+             SELECT 1 FROM json_each(m.metadata) mm \
+             WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom))) \
+    ORDER BY rank LIMIT ?6";
 
 /// Words too common to rank by (English function words).
 const STOPWORDS: &[&str] = &[

@@ -152,7 +152,7 @@ fn scan_portable(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
         let dot: i32 = row
             .iter()
             .zip(q)
-            .map(|(&a, &b)| i32::from(a as i16 * b as i16))
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
             .sum();
         *score = dot as f32;
     }
