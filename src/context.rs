@@ -16,6 +16,7 @@ pub struct UserContext {
     /// Most recent first.
     pub memories: Vec<Memory>,
     /// How many current memories the user has in all.
+    #[schemars(schema_with = "crate::model::count_schema")]
     pub total: u64,
 }
 

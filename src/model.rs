@@ -263,6 +263,12 @@ pub fn validate_metadata(metadata: Option<Metadata>) -> Result<Metadata, Error> 
     Ok(metadata)
 }
 
+/// Schema for a count: a non-negative integer, without the `uint64` format
+/// that some clients' validators warn about.
+pub fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "minimum": 0})
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),

@@ -117,6 +117,7 @@ pub enum ForgetTarget {
 pub struct ForgetResult {
     pub user_id: String,
     /// How many memories were deleted.
+    #[schemars(schema_with = "crate::model::count_schema")]
     pub deleted: u64,
     /// The deleted memory, when one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
