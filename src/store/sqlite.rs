@@ -26,6 +26,22 @@ use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, Sto
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
 
+/// SQL condition: memory `m` holds every key of the JSON object bound at
+/// parameter `$p` with an equal value (same JSON type and value), or `$p` is NULL.
+macro_rules! metadata_matches {
+    ($p:literal) => {
+        concat!(
+            "(",
+            $p,
+            " IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(",
+            $p,
+            ") f \
+             WHERE NOT EXISTS (SELECT 1 FROM json_each(m.metadata) mm \
+             WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom)))"
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How far below the threshold an approximate score may be and still get an exact check.
@@ -107,12 +123,7 @@ impl SqliteStore {
         .await
         .map_err(db("recording the store's embedder"))?;
         // Every user's vectors changed: move all generations past any cached copy.
-        let next: i64 = sqlx::query_scalar(
-            "UPDATE write_seq SET value = value + 1 WHERE one = 1 RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("advancing the write sequence"))?;
+        let next = next_write_seq(&mut tx).await?;
         sqlx::query("UPDATE user_generations SET generation = ?")
             .bind(next)
             .execute(&mut *tx)
@@ -126,23 +137,23 @@ impl SqliteStore {
     /// Records the embedder on first open; refuses a different one afterwards.
     async fn check_embedder(&self) -> Result<(), StoreError> {
         let configured = self.embedder.to_string();
-        let stored: Option<String> =
+        // First open records it; a concurrent first open loses the race harmlessly.
+        sqlx::query(
+            "INSERT INTO store_info (key, value) VALUES ('embedder', ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&configured)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording the store's embedder"))?;
+        let stored: String =
             sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
-                .fetch_optional(&self.pool)
+                .fetch_one(&self.pool)
                 .await
                 .map_err(db("reading the store's embedder"))?;
-        match stored {
-            Some(stored) if stored == configured => Ok(()),
-            Some(stored) => Err(StoreError::EmbedderMismatch { stored, configured }),
-            None => {
-                sqlx::query("INSERT INTO store_info (key, value) VALUES ('embedder', ?)")
-                    .bind(&configured)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db("recording the store's embedder"))?;
-                Ok(())
-            }
+        if stored != configured {
+            return Err(StoreError::EmbedderMismatch { stored, configured });
         }
+        Ok(())
     }
 
     /// Keeps the in-process vectors of `user_id` at `generation`, reloading
@@ -218,15 +229,12 @@ impl SqliteStore {
         query: &[f32],
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
              WHERE m.user_id = ?1 AND m.valid_to IS NULL \
-               AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) \
-               AND (?4 IS NULL OR NOT EXISTS ( \
-                    SELECT 1 FROM json_each(?4) f WHERE NOT EXISTS ( \
-                      SELECT 1 FROM json_each(m.metadata) mm \
-                      WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom)))",
-        )
+               AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
+            metadata_matches!("?4")
+        ))
         .bind(&at.scope.user_id)
         .bind(&at.scope.agent_id)
         .bind(&at.scope.run_id)
@@ -683,12 +691,16 @@ async fn generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, S
     Ok(g.unwrap_or(0))
 }
 
+/// The next value of the store-wide write sequence (never reused).
+async fn next_write_seq(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+    sqlx::query_scalar("UPDATE write_seq SET value = value + 1 WHERE one = 1 RETURNING value")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("advancing the write sequence"))
+}
+
 async fn bump_generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
-    let next: i64 =
-        sqlx::query_scalar("UPDATE write_seq SET value = value + 1 WHERE one = 1 RETURNING value")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db("advancing the write sequence"))?;
+    let next = next_write_seq(conn).await?;
     sqlx::query(
         "INSERT INTO user_generations (user_id, generation) VALUES (?, ?) \
          ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation",
@@ -857,16 +869,14 @@ const KEYWORD_TOP_THEN_CHECK: &str = "\
 
 // CROSS JOIN pins the FTS index as the outer loop; with a plain JOIN the
 // planner may walk the user's rows and re-run MATCH once per row.
-const KEYWORD_CHECK_THEN_TOP: &str = "\
-    SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
-    CROSS JOIN memories m ON m.pk = memories_fts.rowid \
-    WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
-      AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) \
-      AND (?5 IS NULL OR NOT EXISTS ( \
-           SELECT 1 FROM json_each(?5) f WHERE NOT EXISTS ( \
-             SELECT 1 FROM json_each(m.metadata) mm \
-             WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom))) \
-    ORDER BY rank LIMIT ?6";
+const KEYWORD_CHECK_THEN_TOP: &str = concat!(
+    "SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
+     CROSS JOIN memories m ON m.pk = memories_fts.rowid \
+     WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
+       AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) AND ",
+    metadata_matches!("?5"),
+    " ORDER BY rank LIMIT ?6"
+);
 
 /// Words too common to rank by (English function words).
 const STOPWORDS: &[&str] = &[
