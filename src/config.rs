@@ -49,6 +49,8 @@ pub struct Config {
     pub dedup_threshold: f32,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
+    /// Memory for the in-process vector copies, all users together, in MiB.
+    pub vector_cache_mb: usize,
 }
 
 /// Why configuration could not be loaded.
@@ -87,6 +89,7 @@ struct FileConfig {
     default_user: Option<String>,
     dedup_threshold: Option<f64>,
     max_text_bytes: Option<i64>,
+    vector_cache_mb: Option<i64>,
 }
 
 pub const DEFAULT_EMBEDDING_DIMS: usize = 384;
@@ -94,6 +97,7 @@ pub const DEFAULT_DEDUP_THRESHOLD: f32 = 0.9;
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 32 * 1024;
 pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_USER: &str = "default";
+pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -153,6 +157,13 @@ impl Config {
                 format!("{max_text_bytes} is out of range; allowed 1..=16777216 (default 32768)"),
             ));
         }
+        let vector_cache_mb = layer.number("vector_cache_mb", DEFAULT_VECTOR_CACHE_MB as i64)?;
+        if !(1..=1024 * 1024).contains(&vector_cache_mb) {
+            return Err(invalid(
+                "vector_cache_mb",
+                format!("{vector_cache_mb} is out of range; allowed 1..=1048576 (default 512)"),
+            ));
+        }
         let default_user = layer
             .string("default_user")
             .unwrap_or_else(|| DEFAULT_USER.to_owned());
@@ -172,6 +183,7 @@ impl Config {
             default_user,
             dedup_threshold: dedup_threshold as f32,
             max_text_bytes: max_text_bytes as usize,
+            vector_cache_mb: vector_cache_mb as usize,
         })
     }
 }
@@ -228,6 +240,7 @@ impl Layers<'_> {
         let file = match key {
             "embedding_dims" => self.file.embedding_dims,
             "max_text_bytes" => self.file.max_text_bytes,
+            "vector_cache_mb" => self.file.vector_cache_mb,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -332,6 +345,7 @@ mod tests {
         assert_eq!(cfg.default_user, "envy");
         assert_eq!(cfg.dedup_threshold, 0.9);
         assert_eq!(cfg.max_text_bytes, 32 * 1024);
+        assert_eq!(cfg.vector_cache_mb, 512);
         assert_eq!(cfg.embedder, EmbedderKind::Hash);
     }
 

@@ -49,8 +49,10 @@ fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
 pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
     let embedder = embedder(config)?;
     let extractor = extractor(config)?;
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.database_url, embedder.identity()).await?);
+    let store = SqliteStore::open(&config.database_url, embedder.identity())
+        .await?
+        .with_vector_cache_bytes(config.vector_cache_mb * 1024 * 1024);
+    let store: Arc<dyn Store> = Arc::new(store);
     let settings = Settings {
         dedup_threshold: config.dedup_threshold,
         max_text_bytes: config.max_text_bytes,

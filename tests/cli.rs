@@ -52,6 +52,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         ("ENGRAM_EMBEDDING_DIMS", "lots", "integer"),
         ("ENGRAM_DEDUP_THRESHOLD", "2", "(0, 1]"),
         ("ENGRAM_MAX_TEXT_BYTES", "0", "1..="),
+        ("ENGRAM_VECTOR_CACHE_MB", "0", "1..="),
         ("ENGRAM_DATABASE_URL", "mysql://db", "sqlite://"),
         ("ENGRAM_CACHE_URL", "memcached://x", "redis://"),
         ("ENGRAM_DEFAULT_USER", " ", "default_user"),

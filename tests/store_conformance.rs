@@ -373,3 +373,46 @@ conformance!(sqlite:
     a_second_instance_on_the_same_database_stays_coherent,
     a_different_embedder_is_refused,
 );
+
+/// SQLite only: with a vector budget too small for two users, every switch of
+/// user drops the other's copy, and searches and dedup stay correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stays_correct_when_vector_copies_are_evicted() {
+    let b = sqlite().await;
+    let store = SqliteStore::open(&b.url, HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap()
+        .with_vector_cache_bytes(1);
+    let (alice, bob) = (scope("alice", None, None), scope("bob", None, None));
+    let none = MetadataFilter::default();
+    let a = add(
+        &store,
+        &alice,
+        "Alice grows tomatoes on her balcony",
+        json!({}),
+    )
+    .await;
+    let bb = add(&store, &bob, "Bob restores old motorcycles", json!({})).await;
+    for _ in 0..3 {
+        for (who, id, text) in [
+            (&alice, a, "tomatoes balcony"),
+            (&bob, bb, "old motorcycles"),
+        ] {
+            let at = SearchScope {
+                scope: who,
+                filter: &none,
+            };
+            let q = HashEmbedder::new(DIMS).embed(text);
+            let hits = store.vector_search(at, &q, 5).await.unwrap();
+            assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![id]);
+        }
+    }
+    let dup = store
+        .insert(
+            new_memory(&alice, "Alice grows tomatoes on her balcony", json!({})),
+            0.9,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(dup, InsertOutcome::Duplicate { existing, .. } if existing.id == a));
+}

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row};
 
-use super::vector_index::{UserVectors, VectorIndex};
+use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
@@ -71,12 +71,18 @@ impl SqliteStore {
         let pool = connect(url).await?;
         let store = Self {
             pool,
-            index: VectorIndex::new(embedder.dims),
+            index: VectorIndex::new(embedder.dims, DEFAULT_BUDGET_BYTES),
             embedder,
             write_lock: tokio::sync::Mutex::new(()),
         };
         store.check_embedder().await?;
         Ok(store)
+    }
+
+    /// Caps the memory the in-process vector copies may use (all users together).
+    pub fn with_vector_cache_bytes(mut self, bytes: usize) -> Self {
+        self.index = VectorIndex::new(self.embedder.dims, bytes);
+        self
     }
 
     /// Rebuilds every stored vector with `embedder` and records it as the

@@ -6,11 +6,16 @@
 //! generation in the database before every use and reloads on mismatch, so a
 //! write by another process (or a lost update) can never be served stale.
 //!
+//! Memory is bounded: when the copies together pass the byte budget, the least
+//! recently used users' copies are dropped (never the one being asked for); a
+//! dropped user is reloaded from the database on next use.
+//!
 //! Quantisation: each vector is scaled so its largest |component| maps to 127.
 //! Scores are approximate (typically within 0.01 of the exact cosine); callers
 //! that need exact similarity (dedup) re-check candidates against the stored f32.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::RwLock;
@@ -27,6 +32,8 @@ pub struct UserVectors {
     ids: Vec<MemoryId>,
     codes: Vec<i8>,
     inv_scales: Vec<f32>,
+    /// Row count, readable by the index without taking this copy's lock.
+    rows: Arc<AtomicUsize>,
 }
 
 impl UserVectors {
@@ -44,6 +51,7 @@ impl UserVectors {
         self.ids.clear();
         self.codes.clear();
         self.inv_scales.clear();
+        self.rows.store(0, Ordering::Relaxed);
     }
 
     pub fn push(&mut self, pk: i64, id: MemoryId, vector: &[f32]) {
@@ -52,6 +60,7 @@ impl UserVectors {
         self.pks.push(pk);
         self.ids.push(id);
         self.inv_scales.push(inv_scale);
+        self.rows.store(self.pks.len(), Ordering::Relaxed);
     }
 
     pub fn remove(&mut self, pk: i64) {
@@ -69,6 +78,7 @@ impl UserVectors {
             self.ids.pop();
             self.inv_scales.pop();
             self.codes.truncate(last * d);
+            self.rows.store(self.pks.len(), Ordering::Relaxed);
         }
     }
 
@@ -224,31 +234,87 @@ mod avx2 {
 
 /// All users' copies. Each user's copy sits behind its own async lock: scans
 /// share it, writers and reloads take it exclusively.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VectorIndex {
     dims: usize,
-    users: Mutex<HashMap<String, Arc<RwLock<UserVectors>>>>,
+    budget_bytes: usize,
+    state: Mutex<Slots>,
 }
 
+#[derive(Debug, Default)]
+struct Slots {
+    tick: u64,
+    by_user: HashMap<String, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    vectors: Arc<RwLock<UserVectors>>,
+    rows: Arc<AtomicUsize>,
+    last_used: u64,
+}
+
+/// Default budget for all users' copies together.
+pub const DEFAULT_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+
 impl VectorIndex {
-    pub fn new(dims: usize) -> Self {
+    pub fn new(dims: usize, budget_bytes: usize) -> Self {
         Self {
             dims,
-            users: Mutex::default(),
+            budget_bytes,
+            state: Mutex::default(),
         }
     }
 
+    /// The user's copy (empty and unloaded if new), marked as just used.
     pub fn user(&self, user_id: &str) -> Arc<RwLock<UserVectors>> {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        users
-            .entry(user_id.to_owned())
-            .or_insert_with(|| Arc::new(RwLock::new(UserVectors::new(self.dims))))
-            .clone()
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.tick += 1;
+        let tick = state.tick;
+        let slot = state.by_user.entry(user_id.to_owned()).or_insert_with(|| {
+            let vectors = UserVectors::new(self.dims);
+            Slot {
+                rows: vectors.rows.clone(),
+                vectors: Arc::new(RwLock::new(vectors)),
+                last_used: tick,
+            }
+        });
+        slot.last_used = tick;
+        let vectors = slot.vectors.clone();
+        self.evict_over_budget(&mut state, user_id);
+        vectors
     }
 
     pub fn drop_user(&self, user_id: &str) {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        users.remove(user_id);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.by_user.remove(user_id);
+    }
+
+    /// Drops least recently used copies, other than `keep`'s, until within budget.
+    fn evict_over_budget(&self, state: &mut Slots, keep: &str) {
+        let row_bytes = self.dims + std::mem::size_of::<(i64, MemoryId, f32)>();
+        let bytes = |slot: &Slot| slot.rows.load(Ordering::Relaxed) * row_bytes;
+        let mut total: usize = state.by_user.values().map(bytes).sum();
+        while total > self.budget_bytes {
+            let victim = state
+                .by_user
+                .iter()
+                .filter(|(user, _)| user.as_str() != keep)
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(user, slot)| (user.clone(), bytes(slot)));
+            let Some((user, freed)) = victim else { break };
+            state.by_user.remove(&user);
+            total -= freed;
+            tracing::debug!(user_id = %user, freed, "dropped a user's cached vectors");
+        }
+    }
+
+    #[cfg(test)]
+    fn cached_users(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut users: Vec<String> = state.by_user.keys().cloned().collect();
+        users.sort();
+        users
     }
 }
 
@@ -323,6 +389,33 @@ mod tests {
         scan(&q, &codes, dims, &mut single);
         scan_parallel(&q, &codes, dims, &mut split);
         assert_eq!(single, split);
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_users_are_dropped_past_the_budget() {
+        let dims = 8;
+        let row_bytes = dims + std::mem::size_of::<(i64, MemoryId, f32)>();
+        let index = VectorIndex::new(dims, 25 * row_bytes);
+        for user in ["a", "b", "c"] {
+            let vectors = index.user(user);
+            let mut v = vectors.write().await;
+            v.reset(1);
+            for pk in 0..10 {
+                v.push(pk, MemoryId::new(), &[0.5; 8]);
+            }
+        }
+        // 30 rows cached, budget 25: asking for "c" again drops "a", the oldest.
+        index.user("c");
+        assert_eq!(index.cached_users(), ["b", "c"]);
+        // The one being asked for stays even when it alone is over budget.
+        let big = index.user("b");
+        big.write().await.push(99, MemoryId::new(), &[0.5; 8]);
+        let vectors = index.user("b");
+        for pk in 100..120 {
+            vectors.write().await.push(pk, MemoryId::new(), &[0.5; 8]);
+        }
+        index.user("b");
+        assert_eq!(index.cached_users(), ["b"]);
     }
 
     #[test]
