@@ -13,7 +13,8 @@ pub struct UserContext {
     pub user_id: String,
     /// The memories below as a bulleted list, ready for a system prompt.
     pub context: String,
-    /// Most recent first.
+    /// With a focus query: the most relevant first, then the most recent;
+    /// otherwise most recent first.
     pub memories: Vec<Memory>,
     /// How many current memories the user has in all.
     #[schemars(schema_with = "crate::model::count_schema")]
@@ -21,8 +22,9 @@ pub struct UserContext {
 }
 
 impl UserContext {
-    pub fn new(user_id: String, memories: Vec<Memory>, total: u64) -> Self {
-        let context = render(&user_id, &memories, total);
+    /// `focus` is the query the first memories were chosen for, if any.
+    pub fn new(user_id: String, memories: Vec<Memory>, total: u64, focus: Option<&str>) -> Self {
+        let context = render(&user_id, &memories, total, focus);
         Self {
             user_id,
             context,
@@ -32,12 +34,16 @@ impl UserContext {
     }
 }
 
-fn render(user_id: &str, memories: &[Memory], total: u64) -> String {
+fn render(user_id: &str, memories: &[Memory], total: u64, focus: Option<&str>) -> String {
     if memories.is_empty() {
         return format!("No memories are stored for user \"{user_id}\" yet.");
     }
+    let order = match focus {
+        Some(q) => format!("most relevant to \"{q}\" first, then most recent"),
+        None => "most recent first".to_owned(),
+    };
     let mut text = format!(
-        "What is known about user \"{user_id}\" ({} of {total} memories, most recent first):\n",
+        "What is known about user \"{user_id}\" ({} of {total} memories, {order}):\n",
         memories.len()
     );
     for m in memories {

@@ -88,6 +88,9 @@ pub struct UserContextParams {
     /// How many memories, 1..=100 (default 20).
     #[serde(default, deserialize_with = "lenient::integer")]
     pub limit: Option<i64>,
+    /// Optional focus, e.g. the conversation's topic: memories most relevant to
+    /// it come first, then the most recent.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -107,7 +110,8 @@ pub struct ForgetParams {
 pub struct WithMemoryArgs {
     /// Whose memories to include; defaults to the server's default user.
     pub user_id: Option<String>,
-    /// Optional task to append to the system prompt.
+    /// Optional task: appended to the system prompt, and the memories most
+    /// relevant to it are listed first.
     pub task: Option<String>,
 }
 
@@ -209,8 +213,9 @@ impl EngramMcp {
     }
 
     #[tool(
-        description = "A compact profile of the user (most recent memories first) as text ready \
-                       for a system prompt, plus the memories themselves.",
+        description = "A compact profile of the user as text ready for a system prompt, plus the \
+                       memories themselves: most recent first, or, given `query`, the most \
+                       relevant to it first and then the most recent.",
         annotations(
             title = "User context",
             read_only_hint = true,
@@ -231,7 +236,7 @@ impl EngramMcp {
             )
             .map_err(tool_error)?;
         self.service
-            .user_context(&scope, p.limit)
+            .user_context(&scope, p.limit, p.query)
             .await
             .map(Json)
             .map_err(tool_error)
@@ -305,7 +310,7 @@ impl EngramMcp {
             .map_err(protocol_error)?;
         let context = self
             .service
-            .user_context(&scope, None)
+            .user_context(&scope, None, args.task.clone())
             .await
             .map_err(protocol_error)?;
         let text = system_prompt(&context, args.task.as_deref());
@@ -381,7 +386,7 @@ impl ServerHandler for EngramMcp {
             .map_err(protocol_error)?;
         let context = self
             .service
-            .user_context(&scope, None)
+            .user_context(&scope, None, None)
             .await
             .map_err(protocol_error)?;
         let contents = ResourceContents::text(context.context, uri).with_mime_type("text/markdown");

@@ -3,7 +3,8 @@
 //! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ store each
 //!   (the store deduplicates atomically) ─▶ report one event per fact.
 //! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ fuse ─▶ load.
-//! * user_context: the most recent memories, rendered for a system prompt.
+//! * user_context: the most relevant (to an optional focus) and most recent
+//!   memories, rendered for a system prompt.
 //! * forget: hard-delete one memory or all of a user's.
 //!
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
@@ -244,14 +245,43 @@ impl MemoryService {
         })
     }
 
+    /// The user's profile: with `focus`, the memories most relevant to it
+    /// first, then the most recent ones up to `limit`; without, most recent first.
     pub async fn user_context(
         &self,
         scope: &Scope,
         limit: Option<i64>,
+        focus: Option<String>,
     ) -> Result<UserContext, Error> {
         let limit = validate_limit(limit, DEFAULT_CONTEXT_LIMIT)?;
-        let (memories, total) = self.store.recent(scope, limit).await?;
-        Ok(UserContext::new(scope.user_id.clone(), memories, total))
+        let (recent, total) = self.store.recent(scope, limit).await?;
+        let focus = focus.filter(|q| !q.trim().is_empty());
+        let Some(query) = focus else {
+            return Ok(UserContext::new(scope.user_id.clone(), recent, total, None));
+        };
+        let relevant = self
+            .recall(RecallRequest {
+                scope: scope.clone(),
+                query,
+                limit: Some(limit as i64),
+                filters: None,
+            })
+            .await?;
+        let mut memories: Vec<Memory> = relevant.results.into_iter().map(|r| r.memory).collect();
+        for m in recent {
+            if memories.len() >= limit {
+                break;
+            }
+            if !memories.iter().any(|seen| seen.id == m.id) {
+                memories.push(m);
+            }
+        }
+        Ok(UserContext::new(
+            scope.user_id.clone(),
+            memories,
+            total,
+            Some(&relevant.query),
+        ))
     }
 
     pub async fn forget(&self, user_id: &str, target: ForgetTarget) -> Result<ForgetResult, Error> {

@@ -442,6 +442,17 @@ async fn context_resource_and_prompt_carry_the_profile() {
         ctx["memories"][0]["memory"], "Works in Berlin",
         "most recent first"
     );
+    // With a focus, the most relevant memory leads even though it is older.
+    let focused = ok(
+        &client,
+        "user_context",
+        json!({"user_id": "erin smith", "query": "aisle or window seat?"}),
+    )
+    .await;
+    assert_eq!(focused["memories"][0]["memory"], "Prefers aisle seats");
+    assert_eq!(focused["memories"].as_array().unwrap().len(), 2);
+    let text = focused["context"].as_str().unwrap();
+    assert!(text.contains("most relevant to"), "{text}");
 
     let templates = client.list_resource_templates(None).await.unwrap();
     assert_eq!(
@@ -471,18 +482,22 @@ async fn context_resource_and_prompt_carry_the_profile() {
 
     let mut args = serde_json::Map::new();
     args.insert("user_id".into(), json!("erin smith"));
-    args.insert("task".into(), json!("Plan a trip"));
+    args.insert("task".into(), json!("Book seats for a flight"));
     let prompt = client
         .get_prompt(GetPromptRequestParams::new("with_memory").with_arguments(args))
         .await
         .unwrap();
     let message = serde_json::to_value(&prompt.messages[0]).unwrap();
     let text = message["content"]["text"].as_str().unwrap();
+    assert!(text.contains("long-term memory"), "{text}");
+    assert!(text.contains("Task: Book seats for a flight"), "{text}");
+    let aisle = text
+        .find("Prefers aisle seats")
+        .expect("aisle memory listed");
+    let berlin = text.find("Works in Berlin").expect("Berlin memory listed");
     assert!(
-        text.contains("long-term memory")
-            && text.contains("Works in Berlin")
-            && text.contains("Plan a trip"),
-        "{text}"
+        aisle < berlin,
+        "the memory relevant to the task comes first: {text}"
     );
     client.cancel().await.unwrap();
 }
