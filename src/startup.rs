@@ -83,13 +83,16 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         "engram serving MCP on stdio"
     );
     let handler = EngramMcp::new(service, config.default_user.clone());
-    let running = handler
-        .serve(crate::stdio::transport(
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-        ))
-        .await
-        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
+    let running = match handler.serve(transport).await {
+        Ok(running) => running,
+        // A client that goes away before initializing is not a server failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+            tracing::info!("the client closed stdin before initializing; engram stopped");
+            return Ok(());
+        }
+        Err(e) => return Err(StartupError::Transport(e.to_string())),
+    };
     running
         .waiting()
         .await
