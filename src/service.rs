@@ -10,6 +10,7 @@
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //! all validation happens here so every transport refuses the same input.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -226,16 +227,23 @@ impl MemoryService {
         fused.truncate(limit);
 
         let ids: Vec<MemoryId> = fused.iter().map(|f| f.id).collect();
-        let memories = self.store.get_many(&req.scope.user_id, &ids).await?;
+        // A memory forgotten since the search is simply left out.
+        let mut memories: HashMap<MemoryId, Memory> = self
+            .store
+            .get_many(&req.scope.user_id, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
         let results = fused
             .into_iter()
-            .zip(memories)
-            .filter(|(f, m)| f.id == m.id)
-            .map(|(f, memory)| ScoredMemory {
-                memory,
-                score: f.score,
-                vector_score: f.vector_score,
-                keyword_score: f.keyword_score,
+            .filter_map(|f| {
+                memories.remove(&f.id).map(|memory| ScoredMemory {
+                    memory,
+                    score: f.score,
+                    vector_score: f.vector_score,
+                    keyword_score: f.keyword_score,
+                })
             })
             .collect();
         Ok(RecallResult {

@@ -115,7 +115,8 @@ pub trait Store: Send + Sync {
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError>;
 
-    /// The user's memories with these ids, in the order given; unknown ids are skipped.
+    /// The user's memories with these ids, in no particular order; ids that are
+    /// unknown or belong to another user are skipped.
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError>;
 
     /// Up to `limit` current memories in scope, most similar to `query` first.

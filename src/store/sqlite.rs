@@ -387,12 +387,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading memories"))?;
-        let mut found = rows
-            .iter()
-            .map(memory_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        found.sort_by_key(|m| ids.iter().position(|id| *id == m.id));
-        Ok(found)
+        rows.iter().map(memory_from_row).collect()
     }
 
     async fn vector_search(
