@@ -1,9 +1,11 @@
 //! `engram bench`: fills a scratch store for one user through [`MemoryService`]
 //! and prints remember throughput and recall latency percentiles at each size.
 //!
-//! Besides end-to-end recall it times the two candidate searches on their own
-//! (vector and keyword, straight on the store) and measures recall@10 of the
-//! quantised vector index against an exact f32 scan of the same vectors.
+//! Memories are spread over four agents of the one user. Besides end-to-end
+//! recall over the whole user, it times recall narrowed to one agent, times
+//! the two candidate searches on their own (vector and keyword, straight on
+//! the store), and measures recall@10 of the quantised vector index against
+//! an exact f32 scan of the same vectors.
 //!
 //! The text is synthetic but shaped like memories (a subject, an activity, a
 //! place, a time) drawn from word lists by a seeded generator, so runs are
@@ -55,6 +57,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let scope = Scope::user("bench-user");
+    // Memories are spread over four agents; one column narrows recall to one.
+    let agent_scope = |i: usize| Scope {
+        agent_id: Some(format!("agent-{}", i % 4)),
+        ..scope.clone()
+    };
     let mut words = Generator::new(42);
     let mut stored = store.recent(&scope, 1).await?.1 as usize;
     // Every stored vector, for the exact-scan reference.
@@ -69,13 +76,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.queries
     );
     println!(
-        "{:>9} {:>11} {:>5} | {:>9} {:>8} {:>8} | {:>10} {:>11} | {:>9}",
+        "{:>9} {:>11} {:>5} | {:>9} {:>8} {:>8} | {:>9} | {:>10} {:>11} | {:>9}",
         "memories",
         "remember/s",
         "dups",
         "recall p50",
         "p95",
         "p99",
+        "agent p50",
         "vector p50",
         "keyword p50",
         "recall@10"
@@ -87,7 +95,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         while stored < size {
             let text = words.memory();
             let req = RememberRequest {
-                scope: scope.clone(),
+                scope: agent_scope(calls),
                 text: Some(text.clone()),
                 messages: None,
                 metadata: None,
@@ -108,6 +116,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 
         let queries: Vec<String> = (0..args.queries).map(|_| words.query()).collect();
         let mut recall = Vec::with_capacity(queries.len());
+        let mut narrowed = Vec::with_capacity(queries.len());
         let mut vector = Vec::with_capacity(queries.len());
         let mut keyword = Vec::with_capacity(queries.len());
         let mut overlap = 0usize;
@@ -128,6 +137,16 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(service.recall(req).await?);
             recall.push(t.elapsed());
 
+            let req = RecallRequest {
+                scope: agent_scope(1),
+                query: query.clone(),
+                limit: Some(10),
+                filters: None,
+            };
+            let t = Instant::now();
+            std::hint::black_box(service.recall(req).await?);
+            narrowed.push(t.elapsed());
+
             let q = embedder.embed(query);
             let t = Instant::now();
             let hits = store.vector_search(at, &q, 10).await?;
@@ -140,17 +159,18 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             expected += exact.len();
             overlap += hits.iter().filter(|h| exact.contains(&h.id)).count();
         }
-        for list in [&mut recall, &mut vector, &mut keyword] {
+        for list in [&mut recall, &mut narrowed, &mut vector, &mut keyword] {
             list.sort();
         }
         println!(
-            "{:>9} {:>11.0} {:>5} | {:>10} {:>8} {:>8} | {:>10} {:>11} | {:>9.3}",
+            "{:>9} {:>11.0} {:>5} | {:>10} {:>8} {:>8} | {:>9} | {:>10} {:>11} | {:>9.3}",
             stored,
             per_sec,
             dups,
             ms(percentile(&recall, 0.50)),
             ms(percentile(&recall, 0.95)),
             ms(percentile(&recall, 0.99)),
+            ms(percentile(&narrowed, 0.50)),
             ms(percentile(&vector, 0.50)),
             ms(percentile(&keyword, 0.50)),
             overlap as f64 / expected.max(1) as f64,

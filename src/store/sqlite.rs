@@ -7,7 +7,7 @@
 //! that transaction, so it is atomic. Every write bumps the user's generation,
 //! which is what keeps the vector index honest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -228,16 +228,15 @@ impl SqliteStore {
         Ok(best)
     }
 
-    /// Exact scan over the rows a narrowed scope or metadata filter selects.
-    async fn exact_search(
+    /// The pks of the user's current memories that a narrowed scope (agent,
+    /// run) and metadata filter select: an index-only read, no vectors decoded.
+    async fn scoped_pks(
         &self,
+        conn: &mut SqliteConnection,
         at: SearchScope<'_>,
-        query: &[f32],
-        limit: usize,
-    ) -> Result<Vec<Hit>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
-             WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+    ) -> Result<HashSet<i64>, StoreError> {
+        let pks: Vec<i64> = sqlx::query_scalar(concat!(
+            "SELECT m.pk FROM memories m WHERE m.user_id = ?1 AND m.valid_to IS NULL \
                AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
             metadata_matches!("?4")
         ))
@@ -245,20 +244,10 @@ impl SqliteStore {
         .bind(&at.scope.agent_id)
         .bind(&at.scope.run_id)
         .bind(filter_json(at))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(db("searching vectors"))?;
-        let mut hits = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
-            hits.push(Hit {
-                id: parse_id(row)?,
-                score: dot(query, &v),
-            });
-        }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        hits.truncate(limit);
-        Ok(hits)
+        .map_err(db("narrowing the search"))?;
+        Ok(pks.into_iter().collect())
     }
 
     async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
@@ -396,24 +385,27 @@ impl Store for SqliteStore {
         query: &[f32],
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        if at.scope.agent_id.is_some() || at.scope.run_id.is_some() || !at.filter.is_empty() {
-            return self.exact_search(at, query, limit).await;
-        }
         let user_id = &at.scope.user_id;
         let entry = self.index.user(user_id);
         let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
+        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
+        let allowed = if narrowed || !at.filter.is_empty() {
+            Some(self.scoped_pks(&mut conn, at).await?)
+        } else {
+            None
+        };
         let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
         let approx = {
             let vecs = entry.read().await;
             if vecs.generation == Some(generation(&mut conn, user_id).await?) {
-                vecs.top_k(query, pool)
+                vecs.top_k_among(query, pool, allowed.as_ref())
             } else {
                 drop(vecs);
                 let mut vecs = entry.write().await;
                 let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
                 self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
                 tx.commit().await.map_err(db("loading vectors"))?;
-                vecs.top_k(query, pool)
+                vecs.top_k_among(query, pool, allowed.as_ref())
             }
         };
         // Re-rank the approximate candidates by exact cosine on the stored f32.

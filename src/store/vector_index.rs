@@ -14,7 +14,7 @@
 //! Scores are approximate (typically within 0.01 of the exact cosine); callers
 //! that need exact similarity (dedup) re-check candidates against the stored f32.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -84,6 +84,16 @@ impl UserVectors {
 
     /// The `k` rows most similar to `query` (approximate cosine), best first.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
+        self.top_k_among(query, k, None)
+    }
+
+    /// As [`Self::top_k`], counting only rows whose pk is in `allowed` (when given).
+    pub fn top_k_among(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<i64>>,
+    ) -> Vec<Scored> {
         if self.pks.is_empty() || k == 0 {
             return Vec::new();
         }
@@ -96,7 +106,11 @@ impl UserVectors {
             .zip(&self.inv_scales)
             .map(|(&s, &inv)| s * q_inv * inv)
             .enumerate()
+            .filter(|&(i, _)| allowed.is_none_or(|a| a.contains(&self.pks[i])))
             .collect();
+        if order.is_empty() {
+            return Vec::new();
+        }
         let k = k.min(order.len());
         if k < order.len() {
             order.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
@@ -416,6 +430,26 @@ mod tests {
         }
         index.user("b");
         assert_eq!(index.cached_users(), ["b"]);
+    }
+
+    #[test]
+    fn top_k_among_counts_only_allowed_rows() {
+        let e = HashEmbedder::new(64);
+        let mut uv = UserVectors::new(64);
+        uv.reset(1);
+        for (pk, t) in [(1, "red apples"), (2, "red apple pie"), (3, "blue sky")] {
+            uv.push(pk, MemoryId::new(), &e.embed(t));
+        }
+        let q = e.embed("red apples");
+        let only: HashSet<i64> = [2, 3].into();
+        let hits: Vec<i64> = uv
+            .top_k_among(&q, 5, Some(&only))
+            .iter()
+            .map(|s| s.pk)
+            .collect();
+        assert_eq!(hits, vec![2, 3]);
+        assert!(uv.top_k_among(&q, 5, Some(&HashSet::new())).is_empty());
+        assert_eq!(uv.top_k(&q, 1)[0].pk, 1);
     }
 
     #[test]
