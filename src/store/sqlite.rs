@@ -235,8 +235,13 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         at: SearchScope<'_>,
     ) -> Result<HashSet<i64>, StoreError> {
-        let pks: Vec<i64> = sqlx::query_scalar(concat!(
-            "SELECT m.pk FROM memories m WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+        // One row holding a JSON array: sqlx hands rows over one at a time
+        // between threads, which costs more than the query for thousands of rows.
+        // The scope index holds agent and run, so narrowing needs no table reads
+        // (left to itself the planner picked the recency index: 4x slower).
+        let pks: String = sqlx::query_scalar(concat!(
+            "SELECT json_group_array(m.pk) FROM memories m INDEXED BY memories_scope \
+             WHERE m.user_id = ?1 AND m.valid_to IS NULL \
                AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
             metadata_matches!("?4")
         ))
@@ -244,10 +249,10 @@ impl SqliteStore {
         .bind(&at.scope.agent_id)
         .bind(&at.scope.run_id)
         .bind(filter_json(at))
-        .fetch_all(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db("narrowing the search"))?;
-        Ok(pks.into_iter().collect())
+        serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
     }
 
     async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
