@@ -271,6 +271,8 @@ async fn delete_removes_rows_history_and_index(b: Backend) {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].event, Event::Add);
     assert_eq!(history[0].new_memory.as_deref(), Some("Likes green tea"));
+    assert_eq!(history[0].old_memory, None);
+    assert_eq!(history[0].actor, "user");
 
     assert!(s.delete("alice", a).await.unwrap());
     assert!(!s.delete("alice", a).await.unwrap());

@@ -26,6 +26,30 @@ use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, Sto
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
 
+/// Writes a new memory with its vector, keyword entry and ADD history row, and
+/// moves the user to the next write generation, in one round trip. Parameters:
+/// ?1 id, ?2 vector blob, ?3 scope tokens, ?4 actor, ?5 user, ?6 agent, ?7 run,
+/// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms).
+///
+/// Later statements read what they can from the new row, so each uses few
+/// parameters: sqlx counts the unused numbers below a statement's highest one
+/// as positional arguments across statements, and stops binding a statement
+/// once that count passes the number of arguments (here it reaches 6 of 12).
+const INSERT_MEMORY: &str = "\
+    INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
+        categories, created_at, updated_at, valid_from) \
+        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) RETURNING pk; \
+    INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
+    INSERT INTO memories_fts (rowid, scope, content) \
+        SELECT pk, ?3, content FROM memories WHERE id = ?1; \
+    INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
+        SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
+    UPDATE write_seq SET value = value + 1 WHERE one = 1; \
+    INSERT INTO user_generations (user_id, generation) \
+        SELECT user_id, (SELECT value FROM write_seq WHERE one = 1) FROM memories WHERE id = ?1 \
+        ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation \
+        RETURNING generation;";
+
 /// SQL condition: memory `m` holds every key of the JSON object bound at
 /// parameter `$p` with an equal value (same JSON type and value), or `$p` is NULL.
 macro_rules! metadata_matches {
@@ -306,51 +330,34 @@ impl Store for SqliteStore {
             serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let categories = serde_json::to_string(&new.categories)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let pk: i64 = sqlx::query_scalar(
-            "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
-             metadata, categories, created_at, updated_at, valid_from) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
-        )
-        .bind(new.id.to_string())
-        .bind(&new.scope.user_id)
-        .bind(&new.scope.agent_id)
-        .bind(&new.scope.run_id)
-        .bind(&new.content)
-        .bind(content_hash(&new.content))
-        .bind(&metadata)
-        .bind(&categories)
-        .bind(ms)
-        .bind(ms)
-        .bind(ms)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("storing a memory"))?;
-        sqlx::query("INSERT INTO memory_vectors (pk, embedding) VALUES (?, ?)")
-            .bind(pk)
+        // Rows come back from the two RETURNING clauses: the pk, then the generation.
+        let rows = sqlx::query(INSERT_MEMORY)
+            .bind(new.id.to_string())
             .bind(encode_vector(&new.embedding))
-            .execute(&mut *tx)
-            .await
-            .map_err(db("storing a vector"))?;
-        sqlx::query("INSERT INTO memories_fts (rowid, scope, content) VALUES (?, ?, ?)")
-            .bind(pk)
             .bind(scope_tokens(&new.scope))
+            .bind(&new.actor)
+            .bind(&new.scope.user_id)
+            .bind(&new.scope.agent_id)
+            .bind(&new.scope.run_id)
             .bind(&new.content)
-            .execute(&mut *tx)
+            .bind(content_hash(&new.content))
+            .bind(&metadata)
+            .bind(&categories)
+            .bind(ms)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db("indexing a memory"))?;
-        sqlx::query(
-            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
-             VALUES (?, ?, 'ADD', NULL, ?, ?, ?)",
-        )
-        .bind(new.id.to_string())
-        .bind(&new.scope.user_id)
-        .bind(&new.content)
-        .bind(&new.actor)
-        .bind(ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording history"))?;
-        let generation = bump_generation(&mut tx, &new.scope.user_id).await?;
+            .map_err(db("storing a memory"))?;
+        let [pk, generation] = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("storing a memory"))?[..]
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "storing a memory returned {} rows, expected 2",
+                rows.len()
+            )));
+        };
         tx.commit().await.map_err(db("committing a memory"))?;
 
         vecs.push(pk, new.id, &new.embedding);
