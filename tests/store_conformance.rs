@@ -207,6 +207,31 @@ async fn scopes_and_metadata_filters_narrow(b: Backend) {
         .collect();
     assert_eq!(ids, vec![t]);
 
+    // Another user's memory under the same agent and run names stays theirs.
+    let bob_same_agent = scope("bob", Some("travel-agent"), Some("run-1"));
+    add(s, &bob_same_agent, "Bob is flying to Tokyo too", json!({})).await;
+    let alice_run = scope("alice", Some("travel-agent"), Some("run-1"));
+    let at = SearchScope {
+        scope: &alice_run,
+        filter: &none,
+    };
+    let ids: Vec<_> = s
+        .keyword_search(at, "Tokyo", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![t]);
+    let ids: Vec<_> = s
+        .vector_search(at, &q, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, vec![t]);
+
     let wrong_run = scope("alice", Some("travel-agent"), Some("run-2"));
     let at = SearchScope {
         scope: &wrong_run,

@@ -800,9 +800,17 @@ fn filter_json(at: SearchScope<'_>) -> Option<String> {
     Some(serde_json::Value::Object(object).to_string())
 }
 
-/// An opaque FTS token for one scope component: a letter and 16 hex digits.
-fn scope_token(kind: char, id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
+/// An opaque FTS token: a kind letter and 16 hex digits of a hash of the
+/// user id and, for agent and run tokens, the agent or run id under it. Tying
+/// every token to its user lets a narrowed MATCH use the narrowest token alone.
+fn scope_token(kind: char, user_id: &str, id: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(user_id.as_bytes());
+    if let Some(id) = id {
+        hasher.update([0u8]);
+        hasher.update(id.as_bytes());
+    }
+    let digest = hasher.finalize();
     let mut token = String::with_capacity(17);
     token.push(kind);
     for b in &digest[..8] {
@@ -811,21 +819,42 @@ fn scope_token(kind: char, id: &str) -> String {
     token
 }
 
+/// What a memory's `scope` column holds: its user, agent and run tokens.
 fn scope_tokens(scope: &Scope) -> String {
-    let mut tokens = vec![scope_token('u', &scope.user_id)];
+    let mut tokens = vec![scope_token('u', &scope.user_id, None)];
     if let Some(a) = &scope.agent_id {
-        tokens.push(scope_token('a', a));
+        tokens.push(scope_token('a', &scope.user_id, Some(a)));
     }
     if let Some(r) = &scope.run_id {
-        tokens.push(scope_token('r', r));
+        tokens.push(scope_token('r', &scope.user_id, Some(r)));
     }
     tokens.join(" ")
 }
 
-/// The scope part of a MATCH: every given component must be present.
+/// The scope part of a MATCH: the agent and run tokens when the scope names
+/// them (each already implies the user), else the user token.
 fn scope_match(scope: &Scope) -> String {
-    scope_tokens(scope)
-        .split(' ')
+    let user = &scope.user_id;
+    let narrowing: Vec<String> = [
+        scope
+            .agent_id
+            .as_deref()
+            .map(|a| scope_token('a', user, Some(a))),
+        scope
+            .run_id
+            .as_deref()
+            .map(|r| scope_token('r', user, Some(r))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let tokens = if narrowing.is_empty() {
+        vec![scope_token('u', user, None)]
+    } else {
+        narrowing
+    };
+    tokens
+        .iter()
         .map(|t| format!("\"{t}\""))
         .collect::<Vec<_>>()
         .join(" AND ")
