@@ -182,109 +182,70 @@ async fn scopes_and_metadata_filters_narrow(b: Backend) {
         json!({"topic": "food", "n": 2}),
     )
     .await;
-    let q = HashEmbedder::new(DIMS).embed("Tokyo");
-    let none = MetadataFilter::default();
-
-    let only_agent = scope("alice", Some("travel-agent"), None);
-    let at = SearchScope {
-        scope: &only_agent,
-        filter: &none,
-    };
-    let ids: Vec<_> = s
-        .vector_search(at, &q, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![t]);
-    let ids: Vec<_> = s
-        .keyword_search(at, "Tokyo", 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![t]);
+    let (agent, run) = (Some("travel-agent"), Some("run-1"));
+    assert_eq!(
+        search(s, scope("alice", agent, None), json!({}), "Tokyo").await,
+        [vec![t], vec![t]]
+    );
+    assert_eq!(
+        search(s, scope("alice", agent, run), json!({}), "Tokyo").await,
+        [vec![t], vec![t]]
+    );
+    let other_run = scope("alice", agent, Some("run-2"));
+    assert_eq!(
+        search(s, other_run, json!({}), "Tokyo").await,
+        [vec![], vec![]]
+    );
 
     // Another user's memory under the same agent and run names stays theirs.
-    let bob_same_agent = scope("bob", Some("travel-agent"), Some("run-1"));
-    add(s, &bob_same_agent, "Bob is flying to Tokyo too", json!({})).await;
-    let alice_run = scope("alice", Some("travel-agent"), Some("run-1"));
-    let at = SearchScope {
-        scope: &alice_run,
-        filter: &none,
-    };
-    let ids: Vec<_> = s
-        .keyword_search(at, "Tokyo", 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![t]);
-    let ids: Vec<_> = s
-        .vector_search(at, &q, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![t]);
+    add(
+        s,
+        &scope("bob", agent, run),
+        "Bob is flying to Tokyo too",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        search(s, scope("alice", agent, run), json!({}), "Tokyo").await,
+        [vec![t], vec![t]]
+    );
 
-    let wrong_run = scope("alice", Some("travel-agent"), Some("run-2"));
-    let at = SearchScope {
-        scope: &wrong_run,
-        filter: &none,
-    };
-    assert!(s.keyword_search(at, "Tokyo", 10).await.unwrap().is_empty());
-
-    let user = scope("alice", None, None);
-    let food: Metadata = json!({"topic": "food"}).as_object().cloned().unwrap();
-    let filter = MetadataFilter::parse(Some(&food)).unwrap();
-    let at = SearchScope {
-        scope: &user,
-        filter: &filter,
-    };
-    let ids: Vec<_> = s
-        .vector_search(at, &q, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![c]);
-    let ids: Vec<_> = s
-        .keyword_search(at, "Tokyo", 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![c]);
-
+    let alice = || scope("alice", None, None);
+    assert_eq!(
+        search(s, alice(), json!({"topic": "food"}), "Tokyo").await,
+        [vec![c], vec![c]]
+    );
     // Numbers match numbers, not strings.
-    let n_str: Metadata = json!({"n": "1"}).as_object().cloned().unwrap();
-    let filter = MetadataFilter::parse(Some(&n_str)).unwrap();
+    assert_eq!(
+        search(s, alice(), json!({"n": "1"}), "Tokyo").await,
+        [vec![], vec![]]
+    );
+    assert_eq!(
+        search(s, alice(), json!({"n": 1}), "Tokyo").await,
+        [vec![t], vec![t]]
+    );
+}
+
+/// The ids found by vector search and by keyword search for `query` within
+/// `scope` and the metadata `filter`, best first.
+async fn search(
+    s: &dyn Store,
+    scope: Scope,
+    filter: serde_json::Value,
+    query: &str,
+) -> [Vec<MemoryId>; 2] {
+    let filter: Metadata = filter.as_object().cloned().unwrap_or_default();
+    let filter = MetadataFilter::parse(Some(&filter)).unwrap();
     let at = SearchScope {
-        scope: &user,
+        scope: &scope,
         filter: &filter,
     };
-    assert!(s.keyword_search(at, "Tokyo", 10).await.unwrap().is_empty());
-    let n_num: Metadata = json!({"n": 1}).as_object().cloned().unwrap();
-    let filter = MetadataFilter::parse(Some(&n_num)).unwrap();
-    let at = SearchScope {
-        scope: &user,
-        filter: &filter,
-    };
-    let ids: Vec<_> = s
-        .keyword_search(at, "Tokyo", 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, vec![t]);
+    let q = HashEmbedder::new(DIMS).embed(query);
+    let ids = |hits: Vec<engram::store::Hit>| hits.iter().map(|h| h.id).collect::<Vec<_>>();
+    [
+        ids(s.vector_search(at, &q, 10).await.unwrap()),
+        ids(s.keyword_search(at, query, 10).await.unwrap()),
+    ]
 }
 
 async fn delete_removes_rows_history_and_index(b: Backend) {
