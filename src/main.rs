@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve MCP (stdio by default; logs go to stderr).
     Serve {
+        /// How clients connect: `stdio` (the client starts engram and speaks
+        /// MCP over its stdin/stdout).
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
     },
