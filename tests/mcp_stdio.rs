@@ -501,3 +501,26 @@ async fn context_resource_and_prompt_carry_the_profile() {
     );
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_servers_on_one_database_stay_coherent() {
+    // As when Claude Desktop and Cursor each start `engram serve` on the default file.
+    let engram = Engram::new();
+    let a = engram.connect().await;
+    let b = engram.connect().await;
+    // Warm b's in-memory vectors before a writes.
+    assert!(texts(&ok(&b, "recall", json!({"query": "sailing"})).await).is_empty());
+    let added = ok(&a, "remember", json!({"text": "Goes sailing every summer"})).await;
+    let found = ok(&b, "recall", json!({"query": "sailing"})).await;
+    assert_eq!(texts(&found), ["Goes sailing every summer"]);
+    // Dedup holds across processes.
+    let again = ok(&b, "remember", json!({"text": "goes sailing every summer"})).await;
+    assert_eq!(again["results"][0]["event"], "NONE");
+    assert_eq!(again["results"][0]["id"], added["results"][0]["id"]);
+    // A forget through one is seen by the other.
+    let id = added["results"][0]["id"].as_str().unwrap();
+    ok(&b, "forget", json!({"memory_id": id})).await;
+    assert!(texts(&ok(&a, "recall", json!({"query": "sailing"})).await).is_empty());
+    a.cancel().await.unwrap();
+    b.cancel().await.unwrap();
+}
