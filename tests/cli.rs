@@ -149,3 +149,20 @@ async fn a_store_refuses_another_embedder_until_reembedded() {
     assert!(found["results"][0]["vector_score"].as_f64().unwrap() > 0.5);
     client.cancel().await.unwrap();
 }
+
+#[test]
+fn a_client_that_leaves_before_initializing_ends_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/e.db", dir.path().display());
+    let out = engram(
+        &["serve"],
+        &[("ENGRAM_DATABASE_URL", &db), ("ENGRAM_LOG", "info")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "stdout is for the protocol only");
+    assert!(
+        stderr(&out).contains("before initializing"),
+        "{}",
+        stderr(&out)
+    );
+}
