@@ -263,6 +263,32 @@ pub fn validate_metadata(metadata: Option<Metadata>) -> Result<Metadata, Error> 
     Ok(metadata)
 }
 
+/// True when two texts differ in a detail a similarity score cannot be trusted
+/// with: their numbers (dates, amounts, times) or their negations. Two such
+/// texts are never duplicates, however similar their vectors ("allergic to
+/// peanuts" / "not allergic to peanuts"; "flight on March 3" / "on March 5").
+pub fn details_differ(a: &str, b: &str) -> bool {
+    fn details(text: &str) -> (Vec<String>, usize) {
+        let mut numbers = Vec::new();
+        let mut negations = 0;
+        for word in text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’')) {
+            let word = word.to_lowercase().replace('’', "'");
+            if word.chars().any(|c| c.is_ascii_digit()) {
+                numbers.push(word);
+            } else if NEGATIONS.contains(&word.as_str()) || word.ends_with("n't") {
+                negations += 1;
+            }
+        }
+        numbers.sort();
+        (numbers, negations)
+    }
+    details(a) != details(b)
+}
+
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "nor", "none", "nothing", "nobody", "neither", "cannot", "without",
+];
+
 /// Schema for a count: a non-negative integer, without the `uint64` format
 /// that some clients' validators warn about.
 pub fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -299,6 +325,22 @@ mod tests {
             assert!(err.contains("`a`"), "{err}");
             assert!(err.contains("string, number or boolean"), "{err}");
         }
+    }
+
+    #[test]
+    fn changed_numbers_and_negations_are_details() {
+        assert!(details_differ(
+            "I am allergic to peanuts",
+            "I am not allergic to peanuts"
+        ));
+        assert!(details_differ("I like it", "I don't like it"));
+        assert!(details_differ("Flight on March 3", "Flight on March 5"));
+        assert!(details_differ("Budget 2000 EUR", "Budget 2500 EUR"));
+        assert!(!details_differ("Flight on March 3!", "flight on march 3"));
+        assert!(!details_differ(
+            "I prefer window seats",
+            "I PREFER window seats."
+        ));
     }
 
     #[test]

@@ -524,3 +524,27 @@ async fn two_servers_on_one_database_stay_coherent() {
     a.cancel().await.unwrap();
     b.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_changed_number_or_negation_is_never_swallowed_as_a_duplicate() {
+    let engram = Engram::new();
+    let client = engram.connect().await;
+    for (first, second) in [
+        ("I am allergic to peanuts", "I am not allergic to peanuts"),
+        (
+            "My flight to Tokyo is on March 3",
+            "My flight to Tokyo is on March 5",
+        ),
+    ] {
+        let a = ok(&client, "remember", json!({"text": first})).await;
+        let b = ok(&client, "remember", json!({"text": second})).await;
+        assert_eq!(a["results"][0]["event"], "ADD");
+        assert_eq!(
+            b["results"][0]["event"], "ADD",
+            "{second} was swallowed: {b}"
+        );
+        assert_ne!(a["results"][0]["id"], b["results"][0]["id"]);
+    }
+    assert_eq!(total(&client, "default").await, 4);
+    client.cancel().await.unwrap();
+}

@@ -24,7 +24,7 @@ use sqlx::{Connection, Row};
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
 use crate::embed::{Embedder, EmbedderIdentity, dot};
-use crate::model::{Event, Memory, MemoryId, Metadata, Scope};
+use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ};
 
 /// Writes a new memory with its vector, keyword entry and ADD history row, and
 /// moves the user to the next write generation, in one round trip. Parameters:
@@ -227,12 +227,14 @@ impl SqliteStore {
         Ok(generation)
     }
 
-    /// The most similar current memory of the user, if any reaches `threshold`.
+    /// The most similar current memory of the user that reaches `threshold`
+    /// and states the same details (numbers, negations) as `content`.
     async fn find_duplicate(
         &self,
         conn: &mut SqliteConnection,
         vecs: &UserVectors,
         embedding: &[f32],
+        content: &str,
         threshold: f32,
     ) -> Result<Option<(i64, f32)>, StoreError> {
         let candidates: Vec<i64> = vecs
@@ -244,11 +246,29 @@ impl SqliteStore {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let best = exact_scores(conn, &candidates, embedding)
-            .await?
-            .into_iter()
-            .filter(|&(_, sim)| sim >= threshold)
-            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let rows = sqlx::query(
+            "SELECT v.pk, v.embedding, m.content FROM json_each(?) j \
+             CROSS JOIN memory_vectors v ON v.pk = j.value JOIN memories m ON m.pk = v.pk",
+        )
+        .bind(json_array(&candidates))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("checking for duplicates"))?;
+        let mut best: Option<(i64, f32)> = None;
+        for row in &rows {
+            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            let similarity = dot(embedding, &v);
+            let existing: String = row.try_get("content").map_err(db("reading a memory"))?;
+            if similarity >= threshold
+                && !details_differ(content, &existing)
+                && best.is_none_or(|(_, b)| similarity > b)
+            {
+                best = Some((
+                    row.try_get("pk").map_err(db("reading a vector"))?,
+                    similarity,
+                ));
+            }
+        }
         Ok(best)
     }
 
@@ -313,7 +333,13 @@ impl Store for SqliteStore {
         self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
             .await?;
         if let Some((pk, similarity)) = self
-            .find_duplicate(&mut tx, &vecs, &new.embedding, dedup_threshold)
+            .find_duplicate(
+                &mut tx,
+                &vecs,
+                &new.embedding,
+                &new.content,
+                dedup_threshold,
+            )
             .await?
         {
             let existing = Self::fetch_memory(&mut tx, pk).await?;
