@@ -264,29 +264,66 @@ pub fn validate_metadata(metadata: Option<Metadata>) -> Result<Metadata, Error> 
 }
 
 /// True when two texts differ in a detail a similarity score cannot be trusted
-/// with: their numbers (dates, amounts, times) or their negations. Two such
-/// texts are never duplicates, however similar their vectors ("allergic to
-/// peanuts" / "not allergic to peanuts"; "flight on March 3" / "on March 5").
+/// with, so that they are never duplicates however similar their vectors:
+/// * their numbers differ (dates, amounts, times: "March 3" / "March 5");
+/// * their negations differ ("allergic" / "not allergic");
+/// * a word was swapped: each has a content word the other lacks ("Monday" /
+///   "Tuesday"). Pure rewording with the same words, or an added filler word,
+///   still counts as the same statement.
 pub fn details_differ(a: &str, b: &str) -> bool {
-    fn details(text: &str) -> (Vec<String>, usize) {
-        let mut numbers = Vec::new();
-        let mut negations = 0;
+    let (a, b) = (Details::of(a), Details::of(b));
+    a.numbers != b.numbers
+        || a.negations != b.negations
+        || (a.words.difference(&b.words).next().is_some()
+            && b.words.difference(&a.words).next().is_some())
+}
+
+struct Details {
+    numbers: Vec<String>,
+    negations: usize,
+    words: std::collections::BTreeSet<String>,
+}
+
+impl Details {
+    fn of(text: &str) -> Self {
+        let mut details = Self {
+            numbers: Vec::new(),
+            negations: 0,
+            words: std::collections::BTreeSet::new(),
+        };
         for word in text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’')) {
             let word = word.to_lowercase().replace('’', "'");
+            if word.is_empty() {
+                continue;
+            }
             if word.chars().any(|c| c.is_ascii_digit()) {
-                numbers.push(word);
+                details.numbers.push(word);
             } else if NEGATIONS.contains(&word.as_str()) || word.ends_with("n't") {
-                negations += 1;
+                details.negations += 1;
+            } else if !is_stopword(&word) {
+                details.words.insert(word);
             }
         }
-        numbers.sort();
-        (numbers, negations)
+        details.numbers.sort();
+        details
     }
-    details(a) != details(b)
 }
 
 const NEGATIONS: &[&str] = &[
     "not", "no", "never", "nor", "none", "nothing", "nobody", "neither", "cannot", "without",
+];
+
+/// English function words: too common to rank by or to tell statements apart.
+pub fn is_stopword(word: &str) -> bool {
+    STOPWORDS.contains(&word)
+}
+
+const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for",
+    "from", "had", "has", "have", "he", "her", "him", "his", "how", "i", "if", "in", "into", "is",
+    "it", "its", "me", "my", "of", "on", "or", "our", "she", "so", "that", "the", "their", "them",
+    "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why",
+    "will", "with", "you", "your",
 ];
 
 /// Schema for a count: a non-negative integer, without the `uint64` format

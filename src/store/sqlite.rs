@@ -24,7 +24,7 @@ use sqlx::{Connection, Row};
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
 use crate::embed::{Embedder, EmbedderIdentity, dot};
-use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ};
+use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, is_stopword};
 
 /// Writes a new memory with its vector, keyword entry and ADD history row, and
 /// moves the user to the next write generation, in one round trip. Parameters:
@@ -896,7 +896,7 @@ fn match_terms(query: &str) -> Option<String> {
         .collect();
     let mut terms: Vec<&str> = Vec::new();
     for w in &words {
-        if !STOPWORDS.contains(&w.as_str()) && !terms.contains(&w.as_str()) {
+        if !is_stopword(w) && !terms.contains(&w.as_str()) {
             terms.push(w);
         }
     }
@@ -937,15 +937,6 @@ const KEYWORD_CHECK_THEN_TOP: &str = concat!(
     metadata_matches!("?5"),
     " ORDER BY rank LIMIT ?6"
 );
-
-/// Words too common to rank by (English function words).
-const STOPWORDS: &[&str] = &[
-    "a", "about", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for",
-    "from", "had", "has", "have", "he", "her", "him", "his", "how", "i", "if", "in", "into", "is",
-    "it", "its", "me", "my", "of", "on", "or", "our", "she", "so", "that", "the", "their", "them",
-    "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why",
-    "will", "with", "you", "your",
-];
 
 #[cfg(test)]
 mod tests {
