@@ -127,25 +127,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             filter: &none,
         };
         for query in &queries {
-            let req = RecallRequest {
-                scope: scope.clone(),
-                query: query.clone(),
-                limit: Some(10),
-                filters: None,
-            };
-            let t = Instant::now();
-            std::hint::black_box(service.recall(req).await?);
-            recall.push(t.elapsed());
-
-            let req = RecallRequest {
-                scope: agent_scope(1),
-                query: query.clone(),
-                limit: Some(10),
-                filters: None,
-            };
-            let t = Instant::now();
-            std::hint::black_box(service.recall(req).await?);
-            narrowed.push(t.elapsed());
+            for (scope, times) in [
+                (scope.clone(), &mut recall),
+                (agent_scope(1), &mut narrowed),
+            ] {
+                let req = RecallRequest {
+                    scope,
+                    query: query.clone(),
+                    limit: Some(10),
+                    filters: None,
+                };
+                let t = Instant::now();
+                std::hint::black_box(service.recall(req).await?);
+                times.push(t.elapsed());
+            }
 
             let q = embedder.embed(query);
             let t = Instant::now();
