@@ -31,11 +31,31 @@ pub enum ExtractorKind {
     Llm,
 }
 
+/// The vector index a PostgreSQL store searches with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// pgvectorscale's StreamingDiskANN when the `vectorscale` extension is
+    /// available, else HNSW.
+    #[default]
+    Auto,
+    /// pgvector HNSW (cosine), searched with iterative scans.
+    Hnsw,
+    /// pgvectorscale StreamingDiskANN; start-up fails without the extension.
+    Diskann,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// `sqlite://PATH` (default: `engram.db` under the XDG data dir).
+    /// `sqlite://PATH` (default: `engram.db` under the XDG data dir) or `postgres://...`.
     pub database_url: String,
+    /// Connections the PostgreSQL store may hold open.
+    pub database_pool_size: u32,
+    /// Apply pending migrations when `serve` starts (else `engram migrate` must).
+    pub auto_migrate: bool,
+    /// Vector index of a PostgreSQL store (SQLite scans in process: `auto` only).
+    pub index: IndexKind,
     /// `redis://...`; `None` runs without a cache.
     pub cache_url: Option<String>,
     pub embedder: EmbedderKind,
@@ -80,6 +100,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database_url: Option<String>,
+    database_pool_size: Option<i64>,
+    auto_migrate: Option<bool>,
+    index: Option<String>,
     cache_url: Option<String>,
     embedder: Option<String>,
     embedding_model: Option<String>,
@@ -98,6 +121,7 @@ pub const DEFAULT_MAX_TEXT_BYTES: usize = 32 * 1024;
 pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_USER: &str = "default";
 pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
+pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 16;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -131,6 +155,24 @@ impl Config {
             return Err(invalid(
                 "cache_url",
                 format!("'{url}' is not a redis:// or rediss:// URL"),
+            ));
+        }
+
+        let database_pool_size =
+            layer.number("database_pool_size", i64::from(DEFAULT_DATABASE_POOL_SIZE))?;
+        if !(1..=1000).contains(&database_pool_size) {
+            return Err(invalid(
+                "database_pool_size",
+                format!("{database_pool_size} is out of range; allowed 1..=1000 (default 16)"),
+            ));
+        }
+        let auto_migrate = layer.boolean("auto_migrate", true)?;
+        let index = layer.choice("index", IndexKind::Auto, &["auto", "hnsw", "diskann"])?;
+        if index != IndexKind::Auto && database_url.starts_with("sqlite://") {
+            return Err(invalid(
+                "index",
+                "hnsw and diskann are PostgreSQL indexes; the SQLite store searches in \
+                 process, so leave index unset (auto) or use a postgres:// database_url",
             ));
         }
 
@@ -172,6 +214,9 @@ impl Config {
 
         Ok(Self {
             database_url,
+            database_pool_size: database_pool_size as u32,
+            auto_migrate,
+            index,
             cache_url,
             embedder,
             embedding_model: layer.string("embedding_model"),
@@ -205,6 +250,7 @@ impl Layers<'_> {
         }
         match key {
             "database_url" => self.file.database_url.clone(),
+            "index" => self.file.index.clone(),
             "cache_url" => self.file.cache_url.clone(),
             "embedder" => self.file.embedder.clone(),
             "embedding_model" => self.file.embedding_model.clone(),
@@ -241,6 +287,22 @@ impl Layers<'_> {
             "embedding_dims" => self.file.embedding_dims,
             "max_text_bytes" => self.file.max_text_bytes,
             "vector_cache_mb" => self.file.vector_cache_mb,
+            "database_pool_size" => self.file.database_pool_size,
+            _ => None,
+        };
+        Ok(file.unwrap_or(default))
+    }
+
+    fn boolean(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        if let Some(raw) = self.env(key) {
+            return match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(invalid(key, format!("'{raw}' is not true or false"))),
+            };
+        }
+        let file = match key {
+            "auto_migrate" => self.file.auto_migrate,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -299,14 +361,13 @@ fn validate_database_url(url: String) -> Result<String, ConfigError> {
         return Ok(url);
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(invalid(
-            "database_url",
-            "the PostgreSQL store is not part of this build yet; use sqlite://PATH",
-        ));
+        return Ok(url);
     }
     Err(invalid(
         "database_url",
-        format!("'{url}' is not supported; use sqlite://PATH"),
+        format!(
+            "'{url}' is not supported; use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+        ),
     ))
 }
 
@@ -347,6 +408,44 @@ mod tests {
         assert_eq!(cfg.max_text_bytes, 32 * 1024);
         assert_eq!(cfg.vector_cache_mb, 512);
         assert_eq!(cfg.embedder, EmbedderKind::Hash);
+        assert_eq!(cfg.index, IndexKind::Auto);
+        assert!(cfg.auto_migrate);
+    }
+
+    #[test]
+    fn postgres_urls_and_their_settings() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("ENGRAM_DATABASE_URL", "postgres://engram@db:5432/engram"),
+                ("ENGRAM_INDEX", "hnsw"),
+                ("ENGRAM_AUTO_MIGRATE", "false"),
+                ("ENGRAM_DATABASE_POOL_SIZE", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.index, IndexKind::Hnsw);
+        assert!(!cfg.auto_migrate);
+        assert_eq!(cfg.database_pool_size, 4);
+
+        let err = Config::load_from(
+            None,
+            &env(&[
+                ("ENGRAM_DATABASE_URL", "sqlite:///tmp/x.db"),
+                ("ENGRAM_INDEX", "diskann"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ENGRAM_INDEX") && err.contains("PostgreSQL"),
+            "{err}"
+        );
+
+        let err = Config::load_from(None, &env(&[("ENGRAM_AUTO_MIGRATE", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ENGRAM_AUTO_MIGRATE"), "{err}");
     }
 
     #[test]

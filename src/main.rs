@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
     },
+    /// Apply pending database migrations and exit (`serve` does this itself
+    /// unless ENGRAM_AUTO_MIGRATE=false).
+    Migrate,
     /// Rebuild every stored vector with the configured embedder (stop servers first).
     Reembed,
     /// Fill a scratch store and print remember throughput and recall latency.
@@ -70,6 +73,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             match transport {
                 Transport::Stdio => engram::startup::serve_stdio(&config).await?,
             }
+        }
+        Command::Migrate => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::migrate(&config).await?;
         }
         Command::Reembed => {
             let config = Config::load(cli.config.as_deref())?;

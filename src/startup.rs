@@ -10,6 +10,7 @@ use crate::embed::{Embedder, HashEmbedder};
 use crate::extract::{Extractor, VerbatimExtractor};
 use crate::mcp::EngramMcp;
 use crate::service::{MemoryService, Settings};
+use crate::store::{PgOptions, PgStore, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +46,38 @@ fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
     }
 }
 
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens the store the database URL names, bound to `embedder`.
+pub async fn store(
+    config: &Config,
+    embedder: &dyn Embedder,
+) -> Result<Arc<dyn Store>, StartupError> {
+    let url = &config.database_url;
+    if is_postgres(url) {
+        let options = PgOptions {
+            pool_size: config.database_pool_size,
+            migrate: config.auto_migrate,
+            index: config.index,
+            exact_scan_max_rows: None,
+        };
+        return Ok(Arc::new(
+            PgStore::open(url, embedder.identity(), options).await?,
+        ));
+    }
+    let store = SqliteStore::open(url, embedder.identity())
+        .await?
+        .with_vector_cache_bytes(config.vector_cache_mb * 1024 * 1024);
+    Ok(Arc::new(store))
+}
+
 /// Opens the store and wires the service. Fails fast on any misconfiguration.
 pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
     let embedder = embedder(config)?;
     let extractor = extractor(config)?;
-    let store = SqliteStore::open(&config.database_url, embedder.identity())
-        .await?
-        .with_vector_cache_bytes(config.vector_cache_mb * 1024 * 1024);
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = store(config, embedder.as_ref()).await?;
     let settings = Settings {
         dedup_threshold: config.dedup_threshold,
         max_text_bytes: config.max_text_bytes,
@@ -62,13 +87,31 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
     )))
 }
 
+/// `engram migrate`: applies pending migrations to the configured database.
+pub async fn migrate(config: &Config) -> Result<(), StartupError> {
+    let url = &config.database_url;
+    if is_postgres(url) {
+        PgStore::migrate(url).await?;
+    } else {
+        // Opening a SQLite store applies its migrations.
+        SqliteStore::open(url, embedder(config)?.identity()).await?;
+    }
+    eprintln!("engram: {} is up to date", redact(url));
+    Ok(())
+}
+
 /// `engram reembed`: rebuilds the store's vectors with the configured embedder.
 pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     let embedder = embedder(config)?;
-    let count = SqliteStore::reembed(&config.database_url, embedder.as_ref()).await?;
+    let url = &config.database_url;
+    let count = if is_postgres(url) {
+        PgStore::reembed(url, embedder.as_ref(), config.index).await?
+    } else {
+        SqliteStore::reembed(url, embedder.as_ref()).await?
+    };
     eprintln!(
         "engram: re-embedded {count} memories in {} with {}",
-        config.database_url,
+        redact(url),
         embedder.identity()
     );
     Ok(())
@@ -78,7 +121,7 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
 pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;
     tracing::info!(
-        database = %config.database_url,
+        database = %redact(&config.database_url),
         default_user = %config.default_user,
         "engram serving MCP on stdio"
     );

@@ -1,20 +1,44 @@
 //! The store conformance suite: one generic body per behaviour, run against
-//! every `Store` implementation (today: SQLite). A backend that passes here
+//! every `Store` implementation (SQLite, and PostgreSQL + pgvector on the
+//! server `ENGRAM_TEST_DATABASE_URL` names). A backend that passes here
 //! behaves like the others as far as the service can tell.
+
+mod common;
 
 use std::sync::Arc;
 
-use engram::embed::{Embedder, HashEmbedder};
+use common::postgres::TestDatabase;
+use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
 use engram::model::{Event, MemoryId, Metadata, MetadataFilter, Scope};
-use engram::store::{InsertOutcome, NewMemory, SearchScope, SqliteStore, Store, StoreError};
+use engram::store::{
+    InsertOutcome, NewMemory, PgOptions, PgStore, SearchScope, SqliteStore, Store, StoreError,
+};
 use serde_json::json;
 
 const DIMS: usize = 384;
 
+/// Where a backend keeps its data; dropped after the store.
+enum Place {
+    Sqlite { _dir: tempfile::TempDir },
+    Postgres { _db: TestDatabase },
+}
+
 struct Backend {
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
     url: String,
+    place: Place,
+}
+
+impl Backend {
+    /// A second store instance on the same database, as another process would open it.
+    async fn open_again(&self, embedder: EmbedderIdentity) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self.place {
+            Place::Sqlite { .. } => Arc::new(SqliteStore::open(&self.url, embedder).await?),
+            Place::Postgres { .. } => {
+                Arc::new(PgStore::open(&self.url, embedder, PgOptions::default()).await?)
+            }
+        })
+    }
 }
 
 async fn sqlite() -> Backend {
@@ -25,8 +49,24 @@ async fn sqlite() -> Backend {
         .unwrap();
     Backend {
         store: Arc::new(store),
-        _dir: dir,
         url,
+        place: Place::Sqlite { _dir: dir },
+    }
+}
+
+async fn postgres() -> Backend {
+    let db = TestDatabase::create().await;
+    let store = PgStore::open(
+        &db.url,
+        HashEmbedder::new(DIMS).identity(),
+        PgOptions::default(),
+    )
+    .await
+    .unwrap();
+    Backend {
+        store: Arc::new(store),
+        url: db.url.clone(),
+        place: Place::Postgres { _db: db },
     }
 }
 
@@ -294,7 +334,8 @@ async fn delete_removes_rows_history_and_index(b: Backend) {
 }
 
 async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
-    let other = SqliteStore::open(&b.url, HashEmbedder::new(DIMS).identity())
+    let other = b
+        .open_again(HashEmbedder::new(DIMS).identity())
         .await
         .unwrap();
     let alice = scope("alice", None, None);
@@ -319,6 +360,84 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
 }
 
+async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    add(s, &alice, "I am allergic to peanuts", json!({})).await;
+    // Cosine 0.92 with the hash embedder, but the negation changes the fact.
+    let not = add(s, &alice, "I am not allergic to peanuts", json!({})).await;
+    add(s, &alice, "My flight is on March 3", json!({})).await;
+    add(s, &alice, "My flight is on March 5", json!({})).await;
+    match s
+        .insert(
+            new_memory(&alice, "I am not allergic to peanuts", json!({})),
+            0.9,
+        )
+        .await
+        .unwrap()
+    {
+        InsertOutcome::Duplicate { existing, .. } => assert_eq!(existing.id, not),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 4);
+}
+
+async fn reembedding_rebuilds_every_vector(b: Backend) {
+    let alice = scope("alice", None, None);
+    let id = add(
+        b.store.as_ref(),
+        &alice,
+        "Collects vintage fountain pens",
+        json!({}),
+    )
+    .await;
+    add(
+        b.store.as_ref(),
+        &scope("bob", None, None),
+        "Runs marathons",
+        json!({}),
+    )
+    .await;
+    let small = HashEmbedder::new(128);
+    let done = match b.place {
+        Place::Sqlite { .. } => SqliteStore::reembed(&b.url, &small).await.unwrap(),
+        Place::Postgres { .. } => PgStore::reembed(&b.url, &small, Default::default())
+            .await
+            .unwrap(),
+    };
+    assert_eq!(done, 2);
+    // The old embedder is now the wrong one; the new one opens and finds.
+    assert!(
+        b.open_again(HashEmbedder::new(DIMS).identity())
+            .await
+            .is_err()
+    );
+    let store = b.open_again(small.identity()).await.unwrap();
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let hits = store
+        .vector_search(at, &small.embed("vintage fountain pens"), 5)
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![id]);
+    assert!(hits[0].score > 0.5);
+    // Dedup works on the new vectors too.
+    let dup = store
+        .insert(
+            NewMemory {
+                embedding: small.embed("Collects vintage fountain pens"),
+                ..new_memory(&alice, "Collects vintage fountain pens", json!({}))
+            },
+            0.9,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(dup, InsertOutcome::Duplicate { .. }));
+}
+
 async fn a_different_embedder_is_refused(b: Backend) {
     add(
         b.store.as_ref(),
@@ -327,7 +446,7 @@ async fn a_different_embedder_is_refused(b: Backend) {
         json!({}),
     )
     .await;
-    let err = match SqliteStore::open(&b.url, HashEmbedder::new(128).identity()).await {
+    let err = match b.open_again(HashEmbedder::new(128).identity()).await {
         Err(e) => e,
         Ok(_) => panic!("opened with a different embedder"),
     };
@@ -352,7 +471,14 @@ macro_rules! conformance {
     };
 }
 
-conformance!(sqlite:
+macro_rules! every_backend {
+    ($($test:ident),* $(,)?) => {
+        conformance!(sqlite: $($test),*);
+        conformance!(postgres: $($test),*);
+    };
+}
+
+every_backend!(
     keyword_and_vector_search_find_the_memory,
     users_never_see_each_other,
     duplicates_are_refused_even_concurrently,
@@ -360,6 +486,8 @@ conformance!(sqlite:
     delete_removes_rows_history_and_index,
     a_second_instance_on_the_same_database_stays_coherent,
     a_different_embedder_is_refused,
+    a_changed_detail_is_not_a_duplicate,
+    reembedding_rebuilds_every_vector,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -1,5 +1,5 @@
 //! Durable memories, their history, and search. The [`Store`] trait is the
-//! seam; `sqlite` is the embedded default.
+//! seam; `sqlite` is the embedded default, `postgres` the shared production store.
 //!
 //! Invariants every implementation keeps:
 //! * every read and write is bounded by a user id; there is no unscoped path;
@@ -8,9 +8,11 @@
 //!   near-identical text for one user leave one memory;
 //! * the store remembers which embedder built its vectors and refuses another.
 
+mod postgres;
 mod sqlite;
 mod vector_index;
 
+pub use postgres::{PgOptions, PgStore, redact};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -50,6 +52,14 @@ pub enum StoreError {
 
     #[error("stored data is corrupt ({0})")]
     Corrupt(String),
+
+    /// The database cannot do what the configuration asks; the message says what to change.
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// Concurrent writes kept a write from completing; retrying is safe.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A memory to be written, already embedded.

@@ -24,7 +24,7 @@ use sqlx::{Connection, Row};
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
 use crate::embed::{Embedder, EmbedderIdentity, dot};
-use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, is_stopword};
+use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
 
 /// Writes a new memory with its vector, keyword entry and ADD history row, and
 /// moves the user to the next write generation, in one round trip. Parameters:
@@ -889,26 +889,7 @@ fn scope_match(scope: &Scope) -> String {
 /// Words of a query that carry meaning, quoted and OR-ed for FTS5. `None`
 /// when the query has no words at all.
 fn match_terms(query: &str) -> Option<String> {
-    let words: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    let mut terms: Vec<&str> = Vec::new();
-    for w in &words {
-        if !is_stopword(w) && !terms.contains(&w.as_str()) {
-            terms.push(w);
-        }
-    }
-    if terms.is_empty() {
-        // Only stopwords: search them rather than nothing.
-        for w in &words {
-            if !terms.contains(&w.as_str()) {
-                terms.push(w);
-            }
-        }
-    }
-    terms.truncate(32);
+    let terms = search_terms(query);
     (!terms.is_empty()).then(|| {
         terms
             .iter()

@@ -1,5 +1,8 @@
-//! Shared helpers for the tests that drive the real binary over MCP stdio.
+//! Shared helpers for the tests that drive the real binary over MCP stdio,
+//! and fresh PostgreSQL databases ([`postgres`]).
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,208 @@
+-- engram production store (PostgreSQL + pgvector >= 0.8).
+--
+-- The embedding column is created without a dimension: the store fixes it
+-- (ALTER ... TYPE vector(N)) and builds the vector index when it is first
+-- opened with an embedder, and records that embedder in store_info.
+
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- Facts about the store itself: which embedder built the vectors, which index.
+CREATE TABLE store_info (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE memories (
+    id           uuid        PRIMARY KEY,            -- UUID v7, the public id
+    user_id      text        NOT NULL,
+    agent_id     text,
+    run_id       text,
+    content      text        NOT NULL,
+    content_hash bytea       NOT NULL,               -- sha256 of the content
+    embedding    vector      NOT NULL,
+    metadata     jsonb       NOT NULL DEFAULT '{}',
+    categories   text[]      NOT NULL DEFAULT '{}',
+    content_tsv  tsvector    GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    valid_from   timestamptz NOT NULL,
+    valid_to     timestamptz,                        -- set when superseded; NULL = current
+    expires_at   timestamptz,
+    CHECK (jsonb_typeof(metadata) = 'object')
+);
+
+-- Scoping and listing; every query names a user and reads current rows.
+CREATE INDEX memories_scope  ON memories (user_id, agent_id, run_id) WHERE valid_to IS NULL;
+CREATE INDEX memories_recent ON memories (user_id, updated_at DESC) WHERE valid_to IS NULL;
+-- One current copy of a text per user, whatever the vector index finds.
+CREATE UNIQUE INDEX memories_current_text ON memories (user_id, content_hash) WHERE valid_to IS NULL;
+CREATE INDEX memories_metadata ON memories USING gin (metadata jsonb_path_ops);
+CREATE INDEX memories_keywords ON memories USING gin (content_tsv) WHERE valid_to IS NULL;
+
+CREATE TABLE memory_history (
+    pk          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    memory_id   uuid        NOT NULL,
+    user_id     text        NOT NULL,
+    event       text        NOT NULL CHECK (event IN ('ADD', 'UPDATE', 'SUPERSEDE', 'DELETE')),
+    old_content text,
+    new_content text,
+    actor       text        NOT NULL,
+    created_at  timestamptz NOT NULL
+);
+CREATE INDEX memory_history_memory ON memory_history (user_id, memory_id, pk);
+
+-- How many current memories each user has: what the search picks its plan by
+-- (exact scan for few rows, the vector index for many). Kept by triggers.
+CREATE TABLE memory_users (
+    user_id text   PRIMARY KEY,
+    current bigint NOT NULL
+);
+
+CREATE FUNCTION engram_count_current() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO memory_users AS u (user_id, current)
+            SELECT user_id, count(*) FROM added WHERE valid_to IS NULL GROUP BY user_id
+            ON CONFLICT (user_id) DO UPDATE SET current = u.current + excluded.current;
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE memory_users u SET current = u.current - g.n
+            FROM (SELECT user_id, count(*) AS n FROM removed WHERE valid_to IS NULL
+                  GROUP BY user_id) g
+            WHERE u.user_id = g.user_id;
+        DELETE FROM memory_users u
+            WHERE u.current <= 0 AND u.user_id IN (SELECT user_id FROM removed);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER memories_count_insert AFTER INSERT ON memories
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION engram_count_current();
+CREATE TRIGGER memories_count_update AFTER UPDATE ON memories
+    REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION engram_count_current();
+CREATE TRIGGER memories_count_delete AFTER DELETE ON memories
+    REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION engram_count_current();
+
+-- Above this many rows in scope a vector search goes through the vector index
+-- (with iterative scans); at or below, an exact scan of the scope's rows.
+-- Settable per session as engram.exact_scan_max_rows.
+CREATE FUNCTION engram_exact_scan_max_rows() RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('engram.exact_scan_max_rows', true), '')::bigint, 10000)
+$$;
+
+-- The k current memories in scope nearest to `query` (cosine), skipping
+-- `exclude`. The plan is picked per call, so filtered search loses nothing:
+-- * few rows in scope (by memory_users, or a capped count when narrowed by
+--   agent, run or metadata): an exact scan through the scope's btree;
+-- * many: the vector index with iterative scans, which keep walking the
+--   graph until k rows pass the filter; should it still come back short
+--   (max_scan_tuples reached), the exact scan answers instead.
+-- Rows come back unordered (relaxed_order); callers sort by similarity.
+CREATE FUNCTION engram_nearest(
+    p_user text, p_agent text, p_run text, p_filter jsonb,
+    p_query vector, p_k integer, p_exclude uuid[] DEFAULT '{}'
+) RETURNS TABLE (id uuid, similarity real)
+LANGUAGE plpgsql VOLATILE
+-- Restored on exit: what the ANN branch changes stays inside this call.
+SET enable_sort = on
+AS $$
+DECLARE
+    limit_rows bigint := engram_exact_scan_max_rows();
+    in_scope bigint;
+    ann_ids uuid[];
+    ann_similarities real[];
+BEGIN
+    IF p_agent IS NULL AND p_run IS NULL AND p_filter IS NULL THEN
+        SELECT u.current INTO in_scope FROM memory_users u WHERE u.user_id = p_user;
+    ELSE
+        SELECT count(*) INTO in_scope FROM (
+            SELECT 1 FROM memories m
+            WHERE m.user_id = p_user AND m.valid_to IS NULL
+              AND (p_agent IS NULL OR m.agent_id = p_agent)
+              AND (p_run IS NULL OR m.run_id = p_run)
+              AND (p_filter IS NULL OR m.metadata @> p_filter)
+            LIMIT limit_rows + 1) c;
+    END IF;
+
+    IF coalesce(in_scope, 0) > limit_rows THEN
+        -- Without sorts the only plan left is the vector index's own order.
+        PERFORM set_config('enable_sort', 'off', true);
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+        PERFORM set_config('hnsw.ef_search', greatest(p_k * 2, 100)::text, true);
+        SELECT coalesce(array_agg(a.id), '{}'), coalesce(array_agg(a.similarity), '{}')
+            INTO ann_ids, ann_similarities
+            FROM (SELECT m.id, (1 - (m.embedding <=> p_query))::real AS similarity
+                  FROM memories m
+                  WHERE m.user_id = p_user AND m.valid_to IS NULL
+                    AND (p_agent IS NULL OR m.agent_id = p_agent)
+                    AND (p_run IS NULL OR m.run_id = p_run)
+                    AND (p_filter IS NULL OR m.metadata @> p_filter)
+                    AND m.id <> ALL (p_exclude)
+                  ORDER BY m.embedding <=> p_query
+                  LIMIT p_k) a;
+        IF cardinality(ann_ids) >= p_k THEN
+            RETURN QUERY SELECT * FROM unnest(ann_ids, ann_similarities);
+            RETURN;
+        END IF;
+        -- Came back short: answer exactly instead.
+        PERFORM set_config('enable_sort', 'on', true);
+    END IF;
+
+    -- Ordering by similarity rather than by distance keeps the planner off
+    -- the (approximate) vector index.
+    RETURN QUERY
+        SELECT m.id, (1 - (m.embedding <=> p_query))::real
+        FROM memories m
+        WHERE m.user_id = p_user AND m.valid_to IS NULL
+          AND (p_agent IS NULL OR m.agent_id = p_agent)
+          AND (p_run IS NULL OR m.run_id = p_run)
+          AND (p_filter IS NULL OR m.metadata @> p_filter)
+          AND m.id <> ALL (p_exclude)
+        ORDER BY 1 - (m.embedding <=> p_query) DESC
+        LIMIT p_k;
+END $$;
+
+-- The deduplication guarantee. Under a per-user advisory lock (held to the
+-- end of the transaction, so concurrent writers for one user queue here and
+-- each sees the rows committed before it), a new current memory is refused
+-- when a current memory of the same user has the same text or a cosine
+-- similarity >= engram.dedup_threshold (default 0.9). The error (SQLSTATE
+-- EG001) lists the near-duplicates as JSON in its DETAIL. A writer that has
+-- looked at them and judged them different (engram compares numbers and
+-- negations) lists their ids in engram.dedup_allow and inserts again.
+CREATE FUNCTION engram_refuse_duplicate() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    threshold real := coalesce(
+        nullif(current_setting('engram.dedup_threshold', true), '')::real, 0.9);
+    allowed uuid[] := coalesce(
+        nullif(current_setting('engram.dedup_allow', true), '')::uuid[], '{}');
+    near jsonb;
+BEGIN
+    IF NEW.valid_to IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('engram.user:' || NEW.user_id, 0));
+
+    -- The same text: exact, through the unique index's btree.
+    SELECT jsonb_agg(jsonb_build_object('id', m.id, 'similarity', 1.0)) INTO near
+        FROM memories m
+        WHERE m.user_id = NEW.user_id AND m.content_hash = NEW.content_hash
+          AND m.valid_to IS NULL AND m.id <> ALL (allowed);
+    IF near IS NULL THEN
+        SELECT jsonb_agg(jsonb_build_object('id', n.id, 'similarity', n.similarity)) INTO near
+            FROM engram_nearest(NEW.user_id, NULL, NULL, NULL, NEW.embedding, 8, allowed) n
+            WHERE n.similarity >= threshold;
+    END IF;
+
+    IF near IS NOT NULL THEN
+        RAISE EXCEPTION 'memory % duplicates a current memory of its user', NEW.id
+            USING ERRCODE = 'EG001', DETAIL = near::text;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER memories_refuse_duplicate BEFORE INSERT ON memories
+    FOR EACH ROW EXECUTE FUNCTION engram_refuse_duplicate();

@@ -1,0 +1,795 @@
+//! The production store: PostgreSQL with pgvector (migrations/postgres).
+//!
+//! The database does the work the SQLite store does in process, so any
+//! number of engram processes can share it:
+//! * vector search is `engram_nearest`, which picks an exact scan or the
+//!   vector index (HNSW with iterative scans, or pgvectorscale's DiskANN) per
+//!   call from how many rows are in scope, so a user filter never drops rows;
+//! * deduplication is the `memories_refuse_duplicate` trigger, under a
+//!   per-user advisory lock. It reports near-duplicates (SQLSTATE EG001) rather
+//!   than deciding alone: [`PgStore::insert`] applies the same details guard
+//!   as SQLite ([`details_differ`]) and retries with the candidates it judged
+//!   different, so both stores agree on what a duplicate is;
+//! * keyword search is a `tsvector` column with a GIN index, ranked by `ts_rank`.
+//!
+//! The embedding column's dimension is fixed when a store is first opened with
+//! an embedder, which is also recorded; a different one is refused.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Acquire, Connection, PgConnection, Row};
+use uuid::Uuid;
+
+use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
+use crate::config::IndexKind;
+use crate::embed::{Embedder, EmbedderIdentity};
+use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
+const DUPLICATE_SQLSTATE: &str = "EG001";
+/// How often one insert may meet new near-duplicates (each written by a
+/// concurrent writer meanwhile) before giving up.
+const MAX_DEDUP_ROUNDS: usize = 8;
+/// pgvector's HNSW indexes `vector` columns of at most this many dimensions.
+const MAX_INDEXED_DIMS: usize = 2000;
+
+/// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
+const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
+                              m.categories, m.created_at, m.updated_at";
+
+/// How a PostgreSQL store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    pub pool_size: u32,
+    /// Apply pending migrations; otherwise refuse to open a schema that is behind.
+    pub migrate: bool,
+    pub index: IndexKind,
+    /// Scopes with at most this many rows are searched exactly, larger ones
+    /// through the vector index (`None`: the schema's default, 10,000).
+    pub exact_scan_max_rows: Option<u64>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: crate::config::DEFAULT_DATABASE_POOL_SIZE,
+            migrate: true,
+            index: IndexKind::Auto,
+            exact_scan_max_rows: None,
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    embedder: EmbedderIdentity,
+    index: IndexKind,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`), brings the schema up to date (or
+    /// checks it is, with `migrate: false`), binds the store to `embedder` on
+    /// first open (refusing another one later) and makes sure the vector index exists.
+    pub async fn open(
+        url: &str,
+        embedder: EmbedderIdentity,
+        options: PgOptions,
+    ) -> Result<Self, StoreError> {
+        if embedder.dims > MAX_INDEXED_DIMS {
+            return Err(StoreError::Unsupported(format!(
+                "pgvector indexes at most {MAX_INDEXED_DIMS} dimensions and the embedder has {}; \
+                 set ENGRAM_EMBEDDING_DIMS to {MAX_INDEXED_DIMS} or fewer (OpenAI's \
+                 text-embedding-3 models accept a smaller `dimensions`)",
+                embedder.dims
+            )));
+        }
+        let pool = connect(url, options.pool_size, options.exact_scan_max_rows).await?;
+        if options.migrate {
+            migrate_pool(url, &pool).await?;
+        } else {
+            check_migrated(url, &pool).await?;
+        }
+        let store = Self {
+            pool,
+            embedder,
+            index: options.index,
+        };
+        let mut tx = store.pool.begin().await.map_err(db("opening the store"))?;
+        lock_schema(&mut tx).await?;
+        store.bind_embedder(&mut tx).await?;
+        let index = ensure_vector_index(&mut tx, store.index).await?;
+        tx.commit().await.map_err(db("opening the store"))?;
+        tracing::info!(embedder = %store.embedder, ?index, "PostgreSQL store ready");
+        Ok(Self { index, ..store })
+    }
+
+    /// Applies pending migrations to the database at `url` (`engram migrate`).
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let pool = connect(url, 2, None).await?;
+        migrate_pool(url, &pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// The vector index searches use (`Auto` resolved at open).
+    pub fn vector_index(&self) -> IndexKind {
+        self.index
+    }
+
+    /// The connection pool, for measuring raw queries next to the store's.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Rebuilds every stored vector with `embedder` (whose dimension may
+    /// differ), records it as the store's embedder and rebuilds the vector
+    /// index. One transaction: all or nothing. Stop running servers first.
+    pub async fn reembed(
+        url: &str,
+        embedder: &dyn Embedder,
+        index: IndexKind,
+    ) -> Result<u64, StoreError> {
+        const BATCH: i64 = 256;
+        let identity = embedder.identity();
+        let pool = connect(url, 2, None).await?;
+        migrate_pool(url, &pool).await?;
+        let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
+        lock_schema(&mut tx).await?;
+        for statement in [
+            "DROP INDEX IF EXISTS memories_embedding_hnsw",
+            "DROP INDEX IF EXISTS memories_embedding_diskann",
+            "ALTER TABLE memories ALTER COLUMN embedding TYPE vector",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("preparing the re-embed"))?;
+        }
+        let mut after = Uuid::nil();
+        let mut done = 0u64;
+        loop {
+            let rows: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT id, content FROM memories WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading memories to re-embed"))?;
+            let Some(&(last, _)) = rows.last() else { break };
+            let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
+            let vectors = embedder.embed_documents(&texts).await?;
+            let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+            let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
+            sqlx::query(
+                "UPDATE memories m SET embedding = v.embedding \
+                 FROM unnest($1::uuid[], $2::vector[]) AS v (id, embedding) WHERE m.id = v.id",
+            )
+            .bind(&ids)
+            .bind(&vectors)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing re-embedded vectors"))?;
+            done += rows.len() as u64;
+            after = last;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
+            identity.dims
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("fixing the vector dimension"))?;
+        record_embedder(&mut tx, &identity).await?;
+        ensure_vector_index(&mut tx, index).await?;
+        tx.commit().await.map_err(db("committing the re-embed"))?;
+        pool.close().await;
+        Ok(done)
+    }
+
+    /// Records the embedder (and fixes the column's dimension) on first open;
+    /// refuses a different one afterwards.
+    async fn bind_embedder(&self, tx: &mut PgConnection) -> Result<(), StoreError> {
+        let configured = self.embedder.to_string();
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the store's embedder"))?;
+        match stored {
+            Some(stored) if stored == configured => Ok(()),
+            Some(stored) => Err(StoreError::EmbedderMismatch { stored, configured }),
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
+                    self.embedder.dims
+                )))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("fixing the vector dimension"))?;
+                record_embedder(tx, &self.embedder).await
+            }
+        }
+    }
+
+    /// One attempt at the insert transaction; `Ok(Err(near))` when the
+    /// trigger refused it, with the near-duplicates it named.
+    async fn try_insert(
+        &self,
+        new: &NewMemory,
+        dedup_threshold: f32,
+        allowed: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Vec<Near>>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db("starting a write"))?;
+        let mut tx = conn.begin().await.map_err(db("starting a write"))?;
+        sqlx::query(
+            "SELECT set_config('engram.dedup_threshold', $1, true), \
+                    set_config('engram.dedup_allow', $2, true)",
+        )
+        .bind(dedup_threshold.to_string())
+        .bind(uuid_array_literal(allowed))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("starting a write"))?;
+        let metadata = serde_json::Value::Object(new.metadata.clone());
+        let written = sqlx::query(
+            "WITH m AS ( \
+                 INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
+                     embedding, metadata, categories, created_at, updated_at, valid_from) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10) \
+                 RETURNING id, user_id, content, created_at) \
+             INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+                 actor, created_at) \
+             SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m",
+        )
+        .bind(new.id.0)
+        .bind(&new.scope.user_id)
+        .bind(&new.scope.agent_id)
+        .bind(&new.scope.run_id)
+        .bind(&new.content)
+        .bind(content_hash(&new.content))
+        .bind(Vector::from(new.embedding.clone()))
+        .bind(&metadata)
+        .bind(&new.categories)
+        .bind(now)
+        .bind(&new.actor)
+        .execute(&mut *tx)
+        .await;
+        match written {
+            Ok(_) => {
+                tx.commit().await.map_err(db("committing a memory"))?;
+                Ok(Ok(()))
+            }
+            Err(e) => match refused_as_duplicate(&e) {
+                Some(near) => {
+                    tx.rollback().await.map_err(db("ending a refused write"))?;
+                    Ok(Err(near?))
+                }
+                None => Err(StoreError::Database {
+                    context: "storing a memory",
+                    source: e,
+                }),
+            },
+        }
+    }
+}
+
+/// A near-duplicate the trigger named.
+#[derive(Debug, serde::Deserialize)]
+struct Near {
+    id: Uuid,
+    similarity: f32,
+}
+
+/// The near-duplicates in an EG001 error, if `e` is one.
+fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, StoreError>> {
+    let db_err = e.as_database_error()?;
+    if db_err.code().as_deref() != Some(DUPLICATE_SQLSTATE) {
+        return None;
+    }
+    let detail = db_err
+        .try_downcast_ref::<PgDatabaseError>()
+        .and_then(PgDatabaseError::detail)
+        .unwrap_or("[]");
+    Some(
+        serde_json::from_str(detail)
+            .map_err(|e| StoreError::Corrupt(format!("duplicate report '{detail}': {e}"))),
+    )
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn embedder(&self) -> &EmbedderIdentity {
+        &self.embedder
+    }
+
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        // Postgres keeps microseconds; the memory returned must equal the stored one.
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut allowed: Vec<Uuid> = Vec::new();
+        for _ in 0..MAX_DEDUP_ROUNDS {
+            let mut near = match self
+                .try_insert(&new, dedup_threshold, &allowed, now)
+                .await?
+            {
+                Ok(()) => {
+                    return Ok(InsertOutcome::Added(Memory {
+                        id: new.id,
+                        memory: new.content,
+                        scope: new.scope,
+                        metadata: new.metadata,
+                        categories: new.categories,
+                        created_at: now,
+                        updated_at: now,
+                    }));
+                }
+                Err(near) => near,
+            };
+            // The trigger only says "close"; a candidate stating other
+            // details (a number, a negation) is a different memory.
+            near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+            let mut existing: HashMap<MemoryId, Memory> = self
+                .get_many(&new.scope.user_id, &ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
+            for n in &near {
+                // Gone since the trigger saw it (forgotten): nothing to allow.
+                let Some(memory) = existing.remove(&MemoryId(n.id)) else {
+                    continue;
+                };
+                if !details_differ(&new.content, &memory.memory) {
+                    return Ok(InsertOutcome::Duplicate {
+                        existing: memory,
+                        similarity: n.similarity,
+                    });
+                }
+                allowed.push(n.id);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "memory {} kept meeting new near-duplicates written concurrently; try again",
+            new.id
+        )))
+    }
+
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2)"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading memories"))?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Uuid, f32)> =
+            sqlx::query_as("SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)")
+                .bind(&at.scope.user_id)
+                .bind(&at.scope.agent_id)
+                .bind(&at.scope.run_id)
+                .bind(filter_json(at))
+                .bind(Vector::from(query.to_vec()))
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("searching vectors"))?;
+        let mut hits: Vec<Hit> = rows
+            .into_iter()
+            .map(|(id, score)| Hit {
+                id: MemoryId(id),
+                score,
+            })
+            .collect();
+        // The vector index returns rows in relaxed order.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let terms = search_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Terms are alphanumeric only, so quoting them leaves no tsquery syntax.
+        let tsquery = terms
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+            "SELECT m.id, ts_rank(m.content_tsv, q) AS rank \
+             FROM memories m, to_tsquery('english', $2) q \
+             WHERE m.user_id = $1 AND m.valid_to IS NULL AND m.content_tsv @@ q \
+               AND ($3::text IS NULL OR m.agent_id = $3) AND ($4::text IS NULL OR m.run_id = $4) \
+               AND ($5::jsonb IS NULL OR m.metadata @> $5) \
+             ORDER BY rank DESC, m.id LIMIT $6",
+        )
+        .bind(&at.scope.user_id)
+        .bind(tsquery)
+        .bind(&at.scope.agent_id)
+        .bind(&at.scope.run_id)
+        .bind(filter_json(at))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("searching keywords"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, score)| Hit {
+                id: MemoryId(id),
+                score,
+            })
+            .collect())
+    }
+
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE m.user_id = $1 AND m.valid_to IS NULL \
+                             AND ($2::text IS NULL OR m.agent_id = $2) \
+                             AND ($3::text IS NULL OR m.run_id = $3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
+            // Kept by triggers; counting a large user's rows would cost milliseconds.
+            sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
+                .bind(&scope.user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("counting memories"))?
+        } else {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM memories m {WHERE}"
+            )))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("counting memories"))?
+        };
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event, old_content, new_content, actor, created_at \
+             FROM memory_history WHERE user_id = $1 AND memory_id = $2 ORDER BY pk",
+        )
+        .bind(user_id)
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading history"))?;
+        rows.iter()
+            .map(|row| {
+                let get = db("reading history");
+                let event: String = row.try_get("event").map_err(&get)?;
+                Ok(HistoryEntry {
+                    memory_id: id,
+                    event: parse_event(&event)?,
+                    old_memory: row.try_get("old_content").map_err(&get)?,
+                    new_memory: row.try_get("new_content").map_err(&get)?,
+                    actor: row.try_get("actor").map_err(&get)?,
+                    created_at: row.try_get("created_at").map_err(&get)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        // One statement, so the memory and its history go together.
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
+                  history AS (DELETE FROM memory_history \
+                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .bind(id.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("deleting a memory"))?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
+                  history AS (DELETE FROM memory_history WHERE user_id = $1), \
+                  counts AS (DELETE FROM memory_users WHERE user_id = $1) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("deleting a user's memories"))?;
+        Ok(deleted.max(0) as u64)
+    }
+}
+
+async fn connect(
+    url: &str,
+    pool_size: u32,
+    exact_scan_max_rows: Option<u64>,
+) -> Result<PgPool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        url: redact(url),
+        source,
+    };
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(open_err)?
+        .application_name("engram")
+        // JIT compiles plans whose estimated cost is high (an exact scan of a
+        // large user looks expensive) and adds tens of milliseconds to them.
+        .options([("jit", "off")]);
+    if let Some(rows) = exact_scan_max_rows {
+        options = options.options([("engram.exact_scan_max_rows", rows.to_string())]);
+    }
+    // One direct connection first: a pool retries until its timeout and then
+    // reports only that, while this reports what is wrong (refused, auth, no database).
+    let probe = PgConnection::connect_with(&options)
+        .await
+        .map_err(open_err)?;
+    probe.close().await.map_err(open_err)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
+async fn migrate_pool(url: &str, pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: redact(url),
+            source,
+        })
+}
+
+/// With automatic migrations off: refuses a schema that lacks a migration of this build.
+async fn check_migrated(url: &str, pool: &PgPool) -> Result<(), StoreError> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing: Vec<i64> = MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported(format!(
+        "the schema of {} lacks migrations {missing:?}; run `engram migrate` \
+         (or set ENGRAM_AUTO_MIGRATE=true)",
+        redact(url)
+    )))
+}
+
+/// Serialises schema-level changes (first bind, index creation, re-embed)
+/// across processes for the rest of the transaction.
+async fn lock_schema(tx: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.schema', 0))")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("locking the schema"))?;
+    Ok(())
+}
+
+async fn record_embedder(
+    tx: &mut PgConnection,
+    embedder: &EmbedderIdentity,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('embedder', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(embedder.to_string())
+    .execute(&mut *tx)
+    .await
+    .map_err(db("recording the store's embedder"))?;
+    Ok(())
+}
+
+/// Resolves `requested` against the server (DiskANN needs pgvectorscale's
+/// `vectorscale` extension) and creates that index if it is missing.
+async fn ensure_vector_index(
+    tx: &mut PgConnection,
+    requested: IndexKind,
+) -> Result<IndexKind, StoreError> {
+    let vectorscale: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vectorscale')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking for pgvectorscale"))?;
+    let kind = match requested {
+        IndexKind::Auto if vectorscale => IndexKind::Diskann,
+        IndexKind::Auto => IndexKind::Hnsw,
+        IndexKind::Diskann if !vectorscale => {
+            return Err(StoreError::Unsupported(
+                "index = diskann needs pgvectorscale, and this PostgreSQL server has no \
+                 `vectorscale` extension; install pgvectorscale on the server, or set \
+                 ENGRAM_INDEX=hnsw (or auto)"
+                    .into(),
+            ));
+        }
+        other => other,
+    };
+    let statements: &[&'static str] = match kind {
+        // Partial: superseded rows are never searched, so they stay out of the graph.
+        IndexKind::Hnsw | IndexKind::Auto => &[
+            "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories \
+             USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL",
+        ],
+        IndexKind::Diskann => &[
+            "CREATE EXTENSION IF NOT EXISTS vectorscale",
+            "CREATE INDEX IF NOT EXISTS memories_embedding_diskann ON memories \
+             USING diskann (embedding vector_cosine_ops)",
+        ],
+    };
+    for statement in statements {
+        sqlx::query(*statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("creating the vector index"))?;
+    }
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('vector_index', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(format!("{kind:?}").to_lowercase())
+    .execute(&mut *tx)
+    .await
+    .map_err(db("recording the vector index"))?;
+    Ok(kind)
+}
+
+fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+fn memory_from_row(row: &PgRow) -> Result<Memory, StoreError> {
+    let get = db("reading a memory");
+    let metadata: serde_json::Value = row.try_get("metadata").map_err(&get)?;
+    let serde_json::Value::Object(metadata) = metadata else {
+        return Err(StoreError::Corrupt(format!(
+            "metadata is not an object: {metadata}"
+        )));
+    };
+    Ok(Memory {
+        id: MemoryId(row.try_get("id").map_err(&get)?),
+        memory: row.try_get("content").map_err(&get)?,
+        scope: Scope {
+            user_id: row.try_get("user_id").map_err(&get)?,
+            agent_id: row.try_get("agent_id").map_err(&get)?,
+            run_id: row.try_get("run_id").map_err(&get)?,
+        },
+        metadata: Metadata::from(metadata),
+        categories: row.try_get("categories").map_err(&get)?,
+        created_at: row.try_get("created_at").map_err(&get)?,
+        updated_at: row.try_get("updated_at").map_err(&get)?,
+    })
+}
+
+fn parse_event(raw: &str) -> Result<Event, StoreError> {
+    Ok(match raw {
+        "ADD" => Event::Add,
+        "UPDATE" => Event::Update,
+        "SUPERSEDE" => Event::Supersede,
+        "DELETE" => Event::Delete,
+        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
+    })
+}
+
+fn content_hash(content: &str) -> Vec<u8> {
+    Sha256::digest(content.as_bytes()).to_vec()
+}
+
+/// A Postgres array literal (`{a,b}`) of ids, for a setting read as `uuid[]`.
+fn uuid_array_literal(ids: &[Uuid]) -> String {
+    let inner: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// The metadata filter as a JSON object for `@>` (scalar values: equality).
+fn filter_json(at: SearchScope<'_>) -> Option<serde_json::Value> {
+    if at.filter.is_empty() {
+        return None;
+    }
+    Some(serde_json::Value::Object(
+        at.filter.pairs().iter().cloned().collect(),
+    ))
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://engram:s3cret@db:5432/engram"),
+            "postgres://engram:***@db:5432/engram"
+        );
+        assert_eq!(
+            redact("postgres://engram@db/engram"),
+            "postgres://engram@db/engram"
+        );
+        assert_eq!(redact("postgres://db/engram"), "postgres://db/engram");
+    }
+
+    #[test]
+    fn allow_lists_are_array_literals() {
+        assert_eq!(uuid_array_literal(&[]), "{}");
+        let id = Uuid::nil();
+        assert_eq!(uuid_array_literal(&[id, id]), format!("{{{id},{id}}}"));
+    }
+}
