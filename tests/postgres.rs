@@ -15,15 +15,17 @@ use common::{Client, ENGRAM, connect_with, ok, texts, total};
 use engram::config::IndexKind;
 use engram::embed::{Embedder, HashEmbedder};
 use engram::model::{MemoryId, MetadataFilter, Scope};
-use engram::store::{InsertOutcome, NewMemory, PgOptions, PgStore, SearchScope, Store};
+use engram::store::{
+    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, Store,
+};
 use serde_json::json;
 use sqlx::PgPool;
 
 const DIMS: usize = 384;
 
-async fn open(url: &str, exact_scan_max_rows: Option<u64>) -> PgStore {
+async fn open(url: &str, plan: PlanSettings) -> PgStore {
     let options = PgOptions {
-        exact_scan_max_rows,
+        plan,
         ..PgOptions::default()
     };
     PgStore::open(url, HashEmbedder::new(DIMS).identity(), options)
@@ -68,7 +70,7 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_refuses_duplicates_whoever_writes_them() {
     let db = TestDatabase::create().await;
-    let store = open(&db.url, None).await;
+    let store = open(&db.url, PlanSettings::default()).await;
     let alice = Scope::user("alice");
     let first = store
         .insert(memory(&alice, "I prefer window seats on long flights"), 0.9)
@@ -140,8 +142,8 @@ fn ids(hits: &[engram::store::Hit]) -> Vec<MemoryId> {
 async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     let db = TestDatabase::create().await;
     // Every scope goes through the index here; the other store scans exactly.
-    let indexed = open(&db.url, Some(0)).await;
-    let exact = open(&db.url, Some(u32::MAX as u64)).await;
+    let indexed = open(&db.url, PlanSettings::ALWAYS_INDEX).await;
+    let exact = open(&db.url, PlanSettings::ALWAYS_EXACT).await;
     crowd(indexed.pool(), 100, 40).await;
 
     // 60 memories for one user among 4,000 rows, half under one agent, 5 in one run.
@@ -210,6 +212,50 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
         // Scores are the exact cosine either way, best first.
         assert!(through_index.windows(2).all(|w| w[0].score >= w[1].score));
     }
+    // What engram_nearest relies on, seen directly: the index alone, with a
+    // user filter, drops rows unless iterative scans are on.
+    let found_through_index = |iterative: &'static str| {
+        let pool = indexed.pool().clone();
+        let q = pgvector::Vector::from(q.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            for setting in [
+                "SET LOCAL enable_sort = off".to_owned(),
+                "SET LOCAL hnsw.ef_search = 100".to_owned(),
+                format!("SET LOCAL hnsw.iterative_scan = {iterative}"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(setting))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let plan: Vec<String> = sqlx::query_scalar(
+                "EXPLAIN SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL \
+                 ORDER BY embedding <=> $1 LIMIT 100",
+            )
+            .bind(&q)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            assert!(
+                plan.join("\n").contains("memories_embedding_hnsw"),
+                "{plan:?}"
+            );
+            let rows: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL \
+                 ORDER BY embedding <=> $1 LIMIT 100",
+            )
+            .bind(&q)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            rows.len()
+        }
+    };
+    let without = found_through_index("off").await;
+    assert!(without < 60, "the plain index found {without} of 60");
+    assert_eq!(found_through_index("relaxed_order").await, 60);
+
     let mut run_found = ids(&indexed
         .vector_search(
             SearchScope {

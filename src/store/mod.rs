@@ -12,7 +12,7 @@ mod postgres;
 mod sqlite;
 mod vector_index;
 
-pub use postgres::{PgOptions, PgStore, redact};
+pub use postgres::{PgOptions, PgStore, PlanSettings, redact};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -53,9 +53,31 @@ pub struct PgOptions {
     /// Apply pending migrations; otherwise refuse to open a schema that is behind.
     pub migrate: bool,
     pub index: IndexKind,
-    /// Scopes with at most this many rows are searched exactly, larger ones
-    /// through the vector index (`None`: the schema's default, 10,000).
+    /// When vector search scans a scope exactly instead of using the index
+    /// (`engram_use_vector_index` in the schema); `None` keeps its defaults.
+    pub plan: PlanSettings,
+}
+
+/// The session settings `engram_use_vector_index` reads: exact scans for
+/// scopes of at most `exact_scan_max_rows` rows, or whose rows² are below
+/// `exact_scan_ratio` × the table's rows. Zero for both forces the index.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanSettings {
     pub exact_scan_max_rows: Option<u64>,
+    pub exact_scan_ratio: Option<f64>,
+}
+
+impl PlanSettings {
+    /// Every search through the vector index (for tests and benchmarks).
+    pub const ALWAYS_INDEX: Self = Self {
+        exact_scan_max_rows: Some(0),
+        exact_scan_ratio: Some(0.0),
+    };
+    /// Every search an exact scan (the reference for recall measurements).
+    pub const ALWAYS_EXACT: Self = Self {
+        exact_scan_max_rows: Some(i64::MAX as u64),
+        exact_scan_ratio: None,
+    };
 }
 
 impl Default for PgOptions {
@@ -64,13 +86,14 @@ impl Default for PgOptions {
             pool_size: crate::config::DEFAULT_DATABASE_POOL_SIZE,
             migrate: true,
             index: IndexKind::Auto,
-            exact_scan_max_rows: None,
+            plan: PlanSettings::default(),
         }
     }
 }
 
 pub struct PgStore {
     pool: PgPool,
+    url: String,
     embedder: EmbedderIdentity,
     index: IndexKind,
 }
@@ -92,7 +115,7 @@ impl PgStore {
                 embedder.dims
             )));
         }
-        let pool = connect(url, options.pool_size, options.exact_scan_max_rows).await?;
+        let pool = connect(url, options.pool_size, options.plan).await?;
         if options.migrate {
             migrate_pool(url, &pool).await?;
         } else {
@@ -100,6 +123,7 @@ impl PgStore {
         }
         let store = Self {
             pool,
+            url: url.to_owned(),
             embedder,
             index: options.index,
         };
@@ -114,7 +138,7 @@ impl PgStore {
 
     /// Applies pending migrations to the database at `url` (`engram migrate`).
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let pool = connect(url, 2, None).await?;
+        let pool = connect(url, 2, PlanSettings::default()).await?;
         migrate_pool(url, &pool).await?;
         pool.close().await;
         Ok(())
@@ -123,6 +147,11 @@ impl PgStore {
     /// The vector index searches use (`Auto` resolved at open).
     pub fn vector_index(&self) -> IndexKind {
         self.index
+    }
+
+    /// The URL the store was opened with (password included: not for display).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The connection pool, for measuring raw queries next to the store's.
@@ -140,7 +169,7 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         const BATCH: i64 = 256;
         let identity = embedder.identity();
-        let pool = connect(url, 2, None).await?;
+        let pool = connect(url, 2, PlanSettings::default()).await?;
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
         lock_schema(&mut tx).await?;
@@ -557,11 +586,7 @@ impl Store for PgStore {
     }
 }
 
-async fn connect(
-    url: &str,
-    pool_size: u32,
-    exact_scan_max_rows: Option<u64>,
-) -> Result<PgPool, StoreError> {
+async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool, StoreError> {
     let open_err = |source| StoreError::Open {
         url: redact(url),
         source,
@@ -572,8 +597,11 @@ async fn connect(
         // JIT compiles plans whose estimated cost is high (an exact scan of a
         // large user looks expensive) and adds tens of milliseconds to them.
         .options([("jit", "off")]);
-    if let Some(rows) = exact_scan_max_rows {
+    if let Some(rows) = plan.exact_scan_max_rows {
         options = options.options([("engram.exact_scan_max_rows", rows.to_string())]);
+    }
+    if let Some(ratio) = plan.exact_scan_ratio {
+        options = options.options([("engram.exact_scan_ratio", ratio.to_string())]);
     }
     // One direct connection first: a pool retries until its timeout and then
     // reports only that, while this reports what is wrong (refused, auth, no database).

@@ -1,0 +1,242 @@
+//! The many-users PostgreSQL measurement: `--crowd-rows` memories spread over
+//! `--crowd-users` users, then recall for random users of the crowd, next to
+//! the raw SQL floor and an exact scan (for recall@10).
+//!
+//! Loading a million rows through `remember` would take most of an hour
+//! here (each row is a dedup check and an HNSW insertion), so the crowd is
+//! bulk-loaded with SQL: dedup trigger off, vector index dropped and rebuilt
+//! after (as an operator importing data would). Everything timed afterwards
+//! goes through engram as usual, including remembers into crowd users.
+
+use std::time::{Duration, Instant};
+
+use pgvector::Vector;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::text::Generator;
+use super::{ms, percentile};
+use crate::embed::{Embedder, HashEmbedder};
+use crate::model::{MemoryId, MetadataFilter, Scope};
+use crate::service::{MemoryService, RecallRequest, RememberRequest};
+use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope, Store};
+
+const LOAD_BATCH: usize = 2000;
+
+/// The filtered nearest-neighbour query issued directly on one connection,
+/// as a pgvector user would write it (iterative scans on, the planner's
+/// choice of plan): the floor engram's vector search is compared with.
+pub struct Floor {
+    conn: PgConnection,
+}
+
+impl Floor {
+    pub async fn new(pg: &PgStore) -> Result<Self, sqlx::Error> {
+        let mut conn = pg.pool().acquire().await?.detach();
+        sqlx::query("SET hnsw.iterative_scan = relaxed_order")
+            .execute(&mut conn)
+            .await?;
+        Ok(Self { conn })
+    }
+
+    /// How long the query took for `user`'s `k` nearest to `q`.
+    pub async fn time(&mut self, user: &str, q: &[f32], k: i64) -> Result<Duration, sqlx::Error> {
+        let q = Vector::from(q.to_vec());
+        let t = Instant::now();
+        let rows: Vec<(Uuid, f64)> = sqlx::query_as(
+            "SELECT id, 1 - (embedding <=> $2) FROM memories \
+             WHERE user_id = $1 AND valid_to IS NULL ORDER BY embedding <=> $2 LIMIT $3",
+        )
+        .bind(user)
+        .bind(&q)
+        .bind(k)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let took = t.elapsed();
+        std::hint::black_box(rows);
+        Ok(took)
+    }
+}
+
+fn crowd_user(i: usize, users: usize) -> String {
+    format!("crowd-{}", i % users.max(1))
+}
+
+pub async fn run(
+    pg: &PgStore,
+    service: &MemoryService,
+    embedder: &HashEmbedder,
+    rows: usize,
+    users: usize,
+    queries: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut words = Generator::new(7);
+    let url = pg.url().to_owned();
+    println!();
+    println!("crowd: bulk-loading {rows} memories over {users} users (SQL, dedup trigger off)");
+    let started = Instant::now();
+    bulk_load(pg, embedder, &mut words, rows, users).await?;
+    let loaded = started.elapsed();
+    // Reopening creates the vector index the load dropped.
+    let started = Instant::now();
+    let indexed = PgStore::open(&url, embedder.identity(), PgOptions::default()).await?;
+    sqlx::query("ANALYZE memories").execute(pg.pool()).await?;
+    println!(
+        "crowd: loaded in {:.0} s ({:.0} rows/s), vector index built in {:.0} s",
+        loaded.as_secs_f64(),
+        rows as f64 / loaded.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let exact = PgStore::open(
+        &url,
+        embedder.identity(),
+        PgOptions {
+            plan: PlanSettings::ALWAYS_EXACT,
+            ..PgOptions::default()
+        },
+    )
+    .await?;
+
+    let mut floor = Floor::new(&indexed).await?;
+    let none = MetadataFilter::default();
+    let (mut recall, mut vector, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut overlap, mut expected) = (0usize, 0usize);
+    for i in 0..queries {
+        let user = crowd_user((words.next() as usize) ^ i, users);
+        let scope = Scope::user(&user);
+        let query = words.query();
+        let t = Instant::now();
+        std::hint::black_box(
+            service
+                .recall(RecallRequest {
+                    scope: scope.clone(),
+                    query: query.clone(),
+                    limit: Some(10),
+                    filters: None,
+                })
+                .await?,
+        );
+        recall.push(t.elapsed());
+        let q = embedder.embed(&query);
+        let at = SearchScope {
+            scope: &scope,
+            filter: &none,
+        };
+        let t = Instant::now();
+        let hits = indexed.vector_search(at, &q, 10).await?;
+        vector.push(t.elapsed());
+        floors.push(floor.time(&user, &q, 10).await?);
+        let reference: Vec<MemoryId> = exact
+            .vector_search(at, &q, 10)
+            .await?
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        expected += reference.len();
+        overlap += hits.iter().filter(|h| reference.contains(&h.id)).count();
+    }
+    for list in [&mut recall, &mut vector, &mut floors] {
+        list.sort();
+    }
+
+    // Remembers into crowd users, one after another.
+    let writes = 500.min(queries.max(1));
+    let started = Instant::now();
+    for i in 0..writes {
+        service
+            .remember(RememberRequest {
+                scope: Scope::user(crowd_user(words.next() as usize ^ i, users)),
+                text: Some(words.memory()),
+                messages: None,
+                metadata: None,
+                infer: true,
+            })
+            .await?;
+    }
+    let remember_rate = writes as f64 / started.elapsed().as_secs_f64();
+
+    let floor_p50 = percentile(&floors, 0.50);
+    println!(
+        "{:>9} {:>6} | {:>10} {:>8} {:>8} | {:>10} | {:>9} {:>6} | {:>10} | {:>9}",
+        "rows",
+        "users",
+        "recall p50",
+        "p95",
+        "p99",
+        "vector p50",
+        "floor p50",
+        "x",
+        "remember/s",
+        "recall@10"
+    );
+    println!(
+        "{:>9} {:>6} | {:>10} {:>8} {:>8} | {:>10} | {:>9} {:>5.2}x | {:>10.0} | {:>9.3}",
+        rows,
+        users,
+        ms(percentile(&recall, 0.50)),
+        ms(percentile(&recall, 0.95)),
+        ms(percentile(&recall, 0.99)),
+        ms(percentile(&vector, 0.50)),
+        ms(floor_p50),
+        percentile(&recall, 0.50).as_secs_f64() / floor_p50.as_secs_f64().max(1e-9),
+        remember_rate,
+        overlap as f64 / expected.max(1) as f64,
+    );
+    Ok(())
+}
+
+/// Inserts `rows` generated memories for the crowd with the dedup trigger
+/// off and no vector index (rebuilt by the caller).
+async fn bulk_load(
+    pg: &PgStore,
+    embedder: &HashEmbedder,
+    words: &mut Generator,
+    rows: usize,
+    users: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = pg.pool();
+    for statement in [
+        "ALTER TABLE memories DISABLE TRIGGER memories_refuse_duplicate",
+        "DROP INDEX IF EXISTS memories_embedding_hnsw",
+    ] {
+        sqlx::query(statement).execute(pool).await?;
+    }
+    let mut done = 0;
+    while done < rows {
+        let n = LOAD_BATCH.min(rows - done);
+        let mut ids = Vec::with_capacity(n);
+        let mut owners = Vec::with_capacity(n);
+        let mut texts = Vec::with_capacity(n);
+        let mut vectors = Vec::with_capacity(n);
+        for i in done..done + n {
+            let text = words.memory();
+            ids.push(Uuid::now_v7());
+            owners.push(crowd_user(i, users));
+            vectors.push(Vector::from(embedder.embed(&text)));
+            texts.push(text);
+        }
+        sqlx::query(
+            "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
+                 updated_at, valid_from) \
+             SELECT id, user_id, content, sha256(convert_to(content, 'UTF8')), embedding, \
+                    now(), now(), now() \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::vector[]) \
+                  AS r (id, user_id, content, embedding) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&texts)
+        .bind(&vectors)
+        .execute(pool)
+        .await?;
+        done += n;
+        if done % 100_000 < LOAD_BATCH {
+            eprintln!("crowd: {done} rows loaded");
+        }
+    }
+    sqlx::query("ALTER TABLE memories ENABLE TRIGGER memories_refuse_duplicate")
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! `engram bench`: fills a store through [`MemoryService`] and prints
+//! remember throughput and recall latency percentiles at each size.
+//!
+//! * One user (both stores): memories spread over four agents of one user.
+//!   Besides end-to-end recall over the whole user it times recall narrowed
+//!   to one agent, the two candidate searches on their own (vector and
+//!   keyword, straight on the store), and recall@10 of the store's vector
+//!   search against an exact f32 scan of the same vectors. On PostgreSQL it
+//!   also times the raw SQL floor (the filtered nearest-neighbour query
+//!   issued directly) and remember with several writers at once.
+//! * Many users (PostgreSQL, `--crowd-rows`): see [`crowd`].
+//!
+//! Text comes from [`text::Generator`], seeded, so runs repeat.
+
+mod crowd;
+mod text;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::embed::{Embedder, HashEmbedder, dot};
+use crate::extract::VerbatimExtractor;
+use crate::model::{Event, MemoryId, MetadataFilter, Scope};
+use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::store::{PgOptions, PgStore, SearchScope, SqliteStore, Store};
+use text::Generator;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Store sizes to measure at, ascending (memories for one user).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub sizes: Vec<usize>,
+    /// Recall queries per size.
+    #[arg(long, default_value_t = 2000)]
+    pub queries: usize,
+    /// Embedding dimensions of the hash embedder.
+    #[arg(long, default_value_t = 384)]
+    pub dims: usize,
+    /// SQLite database file to fill (default: a fresh file in the temp dir, removed after).
+    #[arg(long, conflicts_with = "postgres")]
+    pub database: Option<PathBuf>,
+    /// Bench the PostgreSQL store in this database (postgres://...; use an
+    /// empty, disposable one: the bench writes ~1.2 GB per million rows).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// PostgreSQL: concurrent writers for the batched remember measurement.
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
+    /// PostgreSQL: after the one-user sizes, rows to load for many users (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub crowd_rows: usize,
+    /// PostgreSQL: how many users share the crowd rows.
+    #[arg(long, default_value_t = 1000)]
+    pub crowd_users: usize,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let embedder = Arc::new(HashEmbedder::new(args.dims));
+    let scratch = std::env::temp_dir().join(format!("engram-bench-{}", std::process::id()));
+    let (store, pg): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &args.postgres {
+        Some(url) => {
+            let store =
+                Arc::new(PgStore::open(url, embedder.identity(), PgOptions::default()).await?);
+            println!(
+                "engram bench: postgres store at {}, {:?} index, hash embedder {} dims, {} queries per size",
+                crate::store::redact(url),
+                store.vector_index(),
+                args.dims,
+                args.queries
+            );
+            (store.clone(), Some(store))
+        }
+        None => {
+            let path = args
+                .database
+                .clone()
+                .unwrap_or_else(|| scratch.join("bench.db"));
+            println!(
+                "engram bench: sqlite store at {}, hash embedder {} dims, {} queries per size",
+                path.display(),
+                args.dims,
+                args.queries
+            );
+            let url = format!("sqlite://{}", path.display());
+            (
+                Arc::new(SqliteStore::open(&url, embedder.identity()).await?),
+                None,
+            )
+        }
+    };
+    let service = Arc::new(MemoryService::new(
+        store.clone(),
+        embedder.clone(),
+        Arc::new(VerbatimExtractor),
+        Settings {
+            dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
+            max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
+        },
+    ));
+    let bench = OneUser {
+        service: service.clone(),
+        store: store.clone(),
+        embedder: embedder.clone(),
+        pg: pg.clone(),
+        writers: args.writers.max(1),
+    };
+    bench.run(&args.sizes, args.queries).await?;
+
+    if let Some(pg) = pg
+        && args.crowd_rows > 0
+    {
+        crowd::run(
+            &pg,
+            &service,
+            embedder.as_ref(),
+            args.crowd_rows,
+            args.crowd_users,
+            args.queries,
+        )
+        .await?;
+    }
+    if args.database.is_none() && args.postgres.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    Ok(())
+}
+
+/// The one-user measurements.
+struct OneUser {
+    service: Arc<MemoryService>,
+    store: Arc<dyn Store>,
+    embedder: Arc<HashEmbedder>,
+    pg: Option<Arc<PgStore>>,
+    writers: usize,
+}
+
+/// A remember of one generated memory for the bench user, under agent `i % 4`.
+fn remember_request(words: &mut Generator, i: usize) -> (String, RememberRequest) {
+    let text = words.memory();
+    let req = RememberRequest {
+        scope: agent_scope(i),
+        text: Some(text.clone()),
+        messages: None,
+        metadata: None,
+        infer: true,
+    };
+    (text, req)
+}
+
+fn user_scope() -> Scope {
+    Scope::user("bench-user")
+}
+
+/// Memories are spread over four agents; one column narrows recall to one.
+fn agent_scope(i: usize) -> Scope {
+    Scope {
+        agent_id: Some(format!("agent-{}", i % 4)),
+        ..user_scope()
+    }
+}
+
+impl OneUser {
+    async fn run(&self, sizes: &[usize], queries: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let scope = user_scope();
+        let mut words = Generator::new(42);
+        let mut stored = self.store.recent(&scope, 1).await?.1 as usize;
+        // Every stored vector, for the exact-scan reference.
+        let mut reference: Vec<(MemoryId, Vec<f32>)> = Vec::new();
+        if stored > 0 {
+            eprintln!("note: {stored} memories already stored; recall@10 covers only new ones");
+        }
+        let pg = self.pg.is_some();
+        print!(
+            "{:>9} {:>11} {:>5} | {:>9} {:>8} {:>8} | {:>9} | {:>10} {:>11}",
+            "memories",
+            "remember/s",
+            "dups",
+            "recall p50",
+            "p95",
+            "p99",
+            "agent p50",
+            "vector p50",
+            "keyword p50",
+        );
+        if pg {
+            print!(" | {:>9} {:>6} | {:>10}", "floor p50", "x", "batched/s");
+        }
+        println!(" | {:>9}", "recall@10");
+        let mut calls = 0usize;
+        for &size in sizes {
+            // Single writer: one remember after another. On PostgreSQL the
+            // last tenth of the way to `size` goes through several writers.
+            let single_until = if pg {
+                stored + (size.saturating_sub(stored) * 9 / 10)
+            } else {
+                size
+            };
+            let mut dups = 0usize;
+            let started = Instant::now();
+            let first_call = calls;
+            while stored < single_until {
+                let (text, req) = remember_request(&mut words, calls);
+                let result = self.service.remember(req).await?;
+                calls += 1;
+                for r in &result.results {
+                    if r.event == Event::Add {
+                        stored += 1;
+                        reference.push((r.id, self.embedder.embed(&text)));
+                    } else {
+                        dups += 1;
+                    }
+                }
+            }
+            let per_sec = (calls - first_call) as f64 / started.elapsed().as_secs_f64();
+            let batched = if pg && stored < size {
+                let (rate, added, d) = self
+                    .remember_batched(&mut words, &mut calls, size - stored, &mut reference)
+                    .await?;
+                stored += added;
+                dups += d;
+                Some(rate)
+            } else {
+                None
+            };
+
+            let queries: Vec<String> = (0..queries).map(|_| words.query()).collect();
+            let m = self.measure_recall(&queries, &reference).await?;
+            print!(
+                "{:>9} {:>11.0} {:>5} | {:>10} {:>8} {:>8} | {:>9} | {:>10} {:>11}",
+                stored,
+                per_sec,
+                dups,
+                ms(percentile(&m.recall, 0.50)),
+                ms(percentile(&m.recall, 0.95)),
+                ms(percentile(&m.recall, 0.99)),
+                ms(percentile(&m.narrowed, 0.50)),
+                ms(percentile(&m.vector, 0.50)),
+                ms(percentile(&m.keyword, 0.50)),
+            );
+            if pg {
+                let floor = percentile(&m.floor, 0.50);
+                print!(
+                    " | {:>9} {:>5.2}x | {:>10.0}",
+                    ms(floor),
+                    percentile(&m.recall, 0.50).as_secs_f64() / floor.as_secs_f64().max(1e-9),
+                    batched.unwrap_or(0.0)
+                );
+            }
+            println!(" | {:>9.3}", m.recall_at_10);
+        }
+        Ok(())
+    }
+
+    /// Remembers `count` memories through `self.writers` concurrent tasks;
+    /// returns calls per second, memories added and duplicates.
+    async fn remember_batched(
+        &self,
+        words: &mut Generator,
+        calls: &mut usize,
+        count: usize,
+        reference: &mut Vec<(MemoryId, Vec<f32>)>,
+    ) -> Result<(f64, usize, usize), Box<dyn std::error::Error>> {
+        let requests: Vec<(String, RememberRequest)> = (0..count)
+            .map(|i| remember_request(words, *calls + i))
+            .collect();
+        *calls += count;
+        let queue = Arc::new(std::sync::Mutex::new(requests));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..self.writers {
+            let (queue, service) = (queue.clone(), self.service.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                    let Some((text, req)) = next else { break };
+                    let result = service.remember(req).await?;
+                    done.push((text, result));
+                }
+                Ok::<_, crate::error::Error>(done)
+            }));
+        }
+        let (mut added, mut dups) = (0, 0);
+        for task in tasks {
+            for (text, result) in task.await?? {
+                for r in &result.results {
+                    if r.event == Event::Add {
+                        added += 1;
+                        reference.push((r.id, self.embedder.embed(&text)));
+                    } else {
+                        dups += 1;
+                    }
+                }
+            }
+        }
+        Ok((count as f64 / started.elapsed().as_secs_f64(), added, dups))
+    }
+
+    async fn measure_recall(
+        &self,
+        queries: &[String],
+        reference: &[(MemoryId, Vec<f32>)],
+    ) -> Result<Measured, Box<dyn std::error::Error>> {
+        let scope = user_scope();
+        let mut m = Measured::default();
+        let (mut overlap, mut expected) = (0usize, 0usize);
+        let none = MetadataFilter::default();
+        let at = SearchScope {
+            scope: &scope,
+            filter: &none,
+        };
+        let mut floor = match &self.pg {
+            Some(pg) => Some(crowd::Floor::new(pg).await?),
+            None => None,
+        };
+        for query in queries {
+            for (scope, times) in [
+                (scope.clone(), &mut m.recall),
+                (agent_scope(1), &mut m.narrowed),
+            ] {
+                let req = RecallRequest {
+                    scope,
+                    query: query.clone(),
+                    limit: Some(10),
+                    filters: None,
+                };
+                let t = Instant::now();
+                std::hint::black_box(self.service.recall(req).await?);
+                times.push(t.elapsed());
+            }
+
+            let q = self.embedder.embed(query);
+            let t = Instant::now();
+            let hits = self.store.vector_search(at, &q, 10).await?;
+            m.vector.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(self.store.keyword_search(at, query, 40).await?);
+            m.keyword.push(t.elapsed());
+            if let Some(floor) = &mut floor {
+                m.floor.push(floor.time(&scope.user_id, &q, 10).await?);
+            }
+
+            let exact = exact_top(reference, &q, 10);
+            expected += exact.len();
+            overlap += hits.iter().filter(|h| exact.contains(&h.id)).count();
+        }
+        m.recall_at_10 = overlap as f64 / expected.max(1) as f64;
+        m.sort();
+        Ok(m)
+    }
+}
+
+/// Latencies of one size step, each list sorted.
+#[derive(Default)]
+struct Measured {
+    recall: Vec<Duration>,
+    narrowed: Vec<Duration>,
+    vector: Vec<Duration>,
+    keyword: Vec<Duration>,
+    floor: Vec<Duration>,
+    recall_at_10: f64,
+}
+
+impl Measured {
+    fn sort(&mut self) {
+        for list in [
+            &mut self.recall,
+            &mut self.narrowed,
+            &mut self.vector,
+            &mut self.keyword,
+            &mut self.floor,
+        ] {
+            list.sort();
+        }
+    }
+}
+
+/// The ids of the `k` reference vectors most similar to `q`, by exact cosine.
+fn exact_top(reference: &[(MemoryId, Vec<f32>)], q: &[f32], k: usize) -> Vec<MemoryId> {
+    let mut scored: Vec<(MemoryId, f32)> =
+        reference.iter().map(|(id, v)| (*id, dot(q, v))).collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.into_iter().take(k).map(|(id, _)| id).collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1000.0)
+}
