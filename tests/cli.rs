@@ -32,7 +32,7 @@ fn help_and_version() {
     let help = engram(&["--help"], &[]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for word in ["serve", "reembed", "bench", "--config"] {
+    for word in ["serve", "migrate", "reembed", "bench", "--config"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
     let version = engram(&["--version"], &[]);

@@ -15,17 +15,18 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::text::Generator;
-use super::{ms, percentile};
+use super::{found_among, ms, percentile};
 use crate::embed::{Embedder, HashEmbedder};
-use crate::model::{MemoryId, MetadataFilter, Scope};
+use crate::model::{MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest};
 use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope, Store};
 
 const LOAD_BATCH: usize = 2000;
 
 /// The filtered nearest-neighbour query issued directly on one connection,
-/// as a pgvector user would write it (iterative scans on, the planner's
-/// choice of plan): the floor engram's vector search is compared with.
+/// as a pgvector user would write it, with the search settings engram's
+/// index path uses (iterative scans, ef_search 100 for k = 10) and the
+/// planner's choice of plan: the floor engram's recall is compared with.
 pub struct Floor {
     conn: PgConnection,
 }
@@ -33,9 +34,13 @@ pub struct Floor {
 impl Floor {
     pub async fn new(pg: &PgStore) -> Result<Self, sqlx::Error> {
         let mut conn = pg.pool().acquire().await?.detach();
-        sqlx::query("SET hnsw.iterative_scan = relaxed_order")
-            .execute(&mut conn)
-            .await?;
+        for setting in [
+            "SET hnsw.iterative_scan = relaxed_order",
+            "SET hnsw.ef_search = 100",
+            "SET jit = off",
+        ] {
+            sqlx::query(setting).execute(&mut conn).await?;
+        }
         Ok(Self { conn })
     }
 
@@ -126,14 +131,9 @@ pub async fn run(
         let hits = indexed.vector_search(at, &q, 10).await?;
         vector.push(t.elapsed());
         floors.push(floor.time(&user, &q, 10).await?);
-        let reference: Vec<MemoryId> = exact
-            .vector_search(at, &q, 10)
-            .await?
-            .iter()
-            .map(|h| h.id)
-            .collect();
+        let reference = exact.vector_search(at, &q, 10).await?;
         expected += reference.len();
-        overlap += hits.iter().filter(|h| reference.contains(&h.id)).count();
+        overlap += found_among(&hits, &reference);
     }
     for list in [&mut recall, &mut vector, &mut floors] {
         list.sort();

@@ -10,7 +10,9 @@
 //!   than deciding alone: [`PgStore::insert`] applies the same details guard
 //!   as SQLite ([`details_differ`]) and retries with the candidates it judged
 //!   different, so both stores agree on what a duplicate is;
-//! * keyword search is a `tsvector` column with a GIN index, ranked by `ts_rank`.
+//! * keyword search reads `memory_keywords` (a narrow copy of each current
+//!   memory's lexemes plus a user token, kept by a trigger) through a GIN
+//!   index, ranked by `ts_rank`.
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
 //! an embedder, which is also recorded; a different one is refused.
@@ -465,13 +467,15 @@ impl Store for PgStore {
             .map(|t| format!("'{t}'"))
             .collect::<Vec<_>>()
             .join(" | ");
+        // The metadata filter lives on memories: joined only when given.
         let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-            "SELECT m.id, ts_rank(m.content_tsv, q) AS rank \
-             FROM memories m, to_tsquery('english', $2) q \
-             WHERE m.user_id = $1 AND m.valid_to IS NULL AND m.content_tsv @@ q \
-               AND ($3::text IS NULL OR m.agent_id = $3) AND ($4::text IS NULL OR m.run_id = $4) \
-               AND ($5::jsonb IS NULL OR m.metadata @> $5) \
-             ORDER BY rank DESC, m.id LIMIT $6",
+            "SELECT k.id, ts_rank(k.terms, q) AS rank \
+             FROM memory_keywords k, to_tsquery('english', $2) q \
+             WHERE numnode(q) > 0 AND k.terms @@ engram_keyword_query($1, q) AND k.user_id = $1 \
+               AND ($3::text IS NULL OR k.agent_id = $3) AND ($4::text IS NULL OR k.run_id = $4) \
+               AND ($5::jsonb IS NULL OR EXISTS ( \
+                   SELECT 1 FROM memories m WHERE m.id = k.id AND m.metadata @> $5)) \
+             ORDER BY rank DESC, k.id LIMIT $6",
         )
         .bind(&at.scope.user_id)
         .bind(tsquery)
