@@ -13,11 +13,12 @@
 //!   user_context, forget).
 //! * [`extract`]: turns a message into facts (`verbatim` today; an LLM later).
 //! * [`embed`]: turns text into vectors (`hash`, offline and deterministic).
-//! * [`store`]: durable memories, history and search (`sqlite`, the embedded default).
+//! * [`store`]: durable memories, history and search (`sqlite`, the embedded default;
+//!   `postgres`, PostgreSQL + pgvector for shared deployments).
 //! * [`context`]: a user's memories rendered for a system prompt.
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
-//! * [`bench`]: the `engram bench` workload.
+//! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL).
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).

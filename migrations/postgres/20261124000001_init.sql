@@ -135,8 +135,8 @@ CREATE TRIGGER memories_count_delete AFTER DELETE ON memories
     REFERENCING OLD TABLE AS removed
     FOR EACH STATEMENT EXECUTE FUNCTION engram_count_current();
 
--- When a vector search goes through the vector index rather than scanning
--- the scope's rows exactly. Measured here (384 dims, 2 cores): an exact scan
+-- How many rows in scope a vector search still scans exactly; larger scopes
+-- go through the vector index. Measured here (384 dims, 2 cores): an exact scan
 -- costs ~0.8 us per row in scope; the index costs a few milliseconds plus
 -- more the smaller the scope's share of the table, because iterative scans
 -- skip the rows the filter rejects (k=40: 10 ms at a 25% share, 26 ms at
@@ -144,11 +144,12 @@ CREATE TRIGGER memories_count_delete AFTER DELETE ON memories
 -- rows (default 2000), and also while rows^2 < engram.exact_scan_ratio x
 -- table rows (default 1000), i.e. the scope is a small share of a large
 -- table (1M rows: exact up to ~32k rows in scope). Both settable per session.
-CREATE FUNCTION engram_use_vector_index(in_scope bigint) RETURNS boolean LANGUAGE sql STABLE AS $$
-    SELECT in_scope > coalesce(nullif(current_setting('engram.exact_scan_max_rows', true), '')::bigint, 2000)
-       AND in_scope::float8 * in_scope >=
-           coalesce(nullif(current_setting('engram.exact_scan_ratio', true), '')::float8, 1000)
-           * greatest((SELECT c.reltuples FROM pg_class c WHERE c.oid = 'memories'::regclass), 0)
+CREATE FUNCTION engram_exact_scan_limit() RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT greatest(
+        coalesce(nullif(current_setting('engram.exact_scan_max_rows', true), '')::bigint, 2000),
+        sqrt(coalesce(nullif(current_setting('engram.exact_scan_ratio', true), '')::float8, 1000)
+             * greatest((SELECT c.reltuples FROM pg_class c WHERE c.oid = 'memories'::regclass), 0)
+        )::bigint)
 $$;
 
 -- The k current memories in scope nearest to `query` (cosine), skipping
@@ -168,9 +169,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_sort = on
 AS $$
 DECLARE
-    -- Counting a narrowed scope stops past this many rows: a scope that
-    -- large goes through the index whatever the table's size.
-    count_cap bigint := 20000;
+    exact_limit bigint := engram_exact_scan_limit();
     in_scope bigint;
     ann_ids uuid[];
     ann_similarities real[];
@@ -178,20 +177,24 @@ BEGIN
     IF p_agent IS NULL AND p_run IS NULL AND p_filter IS NULL THEN
         SELECT u.current INTO in_scope FROM memory_users u WHERE u.user_id = p_user;
     ELSE
+        -- Counted only as far as the decision needs.
         SELECT count(*) INTO in_scope FROM (
             SELECT 1 FROM memories m
             WHERE m.user_id = p_user AND m.valid_to IS NULL
               AND (p_agent IS NULL OR m.agent_id = p_agent)
               AND (p_run IS NULL OR m.run_id = p_run)
               AND (p_filter IS NULL OR m.metadata @> p_filter)
-            LIMIT count_cap + 1) c;
+            LIMIT exact_limit + 1) c;
     END IF;
 
-    IF in_scope > count_cap OR engram_use_vector_index(coalesce(in_scope, 0)) THEN
+    IF coalesce(in_scope, 0) > exact_limit THEN
         -- Without sorts the only plan left is the vector index's own order.
         PERFORM set_config('enable_sort', 'off', true);
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-        PERFORM set_config('hnsw.ef_search', greatest(p_k * 2, 100)::text, true);
+        -- The candidate list HNSW keeps while searching (pgvector's default is
+        -- 40): engram.ef_search, default 100, and at least twice k.
+        PERFORM set_config('hnsw.ef_search', greatest(p_k * 2,
+            coalesce(nullif(current_setting('engram.ef_search', true), '')::integer, 100))::text, true);
         SELECT coalesce(array_agg(a.id), '{}'), coalesce(array_agg(a.similarity), '{}')
             INTO ann_ids, ann_similarities
             FROM (SELECT m.id, (1 - (m.embedding <=> p_query))::real AS similarity

@@ -23,8 +23,11 @@ use crate::embed::{Embedder, HashEmbedder, dot};
 use crate::extract::VerbatimExtractor;
 use crate::model::{Event, MemoryId, MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
-use crate::store::{Hit, PgOptions, PgStore, SearchScope, SqliteStore, Store};
+use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store};
 use text::Generator;
+
+/// The schema's default `engram.ef_search` (migrations/postgres), for the floor.
+const DEFAULT_EF_SEARCH: u32 = 100;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -44,6 +47,9 @@ pub struct BenchArgs {
     /// empty, disposable one: the bench writes ~1.2 GB per million rows).
     #[arg(long)]
     pub postgres: Option<String>,
+    /// PostgreSQL: HNSW search list size on the index path (default: the schema's, 100).
+    #[arg(long)]
+    pub ef_search: Option<u32>,
     /// PostgreSQL: concurrent writers for the batched remember measurement.
     #[arg(long, default_value_t = 8)]
     pub writers: usize,
@@ -58,10 +64,17 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let embedder = Arc::new(HashEmbedder::new(args.dims));
     let scratch = std::env::temp_dir().join(format!("engram-bench-{}", std::process::id()));
+    let plan = PlanSettings {
+        ef_search: args.ef_search,
+        ..PlanSettings::default()
+    };
     let (store, pg): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &args.postgres {
         Some(url) => {
-            let store =
-                Arc::new(PgStore::open(url, embedder.identity(), PgOptions::default()).await?);
+            let options = PgOptions {
+                plan,
+                ..PgOptions::default()
+            };
+            let store = Arc::new(PgStore::open(url, embedder.identity(), options).await?);
             println!(
                 "engram bench: postgres store at {}, {:?} index, hash embedder {} dims, {} queries per size",
                 crate::store::redact(url),
@@ -104,6 +117,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         embedder: embedder.clone(),
         pg: pg.clone(),
         writers: args.writers.max(1),
+        ef_search: args.ef_search.unwrap_or(DEFAULT_EF_SEARCH),
     };
     bench.run(&args.sizes, args.queries).await?;
 
@@ -114,8 +128,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             &pg,
             &service,
             embedder.as_ref(),
-            args.crowd_rows,
-            args.crowd_users,
+            plan,
+            (args.crowd_rows, args.crowd_users),
             args.queries,
         )
         .await?;
@@ -133,6 +147,7 @@ struct OneUser {
     embedder: Arc<HashEmbedder>,
     pg: Option<Arc<PgStore>>,
     writers: usize,
+    ef_search: u32,
 }
 
 /// A remember of one generated memory for the bench user, under agent `i % 4`.
@@ -311,7 +326,7 @@ impl OneUser {
             filter: &none,
         };
         let mut floor = match &self.pg {
-            Some(pg) => Some(crowd::Floor::new(pg).await?),
+            Some(pg) => Some(crowd::Floor::new(pg, self.ef_search).await?),
             None => None,
         };
         for query in queries {

@@ -56,17 +56,19 @@ pub struct PgOptions {
     pub migrate: bool,
     pub index: IndexKind,
     /// When vector search scans a scope exactly instead of using the index
-    /// (`engram_use_vector_index` in the schema); `None` keeps its defaults.
+    /// (`engram_exact_scan_limit` in the schema); defaults unless set.
     pub plan: PlanSettings,
 }
 
-/// The session settings `engram_use_vector_index` reads: exact scans for
+/// The session settings `engram_exact_scan_limit` reads: exact scans for
 /// scopes of at most `exact_scan_max_rows` rows, or whose rows² are below
 /// `exact_scan_ratio` × the table's rows. Zero for both forces the index.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanSettings {
     pub exact_scan_max_rows: Option<u64>,
     pub exact_scan_ratio: Option<f64>,
+    /// HNSW's search list size on the index path (schema default 100, at least 2k).
+    pub ef_search: Option<u32>,
 }
 
 impl PlanSettings {
@@ -74,11 +76,13 @@ impl PlanSettings {
     pub const ALWAYS_INDEX: Self = Self {
         exact_scan_max_rows: Some(0),
         exact_scan_ratio: Some(0.0),
+        ef_search: None,
     };
     /// Every search an exact scan (the reference for recall measurements).
     pub const ALWAYS_EXACT: Self = Self {
-        exact_scan_max_rows: Some(i64::MAX as u64),
+        exact_scan_max_rows: Some(1_000_000_000_000),
         exact_scan_ratio: None,
+        ef_search: None,
     };
 }
 
@@ -606,6 +610,9 @@ async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool
     }
     if let Some(ratio) = plan.exact_scan_ratio {
         options = options.options([("engram.exact_scan_ratio", ratio.to_string())]);
+    }
+    if let Some(ef) = plan.ef_search {
+        options = options.options([("engram.ef_search", ef.to_string())]);
     }
     // One direct connection first: a pool retries until its timeout and then
     // reports only that, while this reports what is wrong (refused, auth, no database).
