@@ -360,6 +360,54 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
 }
 
+async fn memories_matching_more_query_words_rank_first(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let places = [
+        "Rome", "Oslo", "Lima", "Kyoto", "Cairo", "Quito", "Hanoi", "Dakar",
+    ];
+    let hobbies = ["chess", "tennis", "poetry", "karate", "origami", "salsa"];
+    for place in places {
+        for hobby in hobbies {
+            add(
+                s,
+                &alice,
+                &format!("Drinks espresso in {place} after {hobby}"),
+                json!({}),
+            )
+            .await;
+        }
+    }
+    let mut both = Vec::new();
+    for hobby in ["rowing", "fencing", "juggling"] {
+        both.push(
+            add(
+                s,
+                &alice,
+                &format!("Drinks espresso in Lisbon after {hobby}"),
+                json!({}),
+            )
+            .await,
+        );
+    }
+    both.sort();
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    // Fewer two-word matches than asked for: they come first, then one-word ones.
+    let hits = s.keyword_search(at, "espresso Lisbon", 10).await.unwrap();
+    assert_eq!(hits.len(), 10);
+    let mut top: Vec<MemoryId> = hits[..3].iter().map(|h| h.id).collect();
+    top.sort();
+    assert_eq!(top, both);
+    assert!(hits[2].score > hits[3].score, "{hits:?}");
+    // As many as asked for: only two-word matches.
+    let hits = s.keyword_search(at, "espresso Lisbon", 2).await.unwrap();
+    assert!(hits.iter().all(|h| both.contains(&h.id)), "{hits:?}");
+}
+
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -488,6 +536,7 @@ every_backend!(
     a_different_embedder_is_refused,
     a_changed_detail_is_not_a_duplicate,
     reembedding_rebuilds_every_vector,
+    memories_matching_more_query_words_rank_first,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

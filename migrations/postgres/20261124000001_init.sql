@@ -63,12 +63,6 @@ CREATE FUNCTION engram_keyword_terms(user_id text, content text) RETURNS tsvecto
     SELECT to_tsvector('english', content) || array_to_tsvector(ARRAY[engram_user_lexeme(user_id)])
 $$;
 
--- `words` (a tsquery over the english configuration) narrowed to the user's rows.
-CREATE FUNCTION engram_keyword_query(user_id text, words tsquery) RETURNS tsquery
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT quote_literal(engram_user_lexeme(user_id))::tsquery && words
-$$;
-
 CREATE FUNCTION engram_index_keywords() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
@@ -87,6 +81,60 @@ CREATE TRIGGER memories_index_keywords AFTER INSERT ON memories
 CREATE TRIGGER memories_reindex_keywords
     AFTER UPDATE OF user_id, agent_id, run_id, content, valid_to ON memories
     FOR EACH ROW EXECUTE FUNCTION engram_index_keywords();
+
+-- Up to k current memories in scope matching any of `words` (plain words,
+-- space-separated), best ts_rank first. Ranking must read every matching
+-- row, and a common word matches thousands. So the rows matching at least
+-- two of the words are ranked first: when they are k or more, they are the
+-- top k (each matched word adds to ts_rank, so a row matching two outranks
+-- rows matching one, term frequencies aside) and the rest is never read.
+-- Otherwise every row matching any word is ranked.
+CREATE FUNCTION engram_keyword_search(
+    p_user text, p_agent text, p_run text, p_filter jsonb, p_words text, p_k integer
+) RETURNS TABLE (id uuid, rank real)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lexemes text[] := ARRAY(
+        SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('english', p_words))) l
+        ORDER BY l LIMIT 16);
+    user_query tsquery := quote_literal(engram_user_lexeme(p_user))::tsquery;
+    any_word tsquery;
+    two_words tsquery;
+    top_ids uuid[];
+    top_ranks real[];
+BEGIN
+    IF cardinality(lexemes) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(quote_literal(l), ' | ')::tsquery INTO any_word FROM unnest(lexemes) l;
+    IF cardinality(lexemes) >= 2 THEN
+        SELECT string_agg(format('(%s & %s)', quote_literal(a), quote_literal(b)), ' | ')::tsquery
+            INTO two_words
+            FROM unnest(lexemes) a, unnest(lexemes) b WHERE a < b;
+        SELECT coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.r), '{}')
+            INTO top_ids, top_ranks
+            FROM (SELECT k.id, ts_rank(k.terms, any_word) AS r
+                  FROM memory_keywords k
+                  WHERE k.terms @@ (user_query && two_words) AND k.user_id = p_user
+                    AND (p_agent IS NULL OR k.agent_id = p_agent)
+                    AND (p_run IS NULL OR k.run_id = p_run)
+                    AND (p_filter IS NULL OR EXISTS (
+                        SELECT 1 FROM memories m WHERE m.id = k.id AND m.metadata @> p_filter))
+                  ORDER BY r DESC, k.id LIMIT p_k) t;
+        IF cardinality(top_ids) >= p_k THEN
+            RETURN QUERY SELECT * FROM unnest(top_ids, top_ranks);
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY
+        SELECT k.id, ts_rank(k.terms, any_word) AS r
+        FROM memory_keywords k
+        WHERE k.terms @@ (user_query && any_word) AND k.user_id = p_user
+          AND (p_agent IS NULL OR k.agent_id = p_agent) AND (p_run IS NULL OR k.run_id = p_run)
+          AND (p_filter IS NULL OR EXISTS (
+              SELECT 1 FROM memories m WHERE m.id = k.id AND m.metadata @> p_filter))
+        ORDER BY r DESC, k.id LIMIT p_k;
+END $$;
 
 CREATE TABLE memory_history (
     pk          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -465,38 +465,27 @@ impl Store for PgStore {
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        // Terms are alphanumeric only, so quoting them leaves no tsquery syntax.
-        let tsquery = terms
-            .iter()
-            .map(|t| format!("'{t}'"))
-            .collect::<Vec<_>>()
-            .join(" | ");
-        // The metadata filter lives on memories: joined only when given.
-        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-            "SELECT k.id, ts_rank(k.terms, q) AS rank \
-             FROM memory_keywords k, to_tsquery('english', $2) q \
-             WHERE numnode(q) > 0 AND k.terms @@ engram_keyword_query($1, q) AND k.user_id = $1 \
-               AND ($3::text IS NULL OR k.agent_id = $3) AND ($4::text IS NULL OR k.run_id = $4) \
-               AND ($5::jsonb IS NULL OR EXISTS ( \
-                   SELECT 1 FROM memories m WHERE m.id = k.id AND m.metadata @> $5)) \
-             ORDER BY rank DESC, k.id LIMIT $6",
-        )
-        .bind(&at.scope.user_id)
-        .bind(tsquery)
-        .bind(&at.scope.agent_id)
-        .bind(&at.scope.run_id)
-        .bind(filter_json(at))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("searching keywords"))?;
-        Ok(rows
+        // engram_keyword_search stems the words and drops the english stop words.
+        let rows: Vec<(Uuid, f32)> =
+            sqlx::query_as("SELECT id, rank FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
+                .bind(&at.scope.user_id)
+                .bind(&at.scope.agent_id)
+                .bind(&at.scope.run_id)
+                .bind(filter_json(at))
+                .bind(terms.join(" "))
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("searching keywords"))?;
+        let mut hits: Vec<Hit> = rows
             .into_iter()
             .map(|(id, score)| Hit {
                 id: MemoryId(id),
                 score,
             })
-            .collect())
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+        Ok(hits)
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
