@@ -105,7 +105,23 @@ pub async fn run(
     let started = Instant::now();
     bulk_load(pg, embedder, &mut words, rows, users).await?;
     let loaded = started.elapsed();
-    // Reopening creates the vector index the load dropped.
+    // Reopening creates the vector index the load dropped. The graph of a
+    // million 384-dim vectors needs ~2 GB; with less maintenance memory
+    // pgvector builds on disk, several times slower.
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pg.pool())
+        .await?;
+    let set_memory = |value: &str| {
+        format!(
+            "ALTER DATABASE \"{}\" {value}",
+            database.replace('"', "\"\"")
+        )
+    };
+    sqlx::query(sqlx::AssertSqlSafe(set_memory(
+        "SET maintenance_work_mem = '4GB'",
+    )))
+    .execute(pg.pool())
+    .await?;
     let started = Instant::now();
     let indexed = PgStore::open(
         &url,
@@ -115,6 +131,11 @@ pub async fn run(
             ..PgOptions::default()
         },
     )
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(set_memory(
+        "RESET maintenance_work_mem",
+    )))
+    .execute(pg.pool())
     .await?;
     sqlx::query("ANALYZE memories").execute(pg.pool()).await?;
     println!(
