@@ -4,24 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use common::{ENGRAM, Engram, connect_with, ok, texts};
+use common::{Engram, connect_with, ok, run_engram, texts};
 use serde_json::json;
-
-/// Runs `engram ARGS` with `env`, stdin closed, and returns its output.
-fn engram(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(ENGRAM);
-    cmd.args(args)
-        .env("ENGRAM_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run engram")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -29,13 +15,13 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn help_and_version() {
-    let help = engram(&["--help"], &[]);
+    let help = run_engram(&["--help"], &[]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
     for word in ["serve", "migrate", "reembed", "bench", "--config"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
-    let version = engram(&["--version"], &[]);
+    let version = run_engram(&["--version"], &[]);
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("engram {}", env!("CARGO_PKG_VERSION"))
@@ -60,7 +46,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     for (key, value, allowed) in cases {
         let mut env = vec![("ENGRAM_DATABASE_URL", db.as_str())];
         env.push((key, value));
-        let out = engram(&["serve"], &env);
+        let out = run_engram(&["serve"], &env);
         assert!(!out.status.success(), "{key}={value} should stop start-up");
         let err = stderr(&out);
         assert!(
@@ -73,7 +59,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         );
         assert!(out.stdout.is_empty(), "nothing on stdout");
     }
-    let not_yet = engram(
+    let not_yet = run_engram(
         &["serve"],
         &[("ENGRAM_DATABASE_URL", &db), ("ENGRAM_EMBEDDER", "openai")],
     );
@@ -90,11 +76,11 @@ fn config_file_is_read_and_typos_in_it_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("engram.toml");
     std::fs::write(&file, "embedder = \"hash\"\nembeding_dims = 12\n").unwrap();
-    let out = engram(&["serve", "--config", file.to_str().unwrap()], &[]);
+    let out = run_engram(&["serve", "--config", file.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("embeding_dims"), "{}", stderr(&out));
 
-    let missing = engram(&["serve"], &[("ENGRAM_CONFIG", "/nonexistent/engram.toml")]);
+    let missing = run_engram(&["serve"], &[("ENGRAM_CONFIG", "/nonexistent/engram.toml")]);
     assert!(!missing.status.success());
     assert!(
         stderr(&missing).contains("/nonexistent/engram.toml"),
@@ -120,7 +106,7 @@ async fn a_store_refuses_another_embedder_until_reembedded() {
         ("ENGRAM_DATABASE_URL", url.as_str()),
         ("ENGRAM_EMBEDDING_DIMS", "256"),
     ];
-    let refused = engram(&["serve"], &env);
+    let refused = run_engram(&["serve"], &env);
     assert!(!refused.status.success());
     let err = stderr(&refused);
     assert!(
@@ -128,7 +114,7 @@ async fn a_store_refuses_another_embedder_until_reembedded() {
         "{err}"
     );
 
-    let reembed = engram(&["reembed"], &env);
+    let reembed = run_engram(&["reembed"], &env);
     assert!(reembed.status.success(), "{}", stderr(&reembed));
     assert!(
         stderr(&reembed).contains("re-embedded 1 memories"),
@@ -154,7 +140,7 @@ async fn a_store_refuses_another_embedder_until_reembedded() {
 fn a_client_that_leaves_before_initializing_ends_the_server_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/e.db", dir.path().display());
-    let out = engram(
+    let out = run_engram(
         &["serve"],
         &[("ENGRAM_DATABASE_URL", &db), ("ENGRAM_LOG", "info")],
     );

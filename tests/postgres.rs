@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::postgres::TestDatabase;
-use common::{Client, ENGRAM, connect_with, ok, texts, total};
+use common::{Client, connect_with, ok, run_engram, texts, total};
 use engram::config::IndexKind;
 use engram::embed::{Embedder, HashEmbedder};
 use engram::model::{MemoryId, MetadataFilter, Scope};
@@ -272,6 +271,53 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     assert_eq!(run_found, run_rows);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_search_through_gin_ranks_as_reading_every_row_does() {
+    let db = TestDatabase::create().await;
+    // Every scope through the indexes (GIN for words), and every scope read directly.
+    let indexed = open(&db.url, PlanSettings::ALWAYS_INDEX).await;
+    let direct = open(&db.url, PlanSettings::ALWAYS_EXACT).await;
+    crowd(indexed.pool(), 20, 10).await;
+    let user = Scope::user("reader");
+    let drinks = ["espresso", "matcha", "cocoa", "kefir", "lassi"];
+    let places = ["Lisbon", "Oslo", "Lima", "Kyoto", "Cairo", "Quito"];
+    let times = ["mornings", "weekends", "holidays", "evenings"];
+    for drink in drinks {
+        for place in places {
+            for time in times {
+                let text = format!("Drinks {drink} in {place} on {time}");
+                let added = indexed.insert(memory(&user, &text), 0.9).await.unwrap();
+                assert!(matches!(added, InsertOutcome::Added(_)), "{text}");
+            }
+        }
+    }
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    for query in [
+        "espresso",                   // one word: every match ranked
+        "espresso Lisbon",            // 4 two-word matches: fewer than most limits
+        "matcha weekends",            // 6 two-word matches
+        "espresso Lisbon weekends",   // pairs: 4 + 5 + 6 - overlaps
+        "kefir mornings Oslo cocoa",  // more words than any memory has
+        "nothing matches this query", // no word known
+    ] {
+        for limit in [3, 5, 10, 40] {
+            let through_gin = ids(&indexed.keyword_search(at, query, limit).await.unwrap());
+            let read_directly = ids(&direct.keyword_search(at, query, limit).await.unwrap());
+            assert_eq!(through_gin, read_directly, "{query} (limit {limit})");
+        }
+    }
+    let hits = indexed
+        .keyword_search(at, "espresso Lisbon", 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!(hits[3].score > hits[4].score, "{hits:?}");
+}
+
 fn pg_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("ENGRAM_DATABASE_URL", url.to_owned()),
@@ -344,24 +390,11 @@ async fn two_engram_processes_on_one_database_behave_as_one() {
     assert_eq!(total(&a, "zoe").await, 1);
 }
 
-fn engram(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(ENGRAM);
-    cmd.args(args)
-        .env("ENGRAM_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run engram")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_by_command_or_at_start_and_a_behind_schema_is_refused() {
     let db = TestDatabase::create().await;
     let url = db.url.as_str();
-    let refused = engram(
+    let refused = run_engram(
         &["serve"],
         &[
             ("ENGRAM_DATABASE_URL", url),
@@ -372,13 +405,13 @@ async fn migrations_run_by_command_or_at_start_and_a_behind_schema_is_refused() 
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("engram migrate"), "{err}");
 
-    let migrated = engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)]);
+    let migrated = run_engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)]);
     let err = String::from_utf8_lossy(&migrated.stderr);
     assert!(migrated.status.success(), "{err}");
     assert!(err.contains("up to date"), "{err}");
     // Idempotent.
     assert!(
-        engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)])
+        run_engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)])
             .status
             .success()
     );
@@ -397,7 +430,7 @@ async fn migrations_run_by_command_or_at_start_and_a_behind_schema_is_refused() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diskann_without_pgvectorscale_stops_start_up_clearly() {
     let db = TestDatabase::create().await;
-    let out = engram(
+    let out = run_engram(
         &["serve"],
         &[
             ("ENGRAM_DATABASE_URL", &db.url),
@@ -426,7 +459,7 @@ async fn diskann_without_pgvectorscale_stops_start_up_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_host_names_the_url_without_the_password() {
-    let out = engram(
+    let out = run_engram(
         &["serve"],
         &[(
             "ENGRAM_DATABASE_URL",

@@ -62,6 +62,17 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`, `DELETE`).
+fn parse_event(raw: &str) -> Result<Event, StoreError> {
+    Ok(match raw {
+        "ADD" => Event::Add,
+        "UPDATE" => Event::Update,
+        "SUPERSEDE" => Event::Supersede,
+        "DELETE" => Event::Delete,
+        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
+    })
+}
+
 /// A memory to be written, already embedded.
 #[derive(Debug, Clone)]
 pub struct NewMemory {

@@ -29,10 +29,12 @@ use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions, P
 use sqlx::{Acquire, Connection, PgConnection, Row};
 use uuid::Uuid;
 
-use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
+use super::{
+    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, parse_event,
+};
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
-use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
+use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -319,6 +321,16 @@ impl PgStore {
     }
 }
 
+/// Search rows (id, score) as hits, in the order given.
+fn hits(rows: Vec<(Uuid, f32)>) -> Vec<Hit> {
+    rows.into_iter()
+        .map(|(id, score)| Hit {
+            id: MemoryId(id),
+            score,
+        })
+        .collect()
+}
+
 /// A near-duplicate the trigger named.
 #[derive(Debug, serde::Deserialize)]
 struct Near {
@@ -442,13 +454,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("searching vectors"))?;
-        let mut hits: Vec<Hit> = rows
-            .into_iter()
-            .map(|(id, score)| Hit {
-                id: MemoryId(id),
-                score,
-            })
-            .collect();
+        let mut hits = hits(rows);
         // The vector index returns rows in relaxed order.
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(limit);
@@ -477,13 +483,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("searching keywords"))?;
-        let mut hits: Vec<Hit> = rows
-            .into_iter()
-            .map(|(id, score)| Hit {
-                id: MemoryId(id),
-                score,
-            })
-            .collect();
+        let mut hits = hits(rows);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
         Ok(hits)
     }
@@ -750,16 +750,6 @@ fn memory_from_row(row: &PgRow) -> Result<Memory, StoreError> {
         categories: row.try_get("categories").map_err(&get)?,
         created_at: row.try_get("created_at").map_err(&get)?,
         updated_at: row.try_get("updated_at").map_err(&get)?,
-    })
-}
-
-fn parse_event(raw: &str) -> Result<Event, StoreError> {
-    Ok(match raw {
-        "ADD" => Event::Add,
-        "UPDATE" => Event::Update,
-        "SUPERSEDE" => Event::Supersede,
-        "DELETE" => Event::Delete,
-        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
     })
 }
 

@@ -22,9 +22,11 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
-use super::{HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError};
+use super::{
+    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, parse_event,
+};
 use crate::embed::{Embedder, EmbedderIdentity, dot};
-use crate::model::{Event, Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
+use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
 
 /// Writes a new memory with its vector, keyword entry and ADD history row, and
 /// moves the user to the next write generation, in one round trip. Parameters:
@@ -773,16 +775,6 @@ fn parse_id(row: &SqliteRow) -> Result<MemoryId, StoreError> {
     let raw: String = row.try_get("id").map_err(db("reading an id"))?;
     raw.parse()
         .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
-}
-
-fn parse_event(raw: &str) -> Result<Event, StoreError> {
-    Ok(match raw {
-        "ADD" => Event::Add,
-        "UPDATE" => Event::Update,
-        "SUPERSEDE" => Event::Supersede,
-        "DELETE" => Event::Delete,
-        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
-    })
 }
 
 fn millis(ms: i64) -> DateTime<Utc> {

@@ -34,6 +34,20 @@ impl Engram {
     }
 }
 
+/// Runs `engram ARGS` with `env`, stdin closed, and returns its output.
+pub fn run_engram(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(ENGRAM);
+    cmd.args(args)
+        .env("ENGRAM_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run engram")
+}
+
 pub async fn connect_with(db: &Path, env: &[(&str, &str)]) -> Client {
     let transport = TokioChildProcess::new(tokio::process::Command::new(ENGRAM).configure(|cmd| {
         cmd.arg("serve")
