@@ -115,14 +115,7 @@ impl PgStore {
         embedder: EmbedderIdentity,
         options: PgOptions,
     ) -> Result<Self, StoreError> {
-        if embedder.dims > MAX_INDEXED_DIMS {
-            return Err(StoreError::Unsupported(format!(
-                "pgvector indexes at most {MAX_INDEXED_DIMS} dimensions and the embedder has {}; \
-                 set ENGRAM_EMBEDDING_DIMS to {MAX_INDEXED_DIMS} or fewer (OpenAI's \
-                 text-embedding-3 models accept a smaller `dimensions`)",
-                embedder.dims
-            )));
-        }
+        check_dims(&embedder)?;
         let pool = connect(url, options.pool_size, options.plan).await?;
         if options.migrate {
             migrate_pool(url, &pool).await?;
@@ -177,6 +170,7 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         const BATCH: i64 = 256;
         let identity = embedder.identity();
+        check_dims(&identity)?;
         let pool = connect(url, 2, PlanSettings::default()).await?;
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
@@ -644,6 +638,18 @@ async fn check_migrated(url: &str, pool: &PgPool) -> Result<(), StoreError> {
         "the schema of {} lacks migrations {missing:?}; run `engram migrate` \
          (or set ENGRAM_AUTO_MIGRATE=true)",
         redact(url)
+    )))
+}
+
+fn check_dims(embedder: &EmbedderIdentity) -> Result<(), StoreError> {
+    if embedder.dims <= MAX_INDEXED_DIMS {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported(format!(
+        "pgvector indexes at most {MAX_INDEXED_DIMS} dimensions and the embedder has {}; \
+         set ENGRAM_EMBEDDING_DIMS to {MAX_INDEXED_DIMS} or fewer (OpenAI's \
+         text-embedding-3 models accept a smaller `dimensions`)",
+        embedder.dims
     )))
 }
 
