@@ -116,11 +116,13 @@ BEGIN
     SELECT string_agg(quote_literal(l), ' | ')::tsquery INTO any_word FROM unnest(lexemes) l;
     SELECT u.current INTO in_scope FROM memory_users u WHERE u.user_id = p_user;
     IF coalesce(in_scope, 0) <= engram_exact_scan_limit() THEN
-        -- No GIN condition here, so the planner reads the user's rows.
+        -- OFFSET 0 keeps the word test out of the scan: left to itself the
+        -- planner ANDs the user's rows with GIN's bitmap of every user's
+        -- matches (16 ms for a 1k-row user in 1.1M rows, measured).
         RETURN QUERY
             SELECT k.id, ts_rank(k.terms, any_word) AS r
-            FROM memory_keywords k
-            WHERE k.user_id = p_user AND k.terms @@ any_word
+            FROM (SELECT * FROM memory_keywords WHERE user_id = p_user OFFSET 0) k
+            WHERE k.terms @@ any_word
               AND (p_agent IS NULL OR k.agent_id = p_agent) AND (p_run IS NULL OR k.run_id = p_run)
               AND (p_filter IS NULL OR EXISTS (
                   SELECT 1 FROM memories m WHERE m.id = k.id AND m.metadata @> p_filter))
@@ -206,7 +208,7 @@ CREATE TRIGGER memories_count_delete AFTER DELETE ON memories
 -- How many rows in scope a vector search still scans exactly; larger scopes
 -- go through the vector index. Measured here (384 dims, 2 cores): an exact scan
 -- costs ~0.8 us per row in scope; the index costs a few milliseconds (3.9 ms
--- for 10k rows at ef_search 400) plus more the smaller the scope's share of
+-- for 10k rows at ef_search 400, 2.5 ms at 200) plus more the smaller the scope's share of
 -- the table, because iterative scans skip the rows the filter rejects (k=40,
 -- ef 100: 10 ms at a 25% share, 26 ms at 2.5%). So: exact while the scope has
 -- at most engram.exact_scan_max_rows rows (default 5000), and also while
@@ -261,11 +263,11 @@ BEGIN
         PERFORM set_config('enable_sort', 'off', true);
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         -- The candidate list HNSW keeps while searching (pgvector's default is
-        -- 40): p_ef, else engram.ef_search (default 400: recall@10 vs an
+        -- 40): p_ef, else engram.ef_search (default 300: recall@10 vs an
         -- exact scan, 10k memories, was 0.977 at 100, 0.995 at 200, 1.000 at
-        -- 400), and at least twice k.
+        -- 400; docs/benchmarks.md), and at least twice k.
         PERFORM set_config('hnsw.ef_search', greatest(p_k * 2, coalesce(p_ef,
-            nullif(current_setting('engram.ef_search', true), '')::integer, 400))::text, true);
+            nullif(current_setting('engram.ef_search', true), '')::integer, 300))::text, true);
         SELECT coalesce(array_agg(a.id), '{}'), coalesce(array_agg(a.similarity), '{}')
             INTO ann_ids, ann_similarities
             FROM (SELECT m.id, (1 - (m.embedding <=> p_query))::real AS similarity

@@ -157,7 +157,8 @@ pub async fn run(
     let mut floor =
         Floor::new(&indexed, plan.ef_search.unwrap_or(super::DEFAULT_EF_SEARCH)).await?;
     let none = MetadataFilter::default();
-    let (mut recall, mut vector, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut recall, mut vector, mut keyword, mut floors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut overlap, mut expected) = (0usize, 0usize);
     for i in 0..queries {
         let user = crowd_user((words.next() as usize) ^ i, users);
@@ -183,12 +184,15 @@ pub async fn run(
         let t = Instant::now();
         let hits = indexed.vector_search(at, &q, 10).await?;
         vector.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(indexed.keyword_search(at, &query, 40).await?);
+        keyword.push(t.elapsed());
         floors.push(floor.time(&user, &q, 10).await?);
         let reference = exact.vector_search(at, &q, 10).await?;
         expected += reference.len();
         overlap += found_among(&hits, &reference);
     }
-    for list in [&mut recall, &mut vector, &mut floors] {
+    for list in [&mut recall, &mut vector, &mut keyword, &mut floors] {
         list.sort();
     }
 
@@ -223,13 +227,14 @@ pub async fn run(
         "recall@10"
     );
     println!(
-        "{:>9} {:>6} | {:>10} {:>8} {:>8} | {:>10} | {:>9} {:>5.2}x | {:>10.0} | {:>9.3}",
+        "{:>9} {:>6} | {:>10} {:>8} {:>8} | {:>10} {:>11} | {:>9} {:>5.2}x | {:>10.0} | {:>9.3}",
         rows,
         users,
         ms(percentile(&recall, 0.50)),
         ms(percentile(&recall, 0.95)),
         ms(percentile(&recall, 0.99)),
         ms(percentile(&vector, 0.50)),
+        ms(percentile(&keyword, 0.50)),
         ms(floor_p50),
         percentile(&recall, 0.50).as_secs_f64() / floor_p50.as_secs_f64().max(1e-9),
         remember_rate,
