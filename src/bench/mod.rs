@@ -203,7 +203,8 @@ impl OneUser {
         }
         println!(" | {:>9}", "recall@10");
         let mut calls = 0usize;
-        for &size in sizes {
+        // `--sizes 0` skips the one-user part (e.g. to re-measure a crowd).
+        for &size in sizes.iter().filter(|&&size| size > 0) {
             // Single writer: one remember after another. On PostgreSQL the
             // last tenth of the way to `size` goes through several writers.
             let single_until = if pg {
