@@ -263,11 +263,11 @@ BEGIN
         PERFORM set_config('enable_sort', 'off', true);
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         -- The candidate list HNSW keeps while searching (pgvector's default is
-        -- 40): p_ef, else engram.ef_search (default 300: recall@10 vs an
-        -- exact scan, 10k memories, was 0.977 at 100, 0.995 at 200, 1.000 at
-        -- 400; docs/benchmarks.md), and at least twice k.
+        -- 40): p_ef, else engram.ef_search (default 250: recall@10 vs an
+        -- exact scan at 100k memories of one user was 0.988 at 200, 0.992 at
+        -- 250, 0.998 at 300; docs/benchmarks.md), and at least twice k.
         PERFORM set_config('hnsw.ef_search', greatest(p_k * 2, coalesce(p_ef,
-            nullif(current_setting('engram.ef_search', true), '')::integer, 300))::text, true);
+            nullif(current_setting('engram.ef_search', true), '')::integer, 250))::text, true);
         SELECT coalesce(array_agg(a.id), '{}'), coalesce(array_agg(a.similarity), '{}')
             INTO ann_ids, ann_similarities
             FROM (SELECT m.id, (1 - (m.embedding <=> p_query))::real AS similarity

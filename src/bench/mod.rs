@@ -27,7 +27,7 @@ use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteSto
 use text::Generator;
 
 /// The schema's default `engram.ef_search` (migrations/postgres), for the floor.
-const DEFAULT_EF_SEARCH: u32 = 300;
+const DEFAULT_EF_SEARCH: u32 = 250;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// empty, disposable one: the bench writes ~1.2 GB per million rows).
     #[arg(long)]
     pub postgres: Option<String>,
-    /// PostgreSQL: HNSW search list size on the index path (default: the schema's, 300).
+    /// PostgreSQL: HNSW search list size on the index path (default: the schema's, 250).
     #[arg(long)]
     pub ef_search: Option<u32>,
     /// PostgreSQL: concurrent writers for the batched remember measurement.

@@ -69,7 +69,7 @@ pub struct PgOptions {
 pub struct PlanSettings {
     pub exact_scan_max_rows: Option<u64>,
     pub exact_scan_ratio: Option<f64>,
-    /// HNSW's search list size on the index path (schema default 300, at least 2k).
+    /// HNSW's search list size on the index path (schema default 250, at least 2k).
     pub ef_search: Option<u32>,
 }
 
