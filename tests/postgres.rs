@@ -430,29 +430,17 @@ async fn migrations_run_by_command_or_at_start_and_a_behind_schema_is_refused() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_settings_the_server_cannot_serve_stop_start_up_clearly() {
     let db = TestDatabase::create().await;
-    let out = run_engram(
-        &["serve"],
-        &[
-            ("ENGRAM_DATABASE_URL", &db.url),
-            ("ENGRAM_EMBEDDING_DIMS", "3072"),
-        ],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |setting: (&str, &str)| {
+        let out = run_engram(&["serve"], &[("ENGRAM_DATABASE_URL", &db.url), setting]);
+        assert!(!out.status.success(), "{setting:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(("ENGRAM_EMBEDDING_DIMS", "3072"));
     assert!(
         err.contains("2000") && err.contains("ENGRAM_EMBEDDING_DIMS"),
         "{err}"
     );
-
-    let out = run_engram(
-        &["serve"],
-        &[
-            ("ENGRAM_DATABASE_URL", &db.url),
-            ("ENGRAM_INDEX", "diskann"),
-        ],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(("ENGRAM_INDEX", "diskann"));
     assert!(
         err.contains("vectorscale") && err.contains("ENGRAM_INDEX=hnsw"),
         "{err}"

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Acquire, Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
@@ -213,14 +213,7 @@ impl PgStore {
             done += rows.len() as u64;
             after = last;
         }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
-            identity.dims
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("fixing the vector dimension"))?;
-        record_embedder(&mut tx, &identity).await?;
+        bind_dimension(&mut tx, &identity).await?;
         ensure_vector_index(&mut tx, index).await?;
         tx.commit().await.map_err(db("committing the re-embed"))?;
         pool.close().await;
@@ -239,16 +232,7 @@ impl PgStore {
         match stored {
             Some(stored) if stored == configured => Ok(()),
             Some(stored) => Err(StoreError::EmbedderMismatch { stored, configured }),
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
-                    self.embedder.dims
-                )))
-                .execute(&mut *tx)
-                .await
-                .map_err(db("fixing the vector dimension"))?;
-                record_embedder(tx, &self.embedder).await
-            }
+            None => bind_dimension(tx, &self.embedder).await,
         }
     }
 
@@ -261,8 +245,7 @@ impl PgStore {
         allowed: &[Uuid],
         now: DateTime<Utc>,
     ) -> Result<Result<(), Vec<Near>>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db("starting a write"))?;
-        let mut tx = conn.begin().await.map_err(db("starting a write"))?;
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         sqlx::query(
             "SELECT set_config('engram.dedup_threshold', $1, true), \
                     set_config('engram.dedup_allow', $2, true)",
@@ -663,10 +646,19 @@ async fn lock_schema(tx: &mut PgConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn record_embedder(
+/// Gives the embedding column `embedder`'s dimension and records the
+/// embedder as the store's.
+async fn bind_dimension(
     tx: &mut PgConnection,
     embedder: &EmbedderIdentity,
 ) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
+        embedder.dims
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("fixing the vector dimension"))?;
     sqlx::query(
         "INSERT INTO store_info (key, value) VALUES ('embedder', $1) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
