@@ -41,6 +41,9 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         ("ENGRAM_VECTOR_CACHE_MB", "0", "1..="),
         ("ENGRAM_DATABASE_URL", "mysql://db", "sqlite://"),
         ("ENGRAM_CACHE_URL", "memcached://x", "redis://"),
+        ("ENGRAM_INDEX", "ivfflat", "auto, hnsw, diskann"),
+        ("ENGRAM_AUTO_MIGRATE", "sometimes", "true or false"),
+        ("ENGRAM_DATABASE_POOL_SIZE", "0", "1..=1000"),
         ("ENGRAM_DEFAULT_USER", " ", "default_user"),
     ];
     for (key, value, allowed) in cases {
