@@ -56,8 +56,18 @@ pub struct Config {
     pub auto_migrate: bool,
     /// Vector index of a PostgreSQL store (SQLite scans in process: `auto` only).
     pub index: IndexKind,
-    /// `redis://...`; `None` runs without a cache.
+    /// `redis://...` (Dragonfly, Redis, Valkey); `None` runs without a cache.
     pub cache_url: Option<String>,
+    /// Prepended to every cache key, so several deployments can share one server.
+    pub cache_prefix: String,
+    /// Lifetime of cached recall results and user contexts, in seconds.
+    pub cache_ttl_secs: u64,
+    /// Lifetime of cached query embeddings, in seconds.
+    pub cache_embedding_ttl_secs: u64,
+    /// How long one cache command may take before engram goes on without it.
+    pub cache_timeout_ms: u64,
+    /// Connections to the cache server.
+    pub cache_pool_size: usize,
     pub embedder: EmbedderKind,
     pub embedding_model: Option<String>,
     pub embedding_dims: usize,
@@ -104,6 +114,11 @@ struct FileConfig {
     auto_migrate: Option<bool>,
     index: Option<String>,
     cache_url: Option<String>,
+    cache_prefix: Option<String>,
+    cache_ttl_secs: Option<i64>,
+    cache_embedding_ttl_secs: Option<i64>,
+    cache_timeout_ms: Option<i64>,
+    cache_pool_size: Option<i64>,
     embedder: Option<String>,
     embedding_model: Option<String>,
     embedding_dims: Option<i64>,
@@ -122,6 +137,11 @@ pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_USER: &str = "default";
 pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 16;
+pub const DEFAULT_CACHE_PREFIX: &str = "engram:";
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
+pub const DEFAULT_CACHE_EMBEDDING_TTL_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_CACHE_POOL_SIZE: usize = 4;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -149,12 +169,56 @@ impl Config {
             None => default_database_url()?,
         };
         let cache_url = layer.string("cache_url").filter(|s| !s.trim().is_empty());
-        if let Some(url) = &cache_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        if let Some(url) = &cache_url {
+            validate_cache_url(url)?;
+        }
+
+        let cache_prefix = layer
+            .string("cache_prefix")
+            .unwrap_or_else(|| DEFAULT_CACHE_PREFIX.to_owned());
+        if cache_prefix.len() > 64
+            || cache_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
         {
             return Err(invalid(
-                "cache_url",
-                format!("'{url}' is not a redis:// or rediss:// URL"),
+                "cache_prefix",
+                format!(
+                    "'{cache_prefix}' is not accepted; use at most 64 characters without spaces or braces (default 'engram:')"
+                ),
+            ));
+        }
+        let cache_ttl_secs = layer.number("cache_ttl_secs", DEFAULT_CACHE_TTL_SECS as i64)?;
+        if !(1..=86_400).contains(&cache_ttl_secs) {
+            return Err(invalid(
+                "cache_ttl_secs",
+                format!("{cache_ttl_secs} is out of range; allowed 1..=86400 (default 300)"),
+            ));
+        }
+        let cache_embedding_ttl_secs = layer.number(
+            "cache_embedding_ttl_secs",
+            DEFAULT_CACHE_EMBEDDING_TTL_SECS as i64,
+        )?;
+        if !(1..=365 * 86_400).contains(&cache_embedding_ttl_secs) {
+            return Err(invalid(
+                "cache_embedding_ttl_secs",
+                format!(
+                    "{cache_embedding_ttl_secs} is out of range; allowed 1..=31536000 (default 604800)"
+                ),
+            ));
+        }
+        let cache_timeout_ms = layer.number("cache_timeout_ms", DEFAULT_CACHE_TIMEOUT_MS as i64)?;
+        if !(1..=60_000).contains(&cache_timeout_ms) {
+            return Err(invalid(
+                "cache_timeout_ms",
+                format!("{cache_timeout_ms} is out of range; allowed 1..=60000 (default 100)"),
+            ));
+        }
+        let cache_pool_size = layer.number("cache_pool_size", DEFAULT_CACHE_POOL_SIZE as i64)?;
+        if !(1..=256).contains(&cache_pool_size) {
+            return Err(invalid(
+                "cache_pool_size",
+                format!("{cache_pool_size} is out of range; allowed 1..=256 (default 4)"),
             ));
         }
 
@@ -218,6 +282,11 @@ impl Config {
             auto_migrate,
             index,
             cache_url,
+            cache_prefix,
+            cache_ttl_secs: cache_ttl_secs as u64,
+            cache_embedding_ttl_secs: cache_embedding_ttl_secs as u64,
+            cache_timeout_ms: cache_timeout_ms as u64,
+            cache_pool_size: cache_pool_size as usize,
             embedder,
             embedding_model: layer.string("embedding_model"),
             embedding_dims: embedding_dims as usize,
@@ -231,6 +300,35 @@ impl Config {
             vector_cache_mb: vector_cache_mb as usize,
         })
     }
+}
+
+/// `redis://` or `redis-cluster://`, parseable by the cache client. TLS
+/// (`rediss://`) is refused by name: this build has no TLS for the cache.
+fn validate_cache_url(url: &str) -> Result<(), ConfigError> {
+    let shown = crate::store::redact(url);
+    if url.starts_with("rediss://") || url.starts_with("redis-cluster+tls://") {
+        return Err(invalid(
+            "cache_url",
+            format!(
+                "'{shown}': TLS connections to the cache are not supported by this build; \
+                 use redis:// on a private network (or a TLS-terminating proxy)"
+            ),
+        ));
+    }
+    if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
+        return Err(invalid(
+            "cache_url",
+            format!("'{shown}' is not a redis:// (or redis-cluster://) URL"),
+        ));
+    }
+    fred::types::config::Config::from_url(url)
+        .map(|_| ())
+        .map_err(|e| {
+            invalid(
+                "cache_url",
+                format!("'{shown}' is not usable: {}", e.details()),
+            )
+        })
 }
 
 /// Reads one key from env first, then the file.
@@ -252,6 +350,7 @@ impl Layers<'_> {
             "database_url" => self.file.database_url.clone(),
             "index" => self.file.index.clone(),
             "cache_url" => self.file.cache_url.clone(),
+            "cache_prefix" => self.file.cache_prefix.clone(),
             "embedder" => self.file.embedder.clone(),
             "embedding_model" => self.file.embedding_model.clone(),
             "extractor" => self.file.extractor.clone(),
@@ -288,6 +387,10 @@ impl Layers<'_> {
             "max_text_bytes" => self.file.max_text_bytes,
             "vector_cache_mb" => self.file.vector_cache_mb,
             "database_pool_size" => self.file.database_pool_size,
+            "cache_ttl_secs" => self.file.cache_ttl_secs,
+            "cache_embedding_ttl_secs" => self.file.cache_embedding_ttl_secs,
+            "cache_timeout_ms" => self.file.cache_timeout_ms,
+            "cache_pool_size" => self.file.cache_pool_size,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -410,6 +513,50 @@ mod tests {
         assert_eq!(cfg.embedder, EmbedderKind::Hash);
         assert_eq!(cfg.index, IndexKind::Auto);
         assert!(cfg.auto_migrate);
+    }
+
+    #[test]
+    fn cache_settings_are_checked() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("ENGRAM_CACHE_URL", "redis://cache:6379/2"),
+                ("ENGRAM_CACHE_PREFIX", "staging:"),
+                ("ENGRAM_CACHE_TTL_SECS", "60"),
+                ("ENGRAM_CACHE_TIMEOUT_MS", "25"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.cache_url.as_deref(), Some("redis://cache:6379/2"));
+        assert_eq!(cfg.cache_prefix, "staging:");
+        assert_eq!(cfg.cache_ttl_secs, 60);
+        assert_eq!(cfg.cache_timeout_ms, 25);
+        assert_eq!(
+            cfg.cache_embedding_ttl_secs,
+            DEFAULT_CACHE_EMBEDDING_TTL_SECS
+        );
+        assert_eq!(cfg.cache_pool_size, DEFAULT_CACHE_POOL_SIZE);
+
+        let unset = Config::load_from(None, &env(&[("ENGRAM_CACHE_URL", " ")])).unwrap();
+        assert_eq!(unset.cache_url, None);
+
+        for (key, value, expect) in [
+            ("ENGRAM_CACHE_URL", "memcached://x", "redis://"),
+            ("ENGRAM_CACHE_URL", "rediss://:secret@x:6380", "TLS"),
+            ("ENGRAM_CACHE_TTL_SECS", "0", "1..=86400"),
+            ("ENGRAM_CACHE_TIMEOUT_MS", "soon", "integer"),
+            ("ENGRAM_CACHE_PREFIX", "a b", "without spaces"),
+            ("ENGRAM_CACHE_POOL_SIZE", "0", "1..=256"),
+        ] {
+            let err = Config::load_from(None, &env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(expect),
+                "{key}={value}: {err}"
+            );
+            assert!(!err.contains("secret"), "password shown: {err}");
+        }
     }
 
     #[test]

@@ -506,6 +506,72 @@ async fn a_different_embedder_is_refused(b: Backend) {
     );
 }
 
+/// Every write moves the writer's version to a value never seen before; a
+/// duplicate (no write) and other users' writes leave it; a second instance
+/// reads the same version; a full forget leaves none, and the next write
+/// never returns to an old one.
+async fn every_write_moves_the_users_version_to_a_new_value(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    assert_eq!(s.version("alice").await.unwrap(), None);
+
+    let mut seen = Vec::new();
+    let first = add(s, &alice, "I live in Porto", json!({})).await;
+    let v1 = s
+        .version("alice")
+        .await
+        .unwrap()
+        .expect("a version after a write");
+    seen.push(v1);
+
+    let again = s
+        .insert(new_memory(&alice, "I live in Porto", json!({})), 0.9)
+        .await;
+    assert!(matches!(again.unwrap(), InsertOutcome::Duplicate { .. }));
+    assert_eq!(
+        s.version("alice").await.unwrap(),
+        Some(v1),
+        "no write, no move"
+    );
+
+    add(s, &bob, "Bob plays chess", json!({})).await;
+    assert_eq!(
+        s.version("alice").await.unwrap(),
+        Some(v1),
+        "bob's write is bob's"
+    );
+    let other = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    assert_eq!(other.version("alice").await.unwrap(), Some(v1));
+
+    add(s, &alice, "My sister is called Ana", json!({})).await;
+    let v2 = s.version("alice").await.unwrap().unwrap();
+    assert!(!seen.contains(&v2), "{v2} reused");
+    seen.push(v2);
+    assert_eq!(other.version("alice").await.unwrap(), Some(v2));
+
+    assert!(other.delete("alice", first).await.unwrap());
+    let v3 = s.version("alice").await.unwrap().unwrap();
+    assert!(!seen.contains(&v3), "{v3} reused");
+    seen.push(v3);
+    assert!(!s.delete("alice", first).await.unwrap());
+    assert_eq!(
+        s.version("alice").await.unwrap(),
+        Some(v3),
+        "nothing deleted"
+    );
+
+    assert_eq!(s.delete_user("alice").await.unwrap(), 1);
+    assert_eq!(s.version("alice").await.unwrap(), None);
+    add(s, &alice, "I live in Porto", json!({})).await;
+    let v4 = s.version("alice").await.unwrap().unwrap();
+    assert!(!seen.contains(&v4), "{v4} came back after a full forget");
+    assert!(s.version("bob").await.unwrap().is_some());
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -537,6 +603,7 @@ every_backend!(
     a_changed_detail_is_not_a_duplicate,
     reembedding_rebuilds_every_vector,
     memories_matching_more_query_words_rank_first,
+    every_write_moves_the_users_version_to_a_new_value,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -167,4 +167,10 @@ pub trait Store: Send + Sync {
 
     /// Hard-deletes every memory and history row of the user; returns how many memories.
     async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+
+    /// The user's write version, which caches key their entries by. Invariant:
+    /// every write to the user's memories moves it, in the write's own
+    /// transaction, to a value no user has had before. `None` when the user
+    /// has no version (nothing stored yet, or everything forgotten).
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError>;
 }

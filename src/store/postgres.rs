@@ -558,6 +558,17 @@ impl Store for PgStore {
         .map_err(db("deleting a user's memories"))?;
         Ok(deleted.max(0) as u64)
     }
+
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        // Moved by the memories_version_* triggers (migration user_versions).
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the user's version"))?;
+        Ok(v.map(|v| v as u64))
+    }
 }
 
 async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool, StoreError> {

@@ -4,8 +4,9 @@
 //! Writes are serialised twice: an in-process mutex (no busy-waiting between
 //! our own tasks) and `BEGIN IMMEDIATE` (SQLite's write lock, which also
 //! serialises other processes on the same file). Deduplication runs inside
-//! that transaction, so it is atomic. Every write bumps the user's generation,
-//! which is what keeps the vector index honest.
+//! that transaction, so it is atomic. Every write bumps the user's generation
+//! (from one store-wide sequence), which keeps the vector index honest and is
+//! the user's [`Store::version`] for caches.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -651,6 +652,16 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
         Ok(deleted)
+    }
+
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        let g: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM user_generations WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the user's version"))?;
+        Ok(g.map(|g| g as u64))
     }
 }
 
