@@ -68,6 +68,8 @@ pub struct Config {
     pub cache_timeout_ms: u64,
     /// Connections to the cache server.
     pub cache_pool_size: usize,
+    /// After a cache failure, how long engram goes without it before trying again.
+    pub cache_retry_ms: u64,
     pub embedder: EmbedderKind,
     pub embedding_model: Option<String>,
     pub embedding_dims: usize,
@@ -119,6 +121,7 @@ struct FileConfig {
     cache_embedding_ttl_secs: Option<i64>,
     cache_timeout_ms: Option<i64>,
     cache_pool_size: Option<i64>,
+    cache_retry_ms: Option<i64>,
     embedder: Option<String>,
     embedding_model: Option<String>,
     embedding_dims: Option<i64>,
@@ -142,6 +145,7 @@ pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
 pub const DEFAULT_CACHE_EMBEDDING_TTL_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_CACHE_POOL_SIZE: usize = 4;
+pub const DEFAULT_CACHE_RETRY_MS: u64 = 1000;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -221,6 +225,13 @@ impl Config {
                 format!("{cache_pool_size} is out of range; allowed 1..=256 (default 4)"),
             ));
         }
+        let cache_retry_ms = layer.number("cache_retry_ms", DEFAULT_CACHE_RETRY_MS as i64)?;
+        if !(1..=600_000).contains(&cache_retry_ms) {
+            return Err(invalid(
+                "cache_retry_ms",
+                format!("{cache_retry_ms} is out of range; allowed 1..=600000 (default 1000)"),
+            ));
+        }
 
         let database_pool_size =
             layer.number("database_pool_size", i64::from(DEFAULT_DATABASE_POOL_SIZE))?;
@@ -287,6 +298,7 @@ impl Config {
             cache_embedding_ttl_secs: cache_embedding_ttl_secs as u64,
             cache_timeout_ms: cache_timeout_ms as u64,
             cache_pool_size: cache_pool_size as usize,
+            cache_retry_ms: cache_retry_ms as u64,
             embedder,
             embedding_model: layer.string("embedding_model"),
             embedding_dims: embedding_dims as usize,
@@ -391,6 +403,7 @@ impl Layers<'_> {
             "cache_embedding_ttl_secs" => self.file.cache_embedding_ttl_secs,
             "cache_timeout_ms" => self.file.cache_timeout_ms,
             "cache_pool_size" => self.file.cache_pool_size,
+            "cache_retry_ms" => self.file.cache_retry_ms,
             _ => None,
         };
         Ok(file.unwrap_or(default))

@@ -3,12 +3,12 @@
 //! MCP tool, resource and prompt.
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Memory;
 
 /// A compact profile of one user's memories.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserContext {
     pub user_id: String,
     /// The memories below as a bulleted list, ready for a system prompt.

@@ -24,6 +24,7 @@
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
 
 pub mod bench;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod embed;

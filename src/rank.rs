@@ -7,6 +7,11 @@
 //! misses (an exact name the vectors blur, a paraphrase the keywords miss).
 //! Fused scores are divided by the best possible score, so 1.0 means "first
 //! in both lists".
+//!
+//! Invariant: the ranking depends only on the scores, never on the order in
+//! which a store returned equal ones. Equal scores share a rank, and equal
+//! fused scores are ordered by id, so two processes (whose indexes break
+//! ties differently) give the same answer.
 
 use std::collections::HashMap;
 
@@ -28,13 +33,17 @@ pub struct Fused {
     pub keyword_score: Option<f32>,
 }
 
-/// Fuses two best-first lists. Ties keep vector order, then keyword order.
+/// Fuses two best-first lists.
 pub fn fuse(vector: &[Hit], keyword: &[Hit]) -> Vec<Fused> {
     let best = 2.0 / (RRF_K + 1.0);
     let mut by_id: HashMap<MemoryId, usize> = HashMap::new();
     let mut out: Vec<Fused> = Vec::with_capacity(vector.len() + keyword.len());
     for (list, is_vector) in [(vector, true), (keyword, false)] {
-        for (rank, hit) in list.iter().enumerate() {
+        let mut rank = 0;
+        for (position, hit) in list.iter().enumerate() {
+            if position > 0 && hit.score != list[position - 1].score {
+                rank = position;
+            }
             let contribution = 1.0 / (RRF_K + rank as f32 + 1.0) / best;
             let i = *by_id.entry(hit.id).or_insert_with(|| {
                 out.push(Fused {
@@ -53,8 +62,7 @@ pub fn fuse(vector: &[Hit], keyword: &[Hit]) -> Vec<Fused> {
             }
         }
     }
-    // Stable sort: equal scores keep first-seen order.
-    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
     out
 }
 
@@ -83,6 +91,21 @@ mod tests {
         assert_eq!(fused.len(), 4);
         let top = fused[0];
         assert!(top.vector_score.is_some() && top.keyword_score.is_some());
+    }
+
+    #[test]
+    fn the_order_of_equal_scores_does_not_matter() {
+        let [a, b, c] = [(); 3].map(|_| MemoryId::new());
+        let tie = |ids: [MemoryId; 3]| -> Vec<Hit> {
+            ids.iter().map(|&id| Hit { id, score: 0.5 }).collect()
+        };
+        let one = fuse(&tie([a, b, c]), &tie([c, a, b]));
+        let other = fuse(&tie([b, c, a]), &tie([a, b, c]));
+        assert_eq!(one, other);
+        assert!(one.iter().all(|f| f.score == one[0].score));
+        let mut sorted = vec![a, b, c];
+        sorted.sort();
+        assert_eq!(one.iter().map(|f| f.id).collect::<Vec<_>>(), sorted);
     }
 
     #[test]

@@ -5,17 +5,27 @@
 //! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ fuse ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
 //!   memories, rendered for a system prompt.
-//! * forget: hard-delete one memory or all of a user's.
+//! * forget: hard-delete one memory or all of a user's, then purge the
+//!   user's cache entries.
+//!
+//! Recalls and contexts go through the cache when one is configured: the
+//! user's version (from the store) and the entry are fetched together, and
+//! an entry is served only at the version it was built at (see [`crate::cache`]).
+//! Query embeddings of remote embedders are cached too.
 //!
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //! all validation happens here so every transport refuses the same input.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use crate::cache::{self, Cache, CacheStats, NoCache, entry};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
@@ -39,13 +49,32 @@ const MIN_CANDIDATES: usize = 40;
 pub struct Settings {
     pub dedup_threshold: f32,
     pub max_text_bytes: usize,
+    /// How long a cached recall or context is served (at most; any write ends it sooner).
+    pub cache_ttl: Duration,
 }
 
 pub struct MemoryService {
     store: Arc<dyn Store>,
     embedder: Arc<dyn Embedder>,
     extractor: Arc<dyn Extractor>,
+    cache: Arc<dyn Cache>,
     settings: Settings,
+    tally: Tally,
+}
+
+/// Cache lookups by outcome; the cache itself counts its failures.
+#[derive(Default)]
+struct Tally {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    vector_hits: AtomicU64,
+    vector_misses: AtomicU64,
+}
+
+impl Tally {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `remember`: text or a conversation, for one scope.
@@ -87,7 +116,7 @@ pub struct RecallRequest {
 }
 
 /// A recalled memory with its scores.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScoredMemory {
     #[serde(flatten)]
     pub memory: Memory,
@@ -101,7 +130,7 @@ pub struct ScoredMemory {
     pub keyword_score: Option<f32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RecallResult {
     pub user_id: String,
     pub query: String,
@@ -137,7 +166,29 @@ impl MemoryService {
             store,
             embedder,
             extractor,
+            cache: Arc::new(NoCache),
             settings,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Serves recalls, contexts and query embeddings through `cache`.
+    pub fn with_cache(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Cache counters since start (all zero without a cache).
+    pub fn cache_stats(&self) -> CacheStats {
+        let (errors, skipped) = self.cache.failures();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            hits: get(&self.tally.hits),
+            misses: get(&self.tally.misses),
+            vector_hits: get(&self.tally.vector_hits),
+            vector_misses: get(&self.tally.vector_misses),
+            errors,
+            skipped,
         }
     }
 
@@ -213,12 +264,27 @@ impl MemoryService {
         let query = self.validate_text("query", &req.query)?;
         let limit = validate_limit(req.limit, DEFAULT_RECALL_LIMIT)?;
         let filter = MetadataFilter::parse(req.filters.as_ref())?;
-        let at = SearchScope {
-            scope: &req.scope,
-            filter: &filter,
-        };
+        let field = self
+            .cache
+            .enabled()
+            .then(|| cache::recall_field(&req.scope, &query, limit, &filter));
+        self.through_cache(&req.scope.user_id, field, || {
+            self.search(&req.scope, query, limit, &filter)
+        })
+        .await
+    }
+
+    /// Recall without the cache: both searches, fusion, and the rows.
+    async fn search(
+        &self,
+        scope: &Scope,
+        query: String,
+        limit: usize,
+        filter: &MetadataFilter,
+    ) -> Result<RecallResult, Error> {
+        let at = SearchScope { scope, filter };
         let candidates = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
-        let embedding = self.embedder.embed_query(&query).await?;
+        let embedding = self.embed_query(&query).await?;
         let (vector, keyword) = tokio::try_join!(
             self.store.vector_search(at, &embedding, candidates),
             self.store.keyword_search(at, &query, candidates),
@@ -230,7 +296,7 @@ impl MemoryService {
         // A memory forgotten since the search is simply left out.
         let mut memories: HashMap<MemoryId, Memory> = self
             .store
-            .get_many(&req.scope.user_id, &ids)
+            .get_many(&scope.user_id, &ids)
             .await?
             .into_iter()
             .map(|m| (m.id, m))
@@ -247,10 +313,73 @@ impl MemoryService {
             })
             .collect();
         Ok(RecallResult {
-            user_id: req.scope.user_id,
+            user_id: scope.user_id.clone(),
             query,
             results,
         })
+    }
+
+    /// `build()`'s value, from the cache when an entry of the user's current
+    /// version is there, else built and stored. `field: None` skips the cache.
+    async fn through_cache<T, F, Fut>(
+        &self,
+        user_id: &str,
+        field: Option<String>,
+        build: F,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let Some(field) = field else {
+            return build().await;
+        };
+        // Both lookups at once. The version is read before build() reads any
+        // data, so an entry stored under it is never older than it.
+        let (version, stored) = tokio::join!(
+            self.store.version(user_id),
+            self.cache.get_entry(user_id, &field)
+        );
+        let Some(version) = version? else {
+            // Nothing stored for the user: nothing worth caching, and no
+            // version that a later write could be told apart from.
+            return build().await;
+        };
+        if let Some(value) = stored.and_then(|bytes| entry::decode::<T>(&bytes, version)) {
+            Tally::count(&self.tally.hits);
+            return Ok(value);
+        }
+        Tally::count(&self.tally.misses);
+        let value = build().await?;
+        if let Some(bytes) = entry::encode(version, self.settings.cache_ttl, &value) {
+            self.cache.put_entry(user_id, &field, version, bytes).await;
+        }
+        Ok(value)
+    }
+
+    /// The query's vector; remote embedders' vectors come from the cache when
+    /// it has them (local ones are cheaper to compute than to fetch).
+    async fn embed_query(&self, query: &str) -> Result<Vec<f32>, Error> {
+        if !self.cache.enabled() || self.embedder.is_local() {
+            return Ok(self.embedder.embed_query(query).await?);
+        }
+        let identity = self.embedder.identity();
+        if let Some(vector) = self
+            .cache
+            .get_vector(&identity, query)
+            .await
+            .and_then(|bytes| entry::decode_vector(&bytes, identity.dims))
+        {
+            Tally::count(&self.tally.vector_hits);
+            return Ok(vector);
+        }
+        Tally::count(&self.tally.vector_misses);
+        let vector = self.embedder.embed_query(query).await?;
+        self.cache
+            .put_vector(&identity, query, entry::encode_vector(&vector))
+            .await;
+        Ok(vector)
     }
 
     /// The user's profile: with `focus`, the memories most relevant to it
@@ -262,19 +391,32 @@ impl MemoryService {
         focus: Option<String>,
     ) -> Result<UserContext, Error> {
         let limit = validate_limit(limit, DEFAULT_CONTEXT_LIMIT)?;
+        let focus = match focus.filter(|q| !q.trim().is_empty()) {
+            Some(q) => Some(self.validate_text("query", &q)?),
+            None => None,
+        };
+        let field = self
+            .cache
+            .enabled()
+            .then(|| cache::context_field(scope, limit, focus.as_deref()));
+        self.through_cache(&scope.user_id, field, || {
+            self.build_context(scope, limit, focus)
+        })
+        .await
+    }
+
+    async fn build_context(
+        &self,
+        scope: &Scope,
+        limit: usize,
+        focus: Option<String>,
+    ) -> Result<UserContext, Error> {
         let (recent, total) = self.store.recent(scope, limit).await?;
-        let focus = focus.filter(|q| !q.trim().is_empty());
         let Some(query) = focus else {
             return Ok(UserContext::new(scope.user_id.clone(), recent, total, None));
         };
-        let relevant = self
-            .recall(RecallRequest {
-                scope: scope.clone(),
-                query,
-                limit: Some(limit as i64),
-                filters: None,
-            })
-            .await?;
+        let none = MetadataFilter::default();
+        let relevant = self.search(scope, query, limit, &none).await?;
         let mut memories: Vec<Memory> = relevant.results.into_iter().map(|r| r.memory).collect();
         for m in recent {
             if memories.len() >= limit {
@@ -300,17 +442,27 @@ impl MemoryService {
                         "no memory {id} belongs to user \"{user_id}\"; nothing was deleted"
                     )));
                 }
+                if self.cache.enabled() {
+                    // The floor keeps out entries of reads that began before
+                    // the delete. Unreadable version: delete everything instead.
+                    let floor = self.store.version(user_id).await.unwrap_or(None);
+                    self.cache.purge_user(user_id, floor).await;
+                }
                 Ok(ForgetResult {
                     user_id: user_id.to_owned(),
                     deleted: 1,
                     memory_id: Some(id),
                 })
             }
-            ForgetTarget::AllOfUser => Ok(ForgetResult {
-                user_id: user_id.to_owned(),
-                deleted: self.store.delete_user(user_id).await?,
-                memory_id: None,
-            }),
+            ForgetTarget::AllOfUser => {
+                let deleted = self.store.delete_user(user_id).await?;
+                self.cache.purge_user(user_id, None).await;
+                Ok(ForgetResult {
+                    user_id: user_id.to_owned(),
+                    deleted,
+                    memory_id: None,
+                })
+            }
         }
     }
 

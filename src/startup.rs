@@ -2,9 +2,11 @@
 //! `serve_stdio` runs a transport until the client goes away.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::ServiceExt;
 
+use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
 use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder};
 use crate::extract::{Extractor, VerbatimExtractor};
@@ -19,6 +21,8 @@ pub enum StartupError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("{0}")]
     Unsupported(String),
     #[error("MCP transport failed: {0}")]
@@ -73,18 +77,38 @@ pub async fn store(
     Ok(Arc::new(store))
 }
 
+/// The cache `cache_url` names, or none. An unreachable server is not an
+/// error (engram runs without it until it answers); a malformed URL is.
+pub async fn cache(config: &Config) -> Result<Arc<dyn Cache>, StartupError> {
+    let Some(url) = &config.cache_url else {
+        return Ok(Arc::new(NoCache));
+    };
+    let settings = RedisSettings {
+        url: url.clone(),
+        prefix: config.cache_prefix.clone(),
+        entry_ttl: Duration::from_secs(config.cache_ttl_secs),
+        vector_ttl: Duration::from_secs(config.cache_embedding_ttl_secs),
+        timeout: Duration::from_millis(config.cache_timeout_ms),
+        pool_size: config.cache_pool_size,
+        retry_every: Duration::from_millis(config.cache_retry_ms),
+    };
+    Ok(Arc::new(RedisCache::connect(settings).await?))
+}
+
 /// Opens the store and wires the service. Fails fast on any misconfiguration.
 pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
     let embedder = embedder(config)?;
     let extractor = extractor(config)?;
     let store = store(config, embedder.as_ref()).await?;
+    let cache = cache(config).await?;
     let settings = Settings {
         dedup_threshold: config.dedup_threshold,
         max_text_bytes: config.max_text_bytes,
+        cache_ttl: Duration::from_secs(config.cache_ttl_secs),
     };
-    Ok(Arc::new(MemoryService::new(
-        store, embedder, extractor, settings,
-    )))
+    Ok(Arc::new(
+        MemoryService::new(store, embedder, extractor, settings).with_cache(cache),
+    ))
 }
 
 /// `engram migrate`: applies pending migrations to the configured database.
@@ -122,6 +146,7 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;
     tracing::info!(
         database = %redact(&config.database_url),
+        cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
         default_user = %config.default_user,
         "engram serving MCP on stdio"
     );

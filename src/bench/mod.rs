@@ -109,6 +109,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Settings {
             dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
             max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
+            cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
         },
     ));
     let bench = OneUser {

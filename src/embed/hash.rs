@@ -59,6 +59,10 @@ impl Embedder for HashEmbedder {
         }
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         Ok(texts.iter().map(|t| self.embed(t)).collect())
     }

@@ -34,6 +34,12 @@ pub enum EmbedError {
 pub trait Embedder: Send + Sync {
     fn identity(&self) -> EmbedderIdentity;
 
+    /// True for in-process embedders, whose vectors cost less to compute than
+    /// a cache round trip; query vectors are then never cached.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Embeds texts to be stored, in order; one vector per text.
     async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 

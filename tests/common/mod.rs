@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod proxy;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 
