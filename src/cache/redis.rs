@@ -25,8 +25,9 @@ use crate::store::redact;
 const MAX_ENTRIES_PER_USER: u32 = 1024;
 /// While down, a failure is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
-/// How long start-up waits for the first connection before going on without it.
-const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How long start-up waits for the first connection before going on without
+/// it (a reachable server answers in milliseconds).
+const CONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// Stores an entry unless the user's floor is above its version; keeps the
 /// hash bounded; refreshes its lifetime. KEYS[1] user hash; ARGV field,
@@ -120,13 +121,10 @@ impl RedisCache {
         let url = redact(&cache.settings.url);
         match tokio::time::timeout(CONNECT_WAIT, cache.pool.wait_for_connect()).await {
             Ok(Ok(())) => tracing::info!(%url, "cache connected"),
-            _ => {
-                tracing::warn!(
-                    %url,
-                    "cache not reachable at start; engram runs without it and keeps trying"
-                );
-                cache.health.failed("connect", &"not reachable at start");
-            }
+            _ => cache.health.failed(
+                "connect",
+                &format!("{url} did not answer within {CONNECT_WAIT:?} of start"),
+            ),
         }
         Ok(cache)
     }
