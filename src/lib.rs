@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! agent ──MCP (stdio)──▶ mcp ──▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
+//!                                      └──▶ Cache (optional)
 //! ```
 //!
 //! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
@@ -15,6 +16,8 @@
 //! * [`embed`]: turns text into vectors (`hash`, offline and deterministic).
 //! * [`store`]: durable memories, history and search (`sqlite`, the embedded default;
 //!   `postgres`, PostgreSQL + pgvector for shared deployments).
+//! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
+//!   (Dragonfly, Redis), keyed by each user's write version in the store.
 //! * [`context`]: a user's memories rendered for a system prompt.
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.

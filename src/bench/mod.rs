@@ -12,6 +12,7 @@
 //!
 //! Text comes from [`text::Generator`], seeded, so runs repeat.
 
+mod cache;
 mod crowd;
 mod text;
 
@@ -59,6 +60,10 @@ pub struct BenchArgs {
     /// PostgreSQL: how many users share the crowd rows.
     #[arg(long, default_value_t = 1000)]
     pub crowd_users: usize,
+    /// Also measure the cache (redis://...) at each size: recall and context
+    /// with and without it, and embedding calls saved.
+    #[arg(long)]
+    pub cache: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -112,15 +117,23 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
         },
     ));
-    let bench = OneUser {
+    let cache = match &args.cache {
+        Some(url) => Some(cache::CacheBench::connect(url, store.clone(), embedder.clone()).await?),
+        None => None,
+    };
+    let mut bench = OneUser {
         service: service.clone(),
         store: store.clone(),
         embedder: embedder.clone(),
         pg: pg.clone(),
         writers: args.writers.max(1),
         ef_search: args.ef_search.unwrap_or(DEFAULT_EF_SEARCH),
+        cache,
     };
     bench.run(&args.sizes, args.queries).await?;
+    if let Some(cache) = &bench.cache {
+        cache.print();
+    }
 
     if let Some(pg) = pg
         && args.crowd_rows > 0
@@ -149,6 +162,7 @@ struct OneUser {
     pg: Option<Arc<PgStore>>,
     writers: usize,
     ef_search: u32,
+    cache: Option<cache::CacheBench>,
 }
 
 /// A remember of one generated memory for the bench user, under agent `i % 4`.
@@ -177,7 +191,11 @@ fn agent_scope(i: usize) -> Scope {
 }
 
 impl OneUser {
-    async fn run(&self, sizes: &[usize], queries: usize) -> Result<(), Box<dyn std::error::Error>> {
+    async fn run(
+        &mut self,
+        sizes: &[usize],
+        queries: usize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let scope = user_scope();
         let mut words = Generator::new(42);
         let mut stored = self.store.recent(&scope, 1).await?.1 as usize;
@@ -265,6 +283,9 @@ impl OneUser {
                 );
             }
             println!(" | {:>9.3}", m.recall_at_10);
+            if let Some(cache) = &mut self.cache {
+                cache.measure(stored, &queries).await?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,277 @@
+//! `engram bench --cache URL`: what the cache buys, on the store the
+//! one-user bench just filled, at each size.
+//!
+//! For one set of distinct queries it times recall and `user_context`
+//! without the cache, on the first (missing) pass with it, and on a second,
+//! warm pass; then recall right after a write (the version moved, so a miss).
+//! Embedding calls are counted through an embedder that presents the hash
+//! embedder as a remote one (engram caches remote embedders' query vectors
+//! only): each query asked at three limits and in a focused context.
+//! Keys go under a per-run prefix and expire within minutes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{percentile, user_scope};
+use crate::cache::{Cache, RedisCache, RedisSettings};
+use crate::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder};
+use crate::extract::VerbatimExtractor;
+use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::store::Store;
+
+/// The hash embedder presented as remote, counting query embeddings.
+struct Counted {
+    inner: Arc<HashEmbedder>,
+    queries: AtomicUsize,
+}
+
+#[async_trait]
+impl Embedder for Counted {
+    fn identity(&self) -> EmbedderIdentity {
+        self.inner.identity()
+    }
+    async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.inner.embed_documents(texts).await
+    }
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.inner.embed_query(text).await
+    }
+}
+
+/// One size's cache measurements.
+pub struct CacheRow {
+    memories: usize,
+    recall: [Duration; 3],
+    recall_p99_warm: Duration,
+    after_write: Duration,
+    context: [Duration; 3],
+    embeds: (usize, usize),
+    local_embed: Duration,
+    vector_get: Duration,
+}
+
+pub struct CacheBench {
+    cache: Arc<RedisCache>,
+    store: Arc<dyn Store>,
+    embedder: Arc<HashEmbedder>,
+    rows: Vec<CacheRow>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
+        max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
+        cache_ttl: Duration::from_secs(600),
+    }
+}
+
+impl CacheBench {
+    pub async fn connect(
+        url: &str,
+        store: Arc<dyn Store>,
+        embedder: Arc<HashEmbedder>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let cache = RedisCache::connect(RedisSettings {
+            url: url.to_owned(),
+            prefix: format!("engram-bench:{}:", std::process::id()),
+            entry_ttl: Duration::from_secs(600),
+            vector_ttl: Duration::from_secs(600),
+            timeout: Duration::from_millis(crate::config::DEFAULT_CACHE_TIMEOUT_MS),
+            pool_size: crate::config::DEFAULT_CACHE_POOL_SIZE,
+            retry_every: Duration::from_millis(crate::config::DEFAULT_CACHE_RETRY_MS),
+        })
+        .await?;
+        if !cache.is_up() {
+            return Err(format!("the cache at {url} does not answer").into());
+        }
+        Ok(Self {
+            cache: Arc::new(cache),
+            store,
+            embedder,
+            rows: Vec::new(),
+        })
+    }
+
+    fn service(&self, embedder: Arc<dyn Embedder>, cached: bool) -> MemoryService {
+        let service = MemoryService::new(
+            self.store.clone(),
+            embedder,
+            Arc::new(VerbatimExtractor),
+            settings(),
+        );
+        if cached {
+            service.with_cache(self.cache.clone())
+        } else {
+            service
+        }
+    }
+
+    /// Measures at the store's current size with `queries` (distinct).
+    pub async fn measure(
+        &mut self,
+        memories: usize,
+        queries: &[String],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let plain = self.service(self.embedder.clone(), false);
+        let cached = self.service(self.embedder.clone(), true);
+        let scope = user_scope();
+        let recall = |query: &str, limit: i64| RecallRequest {
+            scope: scope.clone(),
+            query: query.to_owned(),
+            limit: Some(limit),
+            filters: None,
+        };
+
+        // recall: no cache, first pass (misses, filling), second pass (hits)
+        let mut recall_times: [Vec<Duration>; 3] = Default::default();
+        for (pass, service) in [(0, &plain), (1, &cached), (2, &cached)] {
+            for q in queries {
+                let t = Instant::now();
+                std::hint::black_box(service.recall(recall(q, 10)).await?);
+                recall_times[pass].push(t.elapsed());
+            }
+        }
+        let stats = cached.cache_stats();
+        if stats.hits < queries.len() as u64 {
+            return Err(format!("the warm pass missed the cache: {stats:?}").into());
+        }
+
+        // user_context, most recent N for N in 1..=100 (100 distinct
+        // entries): no cache, first pass (misses), then five warm passes.
+        let mut context_times: [Vec<Duration>; 3] = Default::default();
+        for (pass, service, repeat) in [(0, &plain, 1), (1, &cached, 1), (2, &cached, 5)] {
+            for _ in 0..repeat {
+                for limit in 1..=100 {
+                    let t = Instant::now();
+                    std::hint::black_box(service.user_context(&scope, Some(limit), None).await?);
+                    context_times[pass].push(t.elapsed());
+                }
+            }
+        }
+
+        // recall right after a write: every entry of the user is behind.
+        let mut after_write = Vec::new();
+        for (i, q) in queries.iter().take(200).enumerate() {
+            cached
+                .remember(RememberRequest {
+                    scope: scope.clone(),
+                    text: Some(format!("cache bench write {memories} number {i}")),
+                    messages: None,
+                    metadata: None,
+                    infer: false,
+                })
+                .await?;
+            let t = Instant::now();
+            std::hint::black_box(cached.recall(recall(q, 10)).await?);
+            after_write.push(t.elapsed());
+        }
+
+        // embedding calls, with query vectors cached
+        let counted = Arc::new(Counted {
+            inner: self.embedder.clone(),
+            queries: AtomicUsize::new(0),
+        });
+        let remote = self.service(counted.clone(), true);
+        let asked = queries.len().min(500);
+        let mut recalls = 0;
+        for q in &queries[..asked] {
+            for limit in [5, 10, 20] {
+                remote.recall(recall(q, limit)).await?;
+                recalls += 1;
+            }
+            remote
+                .user_context(&scope, Some(10), Some(q.clone()))
+                .await?;
+            recalls += 1;
+        }
+        let calls = counted.queries.load(Ordering::Relaxed);
+
+        // what a vector costs: computed locally vs fetched
+        let identity = self.embedder.identity();
+        let (mut local, mut fetched) = (Vec::new(), Vec::new());
+        for q in &queries[..asked] {
+            let t = Instant::now();
+            std::hint::black_box(self.embedder.embed_query(q).await?);
+            local.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(self.cache.get_vector(&identity, q).await);
+            fetched.push(t.elapsed());
+        }
+
+        for list in recall_times
+            .iter_mut()
+            .chain(context_times.iter_mut())
+            .chain([&mut after_write, &mut local, &mut fetched])
+        {
+            list.sort();
+        }
+        let p50 = |l: &Vec<Duration>| percentile(l, 0.50);
+        self.rows.push(CacheRow {
+            memories,
+            recall: [
+                p50(&recall_times[0]),
+                p50(&recall_times[1]),
+                p50(&recall_times[2]),
+            ],
+            recall_p99_warm: percentile(&recall_times[2], 0.99),
+            after_write: p50(&after_write),
+            context: [
+                p50(&context_times[0]),
+                p50(&context_times[1]),
+                p50(&context_times[2]),
+            ],
+            embeds: (calls, recalls),
+            local_embed: p50(&local),
+            vector_get: p50(&fetched),
+        });
+        let failures = self.cache.failures();
+        if failures != (0, 0) {
+            eprintln!("note: the cache failed {failures:?} (errors, skipped) during the run");
+        }
+        Ok(())
+    }
+
+    pub fn print(&self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        println!();
+        println!("cache (p50; none = no cache, miss = first pass filling, warm = second pass):");
+        println!(
+            "{:>9} | {:>11} {:>10} {:>10} {:>9} {:>11} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
+            "memories",
+            "recall none",
+            "miss",
+            "warm",
+            "warm p99",
+            "after write",
+            "context none",
+            "miss",
+            "warm",
+            "embed calls",
+            "hash embed",
+            "vector get",
+        );
+        for r in &self.rows {
+            println!(
+                "{:>9} | {:>11} {:>10} {:>10} {:>9} {:>11} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
+                r.memories,
+                super::ms(r.recall[0]),
+                super::ms(r.recall[1]),
+                super::ms(r.recall[2]),
+                super::ms(r.recall_p99_warm),
+                super::ms(r.after_write),
+                super::ms(r.context[0]),
+                super::ms(r.context[1]),
+                super::ms(r.context[2]),
+                format!("{}/{}", r.embeds.0, r.embeds.1),
+                super::ms(r.local_embed),
+                super::ms(r.vector_get),
+            );
+        }
+    }
+}
