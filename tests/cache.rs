@@ -559,6 +559,49 @@ async fn a_killed_cache_is_survived_and_used_again_when_it_returns() {
     );
 }
 
+/// A full cache (memory limit reached, no eviction) refuses every write:
+/// requests succeed without it, and it is used again once it has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_is_survived_and_used_again_when_it_has_room() {
+    let db = Db::sqlite().await;
+    let redis = PrivateRedis::start().await;
+    let s = cached_retrying(db.url(), &redis.url(), "engram:", 50).await;
+    let plain = uncached(db.url()).await;
+    let peek = Peek::connect(&redis.url()).await;
+    let config = |key: &str, value: &str| vec!["SET".into(), key.into(), value.into()];
+    peek.command("CONFIG", config("maxmemory-policy", "noeviction"))
+        .await;
+    peek.command("CONFIG", config("maxmemory", "1")).await;
+
+    remember(&s, "alice", "Grows tomatoes on the balcony").await;
+    for i in 0..5 {
+        remember(&s, "alice", &format!("Planted seedling batch {i}")).await;
+        let got = recall(&s, "alice", "balcony garden seedling").await;
+        assert_eq!(
+            got,
+            recall(&plain, "alice", "balcony garden seedling").await
+        );
+        assert_eq!(context(&s, "alice").await.total, i + 2);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let full = s.cache_stats();
+    assert_eq!(full.hits, 0, "{full:?}");
+    assert!(full.errors >= 2, "refused writes are failures: {full:?}");
+    assert!(peek.keys("engram:*").await.is_empty());
+
+    peek.command("CONFIG", config("maxmemory", "0")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.cache_stats().hits == 0 {
+        assert!(Instant::now() < deadline, "{:?}", s.cache_stats());
+        let got = recall(&s, "alice", "balcony garden seedling").await;
+        assert_eq!(
+            got,
+            recall(&plain, "alice", "balcony garden seedling").await
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+}
+
 /// A hanging cache (the server blocked) costs each request at most the
 /// command timeout, and a forget made meanwhile is carried out when the
 /// cache answers again.
