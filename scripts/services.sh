@@ -20,6 +20,7 @@
 #   crashed test runs left behind.
 # - Redis: unless ENGRAM_TEST_REDIS_URL is set, uses whatever answers PING on
 #   127.0.0.1:6379, else starts redis-server (Debian package redis-server).
+#   redis-server must be on PATH either way: cache tests run private ones.
 #
 # Overrides: ENGRAM_TEST_DATABASE_URL, ENGRAM_TEST_REDIS_URL,
 #   ENGRAM_TEST_CACHE (default /var/tmp/engram-test; not under ~, which is
@@ -226,5 +227,8 @@ else
     fi
     add_export ENGRAM_TEST_REDIS_URL "$redis_url"
 fi
+# Cache tests also start (and kill) redis-servers of their own on free ports.
+command -v redis-server >/dev/null \
+    || die "redis-server not found: the cache tests start private servers; install it (Debian: redis-server)"
 
 printf '%s\n' "${exports[@]}" >&3

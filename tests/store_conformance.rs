@@ -572,6 +572,41 @@ async fn every_write_moves_the_users_version_to_a_new_value(b: Backend) {
     assert!(s.version("bob").await.unwrap().is_some());
 }
 
+/// A user may hold many memories that sit close together yet each state a
+/// different detail; every one is kept, and a true repeat is still caught.
+async fn many_close_memories_differing_in_a_detail_are_all_kept(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    for i in 0..150 {
+        add(
+            s,
+            &alice,
+            &format!(
+                "Paid the invoice for the garden shed repairs, reference {}",
+                1000 + i
+            ),
+            json!({}),
+        )
+        .await;
+    }
+    let again = s
+        .insert(
+            new_memory(
+                &alice,
+                "Paid the invoice for the garden shed repairs, reference 1077",
+                json!({}),
+            ),
+            0.9,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, InsertOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
+    assert_eq!(s.recent(&alice, 1).await.unwrap().1, 150);
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -604,6 +639,7 @@ every_backend!(
     reembedding_rebuilds_every_vector,
     memories_matching_more_query_words_rank_first,
     every_write_moves_the_users_version_to_a_new_value,
+    many_close_memories_differing_in_a_detail_are_all_kept,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

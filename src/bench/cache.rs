@@ -47,7 +47,8 @@ pub struct CacheRow {
     memories: usize,
     recall: [Duration; 3],
     recall_p99_warm: Duration,
-    after_write: Duration,
+    /// Recall right after a write: without the cache, and with it (a miss).
+    after_write: [Duration; 2],
     context: [Duration; 3],
     embeds: (usize, usize),
     local_embed: Duration,
@@ -153,10 +154,16 @@ impl CacheBench {
             }
         }
 
-        // recall right after a write: every entry of the user is behind.
-        let mut after_write = Vec::new();
-        for (i, q) in queries.iter().take(200).enumerate() {
-            cached
+        // recall right after a write, which leaves every entry of the user
+        // behind: without the cache, and with it (a miss and a fill).
+        let mut after_write: [Vec<Duration>; 2] = Default::default();
+        for (i, q) in queries.iter().take(400).enumerate() {
+            let (slot, service) = if i % 2 == 0 {
+                (0, &plain)
+            } else {
+                (1, &cached)
+            };
+            service
                 .remember(RememberRequest {
                     scope: scope.clone(),
                     text: Some(format!("cache bench write {memories} number {i}")),
@@ -166,8 +173,8 @@ impl CacheBench {
                 })
                 .await?;
             let t = Instant::now();
-            std::hint::black_box(cached.recall(recall(q, 10)).await?);
-            after_write.push(t.elapsed());
+            std::hint::black_box(service.recall(recall(q, 10)).await?);
+            after_write[slot].push(t.elapsed());
         }
 
         // embedding calls, with query vectors cached
@@ -205,7 +212,8 @@ impl CacheBench {
         for list in recall_times
             .iter_mut()
             .chain(context_times.iter_mut())
-            .chain([&mut after_write, &mut local, &mut fetched])
+            .chain(after_write.iter_mut())
+            .chain([&mut local, &mut fetched])
         {
             list.sort();
         }
@@ -218,7 +226,7 @@ impl CacheBench {
                 p50(&recall_times[2]),
             ],
             recall_p99_warm: percentile(&recall_times[2], 0.99),
-            after_write: p50(&after_write),
+            after_write: [p50(&after_write[0]), p50(&after_write[1])],
             context: [
                 p50(&context_times[0]),
                 p50(&context_times[1]),
@@ -242,13 +250,13 @@ impl CacheBench {
         println!();
         println!("cache (p50; none = no cache, miss = first pass filling, warm = second pass):");
         println!(
-            "{:>9} | {:>11} {:>10} {:>10} {:>9} {:>11} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
+            "{:>9} | {:>11} {:>10} {:>10} {:>9} | {:>22} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
             "memories",
             "recall none",
             "miss",
             "warm",
             "warm p99",
-            "after write",
+            "after write: none/miss",
             "context none",
             "miss",
             "warm",
@@ -258,20 +266,28 @@ impl CacheBench {
         );
         for r in &self.rows {
             println!(
-                "{:>9} | {:>11} {:>10} {:>10} {:>9} {:>11} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
+                "{:>9} | {:>11} {:>10} {:>10} {:>9} | {:>22} | {:>12} {:>11} {:>12} | {:>15} | {:>11} {:>10}",
                 r.memories,
                 super::ms(r.recall[0]),
                 super::ms(r.recall[1]),
                 super::ms(r.recall[2]),
                 super::ms(r.recall_p99_warm),
-                super::ms(r.after_write),
+                format!(
+                    "{} / {}",
+                    super::ms(r.after_write[0]),
+                    super::ms(r.after_write[1])
+                ),
                 super::ms(r.context[0]),
                 super::ms(r.context[1]),
                 super::ms(r.context[2]),
                 format!("{}/{}", r.embeds.0, r.embeds.1),
-                super::ms(r.local_embed),
-                super::ms(r.vector_get),
+                us(r.local_embed),
+                us(r.vector_get),
             );
         }
     }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}us", d.as_secs_f64() * 1e6)
 }

@@ -40,9 +40,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
 const DUPLICATE_SQLSTATE: &str = "EG001";
-/// How often one insert may meet new near-duplicates (each written by a
-/// concurrent writer meanwhile) before giving up.
-const MAX_DEDUP_ROUNDS: usize = 8;
+/// How often one insert may meet near-duplicates it has not judged yet
+/// before giving up. A round may report `FIRST_DEDUP_ROUND << round`
+/// candidates (engram.dedup_k; the trigger caps it at 4096), so twelve rounds
+/// cover ~16k close memories that differ in a detail, or concurrent writers.
+const MAX_DEDUP_ROUNDS: u32 = 12;
+const FIRST_DEDUP_ROUND: u32 = 8;
 /// pgvector's HNSW indexes `vector` columns of at most this many dimensions.
 const MAX_INDEXED_DIMS: usize = 2000;
 
@@ -243,15 +246,18 @@ impl PgStore {
         new: &NewMemory,
         dedup_threshold: f32,
         allowed: &[Uuid],
+        dedup_k: u32,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Vec<Near>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         sqlx::query(
             "SELECT set_config('engram.dedup_threshold', $1, true), \
-                    set_config('engram.dedup_allow', $2, true)",
+                    set_config('engram.dedup_allow', $2, true), \
+                    set_config('engram.dedup_k', $3, true)",
         )
         .bind(dedup_threshold.to_string())
         .bind(uuid_array_literal(allowed))
+        .bind(dedup_k.to_string())
         .execute(&mut *tx)
         .await
         .map_err(db("starting a write"))?;
@@ -346,9 +352,10 @@ impl Store for PgStore {
         let now = Utc::now();
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let mut allowed: Vec<Uuid> = Vec::new();
-        for _ in 0..MAX_DEDUP_ROUNDS {
+        for round in 0..MAX_DEDUP_ROUNDS {
+            let k = FIRST_DEDUP_ROUND << round;
             let mut near = match self
-                .try_insert(&new, dedup_threshold, &allowed, now)
+                .try_insert(&new, dedup_threshold, &allowed, k, now)
                 .await?
             {
                 Ok(()) => {
@@ -389,8 +396,11 @@ impl Store for PgStore {
             }
         }
         Err(StoreError::Conflict(format!(
-            "memory {} kept meeting new near-duplicates written concurrently; try again",
-            new.id
+            "memory {} still met near-duplicates after {MAX_DEDUP_ROUNDS} rounds ({} judged \
+             different so far): the user holds very many close memories, or writers keep \
+             adding them; try again",
+            new.id,
+            allowed.len()
         )))
     }
 
