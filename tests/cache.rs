@@ -123,11 +123,20 @@ async fn service(
     )
 }
 
+/// With a cache that is expected to stay up: a generous command timeout, so
+/// a busy test machine does not turn into cache failures.
 async fn cached(db: &str, cache_url: &str, prefix: &str) -> Arc<MemoryService> {
-    cached_retrying(db, cache_url, prefix, 1000).await
+    let cache = Cached {
+        url: cache_url,
+        prefix,
+        timeout_ms: 2000,
+        retry_ms: 1000,
+    };
+    service(db, Some(cache), Arc::new(HashEmbedder::new(DIMS))).await
 }
 
-/// With the cache, trying it again `retry_ms` after a failure.
+/// With a cache the test will break: the default 100 ms timeout, and trying
+/// the cache again `retry_ms` after a failure.
 async fn cached_retrying(
     db: &str,
     cache_url: &str,
@@ -354,7 +363,7 @@ async fn query_embeddings_of_remote_embedders_are_cached(db: Db) {
     let cache = || Cached {
         url: &url,
         prefix: &prefix,
-        timeout_ms: 100,
+        timeout_ms: 2000,
         retry_ms: 1000,
     };
     let remote = RemoteLike::new();
@@ -510,7 +519,7 @@ async fn two_services_on_one_database_and_cache_stay_coherent() {
 async fn a_killed_cache_is_survived_and_used_again_when_it_returns() {
     let db = Db::sqlite().await;
     let mut redis = PrivateRedis::start().await;
-    let s = cached(db.url(), &redis.url(), "engram:").await;
+    let s = cached_retrying(db.url(), &redis.url(), "engram:", 1000).await;
     let plain = uncached(db.url()).await;
     remember(&s, "alice", "Runs marathons").await;
     recall(&s, "alice", "running").await;
@@ -609,7 +618,7 @@ async fn a_full_cache_is_survived_and_used_again_when_it_has_room() {
 async fn purges_made_while_the_cache_hangs_are_replayed() {
     let db = Db::sqlite().await;
     let redis = PrivateRedis::start().await;
-    let s = cached(db.url(), &redis.url(), "engram:").await;
+    let s = cached_retrying(db.url(), &redis.url(), "engram:", 1000).await;
     remember(&s, "alice", "Keeps bees").await;
     remember(&s, "bob", "Keeps chickens").await;
     for user in ["alice", "bob"] {
