@@ -73,6 +73,20 @@ pub struct Config {
     pub embedder: EmbedderKind,
     pub embedding_model: Option<String>,
     pub embedding_dims: usize,
+    /// `openai` embedder: send `dimensions` with each request.
+    pub embedding_send_dimensions: bool,
+    /// `openai` embedder: prepended to queries / to stored texts (E5-style models).
+    pub embedding_query_prefix: String,
+    pub embedding_document_prefix: String,
+    /// `openai` embedder: texts per request.
+    pub embedding_batch_size: usize,
+    pub embedding_timeout_secs: u64,
+    /// Retries of a request answered 429 or 5xx (honouring `Retry-After`).
+    pub embedding_max_retries: usize,
+    /// `OPENAI_BASE_URL`: any OpenAI-compatible server, ending in `/v1`.
+    pub openai_base_url: String,
+    /// `OPENAI_API_KEY` (environment only).
+    pub openai_api_key: Option<Secret>,
     pub extractor: ExtractorKind,
     pub llm_model: String,
     /// The user an omitted `user_id` means.
@@ -83,6 +97,16 @@ pub struct Config {
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
     pub vector_cache_mb: usize,
+}
+
+/// A value that must not reach logs: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Why configuration could not be loaded.
@@ -125,6 +149,13 @@ struct FileConfig {
     embedder: Option<String>,
     embedding_model: Option<String>,
     embedding_dims: Option<i64>,
+    embedding_send_dimensions: Option<bool>,
+    embedding_query_prefix: Option<String>,
+    embedding_document_prefix: Option<String>,
+    embedding_batch_size: Option<i64>,
+    embedding_timeout_secs: Option<i64>,
+    embedding_max_retries: Option<i64>,
+    openai_base_url: Option<String>,
     extractor: Option<String>,
     llm_model: Option<String>,
     default_user: Option<String>,
@@ -146,6 +177,10 @@ pub const DEFAULT_CACHE_EMBEDDING_TTL_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_CACHE_POOL_SIZE: usize = 4;
 pub const DEFAULT_CACHE_RETRY_MS: u64 = 1000;
+pub const DEFAULT_OPENAI_EMBEDDING_MODEL: &str = "text-embedding-3-small";
+pub const DEFAULT_EMBEDDING_BATCH_SIZE: usize = 64;
+pub const DEFAULT_EMBEDDING_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_EMBEDDING_MAX_RETRIES: usize = 3;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -260,6 +295,54 @@ impl Config {
                 format!("{embedding_dims} is out of range; allowed 8..=8192 (default 384)"),
             ));
         }
+        let embedding_batch_size =
+            layer.number("embedding_batch_size", DEFAULT_EMBEDDING_BATCH_SIZE as i64)?;
+        if !(1..=2048).contains(&embedding_batch_size) {
+            return Err(invalid(
+                "embedding_batch_size",
+                format!("{embedding_batch_size} is out of range; allowed 1..=2048 (default 64)"),
+            ));
+        }
+        let embedding_timeout_secs = layer.number(
+            "embedding_timeout_secs",
+            DEFAULT_EMBEDDING_TIMEOUT_SECS as i64,
+        )?;
+        if !(1..=600).contains(&embedding_timeout_secs) {
+            return Err(invalid(
+                "embedding_timeout_secs",
+                format!("{embedding_timeout_secs} is out of range; allowed 1..=600 (default 30)"),
+            ));
+        }
+        let embedding_max_retries = layer.number(
+            "embedding_max_retries",
+            DEFAULT_EMBEDDING_MAX_RETRIES as i64,
+        )?;
+        if !(0..=10).contains(&embedding_max_retries) {
+            return Err(invalid(
+                "embedding_max_retries",
+                format!("{embedding_max_retries} is out of range; allowed 0..=10 (default 3)"),
+            ));
+        }
+        let openai_base_url = env
+            .get("OPENAI_BASE_URL")
+            .cloned()
+            .or_else(|| layer.file.openai_base_url.clone())
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| crate::embed::OPENAI_API_BASE.to_owned());
+        if !(openai_base_url.starts_with("http://") || openai_base_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "openai_base_url",
+                env: "OPENAI_BASE_URL".into(),
+                message: format!(
+                    "'{openai_base_url}' is not an http(s) URL; e.g. http://localhost:11434/v1"
+                ),
+            });
+        }
+        let openai_api_key = env
+            .get("OPENAI_API_KEY")
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Secret(k.trim().to_owned()));
+
         let dedup_threshold = layer.float("dedup_threshold", f64::from(DEFAULT_DEDUP_THRESHOLD))?;
         if !(0.0..=1.0).contains(&dedup_threshold) || dedup_threshold == 0.0 {
             return Err(invalid(
@@ -302,6 +385,16 @@ impl Config {
             embedder,
             embedding_model: layer.string("embedding_model"),
             embedding_dims: embedding_dims as usize,
+            embedding_send_dimensions: layer.boolean("embedding_send_dimensions", true)?,
+            embedding_query_prefix: layer.string("embedding_query_prefix").unwrap_or_default(),
+            embedding_document_prefix: layer
+                .string("embedding_document_prefix")
+                .unwrap_or_default(),
+            embedding_batch_size: embedding_batch_size as usize,
+            embedding_timeout_secs: embedding_timeout_secs as u64,
+            embedding_max_retries: embedding_max_retries as usize,
+            openai_base_url,
+            openai_api_key,
             extractor,
             llm_model: layer
                 .string("llm_model")
@@ -365,6 +458,8 @@ impl Layers<'_> {
             "cache_prefix" => self.file.cache_prefix.clone(),
             "embedder" => self.file.embedder.clone(),
             "embedding_model" => self.file.embedding_model.clone(),
+            "embedding_query_prefix" => self.file.embedding_query_prefix.clone(),
+            "embedding_document_prefix" => self.file.embedding_document_prefix.clone(),
             "extractor" => self.file.extractor.clone(),
             "llm_model" => self.file.llm_model.clone(),
             "default_user" => self.file.default_user.clone(),
@@ -404,6 +499,9 @@ impl Layers<'_> {
             "cache_timeout_ms" => self.file.cache_timeout_ms,
             "cache_pool_size" => self.file.cache_pool_size,
             "cache_retry_ms" => self.file.cache_retry_ms,
+            "embedding_batch_size" => self.file.embedding_batch_size,
+            "embedding_timeout_secs" => self.file.embedding_timeout_secs,
+            "embedding_max_retries" => self.file.embedding_max_retries,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -419,6 +517,7 @@ impl Layers<'_> {
         }
         let file = match key {
             "auto_migrate" => self.file.auto_migrate,
+            "embedding_send_dimensions" => self.file.embedding_send_dimensions,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -526,6 +625,46 @@ mod tests {
         assert_eq!(cfg.embedder, EmbedderKind::Hash);
         assert_eq!(cfg.index, IndexKind::Auto);
         assert!(cfg.auto_migrate);
+    }
+
+    #[test]
+    fn openai_settings_come_from_the_standard_variables() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("ENGRAM_EMBEDDER", "openai"),
+                ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
+                ("OPENAI_API_KEY", "sk-secret"),
+                ("ENGRAM_EMBEDDING_QUERY_PREFIX", "query: "),
+                ("ENGRAM_EMBEDDING_SEND_DIMENSIONS", "false"),
+                ("ENGRAM_EMBEDDING_BATCH_SIZE", "16"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.embedder, EmbedderKind::Openai);
+        assert_eq!(cfg.openai_base_url, "http://localhost:11434/v1");
+        assert_eq!(cfg.embedding_query_prefix, "query: ");
+        assert!(!cfg.embedding_send_dimensions);
+        assert_eq!(cfg.embedding_batch_size, 16);
+        assert_eq!(cfg.embedding_max_retries, DEFAULT_EMBEDDING_MAX_RETRIES);
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+
+        let defaults = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!(defaults.openai_base_url, crate::embed::OPENAI_API_BASE);
+        assert_eq!(defaults.openai_api_key, None);
+
+        let err = Config::load_from(None, &env(&[("OPENAI_BASE_URL", "localhost:11434")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OPENAI_BASE_URL") && err.contains("http"),
+            "{err}"
+        );
+        let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_BATCH_SIZE", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ENGRAM_EMBEDDING_BATCH_SIZE"), "{err}");
     }
 
     #[test]

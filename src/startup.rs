@@ -7,8 +7,9 @@ use std::time::Duration;
 use rmcp::ServiceExt;
 
 use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
+use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
 use crate::config::{Config, EmbedderKind, ExtractorKind};
-use crate::embed::{Embedder, HashEmbedder};
+use crate::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, VerbatimExtractor};
 use crate::mcp::EngramMcp;
 use crate::service::{MemoryService, Settings};
@@ -33,10 +34,26 @@ pub enum StartupError {
 pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
     match config.embedder {
         EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedding_dims))),
-        EmbedderKind::Openai => Err(StartupError::Unsupported(
-            "ENGRAM_EMBEDDER=openai is not available in this version yet; use ENGRAM_EMBEDDER=hash"
-                .into(),
-        )),
+        EmbedderKind::Openai => {
+            let settings = OpenAiSettings {
+                base_url: config.openai_base_url.clone(),
+                api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+                model: config
+                    .embedding_model
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_OPENAI_EMBEDDING_MODEL.to_owned()),
+                dims: config.embedding_dims,
+                send_dimensions: config.embedding_send_dimensions,
+                query_prefix: config.embedding_query_prefix.clone(),
+                document_prefix: config.embedding_document_prefix.clone(),
+                batch_size: config.embedding_batch_size,
+                timeout: Duration::from_secs(config.embedding_timeout_secs),
+                max_retries: config.embedding_max_retries,
+            };
+            let embedder = OpenAiEmbedder::new(settings)
+                .map_err(|e| StartupError::Unsupported(e.to_string()))?;
+            Ok(Arc::new(embedder))
+        }
     }
 }
 

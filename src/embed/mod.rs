@@ -1,12 +1,14 @@
 //! Text to vectors. The [`Embedder`] trait is the seam; `hash` is the offline
-//! implementation. Vectors are L2-normalised, so cosine similarity is a dot product.
+//! implementation, `openai` any OpenAI-compatible embeddings server. Vectors are L2-normalised, so cosine similarity is a dot product.
 //!
 //! Documents (what is stored) and queries (what is searched) go through separate
 //! methods because remote models often embed them differently.
 
 mod hash;
+mod openai;
 
 pub use hash::HashEmbedder;
+pub use openai::{OPENAI_API_BASE, OpenAiEmbedder, OpenAiSettings};
 
 use async_trait::async_trait;
 

@@ -2,6 +2,7 @@
 //! and fresh PostgreSQL databases ([`postgres`]).
 #![allow(dead_code)]
 
+pub mod fake_openai;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
