@@ -50,8 +50,9 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
                 timeout: Duration::from_secs(config.embedding_timeout_secs),
                 max_retries: config.embedding_max_retries,
             };
-            let embedder = OpenAiEmbedder::new(settings)
-                .map_err(|e| StartupError::Unsupported(e.to_string()))?;
+            let embedder = OpenAiEmbedder::new(settings).map_err(|e| match e {
+                crate::embed::EmbedError::Failed(message) => StartupError::Unsupported(message),
+            })?;
             Ok(Arc::new(embedder))
         }
     }

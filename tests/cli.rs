@@ -62,15 +62,21 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         );
         assert!(out.stdout.is_empty(), "nothing on stdout");
     }
-    let not_yet = run_engram(
+    // OpenAI itself without a key: start-up says which variable, and the way out.
+    let no_key = run_engram(
         &["serve"],
-        &[("ENGRAM_DATABASE_URL", &db), ("ENGRAM_EMBEDDER", "openai")],
+        &[
+            ("ENGRAM_DATABASE_URL", &db),
+            ("ENGRAM_EMBEDDER", "openai"),
+            ("OPENAI_API_KEY", ""),
+            ("OPENAI_BASE_URL", ""),
+        ],
     );
-    assert!(!not_yet.status.success());
+    assert!(!no_key.status.success());
+    let err = stderr(&no_key);
     assert!(
-        stderr(&not_yet).contains("ENGRAM_EMBEDDER=hash"),
-        "{}",
-        stderr(&not_yet)
+        err.contains("OPENAI_API_KEY is not set") && err.contains("ENGRAM_EMBEDDER=hash"),
+        "{err}"
     );
 }
 
