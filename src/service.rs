@@ -25,7 +25,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{self, Cache, CacheStats, NoCache, entry};
+use crate::cache::{self, Cache, CacheStats, NoCache, VectorSource, entry};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
@@ -364,12 +364,15 @@ impl MemoryService {
         if !self.cache.enabled() || self.embedder.is_local() {
             return Ok(self.embedder.embed_query(query).await?);
         }
-        let identity = self.embedder.identity();
+        let source = VectorSource {
+            embedder: self.embedder.identity(),
+            variant: self.embedder.query_variant(),
+        };
         if let Some(vector) = self
             .cache
-            .get_vector(&identity, query)
+            .get_vector(&source, query)
             .await
-            .and_then(|bytes| entry::decode_vector(&bytes, identity.dims))
+            .and_then(|bytes| entry::decode_vector(&bytes, source.embedder.dims))
         {
             Tally::count(&self.tally.vector_hits);
             return Ok(vector);
@@ -377,7 +380,7 @@ impl MemoryService {
         Tally::count(&self.tally.vector_misses);
         let vector = self.embedder.embed_query(query).await?;
         self.cache
-            .put_vector(&identity, query, entry::encode_vector(&vector))
+            .put_vector(&source, query, entry::encode_vector(&vector))
             .await;
         Ok(vector)
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{percentile, user_scope};
-use crate::cache::{Cache, RedisCache, RedisSettings};
+use crate::cache::{Cache, RedisCache, RedisSettings, VectorSource};
 use crate::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder};
 use crate::extract::VerbatimExtractor;
 use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
@@ -198,14 +198,17 @@ impl CacheBench {
         let calls = counted.queries.load(Ordering::Relaxed);
 
         // what a vector costs: computed locally vs fetched
-        let identity = self.embedder.identity();
+        let source = VectorSource {
+            embedder: self.embedder.identity(),
+            variant: String::new(),
+        };
         let (mut local, mut fetched) = (Vec::new(), Vec::new());
         for q in &queries[..asked] {
             let t = Instant::now();
             std::hint::black_box(self.embedder.embed_query(q).await?);
             local.push(t.elapsed());
             let t = Instant::now();
-            std::hint::black_box(self.cache.get_vector(&identity, q).await);
+            std::hint::black_box(self.cache.get_vector(&source, q).await);
             fetched.push(t.elapsed());
         }
 

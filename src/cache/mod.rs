@@ -75,13 +75,22 @@ pub trait Cache: Send + Sync {
     /// version below it are refused for a while afterwards.
     async fn purge_user(&self, user_id: &str, floor: Option<u64>);
 
-    /// The stored vector of `query` by `embedder`, if any.
-    async fn get_vector(&self, embedder: &EmbedderIdentity, query: &str) -> Option<Vec<u8>>;
+    /// The stored vector of `query` by `embedder` (and its `variant`: see
+    /// [`Embedder::query_variant`](crate::embed::Embedder::query_variant)), if any.
+    async fn get_vector(&self, embedder: &VectorSource, query: &str) -> Option<Vec<u8>>;
 
-    async fn put_vector(&self, embedder: &EmbedderIdentity, query: &str, vector: Vec<u8>);
+    async fn put_vector(&self, embedder: &VectorSource, query: &str, vector: Vec<u8>);
 
     /// Errors and skips so far (hits and misses are counted by callers).
     fn failures(&self) -> (u64, u64);
+}
+
+/// Everything that decides a query's vector besides its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorSource {
+    pub embedder: EmbedderIdentity,
+    /// [`Embedder::query_variant`](crate::embed::Embedder::query_variant).
+    pub variant: String,
 }
 
 /// No cache configured: every lookup misses, every store is dropped.
@@ -97,10 +106,10 @@ impl Cache for NoCache {
     }
     async fn put_entry(&self, _: &str, _: &str, _: u64, _: Vec<u8>) {}
     async fn purge_user(&self, _: &str, _: Option<u64>) {}
-    async fn get_vector(&self, _: &EmbedderIdentity, _: &str) -> Option<Vec<u8>> {
+    async fn get_vector(&self, _: &VectorSource, _: &str) -> Option<Vec<u8>> {
         None
     }
-    async fn put_vector(&self, _: &EmbedderIdentity, _: &str, _: Vec<u8>) {}
+    async fn put_vector(&self, _: &VectorSource, _: &str, _: Vec<u8>) {}
     fn failures(&self) -> (u64, u64) {
         (0, 0)
     }
@@ -127,11 +136,16 @@ pub fn user_key(prefix: &str, user_id: &str) -> String {
 }
 
 /// The key of a cached query embedding.
-pub fn vector_key(prefix: &str, embedder: &EmbedderIdentity, query: &str) -> String {
-    let dims = embedder.dims.to_string();
+pub fn vector_key(prefix: &str, source: &VectorSource, query: &str) -> String {
+    let dims = source.embedder.dims.to_string();
     format!(
         "{prefix}qv:{}",
-        digest(&[embedder.name.as_bytes(), dims.as_bytes(), query.as_bytes()])
+        digest(&[
+            source.embedder.name.as_bytes(),
+            dims.as_bytes(),
+            source.variant.as_bytes(),
+            query.as_bytes()
+        ])
     )
 }
 
@@ -174,17 +188,18 @@ mod tests {
             context_field(&alice, 20, Some("coffee"))
         );
 
-        let hash = EmbedderIdentity {
-            name: "hash-v1".into(),
-            dims: 384,
+        let source = |name: &str, variant: &str| VectorSource {
+            embedder: EmbedderIdentity {
+                name: name.into(),
+                dims: 384,
+            },
+            variant: variant.into(),
         };
-        let other = EmbedderIdentity {
-            name: "openai:text-embedding-3-small".into(),
-            dims: 384,
-        };
-        assert_ne!(
-            vector_key("engram:", &hash, "coffee"),
-            vector_key("engram:", &other, "coffee")
-        );
+        let hash = source("hash-v1", "");
+        let openai = source("openai:text-embedding-3-small", "http://a/v1\n");
+        let prefixed = source("openai:text-embedding-3-small", "http://a/v1\nquery: ");
+        let key = |s: &VectorSource| vector_key("engram:", s, "coffee");
+        assert_ne!(key(&hash), key(&openai));
+        assert_ne!(key(&openai), key(&prefixed));
     }
 }

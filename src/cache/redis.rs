@@ -15,8 +15,7 @@ use fred::types::{Builder, Value};
 
 use super::Cache;
 use super::health::Health;
-use super::{user_key, vector_key};
-use crate::embed::EmbedderIdentity;
+use super::{VectorSource, user_key, vector_key};
 use crate::store::redact;
 
 /// At most this many entries per user; a full hash is emptied (keeping its
@@ -273,7 +272,7 @@ impl Cache for RedisCache {
         }
     }
 
-    async fn get_vector(&self, embedder: &EmbedderIdentity, query: &str) -> Option<Vec<u8>> {
+    async fn get_vector(&self, embedder: &VectorSource, query: &str) -> Option<Vec<u8>> {
         let key = vector_key(&self.settings.prefix, embedder, query);
         let client = self.pool.with_options(&self.options);
         self.run("get vector", client.get::<Option<Vec<u8>>, _>(key))
@@ -281,7 +280,7 @@ impl Cache for RedisCache {
             .flatten()
     }
 
-    async fn put_vector(&self, embedder: &EmbedderIdentity, query: &str, vector: Vec<u8>) {
+    async fn put_vector(&self, embedder: &VectorSource, query: &str, vector: Vec<u8>) {
         let key = vector_key(&self.settings.prefix, embedder, query);
         let client = self.pool.with_options(&self.options);
         let ttl = Expiration::PX(Self::ttl_ms(self.settings.vector_ttl));

@@ -42,6 +42,12 @@ pub trait Embedder: Send + Sync {
         false
     }
 
+    /// What else, beyond the identity, shapes a query's vector (for remote
+    /// embedders: the server and the query prefix). Part of its cache key.
+    fn query_variant(&self) -> String {
+        String::new()
+    }
+
     /// Embeds texts to be stored, in order; one vector per text.
     async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 

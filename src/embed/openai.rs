@@ -204,6 +204,10 @@ impl Embedder for OpenAiEmbedder {
         }
     }
 
+    fn query_variant(&self) -> String {
+        format!("{}\n{}", self.settings.base_url, self.settings.query_prefix)
+    }
+
     async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(texts.len());
         for batch in texts.chunks(self.settings.batch_size.max(1)) {
