@@ -328,7 +328,7 @@ impl Config {
             .cloned()
             .or_else(|| layer.file.openai_base_url.clone())
             .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| crate::embed::OPENAI_API_BASE.to_owned());
+            .unwrap_or_else(|| crate::openai::OPENAI_API_BASE.to_owned());
         if !(openai_base_url.starts_with("http://") || openai_base_url.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 key: "openai_base_url",
@@ -651,7 +651,7 @@ mod tests {
         assert!(!shown.contains("sk-secret"), "{shown}");
 
         let defaults = Config::load_from(None, &env(&[])).unwrap();
-        assert_eq!(defaults.openai_base_url, crate::embed::OPENAI_API_BASE);
+        assert_eq!(defaults.openai_base_url, crate::openai::OPENAI_API_BASE);
         assert_eq!(defaults.openai_api_key, None);
 
         let err = Config::load_from(None, &env(&[("OPENAI_BASE_URL", "localhost:11434")]))

@@ -13,7 +13,9 @@
 //! * [`service`]: the only place that knows the order of steps (remember, recall,
 //!   user_context, forget).
 //! * [`extract`]: turns a message into facts (`verbatim` today; an LLM later).
-//! * [`embed`]: turns text into vectors (`hash`, offline and deterministic).
+//! * [`embed`]: turns text into vectors (`hash`, offline and deterministic;
+//!   `openai`, any OpenAI-compatible embeddings server).
+//! * [`openai`]: the OpenAI-compatible HTTP client (key, timeout, retries, errors).
 //! * [`store`]: durable memories, history and search (`sqlite`, the embedded default;
 //!   `postgres`, PostgreSQL + pgvector for shared deployments).
 //! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
@@ -35,6 +37,7 @@ pub mod error;
 pub mod extract;
 pub mod mcp;
 pub mod model;
+pub mod openai;
 pub mod rank;
 pub mod service;
 pub mod startup;

@@ -12,6 +12,7 @@ use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, VerbatimExtractor};
 use crate::mcp::EngramMcp;
+use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
 use crate::store::{PgOptions, PgStore, redact};
 use crate::store::{SqliteStore, Store, StoreError};
@@ -36,8 +37,12 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
         EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedding_dims))),
         EmbedderKind::Openai => {
             let settings = OpenAiSettings {
-                base_url: config.openai_base_url.clone(),
-                api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+                endpoint: Endpoint {
+                    base_url: config.openai_base_url.clone(),
+                    api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+                    timeout: Duration::from_secs(config.embedding_timeout_secs),
+                    max_retries: config.embedding_max_retries,
+                },
                 model: config
                     .embedding_model
                     .clone()
@@ -47,8 +52,6 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
                 query_prefix: config.embedding_query_prefix.clone(),
                 document_prefix: config.embedding_document_prefix.clone(),
                 batch_size: config.embedding_batch_size,
-                timeout: Duration::from_secs(config.embedding_timeout_secs),
-                max_retries: config.embedding_max_retries,
             };
             let embedder = OpenAiEmbedder::new(settings).map_err(|e| match e {
                 crate::embed::EmbedError::Failed(message) => StartupError::Unsupported(message),

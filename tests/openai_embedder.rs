@@ -11,23 +11,32 @@ use common::fake_openai::{FakeOpenAi, Reply};
 use common::redis::{shared_url, unique_prefix};
 use common::{connect_with, ok, texts};
 use engram::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings, dot};
+use engram::openai::Endpoint;
 use serde_json::json;
 
 const DIMS: usize = 64;
 
 fn settings(fake: &FakeOpenAi) -> OpenAiSettings {
     OpenAiSettings {
-        base_url: fake.base_url.clone(),
-        api_key: Some("test-key".into()),
+        endpoint: Endpoint {
+            base_url: fake.base_url.clone(),
+            api_key: Some("test-key".into()),
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+        },
         model: "text-embedding-3-small".into(),
         dims: DIMS,
         send_dimensions: true,
         query_prefix: String::new(),
         document_prefix: String::new(),
         batch_size: 64,
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
     }
+}
+
+fn with_endpoint(fake: &FakeOpenAi, change: impl FnOnce(&mut Endpoint)) -> OpenAiSettings {
+    let mut s = settings(fake);
+    change(&mut s.endpoint);
+    s
 }
 
 fn texts_of(n: usize) -> Vec<String> {
@@ -121,11 +130,7 @@ async fn errors_say_what_to_fix() {
     let fake = FakeOpenAi::start(DIMS).await;
 
     // Still rate-limited after every retry.
-    let few_retries = OpenAiEmbedder::new(OpenAiSettings {
-        max_retries: 1,
-        ..settings(&fake)
-    })
-    .unwrap();
+    let few_retries = OpenAiEmbedder::new(with_endpoint(&fake, |e| e.max_retries = 1)).unwrap();
     for _ in 0..2 {
         fake.then(Reply::Error {
             status: 429,
@@ -152,29 +157,26 @@ async fn errors_say_what_to_fix() {
         "{err}"
     );
 
-    let slow = OpenAiEmbedder::new(OpenAiSettings {
-        timeout: Duration::from_millis(300),
-        ..settings(&fake)
-    })
+    let slow = OpenAiEmbedder::new(with_endpoint(&fake, |e| {
+        e.timeout = Duration::from_millis(300)
+    }))
     .unwrap();
     fake.then(Reply::Delay(Duration::from_secs(2)));
     let err = slow.embed_query("x").await.unwrap_err().to_string();
     assert!(err.contains("did not answer within"), "{err}");
 
-    let nowhere = OpenAiEmbedder::new(OpenAiSettings {
-        base_url: "http://127.0.0.1:1/v1".into(),
-        max_retries: 0,
-        ..settings(&fake)
-    })
+    let nowhere = OpenAiEmbedder::new(with_endpoint(&fake, |e| {
+        e.base_url = "http://127.0.0.1:1/v1".into();
+        e.max_retries = 0;
+    }))
     .unwrap();
     let err = nowhere.embed_query("x").await.unwrap_err().to_string();
     assert!(err.contains("OPENAI_BASE_URL"), "{err}");
 
-    let err = OpenAiEmbedder::new(OpenAiSettings {
-        base_url: engram::embed::OPENAI_API_BASE.into(),
-        api_key: None,
-        ..settings(&fake)
-    })
+    let err = OpenAiEmbedder::new(with_endpoint(&fake, |e| {
+        e.base_url = engram::openai::OPENAI_API_BASE.into();
+        e.api_key = None;
+    }))
     .err()
     .unwrap()
     .to_string();

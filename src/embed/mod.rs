@@ -8,7 +8,7 @@ mod hash;
 mod openai;
 
 pub use hash::HashEmbedder;
-pub use openai::{OPENAI_API_BASE, OpenAiEmbedder, OpenAiSettings};
+pub use openai::{OpenAiEmbedder, OpenAiSettings};
 
 use async_trait::async_trait;
 

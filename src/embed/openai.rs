@@ -4,32 +4,23 @@
 //! * Documents go in batches of `batch_size` texts per request, in order.
 //! * Queries and documents can carry different prefixes (`query: ` /
 //!   `passage: ` for E5-style models).
-//! * 429 and 5xx are retried with backoff, honouring `Retry-After`
-//!   (async-openai's retry layer); every request has a timeout.
+//! * 429 and 5xx are retried with backoff, honouring `Retry-After`, and every
+//!   request has a timeout ([`crate::openai`]).
 //! * A reply is checked before use: one vector per input, each of the
 //!   configured dimension; vectors are L2-normalised (stores compare by dot product).
-
-use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::middleware::ReqwestService;
-use async_openai::middleware::retry::OpenAIRetryLayer;
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use async_trait::async_trait;
-use tower::ServiceBuilder;
 
 use super::{EmbedError, Embedder, EmbedderIdentity};
+use crate::openai::Endpoint;
 
-/// The public OpenAI API; without an API key only other servers are usable.
-pub const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
-
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenAiSettings {
-    /// Ends in `/v1` (e.g. `http://localhost:11434/v1` for Ollama).
-    pub base_url: String,
-    pub api_key: Option<String>,
+    pub endpoint: Endpoint,
     pub model: String,
     pub dims: usize,
     /// Send `dimensions` in the request (OpenAI v3 models shorten their
@@ -38,19 +29,6 @@ pub struct OpenAiSettings {
     pub query_prefix: String,
     pub document_prefix: String,
     pub batch_size: usize,
-    pub timeout: Duration,
-    pub max_retries: usize,
-}
-
-impl std::fmt::Debug for OpenAiSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiSettings")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("model", &self.model)
-            .field("dims", &self.dims)
-            .finish_non_exhaustive()
-    }
 }
 
 pub struct OpenAiEmbedder {
@@ -61,26 +39,8 @@ pub struct OpenAiEmbedder {
 impl OpenAiEmbedder {
     /// Builds the client; fails only on settings no request could succeed with.
     pub fn new(settings: OpenAiSettings) -> Result<Self, EmbedError> {
-        if settings.api_key.is_none() && settings.base_url.trim_end_matches('/') == OPENAI_API_BASE
-        {
-            return Err(EmbedError::Failed(
-                "OPENAI_API_KEY is not set; set it, point OPENAI_BASE_URL at a server that \
-                 needs no key (Ollama, vLLM, ...), or use ENGRAM_EMBEDDER=hash"
-                    .into(),
-            ));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| EmbedError::Failed(format!("cannot build the HTTP client: {e}")))?;
-        let service = ServiceBuilder::new()
-            .layer(OpenAIRetryLayer::new(settings.max_retries))
-            .service(ReqwestService::new(http.clone()));
-        let config = OpenAIConfig::new()
-            .with_api_base(settings.base_url.trim_end_matches('/'))
-            // Servers without auth ignore the header; async-openai needs a value.
-            .with_api_key(settings.api_key.clone().unwrap_or_else(|| "none".into()));
-        let client = Client::build(http, config).with_http_service(service);
+        let client = crate::openai::client(&settings.endpoint, "ENGRAM_EMBEDDER=hash")
+            .map_err(EmbedError::Failed)?;
         Ok(Self { client, settings })
     }
 
@@ -148,42 +108,18 @@ impl OpenAiEmbedder {
     fn where_(&self) -> String {
         format!(
             "the embeddings server at {} (model {})",
-            self.settings.base_url, self.settings.model
+            self.settings.endpoint.base_url, self.settings.model
         )
     }
 
-    /// A failure in words a user can act on.
     fn explain(&self, error: OpenAIError) -> EmbedError {
-        let at = self.where_();
-        let message = match &error {
-            OpenAIError::Reqwest(e) if e.is_timeout() => format!(
-                "{at} did not answer within {:?} (ENGRAM_EMBEDDING_TIMEOUT_SECS)",
-                self.settings.timeout
-            ),
-            OpenAIError::Reqwest(e) if e.is_connect() => {
-                format!("cannot reach {at}: {e}; check OPENAI_BASE_URL")
-            }
-            OpenAIError::ApiError(response) => {
-                let api = &response.api_error;
-                let status = response.status_code.as_u16();
-                let hint = match api.code.as_deref().or(api.r#type.as_deref()) {
-                    Some("invalid_api_key") | Some("authentication_error") => {
-                        "; check OPENAI_API_KEY"
-                    }
-                    Some("model_not_found") => "; check ENGRAM_EMBEDDING_MODEL",
-                    Some("insufficient_quota") => "; the account has no quota left",
-                    _ if status == 401 || status == 403 => "; check OPENAI_API_KEY",
-                    _ if status == 404 => {
-                        "; check OPENAI_BASE_URL (it ends in /v1) and ENGRAM_EMBEDDING_MODEL"
-                    }
-                    _ if status == 429 => "; still rate-limited after the retries",
-                    _ => "",
-                };
-                format!("{at} refused the request ({status}): {}{hint}", api.message)
-            }
-            other => format!("{at} failed: {other}"),
-        };
-        EmbedError::Failed(message)
+        EmbedError::Failed(crate::openai::explain(
+            &error,
+            &self.where_(),
+            &self.settings.endpoint,
+            "ENGRAM_EMBEDDING_MODEL",
+            "ENGRAM_EMBEDDING_TIMEOUT_SECS",
+        ))
     }
 }
 
@@ -205,7 +141,10 @@ impl Embedder for OpenAiEmbedder {
     }
 
     fn query_variant(&self) -> String {
-        format!("{}\n{}", self.settings.base_url, self.settings.query_prefix)
+        format!(
+            "{}\n{}",
+            self.settings.endpoint.base_url, self.settings.query_prefix
+        )
     }
 
     async fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
