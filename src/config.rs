@@ -89,6 +89,11 @@ pub struct Config {
     pub openai_api_key: Option<Secret>,
     pub extractor: ExtractorKind,
     pub llm_model: String,
+    /// `llm` extractor: the categories facts are filed under.
+    pub llm_categories: Vec<String>,
+    pub llm_timeout_secs: u64,
+    /// Retries of a chat request answered 429 or 5xx (honouring `Retry-After`).
+    pub llm_max_retries: usize,
     /// The user an omitted `user_id` means.
     pub default_user: String,
     /// Cosine similarity at or above which a new memory counts as already known.
@@ -158,6 +163,9 @@ struct FileConfig {
     openai_base_url: Option<String>,
     extractor: Option<String>,
     llm_model: Option<String>,
+    llm_categories: Option<Vec<String>>,
+    llm_timeout_secs: Option<i64>,
+    llm_max_retries: Option<i64>,
     default_user: Option<String>,
     dedup_threshold: Option<f64>,
     max_text_bytes: Option<i64>,
@@ -181,6 +189,8 @@ pub const DEFAULT_OPENAI_EMBEDDING_MODEL: &str = "text-embedding-3-small";
 pub const DEFAULT_EMBEDDING_BATCH_SIZE: usize = 64;
 pub const DEFAULT_EMBEDDING_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_EMBEDDING_MAX_RETRIES: usize = 3;
+pub const DEFAULT_LLM_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_LLM_MAX_RETRIES: usize = 3;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -343,6 +353,37 @@ impl Config {
             .filter(|k| !k.trim().is_empty())
             .map(|k| Secret(k.trim().to_owned()));
 
+        let llm_timeout_secs = layer.number("llm_timeout_secs", DEFAULT_LLM_TIMEOUT_SECS as i64)?;
+        if !(1..=600).contains(&llm_timeout_secs) {
+            return Err(invalid(
+                "llm_timeout_secs",
+                format!("{llm_timeout_secs} is out of range; allowed 1..=600 (default 60)"),
+            ));
+        }
+        let llm_max_retries = layer.number("llm_max_retries", DEFAULT_LLM_MAX_RETRIES as i64)?;
+        if !(0..=10).contains(&llm_max_retries) {
+            return Err(invalid(
+                "llm_max_retries",
+                format!("{llm_max_retries} is out of range; allowed 0..=10 (default 3)"),
+            ));
+        }
+        let llm_categories: Vec<String> = match layer.env("llm_categories") {
+            Some(raw) => raw.split(',').map(|c| c.trim().to_owned()).collect(),
+            None => layer.file.llm_categories.clone().unwrap_or_else(|| {
+                crate::extract::DEFAULT_CATEGORIES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            }),
+        };
+        if llm_categories.is_empty() || llm_categories.iter().any(|c| c.is_empty() || c.len() > 64)
+        {
+            return Err(invalid(
+                "llm_categories",
+                "give a comma-separated list of category names, each 1-64 characters",
+            ));
+        }
+
         let dedup_threshold = layer.float("dedup_threshold", f64::from(DEFAULT_DEDUP_THRESHOLD))?;
         if !(0.0..=1.0).contains(&dedup_threshold) || dedup_threshold == 0.0 {
             return Err(invalid(
@@ -399,6 +440,9 @@ impl Config {
             llm_model: layer
                 .string("llm_model")
                 .unwrap_or_else(|| DEFAULT_LLM_MODEL.to_owned()),
+            llm_categories,
+            llm_timeout_secs: llm_timeout_secs as u64,
+            llm_max_retries: llm_max_retries as usize,
             default_user,
             dedup_threshold: dedup_threshold as f32,
             max_text_bytes: max_text_bytes as usize,
@@ -502,6 +546,8 @@ impl Layers<'_> {
             "embedding_batch_size" => self.file.embedding_batch_size,
             "embedding_timeout_secs" => self.file.embedding_timeout_secs,
             "embedding_max_retries" => self.file.embedding_max_retries,
+            "llm_timeout_secs" => self.file.llm_timeout_secs,
+            "llm_max_retries" => self.file.llm_max_retries,
             _ => None,
         };
         Ok(file.unwrap_or(default))

@@ -204,6 +204,13 @@ impl MemoryService {
         } else {
             VerbatimExtractor.extract(&input).await?
         };
+        if facts.is_empty() && req.infer && self.extractor.name() != "verbatim" {
+            // The model found nothing worth remembering: a normal answer.
+            return Ok(RememberResult {
+                user_id: req.scope.user_id,
+                results: Vec::new(),
+            });
+        }
         if facts.is_empty() {
             return Err(Error::invalid(
                 "messages",

@@ -10,7 +10,7 @@ use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
 use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
 use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings};
-use crate::extract::{Extractor, VerbatimExtractor};
+use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::EngramMcp;
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
@@ -64,10 +64,22 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
 fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
     match config.extractor {
         ExtractorKind::Verbatim => Ok(Arc::new(VerbatimExtractor)),
-        ExtractorKind::Llm => Err(StartupError::Unsupported(
-            "ENGRAM_EXTRACTOR=llm is not available in this version yet; use ENGRAM_EXTRACTOR=verbatim"
-                .into(),
-        )),
+        ExtractorKind::Llm => {
+            let settings = LlmSettings {
+                endpoint: Endpoint {
+                    base_url: config.openai_base_url.clone(),
+                    api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+                    timeout: Duration::from_secs(config.llm_timeout_secs),
+                    max_retries: config.llm_max_retries,
+                },
+                model: config.llm_model.clone(),
+                categories: config.llm_categories.clone(),
+            };
+            let extractor = LlmExtractor::new(settings).map_err(|e| match e {
+                crate::extract::ExtractError::Failed(message) => StartupError::Unsupported(message),
+            })?;
+            Ok(Arc::new(extractor))
+        }
     }
 }
 

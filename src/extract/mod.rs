@@ -1,8 +1,10 @@
 //! Messages to facts. The [`Extractor`] trait is the seam; `verbatim` keeps
-//! what was said without an LLM.
+//! what was said without an LLM; `llm` asks an OpenAI-compatible chat model.
 
+mod llm;
 mod verbatim;
 
+pub use llm::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
 pub use verbatim::VerbatimExtractor;
 
 use async_trait::async_trait;

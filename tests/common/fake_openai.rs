@@ -3,6 +3,8 @@
 //!
 //! `/v1/embeddings` answers with engram's hash embedding of each input (so
 //! similar texts get similar vectors) unless a scripted reply is queued.
+//! `/v1/chat/completions` answers with the scripted content, else with one
+//! fact per `[user] ...` line of the transcript it was sent.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,11 @@ pub enum Reply {
     Delay(Duration),
     /// Vectors of this many dimensions, whatever was asked.
     WrongDims(usize),
+    /// Chat: this assistant message content, verbatim.
+    Content(String),
+    /// Chat: 400 if the request asks for `json_schema` (a server without
+    /// structured outputs); otherwise answered as usual.
+    NoJsonSchema,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +66,7 @@ impl FakeOpenAi {
         let state = (inner.clone(), dims);
         let app = Router::new()
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/chat/completions", post(chat))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -85,50 +93,118 @@ impl FakeOpenAi {
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().unwrap().seen.clone()
     }
+
+    /// The requests to one path, e.g. `/v1/chat/completions`.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
 }
 
 type AppState = (Arc<Mutex<Inner>>, usize);
+
+/// Records the request and takes the next scripted reply, if any.
+fn record(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: &Value) -> Option<Reply> {
+    let mut inner = inner.lock().unwrap();
+    inner.seen.push(Recorded {
+        path: path.into(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    inner.script.pop_front()
+}
+
+fn error(status: u16, code: &str, message: &str, retry_after: Option<u64>) -> Response {
+    let mut response = (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({"error": {"message": message, "type": code, "param": null, "code": code}})),
+    )
+        .into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    response
+}
+
+async fn chat(
+    State((inner, _)): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let reply = record(&inner, "/v1/chat/completions", &headers, &body);
+    let content = match reply {
+        Some(Reply::Error {
+            status,
+            code,
+            retry_after,
+        }) => return error(status, code, &format!("scripted {status}"), retry_after),
+        Some(Reply::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Some(Reply::Content(c)) => Some(c),
+        Some(Reply::NoJsonSchema) if body["response_format"]["type"] == "json_schema" => {
+            return error(
+                400,
+                "invalid_request_error",
+                "response_format json_schema is not supported by this server",
+                None,
+            );
+        }
+        _ => None,
+    };
+    let content = content.unwrap_or_else(|| {
+        // One fact per user line of the transcript (the last message).
+        let transcript = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default();
+        let facts: Vec<Value> = transcript
+            .lines()
+            .filter_map(|l| l.strip_prefix("[user] "))
+            .map(|t| json!({"text": t, "categories": ["preferences"]}))
+            .collect();
+        json!({ "facts": facts }).to_string()
+    });
+    Json(json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": body["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
+    }))
+    .into_response()
+}
 
 async fn embeddings(
     State((inner, dims)): State<AppState>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let reply = {
-        let mut inner = inner.lock().unwrap();
-        inner.seen.push(Recorded {
-            path: "/v1/embeddings".into(),
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body: body.clone(),
-        });
-        inner.script.pop_front()
-    };
+    let reply = record(&inner, "/v1/embeddings", &headers, &body);
     let mut dims = body["dimensions"].as_u64().map_or(dims, |d| d as usize);
     match reply {
         Some(Reply::Error {
             status,
             code,
             retry_after,
-        }) => {
-            let mut response = (
-                StatusCode::from_u16(status).unwrap(),
-                Json(json!({"error": {"message": format!("scripted {status}"),
-                                      "type": code, "param": null, "code": code}})),
-            )
-                .into_response();
-            if let Some(secs) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", secs.to_string().parse().unwrap());
-            }
-            return response;
-        }
+        }) => return error(status, code, &format!("scripted {status}"), retry_after),
         Some(Reply::Delay(d)) => tokio::time::sleep(d).await,
         Some(Reply::WrongDims(d)) => dims = d,
-        None => {}
+        Some(Reply::Content(_) | Reply::NoJsonSchema) | None => {}
     }
     let embedder = HashEmbedder::new(dims);
     let inputs: Vec<String> = match &body["input"] {

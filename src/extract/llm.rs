@@ -1,0 +1,282 @@
+//! [`LlmExtractor`]: an OpenAI-compatible chat model turns a conversation into
+//! atomic facts about the user, each with categories from a fixed list.
+//!
+//! One chat request per extraction. The reply is constrained by a JSON Schema
+//! (structured outputs); a server that refuses `json_schema` gets the same
+//! request once more with `json_object`, and the extractor remembers to use
+//! that from then on. A reply that is not the expected JSON is an error:
+//! nothing is stored from it, and nothing the model invents (a category off
+//! the list, an empty fact) gets through.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    ResponseFormat, ResponseFormatJsonSchema,
+};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ExtractError, Extractor};
+use crate::model::{Fact, Input};
+use crate::openai::Endpoint;
+
+/// The categories facts are filed under unless configured otherwise.
+pub const DEFAULT_CATEGORIES: &[&str] = &[
+    "identity",
+    "preferences",
+    "relationships",
+    "plans",
+    "health",
+    "diet",
+    "work",
+    "travel.destinations",
+    "travel.dates",
+    "travel.budget",
+    "travel.accommodation",
+    "travel.transport",
+    "travel.loyalty",
+];
+
+/// At most this many facts are taken from one reply.
+const MAX_FACTS: usize = 50;
+
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub categories: Vec<String>,
+}
+
+pub struct LlmExtractor {
+    client: Client<OpenAIConfig>,
+    settings: LlmSettings,
+    /// False once the server refused `json_schema`: `json_object` from then on.
+    json_schema: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    facts: Vec<ReplyFact>,
+}
+
+#[derive(Deserialize)]
+struct ReplyFact {
+    text: String,
+    #[serde(default)]
+    categories: Vec<String>,
+}
+
+impl LlmExtractor {
+    pub fn new(settings: LlmSettings) -> Result<Self, ExtractError> {
+        let client = crate::openai::client(&settings.endpoint, "ENGRAM_EXTRACTOR=verbatim")
+            .map_err(ExtractError::Failed)?;
+        Ok(Self {
+            client,
+            settings,
+            json_schema: AtomicBool::new(true),
+        })
+    }
+
+    fn where_(&self) -> String {
+        format!(
+            "the chat model {} at {}",
+            self.settings.model, self.settings.endpoint.base_url
+        )
+    }
+
+    /// The instructions: what a fact is, whose words count, the categories.
+    fn system_prompt(&self) -> String {
+        format!(
+            "You extract durable facts about the user from a conversation, for the user's \
+             long-term memory.\n\
+             Rules:\n\
+             - Each fact is one short, self-contained statement about the user, e.g. \
+             \"Is vegetarian\", \"Sister is called Ana\", \"Flies to Tokyo on 2026-03-14\".\n\
+             - The user's own words are the source. Use assistant messages only to understand \
+             what the user confirms or refers to; never record an assistant suggestion the \
+             user did not accept.\n\
+             - Write absolute dates: resolve \"tomorrow\", \"next May\" against today's date \
+             given below.\n\
+             - Skip greetings, questions, small talk and anything not worth knowing next week. \
+             If nothing is worth remembering, return an empty list.\n\
+             - Write each fact in the language the user wrote it in.\n\
+             - Categories: zero or more of {}.\n\
+             Answer with JSON only: {{\"facts\": [{{\"text\": \"...\", \"categories\": [\"...\"]}}]}}",
+            self.settings.categories.join(", ")
+        )
+    }
+
+    /// The conversation as a transcript with its roles.
+    fn transcript(input: &Input) -> String {
+        let today = chrono::Utc::now().format("%Y-%m-%d");
+        let mut text = format!("Today is {today}.\nConversation:\n");
+        match input {
+            Input::Text(t) => text.push_str(&format!("[user] {t}\n")),
+            Input::Messages(messages) => {
+                for m in messages {
+                    let role = m.role.to_ascii_lowercase();
+                    if matches!(role.as_str(), "user" | "assistant") && !m.content.trim().is_empty()
+                    {
+                        text.push_str(&format!("[{role}] {}\n", m.content.trim()));
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["facts"],
+            "properties": {
+                "facts": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["text", "categories"],
+                        "properties": {
+                            "text": {"type": "string"},
+                            "categories": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": self.settings.categories}
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn request(&self, input: &Input, json_schema: bool) -> CreateChatCompletionRequest {
+        let response_format = if json_schema {
+            ResponseFormat::JsonSchema {
+                json_schema: ResponseFormatJsonSchema {
+                    name: "facts".into(),
+                    description: Some("Facts about the user worth remembering".into()),
+                    schema: self.schema(),
+                    strict: Some(true),
+                },
+            }
+        } else {
+            ResponseFormat::JsonObject
+        };
+        CreateChatCompletionRequest {
+            model: self.settings.model.clone(),
+            messages: vec![
+                ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+                    content: self.system_prompt().as_str().into(),
+                    name: None,
+                }),
+                ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                    content: Self::transcript(input).into(),
+                    name: None,
+                }),
+            ],
+            response_format: Some(response_format),
+            temperature: Some(0.0),
+            ..Default::default()
+        }
+    }
+
+    async fn complete(&self, input: &Input) -> Result<CreateChatCompletionResponse, ExtractError> {
+        let explain = |e: &async_openai::error::OpenAIError| {
+            ExtractError::Failed(crate::openai::explain(
+                e,
+                &self.where_(),
+                &self.settings.endpoint,
+                "ENGRAM_LLM_MODEL",
+                "ENGRAM_LLM_TIMEOUT_SECS",
+            ))
+        };
+        let schema = self.json_schema.load(Ordering::Relaxed);
+        match self.client.chat().create(self.request(input, schema)).await {
+            Err(e) if schema && crate::openai::refused_response_format(&e) => {
+                tracing::info!(
+                    model = %self.settings.model,
+                    "the chat server refused json_schema; using json_object from now on"
+                );
+                self.json_schema.store(false, Ordering::Relaxed);
+                self.client
+                    .chat()
+                    .create(self.request(input, false))
+                    .await
+                    .map_err(|e| explain(&e))
+            }
+            other => other.map_err(|e| explain(&e)),
+        }
+    }
+
+    /// The facts of a reply, or why it is unusable.
+    fn parse(&self, content: &str) -> Result<Vec<Fact>, ExtractError> {
+        let reply: Reply = serde_json::from_str(content.trim()).map_err(|e| {
+            ExtractError::Failed(format!(
+                "{} did not answer with the facts JSON ({e}); nothing was stored",
+                self.where_()
+            ))
+        })?;
+        let mut facts: Vec<Fact> = Vec::new();
+        for f in reply.facts.into_iter().take(MAX_FACTS) {
+            let text = f.text.trim().to_owned();
+            if text.is_empty() || facts.iter().any(|seen| seen.text == text) {
+                continue;
+            }
+            let mut categories: Vec<String> = f
+                .categories
+                .into_iter()
+                .filter(|c| self.settings.categories.contains(c))
+                .collect();
+            categories.dedup();
+            facts.push(Fact {
+                text,
+                categories,
+                role: None,
+            });
+        }
+        Ok(facts)
+    }
+}
+
+#[async_trait]
+impl Extractor for LlmExtractor {
+    fn name(&self) -> &'static str {
+        "llm"
+    }
+
+    async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError> {
+        let response = self.complete(input).await?;
+        if let Some(usage) = &response.usage {
+            tracing::info!(
+                model = %response.model,
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                "facts extracted"
+            );
+        }
+        let message = response
+            .choices
+            .into_iter()
+            .next()
+            .map(|c| c.message)
+            .ok_or_else(|| {
+                ExtractError::Failed(format!(
+                    "{} returned no choices; nothing was stored",
+                    self.where_()
+                ))
+            })?;
+        if let Some(refusal) = message.refusal {
+            return Err(ExtractError::Failed(format!(
+                "{} refused: {refusal}; nothing was stored",
+                self.where_()
+            )));
+        }
+        self.parse(message.content.as_deref().unwrap_or_default())
+    }
+}

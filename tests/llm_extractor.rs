@@ -1,0 +1,270 @@
+//! The `llm` extractor against a fake OpenAI-compatible chat server (real
+//! HTTP and JSON): the request it sends, what it takes from a reply and what
+//! it refuses, the `json_object` fallback, and failures that store nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_openai::{FakeOpenAi, Reply};
+use common::{connect_with, ok, texts};
+use engram::embed::HashEmbedder;
+use engram::extract::{DEFAULT_CATEGORIES, Extractor, LlmExtractor, LlmSettings};
+use engram::model::{Input, Message, Scope};
+use engram::openai::Endpoint;
+use engram::service::{MemoryService, RememberRequest, Settings};
+use engram::store::SqliteStore;
+use serde_json::{Value, json};
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn settings(fake: &FakeOpenAi) -> LlmSettings {
+    LlmSettings {
+        endpoint: Endpoint {
+            base_url: fake.base_url.clone(),
+            api_key: Some("test-key".into()),
+            timeout: Duration::from_secs(5),
+            max_retries: 1,
+        },
+        model: "gpt-4o-mini".into(),
+        categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+fn message(role: &str, content: &str) -> Message {
+    Message {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+fn conversation() -> Input {
+    Input::Messages(vec![
+        message("system", "internal instructions, not the user"),
+        message("user", "I moved to Porto last month"),
+        message("assistant", "Nice! Maybe try the francesinha?"),
+        message("user", "Sure. Also, I'm vegetarian now"),
+    ])
+}
+
+#[tokio::test]
+async fn one_schema_constrained_request_carries_the_conversation_with_its_roles() {
+    let fake = FakeOpenAi::start(64).await;
+    fake.then(Reply::Content(
+        json!({"facts": [
+            {"text": "Lives in Porto", "categories": ["identity", "made-up"]},
+            {"text": "Is vegetarian", "categories": ["diet"]},
+            {"text": "   ", "categories": []},
+            {"text": "Is vegetarian", "categories": ["diet"]}
+        ]})
+        .to_string(),
+    ));
+    let extractor = LlmExtractor::new(settings(&fake)).unwrap();
+    let facts = extractor.extract(&conversation()).await.unwrap();
+
+    let got: Vec<(&str, Vec<String>)> = facts
+        .iter()
+        .map(|f| (f.text.as_str(), f.categories.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Lives in Porto", vec!["identity".to_owned()]),
+            ("Is vegetarian", vec!["diet".to_owned()])
+        ],
+        "empty, repeated and off-list output is dropped"
+    );
+
+    let requests = fake.requests_to(CHAT);
+    assert_eq!(requests.len(), 1);
+    let body = &requests[0].body;
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["temperature"], 0.0);
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer test-key")
+    );
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert!(
+        messages[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("travel.loyalty")
+    );
+    let transcript = messages[1]["content"].as_str().unwrap();
+    assert!(transcript.starts_with("Today is "), "{transcript}");
+    assert!(transcript.contains("[user] I moved to Porto last month\n"));
+    assert!(transcript.contains("[assistant] Nice! Maybe try the francesinha?\n"));
+    assert!(
+        !transcript.contains("internal instructions"),
+        "system messages stay out"
+    );
+
+    let format = &body["response_format"];
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(format["json_schema"]["strict"], true);
+    let allowed = &format["json_schema"]["schema"]["properties"]["facts"]["items"]["properties"]["categories"]
+        ["items"]["enum"];
+    assert_eq!(allowed.as_array().unwrap().len(), DEFAULT_CATEGORIES.len());
+}
+
+#[tokio::test]
+async fn a_server_without_json_schema_gets_json_object_from_then_on() {
+    let fake = FakeOpenAi::start(64).await;
+    fake.then(Reply::NoJsonSchema);
+    let extractor = LlmExtractor::new(settings(&fake)).unwrap();
+    let facts = extractor
+        .extract(&Input::Text("I live in Oslo".into()))
+        .await
+        .unwrap();
+    assert_eq!(facts[0].text, "I live in Oslo");
+    let kinds = |fake: &FakeOpenAi| -> Vec<Value> {
+        fake.requests_to(CHAT)
+            .iter()
+            .map(|r| r.body["response_format"]["type"].clone())
+            .collect()
+    };
+    assert_eq!(kinds(&fake), [json!("json_schema"), json!("json_object")]);
+
+    extractor
+        .extract(&Input::Text("I work as a nurse".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&fake).len(),
+        3,
+        "one request: the fallback is remembered"
+    );
+    assert_eq!(kinds(&fake)[2], "json_object");
+}
+
+async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir) -> MemoryService {
+    let url = format!("sqlite://{}/engram.db", dir.path().display());
+    let embedder = Arc::new(HashEmbedder::new(64));
+    let store = SqliteStore::open(&url, engram::embed::Embedder::identity(embedder.as_ref()))
+        .await
+        .unwrap();
+    MemoryService::new(
+        Arc::new(store),
+        embedder,
+        Arc::new(LlmExtractor::new(settings(fake)).unwrap()),
+        Settings {
+            dedup_threshold: 0.9,
+            max_text_bytes: 32 * 1024,
+            cache_ttl: Duration::from_secs(60),
+        },
+    )
+}
+
+fn remember(text: &str) -> RememberRequest {
+    RememberRequest {
+        scope: Scope::new("alice", None, None).unwrap(),
+        text: Some(text.into()),
+        messages: None,
+        metadata: None,
+        infer: true,
+    }
+}
+
+#[tokio::test]
+async fn bad_replies_and_failures_store_nothing() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&fake, &dir).await;
+    let alice = Scope::new("alice", None, None).unwrap();
+
+    fake.then(Reply::Content(
+        "Sure! Here are the facts: Lives in Oslo".into(),
+    ));
+    let err = s
+        .remember(remember("I live in Oslo"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not answer with the facts JSON"), "{err}");
+
+    fake.then(Reply::Content(
+        json!({"facts": "Lives in Oslo"}).to_string(),
+    ));
+    assert!(s.remember(remember("I live in Oslo")).await.is_err());
+
+    for _ in 0..2 {
+        fake.then(Reply::Error {
+            status: 500,
+            code: "server_error",
+            retry_after: None,
+        });
+    }
+    let err = s
+        .remember(remember("I live in Oslo"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("500"), "{err}");
+    assert_eq!(
+        s.user_context(&alice, None, None).await.unwrap().total,
+        0,
+        "nothing was stored"
+    );
+
+    // Nothing worth remembering is an answer, not an error.
+    fake.then(Reply::Content(json!({"facts": []}).to_string()));
+    let none = s.remember(remember("Hi there!")).await.unwrap();
+    assert!(none.results.is_empty());
+
+    // infer: false stores the text as given, without asking the model.
+    let asked = fake.requests_to(CHAT).len();
+    let verbatim = s
+        .remember(RememberRequest {
+            infer: false,
+            ..remember("Keep this exact sentence")
+        })
+        .await
+        .unwrap();
+    assert_eq!(verbatim.results[0].memory, "Keep this exact sentence");
+    assert_eq!(fake.requests_to(CHAT).len(), asked);
+}
+
+/// The binary, configured as a user would, extracts through the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_turns_a_conversation_into_categorised_facts() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ENGRAM_EXTRACTOR", "llm"),
+        ("ENGRAM_EMBEDDER", "openai"),
+        ("ENGRAM_EMBEDDING_DIMS", "64"),
+        ("OPENAI_BASE_URL", fake.base_url.as_str()),
+        ("OPENAI_API_KEY", "test-key"),
+    ];
+    let client = connect_with(&dir.path().join("engram.db"), &env).await;
+    let result = ok(
+        &client,
+        "remember",
+        json!({"messages": [
+            {"role": "user", "content": "I am flying to Tokyo in March"},
+            {"role": "assistant", "content": "Exciting! Window or aisle?"},
+            {"role": "user", "content": "Window seat, always"}
+        ]}),
+    )
+    .await;
+    let events: Vec<&str> = result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["ADD", "ADD"], "{result}");
+    assert_eq!(
+        fake.requests_to(CHAT).len(),
+        1,
+        "exactly one extraction call"
+    );
+
+    let found = ok(&client, "recall", json!({"query": "window seat"})).await;
+    assert_eq!(texts(&found)[0], "Window seat, always");
+    assert_eq!(found["results"][0]["categories"], json!(["preferences"]));
+    client.cancel().await.unwrap();
+}
