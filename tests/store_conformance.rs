@@ -12,6 +12,7 @@ use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
 use engram::model::{Event, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::{
     InsertOutcome, NewMemory, PgOptions, PgStore, SearchScope, SqliteStore, Store, StoreError,
+    SupersedeOutcome,
 };
 use serde_json::json;
 
@@ -607,6 +608,171 @@ async fn many_close_memories_differing_in_a_detail_are_all_kept(b: Backend) {
     assert_eq!(s.recent(&alice, 1).await.unwrap().1, 150);
 }
 
+fn ids(hits: &[engram::store::Hit]) -> Vec<MemoryId> {
+    hits.iter().map(|h| h.id).collect()
+}
+
+/// An update changes one current memory in place: text, vector, keywords,
+/// history (old and new text), version; nothing else.
+async fn an_update_rewrites_one_memory_and_keeps_its_history(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let id = add(s, &alice, "Drinks espresso every morning", json!({})).await;
+    let other = add(s, &alice, "Plays tennis on Sundays", json!({})).await;
+    let v1 = s.version("alice").await.unwrap();
+    let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+
+    let text = "Drinks flat whites every morning";
+    let updated = s
+        .update("alice", id, text, &embed(text), "llm")
+        .await
+        .unwrap()
+        .expect("a current memory of alice");
+    assert_eq!((updated.id, updated.memory.as_str()), (id, text));
+    assert_ne!(s.version("alice").await.unwrap(), v1);
+
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    assert_eq!(
+        ids(&s.keyword_search(at, "flat whites", 10).await.unwrap()),
+        [id]
+    );
+    assert!(
+        s.keyword_search(at, "espresso", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let nearest = s.vector_search(at, &embed(text), 1).await.unwrap();
+    assert_eq!(nearest[0].id, id);
+    assert!(
+        nearest[0].score > 0.99,
+        "the vector was replaced: {nearest:?}"
+    );
+    let again = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&again.vector_search(at, &embed(text), 1).await.unwrap()),
+        [id]
+    );
+
+    let history = s.history("alice", id).await.unwrap();
+    let events: Vec<_> = history.iter().map(|h| h.event).collect();
+    assert_eq!(events, [Event::Add, Event::Update]);
+    assert_eq!(
+        history[1].old_memory.as_deref(),
+        Some("Drinks espresso every morning")
+    );
+    assert_eq!(history[1].new_memory.as_deref(), Some(text));
+    assert_eq!(history[1].actor, "llm");
+
+    // Not alice's, or the text of another memory: nothing changes.
+    assert!(
+        s.update("bob", id, "x", &embed("x"), "llm")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let clash = s
+        .update(
+            "alice",
+            id,
+            "Plays tennis on Sundays",
+            &embed("Plays tennis on Sundays"),
+            "llm",
+        )
+        .await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    let kept = s.get_many("alice", &[id, other]).await.unwrap();
+    assert!(kept.iter().any(|m| m.memory == text));
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 2);
+}
+
+/// A supersede closes the old memory (out of every search, still in history)
+/// and stores the new one, atomically; only an exact repeat refuses it.
+async fn a_supersede_closes_the_old_memory_and_stores_the_new(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let old = add(s, &alice, "Works at Acme as an engineer", json!({})).await;
+    add(s, &alice, "Lives in Lisbon", json!({})).await;
+    let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+
+    // As close as a near-duplicate: the caller judged it, so it goes in.
+    let replacement = new_memory(&alice, "Works at Acme as a senior engineer", json!({}));
+    let new_id = replacement.id;
+    let outcome = s.supersede(old, replacement).await.unwrap();
+    assert!(
+        matches!(&outcome, SupersedeOutcome::Superseded(m) if m.id == new_id),
+        "{outcome:?}"
+    );
+
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let found = ids(&s
+        .vector_search(at, &embed("engineer at Acme"), 10)
+        .await
+        .unwrap());
+    assert!(
+        found.contains(&new_id) && !found.contains(&old),
+        "{found:?}"
+    );
+    assert!(!ids(&s.keyword_search(at, "engineer", 10).await.unwrap()).contains(&old));
+    assert!(!found_current(s, &alice, old).await);
+    assert_eq!(
+        s.recent(&alice, 10).await.unwrap().1,
+        2,
+        "one closed, one added"
+    );
+
+    let history = s.history("alice", old).await.unwrap();
+    let events: Vec<_> = history.iter().map(|h| h.event).collect();
+    assert_eq!(events, [Event::Add, Event::Supersede]);
+    assert_eq!(
+        history[1].new_memory.as_deref(),
+        Some("Works at Acme as a senior engineer")
+    );
+    assert_eq!(
+        s.history("alice", new_id).await.unwrap()[0].event,
+        Event::Add
+    );
+
+    // Closed already, someone else's, or an exact repeat: nothing changes.
+    let again = new_memory(&alice, "Works at Acme as a principal engineer", json!({}));
+    assert_eq!(
+        s.supersede(old, again).await.unwrap(),
+        SupersedeOutcome::NotFound
+    );
+    let bobs = new_memory(&scope("bob", None, None), "Works at Initech", json!({}));
+    assert_eq!(
+        s.supersede(new_id, bobs).await.unwrap(),
+        SupersedeOutcome::NotFound
+    );
+    let repeat = new_memory(&alice, "Lives in Lisbon", json!({}));
+    assert!(matches!(
+        s.supersede(new_id, repeat).await.unwrap(),
+        SupersedeOutcome::Duplicate(m) if m.memory == "Lives in Lisbon"
+    ));
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 2);
+    assert!(found_current(s, &alice, new_id).await);
+}
+
+async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
+    s.recent(at, 100)
+        .await
+        .unwrap()
+        .0
+        .iter()
+        .any(|m| m.id == id)
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -640,6 +806,8 @@ every_backend!(
     memories_matching_more_query_words_rank_first,
     every_write_moves_the_users_version_to_a_new_value,
     many_close_memories_differing_in_a_detail_are_all_kept,
+    an_update_rewrites_one_memory_and_keeps_its_history,
+    a_supersede_closes_the_old_memory_and_stores_the_new,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -97,6 +97,19 @@ pub enum InsertOutcome {
     },
 }
 
+/// What [`Store::supersede`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SupersedeOutcome {
+    /// The old memory was closed (`valid_to` set, kept in history) and the
+    /// new one stored, in one transaction.
+    Superseded(Memory),
+    /// The old memory is not a current memory of the user: nothing changed.
+    NotFound,
+    /// Another current memory of the user already holds the new text exactly:
+    /// nothing changed.
+    Duplicate(Memory),
+}
+
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchScope<'a> {
@@ -167,6 +180,29 @@ pub trait Store: Send + Sync {
 
     /// Hard-deletes every memory and history row of the user; returns how many memories.
     async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+
+    /// Replaces the text and vector of one current memory of the user, with an
+    /// UPDATE history row (old and new text, `actor`). `None`: not a current
+    /// memory of theirs, nothing changed. Another current memory with exactly
+    /// the new text is [`StoreError::Conflict`].
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError>;
+
+    /// Closes current memory `old` of `new`'s user (`valid_to` = now, a
+    /// SUPERSEDE history row naming the new text) and stores `new` (an ADD
+    /// row), atomically. Only an exact repeat of another current memory
+    /// refuses `new`: the caller has judged the near ones.
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError>;
 
     /// The user's write version, which caches key their entries by. Invariant:
     /// every write to the user's memories moves it, in the write's own

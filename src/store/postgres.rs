@@ -30,7 +30,8 @@ use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, parse_event,
+    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
+    parse_event,
 };
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
@@ -239,6 +240,40 @@ impl PgStore {
         }
     }
 
+    /// Inserts `new` and its ADD history row inside `tx` (the dedup trigger
+    /// runs with whatever `tx` has set).
+    async fn insert_in(
+        tx: &mut sqlx::PgConnection,
+        new: &NewMemory,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let metadata = serde_json::Value::Object(new.metadata.clone());
+        sqlx::query(
+            "WITH m AS ( \
+                 INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
+                     embedding, metadata, categories, created_at, updated_at, valid_from) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10) \
+                 RETURNING id, user_id, content, created_at) \
+             INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+                 actor, created_at) \
+             SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m",
+        )
+        .bind(new.id.0)
+        .bind(&new.scope.user_id)
+        .bind(&new.scope.agent_id)
+        .bind(&new.scope.run_id)
+        .bind(&new.content)
+        .bind(content_hash(&new.content))
+        .bind(Vector::from(new.embedding.clone()))
+        .bind(&metadata)
+        .bind(&new.categories)
+        .bind(now)
+        .bind(&new.actor)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+    }
+
     /// One attempt at the insert transaction; `Ok(Err(near))` when the
     /// trigger refused it, with the near-duplicates it named.
     async fn try_insert(
@@ -261,30 +296,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db("starting a write"))?;
-        let metadata = serde_json::Value::Object(new.metadata.clone());
-        let written = sqlx::query(
-            "WITH m AS ( \
-                 INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
-                     embedding, metadata, categories, created_at, updated_at, valid_from) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10) \
-                 RETURNING id, user_id, content, created_at) \
-             INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
-                 actor, created_at) \
-             SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m",
-        )
-        .bind(new.id.0)
-        .bind(&new.scope.user_id)
-        .bind(&new.scope.agent_id)
-        .bind(&new.scope.run_id)
-        .bind(&new.content)
-        .bind(content_hash(&new.content))
-        .bind(Vector::from(new.embedding.clone()))
-        .bind(&metadata)
-        .bind(&new.categories)
-        .bind(now)
-        .bind(&new.actor)
-        .execute(&mut *tx)
-        .await;
+        let written = Self::insert_in(&mut tx, new, now).await;
         match written {
             Ok(_) => {
                 tx.commit().await.map_err(db("committing a memory"))?;
@@ -322,6 +334,11 @@ struct Near {
 }
 
 /// The near-duplicates in an EG001 error, if `e` is one.
+/// A unique index refused the row (here: the same text as a current memory).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
 fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, StoreError>> {
     let db_err = e.as_database_error()?;
     if db_err.code().as_deref() != Some(DUPLICATE_SQLSTATE) {
@@ -567,6 +584,125 @@ impl Store for PgStore {
         .await
         .map_err(db("deleting a user's memories"))?;
         Ok(deleted.max(0) as u64)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // One statement: the row (locked), its new text and vector, and the
+        // UPDATE history row. Triggers re-index keywords and move the version.
+        let sql = format!(
+            "WITH old AS (SELECT id, content FROM memories \
+                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+                  m AS (UPDATE memories SET content = $3, content_hash = $4, embedding = $5, \
+                            updated_at = $6 \
+                        WHERE id IN (SELECT id FROM old) RETURNING *), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT old.id, $1, 'UPDATE', old.content, $3, $7, $6 FROM old) \
+             SELECT {MEMORY_COLUMNS} FROM m"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.0)
+            .bind(content)
+            .bind(content_hash(content))
+            .bind(Vector::from(embedding.to_vec()))
+            .bind(now)
+            .bind(actor)
+            .fetch_optional(&self.pool)
+            .await;
+        match row {
+            Ok(row) => row.as_ref().map(memory_from_row).transpose(),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "another current memory of user \"{user_id}\" already holds this text; \
+                 {id} was not changed"
+            ))),
+            Err(e) => Err(StoreError::Database {
+                context: "updating a memory",
+                source: e,
+            }),
+        }
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        // The caller judged the near-duplicates: the trigger checks exact text only.
+        sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("starting a write"))?;
+        let closed: Option<String> = sqlx::query_scalar(
+            "WITH old AS (SELECT id, content FROM memories \
+                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+                  m AS (UPDATE memories SET valid_to = $3, updated_at = $3 \
+                        WHERE id IN (SELECT id FROM old) RETURNING id), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT old.id, $1, 'SUPERSEDE', old.content, $4, $5, $3 FROM old) \
+             SELECT content FROM old",
+        )
+        .bind(&new.scope.user_id)
+        .bind(old.0)
+        .bind(now)
+        .bind(&new.content)
+        .bind(&new.actor)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("closing a memory"))?;
+        if closed.is_none() {
+            tx.rollback().await.map_err(db("ending a write"))?;
+            return Ok(SupersedeOutcome::NotFound);
+        }
+        let written = Self::insert_in(&mut tx, &new, now).await;
+        match written {
+            Ok(()) => {
+                tx.commit().await.map_err(db("committing a supersede"))?;
+                Ok(SupersedeOutcome::Superseded(Memory {
+                    id: new.id,
+                    memory: new.content,
+                    scope: new.scope,
+                    metadata: new.metadata,
+                    categories: new.categories,
+                    created_at: now,
+                    updated_at: now,
+                }))
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                match refused_as_duplicate(&e) {
+                    Some(near) => {
+                        let near = near?;
+                        let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+                        let existing = self.get_many(&new.scope.user_id, &ids).await?;
+                        match existing.into_iter().next() {
+                            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
+                            None => Err(StoreError::Conflict(format!(
+                                "memory {old} was not superseded: its replacement repeats a \
+                                 memory being changed concurrently; try again"
+                            ))),
+                        }
+                    }
+                    None => Err(StoreError::Database {
+                        context: "storing a memory",
+                        source: e,
+                    }),
+                }
+            }
+        }
     }
 
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {

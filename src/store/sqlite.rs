@@ -24,7 +24,8 @@ use sqlx::{Connection, Row};
 
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, parse_event,
+    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
+    parse_event,
 };
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
@@ -302,6 +303,90 @@ impl SqliteStore {
         serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
     }
 
+    /// Writes `new` (row, vector, keywords, ADD history) and moves the user
+    /// to the next generation; returns the row's pk and that generation.
+    async fn insert_row(
+        conn: &mut SqliteConnection,
+        new: &NewMemory,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64), StoreError> {
+        let metadata =
+            serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let categories = serde_json::to_string(&new.categories)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Rows come back from the two RETURNING clauses: the pk, then the generation.
+        let rows = sqlx::query(INSERT_MEMORY)
+            .bind(new.id.to_string())
+            .bind(encode_vector(&new.embedding))
+            .bind(scope_tokens(&new.scope))
+            .bind(&new.actor)
+            .bind(&new.scope.user_id)
+            .bind(&new.scope.agent_id)
+            .bind(&new.scope.run_id)
+            .bind(&new.content)
+            .bind(content_hash(&new.content))
+            .bind(&metadata)
+            .bind(&categories)
+            .bind(now.timestamp_millis())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("storing a memory"))?;
+        let [pk, generation] = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("storing a memory"))?[..]
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "storing a memory returned {} rows, expected 2",
+                rows.len()
+            )));
+        };
+        Ok((pk, generation))
+    }
+
+    /// The pk and text of a current memory of the user.
+    async fn current(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        id: MemoryId,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT pk, content FROM memories WHERE user_id = ? AND id = ? AND valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("finding a memory"))?;
+        row.map(|r| -> Result<(i64, String), StoreError> {
+            Ok((
+                r.try_get("pk").map_err(db("finding a memory"))?,
+                r.try_get("content").map_err(db("finding a memory"))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Another current memory of the user with exactly `content`, if any.
+    async fn exact_repeat(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        content: &str,
+        except: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT pk FROM memories WHERE user_id = ? AND content_hash = ? \
+             AND valid_to IS NULL AND pk <> ? LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(content_hash(content))
+        .bind(except)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("checking for duplicates"))
+    }
+
     async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
         let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.pk = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -354,39 +439,7 @@ impl Store for SqliteStore {
         }
 
         let now = Utc::now();
-        let ms = now.timestamp_millis();
-        let metadata =
-            serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let categories = serde_json::to_string(&new.categories)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // Rows come back from the two RETURNING clauses: the pk, then the generation.
-        let rows = sqlx::query(INSERT_MEMORY)
-            .bind(new.id.to_string())
-            .bind(encode_vector(&new.embedding))
-            .bind(scope_tokens(&new.scope))
-            .bind(&new.actor)
-            .bind(&new.scope.user_id)
-            .bind(&new.scope.agent_id)
-            .bind(&new.scope.run_id)
-            .bind(&new.content)
-            .bind(content_hash(&new.content))
-            .bind(&metadata)
-            .bind(&categories)
-            .bind(ms)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("storing a memory"))?;
-        let [pk, generation] = rows
-            .iter()
-            .map(|row| row.try_get::<i64, _>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db("storing a memory"))?[..]
-        else {
-            return Err(StoreError::Corrupt(format!(
-                "storing a memory returned {} rows, expected 2",
-                rows.len()
-            )));
-        };
+        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
         tx.commit().await.map_err(db("committing a memory"))?;
 
         vecs.push(pk, new.id, &new.embedding);
@@ -652,6 +705,153 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
         Ok(deleted)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let entry = self.index.user(user_id);
+        let mut vecs = entry.write().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting an update"))?;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(None);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, user_id, content, pk).await? {
+            let existing = Self::fetch_memory(&mut tx, other).await?;
+            return Err(StoreError::Conflict(format!(
+                "memory {} already holds this text; {id} was not changed",
+                existing.id
+            )));
+        }
+        let now = Utc::now().timestamp_millis();
+        sqlx::query(
+            "UPDATE memories SET content = ?, content_hash = ?, updated_at = ? WHERE pk = ?",
+        )
+        .bind(content)
+        .bind(content_hash(content))
+        .bind(now)
+        .bind(pk)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a memory"))?;
+        sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
+            .bind(encode_vector(embedding))
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a vector"))?;
+        let memory = Self::fetch_memory(&mut tx, pk).await?;
+        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("reindexing a memory"))?;
+        sqlx::query("INSERT INTO memories_fts (rowid, scope, content) VALUES (?, ?, ?)")
+            .bind(pk)
+            .bind(scope_tokens(&memory.scope))
+            .bind(content)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("reindexing a memory"))?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(user_id)
+        .bind(&old)
+        .bind(content)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording history"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.push(pk, id, embedding);
+            vecs.generation = Some(generation);
+        }
+        Ok(Some(memory))
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let user_id = new.scope.user_id.clone();
+        let _writer = self.write_lock.lock().await;
+        let entry = self.index.user(&user_id);
+        let mut vecs = entry.write().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a write"))?;
+        let before = generation(&mut tx, &user_id).await?;
+        let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
+            return Ok(SupersedeOutcome::NotFound);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, &user_id, &new.content, old_pk).await? {
+            return Ok(SupersedeOutcome::Duplicate(
+                Self::fetch_memory(&mut tx, other).await?,
+            ));
+        }
+        let now = Utc::now();
+        sqlx::query("UPDATE memories SET valid_to = ?, updated_at = ? WHERE pk = ?")
+            .bind(now.timestamp_millis())
+            .bind(now.timestamp_millis())
+            .bind(old_pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("closing a memory"))?;
+        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
+            .bind(old_pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("unindexing a memory"))?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'SUPERSEDE', ?, ?, ?, ?)",
+        )
+        .bind(old.to_string())
+        .bind(&user_id)
+        .bind(&old_content)
+        .bind(&new.content)
+        .bind(&new.actor)
+        .bind(now.timestamp_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording history"))?;
+        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
+        tx.commit().await.map_err(db("committing a supersede"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(old_pk);
+            vecs.push(pk, new.id, &new.embedding);
+            vecs.generation = Some(generation);
+        }
+        Ok(SupersedeOutcome::Superseded(Memory {
+            id: new.id,
+            memory: new.content,
+            scope: new.scope,
+            metadata: new.metadata,
+            categories: new.categories,
+            created_at: now,
+            updated_at: now,
+        }))
     }
 
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
