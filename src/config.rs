@@ -98,6 +98,9 @@ pub struct Config {
     pub default_user: String,
     /// Cosine similarity at or above which a new memory counts as already known.
     pub dedup_threshold: f32,
+    /// Stored memories at least this similar to a new fact are shown to the
+    /// `llm` extractor's reconciliation (add / update / supersede / keep).
+    pub reconcile_threshold: f32,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
@@ -168,12 +171,14 @@ struct FileConfig {
     llm_max_retries: Option<i64>,
     default_user: Option<String>,
     dedup_threshold: Option<f64>,
+    reconcile_threshold: Option<f64>,
     max_text_bytes: Option<i64>,
     vector_cache_mb: Option<i64>,
 }
 
 pub const DEFAULT_EMBEDDING_DIMS: usize = 384;
 pub const DEFAULT_DEDUP_THRESHOLD: f32 = 0.9;
+pub const DEFAULT_RECONCILE_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 32 * 1024;
 pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_USER: &str = "default";
@@ -391,6 +396,16 @@ impl Config {
                 format!("{dedup_threshold} is out of range; allowed (0, 1], default 0.9"),
             ));
         }
+        let reconcile_threshold = layer.float(
+            "reconcile_threshold",
+            f64::from(DEFAULT_RECONCILE_THRESHOLD),
+        )?;
+        if !(0.0..=1.0).contains(&reconcile_threshold) {
+            return Err(invalid(
+                "reconcile_threshold",
+                format!("{reconcile_threshold} is out of range; allowed 0..=1, default 0.5"),
+            ));
+        }
         let max_text_bytes = layer.number("max_text_bytes", DEFAULT_MAX_TEXT_BYTES as i64)?;
         if !(1..=16 * 1024 * 1024).contains(&max_text_bytes) {
             return Err(invalid(
@@ -445,6 +460,7 @@ impl Config {
             llm_max_retries: llm_max_retries as usize,
             default_user,
             dedup_threshold: dedup_threshold as f32,
+            reconcile_threshold: reconcile_threshold as f32,
             max_text_bytes: max_text_bytes as usize,
             vector_cache_mb: vector_cache_mb as usize,
         })
@@ -575,6 +591,7 @@ impl Layers<'_> {
         }
         let file = match key {
             "dedup_threshold" => self.file.dedup_threshold,
+            "reconcile_threshold" => self.file.reconcile_threshold,
             _ => None,
         };
         Ok(file.unwrap_or(default))

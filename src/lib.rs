@@ -21,6 +21,8 @@
 //! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
 //!   (Dragonfly, Redis), keyed by each user's write version in the store.
 //! * [`context`]: a user's memories rendered for a system prompt.
+//! * [`reconcile`]: what new facts mean for similar stored memories (add,
+//!   update, supersede, keep), validated before anything is written.
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL).
@@ -39,6 +41,7 @@ pub mod mcp;
 pub mod model;
 pub mod openai;
 pub mod rank;
+pub mod reconcile;
 pub mod service;
 pub mod startup;
 pub mod stdio;

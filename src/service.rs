@@ -1,7 +1,9 @@
 //! [`MemoryService`]: the flows, and the only place that knows their order.
 //!
-//! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ store each
-//!   (the store deduplicates atomically) ─▶ report one event per fact.
+//! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
+//!   with similar stored memories (at most one more model call, see
+//!   [`crate::reconcile`]) ─▶ add / update / supersede / keep each (adds are
+//!   deduplicated atomically by the store) ─▶ report one event per fact.
 //! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ fuse ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
 //!   memories, rendered for a system prompt.
@@ -34,7 +36,10 @@ use crate::model::{
     Event, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, validate_metadata,
 };
 use crate::rank;
-use crate::store::{HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store};
+use crate::reconcile::{self, Plan};
+use crate::store::{
+    HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
+};
 
 pub const DEFAULT_RECALL_LIMIT: usize = 10;
 pub const DEFAULT_CONTEXT_LIMIT: usize = 20;
@@ -48,6 +53,9 @@ const MIN_CANDIDATES: usize = 40;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dedup_threshold: f32,
+    /// Stored memories at least this similar to a new fact are shown to the
+    /// reconciler (see [`crate::reconcile`]).
+    pub reconcile_threshold: f32,
     pub max_text_bytes: usize,
     /// How long a cached recall or context is served (at most; any write ends it sooner).
     pub cache_ttl: Duration,
@@ -95,9 +103,24 @@ pub struct MemoryEvent {
     /// The memory's text (for NONE: the text already stored).
     pub memory: String,
     pub event: Event,
-    /// For NONE: the cosine similarity with the memory already stored.
+    /// For NONE found by deduplication: the cosine similarity with the memory already stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f32>,
+    /// For SUPERSEDE: the memory this one replaces (closed, kept in history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<MemoryId>,
+}
+
+impl MemoryEvent {
+    fn of(id: MemoryId, memory: String, event: Event) -> Self {
+        Self {
+            id,
+            memory,
+            event,
+            similarity: None,
+            replaces: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -220,9 +243,36 @@ impl MemoryService {
         }
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
         let embeddings = self.embedder.embed_documents(&texts).await?;
+        let plans = if req.infer {
+            reconcile::plan(
+                self.store.as_ref(),
+                self.extractor.as_ref(),
+                &req.scope,
+                &facts,
+                &embeddings,
+                self.settings.reconcile_threshold,
+            )
+            .await?
+        } else {
+            vec![Plan::Add; facts.len()]
+        };
+        // Rewritten texts get their own vectors, in one batch.
+        let rewritten: Vec<String> = plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Update { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut rewritten_vectors = if rewritten.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed_documents(&rewritten).await?
+        }
+        .into_iter();
 
         let mut results = Vec::with_capacity(facts.len());
-        for (fact, embedding) in facts.into_iter().zip(embeddings) {
+        for ((fact, embedding), plan) in facts.into_iter().zip(embeddings).zip(plans) {
             let mut fact_metadata = metadata.clone();
             if let Some(role) = &fact.role {
                 fact_metadata
@@ -238,25 +288,30 @@ impl MemoryService {
                 categories: fact.categories,
                 actor: fact.role.unwrap_or_else(|| "user".to_owned()),
             };
-            let event = match self
-                .store
-                .insert(new, self.settings.dedup_threshold)
-                .await?
-            {
-                InsertOutcome::Added(m) => MemoryEvent {
-                    id: m.id,
-                    memory: m.memory,
-                    event: Event::Add,
-                    similarity: None,
-                },
-                InsertOutcome::Duplicate {
-                    existing,
-                    similarity,
-                } => MemoryEvent {
-                    id: existing.id,
-                    memory: existing.memory,
-                    event: Event::None,
-                    similarity: Some(similarity),
+            let event = match plan {
+                Plan::Add => self.add(new).await?,
+                Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
+                Plan::Update { id, text } => {
+                    let vector = rewritten_vectors.next().unwrap_or_default();
+                    let updated = self
+                        .store
+                        .update(&req.scope.user_id, id, &text, &vector, &new.actor)
+                        .await;
+                    match updated {
+                        Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
+                        // Gone meanwhile, or the new text is another memory's:
+                        // the fact is added (or found known) instead.
+                        Ok(None) | Err(StoreError::Conflict(_)) => self.add(new).await?,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Plan::Supersede { id } => match self.store.supersede(id, new.clone()).await? {
+                    SupersedeOutcome::Superseded(m) => MemoryEvent {
+                        replaces: Some(id),
+                        ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
+                    },
+                    SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
+                    SupersedeOutcome::NotFound => self.add(new).await?,
                 },
             };
             results.push(event);
@@ -265,6 +320,26 @@ impl MemoryService {
             user_id: req.scope.user_id,
             results,
         })
+    }
+
+    /// Stores a new memory unless the store finds it already known.
+    async fn add(&self, new: NewMemory) -> Result<MemoryEvent, Error> {
+        Ok(
+            match self
+                .store
+                .insert(new, self.settings.dedup_threshold)
+                .await?
+            {
+                InsertOutcome::Added(m) => MemoryEvent::of(m.id, m.memory, Event::Add),
+                InsertOutcome::Duplicate {
+                    existing,
+                    similarity,
+                } => MemoryEvent {
+                    similarity: Some(similarity),
+                    ..MemoryEvent::of(existing.id, existing.memory, Event::None)
+                },
+            },
+        )
     }
 
     pub async fn recall(&self, req: RecallRequest) -> Result<RecallResult, Error> {

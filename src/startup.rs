@@ -136,6 +136,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
     let cache = cache(config).await?;
     let settings = Settings {
         dedup_threshold: config.dedup_threshold,
+        reconcile_threshold: config.reconcile_threshold,
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(config.cache_ttl_secs),
     };

@@ -114,6 +114,7 @@ async fn service(
     let cache = startup::cache(&config).await.unwrap();
     let settings = Settings {
         dedup_threshold: config.dedup_threshold,
+        reconcile_threshold: config.reconcile_threshold,
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
     };

@@ -152,6 +152,7 @@ async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir) -> MemoryService {
         Arc::new(LlmExtractor::new(settings(fake)).unwrap()),
         Settings {
             dedup_threshold: 0.9,
+            reconcile_threshold: 0.3,
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
         },
@@ -266,5 +267,223 @@ async fn the_binary_turns_a_conversation_into_categorised_facts() {
     let found = ok(&client, "recall", json!({"query": "window seat"})).await;
     assert_eq!(texts(&found)[0], "Window seat, always");
     assert_eq!(found["results"][0]["categories"], json!(["preferences"]));
+
+    // Something similar is stored now: one extraction and one reconciliation.
+    let more = ok(
+        &client,
+        "remember",
+        json!({"text": "Window seat, always, on long flights"}),
+    )
+    .await;
+    assert_eq!(more["results"][0]["event"], "ADD", "{more}");
+    assert_eq!(fake.requests_to(CHAT).len(), 3);
+    let shown = fake.requests_to(CHAT)[2].body["messages"][1]["content"].clone();
+    assert!(
+        shown.as_str().unwrap().contains("] Window seat, always\n"),
+        "{shown}"
+    );
     client.cancel().await.unwrap();
+}
+
+fn facts(texts: &[&str]) -> Reply {
+    let facts: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"text": t, "categories": ["identity"]}))
+        .collect();
+    Reply::Content(json!({ "facts": facts }).to_string())
+}
+
+fn decide(decisions: Value) -> Reply {
+    Reply::Content(json!({ "decisions": decisions }).to_string())
+}
+
+fn alice() -> Scope {
+    Scope::new("alice", None, None).unwrap()
+}
+
+async fn current(s: &MemoryService) -> Vec<String> {
+    let mut texts: Vec<String> = s
+        .user_context(&alice(), Some(100), None)
+        .await
+        .unwrap()
+        .memories
+        .into_iter()
+        .map(|m| m.memory)
+        .collect();
+    texts.sort();
+    texts
+}
+
+/// A contradiction supersedes: the old memory leaves every search and stays
+/// in history. Nothing similar stored: no reconciliation call at all.
+#[tokio::test]
+async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&fake, &dir).await;
+
+    fake.then(facts(&["Lives in Lisbon"]));
+    let first = s.remember(remember("I live in Lisbon")).await.unwrap();
+    let lisbon = first.results[0].id;
+    assert_eq!(
+        fake.requests_to(CHAT).len(),
+        1,
+        "nothing similar: extraction only"
+    );
+
+    fake.then(facts(&["Lives in Porto"])).then(decide(
+        json!([{"fact": 0, "event": "SUPERSEDE", "id": "m1", "text": "Lives in Porto"}]),
+    ));
+    let moved = s.remember(remember("I moved to Porto")).await.unwrap();
+    assert_eq!(
+        fake.requests_to(CHAT).len(),
+        3,
+        "extraction + one reconciliation"
+    );
+    let event = &moved.results[0];
+    assert_eq!(event.event, engram::model::Event::Supersede);
+    assert_eq!(event.replaces, Some(lisbon));
+    assert_eq!(current(&s).await, ["Lives in Porto"]);
+
+    let shown = fake.requests_to(CHAT)[2].body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        shown.contains("[m1] Lives in Lisbon") && shown.contains("[0] Lives in Porto"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(&lisbon.to_string()),
+        "only aliases are shown"
+    );
+
+    let history = s.history("alice", lisbon).await.unwrap();
+    let events: Vec<_> = history.iter().map(|h| h.event.as_str()).collect();
+    assert_eq!(events, ["ADD", "SUPERSEDE"]);
+    assert_eq!(history[1].new_memory.as_deref(), Some("Lives in Porto"));
+}
+
+/// A refinement updates in place; a known fact changes nothing.
+#[tokio::test]
+async fn a_refinement_updates_and_a_known_fact_keeps() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&fake, &dir).await;
+    fake.then(facts(&["Likes coffee"]));
+    let coffee = s.remember(remember("I like coffee")).await.unwrap().results[0].id;
+
+    fake.then(facts(&[
+        "Likes coffee, espresso most of all",
+        "Likes coffee",
+    ]))
+    .then(decide(json!([
+        {"fact": 0, "event": "UPDATE", "id": "m1", "text": "Likes coffee, espresso most of all"},
+        {"fact": 1, "event": "NONE", "id": "m1", "text": "Likes coffee"}
+    ])));
+    let result = s
+        .remember(remember("Coffee, yes, espresso above all"))
+        .await
+        .unwrap();
+    let events: Vec<_> = result
+        .results
+        .iter()
+        .map(|r| (r.event.as_str(), r.id))
+        .collect();
+    assert_eq!(events, [("UPDATE", coffee), ("NONE", coffee)]);
+    assert_eq!(current(&s).await, ["Likes coffee, espresso most of all"]);
+    let history = s.history("alice", coffee).await.unwrap();
+    assert_eq!(history[1].old_memory.as_deref(), Some("Likes coffee"));
+
+    fake.then(facts(&["Likes coffee, espresso most of all"]))
+        .then(decide(
+            json!([{"fact": 0, "event": "NONE", "id": "m1", "text": "x"}]),
+        ));
+    let known = s.remember(remember("I like espresso")).await.unwrap();
+    assert_eq!(known.results[0].event.as_str(), "NONE");
+    assert_eq!(known.results[0].id, coffee);
+    assert_eq!(current(&s).await.len(), 1);
+
+    // Two changes to one memory: only the first is applied; the other fact
+    // is added (the store decides whether it is new).
+    fake.then(facts(&[
+        "Likes coffee, ristretto most of all",
+        "Likes coffee, lungo most of all",
+    ]))
+    .then(decide(json!([
+        {"fact": 0, "event": "SUPERSEDE", "id": "m1", "text": "x"},
+        {"fact": 1, "event": "SUPERSEDE", "id": "m1", "text": "x"}
+    ])));
+    let twice = s.remember(remember("ristretto, no, lungo")).await.unwrap();
+    let events: Vec<_> = twice.results.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events, ["SUPERSEDE", "ADD"]);
+    assert_eq!(
+        current(&s).await,
+        [
+            "Likes coffee, lungo most of all",
+            "Likes coffee, ristretto most of all"
+        ]
+    );
+    assert_eq!(
+        fake.requests_to(CHAT).len(),
+        7,
+        "1 call for the first remember (nothing similar), 2 for each of the other three"
+    );
+}
+
+/// Invented ids never touch stored data; a reply that is not the decisions
+/// JSON fails the call and writes nothing.
+#[tokio::test]
+async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&fake, &dir).await;
+    fake.then(facts(&["Lives in Lisbon"]));
+    let lisbon = s
+        .remember(remember("I live in Lisbon"))
+        .await
+        .unwrap()
+        .results[0]
+        .id;
+
+    let forged = uuid_like(lisbon);
+    fake.then(facts(&["Lives in Porto"])).then(decide(
+        json!([{"fact": 0, "event": "SUPERSEDE", "id": "m7", "text": "Lives in Porto"},
+                             {"fact": 3, "event": "UPDATE", "id": "m1", "text": "Lives on Mars"}]),
+    ));
+    let added = s.remember(remember("I moved to Porto")).await.unwrap();
+    assert_eq!(
+        added.results[0].event.as_str(),
+        "ADD",
+        "unknown alias: added instead"
+    );
+    assert_eq!(current(&s).await, ["Lives in Lisbon", "Lives in Porto"]);
+
+    fake.then(facts(&["Lives in Faro"])).then(decide(
+        json!([{"fact": 0, "event": "SUPERSEDE", "id": forged, "text": "x"}]),
+    ));
+    s.remember(remember("Faro now")).await.unwrap();
+    assert_eq!(
+        s.history("alice", lisbon).await.unwrap().len(),
+        1,
+        "Lisbon untouched"
+    );
+
+    fake.then(facts(&["Lives in Braga"]))
+        .then(Reply::Content("SUPERSEDE m1 please".into()));
+    let err = s
+        .remember(remember("Braga!"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decisions JSON"), "{err}");
+    assert_eq!(
+        current(&s).await,
+        ["Lives in Faro", "Lives in Lisbon", "Lives in Porto"]
+    );
+}
+
+/// A real id, which the model was never shown: it must not be accepted.
+fn uuid_like(id: engram::model::MemoryId) -> String {
+    id.to_string()
 }

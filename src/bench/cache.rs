@@ -65,6 +65,7 @@ pub struct CacheBench {
 fn settings() -> Settings {
     Settings {
         dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
+        reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
         max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
         cache_ttl: Duration::from_secs(600),
     }

@@ -113,6 +113,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(VerbatimExtractor),
         Settings {
             dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
+            reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
             max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
             cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
         },

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ExtractError, Extractor};
+use super::{Action, Decision, ExtractError, Extractor, Known};
 use crate::model::{Fact, Input};
 use crate::openai::Endpoint;
 
@@ -45,6 +45,52 @@ pub const DEFAULT_CATEGORIES: &[&str] = &[
 /// At most this many facts are taken from one reply.
 const MAX_FACTS: usize = 50;
 
+/// The reconciliation instructions: one decision per new fact.
+const RECONCILE_PROMPT: &str = "You keep a user's long-term memory consistent. You get the \
+stored memories that resemble some new facts, each with an id, and the new facts, each with a \
+number. Decide for every new fact:\n\
+- ADD: it is new information that no stored memory covers.\n\
+- UPDATE: it refines or adds detail to a stored memory about the same thing without \
+contradicting it; give that memory's id and the merged text.\n\
+- SUPERSEDE: it contradicts a stored memory (the user moved, changed a preference, a plan \
+changed); give the id of the memory it replaces.\n\
+- NONE: a stored memory already says it; give that memory's id.\n\
+Use only ids from the list. Answer with JSON only: {\"decisions\": [{\"fact\": 0, \
+\"event\": \"ADD\", \"id\": null, \"text\": \"...\"}]}, one decision per fact; \
+text is the fact's final wording.";
+
+fn decisions_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["decisions"],
+        "properties": {
+            "decisions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["fact", "event", "id", "text"],
+                    "properties": {
+                        "fact": {"type": "integer"},
+                        "event": {"type": "string", "enum": ["ADD", "UPDATE", "SUPERSEDE", "NONE"]},
+                        "id": {"type": ["string", "null"]},
+                        "text": {"type": "string"}
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// One chat request: instructions, the material, and the reply's schema.
+struct Ask {
+    name: &'static str,
+    system: String,
+    user: String,
+    schema: serde_json::Value,
+}
+
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
     pub endpoint: Endpoint,
@@ -57,6 +103,21 @@ pub struct LlmExtractor {
     settings: LlmSettings,
     /// False once the server refused `json_schema`: `json_object` from then on.
     json_schema: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct Decisions {
+    decisions: Vec<ReplyDecision>,
+}
+
+#[derive(Deserialize)]
+struct ReplyDecision {
+    fact: usize,
+    event: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -155,13 +216,13 @@ impl LlmExtractor {
         })
     }
 
-    fn request(&self, input: &Input, json_schema: bool) -> CreateChatCompletionRequest {
+    fn request(&self, ask: &Ask, json_schema: bool) -> CreateChatCompletionRequest {
         let response_format = if json_schema {
             ResponseFormat::JsonSchema {
                 json_schema: ResponseFormatJsonSchema {
-                    name: "facts".into(),
-                    description: Some("Facts about the user worth remembering".into()),
-                    schema: self.schema(),
+                    name: ask.name.into(),
+                    description: None,
+                    schema: ask.schema.clone(),
                     strict: Some(true),
                 },
             }
@@ -172,11 +233,11 @@ impl LlmExtractor {
             model: self.settings.model.clone(),
             messages: vec![
                 ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
-                    content: self.system_prompt().as_str().into(),
+                    content: ask.system.as_str().into(),
                     name: None,
                 }),
                 ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-                    content: Self::transcript(input).into(),
+                    content: ask.user.clone().into(),
                     name: None,
                 }),
             ],
@@ -186,7 +247,39 @@ impl LlmExtractor {
         }
     }
 
-    async fn complete(&self, input: &Input) -> Result<CreateChatCompletionResponse, ExtractError> {
+    /// One chat request; the reply's text (JSON, per `ask.schema`).
+    async fn ask(&self, ask: &Ask) -> Result<String, ExtractError> {
+        let response = self.complete(ask).await?;
+        if let Some(usage) = &response.usage {
+            tracing::info!(
+                model = %response.model,
+                task = ask.name,
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                "chat model answered"
+            );
+        }
+        let message = response
+            .choices
+            .into_iter()
+            .next()
+            .map(|c| c.message)
+            .ok_or_else(|| {
+                ExtractError::Failed(format!(
+                    "{} returned no choices; nothing was stored",
+                    self.where_()
+                ))
+            })?;
+        if let Some(refusal) = message.refusal {
+            return Err(ExtractError::Failed(format!(
+                "{} refused: {refusal}; nothing was stored",
+                self.where_()
+            )));
+        }
+        Ok(message.content.unwrap_or_default())
+    }
+
+    async fn complete(&self, ask: &Ask) -> Result<CreateChatCompletionResponse, ExtractError> {
         let explain = |e: &async_openai::error::OpenAIError| {
             ExtractError::Failed(crate::openai::explain(
                 e,
@@ -197,7 +290,7 @@ impl LlmExtractor {
             ))
         };
         let schema = self.json_schema.load(Ordering::Relaxed);
-        match self.client.chat().create(self.request(input, schema)).await {
+        match self.client.chat().create(self.request(ask, schema)).await {
             Err(e) if schema && crate::openai::refused_response_format(&e) => {
                 tracing::info!(
                     model = %self.settings.model,
@@ -206,7 +299,7 @@ impl LlmExtractor {
                 self.json_schema.store(false, Ordering::Relaxed);
                 self.client
                     .chat()
-                    .create(self.request(input, false))
+                    .create(self.request(ask, false))
                     .await
                     .map_err(|e| explain(&e))
             }
@@ -251,32 +344,66 @@ impl Extractor for LlmExtractor {
     }
 
     async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError> {
-        let response = self.complete(input).await?;
-        if let Some(usage) = &response.usage {
-            tracing::info!(
-                model = %response.model,
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                "facts extracted"
-            );
+        let content = self
+            .ask(&Ask {
+                name: "facts",
+                system: self.system_prompt(),
+                user: Self::transcript(input),
+                schema: self.schema(),
+            })
+            .await?;
+        self.parse(&content)
+    }
+
+    async fn reconcile(
+        &self,
+        facts: &[Fact],
+        known: &[Known],
+    ) -> Result<Option<Vec<Decision>>, ExtractError> {
+        let mut user = String::from("Stored memories:\n");
+        for k in known {
+            user.push_str(&format!("[{}] {}\n", k.alias, k.text));
         }
-        let message = response
-            .choices
-            .into_iter()
-            .next()
-            .map(|c| c.message)
-            .ok_or_else(|| {
-                ExtractError::Failed(format!(
-                    "{} returned no choices; nothing was stored",
-                    self.where_()
-                ))
-            })?;
-        if let Some(refusal) = message.refusal {
-            return Err(ExtractError::Failed(format!(
-                "{} refused: {refusal}; nothing was stored",
+        user.push_str("New facts:\n");
+        for (i, f) in facts.iter().enumerate() {
+            user.push_str(&format!("[{i}] {}\n", f.text));
+        }
+        let content = self
+            .ask(&Ask {
+                name: "decisions",
+                system: RECONCILE_PROMPT.to_owned(),
+                user,
+                schema: decisions_schema(),
+            })
+            .await?;
+        let reply: Decisions = serde_json::from_str(content.trim()).map_err(|e| {
+            ExtractError::Failed(format!(
+                "{} did not answer with the decisions JSON ({e}); nothing was stored",
                 self.where_()
-            )));
-        }
-        self.parse(message.content.as_deref().unwrap_or_default())
+            ))
+        })?;
+        let decisions = reply
+            .decisions
+            .into_iter()
+            .filter_map(|d| {
+                let alias = d.id.filter(|a| !a.trim().is_empty());
+                let action = match (d.event.to_ascii_uppercase().as_str(), alias) {
+                    ("ADD", _) => Action::Add,
+                    ("UPDATE", Some(alias)) => Action::Update {
+                        alias,
+                        text: d.text.filter(|t| !t.trim().is_empty())?.trim().to_owned(),
+                    },
+                    ("SUPERSEDE", Some(alias)) => Action::Supersede { alias },
+                    ("NONE", Some(alias)) => Action::Keep { alias },
+                    // Unknown events and missing ids: no decision, so the fact is added.
+                    _ => return None,
+                };
+                Some(Decision {
+                    fact: d.fact,
+                    action,
+                })
+            })
+            .collect();
+        Ok(Some(decisions))
     }
 }

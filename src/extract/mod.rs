@@ -17,6 +17,34 @@ pub enum ExtractError {
     Failed(String),
 }
 
+/// A stored memory shown to the reconciler under a short alias (`m1`, `m2`,
+/// ...): models copy short ids reliably, and only shown aliases are accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub alias: String,
+    pub text: String,
+}
+
+/// What to do with one new fact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// New information.
+    Add,
+    /// Refines the memory `alias`, whose text becomes `text`.
+    Update { alias: String, text: String },
+    /// Contradicts the memory `alias`, which the fact replaces.
+    Supersede { alias: String },
+    /// The memory `alias` already says it.
+    Keep { alias: String },
+}
+
+/// The reconciler's decision for fact number `fact` (its index).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub fact: usize,
+    pub action: Action,
+}
+
 #[async_trait]
 pub trait Extractor: Send + Sync {
     /// Short name for logs and results, e.g. `verbatim`.
@@ -25,4 +53,16 @@ pub trait Extractor: Send + Sync {
     /// Turns validated input into facts worth remembering, in order. May return
     /// none (nothing memorable); never drops input silently on failure: it errors.
     async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError>;
+
+    /// Decides, in one call, what each fact means for the similar memories
+    /// already stored. `None`: this extractor does not reconcile, and every
+    /// fact is added (the store still refuses duplicates). Decisions may be
+    /// missing or name unknown aliases; the caller checks them.
+    async fn reconcile(
+        &self,
+        _facts: &[Fact],
+        _known: &[Known],
+    ) -> Result<Option<Vec<Decision>>, ExtractError> {
+        Ok(None)
+    }
 }

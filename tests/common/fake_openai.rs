@@ -4,7 +4,8 @@
 //! `/v1/embeddings` answers with engram's hash embedding of each input (so
 //! similar texts get similar vectors) unless a scripted reply is queued.
 //! `/v1/chat/completions` answers with the scripted content, else with one
-//! fact per `[user] ...` line of the transcript it was sent.
+//! fact per `[user] ...` line of the transcript it was sent (extraction), or
+//! ADD for every new fact (reconciliation).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -161,12 +162,24 @@ async fn chat(
         _ => None,
     };
     let content = content.unwrap_or_else(|| {
-        // One fact per user line of the transcript (the last message).
         let transcript = body["messages"]
             .as_array()
             .and_then(|m| m.last())
             .and_then(|m| m["content"].as_str())
             .unwrap_or_default();
+        // Reconciliation: every new fact is an ADD.
+        if let Some((_, new)) = transcript.split_once("New facts:\n") {
+            let decisions: Vec<Value> = new
+                .lines()
+                .enumerate()
+                .map(|(i, line)| {
+                    let text = line.split_once("] ").map_or(line, |(_, t)| t);
+                    json!({"fact": i, "event": "ADD", "id": null, "text": text})
+                })
+                .collect();
+            return json!({ "decisions": decisions }).to_string();
+        }
+        // Extraction: one fact per user line of the transcript.
         let facts: Vec<Value> = transcript
             .lines()
             .filter_map(|l| l.strip_prefix("[user] "))

@@ -1,0 +1,142 @@
+//! Reconciliation: what each new fact means for what is already stored.
+//!
+//! For every fact, the current memories of the same scope at least
+//! `threshold` similar to it are gathered (at most [`CANDIDATES`] per fact).
+//! None at all: every fact is an ADD and no model is asked. Otherwise the
+//! extractor decides for all facts in one call, seeing each memory under a
+//! short alias. Its answer is only advice:
+//! * an alias that was not shown, a fact number out of range, a second
+//!   decision for a fact, or a second decision on the same memory is
+//!   dropped, and the fact falls back to ADD (the store still refuses a
+//!   duplicate), so an invented id never touches stored data;
+//! * a fact without a decision is an ADD.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Error;
+use crate::extract::{Action, Extractor, Known};
+use crate::model::{Fact, Memory, MemoryId, MetadataFilter, Scope};
+use crate::store::{SearchScope, Store};
+
+/// Similar memories considered per fact.
+pub const CANDIDATES: usize = 5;
+
+/// What to do with one fact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Add,
+    /// Rewrite memory `id` to `text`.
+    Update {
+        id: MemoryId,
+        text: String,
+    },
+    /// Close memory `id`; the fact replaces it.
+    Supersede {
+        id: MemoryId,
+    },
+    /// Already known as `memory`.
+    Keep {
+        memory: Memory,
+    },
+}
+
+/// One plan per fact, in order. Asks `extractor` at most once.
+pub async fn plan(
+    store: &dyn Store,
+    extractor: &dyn Extractor,
+    scope: &Scope,
+    facts: &[Fact],
+    embeddings: &[Vec<f32>],
+    threshold: f32,
+) -> Result<Vec<Plan>, Error> {
+    let mut plans = vec![Plan::Add; facts.len()];
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope,
+        filter: &none,
+    };
+    let mut similar: Vec<MemoryId> = Vec::new();
+    for embedding in embeddings {
+        for hit in store.vector_search(at, embedding, CANDIDATES).await? {
+            if hit.score >= threshold && !similar.contains(&hit.id) {
+                similar.push(hit.id);
+            }
+        }
+    }
+    if similar.is_empty() {
+        return Ok(plans);
+    }
+    let mut by_id: HashMap<MemoryId, Memory> = store
+        .get_many(&scope.user_id, &similar)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    let mut known = Vec::new();
+    let mut aliases: HashMap<String, Memory> = HashMap::new();
+    for id in &similar {
+        if let Some(memory) = by_id.remove(id) {
+            let alias = format!("m{}", known.len() + 1);
+            known.push(Known {
+                alias: alias.clone(),
+                text: memory.memory.clone(),
+            });
+            aliases.insert(alias, memory);
+        }
+    }
+    let Some(decisions) = extractor.reconcile(facts, &known).await? else {
+        return Ok(plans);
+    };
+
+    let mut decided: HashSet<usize> = HashSet::new();
+    let mut targeted: HashSet<MemoryId> = HashSet::new();
+    for decision in decisions {
+        if decision.fact >= facts.len() || !decided.insert(decision.fact) {
+            tracing::warn!(
+                fact = decision.fact,
+                "reconciler: decision for no such fact, or a second one; ignored"
+            );
+            continue;
+        }
+        let target = |alias: &str| -> Option<&Memory> {
+            let found = aliases.get(alias);
+            if found.is_none() {
+                tracing::warn!(
+                    alias,
+                    "reconciler: an id that was not shown; the fact is added instead"
+                );
+            }
+            found
+        };
+        let planned = match &decision.action {
+            Action::Add => Plan::Add,
+            Action::Update { alias, text } => match target(alias) {
+                Some(m) => Plan::Update {
+                    id: m.id,
+                    text: text.clone(),
+                },
+                None => Plan::Add,
+            },
+            Action::Supersede { alias } => match target(alias) {
+                Some(m) => Plan::Supersede { id: m.id },
+                None => Plan::Add,
+            },
+            Action::Keep { alias } => match target(alias) {
+                Some(m) => Plan::Keep { memory: m.clone() },
+                None => Plan::Add,
+            },
+        };
+        let id = match &planned {
+            Plan::Update { id, .. } | Plan::Supersede { id } => Some(*id),
+            Plan::Keep { .. } | Plan::Add => None,
+        };
+        if let Some(id) = id
+            && !targeted.insert(id)
+        {
+            tracing::warn!(%id, "reconciler: a second change to one memory; the fact is added instead");
+            continue;
+        }
+        plans[decision.fact] = planned;
+    }
+    Ok(plans)
+}
