@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Error;
-use crate::extract::{Action, Extractor, Known};
+use crate::extract::{Action, Decided, Extractor, Known, Usage};
 use crate::model::{Fact, Memory, MemoryId, MetadataFilter, Scope};
 use crate::store::{SearchScope, Store};
 
@@ -40,7 +40,7 @@ pub enum Plan {
     },
 }
 
-/// One plan per fact, in order. Asks `extractor` at most once.
+/// One plan per fact, in order, and what asking cost. Asks `extractor` at most once.
 pub async fn plan(
     store: &dyn Store,
     extractor: &dyn Extractor,
@@ -48,7 +48,7 @@ pub async fn plan(
     facts: &[Fact],
     embeddings: &[Vec<f32>],
     threshold: f32,
-) -> Result<Vec<Plan>, Error> {
+) -> Result<(Vec<Plan>, Usage), Error> {
     let mut plans = vec![Plan::Add; facts.len()];
     let none = MetadataFilter::default();
     let at = SearchScope {
@@ -64,7 +64,7 @@ pub async fn plan(
         }
     }
     if similar.is_empty() {
-        return Ok(plans);
+        return Ok((plans, Usage::default()));
     }
     let mut by_id: HashMap<MemoryId, Memory> = store
         .get_many(&scope.user_id, &similar)
@@ -84,8 +84,8 @@ pub async fn plan(
             aliases.insert(alias, memory);
         }
     }
-    let Some(decisions) = extractor.reconcile(facts, &known).await? else {
-        return Ok(plans);
+    let Some(Decided { decisions, usage }) = extractor.reconcile(facts, &known).await? else {
+        return Ok((plans, Usage::default()));
     };
 
     let mut decided: HashSet<usize> = HashSet::new();
@@ -138,5 +138,5 @@ pub async fn plan(
         }
         plans[decision.fact] = planned;
     }
-    Ok(plans)
+    Ok((plans, usage))
 }

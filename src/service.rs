@@ -31,7 +31,7 @@ use crate::cache::{self, Cache, CacheStats, NoCache, VectorSource, entry};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
-use crate::extract::{Extractor, VerbatimExtractor};
+use crate::extract::{Extracted, Extractor, Usage, VerbatimExtractor};
 use crate::model::{
     Event, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, validate_metadata,
 };
@@ -127,6 +127,9 @@ impl MemoryEvent {
 pub struct RememberResult {
     pub user_id: String,
     pub results: Vec<MemoryEvent>,
+    /// Model calls and tokens this remember cost; absent when no model was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// `recall`: a query within a scope.
@@ -222,7 +225,7 @@ impl MemoryService {
     pub async fn remember(&self, req: RememberRequest) -> Result<RememberResult, Error> {
         let input = self.validate_input(req.text, req.messages)?;
         let metadata = validate_metadata(req.metadata)?;
-        let facts = if req.infer {
+        let Extracted { facts, mut usage } = if req.infer {
             self.extractor.extract(&input).await?
         } else {
             VerbatimExtractor.extract(&input).await?
@@ -232,6 +235,7 @@ impl MemoryService {
             return Ok(RememberResult {
                 user_id: req.scope.user_id,
                 results: Vec::new(),
+                usage: Some(usage),
             });
         }
         if facts.is_empty() {
@@ -244,7 +248,7 @@ impl MemoryService {
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
         let embeddings = self.embedder.embed_documents(&texts).await?;
         let plans = if req.infer {
-            reconcile::plan(
+            let (plans, reconciling) = reconcile::plan(
                 self.store.as_ref(),
                 self.extractor.as_ref(),
                 &req.scope,
@@ -252,7 +256,9 @@ impl MemoryService {
                 &embeddings,
                 self.settings.reconcile_threshold,
             )
-            .await?
+            .await?;
+            usage.add(&reconciling);
+            plans
         } else {
             vec![Plan::Add; facts.len()]
         };
@@ -319,6 +325,7 @@ impl MemoryService {
         Ok(RememberResult {
             user_id: req.scope.user_id,
             results,
+            usage: (usage.calls > 0).then_some(usage),
         })
     }
 

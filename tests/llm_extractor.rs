@@ -61,7 +61,18 @@ async fn one_schema_constrained_request_carries_the_conversation_with_its_roles(
         .to_string(),
     ));
     let extractor = LlmExtractor::new(settings(&fake)).unwrap();
-    let facts = extractor.extract(&conversation()).await.unwrap();
+    let extracted = extractor.extract(&conversation()).await.unwrap();
+    assert_eq!(
+        (
+            extracted.usage.calls,
+            extracted.usage.prompt_tokens,
+            extracted.usage.completion_tokens
+        ),
+        (1, 120, 30),
+        "the server's token counts"
+    );
+    assert_eq!(extracted.usage.model, "gpt-4o-mini");
+    let facts = extracted.facts;
 
     let got: Vec<(&str, Vec<String>)> = facts
         .iter()
@@ -118,7 +129,8 @@ async fn a_server_without_json_schema_gets_json_object_from_then_on() {
     let facts = extractor
         .extract(&Input::Text("I live in Oslo".into()))
         .await
-        .unwrap();
+        .unwrap()
+        .facts;
     assert_eq!(facts[0].text, "I live in Oslo");
     let kinds = |fake: &FakeOpenAi| -> Vec<Value> {
         fake.requests_to(CHAT)
@@ -225,6 +237,7 @@ async fn bad_replies_and_failures_store_nothing() {
         .await
         .unwrap();
     assert_eq!(verbatim.results[0].memory, "Keep this exact sentence");
+    assert_eq!(verbatim.usage, None, "no model, no usage");
     assert_eq!(fake.requests_to(CHAT).len(), asked);
 }
 
@@ -258,6 +271,8 @@ async fn the_binary_turns_a_conversation_into_categorised_facts() {
         .map(|r| r["event"].as_str().unwrap())
         .collect();
     assert_eq!(events, ["ADD", "ADD"], "{result}");
+    assert_eq!(result["usage"]["calls"], 1, "{result}");
+    assert_eq!(result["usage"]["prompt_tokens"], 120);
     assert_eq!(
         fake.requests_to(CHAT).len(),
         1,

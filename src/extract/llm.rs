@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Action, Decision, ExtractError, Extractor, Known};
+use super::{Action, Decided, Decision, ExtractError, Extracted, Extractor, Known, Usage};
 use crate::model::{Fact, Input};
 use crate::openai::Endpoint;
 
@@ -247,18 +247,25 @@ impl LlmExtractor {
         }
     }
 
-    /// One chat request; the reply's text (JSON, per `ask.schema`).
-    async fn ask(&self, ask: &Ask) -> Result<String, ExtractError> {
+    /// One chat request; the reply's text (JSON, per `ask.schema`) and its cost.
+    async fn ask(&self, ask: &Ask) -> Result<(String, Usage), ExtractError> {
         let response = self.complete(ask).await?;
-        if let Some(usage) = &response.usage {
-            tracing::info!(
-                model = %response.model,
-                task = ask.name,
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                "chat model answered"
-            );
+        let mut usage = Usage {
+            model: response.model.clone(),
+            calls: 1,
+            ..Usage::default()
+        };
+        if let Some(u) = &response.usage {
+            usage.prompt_tokens = u64::from(u.prompt_tokens);
+            usage.completion_tokens = u64::from(u.completion_tokens);
         }
+        tracing::info!(
+            model = %usage.model,
+            task = ask.name,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            "chat model answered"
+        );
         let message = response
             .choices
             .into_iter()
@@ -276,7 +283,7 @@ impl LlmExtractor {
                 self.where_()
             )));
         }
-        Ok(message.content.unwrap_or_default())
+        Ok((message.content.unwrap_or_default(), usage))
     }
 
     async fn complete(&self, ask: &Ask) -> Result<CreateChatCompletionResponse, ExtractError> {
@@ -343,8 +350,8 @@ impl Extractor for LlmExtractor {
         "llm"
     }
 
-    async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError> {
-        let content = self
+    async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError> {
+        let (content, usage) = self
             .ask(&Ask {
                 name: "facts",
                 system: self.system_prompt(),
@@ -352,14 +359,17 @@ impl Extractor for LlmExtractor {
                 schema: self.schema(),
             })
             .await?;
-        self.parse(&content)
+        Ok(Extracted {
+            facts: self.parse(&content)?,
+            usage,
+        })
     }
 
     async fn reconcile(
         &self,
         facts: &[Fact],
         known: &[Known],
-    ) -> Result<Option<Vec<Decision>>, ExtractError> {
+    ) -> Result<Option<Decided>, ExtractError> {
         let mut user = String::from("Stored memories:\n");
         for k in known {
             user.push_str(&format!("[{}] {}\n", k.alias, k.text));
@@ -368,7 +378,7 @@ impl Extractor for LlmExtractor {
         for (i, f) in facts.iter().enumerate() {
             user.push_str(&format!("[{i}] {}\n", f.text));
         }
-        let content = self
+        let (content, usage) = self
             .ask(&Ask {
                 name: "decisions",
                 system: RECONCILE_PROMPT.to_owned(),
@@ -404,6 +414,6 @@ impl Extractor for LlmExtractor {
                 })
             })
             .collect();
-        Ok(Some(decisions))
+        Ok(Some(Decided { decisions, usage }))
     }
 }

@@ -8,8 +8,45 @@ pub use llm::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
 pub use verbatim::VerbatimExtractor;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Fact, Input};
+
+/// Model calls and tokens spent on one request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    /// The model, as the server named it.
+    pub model: String,
+    pub calls: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        if self.model.is_empty() {
+            self.model.clone_from(&other.model);
+        }
+        self.calls += other.calls;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+}
+
+/// Facts, and what getting them cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extracted {
+    pub facts: Vec<Fact>,
+    pub usage: Usage,
+}
+
+/// Decisions, and what getting them cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decided {
+    pub decisions: Vec<Decision>,
+    pub usage: Usage,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -52,7 +89,7 @@ pub trait Extractor: Send + Sync {
 
     /// Turns validated input into facts worth remembering, in order. May return
     /// none (nothing memorable); never drops input silently on failure: it errors.
-    async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError>;
+    async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError>;
 
     /// Decides, in one call, what each fact means for the similar memories
     /// already stored. `None`: this extractor does not reconcile, and every
@@ -62,7 +99,7 @@ pub trait Extractor: Send + Sync {
         &self,
         _facts: &[Fact],
         _known: &[Known],
-    ) -> Result<Option<Vec<Decision>>, ExtractError> {
+    ) -> Result<Option<Decided>, ExtractError> {
         Ok(None)
     }
 }

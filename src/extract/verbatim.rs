@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use super::{ExtractError, Extractor};
+use super::{ExtractError, Extracted, Extractor};
 use crate::model::{Fact, Input};
 
 #[derive(Debug, Clone, Default)]
@@ -18,7 +18,7 @@ impl Extractor for VerbatimExtractor {
         "verbatim"
     }
 
-    async fn extract(&self, input: &Input) -> Result<Vec<Fact>, ExtractError> {
+    async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError> {
         let facts = match input {
             Input::Text(text) => fact(text, None).into_iter().collect(),
             Input::Messages(messages) => messages
@@ -27,7 +27,10 @@ impl Extractor for VerbatimExtractor {
                 .filter_map(|m| fact(&m.content, Some(m.role.to_ascii_lowercase())))
                 .collect(),
         };
-        Ok(facts)
+        Ok(Extracted {
+            facts,
+            usage: Default::default(),
+        })
     }
 }
 
@@ -65,7 +68,7 @@ mod tests {
             msg("assistant", "Noted!"),
             msg("user", "   "),
         ]);
-        let facts = VerbatimExtractor.extract(&input).await.unwrap();
+        let facts = VerbatimExtractor.extract(&input).await.unwrap().facts;
         let texts: Vec<_> = facts.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(texts, ["I moved to Porto. I work remotely.", "Noted!"]);
         assert_eq!(facts[0].role.as_deref(), Some("user"));
