@@ -24,6 +24,8 @@
 //! * [`reconcile`]: what new facts mean for similar stored memories (add,
 //!   update, supersede, keep), validated before anything is written.
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
+//! * [`chat`]: a chat loop with memory (recall before, remember after each
+//!   reply), for applications and `examples/chat_agent.rs`.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL).
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
@@ -32,6 +34,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod context;
 pub mod embed;

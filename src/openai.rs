@@ -37,14 +37,19 @@ impl std::fmt::Debug for Endpoint {
 }
 
 /// Builds a client for `endpoint`. `fallback` names the setting that avoids
-/// the server altogether (e.g. `ENGRAM_EMBEDDER=hash`), for the one error
-/// no request could get past: OpenAI itself without a key.
+/// the server altogether (e.g. `ENGRAM_EMBEDDER=hash`; empty if none), for
+/// the one error no request could get past: OpenAI itself without a key.
 pub fn client(endpoint: &Endpoint, fallback: &str) -> Result<Client<OpenAIConfig>, String> {
     let base = endpoint.base_url.trim_end_matches('/');
     if endpoint.api_key.is_none() && base == OPENAI_API_BASE {
+        let or_else = if fallback.is_empty() {
+            String::new()
+        } else {
+            format!(", or use {fallback}")
+        };
         return Err(format!(
-            "OPENAI_API_KEY is not set; set it, point OPENAI_BASE_URL at a server that \
-             needs no key (Ollama, vLLM, ...), or use {fallback}"
+            "OPENAI_API_KEY is not set; set it, or point OPENAI_BASE_URL at a server that \
+             needs no key (Ollama, vLLM, ...){or_else}"
         ));
     }
     let http = reqwest::Client::builder()

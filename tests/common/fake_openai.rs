@@ -5,7 +5,8 @@
 //! similar texts get similar vectors) unless a scripted reply is queued.
 //! `/v1/chat/completions` answers with the scripted content, else with one
 //! fact per `[user] ...` line of the transcript it was sent (extraction), or
-//! ADD for every new fact (reconciliation).
+//! ADD for every new fact (reconciliation), or, for a chat turn, an echo of
+//! the message and of the memories its system prompt lists.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -178,6 +179,23 @@ async fn chat(
                 })
                 .collect();
             return json!({ "decisions": decisions }).to_string();
+        }
+        // A chat turn (not an extraction transcript): echo the message and
+        // the memories the system prompt lists.
+        if !transcript.starts_with("Today is ") {
+            let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+            let remembered: Vec<&str> = system
+                .lines()
+                .filter_map(|l| l.strip_prefix("- "))
+                .collect();
+            return format!(
+                "You said: {transcript}. I remember: {}",
+                if remembered.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    remembered.join("; ")
+                }
+            );
         }
         // Extraction: one fact per user line of the transcript.
         let facts: Vec<Value> = transcript

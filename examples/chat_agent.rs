@@ -1,0 +1,50 @@
+//! A terminal chat agent with long-term memory (see `engram::chat`).
+//!
+//! ```sh
+//! export OPENAI_API_KEY=sk-...        # or OPENAI_BASE_URL=http://localhost:11434/v1 (Ollama)
+//! cargo run --example chat_agent -- me
+//! ```
+//!
+//! The argument is the user id (default: ENGRAM_DEFAULT_USER). Memory uses the
+//! same configuration as `engram serve` (ENGRAM_* variables, OPENAI_*): point
+//! it at the same database and the agent shares the user's memories with every
+//! MCP client. The chat model is ENGRAM_CHAT_MODEL (default: ENGRAM_LLM_MODEL).
+//! Type a message per line; `/quit` or end of input stops.
+
+use std::time::Duration;
+
+use engram::chat::ChatAgent;
+use engram::model::Scope;
+use engram::openai::Endpoint;
+use engram::{Config, startup};
+use tokio::io::BufReader;
+
+#[tokio::main]
+async fn main() {
+    engram::telemetry::init();
+    if let Err(e) = chat().await {
+        eprintln!("chat_agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn chat() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::load(None)?;
+    let user = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| config.default_user.clone());
+    let memory = startup::build(&config).await?;
+    let endpoint = Endpoint {
+        base_url: config.openai_base_url.clone(),
+        api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+        timeout: Duration::from_secs(config.llm_timeout_secs),
+        max_retries: config.llm_max_retries,
+    };
+    let model = std::env::var("ENGRAM_CHAT_MODEL").unwrap_or_else(|_| config.llm_model.clone());
+    let mut agent = ChatAgent::new(memory, &endpoint, model, Scope::new(&user, None, None)?)?;
+    eprintln!("chatting as {user}; /quit to stop");
+    agent
+        .run(BufReader::new(tokio::io::stdin()), tokio::io::stdout())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! [`ChatAgent`]: a chat loop with long-term memory, for applications that
+//! talk to an OpenAI-compatible chat model themselves (`examples/chat_agent.rs`
+//! runs it in a terminal).
+//!
+//! Each turn: recall the user's memories relevant to the message (the same
+//! `user_context` the MCP tool serves), answer with the `with_memory` system
+//! prompt, then store the exchange in the background, so remembering never
+//! delays a reply. Memory is an aid, not a dependency: when recall or
+//! remember fails, the agent says so on stderr and keeps answering.
+
+use std::sync::Arc;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest,
+};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use crate::context::{UserContext, system_prompt};
+use crate::model::{Message, Scope};
+use crate::openai::Endpoint;
+use crate::service::{MemoryService, RememberRequest};
+
+/// Earlier turns of this session sent with each request (memory covers the rest).
+const SESSION_TURNS: usize = 10;
+
+pub struct ChatAgent {
+    memory: Arc<MemoryService>,
+    client: Client<OpenAIConfig>,
+    model: String,
+    scope: Scope,
+    /// (user, assistant) pairs of this session, oldest first.
+    turns: Vec<(String, String)>,
+    /// Exchanges being remembered.
+    storing: JoinSet<()>,
+}
+
+impl ChatAgent {
+    pub fn new(
+        memory: Arc<MemoryService>,
+        endpoint: &Endpoint,
+        model: String,
+        scope: Scope,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            memory,
+            client: crate::openai::client(endpoint, "")?,
+            model,
+            scope,
+            turns: Vec::new(),
+            storing: JoinSet::new(),
+        })
+    }
+
+    /// One turn: the model's reply to `text`, shaped by what is remembered.
+    pub async fn reply(&mut self, text: &str) -> Result<String, String> {
+        let context = match self
+            .memory
+            .user_context(&self.scope, Some(20), Some(text.to_owned()))
+            .await
+        {
+            Ok(context) => context,
+            Err(e) => {
+                eprintln!("(memory unavailable, answering without it: {e})");
+                UserContext::new(self.scope.user_id.clone(), Vec::new(), 0, None)
+            }
+        };
+        let mut messages = vec![ChatCompletionRequestMessage::System(
+            ChatCompletionRequestSystemMessage {
+                content: system_prompt(&context, None).as_str().into(),
+                name: None,
+            },
+        )];
+        let recent = self.turns.len().saturating_sub(SESSION_TURNS);
+        for (user, assistant) in &self.turns[recent..] {
+            messages.push(user_message(user));
+            messages.push(ChatCompletionRequestMessage::Assistant(
+                ChatCompletionRequestAssistantMessage {
+                    content: Some(assistant.as_str().into()),
+                    ..Default::default()
+                },
+            ));
+        }
+        messages.push(user_message(text));
+        let request = CreateChatCompletionRequest {
+            model: self.model.clone(),
+            messages,
+            ..Default::default()
+        };
+        let response = self
+            .client
+            .chat()
+            .create(request)
+            .await
+            .map_err(|e| format!("the chat model {} failed: {e}", self.model))?;
+        let reply = response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        self.turns.push((text.to_owned(), reply.clone()));
+        self.remember_in_background(text, &reply);
+        Ok(reply)
+    }
+
+    fn remember_in_background(&mut self, user: &str, assistant: &str) {
+        let memory = self.memory.clone();
+        let request = RememberRequest {
+            scope: self.scope.clone(),
+            text: None,
+            messages: Some(vec![
+                Message {
+                    role: "user".into(),
+                    content: user.to_owned(),
+                },
+                Message {
+                    role: "assistant".into(),
+                    content: assistant.to_owned(),
+                },
+            ]),
+            metadata: None,
+            infer: true,
+        };
+        self.storing.spawn(async move {
+            if let Err(e) = memory.remember(request).await {
+                eprintln!("(could not remember this exchange: {e})");
+            }
+        });
+    }
+
+    /// Waits for every exchange still being remembered.
+    pub async fn finish(&mut self) {
+        while self.storing.join_next().await.is_some() {}
+    }
+
+    /// Reads lines from `input` until EOF or `/quit`, writing each reply to
+    /// `output`; remembers everything before returning.
+    pub async fn run<R, W>(&mut self, input: R, mut output: W) -> std::io::Result<()>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut lines = input.lines();
+        while let Some(line) = lines.next_line().await? {
+            let line = line.trim();
+            if line == "/quit" {
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let answer = match self.reply(line).await {
+                Ok(reply) => reply,
+                Err(e) => format!("(no answer: {e})"),
+            };
+            output.write_all(format!("{answer}\n").as_bytes()).await?;
+            output.flush().await?;
+        }
+        self.finish().await;
+        Ok(())
+    }
+}
+
+fn user_message(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+        content: text.into(),
+        name: None,
+    })
+}
