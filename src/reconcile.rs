@@ -50,6 +50,9 @@ pub async fn plan(
     threshold: f32,
 ) -> Result<(Vec<Plan>, Usage), Error> {
     let mut plans = vec![Plan::Add; facts.len()];
+    if !extractor.reconciles() {
+        return Ok((plans, Usage::default()));
+    }
     let none = MetadataFilter::default();
     let at = SearchScope {
         scope,

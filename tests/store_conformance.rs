@@ -764,6 +764,52 @@ async fn a_supersede_closes_the_old_memory_and_stores_the_new(b: Backend) {
     assert!(found_current(s, &alice, new_id).await);
 }
 
+/// Writers and readers of one user at once, more of them than a store has
+/// connections: every call finishes (no lock-order cycle between a
+/// connection and the user's in-process vectors) and every write lands.
+async fn many_writes_and_searches_at_once_all_finish(b: Backend) {
+    let s = b.store.clone();
+    let alice = scope("alice", None, None);
+    let seed = add(
+        s.as_ref(),
+        &alice,
+        "Alice keeps bees in the garden",
+        json!({}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let s = s.clone();
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            let none = MetadataFilter::default();
+            let at = SearchScope {
+                scope: &alice,
+                filter: &none,
+            };
+            if i % 2 == 0 {
+                let text = format!("Alice visited city number {i} on a trip");
+                let added = s.insert(new_memory(&alice, &text, json!({})), 0.9).await;
+                assert!(matches!(added, Ok(InsertOutcome::Added(_))), "{added:?}");
+            } else {
+                let query = HashEmbedder::new(DIMS).embed("Alice bees garden");
+                s.vector_search(at, &query, 5).await.unwrap();
+            }
+        }));
+    }
+    let all = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), all)
+        .await
+        .expect("concurrent writes and searches stalled");
+    let (current, total) = s.recent(&alice, 100).await.unwrap();
+    assert_eq!(total, 25);
+    assert!(current.iter().any(|m| m.id == seed));
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -808,6 +854,7 @@ every_backend!(
     many_close_memories_differing_in_a_detail_are_all_kept,
     an_update_rewrites_one_memory_and_keeps_its_history,
     a_supersede_closes_the_old_memory_and_stores_the_new,
+    many_writes_and_searches_at_once_all_finish,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -350,6 +350,10 @@ impl Extractor for LlmExtractor {
         "llm"
     }
 
+    fn reconciles(&self) -> bool {
+        true
+    }
+
     async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError> {
         let (content, usage) = self
             .ask(&Ask {

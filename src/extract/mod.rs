@@ -91,6 +91,12 @@ pub trait Extractor: Send + Sync {
     /// none (nothing memorable); never drops input silently on failure: it errors.
     async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError>;
 
+    /// Whether [`Extractor::reconcile`] can decide anything; when not, the
+    /// service skips looking for similar memories altogether.
+    fn reconciles(&self) -> bool {
+        false
+    }
+
     /// Decides, in one call, what each fact means for the similar memories
     /// already stored. `None`: this extractor does not reconcile, and every
     /// fact is added (the store still refuses duplicates). Decisions may be

@@ -89,6 +89,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     embedder: EmbedderIdentity,
     index: VectorIndex,
+    /// One writer at a time. Lock order, everywhere: `write_lock`, then a
+    /// pool connection, then a user's entry in `index`. Nothing holding an
+    /// index entry waits for a connection, so readers holding connections
+    /// while they wait for an entry can never starve the writer holding it.
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -411,12 +415,12 @@ impl Store for SqliteStore {
     ) -> Result<InsertOutcome, StoreError> {
         let _writer = self.write_lock.lock().await;
         let entry = self.index.user(&new.scope.user_id);
-        let mut vecs = entry.write().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a write"))?;
+        let mut vecs = entry.write().await;
 
         self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
             .await?;
@@ -616,12 +620,12 @@ impl Store for SqliteStore {
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
         let _writer = self.write_lock.lock().await;
         let entry = self.index.user(user_id);
-        let mut vecs = entry.write().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a delete"))?;
+        let mut vecs = entry.write().await;
         let before = generation(&mut tx, user_id).await?;
         let pk: Option<i64> =
             sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
@@ -717,12 +721,12 @@ impl Store for SqliteStore {
     ) -> Result<Option<Memory>, StoreError> {
         let _writer = self.write_lock.lock().await;
         let entry = self.index.user(user_id);
-        let mut vecs = entry.write().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting an update"))?;
+        let mut vecs = entry.write().await;
         let before = generation(&mut tx, user_id).await?;
         let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
             return Ok(None);
@@ -795,12 +799,12 @@ impl Store for SqliteStore {
         let user_id = new.scope.user_id.clone();
         let _writer = self.write_lock.lock().await;
         let entry = self.index.user(&user_id);
-        let mut vecs = entry.write().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a write"))?;
+        let mut vecs = entry.write().await;
         let before = generation(&mut tx, &user_id).await?;
         let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
             return Ok(SupersedeOutcome::NotFound);
