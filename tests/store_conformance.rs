@@ -11,8 +11,8 @@ use common::postgres::TestDatabase;
 use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
 use engram::model::{Event, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::{
-    InsertOutcome, NewMemory, PgOptions, PgStore, SearchScope, SqliteStore, Store, StoreError,
-    SupersedeOutcome,
+    InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, Store,
+    StoreError, SupersedeOutcome,
 };
 use serde_json::json;
 
@@ -810,6 +810,268 @@ async fn many_writes_and_searches_at_once_all_finish(b: Backend) {
     assert!(current.iter().any(|m| m.id == seed));
 }
 
+/// A close takes one current memory out of every search and listing without
+/// a successor (SUPERSEDE in its history, no new text; still readable by id,
+/// like a superseded one) and moves the user's version; closing it again, or
+/// another user's memory, changes nothing.
+async fn a_close_retires_a_memory_without_a_successor(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    let id = add(s, &alice, "Works at Acme as an engineer", json!({})).await;
+    let kept = add(s, &alice, "Lives in Lisbon", json!({})).await;
+    let bobs = add(s, &bob, "Works at Initech as an engineer", json!({})).await;
+    let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    // Warm the in-process vectors, so the close must keep them right.
+    let found = ids(&s
+        .vector_search(at, &embed("engineer at Acme"), 10)
+        .await
+        .unwrap());
+    assert!(found.contains(&id), "{found:?}");
+    let v1 = s.version("alice").await.unwrap();
+    let bob_version = s.version("bob").await.unwrap();
+
+    assert!(s.close("alice", id, "llm").await.unwrap());
+    let v2 = s.version("alice").await.unwrap();
+    assert!(v2.is_some() && v2 != v1, "{v1:?} -> {v2:?}");
+    assert_eq!(s.version("bob").await.unwrap(), bob_version);
+
+    let found = ids(&s
+        .vector_search(at, &embed("engineer at Acme"), 10)
+        .await
+        .unwrap());
+    assert_eq!(found, [kept]);
+    assert!(
+        s.keyword_search(at, "engineer Acme", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!found_current(s, &alice, id).await);
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 1);
+    let again = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&again
+            .vector_search(at, &embed("engineer at Acme"), 10)
+            .await
+            .unwrap()),
+        [kept]
+    );
+    let by_id = s.get_many("alice", &[id]).await.unwrap();
+    assert_eq!(
+        by_id.iter().map(|m| m.memory.as_str()).collect::<Vec<_>>(),
+        ["Works at Acme as an engineer"]
+    );
+
+    let history = s.history("alice", id).await.unwrap();
+    let events: Vec<_> = history.iter().map(|h| h.event).collect();
+    assert_eq!(events, [Event::Add, Event::Supersede]);
+    assert_eq!(
+        history[1].old_memory.as_deref(),
+        Some("Works at Acme as an engineer")
+    );
+    assert_eq!(history[1].new_memory, None);
+    assert_eq!(history[1].actor, "llm");
+
+    // Closed already, or not theirs: nothing changes.
+    assert!(!s.close("alice", id, "llm").await.unwrap());
+    assert!(!s.close("bob", kept, "llm").await.unwrap());
+    assert!(!s.close("alice", bobs, "llm").await.unwrap());
+    assert_eq!(s.version("alice").await.unwrap(), v2);
+    assert_eq!(s.version("bob").await.unwrap(), bob_version);
+    assert_eq!(s.history("alice", id).await.unwrap().len(), 2);
+    assert_eq!(s.history("alice", kept).await.unwrap().len(), 1);
+    assert!(found_current(s, &alice, kept).await);
+    assert!(found_current(s, &bob, bobs).await);
+}
+
+fn deferred(
+    scope: &Scope,
+    input: serde_json::Value,
+    metadata: serde_json::Value,
+    infer: bool,
+    memory_ids: Vec<MemoryId>,
+    error: &str,
+) -> NewPending {
+    NewPending {
+        id: uuid::Uuid::now_v7(),
+        scope: scope.clone(),
+        input,
+        metadata: metadata.as_object().cloned().unwrap_or_default(),
+        infer,
+        memory_ids,
+        error: error.to_owned(),
+    }
+}
+
+/// Stores `entries` in order, each a little after the one before.
+async fn add_deferred(s: &dyn Store, entries: &[&NewPending]) {
+    for entry in entries {
+        s.add_pending((*entry).clone()).await.unwrap();
+        // Distinct creation times (SQLite keeps milliseconds).
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+}
+
+/// The ids of every deferred remember, oldest first.
+async fn deferred_ids(s: &dyn Store) -> Vec<uuid::Uuid> {
+    let (entries, total) = s.pending(100).await.unwrap();
+    assert_eq!(total, entries.len() as u64);
+    entries.iter().map(|p| p.entry.id).collect()
+}
+
+/// Deferred remembers come back as stored, oldest first across users, with
+/// the total; a retry counts the attempt and replaces the reason; finishing
+/// drops one entry of its user once. None of it is a write to memories.
+async fn deferred_remembers_round_trip_oldest_first(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", Some("chat"), Some("run-7"));
+    let bob = scope("bob", None, None);
+    let m1 = add(s, &alice, "Drinks espresso every morning", json!({})).await;
+    let m2 = add(s, &alice, "Plays chess on Sundays", json!({})).await;
+    let alice_version = s.version("alice").await.unwrap();
+
+    let first = deferred(
+        &alice,
+        json!({"text": "I drink espresso every morning and play chess on Sundays"}),
+        json!({"source": "chat", "n": 1, "tags": ["a", "b"]}),
+        true,
+        vec![m1, m2],
+        "the LLM timed out",
+    );
+    let second = deferred(
+        &bob,
+        json!({"messages": [{"role": "user", "content": "I moved to Porto"}]}),
+        json!({}),
+        false,
+        vec![],
+        "the embedder is unavailable",
+    );
+    let third = deferred(
+        &alice,
+        json!({"text": "Drinks espresso every morning"}),
+        json!({"nested": {"x": null}}),
+        true,
+        vec![m1],
+        "the LLM returned no JSON",
+    );
+    add_deferred(s, &[&first, &second, &third]).await;
+    assert_eq!(s.version("alice").await.unwrap(), alice_version);
+    assert_eq!(
+        s.version("bob").await.unwrap(),
+        None,
+        "no memories, no version"
+    );
+
+    let (page, total) = s.pending(2).await.unwrap();
+    assert_eq!(total, 3);
+    let entries: Vec<NewPending> = page.iter().map(|p| p.entry.clone()).collect();
+    assert_eq!(entries, [first.clone(), second.clone()]);
+    assert!(page.iter().all(|p| p.attempts == 0), "{page:?}");
+    assert!(page[0].created_at < page[1].created_at, "{page:?}");
+    let age = chrono::Utc::now() - page[0].created_at;
+    assert!(age.num_seconds().abs() < 60, "created {age} ago");
+    let (none, total) = s.pending(0).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(total, 3);
+
+    s.retry_pending("alice", first.id, "the LLM refused")
+        .await
+        .unwrap();
+    s.retry_pending("alice", first.id, "the LLM timed out again")
+        .await
+        .unwrap();
+    // Another user's id: nothing changes.
+    s.retry_pending("bob", first.id, "not bob's").await.unwrap();
+    let (all, total) = s.pending(10).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all[0].entry,
+        NewPending {
+            error: "the LLM timed out again".into(),
+            ..first.clone()
+        }
+    );
+    assert_eq!(all[0].attempts, 2);
+    assert_eq!(all[0].created_at, page[0].created_at);
+    assert_eq!((&all[1].entry, all[1].attempts), (&second, 0));
+    assert_eq!((&all[2].entry, all[2].attempts), (&third, 0));
+
+    assert!(!s.finish_pending("bob", first.id).await.unwrap());
+    assert!(s.finish_pending("alice", first.id).await.unwrap());
+    assert!(!s.finish_pending("alice", first.id).await.unwrap());
+    assert!(
+        !s.finish_pending("alice", uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+    );
+    assert_eq!(deferred_ids(s).await, [second.id, third.id]);
+    assert_eq!(s.version("alice").await.unwrap(), alice_version);
+    assert_eq!(s.version("bob").await.unwrap(), None);
+}
+
+/// Forgetting a memory drops the deferred remembers of its user that stored
+/// it (and no other); forgetting a user drops all of theirs and nobody else's.
+async fn forgetting_drops_the_deferred_remembers_that_stored_it(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    let m1 = add(s, &alice, "Drinks espresso every morning", json!({})).await;
+    let m2 = add(s, &alice, "Plays chess on Sundays", json!({})).await;
+    let m3 = add(s, &alice, "Lives in Lisbon", json!({})).await;
+    let bm = add(s, &bob, "Bob restores old motorcycles", json!({})).await;
+    let text = |t: &str| json!({ "text": t });
+    let both = deferred(
+        &alice,
+        text("espresso, chess"),
+        json!({}),
+        true,
+        vec![m1, m2],
+        "e",
+    );
+    let chess = deferred(&alice, text("chess"), json!({}), true, vec![m2], "e");
+    let lisbon = deferred(&alice, text("Lisbon"), json!({}), true, vec![m3], "e");
+    let nothing = deferred(&alice, text("nothing stored"), json!({}), true, vec![], "e");
+    // Bob's entry names alice's memory too: forgetting hers leaves his alone.
+    let bobs = deferred(
+        &bob,
+        text("motorcycles"),
+        json!({}),
+        false,
+        vec![bm, m1],
+        "e",
+    );
+    add_deferred(s, &[&both, &chess, &lisbon, &nothing, &bobs]).await;
+
+    assert!(!s.delete("bob", m1).await.unwrap());
+    assert_eq!(deferred_ids(s).await.len(), 5, "nothing was deleted");
+    assert!(s.delete("alice", m1).await.unwrap());
+    assert_eq!(
+        deferred_ids(s).await,
+        [chess.id, lisbon.id, nothing.id, bobs.id]
+    );
+    assert!(s.delete("alice", m2).await.unwrap());
+    assert_eq!(deferred_ids(s).await, [lisbon.id, nothing.id, bobs.id]);
+
+    assert_eq!(s.delete_user("alice").await.unwrap(), 1);
+    assert_eq!(deferred_ids(s).await, [bobs.id]);
+    // A user with deferred remembers only is forgotten too.
+    let later = deferred(&alice, text("again"), json!({}), true, vec![], "e");
+    add_deferred(s, &[&later]).await;
+    assert_eq!(s.delete_user("alice").await.unwrap(), 0);
+    assert_eq!(deferred_ids(s).await, [bobs.id]);
+    assert!(found_current(s, &bob, bm).await);
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -855,6 +1117,9 @@ every_backend!(
     an_update_rewrites_one_memory_and_keeps_its_history,
     a_supersede_closes_the_old_memory_and_stores_the_new,
     many_writes_and_searches_at_once_all_finish,
+    a_close_retires_a_memory_without_a_successor,
+    deferred_remembers_round_trip_oldest_first,
+    forgetting_drops_the_deferred_remembers_that_stored_it,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -110,6 +110,36 @@ pub enum SupersedeOutcome {
     Duplicate(Memory),
 }
 
+/// A remember whose model work could not be done when it came in (the LLM or
+/// the embedder failed and `on_llm_error = "verbatim"`), kept so `engram
+/// reextract` can finish it. Its `memory_ids` are the verbatim memories
+/// stored meanwhile (none if even the embedder failed); re-extraction
+/// replaces them. Forgetting any of them, or the user, drops the entry: a
+/// forgotten text is never brought back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPending {
+    pub id: uuid::Uuid,
+    pub scope: Scope,
+    /// The request's input as JSON (`{"text": ...}` or `{"messages": [...]}`).
+    pub input: serde_json::Value,
+    pub metadata: Metadata,
+    /// False: the caller asked for the text as given (`infer: false`); only
+    /// embedding is left to do.
+    pub infer: bool,
+    pub memory_ids: Vec<MemoryId>,
+    /// Why it was deferred, as the caller would read it.
+    pub error: String,
+}
+
+/// A stored [`NewPending`], with its attempts so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub entry: NewPending,
+    /// Re-extraction attempts that failed (0 when none was made).
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchScope<'a> {
@@ -175,10 +205,12 @@ pub trait Store: Send + Sync {
     /// The history of one of the user's memories, oldest first.
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
 
-    /// Hard-deletes one memory of the user and its history. False if it was not theirs.
+    /// Hard-deletes one memory of the user and its history, and any deferred
+    /// remember that stored it. False if it was not theirs.
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
 
-    /// Hard-deletes every memory and history row of the user; returns how many memories.
+    /// Hard-deletes every memory, history row and deferred remember of the
+    /// user; returns how many memories.
     async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
 
     /// Replaces the text and vector of one current memory of the user, with an
@@ -203,6 +235,30 @@ pub trait Store: Send + Sync {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError>;
+
+    /// Closes current memory `id` of the user without a successor
+    /// (`valid_to` = now, a SUPERSEDE history row with no new text, `actor`).
+    /// False: not a current memory of theirs, nothing changed.
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError>;
+
+    /// Keeps a deferred remember (see [`NewPending`]).
+    async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError>;
+
+    /// Up to `limit` deferred remembers of every user, oldest first, and how
+    /// many there are in all. The one read not bounded by a user: it serves
+    /// the operator's `engram reextract`, never a request.
+    async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError>;
+
+    /// Drops a deferred remember of the user once it is done. False if unknown.
+    async fn finish_pending(&self, user_id: &str, id: uuid::Uuid) -> Result<bool, StoreError>;
+
+    /// Records a failed attempt (attempts + 1, `error` replaces the reason).
+    async fn retry_pending(
+        &self,
+        user_id: &str,
+        id: uuid::Uuid,
+        error: &str,
+    ) -> Result<(), StoreError>;
 
     /// The user's write version, which caches key their entries by. Invariant:
     /// every write to the user's memories moves it, in the write's own

@@ -30,8 +30,8 @@ use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
-    parse_event,
+    HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, SearchScope, Store,
+    StoreError, SupersedeOutcome, parse_event,
 };
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
@@ -557,11 +557,15 @@ impl Store for PgStore {
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        // One statement, so the memory and its history go together.
+        // One statement, so the memory, its history and any deferred
+        // remember that stored it (which would bring the text back) go together.
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
                   history AS (DELETE FROM memory_history \
-                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)) \
+                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)), \
+                  pending AS (DELETE FROM pending_extractions \
+                              WHERE user_id = $1 AND $2 = ANY (memory_ids) \
+                                AND EXISTS (SELECT 1 FROM gone)) \
              SELECT count(*) FROM gone",
         )
         .bind(user_id)
@@ -576,7 +580,8 @@ impl Store for PgStore {
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
                   history AS (DELETE FROM memory_history WHERE user_id = $1), \
-                  counts AS (DELETE FROM memory_users WHERE user_id = $1) \
+                  counts AS (DELETE FROM memory_users WHERE user_id = $1), \
+                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1) \
              SELECT count(*) FROM gone",
         )
         .bind(user_id)
@@ -645,25 +650,16 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db("starting a write"))?;
-        let closed: Option<String> = sqlx::query_scalar(
-            "WITH old AS (SELECT id, content FROM memories \
-                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
-                  m AS (UPDATE memories SET valid_to = $3, updated_at = $3 \
-                        WHERE id IN (SELECT id FROM old) RETURNING id), \
-                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
-                            new_content, actor, created_at) \
-                        SELECT old.id, $1, 'SUPERSEDE', old.content, $4, $5, $3 FROM old) \
-             SELECT content FROM old",
+        let closed = close_in(
+            &mut tx,
+            &new.scope.user_id,
+            old,
+            Some(&new.content),
+            &new.actor,
+            now,
         )
-        .bind(&new.scope.user_id)
-        .bind(old.0)
-        .bind(now)
-        .bind(&new.content)
-        .bind(&new.actor)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("closing a memory"))?;
-        if closed.is_none() {
+        .await?;
+        if !closed {
             tx.rollback().await.map_err(db("ending a write"))?;
             return Ok(SupersedeOutcome::NotFound);
         }
@@ -715,6 +711,130 @@ impl Store for PgStore {
                 .map_err(db("reading the user's version"))?;
         Ok(v.map(|v| v as u64))
     }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // One statement; the memories_version_update trigger moves the version.
+        let mut conn = self.pool.acquire().await.map_err(db("starting a write"))?;
+        close_in(&mut conn, user_id, id, None, actor, now).await
+    }
+
+    async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let metadata = serde_json::Value::Object(pending.metadata.clone());
+        let memory_ids: Vec<Uuid> = pending.memory_ids.iter().map(|id| id.0).collect();
+        // Not a memory: no trigger, no version moves.
+        sqlx::query(
+            "INSERT INTO pending_extractions (id, user_id, agent_id, run_id, input, metadata, \
+             infer, memory_ids, error, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(pending.id)
+        .bind(&pending.scope.user_id)
+        .bind(&pending.scope.agent_id)
+        .bind(&pending.scope.run_id)
+        .bind(&pending.input)
+        .bind(&metadata)
+        .bind(pending.infer)
+        .bind(&memory_ids)
+        .bind(&pending.error)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a deferred remember"))?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError> {
+        // One statement, so the count and the rows come from one snapshot.
+        let rows = sqlx::query(
+            "WITH total AS (SELECT count(*) AS total FROM pending_extractions) \
+             SELECT t.total, p.* FROM total t LEFT JOIN LATERAL ( \
+                 SELECT id, user_id, agent_id, run_id, input, metadata, infer, memory_ids, \
+                        error, attempts, created_at \
+                 FROM pending_extractions ORDER BY created_at, id LIMIT $1) p ON true \
+             ORDER BY p.created_at, p.id",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading deferred remembers"))?;
+        let mut total = 0i64;
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            total = row
+                .try_get("total")
+                .map_err(db("counting deferred remembers"))?;
+            // The count's own row when there are none (the LATERAL side is NULL).
+            let id: Option<Uuid> = row
+                .try_get("id")
+                .map_err(db("reading a deferred remember"))?;
+            if id.is_some() {
+                pending.push(pending_from_row(row)?);
+            }
+        }
+        Ok((pending, total.max(0) as u64))
+    }
+
+    async fn finish_pending(&self, user_id: &str, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_extractions WHERE user_id = $1 AND id = $2")
+            .bind(user_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("dropping a deferred remember"))?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn retry_pending(&self, user_id: &str, id: Uuid, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pending_extractions SET attempts = attempts + 1, error = $3 \
+             WHERE user_id = $1 AND id = $2",
+        )
+        .bind(user_id)
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a failed re-extraction"))?;
+        Ok(())
+    }
+}
+
+/// Closes current memory `id` of the user (`valid_to` = now, locked first)
+/// with a SUPERSEDE history row naming `successor`'s text, if any, in one
+/// statement; triggers drop its keywords and move the user's version. False
+/// when it is not a current memory of theirs (nothing changed).
+async fn close_in(
+    conn: &mut PgConnection,
+    user_id: &str,
+    id: MemoryId,
+    successor: Option<&str>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let closed: Option<Uuid> = sqlx::query_scalar(
+        "WITH old AS (SELECT id, content FROM memories \
+                      WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+              m AS (UPDATE memories SET valid_to = $3, updated_at = $3 \
+                    WHERE id IN (SELECT id FROM old) RETURNING id), \
+              h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                        new_content, actor, created_at) \
+                    SELECT old.id, $1, 'SUPERSEDE', old.content, $4, $5, $3 FROM old) \
+         SELECT id FROM old",
+    )
+    .bind(user_id)
+    .bind(id.0)
+    .bind(now)
+    .bind(successor)
+    .bind(actor)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("closing a memory"))?;
+    Ok(closed.is_some())
 }
 
 async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool, StoreError> {
@@ -905,6 +1025,36 @@ fn memory_from_row(row: &PgRow) -> Result<Memory, StoreError> {
         categories: row.try_get("categories").map_err(&get)?,
         created_at: row.try_get("created_at").map_err(&get)?,
         updated_at: row.try_get("updated_at").map_err(&get)?,
+    })
+}
+
+fn pending_from_row(row: &PgRow) -> Result<Pending, StoreError> {
+    let get = db("reading a deferred remember");
+    let metadata: serde_json::Value = row.try_get("metadata").map_err(&get)?;
+    let serde_json::Value::Object(metadata) = metadata else {
+        return Err(StoreError::Corrupt(format!(
+            "deferred remember metadata is not an object: {metadata}"
+        )));
+    };
+    let memory_ids: Vec<Uuid> = row.try_get("memory_ids").map_err(&get)?;
+    let attempts: i32 = row.try_get("attempts").map_err(&get)?;
+    Ok(Pending {
+        entry: NewPending {
+            id: row.try_get("id").map_err(&get)?,
+            scope: Scope {
+                user_id: row.try_get("user_id").map_err(&get)?,
+                agent_id: row.try_get("agent_id").map_err(&get)?,
+                run_id: row.try_get("run_id").map_err(&get)?,
+            },
+            input: row.try_get("input").map_err(&get)?,
+            metadata,
+            infer: row.try_get("infer").map_err(&get)?,
+            memory_ids: memory_ids.into_iter().map(MemoryId).collect(),
+            error: row.try_get("error").map_err(&get)?,
+        },
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt(format!("{attempts} re-extraction attempts")))?,
+        created_at: row.try_get("created_at").map_err(&get)?,
     })
 }
 

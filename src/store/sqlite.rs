@@ -24,8 +24,8 @@ use sqlx::{Connection, Row};
 
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
-    parse_event,
+    HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, SearchScope, Store,
+    StoreError, SupersedeOutcome, parse_event,
 };
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
@@ -94,6 +94,14 @@ pub struct SqliteStore {
     /// index entry waits for a connection, so readers holding connections
     /// while they wait for an entry can never starve the writer holding it.
     write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A current memory about to be closed: its id, pk and text.
+#[derive(Clone, Copy)]
+struct Closed<'a> {
+    id: MemoryId,
+    pk: i64,
+    content: &'a str,
 }
 
 impl SqliteStore {
@@ -391,6 +399,46 @@ impl SqliteStore {
         .map_err(db("checking for duplicates"))
     }
 
+    /// Closes a current memory (`valid_to` = now), takes it out of the
+    /// keyword index and records a SUPERSEDE history row naming its
+    /// `successor`'s text, if any. The caller moves the generation and drops
+    /// the vector from its in-process copy.
+    async fn close_row(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        closed: Closed<'_>,
+        successor: Option<&str>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE memories SET valid_to = ?, updated_at = ? WHERE pk = ?")
+            .bind(now.timestamp_millis())
+            .bind(now.timestamp_millis())
+            .bind(closed.pk)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("closing a memory"))?;
+        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
+            .bind(closed.pk)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("unindexing a memory"))?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'SUPERSEDE', ?, ?, ?, ?)",
+        )
+        .bind(closed.id.to_string())
+        .bind(user_id)
+        .bind(closed.content)
+        .bind(successor)
+        .bind(actor)
+        .bind(now.timestamp_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(db("recording history"))?;
+        Ok(())
+    }
+
     async fn fetch_memory(conn: &mut SqliteConnection, pk: i64) -> Result<Memory, StoreError> {
         let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.pk = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -658,6 +706,16 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("deleting history"))?;
+        // A deferred remember that stored it would bring the text back.
+        sqlx::query(
+            "DELETE FROM pending_extractions WHERE user_id = ?1 \
+             AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting deferred remembers"))?;
         let generation = bump_generation(&mut tx, user_id).await?;
         tx.commit().await.map_err(db("committing a delete"))?;
         if vecs.generation == Some(before) {
@@ -699,6 +757,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("deleting history"))?;
+        sqlx::query("DELETE FROM pending_extractions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting deferred remembers"))?;
         // The generation row goes too (no trace of the user is left). Other
         // processes see generation 0, differ from their copy, and reload.
         sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
@@ -815,31 +878,20 @@ impl Store for SqliteStore {
             ));
         }
         let now = Utc::now();
-        sqlx::query("UPDATE memories SET valid_to = ?, updated_at = ? WHERE pk = ?")
-            .bind(now.timestamp_millis())
-            .bind(now.timestamp_millis())
-            .bind(old_pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("closing a memory"))?;
-        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
-            .bind(old_pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("unindexing a memory"))?;
-        sqlx::query(
-            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
-             actor, created_at) VALUES (?, ?, 'SUPERSEDE', ?, ?, ?, ?)",
+        let closed = Closed {
+            id: old,
+            pk: old_pk,
+            content: &old_content,
+        };
+        Self::close_row(
+            &mut tx,
+            &user_id,
+            closed,
+            Some(&new.content),
+            &new.actor,
+            now,
         )
-        .bind(old.to_string())
-        .bind(&user_id)
-        .bind(&old_content)
-        .bind(&new.content)
-        .bind(&new.actor)
-        .bind(now.timestamp_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording history"))?;
+        .await?;
         let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
         tx.commit().await.map_err(db("committing a supersede"))?;
         if vecs.generation == Some(before) {
@@ -866,6 +918,124 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db("reading the user's version"))?;
         Ok(g.map(|g| g as u64))
+    }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let entry = self.index.user(user_id);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a write"))?;
+        let mut vecs = entry.write().await;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(false);
+        };
+        let closed = Closed {
+            id,
+            pk,
+            content: &content,
+        };
+        Self::close_row(&mut tx, user_id, closed, None, actor, Utc::now()).await?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+
+    async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
+        let input = serde_json::to_string(&pending.input)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let metadata = serde_json::to_string(&pending.metadata)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let memory_ids: Vec<String> = pending.memory_ids.iter().map(ToString::to_string).collect();
+        let memory_ids = serde_json::Value::from(memory_ids).to_string();
+        // Not a memory: no generation moves.
+        let _writer = self.write_lock.lock().await;
+        sqlx::query(
+            "INSERT INTO pending_extractions (id, user_id, agent_id, run_id, input, metadata, \
+             infer, memory_ids, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(pending.id.to_string())
+        .bind(&pending.scope.user_id)
+        .bind(&pending.scope.agent_id)
+        .bind(&pending.scope.run_id)
+        .bind(input)
+        .bind(metadata)
+        .bind(pending.infer)
+        .bind(memory_ids)
+        .bind(&pending.error)
+        .bind(Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a deferred remember"))?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError> {
+        // One read transaction: the count and the rows from one snapshot.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("reading deferred remembers"))?;
+        let rows = sqlx::query(
+            "SELECT id, user_id, agent_id, run_id, input, metadata, infer, memory_ids, error, \
+             attempts, created_at FROM pending_extractions ORDER BY created_at, id LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading deferred remembers"))?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_extractions")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("counting deferred remembers"))?;
+        tx.rollback()
+            .await
+            .map_err(db("reading deferred remembers"))?;
+        let pending = rows
+            .iter()
+            .map(pending_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((pending, total.max(0) as u64))
+    }
+
+    async fn finish_pending(&self, user_id: &str, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let done = sqlx::query("DELETE FROM pending_extractions WHERE user_id = ? AND id = ?")
+            .bind(user_id)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("dropping a deferred remember"))?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn retry_pending(
+        &self,
+        user_id: &str,
+        id: uuid::Uuid,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let _writer = self.write_lock.lock().await;
+        sqlx::query(
+            "UPDATE pending_extractions SET attempts = attempts + 1, error = ? \
+             WHERE user_id = ? AND id = ?",
+        )
+        .bind(error)
+        .bind(user_id)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a failed re-extraction"))?;
+        Ok(())
     }
 }
 
@@ -983,6 +1153,45 @@ fn memory_from_row(row: &SqliteRow) -> Result<Memory, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("categories: {e}")))?,
         created_at: millis(row.try_get("created_at").map_err(&get)?),
         updated_at: millis(row.try_get("updated_at").map_err(&get)?),
+    })
+}
+
+fn pending_from_row(row: &SqliteRow) -> Result<Pending, StoreError> {
+    let get = db("reading a deferred remember");
+    let id: String = row.try_get("id").map_err(&get)?;
+    let input: String = row.try_get("input").map_err(&get)?;
+    let metadata: String = row.try_get("metadata").map_err(&get)?;
+    let memory_ids: String = row.try_get("memory_ids").map_err(&get)?;
+    let attempts: i64 = row.try_get("attempts").map_err(&get)?;
+    let memory_ids = serde_json::from_str::<Vec<String>>(&memory_ids)
+        .map_err(|e| StoreError::Corrupt(format!("deferred remember memory ids: {e}")))?
+        .iter()
+        .map(|raw| {
+            raw.parse()
+                .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Pending {
+        entry: NewPending {
+            id: id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("deferred remember id '{id}'")))?,
+            scope: Scope {
+                user_id: row.try_get("user_id").map_err(&get)?,
+                agent_id: row.try_get("agent_id").map_err(&get)?,
+                run_id: row.try_get("run_id").map_err(&get)?,
+            },
+            input: serde_json::from_str(&input)
+                .map_err(|e| StoreError::Corrupt(format!("deferred remember input: {e}")))?,
+            metadata: serde_json::from_str::<Metadata>(&metadata)
+                .map_err(|e| StoreError::Corrupt(format!("deferred remember metadata: {e}")))?,
+            infer: row.try_get("infer").map_err(&get)?,
+            memory_ids,
+            error: row.try_get("error").map_err(&get)?,
+        },
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt(format!("{attempts} re-extraction attempts")))?,
+        created_at: millis(row.try_get("created_at").map_err(&get)?),
     })
 }
 
