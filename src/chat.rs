@@ -114,14 +114,8 @@ impl ChatAgent {
             scope: self.scope.clone(),
             text: None,
             messages: Some(vec![
-                Message {
-                    role: "user".into(),
-                    content: user.to_owned(),
-                },
-                Message {
-                    role: "assistant".into(),
-                    content: assistant.to_owned(),
-                },
+                Message::new("user", user.to_owned()),
+                Message::new("assistant", assistant.to_owned()),
             ]),
             metadata: None,
             infer: true,

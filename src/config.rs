@@ -31,6 +31,18 @@ pub enum ExtractorKind {
     Llm,
 }
 
+/// What `remember` does when the model (LLM or embedder) fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLlmError {
+    /// Store the text as given (as far as the embedder allows), answer with
+    /// a warning, and keep the request for `engram reextract`.
+    #[default]
+    Verbatim,
+    /// Refuse the remember with the model's error; nothing is stored.
+    Fail,
+}
+
 /// The vector index a PostgreSQL store searches with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +113,8 @@ pub struct Config {
     /// Stored memories at least this similar to a new fact are shown to the
     /// `llm` extractor's reconciliation (add / update / supersede / keep).
     pub reconcile_threshold: f32,
+    /// What `remember` does when the model fails.
+    pub on_llm_error: OnLlmError,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
@@ -172,6 +186,7 @@ struct FileConfig {
     default_user: Option<String>,
     dedup_threshold: Option<f64>,
     reconcile_threshold: Option<f64>,
+    on_llm_error: Option<String>,
     max_text_bytes: Option<i64>,
     vector_cache_mb: Option<i64>,
 }
@@ -461,6 +476,11 @@ impl Config {
             default_user,
             dedup_threshold: dedup_threshold as f32,
             reconcile_threshold: reconcile_threshold as f32,
+            on_llm_error: layer.choice(
+                "on_llm_error",
+                OnLlmError::Verbatim,
+                &["verbatim", "fail"],
+            )?,
             max_text_bytes: max_text_bytes as usize,
             vector_cache_mb: vector_cache_mb as usize,
         })
@@ -522,6 +542,7 @@ impl Layers<'_> {
             "embedding_document_prefix" => self.file.embedding_document_prefix.clone(),
             "extractor" => self.file.extractor.clone(),
             "llm_model" => self.file.llm_model.clone(),
+            "on_llm_error" => self.file.on_llm_error.clone(),
             "default_user" => self.file.default_user.clone(),
             _ => None,
         }

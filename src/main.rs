@@ -34,6 +34,13 @@ enum Command {
     Migrate,
     /// Rebuild every stored vector with the configured embedder (stop servers first).
     Reembed,
+    /// Finish remembers kept verbatim when the model failed (on_llm_error =
+    /// verbatim): extract, reconcile and replace their verbatim copies.
+    Reextract {
+        /// At most this many pending entries, oldest first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
 }
@@ -81,6 +88,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Reembed => {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::reembed(&config).await?;
+        }
+        Command::Reextract { limit } => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::reextract(&config, limit).await?;
         }
         Command::Bench(args) => engram::bench::run(args).await?,
     }

@@ -40,7 +40,8 @@ const CONTEXT_URI_SUFFIX: &str = "/context";
 pub struct RememberParams {
     /// Text to remember. Give this or `messages`.
     pub text: Option<String>,
-    /// A conversation to remember: [{role: user|assistant|system|tool, content}].
+    /// A conversation to remember: [{role: user|assistant|system|tool, content, date?}];
+    /// `date` (2026-11-20 or RFC 3339) is when the message was said.
     pub messages: Option<Vec<Message>>,
     /// Whose memory this is; defaults to the server's default user.
     pub user_id: Option<String>,

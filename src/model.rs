@@ -151,9 +151,37 @@ pub struct Memory {
 /// One message of a conversation handed to `remember`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
-    /// `user`, `assistant` or `system`.
+    /// `user`, `assistant`, `system` or `tool`.
     pub role: String,
     pub content: String,
+    /// When it was said: a date (`2026-11-20`) or an RFC 3339 time. The
+    /// extractor resolves relative dates in it ("tomorrow") against this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            date: None,
+        }
+    }
+}
+
+/// `raw` as a message date: `YYYY-MM-DD`, or an RFC 3339 time shown in UTC
+/// to the minute. `None` when it is neither.
+pub fn normalize_date(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Some(day.format("%Y-%m-%d").to_string());
+    }
+    DateTime::parse_from_rfc3339(raw).ok().map(|t| {
+        t.with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M UTC")
+            .to_string()
+    })
 }
 
 /// What `remember` is given: plain text, or a conversation.

@@ -40,7 +40,9 @@ pub enum Plan {
     },
 }
 
-/// One plan per fact, in order, and what asking cost. Asks `extractor` at most once.
+/// One plan per fact, in order, and what asking cost. Asks `extractor` at
+/// most once. Memories in `exclude` are never shown (a re-extraction's own
+/// verbatim copies, which its facts replace).
 pub async fn plan(
     store: &dyn Store,
     extractor: &dyn Extractor,
@@ -48,6 +50,7 @@ pub async fn plan(
     facts: &[Fact],
     embeddings: &[Vec<f32>],
     threshold: f32,
+    exclude: &[MemoryId],
 ) -> Result<(Vec<Plan>, Usage), Error> {
     let mut plans = vec![Plan::Add; facts.len()];
     if !extractor.reconciles() {
@@ -61,7 +64,7 @@ pub async fn plan(
     let mut similar: Vec<MemoryId> = Vec::new();
     for embedding in embeddings {
         for hit in store.vector_search(at, embedding, CANDIDATES).await? {
-            if hit.score >= threshold && !similar.contains(&hit.id) {
+            if hit.score >= threshold && !similar.contains(&hit.id) && !exclude.contains(&hit.id) {
                 similar.push(hit.id);
             }
         }

@@ -18,7 +18,7 @@
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //! all validation happens here so every transport refuses the same input.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,18 +28,25 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{self, Cache, CacheStats, NoCache, VectorSource, entry};
+use crate::config::OnLlmError;
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
 use crate::extract::{Extracted, Extractor, Usage, VerbatimExtractor};
 use crate::model::{
-    Event, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, validate_metadata,
+    Event, Fact, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, normalize_date,
+    validate_metadata,
 };
 use crate::rank;
 use crate::reconcile::{self, Plan};
 use crate::store::{
     HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
 };
+
+mod deferred;
+
+pub use deferred::{Deferred, ReextractReport};
+use deferred::{Work, is_model_failure};
 
 pub const DEFAULT_RECALL_LIMIT: usize = 10;
 pub const DEFAULT_CONTEXT_LIMIT: usize = 20;
@@ -59,6 +66,8 @@ pub struct Settings {
     pub max_text_bytes: usize,
     /// How long a cached recall or context is served (at most; any write ends it sooner).
     pub cache_ttl: Duration,
+    /// What `remember` does when the model fails (see [`deferred`]).
+    pub on_llm_error: OnLlmError,
 }
 
 pub struct MemoryService {
@@ -130,6 +139,10 @@ pub struct RememberResult {
     /// Model calls and tokens this remember cost; absent when no model was asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Present when the model failed and the text was kept as given
+    /// (`on_llm_error = "verbatim"`): why, and what `engram reextract` will finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferred>,
 }
 
 /// `recall`: a query within a scope.
@@ -225,17 +238,42 @@ impl MemoryService {
     pub async fn remember(&self, req: RememberRequest) -> Result<RememberResult, Error> {
         let input = self.validate_input(req.text, req.messages)?;
         let metadata = validate_metadata(req.metadata)?;
-        let Extracted { facts, mut usage } = if req.infer {
-            self.extractor.extract(&input).await?
-        } else {
-            VerbatimExtractor.extract(&input).await?
+        let work = Work {
+            scope: &req.scope,
+            input: &input,
+            metadata: &metadata,
+            infer: req.infer,
+            replacing: Vec::new(),
+            said_at: None,
         };
-        if facts.is_empty() && req.infer && self.extractor.name() != "verbatim" {
-            // The model found nothing worth remembering: a normal answer.
+        match self.process(&work).await {
+            Err(error)
+                if is_model_failure(&error)
+                    && self.settings.on_llm_error == OnLlmError::Verbatim =>
+            {
+                self.defer(&work, error).await
+            }
+            done => done,
+        }
+    }
+
+    /// The pipeline after validation: extract, embed, reconcile, apply.
+    async fn process(&self, work: &Work<'_>) -> Result<RememberResult, Error> {
+        let Extracted { facts, mut usage } = if work.infer {
+            self.extractor.extract(work.input).await?
+        } else {
+            VerbatimExtractor.extract(work.input).await?
+        };
+        if facts.is_empty() && work.infer && self.extractor.name() != "verbatim" {
+            // The model found nothing worth remembering: a normal answer. A
+            // re-extraction still retires what it stored verbatim.
+            let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
+            self.close_all(work, &copies).await?;
             return Ok(RememberResult {
-                user_id: req.scope.user_id,
+                user_id: work.scope.user_id.clone(),
                 results: Vec::new(),
                 usage: Some(usage),
+                deferred: None,
             });
         }
         if facts.is_empty() {
@@ -247,14 +285,16 @@ impl MemoryService {
         }
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
         let embeddings = self.embedder.embed_documents(&texts).await?;
-        let plans = if req.infer {
+        let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
+        let mut plans = if work.infer {
             let (plans, reconciling) = reconcile::plan(
                 self.store.as_ref(),
                 self.extractor.as_ref(),
-                &req.scope,
+                work.scope,
                 &facts,
                 &embeddings,
                 self.settings.reconcile_threshold,
+                &copies,
             )
             .await?;
             usage.add(&reconciling);
@@ -262,6 +302,10 @@ impl MemoryService {
         } else {
             vec![Plan::Add; facts.len()]
         };
+        if let Some(said_at) = work.said_at {
+            self.keep_newer(&work.scope.user_id, said_at, &mut plans)
+                .await?;
+        }
         // Rewritten texts get their own vectors, in one batch.
         let rewritten: Vec<String> = plans
             .iter()
@@ -277,56 +321,93 @@ impl MemoryService {
         }
         .into_iter();
 
+        // Memories a re-extraction replaces, taken one per added fact; any
+        // left over are closed at the end.
+        let mut replacing: VecDeque<Memory> = work.replacing.iter().cloned().collect();
         let mut results = Vec::with_capacity(facts.len());
         for ((fact, embedding), plan) in facts.into_iter().zip(embeddings).zip(plans) {
-            let mut fact_metadata = metadata.clone();
-            if let Some(role) = &fact.role {
-                fact_metadata
-                    .entry("role")
-                    .or_insert_with(|| role.clone().into());
-            }
-            let new = NewMemory {
-                id: MemoryId::new(),
-                scope: req.scope.clone(),
-                content: fact.text,
-                embedding,
-                metadata: fact_metadata,
-                categories: fact.categories,
-                actor: fact.role.unwrap_or_else(|| "user".to_owned()),
-            };
+            let new = new_memory(work, fact, embedding);
             let event = match plan {
-                Plan::Add => self.add(new).await?,
+                Plan::Add => self.add_replacing(new, &mut replacing).await?,
                 Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
                 Plan::Update { id, text } => {
                     let vector = rewritten_vectors.next().unwrap_or_default();
                     let updated = self
                         .store
-                        .update(&req.scope.user_id, id, &text, &vector, &new.actor)
+                        .update(&work.scope.user_id, id, &text, &vector, &new.actor)
                         .await;
                     match updated {
                         Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
                         // Gone meanwhile, or the new text is another memory's:
                         // the fact is added (or found known) instead.
-                        Ok(None) | Err(StoreError::Conflict(_)) => self.add(new).await?,
+                        Ok(None) | Err(StoreError::Conflict(_)) => {
+                            self.add_replacing(new, &mut replacing).await?
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Plan::Supersede { id } => match self.store.supersede(id, new.clone()).await? {
-                    SupersedeOutcome::Superseded(m) => MemoryEvent {
-                        replaces: Some(id),
-                        ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
-                    },
-                    SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
-                    SupersedeOutcome::NotFound => self.add(new).await?,
-                },
+                Plan::Supersede { id } => self.supersede(id, new, &mut replacing).await?,
             };
             results.push(event);
         }
+        let leftover: Vec<MemoryId> = replacing.iter().map(|m| m.id).collect();
+        self.close_all(work, &leftover).await?;
         Ok(RememberResult {
-            user_id: req.scope.user_id,
+            user_id: work.scope.user_id.clone(),
             results,
             usage: (usage.calls > 0).then_some(usage),
+            deferred: None,
         })
+    }
+
+    /// Closes memory `old` and stores `new` in its place; when `old` is gone
+    /// meanwhile, `new` is added as any new fact.
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+        replacing: &mut VecDeque<Memory>,
+    ) -> Result<MemoryEvent, Error> {
+        Ok(match self.store.supersede(old, new.clone()).await? {
+            SupersedeOutcome::Superseded(m) => MemoryEvent {
+                replaces: Some(old),
+                ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
+            },
+            SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
+            SupersedeOutcome::NotFound => self.add_replacing(new, replacing).await?,
+        })
+    }
+
+    /// A new fact: in place of the next memory a re-extraction replaces
+    /// (still current), else added as usual. A copy that already says the
+    /// fact word for word is kept as it is.
+    async fn add_replacing(
+        &self,
+        new: NewMemory,
+        replacing: &mut VecDeque<Memory>,
+    ) -> Result<MemoryEvent, Error> {
+        let same = replacing.iter().position(|m| m.memory == new.content);
+        if let Some(same) = same.and_then(|at| replacing.remove(at)) {
+            return Ok(MemoryEvent::of(same.id, same.memory, Event::None));
+        }
+        while let Some(old) = replacing.pop_front() {
+            match self.store.supersede(old.id, new.clone()).await? {
+                SupersedeOutcome::Superseded(m) => {
+                    return Ok(MemoryEvent {
+                        replaces: Some(old.id),
+                        ..MemoryEvent::of(m.id, m.memory, Event::Add)
+                    });
+                }
+                SupersedeOutcome::Duplicate(m) => {
+                    // Nothing changed: `old` is still to be replaced.
+                    replacing.push_front(old);
+                    return Ok(MemoryEvent::of(m.id, m.memory, Event::None));
+                }
+                // Forgotten or replaced meanwhile: try the next one.
+                SupersedeOutcome::NotFound => {}
+            }
+        }
+        self.add(new).await
     }
 
     /// Stores a new memory unless the store finds it already known.
@@ -591,7 +672,19 @@ impl MemoryService {
                         ),
                     ));
                 }
-                for m in &messages {
+                let mut messages = messages;
+                for m in &mut messages {
+                    if let Some(raw) = &m.date {
+                        m.date = Some(normalize_date(raw).ok_or_else(|| {
+                            Error::invalid(
+                                "messages",
+                                format!(
+                                    "date '{raw}' is neither a date (2026-11-20) nor an \
+                                     RFC 3339 time (2026-11-20T09:30:00Z)"
+                                ),
+                            )
+                        })?);
+                    }
                     let role = m.role.to_ascii_lowercase();
                     if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
                         return Err(Error::invalid(
@@ -637,6 +730,26 @@ impl MemoryService {
             ));
         }
         Ok(())
+    }
+}
+
+/// A fact of `work` as the store takes it: the request's metadata plus the
+/// fact's role, which is also the history's actor.
+fn new_memory(work: &Work<'_>, fact: Fact, embedding: Vec<f32>) -> NewMemory {
+    let mut metadata = work.metadata.clone();
+    if let Some(role) = &fact.role {
+        metadata
+            .entry("role")
+            .or_insert_with(|| role.clone().into());
+    }
+    NewMemory {
+        id: MemoryId::new(),
+        scope: work.scope.clone(),
+        content: fact.text,
+        embedding,
+        metadata,
+        categories: fact.categories,
+        actor: fact.role.unwrap_or_else(|| "user".to_owned()),
     }
 }
 

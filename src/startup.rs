@@ -29,6 +29,10 @@ pub enum StartupError {
     Unsupported(String),
     #[error("MCP transport failed: {0}")]
     Transport(String),
+    #[error(transparent)]
+    Service(#[from] crate::error::Error),
+    #[error("{0} pending remembers failed again; they stay pending (see above)")]
+    Reextract(usize),
 }
 
 /// Builds the embedder a config names.
@@ -139,6 +143,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         reconcile_threshold: config.reconcile_threshold,
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(config.cache_ttl_secs),
+        on_llm_error: config.on_llm_error,
     };
     Ok(Arc::new(
         MemoryService::new(store, embedder, extractor, settings).with_cache(cache),
@@ -156,6 +161,50 @@ pub async fn migrate(config: &Config) -> Result<(), StartupError> {
     }
     eprintln!("engram: {} is up to date", redact(url));
     Ok(())
+}
+
+/// `engram reextract`: runs the pipeline on up to `limit` pending remembers
+/// and prints what became of each. Fails when any failed again (they stay).
+pub async fn reextract(config: &Config, limit: usize) -> Result<(), StartupError> {
+    let service = build(config).await?;
+    let report = service.reextract(limit).await?;
+    for done in &report.finished {
+        let events: Vec<String> = done
+            .result
+            .results
+            .iter()
+            .map(|e| format!("{} \"{}\"", e.event.as_str(), e.memory))
+            .collect();
+        println!(
+            "{} (user {}): {}",
+            done.id,
+            done.result.user_id,
+            if events.is_empty() {
+                "nothing worth remembering".to_owned()
+            } else {
+                events.join("; ")
+            }
+        );
+    }
+    for failed in &report.failed {
+        println!(
+            "{} (user {}): failed again: {}",
+            failed.id, failed.user_id, failed.error
+        );
+    }
+    println!(
+        "engram: re-extracted {}, failed {}, skipped {} (they need ENGRAM_EXTRACTOR=llm); \
+         {} still pending",
+        report.finished.len(),
+        report.failed.len(),
+        report.skipped,
+        report.remaining
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(StartupError::Reextract(report.failed.len()))
+    }
 }
 
 /// `engram reembed`: rebuilds the store's vectors with the configured embedder.

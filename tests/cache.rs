@@ -117,6 +117,7 @@ async fn service(
         reconcile_threshold: config.reconcile_threshold,
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
+        on_llm_error: engram::config::OnLlmError::Fail,
     };
     Arc::new(
         MemoryService::new(store, embedder, Arc::new(VerbatimExtractor), settings)

@@ -47,6 +47,7 @@ async fn memory(
             reconcile_threshold: 0.5,
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
+            on_llm_error: engram::config::OnLlmError::Fail,
         },
     ))
 }

@@ -33,10 +33,7 @@ fn settings(fake: &FakeOpenAi) -> LlmSettings {
 }
 
 fn message(role: &str, content: &str) -> Message {
-    Message {
-        role: role.into(),
-        content: content.into(),
-    }
+    Message::new(role, content)
 }
 
 fn conversation() -> Input {
@@ -167,6 +164,7 @@ async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir) -> MemoryService {
             reconcile_threshold: 0.3,
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
+            on_llm_error: engram::config::OnLlmError::Fail,
         },
     )
 }

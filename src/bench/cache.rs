@@ -68,6 +68,7 @@ fn settings() -> Settings {
         reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
         max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
         cache_ttl: Duration::from_secs(600),
+        on_llm_error: crate::config::OnLlmError::Fail,
     }
 }
 

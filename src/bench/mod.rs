@@ -116,6 +116,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
             max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
             cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
+            on_llm_error: crate::config::OnLlmError::Fail,
         },
     ));
     let cache = match &args.cache {

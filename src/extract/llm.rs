@@ -161,8 +161,9 @@ impl LlmExtractor {
              - The user's own words are the source. Use assistant messages only to understand \
              what the user confirms or refers to; never record an assistant suggestion the \
              user did not accept.\n\
-             - Write absolute dates: resolve \"tomorrow\", \"next May\" against today's date \
-             given below.\n\
+             - Write absolute dates: resolve \"tomorrow\", \"next May\" against the date the \
+             message was said (in parentheses after its role, when given), else against \
+             today's date given below.\n\
              - Skip greetings, questions, small talk and anything not worth knowing next week. \
              If nothing is worth remembering, return an empty list.\n\
              - Write each fact in the language the user wrote it in.\n\
@@ -183,7 +184,12 @@ impl LlmExtractor {
                     let role = m.role.to_ascii_lowercase();
                     if matches!(role.as_str(), "user" | "assistant") && !m.content.trim().is_empty()
                     {
-                        text.push_str(&format!("[{role}] {}\n", m.content.trim()));
+                        match &m.date {
+                            Some(date) => {
+                                text.push_str(&format!("[{role}] ({date}) {}\n", m.content.trim()))
+                            }
+                            None => text.push_str(&format!("[{role}] {}\n", m.content.trim())),
+                        }
                     }
                 }
             }

@@ -54,10 +54,7 @@ mod tests {
     use crate::model::Message;
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message::new(role, content)
     }
 
     #[tokio::test]

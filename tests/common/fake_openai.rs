@@ -4,7 +4,8 @@
 //! `/v1/embeddings` answers with engram's hash embedding of each input (so
 //! similar texts get similar vectors) unless a scripted reply is queued.
 //! `/v1/chat/completions` answers with the scripted content, else with one
-//! fact per `[user] ...` line of the transcript it was sent (extraction), or
+//! fact per `[user] ...` line of the transcript it was sent (its `(date) `
+//! mark dropped: extraction), or
 //! ADD for every new fact (reconciliation), or, for a chat turn, an echo of
 //! the message and of the memories its system prompt lists.
 
@@ -201,6 +202,7 @@ async fn chat(
         let facts: Vec<Value> = transcript
             .lines()
             .filter_map(|l| l.strip_prefix("[user] "))
+            .map(undated)
             .map(|t| json!({"text": t, "categories": ["preferences"]}))
             .collect();
         json!({ "facts": facts }).to_string()
@@ -218,6 +220,17 @@ async fn chat(
         "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
     }))
     .into_response()
+}
+
+/// A transcript line without its `(date) ` mark, if it has one.
+fn undated(line: &str) -> &str {
+    match line
+        .strip_prefix('(')
+        .and_then(|rest| rest.split_once(") "))
+    {
+        Some((date, text)) if date.starts_with(|c: char| c.is_ascii_digit()) => text,
+        _ => line,
+    }
 }
 
 async fn embeddings(
