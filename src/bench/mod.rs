@@ -14,6 +14,7 @@
 
 mod cache;
 mod crowd;
+mod pipeline;
 mod text;
 
 use std::path::PathBuf;
@@ -64,11 +65,35 @@ pub struct BenchArgs {
     /// with and without it, and embedding calls saved.
     #[arg(long)]
     pub cache: Option<String>,
+    /// Instead of the above: this many remembers with inference against a
+    /// stand-in model server that answers at once (engram's own overhead,
+    /// model calls and tokens per remember). With --postgres, give an empty database.
+    #[arg(long)]
+    pub pipeline: Option<usize>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let embedder = Arc::new(HashEmbedder::new(args.dims));
     let scratch = std::env::temp_dir().join(format!("engram-bench-{}", std::process::id()));
+    if let Some(count) = args.pipeline {
+        let db = args
+            .database
+            .clone()
+            .unwrap_or_else(|| scratch.join("pipeline.db"));
+        let postgres = args.postgres.clone();
+        pipeline::run(count, args.dims, |identity| async move {
+            let store: Arc<dyn Store> = match postgres {
+                Some(url) => Arc::new(PgStore::open(&url, identity, PgOptions::default()).await?),
+                None => Arc::new(
+                    SqliteStore::open(&format!("sqlite://{}", db.display()), identity).await?,
+                ),
+            };
+            Ok(store)
+        })
+        .await?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
+    let embedder = Arc::new(HashEmbedder::new(args.dims));
     let plan = PlanSettings {
         ef_search: args.ef_search,
         ..PlanSettings::default()

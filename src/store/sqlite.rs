@@ -541,25 +541,32 @@ impl Store for SqliteStore {
             None
         };
         let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
-        let approx = {
+        // Optimistic: scan the copy as it is, then read the user's generation
+        // and the candidates' exact vectors in one statement (one snapshot).
+        // A copy behind the database is reloaded and the search redone.
+        let (seen, approx) = {
             let vecs = entry.read().await;
-            if vecs.generation == Some(generation(&mut conn, user_id).await?) {
-                vecs.top_k_among(query, pool, allowed.as_ref())
-            } else {
-                drop(vecs);
-                let mut vecs = entry.write().await;
-                let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
-                self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-                tx.commit().await.map_err(db("loading vectors"))?;
-                vecs.top_k_among(query, pool, allowed.as_ref())
-            }
+            (
+                vecs.generation,
+                vecs.top_k_among(query, pool, allowed.as_ref()),
+            )
         };
-        // Re-rank the approximate candidates by exact cosine on the stored f32.
         let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
-        let exact: HashMap<i64, f32> = exact_scores(&mut conn, &pks, query)
-            .await?
-            .into_iter()
-            .collect();
+        let (generation, exact) = exact_scores(&mut conn, user_id, &pks, query).await?;
+        let (approx, exact) = if seen == Some(generation) {
+            (approx, exact)
+        } else {
+            let mut vecs = entry.write().await;
+            let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+            let generation = self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+            let approx = vecs.top_k_among(query, pool, allowed.as_ref());
+            let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
+            let (read_at, exact) = exact_scores(&mut tx, user_id, &pks, query).await?;
+            tx.commit().await.map_err(db("loading vectors"))?;
+            debug_assert_eq!(read_at, generation, "one transaction, one generation");
+            (approx, exact)
+        };
+        let exact: HashMap<i64, f32> = exact.into_iter().collect();
         let mut hits: Vec<Hit> = approx
             .iter()
             .filter_map(|s| exact.get(&s.pk).map(|&score| Hit { id: s.id, score }))
@@ -1064,6 +1071,9 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .pragma("cache_size", "-32768");
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
+        // A connection to a local file does not go stale; the check would
+        // cost a round trip to the connection's worker thread per query.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(open_err)?;
@@ -1080,23 +1090,42 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
 /// Exact cosine similarity of `query` with the stored vectors of `pks`.
 async fn exact_scores(
     conn: &mut SqliteConnection,
+    user_id: &str,
     pks: &[i64],
     query: &[f32],
-) -> Result<Vec<(i64, f32)>, StoreError> {
+) -> Result<(i64, Vec<(i64, f32)>), StoreError> {
+    // The row without a pk carries the user's generation; the others a vector.
     let rows = sqlx::query(
-        "SELECT v.pk, v.embedding FROM json_each(?) j CROSS JOIN memory_vectors v ON v.pk = j.value",
+        "SELECT NULL AS pk, NULL AS embedding, \
+                coalesce((SELECT generation FROM user_generations WHERE user_id = ?), 0) \
+                AS generation \
+         UNION ALL \
+         SELECT * FROM (SELECT v.pk, v.embedding, NULL FROM json_each(?) j \
+                        CROSS JOIN memory_vectors v ON v.pk = j.value)",
     )
+    .bind(user_id)
     .bind(json_array(pks))
     .fetch_all(&mut *conn)
     .await
     .map_err(db("reading vectors"))?;
-    rows.iter()
-        .map(|row| {
-            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
-            let pk: i64 = row.try_get("pk").map_err(db("reading a vector"))?;
-            Ok((pk, dot(query, &v)))
-        })
-        .collect()
+    let mut generation = None;
+    let mut scores = Vec::with_capacity(pks.len());
+    for row in &rows {
+        let pk: Option<i64> = row.try_get("pk").map_err(db("reading a vector"))?;
+        match pk {
+            None => {
+                generation = row
+                    .try_get("generation")
+                    .map_err(db("reading the user's generation"))?;
+            }
+            Some(pk) => {
+                let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+                scores.push((pk, dot(query, &v)));
+            }
+        }
+    }
+    let generation = generation.ok_or_else(|| StoreError::Corrupt("no generation row".into()))?;
+    Ok((generation, scores))
 }
 
 async fn generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
