@@ -90,6 +90,12 @@ pub struct Config {
     /// `openai` embedder: prepended to queries / to stored texts (E5-style models).
     pub embedding_query_prefix: String,
     pub embedding_document_prefix: String,
+    /// The request field naming what is embedded (`input_type`, or e.g. `task`).
+    pub embedding_input_type_field: String,
+    /// Its value for queries (e.g. `query`, `search_query`); unset: not sent.
+    pub embedding_query_input_type: Option<String>,
+    /// Its value for documents (e.g. `document`, `search_document`); unset: not sent.
+    pub embedding_document_input_type: Option<String>,
     /// `openai` embedder: texts per request.
     pub embedding_batch_size: usize,
     pub embedding_timeout_secs: u64,
@@ -174,6 +180,9 @@ struct FileConfig {
     embedding_send_dimensions: Option<bool>,
     embedding_query_prefix: Option<String>,
     embedding_document_prefix: Option<String>,
+    embedding_input_type_field: Option<String>,
+    embedding_query_input_type: Option<String>,
+    embedding_document_input_type: Option<String>,
     embedding_batch_size: Option<i64>,
     embedding_timeout_secs: Option<i64>,
     embedding_max_retries: Option<i64>,
@@ -441,7 +450,31 @@ impl Config {
         let default_user = crate::model::validate_id("default_user", &default_user)
             .map_err(|e| invalid("default_user", e.to_string()))?;
 
+        let embedding_input_type_field = layer
+            .string("embedding_input_type_field")
+            .unwrap_or_else(|| "input_type".to_owned());
+        let taken = ["model", "input", "dimensions", "encoding_format", "user"];
+        if embedding_input_type_field.is_empty()
+            || !embedding_input_type_field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+            || taken.contains(&embedding_input_type_field.as_str())
+        {
+            return Err(invalid(
+                "embedding_input_type_field",
+                format!(
+                    "'{embedding_input_type_field}' cannot name the field: use a plain name \
+                     such as input_type or task, not one of {}",
+                    taken.join(", ")
+                ),
+            ));
+        }
+        let input_type = |key| layer.string(key).filter(|v| !v.trim().is_empty());
+
         Ok(Self {
+            embedding_query_input_type: input_type("embedding_query_input_type"),
+            embedding_document_input_type: input_type("embedding_document_input_type"),
+            embedding_input_type_field,
             database_url,
             database_pool_size: database_pool_size as u32,
             auto_migrate,
@@ -540,6 +573,9 @@ impl Layers<'_> {
             "embedding_model" => self.file.embedding_model.clone(),
             "embedding_query_prefix" => self.file.embedding_query_prefix.clone(),
             "embedding_document_prefix" => self.file.embedding_document_prefix.clone(),
+            "embedding_input_type_field" => self.file.embedding_input_type_field.clone(),
+            "embedding_query_input_type" => self.file.embedding_query_input_type.clone(),
+            "embedding_document_input_type" => self.file.embedding_document_input_type.clone(),
             "extractor" => self.file.extractor.clone(),
             "llm_model" => self.file.llm_model.clone(),
             "on_llm_error" => self.file.on_llm_error.clone(),
@@ -722,9 +758,28 @@ mod tests {
                 ("ENGRAM_EMBEDDING_QUERY_PREFIX", "query: "),
                 ("ENGRAM_EMBEDDING_SEND_DIMENSIONS", "false"),
                 ("ENGRAM_EMBEDDING_BATCH_SIZE", "16"),
+                ("ENGRAM_EMBEDDING_QUERY_INPUT_TYPE", "search_query"),
+                ("ENGRAM_ON_LLM_ERROR", "Fail"),
             ]),
         )
         .unwrap();
+        assert_eq!(cfg.embedding_input_type_field, "input_type");
+        assert_eq!(
+            cfg.embedding_query_input_type.as_deref(),
+            Some("search_query")
+        );
+        assert_eq!(cfg.embedding_document_input_type, None);
+        assert_eq!(cfg.on_llm_error, OnLlmError::Fail);
+        for bad in ["model", "", "a b"] {
+            let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_INPUT_TYPE_FIELD", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ENGRAM_EMBEDDING_INPUT_TYPE_FIELD"), "{err}");
+        }
+        let err = Config::load_from(None, &env(&[("ENGRAM_ON_LLM_ERROR", "ignore")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("verbatim, fail"), "{err}");
         assert_eq!(cfg.embedder, EmbedderKind::Openai);
         assert_eq!(cfg.openai_base_url, "http://localhost:11434/v1");
         assert_eq!(cfg.embedding_query_prefix, "query: ");

@@ -9,7 +9,7 @@ use rmcp::ServiceExt;
 use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
 use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
 use crate::config::{Config, EmbedderKind, ExtractorKind};
-use crate::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings};
+use crate::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::EngramMcp;
 use crate::openai::Endpoint;
@@ -55,6 +55,13 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
                 send_dimensions: config.embedding_send_dimensions,
                 query_prefix: config.embedding_query_prefix.clone(),
                 document_prefix: config.embedding_document_prefix.clone(),
+                input_type: (config.embedding_query_input_type.is_some()
+                    || config.embedding_document_input_type.is_some())
+                .then(|| InputType {
+                    field: config.embedding_input_type_field.clone(),
+                    query: config.embedding_query_input_type.clone(),
+                    document: config.embedding_document_input_type.clone(),
+                }),
                 batch_size: config.embedding_batch_size,
             };
             let embedder = OpenAiEmbedder::new(settings).map_err(|e| match e {

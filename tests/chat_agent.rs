@@ -145,6 +145,7 @@ async fn a_failing_memory_never_stops_the_chat() {
         send_dimensions: true,
         query_prefix: String::new(),
         document_prefix: String::new(),
+        input_type: None,
         batch_size: 8,
     })
     .unwrap();

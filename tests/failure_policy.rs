@@ -44,6 +44,7 @@ async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir, policy: OnLlmError)
             send_dimensions: true,
             query_prefix: String::new(),
             document_prefix: String::new(),
+            input_type: None,
             batch_size: 16,
         })
         .unwrap(),

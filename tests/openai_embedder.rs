@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use common::fake_openai::{FakeOpenAi, Reply};
 use common::redis::{shared_url, unique_prefix};
 use common::{connect_with, ok, texts};
-use engram::embed::{Embedder, HashEmbedder, OpenAiEmbedder, OpenAiSettings, dot};
+use engram::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings, dot};
 use engram::openai::Endpoint;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const DIMS: usize = 64;
 
@@ -29,6 +29,7 @@ fn settings(fake: &FakeOpenAi) -> OpenAiSettings {
         send_dimensions: true,
         query_prefix: String::new(),
         document_prefix: String::new(),
+        input_type: None,
         batch_size: 64,
     }
 }
@@ -98,6 +99,49 @@ async fn queries_carry_their_own_prefix_and_dimensions_can_be_left_out() {
     let request = &fake.requests()[0];
     assert_eq!(request.body["input"], json!(["query: coffee in Lisbon"]));
     assert!(request.body.get("dimensions").is_none(), "{}", request.body);
+}
+
+#[tokio::test]
+async fn an_input_type_field_tells_queries_from_documents() {
+    let fake = FakeOpenAi::start(DIMS).await;
+    let embedder = OpenAiEmbedder::new(OpenAiSettings {
+        input_type: Some(InputType {
+            field: "input_type".into(),
+            query: Some("search_query".into()),
+            document: Some("search_document".into()),
+        }),
+        ..settings(&fake)
+    })
+    .unwrap();
+    let q = embedder.embed_query("coffee in Lisbon").await.unwrap();
+    let d = embedder
+        .embed_documents(&["Likes coffee in Lisbon".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!((q.len(), d[0].len()), (DIMS, DIMS));
+    let sent: Vec<Value> = fake
+        .requests()
+        .iter()
+        .map(|r| r.body["input_type"].clone())
+        .collect();
+    assert_eq!(sent, [json!("search_query"), json!("search_document")]);
+    assert_eq!(fake.requests()[0].body["model"], "text-embedding-3-small");
+    assert_eq!(fake.requests()[0].body["dimensions"], DIMS);
+
+    // Only one side configured: the other sends no field. The cache key of
+    // query vectors changes with the query's type.
+    let documents_only = OpenAiEmbedder::new(OpenAiSettings {
+        input_type: Some(InputType {
+            field: "task".into(),
+            query: None,
+            document: Some("retrieval.passage".into()),
+        }),
+        ..settings(&fake)
+    })
+    .unwrap();
+    documents_only.embed_query("tea").await.unwrap();
+    assert!(fake.requests()[2].body.get("task").is_none());
+    assert_ne!(embedder.query_variant(), documents_only.query_variant());
 }
 
 #[tokio::test]

@@ -263,6 +263,7 @@ where
             send_dimensions: true,
             query_prefix: String::new(),
             document_prefix: String::new(),
+            input_type: None,
             batch_size: 64,
         })?,
         spent: spent.clone(),

@@ -8,7 +8,7 @@ mod hash;
 mod openai;
 
 pub use hash::HashEmbedder;
-pub use openai::{OpenAiEmbedder, OpenAiSettings};
+pub use openai::{InputType, OpenAiEmbedder, OpenAiSettings};
 
 use async_trait::async_trait;
 

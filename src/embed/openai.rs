@@ -3,7 +3,9 @@
 //!
 //! * Documents go in batches of `batch_size` texts per request, in order.
 //! * Queries and documents can carry different prefixes (`query: ` /
-//!   `passage: ` for E5-style models).
+//!   `passage: ` for E5-style models) and different values of an input-type
+//!   field (`input_type: query|document` for Voyage, `search_query|
+//!   search_document` for Cohere-style gateways, `task` for Jina).
 //! * 429 and 5xx are retried with backoff, honouring `Retry-After`, and every
 //!   request has a timeout ([`crate::openai`]).
 //! * A reply is checked before use: one vector per input, each of the
@@ -12,7 +14,9 @@
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
+use async_openai::types::embeddings::{
+    CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput,
+};
 use async_trait::async_trait;
 
 use super::{EmbedError, Embedder, EmbedderIdentity};
@@ -28,7 +32,19 @@ pub struct OpenAiSettings {
     pub send_dimensions: bool,
     pub query_prefix: String,
     pub document_prefix: String,
+    /// A request field telling the server what the texts are, for servers
+    /// that embed queries and documents differently; `None`: not sent.
+    pub input_type: Option<InputType>,
     pub batch_size: usize,
+}
+
+/// The input-type field: its name, and the value for each side (a side
+/// without a value sends no field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputType {
+    pub field: String,
+    pub query: Option<String>,
+    pub document: Option<String>,
 }
 
 pub struct OpenAiEmbedder {
@@ -44,8 +60,13 @@ impl OpenAiEmbedder {
         Ok(Self { client, settings })
     }
 
-    /// One request: `texts` (already prefixed) to vectors, in order.
-    async fn request(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One request: `texts` (already prefixed) to vectors, in order, with
+    /// the input-type field set to `input_type` when given.
+    async fn request(
+        &self,
+        texts: Vec<String>,
+        input_type: Option<(&str, &str)>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let count = texts.len();
         let request = CreateEmbeddingRequest {
             model: self.settings.model.clone(),
@@ -57,12 +78,17 @@ impl OpenAiEmbedder {
                 .send_dimensions
                 .then_some(self.settings.dims as u32),
         };
-        let response = self
-            .client
-            .embeddings()
-            .create(request)
-            .await
-            .map_err(|e| self.explain(e))?;
+        let embeddings = self.client.embeddings();
+        let response: CreateEmbeddingResponse = match input_type {
+            None => embeddings.create(request).await,
+            Some((field, value)) => {
+                let mut body = serde_json::to_value(&request)
+                    .map_err(|e| EmbedError::Failed(format!("cannot encode a request: {e}")))?;
+                body[field] = serde_json::Value::String(value.to_owned());
+                embeddings.create_byot(body).await
+            }
+        }
+        .map_err(|e| self.explain(e))?;
         if response.data.len() != count {
             return Err(EmbedError::Failed(format!(
                 "{} returned {} embeddings for {count} inputs",
@@ -105,6 +131,16 @@ impl OpenAiEmbedder {
             .collect()
     }
 
+    fn query_input_type(&self) -> Option<(&str, &str)> {
+        let t = self.settings.input_type.as_ref()?;
+        Some((t.field.as_str(), t.query.as_deref()?))
+    }
+
+    fn document_input_type(&self) -> Option<(&str, &str)> {
+        let t = self.settings.input_type.as_ref()?;
+        Some((t.field.as_str(), t.document.as_deref()?))
+    }
+
     fn where_(&self) -> String {
         format!(
             "the embeddings server at {} (model {})",
@@ -141,9 +177,12 @@ impl Embedder for OpenAiEmbedder {
     }
 
     fn query_variant(&self) -> String {
+        let input_type = self.query_input_type().map(|(f, v)| format!("{f}={v}"));
         format!(
-            "{}\n{}",
-            self.settings.endpoint.base_url, self.settings.query_prefix
+            "{}\n{}\n{}",
+            self.settings.endpoint.base_url,
+            self.settings.query_prefix,
+            input_type.unwrap_or_default()
         )
     }
 
@@ -154,14 +193,17 @@ impl Embedder for OpenAiEmbedder {
                 .iter()
                 .map(|t| format!("{}{t}", self.settings.document_prefix))
                 .collect();
-            vectors.extend(self.request(prefixed).await?);
+            vectors.extend(self.request(prefixed, self.document_input_type()).await?);
         }
         Ok(vectors)
     }
 
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         let mut one = self
-            .request(vec![format!("{}{text}", self.settings.query_prefix)])
+            .request(
+                vec![format!("{}{text}", self.settings.query_prefix)],
+                self.query_input_type(),
+            )
             .await?;
         one.pop()
             .ok_or_else(|| EmbedError::Failed(format!("{} returned nothing", self.where_())))
