@@ -11,8 +11,10 @@
 //! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
 //! * [`model`]: the nouns: memories, ids, scopes, facts, events, filters.
 //! * [`service`]: the only place that knows the order of steps (remember, recall,
-//!   user_context, forget).
-//! * [`extract`]: turns a message into facts (`verbatim` today; an LLM later).
+//!   user_context, forget); when the model fails, what is kept and how
+//!   `engram reextract` finishes it (`service::deferred`).
+//! * [`extract`]: turns messages into facts (`verbatim`, as said; `llm`, an
+//!   OpenAI-compatible chat model that also reconciles them with what is stored).
 //! * [`embed`]: turns text into vectors (`hash`, offline and deterministic;
 //!   `openai`, any OpenAI-compatible embeddings server).
 //! * [`openai`]: the OpenAI-compatible HTTP client (key, timeout, retries, errors).
@@ -27,7 +29,8 @@
 //! * [`chat`]: a chat loop with memory (recall before, remember after each
 //!   reply), for applications and `examples/chat_agent.rs`.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
-//! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL).
+//! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
+//!   the cache; remember with inference against a stand-in model server).
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).

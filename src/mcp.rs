@@ -42,6 +42,7 @@ pub struct RememberParams {
     pub text: Option<String>,
     /// A conversation to remember: [{role: user|assistant|system|tool, content, date?}];
     /// `date` (2026-11-20 or RFC 3339) is when the message was said.
+    #[serde(default, deserialize_with = "lenient::messages")]
     pub messages: Option<Vec<Message>>,
     /// Whose memory this is; defaults to the server's default user.
     pub user_id: Option<String>,
@@ -421,7 +422,7 @@ mod lenient {
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
-    use crate::model::Metadata;
+    use crate::model::{Message, Metadata};
 
     pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         match Option::<Value>::deserialize(d)? {
@@ -449,6 +450,22 @@ mod lenient {
                 "invalid type: {other}, expected true or false"
             ))),
         }
+    }
+
+    /// A list of messages, or that list written as a JSON string (clients
+    /// that pass every argument as text).
+    pub fn messages<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Message>>, D::Error> {
+        let value = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => serde_json::from_str::<Value>(&s).map_err(|_| {
+                D::Error::custom(format!(
+                    "invalid type: string \"{s}\", expected a list of messages such as \
+                     [{{\"role\": \"user\", \"content\": \"...\"}}]"
+                ))
+            })?,
+            Some(other) => other,
+        };
+        serde_json::from_value(value).map(Some).map_err(D::Error::custom)
     }
 
     pub fn object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Metadata>, D::Error> {

@@ -31,7 +31,7 @@ pub enum StartupError {
     Transport(String),
     #[error(transparent)]
     Service(#[from] crate::error::Error),
-    #[error("{0} pending remembers failed again; they stay pending (see above)")]
+    #[error("{0} pending remember(s) failed again; they stay pending (see above)")]
     Reextract(usize),
 }
 

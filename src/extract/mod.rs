@@ -18,8 +18,11 @@ use crate::model::{Fact, Input};
 pub struct Usage {
     /// The model, as the server named it.
     pub model: String,
+    #[schemars(schema_with = "crate::model::count_schema")]
     pub calls: u32,
+    #[schemars(schema_with = "crate::model::count_schema")]
     pub prompt_tokens: u64,
+    #[schemars(schema_with = "crate::model::count_schema")]
     pub completion_tokens: u64,
 }
 
