@@ -465,7 +465,9 @@ mod lenient {
             })?,
             Some(other) => other,
         };
-        serde_json::from_value(value).map(Some).map_err(D::Error::custom)
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(D::Error::custom)
     }
 
     pub fn object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Metadata>, D::Error> {

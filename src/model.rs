@@ -400,6 +400,21 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn message_dates_are_days_or_utc_minutes() {
+        assert_eq!(
+            normalize_date(" 2026-11-20 ").as_deref(),
+            Some("2026-11-20")
+        );
+        assert_eq!(
+            normalize_date("2026-11-20T09:30:00+01:00").as_deref(),
+            Some("2026-11-20 08:30 UTC")
+        );
+        for bad in ["yesterday", "2026-13-01", "20/11/2026", ""] {
+            assert_eq!(normalize_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn filters_accept_scalars_and_refuse_shapes() {
         let ok = json!({"topic": "travel", "n": 3, "flag": true});
         let f = MetadataFilter::parse(ok.as_object()).unwrap();

@@ -315,6 +315,28 @@ async fn memories_survive_a_restart() {
     client.cancel().await.unwrap();
 }
 
+/// Clients that pass every argument as text (the Inspector's CLI) can send
+/// the conversation as a JSON string; dates are kept in a normal form.
+#[tokio::test]
+async fn messages_may_come_as_a_json_string_with_dates() {
+    let engram = Engram::new();
+    let client = engram.connect().await;
+    let conversation = json!([
+        {"role": "user", "content": "I fly to Oslo tomorrow", "date": "2026-11-20T09:30:00+01:00"},
+        {"role": "assistant", "content": "Safe travels"}
+    ]);
+    let stored = ok(
+        &client,
+        "remember",
+        json!({"messages": conversation.to_string()}),
+    )
+    .await;
+    assert_eq!(stored["results"].as_array().unwrap().len(), 2, "{stored}");
+    let found = ok(&client, "recall", json!({"query": "Oslo"})).await;
+    assert_eq!(texts(&found)[0], "I fly to Oslo tomorrow");
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_input_gets_clear_tool_errors_and_writes_nothing() {
     let engram = Engram::new();
@@ -344,6 +366,16 @@ async fn bad_input_gets_clear_tool_errors_and_writes_nothing() {
             "remember",
             json!({"messages": [{"role": "wizard", "content": "hi"}]}),
             "role 'wizard'",
+        ),
+        (
+            "remember",
+            json!({"messages": "[{\"role\": \"user\""}),
+            "expected a list of messages",
+        ),
+        (
+            "remember",
+            json!({"messages": [{"role": "user", "content": "hi", "date": "yesterday"}]}),
+            "date 'yesterday'",
         ),
         ("remember", json!({"text": "hi", "user_id": ""}), "user_id"),
         ("recall", json!({"query": ""}), "must not be empty"),
