@@ -35,6 +35,16 @@ fn endpoint(fake: &FakeOpenAi, timeout: Duration) -> Endpoint {
 /// A service with the llm extractor and the openai embedder, both on `fake`
 /// without retries, so one scripted error is one failure.
 async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir, policy: OnLlmError) -> MemoryService {
+    service_with(fake, dir, policy, true).await
+}
+
+/// As [`service`]; `llm: false` has the verbatim extractor instead.
+async fn service_with(
+    fake: &FakeOpenAi,
+    dir: &tempfile::TempDir,
+    policy: OnLlmError,
+    llm: bool,
+) -> MemoryService {
     let timeout = Duration::from_millis(800);
     let embedder = Arc::new(
         OpenAiEmbedder::new(OpenAiSettings {
@@ -59,10 +69,15 @@ async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir, policy: OnLlmError)
         categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
     })
     .unwrap();
+    let extractor: Arc<dyn engram::extract::Extractor> = if llm {
+        Arc::new(extractor)
+    } else {
+        Arc::new(engram::extract::VerbatimExtractor)
+    };
     MemoryService::new(
         Arc::new(store),
         embedder,
-        Arc::new(extractor),
+        extractor,
         Settings {
             dedup_threshold: 0.9,
             reconcile_threshold: 0.3,
@@ -379,6 +394,30 @@ async fn an_embedder_outage_keeps_the_message_until_reextract() {
     assert_eq!(report.finished.len(), 1, "{report:?}");
     assert_eq!(current(&s).await, ["I am allergic to peanuts"]);
     assert_eq!(recall(&s, "peanuts").await, ["I am allergic to peanuts"]);
+}
+
+/// Without an LLM (verbatim extractor) an embedder outage is still survived:
+/// the text waits and re-extraction stores it as said.
+#[tokio::test]
+async fn without_an_llm_an_embedder_outage_waits_for_reextract() {
+    let fake = FakeOpenAi::start(DIMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service_with(&fake, &dir, OnLlmError::Verbatim, false).await;
+    fake.then(server_error()).then(server_error());
+    let kept = s
+        .remember(said(&[("user", "Vegetarian since 2019")]))
+        .await
+        .unwrap();
+    assert!(!kept.deferred.expect("deferred").searchable);
+    assert!(current(&s).await.is_empty());
+    let report = s.reextract(10).await.unwrap();
+    assert_eq!(
+        (report.finished.len(), report.skipped),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(current(&s).await, ["Vegetarian since 2019"]);
+    assert_eq!(fake.requests_to(CHAT).len(), 0, "no chat model involved");
 }
 
 /// A forgotten text is never extracted back: forgetting a verbatim copy,

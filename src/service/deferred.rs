@@ -62,7 +62,8 @@ pub struct Deferred {
 pub struct ReextractReport {
     pub finished: Vec<Reextracted>,
     pub failed: Vec<ReextractFailure>,
-    /// Entries that need the llm extractor, which is not configured.
+    /// Entries whose verbatim copies wait for the llm extractor, which is
+    /// not configured.
     pub skipped: usize,
     /// Entries still pending after the run.
     pub remaining: u64,
@@ -162,7 +163,9 @@ impl MemoryService {
         let mut report = ReextractReport::default();
         for pending in entries {
             let entry = &pending.entry;
-            if entry.infer && self.extractor.name() == "verbatim" {
+            // Copies already stored wait for a model; one never stored (the
+            // embedder failed) is stored now, as the verbatim extractor would.
+            if entry.infer && self.extractor.name() == "verbatim" && !entry.memory_ids.is_empty() {
                 report.skipped += 1;
                 continue;
             }
