@@ -43,6 +43,17 @@ pub enum OnLlmError {
     Fail,
 }
 
+/// Who may call the HTTP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// API keys (`Authorization: Bearer`).
+    #[default]
+    Keys,
+    /// Anyone who can connect; allowed only on a loopback bind.
+    None,
+}
+
 /// The vector index a PostgreSQL store searches with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +132,8 @@ pub struct Config {
     pub reconcile_threshold: f32,
     /// What `remember` does when the model fails.
     pub on_llm_error: OnLlmError,
+    /// Who may call the HTTP transport.
+    pub auth: AuthMode,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
@@ -196,6 +209,7 @@ struct FileConfig {
     dedup_threshold: Option<f64>,
     reconcile_threshold: Option<f64>,
     on_llm_error: Option<String>,
+    auth: Option<String>,
     max_text_bytes: Option<i64>,
     vector_cache_mb: Option<i64>,
 }
@@ -509,6 +523,7 @@ impl Config {
             default_user,
             dedup_threshold: dedup_threshold as f32,
             reconcile_threshold: reconcile_threshold as f32,
+            auth: layer.choice("auth", AuthMode::Keys, &["keys", "none"])?,
             on_llm_error: layer.choice(
                 "on_llm_error",
                 OnLlmError::Verbatim,
@@ -579,6 +594,7 @@ impl Layers<'_> {
             "extractor" => self.file.extractor.clone(),
             "llm_model" => self.file.llm_model.clone(),
             "on_llm_error" => self.file.on_llm_error.clone(),
+            "auth" => self.file.auth.clone(),
             "default_user" => self.file.default_user.clone(),
             _ => None,
         }

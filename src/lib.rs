@@ -4,7 +4,7 @@
 //! calling, calls one [`MemoryService`] method and maps the result:
 //!
 //! ```text
-//! agent ──MCP (stdio)──▶ mcp ──▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
+//! agent ──MCP (stdio, HTTP)──▶ mcp ──▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
 //!                                      └──▶ Cache (optional)
 //! ```
 //!
@@ -32,6 +32,7 @@
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
 //!   the cache; remember with inference against a stand-in model server).
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
+//! * [`http`]: the HTTP transport: MCP over Streamable HTTP at `/mcp`, health checks.
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
 
@@ -43,6 +44,7 @@ pub mod context;
 pub mod embed;
 pub mod error;
 pub mod extract;
+pub mod http;
 pub mod mcp;
 pub mod model;
 pub mod openai;

@@ -25,9 +25,13 @@ enum Command {
     /// Serve MCP (stdio by default; logs go to stderr).
     Serve {
         /// How clients connect: `stdio` (the client starts engram and speaks
-        /// MCP over its stdin/stdout).
+        /// MCP over its stdin/stdout) or `http` (MCP at /mcp, health at
+        /// /healthz and /readyz).
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
+        /// `http`: the address to listen on (port 0: any free port, logged).
+        #[arg(long, env = "ENGRAM_BIND", default_value = "127.0.0.1:8765")]
+        bind: String,
     },
     /// Apply pending database migrations and exit (`serve` does this itself
     /// unless ENGRAM_AUTO_MIGRATE=false).
@@ -48,6 +52,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum Transport {
     Stdio,
+    Http,
 }
 
 fn main() -> ExitCode {
@@ -75,10 +80,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Serve { transport } => {
+        Command::Serve { transport, bind } => {
             let config = Config::load(cli.config.as_deref())?;
             match transport {
                 Transport::Stdio => engram::startup::serve_stdio(&config).await?,
+                Transport::Http => engram::startup::serve_http(&config, &bind).await?,
             }
         }
         Command::Migrate => {

@@ -231,6 +231,12 @@ impl MemoryService {
         }
     }
 
+    /// Whether requests can be served: the store answers a (cheap) read.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.store.version("").await?;
+        Ok(())
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

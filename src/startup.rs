@@ -31,6 +31,8 @@ pub enum StartupError {
     Transport(String),
     #[error(transparent)]
     Service(#[from] crate::error::Error),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("{0} pending remember(s) failed again; they stay pending (see above)")]
     Reextract(usize),
 }
@@ -232,6 +234,26 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
 }
 
 /// Serves MCP over stdin/stdout until the client disconnects.
+/// `engram serve --transport http`: checks the bind is allowed before any
+/// store is opened, then serves until SIGINT/SIGTERM.
+pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError> {
+    let listener = crate::http::listener(config, bind).await?;
+    let service = build(config).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = crate::http::app(service, config.default_user.clone(), stop.clone());
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    tracing::info!(
+        database = %redact(&config.database_url),
+        cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
+        "engram serving MCP at http://{addr}/mcp (auth: none, loopback only)"
+    );
+    crate::http::serve(listener, app, stop).await?;
+    tracing::info!("engram stopped");
+    Ok(())
+}
+
 pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;
     tracing::info!(

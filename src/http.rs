@@ -1,0 +1,140 @@
+//! The HTTP transport: one axum app.
+//!
+//! * `/mcp`: MCP over Streamable HTTP (rmcp's tower service; one
+//!   [`EngramMcp`] per session, all sharing one [`MemoryService`]).
+//! * `/healthz`: the process is up. `/readyz`: the database answers.
+//!
+//! Who may call: API keys are not built yet, so for now the transport runs
+//! only with `ENGRAM_AUTH=none`, and only on a loopback address (start-up
+//! refuses anything else), where reaching the port already means being on
+//! the machine. The legacy SSE transport and the REST API come next.
+//!
+//! Shutdown: SIGINT or SIGTERM stops accepting connections, ends MCP
+//! sessions, and lets requests in flight finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthMode, Config};
+use crate::mcp::EngramMcp;
+use crate::service::MemoryService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the HTTP transport has no API keys yet: run it with ENGRAM_AUTH=none, which is \
+         allowed on a loopback address only (127.0.0.1, ::1, localhost)"
+    )]
+    NoAuth,
+    #[error(
+        "{0} is not a loopback address: without API keys, anyone who reaches it could read \
+         every user's memories. Bind to 127.0.0.1 (and put a proxy with authentication in \
+         front), or wait for API keys"
+    )]
+    NotLoopback(String),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Checks that `bind` may be served under `config`, and resolves it.
+pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpListener, HttpError> {
+    if config.auth != AuthMode::None {
+        return Err(HttpError::NoAuth);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(bind)
+        .await
+        .map_err(|source| HttpError::Bind {
+            bind: bind.to_owned(),
+            source,
+        })?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(HttpError::NotLoopback(bind.to_owned()));
+    }
+    tokio::net::TcpListener::bind(addrs.as_slice())
+        .await
+        .map_err(|source| HttpError::Bind {
+            bind: bind.to_owned(),
+            source,
+        })
+}
+
+/// The app: MCP at `/mcp`, health at `/healthz` and `/readyz`.
+pub fn app(service: Arc<MemoryService>, default_user: String, stop: CancellationToken) -> Router {
+    let mcp_service = service.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(EngramMcp::new(mcp_service.clone(), default_user.clone())),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_cancellation_token(stop),
+    );
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(service)
+}
+
+async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {
+    match service.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+        }
+    }
+}
+
+/// Serves `app` on `listener` until SIGINT or SIGTERM, then drains.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> Result<(), HttpError> {
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        signal.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(HttpError::Serve)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,169 @@
+//! The real binary serving HTTP (`serve --transport http`), driven by rmcp's
+//! Streamable HTTP client and plain HTTP requests: the MCP round trip, the
+//! health checks, the refusals of an unsafe start, and shutdown on SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{ENGRAM, ok, texts};
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `engram serve --transport http` on a free loopback port.
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(ENGRAM)
+            .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
+            .env(
+                "ENGRAM_DATABASE_URL",
+                format!("sqlite://{}/engram.db", dir.path().display()),
+            )
+            .env("ENGRAM_AUTH", "none")
+            .env("ENGRAM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The address it listens on is in its start-up log line.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("serving MCP at http://") {
+                    let url = &line[at + "serving MCP at ".len()..];
+                    let end = url.find("/mcp").unwrap();
+                    return url[..end].to_owned();
+                }
+            }
+            panic!("engram exited before listening");
+        })
+        .await
+        .expect("engram did not start listening");
+        // Keep draining its logs so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_carries_the_mcp_round_trip_and_health_checks() {
+    let server = Server::start().await;
+    assert_eq!(
+        get(&format!("{}/healthz", server.base)).await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        get(&format!("{}/readyz", server.base)).await,
+        (200, "ready\n".into())
+    );
+
+    let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", server.base));
+    let client = ().serve(transport).await.expect("MCP handshake over HTTP");
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(names, ["forget", "recall", "remember", "user_context"]);
+
+    let stored = ok(
+        &client,
+        "remember",
+        json!({"text": "I prefer aisle seats", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(stored["results"][0]["event"], "ADD", "{stored}");
+    let found = ok(
+        &client,
+        "recall",
+        json!({"query": "aisle", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(texts(&found), ["I prefer aisle seats"]);
+    let other = ok(
+        &client,
+        "recall",
+        json!({"query": "aisle", "user_id": "bob"}),
+    )
+    .await;
+    assert!(texts(&other).is_empty(), "{other}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start().await;
+    let pid = server.child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("engram did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Without API keys, only an explicit `ENGRAM_AUTH=none` on loopback starts.
+#[tokio::test]
+async fn an_unsafe_start_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/engram.db", dir.path().display());
+    let cases = [
+        (vec![], "127.0.0.1:0", "ENGRAM_AUTH=none"),
+        (
+            vec![("ENGRAM_AUTH", "none")],
+            "0.0.0.0:0",
+            "not a loopback address",
+        ),
+        (
+            vec![("ENGRAM_AUTH", "sometimes")],
+            "127.0.0.1:0",
+            "ENGRAM_AUTH",
+        ),
+    ];
+    for (env, bind, expected) in cases {
+        let mut cmd = Command::new(ENGRAM);
+        cmd.args(["serve", "--transport", "http", "--bind", bind])
+            .env("ENGRAM_DATABASE_URL", &db)
+            .env_remove("ENGRAM_AUTH")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("engram did not exit")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bind}: {stderr}");
+        assert!(stderr.contains(expected), "{bind}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("engram.db").exists(),
+        "refused before opening the store"
+    );
+}
