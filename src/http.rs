@@ -2,12 +2,13 @@
 //!
 //! * `/mcp`: MCP over Streamable HTTP (rmcp's tower service; one
 //!   [`EngramMcp`] per session, all sharing one [`MemoryService`]).
+//! * `/sse` + `/messages`: the legacy HTTP+SSE transport ([`sse`]).
 //! * `/healthz`: the process is up. `/readyz`: the database answers.
 //!
 //! Who may call: API keys are not built yet, so for now the transport runs
 //! only with `ENGRAM_AUTH=none`, and only on a loopback address (start-up
 //! refuses anything else), where reaching the port already means being on
-//! the machine. The legacy SSE transport and the REST API come next.
+//! the machine. The REST API comes next.
 //!
 //! Shutdown: SIGINT or SIGTERM stops accepting connections, ends MCP
 //! sessions, and lets requests in flight finish.
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AuthMode, Config};
 use crate::mcp::EngramMcp;
 use crate::service::MemoryService;
+
+mod sse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -76,16 +79,23 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
 /// The app: MCP at `/mcp`, health at `/healthz` and `/readyz`.
 pub fn app(service: Arc<MemoryService>, default_user: String, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
+    let mcp_user = default_user.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(EngramMcp::new(mcp_service.clone(), default_user.clone())),
+        move || Ok(EngramMcp::new(mcp_service.clone(), mcp_user.clone())),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_cancellation_token(stop),
+        StreamableHttpServerConfig::default().with_cancellation_token(stop.clone()),
     );
+    let sessions = sse::Sessions::new(service.clone(), default_user.clone(), stop.clone());
+    let legacy = Router::new()
+        .route("/sse", get(sse::open))
+        .route("/messages", post(sse::post))
+        .with_state(sessions);
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(service)
+        .merge(legacy)
 }
 
 async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {

@@ -287,3 +287,122 @@ fn inspector_remember_then_recall_in_a_new_session() {
         "recalled memory id {hit_id:?} is not one remember returned ({ids:?}): {payload:#}"
     );
 }
+
+/// `engram serve --transport http` on a free loopback port; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    base: String,
+}
+
+impl HttpServer {
+    fn start(db: &Db) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(ENGRAM);
+        without_engram_env(&mut cmd);
+        let mut child = cmd
+            .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
+            .env("ENGRAM_DATABASE_URL", db.url())
+            .env("ENGRAM_AUTH", "none")
+            .env("ENGRAM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start engram serve --transport http");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("engram exited before listening")
+                .expect("read engram's log");
+            if let Some(at) = line.find("serving MCP at http://") {
+                let url = &line[at + "serving MCP at ".len()..];
+                break url[..url.find("/mcp").expect("/mcp in the log line")].to_owned();
+            }
+        };
+        // Keep draining its logs so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, base }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Inspector (`--cli URL --transport ...`) against a running server.
+fn inspect_url(url: &str, transport: &str, method_args: &[&str]) -> Value {
+    let output = inspector_command()
+        .args([url, "--transport", transport])
+        .args(method_args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the MCP Inspector");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "inspector {url} {transport} {method_args:?} failed\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn inspector_uses_streamable_http_and_legacy_sse() {
+    let db = Db::new();
+    let server = HttpServer::start(&db);
+    let (mcp, sse) = (
+        format!("{}/mcp", server.base),
+        format!("{}/sse", server.base),
+    );
+    for (url, transport) in [(&mcp, "http"), (&sse, "sse")] {
+        let listed = inspect_url(url, transport, &["--method", "tools/list"]);
+        let names: BTreeSet<&str> = listed["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools over {transport}: {listed:#}"))
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(["forget", "recall", "remember", "user_context"]),
+            "over {transport}"
+        );
+    }
+    // Stored over SSE, found over Streamable HTTP: one service behind both.
+    let stored = inspect_url(
+        &sse,
+        "sse",
+        &[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "remember",
+            "--tool-arg",
+            "text=Allergic to shellfish",
+        ],
+    );
+    assert_eq!(
+        stored["structuredContent"]["results"][0]["event"], "ADD",
+        "{stored:#}"
+    );
+    let found = inspect_url(
+        &mcp,
+        "http",
+        &[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "recall",
+            "--tool-arg",
+            "query=shellfish",
+        ],
+    );
+    assert_eq!(
+        found["structuredContent"]["results"][0]["memory"], "Allergic to shellfish",
+        "{found:#}"
+    );
+}

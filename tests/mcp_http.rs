@@ -167,3 +167,78 @@ async fn an_unsafe_start_is_refused_with_the_reason() {
         "refused before opening the store"
     );
 }
+
+/// The legacy transport's sessions: a post reaches only an open session, and
+/// a session ends with its event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_session_lives_as_long_as_its_stream() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let post = |path: String, body: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post(path)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    assert_eq!(
+        post(
+            format!("{}/messages?sessionId=nope", server.base),
+            initialize
+        )
+        .await,
+        404
+    );
+
+    let mut stream = http
+        .get(format!("{}/sse", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut seen = String::new();
+    let endpoint = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("no endpoint event")
+            .unwrap()
+            .expect("stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(line) = seen.lines().find(|l| l.starts_with("data: /messages")) {
+            break line["data: ".len()..].to_owned();
+        }
+    };
+    assert!(seen.contains("event: endpoint"), "{seen}");
+    let target = format!("{}{endpoint}", server.base);
+    assert_eq!(post(target.clone(), "not json").await, 400);
+    assert_eq!(post(target.clone(), initialize).await, 202);
+    // The answer arrives on the stream.
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.contains("\"protocolVersion\"") {
+            let chunk = stream.chunk().await.unwrap().expect("stream ended");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "no initialize result on the stream: {seen}"
+    );
+
+    // The client goes away: its session is gone.
+    drop(stream);
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while post(target.clone(), initialize).await != 404 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the session outlived its stream");
+}
