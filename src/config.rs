@@ -134,6 +134,9 @@ pub struct Config {
     pub on_llm_error: OnLlmError,
     /// Who may call the HTTP transport.
     pub auth: AuthMode,
+    /// `Host` values the HTTP transport answers (`name` or `name:port`);
+    /// anything else is refused, which stops DNS-rebinding pages.
+    pub allowed_hosts: Vec<String>,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
@@ -210,6 +213,7 @@ struct FileConfig {
     reconcile_threshold: Option<f64>,
     on_llm_error: Option<String>,
     auth: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
     max_text_bytes: Option<i64>,
     vector_cache_mb: Option<i64>,
 }
@@ -410,6 +414,22 @@ impl Config {
                 format!("{llm_max_retries} is out of range; allowed 0..=10 (default 3)"),
             ));
         }
+        let allowed_hosts: Vec<String> =
+            match layer.env("allowed_hosts") {
+                Some(raw) => raw
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .collect(),
+                None => layer.file.allowed_hosts.clone().unwrap_or_else(|| {
+                    ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
+                }),
+            };
+        if allowed_hosts.is_empty() || allowed_hosts.iter().any(|h| h.is_empty()) {
+            return Err(invalid(
+                "allowed_hosts",
+                "list at least one host name (comma-separated), e.g. localhost,memory.example.com",
+            ));
+        }
         let llm_categories: Vec<String> = match layer.env("llm_categories") {
             Some(raw) => raw.split(',').map(|c| c.trim().to_owned()).collect(),
             None => layer.file.llm_categories.clone().unwrap_or_else(|| {
@@ -524,6 +544,7 @@ impl Config {
             dedup_threshold: dedup_threshold as f32,
             reconcile_threshold: reconcile_threshold as f32,
             auth: layer.choice("auth", AuthMode::Keys, &["keys", "none"])?,
+            allowed_hosts,
             on_llm_error: layer.choice(
                 "on_llm_error",
                 OnLlmError::Verbatim,

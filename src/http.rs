@@ -76,14 +76,27 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
         })
 }
 
-/// The app: MCP at `/mcp`, health at `/healthz` and `/readyz`.
-pub fn app(service: Arc<MemoryService>, default_user: String, stop: CancellationToken) -> Router {
+/// Largest request body accepted (a remember is at most ENGRAM_MAX_TEXT_BYTES
+/// of text plus JSON around it).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The app: MCP at `/mcp` and `/sse`, health at `/healthz` and `/readyz`;
+/// every request's `Host` must be one of `allowed_hosts`.
+pub fn app(
+    service: Arc<MemoryService>,
+    default_user: String,
+    allowed_hosts: Vec<String>,
+    stop: CancellationToken,
+) -> Router {
     let mcp_service = service.clone();
     let mcp_user = default_user.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(EngramMcp::new(mcp_service.clone(), mcp_user.clone())),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_cancellation_token(stop.clone()),
+        StreamableHttpServerConfig::default()
+            .with_cancellation_token(stop.clone())
+            .with_allowed_hosts(allowed_hosts.clone())
+            .with_max_request_body_bytes(MAX_BODY_BYTES),
     );
     let sessions = sse::Sessions::new(service.clone(), default_user.clone(), stop.clone());
     let legacy = Router::new()
@@ -96,6 +109,46 @@ pub fn app(service: Arc<MemoryService>, default_user: String, stop: Cancellation
         .route("/readyz", get(ready))
         .with_state(service)
         .merge(legacy)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            check_host(allowed_hosts.clone(), request, next)
+        }))
+}
+
+/// Refuses a request whose `Host` is not allowed (403), before any handler.
+async fn check_host(
+    allowed: Vec<String>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if host_allowed(&allowed, &host) {
+        return next.run(request).await;
+    }
+    tracing::warn!(host = %host, "refused a request for a host that is not allowed");
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "host '{host}' is not served here; allowed: {} (ENGRAM_ALLOWED_HOSTS)\n",
+            allowed.join(", ")
+        ),
+    )
+        .into_response()
+}
+
+/// `host` (`name`, `name:port`, `[v6]:port`) matches an entry as a whole or
+/// by its name alone.
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    allowed.iter().any(|a| a == host || a == name)
 }
 
 async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {
@@ -146,5 +199,35 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts_match_by_name_or_name_and_port() {
+        let allowed: Vec<String> = ["localhost", "127.0.0.1", "::1", "mem.example.com:8443"]
+            .map(String::from)
+            .to_vec();
+        for ok in [
+            "localhost",
+            "localhost:8765",
+            "127.0.0.1:1",
+            "[::1]:8765",
+            "mem.example.com:8443",
+        ] {
+            assert!(host_allowed(&allowed, ok), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:8765",
+            "",
+            "mem.example.com",
+            "127.0.0.2:8765",
+        ] {
+            assert!(!host_allowed(&allowed, refused), "{refused}");
+        }
     }
 }

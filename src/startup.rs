@@ -240,7 +240,12 @@ pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError>
     let listener = crate::http::listener(config, bind).await?;
     let service = build(config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let app = crate::http::app(service, config.default_user.clone(), stop.clone());
+    let app = crate::http::app(
+        service,
+        config.default_user.clone(),
+        config.allowed_hosts.clone(),
+        stop.clone(),
+    );
     let addr = listener
         .local_addr()
         .map_err(|e| StartupError::Transport(e.to_string()))?;

@@ -242,3 +242,30 @@ async fn an_sse_session_lives_as_long_as_its_stream() {
     .await;
     assert!(gone.is_ok(), "the session outlived its stream");
 }
+
+/// A page on another origin that rebinds its DNS name to 127.0.0.1 still
+/// sends its own Host: refused on every route, before any handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_other_hosts_are_refused() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/sse", "/mcp", "/messages?sessionId=x"] {
+        let response = http
+            .get(format!("{}{path}", server.base))
+            .header("host", "evil.example:8765")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("ENGRAM_ALLOWED_HOSTS"), "{path}: {body}");
+    }
+    let port = server.base.rsplit(':').next().unwrap();
+    let local = http
+        .get(format!("{}/healthz", server.base))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status().as_u16(), 200);
+}
