@@ -3,7 +3,9 @@
 //! * `/mcp`: MCP over Streamable HTTP (rmcp's tower service; one
 //!   [`EngramMcp`] per session, all sharing one [`MemoryService`]).
 //! * `/sse` + `/messages`: the legacy HTTP+SSE transport ([`sse`]).
-//! * `/healthz`: the process is up. `/readyz`: the database answers.
+//! * `/healthz`: the process is up. `/readyz`: the database answers (the
+//!   cache's state is shown, but engram serves without it, so it never
+//!   makes the instance unready).
 //!
 //! Who may call: API keys are not built yet, so for now the transport runs
 //! only with `ENGRAM_AUTH=none`, and only on a loopback address (start-up
@@ -151,12 +153,25 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
     allowed.iter().any(|a| a == host || a == name)
 }
 
+/// `/readyz`: 503 when the database does not answer. The cache is
+/// reported but never fails readiness: engram serves without it.
 async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {
+    let cache = match service.cache_state().await {
+        None => "none".to_owned(),
+        Some(Ok(())) => "ok".to_owned(),
+        Some(Err(e)) => format!("down ({e})"),
+    };
     match service.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(()) => (
+            StatusCode::OK,
+            format!("ready\ndatabase: ok\ncache: {cache}\n"),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready\ndatabase: {e}\ncache: {cache}\n"),
+            )
         }
     }
 }

@@ -237,6 +237,15 @@ impl MemoryService {
         Ok(())
     }
 
+    /// The cache's state for health checks: `None` without a cache, else
+    /// whether it answers now. Requests are served either way.
+    pub async fn cache_state(&self) -> Option<Result<(), String>> {
+        if !self.cache.enabled() {
+            return None;
+        }
+        Some(self.cache.ping().await)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

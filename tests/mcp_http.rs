@@ -23,6 +23,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(ENGRAM)
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
@@ -32,6 +36,7 @@ impl Server {
             )
             .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -77,7 +82,7 @@ async fn streamable_http_carries_the_mcp_round_trip_and_health_checks() {
     );
     assert_eq!(
         get(&format!("{}/readyz", server.base)).await,
-        (200, "ready\n".into())
+        (200, "ready\ndatabase: ok\ncache: none\n".into())
     );
 
     let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", server.base));
@@ -268,4 +273,22 @@ async fn requests_for_other_hosts_are_refused() {
         .await
         .unwrap();
     assert_eq!(local.status().as_u16(), 200);
+}
+
+/// Readiness follows the database; the cache's state is shown but a cache
+/// that is down does not make engram unready (it serves without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_shows_the_cache_without_depending_on_it() {
+    let redis = common::redis::shared_url();
+    let up = Server::start_with(&[("ENGRAM_CACHE_URL", redis.as_str())]).await;
+    let (status, body) = get(&format!("{}/readyz", up.base)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\ndatabase: ok\ncache: ok\n")
+    );
+
+    let down = Server::start_with(&[("ENGRAM_CACHE_URL", "redis://127.0.0.1:1")]).await;
+    let (status, body) = get(&format!("{}/readyz", down.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("cache: down"), "{body}");
 }

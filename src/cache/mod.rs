@@ -83,6 +83,12 @@ pub trait Cache: Send + Sync {
 
     /// Errors and skips so far (hits and misses are counted by callers).
     fn failures(&self) -> (u64, u64);
+
+    /// Asks the server for an answer now (health checks): `Err` says why
+    /// not. [`NoCache`] answers `Ok`.
+    async fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Everything that decides a query's vector besides its text.

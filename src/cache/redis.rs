@@ -291,6 +291,15 @@ impl Cache for RedisCache {
         .await;
     }
 
+    async fn ping(&self) -> Result<(), String> {
+        self.pool
+            .with_options(&self.options)
+            .ping::<Value>(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{} does not answer: {e}", redact(&self.settings.url)))
+    }
+
     fn failures(&self) -> (u64, u64) {
         self.health.counts()
     }
