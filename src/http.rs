@@ -7,7 +7,8 @@
 //!   cache's state is shown, but engram serves without it, so it never
 //!   makes the instance unready).
 //!
-//! Who may call: API keys are not built yet, so for now the transport runs
+//! Who may call: API keys exist (`engram keys`) but are not checked here
+//! yet, so for now the transport runs
 //! only with `ENGRAM_AUTH=none`, and only on a loopback address (start-up
 //! refuses anything else), where reaching the port already means being on
 //! the machine. The REST API comes next.
@@ -41,8 +42,8 @@ pub enum HttpError {
         source: std::io::Error,
     },
     #[error(
-        "the HTTP transport has no API keys yet: run it with ENGRAM_AUTH=none, which is \
-         allowed on a loopback address only (127.0.0.1, ::1, localhost)"
+        "the HTTP transport does not check API keys yet: run it with ENGRAM_AUTH=none, \
+         which is allowed on a loopback address only (127.0.0.1, ::1, localhost)"
     )]
     NoAuth,
     #[error(

@@ -8,6 +8,7 @@
 //!                                      └──▶ Cache (optional)
 //! ```
 //!
+//! * [`auth`]: API keys (made once, stored hashed).
 //! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
 //! * [`model`]: the nouns: memories, ids, scopes, facts, events, filters.
 //! * [`service`]: the only place that knows the order of steps (remember, recall,
@@ -36,6 +37,7 @@
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
 
+pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod chat;

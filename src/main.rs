@@ -45,8 +45,31 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// API keys for the HTTP transport (not enforced yet: see the README).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once: only its hash is stored).
+    Create {
+        /// The one user the key acts for.
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        user: Option<String>,
+        /// A key that may act for any user.
+        #[arg(long)]
+        admin: bool,
+        /// A note to tell keys apart in `keys list`.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by its id (from `keys list`).
+    Revoke { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,6 +121,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Reextract { limit } => {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::reextract(&config, limit).await?;
+        }
+        Command::Keys(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            match command {
+                KeysCommand::Create { user, admin, label } => {
+                    let user = if admin { None } else { user };
+                    engram::startup::create_key(&config, user, label).await?;
+                }
+                KeysCommand::List => engram::startup::list_keys(&config).await?,
+                KeysCommand::Revoke { id } => engram::startup::revoke_key(&config, &id).await?,
+            }
         }
         Command::Bench(args) => engram::bench::run(args).await?,
     }

@@ -1072,6 +1072,53 @@ async fn forgetting_drops_the_deferred_remembers_that_stored_it(b: Backend) {
     assert!(found_current(s, &bob, bm).await);
 }
 
+/// API keys: stored hashed, found by hash while active, revoked once.
+async fn api_keys_are_found_by_hash_until_revoked(b: Backend) {
+    let s = b.store.clone();
+    let (alice_key, alice) = engram::auth::generate(Some("alice".into()), "laptop".into());
+    let (admin_key, admin) = engram::auth::generate(None, String::new());
+    s.add_key(&alice).await.unwrap();
+    s.add_key(&admin).await.unwrap();
+
+    let listed = s.keys().await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|k| k.id).collect();
+    assert_eq!(ids, [alice.id, admin.id], "oldest first");
+    assert_eq!(listed[0].user_id.as_deref(), Some("alice"));
+    assert_eq!(listed[0].label, "laptop");
+    assert_eq!(listed[1].user_id, None);
+    assert!(listed.iter().all(|k| !k.hash.contains(&alice_key[7..])));
+
+    let found = s.active_key(&engram::auth::hash(&alice_key)).await.unwrap();
+    assert_eq!(found.map(|k| k.id), Some(alice.id));
+    assert_eq!(
+        s.active_key(&engram::auth::hash(&admin_key))
+            .await
+            .unwrap()
+            .map(|k| k.user_id),
+        Some(None)
+    );
+    assert_eq!(
+        s.active_key(&engram::auth::hash("engram_nope"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(s.revoke_key(alice.id).await.unwrap());
+    assert!(!s.revoke_key(alice.id).await.unwrap(), "already revoked");
+    assert!(
+        !s.revoke_key(uuid::Uuid::now_v7()).await.unwrap(),
+        "unknown"
+    );
+    assert_eq!(s.active_key(&alice.hash).await.unwrap(), None);
+    assert!(s.keys().await.unwrap()[0].revoked_at.is_some());
+    assert!(
+        s.active_key(&admin.hash).await.unwrap().is_some(),
+        "others stay"
+    );
+    assert!(s.add_key(&alice).await.is_err(), "one row per key");
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -1117,6 +1164,7 @@ every_backend!(
     an_update_rewrites_one_memory_and_keeps_its_history,
     a_supersede_closes_the_old_memory_and_stores_the_new,
     many_writes_and_searches_at_once_all_finish,
+    api_keys_are_found_by_hash_until_revoked,
     a_close_retires_a_memory_without_a_successor,
     deferred_remembers_round_trip_oldest_first,
     forgetting_drops_the_deferred_remembers_that_stored_it,

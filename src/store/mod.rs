@@ -140,6 +140,21 @@ pub struct Pending {
     pub created_at: DateTime<Utc>,
 }
 
+/// An API key as stored: never the key itself, only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: uuid::Uuid,
+    /// The key's first characters, to tell keys apart in listings.
+    pub prefix: String,
+    /// SHA-256 of the whole key, hex.
+    pub hash: String,
+    /// The one user the key acts for; `None`: an admin key (any user).
+    pub user_id: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchScope<'a> {
@@ -259,6 +274,19 @@ pub trait Store: Send + Sync {
         id: uuid::Uuid,
         error: &str,
     ) -> Result<(), StoreError>;
+
+    /// Stores a new API key (`created_at` and `revoked_at` as given).
+    async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// Every API key, revoked ones included, oldest first (the operator's
+    /// `engram keys list`; not bounded by a user).
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// The key whose hash this is, unless revoked.
+    async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Revokes the key with this id. False: unknown or already revoked.
+    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
 
     /// The user's write version, which caches key their entries by. Invariant:
     /// every write to the user's memories moves it, in the write's own

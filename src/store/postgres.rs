@@ -701,6 +701,57 @@ impl Store for PgStore {
         }
     }
 
+    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id)
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .bind(&key.user_id)
+        .bind(&key.label)
+        .bind(key.created_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an API key"))?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{KEY_COLUMNS} ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing API keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{KEY_COLUMNS} WHERE hash = $1 AND revoked_at IS NULL"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an API key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("revoking an API key"))?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
         // Moved by the memories_version_* triggers (migration user_versions).
         let v: Option<i64> =
@@ -999,6 +1050,23 @@ async fn ensure_vector_index(
     .await
     .map_err(db("recording the vector index"))?;
     Ok(kind)
+}
+
+/// The `SELECT` [`key_from_row`] reads.
+const KEY_COLUMNS: &str =
+    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
+
+fn key_from_row(row: &PgRow) -> Result<super::ApiKey, StoreError> {
+    let read = db("reading an API key");
+    Ok(super::ApiKey {
+        id: row.try_get("id").map_err(&read)?,
+        prefix: row.try_get("prefix").map_err(&read)?,
+        hash: row.try_get("hash").map_err(&read)?,
+        user_id: row.try_get("user_id").map_err(&read)?,
+        label: row.try_get("label").map_err(&read)?,
+        created_at: row.try_get("created_at").map_err(&read)?,
+        revoked_at: row.try_get("revoked_at").map_err(&read)?,
+    })
 }
 
 fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {

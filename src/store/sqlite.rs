@@ -917,6 +917,57 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.id.to_string())
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .bind(&key.user_id)
+        .bind(&key.label)
+        .bind(key.created_at.timestamp_millis())
+        .bind(key.revoked_at.map(|t| t.timestamp_millis()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an API key"))?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{KEY_COLUMNS} ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing API keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{KEY_COLUMNS} WHERE hash = ? AND revoked_at IS NULL"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an API key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(Utc::now().timestamp_millis())
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(db("revoking an API key"))?
+                .rows_affected();
+        Ok(done > 0)
+    }
+
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
         let g: Option<i64> =
             sqlx::query_scalar("SELECT generation FROM user_generations WHERE user_id = ?")
@@ -1228,6 +1279,28 @@ fn parse_id(row: &SqliteRow) -> Result<MemoryId, StoreError> {
     let raw: String = row.try_get("id").map_err(db("reading an id"))?;
     raw.parse()
         .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
+}
+
+/// The `SELECT` [`key_from_row`] reads.
+const KEY_COLUMNS: &str =
+    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
+
+fn key_from_row(row: &SqliteRow) -> Result<super::ApiKey, StoreError> {
+    let read = db("reading an API key");
+    let id: String = row.try_get("id").map_err(&read)?;
+    Ok(super::ApiKey {
+        id: uuid::Uuid::parse_str(&id)
+            .map_err(|_| StoreError::Corrupt(format!("API key id '{id}'")))?,
+        prefix: row.try_get("prefix").map_err(&read)?,
+        hash: row.try_get("hash").map_err(&read)?,
+        user_id: row.try_get("user_id").map_err(&read)?,
+        label: row.try_get("label").map_err(&read)?,
+        created_at: millis(row.try_get("created_at").map_err(&read)?),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")
+            .map_err(&read)?
+            .map(millis),
+    })
 }
 
 fn millis(ms: i64) -> DateTime<Utc> {
