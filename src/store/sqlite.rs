@@ -104,7 +104,31 @@ struct Closed<'a> {
     content: &'a str,
 }
 
+/// What a write to one user's memories holds, taken in the store's one lock
+/// order (see `write_lock`): the writer lock, then a transaction, then the
+/// user's in-process vectors.
+struct UserWrite<'a> {
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
+}
+
 impl SqliteStore {
+    async fn begin_user_write(
+        &self,
+        user_id: &str,
+        context: &'static str,
+    ) -> Result<UserWrite<'_>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(context))?;
+        let vecs = self.index.user(user_id).write_owned().await;
+        Ok(UserWrite { _writer, tx, vecs })
+    }
+
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
     /// applies migrations, and checks the embedder matches the stored one.
     pub async fn open(url: &str, embedder: EmbedderIdentity) -> Result<Self, StoreError> {
@@ -461,14 +485,13 @@ impl Store for SqliteStore {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let entry = self.index.user(&new.scope.user_id);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a write"))?;
-        let mut vecs = entry.write().await;
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self
+            .begin_user_write(&new.scope.user_id, "starting a write")
+            .await?;
 
         self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
             .await?;
@@ -673,14 +696,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let entry = self.index.user(user_id);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a delete"))?;
-        let mut vecs = entry.write().await;
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a delete").await?;
         let before = generation(&mut tx, user_id).await?;
         let pk: Option<i64> =
             sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
@@ -789,14 +809,11 @@ impl Store for SqliteStore {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let entry = self.index.user(user_id);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting an update"))?;
-        let mut vecs = entry.write().await;
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting an update").await?;
         let before = generation(&mut tx, user_id).await?;
         let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
             return Ok(None);
@@ -867,14 +884,11 @@ impl Store for SqliteStore {
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
         let user_id = new.scope.user_id.clone();
-        let _writer = self.write_lock.lock().await;
-        let entry = self.index.user(&user_id);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a write"))?;
-        let mut vecs = entry.write().await;
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(&user_id, "starting a write").await?;
         let before = generation(&mut tx, &user_id).await?;
         let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
             return Ok(SupersedeOutcome::NotFound);
@@ -979,14 +993,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let entry = self.index.user(user_id);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a write"))?;
-        let mut vecs = entry.write().await;
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a write").await?;
         let before = generation(&mut tx, user_id).await?;
         let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
             return Ok(false);
