@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_openai::{FakeOpenAi, Reply};
-use common::{connect_with, ok, run_engram, texts};
+use common::{connect_with, current, ok, run_engram, texts};
 use engram::config::OnLlmError;
 use engram::embed::{Embedder, OpenAiEmbedder, OpenAiSettings};
 use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
@@ -120,19 +120,6 @@ fn answer() -> Reply {
     Reply::Delay(Duration::ZERO)
 }
 
-async fn current(s: &MemoryService) -> Vec<String> {
-    let mut texts: Vec<String> = s
-        .user_context(&alice(), Some(100), None)
-        .await
-        .unwrap()
-        .memories
-        .into_iter()
-        .map(|m| m.memory)
-        .collect();
-    texts.sort();
-    texts
-}
-
 async fn recall(s: &MemoryService, query: &str) -> Vec<String> {
     s.recall(RecallRequest {
         scope: alice(),
@@ -170,7 +157,7 @@ async fn fail_refuses_with_the_models_error_and_stores_nothing() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("embedd"), "{err}");
-    assert!(current(&s).await.is_empty());
+    assert!(current(&s, &alice()).await.is_empty());
     assert_eq!(
         s.reextract(10).await.unwrap().remaining,
         0,
@@ -233,7 +220,7 @@ async fn a_rate_limit_is_waited_out_and_a_slow_model_times_out() {
         .to_string();
     assert!(err.contains("did not answer within"), "{err}");
     assert!(err.contains("ENGRAM_LLM_TIMEOUT_SECS"), "{err}");
-    assert!(current(&plain).await.is_empty());
+    assert!(current(&plain, &alice()).await.is_empty());
 }
 
 /// The chat model fails: every message is stored as said (searchable), the
@@ -288,7 +275,7 @@ async fn verbatim_keeps_the_text_and_reextract_replaces_it_with_facts() {
         "{facts:?}"
     );
     assert_eq!(
-        current(&s).await,
+        current(&s, &alice()).await,
         [
             "Flies to Tokyo on the day after it was said",
             "Lives in Lisbon"
@@ -354,7 +341,7 @@ async fn a_copy_that_already_says_the_fact_is_kept() {
         ]
     );
     assert_eq!(
-        current(&s).await,
+        current(&s, &alice()).await,
         ["I fly to Tokyo tomorrow", "I live in Lisbon"],
         "the assistant's copy is closed"
     );
@@ -381,7 +368,7 @@ async fn an_embedder_outage_keeps_the_message_until_reextract() {
     assert!(!deferred.searchable);
     assert!(deferred.pending_id.is_some());
     assert!(kept.results.is_empty());
-    assert!(current(&s).await.is_empty());
+    assert!(current(&s, &alice()).await.is_empty());
 
     // Still failing: the entry stays, with one more attempt.
     fake.then(server_error());
@@ -392,7 +379,7 @@ async fn an_embedder_outage_keeps_the_message_until_reextract() {
 
     let report = s.reextract(10).await.unwrap();
     assert_eq!(report.finished.len(), 1, "{report:?}");
-    assert_eq!(current(&s).await, ["I am allergic to peanuts"]);
+    assert_eq!(current(&s, &alice()).await, ["I am allergic to peanuts"]);
     assert_eq!(recall(&s, "peanuts").await, ["I am allergic to peanuts"]);
 }
 
@@ -409,14 +396,14 @@ async fn without_an_llm_an_embedder_outage_waits_for_reextract() {
         .await
         .unwrap();
     assert!(!kept.deferred.expect("deferred").searchable);
-    assert!(current(&s).await.is_empty());
+    assert!(current(&s, &alice()).await.is_empty());
     let report = s.reextract(10).await.unwrap();
     assert_eq!(
         (report.finished.len(), report.skipped),
         (1, 0),
         "{report:?}"
     );
-    assert_eq!(current(&s).await, ["Vegetarian since 2019"]);
+    assert_eq!(current(&s, &alice()).await, ["Vegetarian since 2019"]);
     assert_eq!(fake.requests_to(CHAT).len(), 0, "no chat model involved");
 }
 
@@ -456,7 +443,7 @@ async fn forgetting_a_kept_text_drops_its_reextraction() {
         asked,
         "the model never saw them"
     );
-    assert!(current(&s).await.is_empty());
+    assert!(current(&s, &alice()).await.is_empty());
 }
 
 /// What was said before a newer memory never overrides it: the reconciler's
@@ -485,7 +472,7 @@ async fn an_older_fact_never_overrides_a_newer_memory() {
         .await
         .unwrap();
     assert_eq!(moved.results[0].event, Event::Supersede, "{moved:?}");
-    assert_eq!(current(&s).await, ["I live in Berlin"]);
+    assert_eq!(current(&s, &alice()).await, ["I live in Berlin"]);
 
     // Re-extracting the older message: the model would supersede Berlin.
     fake.then(answer()).then(answer()).then(Reply::Content(
@@ -495,7 +482,7 @@ async fn an_older_fact_never_overrides_a_newer_memory() {
     let report = s.reextract(10).await.unwrap();
     assert_eq!(report.finished.len(), 1, "{report:?}");
     assert_eq!(report.finished[0].result.results[0].event, Event::None);
-    assert_eq!(current(&s).await, ["I live in Berlin"]);
+    assert_eq!(current(&s, &alice()).await, ["I live in Berlin"]);
 }
 
 /// The binary as a user runs it: a remember during an outage answers with a

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_openai::{FakeOpenAi, Reply};
-use common::{connect_with, ok, texts};
+use common::{connect_with, current, ok, texts};
 use engram::embed::HashEmbedder;
 use engram::extract::{DEFAULT_CATEGORIES, Extractor, LlmExtractor, LlmSettings};
 use engram::model::{Input, Message, Scope};
@@ -314,19 +314,6 @@ fn alice() -> Scope {
     Scope::new("alice", None, None).unwrap()
 }
 
-async fn current(s: &MemoryService) -> Vec<String> {
-    let mut texts: Vec<String> = s
-        .user_context(&alice(), Some(100), None)
-        .await
-        .unwrap()
-        .memories
-        .into_iter()
-        .map(|m| m.memory)
-        .collect();
-    texts.sort();
-    texts
-}
-
 /// A contradiction supersedes: the old memory leaves every search and stays
 /// in history. Nothing similar stored: no reconciliation call at all.
 #[tokio::test]
@@ -356,7 +343,7 @@ async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
     let event = &moved.results[0];
     assert_eq!(event.event, engram::model::Event::Supersede);
     assert_eq!(event.replaces, Some(lisbon));
-    assert_eq!(current(&s).await, ["Lives in Porto"]);
+    assert_eq!(current(&s, &alice()).await, ["Lives in Porto"]);
 
     let shown = fake.requests_to(CHAT)[2].body["messages"][1]["content"]
         .as_str()
@@ -404,7 +391,10 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
         .map(|r| (r.event.as_str(), r.id))
         .collect();
     assert_eq!(events, [("UPDATE", coffee), ("NONE", coffee)]);
-    assert_eq!(current(&s).await, ["Likes coffee, espresso most of all"]);
+    assert_eq!(
+        current(&s, &alice()).await,
+        ["Likes coffee, espresso most of all"]
+    );
     let history = s.history("alice", coffee).await.unwrap();
     assert_eq!(history[1].old_memory.as_deref(), Some("Likes coffee"));
 
@@ -415,7 +405,7 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
     let known = s.remember(remember("I like espresso")).await.unwrap();
     assert_eq!(known.results[0].event.as_str(), "NONE");
     assert_eq!(known.results[0].id, coffee);
-    assert_eq!(current(&s).await.len(), 1);
+    assert_eq!(current(&s, &alice()).await.len(), 1);
 
     // Two changes to one memory: only the first is applied; the other fact
     // is added (the store decides whether it is new).
@@ -431,7 +421,7 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
     let events: Vec<_> = twice.results.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(events, ["SUPERSEDE", "ADD"]);
     assert_eq!(
-        current(&s).await,
+        current(&s, &alice()).await,
         [
             "Likes coffee, lungo most of all",
             "Likes coffee, ristretto most of all"
@@ -470,7 +460,10 @@ async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
         "ADD",
         "unknown alias: added instead"
     );
-    assert_eq!(current(&s).await, ["Lives in Lisbon", "Lives in Porto"]);
+    assert_eq!(
+        current(&s, &alice()).await,
+        ["Lives in Lisbon", "Lives in Porto"]
+    );
 
     fake.then(facts(&["Lives in Faro"])).then(decide(
         json!([{"fact": 0, "event": "SUPERSEDE", "id": forged, "text": "x"}]),
@@ -491,7 +484,7 @@ async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
         .to_string();
     assert!(err.contains("decisions JSON"), "{err}");
     assert_eq!(
-        current(&s).await,
+        current(&s, &alice()).await,
         ["Lives in Faro", "Lives in Lisbon", "Lives in Porto"]
     );
 }

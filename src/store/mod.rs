@@ -155,6 +155,10 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// The `SELECT` every store reads [`ApiKey`]s with (same columns on both).
+const KEY_SELECT: &str =
+    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
+
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchScope<'a> {

@@ -721,7 +721,8 @@ impl Store for PgStore {
 
     async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{KEY_COLUMNS} ORDER BY created_at, id"
+            "{} ORDER BY created_at, id",
+            super::KEY_SELECT
         )))
         .fetch_all(&self.pool)
         .await
@@ -731,7 +732,8 @@ impl Store for PgStore {
 
     async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{KEY_COLUMNS} WHERE hash = $1 AND revoked_at IS NULL"
+            "{} WHERE hash = $1 AND revoked_at IS NULL",
+            super::KEY_SELECT
         )))
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -1051,10 +1053,6 @@ async fn ensure_vector_index(
     .map_err(db("recording the vector index"))?;
     Ok(kind)
 }
-
-/// The `SELECT` [`key_from_row`] reads.
-const KEY_COLUMNS: &str =
-    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
 
 fn key_from_row(row: &PgRow) -> Result<super::ApiKey, StoreError> {
     let read = db("reading an API key");

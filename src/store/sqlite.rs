@@ -951,7 +951,8 @@ impl Store for SqliteStore {
 
     async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{KEY_COLUMNS} ORDER BY created_at, id"
+            "{} ORDER BY created_at, id",
+            super::KEY_SELECT
         )))
         .fetch_all(&self.pool)
         .await
@@ -961,7 +962,8 @@ impl Store for SqliteStore {
 
     async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{KEY_COLUMNS} WHERE hash = ? AND revoked_at IS NULL"
+            "{} WHERE hash = ? AND revoked_at IS NULL",
+            super::KEY_SELECT
         )))
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -1291,10 +1293,6 @@ fn parse_id(row: &SqliteRow) -> Result<MemoryId, StoreError> {
     raw.parse()
         .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
 }
-
-/// The `SELECT` [`key_from_row`] reads.
-const KEY_COLUMNS: &str =
-    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
 
 fn key_from_row(row: &SqliteRow) -> Result<super::ApiKey, StoreError> {
     let read = db("reading an API key");

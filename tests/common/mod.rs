@@ -118,3 +118,18 @@ pub async fn total(client: &Client, user: &str) -> u64 {
         .as_u64()
         .expect("total")
 }
+
+/// The user's current memories (up to 100), sorted: what a service holds
+/// as true for `scope` right now.
+pub async fn current(s: &engram::MemoryService, scope: &engram::model::Scope) -> Vec<String> {
+    let mut texts: Vec<String> = s
+        .user_context(scope, Some(100), None)
+        .await
+        .unwrap()
+        .memories
+        .into_iter()
+        .map(|m| m.memory)
+        .collect();
+    texts.sort();
+    texts
+}
