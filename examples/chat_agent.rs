@@ -11,11 +11,8 @@
 //! MCP client. The chat model is ENGRAM_CHAT_MODEL (default: ENGRAM_LLM_MODEL).
 //! Type a message per line; `/quit` or end of input stops.
 
-use std::time::Duration;
-
 use engram::chat::ChatAgent;
 use engram::model::Scope;
-use engram::openai::Endpoint;
 use engram::{Config, startup};
 use tokio::io::BufReader;
 
@@ -34,12 +31,7 @@ async fn chat() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| config.default_user.clone());
     let memory = startup::build(&config).await?;
-    let endpoint = Endpoint {
-        base_url: config.openai_base_url.clone(),
-        api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
-        timeout: Duration::from_secs(config.llm_timeout_secs),
-        max_retries: config.llm_max_retries,
-    };
+    let endpoint = startup::llm_endpoint(&config);
     let model = std::env::var("ENGRAM_CHAT_MODEL").unwrap_or_else(|_| config.llm_model.clone());
     let mut agent = ChatAgent::new(memory, &endpoint, model, Scope::new(&user, None, None)?)?;
     eprintln!("chatting as {user}; /quit to stop");

@@ -54,6 +54,8 @@ pub enum HttpError {
     NotLoopback(String),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot watch for SIGINT/SIGTERM: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Checks that `bind` may be served under `config`, and resolves it.
@@ -177,45 +179,43 @@ async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `app` on `listener` until SIGINT or SIGTERM, then drains.
+/// Cancels `stop` on SIGINT or SIGTERM. The handlers are registered before
+/// this returns, so a signal sent as soon as the server says it listens is
+/// never left to the default action (an abrupt exit).
+pub fn stop_on_signals(stop: CancellationToken) -> Result<(), HttpError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).map_err(HttpError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(HttpError::Signals)?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("shutting down: finishing requests in flight");
+            stop.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        stop.cancel();
+    });
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, then drains.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     stop: CancellationToken,
 ) -> Result<(), HttpError> {
-    let signal = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        signal.cancel();
-    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(HttpError::Serve)
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }
 
 #[cfg(test)]

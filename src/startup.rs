@@ -37,18 +37,32 @@ pub enum StartupError {
     Reextract(usize),
 }
 
+/// The OpenAI-compatible server with this timeout and retry budget.
+fn endpoint(config: &Config, timeout_secs: u64, max_retries: usize) -> Endpoint {
+    Endpoint {
+        base_url: config.openai_base_url.clone(),
+        api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+        timeout: Duration::from_secs(timeout_secs),
+        max_retries,
+    }
+}
+
+/// The chat model's endpoint (the llm extractor's, and the chat agent's).
+pub fn llm_endpoint(config: &Config) -> Endpoint {
+    endpoint(config, config.llm_timeout_secs, config.llm_max_retries)
+}
+
 /// Builds the embedder a config names.
 pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
     match config.embedder {
         EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedding_dims))),
         EmbedderKind::Openai => {
             let settings = OpenAiSettings {
-                endpoint: Endpoint {
-                    base_url: config.openai_base_url.clone(),
-                    api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
-                    timeout: Duration::from_secs(config.embedding_timeout_secs),
-                    max_retries: config.embedding_max_retries,
-                },
+                endpoint: endpoint(
+                    config,
+                    config.embedding_timeout_secs,
+                    config.embedding_max_retries,
+                ),
                 model: config
                     .embedding_model
                     .clone()
@@ -79,12 +93,7 @@ fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
         ExtractorKind::Verbatim => Ok(Arc::new(VerbatimExtractor)),
         ExtractorKind::Llm => {
             let settings = LlmSettings {
-                endpoint: Endpoint {
-                    base_url: config.openai_base_url.clone(),
-                    api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
-                    timeout: Duration::from_secs(config.llm_timeout_secs),
-                    max_retries: config.llm_max_retries,
-                },
+                endpoint: llm_endpoint(config),
                 model: config.llm_model.clone(),
                 categories: config.llm_categories.clone(),
             };
@@ -307,6 +316,7 @@ pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError>
     let listener = crate::http::listener(config, bind).await?;
     let service = build(config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
+    crate::http::stop_on_signals(stop.clone())?;
     let app = crate::http::app(
         service,
         config.default_user.clone(),
