@@ -36,7 +36,7 @@ mod sse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {bind}: {source}")]
+    #[error("cannot listen on {bind} (expected HOST:PORT, e.g. 127.0.0.1:8765): {source}")]
     Bind {
         bind: String,
         source: std::io::Error,

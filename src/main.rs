@@ -25,8 +25,8 @@ enum Command {
     /// Serve MCP (stdio by default; logs go to stderr).
     Serve {
         /// How clients connect: `stdio` (the client starts engram and speaks
-        /// MCP over its stdin/stdout) or `http` (MCP at /mcp, health at
-        /// /healthz and /readyz).
+        /// MCP over its stdin/stdout) or `http` (MCP at /mcp, legacy SSE at
+        /// /sse, health at /healthz and /readyz).
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
         /// `http`: the address to listen on (port 0: any free port, logged).

@@ -232,6 +232,11 @@ pub async fn create_key(
     label: String,
 ) -> Result<(), StartupError> {
     let user_id = match user_id {
+        Some(u) if u.trim().is_empty() => {
+            return Err(StartupError::Unsupported(
+                "--user needs the user id the key acts for (or use --admin)".into(),
+            ));
+        }
         Some(u) => Some(crate::model::validate_id("user", &u)?),
         None => None,
     };

@@ -55,6 +55,10 @@ fn keys_are_shown_once_listed_without_secrets_and_revoked() {
         (vec!["keys", "revoke", "nope"], "not a key id"),
         (vec!["keys", "create"], "--user"),
         (
+            vec!["keys", "create", "--user", " "],
+            "--user needs the user id",
+        ),
+        (
             vec!["keys", "create", "--user", "bob", "--admin"],
             "cannot be used with",
         ),
