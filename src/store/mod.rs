@@ -86,6 +86,21 @@ pub struct NewMemory {
     pub actor: String,
 }
 
+impl NewMemory {
+    /// The memory as stored by a write committed at `at`.
+    fn stored_at(self, at: DateTime<Utc>) -> Memory {
+        Memory {
+            id: self.id,
+            memory: self.content,
+            scope: self.scope,
+            metadata: self.metadata,
+            categories: self.categories,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 /// What [`Store::insert`] did.
 #[derive(Debug, Clone)]
 pub enum InsertOutcome {

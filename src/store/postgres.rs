@@ -376,15 +376,7 @@ impl Store for PgStore {
                 .await?
             {
                 Ok(()) => {
-                    return Ok(InsertOutcome::Added(Memory {
-                        id: new.id,
-                        memory: new.content,
-                        scope: new.scope,
-                        metadata: new.metadata,
-                        categories: new.categories,
-                        created_at: now,
-                        updated_at: now,
-                    }));
+                    return Ok(InsertOutcome::Added(new.stored_at(now)));
                 }
                 Err(near) => near,
             };
@@ -667,15 +659,7 @@ impl Store for PgStore {
         match written {
             Ok(()) => {
                 tx.commit().await.map_err(db("committing a supersede"))?;
-                Ok(SupersedeOutcome::Superseded(Memory {
-                    id: new.id,
-                    memory: new.content,
-                    scope: new.scope,
-                    metadata: new.metadata,
-                    categories: new.categories,
-                    created_at: now,
-                    updated_at: now,
-                }))
+                Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
             }
             Err(e) => {
                 tx.rollback().await.map_err(db("ending a refused write"))?;

@@ -519,15 +519,7 @@ impl Store for SqliteStore {
 
         vecs.push(pk, new.id, &new.embedding);
         vecs.generation = Some(generation);
-        Ok(InsertOutcome::Added(Memory {
-            id: new.id,
-            memory: new.content,
-            scope: new.scope,
-            metadata: new.metadata,
-            categories: new.categories,
-            created_at: now,
-            updated_at: now,
-        }))
+        Ok(InsertOutcome::Added(new.stored_at(now)))
     }
 
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
@@ -920,15 +912,7 @@ impl Store for SqliteStore {
             vecs.push(pk, new.id, &new.embedding);
             vecs.generation = Some(generation);
         }
-        Ok(SupersedeOutcome::Superseded(Memory {
-            id: new.id,
-            memory: new.content,
-            scope: new.scope,
-            metadata: new.metadata,
-            categories: new.categories,
-            created_at: now,
-            updated_at: now,
-        }))
+        Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
     }
 
     async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
