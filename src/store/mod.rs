@@ -192,11 +192,19 @@ pub struct Hit {
 /// One row of a memory's history.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct HistoryEntry {
+    /// The memory this change happened to.
     pub memory_id: MemoryId,
+    /// What happened: ADD, UPDATE, SUPERSEDE (closed, by a newer memory or
+    /// without one) or DELETE.
     pub event: Event,
+    /// The text before the change (none for ADD).
     pub old_memory: Option<String>,
+    /// The text after the change: the memory's for ADD and UPDATE, the
+    /// newer memory's for SUPERSEDE (none when closed without one).
     pub new_memory: Option<String>,
+    /// Who caused it (`user`, `assistant`, `reextract`...).
     pub actor: String,
+    /// When it happened.
     pub created_at: DateTime<Utc>,
 }
 
