@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use common::postgres::TestDatabase;
 use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
-use engram::model::{Event, MemoryId, Metadata, MetadataFilter, Scope};
+use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::{
     InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, Store,
-    StoreError, SupersedeOutcome,
+    StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
 
@@ -1119,6 +1119,375 @@ async fn api_keys_are_found_by_hash_until_revoked(b: Backend) {
     assert!(s.add_key(&alice).await.is_err(), "one row per key");
 }
 
+/// Stores `text` for `scope` filed under `categories`; the memory as read back.
+async fn add_filed(s: &dyn Store, scope: &Scope, text: &str, categories: &[&str]) -> Memory {
+    let new = NewMemory {
+        categories: categories.iter().map(|c| c.to_string()).collect(),
+        ..new_memory(scope, text, json!({}))
+    };
+    let id = match s.insert(new, 0.9).await.unwrap() {
+        InsertOutcome::Added(m) => m.id,
+        InsertOutcome::Duplicate { .. } => panic!("unexpected duplicate for {text}"),
+    };
+    read_back(s, &scope.user_id, id).await
+}
+
+async fn read_back(s: &dyn Store, user_id: &str, id: MemoryId) -> Memory {
+    let mut found = s.get_many(user_id, &[id]).await.unwrap();
+    assert_eq!(found.len(), 1, "{id} of {user_id}");
+    found.remove(0)
+}
+
+/// What `storage_bytes` must be, from an export of the same data: text,
+/// metadata JSON and vector of every memory, and the texts in history.
+/// (Exact for compact metadata such as `{}`; PostgreSQL prints JSON with spaces.)
+fn expected_bytes(export: &UserExport) -> u64 {
+    let len = |t: &Option<String>| t.as_ref().map_or(0, |t| t.len());
+    export
+        .memories
+        .iter()
+        .map(|m| {
+            let metadata = serde_json::to_string(&m.memory.metadata).unwrap();
+            let history: usize = m
+                .history
+                .iter()
+                .map(|h| len(&h.old_memory) + len(&h.new_memory))
+                .sum();
+            (m.memory.memory.len() + metadata.len() + DIMS * 4 + history) as u64
+        })
+        .sum()
+}
+
+fn assert_empty_stats(stats: &UserStats, user_id: &str) {
+    assert_eq!(
+        stats,
+        &UserStats {
+            user_id: user_id.to_owned(),
+            memories: 0,
+            superseded: 0,
+            history_events: 0,
+            pending: 0,
+            categories: vec![],
+            oldest: None,
+            newest: None,
+            storage_bytes: 0,
+        }
+    );
+}
+
+fn counts(stats: &UserStats) -> Vec<(&str, u64)> {
+    stats
+        .categories
+        .iter()
+        .map(|c| (c.category.as_str(), c.memories))
+        .collect()
+}
+
+/// Stats count a user's current and superseded memories, history rows and
+/// deferred remembers; categories of current memories, most first, then by
+/// name; the oldest and newest current memory; and the bytes stored, which
+/// grow with content. An unknown user has all zeros.
+async fn stats_count_what_a_user_has_stored(b: Backend) {
+    let s = b.store.as_ref();
+    assert_empty_stats(&s.stats("alice").await.unwrap(), "alice");
+    let alice = scope("alice", None, None);
+    let espresso = add_filed(
+        s,
+        &alice,
+        "Drinks espresso every morning",
+        &["food", "habits", "food"],
+    )
+    .await;
+    let tokyo = add_filed(s, &alice, "Flies to Tokyo in March", &["travel"]).await;
+    add_filed(s, &alice, "Likes ramen with extra egg", &["food"]).await;
+    let acme = add_filed(s, &alice, "Works at Acme as an engineer", &["work"]).await;
+    add_filed(s, &alice, "Has no plans this weekend", &[]).await;
+    let bob = scope("bob", None, None);
+    add_filed(s, &bob, "Bob restores old motorcycles", &["hobbies"]).await;
+
+    let before = s.stats("alice").await.unwrap();
+    assert_eq!((before.memories, before.superseded), (5, 0));
+    assert_eq!(before.history_events, 5);
+    assert_eq!(
+        counts(&before),
+        [("food", 2), ("habits", 1), ("travel", 1), ("work", 1)],
+        "one memory filed twice under food counts once"
+    );
+    assert_eq!(before.oldest, Some(espresso.created_at));
+
+    // Supersede one, close another: both stay, as superseded.
+    let senior = NewMemory {
+        categories: vec!["work".into(), "Career".into()],
+        ..new_memory(&alice, "Works at Acme as a senior engineer", json!({}))
+    };
+    let senior_id = senior.id;
+    assert!(matches!(
+        s.supersede(acme.id, senior).await.unwrap(),
+        SupersedeOutcome::Superseded(_)
+    ));
+    let senior = read_back(s, "alice", senior_id).await;
+    assert!(s.close("alice", tokyo.id, "user").await.unwrap());
+    add_deferred(
+        s,
+        &[
+            &deferred(&alice, json!({"text": "a"}), json!({}), true, vec![], "e"),
+            &deferred(&alice, json!({"text": "b"}), json!({}), true, vec![], "e"),
+            &deferred(&bob, json!({"text": "c"}), json!({}), true, vec![], "e"),
+        ],
+    )
+    .await;
+
+    let stats = s.stats("alice").await.unwrap();
+    assert_eq!(stats.user_id, "alice");
+    assert_eq!((stats.memories, stats.superseded), (4, 2));
+    assert_eq!(
+        stats.history_events,
+        5 + 1 + 1 + 1,
+        "adds, two closes, one add"
+    );
+    assert_eq!(stats.pending, 2);
+    assert_eq!(
+        counts(&stats),
+        // Travel went with the closed memory; ties by name, byte order.
+        [("food", 2), ("Career", 1), ("habits", 1), ("work", 1)]
+    );
+    assert_eq!(stats.oldest, Some(espresso.created_at));
+    assert_eq!(stats.newest, Some(senior.created_at));
+    assert_eq!(
+        stats.storage_bytes,
+        expected_bytes(&s.export("alice").await.unwrap())
+    );
+    assert!(stats.storage_bytes > before.storage_bytes);
+
+    // More content, more bytes: at least its text and its vector.
+    let long = "Keeps a detailed diary of every hike ".repeat(20);
+    add(s, &alice, &long, json!({"source": "journal", "n": 3})).await;
+    let grown = s.stats("alice").await.unwrap();
+    assert!(
+        grown.storage_bytes >= stats.storage_bytes + (2 * long.len() + DIMS * 4) as u64,
+        "{} -> {}",
+        stats.storage_bytes,
+        grown.storage_bytes
+    );
+    assert_eq!(grown.memories, 5);
+    assert_eq!(s.stats("bob").await.unwrap().memories, 1);
+    assert_empty_stats(&s.stats("carol").await.unwrap(), "carol");
+}
+
+/// An export holds every memory of the user, current and superseded (with
+/// `valid_to`), oldest first, each with its whole history, and the user's
+/// deferred remembers as stored; nothing of anyone else.
+async fn an_export_holds_every_memory_with_its_history(b: Backend) {
+    let s = b.store.as_ref();
+    let empty = s.export("alice").await.unwrap();
+    assert_eq!(empty.user_id, "alice");
+    assert!(
+        empty.memories.is_empty() && empty.pending.is_empty(),
+        "{empty:?}"
+    );
+
+    let alice = scope("alice", Some("chat"), None);
+    let lisbon = add(s, &alice, "Lives in Lisbon", json!({"source": "chat"})).await;
+    let tea = add(s, &alice, "Likes green tea", json!({})).await;
+    let acme = add(s, &alice, "Works at Acme as an engineer", json!({})).await;
+    let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+    s.update(
+        "alice",
+        tea,
+        "Likes green tea, no sugar",
+        &embed("tea"),
+        "assistant",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let porto = new_memory(&alice, "Lives in Porto", json!({}));
+    let porto_id = porto.id;
+    s.supersede(lisbon, porto).await.unwrap();
+    assert!(s.close("alice", acme, "reextract").await.unwrap());
+    let bob = scope("bob", None, None);
+    let bobs = add(s, &bob, "Bob restores old motorcycles", json!({})).await;
+    let waiting = deferred(
+        &alice,
+        json!({"messages": [{"role": "user", "content": "I moved to Porto"}]}),
+        json!({"source": "chat"}),
+        true,
+        vec![porto_id],
+        "the LLM timed out",
+    );
+    let bob_waiting = deferred(&bob, json!({"text": "x"}), json!({}), true, vec![], "e");
+    add_deferred(s, &[&waiting, &bob_waiting]).await;
+    s.retry_pending("alice", waiting.id, "the LLM timed out again")
+        .await
+        .unwrap();
+
+    let export = s.export("alice").await.unwrap();
+    assert_eq!(export.user_id, "alice");
+    let age = chrono::Utc::now() - export.exported_at;
+    assert!(age.num_seconds().abs() < 60, "exported {age} ago");
+    let ids: Vec<MemoryId> = export.memories.iter().map(|m| m.memory.id).collect();
+    assert_eq!(ids, [lisbon, tea, acme, porto_id], "oldest first");
+    for m in &export.memories {
+        assert_eq!(m.memory, read_back(s, "alice", m.memory.id).await);
+        assert_eq!(m.history, s.history("alice", m.memory.id).await.unwrap());
+        assert!(m.history.iter().all(|h| h.memory_id == m.memory.id));
+    }
+    let events =
+        |i: usize| -> Vec<Event> { export.memories[i].history.iter().map(|h| h.event).collect() };
+    assert_eq!(events(0), [Event::Add, Event::Supersede]);
+    assert_eq!(events(1), [Event::Add, Event::Update]);
+    assert_eq!(events(2), [Event::Add, Event::Supersede]);
+    assert_eq!(events(3), [Event::Add]);
+    assert_eq!(export.memories[1].history[1].actor, "assistant");
+    assert_eq!(
+        export.memories[0].history[1].new_memory.as_deref(),
+        Some("Lives in Porto")
+    );
+    let closed: Vec<bool> = export
+        .memories
+        .iter()
+        .map(|m| m.valid_to.is_some())
+        .collect();
+    assert_eq!(closed, [true, false, true, false]);
+    let lisbon_closed = export.memories[0].valid_to.unwrap();
+    assert_eq!(lisbon_closed, export.memories[0].history[1].created_at);
+    assert_eq!(export.memories[0].memory.scope, alice);
+    assert_eq!(export.memories[0].memory.metadata["source"], "chat");
+
+    assert_eq!(export.pending.len(), 1, "{:?}", export.pending);
+    let p = &export.pending[0];
+    assert_eq!(p.id, waiting.id);
+    assert_eq!(p.input, waiting.input);
+    assert_eq!(p.metadata, waiting.metadata);
+    assert_eq!(
+        (p.attempts, p.error.as_str()),
+        (1, "the LLM timed out again")
+    );
+    let age = chrono::Utc::now() - p.created_at;
+    assert!(age.num_seconds().abs() < 60, "created {age} ago");
+
+    // What GET /export serves: each memory flat, with valid_to and history.
+    let json = serde_json::to_value(&export).unwrap();
+    let first = &json["memories"][0];
+    assert_eq!(first["id"], json!(lisbon));
+    assert_eq!(first["memory"], "Lives in Lisbon");
+    assert_eq!(first["user_id"], "alice");
+    assert_eq!(first["agent_id"], "chat");
+    assert!(first["valid_to"].is_string(), "{first}");
+    assert_eq!(first["history"][0]["event"], "ADD");
+    assert!(json["memories"][1]["valid_to"].is_null());
+    assert_eq!(json["pending"][0]["input"], waiting.input);
+
+    let bobs_export = s.export("bob").await.unwrap();
+    let ids: Vec<MemoryId> = bobs_export.memories.iter().map(|m| m.memory.id).collect();
+    assert_eq!(ids, [bobs]);
+    assert_eq!(bobs_export.pending.len(), 1);
+    assert_eq!(bobs_export.pending[0].id, bob_waiting.id);
+}
+
+/// One user's stats and export never hold another's data, however alike
+/// their ids; after the user is forgotten both are empty, and the other
+/// user's are as they were.
+async fn stats_and_exports_are_bounded_by_user_and_emptied_by_forgetting(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let old = add_filed(s, &alice, "Works at Acme as an engineer", &["work"]).await;
+    add_filed(s, &alice, "Drinks espresso every morning", &["food"]).await;
+    s.supersede(
+        old.id,
+        new_memory(&alice, "Works at Initech as an engineer", json!({})),
+    )
+    .await
+    .unwrap();
+    add_deferred(
+        s,
+        &[&deferred(
+            &alice,
+            json!({"text": "a"}),
+            json!({}),
+            true,
+            vec![],
+            "e",
+        )],
+    )
+    .await;
+    for other in ["Alice", "alice ", "alic", "bob"] {
+        assert_empty_stats(&s.stats(other).await.unwrap(), other);
+        let export = s.export(other).await.unwrap();
+        assert!(
+            export.memories.is_empty() && export.pending.is_empty(),
+            "{other}: {export:?}"
+        );
+    }
+    let bob = scope("bob", None, None);
+    add_filed(s, &bob, "Bob restores old motorcycles", &["hobbies"]).await;
+    let bob_stats = s.stats("bob").await.unwrap();
+    let bob_export = s.export("bob").await.unwrap();
+    assert_eq!((bob_stats.memories, bob_stats.superseded), (1, 0));
+    assert_eq!((bob_stats.history_events, bob_stats.pending), (1, 0));
+    assert_eq!(counts(&bob_stats), [("hobbies", 1)]);
+    assert_eq!(bob_stats.storage_bytes, expected_bytes(&bob_export));
+    assert_eq!(bob_export.memories.len(), 1);
+    let alice_stats = s.stats("alice").await.unwrap();
+    assert_eq!((alice_stats.memories, alice_stats.superseded), (2, 1));
+    assert_eq!(alice_stats.pending, 1);
+
+    assert_eq!(s.delete_user("alice").await.unwrap(), 3);
+    assert_empty_stats(&s.stats("alice").await.unwrap(), "alice");
+    let gone = s.export("alice").await.unwrap();
+    assert!(
+        gone.memories.is_empty() && gone.pending.is_empty(),
+        "{gone:?}"
+    );
+    assert_eq!(s.stats("bob").await.unwrap(), bob_stats);
+    let after = s.export("bob").await.unwrap();
+    assert_eq!(after.memories, bob_export.memories);
+}
+
+/// An export reads one snapshot: while memories are added and forgotten
+/// around it, every memory it holds comes with its history (an ADD first),
+/// and every memory it names in history is there.
+async fn an_export_is_one_snapshot_under_concurrent_writes(b: Backend) {
+    let s = b.store.clone();
+    let alice = scope("alice", None, None);
+    for i in 0..5 {
+        add(
+            s.as_ref(),
+            &alice,
+            &format!("Alice kept note {i} about bees"),
+            json!({}),
+        )
+        .await;
+    }
+    let writer = {
+        let s = s.clone();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let text = format!("Alice planted row {i} of tomatoes");
+                let id = add(s.as_ref(), &alice, &text, json!({})).await;
+                if i % 2 == 0 {
+                    assert!(s.delete("alice", id).await.unwrap());
+                }
+            }
+        })
+    };
+    let mut exports = 0;
+    while !writer.is_finished() || exports == 0 {
+        let export = s.export("alice").await.unwrap();
+        for m in &export.memories {
+            let events: Vec<Event> = m.history.iter().map(|h| h.event).collect();
+            assert_eq!(events.first(), Some(&Event::Add), "{m:?}");
+        }
+        let stats = s.stats("alice").await.unwrap();
+        assert!(stats.history_events >= stats.memories, "{stats:?}");
+        exports += 1;
+    }
+    writer.await.unwrap();
+    let export = s.export("alice").await.unwrap();
+    assert_eq!(export.memories.len(), 25);
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -1168,6 +1537,10 @@ every_backend!(
     a_close_retires_a_memory_without_a_successor,
     deferred_remembers_round_trip_oldest_first,
     forgetting_drops_the_deferred_remembers_that_stored_it,
+    stats_count_what_a_user_has_stored,
+    an_export_holds_every_memory_with_its_history,
+    stats_and_exports_are_bounded_by_user_and_emptied_by_forgetting,
+    an_export_is_one_snapshot_under_concurrent_writes,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -24,8 +24,9 @@ use sqlx::{Connection, Row};
 
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, SearchScope, Store,
-    StoreError, SupersedeOutcome, parse_event,
+    HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
+    Pending, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport, UserStats,
+    assemble_export, parse_event,
 };
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
@@ -84,6 +85,27 @@ const DEDUP_CANDIDATES: usize = 8;
 /// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
 const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
                               m.categories, m.created_at, m.updated_at";
+
+/// A user's numbers (?1: the user) in one row, for [`StatsCounts`]: one
+/// aggregate over their memories (through `memories_hash`, which holds
+/// current and closed rows alike), history and deferred remembers; the
+/// category counts as a JSON array of `[category, memories]`.
+const STATS: &str = "\
+    SELECT count(*) FILTER (WHERE m.valid_to IS NULL) AS memories, \
+           count(*) FILTER (WHERE m.valid_to IS NOT NULL) AS superseded, \
+           min(m.created_at) FILTER (WHERE m.valid_to IS NULL) AS oldest, \
+           max(m.created_at) FILTER (WHERE m.valid_to IS NULL) AS newest, \
+           coalesce(sum(octet_length(m.content) + octet_length(m.metadata)), 0) \
+             + (SELECT coalesce(sum(coalesce(octet_length(h.old_content), 0) \
+                                  + coalesce(octet_length(h.new_content), 0)), 0) \
+                FROM memory_history h WHERE h.user_id = ?1) AS text_bytes, \
+           (SELECT count(*) FROM memory_history h WHERE h.user_id = ?1) AS history_events, \
+           (SELECT count(*) FROM pending_extractions p WHERE p.user_id = ?1) AS pending, \
+           (SELECT json_group_array(json_array(c.category, c.n)) FROM ( \
+                SELECT j.value AS category, count(DISTINCT cm.pk) AS n \
+                FROM memories cm, json_each(cm.categories) j \
+                WHERE cm.user_id = ?1 AND cm.valid_to IS NULL GROUP BY j.value) c) AS categories \
+    FROM memories m WHERE m.user_id = ?1";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -663,28 +685,14 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT memory_id, event, old_content, new_content, actor, created_at \
-             FROM memory_history WHERE user_id = ? AND memory_id = ? ORDER BY pk",
-        )
-        .bind(user_id)
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("reading history"))?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get("event").map_err(db("reading history"))?;
-                Ok(HistoryEntry {
-                    memory_id: id,
-                    event: parse_event(&event)?,
-                    old_memory: row.try_get("old_content").map_err(db("reading history"))?,
-                    new_memory: row.try_get("new_content").map_err(db("reading history"))?,
-                    actor: row.try_get("actor").map_err(db("reading history"))?,
-                    created_at: millis(row.try_get("created_at").map_err(db("reading history"))?),
-                })
-            })
-            .collect()
+        let sql = format!("{HISTORY_SELECT} WHERE user_id = ? AND memory_id = ? ORDER BY pk");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading history"))?;
+        rows.iter().map(history_from_row).collect()
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
@@ -1039,14 +1047,12 @@ impl Store for SqliteStore {
             .begin()
             .await
             .map_err(db("reading deferred remembers"))?;
-        let rows = sqlx::query(
-            "SELECT id, user_id, agent_id, run_id, input, metadata, infer, memory_ids, error, \
-             attempts, created_at FROM pending_extractions ORDER BY created_at, id LIMIT ?",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("reading deferred remembers"))?;
+        let sql = format!("{PENDING_SELECT} ORDER BY created_at, id LIMIT ?");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading deferred remembers"))?;
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_extractions")
             .fetch_one(&mut *tx)
             .await
@@ -1091,6 +1097,82 @@ impl Store for SqliteStore {
         .await
         .map_err(db("recording a failed re-extraction"))?;
         Ok(())
+    }
+
+    async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
+        // One statement: one snapshot.
+        let row = sqlx::query(STATS)
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting the user's data"))?;
+        let get = db("reading the user's stats");
+        let categories: String = row.try_get("categories").map_err(&get)?;
+        let counts = StatsCounts {
+            memories: row.try_get("memories").map_err(&get)?,
+            superseded: row.try_get("superseded").map_err(&get)?,
+            history_events: row.try_get("history_events").map_err(&get)?,
+            pending: row.try_get("pending").map_err(&get)?,
+            oldest: row
+                .try_get::<Option<i64>, _>("oldest")
+                .map_err(&get)?
+                .map(millis),
+            newest: row
+                .try_get::<Option<i64>, _>("newest")
+                .map_err(&get)?
+                .map(millis),
+            text_bytes: row.try_get("text_bytes").map_err(&get)?,
+            categories: serde_json::from_str(&categories)
+                .map_err(|e| StoreError::Corrupt(format!("category counts: {e}")))?,
+        };
+        Ok(counts.finish(user_id, self.embedder.dims))
+    }
+
+    async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
+        // One read transaction: the memories, their history and the deferred
+        // remembers from one snapshot.
+        let mut tx = self.pool.begin().await.map_err(db("reading an export"))?;
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m WHERE m.user_id = ? \
+             ORDER BY m.created_at, m.pk"
+        );
+        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("exporting memories"))?;
+        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{HISTORY_SELECT} WHERE user_id = ? ORDER BY pk"
+        )))
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("exporting history"))?;
+        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{PENDING_SELECT} WHERE user_id = ? ORDER BY created_at, id"
+        )))
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("exporting deferred remembers"))?;
+        tx.rollback().await.map_err(db("reading an export"))?;
+        let memories = memories
+            .iter()
+            .map(|row| {
+                let valid_to: Option<i64> =
+                    row.try_get("valid_to").map_err(db("reading a memory"))?;
+                Ok((memory_from_row(row)?, valid_to.map(millis)))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let history = history
+            .iter()
+            .map(history_from_row)
+            .collect::<Result<_, _>>()?;
+        let pending = pending
+            .iter()
+            .map(pending_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(assemble_export(user_id, memories, history, pending))
     }
 }
 
@@ -1230,6 +1312,22 @@ fn memory_from_row(row: &SqliteRow) -> Result<Memory, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("categories: {e}")))?,
         created_at: millis(row.try_get("created_at").map_err(&get)?),
         updated_at: millis(row.try_get("updated_at").map_err(&get)?),
+    })
+}
+
+fn history_from_row(row: &SqliteRow) -> Result<HistoryEntry, StoreError> {
+    let get = db("reading history");
+    let memory_id: String = row.try_get("memory_id").map_err(&get)?;
+    let event: String = row.try_get("event").map_err(&get)?;
+    Ok(HistoryEntry {
+        memory_id: memory_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("history memory id '{memory_id}'")))?,
+        event: parse_event(&event)?,
+        old_memory: row.try_get("old_content").map_err(&get)?,
+        new_memory: row.try_get("new_content").map_err(&get)?,
+        actor: row.try_get("actor").map_err(&get)?,
+        created_at: millis(row.try_get("created_at").map_err(&get)?),
     })
 }
 
