@@ -9,6 +9,9 @@
 //!   memories, rendered for a system prompt.
 //! * forget: hard-delete one memory or all of a user's, then purge the
 //!   user's cache entries.
+//! * get / history / stats / export: reads of one user's data, straight from
+//!   the store (no cache); a memory the user does not have is `NotFound`,
+//!   whether unknown or another user's.
 //!
 //! Recalls and contexts go through the cache when one is configured: the
 //! user's version (from the store) and the entry are fetched together, and
@@ -35,12 +38,13 @@ use crate::error::Error;
 use crate::extract::{Extracted, Extractor, Usage, VerbatimExtractor};
 use crate::model::{
     Event, Fact, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, normalize_date,
-    validate_metadata,
+    validate_id, validate_metadata,
 };
 use crate::rank;
 use crate::reconcile::{self, Plan};
 use crate::store::{
     HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
+    UserExport, UserStats,
 };
 
 mod deferred;
@@ -654,8 +658,15 @@ impl MemoryService {
         }
     }
 
+    /// The history of one of the user's memories, oldest first. An unknown
+    /// id, or another user's, is [`Error::NotFound`].
     pub async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, Error> {
-        Ok(self.store.history(user_id, id).await?)
+        let user_id = validate_id("user_id", user_id)?;
+        let history = self.store.history(&user_id, id).await?;
+        if history.is_empty() {
+            return Err(not_theirs(id, &user_id));
+        }
+        Ok(history)
     }
 
     /// Exactly one of text and messages, non-empty and within the size cap.
@@ -746,6 +757,39 @@ impl MemoryService {
         }
         Ok(())
     }
+
+    /// What the user has stored: counts, categories, dates and size. An
+    /// unknown user has all zeros.
+    pub async fn stats(&self, user_id: &str) -> Result<UserStats, Error> {
+        let user_id = validate_id("user_id", user_id)?;
+        Ok(self.store.stats(&user_id).await?)
+    }
+
+    /// Everything stored for the user, in one snapshot: memories current and
+    /// superseded with their history, and deferred remembers. An unknown
+    /// user has an empty export.
+    pub async fn export(&self, user_id: &str) -> Result<UserExport, Error> {
+        let user_id = validate_id("user_id", user_id)?;
+        Ok(self.store.export(&user_id).await?)
+    }
+
+    /// One of the user's memories, current or superseded. An unknown id, or
+    /// another user's, is [`Error::NotFound`].
+    pub async fn get(&self, user_id: &str, id: MemoryId) -> Result<Memory, Error> {
+        let user_id = validate_id("user_id", user_id)?;
+        self.store
+            .get_many(&user_id, &[id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_theirs(id, &user_id))
+    }
+}
+
+/// The answer to a read of a memory the user does not have (unknown, or
+/// another user's: the two are not told apart).
+fn not_theirs(id: MemoryId, user_id: &str) -> Error {
+    Error::NotFound(format!("no memory {id} belongs to user \"{user_id}\""))
 }
 
 /// A fact of `work` as the store takes it: the request's metadata plus the
@@ -777,5 +821,121 @@ pub fn validate_limit(raw: Option<i64>, default: usize) -> Result<usize, Error> 
             "limit",
             format!("{n} is out of range; accepted 1..={MAX_LIMIT} (default {default})"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::HashEmbedder;
+    use crate::store::SqliteStore;
+
+    /// A service on a fresh SQLite file, and the directory that holds it.
+    async fn service() -> (MemoryService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/engram.db", dir.path().display());
+        let embedder = Arc::new(HashEmbedder::new(64));
+        let store = SqliteStore::open(&url, embedder.identity())
+            .await
+            .expect("open store");
+        let settings = Settings {
+            dedup_threshold: 0.9,
+            reconcile_threshold: 0.8,
+            max_text_bytes: 4096,
+            cache_ttl: Duration::from_secs(60),
+            on_llm_error: OnLlmError::Fail,
+        };
+        let service = MemoryService::new(
+            Arc::new(store),
+            embedder,
+            Arc::new(VerbatimExtractor),
+            settings,
+        );
+        (service, dir)
+    }
+
+    async fn remember(s: &MemoryService, user: &str, text: &str) -> MemoryId {
+        let result = s
+            .remember(RememberRequest {
+                scope: Scope::user(user),
+                text: Some(text.into()),
+                messages: None,
+                metadata: None,
+                infer: false,
+            })
+            .await
+            .expect("remember");
+        result.results[0].id
+    }
+
+    #[tokio::test]
+    async fn reads_by_id_are_the_users_own() {
+        let (s, _dir) = service().await;
+        let id = remember(&s, "alice", "Lives in Lisbon").await;
+
+        let memory = s.get("alice", id).await.unwrap();
+        assert_eq!((memory.id, memory.memory.as_str()), (id, "Lives in Lisbon"));
+        assert_eq!(s.history("alice", id).await.unwrap().len(), 1);
+        // Ids are trimmed as everywhere else.
+        assert_eq!(s.get(" alice ", id).await.unwrap().id, id);
+
+        let unknown = MemoryId::new();
+        for (user, id) in [("bob", id), ("alice", unknown)] {
+            let expected = format!("no memory {id} belongs to user \"{user}\"");
+            match s.get(user, id).await {
+                Err(Error::NotFound(message)) => assert_eq!(message, expected),
+                other => panic!("get {user} {id}: {other:?}"),
+            }
+            match s.history(user, id).await {
+                Err(Error::NotFound(message)) => assert_eq!(message, expected),
+                other => panic!("history {user} {id}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_and_exports_are_per_user_and_refuse_bad_ids() {
+        let (s, _dir) = service().await;
+        let id = remember(&s, "alice", "Lives in Lisbon").await;
+
+        let stats = s.stats("alice").await.unwrap();
+        assert_eq!((stats.user_id.as_str(), stats.memories), ("alice", 1));
+        assert!(stats.storage_bytes > 0);
+        let export = s.export(" alice").await.unwrap();
+        assert_eq!(export.user_id, "alice");
+        assert_eq!(export.memories.len(), 1);
+        assert_eq!(export.memories[0].memory.id, id);
+        assert_eq!(s.stats("nobody").await.unwrap().memories, 0);
+        assert!(s.export("nobody").await.unwrap().memories.is_empty());
+
+        for bad in ["", "  ", "a\u{7}b"] {
+            assert!(
+                matches!(
+                    s.stats(bad).await,
+                    Err(Error::InvalidInput {
+                        field: "user_id",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+            assert!(matches!(
+                s.export(bad).await,
+                Err(Error::InvalidInput { .. })
+            ));
+            assert!(matches!(
+                s.get(bad, id).await,
+                Err(Error::InvalidInput { .. })
+            ));
+            assert!(matches!(
+                s.history(bad, id).await,
+                Err(Error::InvalidInput { .. })
+            ));
+        }
+        let long = "u".repeat(crate::model::MAX_ID_LEN + 1);
+        assert!(matches!(
+            s.stats(&long).await,
+            Err(Error::InvalidInput { .. })
+        ));
     }
 }
