@@ -1,12 +1,76 @@
-//! API keys: how they are made and recognised. A key is `engram_` and 64
-//! hex digits (256 random bits, from two v4 UUIDs' random parts, which come
-//! from the OS generator); only its SHA-256 is stored, so a database leak
-//! does not leak usable keys. The key is shown once, when it is created.
+//! Who is calling, and API keys.
+//!
+//! A [`Principal`] is established by the transport (stdio: the operator;
+//! HTTP: the API key presented) and decides which user a request acts for.
+//! Invariant: a user key acts only for its own user. A request naming
+//! another user is refused ([`Error::Forbidden`]), never rewritten.
+//!
+//! A key is `engram_` and 64 hex digits (244 random bits, from two v4 UUIDs,
+//! whose random parts come from the OS generator); only its SHA-256 is
+//! stored, so a database leak does not leak usable keys. The key is shown
+//! once, when it is created.
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
+use crate::model::validate_id;
 use crate::store::ApiKey;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    /// Whoever runs this process: stdio, or HTTP with `ENGRAM_AUTH=none`
+    /// (loopback only). Acts for any user.
+    Operator,
+    /// An admin API key: acts for any user.
+    Admin { key_id: uuid::Uuid },
+    /// A user's API key: acts for that user only.
+    User { key_id: uuid::Uuid, user_id: String },
+}
+
+impl Principal {
+    /// The principal an active key stands for.
+    pub fn from_key(key: &ApiKey) -> Self {
+        match &key.user_id {
+            Some(user_id) => Self::User {
+                key_id: key.id,
+                user_id: user_id.clone(),
+            },
+            None => Self::Admin { key_id: key.id },
+        }
+    }
+
+    /// The user a request acts for. `requested` is the user it names (a
+    /// tool argument, a path); `None` means the caller's own: a user key's
+    /// user, otherwise `default_user`. A user key naming anyone else is
+    /// refused.
+    pub fn acting_user(
+        &self,
+        requested: Option<&str>,
+        default_user: &str,
+    ) -> Result<String, Error> {
+        let requested = requested.map(|r| validate_id("user_id", r)).transpose()?;
+        match (self, requested) {
+            (Self::User { user_id, .. }, None) => Ok(user_id.clone()),
+            (Self::User { user_id, .. }, Some(named)) if named == *user_id => Ok(named),
+            (Self::User { user_id, .. }, Some(named)) => Err(Error::Forbidden(format!(
+                "this API key acts for user '{user_id}' only, not '{named}'; omit user_id \
+                 or use an admin key"
+            ))),
+            (Self::Operator | Self::Admin { .. }, Some(named)) => Ok(named),
+            (Self::Operator | Self::Admin { .. }, None) => validate_id("user_id", default_user),
+        }
+    }
+
+    /// The key behind the call, if any (rate limits count per key).
+    pub fn key_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Operator => None,
+            Self::Admin { key_id } | Self::User { key_id, .. } => Some(*key_id),
+        }
+    }
+}
 
 const PREFIX: &str = "engram_";
 /// Characters of a key kept in clear to tell keys apart (`engram_` + 8).
@@ -42,6 +106,46 @@ pub fn hash(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_key_acts_for_its_user_only() {
+        let alice = Principal::User {
+            key_id: uuid::Uuid::nil(),
+            user_id: "alice".into(),
+        };
+        assert_eq!(
+            alice.acting_user(None, "default").ok(),
+            Some("alice".into())
+        );
+        assert_eq!(
+            alice.acting_user(Some(" alice "), "default").ok(),
+            Some("alice".into())
+        );
+        let refused = alice.acting_user(Some("bob"), "default");
+        assert!(
+            matches!(&refused, Err(Error::Forbidden(m)) if m.contains("'alice'") && m.contains("'bob'")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            alice.acting_user(Some(""), "default"),
+            Err(Error::InvalidInput { .. })
+        ));
+        for anyone in [
+            Principal::Operator,
+            Principal::Admin {
+                key_id: uuid::Uuid::nil(),
+            },
+        ] {
+            assert_eq!(
+                anyone.acting_user(Some("bob"), "default").ok(),
+                Some("bob".into())
+            );
+            assert_eq!(
+                anyone.acting_user(None, "default").ok(),
+                Some("default".into())
+            );
+        }
+    }
 
     #[test]
     fn keys_are_long_random_and_stored_only_hashed() {

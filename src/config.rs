@@ -137,6 +137,16 @@ pub struct Config {
     /// `Host` values the HTTP transport answers (`name` or `name:port`);
     /// anything else is refused, which stops DNS-rebinding pages.
     pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://app.example.com`) allowed to call the HTTP
+    /// transport; CORS is answered for these only. Empty (the default): no
+    /// CORS, and a request carrying an `Origin` must come from an allowed host.
+    pub allowed_origins: Vec<String>,
+    /// REST requests per minute per API key (0: unlimited).
+    pub rest_rate_limit: u32,
+    /// MCP requests per minute per API key (0: unlimited); agents call in bursts.
+    pub mcp_rate_limit: u32,
+    /// Longest a REST request may take before it is answered 503.
+    pub request_timeout_secs: u64,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
     /// Memory for the in-process vector copies, all users together, in MiB.
@@ -214,6 +224,10 @@ struct FileConfig {
     on_llm_error: Option<String>,
     auth: Option<String>,
     allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    rest_rate_limit: Option<i64>,
+    mcp_rate_limit: Option<i64>,
+    request_timeout_secs: Option<i64>,
     max_text_bytes: Option<i64>,
     vector_cache_mb: Option<i64>,
 }
@@ -238,6 +252,9 @@ pub const DEFAULT_EMBEDDING_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_EMBEDDING_MAX_RETRIES: usize = 3;
 pub const DEFAULT_LLM_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_LLM_MAX_RETRIES: usize = 3;
+pub const DEFAULT_REST_RATE_LIMIT: u32 = 10;
+pub const DEFAULT_MCP_RATE_LIMIT: u32 = 600;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the process environment.
@@ -430,6 +447,41 @@ impl Config {
                 "list at least one host name (comma-separated), e.g. localhost,memory.example.com",
             ));
         }
+        let allowed_origins: Vec<String> = match layer.env("allowed_origins") {
+            Some(raw) if raw.trim().is_empty() => Vec::new(),
+            Some(raw) => raw.split(',').map(str::to_owned).collect(),
+            None => layer.file.allowed_origins.clone().unwrap_or_default(),
+        }
+        .iter()
+        .map(|o| origin(o))
+        .collect::<Result<_, _>>()?;
+        let rest_rate_limit = layer.number("rest_rate_limit", DEFAULT_REST_RATE_LIMIT as i64)?;
+        let mcp_rate_limit = layer.number("mcp_rate_limit", DEFAULT_MCP_RATE_LIMIT as i64)?;
+        for (key, value, default) in [
+            ("rest_rate_limit", rest_rate_limit, DEFAULT_REST_RATE_LIMIT),
+            ("mcp_rate_limit", mcp_rate_limit, DEFAULT_MCP_RATE_LIMIT),
+        ] {
+            if !(0..=1_000_000).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value} is out of range; allowed 0..=1000000 requests per minute per key, \
+                         0 for no limit (default {default})"
+                    ),
+                ));
+            }
+        }
+        let request_timeout_secs =
+            layer.number("request_timeout_secs", DEFAULT_REQUEST_TIMEOUT_SECS as i64)?;
+        if !(1..=3600).contains(&request_timeout_secs) {
+            return Err(invalid(
+                "request_timeout_secs",
+                format!(
+                    "{request_timeout_secs} is out of range; allowed 1..=3600 \
+                     (default {DEFAULT_REQUEST_TIMEOUT_SECS})"
+                ),
+            ));
+        }
         let llm_categories: Vec<String> = match layer.env("llm_categories") {
             Some(raw) => raw.split(',').map(|c| c.trim().to_owned()).collect(),
             None => layer.file.llm_categories.clone().unwrap_or_else(|| {
@@ -545,6 +597,10 @@ impl Config {
             reconcile_threshold: reconcile_threshold as f32,
             auth: layer.choice("auth", AuthMode::Keys, &["keys", "none"])?,
             allowed_hosts,
+            allowed_origins,
+            rest_rate_limit: rest_rate_limit as u32,
+            mcp_rate_limit: mcp_rate_limit as u32,
+            request_timeout_secs: request_timeout_secs as u64,
             on_llm_error: layer.choice(
                 "on_llm_error",
                 OnLlmError::Verbatim,
@@ -553,6 +609,26 @@ impl Config {
             max_text_bytes: max_text_bytes as usize,
             vector_cache_mb: vector_cache_mb as usize,
         })
+    }
+}
+
+/// A browser origin as sent in `Origin`: `scheme://host[:port]`, lowercase,
+/// nothing after the authority.
+fn origin(raw: &str) -> Result<String, ConfigError> {
+    let origin = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match authority {
+        Some(a) if !a.is_empty() && !a.contains(['/', '?', '#', '*', ' ']) => Ok(origin),
+        _ => Err(invalid(
+            "allowed_origins",
+            format!(
+                "'{}' is not an origin; list them as scheme://host[:port], comma-separated, \
+                 e.g. https://app.example.com,http://localhost:3000 (no wildcards)",
+                raw.trim()
+            ),
+        )),
     }
 }
 
@@ -658,6 +734,9 @@ impl Layers<'_> {
             "embedding_max_retries" => self.file.embedding_max_retries,
             "llm_timeout_secs" => self.file.llm_timeout_secs,
             "llm_max_retries" => self.file.llm_max_retries,
+            "rest_rate_limit" => self.file.rest_rate_limit,
+            "mcp_rate_limit" => self.file.mcp_rate_limit,
+            "request_timeout_secs" => self.file.request_timeout_secs,
             _ => None,
         };
         Ok(file.unwrap_or(default))
@@ -950,6 +1029,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sqlite://"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_and_origins() {
+        let cfg = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!((cfg.rest_rate_limit, cfg.mcp_rate_limit), (10, 600));
+        assert_eq!(cfg.request_timeout_secs, 120);
+        assert!(cfg.allowed_origins.is_empty());
+
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("ENGRAM_REST_RATE_LIMIT", "0"),
+                ("ENGRAM_MCP_RATE_LIMIT", "5000"),
+                ("ENGRAM_REQUEST_TIMEOUT_SECS", "30"),
+                (
+                    "ENGRAM_ALLOWED_ORIGINS",
+                    " https://App.example.com/ ,http://localhost:3000",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((cfg.rest_rate_limit, cfg.mcp_rate_limit), (0, 5000));
+        assert_eq!(cfg.request_timeout_secs, 30);
+        assert_eq!(
+            cfg.allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+
+        for (key, value, says) in [
+            ("ENGRAM_ALLOWED_ORIGINS", "*", "no wildcards"),
+            ("ENGRAM_ALLOWED_ORIGINS", "app.example.com", "scheme://host"),
+            (
+                "ENGRAM_ALLOWED_ORIGINS",
+                "https://a.example/path",
+                "not an origin",
+            ),
+            ("ENGRAM_REST_RATE_LIMIT", "-1", "0 for no limit"),
+            ("ENGRAM_REQUEST_TIMEOUT_SECS", "0", "1..=3600"),
+        ] {
+            let err = Config::load_from(None, &env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(says),
+                "{key}={value}: {err}"
+            );
+        }
     }
 
     #[test]

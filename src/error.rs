@@ -19,6 +19,11 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// The caller is known but may not act for the user it named: a user's
+    /// API key naming another user. Refused, never rewritten to its own user.
+    #[error("{0}")]
+    Forbidden(String),
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -39,6 +44,9 @@ impl Error {
 
     /// True when the caller can fix the request; false for server-side failures.
     pub fn is_caller_error(&self) -> bool {
-        matches!(self, Self::InvalidInput { .. } | Self::NotFound(_))
+        matches!(
+            self,
+            Self::InvalidInput { .. } | Self::NotFound(_) | Self::Forbidden(_)
+        )
     }
 }

@@ -1,27 +1,33 @@
 //! The HTTP transport: one axum app.
 //!
 //! * `/mcp`: MCP over Streamable HTTP (rmcp's tower service; one
-//!   [`EngramMcp`] per session, all sharing one [`MemoryService`]).
+//!   [`EngramMcp`] per session, all sharing one [`MemoryService`]; each
+//!   request acts as the key it carries).
 //! * `/sse` + `/messages`: the legacy HTTP+SSE transport ([`sse`]).
+//! * `/api/v1/memory/...`: the REST API ([`api`]), described by
+//!   `/api/v1/openapi.json` ([`openapi`]).
 //! * `/healthz`: the process is up. `/readyz`: the database answers (the
 //!   cache's state is shown, but engram serves without it, so it never
 //!   makes the instance unready).
 //!
-//! Who may call: API keys exist (`engram keys`) but are not checked here
-//! yet, so for now the transport runs
-//! only with `ENGRAM_AUTH=none`, and only on a loopback address (start-up
-//! refuses anything else), where reaching the port already means being on
-//! the machine. The REST API comes next.
+//! Who may call: every MCP and REST request passes the [`auth`] gate (API
+//! keys, per-key rate limits). Serving without keys (`ENGRAM_AUTH=none`)
+//! is allowed on a loopback address only; start-up refuses anything else.
+//! Before any of that, a request must name an allowed `Host`, and a
+//! browser's `Origin` must be an allowed one (DNS-rebinding pages are
+//! refused); CORS is answered only for configured origins.
 //!
 //! Shutdown: SIGINT or SIGTERM stops accepting connections, ends MCP
 //! sessions, and lets requests in flight finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -29,10 +35,18 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, Config};
-use crate::mcp::EngramMcp;
+use crate::mcp::{Caller, EngramMcp};
 use crate::service::MemoryService;
 
+mod api;
+mod auth;
+mod limit;
+mod openapi;
+mod problem;
 mod sse;
+
+pub use openapi::document as openapi_document;
+use problem::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -42,14 +56,9 @@ pub enum HttpError {
         source: std::io::Error,
     },
     #[error(
-        "the HTTP transport does not check API keys yet: run it with ENGRAM_AUTH=none, \
-         which is allowed on a loopback address only (127.0.0.1, ::1, localhost)"
-    )]
-    NoAuth,
-    #[error(
-        "{0} is not a loopback address: without API keys, anyone who reaches it could read \
-         every user's memories. Bind to 127.0.0.1 (and put a proxy with authentication in \
-         front), or wait for API keys"
+        "{0} is not a loopback address, and ENGRAM_AUTH=none would let anyone who reaches it \
+         read every user's memories. Use API keys (ENGRAM_AUTH=keys, the default; create keys \
+         with `engram keys create`), or bind to 127.0.0.1"
     )]
     NotLoopback(String),
     #[error("the HTTP server failed: {0}")]
@@ -60,9 +69,6 @@ pub enum HttpError {
 
 /// Checks that `bind` may be served under `config`, and resolves it.
 pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpListener, HttpError> {
-    if config.auth != AuthMode::None {
-        return Err(HttpError::NoAuth);
-    }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(bind)
         .await
         .map_err(|source| HttpError::Bind {
@@ -70,7 +76,9 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
             source,
         })?
         .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+    if config.auth == AuthMode::None
+        && (addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()))
+    {
         return Err(HttpError::NotLoopback(bind.to_owned()));
     }
     tokio::net::TcpListener::bind(addrs.as_slice())
@@ -85,65 +93,201 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
 /// of text plus JSON around it).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The app: MCP at `/mcp` and `/sse`, health at `/healthz` and `/readyz`;
-/// every request's `Host` must be one of `allowed_hosts`.
-pub fn app(
-    service: Arc<MemoryService>,
-    default_user: String,
-    allowed_hosts: Vec<String>,
-    stop: CancellationToken,
-) -> Router {
+/// What the app needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_user: String,
+    pub auth: AuthMode,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub rest_rate_limit: u32,
+    pub mcp_rate_limit: u32,
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            default_user: config.default_user.clone(),
+            auth: config.auth,
+            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            rest_rate_limit: config.rest_rate_limit,
+            mcp_rate_limit: config.mcp_rate_limit,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        }
+    }
+}
+
+/// The app: MCP at `/mcp` and `/sse`, REST at `/api/v1`, health at
+/// `/healthz` and `/readyz`.
+pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
-    let mcp_user = default_user.clone();
+    let mcp_user = settings.default_user.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(EngramMcp::new(mcp_service.clone(), mcp_user.clone())),
+        move || {
+            Ok(EngramMcp::new(
+                mcp_service.clone(),
+                mcp_user.clone(),
+                Caller::PerRequest,
+            ))
+        },
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
-            .with_allowed_hosts(allowed_hosts.clone())
+            .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_max_request_body_bytes(MAX_BODY_BYTES),
     );
-    let sessions = sse::Sessions::new(service.clone(), default_user.clone(), stop.clone());
-    let legacy = Router::new()
-        .route("/sse", get(sse::open))
-        .route("/messages", post(sse::post))
-        .with_state(sessions);
-    Router::new()
+    let sessions = sse::Sessions::new(service.clone(), settings.default_user.clone(), stop.clone());
+    let mcp_gate = auth::Gate::new(
+        service.clone(),
+        settings.auth,
+        settings.mcp_rate_limit,
+        "mcp",
+    );
+    let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
+        .merge(
+            Router::new()
+                .route("/sse", get(sse::open))
+                .route("/messages", post(sse::post))
+                .with_state(sessions),
+        )
+        .layer(from_fn_with_state(mcp_gate, auth::gate));
+
+    let rest_gate = auth::Gate::new(
+        service.clone(),
+        settings.auth,
+        settings.rest_rate_limit,
+        "rest",
+    );
+    let timeout = settings.request_timeout;
+    let rest = api::router(api::Api {
+        service: service.clone(),
+        default_user: settings.default_user.clone(),
+    })
+    .layer(from_fn(move |request, next| within(timeout, request, next)))
+    .layer(from_fn_with_state(rest_gate, auth::gate))
+    .route(
+        "/api/v1/openapi.json",
+        get(|| async { axum::Json(openapi::document()) }),
+    )
+    .layer(from_fn(api::problems_only));
+
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(service)
-        .merge(legacy)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            check_host(allowed_hosts.clone(), request, next)
-        }))
+        .merge(mcp_routes)
+        .merge(rest)
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            Problem::not_found(format!(
+                "no route {method} {}; engram serves /mcp, /sse, /api/v1/memory \
+                 (see /api/v1/openapi.json), /healthz and /readyz",
+                uri.path()
+            ))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    if let Some(cors) = cors(&settings.allowed_origins) {
+        app = app.layer(cors);
+    }
+    let (hosts, origins) = (settings.allowed_hosts, settings.allowed_origins);
+    app.layer(from_fn(move |request, next| {
+        check_host(hosts.clone(), origins.clone(), request, next)
+    }))
 }
 
-/// Refuses a request whose `Host` is not allowed (403), before any handler.
-async fn check_host(
-    allowed: Vec<String>,
+/// Answers 503 `timeout` when the request takes longer than `limit`. The
+/// handler is dropped, which rolls back any transaction it had open.
+async fn within(
+    limit: Duration,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let host = request
-        .headers()
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    if host_allowed(&allowed, &host) {
-        return next.run(request).await;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} s (ENGRAM_REQUEST_TIMEOUT_SECS); it was \
+                 stopped and may be retried",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
     }
-    tracing::warn!(host = %host, "refused a request for a host that is not allowed");
-    (
-        StatusCode::FORBIDDEN,
-        format!(
-            "host '{host}' is not served here; allowed: {} (ENGRAM_ALLOWED_HOSTS)\n",
-            allowed.join(", ")
-        ),
+}
+
+/// CORS for the configured browser origins; none when none is configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let mcp_headers = ["mcp-session-id", "mcp-protocol-version", "last-event-id"]
+        .map(axum::http::HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers(
+                [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT]
+                    .into_iter()
+                    .chain(mcp_headers.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .expose_headers(
+                [header::WWW_AUTHENTICATE, header::RETRY_AFTER]
+                    .into_iter()
+                    .chain(mcp_headers)
+                    .collect::<Vec<_>>(),
+            )
+            .max_age(Duration::from_secs(600)),
     )
-        .into_response()
+}
+
+/// Refuses (403) a request whose `Host` is not allowed, or that a browser
+/// sent from an `Origin` that is neither configured nor on an allowed host,
+/// before any handler.
+async fn check_host(
+    hosts: Vec<String>,
+    origins: Vec<String>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = lowercase(&request, header::HOST).unwrap_or_default();
+    let origin = lowercase(&request, header::ORIGIN);
+    if !host_allowed(&hosts, &host) {
+        tracing::warn!(host = %host, "refused a request for a host that is not allowed");
+        return Problem::forbidden(format!(
+            "host '{host}' is not served here; allowed: {} (ENGRAM_ALLOWED_HOSTS)",
+            hosts.join(", ")
+        ))
+        .into_response();
+    }
+    if let Some(origin) = origin {
+        // `origin` is scheme://authority: its authority must be an allowed host.
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        if !origins.contains(&origin) && !host_allowed(&hosts, authority) {
+            tracing::warn!(origin = %origin, "refused a request from an origin that is not allowed");
+            return Problem::forbidden(format!(
+                "requests from origin '{origin}' are not accepted; list it in \
+                 ENGRAM_ALLOWED_ORIGINS to let that web page call engram"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn lowercase(request: &axum::extract::Request, name: header::HeaderName) -> Option<String> {
+    let value = request.headers().get(name)?.to_str().ok()?;
+    Some(value.to_ascii_lowercase())
 }
 
 /// `host` (`name`, `name:port`, `[v6]:port`) matches an entry as a whole or

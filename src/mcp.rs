@@ -1,8 +1,10 @@
 //! The MCP face of engram: four tools, a context resource template and a
 //! `with_memory` prompt, each a thin adapter over [`MemoryService`].
 //!
-//! Adapters parse arguments, resolve the user (an omitted `user_id` means the
-//! configured default user), call one service method and map the result.
+//! Adapters parse arguments, resolve the user through the caller's
+//! [`Principal`] (an omitted `user_id` is the caller's own user: a user
+//! key's user, otherwise the configured default user; a user key naming
+//! another user is refused), call one service method and map the result.
 //! Caller mistakes become tool errors (`isError: true`) whose text says what
 //! was wrong and what is accepted; the server keeps serving.
 
@@ -12,7 +14,7 @@ use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    GetPromptResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    Extensions, GetPromptResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
     PaginatedRequestParams, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
     ReadResourceResult, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
@@ -24,6 +26,7 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
 use crate::model::{MemoryId, Message, Metadata, Scope};
@@ -44,7 +47,7 @@ pub struct RememberParams {
     /// `date` (2026-11-20 or RFC 3339) is when the message was said.
     #[serde(default, deserialize_with = "lenient::messages")]
     pub messages: Option<Vec<Message>>,
-    /// Whose memory this is; defaults to the server's default user.
+    /// Whose memory this is; defaults to the caller's own (the API key's user, else the server's default user).
     pub user_id: Option<String>,
     /// Narrows the memory to one agent.
     pub agent_id: Option<String>,
@@ -63,7 +66,7 @@ pub struct RememberParams {
 pub struct RecallParams {
     /// What to look for, in natural language or keywords.
     pub query: String,
-    /// Whose memories to search; defaults to the server's default user.
+    /// Whose memories to search; defaults to the caller's own (the API key's user, else the server's default user).
     pub user_id: Option<String>,
     /// Only memories of this agent.
     pub agent_id: Option<String>,
@@ -81,7 +84,7 @@ pub struct RecallParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserContextParams {
-    /// Whose profile; defaults to the server's default user.
+    /// Whose profile; defaults to the caller's own (the API key's user, else the server's default user).
     pub user_id: Option<String>,
     /// Only memories of this agent.
     pub agent_id: Option<String>,
@@ -100,8 +103,9 @@ pub struct UserContextParams {
 pub struct ForgetParams {
     /// Delete this one memory (an id from remember or recall).
     pub memory_id: Option<String>,
-    /// The memory's owner; defaults to the server's default user. With
-    /// `all: true` it must be given explicitly.
+    /// The memory's owner; defaults to the caller's own (the API key's user,
+    /// else the server's default user). With `all: true` it must be given
+    /// explicitly.
     pub user_id: Option<String>,
     /// true deletes every memory of `user_id`, with their history.
     #[serde(default, deserialize_with = "lenient::boolean")]
@@ -110,11 +114,23 @@ pub struct ForgetParams {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct WithMemoryArgs {
-    /// Whose memories to include; defaults to the server's default user.
+    /// Whose memories to include; defaults to the caller's own (the API key's user, else the server's default user).
     pub user_id: Option<String>,
     /// Optional task: appended to the system prompt, and the memories most
     /// relevant to it are listed first.
     pub task: Option<String>,
+}
+
+/// Where a handler learns who is calling.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The same principal for the handler's whole life: stdio (the
+    /// operator), or a legacy SSE session (the key that opened it).
+    Fixed(Principal),
+    /// Each request's own: Streamable HTTP, where the auth layer puts the
+    /// [`Principal`] into the HTTP request that rmcp hands to the handler.
+    /// A request without one is refused.
+    PerRequest,
 }
 
 /// The rmcp handler. Cheap to clone: the service is shared.
@@ -122,28 +138,47 @@ pub struct WithMemoryArgs {
 pub struct EngramMcp {
     service: Arc<MemoryService>,
     default_user: String,
+    caller: Caller,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
 
 #[tool_router]
 impl EngramMcp {
-    pub fn new(service: Arc<MemoryService>, default_user: String) -> Self {
+    pub fn new(service: Arc<MemoryService>, default_user: String, caller: Caller) -> Self {
         Self {
             service,
             default_user,
+            caller,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
     }
 
+    /// Who made the request carrying `extensions`.
+    fn principal(&self, extensions: &Extensions) -> Result<Principal, Error> {
+        match &self.caller {
+            Caller::Fixed(principal) => Ok(principal.clone()),
+            Caller::PerRequest => extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Principal>())
+                .cloned()
+                .ok_or_else(|| Error::Forbidden("the request carries no credentials".into())),
+        }
+    }
+
+    /// The scope a request acts on: the caller decides the user.
     fn scope(
         &self,
+        extensions: &Extensions,
         user_id: Option<&str>,
         agent_id: Option<&str>,
         run_id: Option<&str>,
     ) -> Result<Scope, Error> {
-        Scope::new(user_id.unwrap_or(&self.default_user), agent_id, run_id)
+        let user = self
+            .principal(extensions)?
+            .acting_user(user_id, &self.default_user)?;
+        Scope::new(&user, agent_id, run_id)
     }
 
     #[tool(
@@ -161,9 +196,11 @@ impl EngramMcp {
     async fn remember(
         &self,
         Parameters(p): Parameters<RememberParams>,
+        extensions: Extensions,
     ) -> Result<Json<RememberResult>, String> {
         let scope = self
             .scope(
+                &extensions,
                 p.user_id.as_deref(),
                 p.agent_id.as_deref(),
                 p.run_id.as_deref(),
@@ -197,9 +234,11 @@ impl EngramMcp {
     async fn recall(
         &self,
         Parameters(p): Parameters<RecallParams>,
+        extensions: Extensions,
     ) -> Result<Json<RecallResult>, String> {
         let scope = self
             .scope(
+                &extensions,
                 p.user_id.as_deref(),
                 p.agent_id.as_deref(),
                 p.run_id.as_deref(),
@@ -229,9 +268,11 @@ impl EngramMcp {
     async fn user_context(
         &self,
         Parameters(p): Parameters<UserContextParams>,
+        extensions: Extensions,
     ) -> Result<Json<UserContext>, String> {
         let scope = self
             .scope(
+                &extensions,
                 p.user_id.as_deref(),
                 p.agent_id.as_deref(),
                 p.run_id.as_deref(),
@@ -258,6 +299,7 @@ impl EngramMcp {
     async fn forget(
         &self,
         Parameters(p): Parameters<ForgetParams>,
+        extensions: Extensions,
     ) -> Result<Json<ForgetResult>, String> {
         let all = p.all.unwrap_or(false);
         let target = match (p.memory_id.as_deref(), all) {
@@ -286,7 +328,7 @@ impl EngramMcp {
             }
         };
         let scope = self
-            .scope(p.user_id.as_deref(), None, None)
+            .scope(&extensions, p.user_id.as_deref(), None, None)
             .map_err(tool_error)?;
         self.service
             .forget(&scope.user_id, target)
@@ -306,9 +348,10 @@ impl EngramMcp {
     async fn with_memory(
         &self,
         Parameters(args): Parameters<WithMemoryArgs>,
+        extensions: Extensions,
     ) -> Result<GetPromptResult, ErrorData> {
         let scope = self
-            .scope(args.user_id.as_deref(), None, None)
+            .scope(&extensions, args.user_id.as_deref(), None, None)
             .map_err(protocol_error)?;
         let context = self
             .service
@@ -370,7 +413,7 @@ impl ServerHandler for EngramMcp {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
         let Some(user) = uri
@@ -384,7 +427,7 @@ impl ServerHandler for EngramMcp {
         };
         let user = percent_decode(user);
         let scope = self
-            .scope(Some(&user), None, None)
+            .scope(&context.extensions, Some(&user), None, None)
             .map_err(protocol_error)?;
         let context = self
             .service

@@ -30,6 +30,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Principal;
 use crate::cache::{self, Cache, CacheStats, NoCache, VectorSource, entry};
 use crate::config::OnLlmError;
 use crate::context::UserContext;
@@ -248,6 +249,25 @@ impl MemoryService {
             return None;
         }
         Some(self.cache.ping().await)
+    }
+
+    /// The principal a presented API key stands for; `None` when the key is
+    /// unknown or revoked. Read from the store on every call, so a
+    /// revocation holds at once on every instance.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, Error> {
+        let key = self.store.active_key(&crate::auth::hash(presented)).await?;
+        Ok(key.as_ref().map(Principal::from_key))
+    }
+
+    /// The cache (or [`NoCache`]), for state shared between processes.
+    pub fn cache(&self) -> Arc<dyn Cache> {
+        self.cache.clone()
+    }
+
+    /// How many API keys are not revoked.
+    pub async fn active_keys(&self) -> Result<usize, Error> {
+        let keys = self.store.keys().await?;
+        Ok(keys.iter().filter(|k| k.revoked_at.is_none()).count())
     }
 
     pub fn settings(&self) -> &Settings {

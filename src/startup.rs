@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use rmcp::ServiceExt;
 
+use crate::auth::Principal;
 use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
 use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
 use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
-use crate::mcp::EngramMcp;
+use crate::mcp::{Caller, EngramMcp};
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
 use crate::store::{PgOptions, PgStore, redact};
@@ -314,18 +315,22 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Serves MCP over stdin/stdout until the client disconnects.
 /// `engram serve --transport http`: checks the bind is allowed before any
 /// store is opened, then serves until SIGINT/SIGTERM.
 pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError> {
     let listener = crate::http::listener(config, bind).await?;
     let service = build(config).await?;
+    if config.auth == crate::config::AuthMode::Keys && service.active_keys().await? == 0 {
+        tracing::warn!(
+            "no API key exists yet, so every MCP and REST request will be refused (401): \
+             create one with `engram keys create --user <user_id>` (or --admin)"
+        );
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     crate::http::stop_on_signals(stop.clone())?;
     let app = crate::http::app(
         service,
-        config.default_user.clone(),
-        config.allowed_hosts.clone(),
+        crate::http::Settings::from_config(config),
         stop.clone(),
     );
     let addr = listener
@@ -334,13 +339,18 @@ pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError>
     tracing::info!(
         database = %redact(&config.database_url),
         cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
-        "engram serving MCP at http://{addr}/mcp (auth: none, loopback only)"
+        auth = match config.auth {
+            crate::config::AuthMode::Keys => "API keys",
+            crate::config::AuthMode::None => "none (loopback only)",
+        },
+        "engram serving MCP at http://{addr}/mcp and /sse, REST at http://{addr}/api/v1/memory"
     );
     crate::http::serve(listener, app, stop).await?;
     tracing::info!("engram stopped");
     Ok(())
 }
 
+/// Serves MCP over stdin/stdout until the client disconnects.
 pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;
     tracing::info!(
@@ -349,7 +359,11 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         default_user = %config.default_user,
         "engram serving MCP on stdio"
     );
-    let handler = EngramMcp::new(service, config.default_user.clone());
+    let handler = EngramMcp::new(
+        service,
+        config.default_user.clone(),
+        Caller::Fixed(Principal::Operator),
+    );
     let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
     let running = match handler.serve(transport).await {
         Ok(running) => running,

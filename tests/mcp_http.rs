@@ -7,65 +7,12 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::http::Server;
 use common::{ENGRAM, ok, texts};
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// A running `engram serve --transport http` on a free loopback port.
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    async fn start_with(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(ENGRAM)
-            .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
-            .env(
-                "ENGRAM_DATABASE_URL",
-                format!("sqlite://{}/engram.db", dir.path().display()),
-            )
-            .env("ENGRAM_AUTH", "none")
-            .env("ENGRAM_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        // The address it listens on is in its start-up log line.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let base = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find("serving MCP at http://") {
-                    let url = &line[at + "serving MCP at ".len()..];
-                    let end = url.find("/mcp").unwrap();
-                    return url[..end].to_owned();
-                }
-            }
-            panic!("engram exited before listening");
-        })
-        .await
-        .expect("engram did not start listening");
-        // Keep draining its logs so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-}
+use tokio::process::Command;
 
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
@@ -132,13 +79,12 @@ async fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Without API keys, only an explicit `ENGRAM_AUTH=none` on loopback starts.
+/// Without API keys (`ENGRAM_AUTH=none`), only a loopback bind starts.
 #[tokio::test]
 async fn an_unsafe_start_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/engram.db", dir.path().display());
     let cases = [
-        (vec![], "127.0.0.1:0", "ENGRAM_AUTH=none"),
         (
             vec![("ENGRAM_AUTH", "none")],
             "0.0.0.0:0",
@@ -291,4 +237,48 @@ async fn readiness_shows_the_cache_without_depending_on_it() {
     let (status, body) = get(&format!("{}/readyz", down.base)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("cache: down"), "{body}");
+}
+
+/// The database goes away (a proxy in between refuses connections): the
+/// instance reports not ready and requests fail with 503 `unavailable`,
+/// nothing hangs; when it is back, both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_database_engram_is_unready_and_says_so() {
+    use common::proxy::{Mode, Proxy};
+    use reqwest::Method;
+    let db = common::postgres::TestDatabase::create().await;
+    let authority = db.url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let proxy = Proxy::start(authority.to_owned()).await;
+    let through = db
+        .url
+        .replace(authority, &format!("127.0.0.1:{}", proxy.port));
+    let server = Server::with_keys(Some(&through), &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let key = server.create_key(&["--user", "alice"]);
+    let search = || {
+        server.call(
+            Method::POST,
+            "/api/v1/memory/search",
+            Some(&key),
+            Some(json!({"query": "bees"})),
+        )
+    };
+    assert_eq!(search().await.status, 200);
+
+    proxy.set(Mode::Refuse);
+    let (status, body) = get(&format!("{}/readyz", server.base)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready\ndatabase: "), "{body}");
+    let refused = search().await;
+    refused.problem(503, "unavailable");
+    assert!(refused.text.contains("database"), "{}", refused.text);
+
+    proxy.set(Mode::Pass);
+    let back = tokio::time::timeout(Duration::from_secs(30), async {
+        while get(&format!("{}/readyz", server.base)).await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "not ready again after the database came back");
+    assert_eq!(search().await.status, 200);
 }

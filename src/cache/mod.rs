@@ -25,6 +25,10 @@
 //!   ([`health`]), and the request goes on without the cache, which is tried
 //!   again after a pause.
 //!
+//! Besides, `{prefix}rl:<kind>:<key id>` holds the HTTP rate limit state of
+//! one API key ([`Cache::allow`]), so processes behind one load balancer
+//! share each key's allowance.
+//!
 //! Keys put the user hash in braces (a Redis Cluster hash tag), so one user's
 //! keys share a slot and the scripts stay single-slot on Dragonfly and clusters.
 
@@ -88,6 +92,20 @@ pub trait Cache: Send + Sync {
     /// not. [`NoCache`] answers `Ok`.
     async fn ping(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// A rate-limit decision shared by every engram process on this cache:
+    /// counts one request against `bucket`, which earns one request per
+    /// `interval` and may run up to `tolerance` ahead (a burst). `Err` is
+    /// how long to wait. `None` when the cache cannot decide (none
+    /// configured, or down): the caller counts in-process instead.
+    async fn allow(
+        &self,
+        _bucket: &str,
+        _interval: std::time::Duration,
+        _tolerance: std::time::Duration,
+    ) -> Option<Result<(), std::time::Duration>> {
+        None
     }
 }
 

@@ -51,6 +51,23 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// A generic cell rate algorithm step on the server's clock. KEYS[1] the
+/// bucket; ARGV interval ms, tolerance ms. Returns -1 when the request is
+/// allowed (and counted), else the milliseconds to wait. The key expires
+/// when its allowance is full again.
+const ALLOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = redis.call('GET', KEYS[1])
+local tat = stored and tonumber(stored) or now
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead > tonumber(ARGV[2]) then return ahead - tonumber(ARGV[2]) end
+local next = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], next, 'PX', next - now)
+return -1
+";
+
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
@@ -270,6 +287,27 @@ impl Cache for RedisCache {
         {
             self.defer_purge(key, floor);
         }
+    }
+
+    async fn allow(
+        &self,
+        bucket: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Option<Result<(), Duration>> {
+        let key = format!("{}rl:{bucket}", self.settings.prefix);
+        let args: Vec<Value> = vec![
+            Value::from(Self::ttl_ms(interval).max(1)),
+            Value::from(Self::ttl_ms(tolerance)),
+        ];
+        let client = self.pool.with_options(&self.options);
+        let wait = self
+            .run("rate limit", client.eval::<i64, _, _, _>(ALLOW, key, args))
+            .await?;
+        Some(match u64::try_from(wait) {
+            Ok(ms) => Err(Duration::from_millis(ms.max(1))),
+            Err(_) => Ok(()),
+        })
     }
 
     async fn get_vector(&self, embedder: &VectorSource, query: &str) -> Option<Vec<u8>> {

@@ -8,13 +8,17 @@
 //! session lives exactly as long as its event stream; when the client goes
 //! away the session is removed and its handler stops, and a post to an
 //! unknown or closed session is refused (404), never queued.
+//!
+//! The session acts as the principal that opened it: posts must carry the
+//! same key (a post with another key is answered as if the session did not
+//! exist), so a leaked session id is no use without the key.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Json;
+use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,16 +30,24 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, PollSender};
 
-use crate::mcp::EngramMcp;
+use super::problem::Problem;
+use crate::auth::Principal;
+use crate::mcp::{Caller, EngramMcp};
 use crate::service::MemoryService;
 
 /// Messages a session may have waiting in either direction.
 const QUEUE: usize = 64;
 
-/// Open sessions: the way into each one's handler.
+/// An open session: who opened it, and the way into its handler.
+struct Session {
+    principal: Principal,
+    inbound: mpsc::Sender<ClientJsonRpcMessage>,
+}
+
+/// Open sessions by id.
 #[derive(Clone)]
 pub struct Sessions {
-    inbound: Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
+    open: Arc<Mutex<HashMap<String, Session>>>,
     service: Arc<MemoryService>,
     default_user: String,
     stop: CancellationToken,
@@ -44,18 +56,15 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(service: Arc<MemoryService>, default_user: String, stop: CancellationToken) -> Self {
         Self {
-            inbound: Arc::default(),
+            open: Arc::default(),
             service,
             default_user,
             stop,
         }
     }
 
-    fn with_map<T>(
-        &self,
-        f: impl FnOnce(&mut HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>) -> T,
-    ) -> T {
-        f(&mut self.inbound.lock().unwrap_or_else(PoisonError::into_inner))
+    fn with_map<T>(&self, f: impl FnOnce(&mut HashMap<String, Session>) -> T) -> T {
+        f(&mut self.open.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -77,14 +86,23 @@ impl Drop for Close {
 /// `GET /sse`: a new session and its event stream.
 pub async fn open(
     State(sessions): State<Sessions>,
+    Extension(principal): Extension<Principal>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_handler, from_client) = mpsc::channel::<ClientJsonRpcMessage>(QUEUE);
     let (to_client, from_handler) = mpsc::channel::<ServerJsonRpcMessage>(QUEUE);
-    sessions.with_map(|m| m.insert(id.clone(), to_handler));
+    let session = Session {
+        principal: principal.clone(),
+        inbound: to_handler,
+    };
+    sessions.with_map(|m| m.insert(id.clone(), session));
 
     let handler_stop = sessions.stop.child_token();
-    let handler = EngramMcp::new(sessions.service.clone(), sessions.default_user.clone());
+    let handler = EngramMcp::new(
+        sessions.service.clone(),
+        sessions.default_user.clone(),
+        Caller::Fixed(principal),
+    );
     let incoming = Box::pin(futures::stream::unfold(from_client, |mut rx| async move {
         rx.recv().await.map(|m| (m, rx))
     }));
@@ -142,30 +160,31 @@ pub struct Target {
 /// handler; its answer comes on the event stream. 202 when handed over.
 pub async fn post(
     State(sessions): State<Sessions>,
+    Extension(principal): Extension<Principal>,
     Query(target): Query<Target>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(inbound) = sessions.with_map(|m| m.get(&target.session_id).cloned()) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "no such session: open one with GET /sse and post to the endpoint it names",
-        );
+    let inbound = sessions.with_map(|m| {
+        m.get(&target.session_id)
+            .filter(|s| s.principal == principal)
+            .map(|s| s.inbound.clone())
+    });
+    let Some(inbound) = inbound else {
+        return Problem::not_found(
+            "no such session for this key: open one with GET /sse and post to the endpoint \
+             it names, with the same key",
+        )
+        .into_response();
     };
     let message: ClientJsonRpcMessage = match serde_json::from_slice(&body) {
         Ok(message) => message,
         Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not a JSON-RPC message: {e}"),
-            );
+            return Problem::invalid(None, format!("the body is not a JSON-RPC message: {e}"))
+                .into_response();
         }
     };
     match inbound.send(message).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(_) => problem(StatusCode::NOT_FOUND, "the session has closed"),
+        Err(_) => Problem::not_found("the session has closed").into_response(),
     }
-}
-
-fn problem(status: StatusCode, detail: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": detail }))).into_response()
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod http;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

@@ -1,0 +1,269 @@
+//! The REST API, `/api/v1/memory/...`: the same service as the MCP tools,
+//! for services that speak plain HTTP. Each handler resolves the acting user
+//! through the caller's [`Principal`] (a user key acts for its own user
+//! only: naming another one is 403), calls one service method and answers
+//! JSON; every error is `application/problem+json` ([`Problem`]).
+//!
+//! Routes (the OpenAPI document in [`super::openapi`] lists the same):
+//! `POST /` remember, `POST /search`, `GET /context/{user_id}`,
+//! `GET /stats/{user_id}`, `GET /export/{user_id}`, `DELETE /users/{user_id}`,
+//! `GET /{memory_id}`, `GET /{memory_id}/history`, `DELETE /{memory_id}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::problem::Problem;
+use crate::auth::Principal;
+use crate::context::UserContext;
+use crate::mcp::{RecallParams, RememberParams};
+use crate::model::{Memory, MemoryId, Scope};
+use crate::service::{
+    ForgetResult, ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest,
+    RememberResult,
+};
+use crate::store::{HistoryEntry, UserStats};
+
+/// Where the API lives.
+pub const BASE: &str = "/api/v1/memory";
+
+#[derive(Clone)]
+pub struct Api {
+    pub service: Arc<MemoryService>,
+    pub default_user: String,
+}
+
+impl Api {
+    fn user(&self, principal: &Principal, requested: Option<&str>) -> Result<String, Problem> {
+        Ok(principal.acting_user(requested, &self.default_user)?)
+    }
+}
+
+type Answer<T> = Result<Json<T>, Problem>;
+
+/// `GET /context/{user_id}` options.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextQuery {
+    /// Only memories of this agent.
+    pub agent_id: Option<String>,
+    /// Only memories of this run.
+    pub run_id: Option<String>,
+    /// How many memories, 1..=100 (default 20).
+    pub limit: Option<i64>,
+    /// Optional focus: the memories most relevant to it come first.
+    pub query: Option<String>,
+}
+
+/// The owner of a memory named by id; defaults to the caller's own user.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerQuery {
+    pub user_id: Option<String>,
+}
+
+/// `GET /{memory_id}/history`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HistoryResult {
+    pub user_id: String,
+    pub memory_id: MemoryId,
+    /// Every change, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The routes, each behind the REST gate (added by the caller).
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route(BASE, post(remember))
+        .route(&format!("{BASE}/"), post(remember))
+        .route(&format!("{BASE}/search"), post(search))
+        .route(&format!("{BASE}/context/{{user_id}}"), get(context))
+        .route(&format!("{BASE}/stats/{{user_id}}"), get(stats))
+        .route(&format!("{BASE}/export/{{user_id}}"), get(export))
+        .route(
+            &format!("{BASE}/users/{{user_id}}"),
+            axum::routing::delete(forget_user),
+        )
+        .route(
+            &format!("{BASE}/{{memory_id}}"),
+            get(get_memory).delete(forget_memory),
+        )
+        .route(&format!("{BASE}/{{memory_id}}/history"), get(history))
+        .with_state(api)
+}
+
+async fn remember(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Json(p): Json<RememberParams>,
+) -> Answer<RememberResult> {
+    let user = api.user(&principal, p.user_id.as_deref())?;
+    let scope = Scope::new(&user, p.agent_id.as_deref(), p.run_id.as_deref())?;
+    let request = RememberRequest {
+        scope,
+        text: p.text,
+        messages: p.messages,
+        metadata: p.metadata,
+        infer: p.infer.unwrap_or(true),
+    };
+    Ok(Json(api.service.remember(request).await?))
+}
+
+async fn search(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Json(p): Json<RecallParams>,
+) -> Answer<RecallResult> {
+    let user = api.user(&principal, p.user_id.as_deref())?;
+    let scope = Scope::new(&user, p.agent_id.as_deref(), p.run_id.as_deref())?;
+    let request = RecallRequest {
+        scope,
+        query: p.query,
+        limit: p.limit,
+        filters: p.filters,
+    };
+    Ok(Json(api.service.recall(request).await?))
+}
+
+async fn context(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(user_id): Path<String>,
+    Query(q): Query<ContextQuery>,
+) -> Answer<UserContext> {
+    let user = api.user(&principal, Some(&user_id))?;
+    let scope = Scope::new(&user, q.agent_id.as_deref(), q.run_id.as_deref())?;
+    Ok(Json(
+        api.service.user_context(&scope, q.limit, q.query).await?,
+    ))
+}
+
+async fn stats(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(user_id): Path<String>,
+) -> Answer<UserStats> {
+    let user = api.user(&principal, Some(&user_id))?;
+    Ok(Json(api.service.stats(&user).await?))
+}
+
+async fn export(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(user_id): Path<String>,
+) -> Result<Response, Problem> {
+    let user = api.user(&principal, Some(&user_id))?;
+    let export = api.service.export(&user).await?;
+    let disposition = format!(
+        "attachment; filename=\"engram-export-{}.json\"",
+        user.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+            "_"
+        )
+    );
+    Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(export)).into_response())
+}
+
+async fn forget_user(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(user_id): Path<String>,
+) -> Answer<ForgetResult> {
+    let user = api.user(&principal, Some(&user_id))?;
+    Ok(Json(
+        api.service.forget(&user, ForgetTarget::AllOfUser).await?,
+    ))
+}
+
+async fn get_memory(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(memory_id): Path<String>,
+    Query(owner): Query<OwnerQuery>,
+) -> Answer<Memory> {
+    let user = api.user(&principal, owner.user_id.as_deref())?;
+    let id = MemoryId::parse("memory_id", &memory_id)?;
+    Ok(Json(api.service.get(&user, id).await?))
+}
+
+async fn history(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(memory_id): Path<String>,
+    Query(owner): Query<OwnerQuery>,
+) -> Answer<HistoryResult> {
+    let user = api.user(&principal, owner.user_id.as_deref())?;
+    let id = MemoryId::parse("memory_id", &memory_id)?;
+    let history = api.service.history(&user, id).await?;
+    Ok(Json(HistoryResult {
+        user_id: user,
+        memory_id: id,
+        history,
+    }))
+}
+
+async fn forget_memory(
+    State(api): State<Api>,
+    Extension(principal): Extension<Principal>,
+    Path(memory_id): Path<String>,
+    Query(owner): Query<OwnerQuery>,
+) -> Answer<ForgetResult> {
+    let user = api.user(&principal, owner.user_id.as_deref())?;
+    let id = MemoryId::parse("memory_id", &memory_id)?;
+    Ok(Json(
+        api.service.forget(&user, ForgetTarget::One(id)).await?,
+    ))
+}
+
+/// Turns every error response of the API that is not already a problem
+/// (axum's own rejections: a body that is not JSON, a missing field, an
+/// unknown route or method, a body over the limit) into one, so clients
+/// see one error shape with a stable code.
+pub async fn problems_only(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let problem = match status {
+        StatusCode::NOT_FOUND => Problem::not_found(format!(
+            "no route {method} {path}; the routes are listed in /api/v1/openapi.json"
+        )),
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            status,
+            "method_not_allowed",
+            format!("{path} does not accept {method}; see /api/v1/openapi.json"),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            status,
+            "payload_too_large",
+            "the request body is over the limit of 1 MiB",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
+            status,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Problem::invalid(None, text),
+        _ if status.is_client_error() => Problem::invalid(None, text),
+        _ => Problem::new(status, "internal", text),
+    };
+    problem.into_response()
+}

@@ -1,0 +1,320 @@
+//! The OpenAPI 3.1 document of the REST API, served at
+//! `/api/v1/openapi.json`. Paths are written out here next to
+//! [`super::api::router`]; the schemas are generated from the very types the
+//! handlers read and write (JSON Schema 2020-12, which OpenAPI 3.1 uses), so
+//! they cannot drift from the code. A test checks every route is listed.
+
+use std::sync::LazyLock;
+
+use schemars::JsonSchema;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use serde_json::{Map, Value, json};
+
+use super::api::{BASE, ContextQuery, HistoryResult, OwnerQuery};
+use super::problem::Problem;
+use crate::context::UserContext;
+use crate::mcp::{RecallParams, RememberParams};
+use crate::model::Memory;
+use crate::service::{ForgetResult, RecallResult, RememberResult};
+use crate::store::{UserExport, UserStats};
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
+
+/// The document (built once).
+pub fn document() -> &'static Value {
+    &DOCUMENT
+}
+
+fn settings() -> SchemaSettings {
+    SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+        s.meta_schema = None;
+    })
+}
+
+/// Schemas for what clients send (optional fields as serde reads them) and
+/// for what they receive (as serde writes them).
+struct Schemas {
+    requests: SchemaGenerator,
+    responses: SchemaGenerator,
+}
+
+impl Schemas {
+    fn request<T: JsonSchema>(&mut self) -> Value {
+        self.requests.subschema_for::<T>().to_value()
+    }
+
+    fn response<T: JsonSchema>(&mut self) -> Value {
+        self.responses.subschema_for::<T>().to_value()
+    }
+
+    /// The properties of a query-string type, as OpenAPI `in: query` parameters.
+    fn query_parameters<T: JsonSchema>(&mut self) -> Vec<Value> {
+        let schema = self.requests.root_schema_for::<T>().to_value();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let Some(properties) = schema["properties"].as_object() else {
+            return Vec::new();
+        };
+        properties
+            .iter()
+            .map(|(name, property)| {
+                let mut property = property.clone();
+                let description = property
+                    .as_object_mut()
+                    .and_then(|p| p.remove("description"))
+                    .unwrap_or_else(|| json!(""));
+                json!({
+                    "name": name,
+                    "in": "query",
+                    "required": required.contains(&name.as_str()),
+                    "description": description,
+                    "schema": property,
+                })
+            })
+            .collect()
+    }
+
+    fn components(mut self) -> Map<String, Value> {
+        let mut all = self.requests.take_definitions(true);
+        for (name, schema) in self.responses.take_definitions(true) {
+            // A type on both sides keeps its request form under its name
+            // and its response form under `<name>Response` when they differ.
+            match all.get(&name) {
+                Some(existing) if *existing != schema => {
+                    all.insert(format!("{name}Response"), schema);
+                }
+                _ => {
+                    all.insert(name, schema);
+                }
+            }
+        }
+        all
+    }
+}
+
+fn path_parameter(name: &str, description: &str) -> Value {
+    json!({
+        "name": name,
+        "in": "path",
+        "required": true,
+        "description": description,
+        "schema": { "type": "string" },
+    })
+}
+
+/// One operation: its parameters, optional JSON body and 200 response.
+fn operation(
+    id: &str,
+    summary: &str,
+    description: &str,
+    parameters: Vec<Value>,
+    body: Option<Value>,
+    ok: Value,
+) -> Value {
+    let problem = json!({
+        "description": "An error, with a stable `code`.",
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+    });
+    let mut op = json!({
+        "operationId": id,
+        "summary": summary,
+        "description": description,
+        "tags": ["memory"],
+        "parameters": parameters,
+        "responses": {
+            "200": { "description": "OK", "content": { "application/json": { "schema": ok } } },
+            "400": problem.clone(),
+            "401": problem.clone(),
+            "403": problem.clone(),
+            "429": problem.clone(),
+            "default": problem,
+        },
+    });
+    if let Some(schema) = body {
+        op["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": schema } },
+        });
+    }
+    op
+}
+
+fn build() -> Value {
+    let mut s = Schemas {
+        requests: settings().for_deserialize().into_generator(),
+        responses: settings().for_serialize().into_generator(),
+    };
+    let user = || path_parameter("user_id", "The user; a user key may name only its own.");
+    let memory = || path_parameter("memory_id", "A memory id (UUID) from remember or search.");
+    let owner = s.query_parameters::<OwnerQuery>();
+    let mut paths = Map::new();
+
+    paths.insert(
+        BASE.to_owned(),
+        json!({ "post": operation(
+            "remember",
+            "Remember a text or a conversation",
+            "Extracts facts (with an LLM when configured), deduplicates them against what is \
+             stored and reconciles them (ADD / UPDATE / SUPERSEDE / NONE). `user_id` defaults \
+             to the key's user.",
+            vec![],
+            Some(s.request::<RememberParams>()),
+            s.response::<RememberResult>(),
+        )}),
+    );
+    paths.insert(
+        format!("{BASE}/search"),
+        json!({ "post": operation(
+            "search",
+            "Search memories",
+            "Vector and keyword search over the user's current memories, best first.",
+            vec![],
+            Some(s.request::<RecallParams>()),
+            s.response::<RecallResult>(),
+        )}),
+    );
+    let mut context_parameters = vec![user()];
+    context_parameters.extend(s.query_parameters::<ContextQuery>());
+    paths.insert(
+        format!("{BASE}/context/{{user_id}}"),
+        json!({ "get": operation(
+            "context",
+            "A user's profile for a system prompt",
+            "The user's memories as text ready for a system prompt, and the memories: most \
+             recent first, or the most relevant to `query` first.",
+            context_parameters,
+            None,
+            s.response::<UserContext>(),
+        )}),
+    );
+    paths.insert(
+        format!("{BASE}/stats/{{user_id}}"),
+        json!({ "get": operation(
+            "stats",
+            "Counts for a user",
+            "Current and superseded memories, history events, deferred remembers, categories, \
+             oldest and newest, approximate storage.",
+            vec![user()],
+            None,
+            s.response::<UserStats>(),
+        )}),
+    );
+    paths.insert(
+        format!("{BASE}/export/{{user_id}}"),
+        json!({ "get": operation(
+            "export",
+            "Everything stored about a user",
+            "Every memory (current and superseded) with its history, and deferred remembers, \
+             as one JSON document.",
+            vec![user()],
+            None,
+            s.response::<UserExport>(),
+        )}),
+    );
+    paths.insert(
+        format!("{BASE}/users/{{user_id}}"),
+        json!({ "delete": operation(
+            "forget_user",
+            "Forget a user (right to be forgotten)",
+            "Deletes every memory, history row and deferred remember of the user, and their \
+             cache entries. Cannot be undone.",
+            vec![user()],
+            None,
+            s.response::<ForgetResult>(),
+        )}),
+    );
+    let mut one = vec![memory()];
+    one.extend(owner.iter().cloned());
+    paths.insert(
+        format!("{BASE}/{{memory_id}}"),
+        json!({
+            "get": operation(
+                "get_memory",
+                "One memory",
+                "A memory of the user, current or superseded (its history says which); 404 if unknown or another user's.",
+                one.clone(),
+                None,
+                s.response::<Memory>(),
+            ),
+            "delete": operation(
+                "forget_memory",
+                "Forget one memory",
+                "Deletes the memory and its history. Cannot be undone.",
+                one.clone(),
+                None,
+                s.response::<ForgetResult>(),
+            ),
+        }),
+    );
+    paths.insert(
+        format!("{BASE}/{{memory_id}}/history"),
+        json!({ "get": operation(
+            "history",
+            "A memory's history",
+            "Every change of the memory (ADD, UPDATE, SUPERSEDE), oldest first.",
+            one,
+            None,
+            s.response::<HistoryResult>(),
+        )}),
+    );
+    s.response::<Problem>();
+
+    json!({
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "engram",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Long-term memory for AI agents. Every request needs \
+                `Authorization: Bearer <key>` (`engram keys create`); a user key acts for its \
+                own user only. Errors are application/problem+json with a stable `code`. \
+                Rate limited per key (429 with Retry-After).",
+        },
+        "servers": [{ "url": "/" }],
+        "security": [{ "bearer": [] }],
+        "tags": [{ "name": "memory" }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": s.components(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` points at a schema the document defines.
+    #[test]
+    fn references_resolve() {
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r);
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        let mut found = Vec::new();
+        refs(doc, &mut found);
+        assert!(found.len() > 10, "{found:?}");
+        for r in found {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} is not defined"
+            );
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The real binary serving HTTP (`engram serve --transport http`) on a free
+//! loopback port, with its own SQLite file, and a small REST client.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{ENGRAM, run_engram};
+
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub database_url: String,
+    pub http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Without API keys (`ENGRAM_AUTH=none`, loopback).
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Without API keys, plus `env`.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("ENGRAM_AUTH", "none")];
+        all.extend_from_slice(env);
+        Self::spawn(None, &all).await
+    }
+
+    /// With API keys (the default), plus `env`; `database_url` None: a
+    /// fresh SQLite file.
+    pub async fn with_keys(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("ENGRAM_AUTH", "keys")];
+        all.extend_from_slice(env);
+        Self::spawn(database_url, &all).await
+    }
+
+    async fn spawn(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let (dir, database_url) = match database_url {
+            Some(url) => (None, url.to_owned()),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/engram.db", dir.path().display());
+                (Some(dir), url)
+            }
+        };
+        let mut child = Command::new(ENGRAM)
+            .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
+            .env("ENGRAM_DATABASE_URL", &database_url)
+            .env("ENGRAM_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The address it listens on is in its start-up log line.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("serving MCP at http://") {
+                    let url = &line[at + "serving MCP at ".len()..];
+                    let end = url.find("/mcp").unwrap();
+                    return url[..end].to_owned();
+                }
+            }
+            panic!("engram exited before listening");
+        })
+        .await
+        .expect("engram did not start listening");
+        // Keep draining its logs so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            base,
+            database_url,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// `engram keys create ARGS` on this server's database; the new key.
+    pub fn create_key(&self, args: &[&str]) -> String {
+        let mut all = vec!["keys", "create"];
+        all.extend_from_slice(args);
+        let out = run_engram(&all, &[("ENGRAM_DATABASE_URL", &self.database_url)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A REST call: status, headers and the JSON body (Null when empty or
+    /// not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        assert_eq!(self.body["status"], status);
+        assert_eq!(self.body["type"], format!("urn:engram:problem:{code}"));
+        assert!(
+            self.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            self.text
+        );
+        self
+    }
+}

@@ -1,0 +1,433 @@
+//! Who may do what over HTTP, against the real binary: the key matrix on
+//! REST, Streamable HTTP and the legacy SSE transport (no key, a wrong one,
+//! a revoked one, user A naming user B, admin), per-key rate limits, and 50
+//! users with their own keys writing and reading at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::Server;
+use common::{ok, texts, tool_err};
+use reqwest::Method;
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+/// `engram keys list` line of the key starting like `key`: its id.
+fn key_id(server: &Server, key: &str) -> String {
+    let out = common::run_engram(
+        &["keys", "list"],
+        &[("ENGRAM_DATABASE_URL", &server.database_url)],
+    );
+    let list = String::from_utf8_lossy(&out.stdout);
+    list.lines()
+        .find(|l| l.contains(&key[..15]))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{key} not listed: {list}"))
+        .to_owned()
+}
+
+async fn mcp(server: &Server, key: &str) -> common::Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.base))
+        .auth_header(key.to_owned());
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("MCP handshake with a key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_matrix_on_rest() {
+    let server = Server::with_keys(None, &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let alice = server.create_key(&["--user", "alice"]);
+    let bob = server.create_key(&["--user", "bob"]);
+    let admin = server.create_key(&["--admin"]);
+    let revoked = server.create_key(&["--user", "alice"]);
+    let out = common::run_engram(
+        &["keys", "revoke", &key_id(&server, &revoked)],
+        &[("ENGRAM_DATABASE_URL", &server.database_url)],
+    );
+    assert!(out.status.success());
+
+    let remember = |key: String, body: Value| {
+        let server = &server;
+        async move {
+            server
+                .call(Method::POST, "/api/v1/memory", Some(&key), Some(body))
+                .await
+        }
+    };
+    let stored = remember(alice.clone(), json!({"text": "Alice keeps bees"})).await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    let alices = stored.body["results"][0]["id"].as_str().unwrap().to_owned();
+    let stats = "/api/v1/memory/stats/alice";
+
+    // No key, a malformed header, an unknown key, a revoked key: 401.
+    let none = server.call(Method::GET, stats, None, None).await;
+    none.problem(401, "unauthorized");
+    assert_eq!(none.header("www-authenticate"), r#"Bearer realm="engram""#);
+    let basic = server
+        .http
+        .get(format!("{}{stats}", server.base))
+        .header("authorization", "Basic YWxpY2U6c2VjcmV0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+    for key in ["engram_0000", revoked.as_str()] {
+        let refused = server.call(Method::GET, stats, Some(key), None).await;
+        refused.problem(401, "unauthorized");
+        assert!(
+            refused.header("www-authenticate").contains("invalid_token"),
+            "{:?}",
+            refused.headers
+        );
+    }
+
+    // The owner and an admin may; another user's key may not, on any route.
+    for key in [&alice, &admin] {
+        let reply = server.call(Method::GET, stats, Some(key), None).await;
+        assert_eq!(
+            (reply.status, &reply.body["memories"]),
+            (200, &json!(1)),
+            "{}",
+            reply.text
+        );
+    }
+    let one = format!("/api/v1/memory/{alices}?user_id=alice");
+    let cross = [
+        (Method::GET, stats.to_owned(), None),
+        (Method::GET, "/api/v1/memory/context/alice".into(), None),
+        (Method::GET, "/api/v1/memory/export/alice".into(), None),
+        (Method::DELETE, "/api/v1/memory/users/alice".into(), None),
+        (Method::GET, one.clone(), None),
+        (
+            Method::GET,
+            format!("/api/v1/memory/{alices}/history?user_id=alice"),
+            None,
+        ),
+        (Method::DELETE, one.clone(), None),
+        (
+            Method::POST,
+            "/api/v1/memory".into(),
+            Some(json!({"text": "Alice hates bees", "user_id": "alice"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/memory/search".into(),
+            Some(json!({"query": "bees", "user_id": "alice"})),
+        ),
+    ];
+    for (method, path, body) in cross {
+        let reply = server.call(method.clone(), &path, Some(&bob), body).await;
+        reply.problem(403, "forbidden");
+        assert!(
+            reply.text.contains("'bob'") && reply.text.contains("'alice'"),
+            "{method} {path}: {}",
+            reply.text
+        );
+    }
+    // Bob's own view never shows Alice's memory, by id or by search.
+    server
+        .call(
+            Method::GET,
+            &format!("/api/v1/memory/{alices}"),
+            Some(&bob),
+            None,
+        )
+        .await
+        .problem(404, "not_found");
+    let search = server
+        .call(
+            Method::POST,
+            "/api/v1/memory/search",
+            Some(&bob),
+            Some(json!({"query": "bees"})),
+        )
+        .await;
+    assert_eq!(search.body["user_id"], "bob");
+    assert_eq!(search.body["results"], json!([]));
+    // Nothing Bob tried changed Alice's memories.
+    let after = server.call(Method::GET, stats, Some(&admin), None).await;
+    assert_eq!(after.body["memories"], 1, "{}", after.text);
+    let history = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/memory/{alices}/history"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(history.body["history"].as_array().unwrap().len(), 1);
+
+    // Health checks and the API description need no key.
+    assert_eq!(
+        server
+            .call(Method::GET, "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .call(Method::GET, "/api/v1/openapi.json", None, None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_matrix_on_mcp_over_streamable_http_and_sse() {
+    let server = Server::with_keys(None, &[]).await;
+    let alice = server.create_key(&["--user", "alice"]);
+    let bob = server.create_key(&["--user", "bob"]);
+    let admin = server.create_key(&["--admin"]);
+
+    // Without a key the handshake itself is refused.
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/mcp", server.base))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+
+    // A user key: user_id defaults to its user; naming another is an error.
+    let as_alice = mcp(&server, &alice).await;
+    let stored = ok(&as_alice, "remember", json!({"text": "Alice keeps bees"})).await;
+    assert_eq!(stored["user_id"], "alice");
+    let refused = tool_err(
+        &as_alice,
+        "recall",
+        json!({"query": "bees", "user_id": "bob"}),
+    )
+    .await;
+    assert!(refused.contains("'alice' only"), "{refused}");
+    let refused = tool_err(&as_alice, "forget", json!({"user_id": "bob", "all": true})).await;
+    assert!(refused.contains("'alice' only"), "{refused}");
+    let as_bob = mcp(&server, &bob).await;
+    let bobs = ok(&as_bob, "recall", json!({"query": "bees"})).await;
+    assert!(texts(&bobs).is_empty(), "{bobs}");
+    // An admin acts for anyone.
+    let as_admin = mcp(&server, &admin).await;
+    let found = ok(
+        &as_admin,
+        "recall",
+        json!({"query": "bees", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(texts(&found), ["Alice keeps bees"]);
+    for client in [as_alice, as_bob, as_admin] {
+        client.cancel().await.unwrap();
+    }
+
+    // Legacy SSE: the stream needs a key, and the session takes posts only
+    // with the key that opened it.
+    let http = reqwest::Client::new();
+    let sse = format!("{}/sse", server.base);
+    assert_eq!(http.get(&sse).send().await.unwrap().status().as_u16(), 401);
+    let mut stream = http.get(&sse).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut seen = String::new();
+    let endpoint = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("no endpoint event")
+            .unwrap()
+            .expect("stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(line) = seen.lines().find(|l| l.starts_with("data: /messages")) {
+            break line["data: ".len()..].to_owned();
+        }
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2024-11-05", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let post = |key: Option<&str>| {
+        let mut request = http
+            .post(format!("{}{endpoint}", server.base))
+            .json(&initialize);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some(&bob)).await, 404, "another key's session");
+    assert_eq!(post(Some(&alice)).await, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_per_key_and_kind() {
+    let server = Server::with_keys(
+        None,
+        &[
+            ("ENGRAM_REST_RATE_LIMIT", "3"),
+            ("ENGRAM_MCP_RATE_LIMIT", "1000"),
+        ],
+    )
+    .await;
+    let alice = server.create_key(&["--user", "alice"]);
+    let bob = server.create_key(&["--user", "bob"]);
+    let stats = |user: &'static str, key: Option<String>| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/memory/stats/{user}"),
+                    key.as_deref(),
+                    None,
+                )
+                .await
+        }
+    };
+    // Refused requests without a valid key are not counted against anyone.
+    for _ in 0..5 {
+        assert_eq!(stats("alice", None).await.status, 401);
+    }
+    for _ in 0..3 {
+        let reply = stats("alice", Some(alice.clone())).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let limited = stats("alice", Some(alice.clone())).await;
+    limited.problem(429, "rate_limited");
+    let wait: u64 = limited.header("retry-after").parse().unwrap();
+    assert!(
+        (1..=20).contains(&wait),
+        "3 per minute: one every 20 s; {wait}"
+    );
+    assert_eq!(limited.body["retry_after"], wait);
+    // Another key has its own allowance, and MCP has its own limit.
+    assert_eq!(stats("bob", Some(bob.clone())).await.status, 200);
+    let as_alice = mcp(&server, &alice).await;
+    let found = ok(&as_alice, "recall", json!({"query": "anything"})).await;
+    assert_eq!(found["user_id"], "alice");
+    as_alice.cancel().await.unwrap();
+}
+
+/// 50 users, each with their own key, write and read at once: every write
+/// lands, and no answer ever holds another user's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_users_at_once_lose_nothing_and_see_only_their_own() {
+    const USERS: usize = 50;
+    const FACTS: [&str; 8] = [
+        "keeps bees on the roof of the old mill",
+        "flies to Reykjavik every March for the music festival",
+        "is allergic to penicillin and carries an epipen",
+        "is learning Portuguese with a tutor on Tuesdays",
+        "drives a blue 1998 Volvo estate",
+        "has two cats named Miso and Tofu",
+        "works night shifts as a radiographer",
+        "collects vinyl records of 1970s jazz",
+    ];
+    let server = Server::with_keys(None, &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let users: Vec<(String, String)> = (0..USERS)
+        .map(|u| {
+            let user = format!("user{u:02}");
+            let key = server.create_key(&["--user", &user]);
+            (user, key)
+        })
+        .collect();
+
+    let server = &server;
+    let runs = users.iter().map(|(user, key)| async move {
+        let mut foreign = Vec::new();
+        for (i, fact) in FACTS.iter().enumerate() {
+            let text = format!("{user} {fact}");
+            let stored = server
+                .call(
+                    Method::POST,
+                    "/api/v1/memory",
+                    Some(key),
+                    Some(json!({"text": text, "infer": false})),
+                )
+                .await;
+            assert_eq!(stored.status, 200, "{user}: {}", stored.text);
+            assert_eq!(stored.body["results"][0]["event"], "ADD", "{}", stored.text);
+            let found = server
+                .call(
+                    Method::POST,
+                    "/api/v1/memory/search",
+                    Some(key),
+                    Some(json!({"query": FACTS[(i + 3) % FACTS.len()], "limit": 20})),
+                )
+                .await;
+            assert_eq!(found.status, 200, "{user}: {}", found.text);
+            for memory in found.body["results"].as_array().unwrap() {
+                let text = memory["memory"].as_str().unwrap_or_default();
+                if memory["user_id"] != user.as_str() || !text.starts_with(&format!("{user} ")) {
+                    foreign.push(text.to_owned());
+                }
+            }
+        }
+        foreign
+    });
+    let leaks: Vec<String> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "answers held other users' memories: {leaks:?}"
+    );
+
+    for (user, key) in &users {
+        let export = server
+            .call(
+                Method::GET,
+                &format!("/api/v1/memory/export/{user}"),
+                Some(key),
+                None,
+            )
+            .await;
+        let mut stored: Vec<String> = export.body["memories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["memory"].as_str().unwrap().to_owned())
+            .collect();
+        stored.sort();
+        let mut expected: Vec<String> = FACTS.iter().map(|f| format!("{user} {f}")).collect();
+        expected.sort();
+        assert_eq!(stored, expected, "{user} lost or gained a write");
+    }
+}
+
+/// With a cache, processes behind one load balancer share each key's
+/// allowance: the limit holds for the key, not per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_a_cache_share_each_keys_allowance() {
+    let redis = common::redis::shared_url();
+    let prefix = format!("engram-test-{}:", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("ENGRAM_REST_RATE_LIMIT", "3"),
+        ("ENGRAM_CACHE_URL", redis.as_str()),
+        ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
+    ];
+    let first = Server::with_keys(None, &env).await;
+    let second = Server::with_keys(Some(&first.database_url), &env).await;
+    let key = first.create_key(&["--user", "alice"]);
+    let stats = "/api/v1/memory/stats/alice";
+    for server in [&first, &second, &first] {
+        let reply = server.call(Method::GET, stats, Some(&key), None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    second
+        .call(Method::GET, stats, Some(&key), None)
+        .await
+        .problem(429, "rate_limited");
+    first
+        .call(Method::GET, stats, Some(&key), None)
+        .await
+        .problem(429, "rate_limited");
+}
