@@ -4,11 +4,13 @@
 //! calling, calls one [`MemoryService`] method and maps the result:
 //!
 //! ```text
-//! agent ──MCP (stdio, HTTP)──▶ mcp ──▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
-//!                                      └──▶ Cache (optional)
+//! agent ──MCP (stdio, HTTP, SSE)──▶ mcp ──┐
+//! service ──REST /api/v1──▶ http::api ────┴─▶ MemoryService ──▶ Extractor ─▶ Embedder ─▶ Store
+//!                                                 └──▶ Cache (optional)
 //! ```
 //!
-//! * [`auth`]: API keys (made once, stored hashed).
+//! * [`auth`]: who is calling (the principal, which decides the user a request
+//!   acts for) and API keys (made once, stored hashed).
 //! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
 //! * [`model`]: the nouns: memories, ids, scopes, facts, events, filters.
 //! * [`service`]: the only place that knows the order of steps (remember, recall,
@@ -31,9 +33,12 @@
 //!   reply), for applications and `examples/chat_agent.rs`.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
-//!   the cache; remember with inference against a stand-in model server).
+//!   the cache; remember with inference against a stand-in model server;
+//!   recall over the REST API).
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
-//! * [`http`]: the HTTP transport: MCP over Streamable HTTP at `/mcp`, health checks.
+//! * [`http`]: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
+//!   (`/sse`), the REST API with its OpenAPI document, the key gate and rate limits,
+//!   problem+json errors, health checks.
 //! * [`startup`]: builds the service from a config and runs a transport.
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
 

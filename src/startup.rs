@@ -336,6 +336,20 @@ pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError>
     let addr = listener
         .local_addr()
         .map_err(|e| StartupError::Transport(e.to_string()))?;
+    let loopback_names = ["localhost", "127.0.0.1", "::1"];
+    if !addr.ip().is_loopback()
+        && config
+            .allowed_hosts
+            .iter()
+            .all(|h| loopback_names.contains(&h.as_str()))
+    {
+        tracing::warn!(
+            "listening on {addr}, but ENGRAM_ALLOWED_HOSTS names only this machine ({}): \
+             requests for any other host name are refused (403). List the names clients \
+             use, e.g. ENGRAM_ALLOWED_HOSTS=memory.example.com,10.0.0.5",
+            config.allowed_hosts.join(", ")
+        );
+    }
     tracing::info!(
         database = %redact(&config.database_url),
         cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),

@@ -282,3 +282,106 @@ async fn without_its_database_engram_is_unready_and_says_so() {
     assert!(back.is_ok(), "not ready again after the database came back");
     assert_eq!(search().await.status, 200);
 }
+
+/// A browser page may call engram only from an allowed origin: pages on
+/// other sites are refused before any handler, and CORS is answered only
+/// for the origins configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_are_checked_and_cors_is_off_unless_configured() {
+    let plain = Server::start().await;
+    let http = reqwest::Client::new();
+    let from = |server: &Server, origin: &str, path: &str| {
+        http.get(format!("{}{path}", server.base))
+            .header("origin", origin)
+            .send()
+    };
+    let evil = from(&plain, "http://evil.example", "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(evil.status().as_u16(), 403);
+    assert!(
+        evil.text()
+            .await
+            .unwrap()
+            .contains("ENGRAM_ALLOWED_ORIGINS")
+    );
+    let local = from(&plain, "http://localhost:6274", "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(local.status().as_u16(), 200, "a page on an allowed host");
+    assert!(!local.headers().contains_key("access-control-allow-origin"));
+
+    let app = "https://app.example.com";
+    let configured = Server::start_with(&[("ENGRAM_ALLOWED_ORIGINS", app)]).await;
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/memory/search", configured.base),
+        )
+        .header("origin", app)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], app);
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    let called = from(&configured, app, "/healthz").await.unwrap();
+    assert_eq!(called.status().as_u16(), 200);
+    assert_eq!(called.headers()["access-control-allow-origin"], app);
+    let other = from(&configured, "https://other.example.com", "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 403);
+}
+
+/// A REST request that runs past ENGRAM_REQUEST_TIMEOUT_SECS (here: a
+/// model that does not answer) is answered 503 `timeout`, and nothing of it
+/// is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_time_is_answered_503() {
+    use common::fake_openai::{FakeOpenAi, Reply};
+    use reqwest::Method;
+    let fake = FakeOpenAi::start(384).await;
+    fake.then(Reply::Delay(Duration::from_secs(5)));
+    let server = Server::start_with(&[
+        ("ENGRAM_EXTRACTOR", "llm"),
+        ("OPENAI_BASE_URL", fake.base_url.as_str()),
+        ("OPENAI_API_KEY", "test"),
+        ("ENGRAM_REQUEST_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let slow = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            None,
+            Some(json!({"text": "I moved to Porto", "user_id": "alice"})),
+        )
+        .await;
+    slow.problem(503, "timeout");
+    assert!(
+        slow.text.contains("ENGRAM_REQUEST_TIMEOUT_SECS"),
+        "{}",
+        slow.text
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = server
+        .call(Method::GET, "/api/v1/memory/stats/alice", None, None)
+        .await;
+    assert_eq!(stats.body["memories"], 0, "{}", stats.text);
+    assert_eq!(stats.body["pending"], 0, "{}", stats.text);
+}

@@ -14,6 +14,7 @@
 
 mod cache;
 mod crowd;
+mod http;
 mod pipeline;
 mod text;
 
@@ -70,6 +71,16 @@ pub struct BenchArgs {
     /// model calls and tokens per remember). With --postgres, give an empty database.
     #[arg(long)]
     pub pipeline: Option<usize>,
+    /// Instead of the above: this many recalls over the REST API at each
+    /// level of --clients (the real HTTP app on a loopback port).
+    #[arg(long)]
+    pub http: Option<usize>,
+    /// --http: concurrent clients, one level after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub clients: Vec<usize>,
+    /// --http: memories per user (32 users).
+    #[arg(long, default_value_t = 1000)]
+    pub http_memories: usize,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -89,6 +100,38 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             };
             Ok(store)
         })
+        .await?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
+    if let Some(requests) = args.http {
+        let identity = HashEmbedder::new(args.dims).identity();
+        let store: Arc<dyn Store> = match &args.postgres {
+            Some(url) => Arc::new(PgStore::open(url, identity, PgOptions::default()).await?),
+            None => {
+                let db = args
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| scratch.join("http.db"));
+                std::fs::create_dir_all(db.parent().unwrap_or(&scratch))?;
+                Arc::new(SqliteStore::open(&format!("sqlite://{}", db.display()), identity).await?)
+            }
+        };
+        println!(
+            "engram bench: {} store",
+            if args.postgres.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+        );
+        http::run(
+            store,
+            args.dims,
+            args.http_memories,
+            requests,
+            &args.clients,
+        )
         .await?;
         let _ = std::fs::remove_dir_all(&scratch);
         return Ok(());
