@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::http::Server;
 use common::{ok, texts, tool_err};
 use reqwest::Method;
@@ -237,17 +235,7 @@ async fn the_key_matrix_on_mcp_over_streamable_http_and_sse() {
     let mut stream = http.get(&sse).bearer_auth(&alice).send().await.unwrap();
     assert_eq!(stream.status().as_u16(), 200);
     let mut seen = String::new();
-    let endpoint = loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
-            .await
-            .expect("no endpoint event")
-            .unwrap()
-            .expect("stream ended");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-        if let Some(line) = seen.lines().find(|l| l.starts_with("data: /messages")) {
-            break line["data: ".len()..].to_owned();
-        }
-    };
+    let endpoint = common::http::sse_endpoint(&mut stream, &mut seen).await;
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2024-11-05", "capabilities": {},
         "clientInfo": {"name": "t", "version": "1"}}});

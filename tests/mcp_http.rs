@@ -155,17 +155,7 @@ async fn an_sse_session_lives_as_long_as_its_stream() {
         .unwrap();
     assert_eq!(stream.status().as_u16(), 200);
     let mut seen = String::new();
-    let endpoint = loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
-            .await
-            .expect("no endpoint event")
-            .unwrap()
-            .expect("stream ended");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-        if let Some(line) = seen.lines().find(|l| l.starts_with("data: /messages")) {
-            break line["data: ".len()..].to_owned();
-        }
-    };
+    let endpoint = common::http::sse_endpoint(&mut stream, &mut seen).await;
     assert!(seen.contains("event: endpoint"), "{seen}");
     let target = format!("{}{endpoint}", server.base);
     assert_eq!(post(target.clone(), "not json").await, 400);

@@ -186,16 +186,7 @@ async fn malformed_requests_get_problems_with_stable_codes() {
     let (server, key) = server().await;
     let url = |path: &str| format!("{}{path}", server.base);
     let send = |request: reqwest::RequestBuilder| async {
-        let response = request.bearer_auth(&key).send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        }
+        Reply::read(request.bearer_auth(&key).send().await.unwrap()).await
     };
     let http = &server.http;
     let search = url("/api/v1/memory/search");
@@ -227,9 +218,13 @@ async fn malformed_requests_get_problems_with_stable_codes() {
     // closes that connection, so this request gets a client of its own (a
     // shared pool could hand the closed connection to the next request).
     let huge = "x".repeat(2 * 1024 * 1024);
-    send(reqwest::Client::new().post(&search).json(&json!({ "query": huge })))
-        .await
-        .problem(413, "payload_too_large");
+    send(
+        reqwest::Client::new()
+            .post(&search)
+            .json(&json!({ "query": huge })),
+    )
+    .await
+    .problem(413, "payload_too_large");
     // Routes and methods that do not exist.
     send(http.get(url("/api/v1/nothing")))
         .await

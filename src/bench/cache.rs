@@ -62,13 +62,11 @@ pub struct CacheBench {
     rows: Vec<CacheRow>,
 }
 
+/// Entries live long enough to outlast a measurement.
 fn settings() -> Settings {
     Settings {
-        dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
-        reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
-        max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
         cache_ttl: Duration::from_secs(600),
-        on_llm_error: crate::config::OnLlmError::Fail,
+        ..super::settings()
     }
 }
 

@@ -22,7 +22,7 @@ use crate::config::AuthMode;
 use crate::embed::HashEmbedder;
 use crate::extract::VerbatimExtractor;
 use crate::model::Scope;
-use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::service::{MemoryService, RecallRequest, RememberRequest};
 use crate::store::Store;
 
 /// Users the memories are spread over; client `c` acts for user `c % USERS`.
@@ -41,13 +41,7 @@ pub async fn run(
         store.clone(),
         Arc::new(HashEmbedder::new(dims)),
         Arc::new(VerbatimExtractor),
-        Settings {
-            dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
-            reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
-            max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
-            cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
-            on_llm_error: crate::config::OnLlmError::Fail,
-        },
+        super::settings(),
     ));
     let started = Instant::now();
     let mut texts = Generator::new(11);

@@ -179,13 +179,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         store.clone(),
         embedder.clone(),
         Arc::new(VerbatimExtractor),
-        Settings {
-            dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
-            reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
-            max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
-            cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
-            on_llm_error: crate::config::OnLlmError::Fail,
-        },
+        settings(),
     ));
     let cache = match &args.cache {
         Some(url) => Some(cache::CacheBench::connect(url, store.clone(), embedder.clone()).await?),
@@ -509,6 +503,19 @@ fn found_among(hits: &[Hit], exact: &[Hit]) -> usize {
         .take(exact.len())
         .filter(|h| exact.iter().any(|e| e.id == h.id) || h.score >= last.score - 1e-5)
         .count()
+}
+
+/// The service settings every bench runs with: the configuration's
+/// defaults, and a model failure fails the remember (a bench must not
+/// measure the fallback by accident).
+fn settings() -> Settings {
+    Settings {
+        dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
+        reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
+        max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
+        cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
+        on_llm_error: crate::config::OnLlmError::Fail,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -37,7 +37,7 @@ use crate::extract::{
 };
 use crate::model::{Fact, Input, Message, Scope};
 use crate::openai::Endpoint;
-use crate::service::{MemoryService, RememberRequest, Settings};
+use crate::service::{MemoryService, RememberRequest};
 use crate::store::Store;
 
 pub type BenchError = Box<dyn std::error::Error>;
@@ -277,18 +277,7 @@ where
         spent: spent.clone(),
     });
     let store = open_store(embedder.identity()).await?;
-    let service = MemoryService::new(
-        store,
-        embedder,
-        extractor,
-        Settings {
-            dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
-            reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
-            max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
-            cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
-            on_llm_error: crate::config::OnLlmError::Fail,
-        },
-    );
+    let service = MemoryService::new(store, embedder, extractor, super::settings());
     println!(
         "pipeline: {count} remembers with inference (2 user lines + 1 assistant line each), \
          one user, stand-in model server at {base_url} answering at once"

@@ -115,15 +115,22 @@ impl Server {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
+        Reply::read(request.send().await.unwrap()).await
+    }
+}
+
+/// Reads a legacy SSE stream (adding what arrives to `seen`) up to its
+/// `endpoint` event; the path to post to.
+pub async fn sse_endpoint(stream: &mut reqwest::Response, seen: &mut String) -> String {
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("no endpoint event")
+            .unwrap()
+            .expect("stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(line) = seen.lines().find(|l| l.starts_with("data: /messages")) {
+            return line["data: ".len()..].to_owned();
         }
     }
 }
@@ -137,6 +144,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
