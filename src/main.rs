@@ -26,7 +26,8 @@ enum Command {
     Serve {
         /// How clients connect: `stdio` (the client starts engram and speaks
         /// MCP over its stdin/stdout) or `http` (MCP at /mcp, legacy SSE at
-        /// /sse, health at /healthz and /readyz).
+        /// /sse, REST at /api/v1/memory, health at /healthz and /readyz;
+        /// every request needs an API key unless ENGRAM_AUTH=none).
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
         /// `http`: the address to listen on (port 0: any free port, logged).
@@ -45,7 +46,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// API keys for the HTTP transport (not enforced yet: see the README).
+    /// API keys for the HTTP transport: a user key acts for its user only,
+    /// an admin key for any user.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Fill a scratch store and print remember throughput and recall latency.
