@@ -326,36 +326,57 @@ async fn fifty_users_at_once_lose_nothing_and_see_only_their_own() {
         })
         .collect();
 
+    // Even users go through the REST API, odd ones through MCP over
+    // Streamable HTTP: both doors at once.
     let server = &server;
-    let runs = users.iter().map(|(user, key)| async move {
+    let runs = users.iter().enumerate().map(|(u, (user, key))| async move {
+        let client = if u % 2 == 1 {
+            Some(mcp(server, key).await)
+        } else {
+            None
+        };
         let mut foreign = Vec::new();
         for (i, fact) in FACTS.iter().enumerate() {
             let text = format!("{user} {fact}");
-            let stored = server
-                .call(
-                    Method::POST,
-                    "/api/v1/memory",
-                    Some(key),
-                    Some(json!({"text": text, "infer": false})),
-                )
-                .await;
-            assert_eq!(stored.status, 200, "{user}: {}", stored.text);
-            assert_eq!(stored.body["results"][0]["event"], "ADD", "{}", stored.text);
-            let found = server
-                .call(
-                    Method::POST,
-                    "/api/v1/memory/search",
-                    Some(key),
-                    Some(json!({"query": FACTS[(i + 3) % FACTS.len()], "limit": 20})),
-                )
-                .await;
-            assert_eq!(found.status, 200, "{user}: {}", found.text);
-            for memory in found.body["results"].as_array().unwrap() {
+            let query = FACTS[(i + 3) % FACTS.len()];
+            let (stored, found) = match &client {
+                Some(client) => (
+                    ok(client, "remember", json!({"text": text, "infer": false})).await,
+                    ok(client, "recall", json!({"query": query, "limit": 20})).await,
+                ),
+                None => {
+                    let stored = server
+                        .call(
+                            Method::POST,
+                            "/api/v1/memory",
+                            Some(key),
+                            Some(json!({"text": text, "infer": false})),
+                        )
+                        .await;
+                    assert_eq!(stored.status, 200, "{user}: {}", stored.text);
+                    let found = server
+                        .call(
+                            Method::POST,
+                            "/api/v1/memory/search",
+                            Some(key),
+                            Some(json!({"query": query, "limit": 20})),
+                        )
+                        .await;
+                    assert_eq!(found.status, 200, "{user}: {}", found.text);
+                    (stored.body, found.body)
+                }
+            };
+            assert_eq!(stored["results"][0]["event"], "ADD", "{stored}");
+            assert_eq!(stored["user_id"], user.as_str(), "{stored}");
+            for memory in found["results"].as_array().unwrap() {
                 let text = memory["memory"].as_str().unwrap_or_default();
                 if memory["user_id"] != user.as_str() || !text.starts_with(&format!("{user} ")) {
                     foreign.push(text.to_owned());
                 }
             }
+        }
+        if let Some(client) = client {
+            client.cancel().await.unwrap();
         }
         foreign
     });
