@@ -147,6 +147,10 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     );
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(from_fn_with_state(
+            auth::SessionOwners::default(),
+            auth::owned_sessions,
+        ))
         .merge(
             Router::new()
                 .route("/sse", get(sse::open))

@@ -198,6 +198,56 @@ async fn the_key_matrix_on_mcp_over_streamable_http_and_sse() {
     assert_eq!(anonymous.status().as_u16(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
 
+    // A Streamable HTTP session answers only the key that opened it.
+    let post = |key: &str, session: Option<&str>, body: Value| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/mcp", server.base))
+            .bearer_auth(key)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let opened = post(
+        &alice,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.status().as_u16(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let hijack = post(&bob, Some(&session), initialized.clone())
+        .await
+        .unwrap();
+    assert_eq!(hijack.status().as_u16(), 404);
+    assert!(
+        hijack
+            .text()
+            .await
+            .unwrap()
+            .contains("only the key that opened it")
+    );
+    let own = post(&alice, Some(&session), initialized).await.unwrap();
+    assert_eq!(own.status().as_u16(), 202);
+    let end = |key: &str| {
+        reqwest::Client::new()
+            .delete(format!("{}/mcp", server.base))
+            .bearer_auth(key)
+            .header("mcp-session-id", &session)
+            .send()
+    };
+    assert_eq!(end(&bob).await.unwrap().status().as_u16(), 404);
+    assert!(end(&alice).await.unwrap().status().is_success());
+
     // A user key: user_id defaults to its user; naming another is an error.
     let as_alice = mcp(&server, &alice).await;
     let stored = ok(&as_alice, "remember", json!({"text": "Alice keeps bees"})).await;

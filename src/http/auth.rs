@@ -8,8 +8,14 @@
 //! unknown keys get 401 with `WWW-Authenticate`; an exhausted limit gets
 //! 429 with `Retry-After`. With `ENGRAM_AUTH=none` (loopback binds only)
 //! every request is the operator's and nothing is counted.
+//!
+//! Sessions: a Streamable HTTP session answers only the principal that
+//! opened it ([`owned_sessions`]); legacy SSE sessions keep the same rule
+//! in `sse`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -105,4 +111,95 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// Which principal opened each Streamable HTTP session, so that a session
+/// answers only the key that opened it (as legacy SSE sessions do): a
+/// request naming another key's session is answered as if it did not
+/// exist. Every request still acts as its own key, so this guards the
+/// session itself (its stream, its end), not the memories.
+#[derive(Clone, Default)]
+pub struct SessionOwners(Arc<std::sync::Mutex<HashMap<String, (Principal, Instant)>>>);
+
+/// Owners are forgotten this long after their session was last used (rmcp
+/// closes a session idle for five minutes), once there are many.
+const OWNER_IDLE: Duration = Duration::from_secs(3600);
+const OWNER_SWEEP_AT: usize = 4096;
+
+impl SessionOwners {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (Principal, Instant)>) -> T) -> T {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// False when the session belongs to someone else; a session not known
+    /// here is left to rmcp (which refuses ids it does not have).
+    fn admits(&self, id: &str, principal: &Principal) -> bool {
+        self.with(|owners| match owners.get_mut(id) {
+            Some((owner, seen)) if owner == principal => {
+                *seen = Instant::now();
+                true
+            }
+            Some(_) => false,
+            None => true,
+        })
+    }
+
+    fn insert(&self, id: String, principal: Principal) {
+        self.with(|owners| {
+            if owners.len() >= OWNER_SWEEP_AT {
+                owners.retain(|_, (_, seen)| seen.elapsed() < OWNER_IDLE);
+            }
+            owners.insert(id, (principal, Instant::now()));
+        });
+    }
+
+    fn remove(&self, id: &str) {
+        self.with(|owners| owners.remove(id));
+    }
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The middleware in front of `/mcp` (behind [`gate`]): records who opened
+/// a session, refuses its use by anyone else, forgets it when it ends.
+pub async fn owned_sessions(
+    State(owners): State<SessionOwners>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let principal = request.extensions().get::<Principal>().cloned();
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let (Some(id), Some(principal)) = (&session, &principal)
+        && !owners.admits(id, principal)
+    {
+        return Problem::not_found(
+            "no such session for this key: a session answers only the key that opened it",
+        )
+        .into_response();
+    }
+    let ending = request.method() == axum::http::Method::DELETE;
+    let response = next.run(request).await;
+    match (session, principal) {
+        (None, Some(principal)) => {
+            if let Some(id) = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                owners.insert(id.to_owned(), principal);
+            }
+        }
+        (Some(id), _) if ending || response.status() == axum::http::StatusCode::NOT_FOUND => {
+            owners.remove(&id);
+        }
+        _ => {}
+    }
+    response
 }
