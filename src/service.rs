@@ -181,6 +181,19 @@ pub struct RecallResult {
     pub results: Vec<ScoredMemory>,
 }
 
+/// One memory read by id, with whether it is still current.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct MemoryDetail {
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// False once a newer memory superseded it (or it was closed); its
+    /// history says by what.
+    pub current: bool,
+    /// When it stopped being current; absent while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// What `forget` removes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ForgetTarget {
@@ -793,16 +806,29 @@ impl MemoryService {
         Ok(self.store.export(&user_id).await?)
     }
 
-    /// One of the user's memories, current or superseded. An unknown id, or
-    /// another user's, is [`Error::NotFound`].
-    pub async fn get(&self, user_id: &str, id: MemoryId) -> Result<Memory, Error> {
+    /// One of the user's memories, current or superseded, and whether it is
+    /// still current. An unknown id, or another user's, is [`Error::NotFound`].
+    pub async fn get(&self, user_id: &str, id: MemoryId) -> Result<MemoryDetail, Error> {
         let user_id = validate_id("user_id", user_id)?;
-        self.store
+        let memory = self
+            .store
             .get_many(&user_id, &[id])
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| not_theirs(id, &user_id))
+            .ok_or_else(|| not_theirs(id, &user_id))?;
+        // A closed memory's last history row is the SUPERSEDE that closed
+        // it (nothing is written to a memory after that), at its valid_to.
+        let history = self.store.history(&user_id, id).await?;
+        let valid_to = history
+            .last()
+            .filter(|h| h.event == Event::Supersede)
+            .map(|h| h.created_at);
+        Ok(MemoryDetail {
+            memory,
+            current: valid_to.is_none(),
+            valid_to,
+        })
     }
 }
 
@@ -893,11 +919,21 @@ mod tests {
         let (s, _dir) = service().await;
         let id = remember(&s, "alice", "Lives in Lisbon").await;
 
-        let memory = s.get("alice", id).await.unwrap();
+        let detail = s.get("alice", id).await.unwrap();
+        let memory = &detail.memory;
         assert_eq!((memory.id, memory.memory.as_str()), (id, "Lives in Lisbon"));
+        assert!(detail.current && detail.valid_to.is_none());
         assert_eq!(s.history("alice", id).await.unwrap().len(), 1);
         // Ids are trimmed as everywhere else.
-        assert_eq!(s.get(" alice ", id).await.unwrap().id, id);
+        assert_eq!(s.get(" alice ", id).await.unwrap().memory.id, id);
+
+        // Closed: still readable by id, no longer current, since when.
+        assert!(s.store.close("alice", id, "test").await.unwrap());
+        let closed = s.get("alice", id).await.unwrap();
+        assert!(!closed.current, "{closed:?}");
+        let history = s.history("alice", id).await.unwrap();
+        assert_eq!(closed.valid_to, history.last().map(|h| h.created_at));
+        assert_eq!(history.len(), 2);
 
         let unknown = MemoryId::new();
         for (user, id) in [("bob", id), ("alice", unknown)] {

@@ -105,6 +105,8 @@ async fn every_route_answers_and_a_memory_lives_its_whole_life() {
     assert_eq!(one.status, 200, "{}", one.text);
     assert_eq!(one.body["memory"], "I prefer aisle seats on long flights");
     assert_eq!(one.body["metadata"]["topic"], "travel");
+    assert_eq!(one.body["current"], true, "{}", one.text);
+    assert!(one.body.get("valid_to").is_none(), "{}", one.text);
     let named = call(Method::GET, format!("{base}/{id}?user_id=alice"), None).await;
     assert_eq!(named.status, 200, "{}", named.text);
     let bad = call(Method::GET, format!("{base}/not-a-uuid"), None).await;

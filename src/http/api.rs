@@ -24,10 +24,10 @@ use super::problem::Problem;
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::mcp::{RecallParams, RememberParams};
-use crate::model::{Memory, MemoryId, Scope};
+use crate::model::{MemoryId, Scope};
 use crate::service::{
-    ForgetResult, ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest,
-    RememberResult,
+    ForgetResult, ForgetTarget, MemoryDetail, MemoryService, RecallRequest, RecallResult,
+    RememberRequest, RememberResult,
 };
 use crate::store::{HistoryEntry, UserStats};
 
@@ -187,7 +187,7 @@ async fn get_memory(
     Extension(principal): Extension<Principal>,
     Path(memory_id): Path<String>,
     Query(owner): Query<OwnerQuery>,
-) -> Answer<Memory> {
+) -> Answer<MemoryDetail> {
     let user = api.user(&principal, owner.user_id.as_deref())?;
     let id = MemoryId::parse("memory_id", &memory_id)?;
     Ok(Json(api.service.get(&user, id).await?))

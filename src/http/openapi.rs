@@ -14,8 +14,7 @@ use super::api::{BASE, ContextQuery, HistoryResult, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
 use crate::mcp::{RecallParams, RememberParams};
-use crate::model::Memory;
-use crate::service::{ForgetResult, RecallResult, RememberResult};
+use crate::service::{ForgetResult, MemoryDetail, RecallResult, RememberResult};
 use crate::store::{UserExport, UserStats};
 
 static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
@@ -234,10 +233,11 @@ fn build() -> Value {
             "get": operation(
                 "get_memory",
                 "One memory",
-                "A memory of the user, current or superseded (its history says which); 404 if unknown or another user's.",
+                "A memory of the user, current or superseded (`current`, `valid_to`); 404 if unknown \
+                 or another user's.",
                 one.clone(),
                 None,
-                s.response::<Memory>(),
+                s.response::<MemoryDetail>(),
             ),
             "delete": operation(
                 "forget_memory",
