@@ -254,7 +254,10 @@ pub async fn problems_only(request: Request, next: Next) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             status,
             "payload_too_large",
-            "the request body is over the limit of 1 MiB",
+            format!(
+                "the request body is over the limit of {} MiB",
+                super::MAX_BODY_BYTES / (1024 * 1024)
+            ),
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
             status,
