@@ -375,3 +375,57 @@ async fn a_request_past_its_time_is_answered_503() {
     assert_eq!(stats.body["memories"], 0, "{}", stats.text);
     assert_eq!(stats.body["pending"], 0, "{}", stats.text);
 }
+
+/// Start-up says when every request would be refused: no API key exists
+/// yet (401 for all), or a public bind whose allowed hosts are loopback
+/// names only (403 for every other name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_warns_when_every_request_would_be_refused() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/engram.db", dir.path().display());
+    let start_log = |bind: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut child = Command::new(ENGRAM)
+                .args(["serve", "--transport", "http", "--bind", bind])
+                .env("ENGRAM_DATABASE_URL", &db)
+                .env("ENGRAM_AUTH", "keys")
+                .env("ENGRAM_LOG", "info")
+                .env_remove("ENGRAM_ALLOWED_HOSTS")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut log = String::new();
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(line) = lines.next_line().await.unwrap() {
+                    log.push_str(&line);
+                    log.push('\n');
+                    if line.contains("serving MCP at") {
+                        return;
+                    }
+                }
+                panic!("engram exited before listening: {log}");
+            })
+            .await
+            .expect("engram did not start listening");
+            log
+        }
+    };
+    let log = start_log("127.0.0.1:0").await;
+    assert!(log.contains("no API key exists yet"), "{log}");
+    assert!(!log.contains("ENGRAM_ALLOWED_HOSTS names only"), "{log}");
+
+    let created = common::run_engram(
+        &["keys", "create", "--admin"],
+        &[("ENGRAM_DATABASE_URL", &db)],
+    );
+    assert!(created.status.success());
+    let log = start_log("0.0.0.0:0").await;
+    assert!(!log.contains("no API key exists yet"), "{log}");
+    assert!(log.contains("ENGRAM_ALLOWED_HOSTS names only"), "{log}");
+}
