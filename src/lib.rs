@@ -28,6 +28,7 @@
 //! * [`context`]: a user's memories rendered for a system prompt.
 //! * [`reconcile`]: what new facts mean for similar stored memories (add,
 //!   update, supersede, keep), validated before anything is written.
+//! * [`keywords`]: terms (stemmed words) and BM25 over one user's memories, on a 0..1 scale.
 //! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
 //! * [`chat`]: a chat loop with memory (recall before, remember after each
 //!   reply), for applications and `examples/chat_agent.rs`.
@@ -52,6 +53,7 @@ pub mod embed;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod keywords;
 pub mod mcp;
 pub mod model;
 pub mod openai;

@@ -341,33 +341,6 @@ const NEGATIONS: &[&str] = &[
     "not", "no", "never", "nor", "none", "nothing", "nobody", "neither", "cannot", "without",
 ];
 
-/// The words of a search query that carry meaning: lowercased, split on
-/// anything not alphanumeric (so no query syntax survives), stop words
-/// dropped unless nothing else is left, deduplicated, at most 32.
-pub fn search_terms(query: &str) -> Vec<String> {
-    let words: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    let mut terms: Vec<String> = Vec::new();
-    for w in &words {
-        if !is_stopword(w) && !terms.contains(w) {
-            terms.push(w.clone());
-        }
-    }
-    if terms.is_empty() {
-        // Only stop words: search them rather than nothing.
-        for w in &words {
-            if !terms.contains(w) {
-                terms.push(w.clone());
-            }
-        }
-    }
-    terms.truncate(32);
-    terms
-}
-
 /// English function words: too common to rank by or to tell statements apart.
 pub fn is_stopword(word: &str) -> bool {
     STOPWORDS.contains(&word)

@@ -1,8 +1,10 @@
 //! What only the PostgreSQL store has to prove, against a real server with
 //! pgvector: the database itself refuses duplicates (whoever writes), vector
-//! search through the index never drops rows a user filter keeps, several
-//! engram processes on one database behave as one, and the operator's
-//! commands (`migrate`, index choice) fail clearly when they must.
+//! search through the index never drops rows a user filter keeps, keyword
+//! scores computed in SQL are src/keywords.rs's BM25 (postings and per-user
+//! statistics kept exact by every write, rebuilt at open when missing),
+//! several engram processes on one database behave as one, and the
+//! operator's commands (`migrate`, index choice) fail clearly when they must.
 //! The behaviours both stores share are in store_conformance.rs.
 
 mod common;
@@ -13,9 +15,11 @@ use common::postgres::TestDatabase;
 use common::{Client, connect_with, ok, run_engram, texts, total};
 use engram::config::IndexKind;
 use engram::embed::{Embedder, HashEmbedder};
+use engram::keywords::{self, Bm25, Corpus};
 use engram::model::{MemoryId, MetadataFilter, Scope};
 use engram::store::{
-    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, Store,
+    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, Store, StoreError,
+    SupersedeOutcome,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -271,51 +275,761 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     assert_eq!(run_found, run_rows);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyword_search_through_gin_ranks_as_reading_every_row_does() {
-    let db = TestDatabase::create().await;
-    // Every scope through the indexes (GIN for words), and every scope read directly.
-    let indexed = open(&db.url, PlanSettings::ALWAYS_INDEX).await;
-    let direct = open(&db.url, PlanSettings::ALWAYS_EXACT).await;
-    crowd(indexed.pool(), 20, 10).await;
-    let user = Scope::user("reader");
-    let drinks = ["espresso", "matcha", "cocoa", "kefir", "lassi"];
-    let places = ["Lisbon", "Oslo", "Lima", "Kyoto", "Cairo", "Quito"];
-    let times = ["mornings", "weekends", "holidays", "evenings"];
-    for drink in drinks {
-        for place in places {
-            for time in times {
-                let text = format!("Drinks {drink} in {place} on {time}");
-                let added = indexed.insert(memory(&user, &text), 0.9).await.unwrap();
-                assert!(matches!(added, InsertOutcome::Added(_)), "{text}");
-            }
-        }
+/// Keyword relevance as src/keywords.rs defines it, computed here from the
+/// texts alone: BM25 over `memories` (one user's current memories), each
+/// hit with its score, best first and equal scores in id order.
+fn bm25(memories: &[(MemoryId, String)], query: &str) -> Vec<(MemoryId, f32)> {
+    let terms = keywords::query_terms(query);
+    let docs: Vec<(MemoryId, keywords::DocumentTerms)> = memories
+        .iter()
+        .map(|(id, text)| (*id, keywords::document_terms(text)))
+        .collect();
+    let tf = |doc: &keywords::DocumentTerms, term: &str| {
+        doc.counts.iter().find(|(t, _)| t == term).map(|(_, n)| *n)
+    };
+    let corpus = Corpus {
+        docs: docs.len() as u64,
+        total_length: docs.iter().map(|(_, d)| u64::from(d.length)).sum(),
+    };
+    let df: Vec<u64> = terms
+        .iter()
+        .map(|t| docs.iter().filter(|(_, d)| tf(d, t).is_some()).count() as u64)
+        .collect();
+    let scorer = Bm25::new(corpus, &df);
+    let mut hits: Vec<(MemoryId, f32)> = docs
+        .iter()
+        .filter_map(|(id, doc)| {
+            let matches: Vec<(usize, u32)> = terms
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| tf(doc, t).map(|n| (i, n)))
+                .collect();
+            (!matches.is_empty()).then(|| (*id, scorer.score(doc.length, matches)))
+        })
+        .collect();
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits
+}
+
+/// `got` has the hits and scores of `want` (to 1e-5), best first, equal
+/// scores in id order.
+fn assert_same_scores(got: &[engram::store::Hit], want: &[(MemoryId, f32)], what: &str) {
+    let mut by_id: Vec<(MemoryId, f32)> = got.iter().map(|h| (h.id, h.score)).collect();
+    let mut expected = want.to_vec();
+    by_id.sort_by_key(|h| h.0);
+    expected.sort_by_key(|h| h.0);
+    assert_eq!(
+        by_id.iter().map(|h| h.0).collect::<Vec<_>>(),
+        expected.iter().map(|h| h.0).collect::<Vec<_>>(),
+        "{what}: hits {got:?}, expected {want:?}"
+    );
+    for ((id, score), (_, expected)) in by_id.iter().zip(&expected) {
+        assert!(
+            (score - expected).abs() < 1e-5,
+            "{what}: {id} scored {score}, BM25 says {expected}"
+        );
     }
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].score > w[1].score || (w[0].score == w[1].score && w[0].id < w[1].id)),
+        "{what}: not best first, then by id: {got:?}"
+    );
+}
+
+/// The first user's memories for the keyword tests: (text, agent, topic).
+const KEYWORD_FIXTURE: [(&str, Option<&str>, &str); 8] = [
+    (
+        "Drinks green tea every morning in Lisbon",
+        Some("planner"),
+        "drinks",
+    ),
+    (
+        "Prefers green tea over coffee, and tea over juice",
+        None,
+        "drinks",
+    ),
+    (
+        "Booked a window seat for the flight to Oslo",
+        Some("planner"),
+        "travel",
+    ),
+    ("Her sister paints watercolours of the sea", None, "art"),
+    ("Paints the kitchen green next spring", None, "home"),
+    (
+        "Is learning to paint with oils on weekends",
+        Some("planner"),
+        "art",
+    ),
+    ("Coffee with oat milk, never with sugar", None, "drinks"),
+    (
+        "Runs along the sea front in Lisbon on Sundays",
+        None,
+        "sport",
+    ),
+];
+/// Another user's, sharing many words: they must change none of the first user's scores.
+const OTHER_USER: [&str; 5] = [
+    "Drinks green tea",
+    "Tea, tea and more tea in Lisbon",
+    "Flies to Oslo every week by zeppelin",
+    "Paints paints paints",
+    "Coffee coffee coffee",
+];
+const KEYWORD_QUERIES: [&str; 9] = [
+    "green tea",
+    "What does she paint?",
+    "tea in Lisbon",
+    "coffee zeppelin",                        // one term only the other user wrote
+    "sea",                                    // one term
+    "who is it",                              // only function words: kept
+    "Lisbon Oslo paint coffee tea green sea", // many terms
+    "the",                                    // a stop word every text but two holds
+    "nothing here matches",                   // no term the user wrote
+];
+
+/// Stores the keyword fixture (the first user's memories, under `user`,
+/// and the other user's under `other`); returns the first user's.
+async fn store_keyword_fixture(
+    store: &PgStore,
+    user: &str,
+    other: &str,
+) -> Vec<(MemoryId, String)> {
+    let mut stored = Vec::new();
+    for (text, agent, topic) in KEYWORD_FIXTURE {
+        let scope = Scope::new(user, agent, None).unwrap();
+        let mut new = memory(&scope, text);
+        new.metadata = json!({ "topic": topic }).as_object().cloned().unwrap();
+        let InsertOutcome::Added(m) = store.insert(new, 0.95).await.unwrap() else {
+            panic!("{text} was taken for a duplicate");
+        };
+        stored.push((m.id, text.to_owned()));
+    }
+    for text in OTHER_USER {
+        let added = store
+            .insert(memory(&Scope::user(other), text), 0.95)
+            .await
+            .unwrap();
+        assert!(matches!(added, InsertOutcome::Added(_)), "{text}");
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_scores_are_bm25_over_the_users_own_memories() {
+    let db = TestDatabase::create().await;
+    let store = open(&db.url, PlanSettings::default()).await;
+    let mine = store_keyword_fixture(&store, "kw", "other").await;
+    let user = Scope::user("kw");
     let none = MetadataFilter::default();
     let at = SearchScope {
         scope: &user,
         filter: &none,
     };
-    for query in [
-        "espresso",                   // one word: every match ranked
-        "espresso Lisbon",            // 4 two-word matches: fewer than most limits
-        "matcha weekends",            // 6 two-word matches
-        "espresso Lisbon weekends",   // pairs: 4 + 5 + 6 - overlaps
-        "kefir mornings Oslo cocoa",  // more words than any memory has
-        "nothing matches this query", // no word known
-    ] {
-        for limit in [3, 5, 10, 40] {
-            let through_gin = ids(&indexed.keyword_search(at, query, limit).await.unwrap());
-            let read_directly = ids(&direct.keyword_search(at, query, limit).await.unwrap());
-            assert_eq!(through_gin, read_directly, "{query} (limit {limit})");
-        }
+    for query in KEYWORD_QUERIES {
+        let expected = bm25(&mine, query);
+        let hits = store.keyword_search(at, query, 100).await.unwrap();
+        assert_same_scores(&hits, &expected, query);
+        // A limit keeps the best, in the same order.
+        let top = store.keyword_search(at, query, 2).await.unwrap();
+        assert_eq!(top, hits[..hits.len().min(2)], "{query}");
     }
-    let hits = indexed
-        .keyword_search(at, "espresso Lisbon", 10)
+    let full = store.keyword_search(at, "green tea", 100).await.unwrap();
+    assert!(full[0].score > 0.9 && full[0].score <= 1.0, "{full:?}");
+    assert!(
+        store.keyword_search(at, "?!", 10).await.unwrap().is_empty(),
+        "a query without words finds nothing"
+    );
+
+    // A narrower scope keeps its own memories' scores: the statistics are the user's.
+    let planner = Scope::new("kw", Some("planner"), None).unwrap();
+    let drinks = json!({"topic": "drinks"}).as_object().cloned().unwrap();
+    let drinks = MetadataFilter::parse(Some(&drinks)).unwrap();
+    let in_planner = |id: &MemoryId| {
+        let i = mine.iter().position(|(m, _)| m == id).unwrap();
+        KEYWORD_FIXTURE[i].1 == Some("planner")
+    };
+    let on_drinks = |id: &MemoryId| {
+        let i = mine.iter().position(|(m, _)| m == id).unwrap();
+        KEYWORD_FIXTURE[i].2 == "drinks"
+    };
+    for query in KEYWORD_QUERIES {
+        let expected = bm25(&mine, query);
+        let narrowed = SearchScope {
+            scope: &planner,
+            filter: &none,
+        };
+        let want: Vec<(MemoryId, f32)> = expected
+            .iter()
+            .copied()
+            .filter(|(id, _)| in_planner(id))
+            .collect();
+        let hits = store.keyword_search(narrowed, query, 100).await.unwrap();
+        assert_same_scores(&hits, &want, &format!("{query} (agent planner)"));
+        let filtered = SearchScope {
+            scope: &user,
+            filter: &drinks,
+        };
+        let want: Vec<(MemoryId, f32)> = expected
+            .iter()
+            .copied()
+            .filter(|(id, _)| on_drinks(id))
+            .collect();
+        let hits = store.keyword_search(filtered, query, 100).await.unwrap();
+        assert_same_scores(&hits, &want, &format!("{query} (topic drinks)"));
+    }
+
+    // The other user's scores are theirs alone too.
+    let theirs: Vec<(MemoryId, String)> = {
+        let (memories, _) = store.recent(&Scope::user("other"), 100).await.unwrap();
+        memories.into_iter().map(|m| (m.id, m.memory)).collect()
+    };
+    let other = Scope::user("other");
+    let at = SearchScope {
+        scope: &other,
+        filter: &none,
+    };
+    for query in KEYWORD_QUERIES {
+        let hits = store.keyword_search(at, query, 100).await.unwrap();
+        assert_same_scores(&hits, &bm25(&theirs, query), &format!("{query} (other)"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_gives_both_relevances_of_the_users_current_memories_only() {
+    let db = TestDatabase::create().await;
+    let store = open(&db.url, PlanSettings::default()).await;
+    let mine = store_keyword_fixture(&store, "kw", "other").await;
+    let (theirs, _) = store.recent(&Scope::user("other"), 1).await.unwrap();
+    let embedder = HashEmbedder::new(DIMS);
+    let query = "green tea in Lisbon";
+    let vector = embedder.embed(query);
+    // Three of the user's memories (one without a query term), another
+    // user's, and an unknown id.
+    let asked = [
+        mine[0].0,
+        mine[2].0,
+        mine[7].0,
+        theirs[0].id,
+        MemoryId::new(),
+    ];
+    let mut scored = store.score("kw", &asked, &vector, query).await.unwrap();
+    scored.sort_by_key(|s| s.id);
+    let mut want_ids = vec![mine[0].0, mine[2].0, mine[7].0];
+    want_ids.sort();
+    assert_eq!(scored.iter().map(|s| s.id).collect::<Vec<_>>(), want_ids);
+    // Keyword relevance: BM25 with the statistics of all the user's memories.
+    let expected = bm25(&mine, query);
+    let none = MetadataFilter::default();
+    let user = Scope::user("kw");
+    let searched = store
+        .keyword_search(
+            SearchScope {
+                scope: &user,
+                filter: &none,
+            },
+            query,
+            100,
+        )
         .await
         .unwrap();
-    assert_eq!(hits.len(), 10);
-    assert!(hits[3].score > hits[4].score, "{hits:?}");
+    for s in &scored {
+        let want = expected
+            .iter()
+            .find(|(id, _)| *id == s.id)
+            .map_or(0.0, |(_, score)| *score);
+        assert!((s.keyword - want).abs() < 1e-5, "{s:?}: BM25 says {want}");
+        let found = searched
+            .iter()
+            .find(|h| h.id == s.id)
+            .map_or(0.0, |h| h.score);
+        assert_eq!(s.keyword, found, "score and keyword_search agree exactly");
+        // Similarity: the cosine of the two vectors.
+        let text = &mine.iter().find(|(id, _)| *id == s.id).unwrap().1;
+        let v = embedder.embed(text);
+        let dot: f32 = v.iter().zip(&vector).map(|(a, b)| a * b).sum();
+        let norms = v.iter().map(|a| a * a).sum::<f32>().sqrt()
+            * vector.iter().map(|a| a * a).sum::<f32>().sqrt();
+        assert!((s.similarity - dot / norms).abs() < 1e-4, "{s:?}");
+    }
+    let no_term = scored.iter().find(|s| s.id == mine[2].0).unwrap();
+    assert_eq!(no_term.keyword, 0.0, "{no_term:?}");
+    assert!(scored.iter().any(|s| s.keyword > 0.5), "{scored:?}");
+
+    // A closed memory is not current: skipped. No ids, no rows.
+    assert!(store.close("kw", mine[0].0, "user").await.unwrap());
+    let after = store.score("kw", &asked, &vector, query).await.unwrap();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        store
+            .score("kw", &[], &vector, query)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A query without words: similarity only.
+    let plain = store.score("kw", &asked, &vector, "?!").await.unwrap();
+    assert_eq!(plain.len(), 2);
+    assert!(plain.iter().all(|s| s.keyword == 0.0), "{plain:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_search_keeps_exactly_the_best_k_of_many() {
+    // Enough memories that a limit leaves most matches out, with many equal
+    // scores (the same words at the same length), so the best k is decided
+    // by rare terms, bounds and ids as well as by the scores.
+    let db = TestDatabase::create().await;
+    let store = open(&db.url, PlanSettings::default()).await;
+    let who = ["My sister", "My brother", "Our team", "Ana"];
+    let verbs = ["likes", "avoids", "orders", "collects", "paints"];
+    let things = [
+        "green tea",
+        "espresso",
+        "sushi",
+        "jazz records",
+        "tea and tea cakes",
+    ];
+    let places = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
+    let user = Scope::user("many");
+    let mut mine = Vec::new();
+    for (i, w) in who.iter().enumerate() {
+        for (j, v) in verbs.iter().enumerate() {
+            for (k, t) in things.iter().enumerate() {
+                let place = places[(i + j + k) % places.len()];
+                let text = format!("{w} {v} {t} {place}");
+                let scope = Scope::new("many", (k % 2 == 0).then_some("planner"), None).unwrap();
+                let InsertOutcome::Added(m) =
+                    store.insert(memory(&scope, &text), 0.99).await.unwrap()
+                else {
+                    panic!("{text} was taken for a duplicate");
+                };
+                mine.push((m.id, text));
+            }
+        }
+    }
+    let none = MetadataFilter::default();
+    let planner = Scope::new("many", Some("planner"), None).unwrap();
+    let in_planner: Vec<MemoryId> = {
+        let (rows, _) = store.recent(&planner, 1000).await.unwrap();
+        rows.into_iter().map(|m| m.id).collect()
+    };
+    let queries = [
+        "tea",
+        "green tea",
+        "sushi Lisbon",
+        "sister likes espresso",
+        "brother orders tea cakes in Oslo",
+        "team collects jazz records at home",
+        "Ana paints",
+        "likes avoids orders collects paints",
+        "espresso sushi jazz Lisbon Oslo home",
+        "tea tea cakes Lisbon",
+    ];
+    for query in queries {
+        let expected = bm25(&mine, query);
+        for limit in [1, 3, 7, 20, 60] {
+            for (scope, keep) in [(&user, None), (&planner, Some(&in_planner))] {
+                let at = SearchScope {
+                    scope,
+                    filter: &none,
+                };
+                let hits = store.keyword_search(at, query, limit).await.unwrap();
+                let want: Vec<(MemoryId, f32)> = expected
+                    .iter()
+                    .copied()
+                    .filter(|(id, _)| keep.is_none_or(|ids| ids.contains(id)))
+                    .take(limit)
+                    .collect();
+                let what = format!("{query} (limit {limit}, {scope:?})");
+                assert_same_scores(&hits, &want, &what);
+                assert_eq!(
+                    hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+                    want.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// Inserts memories as the store would (keyword length, postings), many per
+/// statement: `(text, agent, metadata)` for `user`. Near-duplicates are let
+/// through; only the same text twice would be refused.
+async fn bulk_insert(
+    pool: &PgPool,
+    user: &str,
+    rows: &[(String, Option<&str>, serde_json::Value)],
+) {
+    let embedder = HashEmbedder::new(DIMS);
+    let (mut ids, mut agents, mut texts, mut vectors, mut metadata, mut lengths) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut posting_ids, mut terms, mut counts) = (vec![], vec![], vec![]);
+    for (text, agent, meta) in rows {
+        let id = uuid::Uuid::now_v7();
+        let doc = keywords::document_terms(text);
+        for (term, tf) in doc.counts {
+            posting_ids.push(id);
+            terms.push(term);
+            counts.push(tf as i32);
+        }
+        ids.push(id);
+        agents.push(agent.map(str::to_owned));
+        texts.push(text.clone());
+        vectors.push(pgvector::Vector::from(embedder.embed(text)));
+        metadata.push(meta.clone());
+        lengths.push(doc.length as i32);
+    }
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH m AS ( \
+             INSERT INTO memories (id, user_id, agent_id, content, content_hash, embedding, \
+                 metadata, created_at, updated_at, valid_from, keyword_length) \
+             SELECT id, $1, agent_id, content, sha256(convert_to(content, 'UTF8')), embedding, \
+                    metadata, now(), now(), now(), keyword_length \
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::vector[], $6::jsonb[], \
+                         $7::integer[]) AS r (id, agent_id, content, embedding, metadata, \
+                                              keyword_length) \
+             RETURNING id, keyword_length) \
+         INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+         SELECT $1, p.term, m.id, p.tf, m.keyword_length \
+         FROM unnest($8::uuid[], $9::text[], $10::integer[]) AS p (memory_id, term, tf) \
+              JOIN m ON m.id = p.memory_id",
+    )
+    .bind(user)
+    .bind(&ids)
+    .bind(&agents)
+    .bind(&texts)
+    .bind(&vectors)
+    .bind(&metadata)
+    .bind(&lengths)
+    .bind(&posting_ids)
+    .bind(&terms)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Whether a memory is in the scope a case searches.
+type InScope = dyn Fn(&engram::model::Memory) -> bool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_search_narrows_small_and_large_scopes_alike() {
+    // More memories in some scopes than the search reads up front (1,000):
+    // those are checked on the ranked memories instead. Both ways, the
+    // scores are the user's and only memories in scope come back.
+    let db = TestDatabase::create().await;
+    let store = open(&db.url, PlanSettings::default()).await;
+    let who = ["My sister", "My brother", "Our team", "Ana"];
+    let verbs = ["likes", "avoids", "orders", "collects", "paints"];
+    let things = [
+        "green tea",
+        "espresso",
+        "sushi",
+        "jazz records",
+        "tea and tea cakes",
+    ];
+    let places = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
+    let mut rows = Vec::new();
+    for n in 0..3 {
+        for w in who {
+            for v in verbs {
+                for t in things {
+                    for p in places {
+                        let i = rows.len();
+                        let agent = if i % 25 == 0 { "rare" } else { "common" };
+                        let meta = json!({"kind": "note", "half": i % 2 == 0});
+                        rows.push((format!("{w} {v} {t} {p} (note {n})"), Some(agent), meta));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(rows.len(), 1200);
+    bulk_insert(store.pool(), "wide", &rows).await;
+    assert_index_is_exact(store.pool(), "after a bulk insert").await;
+    let (all, total) = store.recent(&Scope::user("wide"), 2000).await.unwrap();
+    assert_eq!(total, 1200);
+    let by_id: std::collections::HashMap<MemoryId, &engram::model::Memory> =
+        all.iter().map(|m| (m.id, m)).collect();
+    let mine: Vec<(MemoryId, String)> = all.iter().map(|m| (m.id, m.memory.clone())).collect();
+    let filter = |pairs: serde_json::Value| {
+        let pairs = pairs.as_object().cloned().unwrap();
+        MetadataFilter::parse(Some(&pairs)).unwrap()
+    };
+    let common = Scope::new("wide", Some("common"), None).unwrap();
+    let rare = Scope::new("wide", Some("rare"), None).unwrap();
+    let user = Scope::user("wide");
+    let (none, note, half) = (
+        MetadataFilter::default(),
+        filter(json!({"kind": "note"})),
+        filter(json!({"half": true})),
+    );
+    let cases: [(&Scope, &MetadataFilter, &InScope); 5] = [
+        (&common, &none, &|m| {
+            m.scope.agent_id.as_deref() == Some("common")
+        }),
+        (&rare, &none, &|m| {
+            m.scope.agent_id.as_deref() == Some("rare")
+        }),
+        (&user, &note, &|_| true),
+        (&user, &half, &|m| m.metadata["half"] == json!(true)),
+        (&rare, &half, &|m| {
+            m.scope.agent_id.as_deref() == Some("rare") && m.metadata["half"] == json!(true)
+        }),
+    ];
+    for query in ["tea", "sister orders sushi in Oslo", "jazz Lisbon home"] {
+        let expected = bm25(&mine, query);
+        for (scope, filter, keep) in &cases {
+            for limit in [1, 10, 50] {
+                let at = SearchScope { scope, filter };
+                let hits = store.keyword_search(at, query, limit).await.unwrap();
+                let want: Vec<(MemoryId, f32)> = expected
+                    .iter()
+                    .copied()
+                    .filter(|(id, _)| keep(by_id[id]))
+                    .take(limit)
+                    .collect();
+                let what = format!("{query} (limit {limit}, {scope:?}, {filter:?})");
+                assert_same_scores(&hits, &want, &what);
+                assert_eq!(
+                    hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+                    want.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// Checks the keyword index against a recount from the memories
+/// themselves: the postings of every current memory are exactly its
+/// terms, its keyword_length its length, and each user's row in
+/// memory_users has their current memories' count and total length.
+async fn assert_index_is_exact(pool: &PgPool, what: &str) {
+    let current: Vec<(uuid::Uuid, String, String, i32)> = sqlx::query_as(
+        "SELECT id, user_id, content, keyword_length FROM memories WHERE valid_to IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut expected_postings = Vec::new();
+    let mut expected_users: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for (id, user, content, length) in &current {
+        let terms = keywords::document_terms(content);
+        assert_eq!(
+            *length as u32, terms.length,
+            "{what}: keyword_length of {content:?}"
+        );
+        for (term, tf) in &terms.counts {
+            expected_postings.push((user.clone(), term.clone(), *id, *tf as i32, *length));
+        }
+        let entry = expected_users.entry(user.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += i64::from(*length);
+    }
+    expected_postings.sort();
+    let postings: Vec<(String, String, uuid::Uuid, i32, i32)> = sqlx::query_as(
+        "SELECT user_id, term, memory_id, tf, length FROM keyword_postings \
+         ORDER BY user_id, term, memory_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut postings = postings;
+    postings.sort();
+    assert_eq!(postings, expected_postings, "{what}: postings");
+    let users: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT user_id, current, keyword_length FROM memory_users ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let expected_users: Vec<(String, i64, i64)> = expected_users
+        .into_iter()
+        .map(|(user, (n, total))| (user, n, total))
+        .collect();
+    assert_eq!(users, expected_users, "{what}: memory_users");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_and_lengths_follow_every_write() {
+    let db = TestDatabase::create().await;
+    let store = open(&db.url, PlanSettings::default()).await;
+    let pool = store.pool();
+    let mine = store_keyword_fixture(&store, "kw", "other").await;
+    assert_index_is_exact(pool, "after inserts").await;
+
+    let new = memory(
+        &Scope::user("kw"),
+        "Now drinks rooibos tea in the evening, tea only",
+    );
+    let outcome = store.supersede(mine[0].0, new).await.unwrap();
+    assert!(
+        matches!(outcome, SupersedeOutcome::Superseded(_)),
+        "{outcome:?}"
+    );
+    assert_index_is_exact(pool, "after a supersede").await;
+
+    let text = "Coffee, coffee and oat milk every single day";
+    let embedding = HashEmbedder::new(DIMS).embed(text);
+    let updated = store
+        .update("kw", mine[6].0, text, &embedding, "user")
+        .await;
+    assert!(updated.unwrap().is_some());
+    assert_index_is_exact(pool, "after an update").await;
+    // The same text again: its postings are rewritten, not doubled.
+    let again = store
+        .update("kw", mine[6].0, text, &embedding, "user")
+        .await;
+    assert!(again.unwrap().is_some());
+    assert_index_is_exact(pool, "after an update to the same text").await;
+    // An update refused (another memory holds the text) changes nothing.
+    let refused = store
+        .update("kw", mine[1].0, text, &embedding, "user")
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    // An update of a closed memory changes nothing either.
+    let closed = store
+        .update("kw", mine[0].0, "Whatever", &embedding, "user")
+        .await;
+    assert!(closed.unwrap().is_none());
+    assert_index_is_exact(pool, "after refused updates").await;
+
+    assert!(store.close("kw", mine[3].0, "user").await.unwrap());
+    assert_index_is_exact(pool, "after a close").await;
+    assert!(store.delete("kw", mine[4].0).await.unwrap());
+    assert_index_is_exact(pool, "after a delete").await;
+    // A closed memory deleted: its postings were gone already.
+    assert!(store.delete("kw", mine[3].0).await.unwrap());
+    assert_index_is_exact(pool, "after deleting a closed memory").await;
+
+    // Scores still follow BM25 over what is current.
+    let (current, _) = store.recent(&Scope::user("kw"), 100).await.unwrap();
+    let current: Vec<(MemoryId, String)> = current.into_iter().map(|m| (m.id, m.memory)).collect();
+    let user = Scope::user("kw");
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    for query in KEYWORD_QUERIES {
+        let hits = store.keyword_search(at, query, 100).await.unwrap();
+        assert_same_scores(
+            &hits,
+            &bm25(&current, query),
+            &format!("{query} (after writes)"),
+        );
+    }
+
+    assert_eq!(store.delete_user("other").await.unwrap(), 5);
+    assert_index_is_exact(pool, "after forgetting a user").await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM keyword_postings WHERE user_id = 'other'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+    // Closing every memory of a user leaves nothing of theirs.
+    for (id, _) in &current {
+        assert!(store.close("kw", *id, "user").await.unwrap());
+    }
+    assert_index_is_exact(pool, "after closing everything").await;
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM memory_users")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+}
+
+/// The keyword search results of every fixture query, for comparing stores.
+async fn keyword_results(store: &PgStore, user: &str) -> Vec<Vec<engram::store::Hit>> {
+    let scope = Scope::user(user);
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &scope,
+        filter: &none,
+    };
+    let mut all = Vec::new();
+    for query in KEYWORD_QUERIES {
+        all.push(store.keyword_search(at, query, 100).await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_this_builds_postings_gets_them_at_open() {
+    // A database at the schema before keyword postings, with memories
+    // written then (the old triggers ran), upgraded by opening it.
+    let db = TestDatabase::create().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate!("./migrations/postgres")
+        .run_to(20261220000001, &pool)
+        .await
+        .unwrap();
+    let mut mine = Vec::new();
+    for (text, ..) in KEYWORD_FIXTURE {
+        raw_insert(&pool, "kw", text).await.unwrap();
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM memories WHERE content = $1")
+            .bind(text)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        mine.push((MemoryId(id), text.to_owned()));
+    }
+    for text in OTHER_USER {
+        raw_insert(&pool, "other", text).await.unwrap();
+    }
+
+    // Two processes open it at once: one rebuilds, the other waits for it.
+    let (a, b) = tokio::join!(
+        open(&db.url, PlanSettings::default()),
+        open(&db.url, PlanSettings::default())
+    );
+    assert_index_is_exact(&pool, "after the upgrade").await;
+    let marker: String =
+        sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'keyword_index'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(marker, "bm25-v1");
+    let upgraded = keyword_results(&a, "kw").await;
+    for (query, hits) in KEYWORD_QUERIES.iter().zip(&upgraded) {
+        assert_same_scores(hits, &bm25(&mine, query), &format!("{query} (upgraded)"));
+    }
+    assert_eq!(keyword_results(&b, "kw").await, upgraded);
+    drop((a, b));
+
+    // The marker and the postings gone (and the sums wrong): the next open
+    // rebuilds them, and every score comes back the same.
+    sqlx::raw_sql(
+        "DELETE FROM store_info WHERE key = 'keyword_index'; \
+         DELETE FROM keyword_postings; \
+         UPDATE memory_users SET keyword_length = 7",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = open(&db.url, PlanSettings::default()).await;
+    assert_eq!(keyword_results(&before, "kw").await, upgraded);
+    assert_index_is_exact(&pool, "after the rebuild").await;
+    // Marked: the next open leaves the postings alone.
+    sqlx::query("DELETE FROM keyword_postings WHERE user_id = 'other'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    open(&db.url, PlanSettings::default()).await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM keyword_postings WHERE user_id = 'other'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+    pool.close().await;
 }
 
 fn pg_env(url: &str) -> Vec<(&'static str, String)> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use common::postgres::TestDatabase;
 use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
+use engram::keywords;
 use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::{
     InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, Store,
@@ -407,6 +408,148 @@ async fn memories_matching_more_query_words_rank_first(b: Backend) {
     // As many as asked for: only two-word matches.
     let hits = s.keyword_search(at, "espresso Lisbon", 2).await.unwrap();
     assert!(hits.iter().all(|h| both.contains(&h.id)), "{hits:?}");
+}
+
+/// Keyword relevance is BM25 over the user's own current memories, exactly as
+/// `engram::keywords` defines it, on every store: the scores, and so the
+/// ranking, are recomputed here from the texts and must match. Another
+/// user's words, closed memories and replaced texts must not count.
+async fn keyword_scores_are_bm25_over_the_users_current_memories(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    let texts = [
+        "Espresso in Lisbon every weekend",
+        "We drank espresso after the long hike near Sintra",
+        "Lisbon trams are yellow",
+        "Weekend plans: painting the kitchen, then espresso",
+        "My sister paints landscapes of the Lisbon coast on weekends",
+        "The espresso machine broke again",
+        "Dinner with Maria",
+    ];
+    let mut ids = Vec::new();
+    for text in texts {
+        ids.push(add(s, &alice, text, json!({})).await);
+    }
+    // Gone or changed: must leave no trace in alice's statistics.
+    let closed = add(s, &alice, "Espresso espresso espresso Lisbon", json!({})).await;
+    assert!(s.close("alice", closed, "user").await.unwrap());
+    let changed = add(s, &alice, "Lisbon Lisbon Lisbon weekend", json!({})).await;
+    let replaced_text = "Tea in Porto";
+    s.update(
+        "alice",
+        changed,
+        replaced_text,
+        &HashEmbedder::new(DIMS).embed(replaced_text),
+        "user",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Bob's words are everywhere in his memories; alice's scores ignore them.
+    for i in 0..20 {
+        add(
+            s,
+            &bob,
+            &format!("espresso Lisbon weekend number {i}"),
+            json!({}),
+        )
+        .await;
+    }
+
+    let current: Vec<(MemoryId, &str)> = ids
+        .iter()
+        .copied()
+        .zip(texts)
+        .chain([(changed, replaced_text)])
+        .collect();
+    let query = "Where does she drink espresso in Lisbon at the weekend?";
+    let terms = keywords::query_terms(query);
+    let docs: Vec<keywords::DocumentTerms> = current
+        .iter()
+        .map(|(_, t)| keywords::document_terms(t))
+        .collect();
+    let corpus = keywords::Corpus {
+        docs: docs.len() as u64,
+        total_length: docs.iter().map(|d| u64::from(d.length)).sum(),
+    };
+    let tf = |doc: &keywords::DocumentTerms, term: &str| {
+        doc.counts
+            .iter()
+            .find(|(t, _)| t == term)
+            .map_or(0, |(_, n)| *n)
+    };
+    let doc_freq: Vec<u64> = terms
+        .iter()
+        .map(|t| docs.iter().filter(|d| tf(d, t) > 0).count() as u64)
+        .collect();
+    let bm25 = keywords::Bm25::new(corpus, &doc_freq);
+    let mut expected: Vec<(MemoryId, f32)> = current
+        .iter()
+        .zip(&docs)
+        .map(|((id, _), doc)| {
+            let matches = terms
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, tf(doc, t)))
+                .filter(|(_, n)| *n > 0);
+            (*id, bm25.score(doc.length, matches))
+        })
+        .filter(|(_, score)| *score > 0.0)
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    assert_eq!(expected.len(), 6, "the fixture matches six memories");
+
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let hits = s.keyword_search(at, query, 10).await.unwrap();
+    let got: Vec<MemoryId> = hits.iter().map(|h| h.id).collect();
+    let want: Vec<MemoryId> = expected.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got, want, "ranking: {hits:?} vs {expected:?}");
+    for (hit, (_, score)) in hits.iter().zip(&expected) {
+        assert!((hit.score - score).abs() < 1e-4, "{hits:?} vs {expected:?}");
+    }
+    // Three of the query's four terms ("drink" is in no memory: "drank"
+    // stems apart), one of them rare: a little under half the query's weight.
+    assert!(hits[0].score > 0.4 && hits[0].score <= 1.0, "{hits:?}");
+    // A limit cuts the same ranking.
+    let top2 = s.keyword_search(at, query, 2).await.unwrap();
+    assert_eq!(top2.iter().map(|h| h.id).collect::<Vec<_>>(), want[..2]);
+
+    // score() gives the same keyword relevance, the cosine, and skips what
+    // is not a current memory of the user.
+    let vector = HashEmbedder::new(DIMS).embed(query);
+    let bobs = add(s, &bob, "espresso in Lisbon", json!({})).await;
+    let asked = [want[0], ids[6], closed, bobs, MemoryId::new()];
+    let mut scored = s.score("alice", &asked, &vector, query).await.unwrap();
+    scored.sort_by_key(|x| x.id);
+    let mut expect_ids = vec![want[0], ids[6]];
+    expect_ids.sort();
+    assert_eq!(
+        scored.iter().map(|x| x.id).collect::<Vec<_>>(),
+        expect_ids,
+        "{scored:?}"
+    );
+    for x in &scored {
+        let text = current.iter().find(|(id, _)| *id == x.id).unwrap().1;
+        let cosine = engram::embed::dot(&vector, &HashEmbedder::new(DIMS).embed(text));
+        assert!((x.similarity - cosine).abs() < 1e-4, "{x:?} vs {cosine}");
+        let keyword = expected
+            .iter()
+            .find(|(id, _)| *id == x.id)
+            .map_or(0.0, |(_, k)| *k);
+        assert!((x.keyword - keyword).abs() < 1e-4, "{x:?} vs {keyword}");
+    }
+    // Function words alone search nothing.
+    assert!(
+        s.keyword_search(at, "what is it?", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
@@ -1528,6 +1671,7 @@ every_backend!(
     a_changed_detail_is_not_a_duplicate,
     reembedding_rebuilds_every_vector,
     memories_matching_more_query_words_rank_first,
+    keyword_scores_are_bm25_over_the_users_current_memories,
     every_write_moves_the_users_version_to_a_new_value,
     many_close_memories_differing_in_a_detail_are_all_kept,
     an_update_rewrites_one_memory_and_keeps_its_history,

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::text::Generator;
 use super::{found_among, ms, percentile};
 use crate::embed::{Embedder, HashEmbedder};
+use crate::keywords;
 use crate::model::{MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest};
 use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope, Store};
@@ -276,8 +277,8 @@ async fn load_and_index(
     Ok(())
 }
 
-/// Inserts `rows` generated memories for the crowd with the dedup trigger
-/// off and no vector index (rebuilt by the caller).
+/// Inserts `rows` generated memories for the crowd, with their keyword
+/// postings, with the dedup trigger off and no vector index (rebuilt by the caller).
 async fn bulk_load(
     pg: &PgStore,
     embedder: &HashEmbedder,
@@ -299,26 +300,47 @@ async fn bulk_load(
         let mut owners = Vec::with_capacity(n);
         let mut texts = Vec::with_capacity(n);
         let mut vectors = Vec::with_capacity(n);
+        let mut lengths = Vec::with_capacity(n);
+        // Each memory's keyword postings, as the store writes them.
+        let (mut posting_ids, mut terms, mut counts) = (Vec::new(), Vec::new(), Vec::new());
         for i in done..done + n {
             let text = words.memory();
-            ids.push(Uuid::now_v7());
+            let id = Uuid::now_v7();
+            let doc = keywords::document_terms(&text);
+            for (term, tf) in doc.counts {
+                posting_ids.push(id);
+                terms.push(term);
+                counts.push(i32::try_from(tf).unwrap_or(i32::MAX));
+            }
+            lengths.push(i32::try_from(doc.length).unwrap_or(i32::MAX));
+            ids.push(id);
             owners.push(crowd_user(i, users));
             vectors.push(Vector::from(embedder.embed(&text)));
             texts.push(text);
         }
         sqlx::query(
-            "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
-                 updated_at, valid_from) \
-             SELECT id, user_id, content, sha256(convert_to(content, 'UTF8')), embedding, \
-                    now(), now(), now() \
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::vector[]) \
-                  AS r (id, user_id, content, embedding) \
-             ON CONFLICT DO NOTHING",
+            "WITH m AS ( \
+                 INSERT INTO memories (id, user_id, content, content_hash, embedding, \
+                     created_at, updated_at, valid_from, keyword_length) \
+                 SELECT id, user_id, content, sha256(convert_to(content, 'UTF8')), embedding, \
+                        now(), now(), now(), keyword_length \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::vector[], $5::integer[]) \
+                      AS r (id, user_id, content, embedding, keyword_length) \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, user_id, keyword_length) \
+             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+             SELECT m.user_id, p.term, m.id, p.tf, m.keyword_length \
+             FROM unnest($6::uuid[], $7::text[], $8::integer[]) AS p (memory_id, term, tf) \
+                  JOIN m ON m.id = p.memory_id",
         )
         .bind(&ids)
         .bind(&owners)
         .bind(&texts)
         .bind(&vectors)
+        .bind(&lengths)
+        .bind(&posting_ids)
+        .bind(&terms)
+        .bind(&counts)
         .execute(pool)
         .await?;
         done += n;

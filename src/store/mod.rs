@@ -193,8 +193,18 @@ pub struct SearchScope<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
     pub id: MemoryId,
-    /// Cosine similarity for vector hits; BM25 relevance (higher is better) for keyword hits.
+    /// Cosine similarity for vector hits; keyword relevance in 0..=1 for keyword hits.
     pub score: f32,
+}
+
+/// Both relevances of one memory to one query, for fusion ([`crate::rank`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub id: MemoryId,
+    /// Cosine similarity of the memory's vector and the query's.
+    pub similarity: f32,
+    /// Keyword relevance in 0..=1 ([`crate::keywords`]); 0 when no query term is in it.
+    pub keyword: f32,
 }
 
 /// One row of a memory's history.
@@ -415,13 +425,27 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError>;
 
-    /// Up to `limit` current memories in scope matching words of `query`, by BM25.
+    /// Up to `limit` current memories in scope holding terms of `query`, best
+    /// first, scored by [`crate::keywords`]: BM25 over the user's current
+    /// memories, on a 0..1 scale. Equal scores come in id order.
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,
         query: &str,
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Both relevances ([`Scored`]) of these memories of the user to a query
+    /// given as its vector and its text, in no particular order; ids that are
+    /// not current memories of the user are skipped. Keyword relevance is
+    /// exactly what [`Store::keyword_search`] would give the memory.
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError>;
 
     /// The most recently updated current memories in scope, and how many there are.
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;

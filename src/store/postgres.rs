@@ -10,9 +10,14 @@
 //!   than deciding alone: [`PgStore::insert`] applies the same details guard
 //!   as SQLite ([`details_differ`]) and retries with the candidates it judged
 //!   different, so both stores agree on what a duplicate is;
-//! * keyword search reads `memory_keywords` (a narrow copy of each current
-//!   memory's lexemes plus a user token, kept by a trigger) through a GIN
-//!   index, ranked by `ts_rank`.
+//! * keyword search is BM25 as [`crate::keywords`] defines it, by
+//!   `engram_keyword_search`, over `keyword_postings`: one narrow row per
+//!   distinct term of each current memory, keyed by (user, term, memory).
+//!   The terms are made here, in Rust, and written in the transaction that
+//!   makes a memory current or changes its text; triggers drop them when it
+//!   stops being current and keep each user's count and total length in
+//!   `memory_users`. A store whose postings predate this build gets them at
+//!   open ([`PgStore::open`]).
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
 //! an embedder, which is also recorded; a different one is refused.
@@ -31,12 +36,13 @@ use uuid::Uuid;
 
 use super::{
     HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
-    Pending, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport, UserStats,
-    assemble_export, parse_event,
+    Pending, Scored, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport,
+    UserStats, assemble_export, parse_event,
 };
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
-use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
+use crate::keywords::{self, DocumentTerms};
+use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -50,6 +56,12 @@ const MAX_DEDUP_ROUNDS: u32 = 12;
 const FIRST_DEDUP_ROUND: u32 = 8;
 /// pgvector's HNSW indexes `vector` columns of at most this many dimensions.
 const MAX_INDEXED_DIMS: usize = 2000;
+/// store_info's `keyword_index` once every current memory's postings are
+/// the ones [`keywords::document_terms`] makes; anything else (or nothing)
+/// and [`PgStore::open`] rebuilds them.
+const KEYWORD_INDEX: &str = keywords::INDEX_VERSION;
+/// Memories read, cut into terms and written per statement by that rebuild.
+const REINDEX_BATCH: i64 = 1000;
 
 /// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
 const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
@@ -144,7 +156,9 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://...`), brings the schema up to date (or
     /// checks it is, with `migrate: false`), binds the store to `embedder` on
-    /// first open (refusing another one later) and makes sure the vector index exists.
+    /// first open (refusing another one later), makes sure the vector index
+    /// exists and that the keyword postings are this build's (rebuilding
+    /// them once, in one transaction, when they are not).
     pub async fn open(
         url: &str,
         embedder: EmbedderIdentity,
@@ -166,6 +180,8 @@ impl PgStore {
         let mut tx = store.pool.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;
         store.bind_embedder(&mut tx).await?;
+        // Before the vector index: a rebuild that rewrites memories drops it.
+        ensure_keyword_index(&mut tx).await?;
         let index = ensure_vector_index(&mut tx, store.index).await?;
         tx.commit().await.map_err(db("opening the store"))?;
         tracing::info!(embedder = %store.embedder, ?index, "PostgreSQL store ready");
@@ -271,23 +287,29 @@ impl PgStore {
         }
     }
 
-    /// Inserts `new` and its ADD history row inside `tx` (the dedup trigger
-    /// runs with whatever `tx` has set).
+    /// Inserts `new`, its keyword postings and its ADD history row inside
+    /// `tx`, in one statement (the dedup trigger runs with whatever `tx` has set).
     async fn insert_in(
         tx: &mut sqlx::PgConnection,
         new: &NewMemory,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         let metadata = serde_json::Value::Object(new.metadata.clone());
+        let terms = keywords::document_terms(&new.content);
+        let (words, counts) = posting_columns(&terms);
         sqlx::query(
             "WITH m AS ( \
                  INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
-                     embedding, metadata, categories, created_at, updated_at, valid_from) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10) \
-                 RETURNING id, user_id, content, created_at) \
-             INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
-                 actor, created_at) \
-             SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m",
+                     embedding, metadata, categories, created_at, updated_at, valid_from, \
+                     keyword_length) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $12) \
+                 RETURNING id, user_id, content, created_at, keyword_length), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m) \
+             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+             SELECT m.user_id, t.term, m.id, t.tf, m.keyword_length \
+             FROM m, unnest($13::text[], $14::integer[]) AS t (term, tf)",
         )
         .bind(new.id.0)
         .bind(&new.scope.user_id)
@@ -300,6 +322,9 @@ impl PgStore {
         .bind(&new.categories)
         .bind(now)
         .bind(&new.actor)
+        .bind(keyword_length(&terms))
+        .bind(&words)
+        .bind(&counts)
         .execute(&mut *tx)
         .await
         .map(|_| ())
@@ -494,18 +519,17 @@ impl Store for PgStore {
         query: &str,
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let terms = search_terms(query);
+        let terms = keywords::query_terms(query);
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        // engram_keyword_search stems the words and drops the english stop words.
         let rows: Vec<(Uuid, f32)> =
-            sqlx::query_as("SELECT id, rank FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
+            sqlx::query_as("SELECT id, score FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
                 .bind(&at.scope.user_id)
                 .bind(&at.scope.agent_id)
                 .bind(&at.scope.run_id)
                 .bind(filter_json(at))
-                .bind(terms.join(" "))
+                .bind(&terms)
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
                 .fetch_all(&self.pool)
                 .await
@@ -513,6 +537,45 @@ impl Store for PgStore {
         let mut hits = hits(rows);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
         Ok(hits)
+    }
+
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let terms = keywords::query_terms(query);
+        // BM25 by engram_keyword_scores (whose statistics cover all of the
+        // user's memories, not only these), once: MATERIALIZED keeps it off
+        // the inner side of a loop over the memories. The memories' own rows
+        // give the cosine and keep only current memories of the user.
+        let rows: Vec<(Uuid, f32, f32)> = sqlx::query_as(
+            "WITH k AS MATERIALIZED (SELECT id, score FROM engram_keyword_scores($1, $4, $2)) \
+             SELECT m.id, (1 - (m.embedding <=> $3))::real, coalesce(k.score, 0)::real \
+             FROM memories m LEFT JOIN k ON k.id = m.id \
+             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(&ids)
+        .bind(Vector::from(vector.to_vec()))
+        .bind(&terms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("scoring memories"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, similarity, keyword)| Scored {
+                id: MemoryId(id),
+                similarity,
+                keyword,
+            })
+            .collect())
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
@@ -609,13 +672,16 @@ impl Store for PgStore {
     ) -> Result<Option<Memory>, StoreError> {
         let now = Utc::now();
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        // One statement: the row (locked), its new text and vector, and the
-        // UPDATE history row. Triggers re-index keywords and move the version.
+        let terms = keywords::document_terms(content);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        // One statement: the row (locked), its new text, vector and keyword
+        // length, and the UPDATE history row. Triggers drop the old text's
+        // postings and move the version; the new postings follow.
         let sql = format!(
             "WITH old AS (SELECT id, content FROM memories \
                           WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
                   m AS (UPDATE memories SET content = $3, content_hash = $4, embedding = $5, \
-                            updated_at = $6 \
+                            updated_at = $6, keyword_length = $8 \
                         WHERE id IN (SELECT id FROM old) RETURNING *), \
                   h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
                             new_content, actor, created_at) \
@@ -630,19 +696,32 @@ impl Store for PgStore {
             .bind(Vector::from(embedding.to_vec()))
             .bind(now)
             .bind(actor)
-            .fetch_optional(&self.pool)
+            .bind(keyword_length(&terms))
+            .fetch_optional(&mut *tx)
             .await;
-        match row {
-            Ok(row) => row.as_ref().map(memory_from_row).transpose(),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                "another current memory of user \"{user_id}\" already holds this text; \
-                 {id} was not changed"
-            ))),
-            Err(e) => Err(StoreError::Database {
-                context: "updating a memory",
-                source: e,
-            }),
-        }
+        let memory = match row {
+            Ok(Some(row)) => memory_from_row(&row)?,
+            Ok(None) => {
+                tx.rollback().await.map_err(db("ending a write"))?;
+                return Ok(None);
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                return Err(StoreError::Conflict(format!(
+                    "another current memory of user \"{user_id}\" already holds this text; \
+                     {id} was not changed"
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Database {
+                    context: "updating a memory",
+                    source: e,
+                });
+            }
+        };
+        index_terms(&mut tx, user_id, id, &terms).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        Ok(Some(memory))
     }
 
     async fn supersede(
@@ -935,9 +1014,182 @@ impl Store for PgStore {
     }
 }
 
+/// A memory's postings as the columns `unnest` reads: terms, and how often each occurs.
+fn posting_columns(terms: &DocumentTerms) -> (Vec<&str>, Vec<i32>) {
+    terms
+        .counts
+        .iter()
+        .map(|(term, tf)| (term.as_str(), i32::try_from(*tf).unwrap_or(i32::MAX)))
+        .unzip()
+}
+
+/// `memories.keyword_length` for these terms.
+fn keyword_length(terms: &DocumentTerms) -> i32 {
+    i32::try_from(terms.length).unwrap_or(i32::MAX)
+}
+
+/// Writes the postings of memory `id` of the user, whose text now has
+/// `terms` (its old postings, if any, already dropped by the trigger).
+async fn index_terms(
+    conn: &mut PgConnection,
+    user_id: &str,
+    id: MemoryId,
+    terms: &DocumentTerms,
+) -> Result<(), StoreError> {
+    let (words, counts) = posting_columns(terms);
+    sqlx::query(
+        "INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+         SELECT $1, t.term, $2, t.tf, $5 FROM unnest($3::text[], $4::integer[]) AS t (term, tf)",
+    )
+    .bind(user_id)
+    .bind(id.0)
+    .bind(&words)
+    .bind(&counts)
+    .bind(keyword_length(terms))
+    .execute(&mut *conn)
+    .await
+    .map_err(db("indexing a memory's keywords"))?;
+    Ok(())
+}
+
+/// Brings the keyword postings up to this build when store_info's
+/// `keyword_index` is not [`KEYWORD_INDEX`] (the first open after the
+/// migration that introduced them, or a store whose marker an operator
+/// cleared): every current memory's text is cut into terms again and its
+/// postings and keyword length rewritten, inside the caller's transaction
+/// under the schema lock, so a second process opening meanwhile waits and
+/// then finds the work done. A fresh database has nothing to rebuild and is
+/// marked at once.
+///
+/// Setting a memory's keyword length writes a new version of its wide row,
+/// and every index gets an entry for it; in the vector index each costs a
+/// graph insertion (~4 ms: 200k memories took 13 minutes). So when lengths
+/// must change, the vector index is dropped first and the caller's
+/// `ensure_vector_index` builds it again, as `reembed` does.
+async fn ensure_keyword_index(tx: &mut PgConnection) -> Result<(), StoreError> {
+    let marker: Option<String> =
+        sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'keyword_index'")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading the keyword index version"))?;
+    if marker.as_deref() == Some(KEYWORD_INDEX) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    sqlx::query("DELETE FROM keyword_postings")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("clearing the keyword postings"))?;
+    let (mut memories, mut postings, mut rewritten) = (0u64, 0u64, 0u64);
+    let mut after = Uuid::nil();
+    loop {
+        let rows: Vec<(Uuid, String, String, i32)> = sqlx::query_as(
+            "SELECT id, user_id, content, keyword_length FROM memories \
+             WHERE valid_to IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(REINDEX_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading memories to index"))?;
+        let Some((last, ..)) = rows.last() else { break };
+        after = *last;
+        // Postings as parallel columns, and the lengths that changed.
+        let (mut users, mut words, mut ids, mut counts, mut lengths) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut changed, mut changed_lengths) = (Vec::new(), Vec::new());
+        for (id, user_id, content, stored_length) in &rows {
+            let terms = keywords::document_terms(content);
+            let length = keyword_length(&terms);
+            for (term, tf) in &terms.counts {
+                users.push(user_id.as_str());
+                words.push(term.clone());
+                ids.push(*id);
+                counts.push(i32::try_from(*tf).unwrap_or(i32::MAX));
+                lengths.push(length);
+            }
+            if length != *stored_length {
+                changed.push(*id);
+                changed_lengths.push(length);
+            }
+        }
+        if !changed.is_empty() && rewritten == 0 {
+            for statement in [
+                "DROP INDEX IF EXISTS memories_embedding_hnsw",
+                "DROP INDEX IF EXISTS memories_embedding_diskann",
+            ] {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("dropping the vector index for the keyword rebuild"))?;
+            }
+        }
+        // The memories_count_update trigger moves the users' total lengths
+        // along with the memories' own.
+        sqlx::query(
+            "WITH p AS (INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+                        SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], \
+                                             $4::integer[], $5::integer[])) \
+             UPDATE memories m SET keyword_length = v.length \
+             FROM unnest($6::uuid[], $7::integer[]) AS v (id, length) WHERE m.id = v.id",
+        )
+        .bind(&users)
+        .bind(&words)
+        .bind(&ids)
+        .bind(&counts)
+        .bind(&lengths)
+        .bind(&changed)
+        .bind(&changed_lengths)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing keyword postings"))?;
+        memories += rows.len() as u64;
+        postings += ids.len() as u64;
+        rewritten += changed.len() as u64;
+    }
+    // Recounted rather than trusted; and every user moves to a new version,
+    // as their keyword scores may have changed.
+    sqlx::query(
+        "UPDATE memory_users u SET keyword_length = s.total \
+         FROM (SELECT user_id, sum(keyword_length) AS total FROM memories \
+               WHERE valid_to IS NULL GROUP BY user_id) s \
+         WHERE u.user_id = s.user_id AND u.keyword_length <> s.total",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db("summing keyword lengths"))?;
+    sqlx::query("UPDATE memory_users SET version = nextval('engram_write_version')")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("moving user versions"))?;
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('keyword_index', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(KEYWORD_INDEX)
+    .execute(&mut *tx)
+    .await
+    .map_err(db("recording the keyword index version"))?;
+    if memories > 0 {
+        tracing::info!(
+            memories,
+            postings,
+            lengths_rewritten = rewritten,
+            seconds = started.elapsed().as_secs_f64(),
+            "keyword postings rebuilt{}",
+            if rewritten > 0 {
+                "; the vector index is built again next"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Closes current memory `id` of the user (`valid_to` = now, locked first)
 /// with a SUPERSEDE history row naming `successor`'s text, if any, in one
-/// statement; triggers drop its keywords and move the user's version. False
+/// statement; triggers drop its keyword postings and move the user's version. False
 /// when it is not a current memory of theirs (nothing changed).
 async fn close_in(
     conn: &mut PgConnection,

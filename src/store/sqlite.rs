@@ -1,5 +1,6 @@
-//! The embedded store: one SQLite file (WAL), FTS5 for keywords, and vectors
-//! as f32 blobs scanned through the in-process [`VectorIndex`].
+//! The embedded store: one SQLite file (WAL), keyword postings scored by
+//! BM25 ([`crate::keywords`]), and vectors as f32 blobs scanned through the
+//! in-process [`VectorIndex`].
 //!
 //! Writes are serialised twice: an in-process mutex (no busy-waiting between
 //! our own tasks) and `BEGIN IMMEDIATE` (SQLite's write lock, which also
@@ -22,18 +23,24 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row};
 
+mod keyword_index;
+
+use keyword_index::index_terms;
+
 use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
     HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
-    Pending, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport, UserStats,
-    assemble_export, parse_event,
+    Pending, Scored, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport,
+    UserStats, assemble_export, parse_event,
 };
 use crate::embed::{Embedder, EmbedderIdentity, dot};
-use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_terms};
+use crate::keywords;
+use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ};
 
-/// Writes a new memory with its vector, keyword entry and ADD history row, and
-/// moves the user to the next write generation, in one round trip. Parameters:
-/// ?1 id, ?2 vector blob, ?3 scope tokens, ?4 actor, ?5 user, ?6 agent, ?7 run,
+/// Writes a new memory with its vector, keyword length and ADD history row, and
+/// moves the user to the next write generation, in one round trip (its
+/// postings follow: [`index_terms`]). Parameters:
+/// ?1 id, ?2 vector blob, ?3 keyword length, ?4 actor, ?5 user, ?6 agent, ?7 run,
 /// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms).
 ///
 /// Later statements read what they can from the new row, so each uses few
@@ -42,11 +49,9 @@ use crate::model::{Memory, MemoryId, Metadata, Scope, details_differ, search_ter
 /// once that count passes the number of arguments (here it reaches 6 of 12).
 const INSERT_MEMORY: &str = "\
     INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
-        categories, created_at, updated_at, valid_from) \
-        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) RETURNING pk; \
+        categories, created_at, updated_at, valid_from, keyword_length) \
+        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?3) RETURNING pk; \
     INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
-    INSERT INTO memories_fts (rowid, scope, content) \
-        SELECT pk, ?3, content FROM memories WHERE id = ?1; \
     INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
         SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
     UPDATE write_seq SET value = value + 1 WHERE one = 1; \
@@ -162,6 +167,7 @@ impl SqliteStore {
             write_lock: tokio::sync::Mutex::new(()),
         };
         store.check_embedder().await?;
+        keyword_index::ensure_index(&store.pool).await?;
         Ok(store)
     }
 
@@ -361,8 +367,8 @@ impl SqliteStore {
         serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
     }
 
-    /// Writes `new` (row, vector, keywords, ADD history) and moves the user
-    /// to the next generation; returns the row's pk and that generation.
+    /// Writes `new` (row, vector, keyword postings, ADD history) and moves
+    /// the user to the next generation; returns the row's pk and that generation.
     async fn insert_row(
         conn: &mut SqliteConnection,
         new: &NewMemory,
@@ -372,11 +378,12 @@ impl SqliteStore {
             serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let categories = serde_json::to_string(&new.categories)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let terms = keywords::document_terms(&new.content);
         // Rows come back from the two RETURNING clauses: the pk, then the generation.
         let rows = sqlx::query(INSERT_MEMORY)
             .bind(new.id.to_string())
             .bind(encode_vector(&new.embedding))
-            .bind(scope_tokens(&new.scope))
+            .bind(i64::from(terms.length))
             .bind(&new.actor)
             .bind(&new.scope.user_id)
             .bind(&new.scope.agent_id)
@@ -400,6 +407,7 @@ impl SqliteStore {
                 rows.len()
             )));
         };
+        index_terms(conn, &new.scope.user_id, pk, &terms).await?;
         Ok((pk, generation))
     }
 
@@ -445,8 +453,8 @@ impl SqliteStore {
         .map_err(db("checking for duplicates"))
     }
 
-    /// Closes a current memory (`valid_to` = now), takes it out of the
-    /// keyword index and records a SUPERSEDE history row naming its
+    /// Closes a current memory (`valid_to` = now; a trigger takes it out of
+    /// the keyword index) and records a SUPERSEDE history row naming its
     /// `successor`'s text, if any. The caller moves the generation and drops
     /// the vector from its in-process copy.
     async fn close_row(
@@ -464,11 +472,6 @@ impl SqliteStore {
             .execute(&mut *conn)
             .await
             .map_err(db("closing a memory"))?;
-        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
-            .bind(closed.pk)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("unindexing a memory"))?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
              actor, created_at) VALUES (?, ?, 'SUPERSEDE', ?, ?, ?, ?)",
@@ -619,41 +622,100 @@ impl Store for SqliteStore {
         query: &str,
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let Some(terms) = match_terms(query) else {
+        let terms = keywords::query_terms(query);
+        if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
-        };
-        let expr = format!(
-            "scope : ({}) AND content : ({terms})",
-            scope_match(at.scope)
-        );
-        // Unfiltered, FTS5 ranks inside the index (the scope tokens already
-        // narrow to user, agent and run) and only the top rows touch the
-        // table; the outer checks make a token collision harmless. Filtered,
-        // every match must be checked against its metadata before the cut.
-        let sql = if at.filter.is_empty() {
-            KEYWORD_TOP_THEN_CHECK
-        } else {
-            KEYWORD_CHECK_THEN_TOP
-        };
-        let rows = sqlx::query(sql)
-            .bind(expr)
-            .bind(&at.scope.user_id)
-            .bind(&at.scope.agent_id)
-            .bind(&at.scope.run_id)
-            .bind(filter_json(at))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
+        }
+        let mut conn = self
+            .pool
+            .acquire()
             .await
             .map_err(db("searching keywords"))?;
-        rows.iter()
+        let mut scored = keyword_index::score_all(&mut conn, &at.scope.user_id, &terms).await?;
+        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
+        if narrowed || !at.filter.is_empty() {
+            let allowed = self.scoped_pks(&mut conn, at).await?;
+            scored.retain(|(pk, _)| allowed.contains(pk));
+        }
+        // The best `limit` and any tied with the last of them: ties are
+        // broken by id, which only the rows know.
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if let Some(&(_, cut)) = scored.get(limit - 1) {
+            scored.retain(|&(_, score)| score >= cut);
+        }
+        let scores: HashMap<i64, f32> = scored.into_iter().collect();
+        let pks: Vec<i64> = scores.keys().copied().collect();
+        let rows = sqlx::query(
+            "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.pk = j.value \
+             WHERE m.valid_to IS NULL",
+        )
+        .bind(json_array(&pks))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading keyword hits"))?;
+        let mut hits = rows
+            .iter()
             .map(|row| {
-                let rank: f64 = row.try_get("rank").map_err(db("reading a keyword hit"))?;
+                let pk: i64 = row.try_get("pk").map_err(db("reading a keyword hit"))?;
                 Ok(Hit {
                     id: parse_id(row)?,
-                    score: -rank as f32,
+                    score: scores.get(&pk).copied().unwrap_or(0.0),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<Hit>, StoreError>>()?;
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut conn = self.pool.acquire().await.map_err(db("scoring memories"))?;
+        // One read transaction: one snapshot for rows, vectors and postings.
+        let mut tx = conn.begin().await.map_err(db("scoring memories"))?;
+        let rows = sqlx::query(
+            "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
+             WHERE m.user_id = ? AND m.valid_to IS NULL",
+        )
+        .bind(serde_json::Value::from(id_list).to_string())
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("scoring memories"))?;
+        let mut found: Vec<(i64, MemoryId)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            found.push((
+                row.try_get("pk").map_err(db("scoring memories"))?,
+                parse_id(row)?,
+            ));
+        }
+        let pks: Vec<i64> = found.iter().map(|(pk, _)| *pk).collect();
+        let (_, similarities) = exact_scores(&mut tx, user_id, &pks, vector).await?;
+        let similarities: HashMap<i64, f32> = similarities.into_iter().collect();
+        let terms = keywords::query_terms(query);
+        let keyword = if terms.is_empty() {
+            HashMap::new()
+        } else {
+            keyword_index::score_pks(&mut tx, user_id, &terms, &pks).await?
+        };
+        tx.commit().await.map_err(db("scoring memories"))?;
+        Ok(found
+            .into_iter()
+            .map(|(pk, id)| Scored {
+                id,
+                similarity: similarities.get(&pk).copied().unwrap_or(0.0),
+                keyword: keyword.get(&pk).copied().unwrap_or(0.0),
+            })
+            .collect())
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
@@ -712,11 +774,6 @@ impl Store for SqliteStore {
         let Some(pk) = pk else {
             return Ok(false);
         };
-        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("unindexing a memory"))?;
         sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
             .bind(pk)
             .execute(&mut *tx)
@@ -759,13 +816,7 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a delete"))?;
-        sqlx::query(
-            "DELETE FROM memories_fts WHERE rowid IN (SELECT pk FROM memories WHERE user_id = ?)",
-        )
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("unindexing memories"))?;
+        // Triggers drop the memories' postings as the rows go.
         sqlx::query(
             "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
         )
@@ -789,6 +840,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("deleting deferred remembers"))?;
+        sqlx::query("DELETE FROM keyword_users WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting keyword statistics"))?;
         // The generation row goes too (no trace of the user is left). Other
         // processes see generation 0, differ from their copy, and reload.
         sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
@@ -826,11 +882,15 @@ impl Store for SqliteStore {
             )));
         }
         let now = Utc::now().timestamp_millis();
+        let terms = keywords::document_terms(content);
+        // A trigger drops the old text's postings; the new ones follow.
         sqlx::query(
-            "UPDATE memories SET content = ?, content_hash = ?, updated_at = ? WHERE pk = ?",
+            "UPDATE memories SET content = ?, content_hash = ?, keyword_length = ?, \
+             updated_at = ? WHERE pk = ?",
         )
         .bind(content)
         .bind(content_hash(content))
+        .bind(i64::from(terms.length))
         .bind(now)
         .bind(pk)
         .execute(&mut *tx)
@@ -842,19 +902,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("updating a vector"))?;
+        index_terms(&mut tx, user_id, pk, &terms).await?;
         let memory = Self::fetch_memory(&mut tx, pk).await?;
-        sqlx::query("DELETE FROM memories_fts WHERE rowid = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("reindexing a memory"))?;
-        sqlx::query("INSERT INTO memories_fts (rowid, scope, content) VALUES (?, ?, ?)")
-            .bind(pk)
-            .bind(scope_tokens(&memory.scope))
-            .bind(content)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("reindexing a memory"))?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
              actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
@@ -1435,117 +1484,9 @@ fn filter_json(at: SearchScope<'_>) -> Option<String> {
     Some(serde_json::Value::Object(object).to_string())
 }
 
-/// An opaque FTS token: a kind letter and 16 hex digits of a hash of the
-/// user id and, for agent and run tokens, the agent or run id under it. Tying
-/// every token to its user lets a narrowed MATCH use the narrowest token alone.
-fn scope_token(kind: char, user_id: &str, id: Option<&str>) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(user_id.as_bytes());
-    if let Some(id) = id {
-        hasher.update([0u8]);
-        hasher.update(id.as_bytes());
-    }
-    let digest = hasher.finalize();
-    let mut token = String::with_capacity(17);
-    token.push(kind);
-    for b in &digest[..8] {
-        token.push_str(&format!("{b:02x}"));
-    }
-    token
-}
-
-/// What a memory's `scope` column holds: its user, agent and run tokens.
-fn scope_tokens(scope: &Scope) -> String {
-    let mut tokens = vec![scope_token('u', &scope.user_id, None)];
-    if let Some(a) = &scope.agent_id {
-        tokens.push(scope_token('a', &scope.user_id, Some(a)));
-    }
-    if let Some(r) = &scope.run_id {
-        tokens.push(scope_token('r', &scope.user_id, Some(r)));
-    }
-    tokens.join(" ")
-}
-
-/// The scope part of a MATCH: the agent and run tokens when the scope names
-/// them (each already implies the user), else the user token.
-fn scope_match(scope: &Scope) -> String {
-    let user = &scope.user_id;
-    let narrowing: Vec<String> = [
-        scope
-            .agent_id
-            .as_deref()
-            .map(|a| scope_token('a', user, Some(a))),
-        scope
-            .run_id
-            .as_deref()
-            .map(|r| scope_token('r', user, Some(r))),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let tokens = if narrowing.is_empty() {
-        vec![scope_token('u', user, None)]
-    } else {
-        narrowing
-    };
-    tokens
-        .iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
-/// Words of a query that carry meaning, quoted and OR-ed for FTS5. `None`
-/// when the query has no words at all.
-fn match_terms(query: &str) -> Option<String> {
-    let terms = search_terms(query);
-    (!terms.is_empty()).then(|| {
-        terms
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    })
-}
-
-const KEYWORD_TOP_THEN_CHECK: &str = "\
-    SELECT m.id, f.rank FROM ( \
-        SELECT rowid, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
-        WHERE memories_fts MATCH ?1 ORDER BY rank LIMIT ?6) f \
-    CROSS JOIN memories m ON m.pk = f.rowid \
-    WHERE m.user_id = ?2 AND m.valid_to IS NULL \
-      AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) AND ?5 IS NULL \
-    ORDER BY f.rank";
-
-// CROSS JOIN pins the FTS index as the outer loop; with a plain JOIN the
-// planner may walk the user's rows and re-run MATCH once per row.
-const KEYWORD_CHECK_THEN_TOP: &str = concat!(
-    "SELECT m.id, bm25(memories_fts, 0.0, 1.0) AS rank FROM memories_fts \
-     CROSS JOIN memories m ON m.pk = memories_fts.rowid \
-     WHERE memories_fts MATCH ?1 AND m.user_id = ?2 AND m.valid_to IS NULL \
-       AND (?3 IS NULL OR m.agent_id = ?3) AND (?4 IS NULL OR m.run_id = ?4) AND ",
-    metadata_matches!("?5"),
-    " ORDER BY rank LIMIT ?6"
-);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn match_terms_drop_stopwords_and_quote() {
-        assert_eq!(
-            match_terms("What is my favourite coffee?").as_deref(),
-            Some("\"favourite\" OR \"coffee\"")
-        );
-        assert_eq!(
-            match_terms("who is it").as_deref(),
-            Some("\"who\" OR \"is\" OR \"it\"")
-        );
-        assert_eq!(match_terms("?!"), None);
-        // FTS5 syntax in the query is only ever a word.
-        assert_eq!(match_terms("a\" OR x:*").as_deref(), Some("\"x\""));
-    }
 
     #[test]
     fn vectors_round_trip() {
