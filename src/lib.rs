@@ -29,7 +29,7 @@
 //! * [`reconcile`]: what new facts mean for similar stored memories (add,
 //!   update, supersede, keep), validated before anything is written.
 //! * [`keywords`]: terms (stemmed words) and BM25 over one user's memories, on a 0..1 scale.
-//! * [`rank`]: fuses vector and keyword candidate lists into one ranking.
+//! * [`rank`]: fuses semantic and keyword relevance into one absolute score.
 //! * [`chat`]: a chat loop with memory (recall before, remember after each
 //!   reply), for applications and `examples/chat_agent.rs`.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.

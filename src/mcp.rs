@@ -79,6 +79,11 @@ pub struct RecallParams {
     /// strings, numbers or booleans.
     #[serde(default, deserialize_with = "lenient::object")]
     pub filters: Option<Metadata>,
+    /// Only results scoring at least this, 0..=1 (default 0: up to `limit`
+    /// results however weak). Scores are absolute: unrelated memories score
+    /// near 0, and 0.2 keeps only what shares words or meaning with the query.
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub min_score: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -249,6 +254,7 @@ impl EngramMcp {
             query: p.query,
             limit: p.limit,
             filters: p.filters,
+            min_score: p.min_score,
         };
         self.service.recall(req).await.map(Json).map_err(tool_error)
     }
@@ -479,6 +485,22 @@ mod lenient {
             }),
             Some(other) => Err(D::Error::custom(format!(
                 "invalid type: {other}, expected an integer"
+            ))),
+        }
+    }
+
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("invalid type: {n} is not a number"))),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+                D::Error::custom(format!("invalid type: string \"{s}\", expected a number"))
+            }),
+            Some(other) => Err(D::Error::custom(format!(
+                "invalid type: {other}, expected a number"
             ))),
         }
     }

@@ -126,6 +126,7 @@ async fn recall(s: &MemoryService, query: &str) -> Vec<String> {
         query: query.into(),
         limit: Some(5),
         filters: None,
+        min_score: None,
     })
     .await
     .unwrap()

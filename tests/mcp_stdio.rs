@@ -62,6 +62,24 @@ async fn remember_then_recall_round_trip() {
     );
     assert!(first["created_at"].as_str().unwrap().starts_with("20"));
 
+    // Scores are absolute: min_score drops what is unrelated (also when
+    // sent as a string, as the Inspector CLI does).
+    let cut = ok(
+        &client,
+        "recall",
+        json!({"query": "quantum chromodynamics", "min_score": 0.2}),
+    )
+    .await;
+    assert_eq!(cut["results"], json!([]), "{cut}");
+    let kept = ok(
+        &client,
+        "recall",
+        json!({"query": "espresso in Lisbon", "min_score": "0.2"}),
+    )
+    .await;
+    assert_eq!(kept["results"].as_array().unwrap().len(), 1, "{kept}");
+    assert_eq!(kept["results"][0]["id"], id.as_str());
+
     // A conversation: one memory per user/assistant message, roles in metadata.
     let conv = ok(
         &client,
@@ -382,6 +400,16 @@ async fn bad_input_gets_clear_tool_errors_and_writes_nothing() {
         ("recall", json!({"query": "x".repeat(2000)}), "at most 1024"),
         ("recall", json!({"query": "hi", "limit": 0}), "1..=100"),
         ("recall", json!({"query": "hi", "limit": 101}), "1..=100"),
+        (
+            "recall",
+            json!({"query": "hi", "min_score": 2}),
+            "accepted 0..=1",
+        ),
+        (
+            "recall",
+            json!({"query": "hi", "min_score": "high"}),
+            "expected a number",
+        ),
         (
             "recall",
             json!({"query": "hi", "filters": {"topic": {"$in": ["a"]}}}),

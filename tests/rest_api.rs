@@ -77,6 +77,15 @@ async fn every_route_answers_and_a_memory_lives_its_whole_life() {
         texts(&found.body, "results"),
         ["I prefer aisle seats on long flights"]
     );
+    // min_score: only what is relevant (here: nothing).
+    let relevant = call(
+        Method::POST,
+        format!("{base}/search"),
+        Some(json!({"query": "quantum chromodynamics", "min_score": 0.2})),
+    )
+    .await;
+    assert_eq!(relevant.status, 200, "{}", relevant.text);
+    assert_eq!(relevant.body["results"], json!([]), "{}", relevant.text);
 
     // GET /context/{user_id}, with its options.
     let context = call(Method::GET, format!("{base}/context/alice"), None).await;

@@ -125,6 +125,7 @@ impl CacheBench {
             query: query.to_owned(),
             limit: Some(limit),
             filters: None,
+            min_score: None,
         };
 
         // recall: no cache, first pass (misses, filling), second pass (hits)

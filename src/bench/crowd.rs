@@ -146,6 +146,7 @@ pub async fn run(
             query: query.clone(),
             limit: Some(10),
             filters: None,
+            min_score: None,
         };
         // The first recall for a user reads its pages from outside shared
         // buffers (a user's rows lie scattered through the table); the same

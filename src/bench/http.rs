@@ -97,6 +97,7 @@ pub async fn run(
                 query: queries.query(),
                 limit: Some(10),
                 filters: None,
+                min_score: None,
             })
             .await?;
         local.push(t.elapsed());

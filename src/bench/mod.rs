@@ -426,6 +426,7 @@ impl OneUser {
                     query: query.clone(),
                     limit: Some(10),
                     filters: None,
+                    min_score: None,
                 };
                 let t = Instant::now();
                 std::hint::black_box(self.service.recall(req).await?);

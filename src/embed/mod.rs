@@ -4,8 +4,11 @@
 //! Documents (what is stored) and queries (what is searched) go through separate
 //! methods because remote models often embed them differently.
 
+pub mod calibration;
 mod hash;
 mod openai;
+
+pub use calibration::unrelated_similarity;
 
 pub use hash::HashEmbedder;
 pub use openai::{InputType, OpenAiEmbedder, OpenAiSettings};

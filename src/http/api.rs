@@ -128,6 +128,7 @@ async fn search(
         query: p.query,
         limit: p.limit,
         filters: p.filters,
+        min_score: p.min_score,
     };
     Ok(Json(api.service.recall(request).await?))
 }
