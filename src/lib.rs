@@ -36,6 +36,7 @@
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
 //!   the cache; remember with inference against a stand-in model server;
 //!   recall over the REST API).
+//! * [`eval`]: `engram eval FILE`: recall scored on a LoCoMo-format conversation set, in a scratch store.
 //! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
 //! * [`http`]: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
 //!   (`/sse`), the REST API with its OpenAPI document, the key gate and rate limits,
@@ -51,6 +52,7 @@ pub mod config;
 pub mod context;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod http;
 pub mod keywords;

@@ -52,6 +52,11 @@ enum Command {
     Keys(KeysCommand),
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
+    /// Measure recall on a LoCoMo-format conversation set: every turn
+    /// remembered into a scratch store (the configured database is not
+    /// touched) with the configured embedder, every question recalled and
+    /// scored; prints a report per question category.
+    Eval(engram::eval::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -136,6 +141,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench(args) => engram::bench::run(args).await?,
+        Command::Eval(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::eval::run(&config, args).await?;
+        }
     }
     Ok(())
 }
