@@ -552,6 +552,67 @@ async fn keyword_scores_are_bm25_over_the_users_current_memories(b: Backend) {
     );
 }
 
+/// A narrowed keyword search returns the best of the scope, not the best of
+/// the user cut down afterwards: with hundreds of better matches outside the
+/// agent, its own memories still fill the limit, in the user-wide order.
+async fn a_narrowed_keyword_search_returns_the_scopes_best(b: Backend) {
+    let s = b.store.as_ref();
+    let mut in_agent = Vec::new();
+    for i in 0..400 {
+        // Outside the agent: short, so they outrank the agent's memories.
+        let other = scope("alice", Some("other"), None);
+        add(s, &other, &format!("espresso walk {i}"), json!({})).await;
+        if i % 20 == 0 {
+            let mine = scope("alice", Some("mine"), None);
+            let text = format!("an espresso after the long walk by the river, number {i}");
+            in_agent.push(add(s, &mine, &text, json!({})).await);
+        }
+    }
+    let none = MetadataFilter::default();
+    let everyone = scope("alice", None, None);
+    let all = s
+        .keyword_search(
+            SearchScope {
+                scope: &everyone,
+                filter: &none,
+            },
+            "espresso walk",
+            1000,
+        )
+        .await
+        .unwrap();
+    let expected: Vec<MemoryId> = all
+        .iter()
+        .map(|h| h.id)
+        .filter(|id| in_agent.contains(id))
+        .take(10)
+        .collect();
+    assert_eq!(expected.len(), 10);
+    let mine = scope("alice", Some("mine"), None);
+    let hits = s
+        .keyword_search(
+            SearchScope {
+                scope: &mine,
+                filter: &none,
+            },
+            "espresso walk",
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), expected);
+    let first_mine = all.iter().position(|h| in_agent.contains(&h.id)).unwrap();
+    assert!(
+        first_mine >= 400,
+        "the agent's memories rank behind the rest: {first_mine}"
+    );
+    // Scores do not change with the scope: the statistics are the user's.
+    for hit in &hits {
+        let same = all.iter().find(|h| h.id == hit.id).unwrap();
+        assert!((same.score - hit.score).abs() < 1e-6);
+    }
+}
+
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -1672,6 +1733,7 @@ every_backend!(
     reembedding_rebuilds_every_vector,
     memories_matching_more_query_words_rank_first,
     keyword_scores_are_bm25_over_the_users_current_memories,
+    a_narrowed_keyword_search_returns_the_scopes_best,
     every_write_moves_the_users_version_to_a_new_value,
     many_close_memories_differing_in_a_detail_are_all_kept,
     an_update_rewrites_one_memory_and_keeps_its_history,

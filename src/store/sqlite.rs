@@ -367,6 +367,47 @@ impl SqliteStore {
         serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
     }
 
+    /// The best of `scored` (pk, score; best first) that a narrowed scope
+    /// and metadata filter keep: at least `limit` and every one tied with
+    /// the last of them, when there are that many. Candidates are checked in
+    /// batches, best first, so a narrow scope costs a few lookups rather
+    /// than a read of every row it holds.
+    async fn best_in_scope(
+        &self,
+        conn: &mut SqliteConnection,
+        at: SearchScope<'_>,
+        scored: &[(i64, f32)],
+        limit: usize,
+    ) -> Result<Vec<(i64, f32)>, StoreError> {
+        let batch = (limit * 4).max(256);
+        let mut kept: Vec<(i64, f32)> = Vec::new();
+        for chunk in scored.chunks(batch) {
+            if kept.len() >= limit && chunk[0].1 < kept[limit - 1].1 {
+                break;
+            }
+            let pks: Vec<i64> = chunk.iter().map(|(pk, _)| *pk).collect();
+            let passing: String = sqlx::query_scalar(concat!(
+                "SELECT json_group_array(m.pk) FROM json_each(?5) j \
+                 CROSS JOIN memories m ON m.pk = j.value \
+                 WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+                   AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
+                metadata_matches!("?4")
+            ))
+            .bind(&at.scope.user_id)
+            .bind(&at.scope.agent_id)
+            .bind(&at.scope.run_id)
+            .bind(filter_json(at))
+            .bind(json_array(&pks))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("narrowing the search"))?;
+            let passing: HashSet<i64> = serde_json::from_str(&passing)
+                .map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))?;
+            kept.extend(chunk.iter().filter(|(pk, _)| passing.contains(pk)));
+        }
+        Ok(kept)
+    }
+
     /// Writes `new` (row, vector, keyword postings, ADD history) and moves
     /// the user to the next generation; returns the row's pk and that generation.
     async fn insert_row(
@@ -632,14 +673,13 @@ impl Store for SqliteStore {
             .await
             .map_err(db("searching keywords"))?;
         let mut scored = keyword_index::score_all(&mut conn, &at.scope.user_id, &terms).await?;
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
         if narrowed || !at.filter.is_empty() {
-            let allowed = self.scoped_pks(&mut conn, at).await?;
-            scored.retain(|(pk, _)| allowed.contains(pk));
+            scored = self.best_in_scope(&mut conn, at, &scored, limit).await?;
         }
         // The best `limit` and any tied with the last of them: ties are
         // broken by id, which only the rows know.
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         if let Some(&(_, cut)) = scored.get(limit - 1) {
             scored.retain(|&(_, score)| score >= cut);
         }
