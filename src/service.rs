@@ -45,8 +45,8 @@ use crate::model::{
 use crate::rank;
 use crate::reconcile::{self, Plan};
 use crate::store::{
-    HistoryEntry, Hit, InsertOutcome, NewMemory, Scored, SearchScope, Store, StoreError,
-    SupersedeOutcome, UserExport, UserStats,
+    HistoryEntry, InsertOutcome, NewMemory, SearchScope, Store, StoreError, SupersedeOutcome,
+    UserExport, UserStats,
 };
 
 mod deferred;
@@ -526,13 +526,7 @@ impl MemoryService {
         let depth = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
         let embedding = self.embed_query(&query).await?;
         let semantic = rank::Semantic::new(self.floor().await?);
-        let (vector, keyword) = tokio::try_join!(
-            self.store.vector_search(at, &embedding, depth),
-            self.store.keyword_search(at, &query, depth),
-        )?;
-        let candidates = self
-            .complete_scores(&scope.user_id, &vector, &keyword, &embedding, &query)
-            .await?;
+        let candidates = self.store.candidates(at, &embedding, &query, depth).await?;
         let mut fused = rank::fuse(&candidates, semantic);
         fused.truncate(limit);
 
@@ -561,50 +555,6 @@ impl MemoryService {
             query,
             results,
         })
-    }
-
-    /// Both relevances of every candidate: each search gives one, and the
-    /// store scores the other for candidates only one search found. A
-    /// candidate forgotten meanwhile is left out.
-    async fn complete_scores(
-        &self,
-        user_id: &str,
-        vector: &[Hit],
-        keyword: &[Hit],
-        embedding: &[f32],
-        query: &str,
-    ) -> Result<Vec<Scored>, Error> {
-        let mut both: HashMap<MemoryId, (Option<f32>, Option<f32>)> = HashMap::new();
-        for hit in vector {
-            both.entry(hit.id).or_default().0 = Some(hit.score);
-        }
-        for hit in keyword {
-            both.entry(hit.id).or_default().1 = Some(hit.score);
-        }
-        let partial: Vec<MemoryId> = both
-            .iter()
-            .filter(|(_, (v, k))| v.is_none() || k.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        let mut candidates: Vec<Scored> = both
-            .into_iter()
-            .filter_map(|(id, scores)| match scores {
-                (Some(similarity), Some(keyword)) => Some(Scored {
-                    id,
-                    similarity,
-                    keyword,
-                }),
-                _ => None,
-            })
-            .collect();
-        if !partial.is_empty() {
-            candidates.extend(
-                self.store
-                    .score(user_id, &partial, embedding, query)
-                    .await?,
-            );
-        }
-        Ok(candidates)
     }
 
     /// The embedder's similarity between unrelated texts, measured once per

@@ -613,6 +613,51 @@ async fn a_narrowed_keyword_search_returns_the_scopes_best(b: Backend) {
     }
 }
 
+/// A store's one-pass recall candidates are the two searches' candidates
+/// with both relevances, as the provided three steps compute them: same
+/// memories (ties at the cut aside, none here), same scores.
+async fn candidates_agree_with_the_two_searches(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let mine = scope("alice", Some("mine"), None);
+    for i in 0..60 {
+        let place = ["Lisbon", "Porto", "Faro"][i % 3];
+        let drink = ["espresso", "green tea", "hot chocolate", "orange juice"][i % 4];
+        let text = format!("On day {i} I had {drink} in {place} with friend {}", i * 7);
+        let at = if i % 5 == 0 { &mine } else { &alice };
+        add(s, at, &text, json!({"n": i % 2})).await;
+    }
+    let none = MetadataFilter::default();
+    let odd = MetadataFilter::parse(json!({"n": 1}).as_object()).unwrap();
+    for (who, filter) in [(&alice, &none), (&mine, &none), (&alice, &odd)] {
+        let at = SearchScope { scope: who, filter };
+        for query in [
+            "espresso in Lisbon",
+            "a hot drink with a friend",
+            "what did I have?",
+        ] {
+            let vector = HashEmbedder::new(DIMS).embed(query);
+            let sorted = |mut c: Vec<engram::store::Scored>| {
+                c.sort_by_key(|x| x.id);
+                c
+            };
+            let one_pass = sorted(s.candidates(at, &vector, query, 8).await.unwrap());
+            let in_steps = sorted(
+                engram::store::candidates_in_steps(s, at, &vector, query, 8)
+                    .await
+                    .unwrap(),
+            );
+            let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
+            assert_eq!(ids(&one_pass), ids(&in_steps), "{query}");
+            assert!(!one_pass.is_empty(), "{query}");
+            for (a, b) in one_pass.iter().zip(&in_steps) {
+                assert!((a.similarity - b.similarity).abs() < 1e-4, "{a:?} {b:?}");
+                assert!((a.keyword - b.keyword).abs() < 1e-4, "{a:?} {b:?}");
+            }
+        }
+    }
+}
+
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -1734,6 +1779,7 @@ every_backend!(
     memories_matching_more_query_words_rank_first,
     keyword_scores_are_bm25_over_the_users_current_memories,
     a_narrowed_keyword_search_returns_the_scopes_best,
+    candidates_agree_with_the_two_searches,
     every_write_moves_the_users_version_to_a_new_value,
     many_close_memories_differing_in_a_detail_are_all_kept,
     an_update_rewrites_one_memory_and_keeps_its_history,

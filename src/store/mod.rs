@@ -400,6 +400,54 @@ fn assemble_export(
     }
 }
 
+/// [`Store::candidates`] in three steps: both searches at once, then
+/// [`Store::score`] for the relevance a candidate's own search did not give.
+/// A candidate forgotten meanwhile is left out.
+pub async fn candidates_in_steps<S: Store + ?Sized>(
+    store: &S,
+    at: SearchScope<'_>,
+    vector: &[f32],
+    query: &str,
+    depth: usize,
+) -> Result<Vec<Scored>, StoreError> {
+    let (by_vector, by_keyword) = tokio::try_join!(
+        store.vector_search(at, vector, depth),
+        store.keyword_search(at, query, depth),
+    )?;
+    let mut both: std::collections::HashMap<MemoryId, (Option<f32>, Option<f32>)> =
+        std::collections::HashMap::new();
+    for hit in by_vector {
+        both.entry(hit.id).or_default().0 = Some(hit.score);
+    }
+    for hit in by_keyword {
+        both.entry(hit.id).or_default().1 = Some(hit.score);
+    }
+    let partial: Vec<MemoryId> = both
+        .iter()
+        .filter(|(_, (v, k))| v.is_none() || k.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    let mut candidates: Vec<Scored> = both
+        .into_iter()
+        .filter_map(|(id, scores)| match scores {
+            (Some(similarity), Some(keyword)) => Some(Scored {
+                id,
+                similarity,
+                keyword,
+            }),
+            _ => None,
+        })
+        .collect();
+    if !partial.is_empty() {
+        candidates.extend(
+            store
+                .score(&at.scope.user_id, &partial, vector, query)
+                .await?,
+        );
+    }
+    Ok(candidates)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// The embedder the stored vectors were built with.
@@ -446,6 +494,21 @@ pub trait Store: Send + Sync {
         vector: &[f32],
         query: &str,
     ) -> Result<Vec<Scored>, StoreError>;
+
+    /// A recall's candidates: the `depth` current memories in scope most
+    /// similar to `vector` and the `depth` best by keywords for `query`, each
+    /// with both relevances, in no particular order. Provided by
+    /// [`candidates_in_steps`]; a store may answer in fewer round trips, and
+    /// the conformance suite checks it gives the same.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        candidates_in_steps(self, at, vector, query, depth).await
+    }
 
     /// The most recently updated current memories in scope, and how many there are.
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;

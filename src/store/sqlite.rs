@@ -708,6 +708,111 @@ impl Store for SqliteStore {
         Ok(hits)
     }
 
+    /// One pass instead of the provided three steps: the keyword relevance of
+    /// every match (which BM25 computes anyway), the in-process vector scan,
+    /// and one statement for the exact cosine and id of every candidate of
+    /// either signal.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let user_id = &at.scope.user_id;
+        let terms = keywords::query_terms(query);
+        let entry = self.index.user(user_id);
+        let mut conn = self.pool.acquire().await.map_err(db("searching"))?;
+        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
+        let allowed = if narrowed || !at.filter.is_empty() {
+            Some(self.scoped_pks(&mut conn, at).await?)
+        } else {
+            None
+        };
+        let mut keyword: HashMap<i64, f32> = if terms.is_empty() {
+            HashMap::new()
+        } else {
+            keyword_index::score_all(&mut conn, user_id, &terms)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        if let Some(allowed) = &allowed {
+            keyword.retain(|pk, _| allowed.contains(pk));
+        }
+        let by_keyword = best_with_ties(&keyword, depth);
+        // As in vector_search: scan the copy as it is, check its generation
+        // in the statement that reads the exact vectors, reload when behind.
+        let pool = depth * RERANK_FACTOR + RERANK_EXTRA;
+        let (seen, approx) = {
+            let vecs = entry.read().await;
+            (
+                vecs.generation,
+                vecs.top_k_among(vector, pool, allowed.as_ref()),
+            )
+        };
+        let union = |approx: &[super::vector_index::Scored]| -> Vec<i64> {
+            let mut pks: Vec<i64> = approx
+                .iter()
+                .map(|s| s.pk)
+                .chain(by_keyword.iter().copied())
+                .collect();
+            pks.sort_unstable();
+            pks.dedup();
+            pks
+        };
+        let (generation, exact) =
+            exact_scores_and_ids(&mut conn, user_id, &union(&approx), vector).await?;
+        let (approx, exact) = if seen == Some(generation) {
+            (approx, exact)
+        } else {
+            let mut vecs = entry.write().await;
+            let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+            self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+            let approx = vecs.top_k_among(vector, pool, allowed.as_ref());
+            let (_, exact) =
+                exact_scores_and_ids(&mut tx, user_id, &union(&approx), vector).await?;
+            tx.commit().await.map_err(db("loading vectors"))?;
+            (approx, exact)
+        };
+        let exact: HashMap<i64, (MemoryId, f32)> = exact
+            .into_iter()
+            .map(|(pk, id, cosine)| (pk, (id, cosine)))
+            .collect();
+        let mut by_vector: Vec<(i64, f32)> = approx
+            .iter()
+            .filter_map(|s| exact.get(&s.pk).map(|&(_, cosine)| (s.pk, cosine)))
+            .collect();
+        by_vector.sort_by(|a, b| b.1.total_cmp(&a.1));
+        by_vector.truncate(depth);
+        // The keyword side cut at `depth` as keyword_search cuts it: equal
+        // scores in id order (the ids came with the vectors).
+        let mut by_keyword: Vec<(i64, f32, MemoryId)> = by_keyword
+            .iter()
+            .filter_map(|pk| {
+                let (id, _) = exact.get(pk)?;
+                Some((*pk, keyword.get(pk).copied().unwrap_or(0.0), *id))
+            })
+            .collect();
+        by_keyword.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+        by_keyword.truncate(depth);
+        let chosen: HashSet<i64> = by_vector
+            .iter()
+            .map(|(pk, _)| *pk)
+            .chain(by_keyword.iter().map(|(pk, ..)| *pk))
+            .collect();
+        Ok(chosen
+            .into_iter()
+            .filter_map(|pk| {
+                exact.get(&pk).map(|&(id, similarity)| Scored {
+                    id,
+                    similarity,
+                    keyword: keyword.get(&pk).copied().unwrap_or(0.0),
+                })
+            })
+            .collect())
+    }
+
     async fn score(
         &self,
         user_id: &str,
@@ -1306,7 +1411,61 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
-/// Exact cosine similarity of `query` with the stored vectors of `pks`.
+/// The `depth` best of `scores` (pk, score) and every one tied with the last.
+fn best_with_ties(scores: &HashMap<i64, f32>, depth: usize) -> Vec<i64> {
+    let mut ranked: Vec<(i64, f32)> = scores.iter().map(|(&pk, &s)| (pk, s)).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if let Some(&(_, cut)) = ranked.get(depth.saturating_sub(1)) {
+        ranked.retain(|&(_, s)| s >= cut);
+    }
+    ranked.into_iter().map(|(pk, _)| pk).collect()
+}
+
+/// Exact cosine similarity of `query` with the stored vectors of `pks` that
+/// are current memories, with their ids, and the user's generation, read in
+/// one statement.
+async fn exact_scores_and_ids(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    pks: &[i64],
+    query: &[f32],
+) -> Result<(i64, Vec<(i64, MemoryId, f32)>), StoreError> {
+    // The row without a pk carries the user's generation; the others a vector.
+    let rows = sqlx::query(
+        "SELECT NULL AS pk, NULL AS id, NULL AS embedding, \
+                coalesce((SELECT generation FROM user_generations WHERE user_id = ?), 0) \
+                AS generation \
+         UNION ALL \
+         SELECT * FROM (SELECT v.pk, m.id, v.embedding, NULL FROM json_each(?) j \
+                        CROSS JOIN memory_vectors v ON v.pk = j.value \
+                        JOIN memories m ON m.pk = v.pk WHERE m.valid_to IS NULL)",
+    )
+    .bind(user_id)
+    .bind(json_array(pks))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("reading vectors"))?;
+    let mut generation = None;
+    let mut scores = Vec::with_capacity(pks.len());
+    for row in &rows {
+        let pk: Option<i64> = row.try_get("pk").map_err(db("reading a vector"))?;
+        match pk {
+            None => {
+                generation = row
+                    .try_get("generation")
+                    .map_err(db("reading the user's generation"))?;
+            }
+            Some(pk) => {
+                let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+                scores.push((pk, parse_id(row)?, dot(query, &v)));
+            }
+        }
+    }
+    let generation = generation.ok_or_else(|| StoreError::Corrupt("no generation row".into()))?;
+    Ok((generation, scores))
+}
+
+/// Exact cosine similarity of `query` with the stored vectors of `pks`./// Exact cosine similarity of `query` with the stored vectors of `pks`.
 async fn exact_scores(
     conn: &mut SqliteConnection,
     user_id: &str,
