@@ -1465,45 +1465,22 @@ async fn exact_scores_and_ids(
     Ok((generation, scores))
 }
 
-/// Exact cosine similarity of `query` with the stored vectors of `pks`./// Exact cosine similarity of `query` with the stored vectors of `pks`.
+/// Exact cosine similarity of `query` with the stored vectors of `pks`./// Exact cosine similarity of `query` with the stored vectors of `pks`
+/// (those still current), and the user's generation, in one statement.
 async fn exact_scores(
     conn: &mut SqliteConnection,
     user_id: &str,
     pks: &[i64],
     query: &[f32],
 ) -> Result<(i64, Vec<(i64, f32)>), StoreError> {
-    // The row without a pk carries the user's generation; the others a vector.
-    let rows = sqlx::query(
-        "SELECT NULL AS pk, NULL AS embedding, \
-                coalesce((SELECT generation FROM user_generations WHERE user_id = ?), 0) \
-                AS generation \
-         UNION ALL \
-         SELECT * FROM (SELECT v.pk, v.embedding, NULL FROM json_each(?) j \
-                        CROSS JOIN memory_vectors v ON v.pk = j.value)",
-    )
-    .bind(user_id)
-    .bind(json_array(pks))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("reading vectors"))?;
-    let mut generation = None;
-    let mut scores = Vec::with_capacity(pks.len());
-    for row in &rows {
-        let pk: Option<i64> = row.try_get("pk").map_err(db("reading a vector"))?;
-        match pk {
-            None => {
-                generation = row
-                    .try_get("generation")
-                    .map_err(db("reading the user's generation"))?;
-            }
-            Some(pk) => {
-                let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
-                scores.push((pk, dot(query, &v)));
-            }
-        }
-    }
-    let generation = generation.ok_or_else(|| StoreError::Corrupt("no generation row".into()))?;
-    Ok((generation, scores))
+    let (generation, scores) = exact_scores_and_ids(conn, user_id, pks, query).await?;
+    Ok((
+        generation,
+        scores
+            .into_iter()
+            .map(|(pk, _, cosine)| (pk, cosine))
+            .collect(),
+    ))
 }
 
 async fn generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {
