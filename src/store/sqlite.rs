@@ -221,12 +221,7 @@ impl SqliteStore {
         .await
         .map_err(db("recording the store's embedder"))?;
         // Every user's vectors changed: move all generations past any cached copy.
-        let next = next_write_seq(&mut tx).await?;
-        sqlx::query("UPDATE user_generations SET generation = ?")
-            .bind(next)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("advancing generations"))?;
+        advance_every_generation(&mut tx).await?;
         tx.commit().await.map_err(db("committing the re-embed"))?;
         pool.close().await;
         Ok(done)
@@ -365,47 +360,6 @@ impl SqliteStore {
         .await
         .map_err(db("narrowing the search"))?;
         serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
-    }
-
-    /// The best of `scored` (pk, score; best first) that a narrowed scope
-    /// and metadata filter keep: at least `limit` and every one tied with
-    /// the last of them, when there are that many. Candidates are checked in
-    /// batches, best first, so a narrow scope costs a few lookups rather
-    /// than a read of every row it holds.
-    async fn best_in_scope(
-        &self,
-        conn: &mut SqliteConnection,
-        at: SearchScope<'_>,
-        scored: &[(i64, f32)],
-        limit: usize,
-    ) -> Result<Vec<(i64, f32)>, StoreError> {
-        let batch = (limit * 4).max(256);
-        let mut kept: Vec<(i64, f32)> = Vec::new();
-        for chunk in scored.chunks(batch) {
-            if kept.len() >= limit && chunk[0].1 < kept[limit - 1].1 {
-                break;
-            }
-            let pks: Vec<i64> = chunk.iter().map(|(pk, _)| *pk).collect();
-            let passing: String = sqlx::query_scalar(concat!(
-                "SELECT json_group_array(m.pk) FROM json_each(?5) j \
-                 CROSS JOIN memories m ON m.pk = j.value \
-                 WHERE m.user_id = ?1 AND m.valid_to IS NULL \
-                   AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
-                metadata_matches!("?4")
-            ))
-            .bind(&at.scope.user_id)
-            .bind(&at.scope.agent_id)
-            .bind(&at.scope.run_id)
-            .bind(filter_json(at))
-            .bind(json_array(&pks))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db("narrowing the search"))?;
-            let passing: HashSet<i64> = serde_json::from_str(&passing)
-                .map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))?;
-            kept.extend(chunk.iter().filter(|(pk, _)| passing.contains(pk)));
-        }
-        Ok(kept)
     }
 
     /// Writes `new` (row, vector, keyword postings, ADD history) and moves
@@ -673,11 +627,12 @@ impl Store for SqliteStore {
             .await
             .map_err(db("searching keywords"))?;
         let mut scored = keyword_index::score_all(&mut conn, &at.scope.user_id, &terms).await?;
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
         if narrowed || !at.filter.is_empty() {
-            scored = self.best_in_scope(&mut conn, at, &scored, limit).await?;
+            let allowed = self.scoped_pks(&mut conn, at).await?;
+            scored.retain(|(pk, _)| allowed.contains(pk));
         }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         // The best `limit` and any tied with the last of them: ties are
         // broken by id, which only the rows know.
         if let Some(&(_, cut)) = scored.get(limit - 1) {
@@ -1499,6 +1454,18 @@ async fn next_write_seq(conn: &mut SqliteConnection) -> Result<i64, StoreError> 
         .fetch_one(&mut *conn)
         .await
         .map_err(db("advancing the write sequence"))
+}
+
+/// Moves every user to one new generation: what every user had cached or
+/// copied in process is stale (a re-embed, a keyword re-index).
+async fn advance_every_generation(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let next = next_write_seq(conn).await?;
+    sqlx::query("UPDATE user_generations SET generation = ?")
+        .bind(next)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("advancing generations"))?;
+    Ok(())
 }
 
 async fn bump_generation(conn: &mut SqliteConnection, user_id: &str) -> Result<i64, StoreError> {

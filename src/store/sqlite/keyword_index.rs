@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row, SqlitePool};
 
-use super::{StoreError, db, next_write_seq};
+use super::{StoreError, advance_every_generation, db};
 use crate::keywords::{self, Bm25, Corpus, DocumentTerms};
 
 /// What `store_info.keyword_index` says once every current memory is indexed
@@ -197,12 +197,7 @@ pub(super) async fn ensure_index(pool: &SqlitePool) -> Result<(), StoreError> {
     .execute(&mut *tx)
     .await
     .map_err(db("counting keyword statistics"))?;
-    let next = next_write_seq(&mut tx).await?;
-    sqlx::query("UPDATE user_generations SET generation = ?")
-        .bind(next)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("advancing generations"))?;
+    advance_every_generation(&mut tx).await?;
     sqlx::query(
         "INSERT INTO store_info (key, value) VALUES ('keyword_index', ?) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
