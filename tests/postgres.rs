@@ -808,8 +808,9 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
 
 /// Checks the keyword index against a recount from the memories
 /// themselves: the postings of every current memory are exactly its
-/// terms, its keyword_length its length, and each user's row in
-/// memory_users has their current memories' count and total length.
+/// terms, its keyword_length its length, each user's row in
+/// memory_users has their current memories' count and total length, and
+/// keyword_terms each term's document frequency.
 async fn assert_index_is_exact(pool: &PgPool, what: &str) {
     let current: Vec<(uuid::Uuid, String, String, i32)> = sqlx::query_as(
         "SELECT id, user_id, content, keyword_length FROM memories WHERE valid_to IS NULL",
@@ -853,6 +854,35 @@ async fn assert_index_is_exact(pool: &PgPool, what: &str) {
         .map(|(user, (n, total))| (user, n, total))
         .collect();
     assert_eq!(users, expected_users, "{what}: memory_users");
+
+    // keyword_terms: each (user, term)'s document frequency exactly, and
+    // bounds that hold every posting's tf and length.
+    let recount: Vec<(String, String, i32, i32, i32)> = sqlx::query_as(
+        "SELECT user_id, term, count(*)::integer, max(tf), min(length) FROM keyword_postings \
+         GROUP BY user_id, term ORDER BY user_id, term",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let terms: Vec<(String, String, i32, i32, i32)> = sqlx::query_as(
+        "SELECT user_id, term, docs, max_tf, min_length FROM keyword_terms \
+         ORDER BY user_id, term",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let docs = |rows: &[(String, String, i32, i32, i32)]| -> Vec<(String, String, i32)> {
+        rows.iter()
+            .map(|(user, term, docs, ..)| (user.clone(), term.clone(), *docs))
+            .collect()
+    };
+    assert_eq!(docs(&terms), docs(&recount), "{what}: keyword_terms.docs");
+    for (stored, actual) in terms.iter().zip(&recount) {
+        assert!(
+            stored.3 >= actual.3 && stored.4 <= actual.4,
+            "{what}: keyword_terms bounds {stored:?} do not hold {actual:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,6 +976,67 @@ async fn postings_and_lengths_follow_every_write() {
     assert_eq!(users, 0);
 }
 
+/// Writers of one user at once (adds, updates, supersedes, closes, deletes
+/// of overlapping words): every one finishes (none dies in a deadlock
+/// between the user's lock, a memory's row and the shared statistics) and
+/// the statistics come out exactly as a recount gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
+    let db = TestDatabase::create().await;
+    let store = Arc::new(open(&db.url, PlanSettings::default()).await);
+    let user = Scope::user("busy");
+    let words = [
+        "tea", "coffee", "garden", "piano", "river", "bread", "chess",
+    ];
+    let text = |i: usize, round: usize| {
+        format!(
+            "{} and {} then {} note {i} round {round}",
+            words[i % 7],
+            words[(i + round) % 7],
+            words[(i * 3 + 1) % 7]
+        )
+    };
+    let mut seeded = Vec::new();
+    for i in 0..24 {
+        let outcome = store.insert(memory(&user, &text(i, 0)), 2.0).await.unwrap();
+        let InsertOutcome::Added(m) = outcome else {
+            panic!("{outcome:?}")
+        };
+        seeded.push(m.id);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in seeded.iter().copied().enumerate() {
+        let store = Arc::clone(&store);
+        let user = user.clone();
+        let (first, second) = (text(i, 1), text(i + 24, 2));
+        tasks.spawn(async move {
+            let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+            match i % 4 {
+                0 => {
+                    store
+                        .update("busy", id, &first, &embed(&first), "user")
+                        .await?;
+                }
+                1 => {
+                    store.supersede(id, memory(&user, &first)).await?;
+                }
+                2 => {
+                    store.close("busy", id, "user").await?;
+                }
+                _ => {
+                    store.delete("busy", id).await?;
+                }
+            }
+            store.insert(memory(&user, &second), 2.0).await?;
+            Ok::<_, StoreError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_index_is_exact(store.pool(), "after concurrent writers").await;
+}
+
 /// The keyword search results of every fixture query, for comparing stores.
 async fn keyword_results(store: &PgStore, user: &str) -> Vec<Vec<engram::store::Hit>> {
     let scope = Scope::user(user);
@@ -1029,6 +1120,81 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
             .await
             .unwrap();
     assert_eq!(left, 0);
+    pool.close().await;
+}
+
+/// A store written by the build before keyword_terms (frequencies counted
+/// at query time) gets them counted once in its migration, without a
+/// keyword rebuild, and searches score as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_of_the_previous_schema_get_their_frequencies() {
+    let db = TestDatabase::create().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate!("./migrations/postgres")
+        .run_to(20261230000001, &pool)
+        .await
+        .unwrap();
+    // The postings that build wrote, by hand.
+    for (text, agent, _) in KEYWORD_FIXTURE {
+        let id = uuid::Uuid::now_v7();
+        let doc = keywords::document_terms(text);
+        let embedding = pgvector::Vector::from(HashEmbedder::new(DIMS).embed(text));
+        sqlx::query(
+            "WITH m AS (INSERT INTO memories (id, user_id, agent_id, content, content_hash, \
+                            embedding, created_at, updated_at, valid_from, keyword_length) \
+                        VALUES ($1, 'kw', $2, $3, sha256(convert_to($3, 'UTF8')), $4, now(), \
+                                now(), now(), $5) RETURNING id, keyword_length) \
+             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+             SELECT 'kw', t.term, m.id, t.tf, m.keyword_length \
+             FROM m, unnest($6::text[], $7::integer[]) AS t (term, tf)",
+        )
+        .bind(id)
+        .bind(agent)
+        .bind(text)
+        .bind(embedding)
+        .bind(doc.length as i32)
+        .bind(
+            doc.counts
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            doc.counts
+                .iter()
+                .map(|&(_, n)| n as i32)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO store_info (key, value) VALUES ('keyword_index', $1)")
+        .bind(keywords::INDEX_VERSION)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = open(&db.url, PlanSettings::default()).await;
+    assert_index_is_exact(&pool, "after the migration").await;
+    let planner = Scope::new("kw", Some("planner"), None).unwrap();
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &planner,
+        filter: &none,
+    };
+    let hits = store.keyword_search(at, "tea", 10).await.unwrap();
+    let planned = KEYWORD_FIXTURE
+        .iter()
+        .filter(|(text, agent, _)| {
+            *agent == Some("planner")
+                && keywords::document_terms(text)
+                    .counts
+                    .iter()
+                    .any(|(term, _)| term == "tea")
+        })
+        .count();
+    assert!(planned > 0, "the fixture has planner memories about tea");
+    assert_eq!(hits.len(), planned, "{hits:?}");
     pool.close().await;
 }
 

@@ -15,8 +15,8 @@
 //!   distinct term of each current memory, keyed by (user, term, memory).
 //!   The terms are made here, in Rust, and written in the transaction that
 //!   makes a memory current or changes its text; triggers drop them when it
-//!   stops being current and keep each user's count and total length in
-//!   `memory_users`. A store whose postings predate this build gets them at
+//!   stops being current, keep each user's count and total length in
+//!   `memory_users` and each term's document frequency in `keyword_terms`. A store whose postings predate this build gets them at
 //!   open ([`PgStore::open`]).
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
@@ -733,6 +733,8 @@ impl Store for PgStore {
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
         // One statement, so the memory, its history and any deferred
         // remember that stored it (which would bring the text back) go together.
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
                   history AS (DELETE FROM memory_history \
@@ -744,13 +746,16 @@ impl Store for PgStore {
         )
         .bind(user_id)
         .bind(id.0)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db("deleting a memory"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
         Ok(deleted > 0)
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
                   history AS (DELETE FROM memory_history WHERE user_id = $1), \
@@ -759,9 +764,10 @@ impl Store for PgStore {
              SELECT count(*) FROM gone",
         )
         .bind(user_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db("deleting a user's memories"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
         Ok(deleted.max(0) as u64)
     }
 
@@ -777,6 +783,7 @@ impl Store for PgStore {
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let terms = keywords::document_terms(content);
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
         // One statement: the row (locked), its new text, vector and keyword
         // length, and the UPDATE history row. Triggers drop the old text's
         // postings and move the version; the new postings follow.
@@ -835,6 +842,7 @@ impl Store for PgStore {
         let now = Utc::now();
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, &new.scope.user_id).await?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
         sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
             .execute(&mut *tx)
@@ -951,8 +959,11 @@ impl Store for PgStore {
         let now = Utc::now();
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         // One statement; the memories_version_update trigger moves the version.
-        let mut conn = self.pool.acquire().await.map_err(db("starting a write"))?;
-        close_in(&mut conn, user_id, id, None, actor, now).await
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let closed = close_in(&mut tx, user_id, id, None, actor, now).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        Ok(closed)
     }
 
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
@@ -1287,6 +1298,22 @@ async fn ensure_keyword_index(tx: &mut PgConnection) -> Result<(), StoreError> {
             }
         );
     }
+    Ok(())
+}
+
+/// Takes the user's write lock for the rest of `tx`: the advisory lock the
+/// deduplication trigger and the keyword statistics' triggers take.
+///
+/// Invariant: every engram transaction that changes a user's memories takes
+/// it before any other lock of theirs (a memory's row, the user's counts and
+/// term statistics), so two writers of one user queue here instead of each
+/// holding what the other waits for.
+async fn lock_user(tx: &mut PgConnection, user_id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("taking the user's write lock"))?;
     Ok(())
 }
 

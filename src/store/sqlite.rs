@@ -27,7 +27,7 @@ mod keyword_index;
 
 use keyword_index::index_terms;
 
-use super::vector_index::{DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
+use super::vector_index::{Among, DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
     HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
     Pending, Scored, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport,
@@ -262,7 +262,8 @@ impl SqliteStore {
             return Ok(generation);
         }
         let rows = sqlx::query(
-            "SELECT m.pk, m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
+            "SELECT m.pk, m.id, m.agent_id, m.run_id, v.embedding \
+             FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
              WHERE m.user_id = ? AND m.valid_to IS NULL",
         )
         .bind(user_id)
@@ -280,9 +281,13 @@ impl SqliteStore {
                     self.embedder.dims
                 )));
             }
+            let agent_id: Option<&str> = row.try_get("agent_id").map_err(db("reading a scope"))?;
+            let run_id: Option<&str> = row.try_get("run_id").map_err(db("reading a scope"))?;
             vecs.push(
                 row.try_get("pk").map_err(db("reading a vector"))?,
                 parse_id(row)?,
+                agent_id,
+                run_id,
                 &embedding,
             );
         }
@@ -335,8 +340,9 @@ impl SqliteStore {
         Ok(best)
     }
 
-    /// The pks of the user's current memories that a narrowed scope (agent,
-    /// run) and metadata filter select: an index-only read, no vectors decoded.
+    /// The pks of the user's current memories that a metadata filter (and
+    /// the scope's agent and run) select: an index-only read, no vectors
+    /// decoded. Agent and run alone need no list: the searches filter by them.
     async fn scoped_pks(
         &self,
         conn: &mut SqliteConnection,
@@ -402,7 +408,7 @@ impl SqliteStore {
                 rows.len()
             )));
         };
-        index_terms(conn, &new.scope.user_id, pk, &terms).await?;
+        index_terms(conn, pk, &terms).await?;
         Ok((pk, generation))
     }
 
@@ -537,7 +543,14 @@ impl Store for SqliteStore {
         let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
         tx.commit().await.map_err(db("committing a memory"))?;
 
-        vecs.push(pk, new.id, &new.embedding);
+        let scope = &new.scope;
+        vecs.push(
+            pk,
+            new.id,
+            scope.agent_id.as_deref(),
+            scope.run_id.as_deref(),
+            &new.embedding,
+        );
         vecs.generation = Some(generation);
         Ok(InsertOutcome::Added(new.stored_at(now)))
     }
@@ -569,22 +582,21 @@ impl Store for SqliteStore {
         let user_id = &at.scope.user_id;
         let entry = self.index.user(user_id);
         let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
-        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
-        let allowed = if narrowed || !at.filter.is_empty() {
-            Some(self.scoped_pks(&mut conn, at).await?)
-        } else {
+        // Agent and run narrow the scan by the copy's own scopes; only a
+        // metadata filter needs the rows that pass it.
+        let allowed = if at.filter.is_empty() {
             None
+        } else {
+            Some(self.scoped_pks(&mut conn, at).await?)
         };
+        let among = among(at, allowed.as_ref());
         let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
         // Optimistic: scan the copy as it is, then read the user's generation
         // and the candidates' exact vectors in one statement (one snapshot).
         // A copy behind the database is reloaded and the search redone.
         let (seen, approx) = {
             let vecs = entry.read().await;
-            (
-                vecs.generation,
-                vecs.top_k_among(query, pool, allowed.as_ref()),
-            )
+            (vecs.generation, vecs.top_k_among(query, pool, among))
         };
         let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
         let (generation, exact) = exact_scores(&mut conn, user_id, &pks, query).await?;
@@ -594,7 +606,7 @@ impl Store for SqliteStore {
             let mut vecs = entry.write().await;
             let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
             let generation = self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-            let approx = vecs.top_k_among(query, pool, allowed.as_ref());
+            let approx = vecs.top_k_among(query, pool, among);
             let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
             let (read_at, exact) = exact_scores(&mut tx, user_id, &pks, query).await?;
             tx.commit().await.map_err(db("loading vectors"))?;
@@ -626,9 +638,10 @@ impl Store for SqliteStore {
             .acquire()
             .await
             .map_err(db("searching keywords"))?;
-        let mut scored = keyword_index::score_all(&mut conn, &at.scope.user_id, &terms).await?;
-        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
-        if narrowed || !at.filter.is_empty() {
+        // Agent and run narrow the postings read; a metadata filter is
+        // checked on the memories that match.
+        let mut scored = keyword_index::score_all(&mut conn, at.scope, &terms).await?;
+        if !at.filter.is_empty() {
             let allowed = self.scoped_pks(&mut conn, at).await?;
             scored.retain(|(pk, _)| allowed.contains(pk));
         }
@@ -678,16 +691,18 @@ impl Store for SqliteStore {
         let terms = keywords::query_terms(query);
         let entry = self.index.user(user_id);
         let mut conn = self.pool.acquire().await.map_err(db("searching"))?;
-        let narrowed = at.scope.agent_id.is_some() || at.scope.run_id.is_some();
-        let allowed = if narrowed || !at.filter.is_empty() {
-            Some(self.scoped_pks(&mut conn, at).await?)
-        } else {
+        // Agent and run narrow the scan by the copy's own scopes; only a
+        // metadata filter needs the rows that pass it.
+        let allowed = if at.filter.is_empty() {
             None
+        } else {
+            Some(self.scoped_pks(&mut conn, at).await?)
         };
+        let among = among(at, allowed.as_ref());
         let mut keyword: HashMap<i64, f32> = if terms.is_empty() {
             HashMap::new()
         } else {
-            keyword_index::score_all(&mut conn, user_id, &terms)
+            keyword_index::score_all(&mut conn, at.scope, &terms)
                 .await?
                 .into_iter()
                 .collect()
@@ -701,10 +716,7 @@ impl Store for SqliteStore {
         let pool = depth * RERANK_FACTOR + RERANK_EXTRA;
         let (seen, approx) = {
             let vecs = entry.read().await;
-            (
-                vecs.generation,
-                vecs.top_k_among(vector, pool, allowed.as_ref()),
-            )
+            (vecs.generation, vecs.top_k_among(vector, pool, among))
         };
         let union = |approx: &[super::vector_index::Scored]| -> Vec<i64> {
             let mut pks: Vec<i64> = approx
@@ -724,7 +736,7 @@ impl Store for SqliteStore {
             let mut vecs = entry.write().await;
             let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
             self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-            let approx = vecs.top_k_among(vector, pool, allowed.as_ref());
+            let approx = vecs.top_k_among(vector, pool, among);
             let (_, exact) =
                 exact_scores_and_ids(&mut tx, user_id, &union(&approx), vector).await?;
             tx.commit().await.map_err(db("loading vectors"))?;
@@ -1002,7 +1014,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db("updating a vector"))?;
-        index_terms(&mut tx, user_id, pk, &terms).await?;
+        index_terms(&mut tx, pk, &terms).await?;
         let memory = Self::fetch_memory(&mut tx, pk).await?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
@@ -1020,8 +1032,7 @@ impl Store for SqliteStore {
         let generation = bump_generation(&mut tx, user_id).await?;
         tx.commit().await.map_err(db("committing an update"))?;
         if vecs.generation == Some(before) {
-            vecs.remove(pk);
-            vecs.push(pk, id, embedding);
+            vecs.replace(pk, embedding);
             vecs.generation = Some(generation);
         }
         Ok(Some(memory))
@@ -1066,7 +1077,14 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("committing a supersede"))?;
         if vecs.generation == Some(before) {
             vecs.remove(old_pk);
-            vecs.push(pk, new.id, &new.embedding);
+            let scope = &new.scope;
+            vecs.push(
+                pk,
+                new.id,
+                scope.agent_id.as_deref(),
+                scope.run_id.as_deref(),
+                &new.embedding,
+            );
             vecs.generation = Some(generation);
         }
         Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
@@ -1325,7 +1343,21 @@ impl Store for SqliteStore {
     }
 }
 
+/// The store's pool on `url`, its schema brought up to date.
 async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+    let pool = connect_to(url).await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// A pool on the database at `url` (created if missing), schema untouched.
+async fn connect_to(url: &str) -> Result<SqlitePool, StoreError> {
     let open_err = |source| StoreError::Open {
         url: url.to_owned(),
         source,
@@ -1348,22 +1380,28 @@ async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         // calls, and each connection keeps a larger page cache of its own.
         .pragma("mmap_size", "268435456")
         .pragma("cache_size", "-32768");
-    let pool = SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(8)
         // A connection to a local file does not go stale; the check would
         // cost a round trip to the connection's worker thread per query.
         .test_before_acquire(false)
         .connect_with(options)
         .await
-        .map_err(open_err)?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|source| StoreError::Migrate {
-            url: url.to_owned(),
-            source,
-        })?;
-    Ok(pool)
+        .map_err(open_err)
+}
+
+/// The rows of the in-process copy a search in `at` counts: those in
+/// `allowed` when a metadata filter picked them, else those of the scope's
+/// agent and run (every row for a whole-user search).
+fn among<'a>(at: SearchScope<'a>, allowed: Option<&'a HashSet<i64>>) -> Among<'a> {
+    match allowed {
+        Some(pks) => Among::Pks(pks),
+        None if at.scope.agent_id.is_none() && at.scope.run_id.is_none() => Among::All,
+        None => Among::Scope {
+            agent_id: at.scope.agent_id.as_deref(),
+            run_id: at.scope.run_id.as_deref(),
+        },
+    }
 }
 
 /// The `depth` best of `scores` (pk, score) and every one tied with the last.

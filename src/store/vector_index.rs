@@ -1,5 +1,7 @@
 //! An in-process, 8-bit quantised copy of each active user's current vectors,
 //! so a similarity scan reads 1 byte per dimension instead of decoding rows.
+//! Each row keeps its memory's agent and run, so a search narrowed to either
+//! filters the scan itself ([`Among::Scope`]).
 //!
 //! Invariant: the copy is only an accelerator. Each [`UserVectors`] carries the
 //! user's write generation it reflects; the store compares it with the
@@ -22,7 +24,21 @@ use tokio::sync::RwLock;
 
 use crate::model::MemoryId;
 
-/// Per-user quantised vectors.
+/// Which of a user's rows a scan counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Among<'a> {
+    /// Every row.
+    All,
+    /// Rows of this agent and run (`None`: any).
+    Scope {
+        agent_id: Option<&'a str>,
+        run_id: Option<&'a str>,
+    },
+    /// Rows whose pk is in the set.
+    Pks(&'a HashSet<i64>),
+}
+
+/// Per-user quantised vectors, each row with its memory's pk, id and scope.
 #[derive(Debug, Default)]
 pub struct UserVectors {
     /// The database write generation this copy reflects; `None` = never loaded.
@@ -30,6 +46,12 @@ pub struct UserVectors {
     dims: usize,
     pks: Vec<i64>,
     ids: Vec<MemoryId>,
+    /// Each row's (agent, run), as an index into `scope_names`.
+    scopes: Vec<usize>,
+    /// The distinct (agent, run) pairs of the rows (a user may have a run
+    /// per conversation), and where each is in that list.
+    scope_names: Vec<(Option<String>, Option<String>)>,
+    scope_index: HashMap<(Option<String>, Option<String>), usize>,
     codes: Vec<i8>,
     inv_scales: Vec<f32>,
     /// Row count, readable by the index without taking this copy's lock.
@@ -49,18 +71,46 @@ impl UserVectors {
         self.generation = Some(generation);
         self.pks.clear();
         self.ids.clear();
+        self.scopes.clear();
+        self.scope_names.clear();
+        self.scope_index.clear();
         self.codes.clear();
         self.inv_scales.clear();
         self.rows.store(0, Ordering::Relaxed);
     }
 
-    pub fn push(&mut self, pk: i64, id: MemoryId, vector: &[f32]) {
+    /// Adds a row for memory `pk` of agent `agent_id` and run `run_id`.
+    pub fn push(
+        &mut self,
+        pk: i64,
+        id: MemoryId,
+        agent_id: Option<&str>,
+        run_id: Option<&str>,
+        vector: &[f32],
+    ) {
         debug_assert_eq!(vector.len(), self.dims);
+        let key = (agent_id.map(str::to_owned), run_id.map(str::to_owned));
+        let next = self.scope_names.len();
+        let scope = *self.scope_index.entry(key.clone()).or_insert(next);
+        if scope == next {
+            self.scope_names.push(key);
+        }
         let inv_scale = quantise_into(vector, &mut self.codes);
         self.pks.push(pk);
         self.ids.push(id);
+        self.scopes.push(scope);
         self.inv_scales.push(inv_scale);
         self.rows.store(self.pks.len(), Ordering::Relaxed);
+    }
+
+    /// Gives row `pk` a new vector (its memory's text changed, not its scope).
+    pub fn replace(&mut self, pk: i64, vector: &[f32]) {
+        debug_assert_eq!(vector.len(), self.dims);
+        if let Some(i) = self.pks.iter().position(|&p| p == pk) {
+            let mut code = Vec::with_capacity(self.dims);
+            self.inv_scales[i] = quantise_into(vector, &mut code);
+            self.codes[i * self.dims..(i + 1) * self.dims].copy_from_slice(&code);
+        }
     }
 
     pub fn remove(&mut self, pk: i64) {
@@ -68,6 +118,7 @@ impl UserVectors {
             let last = self.pks.len() - 1;
             self.pks.swap(i, last);
             self.ids.swap(i, last);
+            self.scopes.swap(i, last);
             self.inv_scales.swap(i, last);
             let d = self.dims;
             if i != last {
@@ -76,6 +127,7 @@ impl UserVectors {
             }
             self.pks.pop();
             self.ids.pop();
+            self.scopes.pop();
             self.inv_scales.pop();
             self.codes.truncate(last * d);
             self.rows.store(self.pks.len(), Ordering::Relaxed);
@@ -84,17 +136,32 @@ impl UserVectors {
 
     /// The `k` rows most similar to `query` (approximate cosine), best first.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
-        self.top_k_among(query, k, None)
+        self.top_k_among(query, k, Among::All)
     }
 
-    /// As [`Self::top_k`], counting only rows whose pk is in `allowed` (when given).
-    pub fn top_k_among(
-        &self,
-        query: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Vec<Scored> {
+    /// As [`Self::top_k`], counting only the rows `among` selects.
+    pub fn top_k_among(&self, query: &[f32], k: usize, among: Among<'_>) -> Vec<Scored> {
         if self.pks.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        // Whether each scope of `scope_names` is in a scope filter.
+        let scope_in: Vec<bool> = match among {
+            Among::Scope { agent_id, run_id } => self
+                .scope_names
+                .iter()
+                .map(|(a, r)| {
+                    agent_id.is_none_or(|want| a.as_deref() == Some(want))
+                        && run_id.is_none_or(|want| r.as_deref() == Some(want))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let counted = |i: usize| match among {
+            Among::All => true,
+            Among::Scope { .. } => scope_in[self.scopes[i]],
+            Among::Pks(allowed) => allowed.contains(&self.pks[i]),
+        };
+        if matches!(among, Among::Scope { .. }) && !scope_in.contains(&true) {
             return Vec::new();
         }
         let mut q = Vec::with_capacity(self.dims);
@@ -106,7 +173,7 @@ impl UserVectors {
             .zip(&self.inv_scales)
             .map(|(&s, &inv)| s * q_inv * inv)
             .enumerate()
-            .filter(|&(i, _)| allowed.is_none_or(|a| a.contains(&self.pks[i])))
+            .filter(|&(i, _)| counted(i))
             .collect();
         if order.is_empty() {
             return Vec::new();
@@ -347,7 +414,7 @@ mod tests {
         uv.reset(1);
         let vecs: Vec<Vec<f32>> = texts.iter().map(|t| e.embed(t)).collect();
         for (i, v) in vecs.iter().enumerate() {
-            uv.push(i as i64, MemoryId::new(), v);
+            uv.push(i as i64, MemoryId::new(), None, None, v);
         }
         let q = e.embed("topic 3 and place 5");
         let approx = uv.top_k(&q, 10);
@@ -415,7 +482,7 @@ mod tests {
             let mut v = vectors.write().await;
             v.reset(1);
             for pk in 0..10 {
-                v.push(pk, MemoryId::new(), &[0.5; 8]);
+                v.push(pk, MemoryId::new(), None, None, &[0.5; 8]);
             }
         }
         // 30 rows cached, budget 25: asking for "c" again drops "a", the oldest.
@@ -423,10 +490,15 @@ mod tests {
         assert_eq!(index.cached_users(), ["b", "c"]);
         // The one being asked for stays even when it alone is over budget.
         let big = index.user("b");
-        big.write().await.push(99, MemoryId::new(), &[0.5; 8]);
+        big.write()
+            .await
+            .push(99, MemoryId::new(), None, None, &[0.5; 8]);
         let vectors = index.user("b");
         for pk in 100..120 {
-            vectors.write().await.push(pk, MemoryId::new(), &[0.5; 8]);
+            vectors
+                .write()
+                .await
+                .push(pk, MemoryId::new(), None, None, &[0.5; 8]);
         }
         index.user("b");
         assert_eq!(index.cached_users(), ["b"]);
@@ -437,19 +509,52 @@ mod tests {
         let e = HashEmbedder::new(64);
         let mut uv = UserVectors::new(64);
         uv.reset(1);
-        for (pk, t) in [(1, "red apples"), (2, "red apple pie"), (3, "blue sky")] {
-            uv.push(pk, MemoryId::new(), &e.embed(t));
+        for (pk, agent, run, t) in [
+            (1, Some("a"), None, "red apples"),
+            (2, Some("b"), Some("r"), "red apple pie"),
+            (3, None, Some("r"), "blue sky"),
+            (4, Some("b"), None, "red sky"),
+        ] {
+            uv.push(pk, MemoryId::new(), agent, run, &e.embed(t));
         }
         let q = e.embed("red apples");
+        let pks = |uv: &UserVectors, among| -> Vec<i64> {
+            let mut pks: Vec<i64> = uv.top_k_among(&q, 5, among).iter().map(|s| s.pk).collect();
+            pks.sort_unstable();
+            pks
+        };
         let only: HashSet<i64> = [2, 3].into();
-        let hits: Vec<i64> = uv
-            .top_k_among(&q, 5, Some(&only))
-            .iter()
-            .map(|s| s.pk)
-            .collect();
-        assert_eq!(hits, vec![2, 3]);
-        assert!(uv.top_k_among(&q, 5, Some(&HashSet::new())).is_empty());
+        let none: HashSet<i64> = HashSet::new();
+        assert_eq!(pks(&uv, Among::Pks(&only)), vec![2, 3]);
+        assert!(pks(&uv, Among::Pks(&none)).is_empty());
+        let scope = |agent_id, run_id| Among::Scope { agent_id, run_id };
+        assert_eq!(pks(&uv, scope(Some("b"), None)), vec![2, 4]);
+        assert_eq!(pks(&uv, scope(None, Some("r"))), vec![2, 3]);
+        assert_eq!(pks(&uv, scope(Some("b"), Some("r"))), vec![2]);
+        assert!(pks(&uv, scope(Some("c"), None)).is_empty());
+        assert_eq!(pks(&uv, scope(None, None)), vec![1, 2, 3, 4]);
         assert_eq!(uv.top_k(&q, 1)[0].pk, 1);
+        // Removing a row keeps each row's scope with it.
+        uv.remove(1);
+        assert_eq!(pks(&uv, scope(Some("b"), None)), vec![2, 4]);
+        assert!(pks(&uv, scope(Some("a"), None)).is_empty());
+    }
+
+    #[test]
+    fn replace_changes_the_vector_and_keeps_the_scope() {
+        let e = HashEmbedder::new(32);
+        let mut uv = UserVectors::new(32);
+        uv.reset(1);
+        uv.push(7, MemoryId::new(), Some("a"), None, &e.embed("alpha"));
+        uv.push(8, MemoryId::new(), Some("b"), None, &e.embed("bravo"));
+        uv.replace(7, &e.embed("charlie"));
+        let among = Among::Scope {
+            agent_id: Some("a"),
+            run_id: None,
+        };
+        let top = uv.top_k_among(&e.embed("charlie"), 1, among);
+        assert_eq!(top[0].pk, 7);
+        assert!(top[0].score > 0.98);
     }
 
     #[test]
@@ -458,7 +563,7 @@ mod tests {
         let mut uv = UserVectors::new(32);
         uv.reset(1);
         for (pk, t) in [(10, "alpha"), (11, "bravo"), (12, "charlie")] {
-            uv.push(pk, MemoryId::new(), &e.embed(t));
+            uv.push(pk, MemoryId::new(), None, None, &e.embed(t));
         }
         uv.remove(10);
         assert_eq!(uv.top_k(&e.embed("x"), 10).len(), 2);

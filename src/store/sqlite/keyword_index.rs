@@ -1,8 +1,10 @@
 //! The SQLite keyword index: one `keyword_postings` row per distinct term of
-//! each current memory, clustered by (user, term), and per-user statistics
-//! in `keyword_users` (kept by triggers, see the migration). Scoring is
-//! [`Bm25`] in Rust over the postings of the query's terms, so a query reads
-//! exactly the rows of its terms for its user and nothing of other users.
+//! each current memory (with the memory's agent and run), clustered by
+//! (user, term), and per-user statistics in `keyword_users` (kept by
+//! triggers, see the migrations). Scoring is [`Bm25`] in Rust over the
+//! postings of the query's terms, so a query reads exactly the rows of its
+//! terms for its user and nothing of other users; one narrowed to an agent or
+//! a run scores only that scope's postings, with the user's statistics.
 //!
 //! Invariant: every current memory has postings for exactly the terms of its
 //! text ([`keywords::document_terms`]) and `keyword_length` set to its term
@@ -15,6 +17,7 @@ use sqlx::{Connection, Row, SqlitePool};
 
 use super::{StoreError, advance_every_generation, db};
 use crate::keywords::{self, Bm25, Corpus, DocumentTerms};
+use crate::model::Scope;
 
 /// What `store_info.keyword_index` says once every current memory is indexed
 /// as this version of [`crate::keywords`] cuts text.
@@ -24,10 +27,9 @@ const INDEX_VERSION: &str = keywords::INDEX_VERSION;
 type Posting = (usize, i64, u32, u32);
 
 /// Writes the postings of a memory's text (its `keyword_length` is written
-/// with the row).
+/// with the row, and its scope read from it).
 pub(super) async fn index_terms(
     conn: &mut SqliteConnection,
-    user_id: &str,
     pk: i64,
     terms: &DocumentTerms,
 ) -> Result<(), StoreError> {
@@ -37,10 +39,10 @@ pub(super) async fn index_terms(
     let counts =
         serde_json::to_string(&terms.counts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO keyword_postings (user_id, term, pk, tf, length) \
-         SELECT ?1, j.value ->> 0, ?2, j.value ->> 1, ?3 FROM json_each(?4) j",
+        "INSERT INTO keyword_postings (user_id, agent_id, run_id, term, pk, tf, length) \
+         SELECT m.user_id, m.agent_id, m.run_id, j.value ->> 0, m.pk, j.value ->> 1, ?2 \
+         FROM memories m, json_each(?3) j WHERE m.pk = ?1",
     )
-    .bind(user_id)
     .bind(pk)
     .bind(i64::from(terms.length))
     .bind(counts)
@@ -50,15 +52,20 @@ pub(super) async fn index_terms(
     Ok(())
 }
 
-/// Every current memory of the user holding a term of `terms`, with its
-/// relevance (pk, score), in no particular order.
+/// Every current memory in `scope` holding a term of `terms`, with its
+/// relevance (pk, score), in no particular order. A scope narrowed to an
+/// agent or a run reads only that scope's postings.
 pub(super) async fn score_all(
     conn: &mut SqliteConnection,
-    user_id: &str,
+    scope: &Scope,
     terms: &[String],
 ) -> Result<Vec<(i64, f32)>, StoreError> {
+    if scope.agent_id.is_some() || scope.run_id.is_some() {
+        return score_some(conn, scope, terms, None).await;
+    }
     // One statement, so statistics and postings come from one snapshot; one
     // JSON value, because sqlx hands rows over one at a time between threads.
+    // Every posting of the terms is read, so they give the frequencies too.
     let row = sqlx::query(
         "SELECT coalesce((SELECT docs FROM keyword_users WHERE user_id = ?1), 0) AS docs, \
                 coalesce((SELECT total_length FROM keyword_users WHERE user_id = ?1), 0) AS total, \
@@ -66,7 +73,7 @@ pub(super) async fn score_all(
                  FROM json_each(?2) j CROSS JOIN keyword_postings p \
                    ON p.user_id = ?1 AND p.term = j.value) AS postings",
     )
-    .bind(user_id)
+    .bind(&scope.user_id)
     .bind(terms_json(terms)?)
     .fetch_one(&mut *conn)
     .await
@@ -90,6 +97,27 @@ pub(super) async fn score_pks(
     terms: &[String],
     pks: &[i64],
 ) -> Result<HashMap<i64, f32>, StoreError> {
+    let scope = Scope {
+        user_id: user_id.to_owned(),
+        agent_id: None,
+        run_id: None,
+    };
+    Ok(score_some(conn, &scope, terms, Some(pks))
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// The relevance of the current memories in `scope` (and among `pks`, when
+/// given) holding a term of `terms`. Only their postings are read; the
+/// frequencies are counted over all of the user's, the statistics BM25
+/// scores with whatever the scope.
+async fn score_some(
+    conn: &mut SqliteConnection,
+    scope: &Scope,
+    terms: &[String],
+    pks: Option<&[i64]>,
+) -> Result<Vec<(i64, f32)>, StoreError> {
     let row = sqlx::query(
         "SELECT coalesce((SELECT docs FROM keyword_users WHERE user_id = ?1), 0) AS docs, \
                 coalesce((SELECT total_length FROM keyword_users WHERE user_id = ?1), 0) AS total, \
@@ -100,11 +128,14 @@ pub(super) async fn score_pks(
                 (SELECT json_group_array(json_array(j.key, p.pk, p.tf, p.length)) \
                  FROM json_each(?2) j CROSS JOIN keyword_postings p \
                    ON p.user_id = ?1 AND p.term = j.value \
-                 WHERE p.pk IN (SELECT value FROM json_each(?3))) AS postings",
+                 WHERE (?3 IS NULL OR p.agent_id = ?3) AND (?4 IS NULL OR p.run_id = ?4) \
+                   AND (?5 IS NULL OR p.pk IN (SELECT value FROM json_each(?5)))) AS postings",
     )
-    .bind(user_id)
+    .bind(&scope.user_id)
     .bind(terms_json(terms)?)
-    .bind(serde_json::Value::from(pks.to_vec()).to_string())
+    .bind(&scope.agent_id)
+    .bind(&scope.run_id)
+    .bind(pks.map(|pks| serde_json::Value::from(pks.to_vec()).to_string()))
     .fetch_one(&mut *conn)
     .await
     .map_err(db("scoring keywords"))?;
@@ -116,7 +147,7 @@ pub(super) async fn score_pks(
         }
     }
     let postings: Vec<Posting> = json_column(&row, "postings")?;
-    Ok(score(corpus, &doc_freq, &postings).into_iter().collect())
+    Ok(score(corpus, &doc_freq, &postings))
 }
 
 /// BM25 of each memory among `postings`.
@@ -162,8 +193,8 @@ pub(super) async fn ensure_index(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(db("indexing keywords"))?;
     loop {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT pk, user_id, content FROM memories \
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT pk, content FROM memories \
              WHERE valid_to IS NULL AND pk > ? ORDER BY pk LIMIT ?",
         )
         .bind(after)
@@ -174,7 +205,7 @@ pub(super) async fn ensure_index(pool: &SqlitePool) -> Result<(), StoreError> {
         let Some(&(last, ..)) = rows.last() else {
             break;
         };
-        for (pk, user_id, content) in &rows {
+        for (pk, content) in &rows {
             let terms = keywords::document_terms(content);
             sqlx::query("UPDATE memories SET keyword_length = ? WHERE pk = ?")
                 .bind(i64::from(terms.length))
@@ -182,7 +213,7 @@ pub(super) async fn ensure_index(pool: &SqlitePool) -> Result<(), StoreError> {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("indexing keywords"))?;
-            index_terms(&mut tx, user_id, *pk, &terms).await?;
+            index_terms(&mut tx, *pk, &terms).await?;
         }
         indexed += rows.len() as u64;
         after = last;
@@ -238,4 +269,99 @@ fn json_column<T: serde::de::DeserializeOwned>(
         .try_get(column)
         .map_err(db("reading keyword postings"))?;
     serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::{Embedder, HashEmbedder};
+    use crate::model::MetadataFilter;
+    use crate::store::{SearchScope, SqliteStore, Store};
+
+    /// A store whose postings were written before they carried a scope gets
+    /// its memories' agents and runs in the migration (no keyword rebuild),
+    /// and a narrowed search then finds exactly the scope's memories.
+    #[tokio::test]
+    async fn postings_of_the_previous_schema_get_their_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/engram.db", dir.path().display());
+        let pool = super::super::connect_to(&url).await.unwrap();
+        super::super::MIGRATOR
+            .run_to(20261230000001, &pool)
+            .await
+            .unwrap();
+        let embedder = HashEmbedder::new(8);
+        let memories = [
+            ("planner", None, "Drinks green tea every morning"),
+            ("coach", Some("run-1"), "Tea before every long run"),
+            ("coach", None, "Coffee after the gym"),
+        ];
+        for (n, (agent, run, text)) in memories.iter().enumerate() {
+            let terms = keywords::document_terms(text);
+            let pk: i64 = sqlx::query_scalar(
+                "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
+                     metadata, categories, created_at, updated_at, valid_from, keyword_length) \
+                 VALUES (?1, 'u', ?2, ?3, ?4, ?5, '{}', '[]', ?6, ?6, ?6, ?7) RETURNING pk",
+            )
+            .bind(crate::model::MemoryId::new().to_string())
+            .bind(agent)
+            .bind(run)
+            .bind(text)
+            .bind(format!("hash-{n}"))
+            .bind(chrono::Utc::now().to_rfc3339())
+            .bind(i64::from(terms.length))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO memory_vectors (pk, embedding) VALUES (?, ?)")
+                .bind(pk)
+                .bind(super::super::encode_vector(&embedder.embed(text)))
+                .execute(&pool)
+                .await
+                .unwrap();
+            for (term, tf) in &terms.counts {
+                sqlx::query(
+                    "INSERT INTO keyword_postings (user_id, term, pk, tf, length) \
+                     VALUES ('u', ?, ?, ?, ?)",
+                )
+                .bind(term)
+                .bind(pk)
+                .bind(i64::from(*tf))
+                .bind(i64::from(terms.length))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+        sqlx::query("INSERT INTO store_info (key, value) VALUES ('keyword_index', ?)")
+            .bind(INDEX_VERSION)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&url, embedder.identity()).await.unwrap();
+        let unscoped: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM keyword_postings p JOIN memories m ON m.pk = p.pk \
+             WHERE p.agent_id IS NOT m.agent_id OR p.run_id IS NOT m.run_id",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(unscoped, 0, "every posting has its memory's scope");
+        let none = MetadataFilter::default();
+        for (scope, want) in [
+            (Scope::new("u", Some("planner"), None).unwrap(), 1),
+            (Scope::new("u", Some("coach"), None).unwrap(), 1),
+            (Scope::new("u", None, Some("run-1")).unwrap(), 1),
+            (Scope::user("u"), 2),
+        ] {
+            let at = SearchScope {
+                scope: &scope,
+                filter: &none,
+            };
+            let hits = store.keyword_search(at, "tea", 10).await.unwrap();
+            assert_eq!(hits.len(), want, "{scope:?}: {hits:?}");
+        }
+    }
 }
