@@ -1,6 +1,6 @@
 //! `engram keys create|list|revoke` as an operator runs them.
 
-mod common;
+use crate::common;
 
 use common::run_engram;
 

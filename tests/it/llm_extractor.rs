@@ -2,7 +2,7 @@
 //! HTTP and JSON): the request it sends, what it takes from a reply and what
 //! it refuses, the `json_object` fallback, and failures that store nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

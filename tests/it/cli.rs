@@ -2,7 +2,7 @@
 //! refusing bad configuration with a message that names the key, config
 //! files, and the embedder guard with its `engram reembed` way out.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

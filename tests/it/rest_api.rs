@@ -1,7 +1,7 @@
 //! The REST API over real HTTP against the real binary: every route's
 //! success and error shapes, and the OpenAPI document covering every route.
 
-mod common;
+use crate::common;
 
 use common::http::{Reply, Server};
 use reqwest::Method;

@@ -3,7 +3,7 @@
 //! server `ENGRAM_TEST_DATABASE_URL` names). A backend that passes here
 //! behaves like the others as far as the service can tell.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! binary as a child process and drives it with rmcp's client over stdio,
 //! against a fresh SQLite file.
 
-mod common;
+use crate::common;
 
 use common::{Engram, call, connect_with, ok, texts, tool_err, total};
 use rmcp::model::{CallToolRequestParams, GetPromptRequestParams, ReadResourceRequestParams};

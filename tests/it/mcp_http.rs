@@ -2,7 +2,7 @@
 //! Streamable HTTP client and plain HTTP requests: the MCP round trip, the
 //! health checks, the refusals of an unsafe start, and shutdown on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! reextract` finishes it later. Against the fake OpenAI-compatible server
 //! (real HTTP and JSON) for both the chat model and the embedder.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! errors a user sees; then the real binary embedding through it, with and
 //! without the cache.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! operator's commands (`migrate`, index choice) fail clearly when they must.
 //! The behaviours both stores share are in store_conformance.rs.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! OpenAI-compatible server: memories shape replies, exchanges are
 //! remembered after replying, and a failing memory never stops the chat.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! other) lets anyone observe a result older than the database or another
 //! user's memory; forget leaves no key of the user behind.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! a revoked one, user A naming user B, admin), per-key rate limits, and 50
 //! users with their own keys writing and reading at once.
 
-mod common;
+use crate::common;
 
 use common::http::Server;
 use common::{ok, texts, tool_err};

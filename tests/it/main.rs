@@ -1,0 +1,34 @@
+//! engram's integration tests, as one test binary: it links the dependency
+//! set once rather than once per file. Each module is one area, against the
+//! real things (the built binary over stdio and HTTP, PostgreSQL with
+//! pgvector, Redis, a fake OpenAI-compatible server on a real socket);
+//! `common` holds what they share.
+//!
+//! * Stores: [`store_conformance`] (every behaviour, both stores),
+//!   [`postgres`] (what only PostgreSQL has to prove), [`cache`] (Redis,
+//!   never the source of truth).
+//! * Models: [`llm_extractor`], [`openai_embedder`], [`failure_policy`]
+//!   (when the model fails), [`chat_agent`].
+//! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
+//!   JSON-RPC framing), [`mcp_http`], [`rest_api`], [`http_auth`],
+//!   [`inspector`] (the official MCP Inspector CLI).
+//! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
+
+mod common;
+
+mod cache;
+mod chat_agent;
+mod cli;
+mod eval_cli;
+mod failure_policy;
+mod http_auth;
+mod inspector;
+mod keys_cli;
+mod llm_extractor;
+mod mcp_http;
+mod mcp_stdio;
+mod openai_embedder;
+mod postgres;
+mod protocol;
+mod rest_api;
+mod store_conformance;
