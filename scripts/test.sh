@@ -7,7 +7,7 @@
 # Needs cargo (with rustfmt and clippy), node and npm, python3 with pip, and
 # redis-server (Debian: redis-server) unless a Redis already answers on
 # 127.0.0.1:6379. Installs the pinned MCP Inspector CLI into a cache outside the
-# repo on first use and exports ENGRAM_INSPECTOR_CLI so tests/inspector.rs runs
+# repo on first use and exports ENGRAM_INSPECTOR_CLI so tests/it/inspector.rs runs
 # it without network access.
 #
 # scripts/services.sh provisions the services the tests use, without Docker:

@@ -20,7 +20,8 @@ use crate::embed::{Embedder, HashEmbedder};
 use crate::keywords;
 use crate::model::{MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest};
-use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope, Store};
+use crate::store::prelude::*;
+use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope};
 
 const LOAD_BATCH: usize = 2000;
 

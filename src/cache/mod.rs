@@ -4,7 +4,7 @@
 //! What is cached, per user, in one hash `{prefix}u:{<user hash>}`:
 //! recall results and user contexts, one field per request shape
 //! ([`recall_field`], [`context_field`]), each an [`entry`] recording the
-//! user's [`Store::version`](crate::store::Store::version) it was built at.
+//! user's [`Versions::version`](crate::store::Versions::version) it was built at.
 //! Query embeddings live under `{prefix}qv:<hash>` (embedder identity + text),
 //! shared by all users: they hold a vector, not a memory.
 //!

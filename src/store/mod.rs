@@ -1,10 +1,12 @@
-//! Durable memories, their history, and search. The [`Store`] trait is the
-//! seam; `sqlite` is the embedded default, `postgres` the shared production store.
+//! Durable memories, their history, and search. The seam is one trait per
+//! concern ([`Writes`], [`Reads`], [`Search`], [`PendingQueue`], [`Keys`],
+//! [`Reports`], [`Versions`]) and [`Store`], which is all of them; `sqlite`
+//! is the embedded default, `postgres` the shared production store.
 //!
 //! Invariants every implementation keeps:
 //! * every read and write is bounded by a user id; there is no unscoped path;
 //! * a memory and its history row commit together;
-//! * [`Store::insert`] deduplicates atomically: two concurrent inserts of
+//! * [`Writes::insert`] deduplicates atomically: two concurrent inserts of
 //!   near-identical text for one user leave one memory;
 //! * the store remembers which embedder built its vectors and refuses another.
 
@@ -101,7 +103,7 @@ impl NewMemory {
     }
 }
 
-/// What [`Store::insert`] did.
+/// What [`Writes::insert`] did.
 #[derive(Debug, Clone)]
 pub enum InsertOutcome {
     Added(Memory),
@@ -112,7 +114,7 @@ pub enum InsertOutcome {
     },
 }
 
-/// What [`Store::supersede`] did.
+/// What [`Writes::supersede`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SupersedeOutcome {
     /// The old memory was closed (`valid_to` set, kept in history) and the
@@ -400,10 +402,10 @@ fn assemble_export(
     }
 }
 
-/// [`Store::candidates`] in three steps: both searches at once, then
-/// [`Store::score`] for the relevance a candidate's own search did not give.
+/// [`Search::candidates`] in three steps: both searches at once, then
+/// [`Search::score`] for the relevance a candidate's own search did not give.
 /// A candidate forgotten meanwhile is left out.
-pub async fn candidates_in_steps<S: Store + ?Sized>(
+pub async fn candidates_in_steps<S: Search + ?Sized>(
     store: &S,
     at: SearchScope<'_>,
     vector: &[f32],
@@ -448,11 +450,24 @@ pub async fn candidates_in_steps<S: Store + ?Sized>(
     Ok(candidates)
 }
 
-#[async_trait]
-pub trait Store: Send + Sync {
+/// Everything a backend provides: one trait per concern, and the
+/// embedder its vectors were built with. `Arc<dyn Store>` is how the
+/// service holds a backend; `use crate::store::prelude::*` brings the
+/// concerns' methods into scope.
+pub trait Store: Writes + Reads + Search + PendingQueue + Keys + Reports + Versions {
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
+}
 
+/// The store's traits, to call a backend's methods: `use crate::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{Keys, PendingQueue, Reads, Reports, Search, Store, Versions, Writes};
+}
+
+/// Changes to a user's memories. Every write moves the user's version
+/// ([`Versions`]) in its own transaction.
+#[async_trait]
+pub trait Writes: Send + Sync {
     /// Stores `new` with an ADD history row, unless a current memory of the same
     /// user has cosine similarity >= `dedup_threshold` with it.
     async fn insert(
@@ -460,69 +475,6 @@ pub trait Store: Send + Sync {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError>;
-
-    /// The user's memories with these ids, in no particular order; ids that are
-    /// unknown or belong to another user are skipped.
-    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError>;
-
-    /// Up to `limit` current memories in scope, most similar to `query` first.
-    async fn vector_search(
-        &self,
-        at: SearchScope<'_>,
-        query: &[f32],
-        limit: usize,
-    ) -> Result<Vec<Hit>, StoreError>;
-
-    /// Up to `limit` current memories in scope holding terms of `query`, best
-    /// first, scored by [`crate::keywords`]: BM25 over the user's current
-    /// memories, on a 0..1 scale. Equal scores come in id order.
-    async fn keyword_search(
-        &self,
-        at: SearchScope<'_>,
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<Hit>, StoreError>;
-
-    /// Both relevances ([`Scored`]) of these memories of the user to a query
-    /// given as its vector and its text, in no particular order; ids that are
-    /// not current memories of the user are skipped. Keyword relevance is
-    /// exactly what [`Store::keyword_search`] would give the memory.
-    async fn score(
-        &self,
-        user_id: &str,
-        ids: &[MemoryId],
-        vector: &[f32],
-        query: &str,
-    ) -> Result<Vec<Scored>, StoreError>;
-
-    /// A recall's candidates: the `depth` current memories in scope most
-    /// similar to `vector` and the `depth` best by keywords for `query`, each
-    /// with both relevances, in no particular order. Provided by
-    /// [`candidates_in_steps`]; a store may answer in fewer round trips, and
-    /// the conformance suite checks it gives the same.
-    async fn candidates(
-        &self,
-        at: SearchScope<'_>,
-        vector: &[f32],
-        query: &str,
-        depth: usize,
-    ) -> Result<Vec<Scored>, StoreError> {
-        candidates_in_steps(self, at, vector, query, depth).await
-    }
-
-    /// The most recently updated current memories in scope, and how many there are.
-    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;
-
-    /// The history of one of the user's memories, oldest first.
-    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
-
-    /// Hard-deletes one memory of the user and its history, and any deferred
-    /// remember that stored it. False if it was not theirs.
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
-
-    /// Hard-deletes every memory, history row and deferred remember of the
-    /// user; returns how many memories.
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
 
     /// Replaces the text and vector of one current memory of the user, with an
     /// UPDATE history row (old and new text, `actor`). `None`: not a current
@@ -552,6 +504,82 @@ pub trait Store: Send + Sync {
     /// False: not a current memory of theirs, nothing changed.
     async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError>;
 
+    /// Hard-deletes one memory of the user and its history, and any deferred
+    /// remember that stored it. False if it was not theirs.
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
+
+    /// Hard-deletes every memory, history row and deferred remember of the
+    /// user; returns how many memories.
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+}
+
+/// A user's memories by id, by recency, and their history.
+#[async_trait]
+pub trait Reads: Send + Sync {
+    /// The user's memories with these ids, in no particular order; ids that are
+    /// unknown or belong to another user are skipped.
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError>;
+
+    /// The most recently updated current memories in scope, and how many there are.
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;
+
+    /// The history of one of the user's memories, oldest first.
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+/// Finding a user's memories for a query: by vector, by keywords, and both
+/// relevances of each candidate.
+#[async_trait]
+pub trait Search: Send + Sync {
+    /// Up to `limit` current memories in scope, most similar to `query` first.
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Up to `limit` current memories in scope holding terms of `query`, best
+    /// first, scored by [`crate::keywords`]: BM25 over the user's current
+    /// memories, on a 0..1 scale. Equal scores come in id order.
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Both relevances ([`Scored`]) of these memories of the user to a query
+    /// given as its vector and its text, in no particular order; ids that are
+    /// not current memories of the user are skipped. Keyword relevance is
+    /// exactly what [`Search::keyword_search`] would give the memory.
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError>;
+
+    /// A recall's candidates: the `depth` current memories in scope most
+    /// similar to `vector` and the `depth` best by keywords for `query`, each
+    /// with both relevances, in no particular order. Provided by
+    /// [`candidates_in_steps`]; a store may answer in fewer round trips, and
+    /// the conformance suite checks it gives the same.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        candidates_in_steps(self, at, vector, query, depth).await
+    }
+}
+
+/// Remembers whose model step failed, kept for `engram reextract`.
+#[async_trait]
+pub trait PendingQueue: Send + Sync {
     /// Keeps a deferred remember (see [`NewPending`]).
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError>;
 
@@ -570,7 +598,11 @@ pub trait Store: Send + Sync {
         id: uuid::Uuid,
         error: &str,
     ) -> Result<(), StoreError>;
+}
 
+/// API keys, stored hashed.
+#[async_trait]
+pub trait Keys: Send + Sync {
     /// Stores a new API key (`created_at` and `revoked_at` as given).
     async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError>;
 
@@ -583,7 +615,11 @@ pub trait Store: Send + Sync {
 
     /// Revokes the key with this id. False: unknown or already revoked.
     async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+}
 
+/// What a user has stored, summed up or in full.
+#[async_trait]
+pub trait Reports: Send + Sync {
     /// What the user has stored: counts, categories, dates and size, by
     /// aggregate queries in one snapshot. An unknown user has all zeros.
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError>;
@@ -593,7 +629,11 @@ pub trait Store: Send + Sync {
     /// concurrent write never shows history without its memory. An unknown
     /// user has an empty export.
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError>;
+}
 
+/// Per-user write versions, which caches key their entries by.
+#[async_trait]
+pub trait Versions: Send + Sync {
     /// The user's write version, which caches key their entries by. Invariant:
     /// every write to the user's memories moves it, in the write's own
     /// transaction, to a value no user has had before. `None` when the user

@@ -35,9 +35,10 @@ use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
-    Pending, Scored, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport,
-    UserStats, assemble_export, parse_event,
+    HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, Keys, NewMemory, NewPending, PENDING_SELECT,
+    Pending, PendingQueue, Reads, Reports, Scored, Search, SearchScope, StatsCounts, Store,
+    StoreError, SupersedeOutcome, UserExport, UserStats, Versions, Writes, assemble_export,
+    parse_event,
 };
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
@@ -433,12 +434,14 @@ fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, StoreError>
     )
 }
 
-#[async_trait]
 impl Store for PgStore {
     fn embedder(&self) -> &EmbedderIdentity {
         &self.embedder
     }
+}
 
+#[async_trait]
+impl Writes for PgStore {
     async fn insert(
         &self,
         new: NewMemory,
@@ -492,6 +495,181 @@ impl Store for PgStore {
         )))
     }
 
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        // One statement, so the memory, its history and any deferred
+        // remember that stored it (which would bring the text back) go together.
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
+                  history AS (DELETE FROM memory_history \
+                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)), \
+                  pending AS (DELETE FROM pending_extractions \
+                              WHERE user_id = $1 AND $2 = ANY (memory_ids) \
+                                AND EXISTS (SELECT 1 FROM gone)) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("deleting a memory"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
+                  history AS (DELETE FROM memory_history WHERE user_id = $1), \
+                  counts AS (DELETE FROM memory_users WHERE user_id = $1), \
+                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("deleting a user's memories"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let terms = keywords::document_terms(content);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        // One statement: the row (locked), its new text, vector and keyword
+        // length, and the UPDATE history row. Triggers drop the old text's
+        // postings and move the version; the new postings follow.
+        let sql = format!(
+            "WITH old AS (SELECT id, content FROM memories \
+                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+                  m AS (UPDATE memories SET content = $3, content_hash = $4, embedding = $5, \
+                            updated_at = $6, keyword_length = $8 \
+                        WHERE id IN (SELECT id FROM old) RETURNING *), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT old.id, $1, 'UPDATE', old.content, $3, $7, $6 FROM old) \
+             SELECT {MEMORY_COLUMNS} FROM m"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.0)
+            .bind(content)
+            .bind(content_hash(content))
+            .bind(Vector::from(embedding.to_vec()))
+            .bind(now)
+            .bind(actor)
+            .bind(keyword_length(&terms))
+            .fetch_optional(&mut *tx)
+            .await;
+        let memory = match row {
+            Ok(Some(row)) => memory_from_row(&row)?,
+            Ok(None) => {
+                tx.rollback().await.map_err(db("ending a write"))?;
+                return Ok(None);
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                return Err(StoreError::Conflict(format!(
+                    "another current memory of user \"{user_id}\" already holds this text; \
+                     {id} was not changed"
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Database {
+                    context: "updating a memory",
+                    source: e,
+                });
+            }
+        };
+        index_terms(&mut tx, user_id, id, &terms).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        Ok(Some(memory))
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, &new.scope.user_id).await?;
+        // The caller judged the near-duplicates: the trigger checks exact text only.
+        sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("starting a write"))?;
+        let closed = close_in(
+            &mut tx,
+            &new.scope.user_id,
+            old,
+            Some(&new.content),
+            &new.actor,
+            now,
+        )
+        .await?;
+        if !closed {
+            tx.rollback().await.map_err(db("ending a write"))?;
+            return Ok(SupersedeOutcome::NotFound);
+        }
+        let written = Self::insert_in(&mut tx, &new, now).await;
+        match written {
+            Ok(()) => {
+                tx.commit().await.map_err(db("committing a supersede"))?;
+                Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                match refused_as_duplicate(&e) {
+                    Some(near) => {
+                        let near = near?;
+                        let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+                        let existing = self.get_many(&new.scope.user_id, &ids).await?;
+                        match existing.into_iter().next() {
+                            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
+                            None => Err(StoreError::Conflict(format!(
+                                "memory {old} was not superseded: its replacement repeats a \
+                                 memory being changed concurrently; try again"
+                            ))),
+                        }
+                    }
+                    None => Err(StoreError::Database {
+                        context: "storing a memory",
+                        source: e,
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // One statement; the memories_version_update trigger moves the version.
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let closed = close_in(&mut tx, user_id, id, None, actor, now).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        Ok(closed)
+    }
+}
+
+#[async_trait]
+impl Reads for PgStore {
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -509,6 +687,58 @@ impl Store for PgStore {
         rows.iter().map(memory_from_row).collect()
     }
 
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE m.user_id = $1 AND m.valid_to IS NULL \
+                             AND ($2::text IS NULL OR m.agent_id = $2) \
+                             AND ($3::text IS NULL OR m.run_id = $3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
+            // Kept by triggers; counting a large user's rows would cost milliseconds.
+            sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
+                .bind(&scope.user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("counting memories"))?
+        } else {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM memories m {WHERE}"
+            )))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("counting memories"))?
+        };
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = format!("{HISTORY_SELECT} WHERE user_id = $1 AND memory_id = $2 ORDER BY pk");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading history"))?;
+        rows.iter().map(history_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Search for PgStore {
     async fn vector_search(
         &self,
         at: SearchScope<'_>,
@@ -680,292 +910,10 @@ impl Store for PgStore {
             })
             .collect())
     }
+}
 
-    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
-        const WHERE: &str = "WHERE m.user_id = $1 AND m.valid_to IS NULL \
-                             AND ($2::text IS NULL OR m.agent_id = $2) \
-                             AND ($3::text IS NULL OR m.run_id = $3)";
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
-             ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing memories"))?;
-        let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
-            // Kept by triggers; counting a large user's rows would cost milliseconds.
-            sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
-                .bind(&scope.user_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("counting memories"))?
-        } else {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM memories m {WHERE}"
-            )))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("counting memories"))?
-        };
-        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
-        Ok((memories, total.unwrap_or(0).max(0) as u64))
-    }
-
-    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        let sql = format!("{HISTORY_SELECT} WHERE user_id = $1 AND memory_id = $2 ORDER BY pk");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(id.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading history"))?;
-        rows.iter().map(history_from_row).collect()
-    }
-
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        // One statement, so the memory, its history and any deferred
-        // remember that stored it (which would bring the text back) go together.
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
-        let deleted: i64 = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
-                  history AS (DELETE FROM memory_history \
-                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)), \
-                  pending AS (DELETE FROM pending_extractions \
-                              WHERE user_id = $1 AND $2 = ANY (memory_ids) \
-                                AND EXISTS (SELECT 1 FROM gone)) \
-             SELECT count(*) FROM gone",
-        )
-        .bind(user_id)
-        .bind(id.0)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("deleting a memory"))?;
-        tx.commit().await.map_err(db("committing a delete"))?;
-        Ok(deleted > 0)
-    }
-
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
-        let deleted: i64 = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
-                  history AS (DELETE FROM memory_history WHERE user_id = $1), \
-                  counts AS (DELETE FROM memory_users WHERE user_id = $1), \
-                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1) \
-             SELECT count(*) FROM gone",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("deleting a user's memories"))?;
-        tx.commit().await.map_err(db("committing a delete"))?;
-        Ok(deleted.max(0) as u64)
-    }
-
-    async fn update(
-        &self,
-        user_id: &str,
-        id: MemoryId,
-        content: &str,
-        embedding: &[f32],
-        actor: &str,
-    ) -> Result<Option<Memory>, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        let terms = keywords::document_terms(content);
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
-        // One statement: the row (locked), its new text, vector and keyword
-        // length, and the UPDATE history row. Triggers drop the old text's
-        // postings and move the version; the new postings follow.
-        let sql = format!(
-            "WITH old AS (SELECT id, content FROM memories \
-                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
-                  m AS (UPDATE memories SET content = $3, content_hash = $4, embedding = $5, \
-                            updated_at = $6, keyword_length = $8 \
-                        WHERE id IN (SELECT id FROM old) RETURNING *), \
-                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
-                            new_content, actor, created_at) \
-                        SELECT old.id, $1, 'UPDATE', old.content, $3, $7, $6 FROM old) \
-             SELECT {MEMORY_COLUMNS} FROM m"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(id.0)
-            .bind(content)
-            .bind(content_hash(content))
-            .bind(Vector::from(embedding.to_vec()))
-            .bind(now)
-            .bind(actor)
-            .bind(keyword_length(&terms))
-            .fetch_optional(&mut *tx)
-            .await;
-        let memory = match row {
-            Ok(Some(row)) => memory_from_row(&row)?,
-            Ok(None) => {
-                tx.rollback().await.map_err(db("ending a write"))?;
-                return Ok(None);
-            }
-            Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await.map_err(db("ending a refused write"))?;
-                return Err(StoreError::Conflict(format!(
-                    "another current memory of user \"{user_id}\" already holds this text; \
-                     {id} was not changed"
-                )));
-            }
-            Err(e) => {
-                return Err(StoreError::Database {
-                    context: "updating a memory",
-                    source: e,
-                });
-            }
-        };
-        index_terms(&mut tx, user_id, id, &terms).await?;
-        tx.commit().await.map_err(db("committing an update"))?;
-        Ok(Some(memory))
-    }
-
-    async fn supersede(
-        &self,
-        old: MemoryId,
-        new: NewMemory,
-    ) -> Result<SupersedeOutcome, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, &new.scope.user_id).await?;
-        // The caller judged the near-duplicates: the trigger checks exact text only.
-        sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
-            .execute(&mut *tx)
-            .await
-            .map_err(db("starting a write"))?;
-        let closed = close_in(
-            &mut tx,
-            &new.scope.user_id,
-            old,
-            Some(&new.content),
-            &new.actor,
-            now,
-        )
-        .await?;
-        if !closed {
-            tx.rollback().await.map_err(db("ending a write"))?;
-            return Ok(SupersedeOutcome::NotFound);
-        }
-        let written = Self::insert_in(&mut tx, &new, now).await;
-        match written {
-            Ok(()) => {
-                tx.commit().await.map_err(db("committing a supersede"))?;
-                Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
-            }
-            Err(e) => {
-                tx.rollback().await.map_err(db("ending a refused write"))?;
-                match refused_as_duplicate(&e) {
-                    Some(near) => {
-                        let near = near?;
-                        let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
-                        let existing = self.get_many(&new.scope.user_id, &ids).await?;
-                        match existing.into_iter().next() {
-                            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
-                            None => Err(StoreError::Conflict(format!(
-                                "memory {old} was not superseded: its replacement repeats a \
-                                 memory being changed concurrently; try again"
-                            ))),
-                        }
-                    }
-                    None => Err(StoreError::Database {
-                        context: "storing a memory",
-                        source: e,
-                    }),
-                }
-            }
-        }
-    }
-
-    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(key.id)
-        .bind(&key.prefix)
-        .bind(&key.hash)
-        .bind(&key.user_id)
-        .bind(&key.label)
-        .bind(key.created_at)
-        .bind(key.revoked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db("storing an API key"))?;
-        Ok(())
-    }
-
-    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} ORDER BY created_at, id",
-            super::KEY_SELECT
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing API keys"))?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} WHERE hash = $1 AND revoked_at IS NULL",
-            super::KEY_SELECT
-        )))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("looking up an API key"))?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn revoke_key(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(db("revoking an API key"))?
-        .rows_affected();
-        Ok(done > 0)
-    }
-
-    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
-        // Moved by the memories_version_* triggers (migration user_versions).
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("reading the user's version"))?;
-        Ok(v.map(|v| v as u64))
-    }
-
-    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        // One statement; the memories_version_update trigger moves the version.
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
-        let closed = close_in(&mut tx, user_id, id, None, actor, now).await?;
-        tx.commit().await.map_err(db("committing a close"))?;
-        Ok(closed)
-    }
-
+#[async_trait]
+impl PendingQueue for PgStore {
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
         let now = Utc::now();
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
@@ -1048,7 +996,66 @@ impl Store for PgStore {
         .map_err(db("recording a failed re-extraction"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Keys for PgStore {
+    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id)
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .bind(&key.user_id)
+        .bind(&key.label)
+        .bind(key.created_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an API key"))?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} ORDER BY created_at, id",
+            super::KEY_SELECT
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing API keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} WHERE hash = $1 AND revoked_at IS NULL",
+            super::KEY_SELECT
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an API key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("revoking an API key"))?
+        .rows_affected();
+        Ok(done > 0)
+    }
+}
+
+#[async_trait]
+impl Reports for PgStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
         // One statement: one snapshot.
         let row = sqlx::query(STATS)
@@ -1125,6 +1132,20 @@ impl Store for PgStore {
             .map(pending_from_row)
             .collect::<Result<_, _>>()?;
         Ok(assemble_export(user_id, memories, history, pending))
+    }
+}
+
+#[async_trait]
+impl Versions for PgStore {
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        // Moved by the memories_version_* triggers (migration user_versions).
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the user's version"))?;
+        Ok(v.map(|v| v as u64))
     }
 }
 

@@ -7,7 +7,7 @@
 //! serialises other processes on the same file). Deduplication runs inside
 //! that transaction, so it is atomic. Every write bumps the user's generation
 //! (from one store-wide sequence), which keeps the vector index honest and is
-//! the user's [`Store::version`] for caches.
+//! the user's [`Versions::version`] for caches.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -29,9 +29,10 @@ use keyword_index::index_terms;
 
 use super::vector_index::{Among, DEFAULT_BUDGET_BYTES, UserVectors, VectorIndex};
 use super::{
-    HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, PENDING_SELECT,
-    Pending, Scored, SearchScope, StatsCounts, Store, StoreError, SupersedeOutcome, UserExport,
-    UserStats, assemble_export, parse_event,
+    HISTORY_SELECT, HistoryEntry, Hit, InsertOutcome, Keys, NewMemory, NewPending, PENDING_SELECT,
+    Pending, PendingQueue, Reads, Reports, Scored, Search, SearchScope, StatsCounts, Store,
+    StoreError, SupersedeOutcome, UserExport, UserStats, Versions, Writes, assemble_export,
+    parse_event,
 };
 use crate::embed::{Embedder, EmbedderIdentity, dot};
 use crate::keywords;
@@ -500,12 +501,14 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
 impl Store for SqliteStore {
     fn embedder(&self) -> &EmbedderIdentity {
         &self.embedder
     }
+}
 
+#[async_trait]
+impl Writes for SqliteStore {
     async fn insert(
         &self,
         new: NewMemory,
@@ -555,6 +558,255 @@ impl Store for SqliteStore {
         Ok(InsertOutcome::Added(new.stored_at(now)))
     }
 
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a delete").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let pk: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
+                .bind(user_id)
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("finding a memory"))?;
+        let Some(pk) = pk else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a vector"))?;
+        sqlx::query("DELETE FROM memories WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a memory"))?;
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ? AND memory_id = ?")
+            .bind(user_id)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        // A deferred remember that stored it would bring the text back.
+        sqlx::query(
+            "DELETE FROM pending_extractions WHERE user_id = ?1 \
+             AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting deferred remembers"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a delete"))?;
+        // Triggers drop the memories' postings as the rows go.
+        sqlx::query(
+            "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting vectors"))?;
+        let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting memories"))?
+            .rows_affected();
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        sqlx::query("DELETE FROM pending_extractions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting deferred remembers"))?;
+        sqlx::query("DELETE FROM keyword_users WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting keyword statistics"))?;
+        // The generation row goes too (no trace of the user is left). Other
+        // processes see generation 0, differ from their copy, and reload.
+        sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting generation"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        self.index.drop_user(user_id);
+        Ok(deleted)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting an update").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(None);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, user_id, content, pk).await? {
+            let existing = Self::fetch_memory(&mut tx, other).await?;
+            return Err(StoreError::Conflict(format!(
+                "memory {} already holds this text; {id} was not changed",
+                existing.id
+            )));
+        }
+        let now = Utc::now().timestamp_millis();
+        let terms = keywords::document_terms(content);
+        // A trigger drops the old text's postings; the new ones follow.
+        sqlx::query(
+            "UPDATE memories SET content = ?, content_hash = ?, keyword_length = ?, \
+             updated_at = ? WHERE pk = ?",
+        )
+        .bind(content)
+        .bind(content_hash(content))
+        .bind(i64::from(terms.length))
+        .bind(now)
+        .bind(pk)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a memory"))?;
+        sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
+            .bind(encode_vector(embedding))
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a vector"))?;
+        index_terms(&mut tx, pk, &terms).await?;
+        let memory = Self::fetch_memory(&mut tx, pk).await?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(user_id)
+        .bind(&old)
+        .bind(content)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording history"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        if vecs.generation == Some(before) {
+            vecs.replace(pk, embedding);
+            vecs.generation = Some(generation);
+        }
+        Ok(Some(memory))
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let user_id = new.scope.user_id.clone();
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(&user_id, "starting a write").await?;
+        let before = generation(&mut tx, &user_id).await?;
+        let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
+            return Ok(SupersedeOutcome::NotFound);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, &user_id, &new.content, old_pk).await? {
+            return Ok(SupersedeOutcome::Duplicate(
+                Self::fetch_memory(&mut tx, other).await?,
+            ));
+        }
+        let now = Utc::now();
+        let closed = Closed {
+            id: old,
+            pk: old_pk,
+            content: &old_content,
+        };
+        Self::close_row(
+            &mut tx,
+            &user_id,
+            closed,
+            Some(&new.content),
+            &new.actor,
+            now,
+        )
+        .await?;
+        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
+        tx.commit().await.map_err(db("committing a supersede"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(old_pk);
+            let scope = &new.scope;
+            vecs.push(
+                pk,
+                new.id,
+                scope.agent_id.as_deref(),
+                scope.run_id.as_deref(),
+                &new.embedding,
+            );
+            vecs.generation = Some(generation);
+        }
+        Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
+    }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a write").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(false);
+        };
+        let closed = Closed {
+            id,
+            pk,
+            content: &content,
+        };
+        Self::close_row(&mut tx, user_id, closed, None, actor, Utc::now()).await?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Reads for SqliteStore {
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -573,6 +825,48 @@ impl Store for SqliteStore {
         rows.iter().map(memory_from_row).collect()
     }
 
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+                             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM memories m {WHERE}"
+        )))
+        .bind(&scope.user_id)
+        .bind(&scope.agent_id)
+        .bind(&scope.run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting memories"))?;
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = format!("{HISTORY_SELECT} WHERE user_id = ? AND memory_id = ? ORDER BY pk");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading history"))?;
+        rows.iter().map(history_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Search for SqliteStore {
     async fn vector_search(
         &self,
         at: SearchScope<'_>,
@@ -829,355 +1123,10 @@ impl Store for SqliteStore {
             })
             .collect())
     }
+}
 
-    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
-        const WHERE: &str = "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
-                             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3)";
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
-             ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing memories"))?;
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM memories m {WHERE}"
-        )))
-        .bind(&scope.user_id)
-        .bind(&scope.agent_id)
-        .bind(&scope.run_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("counting memories"))?;
-        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
-        Ok((memories, total.max(0) as u64))
-    }
-
-    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        let sql = format!("{HISTORY_SELECT} WHERE user_id = ? AND memory_id = ? ORDER BY pk");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading history"))?;
-        rows.iter().map(history_from_row).collect()
-    }
-
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting a delete").await?;
-        let before = generation(&mut tx, user_id).await?;
-        let pk: Option<i64> =
-            sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
-                .bind(user_id)
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("finding a memory"))?;
-        let Some(pk) = pk else {
-            return Ok(false);
-        };
-        sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting a vector"))?;
-        sqlx::query("DELETE FROM memories WHERE pk = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting a memory"))?;
-        sqlx::query("DELETE FROM memory_history WHERE user_id = ? AND memory_id = ?")
-            .bind(user_id)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting history"))?;
-        // A deferred remember that stored it would bring the text back.
-        sqlx::query(
-            "DELETE FROM pending_extractions WHERE user_id = ?1 \
-             AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
-        )
-        .bind(user_id)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("deleting deferred remembers"))?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing a delete"))?;
-        if vecs.generation == Some(before) {
-            vecs.remove(pk);
-            vecs.generation = Some(generation);
-        }
-        Ok(true)
-    }
-
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a delete"))?;
-        // Triggers drop the memories' postings as the rows go.
-        sqlx::query(
-            "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
-        )
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("deleting vectors"))?;
-        let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting memories"))?
-            .rows_affected();
-        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting history"))?;
-        sqlx::query("DELETE FROM pending_extractions WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting deferred remembers"))?;
-        sqlx::query("DELETE FROM keyword_users WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting keyword statistics"))?;
-        // The generation row goes too (no trace of the user is left). Other
-        // processes see generation 0, differ from their copy, and reload.
-        sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting generation"))?;
-        tx.commit().await.map_err(db("committing a delete"))?;
-        self.index.drop_user(user_id);
-        Ok(deleted)
-    }
-
-    async fn update(
-        &self,
-        user_id: &str,
-        id: MemoryId,
-        content: &str,
-        embedding: &[f32],
-        actor: &str,
-    ) -> Result<Option<Memory>, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting an update").await?;
-        let before = generation(&mut tx, user_id).await?;
-        let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
-            return Ok(None);
-        };
-        if let Some(other) = Self::exact_repeat(&mut tx, user_id, content, pk).await? {
-            let existing = Self::fetch_memory(&mut tx, other).await?;
-            return Err(StoreError::Conflict(format!(
-                "memory {} already holds this text; {id} was not changed",
-                existing.id
-            )));
-        }
-        let now = Utc::now().timestamp_millis();
-        let terms = keywords::document_terms(content);
-        // A trigger drops the old text's postings; the new ones follow.
-        sqlx::query(
-            "UPDATE memories SET content = ?, content_hash = ?, keyword_length = ?, \
-             updated_at = ? WHERE pk = ?",
-        )
-        .bind(content)
-        .bind(content_hash(content))
-        .bind(i64::from(terms.length))
-        .bind(now)
-        .bind(pk)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("updating a memory"))?;
-        sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
-            .bind(encode_vector(embedding))
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("updating a vector"))?;
-        index_terms(&mut tx, pk, &terms).await?;
-        let memory = Self::fetch_memory(&mut tx, pk).await?;
-        sqlx::query(
-            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
-             actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(user_id)
-        .bind(&old)
-        .bind(content)
-        .bind(actor)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording history"))?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing an update"))?;
-        if vecs.generation == Some(before) {
-            vecs.replace(pk, embedding);
-            vecs.generation = Some(generation);
-        }
-        Ok(Some(memory))
-    }
-
-    async fn supersede(
-        &self,
-        old: MemoryId,
-        new: NewMemory,
-    ) -> Result<SupersedeOutcome, StoreError> {
-        let user_id = new.scope.user_id.clone();
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(&user_id, "starting a write").await?;
-        let before = generation(&mut tx, &user_id).await?;
-        let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
-            return Ok(SupersedeOutcome::NotFound);
-        };
-        if let Some(other) = Self::exact_repeat(&mut tx, &user_id, &new.content, old_pk).await? {
-            return Ok(SupersedeOutcome::Duplicate(
-                Self::fetch_memory(&mut tx, other).await?,
-            ));
-        }
-        let now = Utc::now();
-        let closed = Closed {
-            id: old,
-            pk: old_pk,
-            content: &old_content,
-        };
-        Self::close_row(
-            &mut tx,
-            &user_id,
-            closed,
-            Some(&new.content),
-            &new.actor,
-            now,
-        )
-        .await?;
-        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
-        tx.commit().await.map_err(db("committing a supersede"))?;
-        if vecs.generation == Some(before) {
-            vecs.remove(old_pk);
-            let scope = &new.scope;
-            vecs.push(
-                pk,
-                new.id,
-                scope.agent_id.as_deref(),
-                scope.run_id.as_deref(),
-                &new.embedding,
-            );
-            vecs.generation = Some(generation);
-        }
-        Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
-    }
-
-    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(key.id.to_string())
-        .bind(&key.prefix)
-        .bind(&key.hash)
-        .bind(&key.user_id)
-        .bind(&key.label)
-        .bind(key.created_at.timestamp_millis())
-        .bind(key.revoked_at.map(|t| t.timestamp_millis()))
-        .execute(&self.pool)
-        .await
-        .map_err(db("storing an API key"))?;
-        Ok(())
-    }
-
-    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} ORDER BY created_at, id",
-            super::KEY_SELECT
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing API keys"))?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} WHERE hash = ? AND revoked_at IS NULL",
-            super::KEY_SELECT
-        )))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("looking up an API key"))?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(Utc::now().timestamp_millis())
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await
-                .map_err(db("revoking an API key"))?
-                .rows_affected();
-        Ok(done > 0)
-    }
-
-    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
-        let g: Option<i64> =
-            sqlx::query_scalar("SELECT generation FROM user_generations WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("reading the user's version"))?;
-        Ok(g.map(|g| g as u64))
-    }
-
-    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting a write").await?;
-        let before = generation(&mut tx, user_id).await?;
-        let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
-            return Ok(false);
-        };
-        let closed = Closed {
-            id,
-            pk,
-            content: &content,
-        };
-        Self::close_row(&mut tx, user_id, closed, None, actor, Utc::now()).await?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing a close"))?;
-        if vecs.generation == Some(before) {
-            vecs.remove(pk);
-            vecs.generation = Some(generation);
-        }
-        Ok(true)
-    }
-
+#[async_trait]
+impl PendingQueue for SqliteStore {
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
         let input = serde_json::to_string(&pending.input)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -1265,7 +1214,66 @@ impl Store for SqliteStore {
         .map_err(db("recording a failed re-extraction"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Keys for SqliteStore {
+    async fn add_key(&self, key: &super::ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.id.to_string())
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .bind(&key.user_id)
+        .bind(&key.label)
+        .bind(key.created_at.timestamp_millis())
+        .bind(key.revoked_at.map(|t| t.timestamp_millis()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an API key"))?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<super::ApiKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} ORDER BY created_at, id",
+            super::KEY_SELECT
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing API keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn active_key(&self, hash: &str) -> Result<Option<super::ApiKey>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} WHERE hash = ? AND revoked_at IS NULL",
+            super::KEY_SELECT
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an API key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(Utc::now().timestamp_millis())
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(db("revoking an API key"))?
+                .rows_affected();
+        Ok(done > 0)
+    }
+}
+
+#[async_trait]
+impl Reports for SqliteStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
         // One statement: one snapshot.
         let row = sqlx::query(STATS)
@@ -1340,6 +1348,19 @@ impl Store for SqliteStore {
             .map(pending_from_row)
             .collect::<Result<_, _>>()?;
         Ok(assemble_export(user_id, memories, history, pending))
+    }
+}
+
+#[async_trait]
+impl Versions for SqliteStore {
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        let g: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM user_generations WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the user's version"))?;
+        Ok(g.map(|g| g as u64))
     }
 }
 

@@ -17,8 +17,9 @@ use engram::config::IndexKind;
 use engram::embed::{Embedder, HashEmbedder};
 use engram::keywords::{self, Bm25, Corpus};
 use engram::model::{MemoryId, MetadataFilter, Scope};
+use engram::store::prelude::*;
 use engram::store::{
-    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, Store, StoreError,
+    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, StoreError,
     SupersedeOutcome,
 };
 use serde_json::json;

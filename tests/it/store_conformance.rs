@@ -11,9 +11,10 @@ use common::postgres::TestDatabase;
 use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
 use engram::keywords;
 use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
+use engram::store::prelude::*;
 use engram::store::{
-    InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, Store,
-    StoreError, SupersedeOutcome, UserExport, UserStats,
+    InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, StoreError,
+    SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
 

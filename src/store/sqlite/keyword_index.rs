@@ -276,7 +276,7 @@ mod tests {
     use super::*;
     use crate::embed::{Embedder, HashEmbedder};
     use crate::model::MetadataFilter;
-    use crate::store::{SearchScope, SqliteStore, Store};
+    use crate::store::{Search, SearchScope, SqliteStore};
 
     /// A store whose postings were written before they carried a scope gets
     /// its memories' agents and runs in the migration (no keyword rebuild),
