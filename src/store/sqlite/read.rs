@@ -1,0 +1,68 @@
+//! A user's memories by id, by recency, and their history ([`Reads`]).
+
+use async_trait::async_trait;
+
+use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
+use super::{SqliteStore, db};
+use crate::model::{Memory, MemoryId, Scope};
+use crate::store::{HISTORY_SELECT, HistoryEntry, Reads, StoreError};
+
+#[async_trait]
+impl Reads for SqliteStore {
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
+             WHERE m.user_id = ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::Value::from(id_list).to_string())
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading memories"))?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+                             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM memories m {WHERE}"
+        )))
+        .bind(&scope.user_id)
+        .bind(&scope.agent_id)
+        .bind(&scope.run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting memories"))?;
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = format!("{HISTORY_SELECT} WHERE user_id = ? AND memory_id = ? ORDER BY pk");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading history"))?;
+        rows.iter().map(history_from_row).collect()
+    }
+}

@@ -1,0 +1,337 @@
+//! Search ([`Search`]): the in-process vector scan and the keyword index,
+//! narrowed by agent and run on both, by metadata through the rows that pass it.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+
+use super::keyword_index::{self};
+use super::rows::{filter_json, json_array, parse_id};
+use super::vectors::{exact_scores, exact_scores_and_ids};
+use super::{SqliteStore, db};
+use crate::keywords;
+use crate::model::MemoryId;
+use crate::store::vector_index::Among;
+use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
+
+/// A vector search re-ranks `limit * RERANK_FACTOR + RERANK_EXTRA` approximate
+/// candidates by exact cosine.
+pub(super) const RERANK_FACTOR: usize = 2;
+
+pub(super) const RERANK_EXTRA: usize = 10;
+
+impl SqliteStore {
+    /// The pks of the user's current memories that a metadata filter (and
+    /// the scope's agent and run) select: an index-only read, no vectors
+    /// decoded. Agent and run alone need no list: the searches filter by them.
+    pub(super) async fn scoped_pks(
+        &self,
+        conn: &mut SqliteConnection,
+        at: SearchScope<'_>,
+    ) -> Result<HashSet<i64>, StoreError> {
+        // One row holding a JSON array: sqlx hands rows over one at a time
+        // between threads, which costs more than the query for thousands of rows.
+        // The scope index holds agent and run, so narrowing needs no table reads
+        // (left to itself the planner picked the recency index: 4x slower).
+        let pks: String = sqlx::query_scalar(concat!(
+            "SELECT json_group_array(m.pk) FROM memories m INDEXED BY memories_scope \
+             WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+               AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
+            metadata_matches!("?4")
+        ))
+        .bind(&at.scope.user_id)
+        .bind(&at.scope.agent_id)
+        .bind(&at.scope.run_id)
+        .bind(filter_json(at))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("narrowing the search"))?;
+        serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
+    }
+}
+
+#[async_trait]
+impl Search for SqliteStore {
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let user_id = &at.scope.user_id;
+        let entry = self.index.user(user_id);
+        let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
+        // Agent and run narrow the scan by the copy's own scopes; only a
+        // metadata filter needs the rows that pass it.
+        let allowed = if at.filter.is_empty() {
+            None
+        } else {
+            Some(self.scoped_pks(&mut conn, at).await?)
+        };
+        let among = among(at, allowed.as_ref());
+        let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
+        // Optimistic: scan the copy as it is, then read the user's generation
+        // and the candidates' exact vectors in one statement (one snapshot).
+        // A copy behind the database is reloaded and the search redone.
+        let (seen, approx) = {
+            let vecs = entry.read().await;
+            (vecs.generation, vecs.top_k_among(query, pool, among))
+        };
+        let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
+        let (generation, exact) = exact_scores(&mut conn, user_id, &pks, query).await?;
+        let (approx, exact) = if seen == Some(generation) {
+            (approx, exact)
+        } else {
+            let mut vecs = entry.write().await;
+            let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+            let generation = self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+            let approx = vecs.top_k_among(query, pool, among);
+            let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
+            let (read_at, exact) = exact_scores(&mut tx, user_id, &pks, query).await?;
+            tx.commit().await.map_err(db("loading vectors"))?;
+            debug_assert_eq!(read_at, generation, "one transaction, one generation");
+            (approx, exact)
+        };
+        let exact: HashMap<i64, f32> = exact.into_iter().collect();
+        let mut hits: Vec<Hit> = approx
+            .iter()
+            .filter_map(|s| exact.get(&s.pk).map(|&score| Hit { id: s.id, score }))
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let terms = keywords::query_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("searching keywords"))?;
+        // Agent and run narrow the postings read; a metadata filter is
+        // checked on the memories that match.
+        let mut scored = keyword_index::score_all(&mut conn, at.scope, &terms).await?;
+        if !at.filter.is_empty() {
+            let allowed = self.scoped_pks(&mut conn, at).await?;
+            scored.retain(|(pk, _)| allowed.contains(pk));
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // The best `limit` and any tied with the last of them: ties are
+        // broken by id, which only the rows know.
+        if let Some(&(_, cut)) = scored.get(limit - 1) {
+            scored.retain(|&(_, score)| score >= cut);
+        }
+        let scores: HashMap<i64, f32> = scored.into_iter().collect();
+        let pks: Vec<i64> = scores.keys().copied().collect();
+        let rows = sqlx::query(
+            "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.pk = j.value \
+             WHERE m.valid_to IS NULL",
+        )
+        .bind(json_array(&pks))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading keyword hits"))?;
+        let mut hits = rows
+            .iter()
+            .map(|row| {
+                let pk: i64 = row.try_get("pk").map_err(db("reading a keyword hit"))?;
+                Ok(Hit {
+                    id: parse_id(row)?,
+                    score: scores.get(&pk).copied().unwrap_or(0.0),
+                })
+            })
+            .collect::<Result<Vec<Hit>, StoreError>>()?;
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    /// One pass instead of the provided three steps: the keyword relevance of
+    /// every match (which BM25 computes anyway), the in-process vector scan,
+    /// and one statement for the exact cosine and id of every candidate of
+    /// either signal.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let user_id = &at.scope.user_id;
+        let terms = keywords::query_terms(query);
+        let entry = self.index.user(user_id);
+        let mut conn = self.pool.acquire().await.map_err(db("searching"))?;
+        // Agent and run narrow the scan by the copy's own scopes; only a
+        // metadata filter needs the rows that pass it.
+        let allowed = if at.filter.is_empty() {
+            None
+        } else {
+            Some(self.scoped_pks(&mut conn, at).await?)
+        };
+        let among = among(at, allowed.as_ref());
+        let mut keyword: HashMap<i64, f32> = if terms.is_empty() {
+            HashMap::new()
+        } else {
+            keyword_index::score_all(&mut conn, at.scope, &terms)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        if let Some(allowed) = &allowed {
+            keyword.retain(|pk, _| allowed.contains(pk));
+        }
+        let by_keyword = best_with_ties(&keyword, depth);
+        // As in vector_search: scan the copy as it is, check its generation
+        // in the statement that reads the exact vectors, reload when behind.
+        let pool = depth * RERANK_FACTOR + RERANK_EXTRA;
+        let (seen, approx) = {
+            let vecs = entry.read().await;
+            (vecs.generation, vecs.top_k_among(vector, pool, among))
+        };
+        let union = |approx: &[crate::store::vector_index::Scored]| -> Vec<i64> {
+            let mut pks: Vec<i64> = approx
+                .iter()
+                .map(|s| s.pk)
+                .chain(by_keyword.iter().copied())
+                .collect();
+            pks.sort_unstable();
+            pks.dedup();
+            pks
+        };
+        let (generation, exact) =
+            exact_scores_and_ids(&mut conn, user_id, &union(&approx), vector).await?;
+        let (approx, exact) = if seen == Some(generation) {
+            (approx, exact)
+        } else {
+            let mut vecs = entry.write().await;
+            let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
+            self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
+            let approx = vecs.top_k_among(vector, pool, among);
+            let (_, exact) =
+                exact_scores_and_ids(&mut tx, user_id, &union(&approx), vector).await?;
+            tx.commit().await.map_err(db("loading vectors"))?;
+            (approx, exact)
+        };
+        let exact: HashMap<i64, (MemoryId, f32)> = exact
+            .into_iter()
+            .map(|(pk, id, cosine)| (pk, (id, cosine)))
+            .collect();
+        let mut by_vector: Vec<(i64, f32)> = approx
+            .iter()
+            .filter_map(|s| exact.get(&s.pk).map(|&(_, cosine)| (s.pk, cosine)))
+            .collect();
+        by_vector.sort_by(|a, b| b.1.total_cmp(&a.1));
+        by_vector.truncate(depth);
+        // The keyword side cut at `depth` as keyword_search cuts it: equal
+        // scores in id order (the ids came with the vectors).
+        let mut by_keyword: Vec<(i64, f32, MemoryId)> = by_keyword
+            .iter()
+            .filter_map(|pk| {
+                let (id, _) = exact.get(pk)?;
+                Some((*pk, keyword.get(pk).copied().unwrap_or(0.0), *id))
+            })
+            .collect();
+        by_keyword.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+        by_keyword.truncate(depth);
+        let chosen: HashSet<i64> = by_vector
+            .iter()
+            .map(|(pk, _)| *pk)
+            .chain(by_keyword.iter().map(|(pk, ..)| *pk))
+            .collect();
+        Ok(chosen
+            .into_iter()
+            .filter_map(|pk| {
+                exact.get(&pk).map(|&(id, similarity)| Scored {
+                    id,
+                    similarity,
+                    keyword: keyword.get(&pk).copied().unwrap_or(0.0),
+                })
+            })
+            .collect())
+    }
+
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut conn = self.pool.acquire().await.map_err(db("scoring memories"))?;
+        // One read transaction: one snapshot for rows, vectors and postings.
+        let mut tx = conn.begin().await.map_err(db("scoring memories"))?;
+        let rows = sqlx::query(
+            "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
+             WHERE m.user_id = ? AND m.valid_to IS NULL",
+        )
+        .bind(serde_json::Value::from(id_list).to_string())
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("scoring memories"))?;
+        let mut found: Vec<(i64, MemoryId)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            found.push((
+                row.try_get("pk").map_err(db("scoring memories"))?,
+                parse_id(row)?,
+            ));
+        }
+        let pks: Vec<i64> = found.iter().map(|(pk, _)| *pk).collect();
+        let (_, similarities) = exact_scores(&mut tx, user_id, &pks, vector).await?;
+        let similarities: HashMap<i64, f32> = similarities.into_iter().collect();
+        let terms = keywords::query_terms(query);
+        let keyword = if terms.is_empty() {
+            HashMap::new()
+        } else {
+            keyword_index::score_pks(&mut tx, user_id, &terms, &pks).await?
+        };
+        tx.commit().await.map_err(db("scoring memories"))?;
+        Ok(found
+            .into_iter()
+            .map(|(pk, id)| Scored {
+                id,
+                similarity: similarities.get(&pk).copied().unwrap_or(0.0),
+                keyword: keyword.get(&pk).copied().unwrap_or(0.0),
+            })
+            .collect())
+    }
+}
+
+/// The rows of the in-process copy a search in `at` counts: those in
+/// `allowed` when a metadata filter picked them, else those of the scope's
+/// agent and run (every row for a whole-user search).
+pub(super) fn among<'a>(at: SearchScope<'a>, allowed: Option<&'a HashSet<i64>>) -> Among<'a> {
+    match allowed {
+        Some(pks) => Among::Pks(pks),
+        None if at.scope.agent_id.is_none() && at.scope.run_id.is_none() => Among::All,
+        None => Among::Scope {
+            agent_id: at.scope.agent_id.as_deref(),
+            run_id: at.scope.run_id.as_deref(),
+        },
+    }
+}
+
+/// The `depth` best of `scores` (pk, score) and every one tied with the last.
+pub(super) fn best_with_ties(scores: &HashMap<i64, f32>, depth: usize) -> Vec<i64> {
+    let mut ranked: Vec<(i64, f32)> = scores.iter().map(|(&pk, &s)| (pk, s)).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if let Some(&(_, cut)) = ranked.get(depth.saturating_sub(1)) {
+        ranked.retain(|&(_, s)| s >= cut);
+    }
+    ranked.into_iter().map(|(pk, _)| pk).collect()
+}

@@ -1,0 +1,559 @@
+//! Changes to a user's memories ([`Writes`]): one write transaction at a
+//! time per process (`write_lock`, then `BEGIN IMMEDIATE`), deduplication
+//! inside it, and the user's vector copy updated after commit.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+
+use super::keyword_index::index_terms;
+use super::rows::{MEMORY_COLUMNS, content_hash, json_array, memory_from_row};
+use super::vectors::{decode_vector, encode_vector};
+use super::versions::{bump_generation, generation};
+use super::{SqliteStore, db};
+use crate::embed::dot;
+use crate::keywords;
+use crate::model::{Memory, MemoryId, details_differ};
+use crate::store::vector_index::UserVectors;
+use crate::store::{InsertOutcome, NewMemory, StoreError, SupersedeOutcome, Writes};
+
+/// Writes a new memory with its vector, keyword length and ADD history row, and
+/// moves the user to the next write generation, in one round trip (its
+/// postings follow: [`index_terms`]). Parameters:
+/// ?1 id, ?2 vector blob, ?3 keyword length, ?4 actor, ?5 user, ?6 agent, ?7 run,
+/// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms).
+///
+/// Later statements read what they can from the new row, so each uses few
+/// parameters: sqlx counts the unused numbers below a statement's highest one
+/// as positional arguments across statements, and stops binding a statement
+/// once that count passes the number of arguments (here it reaches 6 of 12).
+pub(super) const INSERT_MEMORY: &str = "\
+    INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
+        categories, created_at, updated_at, valid_from, keyword_length) \
+        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?3) RETURNING pk; \
+    INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
+    INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
+        SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
+    UPDATE write_seq SET value = value + 1 WHERE one = 1; \
+    INSERT INTO user_generations (user_id, generation) \
+        SELECT user_id, (SELECT value FROM write_seq WHERE one = 1) FROM memories WHERE id = ?1 \
+        ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation \
+        RETURNING generation;";
+
+/// How far below the threshold an approximate score may be and still get an exact check.
+pub(super) const DEDUP_MARGIN: f32 = 0.05;
+
+/// How many approximate candidates get an exact dedup check.
+pub(super) const DEDUP_CANDIDATES: usize = 8;
+
+/// A current memory about to be closed: its id, pk and text.
+#[derive(Clone, Copy)]
+pub(super) struct Closed<'a> {
+    id: MemoryId,
+    pk: i64,
+    content: &'a str,
+}
+
+/// What a write to one user's memories holds, taken in the store's one lock
+/// order (see `write_lock`): the writer lock, then a transaction, then the
+/// user's in-process vectors.
+pub(super) struct UserWrite<'a> {
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
+}
+
+impl SqliteStore {
+    pub(super) async fn begin_user_write(
+        &self,
+        user_id: &str,
+        context: &'static str,
+    ) -> Result<UserWrite<'_>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(context))?;
+        let vecs = self.index.user(user_id).write_owned().await;
+        Ok(UserWrite { _writer, tx, vecs })
+    }
+
+    /// The most similar current memory of the user that reaches `threshold`
+    /// and states the same details (numbers, negations) as `content`.
+    pub(super) async fn find_duplicate(
+        &self,
+        conn: &mut SqliteConnection,
+        vecs: &UserVectors,
+        embedding: &[f32],
+        content: &str,
+        threshold: f32,
+    ) -> Result<Option<(i64, f32)>, StoreError> {
+        let candidates: Vec<i64> = vecs
+            .top_k(embedding, DEDUP_CANDIDATES)
+            .into_iter()
+            .filter(|s| s.score >= threshold - DEDUP_MARGIN)
+            .map(|s| s.pk)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT v.pk, v.embedding, m.content FROM json_each(?) j \
+             CROSS JOIN memory_vectors v ON v.pk = j.value JOIN memories m ON m.pk = v.pk",
+        )
+        .bind(json_array(&candidates))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("checking for duplicates"))?;
+        let mut best: Option<(i64, f32)> = None;
+        for row in &rows {
+            let v = decode_vector(row.try_get("embedding").map_err(db("reading a vector"))?)?;
+            let similarity = dot(embedding, &v);
+            let existing: String = row.try_get("content").map_err(db("reading a memory"))?;
+            if similarity >= threshold
+                && !details_differ(content, &existing)
+                && best.is_none_or(|(_, b)| similarity > b)
+            {
+                best = Some((
+                    row.try_get("pk").map_err(db("reading a vector"))?,
+                    similarity,
+                ));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Writes `new` (row, vector, keyword postings, ADD history) and moves
+    /// the user to the next generation; returns the row's pk and that generation.
+    pub(super) async fn insert_row(
+        conn: &mut SqliteConnection,
+        new: &NewMemory,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64), StoreError> {
+        let metadata =
+            serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let categories = serde_json::to_string(&new.categories)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let terms = keywords::document_terms(&new.content);
+        // Rows come back from the two RETURNING clauses: the pk, then the generation.
+        let rows = sqlx::query(INSERT_MEMORY)
+            .bind(new.id.to_string())
+            .bind(encode_vector(&new.embedding))
+            .bind(i64::from(terms.length))
+            .bind(&new.actor)
+            .bind(&new.scope.user_id)
+            .bind(&new.scope.agent_id)
+            .bind(&new.scope.run_id)
+            .bind(&new.content)
+            .bind(content_hash(&new.content))
+            .bind(&metadata)
+            .bind(&categories)
+            .bind(now.timestamp_millis())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("storing a memory"))?;
+        let [pk, generation] = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("storing a memory"))?[..]
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "storing a memory returned {} rows, expected 2",
+                rows.len()
+            )));
+        };
+        index_terms(conn, pk, &terms).await?;
+        Ok((pk, generation))
+    }
+
+    /// The pk and text of a current memory of the user.
+    pub(super) async fn current(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        id: MemoryId,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT pk, content FROM memories WHERE user_id = ? AND id = ? AND valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("finding a memory"))?;
+        row.map(|r| -> Result<(i64, String), StoreError> {
+            Ok((
+                r.try_get("pk").map_err(db("finding a memory"))?,
+                r.try_get("content").map_err(db("finding a memory"))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Another current memory of the user with exactly `content`, if any.
+    pub(super) async fn exact_repeat(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        content: &str,
+        except: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT pk FROM memories WHERE user_id = ? AND content_hash = ? \
+             AND valid_to IS NULL AND pk <> ? LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(content_hash(content))
+        .bind(except)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("checking for duplicates"))
+    }
+
+    /// Closes a current memory (`valid_to` = now; a trigger takes it out of
+    /// the keyword index) and records a SUPERSEDE history row naming its
+    /// `successor`'s text, if any. The caller moves the generation and drops
+    /// the vector from its in-process copy.
+    pub(super) async fn close_row(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        closed: Closed<'_>,
+        successor: Option<&str>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE memories SET valid_to = ?, updated_at = ? WHERE pk = ?")
+            .bind(now.timestamp_millis())
+            .bind(now.timestamp_millis())
+            .bind(closed.pk)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("closing a memory"))?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'SUPERSEDE', ?, ?, ?, ?)",
+        )
+        .bind(closed.id.to_string())
+        .bind(user_id)
+        .bind(closed.content)
+        .bind(successor)
+        .bind(actor)
+        .bind(now.timestamp_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(db("recording history"))?;
+        Ok(())
+    }
+
+    pub(super) async fn fetch_memory(
+        conn: &mut SqliteConnection,
+        pk: i64,
+    ) -> Result<Memory, StoreError> {
+        let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.pk = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pk)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("reading a memory"))?;
+        memory_from_row(&row)
+    }
+}
+
+#[async_trait]
+impl Writes for SqliteStore {
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self
+            .begin_user_write(&new.scope.user_id, "starting a write")
+            .await?;
+
+        self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
+            .await?;
+        if let Some((pk, similarity)) = self
+            .find_duplicate(
+                &mut tx,
+                &vecs,
+                &new.embedding,
+                &new.content,
+                dedup_threshold,
+            )
+            .await?
+        {
+            let existing = Self::fetch_memory(&mut tx, pk).await?;
+            tx.rollback().await.map_err(db("ending a read"))?;
+            return Ok(InsertOutcome::Duplicate {
+                existing,
+                similarity,
+            });
+        }
+
+        let now = Utc::now();
+        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
+        tx.commit().await.map_err(db("committing a memory"))?;
+
+        let scope = &new.scope;
+        vecs.push(
+            pk,
+            new.id,
+            scope.agent_id.as_deref(),
+            scope.run_id.as_deref(),
+            &new.embedding,
+        );
+        vecs.generation = Some(generation);
+        Ok(InsertOutcome::Added(new.stored_at(now)))
+    }
+
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a delete").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let pk: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
+                .bind(user_id)
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("finding a memory"))?;
+        let Some(pk) = pk else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a vector"))?;
+        sqlx::query("DELETE FROM memories WHERE pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a memory"))?;
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ? AND memory_id = ?")
+            .bind(user_id)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        // A deferred remember that stored it would bring the text back.
+        sqlx::query(
+            "DELETE FROM pending_extractions WHERE user_id = ?1 \
+             AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
+        )
+        .bind(user_id)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting deferred remembers"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a delete"))?;
+        // Triggers drop the memories' postings as the rows go.
+        sqlx::query(
+            "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("deleting vectors"))?;
+        let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting memories"))?
+            .rows_affected();
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting history"))?;
+        sqlx::query("DELETE FROM pending_extractions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting deferred remembers"))?;
+        sqlx::query("DELETE FROM keyword_users WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting keyword statistics"))?;
+        // The generation row goes too (no trace of the user is left). Other
+        // processes see generation 0, differ from their copy, and reload.
+        sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting generation"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        self.index.drop_user(user_id);
+        Ok(deleted)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting an update").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(None);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, user_id, content, pk).await? {
+            let existing = Self::fetch_memory(&mut tx, other).await?;
+            return Err(StoreError::Conflict(format!(
+                "memory {} already holds this text; {id} was not changed",
+                existing.id
+            )));
+        }
+        let now = Utc::now().timestamp_millis();
+        let terms = keywords::document_terms(content);
+        // A trigger drops the old text's postings; the new ones follow.
+        sqlx::query(
+            "UPDATE memories SET content = ?, content_hash = ?, keyword_length = ?, \
+             updated_at = ? WHERE pk = ?",
+        )
+        .bind(content)
+        .bind(content_hash(content))
+        .bind(i64::from(terms.length))
+        .bind(now)
+        .bind(pk)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a memory"))?;
+        sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
+            .bind(encode_vector(embedding))
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a vector"))?;
+        index_terms(&mut tx, pk, &terms).await?;
+        let memory = Self::fetch_memory(&mut tx, pk).await?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
+             actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(user_id)
+        .bind(&old)
+        .bind(content)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording history"))?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        if vecs.generation == Some(before) {
+            vecs.replace(pk, embedding);
+            vecs.generation = Some(generation);
+        }
+        Ok(Some(memory))
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let user_id = new.scope.user_id.clone();
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(&user_id, "starting a write").await?;
+        let before = generation(&mut tx, &user_id).await?;
+        let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
+            return Ok(SupersedeOutcome::NotFound);
+        };
+        if let Some(other) = Self::exact_repeat(&mut tx, &user_id, &new.content, old_pk).await? {
+            return Ok(SupersedeOutcome::Duplicate(
+                Self::fetch_memory(&mut tx, other).await?,
+            ));
+        }
+        let now = Utc::now();
+        let closed = Closed {
+            id: old,
+            pk: old_pk,
+            content: &old_content,
+        };
+        Self::close_row(
+            &mut tx,
+            &user_id,
+            closed,
+            Some(&new.content),
+            &new.actor,
+            now,
+        )
+        .await?;
+        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
+        tx.commit().await.map_err(db("committing a supersede"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(old_pk);
+            let scope = &new.scope;
+            vecs.push(
+                pk,
+                new.id,
+                scope.agent_id.as_deref(),
+                scope.run_id.as_deref(),
+                &new.embedding,
+            );
+            vecs.generation = Some(generation);
+        }
+        Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
+    }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let UserWrite {
+            _writer,
+            mut tx,
+            mut vecs,
+        } = self.begin_user_write(user_id, "starting a write").await?;
+        let before = generation(&mut tx, user_id).await?;
+        let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
+            return Ok(false);
+        };
+        let closed = Closed {
+            id,
+            pk,
+            content: &content,
+        };
+        Self::close_row(&mut tx, user_id, closed, None, actor, Utc::now()).await?;
+        let generation = bump_generation(&mut tx, user_id).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        if vecs.generation == Some(before) {
+            vecs.remove(pk);
+            vecs.generation = Some(generation);
+        }
+        Ok(true)
+    }
+}
