@@ -1,0 +1,342 @@
+//! The production store: PostgreSQL with pgvector (migrations/postgres).
+//!
+//! The database does the work the SQLite store does in process, so any
+//! number of engram processes can share it:
+//! * vector search is `engram_nearest`, which picks an exact scan or the
+//!   vector index (HNSW with iterative scans, or pgvectorscale's DiskANN) per
+//!   call from how many rows are in scope, so a user filter never drops rows;
+//! * deduplication is the `memories_refuse_duplicate` trigger, under a
+//!   per-user advisory lock. It reports near-duplicates (SQLSTATE EG001) rather
+//!   than deciding alone: [`Writes::insert`] applies the same details guard
+//!   as SQLite ([`details_differ`]) and retries with the candidates it judged
+//!   different, so both stores agree on what a duplicate is;
+//! * keyword search is BM25 as [`crate::keywords`] defines it, by
+//!   `engram_keyword_search`, over `keyword_postings`: one narrow row per
+//!   distinct term of each current memory, keyed by (user, term, memory).
+//!   The terms are made here, in Rust, and written in the transaction that
+//!   makes a memory current or changes its text; triggers drop them when it
+//!   stops being current, keep each user's count and total length in
+//!   `memory_users` and each term's document frequency in `keyword_terms`.
+//!   A store whose postings predate this build gets them at open
+//!   ([`PgStore::open`]).
+//!
+//! The embedding column's dimension is fixed when a store is first opened with
+//! an embedder, which is also recorded; a different one is refused.
+//!
+//! One file per concern: `write` ([`Writes`]), `read` ([`Reads`]), `search`
+//! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
+//! ([`Reports`]), `versions` ([`Versions`]); beside them `schema`
+//! (migrations, the dimension, the vector index), `keyword_index` (postings
+//! written and rebuilt) and `rows` (row mapping and parameters). This file
+//! opens the store: options, pool, re-embedding.
+//!
+//! [`Writes`]: super::Writes
+//! [`Writes::insert`]: super::Writes::insert
+//! [`details_differ`]: crate::model::details_differ
+//! [`Reads`]: super::Reads
+//! [`Search`]: super::Search
+//! [`PendingQueue`]: super::PendingQueue
+//! [`Keys`]: super::Keys
+//! [`Reports`]: super::Reports
+//! [`Versions`]: super::Versions
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use pgvector::Vector;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::config::IndexKind;
+use crate::embed::{Embedder, EmbedderIdentity};
+
+mod keys;
+mod keyword_index;
+mod queue;
+mod read;
+mod reports;
+mod rows;
+mod schema;
+mod search;
+mod versions;
+mod write;
+
+use keyword_index::ensure_keyword_index;
+use schema::{
+    bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
+};
+
+/// How a PostgreSQL store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    pub pool_size: u32,
+    /// Apply pending migrations; otherwise refuse to open a schema that is behind.
+    pub migrate: bool,
+    pub index: IndexKind,
+    /// When vector search scans a scope exactly instead of using the index
+    /// (`engram_exact_scan_limit` in the schema); defaults unless set.
+    pub plan: PlanSettings,
+}
+
+/// The session settings `engram_exact_scan_limit` reads: exact scans for
+/// scopes of at most `exact_scan_max_rows` rows, or whose rows² are below
+/// `exact_scan_ratio` × the table's rows. Zero for both forces the index.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanSettings {
+    pub exact_scan_max_rows: Option<u64>,
+    pub exact_scan_ratio: Option<f64>,
+    /// HNSW's search list size on the index path (schema default 250, at least 2k).
+    pub ef_search: Option<u32>,
+}
+
+impl PlanSettings {
+    /// Every search through the vector index (for tests and benchmarks).
+    pub const ALWAYS_INDEX: Self = Self {
+        exact_scan_max_rows: Some(0),
+        exact_scan_ratio: Some(0.0),
+        ef_search: None,
+    };
+    /// Every search an exact scan (the reference for recall measurements).
+    pub const ALWAYS_EXACT: Self = Self {
+        exact_scan_max_rows: Some(1_000_000_000_000),
+        exact_scan_ratio: None,
+        ef_search: None,
+    };
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: crate::config::DEFAULT_DATABASE_POOL_SIZE,
+            migrate: true,
+            index: IndexKind::Auto,
+            plan: PlanSettings::default(),
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    url: String,
+    embedder: EmbedderIdentity,
+    index: IndexKind,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`), brings the schema up to date (or
+    /// checks it is, with `migrate: false`), binds the store to `embedder` on
+    /// first open (refusing another one later), makes sure the vector index
+    /// exists and that the keyword postings are this build's (rebuilding
+    /// them once, in one transaction, when they are not).
+    pub async fn open(
+        url: &str,
+        embedder: EmbedderIdentity,
+        options: PgOptions,
+    ) -> Result<Self, StoreError> {
+        check_dims(&embedder)?;
+        let pool = connect(url, options.pool_size, options.plan).await?;
+        if options.migrate {
+            migrate_pool(url, &pool).await?;
+        } else {
+            check_migrated(url, &pool).await?;
+        }
+        let store = Self {
+            pool,
+            url: url.to_owned(),
+            embedder,
+            index: options.index,
+        };
+        let mut tx = store.pool.begin().await.map_err(db("opening the store"))?;
+        lock_schema(&mut tx).await?;
+        store.bind_embedder(&mut tx).await?;
+        // Before the vector index: a rebuild that rewrites memories drops it.
+        ensure_keyword_index(&mut tx).await?;
+        let index = ensure_vector_index(&mut tx, store.index).await?;
+        tx.commit().await.map_err(db("opening the store"))?;
+        tracing::info!(embedder = %store.embedder, ?index, "PostgreSQL store ready");
+        Ok(Self { index, ..store })
+    }
+
+    /// Applies pending migrations to the database at `url` (`engram migrate`).
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let pool = connect(url, 2, PlanSettings::default()).await?;
+        migrate_pool(url, &pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// The vector index searches use (`Auto` resolved at open).
+    pub fn vector_index(&self) -> IndexKind {
+        self.index
+    }
+
+    /// The URL the store was opened with (password included: not for display).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The connection pool, for measuring raw queries next to the store's.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Rebuilds every stored vector with `embedder` (whose dimension may
+    /// differ), records it as the store's embedder and rebuilds the vector
+    /// index. One transaction: all or nothing. Stop running servers first.
+    pub async fn reembed(
+        url: &str,
+        embedder: &dyn Embedder,
+        index: IndexKind,
+    ) -> Result<u64, StoreError> {
+        const BATCH: i64 = 256;
+        let identity = embedder.identity();
+        check_dims(&identity)?;
+        let pool = connect(url, 2, PlanSettings::default()).await?;
+        migrate_pool(url, &pool).await?;
+        let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
+        lock_schema(&mut tx).await?;
+        for statement in [
+            "DROP INDEX IF EXISTS memories_embedding_hnsw",
+            "DROP INDEX IF EXISTS memories_embedding_diskann",
+            "ALTER TABLE memories ALTER COLUMN embedding TYPE vector",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("preparing the re-embed"))?;
+        }
+        let mut after = Uuid::nil();
+        let mut done = 0u64;
+        loop {
+            let rows: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT id, content FROM memories WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading memories to re-embed"))?;
+            let Some(&(last, _)) = rows.last() else { break };
+            let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
+            let vectors = embedder.embed_documents(&texts).await?;
+            let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+            let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
+            sqlx::query(
+                "UPDATE memories m SET embedding = v.embedding \
+                 FROM unnest($1::uuid[], $2::vector[]) AS v (id, embedding) WHERE m.id = v.id",
+            )
+            .bind(&ids)
+            .bind(&vectors)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing re-embedded vectors"))?;
+            done += rows.len() as u64;
+            after = last;
+        }
+        bind_dimension(&mut tx, &identity).await?;
+        ensure_vector_index(&mut tx, index).await?;
+        tx.commit().await.map_err(db("committing the re-embed"))?;
+        pool.close().await;
+        Ok(done)
+    }
+
+    /// Records the embedder (and fixes the column's dimension) on first open;
+    /// refuses a different one afterwards.
+    async fn bind_embedder(&self, tx: &mut PgConnection) -> Result<(), StoreError> {
+        let configured = self.embedder.to_string();
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the store's embedder"))?;
+        match stored {
+            Some(stored) if stored == configured => Ok(()),
+            Some(stored) => Err(StoreError::EmbedderMismatch { stored, configured }),
+            None => bind_dimension(tx, &self.embedder).await,
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn embedder(&self) -> &EmbedderIdentity {
+        &self.embedder
+    }
+}
+
+async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        url: redact(url),
+        source,
+    };
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(open_err)?
+        .application_name("engram")
+        // JIT compiles plans whose estimated cost is high (an exact scan of a
+        // large user looks expensive) and adds tens of milliseconds to them.
+        .options([("jit", "off")]);
+    if let Some(rows) = plan.exact_scan_max_rows {
+        options = options.options([("engram.exact_scan_max_rows", rows.to_string())]);
+    }
+    if let Some(ratio) = plan.exact_scan_ratio {
+        options = options.options([("engram.exact_scan_ratio", ratio.to_string())]);
+    }
+    if let Some(ef) = plan.ef_search {
+        options = options.options([("engram.ef_search", ef.to_string())]);
+    }
+    // One direct connection first: a pool retries until its timeout and then
+    // reports only that, while this reports what is wrong (refused, auth, no database).
+    let probe = PgConnection::connect_with(&options)
+        .await
+        .map_err(open_err)?;
+    probe.close().await.map_err(open_err)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
+fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows::uuid_array_literal;
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://engram:s3cret@db:5432/engram"),
+            "postgres://engram:***@db:5432/engram"
+        );
+        assert_eq!(
+            redact("postgres://engram@db/engram"),
+            "postgres://engram@db/engram"
+        );
+        assert_eq!(redact("postgres://db/engram"), "postgres://db/engram");
+    }
+
+    #[test]
+    fn allow_lists_are_array_literals() {
+        assert_eq!(uuid_array_literal(&[]), "{}");
+        let id = Uuid::nil();
+        assert_eq!(uuid_array_literal(&[id, id]), format!("{{{id},{id}}}"));
+    }
+}

@@ -1,0 +1,127 @@
+//! Deferred remembers ([`PendingQueue`]).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use super::{PgStore, db};
+use crate::model::{MemoryId, Scope};
+use crate::store::{NewPending, Pending, PendingQueue, StoreError};
+
+#[async_trait]
+impl PendingQueue for PgStore {
+    async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let metadata = serde_json::Value::Object(pending.metadata.clone());
+        let memory_ids: Vec<Uuid> = pending.memory_ids.iter().map(|id| id.0).collect();
+        // Not a memory: no trigger, no version moves.
+        sqlx::query(
+            "INSERT INTO pending_extractions (id, user_id, agent_id, run_id, input, metadata, \
+             infer, memory_ids, error, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(pending.id)
+        .bind(&pending.scope.user_id)
+        .bind(&pending.scope.agent_id)
+        .bind(&pending.scope.run_id)
+        .bind(&pending.input)
+        .bind(&metadata)
+        .bind(pending.infer)
+        .bind(&memory_ids)
+        .bind(&pending.error)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a deferred remember"))?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError> {
+        // One statement, so the count and the rows come from one snapshot.
+        let rows = sqlx::query(
+            "WITH total AS (SELECT count(*) AS total FROM pending_extractions) \
+             SELECT t.total, p.* FROM total t LEFT JOIN LATERAL ( \
+                 SELECT id, user_id, agent_id, run_id, input, metadata, infer, memory_ids, \
+                        error, attempts, created_at \
+                 FROM pending_extractions ORDER BY created_at, id LIMIT $1) p ON true \
+             ORDER BY p.created_at, p.id",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading deferred remembers"))?;
+        let mut total = 0i64;
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            total = row
+                .try_get("total")
+                .map_err(db("counting deferred remembers"))?;
+            // The count's own row when there are none (the LATERAL side is NULL).
+            let id: Option<Uuid> = row
+                .try_get("id")
+                .map_err(db("reading a deferred remember"))?;
+            if id.is_some() {
+                pending.push(pending_from_row(row)?);
+            }
+        }
+        Ok((pending, total.max(0) as u64))
+    }
+
+    async fn finish_pending(&self, user_id: &str, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_extractions WHERE user_id = $1 AND id = $2")
+            .bind(user_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("dropping a deferred remember"))?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn retry_pending(&self, user_id: &str, id: Uuid, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pending_extractions SET attempts = attempts + 1, error = $3 \
+             WHERE user_id = $1 AND id = $2",
+        )
+        .bind(user_id)
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a failed re-extraction"))?;
+        Ok(())
+    }
+}
+
+pub(super) fn pending_from_row(row: &PgRow) -> Result<Pending, StoreError> {
+    let get = db("reading a deferred remember");
+    let metadata: serde_json::Value = row.try_get("metadata").map_err(&get)?;
+    let serde_json::Value::Object(metadata) = metadata else {
+        return Err(StoreError::Corrupt(format!(
+            "deferred remember metadata is not an object: {metadata}"
+        )));
+    };
+    let memory_ids: Vec<Uuid> = row.try_get("memory_ids").map_err(&get)?;
+    let attempts: i32 = row.try_get("attempts").map_err(&get)?;
+    Ok(Pending {
+        entry: NewPending {
+            id: row.try_get("id").map_err(&get)?,
+            scope: Scope {
+                user_id: row.try_get("user_id").map_err(&get)?,
+                agent_id: row.try_get("agent_id").map_err(&get)?,
+                run_id: row.try_get("run_id").map_err(&get)?,
+            },
+            input: row.try_get("input").map_err(&get)?,
+            metadata,
+            infer: row.try_get("infer").map_err(&get)?,
+            memory_ids: memory_ids.into_iter().map(MemoryId).collect(),
+            error: row.try_get("error").map_err(&get)?,
+        },
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt(format!("{attempts} re-extraction attempts")))?,
+        created_at: row.try_get("created_at").map_err(&get)?,
+    })
+}

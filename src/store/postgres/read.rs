@@ -1,0 +1,78 @@
+//! A user's memories by id, by recency, and their history ([`Reads`]).
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
+use super::{PgStore, db};
+use crate::model::{Memory, MemoryId, Scope};
+use crate::store::{HISTORY_SELECT, HistoryEntry, Reads, StoreError};
+
+#[async_trait]
+impl Reads for PgStore {
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2)"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading memories"))?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
+        const WHERE: &str = "WHERE m.user_id = $1 AND m.valid_to IS NULL \
+                             AND ($2::text IS NULL OR m.agent_id = $2) \
+                             AND ($3::text IS NULL OR m.run_id = $3)";
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
+             ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing memories"))?;
+        let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
+            // Kept by triggers; counting a large user's rows would cost milliseconds.
+            sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
+                .bind(&scope.user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("counting memories"))?
+        } else {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM memories m {WHERE}"
+            )))
+            .bind(&scope.user_id)
+            .bind(&scope.agent_id)
+            .bind(&scope.run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("counting memories"))?
+        };
+        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
+        Ok((memories, total.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = format!("{HISTORY_SELECT} WHERE user_id = $1 AND memory_id = $2 ORDER BY pk");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading history"))?;
+        rows.iter().map(history_from_row).collect()
+    }
+}

@@ -1,0 +1,124 @@
+//! What a user has stored ([`Reports`]): stats and the full export, each
+//! in one read snapshot.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::queue::pending_from_row;
+use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
+use super::{PgStore, db};
+use crate::store::{
+    HISTORY_SELECT, PENDING_SELECT, Reports, StatsCounts, StoreError, UserExport, UserStats,
+    assemble_export,
+};
+
+/// A user's numbers ($1: the user) in one row, for [`StatsCounts`]: one
+/// aggregate over their memories (current and closed rows each through
+/// their own partial index), history and deferred remembers; the category
+/// counts as a JSON array of `[category, memories]`.
+pub(super) const STATS: &str = "\
+    WITH m AS ( \
+             SELECT id, true AS current, created_at, categories, \
+                    octet_length(content) + octet_length(metadata::text) AS bytes \
+             FROM memories WHERE user_id = $1 AND valid_to IS NULL \
+             UNION ALL \
+             SELECT id, false, created_at, '{}', \
+                    octet_length(content) + octet_length(metadata::text) \
+             FROM memories WHERE user_id = $1 AND valid_to IS NOT NULL), \
+         h AS (SELECT count(*) AS events, \
+                      coalesce(sum(coalesce(octet_length(old_content), 0) \
+                                 + coalesce(octet_length(new_content), 0)), 0) AS bytes \
+               FROM memory_history WHERE user_id = $1), \
+         c AS (SELECT category, count(DISTINCT m.id) AS n \
+               FROM m, unnest(m.categories) AS category WHERE m.current GROUP BY category) \
+    SELECT count(*) FILTER (WHERE m.current) AS memories, \
+           count(*) FILTER (WHERE NOT m.current) AS superseded, \
+           min(m.created_at) FILTER (WHERE m.current) AS oldest, \
+           max(m.created_at) FILTER (WHERE m.current) AS newest, \
+           coalesce(sum(m.bytes), 0) + (SELECT bytes FROM h) AS text_bytes, \
+           (SELECT events FROM h) AS history_events, \
+           (SELECT count(*) FROM pending_extractions WHERE user_id = $1) AS pending, \
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(category, n)), '[]') FROM c) \
+               AS categories \
+    FROM m";
+
+#[async_trait]
+impl Reports for PgStore {
+    async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
+        // One statement: one snapshot.
+        let row = sqlx::query(STATS)
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting the user's data"))?;
+        let get = db("reading the user's stats");
+        let categories: serde_json::Value = row.try_get("categories").map_err(&get)?;
+        let counts = StatsCounts {
+            memories: row.try_get("memories").map_err(&get)?,
+            superseded: row.try_get("superseded").map_err(&get)?,
+            history_events: row.try_get("history_events").map_err(&get)?,
+            pending: row.try_get("pending").map_err(&get)?,
+            oldest: row.try_get("oldest").map_err(&get)?,
+            newest: row.try_get("newest").map_err(&get)?,
+            text_bytes: row.try_get("text_bytes").map_err(&get)?,
+            categories: serde_json::from_value(categories)
+                .map_err(|e| StoreError::Corrupt(format!("category counts: {e}")))?,
+        };
+        Ok(counts.finish(user_id, self.embedder.dims))
+    }
+
+    async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
+        // Three reads from one snapshot: a write committed between them
+        // cannot show up in one (history) and not in another (its memory).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db("reading an export"))?;
+        // Current and closed rows each through their own partial index.
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m \
+             WHERE m.user_id = $1 AND m.valid_to IS NULL \
+             UNION ALL \
+             SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m \
+             WHERE m.user_id = $1 AND m.valid_to IS NOT NULL \
+             ORDER BY created_at, id"
+        );
+        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("exporting memories"))?;
+        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{HISTORY_SELECT} WHERE user_id = $1 ORDER BY pk"
+        )))
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("exporting history"))?;
+        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{PENDING_SELECT} WHERE user_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("exporting deferred remembers"))?;
+        tx.rollback().await.map_err(db("reading an export"))?;
+        let memories = memories
+            .iter()
+            .map(|row| {
+                let valid_to = row.try_get("valid_to").map_err(db("reading a memory"))?;
+                Ok((memory_from_row(row)?, valid_to))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let history = history
+            .iter()
+            .map(history_from_row)
+            .collect::<Result<_, _>>()?;
+        let pending = pending
+            .iter()
+            .map(pending_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(assemble_export(user_id, memories, history, pending))
+    }
+}

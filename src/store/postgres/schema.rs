@@ -1,0 +1,147 @@
+//! The schema: migrations (run, or checked when another process runs them),
+//! the embedding column's dimension, and the vector index the options name.
+
+use sqlx::PgConnection;
+use sqlx::postgres::PgPool;
+
+use super::{db, redact};
+use crate::config::IndexKind;
+use crate::embed::EmbedderIdentity;
+use crate::store::StoreError;
+
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// pgvector's HNSW indexes `vector` columns of at most this many dimensions.
+pub(super) const MAX_INDEXED_DIMS: usize = 2000;
+
+pub(super) async fn migrate_pool(url: &str, pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: redact(url),
+            source,
+        })
+}
+
+/// With automatic migrations off: refuses a schema that lacks a migration of this build.
+pub(super) async fn check_migrated(url: &str, pool: &PgPool) -> Result<(), StoreError> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing: Vec<i64> = MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported(format!(
+        "the schema of {} lacks migrations {missing:?}; run `engram migrate` \
+         (or set ENGRAM_AUTO_MIGRATE=true)",
+        redact(url)
+    )))
+}
+
+pub(super) fn check_dims(embedder: &EmbedderIdentity) -> Result<(), StoreError> {
+    if embedder.dims <= MAX_INDEXED_DIMS {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported(format!(
+        "pgvector indexes at most {MAX_INDEXED_DIMS} dimensions and the embedder has {}; \
+         set ENGRAM_EMBEDDING_DIMS to {MAX_INDEXED_DIMS} or fewer (OpenAI's \
+         text-embedding-3 models accept a smaller `dimensions`)",
+        embedder.dims
+    )))
+}
+
+/// Serialises schema-level changes (first bind, index creation, re-embed)
+/// across processes for the rest of the transaction.
+pub(super) async fn lock_schema(tx: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.schema', 0))")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("locking the schema"))?;
+    Ok(())
+}
+
+/// Gives the embedding column `embedder`'s dimension and records the
+/// embedder as the store's.
+pub(super) async fn bind_dimension(
+    tx: &mut PgConnection,
+    embedder: &EmbedderIdentity,
+) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({})",
+        embedder.dims
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("fixing the vector dimension"))?;
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('embedder', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(embedder.to_string())
+    .execute(&mut *tx)
+    .await
+    .map_err(db("recording the store's embedder"))?;
+    Ok(())
+}
+
+/// Resolves `requested` against the server (DiskANN needs pgvectorscale's
+/// `vectorscale` extension) and creates that index if it is missing.
+pub(super) async fn ensure_vector_index(
+    tx: &mut PgConnection,
+    requested: IndexKind,
+) -> Result<IndexKind, StoreError> {
+    let vectorscale: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vectorscale')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking for pgvectorscale"))?;
+    let kind = match requested {
+        IndexKind::Auto if vectorscale => IndexKind::Diskann,
+        IndexKind::Auto => IndexKind::Hnsw,
+        IndexKind::Diskann if !vectorscale => {
+            return Err(StoreError::Unsupported(
+                "index = diskann needs pgvectorscale, and this PostgreSQL server has no \
+                 `vectorscale` extension; install pgvectorscale on the server, or set \
+                 ENGRAM_INDEX=hnsw (or auto)"
+                    .into(),
+            ));
+        }
+        other => other,
+    };
+    let statements: &[&'static str] = match kind {
+        // Partial: superseded rows are never searched, so they stay out of the graph.
+        IndexKind::Hnsw | IndexKind::Auto => &[
+            "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories \
+             USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL",
+        ],
+        IndexKind::Diskann => &[
+            "CREATE EXTENSION IF NOT EXISTS vectorscale",
+            "CREATE INDEX IF NOT EXISTS memories_embedding_diskann ON memories \
+             USING diskann (embedding vector_cosine_ops)",
+        ],
+    };
+    for statement in statements {
+        sqlx::query(*statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("creating the vector index"))?;
+    }
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('vector_index', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(format!("{kind:?}").to_lowercase())
+    .execute(&mut *tx)
+    .await
+    .map_err(db("recording the vector index"))?;
+    Ok(kind)
+}

@@ -1,0 +1,224 @@
+//! Search ([`Search`]): `engram_nearest` for vectors, `engram_keyword_search`
+//! for BM25, and recall's candidates in two round trips.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use pgvector::Vector;
+use uuid::Uuid;
+
+use super::rows::filter_json;
+use super::{PgStore, db};
+use crate::keywords;
+use crate::model::MemoryId;
+use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
+
+impl PgStore {
+    /// Cosine similarity to `vector` of these current memories of the user.
+    pub(super) async fn similarities(
+        &self,
+        user_id: &str,
+        ids: &[Uuid],
+        vector: &[f32],
+    ) -> Result<HashMap<Uuid, f32>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+            "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
+             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(ids)
+        .bind(Vector::from(vector.to_vec()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading vectors"))?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl Search for PgStore {
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Uuid, f32)> =
+            sqlx::query_as("SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)")
+                .bind(&at.scope.user_id)
+                .bind(&at.scope.agent_id)
+                .bind(&at.scope.run_id)
+                .bind(filter_json(at))
+                .bind(Vector::from(query.to_vec()))
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("searching vectors"))?;
+        let mut hits = hits(rows);
+        // The vector index returns rows in relaxed order.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let terms = keywords::query_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Uuid, f32)> =
+            sqlx::query_as("SELECT id, score FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
+                .bind(&at.scope.user_id)
+                .bind(&at.scope.agent_id)
+                .bind(&at.scope.run_id)
+                .bind(filter_json(at))
+                .bind(&terms)
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("searching keywords"))?;
+        let mut hits = hits(rows);
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+        Ok(hits)
+    }
+
+    /// Each search on its own connection, and as soon as one answers, the
+    /// relevance its candidates lack: BM25 for the vector's (while the
+    /// keyword side finishes), cosine for the keywords' (while the vector
+    /// search, the slower, still runs). Two round trips deep, not three.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let user_id = &at.scope.user_id;
+        let terms = keywords::query_terms(query);
+        let by_vector = async {
+            // The nearest memories and their BM25 in one statement.
+            let rows: Vec<(Uuid, f32, Option<f32>)> = sqlx::query_as(
+                "WITH n AS MATERIALIZED ( \
+                     SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)) \
+                 SELECT n.id, n.similarity, k.score FROM n LEFT JOIN engram_keyword_scores( \
+                     $1, $7, ARRAY(SELECT id FROM n)) k ON k.id = n.id",
+            )
+            .bind(user_id)
+            .bind(&at.scope.agent_id)
+            .bind(&at.scope.run_id)
+            .bind(filter_json(at))
+            .bind(Vector::from(vector.to_vec()))
+            .bind(i32::try_from(depth).unwrap_or(i32::MAX))
+            .bind(&terms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("searching vectors"))?;
+            let keyword: HashMap<Uuid, f32> = rows
+                .iter()
+                .filter_map(|(id, _, k)| k.map(|k| (*id, k)))
+                .collect();
+            let mut hits = hits(rows.into_iter().map(|(id, s, _)| (id, s)).collect());
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+            hits.truncate(depth);
+            Ok::<_, StoreError>((hits, keyword))
+        };
+        let by_keyword = async {
+            let hits = self.keyword_search(at, query, depth).await?;
+            let ids: Vec<Uuid> = hits.iter().map(|h| h.id.0).collect();
+            let similarity = self.similarities(user_id, &ids, vector).await?;
+            Ok::<_, StoreError>((hits, similarity))
+        };
+        let ((vector_hits, their_keyword), (keyword_hits, their_similarity)) =
+            tokio::try_join!(by_vector, by_keyword)?;
+        let keyword_of: HashMap<Uuid, f32> =
+            keyword_hits.iter().map(|h| (h.id.0, h.score)).collect();
+        let mut out: Vec<Scored> = Vec::with_capacity(vector_hits.len() + keyword_hits.len());
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        for hit in &vector_hits {
+            seen.insert(hit.id.0);
+            let keyword = keyword_of
+                .get(&hit.id.0)
+                .or_else(|| their_keyword.get(&hit.id.0))
+                .copied()
+                .unwrap_or(0.0);
+            out.push(Scored {
+                id: hit.id,
+                similarity: hit.score,
+                keyword,
+            });
+        }
+        for hit in &keyword_hits {
+            // A memory closed or forgotten between the two reads has no row.
+            if let Some(&similarity) = their_similarity.get(&hit.id.0)
+                && seen.insert(hit.id.0)
+            {
+                out.push(Scored {
+                    id: hit.id,
+                    similarity,
+                    keyword: hit.score,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let terms = keywords::query_terms(query);
+        // BM25 by engram_keyword_scores (whose statistics cover all of the
+        // user's memories, not only these), once: MATERIALIZED keeps it off
+        // the inner side of a loop over the memories. The memories' own rows
+        // give the cosine and keep only current memories of the user.
+        let rows: Vec<(Uuid, f32, f32)> = sqlx::query_as(
+            "WITH k AS MATERIALIZED (SELECT id, score FROM engram_keyword_scores($1, $4, $2)) \
+             SELECT m.id, (1 - (m.embedding <=> $3))::real, coalesce(k.score, 0)::real \
+             FROM memories m LEFT JOIN k ON k.id = m.id \
+             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(&ids)
+        .bind(Vector::from(vector.to_vec()))
+        .bind(&terms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("scoring memories"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, similarity, keyword)| Scored {
+                id: MemoryId(id),
+                similarity,
+                keyword,
+            })
+            .collect())
+    }
+}
+
+/// Search rows (id, score) as hits, in the order given.
+pub(super) fn hits(rows: Vec<(Uuid, f32)>) -> Vec<Hit> {
+    rows.into_iter()
+        .map(|(id, score)| Hit {
+            id: MemoryId(id),
+            score,
+        })
+        .collect()
+}

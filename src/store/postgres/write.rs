@@ -1,0 +1,420 @@
+//! Changes to a user's memories ([`Writes`]). Deduplication is the
+//! database's trigger; every transaction takes the user's write lock first.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use sqlx::PgConnection;
+use sqlx::postgres::PgDatabaseError;
+use uuid::Uuid;
+
+use super::keyword_index::{index_terms, keyword_length, posting_columns};
+use super::rows::{MEMORY_COLUMNS, content_hash, memory_from_row, uuid_array_literal};
+use super::{PgStore, db};
+use crate::keywords;
+use crate::model::{Memory, MemoryId, details_differ};
+use crate::store::{InsertOutcome, NewMemory, Reads, StoreError, SupersedeOutcome, Writes};
+
+/// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
+pub(super) const DUPLICATE_SQLSTATE: &str = "EG001";
+
+/// How often one insert may meet near-duplicates it has not judged yet
+/// before giving up. A round may report `FIRST_DEDUP_ROUND << round`
+/// candidates (engram.dedup_k; the trigger caps it at 4096), so twelve rounds
+/// cover ~16k close memories that differ in a detail, or concurrent writers.
+pub(super) const MAX_DEDUP_ROUNDS: u32 = 12;
+
+pub(super) const FIRST_DEDUP_ROUND: u32 = 8;
+
+/// A near-duplicate the trigger named.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Near {
+    id: Uuid,
+    similarity: f32,
+}
+
+impl PgStore {
+    /// Inserts `new`, its keyword postings and its ADD history row inside
+    /// `tx`, in one statement (the dedup trigger runs with whatever `tx` has set).
+    pub(super) async fn insert_in(
+        tx: &mut sqlx::PgConnection,
+        new: &NewMemory,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let metadata = serde_json::Value::Object(new.metadata.clone());
+        let terms = keywords::document_terms(&new.content);
+        let (words, counts) = posting_columns(&terms);
+        sqlx::query(
+            "WITH m AS ( \
+                 INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
+                     embedding, metadata, categories, created_at, updated_at, valid_from, \
+                     keyword_length) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $12) \
+                 RETURNING id, user_id, content, created_at, keyword_length), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m) \
+             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+             SELECT m.user_id, t.term, m.id, t.tf, m.keyword_length \
+             FROM m, unnest($13::text[], $14::integer[]) AS t (term, tf)",
+        )
+        .bind(new.id.0)
+        .bind(&new.scope.user_id)
+        .bind(&new.scope.agent_id)
+        .bind(&new.scope.run_id)
+        .bind(&new.content)
+        .bind(content_hash(&new.content))
+        .bind(Vector::from(new.embedding.clone()))
+        .bind(&metadata)
+        .bind(&new.categories)
+        .bind(now)
+        .bind(&new.actor)
+        .bind(keyword_length(&terms))
+        .bind(&words)
+        .bind(&counts)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+    }
+
+    /// One attempt at the insert transaction; `Ok(Err(near))` when the
+    /// trigger refused it, with the near-duplicates it named.
+    pub(super) async fn try_insert(
+        &self,
+        new: &NewMemory,
+        dedup_threshold: f32,
+        allowed: &[Uuid],
+        dedup_k: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Vec<Near>>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        sqlx::query(
+            "SELECT set_config('engram.dedup_threshold', $1, true), \
+                    set_config('engram.dedup_allow', $2, true), \
+                    set_config('engram.dedup_k', $3, true)",
+        )
+        .bind(dedup_threshold.to_string())
+        .bind(uuid_array_literal(allowed))
+        .bind(dedup_k.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("starting a write"))?;
+        let written = Self::insert_in(&mut tx, new, now).await;
+        match written {
+            Ok(_) => {
+                tx.commit().await.map_err(db("committing a memory"))?;
+                Ok(Ok(()))
+            }
+            Err(e) => match refused_as_duplicate(&e) {
+                Some(near) => {
+                    tx.rollback().await.map_err(db("ending a refused write"))?;
+                    Ok(Err(near?))
+                }
+                None => Err(StoreError::Database {
+                    context: "storing a memory",
+                    source: e,
+                }),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Writes for PgStore {
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        // Postgres keeps microseconds; the memory returned must equal the stored one.
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut allowed: Vec<Uuid> = Vec::new();
+        for round in 0..MAX_DEDUP_ROUNDS {
+            let k = FIRST_DEDUP_ROUND << round;
+            let mut near = match self
+                .try_insert(&new, dedup_threshold, &allowed, k, now)
+                .await?
+            {
+                Ok(()) => {
+                    return Ok(InsertOutcome::Added(new.stored_at(now)));
+                }
+                Err(near) => near,
+            };
+            // The trigger only says "close"; a candidate stating other
+            // details (a number, a negation) is a different memory.
+            near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+            let mut existing: HashMap<MemoryId, Memory> = self
+                .get_many(&new.scope.user_id, &ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
+            for n in &near {
+                // Gone since the trigger saw it (forgotten): nothing to allow.
+                let Some(memory) = existing.remove(&MemoryId(n.id)) else {
+                    continue;
+                };
+                if !details_differ(&new.content, &memory.memory) {
+                    return Ok(InsertOutcome::Duplicate {
+                        existing: memory,
+                        similarity: n.similarity,
+                    });
+                }
+                allowed.push(n.id);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "memory {} still met near-duplicates after {MAX_DEDUP_ROUNDS} rounds ({} judged \
+             different so far): the user holds very many close memories, or writers keep \
+             adding them; try again",
+            new.id,
+            allowed.len()
+        )))
+    }
+
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+        // One statement, so the memory, its history and any deferred
+        // remember that stored it (which would bring the text back) go together.
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
+                  history AS (DELETE FROM memory_history \
+                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)), \
+                  pending AS (DELETE FROM pending_extractions \
+                              WHERE user_id = $1 AND $2 = ANY (memory_ids) \
+                                AND EXISTS (SELECT 1 FROM gone)) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("deleting a memory"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
+                  history AS (DELETE FROM memory_history WHERE user_id = $1), \
+                  counts AS (DELETE FROM memory_users WHERE user_id = $1), \
+                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("deleting a user's memories"))?;
+        tx.commit().await.map_err(db("committing a delete"))?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let terms = keywords::document_terms(content);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        // One statement: the row (locked), its new text, vector and keyword
+        // length, and the UPDATE history row. Triggers drop the old text's
+        // postings and move the version; the new postings follow.
+        let sql = format!(
+            "WITH old AS (SELECT id, content FROM memories \
+                          WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+                  m AS (UPDATE memories SET content = $3, content_hash = $4, embedding = $5, \
+                            updated_at = $6, keyword_length = $8 \
+                        WHERE id IN (SELECT id FROM old) RETURNING *), \
+                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                            new_content, actor, created_at) \
+                        SELECT old.id, $1, 'UPDATE', old.content, $3, $7, $6 FROM old) \
+             SELECT {MEMORY_COLUMNS} FROM m"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(id.0)
+            .bind(content)
+            .bind(content_hash(content))
+            .bind(Vector::from(embedding.to_vec()))
+            .bind(now)
+            .bind(actor)
+            .bind(keyword_length(&terms))
+            .fetch_optional(&mut *tx)
+            .await;
+        let memory = match row {
+            Ok(Some(row)) => memory_from_row(&row)?,
+            Ok(None) => {
+                tx.rollback().await.map_err(db("ending a write"))?;
+                return Ok(None);
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                return Err(StoreError::Conflict(format!(
+                    "another current memory of user \"{user_id}\" already holds this text; \
+                     {id} was not changed"
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Database {
+                    context: "updating a memory",
+                    source: e,
+                });
+            }
+        };
+        index_terms(&mut tx, user_id, id, &terms).await?;
+        tx.commit().await.map_err(db("committing an update"))?;
+        Ok(Some(memory))
+    }
+
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, &new.scope.user_id).await?;
+        // The caller judged the near-duplicates: the trigger checks exact text only.
+        sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("starting a write"))?;
+        let closed = close_in(
+            &mut tx,
+            &new.scope.user_id,
+            old,
+            Some(&new.content),
+            &new.actor,
+            now,
+        )
+        .await?;
+        if !closed {
+            tx.rollback().await.map_err(db("ending a write"))?;
+            return Ok(SupersedeOutcome::NotFound);
+        }
+        let written = Self::insert_in(&mut tx, &new, now).await;
+        match written {
+            Ok(()) => {
+                tx.commit().await.map_err(db("committing a supersede"))?;
+                Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(db("ending a refused write"))?;
+                match refused_as_duplicate(&e) {
+                    Some(near) => {
+                        let near = near?;
+                        let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+                        let existing = self.get_many(&new.scope.user_id, &ids).await?;
+                        match existing.into_iter().next() {
+                            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
+                            None => Err(StoreError::Conflict(format!(
+                                "memory {old} was not superseded: its replacement repeats a \
+                                 memory being changed concurrently; try again"
+                            ))),
+                        }
+                    }
+                    None => Err(StoreError::Database {
+                        context: "storing a memory",
+                        source: e,
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // One statement; the memories_version_update trigger moves the version.
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        let closed = close_in(&mut tx, user_id, id, None, actor, now).await?;
+        tx.commit().await.map_err(db("committing a close"))?;
+        Ok(closed)
+    }
+}
+
+/// The near-duplicates in an EG001 error, if `e` is one.
+/// A unique index refused the row (here: the same text as a current memory).
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+pub(super) fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, StoreError>> {
+    let db_err = e.as_database_error()?;
+    if db_err.code().as_deref() != Some(DUPLICATE_SQLSTATE) {
+        return None;
+    }
+    let detail = db_err
+        .try_downcast_ref::<PgDatabaseError>()
+        .and_then(PgDatabaseError::detail)
+        .unwrap_or("[]");
+    Some(
+        serde_json::from_str(detail)
+            .map_err(|e| StoreError::Corrupt(format!("duplicate report '{detail}': {e}"))),
+    )
+}
+
+/// Takes the user's write lock for the rest of `tx`: the advisory lock the
+/// deduplication trigger and the keyword statistics' triggers take.
+///
+/// Invariant: every engram transaction that changes a user's memories takes
+/// it before any other lock of theirs (a memory's row, the user's counts and
+/// term statistics), so two writers of one user queue here instead of each
+/// holding what the other waits for.
+pub(super) async fn lock_user(tx: &mut PgConnection, user_id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("taking the user's write lock"))?;
+    Ok(())
+}
+
+/// Closes current memory `id` of the user (`valid_to` = now, locked first)
+/// with a SUPERSEDE history row naming `successor`'s text, if any, in one
+/// statement; triggers drop its keyword postings and move the user's version. False
+/// when it is not a current memory of theirs (nothing changed).
+pub(super) async fn close_in(
+    conn: &mut PgConnection,
+    user_id: &str,
+    id: MemoryId,
+    successor: Option<&str>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let closed: Option<Uuid> = sqlx::query_scalar(
+        "WITH old AS (SELECT id, content FROM memories \
+                      WHERE user_id = $1 AND id = $2 AND valid_to IS NULL FOR UPDATE), \
+              m AS (UPDATE memories SET valid_to = $3, updated_at = $3 \
+                    WHERE id IN (SELECT id FROM old) RETURNING id), \
+              h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
+                        new_content, actor, created_at) \
+                    SELECT old.id, $1, 'SUPERSEDE', old.content, $4, $5, $3 FROM old) \
+         SELECT id FROM old",
+    )
+    .bind(user_id)
+    .bind(id.0)
+    .bind(now)
+    .bind(successor)
+    .bind(actor)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("closing a memory"))?;
+    Ok(closed.is_some())
+}
