@@ -11,11 +11,11 @@
 use std::time::{Duration, Instant};
 
 use pgvector::Vector;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::text::Generator;
-use super::{found_among, ms, percentile};
+use super::{Postgres, found_among, ms, percentile};
 use crate::embed::{Embedder, HashEmbedder};
 use crate::keywords;
 use crate::model::{MetadataFilter, Scope};
@@ -40,8 +40,8 @@ const FLOOR_EXACT: &str = "SELECT id, 1 - (embedding <=> $2) FROM memories \
      WHERE user_id = $1 AND valid_to IS NULL ORDER BY 1 - (embedding <=> $2) DESC LIMIT $3";
 
 impl Floor {
-    pub async fn new(pg: &PgStore, ef_search: u32) -> Result<Self, sqlx::Error> {
-        let mut conn = pg.pool().acquire().await?.detach();
+    pub async fn new(pool: &PgPool, ef_search: u32) -> Result<Self, sqlx::Error> {
+        let mut conn = pool.acquire().await?.detach();
         for setting in [
             "SET hnsw.iterative_scan = relaxed_order".to_owned(),
             format!("SET hnsw.ef_search = {ef_search}"),
@@ -93,7 +93,7 @@ fn crowd_user(i: usize, users: usize) -> String {
 }
 
 pub async fn run(
-    pg: &PgStore,
+    pg: &Postgres,
     service: &MemoryService,
     embedder: &HashEmbedder,
     plan: PlanSettings,
@@ -101,11 +101,11 @@ pub async fn run(
     queries: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut words = Generator::new(7);
-    let url = pg.url().to_owned();
+    let url = pg.url.clone();
     println!();
     let loaded_users: i64 =
         sqlx::query_scalar("SELECT count(*) FROM memory_users WHERE user_id LIKE 'crowd-%'")
-            .fetch_one(pg.pool())
+            .fetch_one(&pg.pool)
             .await?;
     if loaded_users >= users as i64 {
         println!("crowd: reusing the {loaded_users} crowd users already in this database");
@@ -133,7 +133,7 @@ pub async fn run(
     .await?;
 
     let mut floor =
-        Floor::new(&indexed, plan.ef_search.unwrap_or(super::DEFAULT_EF_SEARCH)).await?;
+        Floor::new(&pg.pool, plan.ef_search.unwrap_or(super::DEFAULT_EF_SEARCH)).await?;
     let none = MetadataFilter::default();
     let (mut first_touch, mut recall, mut vector, mut keyword, mut floors) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -237,7 +237,7 @@ pub async fn run(
 /// Bulk-loads the crowd, then rebuilds the vector index the load dropped
 /// (by reopening the store) and refreshes the planner's statistics.
 async fn load_and_index(
-    pg: &PgStore,
+    pg: &Postgres,
     embedder: &HashEmbedder,
     words: &mut Generator,
     rows: usize,
@@ -249,7 +249,7 @@ async fn load_and_index(
     // The graph of a million 384-dim vectors needs ~2 GB; with less
     // maintenance memory pgvector builds on disk, several times slower.
     let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pg.pool())
+        .fetch_one(&pg.pool)
         .await?;
     let set_memory = |value: &str| {
         format!(
@@ -260,16 +260,16 @@ async fn load_and_index(
     sqlx::query(sqlx::AssertSqlSafe(set_memory(
         "SET maintenance_work_mem = '4GB'",
     )))
-    .execute(pg.pool())
+    .execute(&pg.pool)
     .await?;
     let started = Instant::now();
-    PgStore::open(pg.url(), embedder.identity(), PgOptions::default()).await?;
+    PgStore::open(&pg.url, embedder.identity(), PgOptions::default()).await?;
     sqlx::query(sqlx::AssertSqlSafe(set_memory(
         "RESET maintenance_work_mem",
     )))
-    .execute(pg.pool())
+    .execute(&pg.pool)
     .await?;
-    sqlx::query("ANALYZE memories").execute(pg.pool()).await?;
+    sqlx::query("ANALYZE memories").execute(&pg.pool).await?;
     println!(
         "crowd: loaded in {:.0} s ({:.0} rows/s), vector index built in {:.0} s",
         loaded.as_secs_f64(),
@@ -282,13 +282,13 @@ async fn load_and_index(
 /// Inserts `rows` generated memories for the crowd, with their keyword
 /// postings, with the dedup trigger off and no vector index (rebuilt by the caller).
 async fn bulk_load(
-    pg: &PgStore,
+    pg: &Postgres,
     embedder: &HashEmbedder,
     words: &mut Generator,
     rows: usize,
     users: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = pg.pool();
+    let pool = &pg.pool;
     for statement in [
         "ALTER TABLE memories DISABLE TRIGGER memories_refuse_duplicate",
         "DROP INDEX IF EXISTS memories_embedding_hnsw",

@@ -27,6 +27,7 @@ use crate::extract::VerbatimExtractor;
 use crate::model::{Event, MemoryId, MetadataFilter, Scope};
 use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
 use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store};
+use sqlx::PgPool;
 use text::Generator;
 
 /// The schema's default `engram.ef_search` (migrations/postgres), for the floor.
@@ -141,7 +142,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         ef_search: args.ef_search,
         ..PlanSettings::default()
     };
-    let (store, pg): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &args.postgres {
+    let (store, pg): (Arc<dyn Store>, Option<Postgres>) = match &args.postgres {
         Some(url) => {
             let options = PgOptions {
                 plan,
@@ -155,7 +156,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 args.dims,
                 args.queries
             );
-            (store.clone(), Some(store))
+            let pg = Postgres {
+                url: url.clone(),
+                pool: PgPool::connect(url).await?,
+            };
+            (store, Some(pg))
         }
         None => {
             let path = args
@@ -218,12 +223,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The PostgreSQL database under bench, as the bench itself reaches it for
+/// what it does beside the store (bulk loads, the raw SQL floor): its own
+/// pool, never the store's.
+#[derive(Clone)]
+struct Postgres {
+    url: String,
+    pool: PgPool,
+}
+
 /// The one-user measurements.
 struct OneUser {
     service: Arc<MemoryService>,
     store: Arc<dyn Store>,
     embedder: Arc<HashEmbedder>,
-    pg: Option<Arc<PgStore>>,
+    pg: Option<Postgres>,
     writers: usize,
     ef_search: u32,
     cache: Option<cache::CacheBench>,
@@ -413,7 +427,7 @@ impl OneUser {
             filter: &none,
         };
         let mut floor = match &self.pg {
-            Some(pg) => Some(crowd::Floor::new(pg, self.ef_search).await?),
+            Some(pg) => Some(crowd::Floor::new(&pg.pool, self.ef_search).await?),
             None => None,
         };
         for query in queries {

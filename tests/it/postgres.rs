@@ -82,7 +82,7 @@ async fn the_database_refuses_duplicates_whoever_writes_them() {
         .unwrap();
     assert!(matches!(first, InsertOutcome::Added(_)));
 
-    let pool = store.pool();
+    let pool = &db.pool().await;
     let same = raw_insert(pool, "alice", "I prefer window seats on long flights")
         .await
         .unwrap_err();
@@ -148,7 +148,8 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     // Every scope goes through the index here; the other store scans exactly.
     let indexed = open(&db.url, PlanSettings::ALWAYS_INDEX).await;
     let exact = open(&db.url, PlanSettings::ALWAYS_EXACT).await;
-    crowd(indexed.pool(), 100, 40).await;
+    let pool = db.pool().await;
+    crowd(&pool, 100, 40).await;
 
     // 60 memories for one user among 4,000 rows, half under one agent, 5 in one run.
     let topics = [
@@ -219,7 +220,7 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     // What engram_nearest relies on, seen directly: the index alone, with a
     // user filter, drops rows unless iterative scans are on.
     let found_through_index = |iterative: &'static str| {
-        let pool = indexed.pool().clone();
+        let pool = pool.clone();
         let q = pgvector::Vector::from(q.clone());
         async move {
             let mut tx = pool.begin().await.unwrap();
@@ -751,8 +752,9 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
         }
     }
     assert_eq!(rows.len(), 1200);
-    bulk_insert(store.pool(), "wide", &rows).await;
-    assert_index_is_exact(store.pool(), "after a bulk insert").await;
+    let pool = db.pool().await;
+    bulk_insert(&pool, "wide", &rows).await;
+    assert_index_is_exact(&pool, "after a bulk insert").await;
     let (all, total) = store.recent(&Scope::user("wide"), 2000).await.unwrap();
     assert_eq!(total, 1200);
     let by_id: std::collections::HashMap<MemoryId, &engram::model::Memory> =
@@ -890,7 +892,7 @@ async fn assert_index_is_exact(pool: &PgPool, what: &str) {
 async fn postings_and_lengths_follow_every_write() {
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
-    let pool = store.pool();
+    let pool = &db.pool().await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
     assert_index_is_exact(pool, "after inserts").await;
 
@@ -1035,7 +1037,7 @@ async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
     }
-    assert_index_is_exact(store.pool(), "after concurrent writers").await;
+    assert_index_is_exact(&db.pool().await, "after concurrent writers").await;
 }
 
 /// The keyword search results of every fixture query, for comparing stores.

@@ -119,7 +119,6 @@ impl Default for PgOptions {
 
 pub struct PgStore {
     pool: PgPool,
-    url: String,
     embedder: EmbedderIdentity,
     index: IndexKind,
 }
@@ -144,7 +143,6 @@ impl PgStore {
         }
         let store = Self {
             pool,
-            url: url.to_owned(),
             embedder,
             index: options.index,
         };
@@ -170,16 +168,6 @@ impl PgStore {
     /// The vector index searches use (`Auto` resolved at open).
     pub fn vector_index(&self) -> IndexKind {
         self.index
-    }
-
-    /// The URL the store was opened with (password included: not for display).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The connection pool, for measuring raw queries next to the store's.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Rebuilds every stored vector with `embedder` (whose dimension may

@@ -40,6 +40,15 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// A pool of the test's own on the database, for SQL beside the store's.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.name))
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
