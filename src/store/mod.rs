@@ -64,6 +64,11 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// Wraps a database error with what the store was doing (`map_err(db("..."))`).
+fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
 /// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`, `DELETE`).
 fn parse_event(raw: &str) -> Result<Event, StoreError> {
     Ok(match raw {
@@ -189,6 +194,20 @@ const KEY_SELECT: &str =
 pub struct SearchScope<'a> {
     pub scope: &'a Scope,
     pub filter: &'a MetadataFilter,
+}
+
+impl SearchScope<'_> {
+    /// The metadata filter as the JSON object both stores match against
+    /// (`None` without one): PostgreSQL with `@>` (scalar values compare
+    /// equal), SQLite key by key (`metadata_matches!`).
+    fn filter_object(&self) -> Option<serde_json::Value> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        Some(serde_json::Value::Object(
+            self.filter.pairs().iter().cloned().collect(),
+        ))
+    }
 }
 
 /// One candidate from a search, best first.

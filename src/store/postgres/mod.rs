@@ -48,7 +48,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, db};
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
 
@@ -283,10 +283,6 @@ async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(options))
-}
-
-fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
 }
 
 /// `url` without its password, for messages and logs.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::db;
 use crate::model::{Memory, MemoryId, Metadata, Scope};
-use crate::store::{HistoryEntry, SearchScope, StoreError, parse_event};
+use crate::store::{HistoryEntry, StoreError, parse_event};
 
 /// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
 pub(super) const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
@@ -58,14 +58,4 @@ pub(super) fn content_hash(content: &str) -> Vec<u8> {
 pub(super) fn uuid_array_literal(ids: &[Uuid]) -> String {
     let inner: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     format!("{{{}}}", inner.join(","))
-}
-
-/// The metadata filter as a JSON object for `@>` (scalar values: equality).
-pub(super) fn filter_json(at: SearchScope<'_>) -> Option<serde_json::Value> {
-    if at.filter.is_empty() {
-        return None;
-    }
-    Some(serde_json::Value::Object(
-        at.filter.pairs().iter().cloned().collect(),
-    ))
 }

@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use pgvector::Vector;
 use uuid::Uuid;
 
-use super::rows::filter_json;
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
@@ -54,7 +53,7 @@ impl Search for PgStore {
                 .bind(&at.scope.user_id)
                 .bind(&at.scope.agent_id)
                 .bind(&at.scope.run_id)
-                .bind(filter_json(at))
+                .bind(at.filter_object())
                 .bind(Vector::from(query.to_vec()))
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
                 .fetch_all(&self.pool)
@@ -82,7 +81,7 @@ impl Search for PgStore {
                 .bind(&at.scope.user_id)
                 .bind(&at.scope.agent_id)
                 .bind(&at.scope.run_id)
-                .bind(filter_json(at))
+                .bind(at.filter_object())
                 .bind(&terms)
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
                 .fetch_all(&self.pool)
@@ -117,7 +116,7 @@ impl Search for PgStore {
             .bind(user_id)
             .bind(&at.scope.agent_id)
             .bind(&at.scope.run_id)
-            .bind(filter_json(at))
+            .bind(at.filter_object())
             .bind(Vector::from(vector.to_vec()))
             .bind(i32::try_from(depth).unwrap_or(i32::MAX))
             .bind(&terms)

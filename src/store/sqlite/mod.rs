@@ -34,7 +34,7 @@ use sqlx::sqlite::{
 };
 
 use super::vector_index::{DEFAULT_BUDGET_BYTES, VectorIndex};
-use super::{Store, StoreError};
+use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 /// SQL condition: memory `m` holds every key of the JSON object bound at
@@ -227,8 +227,4 @@ async fn connect_to(url: &str) -> Result<SqlitePool, StoreError> {
         .connect_with(options)
         .await
         .map_err(open_err)
-}
-
-fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
 }

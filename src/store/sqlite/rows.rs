@@ -73,10 +73,5 @@ pub(super) fn json_array(values: &[i64]) -> String {
 }
 
 pub(super) fn filter_json(at: SearchScope<'_>) -> Option<String> {
-    if at.filter.is_empty() {
-        return None;
-    }
-    let object: serde_json::Map<String, serde_json::Value> =
-        at.filter.pairs().iter().cloned().collect();
-    Some(serde_json::Value::Object(object).to_string())
+    at.filter_object().map(|object| object.to_string())
 }
