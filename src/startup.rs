@@ -1,5 +1,7 @@
 //! Turning a [`Config`] into a running engram: `build` wires the parts,
-//! `serve_stdio` runs a transport until the client goes away.
+//! [`HttpApp`] builds the HTTP server and then runs it (so tests can run it
+//! in process on a free port), `serve_stdio` runs a transport until the
+//! client goes away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,53 +317,90 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// `engram serve --transport http`: checks the bind is allowed before any
-/// store is opened, then serves until SIGINT/SIGTERM.
+/// The HTTP server, built and bound but not yet serving: `build` checks the
+/// bind is allowed before any store is opened, opens everything and binds
+/// (port 0 picks a free port: [`HttpApp::address`] says which); `run` serves
+/// until [`HttpApp::stopper`] is cancelled, finishing requests in flight.
+pub struct HttpApp {
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+    address: std::net::SocketAddr,
+}
+
+impl HttpApp {
+    pub async fn build(config: &Config, bind: &str) -> Result<Self, StartupError> {
+        let listener = crate::http::listener(config, bind).await?;
+        let service = build(config).await?;
+        if config.auth == crate::config::AuthMode::Keys && service.active_keys().await? == 0 {
+            tracing::warn!(
+                "no API key exists yet, so every MCP and REST request will be refused (401): \
+                 create one with `engram keys create --user <user_id>` (or --admin)"
+            );
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let app = crate::http::app(
+            service,
+            crate::http::Settings::from_config(config),
+            stop.clone(),
+        );
+        let address = listener
+            .local_addr()
+            .map_err(|e| StartupError::Transport(e.to_string()))?;
+        let loopback_names = ["localhost", "127.0.0.1", "::1"];
+        if !address.ip().is_loopback()
+            && config
+                .allowed_hosts
+                .iter()
+                .all(|h| loopback_names.contains(&h.as_str()))
+        {
+            tracing::warn!(
+                "listening on {address}, but ENGRAM_ALLOWED_HOSTS names only this machine ({}): \
+                 requests for any other host name are refused (403). List the names clients \
+                 use, e.g. ENGRAM_ALLOWED_HOSTS=memory.example.com,10.0.0.5",
+                config.allowed_hosts.join(", ")
+            );
+        }
+        tracing::info!(
+            database = %redact(&config.database_url),
+            cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
+            auth = match config.auth {
+                crate::config::AuthMode::Keys => "API keys",
+                crate::config::AuthMode::None => "none (loopback only)",
+            },
+            "engram serving MCP at http://{address}/mcp and /sse, REST at http://{address}/api/v1/memory"
+        );
+        Ok(Self {
+            listener,
+            app,
+            stop,
+            address,
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// Cancelling this stops the server (after requests in flight).
+    pub fn stopper(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serves until stopped.
+    pub async fn run(self) -> Result<(), StartupError> {
+        crate::http::serve(self.listener, self.app, self.stop).await?;
+        tracing::info!("engram stopped");
+        Ok(())
+    }
+}
+
+/// `engram serve --transport http`: serves until SIGINT/SIGTERM.
 pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError> {
-    let listener = crate::http::listener(config, bind).await?;
-    let service = build(config).await?;
-    if config.auth == crate::config::AuthMode::Keys && service.active_keys().await? == 0 {
-        tracing::warn!(
-            "no API key exists yet, so every MCP and REST request will be refused (401): \
-             create one with `engram keys create --user <user_id>` (or --admin)"
-        );
-    }
-    let stop = tokio_util::sync::CancellationToken::new();
-    crate::http::stop_on_signals(stop.clone())?;
-    let app = crate::http::app(
-        service,
-        crate::http::Settings::from_config(config),
-        stop.clone(),
-    );
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartupError::Transport(e.to_string()))?;
-    let loopback_names = ["localhost", "127.0.0.1", "::1"];
-    if !addr.ip().is_loopback()
-        && config
-            .allowed_hosts
-            .iter()
-            .all(|h| loopback_names.contains(&h.as_str()))
-    {
-        tracing::warn!(
-            "listening on {addr}, but ENGRAM_ALLOWED_HOSTS names only this machine ({}): \
-             requests for any other host name are refused (403). List the names clients \
-             use, e.g. ENGRAM_ALLOWED_HOSTS=memory.example.com,10.0.0.5",
-            config.allowed_hosts.join(", ")
-        );
-    }
-    tracing::info!(
-        database = %redact(&config.database_url),
-        cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
-        auth = match config.auth {
-            crate::config::AuthMode::Keys => "API keys",
-            crate::config::AuthMode::None => "none (loopback only)",
-        },
-        "engram serving MCP at http://{addr}/mcp and /sse, REST at http://{addr}/api/v1/memory"
-    );
-    crate::http::serve(listener, app, stop).await?;
-    tracing::info!("engram stopped");
-    Ok(())
+    let app = HttpApp::build(config, bind).await?;
+    crate::http::stop_on_signals(app.stopper())?;
+    app.run().await
 }
 
 /// Serves MCP over stdin/stdout until the client disconnects.

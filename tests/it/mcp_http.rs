@@ -65,14 +65,15 @@ async fn streamable_http_carries_the_mcp_round_trip_and_health_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
-    let mut server = Server::start().await;
-    let pid = server.child.id().unwrap();
+    let mut server = Server::start_process().await;
+    let child = server.child.as_mut().unwrap();
+    let pid = child.id().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("engram did not stop on SIGTERM")
         .unwrap();

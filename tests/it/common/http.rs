@@ -1,8 +1,15 @@
-//! The real binary serving HTTP (`engram serve --transport http`) on a free
-//! loopback port, with its own SQLite file, and a small REST client.
+//! engram serving HTTP on a free loopback port, with its own SQLite file
+//! (or a given database), and a small REST client: in this process as
+//! `engram serve --transport http` builds it, or as the real binary for
+//! tests of the process itself.
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
+
+use engram::Config;
+use engram::startup::HttpApp;
+use tokio_util::sync::CancellationToken;
 
 use reqwest::Method;
 use serde_json::Value;
@@ -12,12 +19,23 @@ use tokio::process::{Child, Command};
 use super::{ENGRAM, run_engram};
 
 pub struct Server {
-    pub child: Child,
+    /// The binary, when the test needs the process itself ([`Server::start_process`]).
+    pub child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     pub database_url: String,
     pub http: reqwest::Client,
+    /// Stops the in-process server when the test is done with it.
+    stop: Option<CancellationToken>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            stop.cancel();
+        }
+    }
 }
 
 impl Server {
@@ -30,7 +48,7 @@ impl Server {
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let mut all = vec![("ENGRAM_AUTH", "none")];
         all.extend_from_slice(env);
-        Self::spawn(None, &all).await
+        Self::in_process(None, &all).await
     }
 
     /// With API keys (the default), plus `env`; `database_url` None: a
@@ -38,23 +56,18 @@ impl Server {
     pub async fn with_keys(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
         let mut all = vec![("ENGRAM_AUTH", "keys")];
         all.extend_from_slice(env);
-        Self::spawn(database_url, &all).await
+        Self::in_process(database_url, &all).await
     }
 
-    async fn spawn(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
-        let (dir, database_url) = match database_url {
-            Some(url) => (None, url.to_owned()),
-            None => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}/engram.db", dir.path().display());
-                (Some(dir), url)
-            }
-        };
+    /// The real binary (`engram serve --transport http`, no API keys), for
+    /// what only a process shows: signals, exit status, its log.
+    pub async fn start_process() -> Self {
+        let (dir, database_url) = database(None);
         let mut child = Command::new(ENGRAM)
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
             .env("ENGRAM_DATABASE_URL", &database_url)
+            .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -78,10 +91,36 @@ impl Server {
         // Keep draining its logs so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
-            child,
+            child: Some(child),
             base,
             database_url,
             http: reqwest::Client::new(),
+            stop: None,
+            _dir: dir,
+        }
+    }
+
+    /// The application in this process (`HttpApp`, as `engram serve
+    /// --transport http` builds it), configured by `env` alone, on a free
+    /// loopback port it reports rather than logs.
+    async fn in_process(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let (dir, database_url) = database(database_url);
+        let mut vars: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        vars.insert("ENGRAM_DATABASE_URL".into(), database_url.clone());
+        let config = Config::load_from(None, &vars).unwrap();
+        let app = HttpApp::build(&config, "127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", app.address());
+        let stop = app.stopper();
+        tokio::spawn(app.run());
+        Self {
+            child: None,
+            base,
+            database_url,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
             _dir: dir,
         }
     }
@@ -181,5 +220,18 @@ impl Reply {
             self.text
         );
         self
+    }
+}
+
+/// The database a server uses: `given`, or a fresh SQLite file in a
+/// directory that lives as long as the server.
+fn database(given: Option<&str>) -> (Option<tempfile::TempDir>, String) {
+    match given {
+        Some(url) => (None, url.to_owned()),
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/engram.db", dir.path().display());
+            (Some(dir), url)
+        }
     }
 }
