@@ -21,7 +21,9 @@
 //! * [`embed`]: turns text into vectors (`hash`, offline and deterministic;
 //!   `openai`, any OpenAI-compatible embeddings server).
 //! * [`openai`]: the OpenAI-compatible HTTP client (key, timeout, retries, errors).
-//! * [`store`]: durable memories, history and search (`sqlite`, the embedded default;
+//! * [`store`]: durable memories, history and search, one trait per concern
+//!   (writes, reads, search, the pending queue, keys, reports, versions); each
+//!   backend a folder with a file per concern (`sqlite`, the embedded default;
 //!   `postgres`, PostgreSQL + pgvector for shared deployments).
 //! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
 //!   (Dragonfly, Redis), keyed by each user's write version in the store.
@@ -41,8 +43,11 @@
 //! * [`http`]: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
 //!   (`/sse`), the REST API with its OpenAPI document, the key gate and rate limits,
 //!   problem+json errors, health checks.
-//! * [`startup`]: builds the service from a config and runs a transport.
+//! * [`startup`]: builds the service from a config and runs a transport
+//!   ([`startup::HttpApp`]: build, then run).
 //! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
+//!
+//! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
 pub mod auth;
 pub mod bench;
