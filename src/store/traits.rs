@@ -1,0 +1,244 @@
+//! The seam: one trait per concern, and [`Store`], all of them.
+
+use async_trait::async_trait;
+
+use super::{
+    ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
+    StoreError, SupersedeOutcome, UserExport, UserStats,
+};
+use crate::embed::EmbedderIdentity;
+use crate::model::{Memory, MemoryId, Scope};
+
+/// [`Search::candidates`] in three steps: both searches at once, then
+/// [`Search::score`] for the relevance a candidate's own search did not give.
+/// A candidate forgotten meanwhile is left out.
+pub async fn candidates_in_steps<S: Search + ?Sized>(
+    store: &S,
+    at: SearchScope<'_>,
+    vector: &[f32],
+    query: &str,
+    depth: usize,
+) -> Result<Vec<Scored>, StoreError> {
+    let (by_vector, by_keyword) = tokio::try_join!(
+        store.vector_search(at, vector, depth),
+        store.keyword_search(at, query, depth),
+    )?;
+    let mut both: std::collections::HashMap<MemoryId, (Option<f32>, Option<f32>)> =
+        std::collections::HashMap::new();
+    for hit in by_vector {
+        both.entry(hit.id).or_default().0 = Some(hit.score);
+    }
+    for hit in by_keyword {
+        both.entry(hit.id).or_default().1 = Some(hit.score);
+    }
+    let partial: Vec<MemoryId> = both
+        .iter()
+        .filter(|(_, (v, k))| v.is_none() || k.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    let mut candidates: Vec<Scored> = both
+        .into_iter()
+        .filter_map(|(id, scores)| match scores {
+            (Some(similarity), Some(keyword)) => Some(Scored {
+                id,
+                similarity,
+                keyword,
+            }),
+            _ => None,
+        })
+        .collect();
+    if !partial.is_empty() {
+        candidates.extend(
+            store
+                .score(&at.scope.user_id, &partial, vector, query)
+                .await?,
+        );
+    }
+    Ok(candidates)
+}
+
+/// Everything a backend provides: one trait per concern, and the
+/// embedder its vectors were built with. `Arc<dyn Store>` is how the
+/// service holds a backend; `use crate::store::prelude::*` brings the
+/// concerns' methods into scope.
+pub trait Store: Writes + Reads + Search + PendingQueue + Keys + Reports + Versions {
+    /// The embedder the stored vectors were built with.
+    fn embedder(&self) -> &EmbedderIdentity;
+}
+
+/// Changes to a user's memories. Every write moves the user's version
+/// ([`Versions`]) in its own transaction.
+#[async_trait]
+pub trait Writes: Send + Sync {
+    /// Stores `new` with an ADD history row, unless a current memory of the same
+    /// user has cosine similarity >= `dedup_threshold` with it.
+    async fn insert(
+        &self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// Replaces the text and vector of one current memory of the user, with an
+    /// UPDATE history row (old and new text, `actor`). `None`: not a current
+    /// memory of theirs, nothing changed. Another current memory with exactly
+    /// the new text is [`StoreError::Conflict`].
+    async fn update(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError>;
+
+    /// Closes current memory `old` of `new`'s user (`valid_to` = now, a
+    /// SUPERSEDE history row naming the new text) and stores `new` (an ADD
+    /// row), atomically. Only an exact repeat of another current memory
+    /// refuses `new`: the caller has judged the near ones.
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError>;
+
+    /// Closes current memory `id` of the user without a successor
+    /// (`valid_to` = now, a SUPERSEDE history row with no new text, `actor`).
+    /// False: not a current memory of theirs, nothing changed.
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError>;
+
+    /// Hard-deletes one memory of the user and its history, and any deferred
+    /// remember that stored it. False if it was not theirs.
+    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
+
+    /// Hard-deletes every memory, history row and deferred remember of the
+    /// user; returns how many memories.
+    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+}
+
+/// A user's memories by id, by recency, and their history.
+#[async_trait]
+pub trait Reads: Send + Sync {
+    /// The user's memories with these ids, in no particular order; ids that are
+    /// unknown or belong to another user are skipped.
+    async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError>;
+
+    /// The most recently updated current memories in scope, and how many there are.
+    async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError>;
+
+    /// The history of one of the user's memories, oldest first.
+    async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+/// Finding a user's memories for a query: by vector, by keywords, and both
+/// relevances of each candidate.
+#[async_trait]
+pub trait Search: Send + Sync {
+    /// Up to `limit` current memories in scope, most similar to `query` first.
+    async fn vector_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Up to `limit` current memories in scope holding terms of `query`, best
+    /// first, scored by [`crate::keywords`]: BM25 over the user's current
+    /// memories, on a 0..1 scale. Equal scores come in id order.
+    async fn keyword_search(
+        &self,
+        at: SearchScope<'_>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, StoreError>;
+
+    /// Both relevances ([`Scored`]) of these memories of the user to a query
+    /// given as its vector and its text, in no particular order; ids that are
+    /// not current memories of the user are skipped. Keyword relevance is
+    /// exactly what [`Search::keyword_search`] would give the memory.
+    async fn score(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+        vector: &[f32],
+        query: &str,
+    ) -> Result<Vec<Scored>, StoreError>;
+
+    /// A recall's candidates: the `depth` current memories in scope most
+    /// similar to `vector` and the `depth` best by keywords for `query`, each
+    /// with both relevances, in no particular order. Provided by
+    /// [`candidates_in_steps`]; a store may answer in fewer round trips, and
+    /// the conformance suite checks it gives the same.
+    async fn candidates(
+        &self,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        query: &str,
+        depth: usize,
+    ) -> Result<Vec<Scored>, StoreError> {
+        candidates_in_steps(self, at, vector, query, depth).await
+    }
+}
+
+/// Remembers whose model step failed, kept for `engram reextract`.
+#[async_trait]
+pub trait PendingQueue: Send + Sync {
+    /// Keeps a deferred remember (see [`NewPending`]).
+    async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError>;
+
+    /// Up to `limit` deferred remembers of every user, oldest first, and how
+    /// many there are in all. The one read not bounded by a user: it serves
+    /// the operator's `engram reextract`, never a request.
+    async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError>;
+
+    /// Drops a deferred remember of the user once it is done. False if unknown.
+    async fn finish_pending(&self, user_id: &str, id: uuid::Uuid) -> Result<bool, StoreError>;
+
+    /// Records a failed attempt (attempts + 1, `error` replaces the reason).
+    async fn retry_pending(
+        &self,
+        user_id: &str,
+        id: uuid::Uuid,
+        error: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// API keys, stored hashed.
+#[async_trait]
+pub trait Keys: Send + Sync {
+    /// Stores a new API key (`created_at` and `revoked_at` as given).
+    async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// Every API key, revoked ones included, oldest first (the operator's
+    /// `engram keys list`; not bounded by a user).
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// The key whose hash this is, unless revoked.
+    async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Revokes the key with this id. False: unknown or already revoked.
+    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+}
+
+/// What a user has stored, summed up or in full.
+#[async_trait]
+pub trait Reports: Send + Sync {
+    /// What the user has stored: counts, categories, dates and size, by
+    /// aggregate queries in one snapshot. An unknown user has all zeros.
+    async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError>;
+
+    /// Everything stored for the user (memories current and superseded, each
+    /// with its history, and deferred remembers), read in one snapshot so a
+    /// concurrent write never shows history without its memory. An unknown
+    /// user has an empty export.
+    async fn export(&self, user_id: &str) -> Result<UserExport, StoreError>;
+}
+
+/// Per-user write versions, which caches key their entries by.
+#[async_trait]
+pub trait Versions: Send + Sync {
+    /// The user's write version, which caches key their entries by. Invariant:
+    /// every write to the user's memories moves it, in the write's own
+    /// transaction, to a value no user has had before. `None` when the user
+    /// has no version (nothing stored yet, or everything forgotten).
+    async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError>;
+}

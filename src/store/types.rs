@@ -1,0 +1,188 @@
+//! The values the store's traits take and give: new memories and what
+//! became of them, search scopes and hits, history rows, deferred remembers,
+//! API keys; and the column lists both backends read them with.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::StoreError;
+use crate::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
+
+/// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`, `DELETE`).
+pub(super) fn parse_event(raw: &str) -> Result<Event, StoreError> {
+    Ok(match raw {
+        "ADD" => Event::Add,
+        "UPDATE" => Event::Update,
+        "SUPERSEDE" => Event::Supersede,
+        "DELETE" => Event::Delete,
+        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
+    })
+}
+
+/// A memory to be written, already embedded.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    pub id: MemoryId,
+    pub scope: Scope,
+    pub content: String,
+    pub embedding: Vec<f32>,
+    pub metadata: Metadata,
+    pub categories: Vec<String>,
+    /// Who caused the write, for history (`user`, `assistant`, `operator`...).
+    pub actor: String,
+}
+
+impl NewMemory {
+    /// The memory as stored by a write committed at `at`.
+    pub(super) fn stored_at(self, at: DateTime<Utc>) -> Memory {
+        Memory {
+            id: self.id,
+            memory: self.content,
+            scope: self.scope,
+            metadata: self.metadata,
+            categories: self.categories,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+/// What [`Writes::insert`](super::Writes::insert) did.
+#[derive(Debug, Clone)]
+pub enum InsertOutcome {
+    Added(Memory),
+    /// A current memory of the user was at least as similar as the threshold.
+    Duplicate {
+        existing: Memory,
+        similarity: f32,
+    },
+}
+
+/// What [`Writes::supersede`](super::Writes::supersede) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SupersedeOutcome {
+    /// The old memory was closed (`valid_to` set, kept in history) and the
+    /// new one stored, in one transaction.
+    Superseded(Memory),
+    /// The old memory is not a current memory of the user: nothing changed.
+    NotFound,
+    /// Another current memory of the user already holds the new text exactly:
+    /// nothing changed.
+    Duplicate(Memory),
+}
+
+/// A remember whose model work could not be done when it came in (the LLM or
+/// the embedder failed and `on_llm_error = "verbatim"`), kept so `engram
+/// reextract` can finish it. Its `memory_ids` are the verbatim memories
+/// stored meanwhile (none if even the embedder failed); re-extraction
+/// replaces them. Forgetting any of them, or the user, drops the entry: a
+/// forgotten text is never brought back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPending {
+    pub id: uuid::Uuid,
+    pub scope: Scope,
+    /// The request's input as JSON (`{"text": ...}` or `{"messages": [...]}`).
+    pub input: serde_json::Value,
+    pub metadata: Metadata,
+    /// False: the caller asked for the text as given (`infer: false`); only
+    /// embedding is left to do.
+    pub infer: bool,
+    pub memory_ids: Vec<MemoryId>,
+    /// Why it was deferred, as the caller would read it.
+    pub error: String,
+}
+
+/// A stored [`NewPending`], with its attempts so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub entry: NewPending,
+    /// Re-extraction attempts that failed (0 when none was made).
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: never the key itself, only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: uuid::Uuid,
+    /// The key's first characters, to tell keys apart in listings.
+    pub prefix: String,
+    /// SHA-256 of the whole key, hex.
+    pub hash: String,
+    /// The one user the key acts for; `None`: an admin key (any user).
+    pub user_id: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The `SELECT` every store reads [`HistoryEntry`] rows with (same columns on both).
+pub(super) const HISTORY_SELECT: &str = "SELECT memory_id, event, old_content, new_content, actor, \
+                              created_at FROM memory_history";
+
+/// The `SELECT` every store reads [`Pending`] rows with (same columns on both).
+pub(super) const PENDING_SELECT: &str = "SELECT id, user_id, agent_id, run_id, input, metadata, infer, \
+                              memory_ids, error, attempts, created_at FROM pending_extractions";
+
+/// The `SELECT` every store reads [`ApiKey`]s with (same columns on both).
+pub(super) const KEY_SELECT: &str =
+    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
+
+/// Where to search: the scope (user, optionally agent and run) and metadata filters.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchScope<'a> {
+    pub scope: &'a Scope,
+    pub filter: &'a MetadataFilter,
+}
+
+impl SearchScope<'_> {
+    /// The metadata filter as the JSON object both stores match against
+    /// (`None` without one): PostgreSQL with `@>` (scalar values compare
+    /// equal), SQLite key by key (`metadata_matches!`).
+    pub(super) fn filter_object(&self) -> Option<serde_json::Value> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        Some(serde_json::Value::Object(
+            self.filter.pairs().iter().cloned().collect(),
+        ))
+    }
+}
+
+/// One candidate from a search, best first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub id: MemoryId,
+    /// Cosine similarity for vector hits; keyword relevance in 0..=1 for keyword hits.
+    pub score: f32,
+}
+
+/// Both relevances of one memory to one query, for fusion ([`crate::rank`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub id: MemoryId,
+    /// Cosine similarity of the memory's vector and the query's.
+    pub similarity: f32,
+    /// Keyword relevance in 0..=1 ([`crate::keywords`]); 0 when no query term is in it.
+    pub keyword: f32,
+}
+
+/// One row of a memory's history.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HistoryEntry {
+    /// The memory this change happened to.
+    pub memory_id: MemoryId,
+    /// What happened: ADD, UPDATE, SUPERSEDE (closed, by a newer memory or
+    /// without one) or DELETE.
+    pub event: Event,
+    /// The text before the change (none for ADD).
+    pub old_memory: Option<String>,
+    /// The text after the change: the memory's for ADD and UPDATE, the
+    /// newer memory's for SUPERSEDE (none when closed without one).
+    pub new_memory: Option<String>,
+    /// Who caused it (`user`, `assistant`, `reextract`...).
+    pub actor: String,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
+}
