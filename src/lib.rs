@@ -35,6 +35,7 @@
 //! * [`chat`]: a chat loop with memory (recall before, remember after each
 //!   reply), for applications and `examples/chat_agent.rs`.
 //! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
+//! * [`params`]: the arguments MCP tools and REST bodies share, defined once.
 //! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
 //!   the cache; remember with inference against a stand-in model server;
 //!   recall over the REST API).
@@ -64,6 +65,7 @@ pub mod keywords;
 pub mod mcp;
 pub mod model;
 pub mod openai;
+pub mod params;
 pub mod rank;
 pub mod reconcile;
 pub mod service;

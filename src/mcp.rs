@@ -29,7 +29,8 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
-use crate::model::{MemoryId, Message, Metadata, Scope};
+use crate::model::{MemoryId, Scope};
+use crate::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
 use crate::service::{
     ForgetResult, ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest,
     RememberResult,
@@ -37,85 +38,6 @@ use crate::service::{
 
 const CONTEXT_URI_PREFIX: &str = "engram://users/";
 const CONTEXT_URI_SUFFIX: &str = "/context";
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RememberParams {
-    /// Text to remember. Give this or `messages`.
-    pub text: Option<String>,
-    /// A conversation to remember: [{role: user|assistant|system|tool, content, date?}];
-    /// `date` (2026-11-20 or RFC 3339) is when the message was said.
-    #[serde(default, deserialize_with = "lenient::messages")]
-    pub messages: Option<Vec<Message>>,
-    /// Whose memory this is; defaults to the caller's own (the API key's user, else the server's default user).
-    pub user_id: Option<String>,
-    /// Narrows the memory to one agent.
-    pub agent_id: Option<String>,
-    /// Narrows the memory to one run or session.
-    pub run_id: Option<String>,
-    /// Free-form JSON object stored with the memory; recall can filter on it.
-    #[serde(default, deserialize_with = "lenient::object")]
-    pub metadata: Option<Metadata>,
-    /// false stores the text as given, without extraction. Default true.
-    #[serde(default, deserialize_with = "lenient::boolean")]
-    pub infer: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecallParams {
-    /// What to look for, in natural language or keywords.
-    pub query: String,
-    /// Whose memories to search; defaults to the caller's own (the API key's user, else the server's default user).
-    pub user_id: Option<String>,
-    /// Only memories of this agent.
-    pub agent_id: Option<String>,
-    /// Only memories of this run.
-    pub run_id: Option<String>,
-    /// How many results, 1..=100 (default 10).
-    #[serde(default, deserialize_with = "lenient::integer")]
-    pub limit: Option<i64>,
-    /// Metadata equality filters, e.g. {"topic": "travel"}; values must be
-    /// strings, numbers or booleans.
-    #[serde(default, deserialize_with = "lenient::object")]
-    pub filters: Option<Metadata>,
-    /// Only results scoring at least this, 0..=1 (default 0: up to `limit`
-    /// results however weak). Scores are absolute: unrelated memories score
-    /// near 0, and 0.2 keeps only what shares words or meaning with the query.
-    #[serde(default, deserialize_with = "lenient::number")]
-    pub min_score: Option<f64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UserContextParams {
-    /// Whose profile; defaults to the caller's own (the API key's user, else the server's default user).
-    pub user_id: Option<String>,
-    /// Only memories of this agent.
-    pub agent_id: Option<String>,
-    /// Only memories of this run.
-    pub run_id: Option<String>,
-    /// How many memories, 1..=100 (default 20).
-    #[serde(default, deserialize_with = "lenient::integer")]
-    pub limit: Option<i64>,
-    /// Optional focus, e.g. the conversation's topic: memories most relevant to
-    /// it come first, then the most recent.
-    pub query: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForgetParams {
-    /// Delete this one memory (an id from remember or recall).
-    pub memory_id: Option<String>,
-    /// The memory's owner; defaults to the caller's own (the API key's user,
-    /// else the server's default user). With `all: true` it must be given
-    /// explicitly.
-    pub user_id: Option<String>,
-    /// true deletes every memory of `user_id`, with their history.
-    #[serde(default, deserialize_with = "lenient::boolean")]
-    pub all: Option<bool>,
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct WithMemoryArgs {
@@ -460,95 +382,6 @@ fn protocol_error(e: Error) -> ErrorData {
     } else {
         tracing::error!(error = %e, "request failed");
         ErrorData::internal_error(e.to_string(), None)
-    }
-}
-
-/// Argument decoders that also accept the string forms some clients send
-/// (the MCP Inspector CLI passes every `--tool-arg` as a string when a schema
-/// type is nullable): `"5"` for 5, `"true"` for true, `"{...}"` for an object.
-mod lenient {
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Value;
-
-    use crate::model::{Message, Metadata};
-
-    pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| D::Error::custom(format!("invalid type: {n} is not an integer"))),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
-                D::Error::custom(format!("invalid type: string \"{s}\", expected an integer"))
-            }),
-            Some(other) => Err(D::Error::custom(format!(
-                "invalid type: {other}, expected an integer"
-            ))),
-        }
-    }
-
-    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| D::Error::custom(format!("invalid type: {n} is not a number"))),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
-                D::Error::custom(format!("invalid type: string \"{s}\", expected a number"))
-            }),
-            Some(other) => Err(D::Error::custom(format!(
-                "invalid type: {other}, expected a number"
-            ))),
-        }
-    }
-
-    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(Value::String(s)) if s.trim() == "true" => Ok(Some(true)),
-            Some(Value::String(s)) if s.trim() == "false" => Ok(Some(false)),
-            Some(other) => Err(D::Error::custom(format!(
-                "invalid type: {other}, expected true or false"
-            ))),
-        }
-    }
-
-    /// A list of messages, or that list written as a JSON string (clients
-    /// that pass every argument as text).
-    pub fn messages<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Message>>, D::Error> {
-        let value = match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(s)) => serde_json::from_str::<Value>(&s).map_err(|_| {
-                D::Error::custom(format!(
-                    "invalid type: string \"{s}\", expected a list of messages such as \
-                     [{{\"role\": \"user\", \"content\": \"...\"}}]"
-                ))
-            })?,
-            Some(other) => other,
-        };
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(D::Error::custom)
-    }
-
-    pub fn object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Metadata>, D::Error> {
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(map)),
-            Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                Ok(Value::Object(map)) => Ok(Some(map)),
-                _ => Err(D::Error::custom(format!(
-                    "invalid type: string \"{s}\", expected a JSON object such as {{\"topic\": \"travel\"}}"
-                ))),
-            },
-            Some(other) => Err(D::Error::custom(format!(
-                "invalid type: {other}, expected a JSON object such as {{\"topic\": \"travel\"}}"
-            ))),
-        }
     }
 }
 

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::problem::Problem;
 use crate::auth::Principal;
 use crate::context::UserContext;
-use crate::mcp::{RecallParams, RememberParams};
 use crate::model::{MemoryId, Scope};
+use crate::params::{RecallParams, RememberParams};
 use crate::service::{
     ForgetResult, ForgetTarget, MemoryDetail, MemoryService, RecallRequest, RecallResult,
     RememberRequest, RememberResult,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::api::{BASE, ContextQuery, HistoryResult, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
-use crate::mcp::{RecallParams, RememberParams};
+use crate::params::{RecallParams, RememberParams};
 use crate::service::{ForgetResult, MemoryDetail, RecallResult, RememberResult};
 use crate::store::{UserExport, UserStats};
 
