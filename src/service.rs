@@ -329,7 +329,7 @@ impl MemoryService {
         } else {
             VerbatimExtractor.extract(work.input).await?
         };
-        if facts.is_empty() && work.infer && self.extractor.name() != "verbatim" {
+        if facts.is_empty() && work.infer && self.extractor.infers() {
             // The model found nothing worth remembering: a normal answer. A
             // re-extraction still retires what it stored verbatim.
             let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();

@@ -81,6 +81,10 @@ impl Extractor for TimedExtractor {
         self.inner.name()
     }
 
+    fn infers(&self) -> bool {
+        self.inner.infers()
+    }
+
     fn reconciles(&self) -> bool {
         self.inner.reconciles()
     }

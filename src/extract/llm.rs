@@ -356,6 +356,10 @@ impl Extractor for LlmExtractor {
         "llm"
     }
 
+    fn infers(&self) -> bool {
+        true
+    }
+
     fn reconciles(&self) -> bool {
         true
     }

@@ -94,6 +94,13 @@ pub trait Extractor: Send + Sync {
     /// none (nothing memorable); never drops input silently on failure: it errors.
     async fn extract(&self, input: &Input) -> Result<Extracted, ExtractError>;
 
+    /// Whether the facts are a model's judgment of the input (so an empty
+    /// answer means nothing was worth remembering), rather than the input as
+    /// given. What re-extraction waits for.
+    fn infers(&self) -> bool {
+        false
+    }
+
     /// Whether [`Extractor::reconcile`] can decide anything; when not, the
     /// service skips looking for similar memories altogether.
     fn reconciles(&self) -> bool {

@@ -165,7 +165,7 @@ impl MemoryService {
             let entry = &pending.entry;
             // Copies already stored wait for a model; one never stored (the
             // embedder failed) is stored now, as the verbatim extractor would.
-            if entry.infer && self.extractor.name() == "verbatim" && !entry.memory_ids.is_empty() {
+            if entry.infer && !self.extractor.infers() && !entry.memory_ids.is_empty() {
                 report.skipped += 1;
                 continue;
             }
