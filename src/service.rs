@@ -21,15 +21,17 @@
 //!
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //! all validation happens here so every transport refuses the same input.
+//!
+//! Beside this file: `types` (requests and results, re-exported here) and
+//! `deferred` (what a failed model step leaves, and `engram reextract`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::cache::{self, Cache, CacheStats, NoCache, VectorSource, entry};
@@ -37,9 +39,9 @@ use crate::config::OnLlmError;
 use crate::context::UserContext;
 use crate::embed::{Embedder, calibration};
 use crate::error::Error;
-use crate::extract::{Extracted, Extractor, Usage, VerbatimExtractor};
+use crate::extract::{Extracted, Extractor, VerbatimExtractor};
 use crate::model::{
-    Event, Fact, Input, Memory, MemoryId, Message, Metadata, MetadataFilter, Scope, normalize_date,
+    Event, Fact, Input, Memory, MemoryId, Message, MetadataFilter, Scope, normalize_date,
     validate_id, validate_metadata,
 };
 use crate::rank;
@@ -50,9 +52,14 @@ use crate::store::{
 };
 
 mod deferred;
+mod types;
 
 pub use deferred::{Deferred, ReextractReport};
 use deferred::{Work, is_model_failure};
+pub use types::{
+    ForgetResult, ForgetTarget, MemoryDetail, MemoryEvent, RecallRequest, RecallResult,
+    RememberRequest, RememberResult, ScoredMemory,
+};
 
 pub const DEFAULT_RECALL_LIMIT: usize = 10;
 pub const DEFAULT_CONTEXT_LIMIT: usize = 20;
@@ -103,125 +110,6 @@ impl Tally {
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// `remember`: text or a conversation, for one scope.
-#[derive(Debug, Clone)]
-pub struct RememberRequest {
-    pub scope: Scope,
-    pub text: Option<String>,
-    pub messages: Option<Vec<Message>>,
-    pub metadata: Option<Metadata>,
-    /// False stores the text as given, without the extractor.
-    pub infer: bool,
-}
-
-/// What happened to one fact.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-pub struct MemoryEvent {
-    pub id: MemoryId,
-    /// The memory's text (for NONE: the text already stored).
-    pub memory: String,
-    pub event: Event,
-    /// For NONE found by deduplication: the cosine similarity with the memory already stored.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub similarity: Option<f32>,
-    /// For SUPERSEDE: the memory this one replaces (closed, kept in history).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<MemoryId>,
-}
-
-impl MemoryEvent {
-    fn of(id: MemoryId, memory: String, event: Event) -> Self {
-        Self {
-            id,
-            memory,
-            event,
-            similarity: None,
-            replaces: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-pub struct RememberResult {
-    pub user_id: String,
-    pub results: Vec<MemoryEvent>,
-    /// Model calls and tokens this remember cost; absent when no model was asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    /// Present when the model failed and the text was kept as given
-    /// (`on_llm_error = "verbatim"`): why, and what `engram reextract` will finish.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deferred: Option<Deferred>,
-}
-
-/// `recall`: a query within a scope.
-#[derive(Debug, Clone)]
-pub struct RecallRequest {
-    pub scope: Scope,
-    pub query: String,
-    pub limit: Option<i64>,
-    pub filters: Option<Metadata>,
-    /// Leave out results scoring below this (0..=1); `None`: up to `limit` results.
-    pub min_score: Option<f64>,
-}
-
-/// A recalled memory with its scores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ScoredMemory {
-    #[serde(flatten)]
-    pub memory: Memory,
-    /// Relevance to the query in 0..=1, the same scale for every query: the
-    /// mean of the semantic relevance (cosine similarity above the embedder's
-    /// level for unrelated texts) and the keyword relevance. Unrelated
-    /// memories score near 0; below 0.2 little is shared with the query.
-    pub score: f32,
-    /// Cosine similarity of the memory and the query vectors (raw, as the embedder gives it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vector_score: Option<f32>,
-    /// Keyword relevance in 0..=1: BM25 over the user's memories, where 1 means
-    /// every query word is in the memory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keyword_score: Option<f32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct RecallResult {
-    pub user_id: String,
-    pub query: String,
-    pub results: Vec<ScoredMemory>,
-}
-
-/// One memory read by id, with whether it is still current.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-pub struct MemoryDetail {
-    #[serde(flatten)]
-    pub memory: Memory,
-    /// False once a newer memory superseded it (or it was closed); its
-    /// history says by what.
-    pub current: bool,
-    /// When it stopped being current; absent while it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_to: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// What `forget` removes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ForgetTarget {
-    One(MemoryId),
-    AllOfUser,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-pub struct ForgetResult {
-    pub user_id: String,
-    /// How many memories were deleted.
-    #[schemars(schema_with = "crate::model::count_schema")]
-    pub deleted: u64,
-    /// The deleted memory, when one was named.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_id: Option<MemoryId>,
 }
 
 impl MemoryService {
