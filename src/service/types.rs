@@ -4,7 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Deferred;
+use uuid::Uuid;
+
 use crate::extract::Usage;
 use crate::model::{Event, Memory, MemoryId, Message, Metadata, Scope};
 
@@ -125,4 +126,18 @@ pub struct ForgetResult {
     /// The deleted memory, when one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_id: Option<MemoryId>,
+}
+
+/// Why a remember was kept as given, in its result.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Deferred {
+    /// What failed, as its client reported it.
+    pub reason: String,
+    /// The entry `engram reextract` will finish; absent when every part was
+    /// already known, so nothing is left to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_id: Option<Uuid>,
+    /// False when the embedder failed too: the text is kept, but recall
+    /// finds it only after `engram reextract` has run.
+    pub searchable: bool,
 }

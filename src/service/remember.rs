@@ -1,0 +1,384 @@
+//! The remember flow after validation: extract, embed, reconcile, apply;
+//! and what it keeps when the model fails.
+//!
+//! With `on_llm_error = "verbatim"` a remember whose LLM (or embedder) call
+//! failed keeps the text as given and queues a pending entry, which
+//! `engram reextract` ([`super::reextract`]) later runs through this same
+//! flow. With `"fail"` the remember fails and stores nothing.
+//!
+//! Invariants:
+//! * a message is never lost: either nothing was stored and the caller got
+//!   the error, or its text is stored verbatim (searchable when the embedder
+//!   answered) and, unless every part was already known, queued;
+//! * a re-extraction replaces the verbatim copies by the extracted facts, and
+//!   every copy it replaces or closes stays in history;
+//! * re-extracted facts are older than anything stored since they were said:
+//!   they never update or supersede a memory written after that.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::MemoryService;
+use super::types::{Deferred, MemoryEvent, RememberResult};
+use crate::error::Error;
+use crate::extract::{Extracted, Extractor, VerbatimExtractor};
+use crate::model::{Event, Fact, Input, Memory, MemoryId, Message, Metadata, Scope};
+use crate::reconcile::{self, Plan};
+use crate::store::{InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome};
+
+/// Who closes a verbatim copy that no extracted fact replaced, in history.
+const REEXTRACT_ACTOR: &str = "reextract";
+
+/// One remember's work after validation.
+pub(super) struct Work<'a> {
+    pub scope: &'a Scope,
+    pub input: &'a Input,
+    pub metadata: &'a Metadata,
+    pub infer: bool,
+    /// Verbatim copies the facts replace (a re-extraction), oldest first.
+    pub replacing: Vec<Memory>,
+    /// When the input was said, for a re-extraction: plans against memories
+    /// written after it are kept out.
+    pub said_at: Option<DateTime<Utc>>,
+}
+
+/// Failures of the model rather than of the request or the database.
+pub(super) fn is_model_failure(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Extract(_) | Error::Embed(_) | Error::Store(StoreError::Embed(_))
+    )
+}
+
+impl MemoryService {
+    /// The pipeline after validation: extract, embed, reconcile, apply.
+    pub(super) async fn process(&self, work: &Work<'_>) -> Result<RememberResult, Error> {
+        let Extracted { facts, mut usage } = if work.infer {
+            self.extractor.extract(work.input).await?
+        } else {
+            VerbatimExtractor.extract(work.input).await?
+        };
+        if facts.is_empty() && work.infer && self.extractor.infers() {
+            // The model found nothing worth remembering: a normal answer. A
+            // re-extraction still retires what it stored verbatim.
+            let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
+            self.close_all(work, &copies).await?;
+            return Ok(RememberResult {
+                user_id: work.scope.user_id.clone(),
+                results: Vec::new(),
+                usage: Some(usage),
+                deferred: None,
+            });
+        }
+        if facts.is_empty() {
+            return Err(Error::invalid(
+                "messages",
+                "nothing to remember: every message was empty or a system/tool message; \
+                 send user or assistant messages with text",
+            ));
+        }
+        let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
+        let embeddings = self.embedder.embed_documents(&texts).await?;
+        let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
+        let mut plans = if work.infer {
+            let (plans, reconciling) = reconcile::plan(
+                self.store.as_ref(),
+                self.extractor.as_ref(),
+                work.scope,
+                &facts,
+                &embeddings,
+                self.settings.reconcile_threshold,
+                &copies,
+            )
+            .await?;
+            usage.add(&reconciling);
+            plans
+        } else {
+            vec![Plan::Add; facts.len()]
+        };
+        if let Some(said_at) = work.said_at {
+            self.keep_newer(&work.scope.user_id, said_at, &mut plans)
+                .await?;
+        }
+        // Rewritten texts get their own vectors, in one batch.
+        let rewritten: Vec<String> = plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Update { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut rewritten_vectors = if rewritten.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed_documents(&rewritten).await?
+        }
+        .into_iter();
+
+        // Memories a re-extraction replaces, taken one per added fact; any
+        // left over are closed at the end.
+        let mut replacing: VecDeque<Memory> = work.replacing.iter().cloned().collect();
+        let mut results = Vec::with_capacity(facts.len());
+        for ((fact, embedding), plan) in facts.into_iter().zip(embeddings).zip(plans) {
+            let new = new_memory(work, fact, embedding);
+            let event = match plan {
+                Plan::Add => self.add_replacing(new, &mut replacing).await?,
+                Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
+                Plan::Update { id, text } => {
+                    let vector = rewritten_vectors.next().unwrap_or_default();
+                    let updated = self
+                        .store
+                        .update(&work.scope.user_id, id, &text, &vector, &new.actor)
+                        .await;
+                    match updated {
+                        Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
+                        // Gone meanwhile, or the new text is another memory's:
+                        // the fact is added (or found known) instead.
+                        Ok(None) | Err(StoreError::Conflict(_)) => {
+                            self.add_replacing(new, &mut replacing).await?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Plan::Supersede { id } => self.supersede(id, new, &mut replacing).await?,
+            };
+            results.push(event);
+        }
+        let leftover: Vec<MemoryId> = replacing.iter().map(|m| m.id).collect();
+        self.close_all(work, &leftover).await?;
+        Ok(RememberResult {
+            user_id: work.scope.user_id.clone(),
+            results,
+            usage: (usage.calls > 0).then_some(usage),
+            deferred: None,
+        })
+    }
+
+    /// Closes memory `old` and stores `new` in its place; when `old` is gone
+    /// meanwhile, `new` is added as any new fact.
+    async fn supersede(
+        &self,
+        old: MemoryId,
+        new: NewMemory,
+        replacing: &mut VecDeque<Memory>,
+    ) -> Result<MemoryEvent, Error> {
+        Ok(match self.store.supersede(old, new.clone()).await? {
+            SupersedeOutcome::Superseded(m) => MemoryEvent {
+                replaces: Some(old),
+                ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
+            },
+            SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
+            SupersedeOutcome::NotFound => self.add_replacing(new, replacing).await?,
+        })
+    }
+
+    /// A new fact: in place of the next memory a re-extraction replaces
+    /// (still current), else added as usual. A copy that already says the
+    /// fact word for word is kept as it is.
+    async fn add_replacing(
+        &self,
+        new: NewMemory,
+        replacing: &mut VecDeque<Memory>,
+    ) -> Result<MemoryEvent, Error> {
+        let same = replacing.iter().position(|m| m.memory == new.content);
+        if let Some(same) = same.and_then(|at| replacing.remove(at)) {
+            return Ok(MemoryEvent::of(same.id, same.memory, Event::None));
+        }
+        while let Some(old) = replacing.pop_front() {
+            match self.store.supersede(old.id, new.clone()).await? {
+                SupersedeOutcome::Superseded(m) => {
+                    return Ok(MemoryEvent {
+                        replaces: Some(old.id),
+                        ..MemoryEvent::of(m.id, m.memory, Event::Add)
+                    });
+                }
+                SupersedeOutcome::Duplicate(m) => {
+                    // Nothing changed: `old` is still to be replaced.
+                    replacing.push_front(old);
+                    return Ok(MemoryEvent::of(m.id, m.memory, Event::None));
+                }
+                // Forgotten or replaced meanwhile: try the next one.
+                SupersedeOutcome::NotFound => {}
+            }
+        }
+        self.add(new).await
+    }
+
+    /// Stores a new memory unless the store finds it already known.
+    async fn add(&self, new: NewMemory) -> Result<MemoryEvent, Error> {
+        Ok(
+            match self
+                .store
+                .insert(new, self.settings.dedup_threshold)
+                .await?
+            {
+                InsertOutcome::Added(m) => MemoryEvent::of(m.id, m.memory, Event::Add),
+                InsertOutcome::Duplicate {
+                    existing,
+                    similarity,
+                } => MemoryEvent {
+                    similarity: Some(similarity),
+                    ..MemoryEvent::of(existing.id, existing.memory, Event::None)
+                },
+            },
+        )
+    }
+
+    /// Keeps `work`'s text as given after the model failed with `error`.
+    pub(super) async fn defer(
+        &self,
+        work: &Work<'_>,
+        error: Error,
+    ) -> Result<RememberResult, Error> {
+        let reason = error.to_string();
+        tracing::warn!(
+            user_id = %work.scope.user_id,
+            error = %reason,
+            "the model failed; keeping the text as given for `engram reextract`"
+        );
+        let facts = VerbatimExtractor.extract(work.input).await?.facts;
+        let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
+        let mut results = Vec::new();
+        let mut stored = Vec::new();
+        let searchable = match self.embedder.embed_documents(&texts).await {
+            Ok(vectors) => {
+                for (fact, embedding) in facts.into_iter().zip(vectors) {
+                    let event = self.add(new_memory(work, fact, embedding)).await?;
+                    if event.event == Event::Add {
+                        stored.push(event.id);
+                    }
+                    results.push(event);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    user_id = %work.scope.user_id,
+                    error = %e,
+                    "the embedder failed too; the text waits, unsearchable, for `engram reextract`"
+                );
+                false
+            }
+        };
+        let pending_id = if searchable && stored.is_empty() {
+            None
+        } else {
+            let id = Uuid::now_v7();
+            self.store
+                .add_pending(NewPending {
+                    id,
+                    scope: work.scope.clone(),
+                    input: input_json(work.input),
+                    metadata: work.metadata.clone(),
+                    infer: work.infer,
+                    memory_ids: stored,
+                    error: reason.clone(),
+                })
+                .await?;
+            Some(id)
+        };
+        Ok(RememberResult {
+            user_id: work.scope.user_id.clone(),
+            results,
+            usage: None,
+            deferred: Some(Deferred {
+                reason,
+                pending_id,
+                searchable,
+            }),
+        })
+    }
+
+    /// Closes the verbatim copies no fact replaced (a re-extraction's rest).
+    async fn close_all(&self, work: &Work<'_>, ids: &[MemoryId]) -> Result<(), Error> {
+        for &id in ids {
+            self.store
+                .close(&work.scope.user_id, id, REEXTRACT_ACTOR)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Turns plans that would update or supersede a memory written after
+    /// `said_at` into keeps: an older fact never overrides a newer one.
+    async fn keep_newer(
+        &self,
+        user_id: &str,
+        said_at: DateTime<Utc>,
+        plans: &mut [Plan],
+    ) -> Result<(), Error> {
+        let targets: Vec<MemoryId> = plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Update { id, .. } | Plan::Supersede { id } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let newer: Vec<_> = self
+            .store
+            .get_many(user_id, &targets)
+            .await?
+            .into_iter()
+            .filter(|m| m.updated_at > said_at)
+            .collect();
+        for plan in plans.iter_mut() {
+            let target = match plan {
+                Plan::Update { id, .. } | Plan::Supersede { id } => *id,
+                _ => continue,
+            };
+            if let Some(memory) = newer.iter().find(|m| m.id == target) {
+                *plan = Plan::Keep {
+                    memory: memory.clone(),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fact of `work` as the store takes it: the request's metadata plus the
+/// fact's role, which is also the history's actor.
+fn new_memory(work: &Work<'_>, fact: Fact, embedding: Vec<f32>) -> NewMemory {
+    let mut metadata = work.metadata.clone();
+    if let Some(role) = &fact.role {
+        metadata
+            .entry("role")
+            .or_insert_with(|| role.clone().into());
+    }
+    NewMemory {
+        id: MemoryId::new(),
+        scope: work.scope.clone(),
+        content: fact.text,
+        embedding,
+        metadata,
+        categories: fact.categories,
+        actor: fact.role.unwrap_or_else(|| "user".to_owned()),
+    }
+}
+
+/// The input as a pending entry stores it.
+fn input_json(input: &Input) -> serde_json::Value {
+    match input {
+        Input::Text(text) => json!({ "text": text }),
+        Input::Messages(messages) => json!({ "messages": messages }),
+    }
+}
+
+pub(super) fn input_from_json(value: &serde_json::Value) -> Result<Input, String> {
+    if let Some(text) = value.get("text").and_then(|t| t.as_str()) {
+        return Ok(Input::Text(text.to_owned()));
+    }
+    let messages = value
+        .get("messages")
+        .cloned()
+        .ok_or_else(|| "a pending entry holds neither text nor messages".to_owned())?;
+    serde_json::from_value::<Vec<Message>>(messages)
+        .map(Input::Messages)
+        .map_err(|e| format!("a pending entry's messages do not parse: {e}"))
+}

@@ -1,0 +1,134 @@
+//! What the flows accept, checked once for every door: a request that passes
+//! here is within every limit the service keeps, and one that does not is
+//! refused with [`Error::InvalidInput`] naming the argument and what is accepted.
+
+use crate::error::Error;
+use crate::model::{Input, Message, normalize_date};
+
+/// Most results a recall or a context may ask for.
+pub const MAX_LIMIT: usize = 100;
+/// Most messages one remember may carry.
+pub const MAX_MESSAGES: usize = 200;
+
+/// Exactly one of text and messages, non-empty and within `max_bytes`.
+pub(super) fn input(
+    text: Option<String>,
+    messages: Option<Vec<Message>>,
+    max_bytes: usize,
+) -> Result<Input, Error> {
+    match (text, messages) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "text",
+            "give either `text` or `messages`, not both",
+        )),
+        (None, None) => Err(Error::invalid(
+            "text",
+            "nothing to remember: give `text` (a string) or `messages` ([{role, content}])",
+        )),
+        (Some(raw), None) => Ok(Input::Text(self::text("text", &raw, max_bytes)?)),
+        (None, Some(messages)) => conversation(messages, max_bytes).map(Input::Messages),
+    }
+}
+
+/// Messages with known roles and valid dates (normalised), not all empty.
+fn conversation(mut messages: Vec<Message>, max_bytes: usize) -> Result<Vec<Message>, Error> {
+    if messages.is_empty() {
+        return Err(Error::invalid("messages", "must hold at least one message"));
+    }
+    if messages.len() > MAX_MESSAGES {
+        return Err(Error::invalid(
+            "messages",
+            format!(
+                "holds {} messages; at most {MAX_MESSAGES} are accepted",
+                messages.len()
+            ),
+        ));
+    }
+    for m in &mut messages {
+        if let Some(raw) = &m.date {
+            m.date = Some(normalize_date(raw).ok_or_else(|| {
+                Error::invalid(
+                    "messages",
+                    format!(
+                        "date '{raw}' is neither a date (2026-11-20) nor an \
+                         RFC 3339 time (2026-11-20T09:30:00Z)"
+                    ),
+                )
+            })?);
+        }
+        let role = m.role.to_ascii_lowercase();
+        if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
+            return Err(Error::invalid(
+                "messages",
+                format!(
+                    "role '{}' is not accepted; use user, assistant, system or tool",
+                    m.role
+                ),
+            ));
+        }
+    }
+    let total: usize = messages.iter().map(|m| m.content.len()).sum();
+    size("messages", total, max_bytes)?;
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(Error::invalid(
+            "messages",
+            "every message is empty; nothing to remember",
+        ));
+    }
+    Ok(messages)
+}
+
+/// A text argument (text, query), trimmed, not empty and within `max_bytes`.
+pub(super) fn text(field: &'static str, raw: &str, max_bytes: usize) -> Result<String, Error> {
+    size(field, raw.len(), max_bytes)?;
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    Ok(text.to_owned())
+}
+
+/// An optional focus: blank means none.
+pub(super) fn focus(raw: Option<String>, max_bytes: usize) -> Result<Option<String>, Error> {
+    match raw.filter(|q| !q.trim().is_empty()) {
+        Some(q) => text("query", &q, max_bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn size(field: &'static str, bytes: usize, max: usize) -> Result<(), Error> {
+    if bytes > max {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {bytes} bytes; at most {max} are accepted (ENGRAM_MAX_TEXT_BYTES); \
+                 split it into smaller pieces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `limit` within 1..=[`MAX_LIMIT`], or `default` when omitted.
+pub fn limit(raw: Option<i64>, default: usize) -> Result<usize, Error> {
+    match raw {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(Error::invalid(
+            "limit",
+            format!("{n} is out of range; accepted 1..={MAX_LIMIT} (default {default})"),
+        )),
+    }
+}
+
+/// `min_score` as given: a number in 0..=1; `None` keeps every result (0).
+pub fn min_score(raw: Option<f64>) -> Result<f32, Error> {
+    match raw {
+        None => Ok(0.0),
+        Some(x) if (0.0..=1.0).contains(&x) => Ok(x as f32),
+        Some(x) => Err(Error::invalid(
+            "min_score",
+            format!("{x} is out of range; accepted 0..=1 (scores are on that scale)"),
+        )),
+    }
+}
