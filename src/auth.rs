@@ -14,7 +14,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::model::validate_id;
+use crate::model::UserId;
 use crate::store::ApiKey;
 
 /// Who is calling.
@@ -48,18 +48,18 @@ impl Principal {
     pub fn acting_user(
         &self,
         requested: Option<&str>,
-        default_user: &str,
-    ) -> Result<String, Error> {
-        let requested = requested.map(|r| validate_id("user_id", r)).transpose()?;
+        default_user: &UserId,
+    ) -> Result<UserId, Error> {
+        let requested = requested.map(UserId::parse).transpose()?;
         match (self, requested) {
-            (Self::User { user_id, .. }, None) => Ok(user_id.clone()),
-            (Self::User { user_id, .. }, Some(named)) if named == *user_id => Ok(named),
+            (Self::User { user_id, .. }, None) => Ok(UserId::parse(user_id)?),
+            (Self::User { user_id, .. }, Some(named)) if named == user_id.as_str() => Ok(named),
             (Self::User { user_id, .. }, Some(named)) => Err(Error::Forbidden(format!(
                 "this API key acts for user '{user_id}' only, not '{named}'; omit user_id \
                  or use an admin key"
             ))),
             (Self::Operator | Self::Admin { .. }, Some(named)) => Ok(named),
-            (Self::Operator | Self::Admin { .. }, None) => validate_id("user_id", default_user),
+            (Self::Operator | Self::Admin { .. }, None) => Ok(default_user.clone()),
         }
     }
 
@@ -109,25 +109,27 @@ mod tests {
 
     #[test]
     fn a_user_key_acts_for_its_user_only() {
+        let default = UserId::parse("default").unwrap();
+        let default = &default;
         let alice = Principal::User {
             key_id: uuid::Uuid::nil(),
             user_id: "alice".into(),
         };
         assert_eq!(
-            alice.acting_user(None, "default").ok(),
-            Some("alice".into())
+            alice.acting_user(None, default).ok().as_deref(),
+            Some("alice")
         );
         assert_eq!(
-            alice.acting_user(Some(" alice "), "default").ok(),
-            Some("alice".into())
+            alice.acting_user(Some(" alice "), default).ok().as_deref(),
+            Some("alice")
         );
-        let refused = alice.acting_user(Some("bob"), "default");
+        let refused = alice.acting_user(Some("bob"), default);
         assert!(
             matches!(&refused, Err(Error::Forbidden(m)) if m.contains("'alice'") && m.contains("'bob'")),
             "{refused:?}"
         );
         assert!(matches!(
-            alice.acting_user(Some(""), "default"),
+            alice.acting_user(Some(""), default),
             Err(Error::InvalidInput { .. })
         ));
         for anyone in [
@@ -137,12 +139,12 @@ mod tests {
             },
         ] {
             assert_eq!(
-                anyone.acting_user(Some("bob"), "default").ok(),
-                Some("bob".into())
+                anyone.acting_user(Some("bob"), default).ok().as_deref(),
+                Some("bob")
             );
             assert_eq!(
-                anyone.acting_user(None, "default").ok(),
-                Some("default".into())
+                anyone.acting_user(None, default).ok().as_deref(),
+                Some("default")
             );
         }
     }

@@ -20,10 +20,12 @@ use async_openai::types::chat::{
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
+use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::model::{Message, Scope};
 use crate::openai::Endpoint;
-use crate::service::{MemoryService, RememberRequest};
+use crate::params::{RememberParams, UserContextParams};
+use crate::service::MemoryService;
 
 /// Earlier turns of this session sent with each request (memory covers the rest).
 const SESSION_TURNS: usize = 10;
@@ -58,9 +60,16 @@ impl ChatAgent {
 
     /// One turn: the model's reply to `text`, shaped by what is remembered.
     pub async fn reply(&mut self, text: &str) -> Result<String, String> {
+        let request = UserContextParams {
+            user_id: Some(self.scope.user_id.clone()),
+            agent_id: self.scope.agent_id.clone(),
+            run_id: self.scope.run_id.clone(),
+            limit: Some(20),
+            query: Some(text.to_owned()),
+        };
         let context = match self
             .memory
-            .user_context(&self.scope, Some(20), Some(text.to_owned()))
+            .user_context(&Principal::Operator, request)
             .await
         {
             Ok(context) => context,
@@ -110,18 +119,18 @@ impl ChatAgent {
 
     fn remember_in_background(&mut self, user: &str, assistant: &str) {
         let memory = self.memory.clone();
-        let request = RememberRequest {
-            scope: self.scope.clone(),
-            text: None,
+        let request = RememberParams {
             messages: Some(vec![
                 Message::new("user", user.to_owned()),
                 Message::new("assistant", assistant.to_owned()),
             ]),
-            metadata: None,
-            infer: true,
+            user_id: Some(self.scope.user_id.clone()),
+            agent_id: self.scope.agent_id.clone(),
+            run_id: self.scope.run_id.clone(),
+            ..RememberParams::default()
         };
         self.storing.spawn(async move {
-            if let Err(e) = memory.remember(request).await {
+            if let Err(e) = memory.remember(&Principal::Operator, request).await {
                 eprintln!("(could not remember this exchange: {e})");
             }
         });

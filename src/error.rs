@@ -3,6 +3,7 @@
 
 use crate::embed::EmbedError;
 use crate::extract::ExtractError;
+use crate::model::Invalid;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,15 @@ pub enum Error {
 
     #[error(transparent)]
     Extract(#[from] ExtractError),
+}
+
+impl From<Invalid> for Error {
+    fn from(invalid: Invalid) -> Self {
+        Self::InvalidInput {
+            field: invalid.field,
+            message: invalid.message,
+        }
+    }
 }
 
 impl Error {

@@ -96,7 +96,6 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What the app needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub default_user: String,
     pub auth: AuthMode,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -108,7 +107,6 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            default_user: config.default_user.clone(),
             auth: config.auth,
             allowed_hosts: config.allowed_hosts.clone(),
             allowed_origins: config.allowed_origins.clone(),
@@ -123,22 +121,15 @@ impl Settings {
 /// `/healthz` and `/readyz`.
 pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
-    let mcp_user = settings.default_user.clone();
     let mcp = StreamableHttpService::new(
-        move || {
-            Ok(EngramMcp::new(
-                mcp_service.clone(),
-                mcp_user.clone(),
-                Caller::PerRequest,
-            ))
-        },
+        move || Ok(EngramMcp::new(mcp_service.clone(), Caller::PerRequest)),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_max_request_body_bytes(MAX_BODY_BYTES),
     );
-    let sessions = sse::Sessions::new(service.clone(), settings.default_user.clone(), stop.clone());
+    let sessions = sse::Sessions::new(service.clone(), stop.clone());
     let mcp_gate = auth::Gate::new(
         service.clone(),
         settings.auth,
@@ -168,7 +159,6 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     let timeout = settings.request_timeout;
     let rest = api::router(api::Api {
         service: service.clone(),
-        default_user: settings.default_user.clone(),
     })
     .layer(from_fn(move |request, next| within(timeout, request, next)))
     .layer(from_fn_with_state(rest_gate, auth::gate))

@@ -1,10 +1,10 @@
 //! The MCP face of engram: four tools, a context resource template and a
 //! `with_memory` prompt, each a thin adapter over [`MemoryService`].
 //!
-//! Adapters parse arguments, resolve the user through the caller's
-//! [`Principal`] (an omitted `user_id` is the caller's own user: a user
-//! key's user, otherwise the configured default user; a user key naming
-//! another user is refused), call one service method and map the result.
+//! Adapters hand the caller's [`Principal`] and the parsed arguments to one
+//! service method (which resolves the user: an omitted `user_id` is the
+//! caller's own, a user key's user or else the configured default user; a
+//! user key naming another user is refused) and map the result.
 //! Caller mistakes become tool errors (`isError: true`) whose text says what
 //! was wrong and what is accepted; the server keeps serving.
 
@@ -29,12 +29,8 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
-use crate::model::{MemoryId, Scope};
 use crate::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
-use crate::service::{
-    ForgetResult, ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest,
-    RememberResult,
-};
+use crate::service::{ForgetResult, MemoryService, RecallResult, RememberResult};
 
 const CONTEXT_URI_PREFIX: &str = "engram://users/";
 const CONTEXT_URI_SUFFIX: &str = "/context";
@@ -64,7 +60,6 @@ pub enum Caller {
 #[derive(Clone)]
 pub struct EngramMcp {
     service: Arc<MemoryService>,
-    default_user: String,
     caller: Caller,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
@@ -72,10 +67,9 @@ pub struct EngramMcp {
 
 #[tool_router]
 impl EngramMcp {
-    pub fn new(service: Arc<MemoryService>, default_user: String, caller: Caller) -> Self {
+    pub fn new(service: Arc<MemoryService>, caller: Caller) -> Self {
         Self {
             service,
-            default_user,
             caller,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
@@ -95,19 +89,6 @@ impl EngramMcp {
     }
 
     /// The scope a request acts on: the caller decides the user.
-    fn scope(
-        &self,
-        extensions: &Extensions,
-        user_id: Option<&str>,
-        agent_id: Option<&str>,
-        run_id: Option<&str>,
-    ) -> Result<Scope, Error> {
-        let user = self
-            .principal(extensions)?
-            .acting_user(user_id, &self.default_user)?;
-        Scope::new(&user, agent_id, run_id)
-    }
-
     #[tool(
         description = "Store something worth remembering about the user: a fact, preference or \
                        conversation. Near-duplicates of existing memories are not stored again \
@@ -125,26 +106,9 @@ impl EngramMcp {
         Parameters(p): Parameters<RememberParams>,
         extensions: Extensions,
     ) -> Result<Json<RememberResult>, String> {
-        let scope = self
-            .scope(
-                &extensions,
-                p.user_id.as_deref(),
-                p.agent_id.as_deref(),
-                p.run_id.as_deref(),
-            )
-            .map_err(tool_error)?;
-        let req = RememberRequest {
-            scope,
-            text: p.text,
-            messages: p.messages,
-            metadata: p.metadata,
-            infer: p.infer.unwrap_or(true),
-        };
-        self.service
-            .remember(req)
-            .await
-            .map(Json)
-            .map_err(tool_error)
+        let caller = self.principal(&extensions).map_err(tool_error)?;
+        let result = self.service.remember(&caller, p).await;
+        result.map(Json).map_err(tool_error)
     }
 
     #[tool(
@@ -163,22 +127,9 @@ impl EngramMcp {
         Parameters(p): Parameters<RecallParams>,
         extensions: Extensions,
     ) -> Result<Json<RecallResult>, String> {
-        let scope = self
-            .scope(
-                &extensions,
-                p.user_id.as_deref(),
-                p.agent_id.as_deref(),
-                p.run_id.as_deref(),
-            )
-            .map_err(tool_error)?;
-        let req = RecallRequest {
-            scope,
-            query: p.query,
-            limit: p.limit,
-            filters: p.filters,
-            min_score: p.min_score,
-        };
-        self.service.recall(req).await.map(Json).map_err(tool_error)
+        let caller = self.principal(&extensions).map_err(tool_error)?;
+        let result = self.service.recall(&caller, p).await;
+        result.map(Json).map_err(tool_error)
     }
 
     #[tool(
@@ -198,19 +149,9 @@ impl EngramMcp {
         Parameters(p): Parameters<UserContextParams>,
         extensions: Extensions,
     ) -> Result<Json<UserContext>, String> {
-        let scope = self
-            .scope(
-                &extensions,
-                p.user_id.as_deref(),
-                p.agent_id.as_deref(),
-                p.run_id.as_deref(),
-            )
-            .map_err(tool_error)?;
-        self.service
-            .user_context(&scope, p.limit, p.query)
-            .await
-            .map(Json)
-            .map_err(tool_error)
+        let caller = self.principal(&extensions).map_err(tool_error)?;
+        let result = self.service.user_context(&caller, p).await;
+        result.map(Json).map_err(tool_error)
     }
 
     #[tool(
@@ -229,40 +170,9 @@ impl EngramMcp {
         Parameters(p): Parameters<ForgetParams>,
         extensions: Extensions,
     ) -> Result<Json<ForgetResult>, String> {
-        let all = p.all.unwrap_or(false);
-        let target = match (p.memory_id.as_deref(), all) {
-            (Some(_), true) => {
-                return Err(tool_error(Error::invalid(
-                    "memory_id",
-                    "give either `memory_id` or `all: true`, not both",
-                )));
-            }
-            (Some(raw), false) => {
-                ForgetTarget::One(MemoryId::parse("memory_id", raw).map_err(tool_error)?)
-            }
-            (None, true) if p.user_id.is_none() => {
-                return Err(tool_error(Error::invalid(
-                    "user_id",
-                    "deleting all memories needs `user_id` given explicitly, with `all: true`",
-                )));
-            }
-            (None, true) => ForgetTarget::AllOfUser,
-            (None, false) => {
-                return Err(tool_error(Error::invalid(
-                    "memory_id",
-                    "say what to forget: {memory_id} for one memory, or {user_id, all: true} \
-                     for all of a user's",
-                )));
-            }
-        };
-        let scope = self
-            .scope(&extensions, p.user_id.as_deref(), None, None)
-            .map_err(tool_error)?;
-        self.service
-            .forget(&scope.user_id, target)
-            .await
-            .map(Json)
-            .map_err(tool_error)
+        let caller = self.principal(&extensions).map_err(tool_error)?;
+        let result = self.service.forget(&caller, p).await;
+        result.map(Json).map_err(tool_error)
     }
 }
 
@@ -278,18 +188,24 @@ impl EngramMcp {
         Parameters(args): Parameters<WithMemoryArgs>,
         extensions: Extensions,
     ) -> Result<GetPromptResult, ErrorData> {
-        let scope = self
-            .scope(&extensions, args.user_id.as_deref(), None, None)
-            .map_err(protocol_error)?;
+        let caller = self.principal(&extensions).map_err(protocol_error)?;
+        let request = UserContextParams {
+            user_id: args.user_id,
+            query: args.task.clone(),
+            ..UserContextParams::default()
+        };
         let context = self
             .service
-            .user_context(&scope, None, args.task.clone())
+            .user_context(&caller, request)
             .await
             .map_err(protocol_error)?;
         let text = system_prompt(&context, args.task.as_deref());
         Ok(
             GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]).with_description(
-                format!("Memory-aware system prompt for user \"{}\"", scope.user_id),
+                format!(
+                    "Memory-aware system prompt for user \"{}\"",
+                    context.user_id
+                ),
             ),
         )
     }
@@ -353,13 +269,16 @@ impl ServerHandler for EngramMcp {
                 None,
             ));
         };
-        let user = percent_decode(user);
-        let scope = self
-            .scope(&context.extensions, Some(&user), None, None)
+        let caller = self
+            .principal(&context.extensions)
             .map_err(protocol_error)?;
+        let request = UserContextParams {
+            user_id: Some(percent_decode(user)),
+            ..UserContextParams::default()
+        };
         let context = self
             .service
-            .user_context(&scope, None, None)
+            .user_context(&caller, request)
             .await
             .map_err(protocol_error)?;
         let contents = ResourceContents::text(context.context, uri).with_mime_type("text/markdown");

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{Message, Metadata};
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RememberParams {
     /// Text to remember. Give this or `messages`.
@@ -32,7 +32,7 @@ pub struct RememberParams {
     pub infer: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecallParams {
     /// What to look for, in natural language or keywords.
@@ -57,7 +57,7 @@ pub struct RecallParams {
     pub min_score: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserContextParams {
     /// Whose profile; defaults to the caller's own (the API key's user, else the server's default user).
@@ -74,7 +74,7 @@ pub struct UserContextParams {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetParams {
     /// Delete this one memory (an id from remember or recall).
@@ -86,6 +86,14 @@ pub struct ForgetParams {
     /// true deletes every memory of `user_id`, with their history.
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub all: Option<bool>,
+}
+
+/// A memory named by id (REST: the path), and its owner (the `user_id`
+/// query parameter; default: the caller's own user).
+#[derive(Debug, Default)]
+pub struct MemoryRef {
+    pub memory_id: String,
+    pub user_id: Option<String>,
 }
 
 /// Argument decoders that also accept the string forms some clients send

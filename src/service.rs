@@ -32,13 +32,14 @@ use std::time::Duration;
 
 use crate::auth::Principal;
 use crate::cache::{self, Cache, NoCache};
-use crate::config::OnLlmError;
+use crate::config::{self, OnLlmError};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
 use crate::extract::Extractor;
-use crate::model::{Event, MemoryId, MetadataFilter, Scope, validate_id, validate_metadata};
-use crate::store::{HistoryEntry, Store, UserExport, UserStats};
+use crate::model::{Event, MemoryId, MetadataFilter, Scope, UserId, validate_metadata};
+use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
+use crate::store::{Store, UserExport, UserStats};
 
 mod cached;
 mod recall;
@@ -50,8 +51,8 @@ mod validate;
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use types::{
-    Deferred, ForgetResult, ForgetTarget, MemoryDetail, MemoryEvent, RecallRequest, RecallResult,
-    RememberRequest, RememberResult, ScoredMemory,
+    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, RememberResult,
+    ScoredMemory,
 };
 pub use validate::{MAX_LIMIT, MAX_MESSAGES};
 
@@ -68,8 +69,26 @@ pub struct Settings {
     pub max_text_bytes: usize,
     /// How long a cached recall or context is served (at most; any write ends it sooner).
     pub cache_ttl: Duration,
-    /// What `remember` does when the model fails (see [`deferred`]).
+    /// What `remember` does when the model fails (see [`remember`]).
     pub on_llm_error: OnLlmError,
+    /// The user a request without `user_id` acts for, unless its caller's
+    /// key belongs to a user.
+    pub default_user: UserId,
+}
+
+/// The defaults `engram serve` runs with (see [`crate::config`]).
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            dedup_threshold: config::DEFAULT_DEDUP_THRESHOLD,
+            reconcile_threshold: config::DEFAULT_RECONCILE_THRESHOLD,
+            max_text_bytes: config::DEFAULT_MAX_TEXT_BYTES,
+            cache_ttl: Duration::from_secs(config::DEFAULT_CACHE_TTL_SECS),
+            on_llm_error: OnLlmError::default(),
+            default_user: UserId::parse(config::DEFAULT_USER)
+                .expect("the built-in default user is a valid id"),
+        }
+    }
 }
 
 pub struct MemoryService {
@@ -146,14 +165,44 @@ impl MemoryService {
         &self.settings
     }
 
-    pub async fn remember(&self, req: RememberRequest) -> Result<RememberResult, Error> {
+    /// The scope a request acts in: its user resolved through `caller` (an
+    /// omitted `user_id` is the caller's own; see [`Principal::acting_user`]),
+    /// narrowed by agent and run. Every flow starts here, so ids are checked
+    /// once and the same way for every door.
+    fn scope(
+        &self,
+        caller: &Principal,
+        user_id: Option<&str>,
+        agent_id: Option<&str>,
+        run_id: Option<&str>,
+    ) -> Result<Scope, Error> {
+        let user = caller.acting_user(user_id, &self.settings.default_user)?;
+        Ok(Scope::narrowed(user, agent_id, run_id)?)
+    }
+
+    /// The user `caller` acts for, named or the caller's own.
+    fn user(&self, caller: &Principal, user_id: Option<&str>) -> Result<UserId, Error> {
+        caller.acting_user(user_id, &self.settings.default_user)
+    }
+
+    pub async fn remember(
+        &self,
+        caller: &Principal,
+        req: RememberParams,
+    ) -> Result<RememberResult, Error> {
+        let scope = self.scope(
+            caller,
+            req.user_id.as_deref(),
+            req.agent_id.as_deref(),
+            req.run_id.as_deref(),
+        )?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
         let metadata = validate_metadata(req.metadata)?;
         let work = Work {
-            scope: &req.scope,
+            scope: &scope,
             input: &input,
             metadata: &metadata,
-            infer: req.infer,
+            infer: req.infer.unwrap_or(true),
             replacing: Vec::new(),
             said_at: None,
         };
@@ -168,7 +217,17 @@ impl MemoryService {
         }
     }
 
-    pub async fn recall(&self, req: RecallRequest) -> Result<RecallResult, Error> {
+    pub async fn recall(
+        &self,
+        caller: &Principal,
+        req: RecallParams,
+    ) -> Result<RecallResult, Error> {
+        let scope = self.scope(
+            caller,
+            req.user_id.as_deref(),
+            req.agent_id.as_deref(),
+            req.run_id.as_deref(),
+        )?;
         let query = validate::text("query", &req.query, self.settings.max_text_bytes)?;
         let limit = validate::limit(req.limit, DEFAULT_RECALL_LIMIT)?;
         let filter = MetadataFilter::parse(req.filters.as_ref())?;
@@ -176,109 +235,93 @@ impl MemoryService {
         let field = self
             .cache
             .enabled()
-            .then(|| cache::recall_field(&req.scope, &query, limit, &filter));
+            .then(|| cache::recall_field(&scope, &query, limit, &filter));
         // Scores are absolute, so the cut applies to a cached answer as well.
         let mut result: RecallResult = self
-            .through_cache(&req.scope.user_id, field, || {
-                self.search(&req.scope, query, limit, &filter)
+            .through_cache(&scope.user_id, field, || {
+                self.search(&scope, query, limit, &filter)
             })
             .await?;
         result.results.retain(|r| r.score >= min_score);
         Ok(result)
     }
 
-    /// The user's profile: with `focus`, the memories most relevant to it
-    /// first, then the most recent ones up to `limit`; without, most recent first.
+    /// The user's profile: with a focus (`query`), the memories most
+    /// relevant to it first, then the most recent ones up to `limit`;
+    /// without, most recent first.
     pub async fn user_context(
         &self,
-        scope: &Scope,
-        limit: Option<i64>,
-        focus: Option<String>,
+        caller: &Principal,
+        req: UserContextParams,
     ) -> Result<UserContext, Error> {
-        let limit = validate::limit(limit, DEFAULT_CONTEXT_LIMIT)?;
-        let focus = validate::focus(focus, self.settings.max_text_bytes)?;
+        let scope = self.scope(
+            caller,
+            req.user_id.as_deref(),
+            req.agent_id.as_deref(),
+            req.run_id.as_deref(),
+        )?;
+        let limit = validate::limit(req.limit, DEFAULT_CONTEXT_LIMIT)?;
+        let focus = validate::focus(req.query, self.settings.max_text_bytes)?;
         let field = self
             .cache
             .enabled()
-            .then(|| cache::context_field(scope, limit, focus.as_deref()));
+            .then(|| cache::context_field(&scope, limit, focus.as_deref()));
         self.through_cache(&scope.user_id, field, || {
-            self.build_context(scope, limit, focus)
+            self.build_context(&scope, limit, focus)
         })
         .await
     }
 
-    pub async fn forget(&self, user_id: &str, target: ForgetTarget) -> Result<ForgetResult, Error> {
-        match target {
-            ForgetTarget::One(id) => {
-                if !self.store.delete(user_id, id).await? {
-                    return Err(Error::NotFound(format!(
-                        "no memory {id} belongs to user \"{user_id}\"; nothing was deleted"
-                    )));
-                }
-                if self.cache.enabled() {
-                    // The floor keeps out entries of reads that began before
-                    // the delete. Unreadable version: delete everything instead.
-                    let floor = self.store.version(user_id).await.unwrap_or(None);
-                    self.cache.purge_user(user_id, floor).await;
-                }
-                Ok(ForgetResult {
-                    user_id: user_id.to_owned(),
-                    deleted: 1,
-                    memory_id: Some(id),
-                })
-            }
-            ForgetTarget::AllOfUser => {
-                let deleted = self.store.delete_user(user_id).await?;
-                self.cache.purge_user(user_id, None).await;
-                Ok(ForgetResult {
-                    user_id: user_id.to_owned(),
-                    deleted,
-                    memory_id: None,
-                })
-            }
+    /// Deletes one memory (`memory_id`) or every memory of a user named
+    /// explicitly (`user_id` with `all: true`), then the user's cache entries.
+    pub async fn forget(
+        &self,
+        caller: &Principal,
+        req: ForgetParams,
+    ) -> Result<ForgetResult, Error> {
+        let target = validate::forget_target(&req)?;
+        let user = self.user(caller, req.user_id.as_deref())?;
+        let Some(id) = target else {
+            let deleted = self.store.delete_user(&user).await?;
+            self.cache.purge_user(&user, None).await;
+            return Ok(ForgetResult {
+                user_id: user.into(),
+                deleted,
+                memory_id: None,
+            });
+        };
+        if !self.store.delete(&user, id).await? {
+            return Err(Error::NotFound(format!(
+                "no memory {id} belongs to user \"{user}\"; nothing was deleted"
+            )));
         }
-    }
-
-    /// The history of one of the user's memories, oldest first. An unknown
-    /// id, or another user's, is [`Error::NotFound`].
-    pub async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, Error> {
-        let user_id = validate_id("user_id", user_id)?;
-        let history = self.store.history(&user_id, id).await?;
-        if history.is_empty() {
-            return Err(not_theirs(id, &user_id));
+        if self.cache.enabled() {
+            // The floor keeps out entries of reads that began before the
+            // delete. Unreadable version: delete everything instead.
+            let floor = self.store.version(&user).await.unwrap_or(None);
+            self.cache.purge_user(&user, floor).await;
         }
-        Ok(history)
-    }
-
-    /// What the user has stored: counts, categories, dates and size. An
-    /// unknown user has all zeros.
-    pub async fn stats(&self, user_id: &str) -> Result<UserStats, Error> {
-        let user_id = validate_id("user_id", user_id)?;
-        Ok(self.store.stats(&user_id).await?)
-    }
-
-    /// Everything stored for the user, in one snapshot: memories current and
-    /// superseded with their history, and deferred remembers. An unknown
-    /// user has an empty export.
-    pub async fn export(&self, user_id: &str) -> Result<UserExport, Error> {
-        let user_id = validate_id("user_id", user_id)?;
-        Ok(self.store.export(&user_id).await?)
+        Ok(ForgetResult {
+            user_id: user.into(),
+            deleted: 1,
+            memory_id: Some(id),
+        })
     }
 
     /// One of the user's memories, current or superseded, and whether it is
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
-    pub async fn get(&self, user_id: &str, id: MemoryId) -> Result<MemoryDetail, Error> {
-        let user_id = validate_id("user_id", user_id)?;
+    pub async fn get(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
+        let (user, id) = self.memory_ref(caller, &req)?;
         let memory = self
             .store
-            .get_many(&user_id, &[id])
+            .get_many(&user, &[id])
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| not_theirs(id, &user_id))?;
+            .ok_or_else(|| not_theirs(id, &user))?;
         // A closed memory's last history row is the SUPERSEDE that closed
         // it (nothing is written to a memory after that), at its valid_to.
-        let history = self.store.history(&user_id, id).await?;
+        let history = self.store.history(&user, id).await?;
         let valid_to = history
             .last()
             .filter(|h| h.event == Event::Supersede)
@@ -288,6 +331,53 @@ impl MemoryService {
             current: valid_to.is_none(),
             valid_to,
         })
+    }
+
+    /// The history of one of the user's memories, oldest first. An unknown
+    /// id, or another user's, is [`Error::NotFound`].
+    pub async fn history(
+        &self,
+        caller: &Principal,
+        req: MemoryRef,
+    ) -> Result<HistoryResult, Error> {
+        let (user, id) = self.memory_ref(caller, &req)?;
+        let history = self.store.history(&user, id).await?;
+        if history.is_empty() {
+            return Err(not_theirs(id, &user));
+        }
+        Ok(HistoryResult {
+            user_id: user.into(),
+            memory_id: id,
+            history,
+        })
+    }
+
+    /// What the user has stored: counts, categories, dates and size. An
+    /// unknown user has all zeros.
+    pub async fn stats(
+        &self,
+        caller: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<UserStats, Error> {
+        let user = self.user(caller, user_id)?;
+        Ok(self.store.stats(&user).await?)
+    }
+
+    /// Everything stored for the user, in one snapshot: memories current and
+    /// superseded with their history, and deferred remembers. An unknown
+    /// user has an empty export.
+    pub async fn export(
+        &self,
+        caller: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<UserExport, Error> {
+        let user = self.user(caller, user_id)?;
+        Ok(self.store.export(&user).await?)
+    }
+
+    fn memory_ref(&self, caller: &Principal, req: &MemoryRef) -> Result<(UserId, MemoryId), Error> {
+        let user = self.user(caller, req.user_id.as_deref())?;
+        Ok((user, MemoryId::parse("memory_id", &req.memory_id)?))
     }
 }
 
@@ -320,6 +410,7 @@ mod tests {
             max_text_bytes: 4096,
             cache_ttl: Duration::from_secs(60),
             on_llm_error: OnLlmError::Fail,
+            ..Settings::default()
         };
         let service = MemoryService::new(
             Arc::new(store),
@@ -332,25 +423,37 @@ mod tests {
 
     async fn remember(s: &MemoryService, user: &str, text: &str) -> MemoryId {
         let result = s
-            .remember(RememberRequest {
-                scope: Scope::user(user),
-                text: Some(text.into()),
-                messages: None,
-                metadata: None,
-                infer: false,
-            })
+            .remember(
+                ME,
+                RememberParams {
+                    text: Some(text.into()),
+                    user_id: Some(user.into()),
+                    infer: Some(false),
+                    ..RememberParams::default()
+                },
+            )
             .await
             .expect("remember");
         result.results[0].id
     }
 
-    fn recall_request(user: &str, query: &str, min_score: Option<f64>) -> RecallRequest {
-        RecallRequest {
-            scope: Scope::user(user),
+    /// Every test call is the operator's, as on stdio.
+    const ME: &Principal = &Principal::Operator;
+
+    fn recall_request(user: &str, query: &str, min_score: Option<f64>) -> RecallParams {
+        RecallParams {
             query: query.into(),
+            user_id: Some(user.into()),
             limit: Some(10),
-            filters: None,
             min_score,
+            ..RecallParams::default()
+        }
+    }
+
+    fn at(user: &str, id: MemoryId) -> MemoryRef {
+        MemoryRef {
+            memory_id: id.to_string(),
+            user_id: Some(user.into()),
         }
     }
 
@@ -388,7 +491,7 @@ mod tests {
             "the embedder alone does not find it in its top 40"
         );
         let result = s
-            .recall(recall_request("alice", query, None))
+            .recall(ME, recall_request("alice", query, None))
             .await
             .unwrap();
         assert_eq!(result.results[0].memory.id, hit, "{:#?}", result.results);
@@ -410,7 +513,7 @@ mod tests {
         }
         let unrelated = "quantum chromodynamics lattice simulations";
         let all = s
-            .recall(recall_request("alice", unrelated, None))
+            .recall(ME, recall_request("alice", unrelated, None))
             .await
             .unwrap();
         assert_eq!(all.results.len(), 4, "without min_score: up to limit");
@@ -420,21 +523,23 @@ mod tests {
             all.results
         );
         let cut = s
-            .recall(recall_request(
-                "alice",
-                unrelated,
-                Some(f64::from(rank::RELEVANT)),
-            ))
+            .recall(
+                ME,
+                recall_request("alice", unrelated, Some(f64::from(rank::RELEVANT))),
+            )
             .await
             .unwrap();
         assert!(cut.results.is_empty(), "{:#?}", cut.results);
 
         let related = s
-            .recall(recall_request(
-                "alice",
-                "espresso in Lisbon",
-                Some(f64::from(rank::RELEVANT)),
-            ))
+            .recall(
+                ME,
+                recall_request(
+                    "alice",
+                    "espresso in Lisbon",
+                    Some(f64::from(rank::RELEVANT)),
+                ),
+            )
             .await
             .unwrap();
         assert_eq!(related.results.len(), 1, "{:#?}", related.results);
@@ -446,7 +551,7 @@ mod tests {
 
         for bad in [-0.1, 1.5, f64::NAN] {
             match s
-                .recall(recall_request("alice", "espresso", Some(bad)))
+                .recall(ME, recall_request("alice", "espresso", Some(bad)))
                 .await
             {
                 Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "min_score"),
@@ -460,30 +565,33 @@ mod tests {
         let (s, _dir) = service().await;
         let id = remember(&s, "alice", "Lives in Lisbon").await;
 
-        let detail = s.get("alice", id).await.unwrap();
+        let detail = s.get(ME, at("alice", id)).await.unwrap();
         let memory = &detail.memory;
         assert_eq!((memory.id, memory.memory.as_str()), (id, "Lives in Lisbon"));
         assert!(detail.current && detail.valid_to.is_none());
-        assert_eq!(s.history("alice", id).await.unwrap().len(), 1);
+        assert_eq!(
+            s.history(ME, at("alice", id)).await.unwrap().history.len(),
+            1
+        );
         // Ids are trimmed as everywhere else.
-        assert_eq!(s.get(" alice ", id).await.unwrap().memory.id, id);
+        assert_eq!(s.get(ME, at(" alice ", id)).await.unwrap().memory.id, id);
 
         // Closed: still readable by id, no longer current, since when.
         assert!(s.store.close("alice", id, "test").await.unwrap());
-        let closed = s.get("alice", id).await.unwrap();
+        let closed = s.get(ME, at("alice", id)).await.unwrap();
         assert!(!closed.current, "{closed:?}");
-        let history = s.history("alice", id).await.unwrap();
+        let history = s.history(ME, at("alice", id)).await.unwrap().history;
         assert_eq!(closed.valid_to, history.last().map(|h| h.created_at));
         assert_eq!(history.len(), 2);
 
         let unknown = MemoryId::new();
         for (user, id) in [("bob", id), ("alice", unknown)] {
             let expected = format!("no memory {id} belongs to user \"{user}\"");
-            match s.get(user, id).await {
+            match s.get(ME, at(user, id)).await {
                 Err(Error::NotFound(message)) => assert_eq!(message, expected),
                 other => panic!("get {user} {id}: {other:?}"),
             }
-            match s.history(user, id).await {
+            match s.history(ME, at(user, id)).await {
                 Err(Error::NotFound(message)) => assert_eq!(message, expected),
                 other => panic!("history {user} {id}: {other:?}"),
             }
@@ -495,20 +603,26 @@ mod tests {
         let (s, _dir) = service().await;
         let id = remember(&s, "alice", "Lives in Lisbon").await;
 
-        let stats = s.stats("alice").await.unwrap();
+        let stats = s.stats(ME, Some("alice")).await.unwrap();
         assert_eq!((stats.user_id.as_str(), stats.memories), ("alice", 1));
         assert!(stats.storage_bytes > 0);
-        let export = s.export(" alice").await.unwrap();
+        let export = s.export(ME, Some(" alice")).await.unwrap();
         assert_eq!(export.user_id, "alice");
         assert_eq!(export.memories.len(), 1);
         assert_eq!(export.memories[0].memory.id, id);
-        assert_eq!(s.stats("nobody").await.unwrap().memories, 0);
-        assert!(s.export("nobody").await.unwrap().memories.is_empty());
+        assert_eq!(s.stats(ME, Some("nobody")).await.unwrap().memories, 0);
+        assert!(
+            s.export(ME, Some("nobody"))
+                .await
+                .unwrap()
+                .memories
+                .is_empty()
+        );
 
         for bad in ["", "  ", "a\u{7}b"] {
             assert!(
                 matches!(
-                    s.stats(bad).await,
+                    s.stats(ME, Some(bad)).await,
                     Err(Error::InvalidInput {
                         field: "user_id",
                         ..
@@ -517,21 +631,21 @@ mod tests {
                 "{bad:?}"
             );
             assert!(matches!(
-                s.export(bad).await,
+                s.export(ME, Some(bad)).await,
                 Err(Error::InvalidInput { .. })
             ));
             assert!(matches!(
-                s.get(bad, id).await,
+                s.get(ME, at(bad, id)).await,
                 Err(Error::InvalidInput { .. })
             ));
             assert!(matches!(
-                s.history(bad, id).await,
+                s.history(ME, at(bad, id)).await,
                 Err(Error::InvalidInput { .. })
             ));
         }
         let long = "u".repeat(crate::model::MAX_ID_LEN + 1);
         assert!(matches!(
-            s.stats(&long).await,
+            s.stats(ME, Some(&long)).await,
             Err(Error::InvalidInput { .. })
         ));
     }

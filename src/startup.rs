@@ -15,6 +15,7 @@ use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::{Caller, EngramMcp};
+use crate::model::UserId;
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
 use crate::store::{PgOptions, PgStore, redact};
@@ -34,6 +35,8 @@ pub enum StartupError {
     Transport(String),
     #[error(transparent)]
     Service(#[from] crate::error::Error),
+    #[error(transparent)]
+    Invalid(#[from] crate::model::Invalid),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
     #[error("{0} pending remember(s) failed again; they stay pending (see above)")]
@@ -165,6 +168,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(config.cache_ttl_secs),
         on_llm_error: config.on_llm_error,
+        default_user: UserId::parse(&config.default_user)?,
     };
     Ok(Arc::new(
         MemoryService::new(store, embedder, extractor, settings).with_cache(cache),
@@ -412,11 +416,7 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         default_user = %config.default_user,
         "engram serving MCP on stdio"
     );
-    let handler = EngramMcp::new(
-        service,
-        config.default_user.clone(),
-        Caller::Fixed(Principal::Operator),
-    );
+    let handler = EngramMcp::new(service, Caller::Fixed(Principal::Operator));
     let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
     let running = match handler.serve(transport).await {
         Ok(running) => running,

@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{percentile, user_scope};
+use super::{BENCH_USER, percentile};
+use crate::auth::Principal;
 use crate::cache::{Cache, RedisCache, RedisSettings, VectorSource};
 use crate::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder};
 use crate::extract::VerbatimExtractor;
-use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::params::{RecallParams, RememberParams, UserContextParams};
+use crate::service::{MemoryService, Settings};
 use crate::store::Store;
 
 /// The hash embedder presented as remote, counting query embeddings.
@@ -119,13 +121,19 @@ impl CacheBench {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let plain = self.service(self.embedder.clone(), false);
         let cached = self.service(self.embedder.clone(), true);
-        let scope = user_scope();
-        let recall = |query: &str, limit: i64| RecallRequest {
-            scope: scope.clone(),
+        let me = &Principal::Operator;
+        let user = || Some(BENCH_USER.to_owned());
+        let recall = |query: &str, limit: i64| RecallParams {
             query: query.to_owned(),
+            user_id: user(),
             limit: Some(limit),
-            filters: None,
-            min_score: None,
+            ..RecallParams::default()
+        };
+        let context = |limit: i64, focus: Option<String>| UserContextParams {
+            user_id: user(),
+            limit: Some(limit),
+            query: focus,
+            ..UserContextParams::default()
         };
 
         // recall: no cache, first pass (misses, filling), second pass (hits)
@@ -133,7 +141,7 @@ impl CacheBench {
         for (pass, service) in [(0, &plain), (1, &cached), (2, &cached)] {
             for q in queries {
                 let t = Instant::now();
-                std::hint::black_box(service.recall(recall(q, 10)).await?);
+                std::hint::black_box(service.recall(me, recall(q, 10)).await?);
                 recall_times[pass].push(t.elapsed());
             }
         }
@@ -149,7 +157,7 @@ impl CacheBench {
             for _ in 0..repeat {
                 for limit in 1..=100 {
                     let t = Instant::now();
-                    std::hint::black_box(service.user_context(&scope, Some(limit), None).await?);
+                    std::hint::black_box(service.user_context(me, context(limit, None)).await?);
                     context_times[pass].push(t.elapsed());
                 }
             }
@@ -165,16 +173,18 @@ impl CacheBench {
                 (1, &cached)
             };
             service
-                .remember(RememberRequest {
-                    scope: scope.clone(),
-                    text: Some(format!("cache bench write {memories} number {i}")),
-                    messages: None,
-                    metadata: None,
-                    infer: false,
-                })
+                .remember(
+                    me,
+                    RememberParams {
+                        text: Some(format!("cache bench write {memories} number {i}")),
+                        user_id: user(),
+                        infer: Some(false),
+                        ..RememberParams::default()
+                    },
+                )
                 .await?;
             let t = Instant::now();
-            std::hint::black_box(service.recall(recall(q, 10)).await?);
+            std::hint::black_box(service.recall(me, recall(q, 10)).await?);
             after_write[slot].push(t.elapsed());
         }
 
@@ -188,11 +198,11 @@ impl CacheBench {
         let mut recalls = 0;
         for q in &queries[..asked] {
             for limit in [5, 10, 20] {
-                remote.recall(recall(q, limit)).await?;
+                remote.recall(me, recall(q, limit)).await?;
                 recalls += 1;
             }
             remote
-                .user_context(&scope, Some(10), Some(q.clone()))
+                .user_context(me, context(10, Some(q.clone())))
                 .await?;
             recalls += 1;
         }

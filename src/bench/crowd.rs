@@ -16,10 +16,12 @@ use uuid::Uuid;
 
 use super::text::Generator;
 use super::{Postgres, found_among, ms, percentile};
+use crate::auth::Principal;
 use crate::embed::{Embedder, HashEmbedder};
 use crate::keywords;
 use crate::model::{MetadataFilter, Scope};
-use crate::service::{MemoryService, RecallRequest, RememberRequest};
+use crate::params::{RecallParams, RememberParams};
+use crate::service::MemoryService;
 use crate::store::prelude::*;
 use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope};
 
@@ -142,21 +144,24 @@ pub async fn run(
         let user = crowd_user((words.next() as usize) ^ i, users);
         let scope = Scope::user(&user);
         let query = words.query();
-        let request = RecallRequest {
-            scope: scope.clone(),
+        let request = RecallParams {
             query: query.clone(),
+            user_id: Some(user.clone()),
             limit: Some(10),
-            filters: None,
-            min_score: None,
+            ..RecallParams::default()
         };
         // The first recall for a user reads its pages from outside shared
         // buffers (a user's rows lie scattered through the table); the same
         // recall again, and everything after it, finds them cached.
         let t = Instant::now();
-        std::hint::black_box(service.recall(request.clone()).await?);
+        std::hint::black_box(
+            service
+                .recall(&Principal::Operator, request.clone())
+                .await?,
+        );
         first_touch.push(t.elapsed());
         let t = Instant::now();
-        std::hint::black_box(service.recall(request).await?);
+        std::hint::black_box(service.recall(&Principal::Operator, request).await?);
         recall.push(t.elapsed());
         let q = embedder.embed(&query);
         let at = SearchScope {
@@ -189,13 +194,14 @@ pub async fn run(
     let started = Instant::now();
     for i in 0..writes {
         service
-            .remember(RememberRequest {
-                scope: Scope::user(crowd_user(words.next() as usize ^ i, users)),
-                text: Some(words.memory()),
-                messages: None,
-                metadata: None,
-                infer: true,
-            })
+            .remember(
+                &Principal::Operator,
+                RememberParams {
+                    text: Some(words.memory()),
+                    user_id: Some(crowd_user(words.next() as usize ^ i, users)),
+                    ..RememberParams::default()
+                },
+            )
             .await?;
     }
     let remember_rate = writes as f64 / started.elapsed().as_secs_f64();

@@ -18,11 +18,12 @@ use super::pipeline::BenchError;
 use super::text::Generator;
 use super::{ms, percentile};
 use crate::auth;
+use crate::auth::Principal;
 use crate::config::AuthMode;
 use crate::embed::HashEmbedder;
 use crate::extract::VerbatimExtractor;
-use crate::model::Scope;
-use crate::service::{MemoryService, RecallRequest, RememberRequest};
+use crate::params::{RecallParams, RememberParams};
+use crate::service::MemoryService;
 use crate::store::Store;
 
 /// Users the memories are spread over; client `c` acts for user `c % USERS`.
@@ -48,17 +49,14 @@ pub async fn run(
     let mut keys = Vec::with_capacity(USERS);
     for u in 0..USERS {
         let user = format!("http-user-{u:02}");
-        let scope = Scope::new(&user, None, None)?;
         for _ in 0..memories {
-            service
-                .remember(RememberRequest {
-                    scope: scope.clone(),
-                    text: Some(texts.memory()),
-                    messages: None,
-                    metadata: None,
-                    infer: false,
-                })
-                .await?;
+            let request = RememberParams {
+                text: Some(texts.memory()),
+                user_id: Some(user.clone()),
+                infer: Some(false),
+                ..RememberParams::default()
+            };
+            service.remember(&Principal::Operator, request).await?;
         }
         let (secret, stored) = auth::generate(Some(user.clone()), "bench".into());
         store.add_key(&stored).await?;
@@ -72,7 +70,6 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let settings = crate::http::Settings {
-        default_user: crate::config::DEFAULT_USER.into(),
         auth: AuthMode::Keys,
         allowed_hosts: vec!["127.0.0.1".into()],
         allowed_origins: Vec::new(),
@@ -89,17 +86,14 @@ pub async fn run(
     let mut queries = Generator::new(23);
     let mut local = Vec::with_capacity(requests.min(2000));
     for i in 0..requests.min(2000) {
-        let scope = Scope::new(&keys[i % USERS].0, None, None)?;
+        let request = RecallParams {
+            query: queries.query(),
+            user_id: Some(keys[i % USERS].0.clone()),
+            limit: Some(10),
+            ..RecallParams::default()
+        };
         let t = Instant::now();
-        service
-            .recall(RecallRequest {
-                scope,
-                query: queries.query(),
-                limit: Some(10),
-                filters: None,
-                min_score: None,
-            })
-            .await?;
+        service.recall(&Principal::Operator, request).await?;
         local.push(t.elapsed());
     }
     local.sort();

@@ -22,10 +22,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Principal;
 use crate::embed::{Embedder, HashEmbedder, dot};
 use crate::extract::VerbatimExtractor;
 use crate::model::{Event, MemoryId, MetadataFilter, Scope};
-use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::params::{RecallParams, RememberParams};
+use crate::service::{MemoryService, Settings};
 use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store};
 use sqlx::PgPool;
 use text::Generator;
@@ -244,28 +246,27 @@ struct OneUser {
 }
 
 /// A remember of one generated memory for the bench user, under agent `i % 4`.
-fn remember_request(words: &mut Generator, i: usize) -> (String, RememberRequest) {
+fn remember_request(words: &mut Generator, i: usize) -> (String, RememberParams) {
     let text = words.memory();
-    let req = RememberRequest {
-        scope: agent_scope(i),
+    let req = RememberParams {
         text: Some(text.clone()),
-        messages: None,
-        metadata: None,
-        infer: true,
+        user_id: Some(BENCH_USER.into()),
+        agent_id: Some(agent(i)),
+        ..RememberParams::default()
     };
     (text, req)
 }
 
+/// The one user of the single-user workloads.
+const BENCH_USER: &str = "bench-user";
+
 fn user_scope() -> Scope {
-    Scope::user("bench-user")
+    Scope::user(BENCH_USER)
 }
 
 /// Memories are spread over four agents; one column narrows recall to one.
-fn agent_scope(i: usize) -> Scope {
-    Scope {
-        agent_id: Some(format!("agent-{}", i % 4)),
-        ..user_scope()
-    }
+fn agent(i: usize) -> String {
+    format!("agent-{}", i % 4)
 }
 
 impl OneUser {
@@ -314,7 +315,7 @@ impl OneUser {
             let first_call = calls;
             while stored < single_until {
                 let (text, req) = remember_request(&mut words, calls);
-                let result = self.service.remember(req).await?;
+                let result = self.service.remember(&Principal::Operator, req).await?;
                 calls += 1;
                 for r in &result.results {
                     if r.event == Event::Add {
@@ -377,7 +378,7 @@ impl OneUser {
         count: usize,
         reference: &mut Vec<(MemoryId, Vec<f32>)>,
     ) -> Result<(f64, usize, usize), Box<dyn std::error::Error>> {
-        let requests: Vec<(String, RememberRequest)> = (0..count)
+        let requests: Vec<(String, RememberParams)> = (0..count)
             .map(|i| remember_request(words, *calls + i))
             .collect();
         *calls += count;
@@ -391,7 +392,7 @@ impl OneUser {
                 loop {
                     let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                     let Some((text, req)) = next else { break };
-                    let result = service.remember(req).await?;
+                    let result = service.remember(&Principal::Operator, req).await?;
                     done.push((text, result));
                 }
                 Ok::<_, crate::error::Error>(done)
@@ -431,19 +432,16 @@ impl OneUser {
             None => None,
         };
         for query in queries {
-            for (scope, times) in [
-                (scope.clone(), &mut m.recall),
-                (agent_scope(1), &mut m.narrowed),
-            ] {
-                let req = RecallRequest {
-                    scope,
+            for (agent_id, times) in [(None, &mut m.recall), (Some(agent(1)), &mut m.narrowed)] {
+                let req = RecallParams {
                     query: query.clone(),
+                    user_id: Some(BENCH_USER.into()),
+                    agent_id,
                     limit: Some(10),
-                    filters: None,
-                    min_score: None,
+                    ..RecallParams::default()
                 };
                 let t = Instant::now();
-                std::hint::black_box(self.service.recall(req).await?);
+                std::hint::black_box(self.service.recall(&Principal::Operator, req).await?);
                 times.push(t.elapsed());
             }
 
@@ -525,11 +523,8 @@ fn found_among(hits: &[Hit], exact: &[Hit]) -> usize {
 /// measure the fallback by accident).
 fn settings() -> Settings {
     Settings {
-        dedup_threshold: crate::config::DEFAULT_DEDUP_THRESHOLD,
-        reconcile_threshold: crate::config::DEFAULT_RECONCILE_THRESHOLD,
-        max_text_bytes: crate::config::DEFAULT_MAX_TEXT_BYTES,
-        cache_ttl: Duration::from_secs(crate::config::DEFAULT_CACHE_TTL_SECS),
         on_llm_error: crate::config::OnLlmError::Fail,
+        ..Settings::default()
     }
 }
 

@@ -29,15 +29,17 @@ use serde_json::{Value, json};
 
 use super::text::Generator;
 use super::{ms, percentile};
+use crate::auth::Principal;
 use crate::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder};
 use crate::embed::{OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{
     DEFAULT_CATEGORIES, Decided, ExtractError, Extracted, Extractor, Known, LlmExtractor,
     LlmSettings,
 };
-use crate::model::{Fact, Input, Message, Scope};
+use crate::model::{Fact, Input, Message};
 use crate::openai::Endpoint;
-use crate::service::{MemoryService, RememberRequest};
+use crate::params::RememberParams;
+use crate::service::MemoryService;
 use crate::store::Store;
 
 pub type BenchError = Box<dyn std::error::Error>;
@@ -287,7 +289,6 @@ where
          one user, stand-in model server at {base_url} answering at once"
     );
 
-    let scope = Scope::new("bench-user", None, None)?;
     let mut texts = Generator::new(7);
     let (mut walls, mut models, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
     let (mut calls, mut prompt, mut completion, mut facts) = (0u64, 0u64, 0u64, 0usize);
@@ -301,19 +302,17 @@ where
             _ => texts.memory(),
         };
         said.push(first.clone());
-        let request = RememberRequest {
-            scope: scope.clone(),
-            text: None,
+        let request = RememberParams {
             messages: Some(vec![
                 Message::new("user", first),
                 Message::new("assistant", "Noted, thanks for telling me."),
                 Message::new("user", texts.memory()),
             ]),
-            metadata: None,
-            infer: true,
+            user_id: Some(super::BENCH_USER.into()),
+            ..RememberParams::default()
         };
         let started = Instant::now();
-        let result = service.remember(request).await?;
+        let result = service.remember(&Principal::Operator, request).await?;
         let wall = started.elapsed();
         let model = spent.take();
         walls.push(wall);

@@ -32,11 +32,13 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::Serialize;
 
+use crate::auth::Principal;
 use crate::config::{Config, EmbedderKind, OnLlmError};
 use crate::embed::Embedder;
 use crate::extract::VerbatimExtractor;
 use crate::model::{MemoryId, Metadata, MetadataFilter, Scope};
-use crate::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use crate::params::{RecallParams, RememberParams};
+use crate::service::{MemoryService, Settings};
 use crate::store::{Hit, SearchScope, Store};
 
 use locomo::{Conversation, Question, Turn};
@@ -287,6 +289,7 @@ fn settings(config: &Config) -> Settings {
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(config.cache_ttl_secs),
         on_llm_error: OnLlmError::Fail,
+        ..Settings::default()
     }
 }
 
@@ -330,13 +333,16 @@ async fn remember(
     let mut metadata = Metadata::new();
     metadata.insert("dia_id".into(), turn.dia_id.clone().into());
     let result = service
-        .remember(RememberRequest {
-            scope: at.scope.clone(),
-            text: Some(turn.memory_text()),
-            messages: None,
-            metadata: Some(metadata),
-            infer: false,
-        })
+        .remember(
+            &Principal::Operator,
+            RememberParams {
+                text: Some(turn.memory_text()),
+                user_id: Some(at.scope.user_id.clone()),
+                metadata: Some(metadata),
+                infer: Some(false),
+                ..RememberParams::default()
+            },
+        )
         .await
         .map_err(|e| failed(e.to_string()))?;
     match result.results.as_slice() {
@@ -374,14 +380,17 @@ async fn query(
             };
             let started = Instant::now();
             let recalled = service
-                .recall(RecallRequest {
-                    scope: s.scope.clone(),
-                    query: q.question.clone(),
-                    limit: Some(TOP as i64),
-                    filters: None,
-                    // Always the top 10, however low they score.
-                    min_score: None,
-                })
+                .recall(
+                    &Principal::Operator,
+                    RecallParams {
+                        query: q.question.clone(),
+                        user_id: Some(s.scope.user_id.clone()),
+                        limit: Some(TOP as i64),
+                        // Always the top 10, however low they score.
+                        min_score: None,
+                        ..RecallParams::default()
+                    },
+                )
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             let latency = started.elapsed();

@@ -1,8 +1,8 @@
 //! The REST API, `/api/v1/memory/...`: the same service as the MCP tools,
-//! for services that speak plain HTTP. Each handler resolves the acting user
-//! through the caller's [`Principal`] (a user key acts for its own user
-//! only: naming another one is 403), calls one service method and answers
-//! JSON; every error is `application/problem+json` ([`Problem`]).
+//! for services that speak plain HTTP. Each handler hands the caller's
+//! [`Principal`] and the request to one service method (which resolves the
+//! acting user: a user key naming another user is 403) and answers JSON;
+//! every error is `application/problem+json` ([`Problem`]).
 //!
 //! Routes (the OpenAPI document in [`super::openapi`] lists the same):
 //! `POST /` remember, `POST /search`, `GET /context/{user_id}`,
@@ -18,18 +18,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::problem::Problem;
 use crate::auth::Principal;
 use crate::context::UserContext;
-use crate::model::{MemoryId, Scope};
-use crate::params::{RecallParams, RememberParams};
+use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::service::{
-    ForgetResult, ForgetTarget, MemoryDetail, MemoryService, RecallRequest, RecallResult,
-    RememberRequest, RememberResult,
+    ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult, RememberResult,
 };
-use crate::store::{HistoryEntry, UserStats};
+use crate::store::UserStats;
 
 /// Where the API lives.
 pub const BASE: &str = "/api/v1/memory";
@@ -37,13 +35,6 @@ pub const BASE: &str = "/api/v1/memory";
 #[derive(Clone)]
 pub struct Api {
     pub service: Arc<MemoryService>,
-    pub default_user: String,
-}
-
-impl Api {
-    fn user(&self, principal: &Principal, requested: Option<&str>) -> Result<String, Problem> {
-        Ok(principal.acting_user(requested, &self.default_user)?)
-    }
 }
 
 type Answer<T> = Result<Json<T>, Problem>;
@@ -69,13 +60,13 @@ pub struct OwnerQuery {
     pub user_id: Option<String>,
 }
 
-/// `GET /{memory_id}/history`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct HistoryResult {
-    pub user_id: String,
-    pub memory_id: MemoryId,
-    /// Every change, oldest first.
-    pub history: Vec<HistoryEntry>,
+impl OwnerQuery {
+    fn of(self, memory_id: String) -> MemoryRef {
+        MemoryRef {
+            memory_id,
+            user_id: self.user_id,
+        }
+    }
 }
 
 /// The routes, each behind the REST gate (added by the caller).
@@ -101,70 +92,53 @@ pub fn router(api: Api) -> Router {
 
 async fn remember(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Json(p): Json<RememberParams>,
 ) -> Answer<RememberResult> {
-    let user = api.user(&principal, p.user_id.as_deref())?;
-    let scope = Scope::new(&user, p.agent_id.as_deref(), p.run_id.as_deref())?;
-    let request = RememberRequest {
-        scope,
-        text: p.text,
-        messages: p.messages,
-        metadata: p.metadata,
-        infer: p.infer.unwrap_or(true),
-    };
-    Ok(Json(api.service.remember(request).await?))
+    Ok(Json(api.service.remember(&caller, p).await?))
 }
 
 async fn search(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Json(p): Json<RecallParams>,
 ) -> Answer<RecallResult> {
-    let user = api.user(&principal, p.user_id.as_deref())?;
-    let scope = Scope::new(&user, p.agent_id.as_deref(), p.run_id.as_deref())?;
-    let request = RecallRequest {
-        scope,
-        query: p.query,
-        limit: p.limit,
-        filters: p.filters,
-        min_score: p.min_score,
-    };
-    Ok(Json(api.service.recall(request).await?))
+    Ok(Json(api.service.recall(&caller, p).await?))
 }
 
 async fn context(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
     Query(q): Query<ContextQuery>,
 ) -> Answer<UserContext> {
-    let user = api.user(&principal, Some(&user_id))?;
-    let scope = Scope::new(&user, q.agent_id.as_deref(), q.run_id.as_deref())?;
-    Ok(Json(
-        api.service.user_context(&scope, q.limit, q.query).await?,
-    ))
+    let p = UserContextParams {
+        user_id: Some(user_id),
+        agent_id: q.agent_id,
+        run_id: q.run_id,
+        limit: q.limit,
+        query: q.query,
+    };
+    Ok(Json(api.service.user_context(&caller, p).await?))
 }
 
 async fn stats(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
 ) -> Answer<UserStats> {
-    let user = api.user(&principal, Some(&user_id))?;
-    Ok(Json(api.service.stats(&user).await?))
+    Ok(Json(api.service.stats(&caller, Some(&user_id)).await?))
 }
 
 async fn export(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
 ) -> Result<Response, Problem> {
-    let user = api.user(&principal, Some(&user_id))?;
-    let export = api.service.export(&user).await?;
+    let export = api.service.export(&caller, Some(&user_id)).await?;
     let disposition = format!(
         "attachment; filename=\"engram-export-{}.json\"",
-        user.replace(
+        export.user_id.replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
             "_"
         )
@@ -174,53 +148,49 @@ async fn export(
 
 async fn forget_user(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
 ) -> Answer<ForgetResult> {
-    let user = api.user(&principal, Some(&user_id))?;
-    Ok(Json(
-        api.service.forget(&user, ForgetTarget::AllOfUser).await?,
-    ))
+    let p = ForgetParams {
+        user_id: Some(user_id),
+        all: Some(true),
+        memory_id: None,
+    };
+    Ok(Json(api.service.forget(&caller, p).await?))
 }
 
 async fn get_memory(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
     Query(owner): Query<OwnerQuery>,
 ) -> Answer<MemoryDetail> {
-    let user = api.user(&principal, owner.user_id.as_deref())?;
-    let id = MemoryId::parse("memory_id", &memory_id)?;
-    Ok(Json(api.service.get(&user, id).await?))
+    Ok(Json(api.service.get(&caller, owner.of(memory_id)).await?))
 }
 
 async fn history(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
     Query(owner): Query<OwnerQuery>,
 ) -> Answer<HistoryResult> {
-    let user = api.user(&principal, owner.user_id.as_deref())?;
-    let id = MemoryId::parse("memory_id", &memory_id)?;
-    let history = api.service.history(&user, id).await?;
-    Ok(Json(HistoryResult {
-        user_id: user,
-        memory_id: id,
-        history,
-    }))
+    Ok(Json(
+        api.service.history(&caller, owner.of(memory_id)).await?,
+    ))
 }
 
 async fn forget_memory(
     State(api): State<Api>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
     Query(owner): Query<OwnerQuery>,
 ) -> Answer<ForgetResult> {
-    let user = api.user(&principal, owner.user_id.as_deref())?;
-    let id = MemoryId::parse("memory_id", &memory_id)?;
-    Ok(Json(
-        api.service.forget(&user, ForgetTarget::One(id)).await?,
-    ))
+    let p = ForgetParams {
+        memory_id: Some(memory_id),
+        user_id: owner.user_id,
+        all: None,
+    };
+    Ok(Json(api.service.forget(&caller, p).await?))
 }
 
 /// Turns every error response of the API that is not already a problem

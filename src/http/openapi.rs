@@ -10,11 +10,11 @@ use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use super::api::{BASE, ContextQuery, HistoryResult, OwnerQuery};
+use super::api::{BASE, ContextQuery, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
 use crate::params::{RecallParams, RememberParams};
-use crate::service::{ForgetResult, MemoryDetail, RecallResult, RememberResult};
+use crate::service::{ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult};
 use crate::store::{UserExport, UserStats};
 
 static DOCUMENT: LazyLock<Value> = LazyLock::new(build);

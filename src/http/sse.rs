@@ -49,16 +49,14 @@ struct Session {
 pub struct Sessions {
     open: Arc<Mutex<HashMap<String, Session>>>,
     service: Arc<MemoryService>,
-    default_user: String,
     stop: CancellationToken,
 }
 
 impl Sessions {
-    pub fn new(service: Arc<MemoryService>, default_user: String, stop: CancellationToken) -> Self {
+    pub fn new(service: Arc<MemoryService>, stop: CancellationToken) -> Self {
         Self {
             open: Arc::default(),
             service,
-            default_user,
             stop,
         }
     }
@@ -98,11 +96,7 @@ pub async fn open(
     sessions.with_map(|m| m.insert(id.clone(), session));
 
     let handler_stop = sessions.stop.child_token();
-    let handler = EngramMcp::new(
-        sessions.service.clone(),
-        sessions.default_user.clone(),
-        Caller::Fixed(principal),
-    );
+    let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal));
     let incoming = Box::pin(futures::stream::unfold(from_client, |mut rx| async move {
         rx.recv().await.map(|m| (m, rx))
     }));

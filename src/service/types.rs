@@ -1,5 +1,5 @@
-//! What the service's flows take and give: requests as the doors build them
-//! (validated by the service, not here) and results as they serialise.
+//! What the service's flows give, as it serialises. (What they take is
+//! [`crate::params`]: the arguments both doors accept.)
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -7,18 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::extract::Usage;
-use crate::model::{Event, Memory, MemoryId, Message, Metadata, Scope};
-
-/// `remember`: text or a conversation, for one scope.
-#[derive(Debug, Clone)]
-pub struct RememberRequest {
-    pub scope: Scope,
-    pub text: Option<String>,
-    pub messages: Option<Vec<Message>>,
-    pub metadata: Option<Metadata>,
-    /// False stores the text as given, without the extractor.
-    pub infer: bool,
-}
+use crate::model::{Event, Memory, MemoryId};
+use crate::store::HistoryEntry;
 
 /// What happened to one fact.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -60,17 +50,6 @@ pub struct RememberResult {
     pub deferred: Option<Deferred>,
 }
 
-/// `recall`: a query within a scope.
-#[derive(Debug, Clone)]
-pub struct RecallRequest {
-    pub scope: Scope,
-    pub query: String,
-    pub limit: Option<i64>,
-    pub filters: Option<Metadata>,
-    /// Leave out results scoring below this (0..=1); `None`: up to `limit` results.
-    pub min_score: Option<f64>,
-}
-
 /// A recalled memory with its scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScoredMemory {
@@ -110,13 +89,6 @@ pub struct MemoryDetail {
     pub valid_to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// What `forget` removes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ForgetTarget {
-    One(MemoryId),
-    AllOfUser,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ForgetResult {
     pub user_id: String,
@@ -140,4 +112,13 @@ pub struct Deferred {
     /// False when the embedder failed too: the text is kept, but recall
     /// finds it only after `engram reextract` has run.
     pub searchable: bool,
+}
+
+/// A memory's history, for its owner.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HistoryResult {
+    pub user_id: String,
+    pub memory_id: MemoryId,
+    /// Every change, oldest first.
+    pub history: Vec<HistoryEntry>,
 }

@@ -3,7 +3,8 @@
 //! refused with [`Error::InvalidInput`] naming the argument and what is accepted.
 
 use crate::error::Error;
-use crate::model::{Input, Message, normalize_date};
+use crate::model::{Input, MemoryId, Message, normalize_date};
+use crate::params::ForgetParams;
 
 /// Most results a recall or a context may ask for.
 pub const MAX_LIMIT: usize = 100;
@@ -129,6 +130,28 @@ pub fn min_score(raw: Option<f64>) -> Result<f32, Error> {
         Some(x) => Err(Error::invalid(
             "min_score",
             format!("{x} is out of range; accepted 0..=1 (scores are on that scale)"),
+        )),
+    }
+}
+
+/// What a forget deletes: `Some(id)` one memory, `None` every memory of the
+/// user, which must then be named explicitly (never a default) with `all: true`.
+pub(super) fn forget_target(req: &ForgetParams) -> Result<Option<MemoryId>, Error> {
+    match (req.memory_id.as_deref(), req.all.unwrap_or(false)) {
+        (Some(_), true) => Err(Error::invalid(
+            "memory_id",
+            "give either `memory_id` or `all: true`, not both",
+        )),
+        (Some(raw), false) => Ok(Some(MemoryId::parse("memory_id", raw)?)),
+        (None, true) if req.user_id.is_none() => Err(Error::invalid(
+            "user_id",
+            "deleting all memories needs `user_id` given explicitly, with `all: true`",
+        )),
+        (None, true) => Ok(None),
+        (None, false) => Err(Error::invalid(
+            "memory_id",
+            "say what to forget: {memory_id} for one memory, or {user_id, all: true} \
+             for all of a user's",
         )),
     }
 }

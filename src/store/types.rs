@@ -9,13 +9,14 @@ use serde::Serialize;
 use super::StoreError;
 use crate::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 
-/// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`, `DELETE`).
+/// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`). The
+/// schema also allows `DELETE`, which nothing writes: a forgotten memory's
+/// history goes with it.
 pub(super) fn parse_event(raw: &str) -> Result<Event, StoreError> {
     Ok(match raw {
         "ADD" => Event::Add,
         "UPDATE" => Event::Update,
         "SUPERSEDE" => Event::Supersede,
-        "DELETE" => Event::Delete,
         other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
     })
 }

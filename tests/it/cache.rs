@@ -19,15 +19,15 @@ use common::postgres::TestDatabase;
 use common::proxy::{Mode, Proxy};
 use common::redis::{Peek, PrivateRedis, shared_url, unique_prefix};
 use common::{Client, connect_with, ok, texts};
+use engram::auth::Principal;
 use engram::cache::user_key;
 use engram::config::DEFAULT_CACHE_TTL_SECS;
 use engram::context::UserContext;
 use engram::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder, calibration};
 use engram::extract::VerbatimExtractor;
-use engram::model::{Event, MemoryId, Metadata, Scope};
-use engram::service::{
-    ForgetTarget, MemoryService, RecallRequest, RecallResult, RememberRequest, Settings,
-};
+use engram::model::{Event, MemoryId, Metadata};
+use engram::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
+use engram::service::{MemoryService, RecallResult, Settings};
 use engram::{Config, startup};
 use serde_json::json;
 
@@ -118,6 +118,7 @@ async fn service(
         max_text_bytes: config.max_text_bytes,
         cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
         on_llm_error: engram::config::OnLlmError::Fail,
+        ..Settings::default()
     };
     Arc::new(
         MemoryService::new(store, embedder, Arc::new(VerbatimExtractor), settings)
@@ -158,19 +159,51 @@ async fn uncached(db: &str) -> Arc<MemoryService> {
     service(db, None, Arc::new(HashEmbedder::new(DIMS))).await
 }
 
-fn scope(user: &str) -> Scope {
-    Scope::new(user, None, None).unwrap()
+/// The caller of every call here: the operator, as on stdio.
+const ME: &Principal = &Principal::Operator;
+
+/// Where a recall looks: a user, narrowed to an agent or not.
+struct At<'a>(&'a str, Option<&'a str>);
+
+fn scope(user: &str) -> At<'_> {
+    At(user, None)
+}
+
+fn forget_one(user: &str, id: MemoryId) -> ForgetParams {
+    ForgetParams {
+        memory_id: Some(id.to_string()),
+        user_id: Some(user.into()),
+        all: None,
+    }
+}
+
+fn forget_all(user: &str) -> ForgetParams {
+    ForgetParams {
+        user_id: Some(user.into()),
+        all: Some(true),
+        memory_id: None,
+    }
+}
+
+fn context_of(user: &str, limit: i64, focus: Option<&str>) -> UserContextParams {
+    UserContextParams {
+        user_id: Some(user.into()),
+        limit: Some(limit),
+        query: focus.map(str::to_owned),
+        ..UserContextParams::default()
+    }
 }
 
 async fn remember(s: &MemoryService, user: &str, text: &str) -> (MemoryId, Event) {
     let r = s
-        .remember(RememberRequest {
-            scope: scope(user),
-            text: Some(text.into()),
-            messages: None,
-            metadata: None,
-            infer: true,
-        })
+        .remember(
+            ME,
+            RememberParams {
+                text: Some(text.into()),
+                user_id: Some(user.into()),
+                ..RememberParams::default()
+            },
+        )
         .await
         .unwrap();
     (r.results[0].id, r.results[0].event)
@@ -178,20 +211,20 @@ async fn remember(s: &MemoryService, user: &str, text: &str) -> (MemoryId, Event
 
 async fn recall_with(
     s: &MemoryService,
-    at: Scope,
+    at: At<'_>,
     query: &str,
     limit: i64,
     filters: Option<Metadata>,
 ) -> RecallResult {
-    s.recall(RecallRequest {
-        scope: at,
+    let request = RecallParams {
         query: query.into(),
+        user_id: Some(at.0.into()),
+        agent_id: at.1.map(str::to_owned),
         limit: Some(limit),
         filters,
-        min_score: None,
-    })
-    .await
-    .unwrap()
+        ..RecallParams::default()
+    };
+    s.recall(ME, request).await.unwrap()
 }
 
 async fn recall(s: &MemoryService, user: &str, query: &str) -> RecallResult {
@@ -205,7 +238,9 @@ fn memories(r: &RecallResult) -> Vec<String> {
 }
 
 async fn context(s: &MemoryService, user: &str) -> UserContext {
-    s.user_context(&scope(user), Some(100), None).await.unwrap()
+    s.user_context(ME, context_of(user, 100, None))
+        .await
+        .unwrap()
 }
 
 async fn repeated_recalls_and_contexts_come_from_the_cache(db: Db) {
@@ -240,7 +275,7 @@ async fn repeated_recalls_and_contexts_come_from_the_cache(db: Db) {
     )
     .await;
     assert!(filtered.results.is_empty());
-    let agent = Scope::new("alice", Some("travel"), None).unwrap();
+    let agent = At("alice", Some("travel"));
     assert!(
         recall_with(&s, agent, "flights to Lisbon", 100, None)
             .await
@@ -258,7 +293,7 @@ async fn repeated_recalls_and_contexts_come_from_the_cache(db: Db) {
     assert_eq!(c1.total, 3);
     assert_eq!(c1, context(&plain, "alice").await);
     let focused = s
-        .user_context(&scope("alice"), Some(2), Some("peanuts".into()))
+        .user_context(ME, context_of("alice", 2, Some("peanuts")))
         .await
         .unwrap();
     assert_eq!(focused.memories[0].memory, "Allergic to peanuts");
@@ -292,13 +327,13 @@ async fn every_write_ends_the_cached_entries(db: Db) {
     assert_eq!(context(&s, "alice").await.total, 3);
 
     // forget one
-    s.forget("alice", ForgetTarget::One(lisbon)).await.unwrap();
+    s.forget(ME, forget_one("alice", lisbon)).await.unwrap();
     let after = memories(&recall(&s, "alice", q).await);
     assert!(!after.contains(&"Lives in Lisbon".to_owned()), "{after:?}");
     assert_eq!(context(&s, "alice").await.total, 2);
 
     // forget all, then start again
-    s.forget("alice", ForgetTarget::AllOfUser).await.unwrap();
+    s.forget(ME, forget_all("alice")).await.unwrap();
     assert!(recall(&s, "alice", q).await.results.is_empty());
     assert_eq!(context(&s, "alice").await.total, 0);
     remember(&s, "alice", "Lives in Lisbon").await;
@@ -327,7 +362,7 @@ async fn forget_leaves_no_key_of_the_user(db: Db) {
     assert_eq!(peek.hash_fields(&alice).await.len(), 2);
 
     // One memory: every entry goes; a floor stays to refuse late writers.
-    s.forget("alice", ForgetTarget::One(first)).await.unwrap();
+    s.forget(ME, forget_one("alice", first)).await.unwrap();
     assert_eq!(peek.hash_fields(&alice).await, ["~floor"]);
     assert_eq!(
         memories(&recall(&s, "alice", "collects").await),
@@ -340,7 +375,7 @@ async fn forget_leaves_no_key_of_the_user(db: Db) {
     );
 
     // Everything: no key of alice's is left; bob's are untouched.
-    s.forget("alice", ForgetTarget::AllOfUser).await.unwrap();
+    s.forget(ME, forget_all("alice")).await.unwrap();
     assert_eq!(
         peek.keys(&format!("{prefix}*")).await,
         std::slice::from_ref(&bob)
@@ -377,7 +412,7 @@ async fn query_embeddings_of_remote_embedders_are_cached(db: Db) {
     recall(&s, "alice", "coffee order").await;
     recall_with(&s, scope("alice"), "coffee order", 3, None).await;
     recall(&s, "bob", "coffee order").await;
-    s.user_context(&scope("alice"), Some(5), Some("coffee order".into()))
+    s.user_context(ME, context_of("alice", 5, Some("coffee order")))
         .await
         .unwrap();
     // The first search also measures the embedder's floor (one query per
@@ -505,7 +540,7 @@ async fn two_services_on_one_database_and_cache_stay_coherent() {
             assert_eq!(context(s, "alice").await.total, expected.len() as u64);
         }
         if i % 5 == 4 {
-            reader.forget("alice", ForgetTarget::One(id)).await.unwrap();
+            reader.forget(ME, forget_one("alice", id)).await.unwrap();
             expected.retain(|t| t != &format!("Visited city number {i} on the grand tour"));
             for s in [writer, reader] {
                 assert_eq!(
@@ -543,7 +578,7 @@ async fn a_killed_cache_is_survived_and_used_again_when_it_returns() {
         assert!(memories(&got).contains(&format!("Ran race number {i} this year")));
         assert_eq!(context(&s, "alice").await, context(&plain, "alice").await);
         if i % 3 == 0 {
-            s.forget("alice", ForgetTarget::One(id)).await.unwrap();
+            s.forget(ME, forget_one("alice", id)).await.unwrap();
             assert!(
                 !memories(&recall(&s, "alice", "race running").await)
                     .contains(&format!("Ran race number {i} this year"))
@@ -640,7 +675,7 @@ async fn purges_made_while_the_cache_hangs_are_replayed() {
     peek.command("CLIENT", vec!["PAUSE".into(), "3000".into(), "ALL".into()])
         .await;
     let started = Instant::now();
-    s.forget("alice", ForgetTarget::AllOfUser).await.unwrap();
+    s.forget(ME, forget_all("alice")).await.unwrap();
     assert!(recall(&s, "alice", "keeps").await.results.is_empty());
     assert_eq!(
         memories(&recall(&s, "bob", "keeps").await),
@@ -707,7 +742,7 @@ async fn a_flapping_cache_never_serves_stale_or_foreign_results() {
             0 if written.get(user).is_some_and(|ids| !ids.is_empty()) => {
                 let ids = written.get_mut(user).unwrap();
                 let id = ids.remove((rng() as usize) % ids.len());
-                writer.forget(user, ForgetTarget::One(id)).await.unwrap();
+                writer.forget(ME, forget_one(user, id)).await.unwrap();
             }
             _ => {
                 let text = format!("{user} noted fact {step} about the garden");

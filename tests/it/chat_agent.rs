@@ -13,6 +13,7 @@ use engram::embed::{HashEmbedder, OpenAiEmbedder, OpenAiSettings};
 use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
 use engram::model::Scope;
 use engram::openai::Endpoint;
+use engram::params::UserContextParams;
 use engram::service::{MemoryService, Settings};
 use engram::store::SqliteStore;
 
@@ -48,12 +49,22 @@ async fn memory(
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
             on_llm_error: engram::config::OnLlmError::Fail,
+            ..Settings::default()
         },
     ))
 }
 
 fn me() -> Scope {
     Scope::new("me", None, None).unwrap()
+}
+
+/// Everything stored for the agent's user, most recent first.
+async fn stored_context(memory: &MemoryService) -> engram::context::UserContext {
+    let request = UserContextParams {
+        user_id: Some("me".into()),
+        ..UserContextParams::default()
+    };
+    memory.user_context(common::ME, request).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +83,7 @@ async fn replies_use_what_earlier_turns_left_in_memory() {
     let first = agent.reply("I am vegetarian").await.unwrap();
     assert_eq!(first, "You said: I am vegetarian. I remember: nothing");
     agent.finish().await;
-    let stored = memory.user_context(&me(), None, None).await.unwrap();
+    let stored = stored_context(&memory).await;
     assert_eq!(
         stored.memories[0].memory, "I am vegetarian",
         "the exchange was remembered"
@@ -126,7 +137,7 @@ async fn the_loop_answers_each_line_until_quit_and_remembers_before_returning() 
     assert_eq!(lines.len(), 2, "{output}");
     assert!(lines[0].starts_with("You said: My dog is called Rex."));
     assert!(lines[1].starts_with("You said: I live in Ghent."));
-    let total = memory.user_context(&me(), None, None).await.unwrap().total;
+    let total = stored_context(&memory).await.total;
     assert_eq!(
         total, 2,
         "both exchanges remembered by the time run returns"
@@ -162,8 +173,5 @@ async fn a_failing_memory_never_stops_the_chat() {
         assert_eq!(reply, format!("You said: {text}. I remember: nothing"));
     }
     agent.finish().await;
-    assert_eq!(
-        memory.user_context(&me(), None, None).await.unwrap().total,
-        0
-    );
+    assert_eq!(stored_context(&memory).await.total, 0);
 }

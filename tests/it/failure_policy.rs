@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_openai::{FakeOpenAi, Reply};
-use common::{connect_with, current, ok, run_engram, texts};
+use common::{ME, connect_with, current, ok, run_engram, texts};
 use engram::config::OnLlmError;
 use engram::embed::{Embedder, OpenAiEmbedder, OpenAiSettings};
 use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
-use engram::model::{Event, Message, Scope};
+use engram::model::{Event, Message};
 use engram::openai::Endpoint;
-use engram::service::{MemoryService, RecallRequest, RememberRequest, Settings};
+use engram::params::{ForgetParams, RecallParams, RememberParams};
+use engram::service::{MemoryService, Settings};
 use engram::store::SqliteStore;
 use serde_json::{Value, json};
 
@@ -84,26 +85,21 @@ async fn service_with(
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
             on_llm_error: policy,
+            ..Settings::default()
         },
     )
 }
 
-fn alice() -> Scope {
-    Scope::new("alice", None, None).unwrap()
-}
-
-fn said(messages: &[(&str, &str)]) -> RememberRequest {
-    RememberRequest {
-        scope: alice(),
-        text: None,
+fn said(messages: &[(&str, &str)]) -> RememberParams {
+    RememberParams {
         messages: Some(
             messages
                 .iter()
                 .map(|(role, content)| Message::new(*role, *content))
                 .collect(),
         ),
-        metadata: None,
-        infer: true,
+        user_id: Some("alice".into()),
+        ..RememberParams::default()
     }
 }
 
@@ -121,19 +117,19 @@ fn answer() -> Reply {
 }
 
 async fn recall(s: &MemoryService, query: &str) -> Vec<String> {
-    s.recall(RecallRequest {
-        scope: alice(),
+    let request = RecallParams {
         query: query.into(),
+        user_id: Some("alice".into()),
         limit: Some(5),
-        filters: None,
-        min_score: None,
-    })
-    .await
-    .unwrap()
-    .results
-    .into_iter()
-    .map(|r| r.memory.memory)
-    .collect()
+        ..RecallParams::default()
+    };
+    s.recall(ME, request)
+        .await
+        .unwrap()
+        .results
+        .into_iter()
+        .map(|r| r.memory.memory)
+        .collect()
 }
 
 #[tokio::test]
@@ -144,7 +140,7 @@ async fn fail_refuses_with_the_models_error_and_stores_nothing() {
 
     fake.then(server_error());
     let err = s
-        .remember(said(&[("user", "I live in Lisbon")]))
+        .remember(ME, said(&[("user", "I live in Lisbon")]))
         .await
         .unwrap_err()
         .to_string();
@@ -153,12 +149,12 @@ async fn fail_refuses_with_the_models_error_and_stores_nothing() {
     // The chat model answers, the embedder does not: still nothing stored.
     fake.then(answer()).then(server_error());
     let err = s
-        .remember(said(&[("user", "I live in Lisbon")]))
+        .remember(ME, said(&[("user", "I live in Lisbon")]))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("embedd"), "{err}");
-    assert!(current(&s, &alice()).await.is_empty());
+    assert!(current(&s, "alice").await.is_empty());
     assert_eq!(
         s.reextract(10).await.unwrap().remaining,
         0,
@@ -200,7 +196,7 @@ async fn a_rate_limit_is_waited_out_and_a_slow_model_times_out() {
     });
     let started = std::time::Instant::now();
     let done = s
-        .remember(said(&[("user", "I fly to Tokyo in March")]))
+        .remember(ME, said(&[("user", "I fly to Tokyo in March")]))
         .await
         .unwrap();
     assert_eq!(done.results[0].memory, "I fly to Tokyo in March");
@@ -215,13 +211,13 @@ async fn a_rate_limit_is_waited_out_and_a_slow_model_times_out() {
         fake.then(Reply::Delay(Duration::from_secs(2)));
     }
     let err = plain
-        .remember(said(&[("user", "I work as a nurse")]))
+        .remember(ME, said(&[("user", "I work as a nurse")]))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("did not answer within"), "{err}");
     assert!(err.contains("ENGRAM_LLM_TIMEOUT_SECS"), "{err}");
-    assert!(current(&plain, &alice()).await.is_empty());
+    assert!(current(&plain, "alice").await.is_empty());
 }
 
 /// The chat model fails: every message is stored as said (searchable), the
@@ -235,11 +231,14 @@ async fn verbatim_keeps_the_text_and_reextract_replaces_it_with_facts() {
 
     fake.then(server_error());
     let kept = s
-        .remember(said(&[
-            ("user", "I live in Lisbon"),
-            ("assistant", "Lovely city!"),
-            ("user", "I fly to Tokyo tomorrow"),
-        ]))
+        .remember(
+            ME,
+            said(&[
+                ("user", "I live in Lisbon"),
+                ("assistant", "Lovely city!"),
+                ("user", "I fly to Tokyo tomorrow"),
+            ]),
+        )
         .await
         .unwrap();
     let deferred = kept.deferred.clone().expect("deferred");
@@ -276,7 +275,7 @@ async fn verbatim_keeps_the_text_and_reextract_replaces_it_with_facts() {
         "{facts:?}"
     );
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         [
             "Flies to Tokyo on the day after it was said",
             "Lives in Lisbon"
@@ -297,13 +296,13 @@ async fn verbatim_keeps_the_text_and_reextract_replaces_it_with_facts() {
     );
     // Every copy stays in history: replaced ones name their fact, the one
     // left over is closed by the re-extraction.
-    let history = s.history("alice", copies[0]).await.unwrap();
+    let history = common::history(&s, "alice", copies[0]).await;
     assert_eq!(history.last().unwrap().event, Event::Supersede);
     assert_eq!(
         history.last().unwrap().new_memory.as_deref(),
         Some("Lives in Lisbon")
     );
-    let history = s.history("alice", copies[2]).await.unwrap();
+    let history = common::history(&s, "alice", copies[2]).await;
     let last = history.last().unwrap();
     assert_eq!(last.event, Event::Supersede);
     assert_eq!(last.old_memory.as_deref(), Some("I fly to Tokyo tomorrow"));
@@ -323,11 +322,14 @@ async fn a_copy_that_already_says_the_fact_is_kept() {
     let s = service(&fake, &dir, OnLlmError::Verbatim).await;
     fake.then(server_error());
     let kept = s
-        .remember(said(&[
-            ("user", "I live in Lisbon"),
-            ("assistant", "Lovely city!"),
-            ("user", "I fly to Tokyo tomorrow"),
-        ]))
+        .remember(
+            ME,
+            said(&[
+                ("user", "I live in Lisbon"),
+                ("assistant", "Lovely city!"),
+                ("user", "I fly to Tokyo tomorrow"),
+            ]),
+        )
         .await
         .unwrap();
     // The fake extracts each user line as said.
@@ -342,7 +344,7 @@ async fn a_copy_that_already_says_the_fact_is_kept() {
         ]
     );
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         ["I fly to Tokyo tomorrow", "I live in Lisbon"],
         "the assistant's copy is closed"
     );
@@ -362,14 +364,14 @@ async fn an_embedder_outage_keeps_the_message_until_reextract() {
         .then(server_error())
         .then(server_error());
     let kept = s
-        .remember(said(&[("user", "I am allergic to peanuts")]))
+        .remember(ME, said(&[("user", "I am allergic to peanuts")]))
         .await
         .unwrap();
     let deferred = kept.deferred.expect("deferred");
     assert!(!deferred.searchable);
     assert!(deferred.pending_id.is_some());
     assert!(kept.results.is_empty());
-    assert!(current(&s, &alice()).await.is_empty());
+    assert!(current(&s, "alice").await.is_empty());
 
     // Still failing: the entry stays, with one more attempt.
     fake.then(server_error());
@@ -380,7 +382,7 @@ async fn an_embedder_outage_keeps_the_message_until_reextract() {
 
     let report = s.reextract(10).await.unwrap();
     assert_eq!(report.finished.len(), 1, "{report:?}");
-    assert_eq!(current(&s, &alice()).await, ["I am allergic to peanuts"]);
+    assert_eq!(current(&s, "alice").await, ["I am allergic to peanuts"]);
     assert_eq!(recall(&s, "peanuts").await, ["I am allergic to peanuts"]);
 }
 
@@ -393,18 +395,18 @@ async fn without_an_llm_an_embedder_outage_waits_for_reextract() {
     let s = service_with(&fake, &dir, OnLlmError::Verbatim, false).await;
     fake.then(server_error()).then(server_error());
     let kept = s
-        .remember(said(&[("user", "Vegetarian since 2019")]))
+        .remember(ME, said(&[("user", "Vegetarian since 2019")]))
         .await
         .unwrap();
     assert!(!kept.deferred.expect("deferred").searchable);
-    assert!(current(&s, &alice()).await.is_empty());
+    assert!(current(&s, "alice").await.is_empty());
     let report = s.reextract(10).await.unwrap();
     assert_eq!(
         (report.finished.len(), report.skipped),
         (1, 0),
         "{report:?}"
     );
-    assert_eq!(current(&s, &alice()).await, ["Vegetarian since 2019"]);
+    assert_eq!(current(&s, "alice").await, ["Vegetarian since 2019"]);
     assert_eq!(fake.requests_to(CHAT).len(), 0, "no chat model involved");
 }
 
@@ -418,22 +420,25 @@ async fn forgetting_a_kept_text_drops_its_reextraction() {
 
     fake.then(server_error());
     let kept = s
-        .remember(said(&[("user", "My PIN is 4321")]))
+        .remember(ME, said(&[("user", "My PIN is 4321")]))
         .await
         .unwrap();
-    s.forget(
-        "alice",
-        engram::service::ForgetTarget::One(kept.results[0].id),
-    )
-    .await
-    .unwrap();
+    let one = ForgetParams {
+        memory_id: Some(kept.results[0].id.to_string()),
+        user_id: Some("alice".into()),
+        ..ForgetParams::default()
+    };
+    s.forget(ME, one).await.unwrap();
     fake.then(server_error());
-    s.remember(said(&[("user", "My passport number is X123")]))
+    s.remember(ME, said(&[("user", "My passport number is X123")]))
         .await
         .unwrap();
-    s.forget("alice", engram::service::ForgetTarget::AllOfUser)
-        .await
-        .unwrap();
+    let all = ForgetParams {
+        user_id: Some("alice".into()),
+        all: Some(true),
+        ..ForgetParams::default()
+    };
+    s.forget(ME, all).await.unwrap();
 
     let asked = fake.requests_to(CHAT).len();
     let report = s.reextract(10).await.unwrap();
@@ -444,7 +449,7 @@ async fn forgetting_a_kept_text_drops_its_reextraction() {
         asked,
         "the model never saw them"
     );
-    assert!(current(&s, &alice()).await.is_empty());
+    assert!(current(&s, "alice").await.is_empty());
 }
 
 /// What was said before a newer memory never overrides it: the reconciler's
@@ -456,7 +461,7 @@ async fn an_older_fact_never_overrides_a_newer_memory() {
     let s = service(&fake, &dir, OnLlmError::Verbatim).await;
 
     fake.then(server_error());
-    s.remember(said(&[("user", "I live in Lisbon")]))
+    s.remember(ME, said(&[("user", "I live in Lisbon")]))
         .await
         .unwrap();
     // Later, with the model back: the move supersedes the kept copy.
@@ -469,11 +474,11 @@ async fn an_older_fact_never_overrides_a_newer_memory() {
             .to_string(),
     ));
     let moved = s
-        .remember(said(&[("user", "I moved to Berlin")]))
+        .remember(ME, said(&[("user", "I moved to Berlin")]))
         .await
         .unwrap();
     assert_eq!(moved.results[0].event, Event::Supersede, "{moved:?}");
-    assert_eq!(current(&s, &alice()).await, ["I live in Berlin"]);
+    assert_eq!(current(&s, "alice").await, ["I live in Berlin"]);
 
     // Re-extracting the older message: the model would supersede Berlin.
     fake.then(answer()).then(answer()).then(Reply::Content(
@@ -483,7 +488,7 @@ async fn an_older_fact_never_overrides_a_newer_memory() {
     let report = s.reextract(10).await.unwrap();
     assert_eq!(report.finished.len(), 1, "{report:?}");
     assert_eq!(report.finished[0].result.results[0].event, Event::None);
-    assert_eq!(current(&s, &alice()).await, ["I live in Berlin"]);
+    assert_eq!(current(&s, "alice").await, ["I live in Berlin"]);
 }
 
 /// The binary as a user runs it: a remember during an outage answers with a

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_openai::{FakeOpenAi, Reply};
-use common::{connect_with, current, ok, texts};
+use common::{ME, connect_with, current, ok, texts};
 use engram::embed::HashEmbedder;
 use engram::extract::{DEFAULT_CATEGORIES, Extractor, LlmExtractor, LlmSettings};
-use engram::model::{Input, Message, Scope};
+use engram::model::{Input, Message};
 use engram::openai::Endpoint;
-use engram::service::{MemoryService, RememberRequest, Settings};
+use engram::params::RememberParams;
+use engram::service::{MemoryService, Settings};
 use engram::store::SqliteStore;
 use serde_json::{Value, json};
 
@@ -165,17 +166,16 @@ async fn service(fake: &FakeOpenAi, dir: &tempfile::TempDir) -> MemoryService {
             max_text_bytes: 32 * 1024,
             cache_ttl: Duration::from_secs(60),
             on_llm_error: engram::config::OnLlmError::Fail,
+            ..Settings::default()
         },
     )
 }
 
-fn remember(text: &str) -> RememberRequest {
-    RememberRequest {
-        scope: Scope::new("alice", None, None).unwrap(),
+fn remember(text: &str) -> RememberParams {
+    RememberParams {
         text: Some(text.into()),
-        messages: None,
-        metadata: None,
-        infer: true,
+        user_id: Some("alice".into()),
+        ..RememberParams::default()
     }
 }
 
@@ -184,13 +184,12 @@ async fn bad_replies_and_failures_store_nothing() {
     let fake = FakeOpenAi::start(64).await;
     let dir = tempfile::tempdir().unwrap();
     let s = service(&fake, &dir).await;
-    let alice = Scope::new("alice", None, None).unwrap();
 
     fake.then(Reply::Content(
         "Sure! Here are the facts: Lives in Oslo".into(),
     ));
     let err = s
-        .remember(remember("I live in Oslo"))
+        .remember(ME, remember("I live in Oslo"))
         .await
         .unwrap_err()
         .to_string();
@@ -199,7 +198,7 @@ async fn bad_replies_and_failures_store_nothing() {
     fake.then(Reply::Content(
         json!({"facts": "Lives in Oslo"}).to_string(),
     ));
-    assert!(s.remember(remember("I live in Oslo")).await.is_err());
+    assert!(s.remember(ME, remember("I live in Oslo")).await.is_err());
 
     for _ in 0..2 {
         fake.then(Reply::Error {
@@ -209,29 +208,28 @@ async fn bad_replies_and_failures_store_nothing() {
         });
     }
     let err = s
-        .remember(remember("I live in Oslo"))
+        .remember(ME, remember("I live in Oslo"))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("500"), "{err}");
-    assert_eq!(
-        s.user_context(&alice, None, None).await.unwrap().total,
-        0,
-        "nothing was stored"
-    );
+    assert_eq!(common::stored(&s, "alice").await, 0, "nothing was stored");
 
     // Nothing worth remembering is an answer, not an error.
     fake.then(Reply::Content(json!({"facts": []}).to_string()));
-    let none = s.remember(remember("Hi there!")).await.unwrap();
+    let none = s.remember(ME, remember("Hi there!")).await.unwrap();
     assert!(none.results.is_empty());
 
     // infer: false stores the text as given, without asking the model.
     let asked = fake.requests_to(CHAT).len();
     let verbatim = s
-        .remember(RememberRequest {
-            infer: false,
-            ..remember("Keep this exact sentence")
-        })
+        .remember(
+            ME,
+            RememberParams {
+                infer: Some(false),
+                ..remember("Keep this exact sentence")
+            },
+        )
         .await
         .unwrap();
     assert_eq!(verbatim.results[0].memory, "Keep this exact sentence");
@@ -310,10 +308,6 @@ fn decide(decisions: Value) -> Reply {
     Reply::Content(json!({ "decisions": decisions }).to_string())
 }
 
-fn alice() -> Scope {
-    Scope::new("alice", None, None).unwrap()
-}
-
 /// A contradiction supersedes: the old memory leaves every search and stays
 /// in history. Nothing similar stored: no reconciliation call at all.
 #[tokio::test]
@@ -323,7 +317,7 @@ async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
     let s = service(&fake, &dir).await;
 
     fake.then(facts(&["Lives in Lisbon"]));
-    let first = s.remember(remember("I live in Lisbon")).await.unwrap();
+    let first = s.remember(ME, remember("I live in Lisbon")).await.unwrap();
     let lisbon = first.results[0].id;
     assert_eq!(
         fake.requests_to(CHAT).len(),
@@ -334,7 +328,7 @@ async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
     fake.then(facts(&["Lives in Porto"])).then(decide(
         json!([{"fact": 0, "event": "SUPERSEDE", "id": "m1", "text": "Lives in Porto"}]),
     ));
-    let moved = s.remember(remember("I moved to Porto")).await.unwrap();
+    let moved = s.remember(ME, remember("I moved to Porto")).await.unwrap();
     assert_eq!(
         fake.requests_to(CHAT).len(),
         3,
@@ -343,7 +337,7 @@ async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
     let event = &moved.results[0];
     assert_eq!(event.event, engram::model::Event::Supersede);
     assert_eq!(event.replaces, Some(lisbon));
-    assert_eq!(current(&s, &alice()).await, ["Lives in Porto"]);
+    assert_eq!(current(&s, "alice").await, ["Lives in Porto"]);
 
     let shown = fake.requests_to(CHAT)[2].body["messages"][1]["content"]
         .as_str()
@@ -358,7 +352,7 @@ async fn a_contradiction_supersedes_and_history_keeps_the_old_fact() {
         "only aliases are shown"
     );
 
-    let history = s.history("alice", lisbon).await.unwrap();
+    let history = common::history(&s, "alice", lisbon).await;
     let events: Vec<_> = history.iter().map(|h| h.event.as_str()).collect();
     assert_eq!(events, ["ADD", "SUPERSEDE"]);
     assert_eq!(history[1].new_memory.as_deref(), Some("Lives in Porto"));
@@ -371,7 +365,12 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(&fake, &dir).await;
     fake.then(facts(&["Likes coffee"]));
-    let coffee = s.remember(remember("I like coffee")).await.unwrap().results[0].id;
+    let coffee = s
+        .remember(ME, remember("I like coffee"))
+        .await
+        .unwrap()
+        .results[0]
+        .id;
 
     fake.then(facts(&[
         "Likes coffee, espresso most of all",
@@ -382,7 +381,7 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
         {"fact": 1, "event": "NONE", "id": "m1", "text": "Likes coffee"}
     ])));
     let result = s
-        .remember(remember("Coffee, yes, espresso above all"))
+        .remember(ME, remember("Coffee, yes, espresso above all"))
         .await
         .unwrap();
     let events: Vec<_> = result
@@ -392,20 +391,20 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
         .collect();
     assert_eq!(events, [("UPDATE", coffee), ("NONE", coffee)]);
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         ["Likes coffee, espresso most of all"]
     );
-    let history = s.history("alice", coffee).await.unwrap();
+    let history = common::history(&s, "alice", coffee).await;
     assert_eq!(history[1].old_memory.as_deref(), Some("Likes coffee"));
 
     fake.then(facts(&["Likes coffee, espresso most of all"]))
         .then(decide(
             json!([{"fact": 0, "event": "NONE", "id": "m1", "text": "x"}]),
         ));
-    let known = s.remember(remember("I like espresso")).await.unwrap();
+    let known = s.remember(ME, remember("I like espresso")).await.unwrap();
     assert_eq!(known.results[0].event.as_str(), "NONE");
     assert_eq!(known.results[0].id, coffee);
-    assert_eq!(current(&s, &alice()).await.len(), 1);
+    assert_eq!(current(&s, "alice").await.len(), 1);
 
     // Two changes to one memory: only the first is applied; the other fact
     // is added (the store decides whether it is new).
@@ -417,11 +416,14 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
         {"fact": 0, "event": "SUPERSEDE", "id": "m1", "text": "x"},
         {"fact": 1, "event": "SUPERSEDE", "id": "m1", "text": "x"}
     ])));
-    let twice = s.remember(remember("ristretto, no, lungo")).await.unwrap();
+    let twice = s
+        .remember(ME, remember("ristretto, no, lungo"))
+        .await
+        .unwrap();
     let events: Vec<_> = twice.results.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(events, ["SUPERSEDE", "ADD"]);
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         [
             "Likes coffee, lungo most of all",
             "Likes coffee, ristretto most of all"
@@ -443,7 +445,7 @@ async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
     let s = service(&fake, &dir).await;
     fake.then(facts(&["Lives in Lisbon"]));
     let lisbon = s
-        .remember(remember("I live in Lisbon"))
+        .remember(ME, remember("I live in Lisbon"))
         .await
         .unwrap()
         .results[0]
@@ -454,23 +456,23 @@ async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
         json!([{"fact": 0, "event": "SUPERSEDE", "id": "m7", "text": "Lives in Porto"},
                              {"fact": 3, "event": "UPDATE", "id": "m1", "text": "Lives on Mars"}]),
     ));
-    let added = s.remember(remember("I moved to Porto")).await.unwrap();
+    let added = s.remember(ME, remember("I moved to Porto")).await.unwrap();
     assert_eq!(
         added.results[0].event.as_str(),
         "ADD",
         "unknown alias: added instead"
     );
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         ["Lives in Lisbon", "Lives in Porto"]
     );
 
     fake.then(facts(&["Lives in Faro"])).then(decide(
         json!([{"fact": 0, "event": "SUPERSEDE", "id": forged, "text": "x"}]),
     ));
-    s.remember(remember("Faro now")).await.unwrap();
+    s.remember(ME, remember("Faro now")).await.unwrap();
     assert_eq!(
-        s.history("alice", lisbon).await.unwrap().len(),
+        common::history(&s, "alice", lisbon).await.len(),
         1,
         "Lisbon untouched"
     );
@@ -478,13 +480,13 @@ async fn invented_ids_and_garbled_decisions_never_change_stored_memories() {
     fake.then(facts(&["Lives in Braga"]))
         .then(Reply::Content("SUPERSEDE m1 please".into()));
     let err = s
-        .remember(remember("Braga!"))
+        .remember(ME, remember("Braga!"))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("decisions JSON"), "{err}");
     assert_eq!(
-        current(&s, &alice()).await,
+        current(&s, "alice").await,
         ["Lives in Faro", "Lives in Lisbon", "Lives in Porto"]
     );
 }

@@ -10,6 +10,8 @@ pub mod redis;
 
 use std::path::{Path, PathBuf};
 
+use engram::auth::Principal;
+use engram::params::{MemoryRef, UserContextParams};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
@@ -120,11 +122,19 @@ pub async fn total(client: &Client, user: &str) -> u64 {
         .expect("total")
 }
 
+/// The caller of in-process service calls: the operator, as on stdio.
+pub const ME: &Principal = &Principal::Operator;
+
 /// The user's current memories (up to 100), sorted: what a service holds
-/// as true for `scope` right now.
-pub async fn current(s: &engram::MemoryService, scope: &engram::model::Scope) -> Vec<String> {
+/// as true for the user right now.
+pub async fn current(s: &engram::MemoryService, user: &str) -> Vec<String> {
+    let request = UserContextParams {
+        user_id: Some(user.into()),
+        limit: Some(100),
+        ..UserContextParams::default()
+    };
     let mut texts: Vec<String> = s
-        .user_context(scope, Some(100), None)
+        .user_context(ME, request)
         .await
         .unwrap()
         .memories
@@ -133,4 +143,26 @@ pub async fn current(s: &engram::MemoryService, scope: &engram::model::Scope) ->
         .collect();
     texts.sort();
     texts
+}
+
+/// The history of one of the user's memories, oldest first.
+pub async fn history(
+    s: &engram::MemoryService,
+    user: &str,
+    id: engram::model::MemoryId,
+) -> Vec<engram::store::HistoryEntry> {
+    let memory = MemoryRef {
+        memory_id: id.to_string(),
+        user_id: Some(user.into()),
+    };
+    s.history(ME, memory).await.unwrap().history
+}
+
+/// How many memories the user has, current or not.
+pub async fn stored(s: &engram::MemoryService, user: &str) -> u64 {
+    let request = UserContextParams {
+        user_id: Some(user.into()),
+        ..UserContextParams::default()
+    };
+    s.user_context(ME, request).await.unwrap().total
 }

@@ -1,0 +1,215 @@
+//! Ids: a memory's (a UUID v7) and the user's, agent's and run's a memory
+//! belongs to (checked text).
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Invalid, truncate};
+
+/// Longest accepted user, agent or run id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A memory's identity: a UUID (v7, so ids sort by creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MemoryId(pub Uuid);
+
+impl MemoryId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses a caller-supplied id, naming the argument when it is not a UUID.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Invalid> {
+        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| {
+            Invalid::new(
+                field,
+                format!(
+                    "'{}' is not a memory id; expected a UUID such as \
+                     0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10 (as returned by remember or recall)",
+                    truncate(raw, 60)
+                ),
+            )
+        })
+    }
+}
+
+impl Default for MemoryId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MemoryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for MemoryId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl JsonSchema for MemoryId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MemoryId".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Uuid::json_schema(generator)
+    }
+}
+
+/// A user's id as every layer below the doors holds it: parsed once
+/// ([`UserId::parse`]), trimmed, never empty, at most [`MAX_ID_LEN`] bytes,
+/// without control characters. The field is private, so an unchecked id
+/// cannot become one (deserialising checks it too).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks a caller-supplied user id (the argument `user_id`).
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        validate_id("user_id", raw).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for UserId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(id: UserId) -> Self {
+        id.0
+    }
+}
+
+impl PartialEq<str> for UserId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for UserId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who a memory belongs to. `user_id` is always set; agent and run narrow it.
+///
+/// Invariant: every store read and write is bounded by `user_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Scope {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl Scope {
+    pub fn user(user_id: impl Into<String>) -> Self {
+        Self {
+            user_id: user_id.into(),
+            agent_id: None,
+            run_id: None,
+        }
+    }
+
+    /// Builds a scope from raw ids, refusing empty, oversized or
+    /// control-character ids.
+    pub fn new(
+        user_id: &str,
+        agent_id: Option<&str>,
+        run_id: Option<&str>,
+    ) -> Result<Self, Invalid> {
+        Self::narrowed(UserId::parse(user_id)?, agent_id, run_id)
+    }
+
+    /// The user's scope narrowed by raw agent and run ids, refused as [`Scope::new`] refuses them.
+    pub fn narrowed(
+        user_id: UserId,
+        agent_id: Option<&str>,
+        run_id: Option<&str>,
+    ) -> Result<Self, Invalid> {
+        Ok(Self {
+            user_id: user_id.into(),
+            agent_id: agent_id.map(|a| validate_id("agent_id", a)).transpose()?,
+            run_id: run_id.map(|r| validate_id("run_id", r)).transpose()?,
+        })
+    }
+}
+
+/// Checks one id and returns it trimmed.
+pub fn validate_id(field: &'static str, raw: &str) -> Result<String, Invalid> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(Invalid::new(
+            field,
+            "must not be empty; omit it to use the default",
+        ));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Invalid::new(
+            field,
+            format!("is {} bytes; at most {MAX_ID_LEN} are accepted", id.len()),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            "contains control characters; use printable text",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("user_id", " ").is_err());
+        assert!(validate_id("user_id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(validate_id("user_id", "a\u{0}b").is_err());
+        assert_eq!(validate_id("user_id", " alice ").unwrap(), "alice");
+        assert_eq!(UserId::parse(" alice ").unwrap(), "alice");
+        let err = UserId::parse("").unwrap_err();
+        assert_eq!(err.field, "user_id");
+        let err = serde_json::from_str::<UserId>("\"a\\u0007b\"").unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        let err = MemoryId::parse("memory_id", "nope")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a UUID"), "{err}");
+    }
+}

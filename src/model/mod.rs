@@ -1,0 +1,50 @@
+//! The nouns every layer shares, one kind per file: ids and the scope a
+//! memory belongs to (`ids`), memories, messages, facts and events
+//! (`memory`), metadata and its filters (`filter`), and when two statements
+//! differ in a detail (`details`).
+//!
+//! Validation of raw input lives here too, so every door refuses the same
+//! garbage with the same words; it fails with [`Invalid`], which depends on
+//! nothing else in the crate.
+
+mod details;
+mod filter;
+mod ids;
+mod memory;
+
+pub use details::{details_differ, is_stopword};
+pub use filter::{MAX_METADATA_BYTES, Metadata, MetadataFilter, validate_metadata};
+pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, validate_id};
+pub use memory::{Event, Fact, Input, Memory, Message, normalize_date};
+
+/// A value the caller sent that is not accepted: `field` names the argument,
+/// `message` says what was wrong and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Schema for a count: a non-negative integer, without the `uint64` format
+/// that some clients' validators warn about.
+pub fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "minimum": 0})
+}
+
+/// `s` cut to `max` characters, marked when cut (for quoting input in errors).
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
