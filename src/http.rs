@@ -76,7 +76,7 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
             source,
         })?
         .collect();
-    if config.auth == AuthMode::None
+    if config.http.auth == AuthMode::None
         && (addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()))
     {
         return Err(HttpError::NotLoopback(bind.to_owned()));
@@ -108,13 +108,13 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            default_user: config.default_user.clone(),
-            auth: config.auth,
-            allowed_hosts: config.allowed_hosts.clone(),
-            allowed_origins: config.allowed_origins.clone(),
-            rest_rate_limit: config.rest_rate_limit,
-            mcp_rate_limit: config.mcp_rate_limit,
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
+            default_user: config.memory.default_user.clone(),
+            auth: config.http.auth,
+            allowed_hosts: config.http.allowed_hosts.clone(),
+            allowed_origins: config.http.allowed_origins.clone(),
+            rest_rate_limit: config.http.rest_rate_limit,
+            mcp_rate_limit: config.http.mcp_rate_limit,
+            request_timeout: Duration::from_secs(config.http.request_timeout_secs),
         }
     }
 }
