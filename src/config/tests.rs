@@ -266,3 +266,212 @@ fn unknown_file_keys_are_refused() {
         .to_string();
     assert!(err.contains("embeder"), "{err}");
 }
+
+fn write_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let file = dir.path().join("engram.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_bad_file_value_is_blamed_on_the_file_not_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, says) in [
+        ("dedup_threshold = 2.0\n", "dedup_threshold", "(0, 1]"),
+        ("embedding_dims = \"many\"\n", "embedding_dims", "integer"),
+        ("embedder = \"bert\"\n", "embedder", "hash, openai"),
+        (
+            "auto_migrate = \"sometimes\"\n",
+            "auto_migrate",
+            "true or false",
+        ),
+        (
+            "allowed_origins = [\"*\"]\n",
+            "allowed_origins",
+            "no wildcards",
+        ),
+        (
+            "llm_categories = \"work\"\n",
+            "llm_categories",
+            "array of strings",
+        ),
+        ("cache_url = \"memcached://x\"\n", "cache_url", "redis://"),
+    ] {
+        let file = write_file(&dir, text);
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        let from_file = format!("{key} (config file {}): ", file.display());
+        assert!(
+            err.starts_with(&from_file) && err.contains(says),
+            "{text}: {err}"
+        );
+        assert!(!err.contains("ENGRAM_"), "blamed on the variable: {err}");
+    }
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "dedup_threshold = 2.0\ncache_ttl_secs = 60\ncache_url = \"redis://cache:6379\"\n\
+         allowed_hosts = [\"Memory.Example.com\"]\nembedder = \"OpenAI\"\n\
+         llm_categories = [\"work\", \"diet\"]\nopenai_base_url = \"http://file:1/v1\"\n",
+    );
+    let err = Config::load_from(Some(&file), &env(&[])).unwrap_err();
+    assert!(err.to_string().contains("dedup_threshold"), "{err}");
+
+    let cfg = Config::load_from(
+        Some(&file),
+        &env(&[
+            // The file's bad value is never read: the variable wins.
+            ("ENGRAM_DEDUP_THRESHOLD", "0.8"),
+            ("ENGRAM_CACHE_TTL_SECS", "120"),
+            // Blank in the environment: no cache, whatever the file says.
+            ("ENGRAM_CACHE_URL", ""),
+            ("ENGRAM_LLM_CATEGORIES", "plans, travel"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.memory.dedup_threshold, 0.8);
+    assert_eq!(cfg.cache.ttl_secs, 120);
+    assert_eq!(cfg.cache.url, None);
+    assert_eq!(cfg.llm.categories, ["plans", "travel"]);
+    // Not overridden: the file's values, in their accepted forms.
+    assert_eq!(cfg.http.allowed_hosts, ["memory.example.com"]);
+    assert_eq!(cfg.embedder.kind, EmbedderKind::Openai);
+    assert_eq!(cfg.openai.base_url, "http://file:1/v1");
+
+    let cfg = Config::load_from(
+        Some(&file),
+        &env(&[
+            ("ENGRAM_DEDUP_THRESHOLD", "0.8"),
+            ("OPENAI_BASE_URL", "http://env:2/v1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.openai.base_url, "http://env:2/v1");
+    assert_eq!(cfg.cache.url.as_deref(), Some("redis://cache:6379"));
+}
+
+#[test]
+fn a_range_refusal_quotes_the_range_and_default_constants() {
+    let err = Config::load_from(None, &env(&[("ENGRAM_CACHE_TTL_SECS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "cache_ttl_secs (env ENGRAM_CACHE_TTL_SECS): 0 is out of range; allowed {}..={} \
+             (default {DEFAULT_CACHE_TTL_SECS})",
+            cache::TTL_SECS.min,
+            cache::TTL_SECS.max
+        )
+    );
+
+    fn refused<T: layers::Number>(key: &str, range: &layers::Range<T>) {
+        let allowed = format!("allowed {} (default {})", range.allowed(), range.default);
+        let var = layers::env_var(key);
+        let err = Config::load_from(None, &env(&[(&var, "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{key} (env {var}): -1 is out of range;"))
+                && err.ends_with(&allowed),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, &format!("{key} = -1\n"));
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{key} (config file ")) && err.ends_with(&allowed),
+            "{err}"
+        );
+    }
+    refused("database_pool_size", &store::DATABASE_POOL_SIZE);
+    refused("vector_cache_mb", &store::VECTOR_CACHE_MB);
+    refused("cache_ttl_secs", &cache::TTL_SECS);
+    refused("cache_embedding_ttl_secs", &cache::EMBEDDING_TTL_SECS);
+    refused("cache_timeout_ms", &cache::TIMEOUT_MS);
+    refused("cache_pool_size", &cache::POOL_SIZE);
+    refused("cache_retry_ms", &cache::RETRY_MS);
+    refused("embedding_dims", &embedder::DIMS);
+    refused("embedding_batch_size", &embedder::BATCH_SIZE);
+    refused("embedding_timeout_secs", &embedder::TIMEOUT_SECS);
+    refused("embedding_max_retries", &embedder::MAX_RETRIES);
+    refused("llm_timeout_secs", &llm::TIMEOUT_SECS);
+    refused("llm_max_retries", &llm::MAX_RETRIES);
+    refused("dedup_threshold", &memory::DEDUP_THRESHOLD);
+    refused("reconcile_threshold", &memory::RECONCILE_THRESHOLD);
+    refused("max_text_bytes", &memory::MAX_TEXT_BYTES);
+    refused("rest_rate_limit", &http::REST_RATE_LIMIT);
+    refused("mcp_rate_limit", &http::MCP_RATE_LIMIT);
+    refused("request_timeout_secs", &http::REQUEST_TIMEOUT_SECS);
+}
+
+#[test]
+fn accepted_forms_of_booleans_choices_and_numbers() {
+    for (value, expect) in [
+        ("true", true),
+        ("1", true),
+        ("Yes", true),
+        (" on ", true),
+        ("FALSE", false),
+        ("0", false),
+        ("no", false),
+        ("off", false),
+    ] {
+        let cfg = Config::load_from(None, &env(&[("ENGRAM_AUTO_MIGRATE", value)])).unwrap();
+        assert_eq!(cfg.store.auto_migrate, expect, "{value}");
+    }
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_EXTRACTOR", " LLM "),
+            ("ENGRAM_AUTH", "None"),
+            ("ENGRAM_DEDUP_THRESHOLD", "1"),
+            ("ENGRAM_RECONCILE_THRESHOLD", "0"),
+            ("ENGRAM_EMBEDDING_DIMS", " 256 "),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.llm.extractor, ExtractorKind::Llm);
+    assert_eq!(cfg.http.auth, AuthMode::None);
+    assert_eq!(
+        (cfg.memory.dedup_threshold, cfg.memory.reconcile_threshold),
+        (1.0, 0.0)
+    );
+    assert_eq!(cfg.embedder.dims, 256);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(&dir, "reconcile_threshold = 1\nauto_migrate = false\n");
+    let cfg = Config::load_from(Some(&file), &env(&[])).unwrap();
+    assert_eq!(cfg.memory.reconcile_threshold, 1.0);
+    assert!(!cfg.store.auto_migrate);
+}
+
+#[test]
+fn the_api_key_and_nested_tables_are_refused_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        ("openai_api_key = \"sk-x\"\n", "OPENAI_API_KEY"),
+        ("[cache]\nurl = \"redis://x\"\n", "'cache'"),
+    ] {
+        let file = write_file(&dir, text);
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(says),
+            "{err}"
+        );
+        assert!(!err.contains("sk-x"), "{err}");
+    }
+    let err = Config::load_from(Some(&dir.path().join("missing.toml")), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read config file"), "{err}");
+}
