@@ -29,10 +29,10 @@ async fn chat() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(None)?;
     let user = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| config.default_user.clone());
+        .unwrap_or_else(|| config.memory.default_user.to_string());
     let memory = startup::build(&config).await?;
     let endpoint = startup::llm_endpoint(&config);
-    let model = std::env::var("ENGRAM_CHAT_MODEL").unwrap_or_else(|_| config.llm_model.clone());
+    let model = std::env::var("ENGRAM_CHAT_MODEL").unwrap_or_else(|_| config.llm.model.clone());
     let mut agent = ChatAgent::new(memory, &endpoint, model, Scope::new(&user, None, None)?)?;
     eprintln!("chatting as {user}; /quit to stop");
     agent

@@ -76,7 +76,7 @@ pub async fn listener(config: &Config, bind: &str) -> Result<tokio::net::TcpList
             source,
         })?
         .collect();
-    if config.auth == AuthMode::None
+    if config.http.auth == AuthMode::None
         && (addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()))
     {
         return Err(HttpError::NotLoopback(bind.to_owned()));
@@ -107,12 +107,12 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            auth: config.auth,
-            allowed_hosts: config.allowed_hosts.clone(),
-            allowed_origins: config.allowed_origins.clone(),
-            rest_rate_limit: config.rest_rate_limit,
-            mcp_rate_limit: config.mcp_rate_limit,
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
+            auth: config.http.auth,
+            allowed_hosts: config.http.allowed_hosts.clone(),
+            allowed_origins: config.http.allowed_origins.clone(),
+            rest_rate_limit: config.http.rest_rate_limit,
+            mcp_rate_limit: config.http.mcp_rate_limit,
+            request_timeout: Duration::from_secs(config.http.request_timeout_secs),
         }
     }
 }

@@ -15,7 +15,6 @@ use crate::config::{Config, EmbedderKind, ExtractorKind};
 use crate::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings};
 use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::{Caller, EngramMcp};
-use crate::model::UserId;
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
 use crate::store::{PgOptions, PgStore, redact};
@@ -46,8 +45,8 @@ pub enum StartupError {
 /// The OpenAI-compatible server with this timeout and retry budget.
 fn endpoint(config: &Config, timeout_secs: u64, max_retries: usize) -> Endpoint {
     Endpoint {
-        base_url: config.openai_base_url.clone(),
-        api_key: config.openai_api_key.as_ref().map(|k| k.0.clone()),
+        base_url: config.openai.base_url.clone(),
+        api_key: config.openai.api_key.as_ref().map(|k| k.0.clone()),
         timeout: Duration::from_secs(timeout_secs),
         max_retries,
     }
@@ -55,36 +54,37 @@ fn endpoint(config: &Config, timeout_secs: u64, max_retries: usize) -> Endpoint 
 
 /// The chat model's endpoint (the llm extractor's, and the chat agent's).
 pub fn llm_endpoint(config: &Config) -> Endpoint {
-    endpoint(config, config.llm_timeout_secs, config.llm_max_retries)
+    endpoint(config, config.llm.timeout_secs, config.llm.max_retries)
 }
 
 /// Builds the embedder a config names.
 pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
-    match config.embedder {
-        EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedding_dims))),
+    match config.embedder.kind {
+        EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedder.dims))),
         EmbedderKind::Openai => {
             let settings = OpenAiSettings {
                 endpoint: endpoint(
                     config,
-                    config.embedding_timeout_secs,
-                    config.embedding_max_retries,
+                    config.embedder.timeout_secs,
+                    config.embedder.max_retries,
                 ),
                 model: config
-                    .embedding_model
+                    .embedder
+                    .model
                     .clone()
                     .unwrap_or_else(|| DEFAULT_OPENAI_EMBEDDING_MODEL.to_owned()),
-                dims: config.embedding_dims,
-                send_dimensions: config.embedding_send_dimensions,
-                query_prefix: config.embedding_query_prefix.clone(),
-                document_prefix: config.embedding_document_prefix.clone(),
-                input_type: (config.embedding_query_input_type.is_some()
-                    || config.embedding_document_input_type.is_some())
+                dims: config.embedder.dims,
+                send_dimensions: config.embedder.send_dimensions,
+                query_prefix: config.embedder.query_prefix.clone(),
+                document_prefix: config.embedder.document_prefix.clone(),
+                input_type: (config.embedder.query_input_type.is_some()
+                    || config.embedder.document_input_type.is_some())
                 .then(|| InputType {
-                    field: config.embedding_input_type_field.clone(),
-                    query: config.embedding_query_input_type.clone(),
-                    document: config.embedding_document_input_type.clone(),
+                    field: config.embedder.input_type_field.clone(),
+                    query: config.embedder.query_input_type.clone(),
+                    document: config.embedder.document_input_type.clone(),
                 }),
-                batch_size: config.embedding_batch_size,
+                batch_size: config.embedder.batch_size,
             };
             let embedder = OpenAiEmbedder::new(settings).map_err(|e| match e {
                 crate::embed::EmbedError::Failed(message) => StartupError::Unsupported(message),
@@ -95,13 +95,13 @@ pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
 }
 
 fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
-    match config.extractor {
+    match config.llm.extractor {
         ExtractorKind::Verbatim => Ok(Arc::new(VerbatimExtractor)),
         ExtractorKind::Llm => {
             let settings = LlmSettings {
                 endpoint: llm_endpoint(config),
-                model: config.llm_model.clone(),
-                categories: config.llm_categories.clone(),
+                model: config.llm.model.clone(),
+                categories: config.llm.categories.clone(),
             };
             let extractor = LlmExtractor::new(settings).map_err(|e| match e {
                 crate::extract::ExtractError::Failed(message) => StartupError::Unsupported(message),
@@ -120,12 +120,12 @@ pub async fn store(
     config: &Config,
     embedder: &dyn Embedder,
 ) -> Result<Arc<dyn Store>, StartupError> {
-    let url = &config.database_url;
+    let url = &config.store.database_url;
     if is_postgres(url) {
         let options = PgOptions {
-            pool_size: config.database_pool_size,
-            migrate: config.auto_migrate,
-            index: config.index,
+            pool_size: config.store.pool_size,
+            migrate: config.store.auto_migrate,
+            index: config.store.index,
             plan: Default::default(),
         };
         return Ok(Arc::new(
@@ -134,24 +134,24 @@ pub async fn store(
     }
     let store = SqliteStore::open(url, embedder.identity())
         .await?
-        .with_vector_cache_bytes(config.vector_cache_mb * 1024 * 1024);
+        .with_vector_cache_bytes(config.store.vector_cache_mb * 1024 * 1024);
     Ok(Arc::new(store))
 }
 
 /// The cache `cache_url` names, or none. An unreachable server is not an
 /// error (engram runs without it until it answers); a malformed URL is.
 pub async fn cache(config: &Config) -> Result<Arc<dyn Cache>, StartupError> {
-    let Some(url) = &config.cache_url else {
+    let Some(url) = &config.cache.url else {
         return Ok(Arc::new(NoCache));
     };
     let settings = RedisSettings {
         url: url.clone(),
-        prefix: config.cache_prefix.clone(),
-        entry_ttl: Duration::from_secs(config.cache_ttl_secs),
-        vector_ttl: Duration::from_secs(config.cache_embedding_ttl_secs),
-        timeout: Duration::from_millis(config.cache_timeout_ms),
-        pool_size: config.cache_pool_size,
-        retry_every: Duration::from_millis(config.cache_retry_ms),
+        prefix: config.cache.prefix.clone(),
+        entry_ttl: Duration::from_secs(config.cache.ttl_secs),
+        vector_ttl: Duration::from_secs(config.cache.embedding_ttl_secs),
+        timeout: Duration::from_millis(config.cache.timeout_ms),
+        pool_size: config.cache.pool_size,
+        retry_every: Duration::from_millis(config.cache.retry_ms),
     };
     Ok(Arc::new(RedisCache::connect(settings).await?))
 }
@@ -163,12 +163,12 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
     let store = store(config, embedder.as_ref()).await?;
     let cache = cache(config).await?;
     let settings = Settings {
-        dedup_threshold: config.dedup_threshold,
-        reconcile_threshold: config.reconcile_threshold,
-        max_text_bytes: config.max_text_bytes,
-        cache_ttl: Duration::from_secs(config.cache_ttl_secs),
-        on_llm_error: config.on_llm_error,
-        default_user: UserId::parse(&config.default_user)?,
+        dedup_threshold: config.memory.dedup_threshold,
+        reconcile_threshold: config.memory.reconcile_threshold,
+        max_text_bytes: config.memory.max_text_bytes,
+        cache_ttl: Duration::from_secs(config.cache.ttl_secs),
+        on_llm_error: config.memory.on_llm_error,
+        default_user: config.memory.default_user.clone(),
     };
     Ok(Arc::new(
         MemoryService::new(store, embedder, extractor, settings).with_cache(cache),
@@ -177,7 +177,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
 
 /// `engram migrate`: applies pending migrations to the configured database.
 pub async fn migrate(config: &Config) -> Result<(), StartupError> {
-    let url = &config.database_url;
+    let url = &config.store.database_url;
     if is_postgres(url) {
         PgStore::migrate(url).await?;
     } else {
@@ -307,9 +307,9 @@ pub async fn revoke_key(config: &Config, id: &str) -> Result<(), StartupError> {
 /// `engram reembed`: rebuilds the store's vectors with the configured embedder.
 pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     let embedder = embedder(config)?;
-    let url = &config.database_url;
+    let url = &config.store.database_url;
     let count = if is_postgres(url) {
-        PgStore::reembed(url, embedder.as_ref(), config.index).await?
+        PgStore::reembed(url, embedder.as_ref(), config.store.index).await?
     } else {
         SqliteStore::reembed(url, embedder.as_ref()).await?
     };
@@ -336,7 +336,7 @@ impl HttpApp {
     pub async fn build(config: &Config, bind: &str) -> Result<Self, StartupError> {
         let listener = crate::http::listener(config, bind).await?;
         let service = build(config).await?;
-        if config.auth == crate::config::AuthMode::Keys && service.active_keys().await? == 0 {
+        if config.http.auth == crate::config::AuthMode::Keys && service.active_keys().await? == 0 {
             tracing::warn!(
                 "no API key exists yet, so every MCP and REST request will be refused (401): \
                  create one with `engram keys create --user <user_id>` (or --admin)"
@@ -354,6 +354,7 @@ impl HttpApp {
         let loopback_names = ["localhost", "127.0.0.1", "::1"];
         if !address.ip().is_loopback()
             && config
+                .http
                 .allowed_hosts
                 .iter()
                 .all(|h| loopback_names.contains(&h.as_str()))
@@ -362,13 +363,13 @@ impl HttpApp {
                 "listening on {address}, but ENGRAM_ALLOWED_HOSTS names only this machine ({}): \
                  requests for any other host name are refused (403). List the names clients \
                  use, e.g. ENGRAM_ALLOWED_HOSTS=memory.example.com,10.0.0.5",
-                config.allowed_hosts.join(", ")
+                config.http.allowed_hosts.join(", ")
             );
         }
         tracing::info!(
-            database = %redact(&config.database_url),
-            cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
-            auth = match config.auth {
+            database = %redact(&config.store.database_url),
+            cache = %config.cache.url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
+            auth = match config.http.auth {
                 crate::config::AuthMode::Keys => "API keys",
                 crate::config::AuthMode::None => "none (loopback only)",
             },
@@ -411,9 +412,9 @@ pub async fn serve_http(config: &Config, bind: &str) -> Result<(), StartupError>
 pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     let service = build(config).await?;
     tracing::info!(
-        database = %redact(&config.database_url),
-        cache = %config.cache_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
-        default_user = %config.default_user,
+        database = %redact(&config.store.database_url),
+        cache = %config.cache.url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
+        default_user = %config.memory.default_user,
         "engram serving MCP on stdio"
     );
     let handler = EngramMcp::new(service, Caller::Fixed(Principal::Operator));

@@ -285,9 +285,9 @@ async fn evaluate(
 fn settings(config: &Config) -> Settings {
     Settings {
         dedup_threshold: NEVER_MERGE,
-        reconcile_threshold: config.reconcile_threshold,
-        max_text_bytes: config.max_text_bytes,
-        cache_ttl: Duration::from_secs(config.cache_ttl_secs),
+        reconcile_threshold: config.memory.reconcile_threshold,
+        max_text_bytes: config.memory.max_text_bytes,
+        cache_ttl: Duration::from_secs(config.cache.ttl_secs),
         on_llm_error: OnLlmError::Fail,
         ..Settings::default()
     }
@@ -466,11 +466,11 @@ fn progress(len: usize, what: &'static str) -> ProgressBar {
 /// it is and the prefixes it is given.
 fn describe_embedder(config: &Config, embedder: &dyn Embedder) -> String {
     let mut text = embedder.identity().to_string();
-    if config.embedder == EmbedderKind::Openai {
-        text.push_str(&format!(" at {}", config.openai_base_url));
+    if config.embedder.kind == EmbedderKind::Openai {
+        text.push_str(&format!(" at {}", config.openai.base_url));
         for (what, prefix) in [
-            ("query", &config.embedding_query_prefix),
-            ("document", &config.embedding_document_prefix),
+            ("query", &config.embedder.query_prefix),
+            ("document", &config.embedder.document_prefix),
         ] {
             if !prefix.is_empty() {
                 text.push_str(&format!(", {what} prefix {prefix:?}"));

@@ -55,7 +55,7 @@ impl Scratch {
         })?;
         let url = format!("sqlite://{}", dir.join("eval.db").display());
         let store = match SqliteStore::open(&url, identity).await {
-            Ok(store) => store.with_vector_cache_bytes(config.vector_cache_mb * 1024 * 1024),
+            Ok(store) => store.with_vector_cache_bytes(config.store.vector_cache_mb * 1024 * 1024),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e.into());
@@ -99,9 +99,9 @@ impl Scratch {
             name: name.clone(),
         };
         let options = PgOptions {
-            pool_size: config.database_pool_size,
+            pool_size: config.store.pool_size,
             migrate: true,
-            index: config.index,
+            index: config.store.index,
             plan: Default::default(),
         };
         match PgStore::open(&with_database(server, &name), identity, options).await {

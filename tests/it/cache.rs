@@ -113,9 +113,9 @@ async fn service(
     let store = startup::store(&config, embedder.as_ref()).await.unwrap();
     let cache = startup::cache(&config).await.unwrap();
     let settings = Settings {
-        dedup_threshold: config.dedup_threshold,
-        reconcile_threshold: config.reconcile_threshold,
-        max_text_bytes: config.max_text_bytes,
+        dedup_threshold: config.memory.dedup_threshold,
+        reconcile_threshold: config.memory.reconcile_threshold,
+        max_text_bytes: config.memory.max_text_bytes,
         cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
         on_llm_error: engram::config::OnLlmError::Fail,
         ..Settings::default()

@@ -1,0 +1,119 @@
+//! `embedder`: what turns text into vectors (`embedder`, `embedding_*`).
+
+use serde::Deserialize;
+
+use super::layers::{Choice, ConfigError, Layers, Range};
+
+pub const DEFAULT_EMBEDDING_DIMS: usize = 384;
+pub const DEFAULT_OPENAI_EMBEDDING_MODEL: &str = "text-embedding-3-small";
+pub const DEFAULT_EMBEDDING_BATCH_SIZE: usize = 64;
+pub const DEFAULT_EMBEDDING_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_EMBEDDING_MAX_RETRIES: usize = 3;
+/// The request field naming what is embedded, unless configured.
+const DEFAULT_EMBEDDING_INPUT_TYPE_FIELD: &str = "input_type";
+
+pub(super) const DIMS: Range<usize> = Range::new(DEFAULT_EMBEDDING_DIMS, 8, 8192);
+pub(super) const BATCH_SIZE: Range<usize> = Range::new(DEFAULT_EMBEDDING_BATCH_SIZE, 1, 2048);
+pub(super) const TIMEOUT_SECS: Range<u64> = Range::new(DEFAULT_EMBEDDING_TIMEOUT_SECS, 1, 600);
+pub(super) const MAX_RETRIES: Range<usize> = Range::new(DEFAULT_EMBEDDING_MAX_RETRIES, 0, 10);
+
+/// Request fields the client sends itself, so `embedding_input_type_field`
+/// may not name them.
+const TAKEN_FIELDS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user"];
+
+/// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
+pub(super) const KEYS: &[&str] = &[
+    "embedder",
+    "embedding_model",
+    "embedding_dims",
+    "embedding_send_dimensions",
+    "embedding_query_prefix",
+    "embedding_document_prefix",
+    "embedding_input_type_field",
+    "embedding_query_input_type",
+    "embedding_document_input_type",
+    "embedding_batch_size",
+    "embedding_timeout_secs",
+    "embedding_max_retries",
+];
+
+/// The embedder that turns text into vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderKind {
+    /// Offline feature hashing; deterministic, no network.
+    Hash,
+    /// An OpenAI-compatible embeddings endpoint.
+    Openai,
+}
+
+impl Choice for EmbedderKind {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("hash", Self::Hash), ("openai", Self::Openai)];
+}
+
+/// The embedder. Invariant: `input_type_field` is a plain field name the
+/// client does not send itself; blank input types are `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderConfig {
+    pub kind: EmbedderKind,
+    /// `openai` embedder: the model name (unset: [`DEFAULT_OPENAI_EMBEDDING_MODEL`]).
+    pub model: Option<String>,
+    pub dims: usize,
+    /// `openai` embedder: send `dimensions` with each request.
+    pub send_dimensions: bool,
+    /// `openai` embedder: prepended to queries / to stored texts (E5-style models).
+    pub query_prefix: String,
+    pub document_prefix: String,
+    /// The request field naming what is embedded (`input_type`, or e.g. `task`).
+    pub input_type_field: String,
+    /// Its value for queries (e.g. `query`, `search_query`); unset: not sent.
+    pub query_input_type: Option<String>,
+    /// Its value for documents (e.g. `document`, `search_document`); unset: not sent.
+    pub document_input_type: Option<String>,
+    /// `openai` embedder: texts per request.
+    pub batch_size: usize,
+    pub timeout_secs: u64,
+    /// Retries of a request answered 429 or 5xx (honouring `Retry-After`).
+    pub max_retries: usize,
+}
+
+impl EmbedderConfig {
+    pub(super) fn load(src: &Layers<'_>) -> Result<Self, ConfigError> {
+        let input_type_field = src
+            .string("embedding_input_type_field")?
+            .unwrap_or_else(|| DEFAULT_EMBEDDING_INPUT_TYPE_FIELD.to_owned());
+        if input_type_field.is_empty()
+            || !input_type_field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+            || TAKEN_FIELDS.contains(&input_type_field.as_str())
+        {
+            return Err(src.invalid(
+                "embedding_input_type_field",
+                format!(
+                    "'{input_type_field}' cannot name the field: use a plain name \
+                     such as {DEFAULT_EMBEDDING_INPUT_TYPE_FIELD} or task, not one of {}",
+                    TAKEN_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let input_type = |key: &'static str| -> Result<Option<String>, ConfigError> {
+            Ok(src.string(key)?.filter(|v| !v.trim().is_empty()))
+        };
+        Ok(Self {
+            kind: src.choice("embedder", EmbedderKind::Hash)?,
+            model: src.string("embedding_model")?,
+            dims: src.number("embedding_dims", &DIMS)?,
+            send_dimensions: src.boolean("embedding_send_dimensions", true)?,
+            query_prefix: src.string("embedding_query_prefix")?.unwrap_or_default(),
+            document_prefix: src.string("embedding_document_prefix")?.unwrap_or_default(),
+            input_type_field,
+            query_input_type: input_type("embedding_query_input_type")?,
+            document_input_type: input_type("embedding_document_input_type")?,
+            batch_size: src.number("embedding_batch_size", &BATCH_SIZE)?,
+            timeout_secs: src.number("embedding_timeout_secs", &TIMEOUT_SECS)?,
+            max_retries: src.number("embedding_max_retries", &MAX_RETRIES)?,
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! `http`: who may call the HTTP transport and how much (`auth`,
+//! `allowed_hosts`, `allowed_origins`, the rate limits, `request_timeout_secs`).
+
+use serde::Deserialize;
+
+use super::layers::{Choice, ConfigError, Layers, Range};
+
+pub const DEFAULT_REST_RATE_LIMIT: u32 = 10;
+pub const DEFAULT_MCP_RATE_LIMIT: u32 = 600;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// `Host` values answered unless configured: the loopback names.
+pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+const PER_MINUTE: &str = " requests per minute per key, 0 for no limit";
+pub(super) const REST_RATE_LIMIT: Range<u32> =
+    Range::new(DEFAULT_REST_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
+pub(super) const MCP_RATE_LIMIT: Range<u32> =
+    Range::new(DEFAULT_MCP_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
+pub(super) const REQUEST_TIMEOUT_SECS: Range<u64> =
+    Range::new(DEFAULT_REQUEST_TIMEOUT_SECS, 1, 3600);
+
+/// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
+pub(super) const KEYS: &[&str] = &[
+    "auth",
+    "allowed_hosts",
+    "allowed_origins",
+    "rest_rate_limit",
+    "mcp_rate_limit",
+    "request_timeout_secs",
+];
+
+/// Who may call the HTTP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// API keys (`Authorization: Bearer`).
+    #[default]
+    Keys,
+    /// Anyone who can connect; allowed only on a loopback bind.
+    None,
+}
+
+impl Choice for AuthMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[("keys", Self::Keys), ("none", Self::None)];
+}
+
+/// The HTTP transport. Invariant: `allowed_hosts` is not empty and holds
+/// lower-case names; `allowed_origins` are lower-case `scheme://host[:port]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Who may call the HTTP transport.
+    pub auth: AuthMode,
+    /// `Host` values the HTTP transport answers (`name` or `name:port`);
+    /// anything else is refused, which stops DNS-rebinding pages.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://app.example.com`) allowed to call the HTTP
+    /// transport; CORS is answered for these only. Empty (the default): no
+    /// CORS, and a request carrying an `Origin` must come from an allowed host.
+    pub allowed_origins: Vec<String>,
+    /// REST requests per minute per API key (0: unlimited).
+    pub rest_rate_limit: u32,
+    /// MCP requests per minute per API key (0: unlimited); agents call in bursts.
+    pub mcp_rate_limit: u32,
+    /// Longest a REST request may take before it is answered 503.
+    pub request_timeout_secs: u64,
+}
+
+impl HttpConfig {
+    pub(super) fn load(src: &Layers<'_>) -> Result<Self, ConfigError> {
+        // Compared with the request's lower-cased `Host`, so lower-cased here.
+        let allowed_hosts: Vec<String> = match src.list("allowed_hosts")? {
+            Some(hosts) => hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            None => DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        };
+        if allowed_hosts.is_empty() || allowed_hosts.iter().any(|h| h.is_empty()) {
+            return Err(src.invalid(
+                "allowed_hosts",
+                "list at least one host name (comma-separated), e.g. localhost,memory.example.com",
+            ));
+        }
+        let allowed_origins = src
+            .list("allowed_origins")?
+            .unwrap_or_default()
+            .iter()
+            .map(|o| origin(src, o))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            auth: src.choice("auth", AuthMode::Keys)?,
+            allowed_hosts,
+            allowed_origins,
+            rest_rate_limit: src.number("rest_rate_limit", &REST_RATE_LIMIT)?,
+            mcp_rate_limit: src.number("mcp_rate_limit", &MCP_RATE_LIMIT)?,
+            request_timeout_secs: src.number("request_timeout_secs", &REQUEST_TIMEOUT_SECS)?,
+        })
+    }
+}
+
+/// A browser origin as sent in `Origin`: `scheme://host[:port]`, lowercase,
+/// nothing after the authority.
+fn origin(src: &Layers<'_>, raw: &str) -> Result<String, ConfigError> {
+    let origin = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match authority {
+        Some(a) if !a.is_empty() && !a.contains(['/', '?', '#', '*', ' ']) => Ok(origin),
+        _ => Err(src.invalid(
+            "allowed_origins",
+            format!(
+                "'{}' is not an origin; list them as scheme://host[:port], comma-separated, \
+                 e.g. https://app.example.com,http://localhost:3000 (no wildcards)",
+                raw.trim()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,127 @@
+//! Typed configuration, in sections. Layers, later wins: built-in defaults <
+//! TOML file (`--config FILE` or `ENGRAM_CONFIG`) < environment.
+//!
+//! The file and the environment stay flat: a file key is the variable's name
+//! without `ENGRAM_`, lower-cased (`cache_ttl_secs` / `ENGRAM_CACHE_TTL_SECS`),
+//! and the README lists them all. In code each key belongs to one section:
+//!
+//! | field of [`Config`] | file                | keys                                                   |
+//! |---------------------|---------------------|--------------------------------------------------------|
+//! | `store`             | `config/store.rs`   | `database_url`, `database_pool_size`, `auto_migrate`, `index`, `vector_cache_mb` |
+//! | `cache`             | `config/cache.rs`   | `cache_*`                                              |
+//! | `embedder`          | `config/embedder.rs`| `embedder`, `embedding_*`                              |
+//! | `llm`               | `config/llm.rs`     | `extractor`, `llm_*`                                   |
+//! | `openai`            | `config/openai.rs`  | `openai_base_url` (`OPENAI_BASE_URL`); `OPENAI_API_KEY`, environment only |
+//! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes` |
+//! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit`, `request_timeout_secs` |
+//!
+//! `config/layers.rs` reads the layers: each section asks it for typed values
+//! and checks its own invariants. Numeric keys are checked against a
+//! [`layers::Range`] constant beside their default, which the refusal quotes.
+//!
+//! Invariant: a [`Config`] that exists is valid. Every check happens once in
+//! [`Config::load`]; a bad value stops start-up with a message naming the key,
+//! where the value came from (the variable, or the file's path) and what is
+//! allowed. Unknown file keys are refused by name.
+
+mod cache;
+mod embedder;
+mod http;
+mod layers;
+mod llm;
+mod memory;
+mod openai;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+pub use cache::{
+    CacheConfig, DEFAULT_CACHE_EMBEDDING_TTL_SECS, DEFAULT_CACHE_POOL_SIZE, DEFAULT_CACHE_PREFIX,
+    DEFAULT_CACHE_RETRY_MS, DEFAULT_CACHE_TIMEOUT_MS, DEFAULT_CACHE_TTL_SECS,
+};
+pub use embedder::{
+    DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_EMBEDDING_DIMS, DEFAULT_EMBEDDING_MAX_RETRIES,
+    DEFAULT_EMBEDDING_TIMEOUT_SECS, DEFAULT_OPENAI_EMBEDDING_MODEL, EmbedderConfig, EmbedderKind,
+};
+pub use http::{
+    AuthMode, DEFAULT_ALLOWED_HOSTS, DEFAULT_MCP_RATE_LIMIT, DEFAULT_REQUEST_TIMEOUT_SECS,
+    DEFAULT_REST_RATE_LIMIT, HttpConfig,
+};
+pub use layers::{ConfigError, Origin};
+pub use llm::{
+    DEFAULT_LLM_MAX_RETRIES, DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT_SECS, ExtractorKind, LlmConfig,
+};
+pub use memory::{
+    DEFAULT_DEDUP_THRESHOLD, DEFAULT_MAX_TEXT_BYTES, DEFAULT_RECONCILE_THRESHOLD, DEFAULT_USER,
+    MemoryConfig, OnLlmError,
+};
+pub use openai::{OpenAiConfig, Secret};
+pub use store::{DEFAULT_DATABASE_POOL_SIZE, DEFAULT_VECTOR_CACHE_MB, IndexKind, StoreConfig};
+
+use layers::Layers;
+
+/// Validated configuration, one field per section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where memories are kept.
+    pub store: StoreConfig,
+    /// The optional cache server.
+    pub cache: CacheConfig,
+    /// What turns text into vectors.
+    pub embedder: EmbedderConfig,
+    /// The extractor and its chat model.
+    pub llm: LlmConfig,
+    /// The OpenAI-compatible server the `openai` embedder and `llm` extractor call.
+    pub openai: OpenAiConfig,
+    /// How `remember` and `recall` behave.
+    pub memory: MemoryConfig,
+    /// Who may call the HTTP transport, and how much.
+    pub http: HttpConfig,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        // `vars()` would panic on a variable that is not UTF-8, even one that
+        // is not engram's; such a value reaches the checks as text instead.
+        let env: HashMap<String, String> = std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        Self::load_from(file, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file_keys = [
+            store::KEYS,
+            cache::KEYS,
+            embedder::KEYS,
+            llm::KEYS,
+            openai::KEYS,
+            memory::KEYS,
+            http::KEYS,
+        ]
+        .concat();
+        let src = Layers::new(file, env, &file_keys)?;
+        Ok(Self {
+            store: StoreConfig::load(&src)?,
+            cache: CacheConfig::load(&src)?,
+            embedder: EmbedderConfig::load(&src)?,
+            llm: LlmConfig::load(&src)?,
+            openai: OpenAiConfig::load(&src)?,
+            memory: MemoryConfig::load(&src)?,
+            http: HttpConfig::load(&src)?,
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! `store`: where memories are kept (`database_*`, `auto_migrate`, `index`,
+//! `vector_cache_mb`).
+
+use serde::Deserialize;
+
+use super::layers::{Choice, ConfigError, Layers, Range};
+
+pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 16;
+pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
+
+pub(super) const DATABASE_POOL_SIZE: Range<u32> = Range::new(DEFAULT_DATABASE_POOL_SIZE, 1, 1000);
+pub(super) const VECTOR_CACHE_MB: Range<usize> =
+    Range::new(DEFAULT_VECTOR_CACHE_MB, 1, 1024 * 1024);
+
+/// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
+pub(super) const KEYS: &[&str] = &[
+    "database_url",
+    "database_pool_size",
+    "auto_migrate",
+    "index",
+    "vector_cache_mb",
+];
+
+/// The vector index a PostgreSQL store searches with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// pgvectorscale's StreamingDiskANN when the `vectorscale` extension is
+    /// available, else HNSW.
+    #[default]
+    Auto,
+    /// pgvector HNSW (cosine), searched with iterative scans.
+    Hnsw,
+    /// pgvectorscale StreamingDiskANN; start-up fails without the extension.
+    Diskann,
+}
+
+impl Choice for IndexKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("hnsw", Self::Hnsw),
+        ("diskann", Self::Diskann),
+    ];
+}
+
+/// Where memories are kept. Invariant: `database_url` is `sqlite://PATH` or
+/// `postgres(ql)://...`, and `index` is `Auto` for SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (default: `engram.db` under the XDG data dir) or `postgres://...`.
+    pub database_url: String,
+    /// Connections the PostgreSQL store may hold open.
+    pub pool_size: u32,
+    /// Apply pending migrations when `serve` starts (else `engram migrate` must).
+    pub auto_migrate: bool,
+    /// Vector index of a PostgreSQL store (SQLite scans in process: `auto` only).
+    pub index: IndexKind,
+    /// Memory for the in-process vector copies, all users together, in MiB.
+    pub vector_cache_mb: usize,
+}
+
+impl StoreConfig {
+    pub(super) fn load(src: &Layers<'_>) -> Result<Self, ConfigError> {
+        let database_url = match src.string("database_url")? {
+            Some(url) => database_url(src, url)?,
+            None => default_database_url()?,
+        };
+        let index = src.choice("index", IndexKind::Auto)?;
+        if index != IndexKind::Auto && database_url.starts_with("sqlite://") {
+            return Err(src.invalid(
+                "index",
+                "hnsw and diskann are PostgreSQL indexes; the SQLite store searches in \
+                 process, so leave index unset (auto) or use a postgres:// database_url",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            pool_size: src.number("database_pool_size", &DATABASE_POOL_SIZE)?,
+            auto_migrate: src.boolean("auto_migrate", true)?,
+            index,
+            vector_cache_mb: src.number("vector_cache_mb", &VECTOR_CACHE_MB)?,
+        })
+    }
+}
+
+fn database_url(src: &Layers<'_>, url: String) -> Result<String, ConfigError> {
+    let url = url.trim().to_owned();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(src.invalid(
+                "database_url",
+                "sqlite:// needs a file path, e.g. sqlite:///var/lib/engram/engram.db",
+            ));
+        }
+        return Ok(url);
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url);
+    }
+    Err(src.invalid(
+        "database_url",
+        format!(
+            "'{url}' is not supported; use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+        ),
+    ))
+}
+
+fn default_database_url() -> Result<String, ConfigError> {
+    let dir = dirs::data_dir().ok_or(ConfigError::NoDataDir)?;
+    Ok(format!(
+        "sqlite://{}",
+        dir.join("engram").join("engram.db").display()
+    ))
+}

@@ -1,0 +1,477 @@
+//! The configuration's unit tests: layering, accepted forms, and that each
+//! refusal names the key, where the value came from, and what is allowed.
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_then_file_then_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engram.toml");
+    std::fs::write(
+        &file,
+        "database_url = \"sqlite:///tmp/a.db\"\nembedding_dims = 128\ndefault_user = \"filey\"\n",
+    )
+    .unwrap();
+
+    let cfg = Config::load_from(Some(&file), &env(&[("ENGRAM_DEFAULT_USER", "envy")])).unwrap();
+    assert_eq!(cfg.store.database_url, "sqlite:///tmp/a.db");
+    assert_eq!(cfg.embedder.dims, 128);
+    assert_eq!(cfg.memory.default_user, "envy");
+    assert_eq!(cfg.memory.dedup_threshold, 0.9);
+    assert_eq!(cfg.memory.max_text_bytes, 32 * 1024);
+    assert_eq!(cfg.store.vector_cache_mb, 512);
+    assert_eq!(cfg.embedder.kind, EmbedderKind::Hash);
+    assert_eq!(cfg.store.index, IndexKind::Auto);
+    assert!(cfg.store.auto_migrate);
+}
+
+#[test]
+fn openai_settings_come_from_the_standard_variables() {
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_EMBEDDER", "openai"),
+            ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
+            ("OPENAI_API_KEY", "sk-secret"),
+            ("ENGRAM_EMBEDDING_QUERY_PREFIX", "query: "),
+            ("ENGRAM_EMBEDDING_SEND_DIMENSIONS", "false"),
+            ("ENGRAM_EMBEDDING_BATCH_SIZE", "16"),
+            ("ENGRAM_EMBEDDING_QUERY_INPUT_TYPE", "search_query"),
+            ("ENGRAM_ON_LLM_ERROR", "Fail"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.embedder.input_type_field, "input_type");
+    assert_eq!(
+        cfg.embedder.query_input_type.as_deref(),
+        Some("search_query")
+    );
+    assert_eq!(cfg.embedder.document_input_type, None);
+    assert_eq!(cfg.memory.on_llm_error, OnLlmError::Fail);
+    for bad in ["model", "", "a b"] {
+        let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_INPUT_TYPE_FIELD", bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ENGRAM_EMBEDDING_INPUT_TYPE_FIELD"), "{err}");
+    }
+    let err = Config::load_from(None, &env(&[("ENGRAM_ON_LLM_ERROR", "ignore")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("verbatim, fail"), "{err}");
+    assert_eq!(cfg.embedder.kind, EmbedderKind::Openai);
+    assert_eq!(cfg.openai.base_url, "http://localhost:11434/v1");
+    assert_eq!(cfg.embedder.query_prefix, "query: ");
+    assert!(!cfg.embedder.send_dimensions);
+    assert_eq!(cfg.embedder.batch_size, 16);
+    assert_eq!(cfg.embedder.max_retries, DEFAULT_EMBEDDING_MAX_RETRIES);
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("sk-secret"), "{shown}");
+
+    let defaults = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(defaults.openai.base_url, crate::openai::OPENAI_API_BASE);
+    assert_eq!(defaults.openai.api_key, None);
+
+    let err = Config::load_from(None, &env(&[("OPENAI_BASE_URL", "localhost:11434")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("OPENAI_BASE_URL") && err.contains("http"),
+        "{err}"
+    );
+    let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_BATCH_SIZE", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ENGRAM_EMBEDDING_BATCH_SIZE"), "{err}");
+}
+
+#[test]
+fn cache_settings_are_checked() {
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_CACHE_URL", "redis://cache:6379/2"),
+            ("ENGRAM_CACHE_PREFIX", "staging:"),
+            ("ENGRAM_CACHE_TTL_SECS", "60"),
+            ("ENGRAM_CACHE_TIMEOUT_MS", "25"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.cache.url.as_deref(), Some("redis://cache:6379/2"));
+    assert_eq!(cfg.cache.prefix, "staging:");
+    assert_eq!(cfg.cache.ttl_secs, 60);
+    assert_eq!(cfg.cache.timeout_ms, 25);
+    assert_eq!(
+        cfg.cache.embedding_ttl_secs,
+        DEFAULT_CACHE_EMBEDDING_TTL_SECS
+    );
+    assert_eq!(cfg.cache.pool_size, DEFAULT_CACHE_POOL_SIZE);
+
+    let unset = Config::load_from(None, &env(&[("ENGRAM_CACHE_URL", " ")])).unwrap();
+    assert_eq!(unset.cache.url, None);
+
+    for (key, value, expect) in [
+        ("ENGRAM_CACHE_URL", "memcached://x", "redis://"),
+        ("ENGRAM_CACHE_URL", "rediss://:secret@x:6380", "TLS"),
+        ("ENGRAM_CACHE_TTL_SECS", "0", "1..=86400"),
+        ("ENGRAM_CACHE_TIMEOUT_MS", "soon", "integer"),
+        ("ENGRAM_CACHE_PREFIX", "a b", "without spaces"),
+        ("ENGRAM_CACHE_POOL_SIZE", "0", "1..=256"),
+    ] {
+        let err = Config::load_from(None, &env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(expect),
+            "{key}={value}: {err}"
+        );
+        assert!(!err.contains("secret"), "password shown: {err}");
+    }
+}
+
+#[test]
+fn postgres_urls_and_their_settings() {
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_DATABASE_URL", "postgres://engram@db:5432/engram"),
+            ("ENGRAM_INDEX", "hnsw"),
+            ("ENGRAM_AUTO_MIGRATE", "false"),
+            ("ENGRAM_DATABASE_POOL_SIZE", "4"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.store.index, IndexKind::Hnsw);
+    assert!(!cfg.store.auto_migrate);
+    assert_eq!(cfg.store.pool_size, 4);
+
+    let err = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_DATABASE_URL", "sqlite:///tmp/x.db"),
+            ("ENGRAM_INDEX", "diskann"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("ENGRAM_INDEX") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+
+    let err = Config::load_from(None, &env(&[("ENGRAM_AUTO_MIGRATE", "sometimes")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ENGRAM_AUTO_MIGRATE"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_the_choices() {
+    let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDER", "bert")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ENGRAM_EMBEDDER") && err.contains("hash, openai"),
+        "{err}"
+    );
+
+    let err = Config::load_from(None, &env(&[("ENGRAM_EMBEDDING_DIMS", "many")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("embedding_dims") && err.contains("integer"),
+        "{err}"
+    );
+
+    let err = Config::load_from(None, &env(&[("ENGRAM_DEDUP_THRESHOLD", "1.5")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dedup_threshold"), "{err}");
+
+    let err = Config::load_from(None, &env(&[("ENGRAM_DATABASE_URL", "mysql://x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sqlite://"), "{err}");
+}
+
+#[test]
+fn http_limits_and_origins() {
+    let cfg = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(
+        (cfg.http.rest_rate_limit, cfg.http.mcp_rate_limit),
+        (10, 600)
+    );
+    assert_eq!(cfg.http.request_timeout_secs, 120);
+    assert!(cfg.http.allowed_origins.is_empty());
+
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_REST_RATE_LIMIT", "0"),
+            ("ENGRAM_MCP_RATE_LIMIT", "5000"),
+            ("ENGRAM_REQUEST_TIMEOUT_SECS", "30"),
+            (
+                "ENGRAM_ALLOWED_ORIGINS",
+                " https://App.example.com/ ,http://localhost:3000",
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (cfg.http.rest_rate_limit, cfg.http.mcp_rate_limit),
+        (0, 5000)
+    );
+    assert_eq!(cfg.http.request_timeout_secs, 30);
+    assert_eq!(
+        cfg.http.allowed_origins,
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+
+    for (key, value, says) in [
+        ("ENGRAM_ALLOWED_ORIGINS", "*", "no wildcards"),
+        ("ENGRAM_ALLOWED_ORIGINS", "app.example.com", "scheme://host"),
+        (
+            "ENGRAM_ALLOWED_ORIGINS",
+            "https://a.example/path",
+            "not an origin",
+        ),
+        ("ENGRAM_REST_RATE_LIMIT", "-1", "0 for no limit"),
+        ("ENGRAM_REQUEST_TIMEOUT_SECS", "0", "1..=3600"),
+    ] {
+        let err = Config::load_from(None, &env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(says),
+            "{key}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_file_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engram.toml");
+    std::fs::write(&file, "embeder = \"hash\"\n").unwrap();
+    let err = Config::load_from(Some(&file), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("embeder"), "{err}");
+}
+
+fn write_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let file = dir.path().join("engram.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_bad_file_value_is_blamed_on_the_file_not_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, says) in [
+        ("dedup_threshold = 2.0\n", "dedup_threshold", "(0, 1]"),
+        ("embedding_dims = \"many\"\n", "embedding_dims", "integer"),
+        ("embedder = \"bert\"\n", "embedder", "hash, openai"),
+        (
+            "auto_migrate = \"sometimes\"\n",
+            "auto_migrate",
+            "true or false",
+        ),
+        (
+            "allowed_origins = [\"*\"]\n",
+            "allowed_origins",
+            "no wildcards",
+        ),
+        (
+            "llm_categories = \"work\"\n",
+            "llm_categories",
+            "array of strings",
+        ),
+        ("cache_url = \"memcached://x\"\n", "cache_url", "redis://"),
+    ] {
+        let file = write_file(&dir, text);
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        let from_file = format!("{key} (config file {}): ", file.display());
+        assert!(
+            err.starts_with(&from_file) && err.contains(says),
+            "{text}: {err}"
+        );
+        assert!(!err.contains("ENGRAM_"), "blamed on the variable: {err}");
+    }
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "dedup_threshold = 2.0\ncache_ttl_secs = 60\ncache_url = \"redis://cache:6379\"\n\
+         allowed_hosts = [\"Memory.Example.com\"]\nembedder = \"OpenAI\"\n\
+         llm_categories = [\"work\", \"diet\"]\nopenai_base_url = \"http://file:1/v1\"\n",
+    );
+    let err = Config::load_from(Some(&file), &env(&[])).unwrap_err();
+    assert!(err.to_string().contains("dedup_threshold"), "{err}");
+
+    let cfg = Config::load_from(
+        Some(&file),
+        &env(&[
+            // The file's bad value is never read: the variable wins.
+            ("ENGRAM_DEDUP_THRESHOLD", "0.8"),
+            ("ENGRAM_CACHE_TTL_SECS", "120"),
+            // Blank in the environment: no cache, whatever the file says.
+            ("ENGRAM_CACHE_URL", ""),
+            ("ENGRAM_LLM_CATEGORIES", "plans, travel"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.memory.dedup_threshold, 0.8);
+    assert_eq!(cfg.cache.ttl_secs, 120);
+    assert_eq!(cfg.cache.url, None);
+    assert_eq!(cfg.llm.categories, ["plans", "travel"]);
+    // Not overridden: the file's values, in their accepted forms.
+    assert_eq!(cfg.http.allowed_hosts, ["memory.example.com"]);
+    assert_eq!(cfg.embedder.kind, EmbedderKind::Openai);
+    assert_eq!(cfg.openai.base_url, "http://file:1/v1");
+
+    let cfg = Config::load_from(
+        Some(&file),
+        &env(&[
+            ("ENGRAM_DEDUP_THRESHOLD", "0.8"),
+            ("OPENAI_BASE_URL", "http://env:2/v1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.openai.base_url, "http://env:2/v1");
+    assert_eq!(cfg.cache.url.as_deref(), Some("redis://cache:6379"));
+}
+
+#[test]
+fn a_range_refusal_quotes_the_range_and_default_constants() {
+    let err = Config::load_from(None, &env(&[("ENGRAM_CACHE_TTL_SECS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "cache_ttl_secs (env ENGRAM_CACHE_TTL_SECS): 0 is out of range; allowed {}..={} \
+             (default {DEFAULT_CACHE_TTL_SECS})",
+            cache::TTL_SECS.min,
+            cache::TTL_SECS.max
+        )
+    );
+
+    fn refused<T: layers::Number>(key: &str, range: &layers::Range<T>) {
+        let allowed = format!("allowed {} (default {})", range.allowed(), range.default);
+        let var = layers::env_var(key);
+        let err = Config::load_from(None, &env(&[(&var, "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{key} (env {var}): -1 is out of range;"))
+                && err.ends_with(&allowed),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, &format!("{key} = -1\n"));
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{key} (config file ")) && err.ends_with(&allowed),
+            "{err}"
+        );
+    }
+    refused("database_pool_size", &store::DATABASE_POOL_SIZE);
+    refused("vector_cache_mb", &store::VECTOR_CACHE_MB);
+    refused("cache_ttl_secs", &cache::TTL_SECS);
+    refused("cache_embedding_ttl_secs", &cache::EMBEDDING_TTL_SECS);
+    refused("cache_timeout_ms", &cache::TIMEOUT_MS);
+    refused("cache_pool_size", &cache::POOL_SIZE);
+    refused("cache_retry_ms", &cache::RETRY_MS);
+    refused("embedding_dims", &embedder::DIMS);
+    refused("embedding_batch_size", &embedder::BATCH_SIZE);
+    refused("embedding_timeout_secs", &embedder::TIMEOUT_SECS);
+    refused("embedding_max_retries", &embedder::MAX_RETRIES);
+    refused("llm_timeout_secs", &llm::TIMEOUT_SECS);
+    refused("llm_max_retries", &llm::MAX_RETRIES);
+    refused("dedup_threshold", &memory::DEDUP_THRESHOLD);
+    refused("reconcile_threshold", &memory::RECONCILE_THRESHOLD);
+    refused("max_text_bytes", &memory::MAX_TEXT_BYTES);
+    refused("rest_rate_limit", &http::REST_RATE_LIMIT);
+    refused("mcp_rate_limit", &http::MCP_RATE_LIMIT);
+    refused("request_timeout_secs", &http::REQUEST_TIMEOUT_SECS);
+}
+
+#[test]
+fn accepted_forms_of_booleans_choices_and_numbers() {
+    for (value, expect) in [
+        ("true", true),
+        ("1", true),
+        ("Yes", true),
+        (" on ", true),
+        ("FALSE", false),
+        ("0", false),
+        ("no", false),
+        ("off", false),
+    ] {
+        let cfg = Config::load_from(None, &env(&[("ENGRAM_AUTO_MIGRATE", value)])).unwrap();
+        assert_eq!(cfg.store.auto_migrate, expect, "{value}");
+    }
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_EXTRACTOR", " LLM "),
+            ("ENGRAM_AUTH", "None"),
+            ("ENGRAM_DEDUP_THRESHOLD", "1"),
+            ("ENGRAM_RECONCILE_THRESHOLD", "0"),
+            ("ENGRAM_EMBEDDING_DIMS", " 256 "),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.llm.extractor, ExtractorKind::Llm);
+    assert_eq!(cfg.http.auth, AuthMode::None);
+    assert_eq!(
+        (cfg.memory.dedup_threshold, cfg.memory.reconcile_threshold),
+        (1.0, 0.0)
+    );
+    assert_eq!(cfg.embedder.dims, 256);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(&dir, "reconcile_threshold = 1\nauto_migrate = false\n");
+    let cfg = Config::load_from(Some(&file), &env(&[])).unwrap();
+    assert_eq!(cfg.memory.reconcile_threshold, 1.0);
+    assert!(!cfg.store.auto_migrate);
+}
+
+#[test]
+fn the_api_key_and_nested_tables_are_refused_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        ("openai_api_key = \"sk-x\"\n", "OPENAI_API_KEY"),
+        ("[cache]\nurl = \"redis://x\"\n", "'cache'"),
+    ] {
+        let file = write_file(&dir, text);
+        let err = Config::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(says),
+            "{err}"
+        );
+        assert!(!err.contains("sk-x"), "{err}");
+    }
+    let err = Config::load_from(Some(&dir.path().join("missing.toml")), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read config file"), "{err}");
+}
