@@ -45,7 +45,6 @@ mod openapi;
 mod problem;
 mod sse;
 
-pub use openapi::document as openapi_document;
 use problem::Problem;
 
 #[derive(Debug, thiserror::Error)]

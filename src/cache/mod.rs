@@ -32,7 +32,7 @@
 //! Keys put the user hash in braces (a Redis Cluster hash tag), so one user's
 //! keys share a slot and the scripts stay single-slot on Dragonfly and clusters.
 
-pub mod entry;
+pub(crate) mod entry;
 mod health;
 mod redis;
 

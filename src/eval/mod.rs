@@ -16,8 +16,8 @@
 //! The embedder is the configured one; the configured database is never
 //! opened (`scratch` makes the store).
 
-pub mod locomo;
-pub mod metrics;
+mod locomo;
+mod metrics;
 mod report;
 mod scratch;
 
