@@ -63,6 +63,10 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+# The crate docs are its map (src/lib.rs): a broken or private link fails.
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
 # cargo-nextest is used when present; building it from source takes minutes,
 # so when it is missing we fall back to cargo test rather than install it.
 if cargo nextest --version >/dev/null 2>&1; then

@@ -28,20 +28,20 @@
 //! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
 //!   (Dragonfly, Redis), keyed by each user's write version in the store.
 //! * [`context`]: a user's memories rendered for a system prompt.
-//! * [`reconcile`]: what new facts mean for similar stored memories (add,
+//! * `reconcile`: what new facts mean for similar stored memories (add,
 //!   update, supersede, keep), validated before anything is written.
 //! * [`keywords`]: terms (stemmed words) and BM25 over one user's memories, on a 0..1 scale.
-//! * [`rank`]: fuses semantic and keyword relevance into one absolute score.
+//! * `rank`: fuses semantic and keyword relevance into one absolute score.
 //! * [`chat`]: a chat loop with memory (recall before, remember after each
 //!   reply), for applications and `examples/chat_agent.rs`.
-//! * [`mcp`]: the rmcp server handler: tools, the context resource and the prompt.
+//! * `mcp`: the rmcp server handler: tools, the context resource and the prompt.
 //! * [`params`]: the arguments MCP tools and REST bodies share, defined once.
-//! * [`bench`]: the `engram bench` workload (one user; many users on PostgreSQL;
+//! * [`bench`](mod@bench): the `engram bench` workload (one user; many users on PostgreSQL;
 //!   the cache; remember with inference against a stand-in model server;
 //!   recall over the REST API).
 //! * [`eval`]: `engram eval FILE`: recall scored on a LoCoMo-format conversation set, in a scratch store.
-//! * [`stdio`]: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
-//! * [`http`]: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
+//! * `stdio`: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
+//! * `http`: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
 //!   (`/sse`), the REST API with its OpenAPI document, the key gate and rate limits,
 //!   problem+json errors, health checks.
 //! * [`startup`]: builds the service from a config and runs a transport

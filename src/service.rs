@@ -2,10 +2,10 @@
 //!
 //! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
 //!   with similar stored memories (at most one more model call, see
-//!   [`crate::reconcile`]) ─▶ add / update / supersede / keep each (adds are
+//!   `crate::reconcile`) ─▶ add / update / supersede / keep each (adds are
 //!   deduplicated atomically by the store) ─▶ report one event per fact.
 //! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ both
-//!   relevances for every candidate ─▶ fuse into absolute scores ([`crate::rank`]) ─▶ load.
+//!   relevances for every candidate ─▶ fuse into absolute scores (`crate::rank`) ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
 //!   memories, rendered for a system prompt.
 //! * forget: hard-delete one memory or all of a user's, then purge the
@@ -64,12 +64,12 @@ pub const DEFAULT_CONTEXT_LIMIT: usize = 20;
 pub struct Settings {
     pub dedup_threshold: f32,
     /// Stored memories at least this similar to a new fact are shown to the
-    /// reconciler (see [`crate::reconcile`]).
+    /// reconciler (see `crate::reconcile`).
     pub reconcile_threshold: f32,
     pub max_text_bytes: usize,
     /// How long a cached recall or context is served (at most; any write ends it sooner).
     pub cache_ttl: Duration,
-    /// What `remember` does when the model fails (see [`remember`]).
+    /// What `remember` does when the model fails (see `remember`).
     pub on_llm_error: OnLlmError,
     /// The user a request without `user_id` acts for, unless its caller's
     /// key belongs to a user.

@@ -8,9 +8,9 @@
 //!   search against an exact f32 scan of the same vectors. On PostgreSQL it
 //!   also times the raw SQL floor (the filtered nearest-neighbour query
 //!   issued directly) and remember with several writers at once.
-//! * Many users (PostgreSQL, `--crowd-rows`): see [`crowd`].
+//! * Many users (PostgreSQL, `--crowd-rows`): see `crowd`.
 //!
-//! Text comes from [`text::Generator`], seeded, so runs repeat.
+//! Text comes from `text::Generator`, seeded, so runs repeat.
 
 mod cache;
 mod crowd;

@@ -3,7 +3,7 @@
 //!
 //! What is cached, per user, in one hash `{prefix}u:{<user hash>}`:
 //! recall results and user contexts, one field per request shape
-//! ([`recall_field`], [`context_field`]), each an [`entry`] recording the
+//! ([`recall_field`], [`context_field`]), each an `entry` recording the
 //! user's [`Versions::version`](crate::store::Versions::version) it was built at.
 //! Query embeddings live under `{prefix}qv:<hash>` (embedder identity + text),
 //! shared by all users: they hold a vector, not a memory.
@@ -22,7 +22,7 @@
 //!   Purges that fail while the cache is down are retried when it returns.
 //! * **The cache is optional at every moment.** Every operation has a short
 //!   timeout; a failure is counted, logged at most once per interval
-//!   ([`health`]), and the request goes on without the cache, which is tried
+//!   (`health`), and the request goes on without the cache, which is tried
 //!   again after a pause.
 //!
 //! Besides, `{prefix}rl:<kind>:<key id>` holds the HTTP rate limit state of

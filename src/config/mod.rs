@@ -17,7 +17,7 @@
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
-//! [`layers::Range`] constant beside their default, which the refusal quotes.
+//! `layers::Range` constant beside their default, which the refusal quotes.
 //!
 //! Invariant: a [`Config`] that exists is valid. Every check happens once in
 //! [`Config::load`]; a bad value stops start-up with a message naming the key,

@@ -1,9 +1,9 @@
 //! `engram eval FILE`: measures recall on a LoCoMo-format conversation set
-//! (see [`locomo`]), in a scratch store that is thrown away afterwards.
+//! (see `locomo`), in a scratch store that is thrown away afterwards.
 //!
 //! 1. Every turn is remembered as said (`infer: false`), one memory per
 //!    turn, in the conversation's user (its `sample_id`), with the text
-//!    [`locomo::Turn::memory_text`] and metadata `{"dia_id": ...}`. The
+//!    `locomo::Turn::memory_text` and metadata `{"dia_id": ...}`. The
 //!    dedup threshold is above any similarity, so distinct turns are never
 //!    merged; when the store still answers with an existing memory (an
 //!    exact repeat of its text), that memory stands for both turns.

@@ -159,7 +159,7 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// Both relevances of one memory to one query, for fusion ([`crate::rank`]).
+/// Both relevances of one memory to one query, for fusion (`crate::rank`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
     pub id: MemoryId,
