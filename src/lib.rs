@@ -9,44 +9,45 @@
 //!                                                 └──▶ Cache (optional)
 //! ```
 //!
-//! * [`auth`]: who is calling (the principal, which decides the user a request
-//!   acts for) and API keys (made once, stored hashed).
-//! * [`config`]: typed configuration, defaults < TOML file < `ENGRAM_*` env, validated once.
-//! * [`model`]: the nouns: memories, ids, scopes, facts, events, filters.
-//! * [`service`]: the only place that knows the order of steps (remember, recall,
-//!   user_context, forget); when the model fails, what is kept and how
-//!   `engram reextract` finishes it (`service::deferred`).
-//! * [`extract`]: turns messages into facts (`verbatim`, as said; `llm`, an
-//!   OpenAI-compatible chat model that also reconciles them with what is stored).
-//! * [`embed`]: turns text into vectors (`hash`, offline and deterministic;
-//!   `openai`, any OpenAI-compatible embeddings server).
-//! * [`openai`]: the OpenAI-compatible HTTP client (key, timeout, retries, errors).
-//! * [`store`]: durable memories, history and search, one trait per concern
-//!   (writes, reads, search, the pending queue, keys, reports, versions); each
-//!   backend a folder with a file per concern (`sqlite`, the embedded default;
-//!   `postgres`, PostgreSQL + pgvector for shared deployments).
-//! * [`cache`]: recalls, contexts and query vectors in a Redis-protocol server
-//!   (Dragonfly, Redis), keyed by each user's write version in the store.
-//! * [`context`]: a user's memories rendered for a system prompt.
-//! * `reconcile`: what new facts mean for similar stored memories (add,
-//!   update, supersede, keep), validated before anything is written.
-//! * [`keywords`]: terms (stemmed words) and BM25 over one user's memories, on a 0..1 scale.
-//! * `rank`: fuses semantic and keyword relevance into one absolute score.
-//! * [`chat`]: a chat loop with memory (recall before, remember after each
-//!   reply), for applications and `examples/chat_agent.rs`.
-//! * `mcp`: the rmcp server handler: tools, the context resource and the prompt.
-//! * [`params`]: the arguments MCP tools and REST bodies share, defined once.
-//! * [`bench`](mod@bench): the `engram bench` workload (one user; many users on PostgreSQL;
-//!   the cache; remember with inference against a stand-in model server;
-//!   recall over the REST API).
-//! * [`eval`]: `engram eval FILE`: recall scored on a LoCoMo-format conversation set, in a scratch store.
-//! * `stdio`: the stdio transport, which answers malformed JSON-RPC instead of ignoring it.
-//! * `http`: the HTTP transport: MCP over Streamable HTTP (`/mcp`) and legacy SSE
-//!   (`/sse`), the REST API with its OpenAPI document, the key gate and rate limits,
-//!   problem+json errors, health checks.
-//! * [`startup`]: builds the service from a config and runs a transport
-//!   ([`startup::HttpApp`]: build, then run).
-//! * [`telemetry`]: logging to stderr (stdout belongs to the protocol on stdio).
+//! Where each concern lives (one idea per file; `docs/architecture.md` says
+//! why, and which invariants each part keeps):
+//!
+//! * Doors. `stdio` (`src/stdio.rs`): MCP on stdin/stdout, answering
+//!   malformed JSON-RPC. `http` (`src/http.rs`, `src/http/`): MCP over
+//!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`), the REST API
+//!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
+//!   (`auth.rs`), rate limits (`limit.rs`), problem+json errors
+//!   (`problem.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
+//!   and the prompt. [`params`]: the arguments both doors accept.
+//! * Who is calling: [`auth`] (the principal, which decides the user a
+//!   request acts for; API keys, made once and stored hashed).
+//! * The flows: [`service`] (`src/service.rs`) is the only place that knows
+//!   the order of steps; beside it `validate.rs` (what every door accepts),
+//!   `remember.rs` (the write flow, and what it keeps when the model fails),
+//!   `recall.rs` (search and the context), `cached.rs` (the cache-through
+//!   steps), `reextract.rs` (`engram reextract`) and `types.rs` (results).
+//! * The nouns: [`model`] (`ids.rs`: memory and user ids, the scope;
+//!   `memory.rs`: memories, messages, facts, events; `filter.rs`: metadata
+//!   and its filters; `details.rs`: when two statements differ in a detail).
+//! * The steps: [`extract`] (messages to facts: `verbatim.rs`, `llm.rs`),
+//!   [`embed`] (text to vectors: `hash.rs`, `openai.rs`; `calibration.rs`
+//!   measures an embedder's floor), `reconcile` (what new facts do to
+//!   similar stored ones), [`keywords`] (terms and BM25 over one user's
+//!   memories), `rank` (semantic and keyword relevance fused into one
+//!   absolute score), [`context`] (memories rendered for a system prompt),
+//!   [`openai`] (the OpenAI-compatible HTTP client).
+//! * Durable state: [`store`], one trait per concern (`traits.rs`), each
+//!   backend a folder with a file per concern (`sqlite/`, the embedded
+//!   default; `postgres/`, PostgreSQL + pgvector); [`cache`], recalls,
+//!   contexts and query vectors in a Redis-protocol server, keyed by each
+//!   user's write version.
+//! * Running it: [`config`] (defaults < TOML file < `ENGRAM_*` env, one file
+//!   per section), [`startup`] (a config made into a running service:
+//!   `build`, then a transport; [`startup::HttpApp`]), [`telemetry`] (logs
+//!   to stderr: on stdio, stdout belongs to the protocol).
+//! * Around it: [`chat`] (a chat loop with memory, for
+//!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
+//!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set).
 //!
 //! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
