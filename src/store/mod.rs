@@ -22,11 +22,11 @@ pub use postgres::{PgOptions, PgStore, PlanSettings, redact};
 pub use sqlite::SqliteStore;
 
 mod report;
+mod shared;
 mod traits;
 mod types;
 
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
-use report::{StatsCounts, assemble_export};
 pub use traits::{
     Keys, PendingQueue, Reads, Reports, Search, Store, Versions, Writes, candidates_in_steps,
 };
@@ -34,7 +34,6 @@ pub use types::{
     ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
     SupersedeOutcome,
 };
-use types::{HISTORY_SELECT, KEY_SELECT, PENDING_SELECT, parse_event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,11 +1,10 @@
 //! API keys ([`Keys`]), stored hashed.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use super::{PgStore, db};
+use crate::store::shared::{KEY_SELECT, key_from_row};
 use crate::store::{ApiKey, Keys, StoreError};
 
 #[async_trait]
@@ -31,7 +30,7 @@ impl Keys for PgStore {
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{} ORDER BY created_at, id",
-            crate::store::KEY_SELECT
+            KEY_SELECT
         )))
         .fetch_all(&self.pool)
         .await
@@ -42,7 +41,7 @@ impl Keys for PgStore {
     async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{} WHERE hash = $1 AND revoked_at IS NULL",
-            crate::store::KEY_SELECT
+            KEY_SELECT
         )))
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -62,17 +61,4 @@ impl Keys for PgStore {
         .rows_affected();
         Ok(done > 0)
     }
-}
-
-pub(super) fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
-    let read = db("reading an API key");
-    Ok(ApiKey {
-        id: row.try_get("id").map_err(&read)?,
-        prefix: row.try_get("prefix").map_err(&read)?,
-        hash: row.try_get("hash").map_err(&read)?,
-        user_id: row.try_get("user_id").map_err(&read)?,
-        label: row.try_get("label").map_err(&read)?,
-        created_at: row.try_get("created_at").map_err(&read)?,
-        revoked_at: row.try_get("revoked_at").map_err(&read)?,
-    })
 }

@@ -3,10 +3,10 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
 use super::{PgStore, db};
 use crate::model::{Memory, MemoryId, Scope};
-use crate::store::{HISTORY_SELECT, HistoryEntry, Reads, StoreError};
+use crate::store::shared::{HISTORY_SELECT, MEMORY_COLUMNS, history_from_row, memory_from_row};
+use crate::store::{HistoryEntry, Reads, StoreError};
 
 #[async_trait]
 impl Reads for PgStore {

@@ -2,11 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::rows::millis;
 use super::{SqliteStore, db};
+use crate::store::shared::{KEY_SELECT, key_from_row};
 use crate::store::{ApiKey, Keys, StoreError};
 
 #[async_trait]
@@ -32,7 +30,7 @@ impl Keys for SqliteStore {
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{} ORDER BY created_at, id",
-            crate::store::KEY_SELECT
+            KEY_SELECT
         )))
         .fetch_all(&self.pool)
         .await
@@ -43,7 +41,7 @@ impl Keys for SqliteStore {
     async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{} WHERE hash = ? AND revoked_at IS NULL",
-            crate::store::KEY_SELECT
+            KEY_SELECT
         )))
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -63,22 +61,4 @@ impl Keys for SqliteStore {
                 .rows_affected();
         Ok(done > 0)
     }
-}
-
-pub(super) fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
-    let read = db("reading an API key");
-    let id: String = row.try_get("id").map_err(&read)?;
-    Ok(ApiKey {
-        id: uuid::Uuid::parse_str(&id)
-            .map_err(|_| StoreError::Corrupt(format!("API key id '{id}'")))?,
-        prefix: row.try_get("prefix").map_err(&read)?,
-        hash: row.try_get("hash").map_err(&read)?,
-        user_id: row.try_get("user_id").map_err(&read)?,
-        label: row.try_get("label").map_err(&read)?,
-        created_at: millis(row.try_get("created_at").map_err(&read)?),
-        revoked_at: row
-            .try_get::<Option<i64>, _>("revoked_at")
-            .map_err(&read)?
-            .map(millis),
-    })
 }

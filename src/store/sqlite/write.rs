@@ -8,13 +8,14 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::keyword_index::index_terms;
-use super::rows::{MEMORY_COLUMNS, content_hash, json_array, memory_from_row};
+use super::rows::json_array;
 use super::vectors::{decode_vector, encode_vector};
 use super::versions::{bump_generation, generation};
 use super::{SqliteStore, db};
 use crate::embed::dot;
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash_hex, memory_from_row};
 use crate::store::vector_index::UserVectors;
 use crate::store::{InsertOutcome, NewMemory, StoreError, SupersedeOutcome, Writes};
 
@@ -147,7 +148,7 @@ impl SqliteStore {
             .bind(&new.scope.agent_id)
             .bind(&new.scope.run_id)
             .bind(&new.content)
-            .bind(content_hash(&new.content))
+            .bind(content_hash_hex(&new.content))
             .bind(&metadata)
             .bind(&categories)
             .bind(now.timestamp_millis())
@@ -204,7 +205,7 @@ impl SqliteStore {
              AND valid_to IS NULL AND pk <> ? LIMIT 1",
         )
         .bind(user_id)
-        .bind(content_hash(content))
+        .bind(content_hash_hex(content))
         .bind(except)
         .fetch_optional(&mut *conn)
         .await
@@ -443,7 +444,7 @@ impl Writes for SqliteStore {
              updated_at = ? WHERE pk = ?",
         )
         .bind(content)
-        .bind(content_hash(content))
+        .bind(content_hash_hex(content))
         .bind(i64::from(terms.length))
         .bind(now)
         .bind(pk)
