@@ -4,12 +4,10 @@
 use async_trait::async_trait;
 
 use super::{PgStore, db};
-use crate::store::shared::{
-    HISTORY_SELECT, MEMORY_COLUMNS, PENDING_SELECT, export_from_rows, stats_from_row,
-};
+use crate::store::shared::{MEMORY_COLUMNS, reports};
 use crate::store::{Reports, StoreError, UserExport, UserStats};
 
-/// A user's numbers ($1: the user) in one row, for [`stats_from_row`]: one
+/// A user's numbers ($1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (current and closed rows each through
 /// their own partial index), history and deferred remembers; the category
 /// counts as a JSON array of `[category, memories]`.
@@ -42,14 +40,7 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for PgStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        // One statement: one snapshot.
-        let row = sqlx::query(STATS)
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("counting the user's data"))?;
-        let counts = stats_from_row(&row)?;
-        Ok(counts.finish(user_id, self.embedder.dims))
+        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
@@ -61,7 +52,7 @@ impl Reports for PgStore {
             .await
             .map_err(db("reading an export"))?;
         // Current and closed rows each through their own partial index.
-        let sql = format!(
+        let memories = format!(
             "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m \
              WHERE m.user_id = $1 AND m.valid_to IS NULL \
              UNION ALL \
@@ -69,26 +60,8 @@ impl Reports for PgStore {
              WHERE m.user_id = $1 AND m.valid_to IS NOT NULL \
              ORDER BY created_at, id"
         );
-        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("exporting memories"))?;
-        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{HISTORY_SELECT} WHERE user_id = $1 ORDER BY pk"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting history"))?;
-        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{PENDING_SELECT} WHERE user_id = $1 ORDER BY created_at, id"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting deferred remembers"))?;
+        let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
-        export_from_rows(user_id, &memories, &history, &pending)
+        Ok(export)
     }
 }

@@ -15,7 +15,7 @@ use super::rows::{now_micros, uuid_array_literal};
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
-use crate::store::shared::{MEMORY_COLUMNS, content_hash, memory_from_row};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row};
 use crate::store::{InsertOutcome, NewMemory, Reads, StoreError, SupersedeOutcome, Writes};
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -374,11 +374,8 @@ pub(super) fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, 
 /// term statistics), so two writers of one user queue here instead of each
 /// holding what the other waits for.
 pub(super) async fn lock_user(tx: &mut PgConnection, user_id: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("taking the user's write lock"))?;
+    let lock = "SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))";
+    for_user(tx, lock, user_id, "taking the user's write lock").await?;
     Ok(())
 }
 

@@ -1,56 +1,23 @@
-//! API keys ([`Keys`]), stored hashed.
+//! API keys ([`Keys`](crate::store::Keys)), stored hashed: the shared
+//! [`KeyTable`] on this store's pool, revoked at this process's time.
 
 use async_trait::async_trait;
 use chrono::Utc;
+use sqlx::{Sqlite, SqlitePool};
 
 use super::{SqliteStore, db};
-use crate::store::shared::{KEY_SELECT, key_from_row};
-use crate::store::{ApiKey, Keys, StoreError};
+use crate::store::StoreError;
+use crate::store::shared::KeyTable;
 
 #[async_trait]
-impl Keys for SqliteStore {
-    async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(key.id.to_string())
-        .bind(&key.prefix)
-        .bind(&key.hash)
-        .bind(&key.user_id)
-        .bind(&key.label)
-        .bind(key.created_at.timestamp_millis())
-        .bind(key.revoked_at.map(|t| t.timestamp_millis()))
-        .execute(&self.pool)
-        .await
-        .map_err(db("storing an API key"))?;
-        Ok(())
+impl KeyTable for SqliteStore {
+    type Db = Sqlite;
+
+    fn key_pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
-    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} ORDER BY created_at, id",
-            KEY_SELECT
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing API keys"))?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} WHERE hash = ? AND revoked_at IS NULL",
-            KEY_SELECT
-        )))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("looking up an API key"))?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
+    async fn revoke(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(Utc::now().timestamp_millis())

@@ -4,12 +4,10 @@
 use async_trait::async_trait;
 
 use super::{SqliteStore, db};
-use crate::store::shared::{
-    HISTORY_SELECT, MEMORY_COLUMNS, PENDING_SELECT, export_from_rows, stats_from_row,
-};
+use crate::store::shared::{MEMORY_COLUMNS, reports};
 use crate::store::{Reports, StoreError, UserExport, UserStats};
 
-/// A user's numbers (?1: the user) in one row, for [`stats_from_row`]: one
+/// A user's numbers (?1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (through `memories_hash`, which holds
 /// current and closed rows alike), history and deferred remembers; the
 /// category counts as a JSON array of `[category, memories]`.
@@ -33,44 +31,19 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for SqliteStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        // One statement: one snapshot.
-        let row = sqlx::query(STATS)
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("counting the user's data"))?;
-        let counts = stats_from_row(&row)?;
-        Ok(counts.finish(user_id, self.embedder.dims))
+        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
         // One read transaction: the memories, their history and the deferred
         // remembers from one snapshot.
         let mut tx = self.pool.begin().await.map_err(db("reading an export"))?;
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m WHERE m.user_id = ? \
+        let memories = format!(
+            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m WHERE m.user_id = ?1 \
              ORDER BY m.created_at, m.pk"
         );
-        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("exporting memories"))?;
-        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{HISTORY_SELECT} WHERE user_id = ? ORDER BY pk"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting history"))?;
-        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{PENDING_SELECT} WHERE user_id = ? ORDER BY created_at, id"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting deferred remembers"))?;
+        let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
-        export_from_rows(user_id, &memories, &history, &pending)
+        Ok(export)
     }
 }

@@ -15,7 +15,7 @@ use super::{SqliteStore, db};
 use crate::embed::dot;
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
-use crate::store::shared::{MEMORY_COLUMNS, content_hash_hex, memory_from_row};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row};
 use crate::store::vector_index::UserVectors;
 use crate::store::{InsertOutcome, NewMemory, StoreError, SupersedeOutcome, Writes};
 
@@ -101,21 +101,6 @@ fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory) {
         scope.run_id.as_deref(),
         &new.embedding,
     );
-}
-
-/// Runs `sql`, whose one parameter is the user, inside a write; how many rows it changed.
-async fn for_user(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    user_id: &str,
-    context: &'static str,
-) -> Result<u64, StoreError> {
-    let done = sqlx::query(sql)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db(context))?;
-    Ok(done.rows_affected())
 }
 
 impl SqliteStore {
@@ -417,9 +402,9 @@ impl Writes for SqliteStore {
         // the memories' postings as the rows go.
         let vectors = "DELETE FROM memory_vectors \
                        WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)";
-        for_user(&mut tx, vectors, user_id, "deleting vectors").await?;
+        for_user(&mut *tx, vectors, user_id, "deleting vectors").await?;
         let memories = "DELETE FROM memories WHERE user_id = ?";
-        let deleted = for_user(&mut tx, memories, user_id, "deleting memories").await?;
+        let deleted = for_user(&mut *tx, memories, user_id, "deleting memories").await?;
         // The generation row goes too (no trace of the user is left). Other
         // processes see generation 0, differ from their copy, and reload.
         for (sql, context) in [
@@ -440,7 +425,7 @@ impl Writes for SqliteStore {
                 "deleting generation",
             ),
         ] {
-            for_user(&mut tx, sql, user_id, context).await?;
+            for_user(&mut *tx, sql, user_id, context).await?;
         }
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
