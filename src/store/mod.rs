@@ -12,7 +12,8 @@
 //!
 //! Files: `traits` (the seam), `types` (what the traits take and give),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
-//! vector copy), and a folder per backend. This file: the error and the prelude.
+//! vector copy), `shared` (what both backends do alike, written once), and
+//! a folder per backend. This file: the error and the prelude.
 
 mod postgres;
 mod sqlite;
@@ -25,6 +26,8 @@ mod report;
 mod shared;
 mod traits;
 mod types;
+
+pub(crate) use shared::sha256_hex;
 
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
 pub use traits::{

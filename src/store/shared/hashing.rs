@@ -1,7 +1,8 @@
-//! The hash of a memory's text that `memories.content_hash` holds, and the
-//! exact-repeat index compares: SHA-256 of the text, kept by PostgreSQL as
-//! `bytea` ([`content_hash`]) and by SQLite as lowercase hex
-//! ([`content_hash_hex`]).
+//! SHA-256 as the store keeps it. A memory's text's, which
+//! `memories.content_hash` holds and the exact-repeat index compares:
+//! PostgreSQL as `bytea` ([`content_hash`]), SQLite as lowercase hex
+//! ([`content_hash_hex`]). An API key's, as lowercase hex ([`sha256_hex`],
+//! through `auth::hash`).
 
 use sha2::{Digest, Sha256};
 
@@ -10,9 +11,14 @@ pub(in crate::store) fn content_hash(content: &str) -> [u8; 32] {
     Sha256::digest(content.as_bytes()).into()
 }
 
-/// SHA-256 of `content`, as 64 lowercase hex digits.
+/// SHA-256 of `content`, as [`sha256_hex`] writes it.
 pub(in crate::store) fn content_hash_hex(content: &str) -> String {
-    content_hash(content)
+    sha256_hex(content)
+}
+
+/// SHA-256 of `text`, as 64 lowercase hex digits.
+pub(crate) fn sha256_hex(text: &str) -> String {
+    content_hash(text)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
