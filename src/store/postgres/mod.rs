@@ -27,8 +27,10 @@
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
 //! ([`Reports`]), `versions` ([`Versions`]); beside them `schema`
 //! (migrations, the dimension, the vector index), `keyword_index` (postings
-//! written and rebuilt) and `rows` (row mapping and parameters). This file
-//! opens the store: options, pool, re-embedding.
+//! written and rebuilt) and `rows` (the dialect: how rows hold ids, times
+//! and JSON, for the shared mapping). What both stores do alike is written
+//! once in `store/shared`. This file opens the store: options, pool,
+//! re-embedding.
 //!
 //! [`Writes`]: super::Writes
 //! [`Writes::insert`]: super::Writes::insert

@@ -13,8 +13,10 @@
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
 //! ([`Reports`]), `versions` (the generations, [`Versions`]); beside them
 //! `vectors` (the in-process copy and exact cosines), `keyword_index` (the
-//! BM25 postings) and `rows` (row mapping and parameters). This file opens
-//! the store: connection, migrations, the embedder check, re-embedding.
+//! BM25 postings) and `rows` (the dialect: how rows hold ids, times and
+//! JSON, for the shared mapping). What both stores do alike is written once
+//! in `store/shared`. This file opens the store: connection, migrations,
+//! the embedder check, re-embedding.
 //!
 //! [`Writes`]: super::Writes
 //! [`Reads`]: super::Reads
