@@ -32,77 +32,46 @@ where
     Option<<S::Db as Dialect>::Time>: for<'t> Encode<'t, S::Db> + Type<S::Db>,
 {
     async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        add_key(self.key_pool(), key).await
+        let p = S::Db::PARAM;
+        let sql = format!(
+            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
+             VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6, {p}7)"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(S::Db::id(key.id))
+            .bind(key.prefix.as_str())
+            .bind(key.hash.as_str())
+            .bind(key.user_id.as_deref())
+            .bind(key.label.as_str())
+            .bind(S::Db::time(key.created_at))
+            .bind(key.revoked_at.map(S::Db::time))
+            .execute(self.key_pool())
+            .await
+            .map_err(db("storing an API key"))?;
+        Ok(())
     }
 
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        keys(self.key_pool()).await
+        let sql = format!("{KEY_SELECT} ORDER BY created_at, id");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(self.key_pool())
+            .await
+            .map_err(db("listing API keys"))?;
+        rows.iter().map(key_from_row).collect()
     }
 
     async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        active_key(self.key_pool(), hash).await
+        let p = S::Db::PARAM;
+        let sql = format!("{KEY_SELECT} WHERE hash = {p}1 AND revoked_at IS NULL");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(self.key_pool())
+            .await
+            .map_err(db("looking up an API key"))?;
+        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn revoke_key(&self, id: Uuid) -> Result<bool, StoreError> {
         self.revoke(id).await
     }
-}
-
-/// Stores a new API key, `created_at` and `revoked_at` as given.
-async fn add_key<'c, DB, E>(exec: E, key: &ApiKey) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    E: Executor<'c, Database = DB>,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
-    Option<DB::Time>: for<'t> Encode<'t, DB> + Type<DB>,
-{
-    let p = DB::PARAM;
-    let sql = format!(
-        "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
-         VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6, {p}7)"
-    );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(DB::id(key.id))
-        .bind(key.prefix.as_str())
-        .bind(key.hash.as_str())
-        .bind(key.user_id.as_deref())
-        .bind(key.label.as_str())
-        .bind(DB::time(key.created_at))
-        .bind(key.revoked_at.map(DB::time))
-        .execute(exec)
-        .await
-        .map_err(db("storing an API key"))?;
-    Ok(())
-}
-
-/// Every API key, revoked ones included, oldest first.
-async fn keys<'c, DB, E>(exec: E) -> Result<Vec<ApiKey>, StoreError>
-where
-    DB: Dialect,
-    E: Executor<'c, Database = DB>,
-{
-    let sql = format!("{KEY_SELECT} ORDER BY created_at, id");
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .fetch_all(exec)
-        .await
-        .map_err(db("listing API keys"))?;
-    rows.iter().map(key_from_row).collect()
-}
-
-/// The key whose hash this is, unless revoked.
-async fn active_key<'c, DB, E>(exec: E, hash: &str) -> Result<Option<ApiKey>, StoreError>
-where
-    DB: Dialect,
-    E: Executor<'c, Database = DB>,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-{
-    let p = DB::PARAM;
-    let sql = format!("{KEY_SELECT} WHERE hash = {p}1 AND revoked_at IS NULL");
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(hash)
-        .fetch_optional(exec)
-        .await
-        .map_err(db("looking up an API key"))?;
-    row.as_ref().map(key_from_row).transpose()
 }
