@@ -11,11 +11,10 @@
 //! once, when it is created.
 
 use chrono::Utc;
-use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::model::UserId;
-use crate::store::ApiKey;
+use crate::store::{ApiKey, sha256_hex};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,10 +96,7 @@ pub fn generate(user_id: Option<String>, label: String) -> (String, ApiKey) {
 
 /// The stored form of a presented key (SHA-256, hex).
 pub fn hash(key: &str) -> String {
-    Sha256::digest(key.trim().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex(key.trim())
 }
 
 #[cfg(test)]

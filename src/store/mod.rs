@@ -12,7 +12,8 @@
 //!
 //! Files: `traits` (the seam), `types` (what the traits take and give),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
-//! vector copy), and a folder per backend. This file: the error and the prelude.
+//! vector copy), `shared` (what both backends do alike, written once), and
+//! a folder per backend. This file: the error and the prelude.
 
 mod postgres;
 mod sqlite;
@@ -22,11 +23,13 @@ pub use postgres::{PgOptions, PgStore, PlanSettings, redact};
 pub use sqlite::SqliteStore;
 
 mod report;
+mod shared;
 mod traits;
 mod types;
 
+pub(crate) use shared::sha256_hex;
+
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
-use report::{StatsCounts, assemble_export};
 pub use traits::{
     Keys, PendingQueue, Reads, Reports, Search, Store, Versions, Writes, candidates_in_steps,
 };
@@ -34,7 +37,6 @@ pub use types::{
     ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
     SupersedeOutcome,
 };
-use types::{HISTORY_SELECT, KEY_SELECT, PENDING_SELECT, parse_event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

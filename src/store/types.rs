@@ -1,25 +1,12 @@
 //! The values the store's traits take and give: new memories and what
 //! became of them, search scopes and hits, history rows, deferred remembers,
-//! API keys; and the column lists both backends read them with.
+//! API keys.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::StoreError;
 use crate::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
-
-/// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`). The
-/// schema also allows `DELETE`, which nothing writes: a forgotten memory's
-/// history goes with it.
-pub(super) fn parse_event(raw: &str) -> Result<Event, StoreError> {
-    Ok(match raw {
-        "ADD" => Event::Add,
-        "UPDATE" => Event::Update,
-        "SUPERSEDE" => Event::Supersede,
-        other => return Err(StoreError::Corrupt(format!("history event '{other}'"))),
-    })
-}
 
 /// A memory to be written, already embedded.
 #[derive(Debug, Clone)]
@@ -118,37 +105,11 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The `SELECT` every store reads [`HistoryEntry`] rows with (same columns on both).
-pub(super) const HISTORY_SELECT: &str = "SELECT memory_id, event, old_content, new_content, actor, \
-                              created_at FROM memory_history";
-
-/// The `SELECT` every store reads [`Pending`] rows with (same columns on both).
-pub(super) const PENDING_SELECT: &str = "SELECT id, user_id, agent_id, run_id, input, metadata, infer, \
-                              memory_ids, error, attempts, created_at FROM pending_extractions";
-
-/// The `SELECT` every store reads [`ApiKey`]s with (same columns on both).
-pub(super) const KEY_SELECT: &str =
-    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
-
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchScope<'a> {
     pub scope: &'a Scope,
     pub filter: &'a MetadataFilter,
-}
-
-impl SearchScope<'_> {
-    /// The metadata filter as the JSON object both stores match against
-    /// (`None` without one): PostgreSQL with `@>` (scalar values compare
-    /// equal), SQLite key by key (`metadata_matches!`).
-    pub(super) fn filter_object(&self) -> Option<serde_json::Value> {
-        if self.filter.is_empty() {
-            return None;
-        }
-        Some(serde_json::Value::Object(
-            self.filter.pairs().iter().cloned().collect(),
-        ))
-    }
 }
 
 /// One candidate from a search, best first.

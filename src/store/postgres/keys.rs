@@ -1,57 +1,23 @@
-//! API keys ([`Keys`]), stored hashed.
+//! API keys ([`Keys`](crate::store::Keys)), stored hashed: the shared
+//! [`KeyTable`] on this store's pool, revoked at the database's time.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::{PgStore, db};
-use crate::store::{ApiKey, Keys, StoreError};
+use crate::store::StoreError;
+use crate::store::shared::KeyTable;
 
 #[async_trait]
-impl Keys for PgStore {
-    async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, prefix, hash, user_id, label, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(key.id)
-        .bind(&key.prefix)
-        .bind(&key.hash)
-        .bind(&key.user_id)
-        .bind(&key.label)
-        .bind(key.created_at)
-        .bind(key.revoked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db("storing an API key"))?;
-        Ok(())
+impl KeyTable for PgStore {
+    type Db = Postgres;
+
+    fn key_pool(&self) -> &PgPool {
+        &self.pool
     }
 
-    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} ORDER BY created_at, id",
-            crate::store::KEY_SELECT
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing API keys"))?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} WHERE hash = $1 AND revoked_at IS NULL",
-            crate::store::KEY_SELECT
-        )))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("looking up an API key"))?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn revoke_key(&self, id: Uuid) -> Result<bool, StoreError> {
+    async fn revoke(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         )
@@ -62,17 +28,4 @@ impl Keys for PgStore {
         .rows_affected();
         Ok(done > 0)
     }
-}
-
-pub(super) fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
-    let read = db("reading an API key");
-    Ok(ApiKey {
-        id: row.try_get("id").map_err(&read)?,
-        prefix: row.try_get("prefix").map_err(&read)?,
-        hash: row.try_get("hash").map_err(&read)?,
-        user_id: row.try_get("user_id").map_err(&read)?,
-        label: row.try_get("label").map_err(&read)?,
-        created_at: row.try_get("created_at").map_err(&read)?,
-        revoked_at: row.try_get("revoked_at").map_err(&read)?,
-    })
 }

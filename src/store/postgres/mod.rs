@@ -27,8 +27,10 @@
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
 //! ([`Reports`]), `versions` ([`Versions`]); beside them `schema`
 //! (migrations, the dimension, the vector index), `keyword_index` (postings
-//! written and rebuilt) and `rows` (row mapping and parameters). This file
-//! opens the store: options, pool, re-embedding.
+//! written and rebuilt) and `rows` (the dialect: how rows hold ids, times
+//! and JSON, for the shared mapping). What both stores do alike is written
+//! once in `store/shared`. This file opens the store: options, pool,
+//! re-embedding.
 //!
 //! [`Writes`]: super::Writes
 //! [`Writes::insert`]: super::Writes::insert
@@ -48,6 +50,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::shared::next_batch;
 use super::{Store, StoreError, db};
 use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
@@ -178,7 +181,6 @@ impl PgStore {
         embedder: &dyn Embedder,
         index: IndexKind,
     ) -> Result<u64, StoreError> {
-        const BATCH: i64 = 256;
         let identity = embedder.identity();
         check_dims(&identity)?;
         let pool = connect(url, 2, PlanSettings::default()).await?;
@@ -198,19 +200,21 @@ impl PgStore {
         let mut after = Uuid::nil();
         let mut done = 0u64;
         loop {
-            let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            let batch = next_batch(
+                &mut *tx,
                 "SELECT id, content FROM memories WHERE id > $1 ORDER BY id LIMIT $2",
+                after,
+                embedder,
             )
-            .bind(after)
-            .bind(BATCH)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading memories to re-embed"))?;
-            let Some(&(last, _)) = rows.last() else { break };
-            let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
-            let vectors = embedder.embed_documents(&texts).await?;
-            let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-            let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
+            .await?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            done += batch.len() as u64;
+            let (ids, vectors): (Vec<Uuid>, Vec<Vector>) = batch
+                .into_iter()
+                .map(|(id, vector)| (id, Vector::from(vector)))
+                .unzip();
             sqlx::query(
                 "UPDATE memories m SET embedding = v.embedding \
                  FROM unnest($1::uuid[], $2::vector[]) AS v (id, embedding) WHERE m.id = v.id",
@@ -220,7 +224,6 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db("storing re-embedded vectors"))?;
-            done += rows.len() as u64;
             after = last;
         }
         bind_dimension(&mut tx, &identity).await?;

@@ -1,20 +1,18 @@
 //! Deferred remembers ([`PendingQueue`]).
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
+use super::rows::now_micros;
 use super::{PgStore, db};
-use crate::model::{MemoryId, Scope};
+use crate::store::shared::pending_from_row;
 use crate::store::{NewPending, Pending, PendingQueue, StoreError};
 
 #[async_trait]
 impl PendingQueue for PgStore {
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = now_micros();
         let metadata = serde_json::Value::Object(pending.metadata.clone());
         let memory_ids: Vec<Uuid> = pending.memory_ids.iter().map(|id| id.0).collect();
         // Not a memory: no trigger, no version moves.
@@ -94,34 +92,4 @@ impl PendingQueue for PgStore {
         .map_err(db("recording a failed re-extraction"))?;
         Ok(())
     }
-}
-
-pub(super) fn pending_from_row(row: &PgRow) -> Result<Pending, StoreError> {
-    let get = db("reading a deferred remember");
-    let metadata: serde_json::Value = row.try_get("metadata").map_err(&get)?;
-    let serde_json::Value::Object(metadata) = metadata else {
-        return Err(StoreError::Corrupt(format!(
-            "deferred remember metadata is not an object: {metadata}"
-        )));
-    };
-    let memory_ids: Vec<Uuid> = row.try_get("memory_ids").map_err(&get)?;
-    let attempts: i32 = row.try_get("attempts").map_err(&get)?;
-    Ok(Pending {
-        entry: NewPending {
-            id: row.try_get("id").map_err(&get)?,
-            scope: Scope {
-                user_id: row.try_get("user_id").map_err(&get)?,
-                agent_id: row.try_get("agent_id").map_err(&get)?,
-                run_id: row.try_get("run_id").map_err(&get)?,
-            },
-            input: row.try_get("input").map_err(&get)?,
-            metadata,
-            infer: row.try_get("infer").map_err(&get)?,
-            memory_ids: memory_ids.into_iter().map(MemoryId).collect(),
-            error: row.try_get("error").map_err(&get)?,
-        },
-        attempts: u32::try_from(attempts)
-            .map_err(|_| StoreError::Corrupt(format!("{attempts} re-extraction attempts")))?,
-        created_at: row.try_get("created_at").map_err(&get)?,
-    })
 }

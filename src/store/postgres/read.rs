@@ -3,10 +3,10 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
 use super::{PgStore, db};
 use crate::model::{Memory, MemoryId, Scope};
-use crate::store::{HISTORY_SELECT, HistoryEntry, Reads, StoreError};
+use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
+use crate::store::{HistoryEntry, Reads, StoreError};
 
 #[async_trait]
 impl Reads for PgStore {
@@ -35,14 +35,7 @@ impl Reads for PgStore {
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing memories"))?;
+        let memories = reads::recent(&self.pool, sql, scope, limit).await?;
         let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
             // Kept by triggers; counting a large user's rows would cost milliseconds.
             sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
@@ -61,18 +54,10 @@ impl Reads for PgStore {
             .await
             .map_err(db("counting memories"))?
         };
-        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
         Ok((memories, total.unwrap_or(0).max(0) as u64))
     }
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        let sql = format!("{HISTORY_SELECT} WHERE user_id = $1 AND memory_id = $2 ORDER BY pk");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(id.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading history"))?;
-        rows.iter().map(history_from_row).collect()
+        reads::history(&self.pool, user_id, id.0).await
     }
 }

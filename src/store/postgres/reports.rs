@@ -2,17 +2,12 @@
 //! in one read snapshot.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
-use super::queue::pending_from_row;
-use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
 use super::{PgStore, db};
-use crate::store::{
-    HISTORY_SELECT, PENDING_SELECT, Reports, StatsCounts, StoreError, UserExport, UserStats,
-    assemble_export,
-};
+use crate::store::shared::{MEMORY_COLUMNS, reports};
+use crate::store::{Reports, StoreError, UserExport, UserStats};
 
-/// A user's numbers ($1: the user) in one row, for [`StatsCounts`]: one
+/// A user's numbers ($1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (current and closed rows each through
 /// their own partial index), history and deferred remembers; the category
 /// counts as a JSON array of `[category, memories]`.
@@ -45,26 +40,7 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for PgStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        // One statement: one snapshot.
-        let row = sqlx::query(STATS)
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("counting the user's data"))?;
-        let get = db("reading the user's stats");
-        let categories: serde_json::Value = row.try_get("categories").map_err(&get)?;
-        let counts = StatsCounts {
-            memories: row.try_get("memories").map_err(&get)?,
-            superseded: row.try_get("superseded").map_err(&get)?,
-            history_events: row.try_get("history_events").map_err(&get)?,
-            pending: row.try_get("pending").map_err(&get)?,
-            oldest: row.try_get("oldest").map_err(&get)?,
-            newest: row.try_get("newest").map_err(&get)?,
-            text_bytes: row.try_get("text_bytes").map_err(&get)?,
-            categories: serde_json::from_value(categories)
-                .map_err(|e| StoreError::Corrupt(format!("category counts: {e}")))?,
-        };
-        Ok(counts.finish(user_id, self.embedder.dims))
+        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
@@ -76,7 +52,7 @@ impl Reports for PgStore {
             .await
             .map_err(db("reading an export"))?;
         // Current and closed rows each through their own partial index.
-        let sql = format!(
+        let memories = format!(
             "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m \
              WHERE m.user_id = $1 AND m.valid_to IS NULL \
              UNION ALL \
@@ -84,41 +60,8 @@ impl Reports for PgStore {
              WHERE m.user_id = $1 AND m.valid_to IS NOT NULL \
              ORDER BY created_at, id"
         );
-        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("exporting memories"))?;
-        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{HISTORY_SELECT} WHERE user_id = $1 ORDER BY pk"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting history"))?;
-        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{PENDING_SELECT} WHERE user_id = $1 ORDER BY created_at, id"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting deferred remembers"))?;
+        let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
-        let memories = memories
-            .iter()
-            .map(|row| {
-                let valid_to = row.try_get("valid_to").map_err(db("reading a memory"))?;
-                Ok((memory_from_row(row)?, valid_to))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let history = history
-            .iter()
-            .map(history_from_row)
-            .collect::<Result<_, _>>()?;
-        let pending = pending
-            .iter()
-            .map(pending_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(assemble_export(user_id, memories, history, pending))
+        Ok(export)
     }
 }

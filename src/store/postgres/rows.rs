@@ -1,57 +1,67 @@
-//! Rows as the PostgreSQL store reads and writes them: column lists, row to
-//! value mapping, hashes and array and JSON parameters.
+//! PostgreSQL's dialect: how its rows hold ids (`uuid`), times
+//! (`timestamptz`), JSON (`jsonb`), lists (`text[]`) and id lists
+//! (`uuid[]`), for the shared mapping ([`Columns`]); and its parameters of
+//! the kinds the database cannot take as they are.
 
-use sha2::{Digest, Sha256};
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use super::db;
-use crate::model::{Memory, MemoryId, Metadata, Scope};
-use crate::store::{HistoryEntry, StoreError, parse_event};
+use crate::model::Metadata;
+use crate::store::StoreError;
+use crate::store::shared::Columns;
 
-/// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
-pub(super) const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
-                              m.categories, m.created_at, m.updated_at";
+impl Columns for PgRow {
+    fn integer(&self, col: &str, cx: &'static str) -> Result<i64, StoreError> {
+        self.try_get::<i32, _>(col).map(i64::from).map_err(db(cx))
+    }
 
-pub(super) fn memory_from_row(row: &PgRow) -> Result<Memory, StoreError> {
-    let get = db("reading a memory");
-    let metadata: serde_json::Value = row.try_get("metadata").map_err(&get)?;
-    let serde_json::Value::Object(metadata) = metadata else {
-        return Err(StoreError::Corrupt(format!(
-            "metadata is not an object: {metadata}"
-        )));
-    };
-    Ok(Memory {
-        id: MemoryId(row.try_get("id").map_err(&get)?),
-        memory: row.try_get("content").map_err(&get)?,
-        scope: Scope {
-            user_id: row.try_get("user_id").map_err(&get)?,
-            agent_id: row.try_get("agent_id").map_err(&get)?,
-            run_id: row.try_get("run_id").map_err(&get)?,
-        },
-        metadata: Metadata::from(metadata),
-        categories: row.try_get("categories").map_err(&get)?,
-        created_at: row.try_get("created_at").map_err(&get)?,
-        updated_at: row.try_get("updated_at").map_err(&get)?,
-    })
+    fn id(&self, col: &str, _what: &str, cx: &'static str) -> Result<Uuid, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
+
+    fn ids(&self, col: &str, _what: &str, cx: &'static str) -> Result<Vec<Uuid>, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
+
+    fn time(&self, col: &str, cx: &'static str) -> Result<DateTime<Utc>, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
+
+    fn opt_time(&self, col: &str, cx: &'static str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
+
+    fn json(
+        &self,
+        col: &str,
+        _what: &str,
+        cx: &'static str,
+    ) -> Result<serde_json::Value, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
+
+    fn metadata(&self, col: &str, what: &str, cx: &'static str) -> Result<Metadata, StoreError> {
+        match self.try_get(col).map_err(db(cx))? {
+            serde_json::Value::Object(metadata) => Ok(metadata),
+            other => Err(StoreError::Corrupt(format!(
+                "{what} is not an object: {other}"
+            ))),
+        }
+    }
+
+    fn strings(&self, col: &str, _what: &str, cx: &'static str) -> Result<Vec<String>, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
 }
 
-pub(super) fn history_from_row(row: &PgRow) -> Result<HistoryEntry, StoreError> {
-    let get = db("reading history");
-    let event: String = row.try_get("event").map_err(&get)?;
-    Ok(HistoryEntry {
-        memory_id: MemoryId(row.try_get("memory_id").map_err(&get)?),
-        event: parse_event(&event)?,
-        old_memory: row.try_get("old_content").map_err(&get)?,
-        new_memory: row.try_get("new_content").map_err(&get)?,
-        actor: row.try_get("actor").map_err(&get)?,
-        created_at: row.try_get("created_at").map_err(&get)?,
-    })
-}
-
-pub(super) fn content_hash(content: &str) -> Vec<u8> {
-    Sha256::digest(content.as_bytes()).to_vec()
+/// Now, as PostgreSQL keeps it (microseconds): a value written now reads
+/// back equal.
+pub(super) fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
 /// A Postgres array literal (`{a,b}`) of ids, for a setting read as `uuid[]`.

@@ -11,10 +11,11 @@ use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
-use super::rows::{MEMORY_COLUMNS, content_hash, memory_from_row, uuid_array_literal};
+use super::rows::{now_micros, uuid_array_literal};
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row};
 use crate::store::{InsertOutcome, NewMemory, Reads, StoreError, SupersedeOutcome, Writes};
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -128,9 +129,7 @@ impl Writes for PgStore {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        // Postgres keeps microseconds; the memory returned must equal the stored one.
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = now_micros();
         let mut allowed: Vec<Uuid> = Vec::new();
         for round in 0..MAX_DEDUP_ROUNDS {
             let k = FIRST_DEDUP_ROUND << round;
@@ -225,8 +224,7 @@ impl Writes for PgStore {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = now_micros();
         let terms = keywords::document_terms(content);
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         lock_user(&mut tx, user_id).await?;
@@ -285,8 +283,7 @@ impl Writes for PgStore {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = now_micros();
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         lock_user(&mut tx, &new.scope.user_id).await?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
@@ -338,8 +335,7 @@ impl Writes for PgStore {
     }
 
     async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = now_micros();
         // One statement; the memories_version_update trigger moves the version.
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         lock_user(&mut tx, user_id).await?;
@@ -378,11 +374,8 @@ pub(super) fn refused_as_duplicate(e: &sqlx::Error) -> Option<Result<Vec<Near>, 
 /// term statistics), so two writers of one user queue here instead of each
 /// holding what the other waits for.
 pub(super) async fn lock_user(tx: &mut PgConnection, user_id: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("taking the user's write lock"))?;
+    let lock = "SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))";
+    for_user(tx, lock, user_id, "taking the user's write lock").await?;
     Ok(())
 }
 

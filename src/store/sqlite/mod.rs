@@ -13,8 +13,10 @@
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
 //! ([`Reports`]), `versions` (the generations, [`Versions`]); beside them
 //! `vectors` (the in-process copy and exact cosines), `keyword_index` (the
-//! BM25 postings) and `rows` (row mapping and parameters). This file opens
-//! the store: connection, migrations, the embedder check, re-embedding.
+//! BM25 postings) and `rows` (the dialect: how rows hold ids, times and
+//! JSON, for the shared mapping). What both stores do alike is written once
+//! in `store/shared`. This file opens the store: connection, migrations,
+//! the embedder check, re-embedding.
 //!
 //! [`Writes`]: super::Writes
 //! [`Reads`]: super::Reads
@@ -33,6 +35,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::shared::next_batch;
 use super::vector_index::{DEFAULT_BUDGET_BYTES, VectorIndex};
 use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
@@ -107,7 +110,6 @@ impl SqliteStore {
     /// store's embedder. One write transaction: all or nothing. Running
     /// servers must be stopped first (they checked the embedder when they opened).
     pub async fn reembed(url: &str, embedder: &dyn Embedder) -> Result<u64, StoreError> {
-        const BATCH: i64 = 256;
         let identity = embedder.identity();
         let pool = connect(url).await?;
         let mut tx = pool
@@ -117,17 +119,17 @@ impl SqliteStore {
         let mut after = 0i64;
         let mut done = 0u64;
         loop {
-            let rows: Vec<(i64, String)> =
-                sqlx::query_as("SELECT pk, content FROM memories WHERE pk > ? ORDER BY pk LIMIT ?")
-                    .bind(after)
-                    .bind(BATCH)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db("reading memories to re-embed"))?;
-            let Some(&(last, _)) = rows.last() else { break };
-            let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
-            let vectors = embedder.embed_documents(&texts).await?;
-            for ((pk, _), vector) in rows.iter().zip(&vectors) {
+            let batch = next_batch(
+                &mut *tx,
+                "SELECT pk, content FROM memories WHERE pk > ? ORDER BY pk LIMIT ?",
+                after,
+                embedder,
+            )
+            .await?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            for (pk, vector) in &batch {
                 sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
                     .bind(encode_vector(vector))
                     .bind(pk)
@@ -135,7 +137,7 @@ impl SqliteStore {
                     .await
                     .map_err(db("storing a re-embedded vector"))?;
             }
-            done += rows.len() as u64;
+            done += batch.len() as u64;
             after = last;
         }
         sqlx::query(

@@ -2,13 +2,10 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::rows::millis;
 use super::{SqliteStore, db};
-use crate::model::{Metadata, Scope};
-use crate::store::{NewPending, PENDING_SELECT, Pending, PendingQueue, StoreError};
+use crate::store::shared::{PENDING_SELECT, pending_from_row};
+use crate::store::{NewPending, Pending, PendingQueue, StoreError};
 
 #[async_trait]
 impl PendingQueue for SqliteStore {
@@ -99,43 +96,4 @@ impl PendingQueue for SqliteStore {
         .map_err(db("recording a failed re-extraction"))?;
         Ok(())
     }
-}
-
-pub(super) fn pending_from_row(row: &SqliteRow) -> Result<Pending, StoreError> {
-    let get = db("reading a deferred remember");
-    let id: String = row.try_get("id").map_err(&get)?;
-    let input: String = row.try_get("input").map_err(&get)?;
-    let metadata: String = row.try_get("metadata").map_err(&get)?;
-    let memory_ids: String = row.try_get("memory_ids").map_err(&get)?;
-    let attempts: i64 = row.try_get("attempts").map_err(&get)?;
-    let memory_ids = serde_json::from_str::<Vec<String>>(&memory_ids)
-        .map_err(|e| StoreError::Corrupt(format!("deferred remember memory ids: {e}")))?
-        .iter()
-        .map(|raw| {
-            raw.parse()
-                .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Pending {
-        entry: NewPending {
-            id: id
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("deferred remember id '{id}'")))?,
-            scope: Scope {
-                user_id: row.try_get("user_id").map_err(&get)?,
-                agent_id: row.try_get("agent_id").map_err(&get)?,
-                run_id: row.try_get("run_id").map_err(&get)?,
-            },
-            input: serde_json::from_str(&input)
-                .map_err(|e| StoreError::Corrupt(format!("deferred remember input: {e}")))?,
-            metadata: serde_json::from_str::<Metadata>(&metadata)
-                .map_err(|e| StoreError::Corrupt(format!("deferred remember metadata: {e}")))?,
-            infer: row.try_get("infer").map_err(&get)?,
-            memory_ids,
-            error: row.try_get("error").map_err(&get)?,
-        },
-        attempts: u32::try_from(attempts)
-            .map_err(|_| StoreError::Corrupt(format!("{attempts} re-extraction attempts")))?,
-        created_at: millis(row.try_get("created_at").map_err(&get)?),
-    })
 }

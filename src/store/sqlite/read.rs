@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row};
 use super::{SqliteStore, db};
 use crate::model::{Memory, MemoryId, Scope};
-use crate::store::{HISTORY_SELECT, HistoryEntry, Reads, StoreError};
+use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
+use crate::store::{HistoryEntry, Reads, StoreError};
 
 #[async_trait]
 impl Reads for SqliteStore {
@@ -34,14 +34,7 @@ impl Reads for SqliteStore {
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing memories"))?;
+        let memories = reads::recent(&self.pool, sql, scope, limit).await?;
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM memories m {WHERE}"
         )))
@@ -51,18 +44,10 @@ impl Reads for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting memories"))?;
-        let memories = rows.iter().map(memory_from_row).collect::<Result<_, _>>()?;
         Ok((memories, total.max(0) as u64))
     }
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        let sql = format!("{HISTORY_SELECT} WHERE user_id = ? AND memory_id = ? ORDER BY pk");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading history"))?;
-        rows.iter().map(history_from_row).collect()
+        reads::history(&self.pool, user_id, id.0).await
     }
 }

@@ -2,17 +2,12 @@
 //! in one read snapshot.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
-use super::queue::pending_from_row;
-use super::rows::{MEMORY_COLUMNS, history_from_row, memory_from_row, millis};
 use super::{SqliteStore, db};
-use crate::store::{
-    HISTORY_SELECT, PENDING_SELECT, Reports, StatsCounts, StoreError, UserExport, UserStats,
-    assemble_export,
-};
+use crate::store::shared::{MEMORY_COLUMNS, reports};
+use crate::store::{Reports, StoreError, UserExport, UserStats};
 
-/// A user's numbers (?1: the user) in one row, for [`StatsCounts`]: one
+/// A user's numbers (?1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (through `memories_hash`, which holds
 /// current and closed rows alike), history and deferred remembers; the
 /// category counts as a JSON array of `[category, memories]`.
@@ -36,78 +31,19 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for SqliteStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        // One statement: one snapshot.
-        let row = sqlx::query(STATS)
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("counting the user's data"))?;
-        let get = db("reading the user's stats");
-        let categories: String = row.try_get("categories").map_err(&get)?;
-        let counts = StatsCounts {
-            memories: row.try_get("memories").map_err(&get)?,
-            superseded: row.try_get("superseded").map_err(&get)?,
-            history_events: row.try_get("history_events").map_err(&get)?,
-            pending: row.try_get("pending").map_err(&get)?,
-            oldest: row
-                .try_get::<Option<i64>, _>("oldest")
-                .map_err(&get)?
-                .map(millis),
-            newest: row
-                .try_get::<Option<i64>, _>("newest")
-                .map_err(&get)?
-                .map(millis),
-            text_bytes: row.try_get("text_bytes").map_err(&get)?,
-            categories: serde_json::from_str(&categories)
-                .map_err(|e| StoreError::Corrupt(format!("category counts: {e}")))?,
-        };
-        Ok(counts.finish(user_id, self.embedder.dims))
+        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
         // One read transaction: the memories, their history and the deferred
         // remembers from one snapshot.
         let mut tx = self.pool.begin().await.map_err(db("reading an export"))?;
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m WHERE m.user_id = ? \
+        let memories = format!(
+            "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m WHERE m.user_id = ?1 \
              ORDER BY m.created_at, m.pk"
         );
-        let memories = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("exporting memories"))?;
-        let history = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{HISTORY_SELECT} WHERE user_id = ? ORDER BY pk"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting history"))?;
-        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{PENDING_SELECT} WHERE user_id = ? ORDER BY created_at, id"
-        )))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("exporting deferred remembers"))?;
+        let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
-        let memories = memories
-            .iter()
-            .map(|row| {
-                let valid_to: Option<i64> =
-                    row.try_get("valid_to").map_err(db("reading a memory"))?;
-                Ok((memory_from_row(row)?, valid_to.map(millis)))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let history = history
-            .iter()
-            .map(history_from_row)
-            .collect::<Result<_, _>>()?;
-        let pending = pending
-            .iter()
-            .map(pending_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(assemble_export(user_id, memories, history, pending))
+        Ok(export)
     }
 }

@@ -1,71 +1,86 @@
-//! Rows as the SQLite store reads and writes them: column lists, row to
-//! value mapping, ids, times, hashes and JSON parameters.
+//! SQLite's dialect: how its rows hold ids (TEXT), times (integer
+//! milliseconds) and JSON, lists and id lists (JSON text), for the shared
+//! mapping ([`Columns`]); and its parameters of the same kinds.
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
 
 use super::db;
-use crate::model::{Memory, MemoryId, Metadata, Scope};
-use crate::store::{HistoryEntry, SearchScope, StoreError, parse_event};
+use crate::model::{MemoryId, Metadata};
+use crate::store::shared::Columns;
+use crate::store::{SearchScope, StoreError};
 
-/// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
-pub(super) const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.content, m.metadata, \
-                              m.categories, m.created_at, m.updated_at";
+impl Columns for SqliteRow {
+    fn integer(&self, col: &str, cx: &'static str) -> Result<i64, StoreError> {
+        self.try_get(col).map_err(db(cx))
+    }
 
-pub(super) fn memory_from_row(row: &SqliteRow) -> Result<Memory, StoreError> {
-    let get = db("reading a memory");
-    let metadata: String = row.try_get("metadata").map_err(&get)?;
-    let categories: String = row.try_get("categories").map_err(&get)?;
-    Ok(Memory {
-        id: parse_id(row)?,
-        memory: row.try_get("content").map_err(&get)?,
-        scope: Scope {
-            user_id: row.try_get("user_id").map_err(&get)?,
-            agent_id: row.try_get("agent_id").map_err(&get)?,
-            run_id: row.try_get("run_id").map_err(&get)?,
-        },
-        metadata: serde_json::from_str::<Metadata>(&metadata)
-            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
-        categories: serde_json::from_str(&categories)
-            .map_err(|e| StoreError::Corrupt(format!("categories: {e}")))?,
-        created_at: millis(row.try_get("created_at").map_err(&get)?),
-        updated_at: millis(row.try_get("updated_at").map_err(&get)?),
-    })
+    fn id(&self, col: &str, what: &str, cx: &'static str) -> Result<Uuid, StoreError> {
+        let raw: String = self.try_get(col).map_err(db(cx))?;
+        parse_uuid(&raw, what)
+    }
+
+    fn ids(&self, col: &str, what: &str, cx: &'static str) -> Result<Vec<Uuid>, StoreError> {
+        let raw: String = self.try_get(col).map_err(db(cx))?;
+        serde_json::from_str::<Vec<String>>(&raw)
+            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?
+            .iter()
+            .map(|id| parse_uuid(id, "memory id"))
+            .collect()
+    }
+
+    fn time(&self, col: &str, cx: &'static str) -> Result<DateTime<Utc>, StoreError> {
+        self.try_get(col).map(millis).map_err(db(cx))
+    }
+
+    fn opt_time(&self, col: &str, cx: &'static str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ms: Option<i64> = self.try_get(col).map_err(db(cx))?;
+        Ok(ms.map(millis))
+    }
+
+    fn json(
+        &self,
+        col: &str,
+        what: &str,
+        cx: &'static str,
+    ) -> Result<serde_json::Value, StoreError> {
+        json_text(self, col, what, cx)
+    }
+
+    fn metadata(&self, col: &str, what: &str, cx: &'static str) -> Result<Metadata, StoreError> {
+        json_text(self, col, what, cx)
+    }
+
+    fn strings(&self, col: &str, what: &str, cx: &'static str) -> Result<Vec<String>, StoreError> {
+        json_text(self, col, what, cx)
+    }
 }
 
-pub(super) fn history_from_row(row: &SqliteRow) -> Result<HistoryEntry, StoreError> {
-    let get = db("reading history");
-    let memory_id: String = row.try_get("memory_id").map_err(&get)?;
-    let event: String = row.try_get("event").map_err(&get)?;
-    Ok(HistoryEntry {
-        memory_id: memory_id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("history memory id '{memory_id}'")))?,
-        event: parse_event(&event)?,
-        old_memory: row.try_get("old_content").map_err(&get)?,
-        new_memory: row.try_get("new_content").map_err(&get)?,
-        actor: row.try_get("actor").map_err(&get)?,
-        created_at: millis(row.try_get("created_at").map_err(&get)?),
-    })
+/// A TEXT column holding JSON, as `T`.
+fn json_text<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    col: &str,
+    what: &str,
+    cx: &'static str,
+) -> Result<T, StoreError> {
+    let raw: String = row.try_get(col).map_err(db(cx))?;
+    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
+/// An id kept as TEXT; anything else is corrupt ("`what` 'text'").
+fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(raw).map_err(|_| StoreError::Corrupt(format!("{what} '{raw}'")))
+}
+
+/// The `id` column of a row of `memories`.
 pub(super) fn parse_id(row: &SqliteRow) -> Result<MemoryId, StoreError> {
-    let raw: String = row.try_get("id").map_err(db("reading an id"))?;
-    raw.parse()
-        .map_err(|_| StoreError::Corrupt(format!("memory id '{raw}'")))
+    row.id("id", "memory id", "reading an id").map(MemoryId)
 }
 
 pub(super) fn millis(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-pub(super) fn content_hash(content: &str) -> String {
-    Sha256::digest(content.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 pub(super) fn json_array(values: &[i64]) -> String {

@@ -8,13 +8,14 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::keyword_index::index_terms;
-use super::rows::{MEMORY_COLUMNS, content_hash, json_array, memory_from_row};
+use super::rows::json_array;
 use super::vectors::{decode_vector, encode_vector};
 use super::versions::{bump_generation, generation};
 use super::{SqliteStore, db};
 use crate::embed::dot;
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row};
 use crate::store::vector_index::UserVectors;
 use crate::store::{InsertOutcome, NewMemory, StoreError, SupersedeOutcome, Writes};
 
@@ -62,6 +63,44 @@ pub(super) struct UserWrite<'a> {
     _writer: tokio::sync::MutexGuard<'a, ()>,
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
+}
+
+impl UserWrite<'_> {
+    /// Commits, then moves the user's vector copy to `generation` by
+    /// `change`, if the copy held what the database held when the write
+    /// began (`before`, the user's generation then). A copy already behind
+    /// is left so: the next read reloads it.
+    async fn commit(
+        self,
+        context: &'static str,
+        before: i64,
+        generation: i64,
+        change: impl FnOnce(&mut UserVectors),
+    ) -> Result<(), StoreError> {
+        let Self {
+            _writer,
+            tx,
+            mut vecs,
+        } = self;
+        tx.commit().await.map_err(db(context))?;
+        if vecs.generation == Some(before) {
+            change(&mut vecs);
+            vecs.generation = Some(generation);
+        }
+        Ok(())
+    }
+}
+
+/// Adds the new memory `new`, stored at `pk`, to the user's vector copy.
+fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory) {
+    let scope = &new.scope;
+    vecs.push(
+        pk,
+        new.id,
+        scope.agent_id.as_deref(),
+        scope.run_id.as_deref(),
+        &new.embedding,
+    );
 }
 
 impl SqliteStore {
@@ -147,7 +186,7 @@ impl SqliteStore {
             .bind(&new.scope.agent_id)
             .bind(&new.scope.run_id)
             .bind(&new.content)
-            .bind(content_hash(&new.content))
+            .bind(content_hash_hex(&new.content))
             .bind(&metadata)
             .bind(&categories)
             .bind(now.timestamp_millis())
@@ -204,7 +243,7 @@ impl SqliteStore {
              AND valid_to IS NULL AND pk <> ? LIMIT 1",
         )
         .bind(user_id)
-        .bind(content_hash(content))
+        .bind(content_hash_hex(content))
         .bind(except)
         .fetch_optional(&mut *conn)
         .await
@@ -267,28 +306,21 @@ impl Writes for SqliteStore {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self
-            .begin_user_write(&new.scope.user_id, "starting a write")
-            .await?;
-
-        self.sync_vectors(&mut tx, &new.scope.user_id, &mut vecs)
-            .await?;
+        let user_id = &new.scope.user_id;
+        let mut w = self.begin_user_write(user_id, "starting a write").await?;
+        let before = self.sync_vectors(&mut w.tx, user_id, &mut w.vecs).await?;
         if let Some((pk, similarity)) = self
             .find_duplicate(
-                &mut tx,
-                &vecs,
+                &mut w.tx,
+                &w.vecs,
                 &new.embedding,
                 &new.content,
                 dedup_threshold,
             )
             .await?
         {
-            let existing = Self::fetch_memory(&mut tx, pk).await?;
-            tx.rollback().await.map_err(db("ending a read"))?;
+            let existing = Self::fetch_memory(&mut w.tx, pk).await?;
+            w.tx.rollback().await.map_err(db("ending a read"))?;
             return Ok(InsertOutcome::Duplicate {
                 existing,
                 similarity,
@@ -296,70 +328,66 @@ impl Writes for SqliteStore {
         }
 
         let now = Utc::now();
-        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
-        tx.commit().await.map_err(db("committing a memory"))?;
-
-        let scope = &new.scope;
-        vecs.push(
-            pk,
-            new.id,
-            scope.agent_id.as_deref(),
-            scope.run_id.as_deref(),
-            &new.embedding,
-        );
-        vecs.generation = Some(generation);
+        let (pk, generation) = Self::insert_row(&mut w.tx, &new, now).await?;
+        // The copy was just brought up to date: it always follows.
+        w.commit("committing a memory", before, generation, |vecs| {
+            keep(vecs, pk, &new)
+        })
+        .await?;
         Ok(InsertOutcome::Added(new.stored_at(now)))
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting a delete").await?;
-        let before = generation(&mut tx, user_id).await?;
+        let mut w = self.begin_user_write(user_id, "starting a delete").await?;
+        let before = generation(&mut w.tx, user_id).await?;
         let pk: Option<i64> =
             sqlx::query_scalar("SELECT pk FROM memories WHERE user_id = ? AND id = ?")
                 .bind(user_id)
                 .bind(id.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *w.tx)
                 .await
                 .map_err(db("finding a memory"))?;
         let Some(pk) = pk else {
             return Ok(false);
         };
-        sqlx::query("DELETE FROM memory_vectors WHERE pk = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting a vector"))?;
-        sqlx::query("DELETE FROM memories WHERE pk = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting a memory"))?;
-        sqlx::query("DELETE FROM memory_history WHERE user_id = ? AND memory_id = ?")
-            .bind(user_id)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting history"))?;
-        // A deferred remember that stored it would bring the text back.
-        sqlx::query(
-            "DELETE FROM pending_extractions WHERE user_id = ?1 \
-             AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
-        )
-        .bind(user_id)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("deleting deferred remembers"))?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing a delete"))?;
-        if vecs.generation == Some(before) {
-            vecs.remove(pk);
-            vecs.generation = Some(generation);
+        for (sql, context) in [
+            (
+                "DELETE FROM memory_vectors WHERE pk = ?",
+                "deleting a vector",
+            ),
+            ("DELETE FROM memories WHERE pk = ?", "deleting a memory"),
+        ] {
+            sqlx::query(sql)
+                .bind(pk)
+                .execute(&mut *w.tx)
+                .await
+                .map_err(db(context))?;
         }
+        // Its history, and a deferred remember that stored it (which would
+        // bring the text back).
+        for (sql, context) in [
+            (
+                "DELETE FROM memory_history WHERE user_id = ?1 AND memory_id = ?2",
+                "deleting history",
+            ),
+            (
+                "DELETE FROM pending_extractions WHERE user_id = ?1 \
+                 AND EXISTS (SELECT 1 FROM json_each(memory_ids) WHERE value = ?2)",
+                "deleting deferred remembers",
+            ),
+        ] {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(id.to_string())
+                .execute(&mut *w.tx)
+                .await
+                .map_err(db(context))?;
+        }
+        let generation = bump_generation(&mut w.tx, user_id).await?;
+        w.commit("committing a delete", before, generation, |vecs| {
+            vecs.remove(pk)
+        })
+        .await?;
         Ok(true)
     }
 
@@ -370,42 +398,35 @@ impl Writes for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a delete"))?;
-        // Triggers drop the memories' postings as the rows go.
-        sqlx::query(
-            "DELETE FROM memory_vectors WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)",
-        )
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("deleting vectors"))?;
-        let deleted = sqlx::query("DELETE FROM memories WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting memories"))?
-            .rows_affected();
-        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting history"))?;
-        sqlx::query("DELETE FROM pending_extractions WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting deferred remembers"))?;
-        sqlx::query("DELETE FROM keyword_users WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting keyword statistics"))?;
+        // Vectors first: they are found through the memories. Triggers drop
+        // the memories' postings as the rows go.
+        let vectors = "DELETE FROM memory_vectors \
+                       WHERE pk IN (SELECT pk FROM memories WHERE user_id = ?)";
+        for_user(&mut *tx, vectors, user_id, "deleting vectors").await?;
+        let memories = "DELETE FROM memories WHERE user_id = ?";
+        let deleted = for_user(&mut *tx, memories, user_id, "deleting memories").await?;
         // The generation row goes too (no trace of the user is left). Other
         // processes see generation 0, differ from their copy, and reload.
-        sqlx::query("DELETE FROM user_generations WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting generation"))?;
+        for (sql, context) in [
+            (
+                "DELETE FROM memory_history WHERE user_id = ?",
+                "deleting history",
+            ),
+            (
+                "DELETE FROM pending_extractions WHERE user_id = ?",
+                "deleting deferred remembers",
+            ),
+            (
+                "DELETE FROM keyword_users WHERE user_id = ?",
+                "deleting keyword statistics",
+            ),
+            (
+                "DELETE FROM user_generations WHERE user_id = ?",
+                "deleting generation",
+            ),
+        ] {
+            for_user(&mut *tx, sql, user_id, context).await?;
+        }
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
         Ok(deleted)
@@ -419,17 +440,13 @@ impl Writes for SqliteStore {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting an update").await?;
-        let before = generation(&mut tx, user_id).await?;
-        let Some((pk, old)) = Self::current(&mut tx, user_id, id).await? else {
+        let mut w = self.begin_user_write(user_id, "starting an update").await?;
+        let before = generation(&mut w.tx, user_id).await?;
+        let Some((pk, old)) = Self::current(&mut w.tx, user_id, id).await? else {
             return Ok(None);
         };
-        if let Some(other) = Self::exact_repeat(&mut tx, user_id, content, pk).await? {
-            let existing = Self::fetch_memory(&mut tx, other).await?;
+        if let Some(other) = Self::exact_repeat(&mut w.tx, user_id, content, pk).await? {
+            let existing = Self::fetch_memory(&mut w.tx, other).await?;
             return Err(StoreError::Conflict(format!(
                 "memory {} already holds this text; {id} was not changed",
                 existing.id
@@ -443,21 +460,21 @@ impl Writes for SqliteStore {
              updated_at = ? WHERE pk = ?",
         )
         .bind(content)
-        .bind(content_hash(content))
+        .bind(content_hash_hex(content))
         .bind(i64::from(terms.length))
         .bind(now)
         .bind(pk)
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await
         .map_err(db("updating a memory"))?;
         sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
             .bind(encode_vector(embedding))
             .bind(pk)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await
             .map_err(db("updating a vector"))?;
-        index_terms(&mut tx, pk, &terms).await?;
-        let memory = Self::fetch_memory(&mut tx, pk).await?;
+        index_terms(&mut w.tx, pk, &terms).await?;
+        let memory = Self::fetch_memory(&mut w.tx, pk).await?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
              actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
@@ -468,15 +485,14 @@ impl Writes for SqliteStore {
         .bind(content)
         .bind(actor)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await
         .map_err(db("recording history"))?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing an update"))?;
-        if vecs.generation == Some(before) {
-            vecs.replace(pk, embedding);
-            vecs.generation = Some(generation);
-        }
+        let generation = bump_generation(&mut w.tx, user_id).await?;
+        w.commit("committing an update", before, generation, |vecs| {
+            vecs.replace(pk, embedding)
+        })
+        .await?;
         Ok(Some(memory))
     }
 
@@ -485,20 +501,15 @@ impl Writes for SqliteStore {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
-        let user_id = new.scope.user_id.clone();
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(&user_id, "starting a write").await?;
-        let before = generation(&mut tx, &user_id).await?;
-        let Some((old_pk, old_content)) = Self::current(&mut tx, &user_id, old).await? else {
+        let user_id = &new.scope.user_id;
+        let mut w = self.begin_user_write(user_id, "starting a write").await?;
+        let before = generation(&mut w.tx, user_id).await?;
+        let Some((old_pk, old_content)) = Self::current(&mut w.tx, user_id, old).await? else {
             return Ok(SupersedeOutcome::NotFound);
         };
-        if let Some(other) = Self::exact_repeat(&mut tx, &user_id, &new.content, old_pk).await? {
-            return Ok(SupersedeOutcome::Duplicate(
-                Self::fetch_memory(&mut tx, other).await?,
-            ));
+        if let Some(other) = Self::exact_repeat(&mut w.tx, user_id, &new.content, old_pk).await? {
+            let existing = Self::fetch_memory(&mut w.tx, other).await?;
+            return Ok(SupersedeOutcome::Duplicate(existing));
         }
         let now = Utc::now();
         let closed = Closed {
@@ -506,40 +517,21 @@ impl Writes for SqliteStore {
             pk: old_pk,
             content: &old_content,
         };
-        Self::close_row(
-            &mut tx,
-            &user_id,
-            closed,
-            Some(&new.content),
-            &new.actor,
-            now,
-        )
-        .await?;
-        let (pk, generation) = Self::insert_row(&mut tx, &new, now).await?;
-        tx.commit().await.map_err(db("committing a supersede"))?;
-        if vecs.generation == Some(before) {
+        let successor = Some(new.content.as_str());
+        Self::close_row(&mut w.tx, user_id, closed, successor, &new.actor, now).await?;
+        let (pk, generation) = Self::insert_row(&mut w.tx, &new, now).await?;
+        w.commit("committing a supersede", before, generation, |vecs| {
             vecs.remove(old_pk);
-            let scope = &new.scope;
-            vecs.push(
-                pk,
-                new.id,
-                scope.agent_id.as_deref(),
-                scope.run_id.as_deref(),
-                &new.embedding,
-            );
-            vecs.generation = Some(generation);
-        }
+            keep(vecs, pk, &new);
+        })
+        .await?;
         Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
     }
 
     async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let UserWrite {
-            _writer,
-            mut tx,
-            mut vecs,
-        } = self.begin_user_write(user_id, "starting a write").await?;
-        let before = generation(&mut tx, user_id).await?;
-        let Some((pk, content)) = Self::current(&mut tx, user_id, id).await? else {
+        let mut w = self.begin_user_write(user_id, "starting a write").await?;
+        let before = generation(&mut w.tx, user_id).await?;
+        let Some((pk, content)) = Self::current(&mut w.tx, user_id, id).await? else {
             return Ok(false);
         };
         let closed = Closed {
@@ -547,13 +539,12 @@ impl Writes for SqliteStore {
             pk,
             content: &content,
         };
-        Self::close_row(&mut tx, user_id, closed, None, actor, Utc::now()).await?;
-        let generation = bump_generation(&mut tx, user_id).await?;
-        tx.commit().await.map_err(db("committing a close"))?;
-        if vecs.generation == Some(before) {
-            vecs.remove(pk);
-            vecs.generation = Some(generation);
-        }
+        Self::close_row(&mut w.tx, user_id, closed, None, actor, Utc::now()).await?;
+        let generation = bump_generation(&mut w.tx, user_id).await?;
+        w.commit("committing a close", before, generation, |vecs| {
+            vecs.remove(pk)
+        })
+        .await?;
         Ok(true)
     }
 }

@@ -1,0 +1,17 @@
+//! A search's metadata filter as the JSON object both backends match
+//! against: PostgreSQL with `@>` (scalar values compare equal), SQLite key
+//! by key (`metadata_matches!`).
+
+use crate::store::SearchScope;
+
+impl SearchScope<'_> {
+    /// The metadata filter as one JSON object (`None` without one).
+    pub(in crate::store) fn filter_object(&self) -> Option<serde_json::Value> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        Some(serde_json::Value::Object(
+            self.filter.pairs().iter().cloned().collect(),
+        ))
+    }
+}

@@ -1,0 +1,55 @@
+//! A user's memories by recency and a memory's history
+//! ([`Reads`](crate::store::Reads)), read alike on both backends.
+
+use sqlx::{AssertSqlSafe, Encode, Executor, Type};
+use uuid::Uuid;
+
+use super::{Dialect, HISTORY_SELECT, history_from_row, memory_from_row};
+use crate::model::{Memory, Scope};
+use crate::store::{HistoryEntry, StoreError, db};
+
+/// Up to `limit` memories in `scope`, by the backend's statement `sql`
+/// (parameters: the user, agent and run, then the limit).
+pub(in crate::store) async fn recent<'c, E>(
+    exec: E,
+    sql: String,
+    scope: &Scope,
+    limit: usize,
+) -> Result<Vec<Memory>, StoreError>
+where
+    E: Executor<'c, Database: Dialect>,
+    for<'t> &'t str: Encode<'t, E::Database> + Type<E::Database>,
+    for<'t> Option<&'t str>: Encode<'t, E::Database> + Type<E::Database>,
+    i64: for<'t> Encode<'t, E::Database> + Type<E::Database>,
+{
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(scope.user_id.as_str())
+        .bind(scope.agent_id.as_deref())
+        .bind(scope.run_id.as_deref())
+        .bind(limit as i64)
+        .fetch_all(exec)
+        .await
+        .map_err(db("listing memories"))?;
+    rows.iter().map(memory_from_row).collect()
+}
+
+/// The history of memory `id` of the user, oldest first.
+pub(in crate::store) async fn history<'c, E>(
+    exec: E,
+    user_id: &str,
+    id: Uuid,
+) -> Result<Vec<HistoryEntry>, StoreError>
+where
+    E: Executor<'c, Database: Dialect>,
+    for<'t> &'t str: Encode<'t, E::Database> + Type<E::Database>,
+{
+    let p = <E::Database as Dialect>::PARAM;
+    let sql = format!("{HISTORY_SELECT} WHERE user_id = {p}1 AND memory_id = {p}2 ORDER BY pk");
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(<E::Database as Dialect>::id(id))
+        .fetch_all(exec)
+        .await
+        .map_err(db("reading history"))?;
+    rows.iter().map(history_from_row).collect()
+}
