@@ -1,11 +1,10 @@
 //! `store`: where memories are kept (`database_*`, `auto_migrate`, `index`,
 //! `vector_cache_mb`).
 
-use serde::Deserialize;
-
 use super::layers::{Choice, ConfigError, Layers, Range};
 
-pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 16;
+/// Where the store keeps it (the configuration reads it from there).
+pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind};
 pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
 
 pub(super) const DATABASE_POOL_SIZE: Range<u32> = Range::new(DEFAULT_DATABASE_POOL_SIZE, 1, 1000);
@@ -20,20 +19,6 @@ pub(super) const KEYS: &[&str] = &[
     "index",
     "vector_cache_mb",
 ];
-
-/// The vector index a PostgreSQL store searches with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IndexKind {
-    /// pgvectorscale's StreamingDiskANN when the `vectorscale` extension is
-    /// available, else HNSW.
-    #[default]
-    Auto,
-    /// pgvector HNSW (cosine), searched with iterative scans.
-    Hnsw,
-    /// pgvectorscale StreamingDiskANN; start-up fails without the extension.
-    Diskann,
-}
 
 impl Choice for IndexKind {
     const CHOICES: &'static [(&'static str, Self)] = &[

@@ -19,7 +19,7 @@ mod postgres;
 mod sqlite;
 mod vector_index;
 
-pub use postgres::{PgOptions, PgStore, PlanSettings, redact};
+pub use postgres::{DEFAULT_POOL_SIZE, IndexKind, PgOptions, PgStore, PlanSettings, redact};
 pub use sqlite::SqliteStore;
 
 mod report;

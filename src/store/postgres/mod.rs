@@ -52,7 +52,6 @@ use uuid::Uuid;
 
 use super::shared::next_batch;
 use super::{Store, StoreError, db};
-use crate::config::IndexKind;
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod keys;
@@ -65,6 +64,11 @@ mod schema;
 mod search;
 mod versions;
 mod write;
+
+pub use schema::IndexKind;
+
+/// Connections a store holds open unless told otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 use keyword_index::ensure_keyword_index;
 use schema::{
@@ -112,7 +116,7 @@ impl PlanSettings {
 impl Default for PgOptions {
     fn default() -> Self {
         Self {
-            pool_size: crate::config::DEFAULT_DATABASE_POOL_SIZE,
+            pool_size: DEFAULT_POOL_SIZE,
             migrate: true,
             index: IndexKind::Auto,
             plan: PlanSettings::default(),

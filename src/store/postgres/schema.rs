@@ -5,9 +5,21 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 
 use super::{db, redact};
-use crate::config::IndexKind;
 use crate::embed::EmbedderIdentity;
 use crate::store::StoreError;
+
+/// The vector index a PostgreSQL store searches with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexKind {
+    /// pgvectorscale's StreamingDiskANN when the `vectorscale` extension is
+    /// available, else HNSW.
+    #[default]
+    Auto,
+    /// pgvector HNSW (cosine), searched with iterative scans.
+    Hnsw,
+    /// pgvectorscale StreamingDiskANN; start-up fails without the extension.
+    Diskann,
+}
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
