@@ -61,9 +61,9 @@ impl ChatAgent {
     /// One turn: the model's reply to `text`, shaped by what is remembered.
     pub async fn reply(&mut self, text: &str) -> Result<String, String> {
         let request = UserContextParams {
-            user_id: Some(self.scope.user_id.clone()),
-            agent_id: self.scope.agent_id.clone(),
-            run_id: self.scope.run_id.clone(),
+            user_id: Some(self.scope.user_id().to_string()),
+            agent_id: self.scope.agent_id().map(str::to_owned),
+            run_id: self.scope.run_id().map(str::to_owned),
             limit: Some(20),
             query: Some(text.to_owned()),
         };
@@ -75,7 +75,7 @@ impl ChatAgent {
             Ok(context) => context,
             Err(e) => {
                 eprintln!("(memory unavailable, answering without it: {e})");
-                UserContext::new(self.scope.user_id.clone(), Vec::new(), 0, None)
+                UserContext::new(self.scope.user_id().to_string(), Vec::new(), 0, None)
             }
         };
         let mut messages = vec![ChatCompletionRequestMessage::System(
@@ -124,9 +124,9 @@ impl ChatAgent {
                 Message::new("user", user.to_owned()),
                 Message::new("assistant", assistant.to_owned()),
             ]),
-            user_id: Some(self.scope.user_id.clone()),
-            agent_id: self.scope.agent_id.clone(),
-            run_id: self.scope.run_id.clone(),
+            user_id: Some(self.scope.user_id().to_string()),
+            agent_id: self.scope.agent_id().map(str::to_owned),
+            run_id: self.scope.run_id().map(str::to_owned),
             ..RememberParams::default()
         };
         self.storing.spawn(async move {

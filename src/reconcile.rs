@@ -73,7 +73,7 @@ pub async fn plan(
         return Ok((plans, Usage::default()));
     }
     let mut by_id: HashMap<MemoryId, Memory> = store
-        .get_many(&scope.user_id, &similar)
+        .get_many(scope.user_id(), &similar)
         .await?
         .into_iter()
         .map(|m| (m.id, m))

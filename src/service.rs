@@ -238,7 +238,7 @@ impl MemoryService {
             .then(|| cache::recall_field(&scope, &query, limit, &filter));
         // Scores are absolute, so the cut applies to a cached answer as well.
         let mut result: RecallResult = self
-            .through_cache(&scope.user_id, field, || {
+            .through_cache(scope.user_id(), field, || {
                 self.search(&scope, query, limit, &filter)
             })
             .await?;
@@ -266,7 +266,7 @@ impl MemoryService {
             .cache
             .enabled()
             .then(|| cache::context_field(&scope, limit, focus.as_deref()));
-        self.through_cache(&scope.user_id, field, || {
+        self.through_cache(scope.user_id(), field, || {
             self.build_context(&scope, limit, focus)
         })
         .await
@@ -478,7 +478,7 @@ mod tests {
             .store
             .vector_search(
                 SearchScope {
-                    scope: &Scope::user("alice"),
+                    scope: &Scope::new("alice", None, None).unwrap(),
                     filter: &MetadataFilter::default(),
                 },
                 &s.embedder.embed_query(query).await.unwrap(),

@@ -142,7 +142,7 @@ pub async fn run(
     let (mut overlap, mut expected) = (0usize, 0usize);
     for i in 0..queries {
         let user = crowd_user((words.next() as usize) ^ i, users);
-        let scope = Scope::user(&user);
+        let scope = Scope::new(&user, None, None)?;
         let query = words.query();
         let request = RecallParams {
             query: query.clone(),

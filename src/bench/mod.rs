@@ -260,8 +260,8 @@ fn remember_request(words: &mut Generator, i: usize) -> (String, RememberParams)
 /// The one user of the single-user workloads.
 const BENCH_USER: &str = "bench-user";
 
-fn user_scope() -> Scope {
-    Scope::user(BENCH_USER)
+fn user_scope() -> Result<Scope, crate::model::Invalid> {
+    Scope::new(BENCH_USER, None, None)
 }
 
 /// Memories are spread over four agents; one column narrows recall to one.
@@ -275,7 +275,7 @@ impl OneUser {
         sizes: &[usize],
         queries: usize,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let scope = user_scope();
+        let scope = user_scope()?;
         let mut words = Generator::new(42);
         let mut stored = self.store.recent(&scope, 1).await?.1 as usize;
         // Every stored vector, for the exact-scan reference.
@@ -419,7 +419,7 @@ impl OneUser {
         queries: &[String],
         reference: &[(MemoryId, Vec<f32>)],
     ) -> Result<Measured, Box<dyn std::error::Error>> {
-        let scope = user_scope();
+        let scope = user_scope()?;
         let mut m = Measured::default();
         let (mut overlap, mut expected) = (0usize, 0usize);
         let none = MetadataFilter::default();
@@ -453,7 +453,7 @@ impl OneUser {
             std::hint::black_box(self.store.keyword_search(at, query, 40).await?);
             m.keyword.push(t.elapsed());
             if let Some(floor) = &mut floor {
-                m.floor.push(floor.time(&scope.user_id, &q, 10).await?);
+                m.floor.push(floor.time(scope.user_id(), &q, 10).await?);
             }
 
             let exact = exact_top(reference, &q, 10);

@@ -178,13 +178,13 @@ pub fn vector_key(prefix: &str, source: &VectorSource, query: &str) -> String {
 pub fn recall_field(scope: &Scope, query: &str, limit: usize, filter: &MetadataFilter) -> String {
     let mut pairs = filter.pairs().to_vec();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    let shape = serde_json::json!([scope.agent_id, scope.run_id, query, limit, pairs]);
+    let shape = serde_json::json!([scope.agent_id(), scope.run_id(), query, limit, pairs]);
     format!("r:{}", digest(&[shape.to_string().as_bytes()]))
 }
 
 /// The field of one user context.
 pub fn context_field(scope: &Scope, limit: usize, focus: Option<&str>) -> String {
-    let shape = serde_json::json!([scope.agent_id, scope.run_id, limit, focus]);
+    let shape = serde_json::json!([scope.agent_id(), scope.run_id(), limit, focus]);
     format!("c:{}", digest(&[shape.to_string().as_bytes()]))
 }
 
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn keys_hide_ids_and_separate_every_shape() {
         let alice = Scope::new("alice@example.com", None, None).unwrap();
-        let key = user_key("engram:", &alice.user_id);
+        let key = user_key("engram:", alice.user_id());
         assert!(key.starts_with("engram:u:{") && key.ends_with('}'), "{key}");
         assert!(!key.contains("alice"), "{key}");
         assert_ne!(key, user_key("engram:", "bob"));

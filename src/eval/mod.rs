@@ -337,7 +337,7 @@ async fn remember(
             &Principal::Operator,
             RememberParams {
                 text: Some(turn.memory_text()),
-                user_id: Some(at.scope.user_id.clone()),
+                user_id: Some(at.scope.user_id().to_string()),
                 metadata: Some(metadata),
                 infer: Some(false),
                 ..RememberParams::default()
@@ -384,7 +384,7 @@ async fn query(
                     &Principal::Operator,
                     RecallParams {
                         query: q.question.clone(),
-                        user_id: Some(s.scope.user_id.clone()),
+                        user_id: Some(s.scope.user_id().to_string()),
                         limit: Some(TOP as i64),
                         // Always the top 10, however low they score.
                         min_score: None,

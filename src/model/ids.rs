@@ -123,22 +123,25 @@ impl<'de> Deserialize<'de> for UserId {
     }
 }
 
-/// Who a memory belongs to. `user_id` is always set; agent and run narrow it.
+/// Who a memory belongs to: a user, narrowed to one agent and one run or not.
 ///
-/// Invariant: every store read and write is bounded by `user_id`.
+/// The fields are private and every constructor checks them, so a scope
+/// that exists holds valid ids. Invariant: every store read and write is
+/// bounded by its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Scope {
-    pub user_id: String,
+    user_id: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
+    agent_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
+    run_id: Option<String>,
 }
 
 impl Scope {
-    pub fn user(user_id: impl Into<String>) -> Self {
+    /// All of the user's memories.
+    pub fn user(user_id: UserId) -> Self {
         Self {
-            user_id: user_id.into(),
+            user_id,
             agent_id: None,
             run_id: None,
         }
@@ -161,10 +164,51 @@ impl Scope {
         run_id: Option<&str>,
     ) -> Result<Self, Invalid> {
         Ok(Self {
-            user_id: user_id.into(),
+            user_id,
             agent_id: agent_id.map(|a| validate_id("agent_id", a)).transpose()?,
             run_id: run_id.map(|r| validate_id("run_id", r)).transpose()?,
         })
+    }
+
+    /// A scope from ids already owned (a row read back, say), checked
+    /// without copying those that are already trimmed.
+    pub fn from_parts(
+        user_id: String,
+        agent_id: Option<String>,
+        run_id: Option<String>,
+    ) -> Result<Self, Invalid> {
+        Ok(Self {
+            user_id: UserId(checked("user_id", user_id)?),
+            agent_id: agent_id.map(|a| checked("agent_id", a)).transpose()?,
+            run_id: run_id.map(|r| checked("run_id", r)).transpose()?,
+        })
+    }
+
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    pub fn agent_id(&self) -> Option<&str> {
+        self.agent_id.as_deref()
+    }
+
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// True when the scope is the whole user (no agent, no run).
+    pub fn is_whole_user(&self) -> bool {
+        self.agent_id.is_none() && self.run_id.is_none()
+    }
+}
+
+/// `raw` checked as [`validate_id`] checks it, kept as it is when already trimmed.
+fn checked(field: &'static str, raw: String) -> Result<String, Invalid> {
+    if raw.trim().len() == raw.len() {
+        validate_id(field, &raw)?;
+        Ok(raw)
+    } else {
+        validate_id(field, &raw)
     }
 }
 
@@ -211,5 +255,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected a UUID"), "{err}");
+    }
+
+    #[test]
+    fn scopes_hold_checked_ids_only() {
+        let scope = Scope::new(" alice ", Some(" planner"), None).unwrap();
+        assert_eq!(scope.user_id(), "alice");
+        assert_eq!(scope.agent_id(), Some("planner"));
+        assert!(!scope.is_whole_user());
+        assert!(Scope::new("alice", Some(""), None).is_err());
+        assert!(Scope::new("alice", None, Some("a\nb")).is_err());
+
+        // Read back from a row: kept as it is, or refused.
+        let row = Scope::from_parts("bob".into(), None, Some("run-1".into())).unwrap();
+        assert_eq!(
+            (row.user_id().as_str(), row.run_id()),
+            ("bob", Some("run-1"))
+        );
+        assert_eq!(
+            Scope::from_parts(" bob".into(), None, None)
+                .unwrap()
+                .user_id(),
+            "bob"
+        );
+        let err = Scope::from_parts("bob".into(), Some("x".repeat(MAX_ID_LEN + 1)), None);
+        assert_eq!(err.unwrap_err().field, "agent_id");
+        assert!(Scope::user(UserId::parse("carol").unwrap()).is_whole_user());
     }
 }

@@ -39,7 +39,7 @@ impl MemoryService {
         // A memory forgotten since the search is simply left out.
         let mut memories: HashMap<MemoryId, Memory> = self
             .store
-            .get_many(&scope.user_id, &ids)
+            .get_many(scope.user_id(), &ids)
             .await?
             .into_iter()
             .map(|m| (m.id, m))
@@ -56,7 +56,7 @@ impl MemoryService {
             })
             .collect();
         Ok(RecallResult {
-            user_id: scope.user_id.clone(),
+            user_id: scope.user_id().to_string(),
             query,
             results,
         })
@@ -97,7 +97,12 @@ impl MemoryService {
     ) -> Result<UserContext, Error> {
         let (recent, total) = self.store.recent(scope, limit).await?;
         let Some(query) = focus else {
-            return Ok(UserContext::new(scope.user_id.clone(), recent, total, None));
+            return Ok(UserContext::new(
+                scope.user_id().to_string(),
+                recent,
+                total,
+                None,
+            ));
         };
         let none = MetadataFilter::default();
         let relevant = self.search(scope, query, limit, &none).await?;
@@ -111,7 +116,7 @@ impl MemoryService {
             }
         }
         Ok(UserContext::new(
-            scope.user_id.clone(),
+            scope.user_id().to_string(),
             memories,
             total,
             Some(&relevant.query),

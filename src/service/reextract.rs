@@ -59,7 +59,9 @@ impl MemoryService {
             let outcome = match input_from_json(&entry.input) {
                 Ok(input) => {
                     let input = dated(input, pending.created_at);
-                    let replacing = self.copies(&entry.scope.user_id, &entry.memory_ids).await?;
+                    let replacing = self
+                        .copies(entry.scope.user_id(), &entry.memory_ids)
+                        .await?;
                     let work = Work {
                         scope: &entry.scope,
                         input: &input,
@@ -72,7 +74,7 @@ impl MemoryService {
                 }
                 Err(message) => Err(StoreError::Corrupt(message).into()),
             };
-            let user_id = &entry.scope.user_id;
+            let user_id = entry.scope.user_id();
             match outcome {
                 Ok(result) => {
                     self.store.finish_pending(user_id, entry.id).await?;
@@ -86,7 +88,7 @@ impl MemoryService {
                     self.store.retry_pending(user_id, entry.id, &error).await?;
                     report.failed.push(ReextractFailure {
                         id: entry.id,
-                        user_id: user_id.clone(),
+                        user_id: user_id.to_string(),
                         error,
                     });
                 }

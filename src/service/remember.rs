@@ -67,7 +67,7 @@ impl MemoryService {
             let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
             self.close_all(work, &copies).await?;
             return Ok(RememberResult {
-                user_id: work.scope.user_id.clone(),
+                user_id: work.scope.user_id().to_string(),
                 results: Vec::new(),
                 usage: Some(usage),
                 deferred: None,
@@ -100,7 +100,7 @@ impl MemoryService {
             vec![Plan::Add; facts.len()]
         };
         if let Some(said_at) = work.said_at {
-            self.keep_newer(&work.scope.user_id, said_at, &mut plans)
+            self.keep_newer(work.scope.user_id(), said_at, &mut plans)
                 .await?;
         }
         // Rewritten texts get their own vectors, in one batch.
@@ -131,7 +131,7 @@ impl MemoryService {
                     let vector = rewritten_vectors.next().unwrap_or_default();
                     let updated = self
                         .store
-                        .update(&work.scope.user_id, id, &text, &vector, &new.actor)
+                        .update(work.scope.user_id(), id, &text, &vector, &new.actor)
                         .await;
                     match updated {
                         Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
@@ -150,7 +150,7 @@ impl MemoryService {
         let leftover: Vec<MemoryId> = replacing.iter().map(|m| m.id).collect();
         self.close_all(work, &leftover).await?;
         Ok(RememberResult {
-            user_id: work.scope.user_id.clone(),
+            user_id: work.scope.user_id().to_string(),
             results,
             usage: (usage.calls > 0).then_some(usage),
             deferred: None,
@@ -235,7 +235,7 @@ impl MemoryService {
     ) -> Result<RememberResult, Error> {
         let reason = error.to_string();
         tracing::warn!(
-            user_id = %work.scope.user_id,
+            user_id = %work.scope.user_id(),
             error = %reason,
             "the model failed; keeping the text as given for `engram reextract`"
         );
@@ -256,7 +256,7 @@ impl MemoryService {
             }
             Err(e) => {
                 tracing::warn!(
-                    user_id = %work.scope.user_id,
+                    user_id = %work.scope.user_id(),
                     error = %e,
                     "the embedder failed too; the text waits, unsearchable, for `engram reextract`"
                 );
@@ -281,7 +281,7 @@ impl MemoryService {
             Some(id)
         };
         Ok(RememberResult {
-            user_id: work.scope.user_id.clone(),
+            user_id: work.scope.user_id().to_string(),
             results,
             usage: None,
             deferred: Some(Deferred {
@@ -296,7 +296,7 @@ impl MemoryService {
     async fn close_all(&self, work: &Work<'_>, ids: &[MemoryId]) -> Result<(), Error> {
         for &id in ids {
             self.store
-                .close(&work.scope.user_id, id, REEXTRACT_ACTOR)
+                .close(work.scope.user_id(), id, REEXTRACT_ACTOR)
                 .await?;
         }
         Ok(())

@@ -256,7 +256,7 @@ mod tests {
         Memory {
             id,
             memory: "x".into(),
-            scope: crate::model::Scope::user("alice"),
+            scope: crate::model::Scope::new("alice", None, None).unwrap(),
             metadata: Metadata::new(),
             categories: vec![],
             created_at: DateTime::UNIX_EPOCH,

@@ -50,7 +50,7 @@ pub async fn candidates_in_steps<S: Search + ?Sized>(
     if !partial.is_empty() {
         candidates.extend(
             store
-                .score(&at.scope.user_id, &partial, vector, query)
+                .score(at.scope.user_id(), &partial, vector, query)
                 .await?,
         );
     }

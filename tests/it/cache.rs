@@ -757,7 +757,7 @@ async fn a_flapping_cache_never_serves_stale_or_foreign_results() {
                 recall(&truth, user, "fact about the garden").await,
                 "step {step}"
             );
-            assert!(got.results.iter().all(|m| m.memory.scope.user_id == user));
+            assert!(got.results.iter().all(|m| m.memory.scope.user_id() == user));
             assert!(
                 memories(&got).iter().all(|t| t.starts_with(user)),
                 "{got:?}"

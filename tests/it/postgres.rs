@@ -37,6 +37,11 @@ async fn open(url: &str, plan: PlanSettings) -> PgStore {
         .expect("open the PostgreSQL store")
 }
 
+/// All of the user's memories.
+fn whole(id: &str) -> Scope {
+    Scope::new(id, None, None).unwrap()
+}
+
 fn memory(scope: &Scope, text: &str) -> NewMemory {
     NewMemory {
         id: MemoryId::new(),
@@ -75,7 +80,7 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 async fn the_database_refuses_duplicates_whoever_writes_them() {
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
-    let alice = Scope::user("alice");
+    let alice = whole("alice");
     let first = store
         .insert(memory(&alice, "I prefer window seats on long flights"), 0.9)
         .await
@@ -181,10 +186,10 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
             let text = format!("Enjoys {topic} whenever visiting {place}");
             match indexed.insert(memory(&scope, &text), 0.9).await.unwrap() {
                 InsertOutcome::Added(m) => {
-                    if scope.agent_id.is_some() {
+                    if scope.agent_id().is_some() {
                         agent_rows.push(m.id);
                     }
-                    if scope.run_id.is_some() {
+                    if scope.run_id().is_some() {
                         run_rows.push(m.id);
                     }
                 }
@@ -196,7 +201,7 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
 
     let none = MetadataFilter::default();
     let q = HashEmbedder::new(DIMS).embed("sailing in Lisbon");
-    let needle = Scope::user("needle");
+    let needle = whole("needle");
     let planner = Scope::new("needle", Some("planner"), None).unwrap();
     let trip = Scope::new("needle", Some("planner"), Some("trip-1")).unwrap();
     for (scope, expected) in [(&needle, 60), (&planner, 30), (&trip, 5)] {
@@ -408,7 +413,7 @@ async fn store_keyword_fixture(
     }
     for text in OTHER_USER {
         let added = store
-            .insert(memory(&Scope::user(other), text), 0.95)
+            .insert(memory(&whole(other), text), 0.95)
             .await
             .unwrap();
         assert!(matches!(added, InsertOutcome::Added(_)), "{text}");
@@ -421,7 +426,7 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
-    let user = Scope::user("kw");
+    let user = whole("kw");
     let none = MetadataFilter::default();
     let at = SearchScope {
         scope: &user,
@@ -482,10 +487,10 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
 
     // The other user's scores are theirs alone too.
     let theirs: Vec<(MemoryId, String)> = {
-        let (memories, _) = store.recent(&Scope::user("other"), 100).await.unwrap();
+        let (memories, _) = store.recent(&whole("other"), 100).await.unwrap();
         memories.into_iter().map(|m| (m.id, m.memory)).collect()
     };
-    let other = Scope::user("other");
+    let other = whole("other");
     let at = SearchScope {
         scope: &other,
         filter: &none,
@@ -501,7 +506,7 @@ async fn score_gives_both_relevances_of_the_users_current_memories_only() {
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
-    let (theirs, _) = store.recent(&Scope::user("other"), 1).await.unwrap();
+    let (theirs, _) = store.recent(&whole("other"), 1).await.unwrap();
     let embedder = HashEmbedder::new(DIMS);
     let query = "green tea in Lisbon";
     let vector = embedder.embed(query);
@@ -522,7 +527,7 @@ async fn score_gives_both_relevances_of_the_users_current_memories_only() {
     // Keyword relevance: BM25 with the statistics of all the user's memories.
     let expected = bm25(&mine, query);
     let none = MetadataFilter::default();
-    let user = Scope::user("kw");
+    let user = whole("kw");
     let searched = store
         .keyword_search(
             SearchScope {
@@ -591,7 +596,7 @@ async fn keyword_search_keeps_exactly_the_best_k_of_many() {
         "tea and tea cakes",
     ];
     let places = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
-    let user = Scope::user("many");
+    let user = whole("many");
     let mut mine = Vec::new();
     for (i, w) in who.iter().enumerate() {
         for (j, v) in verbs.iter().enumerate() {
@@ -755,7 +760,7 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
     let pool = db.pool().await;
     bulk_insert(&pool, "wide", &rows).await;
     assert_index_is_exact(&pool, "after a bulk insert").await;
-    let (all, total) = store.recent(&Scope::user("wide"), 2000).await.unwrap();
+    let (all, total) = store.recent(&whole("wide"), 2000).await.unwrap();
     assert_eq!(total, 1200);
     let by_id: std::collections::HashMap<MemoryId, &engram::model::Memory> =
         all.iter().map(|m| (m.id, m)).collect();
@@ -766,23 +771,19 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
     };
     let common = Scope::new("wide", Some("common"), None).unwrap();
     let rare = Scope::new("wide", Some("rare"), None).unwrap();
-    let user = Scope::user("wide");
+    let user = whole("wide");
     let (none, note, half) = (
         MetadataFilter::default(),
         filter(json!({"kind": "note"})),
         filter(json!({"half": true})),
     );
     let cases: [(&Scope, &MetadataFilter, &InScope); 5] = [
-        (&common, &none, &|m| {
-            m.scope.agent_id.as_deref() == Some("common")
-        }),
-        (&rare, &none, &|m| {
-            m.scope.agent_id.as_deref() == Some("rare")
-        }),
+        (&common, &none, &|m| m.scope.agent_id() == Some("common")),
+        (&rare, &none, &|m| m.scope.agent_id() == Some("rare")),
         (&user, &note, &|_| true),
         (&user, &half, &|m| m.metadata["half"] == json!(true)),
         (&rare, &half, &|m| {
-            m.scope.agent_id.as_deref() == Some("rare") && m.metadata["half"] == json!(true)
+            m.scope.agent_id() == Some("rare") && m.metadata["half"] == json!(true)
         }),
     ];
     for query in ["tea", "sister orders sushi in Oslo", "jazz Lisbon home"] {
@@ -897,7 +898,7 @@ async fn postings_and_lengths_follow_every_write() {
     assert_index_is_exact(pool, "after inserts").await;
 
     let new = memory(
-        &Scope::user("kw"),
+        &whole("kw"),
         "Now drinks rooibos tea in the evening, tea only",
     );
     let outcome = store.supersede(mine[0].0, new).await.unwrap();
@@ -942,9 +943,9 @@ async fn postings_and_lengths_follow_every_write() {
     assert_index_is_exact(pool, "after deleting a closed memory").await;
 
     // Scores still follow BM25 over what is current.
-    let (current, _) = store.recent(&Scope::user("kw"), 100).await.unwrap();
+    let (current, _) = store.recent(&whole("kw"), 100).await.unwrap();
     let current: Vec<(MemoryId, String)> = current.into_iter().map(|m| (m.id, m.memory)).collect();
-    let user = Scope::user("kw");
+    let user = whole("kw");
     let none = MetadataFilter::default();
     let at = SearchScope {
         scope: &user,
@@ -987,7 +988,7 @@ async fn postings_and_lengths_follow_every_write() {
 async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
     let db = TestDatabase::create().await;
     let store = Arc::new(open(&db.url, PlanSettings::default()).await);
-    let user = Scope::user("busy");
+    let user = whole("busy");
     let words = [
         "tea", "coffee", "garden", "piano", "river", "bread", "chess",
     ];
@@ -1042,7 +1043,7 @@ async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
 
 /// The keyword search results of every fixture query, for comparing stores.
 async fn keyword_results(store: &PgStore, user: &str) -> Vec<Vec<engram::store::Hit>> {
-    let scope = Scope::user(user);
+    let scope = whole(user);
     let none = MetadataFilter::default();
     let at = SearchScope {
         scope: &scope,

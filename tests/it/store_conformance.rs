@@ -1379,7 +1379,7 @@ async fn add_filed(s: &dyn Store, scope: &Scope, text: &str, categories: &[&str]
         InsertOutcome::Added(m) => m.id,
         InsertOutcome::Duplicate { .. } => panic!("unexpected duplicate for {text}"),
     };
-    read_back(s, &scope.user_id, id).await
+    read_back(s, scope.user_id(), id).await
 }
 
 async fn read_back(s: &dyn Store, user_id: &str, id: MemoryId) -> Memory {

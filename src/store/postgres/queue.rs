@@ -22,9 +22,9 @@ impl PendingQueue for PgStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(pending.id)
-        .bind(&pending.scope.user_id)
-        .bind(&pending.scope.agent_id)
-        .bind(&pending.scope.run_id)
+        .bind(pending.scope.user_id().as_str())
+        .bind(pending.scope.agent_id())
+        .bind(pending.scope.run_id())
         .bind(&pending.input)
         .bind(&metadata)
         .bind(pending.infer)

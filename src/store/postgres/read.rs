@@ -36,10 +36,10 @@ impl Reads for PgStore {
              ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
         );
         let memories = reads::recent(&self.pool, sql, scope, limit).await?;
-        let total: Option<i64> = if scope.agent_id.is_none() && scope.run_id.is_none() {
+        let total: Option<i64> = if scope.is_whole_user() {
             // Kept by triggers; counting a large user's rows would cost milliseconds.
             sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
-                .bind(&scope.user_id)
+                .bind(scope.user_id().as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db("counting memories"))?
@@ -47,9 +47,9 @@ impl Reads for PgStore {
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM memories m {WHERE}"
             )))
-            .bind(&scope.user_id)
-            .bind(&scope.agent_id)
-            .bind(&scope.run_id)
+            .bind(scope.user_id().as_str())
+            .bind(scope.agent_id())
+            .bind(scope.run_id())
             .fetch_optional(&self.pool)
             .await
             .map_err(db("counting memories"))?

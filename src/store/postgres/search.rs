@@ -50,9 +50,9 @@ impl Search for PgStore {
         }
         let rows: Vec<(Uuid, f32)> =
             sqlx::query_as("SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)")
-                .bind(&at.scope.user_id)
-                .bind(&at.scope.agent_id)
-                .bind(&at.scope.run_id)
+                .bind(at.scope.user_id().as_str())
+                .bind(at.scope.agent_id())
+                .bind(at.scope.run_id())
                 .bind(at.filter_object())
                 .bind(Vector::from(query.to_vec()))
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
@@ -78,9 +78,9 @@ impl Search for PgStore {
         }
         let rows: Vec<(Uuid, f32)> =
             sqlx::query_as("SELECT id, score FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
-                .bind(&at.scope.user_id)
-                .bind(&at.scope.agent_id)
-                .bind(&at.scope.run_id)
+                .bind(at.scope.user_id().as_str())
+                .bind(at.scope.agent_id())
+                .bind(at.scope.run_id())
                 .bind(at.filter_object())
                 .bind(&terms)
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
@@ -103,7 +103,7 @@ impl Search for PgStore {
         query: &str,
         depth: usize,
     ) -> Result<Vec<Scored>, StoreError> {
-        let user_id = &at.scope.user_id;
+        let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
         let by_vector = async {
             // The nearest memories and their BM25 in one statement.
@@ -114,8 +114,8 @@ impl Search for PgStore {
                      $1, $7, ARRAY(SELECT id FROM n)) k ON k.id = n.id",
             )
             .bind(user_id)
-            .bind(&at.scope.agent_id)
-            .bind(&at.scope.run_id)
+            .bind(at.scope.agent_id())
+            .bind(at.scope.run_id())
             .bind(at.filter_object())
             .bind(Vector::from(vector.to_vec()))
             .bind(i32::try_from(depth).unwrap_or(i32::MAX))

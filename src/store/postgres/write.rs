@@ -62,9 +62,9 @@ impl PgStore {
              FROM m, unnest($13::text[], $14::integer[]) AS t (term, tf)",
         )
         .bind(new.id.0)
-        .bind(&new.scope.user_id)
-        .bind(&new.scope.agent_id)
-        .bind(&new.scope.run_id)
+        .bind(new.scope.user_id().as_str())
+        .bind(new.scope.agent_id())
+        .bind(new.scope.run_id())
         .bind(&new.content)
         .bind(content_hash(&new.content))
         .bind(Vector::from(new.embedding.clone()))
@@ -147,7 +147,7 @@ impl Writes for PgStore {
             near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
             let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
             let mut existing: HashMap<MemoryId, Memory> = self
-                .get_many(&new.scope.user_id, &ids)
+                .get_many(new.scope.user_id(), &ids)
                 .await?
                 .into_iter()
                 .map(|m| (m.id, m))
@@ -285,7 +285,7 @@ impl Writes for PgStore {
     ) -> Result<SupersedeOutcome, StoreError> {
         let now = now_micros();
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, &new.scope.user_id).await?;
+        lock_user(&mut tx, new.scope.user_id()).await?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
         sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
             .execute(&mut *tx)
@@ -293,7 +293,7 @@ impl Writes for PgStore {
             .map_err(db("starting a write"))?;
         let closed = close_in(
             &mut tx,
-            &new.scope.user_id,
+            new.scope.user_id(),
             old,
             Some(&new.content),
             &new.actor,
@@ -316,7 +316,7 @@ impl Writes for PgStore {
                     Some(near) => {
                         let near = near?;
                         let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
-                        let existing = self.get_many(&new.scope.user_id, &ids).await?;
+                        let existing = self.get_many(new.scope.user_id(), &ids).await?;
                         match existing.into_iter().next() {
                             Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
                             None => Err(StoreError::Conflict(format!(

@@ -23,9 +23,9 @@ where
     i64: for<'t> Encode<'t, E::Database> + Type<E::Database>,
 {
     let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(scope.user_id.as_str())
-        .bind(scope.agent_id.as_deref())
-        .bind(scope.run_id.as_deref())
+        .bind(scope.user_id().as_str())
+        .bind(scope.agent_id())
+        .bind(scope.run_id())
         .bind(limit as i64)
         .fetch_all(exec)
         .await

@@ -40,11 +40,12 @@ fn parse_event(raw: &str) -> Result<Event, StoreError> {
 
 /// The scope columns (`user_id`, `agent_id`, `run_id`) of a row.
 fn scope_from_row<R: Columns>(row: &R, cx: &'static str) -> Result<Scope, StoreError> {
-    Ok(Scope {
-        user_id: row.text("user_id", cx)?,
-        agent_id: row.opt_text("agent_id", cx)?,
-        run_id: row.opt_text("run_id", cx)?,
-    })
+    Scope::from_parts(
+        row.text("user_id", cx)?,
+        row.opt_text("agent_id", cx)?,
+        row.opt_text("run_id", cx)?,
+    )
+    .map_err(|e| StoreError::Corrupt(format!("{cx}: {e}")))
 }
 
 /// A memory, from [`MEMORY_COLUMNS`].

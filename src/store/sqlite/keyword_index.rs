@@ -60,8 +60,9 @@ pub(super) async fn score_all(
     scope: &Scope,
     terms: &[String],
 ) -> Result<Vec<(i64, f32)>, StoreError> {
-    if scope.agent_id.is_some() || scope.run_id.is_some() {
-        return score_some(conn, scope, terms, None).await;
+    if !scope.is_whole_user() {
+        let among = (scope.user_id().as_str(), scope.agent_id(), scope.run_id());
+        return score_some(conn, among, terms, None).await;
     }
     // One statement, so statistics and postings come from one snapshot; one
     // JSON value, because sqlx hands rows over one at a time between threads.
@@ -73,7 +74,7 @@ pub(super) async fn score_all(
                  FROM json_each(?2) j CROSS JOIN keyword_postings p \
                    ON p.user_id = ?1 AND p.term = j.value) AS postings",
     )
-    .bind(&scope.user_id)
+    .bind(scope.user_id().as_str())
     .bind(terms_json(terms)?)
     .fetch_one(&mut *conn)
     .await
@@ -97,24 +98,20 @@ pub(super) async fn score_pks(
     terms: &[String],
     pks: &[i64],
 ) -> Result<HashMap<i64, f32>, StoreError> {
-    let scope = Scope {
-        user_id: user_id.to_owned(),
-        agent_id: None,
-        run_id: None,
-    };
-    Ok(score_some(conn, &scope, terms, Some(pks))
+    Ok(score_some(conn, (user_id, None, None), terms, Some(pks))
         .await?
         .into_iter()
         .collect())
 }
 
-/// The relevance of the current memories in `scope` (and among `pks`, when
-/// given) holding a term of `terms`. Only their postings are read; the
+/// The relevance of the current memories in `among` (a user, and an agent
+/// and a run when given; and among `pks`, when given) holding a term of
+/// `terms`. Only their postings are read; the
 /// frequencies are counted over all of the user's, the statistics BM25
 /// scores with whatever the scope.
 async fn score_some(
     conn: &mut SqliteConnection,
-    scope: &Scope,
+    (user_id, agent_id, run_id): (&str, Option<&str>, Option<&str>),
     terms: &[String],
     pks: Option<&[i64]>,
 ) -> Result<Vec<(i64, f32)>, StoreError> {
@@ -131,10 +128,10 @@ async fn score_some(
                  WHERE (?3 IS NULL OR p.agent_id = ?3) AND (?4 IS NULL OR p.run_id = ?4) \
                    AND (?5 IS NULL OR p.pk IN (SELECT value FROM json_each(?5)))) AS postings",
     )
-    .bind(&scope.user_id)
+    .bind(user_id)
     .bind(terms_json(terms)?)
-    .bind(&scope.agent_id)
-    .bind(&scope.run_id)
+    .bind(agent_id)
+    .bind(run_id)
     .bind(pks.map(|pks| serde_json::Value::from(pks.to_vec()).to_string()))
     .fetch_one(&mut *conn)
     .await
@@ -354,7 +351,7 @@ mod tests {
             (Scope::new("u", Some("planner"), None).unwrap(), 1),
             (Scope::new("u", Some("coach"), None).unwrap(), 1),
             (Scope::new("u", None, Some("run-1")).unwrap(), 1),
-            (Scope::user("u"), 2),
+            (Scope::new("u", None, None).unwrap(), 2),
         ] {
             let at = SearchScope {
                 scope: &scope,

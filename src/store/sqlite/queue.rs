@@ -23,9 +23,9 @@ impl PendingQueue for SqliteStore {
              infer, memory_ids, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(pending.id.to_string())
-        .bind(&pending.scope.user_id)
-        .bind(&pending.scope.agent_id)
-        .bind(&pending.scope.run_id)
+        .bind(pending.scope.user_id().as_str())
+        .bind(pending.scope.agent_id())
+        .bind(pending.scope.run_id())
         .bind(input)
         .bind(metadata)
         .bind(pending.infer)

@@ -38,9 +38,9 @@ impl Reads for SqliteStore {
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM memories m {WHERE}"
         )))
-        .bind(&scope.user_id)
-        .bind(&scope.agent_id)
-        .bind(&scope.run_id)
+        .bind(scope.user_id().as_str())
+        .bind(scope.agent_id())
+        .bind(scope.run_id())
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting memories"))?;

@@ -41,9 +41,9 @@ impl SqliteStore {
                AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
             metadata_matches!("?4")
         ))
-        .bind(&at.scope.user_id)
-        .bind(&at.scope.agent_id)
-        .bind(&at.scope.run_id)
+        .bind(at.scope.user_id().as_str())
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
         .bind(filter_json(at))
         .fetch_one(&mut *conn)
         .await
@@ -60,7 +60,7 @@ impl Search for SqliteStore {
         query: &[f32],
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let user_id = &at.scope.user_id;
+        let user_id = at.scope.user_id();
         let entry = self.index.user(user_id);
         let mut conn = self.pool.acquire().await.map_err(db("searching vectors"))?;
         // Agent and run narrow the scan by the copy's own scopes; only a
@@ -168,7 +168,7 @@ impl Search for SqliteStore {
         query: &str,
         depth: usize,
     ) -> Result<Vec<Scored>, StoreError> {
-        let user_id = &at.scope.user_id;
+        let user_id = at.scope.user_id();
         let terms = keywords::query_terms(query);
         let entry = self.index.user(user_id);
         let mut conn = self.pool.acquire().await.map_err(db("searching"))?;
@@ -318,10 +318,10 @@ impl Search for SqliteStore {
 pub(super) fn among<'a>(at: SearchScope<'a>, allowed: Option<&'a HashSet<i64>>) -> Among<'a> {
     match allowed {
         Some(pks) => Among::Pks(pks),
-        None if at.scope.agent_id.is_none() && at.scope.run_id.is_none() => Among::All,
+        None if at.scope.is_whole_user() => Among::All,
         None => Among::Scope {
-            agent_id: at.scope.agent_id.as_deref(),
-            run_id: at.scope.run_id.as_deref(),
+            agent_id: at.scope.agent_id(),
+            run_id: at.scope.run_id(),
         },
     }
 }

@@ -94,13 +94,7 @@ impl UserWrite<'_> {
 /// Adds the new memory `new`, stored at `pk`, to the user's vector copy.
 fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory) {
     let scope = &new.scope;
-    vecs.push(
-        pk,
-        new.id,
-        scope.agent_id.as_deref(),
-        scope.run_id.as_deref(),
-        &new.embedding,
-    );
+    vecs.push(pk, new.id, scope.agent_id(), scope.run_id(), &new.embedding);
 }
 
 impl SqliteStore {
@@ -182,9 +176,9 @@ impl SqliteStore {
             .bind(encode_vector(&new.embedding))
             .bind(i64::from(terms.length))
             .bind(&new.actor)
-            .bind(&new.scope.user_id)
-            .bind(&new.scope.agent_id)
-            .bind(&new.scope.run_id)
+            .bind(new.scope.user_id().as_str())
+            .bind(new.scope.agent_id())
+            .bind(new.scope.run_id())
             .bind(&new.content)
             .bind(content_hash_hex(&new.content))
             .bind(&metadata)
@@ -306,7 +300,7 @@ impl Writes for SqliteStore {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        let user_id = &new.scope.user_id;
+        let user_id = new.scope.user_id();
         let mut w = self.begin_user_write(user_id, "starting a write").await?;
         let before = self.sync_vectors(&mut w.tx, user_id, &mut w.vecs).await?;
         if let Some((pk, similarity)) = self
@@ -501,7 +495,7 @@ impl Writes for SqliteStore {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
-        let user_id = &new.scope.user_id;
+        let user_id = new.scope.user_id();
         let mut w = self.begin_user_write(user_id, "starting a write").await?;
         let before = generation(&mut w.tx, user_id).await?;
         let Some((old_pk, old_content)) = Self::current(&mut w.tx, user_id, old).await? else {
