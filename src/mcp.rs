@@ -107,8 +107,7 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<RememberResult>, String> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        let result = self.service.remember(&caller, p).await;
-        result.map(Json).map_err(tool_error)
+        answer(self.service.remember(&caller, p).await)
     }
 
     #[tool(
@@ -128,8 +127,7 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<RecallResult>, String> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        let result = self.service.recall(&caller, p).await;
-        result.map(Json).map_err(tool_error)
+        answer(self.service.recall(&caller, p).await)
     }
 
     #[tool(
@@ -150,8 +148,7 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<UserContext>, String> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        let result = self.service.user_context(&caller, p).await;
-        result.map(Json).map_err(tool_error)
+        answer(self.service.user_context(&caller, p).await)
     }
 
     #[tool(
@@ -171,8 +168,7 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<ForgetResult>, String> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        let result = self.service.forget(&caller, p).await;
-        result.map(Json).map_err(tool_error)
+        answer(self.service.forget(&caller, p).await)
     }
 }
 
@@ -287,6 +283,11 @@ impl ServerHandler for EngramMcp {
 }
 
 /// The text of a tool error. Server-side failures are logged here, once.
+/// A tool's result: its structured content, or a tool error.
+fn answer<T>(result: Result<T, Error>) -> Result<Json<T>, String> {
+    result.map(Json).map_err(tool_error)
+}
+
 fn tool_error(e: Error) -> String {
     if !e.is_caller_error() {
         tracing::error!(error = %e, "tool call failed");

@@ -88,6 +88,30 @@ pub struct ForgetParams {
     pub all: Option<bool>,
 }
 
+/// Requests that name a scope: a user (omitted: the caller's own), and
+/// optionally an agent and a run. The service resolves them into a checked
+/// [`crate::model::Scope`].
+pub trait Scoped {
+    /// `(user_id, agent_id, run_id)` as given.
+    fn scope_ids(&self) -> (Option<&str>, Option<&str>, Option<&str>);
+}
+
+macro_rules! scoped {
+    ($($params:ty),*) => {$(
+        impl Scoped for $params {
+            fn scope_ids(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+                (
+                    self.user_id.as_deref(),
+                    self.agent_id.as_deref(),
+                    self.run_id.as_deref(),
+                )
+            }
+        }
+    )*};
+}
+
+scoped!(RememberParams, RecallParams, UserContextParams);
+
 /// A memory named by id (REST: the path), and its owner (the `user_id`
 /// query parameter; default: the caller's own user).
 #[derive(Debug, Default)]

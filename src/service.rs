@@ -38,7 +38,9 @@ use crate::embed::Embedder;
 use crate::error::Error;
 use crate::extract::Extractor;
 use crate::model::{Event, MemoryId, MetadataFilter, Scope, UserId, validate_metadata};
-use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
+use crate::params::{
+    ForgetParams, MemoryRef, RecallParams, RememberParams, Scoped, UserContextParams,
+};
 use crate::store::{Store, UserExport, UserStats};
 
 mod cached;
@@ -169,14 +171,9 @@ impl MemoryService {
     /// omitted `user_id` is the caller's own; see [`Principal::acting_user`]),
     /// narrowed by agent and run. Every flow starts here, so ids are checked
     /// once and the same way for every door.
-    fn scope(
-        &self,
-        caller: &Principal,
-        user_id: Option<&str>,
-        agent_id: Option<&str>,
-        run_id: Option<&str>,
-    ) -> Result<Scope, Error> {
-        let user = caller.acting_user(user_id, &self.settings.default_user)?;
+    fn scope(&self, caller: &Principal, req: &impl Scoped) -> Result<Scope, Error> {
+        let (user_id, agent_id, run_id) = req.scope_ids();
+        let user = self.user(caller, user_id)?;
         Ok(Scope::narrowed(user, agent_id, run_id)?)
     }
 
@@ -190,12 +187,7 @@ impl MemoryService {
         caller: &Principal,
         req: RememberParams,
     ) -> Result<RememberResult, Error> {
-        let scope = self.scope(
-            caller,
-            req.user_id.as_deref(),
-            req.agent_id.as_deref(),
-            req.run_id.as_deref(),
-        )?;
+        let scope = self.scope(caller, &req)?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
         let metadata = validate_metadata(req.metadata)?;
         let work = Work {
@@ -222,12 +214,7 @@ impl MemoryService {
         caller: &Principal,
         req: RecallParams,
     ) -> Result<RecallResult, Error> {
-        let scope = self.scope(
-            caller,
-            req.user_id.as_deref(),
-            req.agent_id.as_deref(),
-            req.run_id.as_deref(),
-        )?;
+        let scope = self.scope(caller, &req)?;
         let query = validate::text("query", &req.query, self.settings.max_text_bytes)?;
         let limit = validate::limit(req.limit, DEFAULT_RECALL_LIMIT)?;
         let filter = MetadataFilter::parse(req.filters.as_ref())?;
@@ -254,12 +241,7 @@ impl MemoryService {
         caller: &Principal,
         req: UserContextParams,
     ) -> Result<UserContext, Error> {
-        let scope = self.scope(
-            caller,
-            req.user_id.as_deref(),
-            req.agent_id.as_deref(),
-            req.run_id.as_deref(),
-        )?;
+        let scope = self.scope(caller, &req)?;
         let limit = validate::limit(req.limit, DEFAULT_CONTEXT_LIMIT)?;
         let focus = validate::focus(req.query, self.settings.max_text_bytes)?;
         let field = self
