@@ -204,16 +204,21 @@ impl Scope {
 
 /// `raw` checked as [`validate_id`] checks it, kept as it is when already trimmed.
 fn checked(field: &'static str, raw: String) -> Result<String, Invalid> {
-    if raw.trim().len() == raw.len() {
-        validate_id(field, &raw)?;
+    let id = check_id(field, &raw)?;
+    if id.len() == raw.len() {
         Ok(raw)
     } else {
-        validate_id(field, &raw)
+        Ok(id.to_owned())
     }
 }
 
 /// Checks one id and returns it trimmed.
 pub fn validate_id(field: &'static str, raw: &str) -> Result<String, Invalid> {
+    check_id(field, raw).map(str::to_owned)
+}
+
+/// The trimmed id within `raw`, or why it is refused.
+fn check_id<'a>(field: &'static str, raw: &'a str) -> Result<&'a str, Invalid> {
     let id = raw.trim();
     if id.is_empty() {
         return Err(Invalid::new(
@@ -233,7 +238,7 @@ pub fn validate_id(field: &'static str, raw: &str) -> Result<String, Invalid> {
             "contains control characters; use printable text",
         ));
     }
-    Ok(id.to_owned())
+    Ok(id)
 }
 
 #[cfg(test)]
