@@ -90,6 +90,13 @@ async fn service_with(
     )
 }
 
+/// A conversation of two facts, with a reply between them.
+const LISBON_AND_TOKYO: &[(&str, &str)] = &[
+    ("user", "I live in Lisbon"),
+    ("assistant", "Lovely city!"),
+    ("user", "I fly to Tokyo tomorrow"),
+];
+
 fn said(messages: &[(&str, &str)]) -> RememberParams {
     RememberParams {
         messages: Some(
@@ -230,17 +237,7 @@ async fn verbatim_keeps_the_text_and_reextract_replaces_it_with_facts() {
     let s = service(&fake, &dir, OnLlmError::Verbatim).await;
 
     fake.then(server_error());
-    let kept = s
-        .remember(
-            ME,
-            said(&[
-                ("user", "I live in Lisbon"),
-                ("assistant", "Lovely city!"),
-                ("user", "I fly to Tokyo tomorrow"),
-            ]),
-        )
-        .await
-        .unwrap();
+    let kept = s.remember(ME, said(LISBON_AND_TOKYO)).await.unwrap();
     let deferred = kept.deferred.clone().expect("deferred");
     assert!(deferred.reason.contains("500"), "{deferred:?}");
     assert!(deferred.searchable);
@@ -321,17 +318,7 @@ async fn a_copy_that_already_says_the_fact_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(&fake, &dir, OnLlmError::Verbatim).await;
     fake.then(server_error());
-    let kept = s
-        .remember(
-            ME,
-            said(&[
-                ("user", "I live in Lisbon"),
-                ("assistant", "Lovely city!"),
-                ("user", "I fly to Tokyo tomorrow"),
-            ]),
-        )
-        .await
-        .unwrap();
+    let kept = s.remember(ME, said(LISBON_AND_TOKYO)).await.unwrap();
     // The fake extracts each user line as said.
     let report = s.reextract(10).await.unwrap();
     let result = &report.finished[0].result;
