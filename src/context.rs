@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Memory;
+use crate::model::{Degraded, Memory};
 
 /// A compact profile of one user's memories.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -19,6 +19,10 @@ pub struct UserContext {
     /// How many current memories the user has in all.
     #[schemars(schema_with = "crate::model::count_schema")]
     pub total: u64,
+    /// Present when the focus search ran without one of its signals
+    /// (`embedder`: keywords alone); such a context is never cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
 }
 
 impl UserContext {
@@ -30,6 +34,7 @@ impl UserContext {
             context,
             memories,
             total,
+            degraded: None,
         }
     }
 }

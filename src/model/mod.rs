@@ -17,6 +17,19 @@ pub use filter::{MAX_METADATA_BYTES, Metadata, MetadataFilter, validate_metadata
 pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, validate_id};
 pub use memory::{Event, Fact, Input, Memory, Message, normalize_date};
 
+/// A part of the search a read answered without: the results are still
+/// the best engram could find, ranked by what remained.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Degraded {
+    /// The query could not be embedded (the embedding server failed):
+    /// results are ranked by keywords alone, and their scores are the
+    /// keyword half of the usual scale.
+    Embedder,
+}
+
 /// A value the caller sent that is not accepted: `field` names the argument,
 /// `message` says what was wrong and what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

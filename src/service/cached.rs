@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::MemoryService;
+use super::types::RecallResult;
 use crate::cache::{CacheStats, VectorSource, entry};
+use crate::context::UserContext;
 use crate::error::Error;
 
 /// Cache lookups by outcome; the cache itself counts its failures.
@@ -25,6 +27,24 @@ pub(super) struct Tally {
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether an answer may be served again from the cache: not one built
+/// while a part of engram was down (it would outlive the outage).
+pub(super) trait Cacheable {
+    fn cacheable(&self) -> bool;
+}
+
+impl Cacheable for RecallResult {
+    fn cacheable(&self) -> bool {
+        self.degraded.is_none()
+    }
+}
+
+impl Cacheable for UserContext {
+    fn cacheable(&self) -> bool {
+        self.degraded.is_none()
+    }
 }
 
 impl MemoryService {
@@ -51,7 +71,7 @@ impl MemoryService {
         build: F,
     ) -> Result<T, Error>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
@@ -75,6 +95,9 @@ impl MemoryService {
         }
         count(&self.tally.misses);
         let value = build().await?;
+        if !value.cacheable() {
+            return Ok(value);
+        }
         if let Some(bytes) = entry::encode(version, self.settings.cache_ttl, &value) {
             self.cache.put_entry(user_id, &field, version, bytes).await;
         }

@@ -8,7 +8,7 @@ use super::types::{RecallResult, ScoredMemory};
 use crate::context::UserContext;
 use crate::embed::calibration;
 use crate::error::Error;
-use crate::model::{Memory, MemoryId, MetadataFilter, Scope};
+use crate::model::{Degraded, Memory, MemoryId, MetadataFilter, Scope};
 use crate::rank;
 use crate::store::SearchScope;
 
@@ -18,8 +18,20 @@ use crate::store::SearchScope;
 const CANDIDATES_PER_RESULT: usize = 4;
 const MIN_CANDIDATES: usize = 40;
 
+/// One result's place and scores, before its row is read.
+struct Ranked {
+    id: MemoryId,
+    score: f32,
+    /// Absent when the embedder did not answer.
+    vector_score: Option<f32>,
+    keyword_score: f32,
+}
+
 impl MemoryService {
-    /// Recall without the cache: both searches, fusion, and the rows.
+    /// Recall without the cache: both searches, fusion, and the rows. When
+    /// the embedder fails, the keyword search alone answers, flagged
+    /// [`Degraded::Embedder`] (recall stays up while a remote embedding
+    /// server is down; remember has its own fallback).
     pub(super) async fn search(
         &self,
         scope: &Scope,
@@ -29,14 +41,61 @@ impl MemoryService {
     ) -> Result<RecallResult, Error> {
         let at = SearchScope { scope, filter };
         let depth = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
-        let embedding = self.embed_query(&query).await?;
-        let semantic = rank::Semantic::new(self.floor().await?);
+        let semantic = match self.semantic_side(&query).await {
+            Ok(semantic) => semantic,
+            Err(Error::Embed(e)) => {
+                tracing::warn!(
+                    user_id = %scope.user_id(),
+                    error = %e,
+                    "the embedder failed; recall ranks by keywords alone"
+                );
+                let hits = self.store.keyword_search(at, &query, limit).await?;
+                let ranked = hits.into_iter().map(|h| Ranked {
+                    id: h.id,
+                    score: (1.0 - rank::SEMANTIC_WEIGHT) * h.score,
+                    vector_score: None,
+                    keyword_score: h.score,
+                });
+                let results = self.rows(scope, ranked.collect()).await?;
+                return Ok(RecallResult {
+                    user_id: scope.user_id().to_string(),
+                    query,
+                    results,
+                    degraded: Some(Degraded::Embedder),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let (embedding, semantic) = semantic;
         let candidates = self.store.candidates(at, &embedding, &query, depth).await?;
         let mut fused = rank::fuse(&candidates, semantic);
         fused.truncate(limit);
+        let ranked = fused.into_iter().map(|f| Ranked {
+            id: f.id,
+            score: f.score,
+            vector_score: Some(f.vector_score),
+            keyword_score: f.keyword_score,
+        });
+        let results = self.rows(scope, ranked.collect()).await?;
+        Ok(RecallResult {
+            user_id: scope.user_id().to_string(),
+            query,
+            results,
+            degraded: None,
+        })
+    }
 
-        let ids: Vec<MemoryId> = fused.iter().map(|f| f.id).collect();
-        // A memory forgotten since the search is simply left out.
+    /// The query's vector and how to read its similarities: what needs the
+    /// embedder (whose failure is an [`Error::Embed`]).
+    async fn semantic_side(&self, query: &str) -> Result<(Vec<f32>, rank::Semantic), Error> {
+        let embedding = self.embed_query(query).await?;
+        Ok((embedding, rank::Semantic::new(self.floor().await?)))
+    }
+
+    /// The memories of `ranked`, in its order, with their scores. A memory
+    /// forgotten since the search is simply left out.
+    async fn rows(&self, scope: &Scope, ranked: Vec<Ranked>) -> Result<Vec<ScoredMemory>, Error> {
+        let ids: Vec<MemoryId> = ranked.iter().map(|r| r.id).collect();
         let mut memories: HashMap<MemoryId, Memory> = self
             .store
             .get_many(scope.user_id(), &ids)
@@ -44,22 +103,17 @@ impl MemoryService {
             .into_iter()
             .map(|m| (m.id, m))
             .collect();
-        let results = fused
+        Ok(ranked
             .into_iter()
-            .filter_map(|f| {
-                memories.remove(&f.id).map(|memory| ScoredMemory {
+            .filter_map(|r| {
+                memories.remove(&r.id).map(|memory| ScoredMemory {
                     memory,
-                    score: f.score,
-                    vector_score: Some(f.vector_score),
-                    keyword_score: Some(f.keyword_score),
+                    score: r.score,
+                    vector_score: r.vector_score,
+                    keyword_score: Some(r.keyword_score),
                 })
             })
-            .collect();
-        Ok(RecallResult {
-            user_id: scope.user_id().to_string(),
-            query,
-            results,
-        })
+            .collect())
     }
 
     /// The embedder's similarity between unrelated texts, measured once per
@@ -115,11 +169,14 @@ impl MemoryService {
                 memories.push(m);
             }
         }
-        Ok(UserContext::new(
-            scope.user_id().to_string(),
-            memories,
-            total,
-            Some(&relevant.query),
-        ))
+        Ok(UserContext {
+            degraded: relevant.degraded,
+            ..UserContext::new(
+                scope.user_id().to_string(),
+                memories,
+                total,
+                Some(&relevant.query),
+            )
+        })
     }
 }

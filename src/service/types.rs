@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::extract::Usage;
-use crate::model::{Event, Memory, MemoryId};
+use crate::model::{Degraded, Event, Memory, MemoryId};
 use crate::store::HistoryEntry;
 
 /// What happened to one fact.
@@ -74,6 +74,10 @@ pub struct RecallResult {
     pub user_id: String,
     pub query: String,
     pub results: Vec<ScoredMemory>,
+    /// Present when the search ran without one of its signals (`embedder`:
+    /// keywords alone); such an answer is never cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
 }
 
 /// One memory read by id, with whether it is still current.

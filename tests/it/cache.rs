@@ -63,6 +63,8 @@ impl Db {
 struct RemoteLike {
     inner: HashEmbedder,
     queries: AtomicUsize,
+    /// While set, every query fails as an unreachable server would.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteLike {
@@ -70,6 +72,7 @@ impl RemoteLike {
         Arc::new(Self {
             inner: HashEmbedder::new(DIMS),
             queries: AtomicUsize::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -83,6 +86,9 @@ impl Embedder for RemoteLike {
         self.inner.embed_documents(texts).await
     }
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(EmbedError::Failed("connection refused".into()));
+        }
         self.queries.fetch_add(1, Ordering::SeqCst);
         self.inner.embed_query(text).await
     }
@@ -785,6 +791,50 @@ async fn a_flapping_cache_never_serves_stale_or_foreign_results() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A keywords-only answer given while the embedder was down is not cached:
+/// once it is back, the same recall gets both signals.
+#[tokio::test]
+async fn an_answer_without_the_embedder_is_never_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/engram.db", dir.path().display());
+    let remote = RemoteLike::new();
+    let cache = Cached {
+        url: &shared_url(),
+        prefix: &unique_prefix(),
+        timeout_ms: 2000,
+        retry_ms: 1000,
+    };
+    let s = service(&db, Some(cache), remote.clone()).await;
+    remember(&s, "alice", "Drinks oat milk flat whites").await;
+    remember(&s, "alice", "Walks the dog at dawn").await;
+
+    remote.down.store(true, Ordering::SeqCst);
+    let down = recall(&s, "alice", "oat milk").await;
+    assert_eq!(down.degraded, Some(engram::model::Degraded::Embedder));
+    assert_eq!(down.results[0].memory.memory, "Drinks oat milk flat whites");
+    let focused = s
+        .user_context(ME, context_of("alice", 5, Some("dog")))
+        .await
+        .unwrap();
+    assert_eq!(focused.degraded, Some(engram::model::Degraded::Embedder));
+
+    remote.down.store(false, Ordering::SeqCst);
+    let up = recall(&s, "alice", "oat milk").await;
+    assert_eq!(up.degraded, None, "the degraded answer was cached");
+    assert!(up.results[0].vector_score.is_some());
+    let focused = s
+        .user_context(ME, context_of("alice", 5, Some("dog")))
+        .await
+        .unwrap();
+    assert_eq!(focused.degraded, None, "the degraded context was cached");
+    assert_eq!(
+        recall(&s, "alice", "oat milk").await,
+        up,
+        "now from the cache"
+    );
+    assert_eq!(s.cache_stats().hits, 1, "{:?}", s.cache_stats());
 }
 
 /// A small deterministic generator (xorshift), so a failure replays.

@@ -13,9 +13,9 @@ use common::{ME, connect_with, current, ok, run_engram, texts};
 use engram::config::OnLlmError;
 use engram::embed::{Embedder, OpenAiEmbedder, OpenAiSettings};
 use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
-use engram::model::{Event, Message};
+use engram::model::{Degraded, Event, Message};
 use engram::openai::Endpoint;
-use engram::params::{ForgetParams, RecallParams, RememberParams};
+use engram::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
 use engram::service::{MemoryService, Settings};
 use engram::store::SqliteStore;
 use serde_json::{Value, json};
@@ -547,4 +547,61 @@ async fn the_reextract_command_finishes_what_an_outage_left() {
         "{sent}"
     );
     assert!(fake.requests_to(EMBED).len() >= 2);
+}
+
+/// Recall stays up while the embedding server is down: the keyword search
+/// answers alone, says so, and is not taken for the usual answer once the
+/// server is back. A focused context degrades the same way.
+#[tokio::test]
+async fn an_embedder_outage_leaves_recall_to_keywords_and_says_so() {
+    let fake = FakeOpenAi::start(DIMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service_with(&fake, &dir, OnLlmError::Fail, false).await;
+    for text in [
+        "I live in Lisbon",
+        "My sister plays the cello",
+        "I work night shifts as a nurse",
+    ] {
+        let request = RememberParams {
+            text: Some(text.into()),
+            user_id: Some("alice".into()),
+            infer: Some(false),
+            ..RememberParams::default()
+        };
+        s.remember(ME, request).await.unwrap();
+    }
+    let ask = |query: &str| RecallParams {
+        query: query.into(),
+        user_id: Some("alice".into()),
+        ..RecallParams::default()
+    };
+
+    // Down before the first search: not even the floor can be measured.
+    fake.then(server_error());
+    let down = s.recall(ME, ask("Where is Lisbon?")).await.unwrap();
+    assert_eq!(down.degraded, Some(Degraded::Embedder));
+    assert_eq!(down.results.len(), 1, "{:#?}", down.results);
+    let hit = &down.results[0];
+    assert_eq!(hit.memory.memory, "I live in Lisbon");
+    assert_eq!(hit.vector_score, None);
+    assert!(hit.score > 0.0 && hit.score <= 0.5, "{}", hit.score);
+
+    // Back up: the usual answer, both signals.
+    let up = s.recall(ME, ask("Where is Lisbon?")).await.unwrap();
+    assert_eq!(up.degraded, None);
+    assert_eq!(up.results[0].memory.memory, "I live in Lisbon");
+    assert!(up.results[0].vector_score.is_some());
+    assert!(up.results[0].score > hit.score);
+
+    // Down again, after the floor is known.
+    fake.then(server_error());
+    let context = UserContextParams {
+        user_id: Some("alice".into()),
+        query: Some("cello".into()),
+        ..UserContextParams::default()
+    };
+    let focused = s.user_context(ME, context).await.unwrap();
+    assert_eq!(focused.degraded, Some(Degraded::Embedder));
+    assert_eq!(focused.memories[0].memory, "My sister plays the cello");
+    assert_eq!(focused.total, 3);
 }
