@@ -41,6 +41,7 @@ use crate::service::MemoryService;
 mod api;
 mod auth;
 mod limit;
+mod malformed;
 mod openapi;
 mod problem;
 mod sse;
@@ -137,6 +138,7 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     );
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(from_fn(malformed::answer_malformed))
         .layer(from_fn_with_state(
             auth::SessionOwners::default(),
             auth::owned_sessions,

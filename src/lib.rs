@@ -62,6 +62,7 @@ mod error;
 pub mod eval;
 pub mod extract;
 mod http;
+mod jsonrpc;
 pub mod keywords;
 mod mcp;
 pub mod model;

@@ -2,11 +2,8 @@
 //!
 //! rmcp's own stdio transport ignores lines that are not JSON. We answer them
 //! instead, as JSON-RPC 2.0 asks: a client that sent garbage learns so rather
-//! than waiting forever.
-//! * not JSON, or too long -> `-32700 Parse error` (id null);
-//! * JSON but not a message (an array, a request without `method`...) ->
-//!   `-32600 Invalid Request`, echoing the id when there is one;
-//! * a malformed *notification* gets no reply (notifications never do).
+//! than waiting forever. A line too long is a `-32700 Parse error`; anything
+//! else wrong is answered as on every transport ([`crate::jsonrpc`]).
 //!
 //! To avoid an error storm with a peer that echoes our replies back as more
 //! garbage, at most [`MAX_ERROR_REPLIES_PER_SEC`] such replies go out per second.
@@ -18,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures::{Sink, Stream};
 use rmcp::RoleServer;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::jsonrpc::{self, PARSE_ERROR, Refusal, Verdict};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
@@ -87,11 +86,11 @@ where
                 }
             };
             if !complete {
-                self.reply(
-                    json!(null),
-                    -32700,
-                    format!("Parse error: message longer than {MAX_LINE_BYTES} bytes"),
-                )
+                self.reply(Refusal {
+                    id: Value::Null,
+                    code: PARSE_ERROR,
+                    message: format!("Parse error: message longer than {MAX_LINE_BYTES} bytes"),
+                })
                 .await;
                 continue;
             }
@@ -99,45 +98,26 @@ where
             if text.is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
-                Ok(msg) => return Some(msg),
-                Err(e) => self.answer_malformed(text, e).await,
+            match jsonrpc::read(text) {
+                Verdict::Serve(msg) => return Some(*msg),
+                Verdict::Refuse(refusal) => {
+                    tracing::debug!(code = refusal.code, "answering a malformed line on stdin");
+                    self.reply(refusal).await;
+                }
+                Verdict::Drop => {}
             }
         }
     }
 
-    async fn answer_malformed(&mut self, text: &[u8], error: serde_json::Error) {
-        let value = match serde_json::from_slice::<Value>(text) {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::debug!(error = %e, "unparsable line on stdin");
-                self.reply(json!(null), -32700, format!("Parse error: {e}"))
-                    .await;
-                return;
-            }
-        };
-        let id = value.get("id").cloned();
-        let is_notification = value.is_object() && id.is_none() && value.get("method").is_some();
-        if is_notification {
-            tracing::debug!(error = %error, "ignoring a malformed notification");
-            return;
-        }
-        let message = if value.is_array() {
-            "Invalid Request: batches are not supported; send one message per line".to_owned()
-        } else {
-            format!("Invalid Request: {error}")
-        };
-        self.reply(id.unwrap_or(Value::Null), -32600, message).await;
-    }
-
-    async fn reply(&mut self, id: Value, code: i64, message: String) {
+    async fn reply(&mut self, refusal: Refusal) {
         if !self.limiter.allow() {
-            tracing::warn!(code, "dropping an error reply: too many malformed messages");
+            tracing::warn!(
+                code = refusal.code,
+                "dropping an error reply: too many malformed messages"
+            );
             return;
         }
-        let response =
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
-        let line = response.to_string().into_bytes();
+        let line = refusal.to_json().to_string().into_bytes();
         if let Err(e) = write_line(&self.writer, &line).await {
             tracing::error!(error = %e, "writing an error reply failed");
         }

@@ -11,7 +11,7 @@ use common::http::Server;
 use common::{ENGRAM, ok, texts};
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 async fn get(url: &str) -> (u16, String) {
@@ -61,6 +61,74 @@ async fn streamable_http_carries_the_mcp_round_trip_and_health_checks() {
     .await;
     assert!(texts(&other).is_empty(), "{other}");
     client.cancel().await.unwrap();
+}
+
+/// `/mcp` answers what it cannot serve with JSON-RPC errors in JSON, as
+/// stdio does, never rmcp's plain-text refusals.
+#[tokio::test]
+async fn malformed_messages_on_mcp_get_json_rpc_errors() {
+    let server = Server::start().await;
+    let post = |body: Vec<u8>| {
+        server
+            .http
+            .post(format!("{}/mcp", server.base))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+    };
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for (body, status, code, id) in [
+        (b"{".to_vec(), 400, -32700, Value::Null),
+        (vec![0xff, 0xfe, b'{', b'}'], 400, -32700, Value::Null),
+        (deep.into_bytes(), 400, -32700, Value::Null),
+        (
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.to_vec(),
+            400,
+            -32600,
+            Value::Null,
+        ),
+        (
+            br#"{"id":3,"method":"ping"}"#.to_vec(),
+            400,
+            -32600,
+            json!(3),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#.to_vec(),
+            400,
+            -32600,
+            json!({"a": 1}),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{}}"#.to_vec(),
+            200,
+            -32602,
+            json!("x"),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":["recall"]}"#.to_vec(),
+            200,
+            -32602,
+            json!(4),
+        ),
+    ] {
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(60)
+            .collect::<String>();
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{shown}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{shown}"
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["jsonrpc"], "2.0", "{shown}");
+        assert_eq!(answer["error"]["code"], code, "{shown}: {answer}");
+        assert_eq!(answer["id"], id, "{shown}: {answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,22 @@ async fn every_line_gets_an_answer_and_stdout_is_pure_protocol() {
     assert_eq!(unknown["id"], "u-1");
     assert_eq!(unknown["error"]["code"], -32601);
 
+    // A served method with params that do not fit: -32602 naming what is wrong.
+    let no_name = raw
+        .exchange(r#"{"jsonrpc":"2.0","id":"p-1","method":"tools/call","params":{}}"#)
+        .await;
+    assert_eq!(no_name["id"], "p-1");
+    assert_eq!(no_name["error"]["code"], -32602, "{no_name}");
+    let text = no_name["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("tools/call") && text.contains("name"),
+        "{text}"
+    );
+    let positional = raw
+        .exchange(r#"{"jsonrpc":"2.0","id":"p-2","method":"resources/read","params":["x"]}"#)
+        .await;
+    assert_eq!(positional["error"]["code"], -32602, "{positional}");
+
     let remembered = raw
         .exchange(
             &json!({"jsonrpc": "2.0", "id": "call-1", "method": "tools/call", "params": {
