@@ -102,6 +102,8 @@ pub struct Settings {
     pub rest_rate_limit: u32,
     pub mcp_rate_limit: u32,
     pub request_timeout: Duration,
+    /// How long `/readyz` waits for the database.
+    pub ready_timeout: Duration,
 }
 
 impl Settings {
@@ -113,6 +115,7 @@ impl Settings {
             rest_rate_limit: config.http.rest_rate_limit,
             mcp_rate_limit: config.http.mcp_rate_limit,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
+            ready_timeout: Duration::from_millis(config.store.ready_timeout_ms),
         }
     }
 }
@@ -171,7 +174,10 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
 
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
+        .route(
+            "/readyz",
+            get(move |state| ready(state, settings.ready_timeout)),
+        )
         .with_state(service)
         .merge(mcp_routes)
         .merge(rest)
@@ -295,15 +301,28 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
     allowed.iter().any(|a| a == host || a == name)
 }
 
-/// `/readyz`: 503 when the database does not answer. The cache is
-/// reported but never fails readiness: engram serves without it.
-async fn ready(State(service): State<Arc<MemoryService>>) -> impl IntoResponse {
-    let cache = match service.cache_state().await {
+/// `/readyz`: 503 when the database does not answer within `limit` (a
+/// load balancer needs an answer sooner than a request's wait for a
+/// connection). The cache is asked at the same time and reported, but never
+/// fails readiness: engram serves without it.
+async fn ready(State(service): State<Arc<MemoryService>>, limit: Duration) -> impl IntoResponse {
+    let (cache, database) = tokio::join!(
+        service.cache_state(),
+        tokio::time::timeout(limit, service.ready())
+    );
+    let cache = match cache {
         None => "none".to_owned(),
         Some(Ok(())) => "ok".to_owned(),
         Some(Err(e)) => format!("down ({e})"),
     };
-    match service.ready().await {
+    let database = match database {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms (ENGRAM_DATABASE_READY_TIMEOUT_MS)",
+            limit.as_millis()
+        )),
+    };
+    match database {
         Ok(()) => (
             StatusCode::OK,
             format!("ready\ndatabase: ok\ncache: {cache}\n"),

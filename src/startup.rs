@@ -124,6 +124,7 @@ pub async fn store(
     if is_postgres(url) {
         let options = PgOptions {
             pool_size: config.store.pool_size,
+            acquire_timeout: Duration::from_millis(config.store.timeout_ms),
             migrate: config.store.auto_migrate,
             index: config.store.index,
             plan: Default::default(),

@@ -76,6 +76,7 @@ pub async fn run(
         rest_rate_limit: 0,
         mcp_rate_limit: 0,
         request_timeout: Duration::from_secs(60),
+        ready_timeout: Duration::from_secs(1),
     };
     let app = crate::http::app(service.clone(), settings, stop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

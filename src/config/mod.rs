@@ -7,7 +7,7 @@
 //!
 //! | field of [`Config`] | file                | keys                                                   |
 //! |---------------------|---------------------|--------------------------------------------------------|
-//! | `store`             | `config/store.rs`   | `database_url`, `database_pool_size`, `auto_migrate`, `index`, `vector_cache_mb` |
+//! | `store`             | `config/store.rs`   | `database_*` (url, pool size, timeouts), `auto_migrate`, `index`, `vector_cache_mb` |
 //! | `cache`             | `config/cache.rs`   | `cache_*`                                              |
 //! | `embedder`          | `config/embedder.rs`| `embedder`, `embedding_*`                              |
 //! | `llm`               | `config/llm.rs`     | `extractor`, `llm_*`                                   |
@@ -59,7 +59,10 @@ pub use memory::{
     MemoryConfig, OnLlmError,
 };
 pub use openai::{OpenAiConfig, Secret};
-pub use store::{DEFAULT_DATABASE_POOL_SIZE, DEFAULT_VECTOR_CACHE_MB, IndexKind, StoreConfig};
+pub use store::{
+    DEFAULT_DATABASE_POOL_SIZE, DEFAULT_DATABASE_READY_TIMEOUT_MS, DEFAULT_DATABASE_TIMEOUT_MS,
+    DEFAULT_VECTOR_CACHE_MB, IndexKind, StoreConfig,
+};
 
 use layers::Layers;
 

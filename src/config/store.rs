@@ -1,20 +1,32 @@
 //! `store`: where memories are kept (`database_*`, `auto_migrate`, `index`,
-//! `vector_cache_mb`).
+//! `vector_cache_mb`), and how long a caller waits for it
+//! (`database_timeout_ms`, `database_ready_timeout_ms`).
 
 use super::layers::{Choice, ConfigError, Layers, Range};
 
 /// Where the store keeps it (the configuration reads it from there).
 pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind};
 pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
+/// How long a request waits for a PostgreSQL connection ([`crate::store::DEFAULT_ACQUIRE_TIMEOUT`]).
+pub const DEFAULT_DATABASE_TIMEOUT_MS: u64 =
+    crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_millis() as u64;
+/// How long `/readyz` waits for the database before answering 503.
+pub const DEFAULT_DATABASE_READY_TIMEOUT_MS: u64 = 1000;
 
 pub(super) const DATABASE_POOL_SIZE: Range<u32> = Range::new(DEFAULT_DATABASE_POOL_SIZE, 1, 1000);
 pub(super) const VECTOR_CACHE_MB: Range<usize> =
     Range::new(DEFAULT_VECTOR_CACHE_MB, 1, 1024 * 1024);
+pub(super) const DATABASE_TIMEOUT_MS: Range<u64> =
+    Range::new(DEFAULT_DATABASE_TIMEOUT_MS, 100, 600_000);
+pub(super) const DATABASE_READY_TIMEOUT_MS: Range<u64> =
+    Range::new(DEFAULT_DATABASE_READY_TIMEOUT_MS, 10, 60_000);
 
 /// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
 pub(super) const KEYS: &[&str] = &[
     "database_url",
     "database_pool_size",
+    "database_timeout_ms",
+    "database_ready_timeout_ms",
     "auto_migrate",
     "index",
     "vector_cache_mb",
@@ -36,6 +48,12 @@ pub struct StoreConfig {
     pub database_url: String,
     /// Connections the PostgreSQL store may hold open.
     pub pool_size: u32,
+    /// How long a request waits for a PostgreSQL connection (a free one, or a
+    /// new one connected) before failing 503 `unavailable`, in ms.
+    pub timeout_ms: u64,
+    /// How long `/readyz` waits for the database to answer before saying
+    /// 503, in ms (both stores).
+    pub ready_timeout_ms: u64,
     /// Apply pending migrations when `serve` starts (else `engram migrate` must).
     pub auto_migrate: bool,
     /// Vector index of a PostgreSQL store (SQLite scans in process: `auto` only).
@@ -61,6 +79,9 @@ impl StoreConfig {
         Ok(Self {
             database_url,
             pool_size: src.number("database_pool_size", &DATABASE_POOL_SIZE)?,
+            timeout_ms: src.number("database_timeout_ms", &DATABASE_TIMEOUT_MS)?,
+            ready_timeout_ms: src
+                .number("database_ready_timeout_ms", &DATABASE_READY_TIMEOUT_MS)?,
             auto_migrate: src.boolean("auto_migrate", true)?,
             index,
             vector_cache_mb: src.number("vector_cache_mb", &VECTOR_CACHE_MB)?,

@@ -100,6 +100,7 @@ impl Scratch {
         };
         let options = PgOptions {
             pool_size: config.store.pool_size,
+            acquire_timeout: std::time::Duration::from_millis(config.store.timeout_ms),
             migrate: true,
             index: config.store.index,
             plan: Default::default(),

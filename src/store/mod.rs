@@ -19,7 +19,9 @@ mod postgres;
 mod sqlite;
 mod vector_index;
 
-pub use postgres::{DEFAULT_POOL_SIZE, IndexKind, PgOptions, PgStore, PlanSettings, redact};
+pub use postgres::{
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, IndexKind, PgOptions, PgStore, PlanSettings, redact,
+};
 pub use sqlite::SqliteStore;
 
 mod report;

@@ -482,15 +482,14 @@ on_both_stores!(
     every_write_ends_the_cached_entries,
     forget_leaves_no_key_of_the_user,
     query_embeddings_of_remote_embedders_are_cached,
+    writes_made_in_sql_end_cached_entries,
 );
 
 /// Updates and supersessions made in SQL (as any tool, or a later engram
 /// feature, may make them) end cached entries too: the version moves in the
-/// database, not in engram.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_made_in_sql_end_cached_entries() {
-    let db = TestDatabase::create().await;
-    let s = cached(&db.url, &shared_url(), &unique_prefix()).await;
+/// database, not in engram (PostgreSQL's and SQLite's triggers).
+async fn writes_made_in_sql_end_cached_entries(db: Db) {
+    let s = cached(db.url(), &shared_url(), &unique_prefix()).await;
     let (id, _) = remember(&s, "alice", "Budget for Japan is 3000 euros").await;
     remember(&s, "alice", "Travels to Japan in April").await;
     let q = "Japan trip";
@@ -498,28 +497,42 @@ async fn writes_made_in_sql_end_cached_entries() {
     recall(&s, "alice", q).await;
     assert_eq!(s.cache_stats().hits, 1);
 
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::query("UPDATE memories SET content = 'Budget for Japan is 4000 euros' WHERE id = $1")
-        .bind(id.0)
-        .execute(&pool)
-        .await
-        .unwrap();
+    // By hand, on the database engram uses, beside it.
+    let by_hand = |pg: &'static str, lite: &'static str| {
+        let (url, id) = (db.url().to_owned(), id.to_string());
+        let is_pg = matches!(db, Db::Postgres(_));
+        async move {
+            if is_pg {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(pg).bind(id).execute(&pool).await.unwrap();
+                pool.close().await;
+            } else {
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query(lite).bind(id).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    };
+    by_hand(
+        "UPDATE memories SET content = 'Budget for Japan is 4000 euros' WHERE id::text = $1",
+        "UPDATE memories SET content = 'Budget for Japan is 4000 euros' WHERE id = ?1",
+    )
+    .await;
     assert!(
         memories(&recall(&s, "alice", q).await)
             .contains(&"Budget for Japan is 4000 euros".to_owned())
     );
 
-    sqlx::query("UPDATE memories SET valid_to = now() WHERE id = $1")
-        .bind(id.0)
-        .execute(&pool)
-        .await
-        .unwrap();
+    by_hand(
+        "UPDATE memories SET valid_to = now() WHERE id::text = $1",
+        "UPDATE memories SET valid_to = unixepoch('subsec') * 1000 WHERE id = ?1",
+    )
+    .await;
     assert_eq!(
         memories(&recall(&s, "alice", q).await),
         ["Travels to Japan in April"]
     );
     assert_eq!(context(&s, "alice").await.total, 1);
-    pool.close().await;
 }
 
 /// Two services, one database, one cache: each sees the other's writes at once.

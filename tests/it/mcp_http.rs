@@ -298,13 +298,22 @@ async fn readiness_shows_the_cache_without_depending_on_it() {
     assert!(body.contains("cache: down"), "{body}");
 }
 
-/// The database goes away (a proxy in between refuses connections): the
-/// instance reports not ready and requests fail with 503 `unavailable`,
-/// nothing hangs; when it is back, both recover.
+/// The database goes away mid-load, refused (connections cut, new ones
+/// closed) or stalled (connections cut, new ones held open and never
+/// answered, as a partition looks): `/readyz` says 503 within a second and a
+/// half, every request answers 503 `unavailable` within the request bound
+/// (`database_timeout_ms`, default 3 s, plus scheduling slack), nothing
+/// hangs; when the database is back, engram recovers on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_its_database_engram_is_unready_and_says_so() {
+async fn without_its_database_engram_is_unready_at_once_and_recovers() {
     use common::proxy::{Mode, Proxy};
-    use reqwest::Method;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    const READY_BOUND: Duration = Duration::from_millis(1500);
+    let request_bound = Duration::from_millis(engram::config::DEFAULT_DATABASE_TIMEOUT_MS)
+        + Duration::from_millis(1000);
     let db = common::postgres::TestDatabase::create().await;
     let authority = db.url.split('@').nth(1).unwrap().split('/').next().unwrap();
     let proxy = Proxy::start(authority.to_owned()).await;
@@ -313,33 +322,100 @@ async fn without_its_database_engram_is_unready_and_says_so() {
         .replace(authority, &format!("127.0.0.1:{}", proxy.port));
     let server = Server::with_keys(Some(&through), &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
     let key = server.create_key(&["--user", "alice"]);
-    let search = || {
-        server.call(
-            Method::POST,
-            "/api/v1/memory/search",
-            Some(&key),
-            Some(json!({"query": "bees"})),
-        )
+    let search = |http: reqwest::Client, base: String, key: String| async move {
+        let response = http
+            .post(format!("{base}/api/v1/memory/search"))
+            .bearer_auth(key)
+            .json(&json!({"query": "bees"}))
+            .send()
+            .await
+            .unwrap();
+        common::http::Reply::read(response).await
     };
-    assert_eq!(search().await.status, 200);
+    let readyz = || async {
+        let started = Instant::now();
+        let (status, body) = get(&format!("{}/readyz", server.base)).await;
+        (status, body, started.elapsed())
+    };
+    assert_eq!(
+        search(server.http.clone(), server.base.clone(), key.clone())
+            .await
+            .status,
+        200
+    );
 
-    proxy.set(Mode::Refuse);
-    let (status, body) = get(&format!("{}/readyz", server.base)).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("not ready\ndatabase: "), "{body}");
-    let refused = search().await;
-    refused.problem(503, "unavailable");
-    assert!(refused.text.contains("database"), "{}", refused.text);
+    for mode in [Mode::Refuse, Mode::Stall] {
+        // Load: four clients searching in a loop, each answer timed.
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (http, base, key, stop) = (
+                    server.http.clone(),
+                    server.base.clone(),
+                    key.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let reply = search(http.clone(), base.clone(), key.clone()).await;
+                        answers.push((started, started.elapsed(), reply));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
 
-    proxy.set(Mode::Pass);
-    let back = tokio::time::timeout(Duration::from_secs(30), async {
-        while get(&format!("{}/readyz", server.base)).await.0 != 200 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let cut = Instant::now();
+        proxy.set(mode);
+        let (status, body, took) = readyz().await;
+        assert_eq!(status, 503, "{mode:?}: {body}");
+        assert!(body.starts_with("not ready\ndatabase: "), "{body}");
+        assert!(took < READY_BOUND, "{mode:?}: /readyz took {took:?}");
+        eprintln!("{mode:?}: /readyz 503 after {took:?}");
+        tokio::time::sleep(request_bound).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut slowest = Duration::ZERO;
+        let mut refused = 0;
+        for client in clients {
+            for (started, took, reply) in client.await.unwrap() {
+                assert!(took < request_bound, "{mode:?}: a request took {took:?}");
+                if started > cut {
+                    reply.problem(503, "unavailable");
+                    assert!(reply.text.contains("database"), "{}", reply.text);
+                    slowest = slowest.max(took);
+                    refused += 1;
+                }
+            }
         }
-    })
-    .await;
-    assert!(back.is_ok(), "not ready again after the database came back");
-    assert_eq!(search().await.status, 200);
+        assert!(
+            refused > 0,
+            "{mode:?}: no request was made with the database cut"
+        );
+        eprintln!("{mode:?}: {refused} requests refused, the slowest after {slowest:?}");
+
+        proxy.set(Mode::Pass);
+        let back = Instant::now();
+        let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+            while readyz().await.0 != 200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            recovered.is_ok(),
+            "{mode:?}: not ready again after the database came back"
+        );
+        eprintln!("{mode:?}: ready again after {:?}", back.elapsed());
+        assert_eq!(
+            search(server.http.clone(), server.base.clone(), key.clone())
+                .await
+                .status,
+            200
+        );
+    }
 }
 
 /// A browser page may call engram only from an allowed origin: pages on

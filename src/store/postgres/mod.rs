@@ -70,6 +70,11 @@ pub use schema::IndexKind;
 /// Connections a store holds open unless told otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
+/// How long a call waits for a working connection (a free one, or a new one
+/// connected) before it fails, unless told otherwise: the bound on how long
+/// a request waits when the database is gone.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 use keyword_index::ensure_keyword_index;
 use schema::{
     bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
@@ -79,6 +84,11 @@ use schema::{
 #[derive(Debug, Clone, Copy)]
 pub struct PgOptions {
     pub pool_size: u32,
+    /// How long a call waits for a connection before failing with a
+    /// database error ([`DEFAULT_ACQUIRE_TIMEOUT`]). A free connection is
+    /// pinged before use, within the same bound, so a database that stopped
+    /// answering is noticed rather than waited on.
+    pub acquire_timeout: Duration,
     /// Apply pending migrations; otherwise refuse to open a schema that is behind.
     pub migrate: bool,
     pub index: IndexKind,
@@ -117,6 +127,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         Self {
             pool_size: DEFAULT_POOL_SIZE,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             migrate: true,
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
@@ -142,7 +153,7 @@ impl PgStore {
         options: PgOptions,
     ) -> Result<Self, StoreError> {
         check_dims(&embedder)?;
-        let pool = connect(url, options.pool_size, options.plan).await?;
+        let pool = connect(url, &options).await?;
         if options.migrate {
             migrate_pool(url, &pool).await?;
         } else {
@@ -166,7 +177,7 @@ impl PgStore {
 
     /// Applies pending migrations to the database at `url` (`engram migrate`).
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let pool = connect(url, 2, PlanSettings::default()).await?;
+        let pool = connect(url, &PgOptions::for_tools()).await?;
         migrate_pool(url, &pool).await?;
         pool.close().await;
         Ok(())
@@ -187,7 +198,7 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let identity = embedder.identity();
         check_dims(&identity)?;
-        let pool = connect(url, 2, PlanSettings::default()).await?;
+        let pool = connect(url, &PgOptions::for_tools()).await?;
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
         lock_schema(&mut tx).await?;
@@ -260,36 +271,53 @@ impl Store for PgStore {
     }
 }
 
-async fn connect(url: &str, pool_size: u32, plan: PlanSettings) -> Result<PgPool, StoreError> {
+impl PgOptions {
+    /// For the one-shot commands (`migrate`, `reembed`): two connections,
+    /// and no load balancer waiting on them, so a slow database gets longer.
+    fn for_tools() -> Self {
+        Self {
+            pool_size: 2,
+            acquire_timeout: Duration::from_secs(10),
+            ..Self::default()
+        }
+    }
+}
+
+/// A pool on `url` (lazy: connections are made as calls need them, so a
+/// database that is down at a call fails that call within
+/// `acquire_timeout`, and the next call after it is back connects again).
+async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
+    let plan = options.plan;
     let open_err = |source| StoreError::Open {
         url: redact(url),
         source,
     };
-    let mut options = PgConnectOptions::from_str(url)
+    let mut connect = PgConnectOptions::from_str(url)
         .map_err(open_err)?
         .application_name("engram")
         // JIT compiles plans whose estimated cost is high (an exact scan of a
         // large user looks expensive) and adds tens of milliseconds to them.
         .options([("jit", "off")]);
     if let Some(rows) = plan.exact_scan_max_rows {
-        options = options.options([("engram.exact_scan_max_rows", rows.to_string())]);
+        connect = connect.options([("engram.exact_scan_max_rows", rows.to_string())]);
     }
     if let Some(ratio) = plan.exact_scan_ratio {
-        options = options.options([("engram.exact_scan_ratio", ratio.to_string())]);
+        connect = connect.options([("engram.exact_scan_ratio", ratio.to_string())]);
     }
     if let Some(ef) = plan.ef_search {
-        options = options.options([("engram.ef_search", ef.to_string())]);
+        connect = connect.options([("engram.ef_search", ef.to_string())]);
     }
     // One direct connection first: a pool retries until its timeout and then
     // reports only that, while this reports what is wrong (refused, auth, no database).
-    let probe = PgConnection::connect_with(&options)
+    let probe = PgConnection::connect_with(&connect)
         .await
         .map_err(open_err)?;
     probe.close().await.map_err(open_err)?;
     Ok(PgPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options))
+        .max_connections(options.pool_size)
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_lazy_with(connect))
 }
 
 /// `url` without its password, for messages and logs.

@@ -7,7 +7,8 @@
 //! serialises other processes on the same file). Deduplication runs inside
 //! that transaction, so it is atomic. Every write bumps the user's generation
 //! (from one store-wide sequence), which keeps the vector index honest and is
-//! the user's [`Versions::version`] for caches.
+//! the user's [`Versions::version`] for caches; triggers move it too (migration
+//! `generations_follow_every_write`), so SQL run by hand on the file does.
 //!
 //! One file per concern: `write` ([`Writes`]), `read` ([`Reads`]), `search`
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
