@@ -104,6 +104,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long `/readyz` waits for the database.
     pub ready_timeout: Duration,
+    /// Streamable HTTP sessions one key may hold open.
+    pub mcp_sessions_per_key: u32,
 }
 
 impl Settings {
@@ -116,6 +118,7 @@ impl Settings {
             mcp_rate_limit: config.http.mcp_rate_limit,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             ready_timeout: Duration::from_millis(config.store.ready_timeout_ms),
+            mcp_sessions_per_key: config.http.mcp_sessions_per_key,
         }
     }
 }
@@ -124,9 +127,10 @@ impl Settings {
 /// `/healthz` and `/readyz`.
 pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
+    let live_sessions = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
         move || Ok(EngramMcp::new(mcp_service.clone(), Caller::PerRequest)),
-        Arc::new(LocalSessionManager::default()),
+        live_sessions.clone(),
         StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
             .with_allowed_hosts(settings.allowed_hosts.clone())
@@ -143,7 +147,7 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         .nest_service("/mcp", mcp)
         .layer(from_fn(malformed::answer_malformed))
         .layer(from_fn_with_state(
-            auth::SessionOwners::default(),
+            auth::SessionOwners::new(live_sessions, settings.mcp_sessions_per_key),
             auth::owned_sessions,
         ))
         .merge(

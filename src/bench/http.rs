@@ -76,6 +76,7 @@ pub async fn run(
         rest_rate_limit: 0,
         mcp_rate_limit: 0,
         request_timeout: Duration::from_secs(60),
+        mcp_sessions_per_key: crate::config::DEFAULT_MCP_SESSIONS_PER_KEY,
         ready_timeout: Duration::from_secs(1),
     };
     let app = crate::http::app(service.clone(), settings, stop.clone());

@@ -8,6 +8,7 @@ use super::layers::{Choice, ConfigError, Layers, Range};
 pub const DEFAULT_REST_RATE_LIMIT: u32 = 10;
 pub const DEFAULT_MCP_RATE_LIMIT: u32 = 600;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+pub const DEFAULT_MCP_SESSIONS_PER_KEY: u32 = 64;
 /// `Host` values answered unless configured: the loopback names.
 pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
@@ -16,6 +17,8 @@ pub(super) const REST_RATE_LIMIT: Range<u32> =
     Range::new(DEFAULT_REST_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
 pub(super) const MCP_RATE_LIMIT: Range<u32> =
     Range::new(DEFAULT_MCP_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
+pub(super) const MCP_SESSIONS_PER_KEY: Range<u32> =
+    Range::new(DEFAULT_MCP_SESSIONS_PER_KEY, 1, 100_000).note(" open /mcp sessions per key");
 pub(super) const REQUEST_TIMEOUT_SECS: Range<u64> =
     Range::new(DEFAULT_REQUEST_TIMEOUT_SECS, 1, 3600);
 
@@ -27,6 +30,7 @@ pub(super) const KEYS: &[&str] = &[
     "rest_rate_limit",
     "mcp_rate_limit",
     "request_timeout_secs",
+    "mcp_sessions_per_key",
 ];
 
 /// Who may call the HTTP transport.
@@ -63,6 +67,9 @@ pub struct HttpConfig {
     pub mcp_rate_limit: u32,
     /// Longest a REST request may take before it is answered 503.
     pub request_timeout_secs: u64,
+    /// Streamable HTTP sessions one key may hold open at once (each costs
+    /// about 60 KB until it is closed or idles out).
+    pub mcp_sessions_per_key: u32,
 }
 
 impl HttpConfig {
@@ -96,6 +103,7 @@ impl HttpConfig {
             allowed_origins,
             rest_rate_limit: src.number("rest_rate_limit", &REST_RATE_LIMIT)?,
             mcp_rate_limit: src.number("mcp_rate_limit", &MCP_RATE_LIMIT)?,
+            mcp_sessions_per_key: src.number("mcp_sessions_per_key", &MCP_SESSIONS_PER_KEY)?,
             request_timeout_secs: src.number("request_timeout_secs", &REQUEST_TIMEOUT_SECS)?,
         })
     }

@@ -27,6 +27,7 @@ use super::problem::Problem;
 use crate::auth::Principal;
 use crate::config::AuthMode;
 use crate::service::MemoryService;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 /// The gate for one kind of route (REST or MCP: each has its own limit).
 #[derive(Clone)]
@@ -118,8 +119,17 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
 /// request naming another key's session is answered as if it did not
 /// exist. Every request still acts as its own key, so this guards the
 /// session itself (its stream, its end), not the memories.
-#[derive(Clone, Default)]
-pub struct SessionOwners(Arc<std::sync::Mutex<HashMap<String, (Principal, Instant)>>>);
+///
+/// It also keeps each key's sessions within `per_key` (counting those rmcp
+/// still holds: a session ends when closed or after five minutes idle,
+/// rmcp's keep-alive) and answers `DELETE` of a session that is not open
+/// with 404.
+#[derive(Clone)]
+pub struct SessionOwners {
+    owners: Arc<std::sync::Mutex<HashMap<String, (Principal, Instant)>>>,
+    live: Arc<LocalSessionManager>,
+    per_key: usize,
+}
 
 /// Owners are forgotten this long after their session was last used (rmcp
 /// closes a session idle for five minutes), once there are many.
@@ -127,11 +137,41 @@ const OWNER_IDLE: Duration = Duration::from_secs(3600);
 const OWNER_SWEEP_AT: usize = 4096;
 
 impl SessionOwners {
+    /// `live`: the session manager the `/mcp` service runs on.
+    pub fn new(live: Arc<LocalSessionManager>, per_key: u32) -> Self {
+        Self {
+            owners: Arc::default(),
+            live,
+            per_key: per_key as usize,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (Principal, Instant)>) -> T) -> T {
         f(&mut self
-            .0
+            .owners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Whether rmcp still holds session `id`.
+    async fn is_open(&self, id: &str) -> bool {
+        self.live.sessions.read().await.contains_key(id)
+    }
+
+    /// How many sessions `principal` holds open now.
+    async fn open_for(&self, principal: &Principal) -> usize {
+        let theirs: Vec<String> = self.with(|owners| {
+            owners
+                .iter()
+                .filter(|(_, (owner, _))| owner == principal)
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        let live = self.live.sessions.read().await;
+        theirs
+            .iter()
+            .filter(|id| live.contains_key(id.as_str()))
+            .count()
     }
 
     /// False when the session belongs to someone else; a session not known
@@ -185,6 +225,31 @@ pub async fn owned_sessions(
         .into_response();
     }
     let ending = request.method() == axum::http::Method::DELETE;
+    if let (true, Some(id)) = (ending, &session)
+        && !owners.is_open(id).await
+    {
+        return Problem::not_found(
+            "no such session: it was closed, idled out (5 minutes without a request) or never existed",
+        )
+        .into_response();
+    }
+    // A request without a session opens one (initialize): within the cap.
+    if let (None, Some(principal)) = (&session, &principal)
+        && request.method() == axum::http::Method::POST
+        && owners.open_for(principal).await >= owners.per_key
+    {
+        return Problem::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            format!(
+                "this key holds {} open MCP sessions, the most allowed \
+                 (ENGRAM_MCP_SESSIONS_PER_KEY); close one with DELETE /mcp or let one idle out \
+                 (5 minutes)",
+                owners.per_key
+            ),
+        )
+        .into_response();
+    }
     let response = next.run(request).await;
     match (session, principal) {
         (None, Some(principal)) => {

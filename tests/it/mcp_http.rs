@@ -574,3 +574,59 @@ async fn start_up_warns_when_every_request_would_be_refused() {
     assert!(!log.contains("no API key exists yet"), "{log}");
     assert!(log.contains("ENGRAM_ALLOWED_HOSTS names only"), "{log}");
 }
+
+/// A key holds at most ENGRAM_MCP_SESSIONS_PER_KEY open sessions; closing
+/// one makes room; `DELETE` of a session that is not open is 404.
+#[tokio::test]
+async fn sessions_per_key_are_capped_and_unknown_ones_cannot_be_deleted() {
+    let server = Server::start_with(&[("ENGRAM_MCP_SESSIONS_PER_KEY", "2")]).await;
+    let url = format!("{}/mcp", server.base);
+    let initialize = || {
+        server
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"}}})
+                .to_string(),
+            )
+            .send()
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let response = initialize().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(
+            response.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let refused = initialize().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_sessions", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ENGRAM_MCP_SESSIONS_PER_KEY"),
+        "{problem}"
+    );
+
+    let delete = |id: String| server.http.delete(&url).header("mcp-session-id", id).send();
+    assert_eq!(delete(open.remove(0)).await.unwrap().status(), 202);
+    assert_eq!(initialize().await.unwrap().status(), 200, "room again");
+    for unknown in ["no-such-session".to_owned(), uuid_like()] {
+        let response = delete(unknown).await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+}
+
+fn uuid_like() -> String {
+    "0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10".to_owned()
+}
