@@ -421,6 +421,7 @@ fn a_range_refusal_quotes_the_range_and_default_constants() {
     refused("rest_rate_limit", &http::REST_RATE_LIMIT);
     refused("mcp_rate_limit", &http::MCP_RATE_LIMIT);
     refused("request_timeout_secs", &http::REQUEST_TIMEOUT_SECS);
+    refused("mcp_sessions_per_key", &http::MCP_SESSIONS_PER_KEY);
 }
 
 #[test]
