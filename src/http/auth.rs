@@ -27,6 +27,8 @@ use super::problem::Problem;
 use crate::auth::Principal;
 use crate::config::AuthMode;
 use crate::service::MemoryService;
+use rmcp::transport::common::server_side_http::SessionId;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 /// The gate for one kind of route (REST or MCP: each has its own limit).
@@ -233,33 +235,40 @@ pub async fn owned_sessions(
         )
         .into_response();
     }
-    // A request without a session opens one (initialize): within the cap.
-    if let (None, Some(principal)) = (&session, &principal)
-        && request.method() == axum::http::Method::POST
-        && owners.open_for(principal).await >= owners.per_key
-    {
-        return Problem::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_sessions",
-            format!(
-                "this key holds {} open MCP sessions, the most allowed \
-                 (ENGRAM_MCP_SESSIONS_PER_KEY); close one with DELETE /mcp or let one idle out \
-                 (5 minutes)",
-                owners.per_key
-            ),
-        )
-        .into_response();
-    }
     let response = next.run(request).await;
     match (session, principal) {
         (None, Some(principal)) => {
-            if let Some(id) = response
+            let Some(id) = response
                 .headers()
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
-            {
-                owners.insert(id.to_owned(), principal);
+                .map(str::to_owned)
+            else {
+                // Stateless (2026-07-28) requests open no session.
+                return response;
+            };
+            // A new session: within the key's cap, or closed at once.
+            if owners.open_for(&principal).await >= owners.per_key {
+                if let Err(e) = owners
+                    .live
+                    .close_session(&SessionId::from(id.as_str()))
+                    .await
+                {
+                    tracing::warn!(error = %e, "closing a session over the cap failed");
+                }
+                return Problem::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sessions",
+                    format!(
+                        "this key holds {} open MCP sessions, the most allowed \
+                         (ENGRAM_MCP_SESSIONS_PER_KEY); close one with DELETE /mcp or let one \
+                         idle out (5 minutes)",
+                        owners.per_key
+                    ),
+                )
+                .into_response();
             }
+            owners.insert(id, principal);
         }
         (Some(id), _) if ending || response.status() == axum::http::StatusCode::NOT_FOUND => {
             owners.remove(&id);

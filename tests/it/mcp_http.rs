@@ -630,3 +630,55 @@ async fn sessions_per_key_are_capped_and_unknown_ones_cannot_be_deleted() {
 fn uuid_like() -> String {
     "0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10".to_owned()
 }
+
+/// A 2026-07-28 client needs no `initialize` and no session: `server/discover`,
+/// `tools/list` and `tools/call` are answered on their own (any replica can
+/// serve them), and they open no session, so the session cap never refuses them.
+#[tokio::test]
+async fn stateless_requests_need_no_session_and_count_against_no_cap() {
+    let server = Server::start_with(&[("ENGRAM_MCP_SESSIONS_PER_KEY", "1")]).await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "stateless", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let ask = |method: &str, mut params: Value| {
+        params["_meta"] = meta.clone();
+        let mut request = server
+            .http
+            .post(format!("{}/mcp", server.base))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method);
+        if let Some(name) = params.get("name").and_then(Value::as_str) {
+            request = request.header("mcp-name", name);
+        }
+        request
+            .body(
+                json!({"jsonrpc": "2.0", "id": method, "method": method, "params": params})
+                    .to_string(),
+            )
+            .send()
+    };
+    for _ in 0..3 {
+        for (method, params) in [
+            ("server/discover", json!({})),
+            ("tools/list", json!({})),
+            (
+                "tools/call",
+                json!({"name": "remember", "arguments": {"text": "Stateless note", "infer": false}}),
+            ),
+        ] {
+            let response = ask(method, params).await.unwrap();
+            assert_eq!(response.status(), 200, "{method}");
+            assert!(
+                response.headers().get("mcp-session-id").is_none(),
+                "{method}"
+            );
+            let body = response.text().await.unwrap();
+            assert!(body.contains("\"result\""), "{method}: {body}");
+            assert!(!body.contains("\"isError\":true"), "{method}: {body}");
+        }
+    }
+}
