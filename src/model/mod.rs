@@ -42,6 +42,30 @@ pub fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// `s` cut to `max` characters, marked when cut (for quoting input in errors).
+/// The first character text may not hold: a C0 control other than tab,
+/// line feed and carriage return (NUL among them: PostgreSQL cannot store
+/// it, and no text needs it).
+pub fn control_in_text(text: &str) -> Option<char> {
+    text.chars()
+        .find(|&c| c <= '\u{1f}' && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// Why `text` is refused: it holds a control character (see [`control_in_text`]).
+pub fn check_text(field: &'static str, text: &str) -> Result<(), Invalid> {
+    match control_in_text(text) {
+        None => Ok(()),
+        Some(c) => Err(Invalid::new(
+            field,
+            format!(
+                "contains the control character U+{:04X}{}; text may hold tabs and line \
+                 breaks but no other control characters",
+                u32::from(c),
+                if c == '\0' { " (NUL)" } else { "" }
+            ),
+        )),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),
