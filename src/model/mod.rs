@@ -14,7 +14,7 @@ mod memory;
 
 pub use details::{details_differ, is_stopword};
 pub use filter::{MAX_METADATA_BYTES, Metadata, MetadataFilter, validate_metadata};
-pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, validate_id};
+pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, is_format, validate_id};
 pub use memory::{Event, Fact, Input, Memory, Message, normalize_date};
 
 /// A value the caller sent that is not accepted: `field` names the argument,
