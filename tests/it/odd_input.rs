@@ -242,10 +242,12 @@ async fn bodies_are_objects_and_queries_hold_known_utf8_parameters() {
     let url = |path: &str| format!("{}/api/v1/memory{path}", server.base);
     let http = &server.http;
 
-    // A positional array where an object is expected.
+    // A positional array where an object is expected (serde reads a struct
+    // from one, field by field).
     for (path, body) in [
+        ("", json!(["I like tea", null, null, null, null, null, null])),
         ("", json!(["I like tea"])),
-        ("/search", json!(["tea"])),
+        ("/search", json!(["tea", null, null, null, null, null])),
         ("", json!("I like tea")),
     ] {
         let reply = send(http.post(url(path)).json(&body)).await;
