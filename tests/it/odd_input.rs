@@ -245,7 +245,10 @@ async fn bodies_are_objects_and_queries_hold_known_utf8_parameters() {
     // A positional array where an object is expected (serde reads a struct
     // from one, field by field).
     for (path, body) in [
-        ("", json!(["I like tea", null, null, null, null, null, null])),
+        (
+            "",
+            json!(["I like tea", null, null, null, null, null, null]),
+        ),
         ("", json!(["I like tea"])),
         ("/search", json!(["tea", null, null, null, null, null])),
         ("", json!("I like tea")),
