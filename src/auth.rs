@@ -94,6 +94,31 @@ pub fn generate(user_id: Option<String>, label: String) -> (String, ApiKey) {
     (secret, stored)
 }
 
+/// Longest accepted key label, in characters.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+/// A key's label as given to `engram keys create --label`: one line of
+/// printable text (no control or invisible format characters, so `engram
+/// keys list` prints one row per key), trimmed, at most [`MAX_LABEL_CHARS`].
+pub fn check_label(raw: &str) -> Result<String, String> {
+    let label = raw.trim();
+    if let Some(c) = label
+        .chars()
+        .find(|&c| c.is_control() || crate::model::is_format(c))
+    {
+        return Err(format!(
+            "--label must be one line of printable text; it contains U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if label.chars().count() > MAX_LABEL_CHARS {
+        return Err(format!(
+            "--label is longer than {MAX_LABEL_CHARS} characters"
+        ));
+    }
+    Ok(label.to_owned())
+}
+
 /// The stored form of a presented key (SHA-256, hex).
 pub fn hash(key: &str) -> String {
     sha256_hex(key.trim())
@@ -143,6 +168,16 @@ mod tests {
                 Some("default")
             );
         }
+    }
+
+    #[test]
+    fn labels_are_one_printable_line() {
+        assert_eq!(check_label(" laptop ").as_deref(), Ok("laptop"));
+        assert_eq!(check_label("").as_deref(), Ok(""));
+        for bad in ["a\nb", "a\rb", "a\u{1b}[2Jb", "a\u{202e}b", "a\u{0}b"] {
+            assert!(check_label(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_label(&"x".repeat(MAX_LABEL_CHARS + 1)).is_err());
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     .layer(from_fn_with_state(rest_gate, auth::gate))
     .route(
         "/api/v1/openapi.json",
-        get(|| async { axum::Json(openapi::document()) }),
+        get(|_: api::Params<api::NoQuery>| async { axum::Json(openapi::document()) }),
     )
     .layer(from_fn(api::problems_only));
 

@@ -1,8 +1,10 @@
 //! The arguments both doors accept, defined once: MCP tool arguments (their
 //! JSON Schema is what clients see in `tools/list`) and REST request bodies
-//! (the same schema in the OpenAPI document). Unknown fields are refused;
-//! numbers, booleans and objects may also come as strings, as some clients
-//! send them.
+//! (the same schema in the OpenAPI document), and REST query parameters.
+//! Unknown fields are refused; numbers, booleans and objects may also come
+//! as strings, as some clients send them, and the same on every door: an
+//! integer is `5`, `5.0` or `"5"` (a whole number, as JSON Schema's
+//! `integer` has it), never `5.5`.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -123,27 +125,45 @@ pub struct MemoryRef {
 /// Argument decoders that also accept the string forms some clients send
 /// (the MCP Inspector CLI passes every `--tool-arg` as a string when a schema
 /// type is nullable): `"5"` for 5, `"true"` for true, `"{...}"` for an object.
-mod lenient {
+pub(crate) mod lenient {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
     use crate::model::{Message, Metadata};
 
+    /// An integer: a JSON number without a fractional part (`5` or `5.0`,
+    /// as JSON Schema's `integer` has it), or the same written as a string.
     pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         match Option::<Value>::deserialize(d)? {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
+            Some(Value::Number(n)) => whole(n.as_i64(), n.as_f64())
                 .map(Some)
                 .ok_or_else(|| D::Error::custom(format!("invalid type: {n} is not an integer"))),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
-                D::Error::custom(format!("invalid type: string \"{s}\", expected an integer"))
-            }),
+            Some(Value::String(s)) => {
+                let t = s.trim();
+                whole(t.parse().ok(), t.parse().ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        D::Error::custom(format!(
+                            "invalid type: string \"{s}\", expected an integer"
+                        ))
+                    })
+            }
             Some(other) => Err(D::Error::custom(format!(
                 "invalid type: {other}, expected an integer"
             ))),
         }
+    }
+
+    /// `exact`, else `float` when it is a whole number an `i64` holds exactly.
+    fn whole(exact: Option<i64>, float: Option<f64>) -> Option<i64> {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        exact.or_else(|| {
+            float
+                .filter(|x| x.fract() == 0.0 && x.abs() <= EXACT)
+                .map(|x| x as i64)
+        })
     }
 
     pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -187,6 +207,14 @@ mod lenient {
             })?,
             Some(other) => other,
         };
+        // Each message an object: serde would also take `["user", "hi"]`.
+        if let Value::Array(items) = &value
+            && let Some(i) = items.iter().position(|m| !m.is_object())
+        {
+            return Err(D::Error::custom(format!(
+                "message {i} is not an object; each message is {{\"role\": ..., \"content\": ...}}"
+            )));
+        }
         serde_json::from_value(value)
             .map(Some)
             .map_err(D::Error::custom)
@@ -206,5 +234,42 @@ mod lenient {
                 "invalid type: {other}, expected a JSON object such as {{\"topic\": \"travel\"}}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limit(v: serde_json::Value) -> Result<Option<i64>, String> {
+        serde_json::from_value::<RecallParams>(json!({"query": "q", "limit": v}))
+            .map(|p| p.limit)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_integer_is_a_whole_number_in_any_form() {
+        for ok in [json!(5), json!(5.0), json!("5"), json!(" 5.0 "), json!(5e0)] {
+            assert_eq!(limit(ok.clone()), Ok(Some(5)), "{ok}");
+        }
+        for bad in [
+            json!(5.5),
+            json!("5.5"),
+            json!("five"),
+            json!(true),
+            json!(1e300),
+        ] {
+            let err = limit(bad.clone()).unwrap_err();
+            assert!(err.contains("integer"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn messages_are_objects() {
+        let err = serde_json::from_value::<RememberParams>(json!({"messages": [["user", "hi"]]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("message 0 is not an object"), "{err}");
     }
 }

@@ -248,6 +248,7 @@ pub async fn create_key(
         Some(u) => Some(crate::model::validate_id("user", &u)?),
         None => None,
     };
+    let label = crate::auth::check_label(&label).map_err(StartupError::Unsupported)?;
     let store = store(config, embedder(config)?.as_ref()).await?;
     let (secret, key) = crate::auth::generate(user_id, label);
     store.add_key(&key).await?;
@@ -280,11 +281,26 @@ pub async fn list_keys(config: &Config) -> Result<(), StartupError> {
             if key.label.is_empty() {
                 String::new()
             } else {
-                format!("  {}", key.label)
+                format!("  {}", printable(&key.label))
             }
         );
     }
     Ok(())
+}
+
+/// `text` with every control or invisible format character written as an
+/// escape (`\u{a}`): a label stored before labels were checked still prints
+/// on its own row.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || crate::model::is_format(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `engram keys revoke ID`.

@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
 use crate::auth::Principal;
@@ -39,6 +41,103 @@ pub struct Api {
 
 type Answer<T> = Result<Json<T>, Problem>;
 
+/// A JSON body holding one object, read as `T`. serde would also read a
+/// struct from a positional array (`["alice", ...]`); a body is refused
+/// unless it is an object. Errors of the JSON itself (media type, syntax,
+/// size) are axum's, made problems by [`problems_only`].
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !value.is_object() {
+            let kind = match value {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Err(Problem::invalid(
+                Some("body"),
+                format!(
+                    "the body is {kind}; send a JSON object with named fields, \
+                     as /api/v1/openapi.json describes"
+                ),
+            )
+            .into_response());
+        }
+        T::deserialize(value).map(Self).map_err(|e| {
+            Problem::invalid(None, format!("the JSON body does not fit this route: {e}"))
+                .into_response()
+        })
+    }
+}
+
+/// A route's query parameters, read as `T` (which refuses unknown ones:
+/// [`NoQuery`] for a route that takes none). Percent-escapes must decode
+/// to UTF-8, as in a path: `%FF` is refused, not read as U+FFFD.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        let raw = parts.uri.query().unwrap_or_default();
+        utf8_query(raw)?;
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Self(q.0))
+            .map_err(|e| {
+                Problem::invalid(
+                    None,
+                    format!(
+                        "{}; see this route's query parameters in /api/v1/openapi.json",
+                        e.body_text()
+                    ),
+                )
+            })
+    }
+}
+
+/// Refuses a query string whose names or values are not UTF-8 once decoded.
+fn utf8_query(raw: &str) -> Result<(), Problem> {
+    let decodes = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .is_ok()
+    };
+    for pair in raw.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !decodes(name) {
+            return Err(Problem::invalid(
+                None,
+                "a query parameter's name is not UTF-8 once percent-decoded; \
+                 encode text as UTF-8 (é is %C3%A9)",
+            ));
+        }
+        if !decodes(value) {
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            return Err(Problem::invalid(
+                None,
+                format!(
+                    "query parameter `{name}` is not UTF-8 once percent-decoded; \
+                     encode text as UTF-8 (é is %C3%A9)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The query of a route that takes no parameters: any is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 /// `GET /context/{user_id}` options.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +147,7 @@ pub struct ContextQuery {
     /// Only memories of this run.
     pub run_id: Option<String>,
     /// How many memories, 1..=100 (default 20).
+    #[serde(default, deserialize_with = "crate::params::lenient::integer")]
     pub limit: Option<i64>,
     /// Optional focus: the memories most relevant to it come first.
     pub query: Option<String>,
@@ -93,7 +193,8 @@ pub fn router(api: Api) -> Router {
 async fn remember(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
-    Json(p): Json<RememberParams>,
+    _: Params<NoQuery>,
+    Body(p): Body<RememberParams>,
 ) -> Answer<RememberResult> {
     Ok(Json(api.service.remember(&caller, p).await?))
 }
@@ -101,7 +202,8 @@ async fn remember(
 async fn search(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
-    Json(p): Json<RecallParams>,
+    _: Params<NoQuery>,
+    Body(p): Body<RecallParams>,
 ) -> Answer<RecallResult> {
     Ok(Json(api.service.recall(&caller, p).await?))
 }
@@ -110,7 +212,7 @@ async fn context(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
-    Query(q): Query<ContextQuery>,
+    Params(q): Params<ContextQuery>,
 ) -> Answer<UserContext> {
     let p = UserContextParams {
         user_id: Some(user_id),
@@ -126,6 +228,7 @@ async fn stats(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
+    _: Params<NoQuery>,
 ) -> Answer<UserStats> {
     Ok(Json(api.service.stats(&caller, Some(&user_id)).await?))
 }
@@ -134,6 +237,7 @@ async fn export(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
+    _: Params<NoQuery>,
 ) -> Result<Response, Problem> {
     let export = api.service.export(&caller, Some(&user_id)).await?;
     let disposition = format!(
@@ -150,6 +254,7 @@ async fn forget_user(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(user_id): Path<String>,
+    _: Params<NoQuery>,
 ) -> Answer<ForgetResult> {
     let p = ForgetParams {
         user_id: Some(user_id),
@@ -163,7 +268,7 @@ async fn get_memory(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
-    Query(owner): Query<OwnerQuery>,
+    Params(owner): Params<OwnerQuery>,
 ) -> Answer<MemoryDetail> {
     Ok(Json(api.service.get(&caller, owner.of(memory_id)).await?))
 }
@@ -172,7 +277,7 @@ async fn history(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
-    Query(owner): Query<OwnerQuery>,
+    Params(owner): Params<OwnerQuery>,
 ) -> Answer<HistoryResult> {
     Ok(Json(
         api.service.history(&caller, owner.of(memory_id)).await?,
@@ -183,7 +288,7 @@ async fn forget_memory(
     State(api): State<Api>,
     Extension(caller): Extension<Principal>,
     Path(memory_id): Path<String>,
-    Query(owner): Query<OwnerQuery>,
+    Params(owner): Params<OwnerQuery>,
 ) -> Answer<ForgetResult> {
     let p = ForgetParams {
         memory_id: Some(memory_id),

@@ -7,7 +7,8 @@
 //! the [`Principal`] to the handler in the request's extensions. Missing or
 //! unknown keys get 401 with `WWW-Authenticate`; an exhausted limit gets
 //! 429 with `Retry-After`. With `ENGRAM_AUTH=none` (loopback binds only)
-//! every request is the operator's and nothing is counted.
+//! every request is the operator's and nothing is counted. Either way, a
+//! request with more than one `Authorization` header is 400.
 //!
 //! Sessions: a Streamable HTTP session answers only the principal that
 //! opened it ([`owned_sessions`]); legacy SSE sessions keep the same rule
@@ -100,6 +101,21 @@ impl Gate {
 /// The middleware: authenticate, count, then pass the request on with its
 /// [`Principal`].
 pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    // Two credentials are one too many: which one counts would be a guess.
+    if request
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Problem::invalid(
+            Some("Authorization"),
+            "the request carries more than one Authorization header; send exactly one, \
+             `Authorization: Bearer <key>`",
+        )
+        .into_response();
+    }
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let principal = match gate.principal(authorization).await {
         Ok(principal) => principal,

@@ -4,8 +4,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use unicode_general_category::{GeneralCategory, get_general_category};
+use unicode_normalization::{UnicodeNormalization, is_nfc};
 use uuid::Uuid;
 
 use super::{Invalid, truncate};
@@ -67,8 +71,8 @@ impl JsonSchema for MemoryId {
 }
 
 /// A user's id as every layer below the doors holds it: parsed once
-/// ([`UserId::parse`]), trimmed, never empty, at most [`MAX_ID_LEN`] bytes,
-/// without control characters. The field is private, so an unchecked id
+/// ([`UserId::parse`]), trimmed, in Unicode NFC, never empty, at most
+/// [`MAX_ID_LEN`] bytes, without control or invisible format characters. The field is private, so an unchecked id
 /// cannot become one (deserialising checks it too).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
 #[serde(transparent)]
@@ -170,8 +174,9 @@ impl Scope {
         })
     }
 
-    /// A scope from ids already owned (a row read back, say), checked
-    /// without copying those that are already trimmed.
+    /// A scope from ids read back from a row, checked without copying those
+    /// that are already trimmed (see `checked`: the ids a row was written
+    /// under are kept as they are).
     pub fn from_parts(
         user_id: String,
         agent_id: Option<String>,
@@ -202,9 +207,19 @@ impl Scope {
     }
 }
 
-/// `raw` checked as [`validate_id`] checks it, kept as it is when already trimmed.
+/// An id read back from a row: trimmed, and refused only when it could
+/// never have been stored (empty, oversized, control characters). It is
+/// not normalised and may hold format characters: rows written before the
+/// current rule keep the id they were written under, so that writes bounded
+/// by it reach them.
 fn checked(field: &'static str, raw: String) -> Result<String, Invalid> {
-    let id = check_id(field, &raw)?;
+    let id = raw.trim();
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            format!("'{}' is not an id", truncate(&raw, 60).escape_debug()),
+        ));
+    }
     if id.len() == raw.len() {
         Ok(raw)
     } else {
@@ -212,14 +227,38 @@ fn checked(field: &'static str, raw: String) -> Result<String, Invalid> {
     }
 }
 
-/// Checks one id and returns it trimmed.
+/// Checks one id and returns it trimmed and in NFC.
 pub fn validate_id(field: &'static str, raw: &str) -> Result<String, Invalid> {
-    check_id(field, raw).map(str::to_owned)
+    check_id(field, raw).map(Cow::into_owned)
 }
 
-/// The trimmed id within `raw`, or why it is refused.
-fn check_id<'a>(field: &'static str, raw: &'a str) -> Result<&'a str, Invalid> {
-    let id = raw.trim();
+/// The id within `raw` (trimmed, in Unicode NFC), or why it is refused:
+/// empty, over [`MAX_ID_LEN`] bytes, or holding a character that does not
+/// print (a control character, or an invisible format character such as a
+/// zero-width space or a bidi control: `alice\u{200b}` would print exactly
+/// like `alice`).
+fn check_id<'a>(field: &'static str, raw: &'a str) -> Result<Cow<'a, str>, Invalid> {
+    let trimmed = raw.trim();
+    if let Some(c) = trimmed.chars().find(|&c| c.is_control() || is_format(c)) {
+        let kind = if c.is_control() {
+            "a control character"
+        } else {
+            "an invisible format character (zero-width, bidi control, soft hyphen...)"
+        };
+        return Err(Invalid::new(
+            field,
+            format!(
+                "contains {kind} (U+{:04X}); ids must be printable text, so two ids \
+                 that print alike are the same id",
+                u32::from(c)
+            ),
+        ));
+    }
+    let id = if is_nfc(trimmed) {
+        Cow::Borrowed(trimmed)
+    } else {
+        Cow::Owned(trimmed.nfc().collect::<String>())
+    };
     if id.is_empty() {
         return Err(Invalid::new(
             field,
@@ -232,13 +271,13 @@ fn check_id<'a>(field: &'static str, raw: &'a str) -> Result<&'a str, Invalid> {
             format!("is {} bytes; at most {MAX_ID_LEN} are accepted", id.len()),
         ));
     }
-    if id.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            field,
-            "contains control characters; use printable text",
-        ));
-    }
     Ok(id)
+}
+
+/// Unicode general category Cf: characters that change how text around
+/// them is shown but show nothing themselves.
+pub fn is_format(c: char) -> bool {
+    get_general_category(c) == GeneralCategory::Format
 }
 
 #[cfg(test)]
@@ -255,7 +294,23 @@ mod tests {
         let err = UserId::parse("").unwrap_err();
         assert_eq!(err.field, "user_id");
         let err = serde_json::from_str::<UserId>("\"a\\u0007b\"").unwrap_err();
-        assert!(err.to_string().contains("control characters"), "{err}");
+        assert!(err.to_string().contains("control character"), "{err}");
+        // One spelling per id: NFC, and nothing invisible.
+        assert_eq!(validate_id("user_id", "Jose\u{301}").unwrap(), "Jos\u{e9}");
+        // A row keeps the id it was written under.
+        assert_eq!(
+            Scope::from_parts("Jose\u{301}".into(), None, None)
+                .unwrap()
+                .user_id(),
+            "Jose\u{301}"
+        );
+        for invisible in [
+            '\u{200b}', '\u{200f}', '\u{202e}', '\u{2066}', '\u{feff}', '\u{ad}',
+        ] {
+            let err = validate_id("agent_id", &format!("alice{invisible}x")).unwrap_err();
+            assert_eq!(err.field, "agent_id");
+            assert!(err.to_string().contains("invisible"), "{err}");
+        }
         let err = MemoryId::parse("memory_id", "nope")
             .unwrap_err()
             .to_string();

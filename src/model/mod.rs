@@ -14,7 +14,7 @@ mod memory;
 
 pub use details::{details_differ, is_stopword};
 pub use filter::{MAX_METADATA_BYTES, Metadata, MetadataFilter, validate_metadata};
-pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, validate_id};
+pub use ids::{MAX_ID_LEN, MemoryId, Scope, UserId, is_format, validate_id};
 pub use memory::{Event, Fact, Input, Memory, Message, normalize_date};
 
 /// A part of the search a read answered without: the results are still
@@ -55,6 +55,30 @@ pub fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// `s` cut to `max` characters, marked when cut (for quoting input in errors).
+/// The first character text may not hold: a C0 control other than tab,
+/// line feed and carriage return (NUL among them: PostgreSQL cannot store
+/// it, and no text needs it).
+pub fn control_in_text(text: &str) -> Option<char> {
+    text.chars()
+        .find(|&c| c <= '\u{1f}' && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// Why `text` is refused: it holds a control character (see [`control_in_text`]).
+pub fn check_text(field: &'static str, text: &str) -> Result<(), Invalid> {
+    match control_in_text(text) {
+        None => Ok(()),
+        Some(c) => Err(Invalid::new(
+            field,
+            format!(
+                "contains the control character U+{:04X}{}; text may hold tabs and line \
+                 breaks but no other control characters",
+                u32::from(c),
+                if c == '\0' { " (NUL)" } else { "" }
+            ),
+        )),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),

@@ -3,7 +3,7 @@
 //! refused with [`Error::InvalidInput`] naming the argument and what is accepted.
 
 use crate::error::Error;
-use crate::model::{Input, MemoryId, Message, normalize_date};
+use crate::model::{Input, MemoryId, Message, check_text, normalize_date};
 use crate::params::ForgetParams;
 
 /// Most results a recall or a context may ask for.
@@ -57,6 +57,7 @@ fn conversation(mut messages: Vec<Message>, max_bytes: usize) -> Result<Vec<Mess
                 )
             })?);
         }
+        check_text("messages", &m.content)?;
         let role = m.role.to_ascii_lowercase();
         if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
             return Err(Error::invalid(
@@ -79,9 +80,11 @@ fn conversation(mut messages: Vec<Message>, max_bytes: usize) -> Result<Vec<Mess
     Ok(messages)
 }
 
-/// A text argument (text, query), trimmed, not empty and within `max_bytes`.
+/// A text argument (text, query), trimmed, not empty, within `max_bytes`,
+/// without control characters but tabs and line breaks.
 pub(super) fn text(field: &'static str, raw: &str, max_bytes: usize) -> Result<String, Error> {
     size(field, raw.len(), max_bytes)?;
+    check_text(field, raw)?;
     let text = raw.trim();
     if text.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));

@@ -50,6 +50,7 @@ fn keys_are_shown_once_listed_without_secrets_and_revoked() {
     let (list, _) = text(&run_engram(&["keys", "list"], &env));
     assert!(list.lines().next().unwrap().contains("revoked"), "{list}");
 
+    let keys_before = text(&run_engram(&["keys", "list"], &env)).0.lines().count();
     for (args, expected) in [
         (vec!["keys", "revoke", id.as_str()], "no active key"),
         (vec!["keys", "revoke", "nope"], "not a key id"),
@@ -62,10 +63,33 @@ fn keys_are_shown_once_listed_without_secrets_and_revoked() {
             vec!["keys", "create", "--user", "bob", "--admin"],
             "cannot be used with",
         ),
+        // A label is one line: a newline could print a forged row in `keys list`.
+        (
+            vec![
+                "keys",
+                "create",
+                "--user",
+                "bob",
+                "--label",
+                "x\n0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10  engram_f...  mallory  active",
+            ],
+            "one line",
+        ),
+        (
+            vec!["keys", "create", "--user", "bob", "--label", "a\u{202e}b"],
+            "one line",
+        ),
+        (vec!["keys", "create", "--user", "bob\u{200b}"], "invisible"),
     ] {
         let out = run_engram(&args, &env);
         let (_, err) = text(&out);
         assert!(!out.status.success(), "{args:?}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+    let (list, _) = text(&run_engram(&["keys", "list"], &env));
+    assert_eq!(
+        list.lines().count(),
+        keys_before,
+        "nothing was created: {list}"
+    );
 }

@@ -11,7 +11,8 @@
 //!   (when the model fails), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
 //!   JSON-RPC framing), [`mcp_http`], [`rest_api`], [`http_auth`],
-//!   [`inspector`] (the official MCP Inspector CLI).
+//!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
+//!   rule for odd input on every door and both stores).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
 
 mod common;
@@ -27,6 +28,7 @@ mod keys_cli;
 mod llm_extractor;
 mod mcp_http;
 mod mcp_stdio;
+mod odd_input;
 mod openai_embedder;
 mod postgres;
 mod protocol;

@@ -269,6 +269,47 @@ async fn scopes_and_metadata_filters_narrow(b: Backend) {
     );
 }
 
+/// A filter's number matches a stored number of equal value whichever way
+/// either was written (`5.0` and `5`); strings and booleans stay apart.
+async fn filter_numbers_compare_by_value(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = || scope("alice", None, None);
+    let id = add(
+        s,
+        &alice(),
+        "Booked the Tokyo flight",
+        json!({"n": 5, "r": 7.0, "x": 2.5, "flag": true}),
+    )
+    .await;
+    for filter in [
+        json!({"n": 5}),
+        json!({"n": 5.0}),
+        json!({"r": 7}),
+        json!({"r": 7.0}),
+        json!({"x": 2.5, "n": 5.0}),
+        json!({"flag": true}),
+    ] {
+        assert_eq!(
+            search(s, alice(), filter.clone(), "Tokyo").await,
+            [vec![id], vec![id]],
+            "{filter}"
+        );
+    }
+    for filter in [
+        json!({"n": "5"}),
+        json!({"n": 5.5}),
+        json!({"x": 2}),
+        json!({"flag": 1}),
+        json!({"n": true}),
+    ] {
+        assert_eq!(
+            search(s, alice(), filter.clone(), "Tokyo").await,
+            [vec![], vec![]],
+            "{filter}"
+        );
+    }
+}
+
 /// The ids found by vector search and by keyword search for `query` within
 /// `scope` and the metadata `filter`, best first.
 async fn search(
@@ -1772,6 +1813,7 @@ every_backend!(
     users_never_see_each_other,
     duplicates_are_refused_even_concurrently,
     scopes_and_metadata_filters_narrow,
+    filter_numbers_compare_by_value,
     delete_removes_rows_history_and_index,
     a_second_instance_on_the_same_database_stays_coherent,
     a_different_embedder_is_refused,

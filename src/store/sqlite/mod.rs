@@ -52,7 +52,8 @@ macro_rules! metadata_matches {
             $p,
             ") f \
              WHERE NOT EXISTS (SELECT 1 FROM json_each(m.metadata) mm \
-             WHERE mm.key = f.key AND mm.type = f.type AND mm.atom IS f.atom)))"
+             WHERE mm.key = f.key AND mm.atom IS f.atom \
+               AND replace(mm.type, 'integer', 'real') = replace(f.type, 'integer', 'real'))))"
         )
     };
 }
