@@ -17,8 +17,10 @@
 //!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`), the REST API
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
 //!   (`auth.rs`), rate limits (`limit.rs`), problem+json errors
-//!   (`problem.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
-//!   and the prompt. [`params`]: the arguments both doors accept.
+//!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve
+//!   (`malformed.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
+//!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`
+//!   (`src/jsonrpc.rs`): the one answer to a malformed JSON-RPC message.
 //! * Who is calling: [`auth`] (the principal, which decides the user a
 //!   request acts for; API keys, made once and stored hashed).
 //! * The flows: [`service`] (`src/service.rs`) is the only place that knows
