@@ -349,15 +349,40 @@ pub async fn serve(
     app: Router,
     stop: CancellationToken,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, app)
+    axum::serve(without_delay(listener), app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(HttpError::Serve)
 }
 
+/// Sets TCP_NODELAY on every accepted socket. MCP answers are small writes
+/// (an SSE event, a JSON body); with Nagle's algorithm on, one waits for the
+/// client's delayed ACK of the one before (tens of milliseconds).
+fn without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|socket| {
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{host_allowed, without_delay};
+
+    #[tokio::test]
+    async fn accepted_sockets_do_not_wait_for_acks() {
+        use axum::serve::Listener;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut listener = without_delay(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 
     #[test]
     fn hosts_match_by_name_or_name_and_port() {
