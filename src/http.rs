@@ -40,6 +40,7 @@ use crate::service::MemoryService;
 
 mod api;
 mod auth;
+mod jsonrpc_id;
 mod limit;
 mod openapi;
 mod problem;
@@ -135,19 +136,27 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         settings.mcp_rate_limit,
         "mcp",
     );
+    // `/messages` counts against the same limit, but its handler refuses
+    // (so that the refusal also reaches the session's stream).
+    let sse_routes = Router::new()
+        .route("/sse", get(sse::open))
+        .route_layer(from_fn_with_state(mcp_gate.clone(), auth::gate))
+        .route(
+            "/messages",
+            post(sse::post).layer(from_fn_with_state(
+                mcp_gate.clone().deferring_limit(),
+                auth::gate,
+            )),
+        )
+        .with_state(sessions);
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
         .layer(from_fn_with_state(
             auth::SessionOwners::default(),
             auth::owned_sessions,
         ))
-        .merge(
-            Router::new()
-                .route("/sse", get(sse::open))
-                .route("/messages", post(sse::post))
-                .with_state(sessions),
-        )
-        .layer(from_fn_with_state(mcp_gate, auth::gate));
+        .layer(from_fn_with_state(mcp_gate, auth::gate))
+        .merge(sse_routes);
 
     let rest_gate = auth::Gate::new(
         service.clone(),
