@@ -40,6 +40,7 @@ use crate::service::MemoryService;
 
 mod api;
 mod auth;
+mod jsonrpc_id;
 mod limit;
 mod malformed;
 mod openapi;
@@ -143,6 +144,19 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         settings.mcp_rate_limit,
         "mcp",
     );
+    // `/messages` counts against the same limit, but its handler refuses
+    // (so that the refusal also reaches the session's stream).
+    let sse_routes = Router::new()
+        .route("/sse", get(sse::open))
+        .route_layer(from_fn_with_state(mcp_gate.clone(), auth::gate))
+        .route(
+            "/messages",
+            post(sse::post).layer(from_fn_with_state(
+                mcp_gate.clone().deferring_limit(),
+                auth::gate,
+            )),
+        )
+        .with_state(sessions);
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
         .layer(from_fn(malformed::answer_malformed))
@@ -150,13 +164,8 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
             auth::SessionOwners::new(live_sessions, settings.mcp_sessions_per_key),
             auth::owned_sessions,
         ))
-        .merge(
-            Router::new()
-                .route("/sse", get(sse::open))
-                .route("/messages", post(sse::post))
-                .with_state(sessions),
-        )
-        .layer(from_fn_with_state(mcp_gate, auth::gate));
+        .layer(from_fn_with_state(mcp_gate, auth::gate))
+        .merge(sse_routes);
 
     let rest_gate = auth::Gate::new(
         service.clone(),
@@ -374,15 +383,40 @@ pub async fn serve(
     app: Router,
     stop: CancellationToken,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, app)
+    axum::serve(without_delay(listener), app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(HttpError::Serve)
 }
 
+/// Sets TCP_NODELAY on every accepted socket. MCP answers are small writes
+/// (an SSE event, a JSON body); with Nagle's algorithm on, one waits for the
+/// client's delayed ACK of the one before (tens of milliseconds).
+fn without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|socket| {
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{host_allowed, without_delay};
+
+    #[tokio::test]
+    async fn accepted_sockets_do_not_wait_for_acks() {
+        use axum::serve::Listener;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut listener = without_delay(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 
     #[test]
     fn hosts_match_by_name_or_name_and_port() {

@@ -14,7 +14,8 @@
 //!
 //! * Doors. `stdio` (`src/stdio.rs`): MCP on stdin/stdout, answering
 //!   malformed JSON-RPC. `http` (`src/http.rs`, `src/http/`): MCP over
-//!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`), the REST API
+//!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`; `jsonrpc_id.rs`
+//!   reads a refused post's id), the REST API
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
 //!   (`auth.rs`), rate limits (`limit.rs`), problem+json errors
 //!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve

@@ -1,10 +1,13 @@
-//! `engram bench --http N`: recall over the REST API, as remote clients
-//! make it. The real app (auth gate, per-key limits switched off, JSON,
-//! problem mapping) listens on a loopback port in this process; each client
-//! is its own HTTP connection pool with its own user's key and sends
-//! `POST /api/v1/memory/search` one request after another. Printed per
-//! level of concurrency: throughput, p50/p95/p99 latency as the client sees
-//! it, and the same recalls made in-process for comparison.
+//! `engram bench --http N`: recall over HTTP, as remote clients make it.
+//! The real app (auth gate, per-key limits switched off, JSON, problem
+//! mapping) listens on a loopback port in this process; each client is its
+//! own HTTP connection pool with its own user's key and recalls one
+//! request after another, over the door `--transport` names: the REST API
+//! (`POST /api/v1/memory/search`), MCP over Streamable HTTP (`/mcp`, the
+//! `recall` tool) or legacy SSE (`/sse`: posted to `/messages`, answered on
+//! the stream). Printed per level of concurrency: throughput, p50/p95/p99
+//! latency as the client sees it (from sending the request to reading its
+//! answer), and the same recalls made in-process for comparison.
 //!
 //! Clients and server share the machine's cores, so the numbers are a
 //! floor for what a separate server would do.
@@ -26,6 +29,17 @@ use crate::params::{RecallParams, RememberParams};
 use crate::service::MemoryService;
 use crate::store::Store;
 
+/// Which door the clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Door {
+    /// `POST /api/v1/memory/search`.
+    Rest,
+    /// MCP over Streamable HTTP: `tools/call recall` on `/mcp`.
+    Mcp,
+    /// Legacy MCP over SSE: posted to `/messages`, answered on `/sse`.
+    Sse,
+}
+
 /// Users the memories are spread over; client `c` acts for user `c % USERS`.
 const USERS: usize = 32;
 
@@ -37,6 +51,7 @@ pub async fn run(
     memories: usize,
     requests: usize,
     clients: &[usize],
+    door: Door,
 ) -> Result<(), BenchError> {
     let service = Arc::new(MemoryService::new(
         store.clone(),
@@ -62,9 +77,14 @@ pub async fn run(
         store.add_key(&stored).await?;
         keys.push((user, secret));
     }
+    let how = match door {
+        Door::Rest => "POST /api/v1/memory/search",
+        Door::Mcp => "MCP tools/call recall on /mcp",
+        Door::Sse => "MCP tools/call recall over legacy SSE",
+    };
     println!(
         "http: {USERS} users x {memories} memories loaded in {:.1}s; {requests} recalls \
-         (POST /api/v1/memory/search, limit 10) per level, hash embedder {dims} dims",
+         ({how}, limit 10) per level, hash embedder {dims} dims",
         started.elapsed().as_secs_f64()
     );
 
@@ -81,7 +101,7 @@ pub async fn run(
     };
     let app = crate::http::app(service.clone(), settings, stop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/api/v1/memory/search", listener.local_addr()?);
+    let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(crate::http::serve(listener, app, stop.clone()));
 
     // The same queries in-process: what HTTP adds is the difference.
@@ -111,8 +131,15 @@ pub async fn run(
         let t = Instant::now();
         let runs = (0..count).map(|c| {
             let key = keys[c % USERS].1.clone();
-            let url = url.clone();
-            tokio::spawn(client(url, key, per_client, 1000 + c as u64))
+            let base = base.clone();
+            tokio::spawn(async move {
+                let seed = 1000 + c as u64;
+                match door {
+                    Door::Rest => client(base, key, per_client, seed).await,
+                    Door::Mcp => mcp_client(base, key, per_client, seed).await,
+                    Door::Sse => sse_client(base, key, per_client, seed).await,
+                }
+            })
         });
         let mut latencies = Vec::with_capacity(per_client * count);
         for run in futures::future::join_all(runs).await {
@@ -137,11 +164,12 @@ pub async fn run(
 /// One client: `count` searches in a row on one keep-alive connection;
 /// every answer must be 200.
 async fn client(
-    url: String,
+    base: String,
     key: String,
     count: usize,
     seed: u64,
 ) -> Result<Vec<Duration>, String> {
+    let url = format!("{base}/api/v1/memory/search");
     let http = reqwest::Client::new();
     let mut queries = Generator::new(seed);
     let mut latencies = Vec::with_capacity(count);
@@ -167,6 +195,184 @@ async fn client(
                 "search answered {status}: {}",
                 String::from_utf8_lossy(&answer)
             ));
+        }
+    }
+    Ok(latencies)
+}
+
+/// A `tools/call recall` request with this id.
+fn recall_call(id: usize, query: String) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "recall", "arguments": {"query": query, "limit": 10}}})
+    .to_string()
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"engram-bench","version":"1"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// One MCP client over Streamable HTTP: a session, then `count` recalls in
+/// a row, each answer read to its end.
+async fn mcp_client(
+    base: String,
+    key: String,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Duration>, String> {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/mcp");
+    let send = |body: String, session: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let opened = send(INITIALIZE.to_owned(), None)
+        .await
+        .map_err(|e| format!("initialize failed: {e}"))?;
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("initialize answered {} without a session", opened.status()))?;
+    opened.bytes().await.map_err(|e| e.to_string())?;
+    send(INITIALIZED.to_owned(), Some(&session))
+        .await
+        .map_err(|e| format!("initialized failed: {e}"))?;
+    let mut queries = Generator::new(seed);
+    let mut latencies = Vec::with_capacity(count);
+    for id in 1..=count {
+        let body = recall_call(id, queries.query());
+        let t = Instant::now();
+        let response = send(body, Some(&session))
+            .await
+            .map_err(|e| format!("recall failed: {e}"))?;
+        let status = response.status();
+        let answer = response
+            .text()
+            .await
+            .map_err(|e| format!("reading the answer failed: {e}"))?;
+        latencies.push(t.elapsed());
+        if !status.is_success() || !answer.contains("\"result\"") {
+            return Err(format!("recall answered {status}: {answer}"));
+        }
+    }
+    Ok(latencies)
+}
+
+/// The messages of a legacy SSE stream, as they arrive.
+struct Events {
+    stream: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    /// The data of the next event named `name`.
+    async fn next(&mut self, name: &str) -> Result<String, String> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let mut kind = "message";
+                let mut data = String::new();
+                for line in event.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                    }
+                }
+                if kind == name && !data.is_empty() {
+                    return Ok(data);
+                }
+            }
+            let chunk = self
+                .stream
+                .chunk()
+                .await
+                .map_err(|e| format!("the stream failed: {e}"))?
+                .ok_or("the stream ended")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The message answering `id`.
+    async fn answer(&mut self, id: usize) -> Result<serde_json::Value, String> {
+        loop {
+            let data = self.next("message").await?;
+            let message: serde_json::Value =
+                serde_json::from_str(&data).map_err(|e| format!("{e}: {data}"))?;
+            if message["id"] == id {
+                return Ok(message);
+            }
+        }
+    }
+}
+
+/// One legacy SSE client: a stream, then `count` recalls in a row, each
+/// posted and waited for on the stream.
+async fn sse_client(
+    base: String,
+    key: String,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Duration>, String> {
+    let http = reqwest::Client::new();
+    let stream = http
+        .get(format!("{base}/sse"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .map_err(|e| format!("opening the stream failed: {e}"))?;
+    let mut events = Events {
+        stream,
+        buffer: String::new(),
+    };
+    let endpoint = format!("{base}{}", events.next("endpoint").await?);
+    let post = |body: String| {
+        http.post(&endpoint)
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let accepted = |r: reqwest::Response| {
+        if r.status() == reqwest::StatusCode::ACCEPTED {
+            Ok(())
+        } else {
+            Err(format!("a post answered {}", r.status()))
+        }
+    };
+    accepted(
+        post(INITIALIZE.to_owned())
+            .await
+            .map_err(|e| e.to_string())?,
+    )?;
+    events.answer(0).await?;
+    accepted(
+        post(INITIALIZED.to_owned())
+            .await
+            .map_err(|e| e.to_string())?,
+    )?;
+    let mut queries = Generator::new(seed);
+    let mut latencies = Vec::with_capacity(count);
+    for id in 1..=count {
+        let body = recall_call(id, queries.query());
+        let t = Instant::now();
+        accepted(
+            post(body)
+                .await
+                .map_err(|e| format!("recall failed: {e}"))?,
+        )?;
+        let answer = events.answer(id).await?;
+        latencies.push(t.elapsed());
+        if answer.get("result").is_none() {
+            return Err(format!("recall answered {answer}"));
         }
     }
     Ok(latencies)

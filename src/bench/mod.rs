@@ -18,6 +18,8 @@ mod http;
 mod pipeline;
 mod text;
 
+pub use http::Door;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +86,10 @@ pub struct BenchArgs {
     /// --http: memories per user (32 users).
     #[arg(long, default_value_t = 1000)]
     pub http_memories: usize,
+    /// --http: what the clients speak: the REST API, MCP over Streamable
+    /// HTTP (`/mcp`) or legacy SSE (`/sse`); MCP clients call `recall`.
+    #[arg(long, value_enum, default_value_t = Door::Rest)]
+    pub transport: Door,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -134,6 +140,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             args.http_memories,
             requests,
             &args.clients,
+            args.transport,
         )
         .await?;
         let _ = std::fs::remove_dir_all(&scratch);

@@ -6,9 +6,10 @@
 //! instance), counts the request against the key's rate limit, and hands
 //! the [`Principal`] to the handler in the request's extensions. Missing or
 //! unknown keys get 401 with `WWW-Authenticate`; an exhausted limit gets
-//! 429 with `Retry-After`. With `ENGRAM_AUTH=none` (loopback binds only)
-//! every request is the operator's and nothing is counted. Either way, a
-//! request with more than one `Authorization` header is 400.
+//! 429 with `Retry-After` (on `/messages` the handler gives it, so that it
+//! also reaches the session's stream). With `ENGRAM_AUTH=none` (loopback
+//! binds only) every request is the operator's and nothing is counted.
+//! Either way, a request with more than one `Authorization` header is 400.
 //!
 //! Sessions: a Streamable HTTP session answers only the principal that
 //! opened it ([`owned_sessions`]); legacy SSE sessions keep the same rule
@@ -38,7 +39,16 @@ pub struct Gate {
     service: Arc<MemoryService>,
     mode: AuthMode,
     limiter: Arc<RateLimiter>,
+    /// Pass a rate-limited request on with [`RateLimited`] instead of
+    /// answering 429 here (legacy SSE posts, whose client waits for the
+    /// refusal on its event stream).
+    defer_limit: bool,
 }
+
+/// A request over its key's rate limit, passed on by a gate that defers
+/// the refusal to the handler: retry after this many seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimited(pub u64);
 
 impl Gate {
     /// `kind` names the limit in the shared cache (`rest`, `mcp`).
@@ -53,7 +63,15 @@ impl Gate {
             service,
             mode,
             limiter: Arc::new(limiter),
+            defer_limit: false,
         }
+    }
+
+    /// The same gate and limit, leaving the 429 to the handler: it gets
+    /// the request with [`RateLimited`] and must refuse it.
+    pub fn deferring_limit(mut self) -> Self {
+        self.defer_limit = true;
+        self
     }
 
     /// Who sent a request with this `Authorization` header.
@@ -125,8 +143,11 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
         && let Err(wait) = gate.limiter.check(key).await
     {
         // Whole seconds, rounded up: retrying after Retry-After must succeed.
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Problem::rate_limited(seconds.max(1)).into_response();
+        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        if !gate.defer_limit {
+            return Problem::rate_limited(seconds).into_response();
+        }
+        request.extensions_mut().insert(RateLimited(seconds));
     }
     request.extensions_mut().insert(principal);
     next.run(request).await

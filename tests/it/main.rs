@@ -10,7 +10,8 @@
 //! * Models: [`llm_extractor`], [`openai_embedder`], [`failure_policy`]
 //!   (when the model fails), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
-//!   JSON-RPC framing), [`mcp_http`], [`rest_api`], [`http_auth`],
+//!   JSON-RPC framing), [`mcp_http`], [`sse_limits`] (the legacy SSE
+//!   transport's bounds and refusals), [`rest_api`], [`http_auth`],
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
@@ -33,4 +34,5 @@ mod openai_embedder;
 mod postgres;
 mod protocol;
 mod rest_api;
+mod sse_limits;
 mod store_conformance;
