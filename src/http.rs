@@ -164,7 +164,8 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
             auth::SessionOwners::new(live_sessions, settings.mcp_sessions_per_key),
             auth::owned_sessions,
         ))
-        .layer(from_fn_with_state(mcp_gate, auth::gate))
+        // Over the limit, `/mcp` answers in JSON-RPC too (malformed.rs).
+        .layer(from_fn_with_state(mcp_gate.deferring_limit(), auth::gate))
         .merge(sse_routes);
 
     let rest_gate = auth::Gate::new(

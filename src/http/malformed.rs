@@ -5,20 +5,31 @@
 //! any other error answer to a request; a malformed notification: 202, no
 //! body. Everything else goes on to rmcp untouched.
 //!
-//! It runs inside the key gate, so only an authenticated caller gets this far.
+//! It runs inside the key gate, so only an authenticated caller gets this
+//! far. The gate defers the rate limit to here: a request over it gets 429
+//! with `Retry-After` and, for a POST, a JSON-RPC error with the request's
+//! id (code -32029, the wait in `data.retry_after_secs`), which MCP clients
+//! show where a problem+json body would be "an error response".
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::MAX_BODY_BYTES;
+use super::auth::RateLimited;
+use super::problem::Problem;
+use super::sse::RATE_LIMITED;
 use crate::jsonrpc::{self, INVALID_PARAMS, PARSE_ERROR, Refusal, Verdict};
 
 pub async fn answer_malformed(request: Request, next: Next) -> Response {
+    let limited = request.extensions().get::<RateLimited>().copied();
     if request.method() != Method::POST {
+        if let Some(RateLimited(seconds)) = limited {
+            return Problem::rate_limited(seconds).into_response();
+        }
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -33,6 +44,9 @@ pub async fn answer_malformed(request: Request, next: Next) -> Response {
         };
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, &refusal);
     };
+    if let Some(RateLimited(seconds)) = limited {
+        return rate_limited(&bytes, seconds);
+    }
     match jsonrpc::read(&bytes) {
         Verdict::Serve(_) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -44,6 +58,37 @@ pub async fn answer_malformed(request: Request, next: Next) -> Response {
         }
         Verdict::Refuse(refusal) => refuse(StatusCode::BAD_REQUEST, &refusal),
     }
+}
+
+/// A request over its key's limit: 429 with `Retry-After`, and a JSON-RPC
+/// error with the request's id that MCP clients show (the wait in its
+/// message and in `data.retry_after_secs`).
+fn rate_limited(body: &[u8], seconds: u64) -> Response {
+    let id = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|message| message.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let answer = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": RATE_LIMITED,
+            "message": format!(
+                "rate limited: this API key has used its MCP requests for now; retry after \
+                 {seconds} s (ENGRAM_MCP_RATE_LIMIT per key and minute)"
+            ),
+            "data": {"retry_after_secs": seconds},
+        },
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::RETRY_AFTER, seconds.to_string()),
+        ],
+        answer.to_string(),
+    )
+        .into_response()
 }
 
 fn refuse(status: StatusCode, refusal: &Refusal) -> Response {

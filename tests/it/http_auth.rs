@@ -490,3 +490,53 @@ async fn processes_sharing_a_cache_share_each_keys_allowance() {
         .await
         .problem(429, "rate_limited");
 }
+
+/// Over the MCP limit, `/mcp` still says 429 with `Retry-After`, and its
+/// body is a JSON-RPC error with the request's id and the wait, which MCP
+/// clients show (a problem+json body reaches the user as "an error response").
+#[tokio::test]
+async fn an_mcp_request_over_the_limit_gets_a_json_rpc_error_with_the_wait() {
+    let server = Server::with_keys(None, &[("ENGRAM_MCP_RATE_LIMIT", "2")]).await;
+    let key = server.create_key(&["--user", "alice"]);
+    let list = |id: u64| {
+        server
+            .http
+            .post(format!("{}/mcp", server.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/list")
+            .body(
+                json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {"_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                    "io.modelcontextprotocol/clientCapabilities": {}}}})
+                .to_string(),
+            )
+            .send()
+    };
+    for id in 1..=2 {
+        assert_eq!(list(id).await.unwrap().status(), 200);
+    }
+    let limited = list(77).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let answer: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(answer["id"], 77, "{answer}");
+    assert_eq!(answer["error"]["code"], -32029, "{answer}");
+    assert_eq!(
+        answer["error"]["data"]["retry_after_secs"], wait,
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("retry after {wait} s")),
+        "{message}"
+    );
+}
