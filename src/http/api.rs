@@ -92,12 +92,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| Self(q.0))
             .map_err(|e| {
+                // axum's wording, less its prefix; serde's "there are no
+                // fields" said as what it means here.
+                let text = e.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .replace(
+                        ", there are no fields",
+                        " (this route takes no query parameters)",
+                    );
                 Problem::invalid(
                     None,
-                    format!(
-                        "{}; see this route's query parameters in /api/v1/openapi.json",
-                        e.body_text()
-                    ),
+                    format!("{text}; see this route's query parameters in /api/v1/openapi.json"),
                 )
             })
     }

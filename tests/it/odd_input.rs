@@ -301,6 +301,17 @@ async fn bodies_are_objects_and_queries_hold_known_utf8_parameters() {
             reply.text
         );
     }
+    let search = send(
+        http.post(url("/search?user_id=alice"))
+            .json(&json!({"query": "tea"})),
+    )
+    .await;
+    let detail = search.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("unknown field `user_id`")
+            && detail.contains("this route takes no query parameters"),
+        "{detail}"
+    );
     let doc = server
         .call(Method::GET, "/api/v1/openapi.json?colour=red", None, None)
         .await;
