@@ -55,8 +55,30 @@ impl Refusal {
     }
 }
 
-/// Reads one message (the text of a stdio line or an HTTP body).
+/// Reads one message (the text of a stdio line or an HTTP body). A
+/// well-formed message is parsed once; the text is read again as plain JSON
+/// only to explain what is wrong, or for a custom method's params check.
 pub fn read(text: &[u8]) -> Verdict {
+    let message = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
+        Ok(message) => message,
+        Err(e) => return malformed(text, &e),
+    };
+    if let JsonRpcMessage::Request(request) = &message
+        && let ClientRequest::CustomRequest(custom) = &request.request
+        && let Ok(value) = serde_json::from_slice::<Value>(text)
+        && let Some(problem) = params_problem(&custom.method, &value)
+    {
+        return Verdict::Refuse(Refusal {
+            id: value.get("id").cloned().unwrap_or(Value::Null),
+            code: INVALID_PARAMS,
+            message: format!("Invalid params for {}: {problem}", custom.method),
+        });
+    }
+    Verdict::Serve(Box::new(message))
+}
+
+/// The answer to text that is not a message rmcp reads (`error`: why not).
+fn malformed(text: &[u8], error: &serde_json::Error) -> Verdict {
     let value = match serde_json::from_slice::<Value>(text) {
         Ok(value) => value,
         Err(e) => {
@@ -68,49 +90,33 @@ pub fn read(text: &[u8]) -> Verdict {
         }
     };
     let id = value.get("id").cloned();
-    let message = match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value.clone()) {
-        Ok(message) => message,
-        Err(e) => {
-            let notification = value.is_object() && id.is_none() && value.get("method").is_some();
-            if notification {
-                tracing::debug!(error = %e, "ignoring a malformed notification");
-                return Verdict::Drop;
-            }
-            let id = id.unwrap_or(Value::Null);
-            // A served method with params of the wrong shape (an array, a
-            // string) fails here rather than as a custom request.
-            if let Some(method) = value.get("method").and_then(Value::as_str)
-                && let Some(problem) = params_problem(method, &value)
-            {
-                return Verdict::Refuse(Refusal {
-                    id,
-                    code: INVALID_PARAMS,
-                    message: format!("Invalid params for {method}: {problem}"),
-                });
-            }
-            let message = if value.is_array() {
-                "Invalid Request: batches are not supported; send one message at a time".to_owned()
-            } else {
-                format!("Invalid Request: {e}")
-            };
-            return Verdict::Refuse(Refusal {
-                id,
-                code: INVALID_REQUEST,
-                message,
-            });
-        }
-    };
-    if let JsonRpcMessage::Request(request) = &message
-        && let ClientRequest::CustomRequest(custom) = &request.request
-        && let Some(problem) = params_problem(&custom.method, &value)
+    let notification = value.is_object() && id.is_none() && value.get("method").is_some();
+    if notification {
+        tracing::debug!(error = %error, "ignoring a malformed notification");
+        return Verdict::Drop;
+    }
+    let id = id.unwrap_or(Value::Null);
+    // A served method with params of the wrong shape (an array, a string)
+    // fails to parse at all rather than as a custom request.
+    if let Some(method) = value.get("method").and_then(Value::as_str)
+        && let Some(problem) = params_problem(method, &value)
     {
         return Verdict::Refuse(Refusal {
-            id: id.unwrap_or(Value::Null),
+            id,
             code: INVALID_PARAMS,
-            message: format!("Invalid params for {}: {problem}", custom.method),
+            message: format!("Invalid params for {method}: {problem}"),
         });
     }
-    Verdict::Serve(Box::new(message))
+    let message = if value.is_array() {
+        "Invalid Request: batches are not supported; send one message at a time".to_owned()
+    } else {
+        format!("Invalid Request: {error}")
+    };
+    Verdict::Refuse(Refusal {
+        id,
+        code: INVALID_REQUEST,
+        message,
+    })
 }
 
 /// Why `message`'s params do not fit `method`, for the methods engram
