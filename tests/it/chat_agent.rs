@@ -58,6 +58,17 @@ fn me() -> Scope {
     Scope::new("me", None, None).unwrap()
 }
 
+/// A chat agent for `me` on `fake`'s chat model.
+fn agent(fake: &FakeOpenAi, memory: &Arc<MemoryService>) -> ChatAgent {
+    ChatAgent::new(
+        memory.clone(),
+        &endpoint(&fake.base_url),
+        "chat-model".into(),
+        me(),
+    )
+    .unwrap()
+}
+
 /// Everything stored for the agent's user, most recent first.
 async fn stored_context(memory: &MemoryService) -> engram::context::UserContext {
     let request = UserContextParams {
@@ -72,13 +83,7 @@ async fn replies_use_what_earlier_turns_left_in_memory() {
     let fake = FakeOpenAi::start(64).await;
     let dir = tempfile::tempdir().unwrap();
     let memory = memory(&fake, &dir, Arc::new(HashEmbedder::new(64))).await;
-    let mut agent = ChatAgent::new(
-        memory.clone(),
-        &endpoint(&fake.base_url),
-        "chat-model".into(),
-        me(),
-    )
-    .unwrap();
+    let mut agent = agent(&fake, &memory);
 
     let first = agent.reply("I am vegetarian").await.unwrap();
     assert_eq!(first, "You said: I am vegetarian. I remember: nothing");
@@ -122,13 +127,7 @@ async fn the_loop_answers_each_line_until_quit_and_remembers_before_returning() 
     let fake = FakeOpenAi::start(64).await;
     let dir = tempfile::tempdir().unwrap();
     let memory = memory(&fake, &dir, Arc::new(HashEmbedder::new(64))).await;
-    let mut agent = ChatAgent::new(
-        memory.clone(),
-        &endpoint(&fake.base_url),
-        "chat-model".into(),
-        me(),
-    )
-    .unwrap();
+    let mut agent = agent(&fake, &memory);
     let input: &[u8] = b"My dog is called Rex\n\n   \nI live in Ghent\n/quit\nnever read\n";
     let mut output = Vec::new();
     agent.run(input, &mut output).await.unwrap();
@@ -161,13 +160,7 @@ async fn a_failing_memory_never_stops_the_chat() {
     })
     .unwrap();
     let memory = memory(&fake, &dir, Arc::new(broken)).await;
-    let mut agent = ChatAgent::new(
-        memory.clone(),
-        &endpoint(&fake.base_url),
-        "chat-model".into(),
-        me(),
-    )
-    .unwrap();
+    let mut agent = agent(&fake, &memory);
     for text in ["Hello there", "Still there?"] {
         let reply = agent.reply(text).await.unwrap();
         assert_eq!(reply, format!("You said: {text}. I remember: nothing"));

@@ -579,6 +579,19 @@ async fn score_gives_both_relevances_of_the_users_current_memories_only() {
     assert!(plain.iter().all(|s| s.keyword == 0.0), "{plain:?}");
 }
 
+/// The words the many-memory keyword tests build sentences from: the same
+/// words at the same lengths, so many scores tie.
+const WHO: [&str; 4] = ["My sister", "My brother", "Our team", "Ana"];
+const VERBS: [&str; 5] = ["likes", "avoids", "orders", "collects", "paints"];
+const THINGS: [&str; 5] = [
+    "green tea",
+    "espresso",
+    "sushi",
+    "jazz records",
+    "tea and tea cakes",
+];
+const PLACES: [&str; 4] = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyword_search_keeps_exactly_the_best_k_of_many() {
     // Enough memories that a limit leaves most matches out, with many equal
@@ -586,16 +599,7 @@ async fn keyword_search_keeps_exactly_the_best_k_of_many() {
     // by rare terms, bounds and ids as well as by the scores.
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
-    let who = ["My sister", "My brother", "Our team", "Ana"];
-    let verbs = ["likes", "avoids", "orders", "collects", "paints"];
-    let things = [
-        "green tea",
-        "espresso",
-        "sushi",
-        "jazz records",
-        "tea and tea cakes",
-    ];
-    let places = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
+    let (who, verbs, things, places) = (WHO, VERBS, THINGS, PLACES);
     let user = whole("many");
     let mut mine = Vec::new();
     for (i, w) in who.iter().enumerate() {
@@ -731,16 +735,7 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
     // scores are the user's and only memories in scope come back.
     let db = TestDatabase::create().await;
     let store = open(&db.url, PlanSettings::default()).await;
-    let who = ["My sister", "My brother", "Our team", "Ana"];
-    let verbs = ["likes", "avoids", "orders", "collects", "paints"];
-    let things = [
-        "green tea",
-        "espresso",
-        "sushi",
-        "jazz records",
-        "tea and tea cakes",
-    ];
-    let places = ["in Lisbon", "in Oslo", "at home", "in Lisbon or Oslo"];
+    let (who, verbs, things, places) = (WHO, VERBS, THINGS, PLACES);
     let mut rows = Vec::new();
     for n in 0..3 {
         for w in who {
