@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Error;
 use crate::extract::{Action, Decided, Extractor, Known, Usage};
-use crate::model::{Fact, Memory, MemoryId, MetadataFilter, Scope};
+use crate::model::{Fact, Memory, MemoryId, Scope};
 use crate::store::{SearchScope, Store};
 
 /// Similar memories considered per fact.
@@ -56,11 +56,7 @@ pub async fn plan(
     if !extractor.reconciles() {
         return Ok((plans, Usage::default()));
     }
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(scope);
     let mut similar: Vec<MemoryId> = Vec::new();
     for embedding in embeddings {
         for hit in store.vector_search(at, embedding, CANDIDATES).await? {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Principal;
 use crate::embed::{Embedder, HashEmbedder, dot};
 use crate::extract::VerbatimExtractor;
-use crate::model::{Event, MemoryId, MetadataFilter, Scope};
+use crate::model::{Event, MemoryId, Scope};
 use crate::params::{RecallParams, RememberParams};
 use crate::service::{MemoryService, Settings};
 use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store};
@@ -429,11 +429,7 @@ impl OneUser {
         let scope = user_scope()?;
         let mut m = Measured::default();
         let (mut overlap, mut expected) = (0usize, 0usize);
-        let none = MetadataFilter::default();
-        let at = SearchScope {
-            scope: &scope,
-            filter: &none,
-        };
+        let at = SearchScope::unfiltered(&scope);
         let mut floor = match &self.pg {
             Some(pg) => Some(crowd::Floor::new(&pg.pool, self.ef_search).await?),
             None => None,

@@ -16,6 +16,11 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub struct MetadataFilter(Vec<(String, Value)>);
 
 impl MetadataFilter {
+    /// No filter: every memory matches.
+    pub const fn none() -> Self {
+        Self(Vec::new())
+    }
+
     /// Accepts `{key: scalar, ...}`; refuses nested objects, arrays and null,
     /// saying which key was wrong and what is accepted.
     pub fn parse(raw: Option<&Metadata>) -> Result<Self, Invalid> {

@@ -158,8 +158,9 @@ impl MemoryService {
                 None,
             ));
         };
-        let none = MetadataFilter::default();
-        let relevant = self.search(scope, query, limit, &none).await?;
+        let relevant = self
+            .search(scope, query, limit, &MetadataFilter::none())
+            .await?;
         let mut memories: Vec<Memory> = relevant.results.into_iter().map(|r| r.memory).collect();
         for m in recent {
             if memories.len() >= limit {

@@ -112,6 +112,19 @@ pub struct SearchScope<'a> {
     pub filter: &'a MetadataFilter,
 }
 
+/// The filter that keeps everything.
+static NO_FILTER: MetadataFilter = MetadataFilter::none();
+
+impl<'a> SearchScope<'a> {
+    /// All of `scope`, without metadata filters.
+    pub fn unfiltered(scope: &'a Scope) -> Self {
+        Self {
+            scope,
+            filter: &NO_FILTER,
+        }
+    }
+}
+
 /// One candidate from a search, best first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {

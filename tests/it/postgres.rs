@@ -267,14 +267,7 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     assert_eq!(found_through_index("relaxed_order").await, 60);
 
     let mut run_found = ids(&indexed
-        .vector_search(
-            SearchScope {
-                scope: &trip,
-                filter: &none,
-            },
-            &q,
-            10,
-        )
+        .vector_search(SearchScope::unfiltered(&trip), &q, 10)
         .await
         .unwrap());
     run_found.sort();
@@ -427,11 +420,7 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
     let store = open(&db.url, PlanSettings::default()).await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
     let user = whole("kw");
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &user,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&user);
     for query in KEYWORD_QUERIES {
         let expected = bm25(&mine, query);
         let hits = store.keyword_search(at, query, 100).await.unwrap();
@@ -461,10 +450,7 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
     };
     for query in KEYWORD_QUERIES {
         let expected = bm25(&mine, query);
-        let narrowed = SearchScope {
-            scope: &planner,
-            filter: &none,
-        };
+        let narrowed = SearchScope::unfiltered(&planner);
         let want: Vec<(MemoryId, f32)> = expected
             .iter()
             .copied()
@@ -491,10 +477,7 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
         memories.into_iter().map(|m| (m.id, m.memory)).collect()
     };
     let other = whole("other");
-    let at = SearchScope {
-        scope: &other,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&other);
     for query in KEYWORD_QUERIES {
         let hits = store.keyword_search(at, query, 100).await.unwrap();
         assert_same_scores(&hits, &bm25(&theirs, query), &format!("{query} (other)"));
@@ -526,17 +509,9 @@ async fn score_gives_both_relevances_of_the_users_current_memories_only() {
     assert_eq!(scored.iter().map(|s| s.id).collect::<Vec<_>>(), want_ids);
     // Keyword relevance: BM25 with the statistics of all the user's memories.
     let expected = bm25(&mine, query);
-    let none = MetadataFilter::default();
     let user = whole("kw");
     let searched = store
-        .keyword_search(
-            SearchScope {
-                scope: &user,
-                filter: &none,
-            },
-            query,
-            100,
-        )
+        .keyword_search(SearchScope::unfiltered(&user), query, 100)
         .await
         .unwrap();
     for s in &scored {
@@ -941,11 +916,7 @@ async fn postings_and_lengths_follow_every_write() {
     let (current, _) = store.recent(&whole("kw"), 100).await.unwrap();
     let current: Vec<(MemoryId, String)> = current.into_iter().map(|m| (m.id, m.memory)).collect();
     let user = whole("kw");
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &user,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&user);
     for query in KEYWORD_QUERIES {
         let hits = store.keyword_search(at, query, 100).await.unwrap();
         assert_same_scores(
@@ -1039,11 +1010,7 @@ async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
 /// The keyword search results of every fixture query, for comparing stores.
 async fn keyword_results(store: &PgStore, user: &str) -> Vec<Vec<engram::store::Hit>> {
     let scope = whole(user);
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &scope,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&scope);
     let mut all = Vec::new();
     for query in KEYWORD_QUERIES {
         all.push(store.keyword_search(at, query, 100).await.unwrap());
@@ -1176,11 +1143,7 @@ async fn postings_of_the_previous_schema_get_their_frequencies() {
     let store = open(&db.url, PlanSettings::default()).await;
     assert_index_is_exact(&pool, "after the migration").await;
     let planner = Scope::new("kw", Some("planner"), None).unwrap();
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &planner,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&planner);
     let hits = store.keyword_search(at, "tea", 10).await.unwrap();
     let planned = KEYWORD_FIXTURE
         .iter()

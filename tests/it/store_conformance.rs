@@ -110,11 +110,7 @@ async fn keyword_and_vector_search_find_the_memory(b: Backend) {
     let alice = scope("alice", None, None);
     let id = add(s, &alice, "I love espresso in Lisbon", json!({})).await;
     add(s, &alice, "My dog is called Rex", json!({})).await;
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
 
     let kw = s.keyword_search(at, "espresso", 10).await.unwrap();
     assert_eq!(kw.len(), 1, "{kw:?}");
@@ -139,11 +135,7 @@ async fn users_never_see_each_other(b: Backend) {
         json!({}),
     )
     .await;
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &bob,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&bob);
     assert!(
         s.keyword_search(at, "vault code secret", 10)
             .await
@@ -347,11 +339,7 @@ async fn delete_removes_rows_history_and_index(b: Backend) {
     assert!(s.delete("alice", a).await.unwrap());
     assert!(!s.delete("alice", a).await.unwrap());
     assert!(s.history("alice", a).await.unwrap().is_empty());
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     assert!(
         s.keyword_search(at, "green tea", 10)
             .await
@@ -383,11 +371,7 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
         .await
         .unwrap();
     let alice = scope("alice", None, None);
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     let q = HashEmbedder::new(DIMS).embed("sailing boats");
     // Warm the other instance's vectors, then write through the first.
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
@@ -435,11 +419,7 @@ async fn memories_matching_more_query_words_rank_first(b: Backend) {
         );
     }
     both.sort();
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     // Fewer two-word matches than asked for: they come first, then one-word ones.
     let hits = s.keyword_search(at, "espresso Lisbon", 10).await.unwrap();
     assert_eq!(hits.len(), 10);
@@ -542,11 +522,7 @@ async fn keyword_scores_are_bm25_over_the_users_current_memories(b: Backend) {
     expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     assert_eq!(expected.len(), 6, "the fixture matches six memories");
 
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     let hits = s.keyword_search(at, query, 10).await.unwrap();
     let got: Vec<MemoryId> = hits.iter().map(|h| h.id).collect();
     let want: Vec<MemoryId> = expected.iter().map(|(id, _)| *id).collect();
@@ -753,11 +729,7 @@ async fn reembedding_rebuilds_every_vector(b: Backend) {
             .is_err()
     );
     let store = b.open_again(small.identity()).await.unwrap();
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     let hits = store
         .vector_search(at, &small.embed("vintage fountain pens"), 5)
         .await
@@ -922,11 +894,7 @@ async fn an_update_rewrites_one_memory_and_keeps_its_history(b: Backend) {
     assert_eq!((updated.id, updated.memory.as_str()), (id, text));
     assert_ne!(s.version("alice").await.unwrap(), v1);
 
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     assert_eq!(
         ids(&s.keyword_search(at, "flat whites", 10).await.unwrap()),
         [id]
@@ -1002,11 +970,7 @@ async fn a_supersede_closes_the_old_memory_and_stores_the_new(b: Backend) {
         "{outcome:?}"
     );
 
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     let found = ids(&s
         .vector_search(at, &embed("engineer at Acme"), 10)
         .await
@@ -1073,11 +1037,7 @@ async fn many_writes_and_searches_at_once_all_finish(b: Backend) {
         let s = s.clone();
         let alice = alice.clone();
         tasks.push(tokio::spawn(async move {
-            let none = MetadataFilter::default();
-            let at = SearchScope {
-                scope: &alice,
-                filter: &none,
-            };
+            let at = SearchScope::unfiltered(&alice);
             if i % 2 == 0 {
                 let text = format!("Alice visited city number {i} on a trip");
                 let added = s.insert(new_memory(&alice, &text, json!({})), 0.9).await;
@@ -1113,11 +1073,7 @@ async fn a_close_retires_a_memory_without_a_successor(b: Backend) {
     let kept = add(s, &alice, "Lives in Lisbon", json!({})).await;
     let bobs = add(s, &bob, "Works at Initech as an engineer", json!({})).await;
     let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
-    let none = MetadataFilter::default();
-    let at = SearchScope {
-        scope: &alice,
-        filter: &none,
-    };
+    let at = SearchScope::unfiltered(&alice);
     // Warm the in-process vectors, so the close must keep them right.
     let found = ids(&s
         .vector_search(at, &embed("engineer at Acme"), 10)
