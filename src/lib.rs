@@ -50,7 +50,8 @@
 //!   to stderr: on stdio, stdout belongs to the protocol).
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
-//!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set).
+//!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),
+//!   [`failpoint`] (crash points that tests set, to prove what a crash keeps).
 //!
 //! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
@@ -64,6 +65,7 @@ pub mod embed;
 mod error;
 pub mod eval;
 pub mod extract;
+pub mod failpoint;
 mod http;
 mod jsonrpc;
 pub mod keywords;

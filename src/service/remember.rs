@@ -27,7 +27,9 @@ use crate::error::Error;
 use crate::extract::{Extracted, Extractor, VerbatimExtractor};
 use crate::model::{Event, Fact, Input, Memory, MemoryId, Message, Metadata, Scope};
 use crate::reconcile::{self, Plan};
-use crate::store::{InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome};
+use crate::store::{
+    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
+};
 
 /// Who closes a verbatim copy that no extracted fact replaced, in history.
 const REEXTRACT_ACTOR: &str = "reextract";
@@ -65,7 +67,9 @@ impl MemoryService {
             // The model found nothing worth remembering: a normal answer. A
             // re-extraction still retires what it stored verbatim.
             let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
-            self.close_all(work, &copies).await?;
+            let mut batch = self.store.begin(work.scope.user_id()).await?;
+            close_all(batch.as_mut(), &copies).await?;
+            batch.commit().await?;
             return Ok(RememberResult {
                 user_id: work.scope.user_id().to_string(),
                 results: Vec::new(),
@@ -118,113 +122,50 @@ impl MemoryService {
         }
         .into_iter();
 
-        // Memories a re-extraction replaces, taken one per added fact; any
-        // left over are closed at the end.
-        let mut replacing: VecDeque<Memory> = work.replacing.iter().cloned().collect();
+        // Every write of this remember in one batch: all of its facts or none.
+        let mut batch = self.store.begin(work.scope.user_id()).await?;
+        let mut writes = Writer {
+            batch: batch.as_mut(),
+            dedup_threshold: self.settings.dedup_threshold,
+            // Memories a re-extraction replaces, taken one per added fact;
+            // any left over are closed at the end.
+            replacing: work.replacing.iter().cloned().collect(),
+        };
         let mut results = Vec::with_capacity(facts.len());
         for ((fact, embedding), plan) in facts.into_iter().zip(embeddings).zip(plans) {
+            if !results.is_empty() {
+                crate::failpoint::crash_point("remember-between-facts");
+            }
             let new = new_memory(work, fact, embedding);
             let event = match plan {
-                Plan::Add => self.add_replacing(new, &mut replacing).await?,
+                Plan::Add => writes.add_replacing(new).await?,
                 Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
                 Plan::Update { id, text } => {
                     let vector = rewritten_vectors.next().unwrap_or_default();
-                    let updated = self
-                        .store
-                        .update(work.scope.user_id(), id, &text, &vector, &new.actor)
-                        .await;
+                    let updated = writes.batch.update(id, &text, &vector, &new.actor).await;
                     match updated {
                         Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
                         // Gone meanwhile, or the new text is another memory's:
                         // the fact is added (or found known) instead.
                         Ok(None) | Err(StoreError::Conflict(_)) => {
-                            self.add_replacing(new, &mut replacing).await?
+                            writes.add_replacing(new).await?
                         }
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Plan::Supersede { id } => self.supersede(id, new, &mut replacing).await?,
+                Plan::Supersede { id } => writes.supersede(id, new).await?,
             };
             results.push(event);
         }
-        let leftover: Vec<MemoryId> = replacing.iter().map(|m| m.id).collect();
-        self.close_all(work, &leftover).await?;
+        let leftover: Vec<MemoryId> = writes.replacing.iter().map(|m| m.id).collect();
+        close_all(writes.batch, &leftover).await?;
+        batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),
             results,
             usage: (usage.calls > 0).then_some(usage),
             deferred: None,
         })
-    }
-
-    /// Closes memory `old` and stores `new` in its place; when `old` is gone
-    /// meanwhile, `new` is added as any new fact.
-    async fn supersede(
-        &self,
-        old: MemoryId,
-        new: NewMemory,
-        replacing: &mut VecDeque<Memory>,
-    ) -> Result<MemoryEvent, Error> {
-        Ok(match self.store.supersede(old, new.clone()).await? {
-            SupersedeOutcome::Superseded(m) => MemoryEvent {
-                replaces: Some(old),
-                ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
-            },
-            SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
-            SupersedeOutcome::NotFound => self.add_replacing(new, replacing).await?,
-        })
-    }
-
-    /// A new fact: in place of the next memory a re-extraction replaces
-    /// (still current), else added as usual. A copy that already says the
-    /// fact word for word is kept as it is.
-    async fn add_replacing(
-        &self,
-        new: NewMemory,
-        replacing: &mut VecDeque<Memory>,
-    ) -> Result<MemoryEvent, Error> {
-        let same = replacing.iter().position(|m| m.memory == new.content);
-        if let Some(same) = same.and_then(|at| replacing.remove(at)) {
-            return Ok(MemoryEvent::of(same.id, same.memory, Event::None));
-        }
-        while let Some(old) = replacing.pop_front() {
-            match self.store.supersede(old.id, new.clone()).await? {
-                SupersedeOutcome::Superseded(m) => {
-                    return Ok(MemoryEvent {
-                        replaces: Some(old.id),
-                        ..MemoryEvent::of(m.id, m.memory, Event::Add)
-                    });
-                }
-                SupersedeOutcome::Duplicate(m) => {
-                    // Nothing changed: `old` is still to be replaced.
-                    replacing.push_front(old);
-                    return Ok(MemoryEvent::of(m.id, m.memory, Event::None));
-                }
-                // Forgotten or replaced meanwhile: try the next one.
-                SupersedeOutcome::NotFound => {}
-            }
-        }
-        self.add(new).await
-    }
-
-    /// Stores a new memory unless the store finds it already known.
-    async fn add(&self, new: NewMemory) -> Result<MemoryEvent, Error> {
-        Ok(
-            match self
-                .store
-                .insert(new, self.settings.dedup_threshold)
-                .await?
-            {
-                InsertOutcome::Added(m) => MemoryEvent::of(m.id, m.memory, Event::Add),
-                InsertOutcome::Duplicate {
-                    existing,
-                    similarity,
-                } => MemoryEvent {
-                    similarity: Some(similarity),
-                    ..MemoryEvent::of(existing.id, existing.memory, Event::None)
-                },
-            },
-        )
     }
 
     /// Keeps `work`'s text as given after the model failed with `error`.
@@ -241,33 +182,44 @@ impl MemoryService {
         );
         let facts = VerbatimExtractor.extract(work.input).await?.facts;
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
-        let mut results = Vec::new();
-        let mut stored = Vec::new();
-        let searchable = match self.embedder.embed_documents(&texts).await {
-            Ok(vectors) => {
-                for (fact, embedding) in facts.into_iter().zip(vectors) {
-                    let event = self.add(new_memory(work, fact, embedding)).await?;
-                    if event.event == Event::Add {
-                        stored.push(event.id);
-                    }
-                    results.push(event);
-                }
-                true
-            }
+        let vectors = match self.embedder.embed_documents(&texts).await {
+            Ok(vectors) => Some(vectors),
             Err(e) => {
                 tracing::warn!(
                     user_id = %work.scope.user_id(),
                     error = %e,
                     "the embedder failed too; the text waits, unsearchable, for `engram reextract`"
                 );
-                false
+                None
             }
         };
+        let searchable = vectors.is_some();
+        // The kept copies and their pending entry in one batch: a copy is
+        // never stored without the entry that will re-extract it.
+        let mut batch = self.store.begin(work.scope.user_id()).await?;
+        let mut writes = Writer {
+            batch: batch.as_mut(),
+            dedup_threshold: self.settings.dedup_threshold,
+            replacing: VecDeque::new(),
+        };
+        let mut results = Vec::new();
+        let mut stored = Vec::new();
+        for (fact, embedding) in facts.into_iter().zip(vectors.into_iter().flatten()) {
+            if !results.is_empty() {
+                crate::failpoint::crash_point("remember-between-facts");
+            }
+            let event = writes.add(new_memory(work, fact, embedding)).await?;
+            if event.event == Event::Add {
+                stored.push(event.id);
+            }
+            results.push(event);
+        }
         let pending_id = if searchable && stored.is_empty() {
             None
         } else {
             let id = Uuid::now_v7();
-            self.store
+            writes
+                .batch
                 .add_pending(NewPending {
                     id,
                     scope: work.scope.clone(),
@@ -280,6 +232,7 @@ impl MemoryService {
                 .await?;
             Some(id)
         };
+        batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),
             results,
@@ -290,16 +243,6 @@ impl MemoryService {
                 searchable,
             }),
         })
-    }
-
-    /// Closes the verbatim copies no fact replaced (a re-extraction's rest).
-    async fn close_all(&self, work: &Work<'_>, ids: &[MemoryId]) -> Result<(), Error> {
-        for &id in ids {
-            self.store
-                .close(work.scope.user_id(), id, REEXTRACT_ACTOR)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Turns plans that would update or supersede a memory written after
@@ -340,6 +283,79 @@ impl MemoryService {
         }
         Ok(())
     }
+}
+
+/// The writes of one remember, into its batch.
+struct Writer<'b> {
+    batch: &'b mut dyn WriteBatch,
+    dedup_threshold: f32,
+    /// Verbatim copies a re-extraction replaces, not replaced yet, oldest first.
+    replacing: VecDeque<Memory>,
+}
+
+impl Writer<'_> {
+    /// Closes memory `old` and stores `new` in its place; when `old` is gone
+    /// meanwhile, `new` is added as any new fact.
+    async fn supersede(&mut self, old: MemoryId, new: NewMemory) -> Result<MemoryEvent, Error> {
+        Ok(match self.batch.supersede(old, new.clone()).await? {
+            SupersedeOutcome::Superseded(m) => MemoryEvent {
+                replaces: Some(old),
+                ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
+            },
+            SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
+            SupersedeOutcome::NotFound => self.add_replacing(new).await?,
+        })
+    }
+
+    /// A new fact: in place of the next memory a re-extraction replaces
+    /// (still current), else added as usual. A copy that already says the
+    /// fact word for word is kept as it is.
+    async fn add_replacing(&mut self, new: NewMemory) -> Result<MemoryEvent, Error> {
+        let same = self.replacing.iter().position(|m| m.memory == new.content);
+        if let Some(same) = same.and_then(|at| self.replacing.remove(at)) {
+            return Ok(MemoryEvent::of(same.id, same.memory, Event::None));
+        }
+        while let Some(old) = self.replacing.pop_front() {
+            match self.batch.supersede(old.id, new.clone()).await? {
+                SupersedeOutcome::Superseded(m) => {
+                    return Ok(MemoryEvent {
+                        replaces: Some(old.id),
+                        ..MemoryEvent::of(m.id, m.memory, Event::Add)
+                    });
+                }
+                SupersedeOutcome::Duplicate(m) => {
+                    // Nothing changed: `old` is still to be replaced.
+                    self.replacing.push_front(old);
+                    return Ok(MemoryEvent::of(m.id, m.memory, Event::None));
+                }
+                // Forgotten or replaced meanwhile: try the next one.
+                SupersedeOutcome::NotFound => {}
+            }
+        }
+        self.add(new).await
+    }
+
+    /// Stores a new memory unless the store finds it already known.
+    async fn add(&mut self, new: NewMemory) -> Result<MemoryEvent, Error> {
+        Ok(match self.batch.insert(new, self.dedup_threshold).await? {
+            InsertOutcome::Added(m) => MemoryEvent::of(m.id, m.memory, Event::Add),
+            InsertOutcome::Duplicate {
+                existing,
+                similarity,
+            } => MemoryEvent {
+                similarity: Some(similarity),
+                ..MemoryEvent::of(existing.id, existing.memory, Event::None)
+            },
+        })
+    }
+}
+
+/// Closes the verbatim copies no fact replaced (a re-extraction's rest).
+async fn close_all(batch: &mut dyn WriteBatch, ids: &[MemoryId]) -> Result<(), Error> {
+    for &id in ids {
+        batch.close(id, REEXTRACT_ACTOR).await?;
+    }
+    Ok(())
 }
 
 /// A fact of `work` as the store takes it: the request's metadata plus the

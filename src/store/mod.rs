@@ -33,7 +33,8 @@ pub(crate) use shared::sha256_hex;
 
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
 pub use traits::{
-    Keys, PendingQueue, Reads, Reports, Search, Store, Versions, Writes, candidates_in_steps,
+    Keys, PendingQueue, Reads, Reports, Search, Store, Versions, WriteBatch, Writes,
+    candidates_in_steps,
 };
 pub use types::{
     ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
@@ -86,5 +87,7 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 
 /// The store's traits, to call a backend's methods: `use crate::store::prelude::*;`.
 pub mod prelude {
-    pub use super::{Keys, PendingQueue, Reads, Reports, Search, Store, Versions, Writes};
+    pub use super::{
+        Keys, PendingQueue, Reads, Reports, Search, Store, Versions, WriteBatch, Writes,
+    };
 }

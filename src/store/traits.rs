@@ -68,20 +68,33 @@ pub trait Store: Writes + Reads + Search + PendingQueue + Keys + Reports + Versi
 
 /// Changes to a user's memories. Every write moves the user's version
 /// ([`Versions`]) in its own transaction.
+///
+/// The changes a remember makes come in a [`WriteBatch`] ([`Writes::begin`]):
+/// all of them commit or none do. The single-write methods are a batch of one.
 #[async_trait]
 pub trait Writes: Send + Sync {
-    /// Stores `new` with an ADD history row, unless a current memory of the same
-    /// user has cosine similarity >= `dedup_threshold` with it.
+    /// Starts a batch of writes to `user_id`'s memories that commit together
+    /// ([`WriteBatch::commit`]) or, dropped uncommitted, not at all.
+    ///
+    /// Invariant: while a batch is open it holds the user's write lock, so
+    /// no other write of theirs (on this store) runs until it ends; the
+    /// holder must not wait for another write of the same user meanwhile.
+    async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError>;
+
+    /// [`WriteBatch::insert`] in a batch of its own.
     async fn insert(
         &self,
         new: NewMemory,
         dedup_threshold: f32,
-    ) -> Result<InsertOutcome, StoreError>;
+    ) -> Result<InsertOutcome, StoreError> {
+        let user_id = new.scope.user_id().to_string();
+        let mut batch = self.begin(&user_id).await?;
+        let outcome = batch.insert(new, dedup_threshold).await?;
+        batch.commit().await?;
+        Ok(outcome)
+    }
 
-    /// Replaces the text and vector of one current memory of the user, with an
-    /// UPDATE history row (old and new text, `actor`). `None`: not a current
-    /// memory of theirs, nothing changed. Another current memory with exactly
-    /// the new text is [`StoreError::Conflict`].
+    /// [`WriteBatch::update`] in a batch of its own.
     async fn update(
         &self,
         user_id: &str,
@@ -89,22 +102,33 @@ pub trait Writes: Send + Sync {
         content: &str,
         embedding: &[f32],
         actor: &str,
-    ) -> Result<Option<Memory>, StoreError>;
+    ) -> Result<Option<Memory>, StoreError> {
+        let mut batch = self.begin(user_id).await?;
+        let updated = batch.update(id, content, embedding, actor).await?;
+        batch.commit().await?;
+        Ok(updated)
+    }
 
-    /// Closes current memory `old` of `new`'s user (`valid_to` = now, a
-    /// SUPERSEDE history row naming the new text) and stores `new` (an ADD
-    /// row), atomically. Only an exact repeat of another current memory
-    /// refuses `new`: the caller has judged the near ones.
+    /// [`WriteBatch::supersede`] in a batch of its own.
     async fn supersede(
         &self,
         old: MemoryId,
         new: NewMemory,
-    ) -> Result<SupersedeOutcome, StoreError>;
+    ) -> Result<SupersedeOutcome, StoreError> {
+        let user_id = new.scope.user_id().to_string();
+        let mut batch = self.begin(&user_id).await?;
+        let outcome = batch.supersede(old, new).await?;
+        batch.commit().await?;
+        Ok(outcome)
+    }
 
-    /// Closes current memory `id` of the user without a successor
-    /// (`valid_to` = now, a SUPERSEDE history row with no new text, `actor`).
-    /// False: not a current memory of theirs, nothing changed.
-    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError>;
+    /// [`WriteBatch::close`] in a batch of its own.
+    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let mut batch = self.begin(user_id).await?;
+        let closed = batch.close(id, actor).await?;
+        batch.commit().await?;
+        Ok(closed)
+    }
 
     /// Hard-deletes one memory of the user and its history, and any deferred
     /// remember that stored it. False if it was not theirs.
@@ -113,6 +137,62 @@ pub trait Writes: Send + Sync {
     /// Hard-deletes every memory, history row and deferred remember of the
     /// user; returns how many memories.
     async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+}
+
+/// Writes to one user's memories that commit together or not at all
+/// ([`Writes::begin`]). Each write sees the ones before it in the batch
+/// (an insert is deduplicated against the batch's own memories too);
+/// nothing is visible to other readers until [`WriteBatch::commit`].
+/// Dropping a batch uncommitted undoes all of it.
+///
+/// A write's "no" (a duplicate, a memory gone meanwhile, a conflicting
+/// text) changes nothing and leaves the batch usable; an `Err` of any other
+/// kind leaves it to be dropped.
+#[async_trait]
+pub trait WriteBatch: Send {
+    /// Stores `new` with an ADD history row, unless a current memory of the
+    /// user has cosine similarity >= `dedup_threshold` with it and states
+    /// the same details. Deduplication is atomic: two concurrent inserts of
+    /// near-identical text leave one memory.
+    async fn insert(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// Replaces the text and vector of one current memory of the user, with an
+    /// UPDATE history row (old and new text, `actor`). `None`: not a current
+    /// memory of theirs, nothing changed. Another current memory with exactly
+    /// the new text is [`StoreError::Conflict`] (nothing changed; the batch
+    /// goes on).
+    async fn update(
+        &mut self,
+        id: MemoryId,
+        content: &str,
+        embedding: &[f32],
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError>;
+
+    /// Closes current memory `old` of the user (`valid_to` = now, a
+    /// SUPERSEDE history row naming the new text) and stores `new` (an ADD
+    /// row). Only an exact repeat of another current memory refuses `new`
+    /// (and leaves `old` as it was): the caller has judged the near ones.
+    async fn supersede(
+        &mut self,
+        old: MemoryId,
+        new: NewMemory,
+    ) -> Result<SupersedeOutcome, StoreError>;
+
+    /// Closes current memory `id` of the user without a successor
+    /// (`valid_to` = now, a SUPERSEDE history row with no new text, `actor`).
+    /// False: not a current memory of theirs, nothing changed.
+    async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError>;
+
+    /// Keeps a deferred remember of the user (see [`NewPending`]).
+    async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError>;
+
+    /// Makes every write of the batch durable and visible, at once.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// A user's memories by id, by recency, and their history.

@@ -6,7 +6,8 @@
 //!
 //! * Stores: [`store_conformance`] (every behaviour, both stores),
 //!   [`postgres`] (what only PostgreSQL has to prove), [`cache`] (Redis,
-//!   never the source of truth).
+//!   never the source of truth), [`crash`] (what an abort at an exact step
+//!   keeps, both stores).
 //! * Models: [`llm_extractor`], [`openai_embedder`], [`failure_policy`]
 //!   (when the model fails), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
@@ -21,6 +22,7 @@ mod common;
 mod cache;
 mod chat_agent;
 mod cli;
+mod crash;
 mod eval_cli;
 mod failure_policy;
 mod http_auth;

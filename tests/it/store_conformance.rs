@@ -1735,6 +1735,208 @@ async fn an_export_is_one_snapshot_under_concurrent_writes(b: Backend) {
     assert_eq!(export.memories.len(), 25);
 }
 
+/// What a user has, as a store shows it: current texts (sorted), the
+/// version, and what vector and keyword search find for `query`.
+async fn snapshot(
+    s: &dyn Store,
+    at: &Scope,
+    query: &str,
+) -> (Vec<String>, Option<u64>, [Vec<MemoryId>; 2]) {
+    let mut texts: Vec<String> = s
+        .recent(at, 100)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|m| m.memory)
+        .collect();
+    texts.sort();
+    let version = s.version(at.user_id()).await.unwrap();
+    (
+        texts,
+        version,
+        search(s, at.clone(), json!({}), query).await,
+    )
+}
+
+/// The writes of [`a_batch_commits_all_of_its_writes_or_none`]: an insert,
+/// a supersede, a close, an update and a pending entry; the added memory's id.
+async fn write_all(
+    batch: &mut dyn WriteBatch,
+    alice: &Scope,
+    [old, gone, edited]: [MemoryId; 3],
+) -> MemoryId {
+    let added = new_memory(alice, "Takes violin lessons on Tuesdays", json!({}));
+    let added_id = added.id;
+    let successor = new_memory(alice, "Works at Globex as a manager", json!({}));
+    let pending = NewPending {
+        id: uuid::Uuid::now_v7(),
+        scope: alice.clone(),
+        input: json!({"text": "Takes violin lessons on Tuesdays"}),
+        metadata: Default::default(),
+        infer: true,
+        memory_ids: vec![added_id],
+        error: "the model failed".into(),
+    };
+    let edit = HashEmbedder::new(DIMS).embed("Plays chess on Saturdays");
+    let outcome = batch.insert(added, 0.9).await.unwrap();
+    assert!(matches!(outcome, InsertOutcome::Added(_)), "{outcome:?}");
+    let outcome = batch.supersede(old, successor).await.unwrap();
+    assert!(
+        matches!(outcome, SupersedeOutcome::Superseded(_)),
+        "{outcome:?}"
+    );
+    assert!(batch.close(gone, "user").await.unwrap());
+    let updated = batch
+        .update(edited, "Plays chess on Saturdays", &edit, "user")
+        .await
+        .unwrap();
+    assert!(updated.is_some());
+    batch.add_pending(pending).await.unwrap();
+    added_id
+}
+
+/// A batch dropped before its commit leaves nothing behind: no memory, no
+/// closed one, no history, no pending entry, the same version, and no
+/// vector in a search (SQLite's in-process copy included); committed, all
+/// of it shows at once.
+async fn a_batch_commits_all_of_its_writes_or_none(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let old = add(s, &alice, "Works at Acme as an engineer", json!({})).await;
+    let gone = add(s, &alice, "Drives a red bicycle", json!({})).await;
+    let edited = add(s, &alice, "Plays chess on Sundays", json!({})).await;
+    let before = snapshot(s, &alice, "violin lessons").await;
+    let history_before = s.history("alice", old).await.unwrap().len();
+    let (pending_before, _) = s.pending(100).await.unwrap();
+
+    let mut batch = s.begin("alice").await.unwrap();
+    write_all(batch.as_mut(), &alice, [old, gone, edited]).await;
+    drop(batch);
+    assert_eq!(
+        snapshot(s, &alice, "violin lessons").await,
+        before,
+        "a dropped batch changed what the user has"
+    );
+    assert_eq!(s.history("alice", old).await.unwrap().len(), history_before);
+    assert_eq!(s.pending(100).await.unwrap().0.len(), pending_before.len());
+
+    let mut batch = s.begin("alice").await.unwrap();
+    let added = write_all(batch.as_mut(), &alice, [old, gone, edited]).await;
+    batch.commit().await.unwrap();
+    let (texts, version, [by_vector, by_keyword]) = snapshot(s, &alice, "violin lessons").await;
+    assert_eq!(
+        texts,
+        [
+            "Plays chess on Saturdays",
+            "Takes violin lessons on Tuesdays",
+            "Works at Globex as a manager"
+        ]
+    );
+    assert_ne!(version, before.1, "the commit moved the version");
+    assert_eq!(by_vector.first(), Some(&added));
+    assert_eq!(by_keyword.first(), Some(&added));
+    assert_eq!(
+        s.pending(100).await.unwrap().0.len(),
+        pending_before.len() + 1
+    );
+    assert_eq!(
+        s.history("alice", old).await.unwrap().len(),
+        history_before + 1
+    );
+}
+
+/// Each write of a batch sees the ones before it: a near-duplicate of a
+/// memory the batch added is refused, and a memory it closed is gone.
+/// Another user's memory has no place in it.
+async fn a_batch_sees_its_own_writes(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let mut batch = s.begin("alice").await.unwrap();
+    let first = new_memory(&alice, "Keeps two cats named Miso and Tofu", json!({}));
+    let first_id = first.id;
+    assert!(matches!(
+        batch.insert(first, 0.9).await.unwrap(),
+        InsertOutcome::Added(_)
+    ));
+    let again = new_memory(&alice, "Keeps two cats named Miso and Tofu", json!({}));
+    match batch.insert(again, 0.9).await.unwrap() {
+        InsertOutcome::Duplicate { existing, .. } => assert_eq!(existing.id, first_id),
+        other => panic!("expected the batch's own memory as the duplicate, got {other:?}"),
+    }
+    assert!(batch.close(first_id, "user").await.unwrap());
+    assert!(
+        !batch.close(first_id, "user").await.unwrap(),
+        "closed twice"
+    );
+    let bob = scope("bob", None, None);
+    let refused = batch
+        .insert(new_memory(&bob, "Likes jazz", json!({})), 0.9)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unsupported(_))),
+        "{refused:?}"
+    );
+    batch.commit().await.unwrap();
+    assert!(s.recent(&alice, 10).await.unwrap().0.is_empty());
+    assert!(s.recent(&bob, 10).await.unwrap().0.is_empty());
+    let events: Vec<_> = s
+        .history("alice", first_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.event)
+        .collect();
+    assert_eq!(events, [Event::Add, Event::Supersede]);
+}
+
+/// A refused write inside a batch (an update to a text another memory
+/// holds, a supersede that repeats one) changes nothing and the batch goes on.
+async fn a_refused_write_leaves_the_batch_usable(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let tea = add(s, &alice, "Likes green tea", json!({})).await;
+    let coffee = add(s, &alice, "Drinks coffee every morning", json!({})).await;
+    let mut batch = s.begin("alice").await.unwrap();
+    let embedding = HashEmbedder::new(DIMS).embed("Likes green tea");
+    let refused = batch
+        .update(coffee, "Likes green tea", &embedding, "user")
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    let repeat = new_memory(&alice, "Likes green tea", json!({}));
+    let outcome = batch.supersede(coffee, repeat).await.unwrap();
+    assert!(
+        matches!(&outcome, SupersedeOutcome::Duplicate(m) if m.id == tea),
+        "{outcome:?}"
+    );
+    let added = new_memory(&alice, "Runs a marathon every spring", json!({}));
+    assert!(matches!(
+        batch.insert(added, 0.9).await.unwrap(),
+        InsertOutcome::Added(_)
+    ));
+    batch.commit().await.unwrap();
+    let mut texts: Vec<String> = s
+        .recent(&alice, 10)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|m| m.memory)
+        .collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "Drinks coffee every morning",
+            "Likes green tea",
+            "Runs a marathon every spring"
+        ]
+    );
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -1792,6 +1994,9 @@ every_backend!(
     an_export_holds_every_memory_with_its_history,
     stats_and_exports_are_bounded_by_user_and_emptied_by_forgetting,
     an_export_is_one_snapshot_under_concurrent_writes,
+    a_batch_commits_all_of_its_writes_or_none,
+    a_batch_sees_its_own_writes,
+    a_refused_write_leaves_the_batch_usable,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

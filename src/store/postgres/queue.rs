@@ -1,7 +1,7 @@
 //! Deferred remembers ([`PendingQueue`]).
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::rows::now_micros;
@@ -9,32 +9,45 @@ use super::{PgStore, db};
 use crate::store::shared::pending_from_row;
 use crate::store::{NewPending, Pending, PendingQueue, StoreError};
 
+/// Stores a deferred remember on `conn` (in a write batch, or alone).
+pub(super) async fn insert_pending(
+    conn: &mut PgConnection,
+    pending: &NewPending,
+) -> Result<(), StoreError> {
+    let now = now_micros();
+    let metadata = serde_json::Value::Object(pending.metadata.clone());
+    let memory_ids: Vec<Uuid> = pending.memory_ids.iter().map(|id| id.0).collect();
+    // Not a memory: no trigger, no version moves.
+    sqlx::query(
+        "INSERT INTO pending_extractions (id, user_id, agent_id, run_id, input, metadata, \
+         infer, memory_ids, error, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(pending.id)
+    .bind(pending.scope.user_id().as_str())
+    .bind(pending.scope.agent_id())
+    .bind(pending.scope.run_id())
+    .bind(&pending.input)
+    .bind(&metadata)
+    .bind(pending.infer)
+    .bind(&memory_ids)
+    .bind(&pending.error)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("storing a deferred remember"))?;
+    Ok(())
+}
+
 #[async_trait]
 impl PendingQueue for PgStore {
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
-        let now = now_micros();
-        let metadata = serde_json::Value::Object(pending.metadata.clone());
-        let memory_ids: Vec<Uuid> = pending.memory_ids.iter().map(|id| id.0).collect();
-        // Not a memory: no trigger, no version moves.
-        sqlx::query(
-            "INSERT INTO pending_extractions (id, user_id, agent_id, run_id, input, metadata, \
-             infer, memory_ids, error, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(pending.id)
-        .bind(pending.scope.user_id().as_str())
-        .bind(pending.scope.agent_id())
-        .bind(pending.scope.run_id())
-        .bind(&pending.input)
-        .bind(&metadata)
-        .bind(pending.infer)
-        .bind(&memory_ids)
-        .bind(&pending.error)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("storing a deferred remember"))?;
-        Ok(())
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("storing a deferred remember"))?;
+        insert_pending(&mut conn, &pending).await
     }
 
     async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError> {

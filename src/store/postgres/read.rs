@@ -1,6 +1,7 @@
 //! A user's memories by id, by recency, and their history ([`Reads`]).
 
 use async_trait::async_trait;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{PgStore, db};
@@ -8,23 +9,33 @@ use crate::model::{Memory, MemoryId, Scope};
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
 use crate::store::{HistoryEntry, Reads, StoreError};
 
+/// The user's memories with these ids, read on `conn` (a write batch reads
+/// its own writes so).
+pub(super) async fn memories_by_id(
+    conn: &mut PgConnection,
+    user_id: &str,
+    ids: &[MemoryId],
+) -> Result<Vec<Memory>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let sql =
+        format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading memories"))?;
+    rows.iter().map(memory_from_row).collect()
+}
+
 #[async_trait]
 impl Reads for PgStore {
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2)"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(&ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading memories"))?;
-        rows.iter().map(memory_from_row).collect()
+        let mut conn = self.pool.acquire().await.map_err(db("reading memories"))?;
+        memories_by_id(&mut conn, user_id, ids).await
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {

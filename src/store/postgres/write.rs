@@ -1,22 +1,27 @@
-//! Changes to a user's memories ([`Writes`]). Deduplication is the
-//! database's trigger; every transaction takes the user's write lock first.
+//! Changes to a user's memories ([`Writes`], [`WriteBatch`]). Deduplication
+//! is the database's trigger; every transaction takes the user's write lock
+//! first.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
-use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
+use super::queue::insert_pending;
+use super::read::memories_by_id;
 use super::rows::{now_micros, uuid_array_literal};
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
-use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row};
-use crate::store::{InsertOutcome, NewMemory, Reads, StoreError, SupersedeOutcome, Writes};
+use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row, same_user};
+use crate::store::{
+    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch, Writes,
+};
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
 pub(super) const DUPLICATE_SQLSTATE: &str = "EG001";
@@ -79,100 +84,17 @@ impl PgStore {
         .await
         .map(|_| ())
     }
-
-    /// One attempt at the insert transaction; `Ok(Err(near))` when the
-    /// trigger refused it, with the near-duplicates it named.
-    pub(super) async fn try_insert(
-        &self,
-        new: &NewMemory,
-        dedup_threshold: f32,
-        allowed: &[Uuid],
-        dedup_k: u32,
-        now: DateTime<Utc>,
-    ) -> Result<Result<(), Vec<Near>>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        sqlx::query(
-            "SELECT set_config('engram.dedup_threshold', $1, true), \
-                    set_config('engram.dedup_allow', $2, true), \
-                    set_config('engram.dedup_k', $3, true)",
-        )
-        .bind(dedup_threshold.to_string())
-        .bind(uuid_array_literal(allowed))
-        .bind(dedup_k.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("starting a write"))?;
-        let written = Self::insert_in(&mut tx, new, now).await;
-        match written {
-            Ok(_) => {
-                tx.commit().await.map_err(db("committing a memory"))?;
-                Ok(Ok(()))
-            }
-            Err(e) => match refused_as_duplicate(&e) {
-                Some(near) => {
-                    tx.rollback().await.map_err(db("ending a refused write"))?;
-                    Ok(Err(near?))
-                }
-                None => Err(StoreError::Database {
-                    context: "storing a memory",
-                    source: e,
-                }),
-            },
-        }
-    }
 }
 
 #[async_trait]
 impl Writes for PgStore {
-    async fn insert(
-        &self,
-        new: NewMemory,
-        dedup_threshold: f32,
-    ) -> Result<InsertOutcome, StoreError> {
-        let now = now_micros();
-        let mut allowed: Vec<Uuid> = Vec::new();
-        for round in 0..MAX_DEDUP_ROUNDS {
-            let k = FIRST_DEDUP_ROUND << round;
-            let mut near = match self
-                .try_insert(&new, dedup_threshold, &allowed, k, now)
-                .await?
-            {
-                Ok(()) => {
-                    return Ok(InsertOutcome::Added(new.stored_at(now)));
-                }
-                Err(near) => near,
-            };
-            // The trigger only says "close"; a candidate stating other
-            // details (a number, a negation) is a different memory.
-            near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-            let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
-            let mut existing: HashMap<MemoryId, Memory> = self
-                .get_many(new.scope.user_id(), &ids)
-                .await?
-                .into_iter()
-                .map(|m| (m.id, m))
-                .collect();
-            for n in &near {
-                // Gone since the trigger saw it (forgotten): nothing to allow.
-                let Some(memory) = existing.remove(&MemoryId(n.id)) else {
-                    continue;
-                };
-                if !details_differ(&new.content, &memory.memory) {
-                    return Ok(InsertOutcome::Duplicate {
-                        existing: memory,
-                        similarity: n.similarity,
-                    });
-                }
-                allowed.push(n.id);
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "memory {} still met near-duplicates after {MAX_DEDUP_ROUNDS} rounds ({} judged \
-             different so far): the user holds very many close memories, or writers keep \
-             adding them; try again",
-            new.id,
-            allowed.len()
-        )))
+    async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        Ok(Box::new(PgBatch {
+            user_id: user_id.to_owned(),
+            tx,
+        }))
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
@@ -215,19 +137,124 @@ impl Writes for PgStore {
         tx.commit().await.map_err(db("committing a delete"))?;
         Ok(deleted.max(0) as u64)
     }
+}
+
+/// A [`WriteBatch`] on PostgreSQL: one transaction holding the user's
+/// write lock from its start. A write the database may refuse (the
+/// deduplication trigger, the unique index on current texts) runs in a
+/// savepoint, so that a refusal undoes that write alone.
+struct PgBatch {
+    user_id: String,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl PgBatch {
+    /// One attempt at inserting `new`, in a savepoint; `Ok(Err(near))` when
+    /// the trigger refused it, with the near-duplicates it named.
+    async fn try_insert(
+        &mut self,
+        new: &NewMemory,
+        dedup_threshold: f32,
+        allowed: &[Uuid],
+        dedup_k: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Vec<Near>>, StoreError> {
+        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
+        sqlx::query(
+            "SELECT set_config('engram.dedup_threshold', $1, true), \
+                    set_config('engram.dedup_allow', $2, true), \
+                    set_config('engram.dedup_k', $3, true)",
+        )
+        .bind(dedup_threshold.to_string())
+        .bind(uuid_array_literal(allowed))
+        .bind(dedup_k.to_string())
+        .execute(&mut *attempt)
+        .await
+        .map_err(db("starting a write"))?;
+        match PgStore::insert_in(&mut attempt, new, now).await {
+            Ok(()) => {
+                attempt.commit().await.map_err(db("storing a memory"))?;
+                Ok(Ok(()))
+            }
+            Err(e) => match refused_as_duplicate(&e) {
+                Some(near) => {
+                    attempt
+                        .rollback()
+                        .await
+                        .map_err(db("ending a refused write"))?;
+                    Ok(Err(near?))
+                }
+                None => Err(StoreError::Database {
+                    context: "storing a memory",
+                    source: e,
+                }),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl WriteBatch for PgBatch {
+    async fn insert(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        same_user(&self.user_id, new.scope.user_id())?;
+        let now = now_micros();
+        let mut allowed: Vec<Uuid> = Vec::new();
+        for round in 0..MAX_DEDUP_ROUNDS {
+            let k = FIRST_DEDUP_ROUND << round;
+            let mut near = match self
+                .try_insert(&new, dedup_threshold, &allowed, k, now)
+                .await?
+            {
+                Ok(()) => return Ok(InsertOutcome::Added(new.stored_at(now))),
+                Err(near) => near,
+            };
+            // The trigger only says "close"; a candidate stating other
+            // details (a number, a negation) is a different memory.
+            near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
+            let mut existing: HashMap<MemoryId, Memory> =
+                memories_by_id(&mut self.tx, &self.user_id, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.id, m))
+                    .collect();
+            for n in &near {
+                let Some(memory) = existing.remove(&MemoryId(n.id)) else {
+                    continue;
+                };
+                if !details_differ(&new.content, &memory.memory) {
+                    return Ok(InsertOutcome::Duplicate {
+                        existing: memory,
+                        similarity: n.similarity,
+                    });
+                }
+                allowed.push(n.id);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "memory {} still met near-duplicates after {MAX_DEDUP_ROUNDS} rounds ({} judged \
+             different so far): the user holds very many close memories that differ in a \
+             detail; try again",
+            new.id,
+            allowed.len()
+        )))
+    }
 
     async fn update(
-        &self,
-        user_id: &str,
+        &mut self,
         id: MemoryId,
         content: &str,
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
+        let user_id = self.user_id.as_str();
         let now = now_micros();
         let terms = keywords::document_terms(content);
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
+        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
         // One statement: the row (locked), its new text, vector and keyword
         // length, and the UPDATE history row. Triggers drop the old text's
         // postings and move the version; the new postings follow.
@@ -251,16 +278,19 @@ impl Writes for PgStore {
             .bind(now)
             .bind(actor)
             .bind(keyword_length(&terms))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *attempt)
             .await;
         let memory = match row {
             Ok(Some(row)) => memory_from_row(&row)?,
             Ok(None) => {
-                tx.rollback().await.map_err(db("ending a write"))?;
+                attempt.rollback().await.map_err(db("ending a write"))?;
                 return Ok(None);
             }
             Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await.map_err(db("ending a refused write"))?;
+                attempt
+                    .rollback()
+                    .await
+                    .map_err(db("ending a refused write"))?;
                 return Err(StoreError::Conflict(format!(
                     "another current memory of user \"{user_id}\" already holds this text; \
                      {id} was not changed"
@@ -273,27 +303,27 @@ impl Writes for PgStore {
                 });
             }
         };
-        index_terms(&mut tx, user_id, id, &terms).await?;
-        tx.commit().await.map_err(db("committing an update"))?;
+        index_terms(&mut attempt, user_id, id, &terms).await?;
+        attempt.commit().await.map_err(db("updating a memory"))?;
         Ok(Some(memory))
     }
 
     async fn supersede(
-        &self,
+        &mut self,
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
+        same_user(&self.user_id, new.scope.user_id())?;
         let now = now_micros();
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, new.scope.user_id()).await?;
+        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
         sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
-            .execute(&mut *tx)
+            .execute(&mut *attempt)
             .await
             .map_err(db("starting a write"))?;
         let closed = close_in(
-            &mut tx,
-            new.scope.user_id(),
+            &mut attempt,
+            &self.user_id,
             old,
             Some(&new.content),
             &new.actor,
@@ -301,47 +331,53 @@ impl Writes for PgStore {
         )
         .await?;
         if !closed {
-            tx.rollback().await.map_err(db("ending a write"))?;
+            attempt.rollback().await.map_err(db("ending a write"))?;
             return Ok(SupersedeOutcome::NotFound);
         }
-        let written = Self::insert_in(&mut tx, &new, now).await;
-        match written {
+        let written = PgStore::insert_in(&mut attempt, &new, now).await;
+        let refused = match written {
             Ok(()) => {
-                tx.commit().await.map_err(db("committing a supersede"))?;
-                Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
+                attempt.commit().await.map_err(db("superseding a memory"))?;
+                return Ok(SupersedeOutcome::Superseded(new.stored_at(now)));
             }
-            Err(e) => {
-                tx.rollback().await.map_err(db("ending a refused write"))?;
-                match refused_as_duplicate(&e) {
-                    Some(near) => {
-                        let near = near?;
-                        let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
-                        let existing = self.get_many(new.scope.user_id(), &ids).await?;
-                        match existing.into_iter().next() {
-                            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
-                            None => Err(StoreError::Conflict(format!(
-                                "memory {old} was not superseded: its replacement repeats a \
-                                 memory being changed concurrently; try again"
-                            ))),
-                        }
-                    }
-                    None => Err(StoreError::Database {
+            Err(e) => match refused_as_duplicate(&e) {
+                Some(near) => near?,
+                None => {
+                    return Err(StoreError::Database {
                         context: "storing a memory",
                         source: e,
-                    }),
+                    });
                 }
-            }
+            },
+        };
+        // Undoes the close too: `old` stays as it was.
+        attempt
+            .rollback()
+            .await
+            .map_err(db("ending a refused write"))?;
+        let ids: Vec<MemoryId> = refused.iter().map(|n| MemoryId(n.id)).collect();
+        let existing = memories_by_id(&mut self.tx, &self.user_id, &ids).await?;
+        match existing.into_iter().next() {
+            Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
+            None => Err(StoreError::Corrupt(format!(
+                "memory {old} was not superseded: the database called its replacement a \
+                 repeat of memories it cannot find"
+            ))),
         }
     }
 
-    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let now = now_micros();
+    async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
         // One statement; the memories_version_update trigger moves the version.
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
-        let closed = close_in(&mut tx, user_id, id, None, actor, now).await?;
-        tx.commit().await.map_err(db("committing a close"))?;
-        Ok(closed)
+        close_in(&mut self.tx, &self.user_id, id, None, actor, now_micros()).await
+    }
+
+    async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
+        same_user(&self.user_id, pending.scope.user_id())?;
+        insert_pending(&mut self.tx, &pending).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db("committing a write"))
     }
 }
 

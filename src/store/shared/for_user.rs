@@ -26,3 +26,14 @@ where
         .map_err(db(context))?;
     Ok(<C::Database as Dialect>::rows_affected(&done))
 }
+
+/// Refuses a write of `given`'s memories in a batch begun for `batch`: the
+/// batch holds only that user's write lock, and moves only their version.
+pub(in crate::store) fn same_user(batch: &str, given: &str) -> Result<(), StoreError> {
+    if batch == given {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported(format!(
+        "a write batch of user \"{batch}\" cannot write a memory of user \"{given}\""
+    )))
+}

@@ -23,7 +23,7 @@ mod rows;
 
 pub(super) use columns::Columns;
 pub(super) use dialect::Dialect;
-pub(super) use for_user::for_user;
+pub(super) use for_user::{for_user, same_user};
 pub(crate) use hashing::sha256_hex;
 pub(super) use hashing::{content_hash, content_hash_hex};
 pub(super) use keys::KeyTable;

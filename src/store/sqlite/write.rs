@@ -1,6 +1,7 @@
-//! Changes to a user's memories ([`Writes`]): one write transaction at a
-//! time per process (`write_lock`, then `BEGIN IMMEDIATE`), deduplication
-//! inside it, and the user's vector copy updated after commit.
+//! Changes to a user's memories ([`Writes`], [`WriteBatch`]): one write
+//! transaction at a time per process (`write_lock`, then `BEGIN IMMEDIATE`),
+//! deduplication inside it, and the user's vector copy kept with it (changed
+//! as a batch writes; stale if the batch does not commit).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,6 +9,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::keyword_index::index_terms;
+use super::queue::insert_pending;
 use super::rows::json_array;
 use super::vectors::{decode_vector, encode_vector};
 use super::versions::{bump_generation, generation};
@@ -15,9 +17,13 @@ use super::{SqliteStore, db};
 use crate::embed::dot;
 use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
-use crate::store::shared::{MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row};
+use crate::store::shared::{
+    MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row, same_user,
+};
 use crate::store::vector_index::UserVectors;
-use crate::store::{InsertOutcome, NewMemory, StoreError, SupersedeOutcome, Writes};
+use crate::store::{
+    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch, Writes,
+};
 
 /// Writes a new memory with its vector, keyword length and ADD history row, and
 /// moves the user to the next write generation, in one round trip (its
@@ -295,40 +301,23 @@ impl SqliteStore {
 
 #[async_trait]
 impl Writes for SqliteStore {
-    async fn insert(
-        &self,
-        new: NewMemory,
-        dedup_threshold: f32,
-    ) -> Result<InsertOutcome, StoreError> {
-        let user_id = new.scope.user_id();
+    async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
         let mut w = self.begin_user_write(user_id, "starting a write").await?;
-        let before = self.sync_vectors(&mut w.tx, user_id, &mut w.vecs).await?;
-        if let Some((pk, similarity)) = self
-            .find_duplicate(
-                &mut w.tx,
-                &w.vecs,
-                &new.embedding,
-                &new.content,
-                dedup_threshold,
-            )
-            .await?
-        {
-            let existing = Self::fetch_memory(&mut w.tx, pk).await?;
-            w.tx.rollback().await.map_err(db("ending a read"))?;
-            return Ok(InsertOutcome::Duplicate {
-                existing,
-                similarity,
-            });
-        }
-
-        let now = Utc::now();
-        let (pk, generation) = Self::insert_row(&mut w.tx, &new, now).await?;
-        // The copy was just brought up to date: it always follows.
-        w.commit("committing a memory", before, generation, |vecs| {
-            keep(vecs, pk, &new)
-        })
-        .await?;
-        Ok(InsertOutcome::Added(new.stored_at(now)))
+        // The copy must hold what the database holds: the batch deduplicates
+        // against it and changes it as it writes.
+        let generation = self.sync_vectors(&mut w.tx, user_id, &mut w.vecs).await?;
+        let UserWrite { _writer, tx, vecs } = w;
+        Ok(Box::new(SqliteBatch {
+            store: self,
+            user_id: user_id.to_owned(),
+            _writer,
+            tx,
+            copy: CopyGuard {
+                vecs,
+                settled: false,
+            },
+            generation,
+        }))
     }
 
     async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
@@ -425,22 +414,91 @@ impl Writes for SqliteStore {
         self.index.drop_user(user_id);
         Ok(deleted)
     }
+}
+
+/// The user's vector copy while a batch holds it. Invariant: it holds
+/// what the batch's transaction holds; if the batch ends without a commit,
+/// dropping the guard marks the copy stale, and the next read reloads it.
+struct CopyGuard {
+    vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
+    settled: bool,
+}
+
+impl CopyGuard {
+    /// The transaction committed at `generation`: the copy is that generation's.
+    fn settle(mut self, generation: i64) {
+        self.vecs.generation = Some(generation);
+        self.settled = true;
+    }
+}
+
+impl Drop for CopyGuard {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.vecs.generation = None;
+        }
+    }
+}
+
+/// A [`WriteBatch`] on SQLite: one `BEGIN IMMEDIATE` transaction under the
+/// writer lock, with the user's vector copy held for writing and changed
+/// with each write, so that the batch deduplicates against its own memories.
+struct SqliteBatch<'a> {
+    store: &'a SqliteStore,
+    user_id: String,
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    copy: CopyGuard,
+    /// The user's generation after the batch's last write.
+    generation: i64,
+}
+
+#[async_trait]
+impl WriteBatch for SqliteBatch<'_> {
+    async fn insert(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        same_user(&self.user_id, new.scope.user_id())?;
+        let duplicate = self
+            .store
+            .find_duplicate(
+                &mut self.tx,
+                &self.copy.vecs,
+                &new.embedding,
+                &new.content,
+                dedup_threshold,
+            )
+            .await?;
+        if let Some((pk, similarity)) = duplicate {
+            let existing = SqliteStore::fetch_memory(&mut self.tx, pk).await?;
+            return Ok(InsertOutcome::Duplicate {
+                existing,
+                similarity,
+            });
+        }
+        let now = Utc::now();
+        let (pk, generation) = SqliteStore::insert_row(&mut self.tx, &new, now).await?;
+        keep(&mut self.copy.vecs, pk, &new);
+        self.generation = generation;
+        Ok(InsertOutcome::Added(new.stored_at(now)))
+    }
 
     async fn update(
-        &self,
-        user_id: &str,
+        &mut self,
         id: MemoryId,
         content: &str,
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        let mut w = self.begin_user_write(user_id, "starting an update").await?;
-        let before = generation(&mut w.tx, user_id).await?;
-        let Some((pk, old)) = Self::current(&mut w.tx, user_id, id).await? else {
+        let user_id = self.user_id.as_str();
+        let tx = &mut self.tx;
+        let Some((pk, old)) = SqliteStore::current(tx, user_id, id).await? else {
             return Ok(None);
         };
-        if let Some(other) = Self::exact_repeat(&mut w.tx, user_id, content, pk).await? {
-            let existing = Self::fetch_memory(&mut w.tx, other).await?;
+        if let Some(other) = SqliteStore::exact_repeat(tx, user_id, content, pk).await? {
+            let existing = SqliteStore::fetch_memory(tx, other).await?;
             return Err(StoreError::Conflict(format!(
                 "memory {} already holds this text; {id} was not changed",
                 existing.id
@@ -458,17 +516,17 @@ impl Writes for SqliteStore {
         .bind(i64::from(terms.length))
         .bind(now)
         .bind(pk)
-        .execute(&mut *w.tx)
+        .execute(&mut **tx)
         .await
         .map_err(db("updating a memory"))?;
         sqlx::query("UPDATE memory_vectors SET embedding = ? WHERE pk = ?")
             .bind(encode_vector(embedding))
             .bind(pk)
-            .execute(&mut *w.tx)
+            .execute(&mut **tx)
             .await
             .map_err(db("updating a vector"))?;
-        index_terms(&mut w.tx, pk, &terms).await?;
-        let memory = Self::fetch_memory(&mut w.tx, pk).await?;
+        index_terms(tx, pk, &terms).await?;
+        let memory = SqliteStore::fetch_memory(tx, pk).await?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
              actor, created_at) VALUES (?, ?, 'UPDATE', ?, ?, ?, ?)",
@@ -479,30 +537,27 @@ impl Writes for SqliteStore {
         .bind(content)
         .bind(actor)
         .bind(now)
-        .execute(&mut *w.tx)
+        .execute(&mut **tx)
         .await
         .map_err(db("recording history"))?;
-        let generation = bump_generation(&mut w.tx, user_id).await?;
-        w.commit("committing an update", before, generation, |vecs| {
-            vecs.replace(pk, embedding)
-        })
-        .await?;
+        self.generation = bump_generation(tx, user_id).await?;
+        self.copy.vecs.replace(pk, embedding);
         Ok(Some(memory))
     }
 
     async fn supersede(
-        &self,
+        &mut self,
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
-        let user_id = new.scope.user_id();
-        let mut w = self.begin_user_write(user_id, "starting a write").await?;
-        let before = generation(&mut w.tx, user_id).await?;
-        let Some((old_pk, old_content)) = Self::current(&mut w.tx, user_id, old).await? else {
+        same_user(&self.user_id, new.scope.user_id())?;
+        let user_id = self.user_id.as_str();
+        let tx = &mut self.tx;
+        let Some((old_pk, old_content)) = SqliteStore::current(tx, user_id, old).await? else {
             return Ok(SupersedeOutcome::NotFound);
         };
-        if let Some(other) = Self::exact_repeat(&mut w.tx, user_id, &new.content, old_pk).await? {
-            let existing = Self::fetch_memory(&mut w.tx, other).await?;
+        if let Some(other) = SqliteStore::exact_repeat(tx, user_id, &new.content, old_pk).await? {
+            let existing = SqliteStore::fetch_memory(tx, other).await?;
             return Ok(SupersedeOutcome::Duplicate(existing));
         }
         let now = Utc::now();
@@ -512,20 +567,18 @@ impl Writes for SqliteStore {
             content: &old_content,
         };
         let successor = Some(new.content.as_str());
-        Self::close_row(&mut w.tx, user_id, closed, successor, &new.actor, now).await?;
-        let (pk, generation) = Self::insert_row(&mut w.tx, &new, now).await?;
-        w.commit("committing a supersede", before, generation, |vecs| {
-            vecs.remove(old_pk);
-            keep(vecs, pk, &new);
-        })
-        .await?;
+        SqliteStore::close_row(tx, user_id, closed, successor, &new.actor, now).await?;
+        let (pk, generation) = SqliteStore::insert_row(tx, &new, now).await?;
+        self.generation = generation;
+        self.copy.vecs.remove(old_pk);
+        keep(&mut self.copy.vecs, pk, &new);
         Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
     }
 
-    async fn close(&self, user_id: &str, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        let mut w = self.begin_user_write(user_id, "starting a write").await?;
-        let before = generation(&mut w.tx, user_id).await?;
-        let Some((pk, content)) = Self::current(&mut w.tx, user_id, id).await? else {
+    async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        let user_id = self.user_id.as_str();
+        let tx = &mut self.tx;
+        let Some((pk, content)) = SqliteStore::current(tx, user_id, id).await? else {
             return Ok(false);
         };
         let closed = Closed {
@@ -533,12 +586,27 @@ impl Writes for SqliteStore {
             pk,
             content: &content,
         };
-        Self::close_row(&mut w.tx, user_id, closed, None, actor, Utc::now()).await?;
-        let generation = bump_generation(&mut w.tx, user_id).await?;
-        w.commit("committing a close", before, generation, |vecs| {
-            vecs.remove(pk)
-        })
-        .await?;
+        SqliteStore::close_row(tx, user_id, closed, None, actor, Utc::now()).await?;
+        self.generation = bump_generation(tx, user_id).await?;
+        self.copy.vecs.remove(pk);
         Ok(true)
+    }
+
+    async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
+        same_user(&self.user_id, pending.scope.user_id())?;
+        // Not a memory: no generation moves.
+        insert_pending(&mut self.tx, &pending).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let Self {
+            tx,
+            copy,
+            generation,
+            ..
+        } = *self;
+        tx.commit().await.map_err(db("committing a write"))?;
+        copy.settle(generation);
+        Ok(())
     }
 }

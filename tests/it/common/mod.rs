@@ -55,9 +55,14 @@ pub fn run_engram(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 pub async fn connect_with(db: &Path, env: &[(&str, &str)]) -> Client {
+    connect_to(&format!("sqlite://{}", db.display()), env).await
+}
+
+/// `engram serve` over stdio on the database at `url`, with `env`.
+pub async fn connect_to(url: &str, env: &[(&str, &str)]) -> Client {
     let transport = TokioChildProcess::new(tokio::process::Command::new(ENGRAM).configure(|cmd| {
         cmd.arg("serve")
-            .env("ENGRAM_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("ENGRAM_DATABASE_URL", url)
             .env("ENGRAM_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
