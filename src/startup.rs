@@ -17,7 +17,7 @@ use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::{Caller, EngramMcp};
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
-use crate::store::{PgOptions, PgStore, redact};
+use crate::store::{Deadline, PgOptions, PgStore, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +122,21 @@ pub async fn store(
 ) -> Result<Arc<dyn Store>, StartupError> {
     let url = &config.store.database_url;
     if is_postgres(url) {
+        let acquire_timeout = Duration::from_millis(config.store.timeout_ms);
+        let statement_timeout = Duration::from_millis(config.store.statement_timeout_ms);
         let options = PgOptions {
             pool_size: config.store.pool_size,
-            acquire_timeout: Duration::from_millis(config.store.timeout_ms),
+            acquire_timeout,
+            statement_timeout: Some(statement_timeout),
             migrate: config.store.auto_migrate,
             index: config.store.index,
             plan: Default::default(),
         };
-        return Ok(Arc::new(
-            PgStore::open(url, embedder.identity(), options).await?,
-        ));
+        let store = PgStore::open(url, embedder.identity(), options).await?;
+        // A database over the network can stop answering mid-statement,
+        // which neither bound above notices.
+        let limit = acquire_timeout + statement_timeout;
+        return Ok(Arc::new(Deadline::new(Arc::new(store), limit)));
     }
     let store = SqliteStore::open(url, embedder.identity())
         .await?

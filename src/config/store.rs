@@ -1,6 +1,7 @@
 //! `store`: where memories are kept (`database_*`, `auto_migrate`, `index`,
 //! `vector_cache_mb`), and how long a caller waits for it
-//! (`database_timeout_ms`, `database_ready_timeout_ms`).
+//! (`database_timeout_ms`, `database_statement_timeout_ms`,
+//! `database_ready_timeout_ms`).
 
 use super::layers::{Choice, ConfigError, Layers, Range};
 
@@ -10,6 +11,10 @@ pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
 /// How long a request waits for a PostgreSQL connection ([`crate::store::DEFAULT_ACQUIRE_TIMEOUT`]).
 pub const DEFAULT_DATABASE_TIMEOUT_MS: u64 =
     crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_millis() as u64;
+/// How long one PostgreSQL statement of a request may run
+/// ([`crate::store::DEFAULT_STATEMENT_TIMEOUT`]).
+pub const DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS: u64 =
+    crate::store::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64;
 /// How long `/readyz` waits for the database before answering 503.
 pub const DEFAULT_DATABASE_READY_TIMEOUT_MS: u64 = 1000;
 
@@ -18,6 +23,8 @@ pub(super) const VECTOR_CACHE_MB: Range<usize> =
     Range::new(DEFAULT_VECTOR_CACHE_MB, 1, 1024 * 1024);
 pub(super) const DATABASE_TIMEOUT_MS: Range<u64> =
     Range::new(DEFAULT_DATABASE_TIMEOUT_MS, 100, 600_000);
+pub(super) const DATABASE_STATEMENT_TIMEOUT_MS: Range<u64> =
+    Range::new(DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS, 100, 3_600_000);
 pub(super) const DATABASE_READY_TIMEOUT_MS: Range<u64> =
     Range::new(DEFAULT_DATABASE_READY_TIMEOUT_MS, 10, 60_000);
 
@@ -26,6 +33,7 @@ pub(super) const KEYS: &[&str] = &[
     "database_url",
     "database_pool_size",
     "database_timeout_ms",
+    "database_statement_timeout_ms",
     "database_ready_timeout_ms",
     "auto_migrate",
     "index",
@@ -51,6 +59,11 @@ pub struct StoreConfig {
     /// How long a request waits for a PostgreSQL connection (a free one, or a
     /// new one connected) before failing 503 `unavailable`, in ms.
     pub timeout_ms: u64,
+    /// How long one PostgreSQL statement of a request may run before the
+    /// database cancels it, in ms. Every call to the store is bounded by
+    /// `timeout_ms` + this, also when the database stops answering
+    /// mid-statement; past it the request fails 503 `unavailable`.
+    pub statement_timeout_ms: u64,
     /// How long `/readyz` waits for the database to answer before saying
     /// 503, in ms (both stores).
     pub ready_timeout_ms: u64,
@@ -80,6 +93,10 @@ impl StoreConfig {
             database_url,
             pool_size: src.number("database_pool_size", &DATABASE_POOL_SIZE)?,
             timeout_ms: src.number("database_timeout_ms", &DATABASE_TIMEOUT_MS)?,
+            statement_timeout_ms: src.number(
+                "database_statement_timeout_ms",
+                &DATABASE_STATEMENT_TIMEOUT_MS,
+            )?,
             ready_timeout_ms: src
                 .number("database_ready_timeout_ms", &DATABASE_READY_TIMEOUT_MS)?,
             auto_migrate: src.boolean("auto_migrate", true)?,

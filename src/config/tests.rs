@@ -30,6 +30,7 @@ fn defaults_then_file_then_env() {
     assert_eq!(cfg.memory.max_text_bytes, 32 * 1024);
     assert_eq!(cfg.store.vector_cache_mb, 512);
     assert_eq!(cfg.store.timeout_ms, 3000);
+    assert_eq!(cfg.store.statement_timeout_ms, 5000);
     assert_eq!(cfg.store.ready_timeout_ms, 1000);
     assert_eq!(cfg.embedder.kind, EmbedderKind::Hash);
     assert_eq!(cfg.store.index, IndexKind::Auto);
@@ -149,6 +150,7 @@ fn postgres_urls_and_their_settings() {
             ("ENGRAM_AUTO_MIGRATE", "false"),
             ("ENGRAM_DATABASE_POOL_SIZE", "4"),
             ("ENGRAM_DATABASE_TIMEOUT_MS", "1500"),
+            ("ENGRAM_DATABASE_STATEMENT_TIMEOUT_MS", "2500"),
             ("ENGRAM_DATABASE_READY_TIMEOUT_MS", "250"),
         ]),
     )
@@ -157,6 +159,7 @@ fn postgres_urls_and_their_settings() {
     assert!(!cfg.store.auto_migrate);
     assert_eq!(cfg.store.pool_size, 4);
     assert_eq!(cfg.store.timeout_ms, 1500);
+    assert_eq!(cfg.store.statement_timeout_ms, 2500);
     assert_eq!(cfg.store.ready_timeout_ms, 250);
 
     let err = Config::load_from(
@@ -400,6 +403,10 @@ fn a_range_refusal_quotes_the_range_and_default_constants() {
     refused("database_pool_size", &store::DATABASE_POOL_SIZE);
     refused("vector_cache_mb", &store::VECTOR_CACHE_MB);
     refused("database_timeout_ms", &store::DATABASE_TIMEOUT_MS);
+    refused(
+        "database_statement_timeout_ms",
+        &store::DATABASE_STATEMENT_TIMEOUT_MS,
+    );
     refused(
         "database_ready_timeout_ms",
         &store::DATABASE_READY_TIMEOUT_MS,

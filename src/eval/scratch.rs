@@ -101,6 +101,9 @@ impl Scratch {
         let options = PgOptions {
             pool_size: config.store.pool_size,
             acquire_timeout: std::time::Duration::from_millis(config.store.timeout_ms),
+            statement_timeout: Some(std::time::Duration::from_millis(
+                config.store.statement_timeout_ms,
+            )),
             migrate: true,
             index: config.store.index,
             plan: Default::default(),

@@ -122,7 +122,9 @@ impl From<Error> for Problem {
             Error::Store(StoreError::Conflict(_)) => {
                 Self::new(StatusCode::CONFLICT, "conflict", detail)
             }
-            Error::Store(StoreError::Database { .. } | StoreError::Open { .. }) => {
+            Error::Store(
+                StoreError::Database { .. } | StoreError::Open { .. } | StoreError::TimedOut { .. },
+            ) => {
                 tracing::error!(error = %detail, "request failed: database");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }

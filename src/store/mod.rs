@@ -8,19 +8,25 @@
 //! * a memory and its history row commit together;
 //! * [`Writes::insert`] deduplicates atomically: two concurrent inserts of
 //!   near-identical text for one user leave one memory;
+//! * the writes of one [`WriteBatch`] commit together or not at all;
 //! * the store remembers which embedder built its vectors and refuses another.
 //!
 //! Files: `traits` (the seam), `types` (what the traits take and give),
+//! `deadline` (a bound on every call, for a database over the network),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
 //! vector copy), `shared` (what both backends do alike, written once), and
 //! a folder per backend. This file: the error and the prelude.
 
+mod deadline;
 mod postgres;
 mod sqlite;
 mod vector_index;
 
+pub use deadline::Deadline;
+
 pub use postgres::{
-    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, IndexKind, PgOptions, PgStore, PlanSettings, redact,
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, IndexKind, PgOptions,
+    PgStore, PlanSettings, redact,
 };
 pub use sqlite::SqliteStore;
 
@@ -78,6 +84,14 @@ pub enum StoreError {
     /// Concurrent writes kept a write from completing; retrying is safe.
     #[error("{0}")]
     Conflict(String),
+
+    /// The database did not answer a call within its bound ([`Deadline`]).
+    #[error(
+        "the database did not answer within {} ms (ENGRAM_DATABASE_TIMEOUT_MS + \
+         ENGRAM_DATABASE_STATEMENT_TIMEOUT_MS)",
+        limit.as_millis()
+    )]
+    TimedOut { limit: std::time::Duration },
 }
 
 /// Wraps a database error with what the store was doing (`map_err(db("..."))`).

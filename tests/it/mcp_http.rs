@@ -418,6 +418,161 @@ async fn without_its_database_engram_is_unready_at_once_and_recovers() {
     }
 }
 
+/// PostgreSQL stops answering in the middle of a statement. First slow:
+/// another session holds a lock the statement waits for, and the database
+/// cancels it at `database_statement_timeout_ms`. Then silent: a partition
+/// while the statement waits, so that not even the cancellation comes
+/// back, and only engram's own bound on a store call ends the wait. Either
+/// way a REST search and an MCP recall answer within the bound
+/// (`database_timeout_ms` + `database_statement_timeout_ms`, plus slack)
+/// saying the database failed, and engram serves again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_mid_statement_fails_requests_within_the_bound() {
+    use common::proxy::{Mode, Proxy};
+
+    let bound = Duration::from_millis(1000 + 1500 + 1000);
+    let db = common::postgres::TestDatabase::create().await;
+    let authority = db.url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let proxy = Proxy::start(authority.to_owned()).await;
+    let through = db
+        .url
+        .replace(authority, &format!("127.0.0.1:{}", proxy.port));
+    let server = Server::with_keys(
+        Some(&through),
+        &[
+            ("ENGRAM_REST_RATE_LIMIT", "0"),
+            ("ENGRAM_MCP_RATE_LIMIT", "0"),
+            ("ENGRAM_DATABASE_TIMEOUT_MS", "1000"),
+            ("ENGRAM_DATABASE_STATEMENT_TIMEOUT_MS", "1500"),
+        ],
+    )
+    .await;
+    let key = server.create_key(&["--user", "alice"]);
+    let stored = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/memory",
+            Some(&key),
+            Some(json!({"text": "Keeps bees on the roof", "infer": false})),
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+
+    // Each request answered and timed from its start; the body as text.
+    let rest = {
+        let (http, base, key) = (server.http.clone(), server.base.clone(), key.clone());
+        move || {
+            let request = http
+                .post(format!("{base}/api/v1/memory/search"))
+                .bearer_auth(&key)
+                .json(&json!({"query": "bees"}));
+            timed(request)
+        }
+    };
+    let mcp = {
+        let (http, base, key) = (server.http.clone(), server.base.clone(), key.clone());
+        move || {
+            let params = json!({
+                "name": "recall",
+                "arguments": {"query": "bees"},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "partition", "version": "1"},
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            });
+            let request = http
+                .post(format!("{base}/mcp"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "recall")
+                .body(
+                    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+                        .to_string(),
+                );
+            timed(request)
+        }
+    };
+    let (status, text, _) = rest().await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text, _) = mcp().await;
+    assert!(
+        status == 200 && text.contains("Keeps bees"),
+        "{status} {text}"
+    );
+
+    // Slow: the statement waits on a lock; the database cancels it.
+    let pool = db.pool().await;
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE memories IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let (status, text, took) = rest().await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("unavailable") && text.contains("statement timeout"),
+        "{text}"
+    );
+    assert!(took < bound, "REST answered after {took:?}");
+    let (status, text, took) = mcp().await;
+    assert!(
+        status == 200 && text.contains("statement timeout"),
+        "{status} {text}"
+    );
+    assert!(took < bound, "MCP answered after {took:?}");
+    eprintln!("a lock wait: REST and MCP answered within {bound:?}");
+
+    // Silent: the statements wait on the lock when the network goes quiet.
+    let waiting = (tokio::spawn(rest()), tokio::spawn(mcp()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Mode::Freeze);
+    let (status, text, took) = waiting.0.await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("did not answer"), "{text}");
+    assert!(took < bound, "REST answered after {took:?}");
+    let (status, text, took) = waiting.1.await.unwrap();
+    assert!(
+        status == 200 && text.contains("did not answer"),
+        "{status} {text}"
+    );
+    assert!(took < bound, "MCP answered after {took:?}");
+    eprintln!("a partition mid-statement: REST and MCP answered within {bound:?}");
+
+    locker.rollback().await.unwrap();
+    proxy.set(Mode::Pass);
+    let back = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if rest().await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        back.is_ok(),
+        "engram did not serve again once the database answered"
+    );
+}
+
+/// Sends `request`; its status, body and how long the answer took. A
+/// request unanswered after 20 s fails the test.
+async fn timed(request: reqwest::RequestBuilder) -> (u16, String, Duration) {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer after 20 s"));
+    (answer.0, answer.1, started.elapsed())
+}
+
 /// A browser page may call engram only from an allowed origin: pages on
 /// other sites are refused before any handler, and CORS is answered only
 /// for the origins configured.

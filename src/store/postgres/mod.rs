@@ -75,6 +75,10 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// a request waits when the database is gone.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long one statement of a request may run before the database cancels
+/// it (`statement_timeout` on every request connection).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 use keyword_index::ensure_keyword_index;
 use schema::{
     bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
@@ -89,6 +93,10 @@ pub struct PgOptions {
     /// pinged before use, within the same bound, so a database that stopped
     /// answering is noticed rather than waited on.
     pub acquire_timeout: Duration,
+    /// How long one statement on a request connection may run before the
+    /// database cancels it ([`DEFAULT_STATEMENT_TIMEOUT`]); `None`: no
+    /// limit. Opening the store (migrations, index builds) is not bound by it.
+    pub statement_timeout: Option<Duration>,
     /// Apply pending migrations; otherwise refuse to open a schema that is behind.
     pub migrate: bool,
     pub index: IndexKind,
@@ -128,6 +136,7 @@ impl Default for PgOptions {
         Self {
             pool_size: DEFAULT_POOL_SIZE,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
             migrate: true,
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
@@ -154,23 +163,35 @@ impl PgStore {
     ) -> Result<Self, StoreError> {
         check_dims(&embedder)?;
         let pool = connect(url, &options).await?;
+        // Opening may build indexes for minutes: on a connection of its
+        // own, without the statement bound of requests.
+        let setup = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(session_options(url, &options.plan)?)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact(url),
+                source,
+            })?;
         if options.migrate {
-            migrate_pool(url, &pool).await?;
+            migrate_pool(url, &setup).await?;
         } else {
-            check_migrated(url, &pool).await?;
+            check_migrated(url, &setup).await?;
         }
         let store = Self {
             pool,
             embedder,
             index: options.index,
         };
-        let mut tx = store.pool.begin().await.map_err(db("opening the store"))?;
+        let mut tx = setup.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;
         store.bind_embedder(&mut tx).await?;
         // Before the vector index: a rebuild that rewrites memories drops it.
         ensure_keyword_index(&mut tx).await?;
         let index = ensure_vector_index(&mut tx, store.index).await?;
         tx.commit().await.map_err(db("opening the store"))?;
+        setup.close().await;
         tracing::info!(embedder = %store.embedder, ?index, "PostgreSQL store ready");
         Ok(Self { index, ..store })
     }
@@ -278,22 +299,20 @@ impl PgOptions {
         Self {
             pool_size: 2,
             acquire_timeout: Duration::from_secs(10),
+            statement_timeout: None,
             ..Self::default()
         }
     }
 }
 
-/// A pool on `url` (lazy: connections are made as calls need them, so a
-/// database that is down at a call fails that call within
-/// `acquire_timeout`, and the next call after it is back connects again).
-async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
-    let plan = options.plan;
-    let open_err = |source| StoreError::Open {
-        url: redact(url),
-        source,
-    };
+/// How engram's sessions on `url` are set up: its name, no JIT, and the
+/// plan settings `engram_exact_scan_limit` reads.
+fn session_options(url: &str, plan: &PlanSettings) -> Result<PgConnectOptions, StoreError> {
     let mut connect = PgConnectOptions::from_str(url)
-        .map_err(open_err)?
+        .map_err(|source| StoreError::Open {
+            url: redact(url),
+            source,
+        })?
         .application_name("engram")
         // JIT compiles plans whose estimated cost is high (an exact scan of a
         // large user looks expensive) and adds tens of milliseconds to them.
@@ -306,6 +325,22 @@ async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
     }
     if let Some(ef) = plan.ef_search {
         connect = connect.options([("engram.ef_search", ef.to_string())]);
+    }
+    Ok(connect)
+}
+
+/// The pool requests use on `url` (lazy: connections are made as calls
+/// need them, so a database that is down at a call fails that call within
+/// `acquire_timeout`, and the next call after it is back connects again),
+/// each statement bounded by `statement_timeout`.
+async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        url: redact(url),
+        source,
+    };
+    let mut connect = session_options(url, &options.plan)?;
+    if let Some(limit) = options.statement_timeout {
+        connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
     }
     // One direct connection first: a pool retries until its timeout and then
     // reports only that, while this reports what is wrong (refused, auth, no database).

@@ -1,7 +1,10 @@
 //! A TCP proxy a test can switch between passing traffic, refusing it
-//! (connections cut, new ones closed at once) and stalling it (connections
-//! held open, nothing forwarded): a cache that is up, down or hanging, as
-//! seen from one engram process, while the server itself stays up.
+//! (connections cut, new ones closed at once), stalling it (connections
+//! cut, new ones held open with nothing forwarded) and freezing it (open
+//! connections kept but nothing forwarded either way, as a partition looks
+//! to a connection in the middle of a statement): a cache or database that
+//! is up, down or hanging, as seen from one engram process, while the
+//! server itself stays up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,13 +18,16 @@ pub enum Mode {
     Pass = 0,
     Refuse = 1,
     Stall = 2,
+    Freeze = 3,
 }
 
 pub struct Proxy {
     pub port: u16,
     mode: Arc<AtomicU8>,
-    /// Bumped on every switch; open connections end when it moves.
+    /// Bumped on every switch but to `Freeze`; open connections end when it moves.
     epoch: watch::Sender<u64>,
+    /// True while frozen: open connections stop forwarding.
+    frozen: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,15 +37,17 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let (epoch, _) = watch::channel(0u64);
+        let (frozen, _) = watch::channel(false);
         let task = tokio::spawn({
             let mode = mode.clone();
             let epoch = epoch.clone();
+            let frozen = frozen.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let current = mode.load(Ordering::SeqCst);
-                    let ended = epoch.subscribe();
+                    let signals = (epoch.subscribe(), frozen.subscribe());
                     let upstream = upstream.clone();
-                    tokio::spawn(serve(client, upstream, current, ended));
+                    tokio::spawn(serve(client, upstream, current, signals));
                 }
             }
         });
@@ -47,6 +55,7 @@ impl Proxy {
             port,
             mode,
             epoch,
+            frozen,
             task,
         }
     }
@@ -55,10 +64,15 @@ impl Proxy {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Switches mode; every open connection is cut, so the next ones get it.
+    /// Switches mode. To `Freeze`: open connections stay open and go
+    /// silent. To any other: every open connection is cut, so the next
+    /// ones get the new mode.
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
-        self.epoch.send_modify(|e| *e += 1);
+        self.frozen.send_replace(mode == Mode::Freeze);
+        if mode != Mode::Freeze {
+            self.epoch.send_modify(|e| *e += 1);
+        }
     }
 }
 
@@ -68,12 +82,17 @@ impl Drop for Proxy {
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: String, mode: u8, mut ended: watch::Receiver<u64>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: String,
+    mode: u8,
+    (mut ended, mut frozen): (watch::Receiver<u64>, watch::Receiver<bool>),
+) {
     match mode {
         m if m == Mode::Refuse as u8 => {
             let _ = client.shutdown().await;
         }
-        m if m == Mode::Stall as u8 => {
+        m if m == Mode::Stall as u8 || m == Mode::Freeze as u8 => {
             // Hold the connection, read nothing, answer nothing.
             let _ = ended.changed().await;
         }
@@ -82,9 +101,15 @@ async fn serve(mut client: TcpStream, upstream: String, mode: u8, mut ended: wat
             else {
                 return;
             };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = ended.changed() => {}
+            let freeze = async { frozen.wait_for(|f| *f).await.is_ok() };
+            let froze = tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                _ = ended.changed() => false,
+                froze = freeze => froze,
+            };
+            if froze {
+                // Both sockets held open, nothing forwarded, until cut.
+                let _ = ended.changed().await;
             }
         }
     }
