@@ -154,6 +154,17 @@ async fn a_stream_that_is_not_read_is_closed_and_memory_stays_bounded() {
     })
     .await;
     assert!(ended.is_ok(), "the stream stayed open");
+
+    // Said once, as a warning; the replies it dropped are not each an error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = server.logs.lock().unwrap().clone();
+    let fell_behind = logs
+        .iter()
+        .filter(|l| l.contains("fell behind reading its stream"))
+        .count();
+    assert_eq!(fell_behind, 1, "{logs:#?}");
+    let errors: Vec<&String> = logs.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 /// Reads the raw stream until a `message` event whose JSON has `id`.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engram::Config;
@@ -25,6 +26,8 @@ pub struct Server {
     pub base: String,
     pub database_url: String,
     pub http: reqwest::Client,
+    /// What the process has logged so far ([`Server::start_process`] only).
+    pub logs: Arc<Mutex<Vec<String>>>,
     /// Stops the in-process server when the test is done with it.
     stop: Option<CancellationToken>,
     _dir: Option<tempfile::TempDir>,
@@ -89,11 +92,20 @@ impl Server {
         .await
         .expect("engram did not start listening");
         // Keep draining its logs so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn({
+            let logs = logs.clone();
+            async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs.lock().unwrap().push(line);
+                }
+            }
+        });
         Self {
             child: Some(child),
             base,
             database_url,
+            logs,
             http: reqwest::Client::new(),
             stop: None,
             _dir: dir,
@@ -119,6 +131,7 @@ impl Server {
             child: None,
             base,
             database_url,
+            logs: Arc::default(),
             http: reqwest::Client::new(),
             stop: Some(stop),
             _dir: dir,
