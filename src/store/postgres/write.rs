@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
+use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
@@ -89,11 +89,11 @@ impl PgStore {
 #[async_trait]
 impl Writes for PgStore {
     async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
-        lock_user(&mut tx, user_id).await?;
+        let tx = self.pool.begin().await.map_err(db("starting a write"))?;
         Ok(Box::new(PgBatch {
             user_id: user_id.to_owned(),
             tx,
+            locked: false,
         }))
     }
 
@@ -139,18 +139,65 @@ impl Writes for PgStore {
     }
 }
 
-/// A [`WriteBatch`] on PostgreSQL: one transaction holding the user's
-/// write lock from its start. A write the database may refuse (the
-/// deduplication trigger, the unique index on current texts) runs in a
-/// savepoint, so that a refusal undoes that write alone.
+/// A [`WriteBatch`] on PostgreSQL: one transaction under the user's write
+/// lock (taken by the first write: an insert's trigger takes it itself).
+/// A write the database may refuse (the deduplication trigger, the unique
+/// index on current texts) runs after a savepoint, so that a refusal undoes
+/// that write alone. Savepoints are not released one by one: the commit
+/// ends them all, and each write costs no round trip more than alone.
 struct PgBatch {
     user_id: String,
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    locked: bool,
 }
 
+/// The savepoint a refused write rolls back to (the latest of that name).
+const SAVEPOINT: &str = "SAVEPOINT engram_write";
+const UNDO: &str = "ROLLBACK TO SAVEPOINT engram_write";
+
 impl PgBatch {
-    /// One attempt at inserting `new`, in a savepoint; `Ok(Err(near))` when
-    /// the trigger refused it, with the near-duplicates it named.
+    /// Takes the user's write lock, once per batch, before a write that
+    /// locks one of their rows.
+    async fn lock(&mut self) -> Result<(), StoreError> {
+        if !self.locked {
+            lock_user(&mut self.tx, &self.user_id).await?;
+            self.locked = true;
+        }
+        Ok(())
+    }
+
+    /// Marks the point a refused write rolls back to, and sets (for the
+    /// rest of the transaction) the deduplication settings the trigger
+    /// reads, in one round trip. The values are numbers and uuids, written
+    /// into the statement by this code (a simple query takes no parameters).
+    async fn savepoint(&mut self, dedup: Option<(f32, &[Uuid], u32)>) -> Result<(), StoreError> {
+        let sql = match dedup {
+            None => SAVEPOINT.to_owned(),
+            Some((threshold, allowed, k)) => format!(
+                "{SAVEPOINT}; SELECT set_config('engram.dedup_threshold', '{threshold}', true), \
+                 set_config('engram.dedup_allow', '{}', true), \
+                 set_config('engram.dedup_k', '{k}', true)",
+                uuid_array_literal(allowed)
+            ),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("starting a write"))?;
+        Ok(())
+    }
+
+    /// Undoes everything since the last savepoint (a refused write).
+    async fn undo(&mut self) -> Result<(), StoreError> {
+        sqlx::raw_sql(UNDO)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("ending a refused write"))?;
+        Ok(())
+    }
+
+    /// One attempt at inserting `new`; `Ok(Err(near))` when the trigger
+    /// refused it (and nothing of it was kept), with the near-duplicates it named.
     async fn try_insert(
         &mut self,
         new: &NewMemory,
@@ -159,29 +206,17 @@ impl PgBatch {
         dedup_k: u32,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Vec<Near>>, StoreError> {
-        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
-        sqlx::query(
-            "SELECT set_config('engram.dedup_threshold', $1, true), \
-                    set_config('engram.dedup_allow', $2, true), \
-                    set_config('engram.dedup_k', $3, true)",
-        )
-        .bind(dedup_threshold.to_string())
-        .bind(uuid_array_literal(allowed))
-        .bind(dedup_k.to_string())
-        .execute(&mut *attempt)
-        .await
-        .map_err(db("starting a write"))?;
-        match PgStore::insert_in(&mut attempt, new, now).await {
+        self.savepoint(Some((dedup_threshold, allowed, dedup_k)))
+            .await?;
+        match PgStore::insert_in(&mut self.tx, new, now).await {
             Ok(()) => {
-                attempt.commit().await.map_err(db("storing a memory"))?;
+                // The trigger took the user's write lock.
+                self.locked = true;
                 Ok(Ok(()))
             }
             Err(e) => match refused_as_duplicate(&e) {
                 Some(near) => {
-                    attempt
-                        .rollback()
-                        .await
-                        .map_err(db("ending a refused write"))?;
+                    self.undo().await?;
                     Ok(Err(near?))
                 }
                 None => Err(StoreError::Database {
@@ -251,10 +286,10 @@ impl WriteBatch for PgBatch {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        let user_id = self.user_id.as_str();
         let now = now_micros();
         let terms = keywords::document_terms(content);
-        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
+        self.lock().await?;
+        self.savepoint(None).await?;
         // One statement: the row (locked), its new text, vector and keyword
         // length, and the UPDATE history row. Triggers drop the old text's
         // postings and move the version; the new postings follow.
@@ -270,7 +305,7 @@ impl WriteBatch for PgBatch {
              SELECT {MEMORY_COLUMNS} FROM m"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
+            .bind(&self.user_id)
             .bind(id.0)
             .bind(content)
             .bind(content_hash(content))
@@ -278,22 +313,18 @@ impl WriteBatch for PgBatch {
             .bind(now)
             .bind(actor)
             .bind(keyword_length(&terms))
-            .fetch_optional(&mut *attempt)
+            .fetch_optional(&mut *self.tx)
             .await;
         let memory = match row {
             Ok(Some(row)) => memory_from_row(&row)?,
-            Ok(None) => {
-                attempt.rollback().await.map_err(db("ending a write"))?;
-                return Ok(None);
-            }
+            // Not a current memory of theirs: nothing changed.
+            Ok(None) => return Ok(None),
             Err(e) if is_unique_violation(&e) => {
-                attempt
-                    .rollback()
-                    .await
-                    .map_err(db("ending a refused write"))?;
+                self.undo().await?;
                 return Err(StoreError::Conflict(format!(
-                    "another current memory of user \"{user_id}\" already holds this text; \
-                     {id} was not changed"
+                    "another current memory of user \"{}\" already holds this text; \
+                     {id} was not changed",
+                    self.user_id
                 )));
             }
             Err(e) => {
@@ -303,8 +334,7 @@ impl WriteBatch for PgBatch {
                 });
             }
         };
-        index_terms(&mut attempt, user_id, id, &terms).await?;
-        attempt.commit().await.map_err(db("updating a memory"))?;
+        index_terms(&mut self.tx, &self.user_id, id, &terms).await?;
         Ok(Some(memory))
     }
 
@@ -315,14 +345,11 @@ impl WriteBatch for PgBatch {
     ) -> Result<SupersedeOutcome, StoreError> {
         same_user(&self.user_id, new.scope.user_id())?;
         let now = now_micros();
-        let mut attempt = self.tx.begin().await.map_err(db("starting a write"))?;
+        self.lock().await?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
-        sqlx::query("SELECT set_config('engram.dedup_threshold', '2', true)")
-            .execute(&mut *attempt)
-            .await
-            .map_err(db("starting a write"))?;
+        self.savepoint(Some((2.0, &[], FIRST_DEDUP_ROUND))).await?;
         let closed = close_in(
-            &mut attempt,
+            &mut self.tx,
             &self.user_id,
             old,
             Some(&new.content),
@@ -331,15 +358,10 @@ impl WriteBatch for PgBatch {
         )
         .await?;
         if !closed {
-            attempt.rollback().await.map_err(db("ending a write"))?;
             return Ok(SupersedeOutcome::NotFound);
         }
-        let written = PgStore::insert_in(&mut attempt, &new, now).await;
-        let refused = match written {
-            Ok(()) => {
-                attempt.commit().await.map_err(db("superseding a memory"))?;
-                return Ok(SupersedeOutcome::Superseded(new.stored_at(now)));
-            }
+        let refused = match PgStore::insert_in(&mut self.tx, &new, now).await {
+            Ok(()) => return Ok(SupersedeOutcome::Superseded(new.stored_at(now))),
             Err(e) => match refused_as_duplicate(&e) {
                 Some(near) => near?,
                 None => {
@@ -351,10 +373,7 @@ impl WriteBatch for PgBatch {
             },
         };
         // Undoes the close too: `old` stays as it was.
-        attempt
-            .rollback()
-            .await
-            .map_err(db("ending a refused write"))?;
+        self.undo().await?;
         let ids: Vec<MemoryId> = refused.iter().map(|n| MemoryId(n.id)).collect();
         let existing = memories_by_id(&mut self.tx, &self.user_id, &ids).await?;
         match existing.into_iter().next() {
@@ -368,6 +387,7 @@ impl WriteBatch for PgBatch {
 
     async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
         // One statement; the memories_version_update trigger moves the version.
+        self.lock().await?;
         close_in(&mut self.tx, &self.user_id, id, None, actor, now_micros()).await
     }
 
