@@ -11,7 +11,8 @@
 //!   makes the instance unready).
 //!
 //! Who may call: every MCP and REST request passes the [`auth`] gate (API
-//! keys, per-key rate limits). Serving without keys (`ENGRAM_AUTH=none`)
+//! keys, per-key rate limits). No route takes a query parameter it does
+//! not name (`query`). Serving without keys (`ENGRAM_AUTH=none`)
 //! is allowed on a loopback address only; start-up refuses anything else.
 //! Before any of that, a request must name an allowed `Host`, and a
 //! browser's `Origin` must be an allowed one (DNS-rebinding pages are
@@ -45,6 +46,7 @@ mod limit;
 mod malformed;
 mod openapi;
 mod problem;
+mod query;
 mod sse;
 
 use problem::Problem;
@@ -182,7 +184,7 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     .layer(from_fn_with_state(rest_gate, auth::gate))
     .route(
         "/api/v1/openapi.json",
-        get(|_: api::Params<api::NoQuery>| async { axum::Json(openapi::document()) }),
+        get(|_: api::Params<query::NoQuery>| async { axum::Json(openapi::document()) }),
     )
     .layer(from_fn(api::problems_only));
 

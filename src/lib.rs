@@ -17,7 +17,8 @@
 //!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`; `jsonrpc_id.rs`
 //!   reads a refused post's id), the REST API
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
-//!   (`auth.rs`), rate limits (`limit.rs`), problem+json errors
+//!   (`auth.rs`), rate limits (`limit.rs`), query strings (`query.rs`),
+//!   problem+json errors
 //!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve
 //!   (`malformed.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
 //!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
+use super::query::{self, NoQuery};
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
@@ -87,63 +88,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        let raw = parts.uri.query().unwrap_or_default();
-        utf8_query(raw)?;
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| Self(q.0))
-            .map_err(|e| {
-                // axum's wording, less its prefix; serde's "there are no
-                // fields" said as what it means here.
-                let text = e.body_text();
-                let text = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text)
-                    .replace(
-                        ", there are no fields",
-                        " (this route takes no query parameters)",
-                    );
-                Problem::invalid(
-                    None,
-                    format!("{text}; see this route's query parameters in /api/v1/openapi.json"),
-                )
-            })
+        query::utf8(parts.uri.query().unwrap_or_default())
+            .map_err(|text| Problem::invalid(None, text))?;
+        query::fields(&parts.uri).map(Self).map_err(|text| {
+            Problem::invalid(
+                None,
+                format!("{text}; see this route's query parameters in /api/v1/openapi.json"),
+            )
+        })
     }
 }
-
-/// Refuses a query string whose names or values are not UTF-8 once decoded.
-fn utf8_query(raw: &str) -> Result<(), Problem> {
-    let decodes = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .is_ok()
-    };
-    for pair in raw.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !decodes(name) {
-            return Err(Problem::invalid(
-                None,
-                "a query parameter's name is not UTF-8 once percent-decoded; \
-                 encode text as UTF-8 (é is %C3%A9)",
-            ));
-        }
-        if !decodes(value) {
-            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            return Err(Problem::invalid(
-                None,
-                format!(
-                    "query parameter `{name}` is not UTF-8 once percent-decoded; \
-                     encode text as UTF-8 (é is %C3%A9)"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The query of a route that takes no parameters: any is refused.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoQuery {}
 
 /// `GET /context/{user_id}` options.
 #[derive(Debug, Deserialize, JsonSchema)]
