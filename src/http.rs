@@ -42,7 +42,6 @@ use crate::service::MemoryService;
 mod api;
 mod auth;
 mod jsonrpc_id;
-mod limit;
 mod malformed;
 mod openapi;
 mod problem;

@@ -17,12 +17,13 @@
 //!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`; `jsonrpc_id.rs`
 //!   reads a refused post's id), the REST API
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
-//!   (`auth.rs`), rate limits (`limit.rs`), query strings (`query.rs`),
-//!   problem+json errors
+//!   (`auth.rs`), query strings (`query.rs`), problem+json errors
 //!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve
-//!   (`malformed.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
-//!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`
-//!   (`src/jsonrpc.rs`): the one answer to a malformed JSON-RPC message.
+//!   (`malformed.rs`). `limit` (`src/limit.rs`): rate limits (GCRA), shared
+//!   through the cache when there is one. `mcp` (`src/mcp.rs`): the tools,
+//!   the context resource and the prompt. [`params`]: the arguments both
+//!   doors accept. `jsonrpc` (`src/jsonrpc.rs`): the one answer to a
+//!   malformed JSON-RPC message.
 //! * Who is calling: [`auth`] (the principal, which decides the user a
 //!   request acts for; API keys, made once and stored hashed).
 //! * The flows: [`service`] (`src/service.rs`) is the only place that knows
@@ -68,6 +69,7 @@ pub mod extract;
 mod http;
 mod jsonrpc;
 pub mod keywords;
+mod limit;
 mod mcp;
 pub mod model;
 pub mod openai;

@@ -24,10 +24,10 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::limit::RateLimiter;
 use super::problem::Problem;
 use crate::auth::Principal;
 use crate::config::AuthMode;
+use crate::limit::{RateLimiter, retry_secs};
 use crate::service::MemoryService;
 use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
@@ -140,10 +140,9 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
         Err(response) => return response,
     };
     if let Some(key) = principal.key_id()
-        && let Err(wait) = gate.limiter.check(key).await
+        && let Err(wait) = gate.limiter.check(&key.to_string()).await
     {
-        // Whole seconds, rounded up: retrying after Retry-After must succeed.
-        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let seconds = retry_secs(wait);
         if !gate.defer_limit {
             return Problem::rate_limited(seconds).into_response();
         }
