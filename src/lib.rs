@@ -19,11 +19,11 @@
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
 //!   (`auth.rs`), query strings (`query.rs`), problem+json errors
 //!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve
-//!   (`malformed.rs`). `limit` (`src/limit.rs`): rate limits (GCRA), shared
-//!   through the cache when there is one. `mcp` (`src/mcp.rs`): the tools,
-//!   the context resource and the prompt. [`params`]: the arguments both
-//!   doors accept. `jsonrpc` (`src/jsonrpc.rs`): the one answer to a
-//!   malformed JSON-RPC message.
+//!   (`malformed.rs`). `limit` (`src/limit.rs`): rate limits per API key
+//!   and per acting user, for the HTTP doors, shared through the cache when
+//!   there is one. `mcp` (`src/mcp.rs`): the tools, the context resource
+//!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`
+//!   (`src/jsonrpc.rs`): the one answer to a malformed JSON-RPC message.
 //! * Who is calling: [`auth`] (the principal, which decides the user a
 //!   request acts for; API keys, made once and stored hashed).
 //! * The flows: [`service`] (`src/service.rs`) is the only place that knows

@@ -1,27 +1,64 @@
-//! Rate limits: a generic cell rate algorithm (GCRA) per bucket (an API
-//! key, counted by the key gate in `http::auth`).
+//! Rate limits: a generic cell rate algorithm (GCRA) per bucket, and the
+//! two things the HTTP doors count with it, each API key and each acting
+//! user.
 //!
 //! A limit of `n` per minute lets a bucket take `n` requests at once and
 //! then one every `60/n` seconds; a refused request costs that bucket
 //! nothing. The state is one instant per bucket (its "theoretical arrival
 //! time": when the bucket's allowance is next full, shifted by one request).
 //!
-//! Where it is kept: with a cache configured, in the cache
+//! Two limits per door (REST, MCP), each with its own setting, and a
+//! request must pass both:
+//! * per API key, counted by the key gate (`http::auth`) on every request
+//!   the key makes, before anything is parsed (`ENGRAM_REST_RATE_LIMIT`,
+//!   `ENGRAM_MCP_RATE_LIMIT`). It bounds what one key, a leaked one
+//!   included, can draw in total.
+//! * per acting user ([`UserLimit`]), counted where the request's user is
+//!   known: in the REST handler or the MCP tool, once its arguments are
+//!   read, for every request that acts on a user's memories (tool calls,
+//!   the prompt and the context resource; not `initialize` or `tools/list`)
+//!   (`ENGRAM_REST_USER_RATE_LIMIT`, `ENGRAM_MCP_USER_RATE_LIMIT`). A
+//!   request whose user cannot be resolved (a malformed id, a user key
+//!   naming another user) is not counted: its flow refuses it.
+//!
+//! The defaults follow from that split: the per-user limits keep what one
+//! client needs (600 MCP, 10 REST requests a minute), and the per-key limits
+//! are a hundred times higher, so that a backend whose one admin key serves
+//! many users is held to each user's allowance, not capped as one user. A
+//! user's key acts for one user, so for it the per-user limit is the one
+//! that binds. A request refused for its user has already been counted
+//! against its key (the key made it).
+//!
+//! Only requests made with a key are counted: the operator (stdio, and HTTP
+//! with `ENGRAM_AUTH=none`, loopback only) acts for everyone by
+//! configuration and is not limited at all.
+//!
+//! Where the state is kept: with a cache configured, in the cache
 //! ([`Cache::allow`], on the cache server's clock), so every engram process
-//! behind a load balancer draws on one allowance per bucket, named by the
-//! limiter's kind (`rest`, `mcp`) and the bucket. Without a cache, or while
-//! it is down, each process counts on its own (a bucket then gets up to its
-//! limit per process). The in-process table grows with the number of
-//! buckets that called, not with requests; entries in the past are swept.
+//! behind a load balancer draws on one allowance per bucket. Buckets are
+//! named by their kind (`rest`, `mcp` for keys; `rest-user`, `mcp-user` for
+//! users), so the four never share state; a user's bucket carries a digest
+//! of the user id, never the id itself. Without a cache, or while it is
+//! down, each process counts on its own (a bucket then gets up to its limit
+//! per process). The in-process table grows with the number of buckets
+//! that called, not with requests; entries in the past are swept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::auth::Principal;
 use crate::cache::Cache;
+use crate::model::UserId;
+use crate::service::MemoryService;
 
 /// Buckets at which the table is swept of entries whose allowance is full again.
 const SWEEP_AT: usize = 10_000;
+
+/// The JSON-RPC error code of an MCP request refused by a rate limit (in
+/// the range JSON-RPC leaves to servers); its `data` says
+/// `retry_after_secs`.
+pub const RATE_LIMITED: i32 = -32029;
 
 pub struct RateLimiter {
     /// Time one request uses up: a minute over the limit. `None`: unlimited.
@@ -94,6 +131,106 @@ impl RateLimiter {
 /// one, so that retrying after it succeeds.
 pub fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Which door a [`UserLimit`] counts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Rest,
+    Mcp,
+}
+
+impl Door {
+    /// The limiter's kind in the shared state (the keys' are `rest`, `mcp`).
+    fn kind(self) -> &'static str {
+        match self {
+            Door::Rest => "rest-user",
+            Door::Mcp => "mcp-user",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Door::Rest => "REST",
+            Door::Mcp => "MCP",
+        }
+    }
+
+    /// The variable that sets the door's per-user limit.
+    fn setting(self) -> &'static str {
+        match self {
+            Door::Rest => "ENGRAM_REST_USER_RATE_LIMIT",
+            Door::Mcp => "ENGRAM_MCP_USER_RATE_LIMIT",
+        }
+    }
+}
+
+/// One door's limit per acting user (see the module's notes).
+pub struct UserLimit {
+    limiter: RateLimiter,
+    door: Door,
+}
+
+/// A request refused by its user's limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLimited {
+    pub user: UserId,
+    /// Whole seconds to wait ([`retry_secs`]).
+    pub retry_after: u64,
+    door: Door,
+}
+
+impl UserLimited {
+    /// What the refusal says: whose allowance, the wait, and the setting.
+    pub fn message(&self) -> String {
+        format!(
+            "rate limited: user '{}' has used its {} requests for now; retry after {} s \
+             ({} per user and minute, whichever key acts for them)",
+            self.user,
+            self.door.name(),
+            self.retry_after,
+            self.door.setting()
+        )
+    }
+}
+
+impl UserLimit {
+    /// `per_minute` requests per acting user on `door` (0: no limit),
+    /// shared through `cache` when it is one.
+    pub fn new(per_minute: u32, cache: Arc<dyn Cache>, door: Door) -> Self {
+        Self {
+            limiter: RateLimiter::per_minute(per_minute).shared(cache, door.kind()),
+            door,
+        }
+    }
+
+    /// Counts a request `caller` makes naming `requested` (`None`: the
+    /// caller's own user), against the user it acts for as `service`
+    /// resolves it. Requests without a key, and requests whose user cannot
+    /// be resolved (the flow refuses those with the reason), pass uncounted.
+    pub async fn check(
+        &self,
+        service: &MemoryService,
+        caller: &Principal,
+        requested: Option<&str>,
+    ) -> Result<(), UserLimited> {
+        if caller.key_id().is_none() {
+            return Ok(());
+        }
+        let Ok(user) = service.acting_user(caller, requested) else {
+            return Ok(());
+        };
+        // A digest, so that user ids never appear in the shared state's keys.
+        let bucket = crate::store::sha256_hex(user.as_str());
+        self.limiter
+            .check(&bucket)
+            .await
+            .map_err(|wait| UserLimited {
+                user,
+                retry_after: retry_secs(wait),
+                door: self.door,
+            })
+    }
 }
 
 #[cfg(test)]

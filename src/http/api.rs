@@ -1,8 +1,10 @@
 //! The REST API, `/api/v1/memory/...`: the same service as the MCP tools,
-//! for services that speak plain HTTP. Each handler hands the caller's
-//! [`Principal`] and the request to one service method (which resolves the
-//! acting user: a user key naming another user is 403) and answers JSON;
-//! every error is `application/problem+json` ([`Problem`]).
+//! for services that speak plain HTTP. Each handler counts the request
+//! against its acting user's rate limit ([`Api::admit`]; the key's was
+//! counted by the gate), then hands the caller's [`Principal`] and the
+//! request to one service method (which resolves the acting user: a user
+//! key naming another user is 403) and answers JSON; every error is
+//! `application/problem+json` ([`Problem`]).
 //!
 //! Routes (the OpenAPI document in [`super::openapi`] lists the same):
 //! `POST /` remember, `POST /search`, `GET /context/{user_id}`,
@@ -26,6 +28,7 @@ use super::problem::Problem;
 use super::query::{self, NoQuery};
 use crate::auth::Principal;
 use crate::context::UserContext;
+use crate::limit::UserLimit;
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::service::{
     ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult, RememberResult,
@@ -38,6 +41,21 @@ pub const BASE: &str = "/api/v1/memory";
 #[derive(Clone)]
 pub struct Api {
     pub service: Arc<MemoryService>,
+    /// REST requests per acting user.
+    pub user_limit: Arc<UserLimit>,
+}
+
+impl Api {
+    /// Counts a request naming `user_id` (`None`: the caller's own user)
+    /// against its acting user's limit, or refuses it 429 with
+    /// `Retry-After`. Every handler calls this once, with the user it hands
+    /// to the service, before the service acts.
+    async fn admit(&self, caller: &Principal, user_id: Option<&str>) -> Result<(), Problem> {
+        self.user_limit
+            .check(&self.service, caller, user_id)
+            .await
+            .map_err(|limited| Problem::user_rate_limited(&limited))
+    }
 }
 
 type Answer<T> = Result<Json<T>, Problem>;
@@ -157,6 +175,7 @@ async fn remember(
     _: Params<NoQuery>,
     Body(p): Body<RememberParams>,
 ) -> Answer<RememberResult> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.remember(&caller, p).await?))
 }
 
@@ -166,6 +185,7 @@ async fn search(
     _: Params<NoQuery>,
     Body(p): Body<RecallParams>,
 ) -> Answer<RecallResult> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.recall(&caller, p).await?))
 }
 
@@ -175,6 +195,7 @@ async fn context(
     Path(user_id): Path<String>,
     Params(q): Params<ContextQuery>,
 ) -> Answer<UserContext> {
+    api.admit(&caller, Some(&user_id)).await?;
     let p = UserContextParams {
         user_id: Some(user_id),
         agent_id: q.agent_id,
@@ -191,6 +212,7 @@ async fn stats(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Answer<UserStats> {
+    api.admit(&caller, Some(&user_id)).await?;
     Ok(Json(api.service.stats(&caller, Some(&user_id)).await?))
 }
 
@@ -200,6 +222,7 @@ async fn export(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Result<Response, Problem> {
+    api.admit(&caller, Some(&user_id)).await?;
     let export = api.service.export(&caller, Some(&user_id)).await?;
     let disposition = format!(
         "attachment; filename=\"engram-export-{}.json\"",
@@ -217,6 +240,7 @@ async fn forget_user(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Answer<ForgetResult> {
+    api.admit(&caller, Some(&user_id)).await?;
     let p = ForgetParams {
         user_id: Some(user_id),
         all: Some(true),
@@ -231,6 +255,7 @@ async fn get_memory(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<MemoryDetail> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     Ok(Json(api.service.get(&caller, owner.of(memory_id)).await?))
 }
 
@@ -240,6 +265,7 @@ async fn history(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<HistoryResult> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     Ok(Json(
         api.service.history(&caller, owner.of(memory_id)).await?,
     ))
@@ -251,6 +277,7 @@ async fn forget_memory(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<ForgetResult> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     let p = ForgetParams {
         memory_id: Some(memory_id),
         user_id: owner.user_id,

@@ -26,8 +26,8 @@ use super::MAX_BODY_BYTES;
 use super::auth::RateLimited;
 use super::problem::Problem;
 use super::query::{self, NoQuery};
-use super::sse::RATE_LIMITED;
 use crate::jsonrpc::{self, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, Refusal, Verdict};
+use crate::limit::RATE_LIMITED;
 
 pub async fn answer_malformed(request: Request, next: Next) -> Response {
     let limited = request.extensions().get::<RateLimited>().copied();

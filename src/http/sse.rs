@@ -43,6 +43,7 @@ use super::jsonrpc_id::RequestIdScan;
 use super::problem::Problem;
 use super::query::{self, NoQuery};
 use crate::auth::Principal;
+use crate::limit::{RATE_LIMITED, UserLimit};
 use crate::mcp::{Caller, EngramMcp};
 use crate::service::MemoryService;
 
@@ -70,14 +71,21 @@ struct Session {
 pub struct Sessions {
     open: Arc<Mutex<HashMap<String, Session>>>,
     service: Arc<MemoryService>,
+    /// MCP calls per acting user, shared with `/mcp`.
+    user_limit: Arc<UserLimit>,
     stop: CancellationToken,
 }
 
 impl Sessions {
-    pub fn new(service: Arc<MemoryService>, stop: CancellationToken) -> Self {
+    pub fn new(
+        service: Arc<MemoryService>,
+        user_limit: Arc<UserLimit>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             open: Arc::default(),
             service,
+            user_limit,
             stop,
         }
     }
@@ -226,7 +234,8 @@ pub async fn open(
     };
     sessions.with_map(|m| m.insert(id.clone(), session));
 
-    let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal));
+    let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal))
+        .with_user_limit(sessions.user_limit.clone());
     let channels = Channels {
         inbound: from_client,
         outbound: outbound.clone(),
@@ -381,11 +390,6 @@ pub async fn post(
         Err(_) => Problem::not_found("the session has closed").into_response(),
     }
 }
-
-/// The JSON-RPC error code of a post refused by the key's rate limit (in
-/// the range JSON-RPC leaves to servers); its `data` says
-/// `retry_after_secs`.
-pub const RATE_LIMITED: i32 = -32029;
 
 /// A posted body as read: whole when within the limit, and what
 /// [`RequestIdScan`] found in it.

@@ -399,7 +399,7 @@ async fn without_its_database_engram_is_unready_at_once_and_recovers() {
     let through = db
         .url
         .replace(authority, &format!("127.0.0.1:{}", proxy.port));
-    let server = Server::with_keys(Some(&through), &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let server = Server::with_keys(Some(&through), &common::http::NO_LIMITS).await;
     let key = server.create_key(&["--user", "alice"]);
     let search = |http: reqwest::Client, base: String, key: String| async move {
         let response = http

@@ -1,8 +1,8 @@
 //! The legacy SSE transport under a client that misbehaves: one that posts
-//! but stops reading its stream is cut off rather than buffered for, and a
+//! but stops reading its stream is cut off rather than buffered for, a
 //! post refused before it reaches the session (too large, over the rate
 //! limit, an odd query string, not JSON) is still answered on the stream,
-//! with its id.
+//! with its id, and a call over its user's rate limit is refused there.
 
 use crate::common;
 
@@ -292,4 +292,49 @@ async fn query_strings_on_sse_and_messages_are_refused() {
     assert_eq!(post(&http, &target, None, initialize()).await, 202);
     let answer = answer_on(&mut stream, &mut seen, &json!(0)).await;
     assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+}
+
+/// A session's tool call over its user's limit is refused on the stream as
+/// a JSON-RPC error with the wait; the post itself was accepted (the key's
+/// own limit was not reached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_its_users_limit_is_refused_on_the_stream() {
+    let server = Server::with_keys(None, &[("ENGRAM_MCP_USER_RATE_LIMIT", "2")]).await;
+    let key = server.create_key(&["--user", "alice"]);
+    let http = reqwest::Client::new();
+    let (mut stream, endpoint) = open_raw(&server.base, Some(&key)).await;
+    let target = format!("{}{endpoint}", server.base);
+    let mut seen = String::new();
+    assert_eq!(post(&http, &target, Some(&key), initialize()).await, 202);
+    answer_on(&mut stream, &mut seen, &json!(0)).await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let status = post(&http, &target, Some(&key), initialized.to_string()).await;
+    assert_eq!(status, 202);
+    for id in 1..=3 {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "user_context", "arguments": {}}});
+        assert_eq!(
+            post(&http, &target, Some(&key), call.to_string()).await,
+            202
+        );
+        let answer = answer_on(&mut stream, &mut seen, &json!(id)).await;
+        if id <= 2 {
+            assert_eq!(
+                answer["result"]["structuredContent"]["user_id"], "alice",
+                "{answer}"
+            );
+            continue;
+        }
+        let error = &answer["error"];
+        assert_eq!(error["code"], -32029, "{answer}");
+        let wait = error["data"]["retry_after_secs"]
+            .as_u64()
+            .unwrap_or_default();
+        assert!((1..=30).contains(&wait), "{answer}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("retry after {wait} s")),
+            "{message}"
+        );
+    }
 }
