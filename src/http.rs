@@ -11,8 +11,11 @@
 //!   makes the instance unready).
 //!
 //! Who may call: every MCP and REST request passes the [`auth`] gate (API
-//! keys, per-key rate limits). Serving without keys (`ENGRAM_AUTH=none`)
-//! is allowed on a loopback address only; start-up refuses anything else.
+//! keys, per-key rate limits); requests that act on a user are also counted
+//! against that user's limit where the user is known (`crate::limit`). No
+//! route takes a query parameter it does not name (`query`). Serving
+//! without keys (`ENGRAM_AUTH=none`) is allowed on a loopback address only;
+//! start-up refuses anything else.
 //! Before any of that, a request must name an allowed `Host`, and a
 //! browser's `Origin` must be an allowed one (DNS-rebinding pages are
 //! refused); CORS is answered only for configured origins.
@@ -35,16 +38,17 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, Config};
+use crate::limit::{Door, UserLimit};
 use crate::mcp::{Caller, EngramMcp};
 use crate::service::MemoryService;
 
 mod api;
 mod auth;
 mod jsonrpc_id;
-mod limit;
 mod malformed;
 mod openapi;
 mod problem;
+mod query;
 mod sse;
 
 use problem::Problem;
@@ -100,8 +104,12 @@ pub struct Settings {
     pub auth: AuthMode,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
+    /// Requests per minute per API key (0: unlimited).
     pub rest_rate_limit: u32,
     pub mcp_rate_limit: u32,
+    /// Requests per minute per acting user (0: unlimited).
+    pub rest_user_rate_limit: u32,
+    pub mcp_user_rate_limit: u32,
     pub request_timeout: Duration,
     /// How long `/readyz` waits for the database.
     pub ready_timeout: Duration,
@@ -117,6 +125,8 @@ impl Settings {
             allowed_origins: config.http.allowed_origins.clone(),
             rest_rate_limit: config.http.rest_rate_limit,
             mcp_rate_limit: config.http.mcp_rate_limit,
+            rest_user_rate_limit: config.http.rest_user_rate_limit,
+            mcp_user_rate_limit: config.http.mcp_user_rate_limit,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             ready_timeout: Duration::from_millis(config.store.ready_timeout_ms),
             mcp_sessions_per_key: config.http.mcp_sessions_per_key,
@@ -128,16 +138,27 @@ impl Settings {
 /// `/healthz` and `/readyz`.
 pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
+    // One allowance per user for MCP, whichever transport (`/mcp`, `/sse`)
+    // or key the calls come through.
+    let mcp_user_limit = Arc::new(UserLimit::new(
+        settings.mcp_user_rate_limit,
+        service.cache(),
+        Door::Mcp,
+    ));
+    let handler_limit = mcp_user_limit.clone();
     let live_sessions = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
-        move || Ok(EngramMcp::new(mcp_service.clone(), Caller::PerRequest)),
+        move || {
+            Ok(EngramMcp::new(mcp_service.clone(), Caller::PerRequest)
+                .with_user_limit(handler_limit.clone()))
+        },
         live_sessions.clone(),
         StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_max_request_body_bytes(MAX_BODY_BYTES),
     );
-    let sessions = sse::Sessions::new(service.clone(), stop.clone());
+    let sessions = sse::Sessions::new(service.clone(), mcp_user_limit, stop.clone());
     let mcp_gate = auth::Gate::new(
         service.clone(),
         settings.auth,
@@ -177,12 +198,17 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     let timeout = settings.request_timeout;
     let rest = api::router(api::Api {
         service: service.clone(),
+        user_limit: Arc::new(UserLimit::new(
+            settings.rest_user_rate_limit,
+            service.cache(),
+            Door::Rest,
+        )),
     })
     .layer(from_fn(move |request, next| within(timeout, request, next)))
     .layer(from_fn_with_state(rest_gate, auth::gate))
     .route(
         "/api/v1/openapi.json",
-        get(|_: api::Params<api::NoQuery>| async { axum::Json(openapi::document()) }),
+        get(|_: api::Params<query::NoQuery>| async { axum::Json(openapi::document()) }),
     )
     .layer(from_fn(api::problems_only));
 

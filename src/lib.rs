@@ -17,9 +17,11 @@
 //!   Streamable HTTP (`/mcp`) and legacy SSE (`sse.rs`; `jsonrpc_id.rs`
 //!   reads a refused post's id), the REST API
 //!   (`api.rs`) and its OpenAPI document (`openapi.rs`), the key gate
-//!   (`auth.rs`), rate limits (`limit.rs`), problem+json errors
+//!   (`auth.rs`), query strings (`query.rs`), problem+json errors
 //!   (`problem.rs`), JSON-RPC errors for what `/mcp` cannot serve
-//!   (`malformed.rs`). `mcp` (`src/mcp.rs`): the tools, the context resource
+//!   (`malformed.rs`). `limit` (`src/limit.rs`): rate limits per API key
+//!   and per acting user, for the HTTP doors, shared through the cache when
+//!   there is one. `mcp` (`src/mcp.rs`): the tools, the context resource
 //!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`
 //!   (`src/jsonrpc.rs`): the one answer to a malformed JSON-RPC message.
 //! * Who is calling: [`auth`] (the principal, which decides the user a
@@ -69,6 +71,7 @@ pub mod failpoint;
 mod http;
 mod jsonrpc;
 pub mod keywords;
+mod limit;
 mod mcp;
 pub mod model;
 pub mod openai;

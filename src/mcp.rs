@@ -7,16 +7,26 @@
 //! user key naming another user is refused) and map the result.
 //! Caller mistakes become tool errors (`isError: true`) whose text says what
 //! was wrong and what is accepted; the server keeps serving.
+//!
+//! Over HTTP each call that acts on a user (a tool, the prompt, the context
+//! resource) is first counted against that user's rate limit
+//! (`crate::limit`); over it, the call is refused as a JSON-RPC error
+//! (code -32029, the wait in the message and in `data.retry_after_secs`),
+//! the form the key's limit takes on `/mcp`: no other arguments would make
+//! it succeed, so it is not a tool error for the model to work around.
+//! Over stdio there is no key and nothing is counted.
 
 use std::sync::Arc;
 
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::IntoCallToolResult;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    Extensions, GetPromptResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
-    PaginatedRequestParams, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+    CallToolResponse, ErrorCode, Extensions, GetPromptResult, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, PromptMessage,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
+    ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -29,6 +39,7 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
+use crate::limit::{RATE_LIMITED, UserLimit, UserLimited};
 use crate::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
 use crate::service::{ForgetResult, MemoryService, RecallResult, RememberResult};
 
@@ -61,6 +72,8 @@ pub enum Caller {
 pub struct EngramMcp {
     service: Arc<MemoryService>,
     caller: Caller,
+    /// Calls per acting user, over HTTP; `None` (stdio): not counted.
+    user_limit: Option<Arc<UserLimit>>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -71,9 +84,30 @@ impl EngramMcp {
         Self {
             service,
             caller,
+            user_limit: None,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
+    }
+
+    /// Counts every call that acts on a user against `limit`.
+    pub fn with_user_limit(mut self, limit: Arc<UserLimit>) -> Self {
+        self.user_limit = Some(limit);
+        self
+    }
+
+    /// Counts a call naming `user_id` (`None`: the caller's own user)
+    /// against its acting user's limit. Every tool, the prompt and the
+    /// resource call this once, with the user they hand to the service,
+    /// before the service acts.
+    async fn admit(&self, caller: &Principal, user_id: Option<&str>) -> Result<(), ErrorData> {
+        let Some(limit) = &self.user_limit else {
+            return Ok(());
+        };
+        limit
+            .check(&self.service, caller, user_id)
+            .await
+            .map_err(|limited| rate_limited(&limited))
     }
 
     /// Who made the request carrying `extensions`.
@@ -105,8 +139,9 @@ impl EngramMcp {
         &self,
         Parameters(p): Parameters<RememberParams>,
         extensions: Extensions,
-    ) -> Result<Json<RememberResult>, String> {
+    ) -> Result<Json<RememberResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
+        self.admit(&caller, p.user_id.as_deref()).await?;
         answer(self.service.remember(&caller, p).await)
     }
 
@@ -125,8 +160,9 @@ impl EngramMcp {
         &self,
         Parameters(p): Parameters<RecallParams>,
         extensions: Extensions,
-    ) -> Result<Json<RecallResult>, String> {
+    ) -> Result<Json<RecallResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
+        self.admit(&caller, p.user_id.as_deref()).await?;
         answer(self.service.recall(&caller, p).await)
     }
 
@@ -146,8 +182,9 @@ impl EngramMcp {
         &self,
         Parameters(p): Parameters<UserContextParams>,
         extensions: Extensions,
-    ) -> Result<Json<UserContext>, String> {
+    ) -> Result<Json<UserContext>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
+        self.admit(&caller, p.user_id.as_deref()).await?;
         answer(self.service.user_context(&caller, p).await)
     }
 
@@ -166,8 +203,9 @@ impl EngramMcp {
         &self,
         Parameters(p): Parameters<ForgetParams>,
         extensions: Extensions,
-    ) -> Result<Json<ForgetResult>, String> {
+    ) -> Result<Json<ForgetResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
+        self.admit(&caller, p.user_id.as_deref()).await?;
         answer(self.service.forget(&caller, p).await)
     }
 }
@@ -185,6 +223,7 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<GetPromptResult, ErrorData> {
         let caller = self.principal(&extensions).map_err(protocol_error)?;
+        self.admit(&caller, args.user_id.as_deref()).await?;
         let request = UserContextParams {
             user_id: args.user_id,
             query: args.task.clone(),
@@ -268,8 +307,10 @@ impl ServerHandler for EngramMcp {
         let caller = self
             .principal(&context.extensions)
             .map_err(protocol_error)?;
+        let user = percent_decode(user);
+        self.admit(&caller, Some(&user)).await?;
         let request = UserContextParams {
-            user_id: Some(percent_decode(user)),
+            user_id: Some(user),
             ..UserContextParams::default()
         };
         let context = self
@@ -282,12 +323,53 @@ impl ServerHandler for EngramMcp {
     }
 }
 
-/// The text of a tool error. Server-side failures are logged here, once.
-/// A tool's result: its structured content, or a tool error.
-fn answer<T>(result: Result<T, Error>) -> Result<Json<T>, String> {
-    result.map(Json).map_err(tool_error)
+/// Why a tool call did not succeed.
+#[derive(Debug)]
+enum Failure {
+    /// A tool error (`isError: true`): the model reads what was wrong.
+    Tool(String),
+    /// The call itself refused, as a JSON-RPC error (over its user's rate
+    /// limit).
+    Refused(ErrorData),
 }
 
+impl From<String> for Failure {
+    fn from(text: String) -> Self {
+        Self::Tool(text)
+    }
+}
+
+impl From<ErrorData> for Failure {
+    fn from(error: ErrorData) -> Self {
+        Self::Refused(error)
+    }
+}
+
+impl IntoCallToolResult for Failure {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
+        match self {
+            // Text as a tool's contents; the `Err` around it marks it an error.
+            Failure::Tool(text) => text.into_call_tool_result(),
+            Failure::Refused(error) => Err(error),
+        }
+    }
+}
+
+/// A tool's result: its structured content, or a tool error.
+fn answer<T>(result: Result<T, Error>) -> Result<Json<T>, Failure> {
+    result.map(Json).map_err(|e| Failure::Tool(tool_error(e)))
+}
+
+/// A call over its user's limit, as the key's limit is said on `/mcp`.
+fn rate_limited(limited: &UserLimited) -> ErrorData {
+    ErrorData::new(
+        ErrorCode(RATE_LIMITED),
+        limited.message(),
+        Some(serde_json::json!({ "retry_after_secs": limited.retry_after })),
+    )
+}
+
+/// The text of a tool error. Server-side failures are logged here, once.
 fn tool_error(e: Error) -> String {
     if !e.is_caller_error() {
         tracing::error!(error = %e, "tool call failed");

@@ -173,12 +173,14 @@ impl MemoryService {
     /// once and the same way for every door.
     fn scope(&self, caller: &Principal, req: &impl Scoped) -> Result<Scope, Error> {
         let (user_id, agent_id, run_id) = req.scope_ids();
-        let user = self.user(caller, user_id)?;
+        let user = self.acting_user(caller, user_id)?;
         Ok(Scope::narrowed(user, agent_id, run_id)?)
     }
 
-    /// The user `caller` acts for, named or the caller's own.
-    fn user(&self, caller: &Principal, user_id: Option<&str>) -> Result<UserId, Error> {
+    /// The user `caller` acts for, named or the caller's own: the one
+    /// resolution every flow makes, which the doors also use to count a
+    /// request against its user's rate limit (`crate::limit`).
+    pub fn acting_user(&self, caller: &Principal, user_id: Option<&str>) -> Result<UserId, Error> {
         caller.acting_user(user_id, &self.settings.default_user)
     }
 
@@ -262,7 +264,7 @@ impl MemoryService {
         req: ForgetParams,
     ) -> Result<ForgetResult, Error> {
         let target = validate::forget_target(&req)?;
-        let user = self.user(caller, req.user_id.as_deref())?;
+        let user = self.acting_user(caller, req.user_id.as_deref())?;
         let Some(id) = target else {
             let deleted = self.store.delete_user(&user).await?;
             self.cache.purge_user(&user, None).await;
@@ -341,7 +343,7 @@ impl MemoryService {
         caller: &Principal,
         user_id: Option<&str>,
     ) -> Result<UserStats, Error> {
-        let user = self.user(caller, user_id)?;
+        let user = self.acting_user(caller, user_id)?;
         Ok(self.store.stats(&user).await?)
     }
 
@@ -353,12 +355,12 @@ impl MemoryService {
         caller: &Principal,
         user_id: Option<&str>,
     ) -> Result<UserExport, Error> {
-        let user = self.user(caller, user_id)?;
+        let user = self.acting_user(caller, user_id)?;
         Ok(self.store.export(&user).await?)
     }
 
     fn memory_ref(&self, caller: &Principal, req: &MemoryRef) -> Result<(UserId, MemoryId), Error> {
-        let user = self.user(caller, req.user_id.as_deref())?;
+        let user = self.acting_user(caller, req.user_id.as_deref())?;
         Ok((user, MemoryId::parse("memory_id", &req.memory_id)?))
     }
 }

@@ -95,6 +95,8 @@ pub async fn run(
         allowed_origins: Vec::new(),
         rest_rate_limit: 0,
         mcp_rate_limit: 0,
+        rest_user_rate_limit: 0,
+        mcp_user_rate_limit: 0,
         request_timeout: Duration::from_secs(60),
         mcp_sessions_per_key: crate::config::DEFAULT_MCP_SESSIONS_PER_KEY,
         ready_timeout: Duration::from_secs(1),

@@ -1,22 +1,34 @@
 //! `http`: who may call the HTTP transport and how much (`auth`,
-//! `allowed_hosts`, `allowed_origins`, the rate limits, `request_timeout_secs`).
+//! `allowed_hosts`, `allowed_origins`, the rate limits per key and per
+//! acting user, `request_timeout_secs`).
 
 use serde::Deserialize;
 
 use super::layers::{Choice, ConfigError, Layers, Range};
 
-pub const DEFAULT_REST_RATE_LIMIT: u32 = 10;
-pub const DEFAULT_MCP_RATE_LIMIT: u32 = 600;
+/// Per acting user: what one client needs (see `crate::limit`).
+pub const DEFAULT_REST_USER_RATE_LIMIT: u32 = 10;
+pub const DEFAULT_MCP_USER_RATE_LIMIT: u32 = 600;
+/// Per API key: a hundred users' worth, so that one admin key serving many
+/// users is held to each user's allowance rather than capped as one user,
+/// while a runaway or leaked key is still bounded.
+pub const DEFAULT_REST_RATE_LIMIT: u32 = 100 * DEFAULT_REST_USER_RATE_LIMIT;
+pub const DEFAULT_MCP_RATE_LIMIT: u32 = 100 * DEFAULT_MCP_USER_RATE_LIMIT;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_MCP_SESSIONS_PER_KEY: u32 = 64;
 /// `Host` values answered unless configured: the loopback names.
 pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
-const PER_MINUTE: &str = " requests per minute per key, 0 for no limit";
+const PER_KEY: &str = " requests per minute per key, 0 for no limit";
+const PER_USER: &str = " requests per minute per acting user, 0 for no limit";
 pub(super) const REST_RATE_LIMIT: Range<u32> =
-    Range::new(DEFAULT_REST_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
+    Range::new(DEFAULT_REST_RATE_LIMIT, 0, 1_000_000).note(PER_KEY);
 pub(super) const MCP_RATE_LIMIT: Range<u32> =
-    Range::new(DEFAULT_MCP_RATE_LIMIT, 0, 1_000_000).note(PER_MINUTE);
+    Range::new(DEFAULT_MCP_RATE_LIMIT, 0, 1_000_000).note(PER_KEY);
+pub(super) const REST_USER_RATE_LIMIT: Range<u32> =
+    Range::new(DEFAULT_REST_USER_RATE_LIMIT, 0, 1_000_000).note(PER_USER);
+pub(super) const MCP_USER_RATE_LIMIT: Range<u32> =
+    Range::new(DEFAULT_MCP_USER_RATE_LIMIT, 0, 1_000_000).note(PER_USER);
 pub(super) const MCP_SESSIONS_PER_KEY: Range<u32> =
     Range::new(DEFAULT_MCP_SESSIONS_PER_KEY, 1, 100_000).note(" open /mcp sessions per key");
 pub(super) const REQUEST_TIMEOUT_SECS: Range<u64> =
@@ -29,6 +41,8 @@ pub(super) const KEYS: &[&str] = &[
     "allowed_origins",
     "rest_rate_limit",
     "mcp_rate_limit",
+    "rest_user_rate_limit",
+    "mcp_user_rate_limit",
     "request_timeout_secs",
     "mcp_sessions_per_key",
 ];
@@ -61,10 +75,18 @@ pub struct HttpConfig {
     /// transport; CORS is answered for these only. Empty (the default): no
     /// CORS, and a request carrying an `Origin` must come from an allowed host.
     pub allowed_origins: Vec<String>,
-    /// REST requests per minute per API key (0: unlimited).
+    /// REST requests per minute per API key (0: unlimited), whichever
+    /// users it acts for.
     pub rest_rate_limit: u32,
-    /// MCP requests per minute per API key (0: unlimited); agents call in bursts.
+    /// MCP requests per minute per API key (0: unlimited), whichever users
+    /// it acts for.
     pub mcp_rate_limit: u32,
+    /// REST requests per minute per acting user (0: unlimited), whichever
+    /// keys act for them.
+    pub rest_user_rate_limit: u32,
+    /// MCP requests per minute per acting user (0: unlimited); agents call
+    /// in bursts.
+    pub mcp_user_rate_limit: u32,
     /// Longest a REST request may take before it is answered 503.
     pub request_timeout_secs: u64,
     /// Streamable HTTP sessions one key may hold open at once (each costs
@@ -103,6 +125,8 @@ impl HttpConfig {
             allowed_origins,
             rest_rate_limit: src.number("rest_rate_limit", &REST_RATE_LIMIT)?,
             mcp_rate_limit: src.number("mcp_rate_limit", &MCP_RATE_LIMIT)?,
+            rest_user_rate_limit: src.number("rest_user_rate_limit", &REST_USER_RATE_LIMIT)?,
+            mcp_user_rate_limit: src.number("mcp_user_rate_limit", &MCP_USER_RATE_LIMIT)?,
             mcp_sessions_per_key: src.number("mcp_sessions_per_key", &MCP_SESSIONS_PER_KEY)?,
             request_timeout_secs: src.number("request_timeout_secs", &REQUEST_TIMEOUT_SECS)?,
         })

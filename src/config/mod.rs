@@ -13,7 +13,7 @@
 //! | `llm`               | `config/llm.rs`     | `extractor`, `llm_*`                                   |
 //! | `openai`            | `config/openai.rs`  | `openai_base_url` (`OPENAI_BASE_URL`); `OPENAI_API_KEY`, environment only |
 //! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes` |
-//! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit`, `request_timeout_secs`, `mcp_sessions_per_key` |
+//! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -48,7 +48,8 @@ pub use embedder::{
 };
 pub use http::{
     AuthMode, DEFAULT_ALLOWED_HOSTS, DEFAULT_MCP_RATE_LIMIT, DEFAULT_MCP_SESSIONS_PER_KEY,
-    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_REST_RATE_LIMIT, HttpConfig,
+    DEFAULT_MCP_USER_RATE_LIMIT, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_REST_RATE_LIMIT,
+    DEFAULT_REST_USER_RATE_LIMIT, HttpConfig,
 };
 pub use layers::{ConfigError, Origin};
 pub use llm::{

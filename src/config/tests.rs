@@ -214,9 +214,14 @@ fn bad_values_name_the_key_and_the_choices() {
 #[test]
 fn http_limits_and_origins() {
     let cfg = Config::load_from(None, &env(&[])).unwrap();
+    // Per user what one client needs; per key a hundred users' worth.
+    assert_eq!(
+        (cfg.http.rest_user_rate_limit, cfg.http.mcp_user_rate_limit),
+        (10, 600)
+    );
     assert_eq!(
         (cfg.http.rest_rate_limit, cfg.http.mcp_rate_limit),
-        (10, 600)
+        (1_000, 60_000)
     );
     assert_eq!(cfg.http.request_timeout_secs, 120);
     assert!(cfg.http.allowed_origins.is_empty());
@@ -226,6 +231,8 @@ fn http_limits_and_origins() {
         &env(&[
             ("ENGRAM_REST_RATE_LIMIT", "0"),
             ("ENGRAM_MCP_RATE_LIMIT", "5000"),
+            ("ENGRAM_REST_USER_RATE_LIMIT", "3"),
+            ("ENGRAM_MCP_USER_RATE_LIMIT", "0"),
             ("ENGRAM_REQUEST_TIMEOUT_SECS", "30"),
             (
                 "ENGRAM_ALLOWED_ORIGINS",
@@ -237,6 +244,10 @@ fn http_limits_and_origins() {
     assert_eq!(
         (cfg.http.rest_rate_limit, cfg.http.mcp_rate_limit),
         (0, 5000)
+    );
+    assert_eq!(
+        (cfg.http.rest_user_rate_limit, cfg.http.mcp_user_rate_limit),
+        (3, 0)
     );
     assert_eq!(cfg.http.request_timeout_secs, 30);
     assert_eq!(
@@ -253,6 +264,7 @@ fn http_limits_and_origins() {
             "not an origin",
         ),
         ("ENGRAM_REST_RATE_LIMIT", "-1", "0 for no limit"),
+        ("ENGRAM_MCP_USER_RATE_LIMIT", "-1", "per acting user"),
         ("ENGRAM_REQUEST_TIMEOUT_SECS", "0", "1..=3600"),
     ] {
         let err = Config::load_from(None, &env(&[(key, value)]))
@@ -427,6 +439,8 @@ fn a_range_refusal_quotes_the_range_and_default_constants() {
     refused("max_text_bytes", &memory::MAX_TEXT_BYTES);
     refused("rest_rate_limit", &http::REST_RATE_LIMIT);
     refused("mcp_rate_limit", &http::MCP_RATE_LIMIT);
+    refused("rest_user_rate_limit", &http::REST_USER_RATE_LIMIT);
+    refused("mcp_user_rate_limit", &http::MCP_USER_RATE_LIMIT);
     refused("request_timeout_secs", &http::REQUEST_TIMEOUT_SECS);
     refused("mcp_sessions_per_key", &http::MCP_SESSIONS_PER_KEY);
 }

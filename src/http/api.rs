@@ -1,8 +1,10 @@
 //! The REST API, `/api/v1/memory/...`: the same service as the MCP tools,
-//! for services that speak plain HTTP. Each handler hands the caller's
-//! [`Principal`] and the request to one service method (which resolves the
-//! acting user: a user key naming another user is 403) and answers JSON;
-//! every error is `application/problem+json` ([`Problem`]).
+//! for services that speak plain HTTP. Each handler counts the request
+//! against its acting user's rate limit ([`Api::admit`]; the key's was
+//! counted by the gate), then hands the caller's [`Principal`] and the
+//! request to one service method (which resolves the acting user: a user
+//! key naming another user is 403) and answers JSON; every error is
+//! `application/problem+json` ([`Problem`]).
 //!
 //! Routes (the OpenAPI document in [`super::openapi`] lists the same):
 //! `POST /` remember, `POST /search`, `GET /context/{user_id}`,
@@ -23,8 +25,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
+use super::query::{self, NoQuery};
 use crate::auth::Principal;
 use crate::context::UserContext;
+use crate::limit::UserLimit;
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::service::{
     ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult, RememberResult,
@@ -37,6 +41,21 @@ pub const BASE: &str = "/api/v1/memory";
 #[derive(Clone)]
 pub struct Api {
     pub service: Arc<MemoryService>,
+    /// REST requests per acting user.
+    pub user_limit: Arc<UserLimit>,
+}
+
+impl Api {
+    /// Counts a request naming `user_id` (`None`: the caller's own user)
+    /// against its acting user's limit, or refuses it 429 with
+    /// `Retry-After`. Every handler calls this once, with the user it hands
+    /// to the service, before the service acts.
+    async fn admit(&self, caller: &Principal, user_id: Option<&str>) -> Result<(), Problem> {
+        self.user_limit
+            .check(&self.service, caller, user_id)
+            .await
+            .map_err(|limited| Problem::user_rate_limited(&limited))
+    }
 }
 
 type Answer<T> = Result<Json<T>, Problem>;
@@ -87,63 +106,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        let raw = parts.uri.query().unwrap_or_default();
-        utf8_query(raw)?;
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| Self(q.0))
-            .map_err(|e| {
-                // axum's wording, less its prefix; serde's "there are no
-                // fields" said as what it means here.
-                let text = e.body_text();
-                let text = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text)
-                    .replace(
-                        ", there are no fields",
-                        " (this route takes no query parameters)",
-                    );
-                Problem::invalid(
-                    None,
-                    format!("{text}; see this route's query parameters in /api/v1/openapi.json"),
-                )
-            })
+        query::utf8(parts.uri.query().unwrap_or_default())
+            .map_err(|text| Problem::invalid(None, text))?;
+        query::fields(&parts.uri).map(Self).map_err(|text| {
+            Problem::invalid(
+                None,
+                format!("{text}; see this route's query parameters in /api/v1/openapi.json"),
+            )
+        })
     }
 }
-
-/// Refuses a query string whose names or values are not UTF-8 once decoded.
-fn utf8_query(raw: &str) -> Result<(), Problem> {
-    let decodes = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .is_ok()
-    };
-    for pair in raw.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !decodes(name) {
-            return Err(Problem::invalid(
-                None,
-                "a query parameter's name is not UTF-8 once percent-decoded; \
-                 encode text as UTF-8 (é is %C3%A9)",
-            ));
-        }
-        if !decodes(value) {
-            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            return Err(Problem::invalid(
-                None,
-                format!(
-                    "query parameter `{name}` is not UTF-8 once percent-decoded; \
-                     encode text as UTF-8 (é is %C3%A9)"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The query of a route that takes no parameters: any is refused.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoQuery {}
 
 /// `GET /context/{user_id}` options.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -203,6 +175,7 @@ async fn remember(
     _: Params<NoQuery>,
     Body(p): Body<RememberParams>,
 ) -> Answer<RememberResult> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.remember(&caller, p).await?))
 }
 
@@ -212,6 +185,7 @@ async fn search(
     _: Params<NoQuery>,
     Body(p): Body<RecallParams>,
 ) -> Answer<RecallResult> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.recall(&caller, p).await?))
 }
 
@@ -221,6 +195,7 @@ async fn context(
     Path(user_id): Path<String>,
     Params(q): Params<ContextQuery>,
 ) -> Answer<UserContext> {
+    api.admit(&caller, Some(&user_id)).await?;
     let p = UserContextParams {
         user_id: Some(user_id),
         agent_id: q.agent_id,
@@ -237,6 +212,7 @@ async fn stats(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Answer<UserStats> {
+    api.admit(&caller, Some(&user_id)).await?;
     Ok(Json(api.service.stats(&caller, Some(&user_id)).await?))
 }
 
@@ -246,6 +222,7 @@ async fn export(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Result<Response, Problem> {
+    api.admit(&caller, Some(&user_id)).await?;
     let export = api.service.export(&caller, Some(&user_id)).await?;
     let disposition = format!(
         "attachment; filename=\"engram-export-{}.json\"",
@@ -263,6 +240,7 @@ async fn forget_user(
     Path(user_id): Path<String>,
     _: Params<NoQuery>,
 ) -> Answer<ForgetResult> {
+    api.admit(&caller, Some(&user_id)).await?;
     let p = ForgetParams {
         user_id: Some(user_id),
         all: Some(true),
@@ -277,6 +255,7 @@ async fn get_memory(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<MemoryDetail> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     Ok(Json(api.service.get(&caller, owner.of(memory_id)).await?))
 }
 
@@ -286,6 +265,7 @@ async fn history(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<HistoryResult> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     Ok(Json(
         api.service.history(&caller, owner.of(memory_id)).await?,
     ))
@@ -297,6 +277,7 @@ async fn forget_memory(
     Path(memory_id): Path<String>,
     Params(owner): Params<OwnerQuery>,
 ) -> Answer<ForgetResult> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
     let p = ForgetParams {
         memory_id: Some(memory_id),
         user_id: owner.user_id,

@@ -3,12 +3,14 @@
 //! The gate runs in front of `/mcp`, `/sse`, `/messages` and `/api`. With
 //! `ENGRAM_AUTH=keys` it requires `Authorization: Bearer <key>`, looks the
 //! key up on every request (a revoked key stops at once, on every
-//! instance), counts the request against the key's rate limit, and hands
-//! the [`Principal`] to the handler in the request's extensions. Missing or
-//! unknown keys get 401 with `WWW-Authenticate`; an exhausted limit gets
-//! 429 with `Retry-After` (on `/messages` the handler gives it, so that it
-//! also reaches the session's stream). With `ENGRAM_AUTH=none` (loopback
-//! binds only) every request is the operator's and nothing is counted.
+//! instance), counts the request against the key's rate limit (the
+//! per-user limit is counted later, where the request's user is known: see
+//! `crate::limit`), and hands the [`Principal`] to the handler in the
+//! request's extensions. Missing or unknown keys get 401 with
+//! `WWW-Authenticate`; an exhausted limit gets 429 with `Retry-After` (on
+//! `/messages` the handler gives it, so that it also reaches the session's
+//! stream). With `ENGRAM_AUTH=none` (loopback binds only) every request is
+//! the operator's and nothing is counted, per key or per user.
 //! Either way, a request with more than one `Authorization` header is 400.
 //!
 //! Sessions: a Streamable HTTP session answers only the principal that
@@ -24,16 +26,17 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::limit::RateLimiter;
 use super::problem::Problem;
 use crate::auth::Principal;
 use crate::config::AuthMode;
+use crate::limit::{RateLimiter, retry_secs};
 use crate::service::MemoryService;
 use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-/// The gate for one kind of route (REST or MCP: each has its own limit).
+/// The gate for one kind of route (REST or MCP: each has its own per-key
+/// limit).
 #[derive(Clone)]
 pub struct Gate {
     service: Arc<MemoryService>,
@@ -51,7 +54,8 @@ pub struct Gate {
 pub struct RateLimited(pub u64);
 
 impl Gate {
-    /// `kind` names the limit in the shared cache (`rest`, `mcp`).
+    /// `kind` names the limit in the shared cache (`rest`, `mcp`; the
+    /// per-user limits are `rest-user`, `mcp-user`).
     pub fn new(
         service: Arc<MemoryService>,
         mode: AuthMode,
@@ -140,10 +144,9 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
         Err(response) => return response,
     };
     if let Some(key) = principal.key_id()
-        && let Err(wait) = gate.limiter.check(key).await
+        && let Err(wait) = gate.limiter.check(&key.to_string()).await
     {
-        // Whole seconds, rounded up: retrying after Retry-After must succeed.
-        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let seconds = retry_secs(wait);
         if !gate.defer_limit {
             return Problem::rate_limited(seconds).into_response();
         }

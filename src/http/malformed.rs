@@ -5,6 +5,10 @@
 //! any other error answer to a request; a malformed notification: 202, no
 //! body. Everything else goes on to rmcp untouched.
 //!
+//! `/mcp` takes no query parameters: a request with any (or with one that
+//! is not UTF-8 once decoded) gets 400 with `-32600` and the request's id
+//! when it can be read, whatever its method.
+//!
 //! It runs inside the key gate, so only an authenticated caller gets this
 //! far. The gate defers the rate limit to here: a request over it gets 429
 //! with `Retry-After` and, for a POST, a JSON-RPC error with the request's
@@ -13,7 +17,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -21,14 +25,18 @@ use serde_json::{Value, json};
 use super::MAX_BODY_BYTES;
 use super::auth::RateLimited;
 use super::problem::Problem;
-use super::sse::RATE_LIMITED;
-use crate::jsonrpc::{self, INVALID_PARAMS, PARSE_ERROR, Refusal, Verdict};
+use super::query::{self, NoQuery};
+use crate::jsonrpc::{self, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, Refusal, Verdict};
+use crate::limit::RATE_LIMITED;
 
 pub async fn answer_malformed(request: Request, next: Next) -> Response {
     let limited = request.extensions().get::<RateLimited>().copied();
     if request.method() != Method::POST {
         if let Some(RateLimited(seconds)) = limited {
             return Problem::rate_limited(seconds).into_response();
+        }
+        if let Err(refusal) = no_query(request.uri(), || Value::Null) {
+            return refuse(StatusCode::BAD_REQUEST, &refusal);
         }
         return next.run(request).await;
     }
@@ -47,6 +55,9 @@ pub async fn answer_malformed(request: Request, next: Next) -> Response {
     if let Some(RateLimited(seconds)) = limited {
         return rate_limited(&bytes, seconds);
     }
+    if let Err(refusal) = no_query(&parts.uri, || id_of(&bytes)) {
+        return refuse(StatusCode::BAD_REQUEST, &refusal);
+    }
     match jsonrpc::read(&bytes) {
         Verdict::Serve(_) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -64,10 +75,7 @@ pub async fn answer_malformed(request: Request, next: Next) -> Response {
 /// error with the request's id that MCP clients show (the wait in its
 /// message and in `data.retry_after_secs`).
 fn rate_limited(body: &[u8], seconds: u64) -> Response {
-    let id = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|message| message.get("id").cloned())
-        .unwrap_or(Value::Null);
+    let id = id_of(body);
     let answer = json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -89,6 +97,30 @@ fn rate_limited(body: &[u8], seconds: u64) -> Response {
         answer.to_string(),
     )
         .into_response()
+}
+
+/// Refuses a query string on `/mcp`, which takes none; `id` gives the
+/// request's id (read only for a refusal).
+fn no_query(uri: &Uri, id: impl FnOnce() -> Value) -> Result<(), Refusal> {
+    query::read::<NoQuery>(uri)
+        .map(drop)
+        .map_err(|text| Refusal {
+            id: id(),
+            code: INVALID_REQUEST,
+            message: format!(
+                "Invalid Request: {text}; /mcp takes no query parameters, send everything in \
+                 the JSON-RPC message"
+            ),
+        })
+}
+
+/// The `id` of the message in `body`, as given; null when it is not JSON
+/// or has none (as the other malformed-input answers read it).
+fn id_of(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|message| message.get("id").cloned())
+        .unwrap_or(Value::Null)
 }
 
 fn refuse(status: StatusCode, refusal: &Refusal) -> Response {

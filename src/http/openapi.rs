@@ -269,7 +269,7 @@ fn build() -> Value {
             "description": "Long-term memory for AI agents. Every request needs \
                 `Authorization: Bearer <key>` (`engram keys create`); a user key acts for its \
                 own user only. Errors are application/problem+json with a stable `code`. \
-                Rate limited per key (429 with Retry-After).",
+                Rate limited per API key and per acting user (429 with Retry-After).",
         },
         "servers": [{ "url": "/" }],
         "security": [{ "bearer": [] }],

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::limit::UserLimited;
 use crate::store::StoreError;
 
 /// The body of every error response.
@@ -67,17 +68,27 @@ impl Problem {
         }
     }
 
+    /// A request over its API key's limit.
     pub fn rate_limited(retry_after: u64) -> Self {
+        Self::too_many(
+            retry_after,
+            format!(
+                "this API key has used its requests for now; retry in {retry_after} s \
+                 (limits per key and minute, whichever users it acts for: \
+                 ENGRAM_REST_RATE_LIMIT, ENGRAM_MCP_RATE_LIMIT)"
+            ),
+        )
+    }
+
+    /// A request over its acting user's limit.
+    pub fn user_rate_limited(limited: &UserLimited) -> Self {
+        Self::too_many(limited.retry_after, limited.message())
+    }
+
+    fn too_many(retry_after: u64, detail: String) -> Self {
         Self {
             retry_after: Some(retry_after),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "this API key has used its requests for now; retry in {retry_after} s \
-                     (limits per key and minute: ENGRAM_REST_RATE_LIMIT, ENGRAM_MCP_RATE_LIMIT)"
-                ),
-            )
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
         }
     }
 

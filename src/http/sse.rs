@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::RateLimited;
 use super::jsonrpc_id::RequestIdScan;
 use super::problem::Problem;
+use super::query::{self, NoQuery};
 use crate::auth::Principal;
+use crate::limit::{RATE_LIMITED, UserLimit};
 use crate::mcp::{Caller, EngramMcp};
 use crate::service::MemoryService;
 
@@ -69,14 +71,21 @@ struct Session {
 pub struct Sessions {
     open: Arc<Mutex<HashMap<String, Session>>>,
     service: Arc<MemoryService>,
+    /// MCP calls per acting user, shared with `/mcp`.
+    user_limit: Arc<UserLimit>,
     stop: CancellationToken,
 }
 
 impl Sessions {
-    pub fn new(service: Arc<MemoryService>, stop: CancellationToken) -> Self {
+    pub fn new(
+        service: Arc<MemoryService>,
+        user_limit: Arc<UserLimit>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             open: Arc::default(),
             service,
+            user_limit,
             stop,
         }
     }
@@ -197,11 +206,16 @@ impl Drop for Close {
     }
 }
 
-/// `GET /sse`: a new session and its event stream.
+/// `GET /sse`: a new session and its event stream. It takes no query
+/// parameters: any is refused (400) before a session opens.
 pub async fn open(
     State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    query::read::<NoQuery>(&uri).map_err(|text| {
+        Problem::invalid(None, format!("{text}; open a stream with a plain GET /sse"))
+    })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_handler, from_client) = mpsc::channel::<ClientJsonRpcMessage>(INBOUND_QUEUE);
     let (to_stream, from_handler) = mpsc::channel::<String>(STREAM_QUEUE_MESSAGES);
@@ -220,7 +234,8 @@ pub async fn open(
     };
     sessions.with_map(|m| m.insert(id.clone(), session));
 
-    let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal));
+    let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal))
+        .with_user_limit(sessions.user_limit.clone());
     let channels = Channels {
         inbound: from_client,
         outbound: outbound.clone(),
@@ -262,10 +277,13 @@ pub async fn open(
         },
     );
     let events = futures::stream::once(async move { Ok(endpoint) }).chain(replies);
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// The query of a post: the session, and nothing else.
 #[derive(Deserialize)]
-pub struct Target {
+#[serde(deny_unknown_fields)]
+struct Target {
     #[serde(rename = "sessionId")]
     session_id: String,
 }
@@ -277,19 +295,27 @@ const SCAN_BYTES: usize = 16 * super::MAX_BODY_BYTES;
 /// `POST /messages?sessionId=ID`: one JSON-RPC message for the session's
 /// handler; its answer comes on the event stream. 202 when handed over.
 ///
-/// A post refused for its size (413), the key's rate limit (429) or as not
-/// a JSON-RPC message (400) is also answered on the stream, with a JSON-RPC
+/// A post refused for its size (413), the key's rate limit (429), its query
+/// string (400: anything but one `sessionId`, or not UTF-8) or as not a
+/// JSON-RPC message (400) is also answered on the stream, with a JSON-RPC
 /// error carrying the request's id when it can be read: the client waits
-/// there, not on the POST. The body is read in chunks, keeping at most
-/// [`super::MAX_BODY_BYTES`] of it, and its id is found as it passes.
+/// there, not on the POST. (A query refused as a whole still names its
+/// session when `sessionId` appears once.) The body is read in chunks,
+/// keeping at most [`super::MAX_BODY_BYTES`] of it, and its id is found as
+/// it passes.
 pub async fn post(
     State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
     limited: Option<Extension<RateLimited>>,
-    Query(target): Query<Target>,
+    uri: Uri,
     body: axum::body::Body,
 ) -> Response {
-    let session = sessions.find(&target.session_id, &principal);
+    let target = query::read::<Target>(&uri);
+    let session_id = match &target {
+        Ok(target) => Some(target.session_id.clone()),
+        Err(_) => query::lone(&uri, "sessionId"),
+    };
+    let session = session_id.and_then(|id| sessions.find(&id, &principal));
     let answer = |id: Option<rmcp::model::RequestId>, error: ErrorData| {
         if let (Some(id), Some((_, outbound))) = (id, &session) {
             outbound.push(&ServerJsonRpcMessage::error(error, Some(id)));
@@ -312,6 +338,17 @@ pub async fn post(
             ),
         );
         return Problem::rate_limited(seconds).into_response();
+    }
+    if let Err(text) = target {
+        let detail = format!(
+            "{text}; post to the endpoint the stream named, /messages?sessionId=ID, \
+             with nothing else in the query"
+        );
+        answer(
+            posted.request_id(),
+            ErrorData::new(ErrorCode::INVALID_REQUEST, detail.clone(), None),
+        );
+        return Problem::invalid(None, detail).into_response();
     }
     let Some(bytes) = posted.body.as_ref() else {
         let detail = format!(
@@ -353,11 +390,6 @@ pub async fn post(
         Err(_) => Problem::not_found("the session has closed").into_response(),
     }
 }
-
-/// The JSON-RPC error code of a post refused by the key's rate limit (in
-/// the range JSON-RPC leaves to servers); its `data` says
-/// `retry_after_secs`.
-pub const RATE_LIMITED: i32 = -32029;
 
 /// A posted body as read: whole when within the limit, and what
 /// [`RequestIdScan`] found in it.

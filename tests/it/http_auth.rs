@@ -1,7 +1,8 @@
 //! Who may do what over HTTP, against the real binary: the key matrix on
 //! REST, Streamable HTTP and the legacy SSE transport (no key, a wrong one,
-//! a revoked one, user A naming user B, admin), per-key rate limits, and 50
-//! users with their own keys writing and reading at once.
+//! a revoked one, user A naming user B, admin), rate limits per key and per
+//! acting user, and 50 users with their own keys writing and reading at
+//! once.
 
 use crate::common;
 
@@ -37,7 +38,7 @@ async fn mcp(server: &Server, key: &str) -> common::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_matrix_on_rest() {
-    let server = Server::with_keys(None, &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let server = Server::with_keys(None, &common::http::NO_LIMITS).await;
     let alice = server.create_key(&["--user", "alice"]);
     let bob = server.create_key(&["--user", "bob"]);
     let admin = server.create_key(&["--admin"]);
@@ -367,7 +368,7 @@ async fn fifty_users_at_once_lose_nothing_and_see_only_their_own() {
         "works night shifts as a radiographer",
         "collects vinyl records of 1970s jazz",
     ];
-    let server = Server::with_keys(None, &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let server = Server::with_keys(None, &common::http::NO_LIMITS).await;
     let users: Vec<(String, String)> = (0..USERS)
         .map(|u| {
             let user = format!("user{u:02}");
@@ -491,6 +492,46 @@ async fn processes_sharing_a_cache_share_each_keys_allowance() {
         .problem(429, "rate_limited");
 }
 
+/// With a cache, each user's allowance is shared too, apart from the keys':
+/// a user over their limit on one process is over it on the other, while
+/// the key acting for them goes on serving other users on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_a_cache_share_each_users_allowance() {
+    let redis = common::redis::shared_url();
+    let prefix = format!("engram-test-{}:", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("ENGRAM_REST_USER_RATE_LIMIT", "2"),
+        ("ENGRAM_REST_RATE_LIMIT", "6"),
+        ("ENGRAM_CACHE_URL", redis.as_str()),
+        ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
+    ];
+    let first = Server::with_keys(None, &env).await;
+    let second = Server::with_keys(Some(&first.database_url), &env).await;
+    let admin = first.create_key(&["--admin"]);
+    let stats = |server: &Server, user: &str| {
+        let path = format!("/api/v1/memory/stats/{user}");
+        let (http, base, key) = (server.http.clone(), server.base.clone(), admin.clone());
+        async move {
+            let response = http.get(format!("{base}{path}")).bearer_auth(key).send();
+            common::http::Reply::read(response.await.unwrap()).await
+        }
+    };
+    for server in [&first, &second] {
+        let reply = stats(server, "alice").await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    stats(&first, "alice").await.problem(429, "rate_limited");
+    stats(&second, "alice").await.problem(429, "rate_limited");
+    // Four requests counted against the key so far: two more pass.
+    for server in [&second, &first] {
+        let reply = stats(server, "bob").await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let key_limited = stats(&second, "carol").await;
+    key_limited.problem(429, "rate_limited");
+    assert!(key_limited.text.contains("API key"), "{}", key_limited.text);
+}
+
 /// Over the MCP limit, `/mcp` still says 429 with `Retry-After`, and its
 /// body is a JSON-RPC error with the request's id and the wait, which MCP
 /// clients show (a problem+json body reaches the user as "an error response").
@@ -539,4 +580,129 @@ async fn an_mcp_request_over_the_limit_gets_a_json_rpc_error_with_the_wait() {
         message.contains(&format!("retry after {wait} s")),
         "{message}"
     );
+}
+
+/// A backend whose one admin key serves many users is held to each user's
+/// allowance, not capped as one user: requests for three users, together
+/// over the per-user limit, all pass; the user who goes over it is refused
+/// whichever key acts for them; and the key's own limit still bounds the
+/// key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_is_limited_per_acting_user_on_rest() {
+    let server = Server::with_keys(
+        None,
+        &[
+            ("ENGRAM_REST_USER_RATE_LIMIT", "3"),
+            ("ENGRAM_REST_RATE_LIMIT", "11"),
+        ],
+    )
+    .await;
+    let admin = server.create_key(&["--admin"]);
+    let carol = server.create_key(&["--user", "carol"]);
+    let stats = |user: &str, key: &str| {
+        let (path, key) = (format!("/api/v1/memory/stats/{user}"), key.to_owned());
+        let server = &server;
+        async move { server.call(Method::GET, &path, Some(&key), None).await }
+    };
+    // Nine requests from one key: three times one user's allowance.
+    for user in ["alice", "bob", "carol"] {
+        for _ in 0..3 {
+            let reply = stats(user, &admin).await;
+            assert_eq!(reply.status, 200, "{user}: {}", reply.text);
+        }
+    }
+    // Alice's fourth, named in a body this time: refused for her.
+    let limited = server
+        .call(
+            Method::POST,
+            "/api/v1/memory/search",
+            Some(&admin),
+            Some(json!({"query": "tea", "user_id": "alice"})),
+        )
+        .await;
+    limited.problem(429, "rate_limited");
+    let wait: u64 = limited.header("retry-after").parse().unwrap();
+    assert!(
+        (1..=20).contains(&wait),
+        "3 a minute: one every 20 s; {wait}"
+    );
+    assert_eq!(limited.body["retry_after"], wait);
+    let detail = limited.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("'alice'") && detail.contains("ENGRAM_REST_USER_RATE_LIMIT"),
+        "{detail}"
+    );
+    // Carol's own key draws on the same allowance as the admin acting for her.
+    stats("carol", &carol).await.problem(429, "rate_limited");
+    // Another user through the same key: the key is not capped as one user.
+    assert_eq!(stats("dave", &admin).await.status, 200);
+    // The key's eleventh counted request was dave's; its twelfth is over
+    // the key's limit, whoever it is for.
+    let key_limited = stats("erin", &admin).await;
+    key_limited.problem(429, "rate_limited");
+    let detail = key_limited.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("API key") && detail.contains("ENGRAM_REST_RATE_LIMIT"),
+        "{detail}"
+    );
+}
+
+/// The same over MCP (Streamable HTTP): an admin key's tool calls count per
+/// acting user; the call over its user's limit is a JSON-RPC error -32029
+/// with the wait, and requests that act on no user (`tools/list`) count
+/// only against the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_is_limited_per_acting_user_over_mcp() {
+    let server = Server::with_keys(None, &[("ENGRAM_MCP_USER_RATE_LIMIT", "3")]).await;
+    let admin = server.create_key(&["--admin"]);
+    let client = mcp(&server, &admin).await;
+    for user in ["alice", "bob", "carol"] {
+        for _ in 0..3 {
+            let found = ok(&client, "recall", json!({"query": "tea", "user_id": user})).await;
+            assert_eq!(found["user_id"], user);
+        }
+    }
+    for _ in 0..5 {
+        client
+            .list_all_tools()
+            .await
+            .expect("tools/list counts per key only");
+    }
+    let args = json!({"user_id": "alice", "text": "likes tea"});
+    let refused = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("remember")
+                .with_arguments(args.as_object().cloned().unwrap()),
+        )
+        .await;
+    let Err(rmcp::ServiceError::McpError(error)) = refused else {
+        panic!("alice's fourth call was not refused: {refused:?}");
+    };
+    assert_eq!(error.code.0, -32029, "{error:?}");
+    let wait = error
+        .data
+        .as_ref()
+        .and_then(|d| d["retry_after_secs"].as_u64())
+        .unwrap_or_else(|| panic!("no data.retry_after_secs: {error:?}"));
+    assert!((1..=20).contains(&wait), "{wait}");
+    assert!(
+        error.message.contains(&format!("retry after {wait} s"))
+            && error.message.contains("ENGRAM_MCP_USER_RATE_LIMIT"),
+        "{}",
+        error.message
+    );
+    // The session and the key go on serving other users; the refused call
+    // stored nothing (REST has its own allowance for alice).
+    let found = ok(&client, "user_context", json!({"user_id": "dave"})).await;
+    assert_eq!(found["user_id"], "dave");
+    client.cancel().await.unwrap();
+    let stats = server
+        .call(
+            Method::GET,
+            "/api/v1/memory/stats/alice",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(stats.body["memories"], 0, "{}", stats.text);
 }

@@ -131,6 +131,85 @@ async fn malformed_messages_on_mcp_get_json_rpc_errors() {
     }
 }
 
+/// `/mcp` takes no query parameters: any, or one that is not UTF-8 once
+/// decoded, is refused with 400 and a JSON-RPC error (-32600) carrying the
+/// request's id when it can be read, whatever the method.
+#[tokio::test]
+async fn query_strings_on_mcp_are_refused_in_json_rpc() {
+    let server = Server::start().await;
+    let send = |method: reqwest::Method, query: &str, body: &'static str| {
+        server
+            .http
+            .request(method, format!("{}/mcp{query}", server.base))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+    };
+    let ping = r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#;
+    for (method, query, body, id, named) in [
+        (
+            reqwest::Method::POST,
+            "?colour=red",
+            ping,
+            json!(9),
+            "`colour`",
+        ),
+        (
+            reqwest::Method::POST,
+            "?sessionId=abc",
+            ping,
+            json!(9),
+            "`sessionId`",
+        ),
+        (reqwest::Method::POST, "?q=%FF", ping, json!(9), "UTF-8"),
+        (reqwest::Method::POST, "?%FF=1", ping, json!(9), "UTF-8"),
+        (
+            reqwest::Method::POST,
+            "?colour=red",
+            "{",
+            Value::Null,
+            "`colour`",
+        ),
+        (
+            reqwest::Method::GET,
+            "?colour=red",
+            "",
+            Value::Null,
+            "`colour`",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "?colour=red",
+            "",
+            Value::Null,
+            "`colour`",
+        ),
+    ] {
+        let shown = format!("{method} /mcp{query} {body}");
+        let response = send(method, query, body).await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{shown}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{shown}"
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], -32600, "{shown}: {answer}");
+        assert_eq!(answer["id"], id, "{shown}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{shown}: {message}");
+    }
+    // An empty query is no parameter: the body is read as usual.
+    let answer: Value = send(reqwest::Method::POST, "?", "{")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
     let mut server = Server::start_process().await;
@@ -320,7 +399,7 @@ async fn without_its_database_engram_is_unready_at_once_and_recovers() {
     let through = db
         .url
         .replace(authority, &format!("127.0.0.1:{}", proxy.port));
-    let server = Server::with_keys(Some(&through), &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let server = Server::with_keys(Some(&through), &common::http::NO_LIMITS).await;
     let key = server.create_key(&["--user", "alice"]);
     let search = |http: reqwest::Client, base: String, key: String| async move {
         let response = http

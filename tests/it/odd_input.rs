@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::http::{Reply, Server};
+use common::http::{NO_LIMITS, Reply, Server};
 use common::postgres::TestDatabase;
 use common::{ok, tool_err};
 use reqwest::Method;
@@ -16,11 +16,6 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-
-const NO_LIMITS: [(&str, &str); 2] = [
-    ("ENGRAM_REST_RATE_LIMIT", "0"),
-    ("ENGRAM_MCP_RATE_LIMIT", "0"),
-];
 
 async fn mcp(server: &Server, key: &str) -> common::Client {
     let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.base))

@@ -21,7 +21,7 @@ const ROUTES: [(&str, &str); 9] = [
 ];
 
 async fn server() -> (Server, String) {
-    let server = Server::with_keys(None, &[("ENGRAM_REST_RATE_LIMIT", "0")]).await;
+    let server = Server::with_keys(None, &common::http::NO_LIMITS).await;
     let key = server.create_key(&["--user", "alice"]);
     (server, key)
 }

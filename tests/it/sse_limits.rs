@@ -1,13 +1,14 @@
 //! The legacy SSE transport under a client that misbehaves: one that posts
-//! but stops reading its stream is cut off rather than buffered for, and a
+//! but stops reading its stream is cut off rather than buffered for, a
 //! post refused before it reaches the session (too large, over the rate
-//! limit, not JSON) is still answered on the stream, with its id.
+//! limit, an odd query string, not JSON) is still answered on the stream,
+//! with its id, and a call over its user's rate limit is refused there.
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::http::Server;
+use common::http::{Reply, Server};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -252,4 +253,99 @@ async fn refused_posts_are_answered_on_the_stream_with_their_id() {
             .contains(&format!("retry after {retry} seconds")),
         "{answer}"
     );
+}
+
+/// `/sse` takes no query parameters and `/messages` only `sessionId`:
+/// anything else, or a value that is not UTF-8 once decoded, is 400; a
+/// refused post whose session can still be told is answered on its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_strings_on_sse_and_messages_are_refused() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    for query in ["?colour=red", "?sessionId=abc", "?x=%FF", "?%FF"] {
+        let url = format!("{}/sse{query}", server.base);
+        let reply = Reply::read(http.get(&url).send().await.unwrap()).await;
+        reply.problem(400, "invalid_input");
+    }
+
+    let (mut stream, endpoint) = open_raw(&server.base, None).await;
+    let target = format!("{}{endpoint}", server.base);
+    let mut seen = String::new();
+    let send = |url: String, id: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+        let request = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { Reply::read(request.send().await.unwrap()).await }
+    };
+    // Beside the session: refused, and answered on the session's stream.
+    for (query, id, named) in [("&colour=red", "q-1", "`colour`"), ("&x=%FF", "q-2", "`x`")] {
+        let reply = send(format!("{target}{query}"), id).await;
+        reply.problem(400, "invalid_input");
+        assert!(reply.text.contains(named), "{query}: {}", reply.text);
+        let answer = answer_on(&mut stream, &mut seen, &json!(id)).await;
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{message}");
+    }
+    // No session, or no one session: refused on the POST alone.
+    let base = &server.base;
+    for url in [
+        format!("{base}/messages"),
+        format!("{base}/messages?colour=red"),
+        format!("{base}/messages?sessionId=%FF"),
+        format!("{target}&sessionId=another"),
+    ] {
+        send(url, "q-3").await.problem(400, "invalid_input");
+    }
+    // The session still serves a well-formed post.
+    assert_eq!(post(&http, &target, None, initialize()).await, 202);
+    let answer = answer_on(&mut stream, &mut seen, &json!(0)).await;
+    assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+}
+
+/// A session's tool call over its user's limit is refused on the stream as
+/// a JSON-RPC error with the wait; the post itself was accepted (the key's
+/// own limit was not reached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_its_users_limit_is_refused_on_the_stream() {
+    let server = Server::with_keys(None, &[("ENGRAM_MCP_USER_RATE_LIMIT", "2")]).await;
+    let key = server.create_key(&["--user", "alice"]);
+    let http = reqwest::Client::new();
+    let (mut stream, endpoint) = open_raw(&server.base, Some(&key)).await;
+    let target = format!("{}{endpoint}", server.base);
+    let mut seen = String::new();
+    assert_eq!(post(&http, &target, Some(&key), initialize()).await, 202);
+    answer_on(&mut stream, &mut seen, &json!(0)).await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let status = post(&http, &target, Some(&key), initialized.to_string()).await;
+    assert_eq!(status, 202);
+    for id in 1..=3 {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "user_context", "arguments": {}}});
+        assert_eq!(
+            post(&http, &target, Some(&key), call.to_string()).await,
+            202
+        );
+        let answer = answer_on(&mut stream, &mut seen, &json!(id)).await;
+        if id <= 2 {
+            assert_eq!(
+                answer["result"]["structuredContent"]["user_id"], "alice",
+                "{answer}"
+            );
+            continue;
+        }
+        let error = &answer["error"];
+        assert_eq!(error["code"], -32029, "{answer}");
+        let wait = error["data"]["retry_after_secs"]
+            .as_u64()
+            .unwrap_or_default();
+        assert!((1..=30).contains(&wait), "{answer}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("retry after {wait} s")),
+            "{message}"
+        );
+    }
 }

@@ -19,6 +19,15 @@ use tokio::process::{Child, Command};
 
 use super::{ENGRAM, run_engram};
 
+/// Every rate limit off (per key and per user, REST and MCP), for tests
+/// that make many requests and are not about limits.
+pub const NO_LIMITS: [(&str, &str); 4] = [
+    ("ENGRAM_REST_RATE_LIMIT", "0"),
+    ("ENGRAM_MCP_RATE_LIMIT", "0"),
+    ("ENGRAM_REST_USER_RATE_LIMIT", "0"),
+    ("ENGRAM_MCP_USER_RATE_LIMIT", "0"),
+];
+
 pub struct Server {
     /// The binary, when the test needs the process itself ([`Server::start_process`]).
     pub child: Option<Child>,
