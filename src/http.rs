@@ -46,6 +46,8 @@ mod api;
 mod auth;
 mod jsonrpc_id;
 mod malformed;
+
+pub(crate) use malformed::UserCounted;
 mod openapi;
 mod problem;
 mod query;
@@ -158,6 +160,10 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_max_request_body_bytes(MAX_BODY_BYTES),
     );
+    let mcp_users = malformed::McpUsers {
+        service: service.clone(),
+        limit: mcp_user_limit.clone(),
+    };
     let sessions = sse::Sessions::new(service.clone(), mcp_user_limit, stop.clone());
     let mcp_gate = auth::Gate::new(
         service.clone(),
@@ -180,7 +186,7 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         .with_state(sessions);
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(from_fn(malformed::answer_malformed))
+        .layer(from_fn_with_state(mcp_users, malformed::answer_malformed))
         .layer(from_fn_with_state(
             auth::SessionOwners::new(live_sessions, settings.mcp_sessions_per_key),
             auth::owned_sessions,

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
+use crate::http::UserCounted;
 use crate::limit::{RATE_LIMITED, UserLimit, UserLimited};
 use crate::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
 use crate::service::{ForgetResult, MemoryService, RecallResult, RememberResult};
@@ -97,13 +98,25 @@ impl EngramMcp {
     }
 
     /// Counts a call naming `user_id` (`None`: the caller's own user)
-    /// against its acting user's limit. Every tool, the prompt and the
+    /// against its acting user's limit, unless `/mcp` counted it already
+    /// (a `tools/call`: [`UserCounted`]). Every tool, the prompt and the
     /// resource call this once, with the user they hand to the service,
     /// before the service acts.
-    async fn admit(&self, caller: &Principal, user_id: Option<&str>) -> Result<(), ErrorData> {
+    async fn admit(
+        &self,
+        extensions: &Extensions,
+        caller: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<(), ErrorData> {
         let Some(limit) = &self.user_limit else {
             return Ok(());
         };
+        let counted = extensions
+            .get::<axum::http::request::Parts>()
+            .is_some_and(|parts| parts.extensions.get::<UserCounted>().is_some());
+        if counted {
+            return Ok(());
+        }
         limit
             .check(&self.service, caller, user_id)
             .await
@@ -141,7 +154,8 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<RememberResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        self.admit(&caller, p.user_id.as_deref()).await?;
+        self.admit(&extensions, &caller, p.user_id.as_deref())
+            .await?;
         answer(self.service.remember(&caller, p).await)
     }
 
@@ -162,7 +176,8 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<RecallResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        self.admit(&caller, p.user_id.as_deref()).await?;
+        self.admit(&extensions, &caller, p.user_id.as_deref())
+            .await?;
         answer(self.service.recall(&caller, p).await)
     }
 
@@ -184,7 +199,8 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<UserContext>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        self.admit(&caller, p.user_id.as_deref()).await?;
+        self.admit(&extensions, &caller, p.user_id.as_deref())
+            .await?;
         answer(self.service.user_context(&caller, p).await)
     }
 
@@ -205,7 +221,8 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<Json<ForgetResult>, Failure> {
         let caller = self.principal(&extensions).map_err(tool_error)?;
-        self.admit(&caller, p.user_id.as_deref()).await?;
+        self.admit(&extensions, &caller, p.user_id.as_deref())
+            .await?;
         answer(self.service.forget(&caller, p).await)
     }
 }
@@ -223,7 +240,8 @@ impl EngramMcp {
         extensions: Extensions,
     ) -> Result<GetPromptResult, ErrorData> {
         let caller = self.principal(&extensions).map_err(protocol_error)?;
-        self.admit(&caller, args.user_id.as_deref()).await?;
+        self.admit(&extensions, &caller, args.user_id.as_deref())
+            .await?;
         let request = UserContextParams {
             user_id: args.user_id,
             query: args.task.clone(),
@@ -308,7 +326,8 @@ impl ServerHandler for EngramMcp {
             .principal(&context.extensions)
             .map_err(protocol_error)?;
         let user = percent_decode(user);
-        self.admit(&caller, Some(&user)).await?;
+        self.admit(&context.extensions, &caller, Some(&user))
+            .await?;
         let request = UserContextParams {
             user_id: Some(user),
             ..UserContextParams::default()

@@ -13,10 +13,14 @@
 //! far. The gate defers the rate limit to here: a request over it gets 429
 //! with `Retry-After` and, for a POST, a JSON-RPC error with the request's
 //! id (code -32029, the wait in `data.retry_after_secs`), which MCP clients
-//! show where a problem+json body would be "an error response".
+//! show where a problem+json body would be "an error response". A
+//! `tools/call` is counted here against its acting user's limit too, so
+//! that a refusal gets the same 429 (the tool could only answer 200 with
+//! the error); the request then carries [`UserCounted`] and the tool does
+//! not count it again. Prompts and resources are counted by their handlers.
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,10 +30,30 @@ use super::MAX_BODY_BYTES;
 use super::auth::RateLimited;
 use super::problem::Problem;
 use super::query::{self, NoQuery};
+use crate::auth::Principal;
 use crate::jsonrpc::{self, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, Refusal, Verdict};
-use crate::limit::RATE_LIMITED;
+use crate::limit::{RATE_LIMITED, UserLimit, UserLimited};
+use crate::service::MemoryService;
+use rmcp::model::{ClientRequest, JsonRpcMessage};
+use rmcp::service::{RoleServer, RxJsonRpcMessage};
+use std::sync::Arc;
 
-pub async fn answer_malformed(request: Request, next: Next) -> Response {
+/// What `/mcp` counts a `tools/call` against: its acting user's allowance.
+#[derive(Clone)]
+pub struct McpUsers {
+    pub service: Arc<MemoryService>,
+    pub limit: Arc<UserLimit>,
+}
+
+/// Marks a request already counted against its acting user's limit.
+#[derive(Clone, Copy, Debug)]
+pub struct UserCounted;
+
+pub async fn answer_malformed(
+    State(users): State<McpUsers>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limited = request.extensions().get::<RateLimited>().copied();
     if request.method() != Method::POST {
         if let Some(RateLimited(seconds)) = limited {
@@ -59,7 +83,21 @@ pub async fn answer_malformed(request: Request, next: Next) -> Response {
         return refuse(StatusCode::BAD_REQUEST, &refusal);
     }
     match jsonrpc::read(&bytes) {
-        Verdict::Serve(_) => {
+        Verdict::Serve(message) => {
+            let mut parts = parts;
+            if let Some(requested) = tool_call_user(&message) {
+                let caller = parts.extensions.get::<Principal>().cloned();
+                if let Some(caller) = caller {
+                    let counted = users
+                        .limit
+                        .check(&users.service, &caller, requested.as_deref())
+                        .await;
+                    if let Err(limited) = counted {
+                        return user_limited(&bytes, &limited);
+                    }
+                    parts.extensions.insert(UserCounted);
+                }
+            }
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
@@ -93,6 +131,47 @@ fn rate_limited(body: &[u8], seconds: u64) -> Response {
         [
             (header::CONTENT_TYPE, "application/json".to_owned()),
             (header::RETRY_AFTER, seconds.to_string()),
+        ],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+/// The `user_id` argument of a `tools/call` (`Some(None)`: the call names
+/// none); `None` for any other message.
+fn tool_call_user(message: &RxJsonRpcMessage<RoleServer>) -> Option<Option<String>> {
+    let JsonRpcMessage::Request(request) = message else {
+        return None;
+    };
+    let ClientRequest::CallToolRequest(call) = &request.request else {
+        return None;
+    };
+    let requested = call
+        .params
+        .arguments
+        .as_ref()
+        .and_then(|arguments| arguments.get("user_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Some(requested)
+}
+
+/// A `tools/call` over its user's limit: as [`rate_limited`], naming the user.
+fn user_limited(body: &[u8], limited: &UserLimited) -> Response {
+    let answer = json!({
+        "jsonrpc": "2.0",
+        "id": id_of(body),
+        "error": {
+            "code": RATE_LIMITED,
+            "message": limited.message(),
+            "data": {"retry_after_secs": limited.retry_after},
+        },
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::RETRY_AFTER, limited.retry_after.to_string()),
         ],
         answer.to_string(),
     )

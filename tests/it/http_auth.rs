@@ -648,9 +648,10 @@ async fn an_admin_key_is_limited_per_acting_user_on_rest() {
 }
 
 /// The same over MCP (Streamable HTTP): an admin key's tool calls count per
-/// acting user; the call over its user's limit is a JSON-RPC error -32029
-/// with the wait, and requests that act on no user (`tools/list`) count
-/// only against the key.
+/// acting user; the call over its user's limit gets 429 with `Retry-After`
+/// and a JSON-RPC error -32029 naming the user and the wait, as the key's
+/// limit does, and requests that act on no user (`tools/list`) count only
+/// against the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_key_is_limited_per_acting_user_over_mcp() {
     let server = Server::with_keys(None, &[("ENGRAM_MCP_USER_RATE_LIMIT", "3")]).await;
@@ -675,21 +676,51 @@ async fn an_admin_key_is_limited_per_acting_user_over_mcp() {
                 .with_arguments(args.as_object().cloned().unwrap()),
         )
         .await;
-    let Err(rmcp::ServiceError::McpError(error)) = refused else {
-        panic!("alice's fourth call was not refused: {refused:?}");
-    };
-    assert_eq!(error.code.0, -32029, "{error:?}");
-    let wait = error
-        .data
-        .as_ref()
-        .and_then(|d| d["retry_after_secs"].as_u64())
-        .unwrap_or_else(|| panic!("no data.retry_after_secs: {error:?}"));
-    assert!((1..=20).contains(&wait), "{wait}");
+    // Refused before the tool runs, as the key's limit is: the client sees
+    // the 429 and its Retry-After.
+    let refusal = format!(
+        "{:?}",
+        refused.expect_err("alice's fourth call was refused")
+    );
     assert!(
-        error.message.contains(&format!("retry after {wait} s"))
-            && error.message.contains("ENGRAM_MCP_USER_RATE_LIMIT"),
-        "{}",
-        error.message
+        refusal.contains("429") && refusal.contains("retry_after: Some("),
+        "{refusal}"
+    );
+    // On the wire: 429 with Retry-After, the JSON-RPC error as the body.
+    let raw = server
+        .http
+        .post(format!("{}/mcp", server.base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "recall")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "recall", "arguments": {"query": "tea", "user_id": "alice"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 429);
+    let retry_after: u64 = raw.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body["id"], 7, "{body}");
+    assert_eq!(body["error"]["code"], -32029, "{body}");
+    assert_eq!(
+        body["error"]["data"]["retry_after_secs"], retry_after,
+        "{body}"
     );
     // The session and the key go on serving other users; the refused call
     // stored nothing (REST has its own allowance for alice).
