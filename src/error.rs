@@ -52,6 +52,21 @@ impl Error {
         }
     }
 
+    /// The error's stable code, as problem+json and audit rows give it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidInput { .. } => "invalid_input",
+            Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "forbidden",
+            Self::Store(StoreError::Conflict(_)) => "conflict",
+            Self::Store(
+                StoreError::Database { .. } | StoreError::Open { .. } | StoreError::TimedOut { .. },
+            ) => "unavailable",
+            Self::Embed(_) | Self::Extract(_) | Self::Store(StoreError::Embed(_)) => "model_failed",
+            Self::Store(_) => "internal",
+        }
+    }
+
     /// True when the caller can fix the request; false for server-side failures.
     pub fn is_caller_error(&self) -> bool {
         matches!(

@@ -37,6 +37,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
 use crate::config::{AuthMode, Config};
 use crate::limit::{Door, UserLimit};
 use crate::mcp::{Caller, EngramMcp};
@@ -239,9 +240,37 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         app = app.layer(cors);
     }
     let (hosts, origins) = (settings.allowed_hosts, settings.allowed_origins);
-    app.layer(from_fn(move |request, next| {
-        check_host(hosts.clone(), origins.clone(), request, next)
-    }))
+    app.layer(from_fn(audit_origin))
+        .layer(from_fn(move |request, next| {
+            check_host(hosts.clone(), origins.clone(), request, next)
+        }))
+}
+
+/// Notes where a request came from, for the audit trail: the door (by its
+/// path) and the client's address. In the request (MCP handlers read it
+/// there: rmcp may serve them on another task) and around the handler.
+async fn audit_origin(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let transport = if path.starts_with("/mcp") {
+        "mcp"
+    } else if path.starts_with("/sse") || path.starts_with("/messages") {
+        "sse"
+    } else {
+        "rest"
+    };
+    let client_addr = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.to_string());
+    let origin = audit::Origin {
+        transport,
+        client_addr,
+    };
+    request.extensions_mut().insert(origin.clone());
+    audit::from(origin, next.run(request)).await
 }
 
 /// Answers 503 `timeout` when the request takes longer than `limit`. The
@@ -416,6 +445,7 @@ pub async fn serve(
     app: Router,
     stop: CancellationToken,
 ) -> Result<(), HttpError> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(without_delay(listener), app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -427,13 +457,14 @@ pub async fn serve(
 /// client's delayed ACK of the one before (tens of milliseconds).
 fn without_delay(
     listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
     use axum::serve::ListenerExt;
-    listener.tap_io(|socket| {
+    fn no_delay(socket: &mut tokio::net::TcpStream) {
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
         }
-    })
+    }
+    listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@
 //!
 //! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cache;

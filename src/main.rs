@@ -50,6 +50,9 @@ enum Command {
     /// an admin key for any user.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit trail: list rows (newest first), seal them into the hash
+    /// chain, or verify the chain.
+    Audit(AuditArgs),
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
     /// Measure recall on a LoCoMo-format conversation set: every turn
@@ -57,6 +60,36 @@ enum Command {
     /// touched) with the configured embedder, every question recalled and
     /// scored; prints a report per question category.
     Eval(engram::eval::EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    /// Only rows about this user id.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only rows at or after this time (RFC 3339, e.g. 2026-11-30T00:00:00Z).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this operation (remember, recall, user_context, forget, forget_user, get,
+    /// history, stats, export, reextract).
+    #[arg(long)]
+    op: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// One JSON object per row.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Chain every committed row now (`serve` does it every few seconds).
+    Seal,
+    /// Recompute the chain and report the first row that breaks it.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +171,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 KeysCommand::List => engram::startup::list_keys(&config).await?,
                 KeysCommand::Revoke { id } => engram::startup::revoke_key(&config, &id).await?,
+            }
+        }
+        Command::Audit(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            match args.command {
+                Some(AuditCommand::Seal) => engram::startup::audit_seal(&config).await?,
+                Some(AuditCommand::Verify) => engram::startup::audit_verify(&config).await?,
+                None => {
+                    let listing = engram::startup::AuditListing {
+                        user: args.user,
+                        since: args.since,
+                        operation: args.op,
+                        limit: args.limit,
+                        json: args.json,
+                    };
+                    engram::startup::audit_list(&config, listing).await?;
+                }
             }
         }
         Command::Bench(args) => engram::bench::run(args).await?,

@@ -36,6 +36,7 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::audit::{self, Origin};
 use crate::auth::Principal;
 use crate::context::{UserContext, system_prompt};
 use crate::error::Error;
@@ -75,6 +76,10 @@ pub struct EngramMcp {
     caller: Caller,
     /// Calls per acting user, over HTTP; `None` (stdio): not counted.
     user_limit: Option<Arc<UserLimit>>,
+    /// Where calls come from, for the audit trail, when it is the same for
+    /// the handler's whole life (stdio, a legacy SSE session); otherwise
+    /// each request's, which the HTTP layer puts in the request.
+    origin: Origin,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -86,8 +91,30 @@ impl EngramMcp {
             service,
             caller,
             user_limit: None,
+            origin: Origin {
+                transport: "stdio",
+                client_addr: None,
+            },
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
+        }
+    }
+
+    /// Calls come from `origin` (a legacy SSE session's).
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Where the request carrying `extensions` came from.
+    fn origin(&self, extensions: &Extensions) -> Origin {
+        match &self.caller {
+            Caller::Fixed(_) => self.origin.clone(),
+            Caller::PerRequest => extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Origin>())
+                .cloned()
+                .unwrap_or_else(|| self.origin.clone()),
         }
     }
 
@@ -156,7 +183,7 @@ impl EngramMcp {
         let caller = self.principal(&extensions).map_err(tool_error)?;
         self.admit(&extensions, &caller, p.user_id.as_deref())
             .await?;
-        answer(self.service.remember(&caller, p).await)
+        answer(audit::from(self.origin(&extensions), self.service.remember(&caller, p)).await)
     }
 
     #[tool(
@@ -178,7 +205,7 @@ impl EngramMcp {
         let caller = self.principal(&extensions).map_err(tool_error)?;
         self.admit(&extensions, &caller, p.user_id.as_deref())
             .await?;
-        answer(self.service.recall(&caller, p).await)
+        answer(audit::from(self.origin(&extensions), self.service.recall(&caller, p)).await)
     }
 
     #[tool(
@@ -201,7 +228,13 @@ impl EngramMcp {
         let caller = self.principal(&extensions).map_err(tool_error)?;
         self.admit(&extensions, &caller, p.user_id.as_deref())
             .await?;
-        answer(self.service.user_context(&caller, p).await)
+        answer(
+            audit::from(
+                self.origin(&extensions),
+                self.service.user_context(&caller, p),
+            )
+            .await,
+        )
     }
 
     #[tool(
@@ -223,7 +256,7 @@ impl EngramMcp {
         let caller = self.principal(&extensions).map_err(tool_error)?;
         self.admit(&extensions, &caller, p.user_id.as_deref())
             .await?;
-        answer(self.service.forget(&caller, p).await)
+        answer(audit::from(self.origin(&extensions), self.service.forget(&caller, p)).await)
     }
 }
 
@@ -247,9 +280,8 @@ impl EngramMcp {
             query: args.task.clone(),
             ..UserContextParams::default()
         };
-        let context = self
-            .service
-            .user_context(&caller, request)
+        let origin = self.origin(&extensions);
+        let context = audit::from(origin, self.service.user_context(&caller, request))
             .await
             .map_err(protocol_error)?;
         let text = system_prompt(&context, args.task.as_deref());
@@ -332,9 +364,8 @@ impl ServerHandler for EngramMcp {
             user_id: Some(user),
             ..UserContextParams::default()
         };
-        let context = self
-            .service
-            .user_context(&caller, request)
+        let origin = self.origin(&context.extensions);
+        let context = audit::from(origin, self.service.user_context(&caller, request))
             .await
             .map_err(protocol_error)?;
         let contents = ResourceContents::text(context.context, uri).with_mime_type("text/markdown");

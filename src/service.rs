@@ -21,7 +21,11 @@
 //!
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //!
-//! Beside this file, one step each: `validate` (what every door accepts),
+//! Every public operation leaves a row in the audit trail when audit is
+//! on (`audited.rs`: the public entry points, each around its flow here).
+//!
+//! Beside this file, one step each: `audited` (the entry points and their
+//! audit rows), `validate` (what every door accepts),
 //! `remember` (the write flow, and what it keeps when the model fails),
 //! `recall` (search and the context), `cached` (the cache-through steps),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
@@ -30,6 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Auditor;
 use crate::auth::Principal;
 use crate::cache::{self, Cache, NoCache};
 use crate::config::{self, OnLlmError};
@@ -41,8 +46,9 @@ use crate::model::{Event, MemoryId, MetadataFilter, Scope, UserId, validate_meta
 use crate::params::{
     ForgetParams, MemoryRef, RecallParams, RememberParams, Scoped, UserContextParams,
 };
-use crate::store::{Store, UserExport, UserStats};
+use crate::store::{AuditRecord, Store, UserExport, UserStats};
 
+mod audited;
 mod cached;
 mod recall;
 mod reextract;
@@ -103,6 +109,8 @@ pub struct MemoryService {
     /// The embedder's similarity between unrelated texts, measured at the
     /// first search ([`crate::embed::unrelated_similarity`]).
     floor: tokio::sync::OnceCell<f32>,
+    /// Records every operation (`audited.rs`); `None`: audit off.
+    audit: Option<Arc<Auditor>>,
 }
 
 impl MemoryService {
@@ -120,7 +128,24 @@ impl MemoryService {
             settings,
             tally: cached::Tally::default(),
             floor: tokio::sync::OnceCell::new(),
+            audit: None,
         }
+    }
+
+    /// Records every operation in the audit trail through `auditor`.
+    pub fn with_audit(mut self, auditor: Arc<Auditor>) -> Self {
+        self.audit = Some(auditor);
+        self
+    }
+
+    /// The auditor, when audit is on.
+    pub fn auditor(&self) -> Option<&Arc<Auditor>> {
+        self.audit.as_ref()
+    }
+
+    /// The store, when audit is on: what the sealer seals.
+    pub fn audited_store(&self) -> Option<Arc<dyn Store>> {
+        self.audit.as_ref().map(|_| self.store.clone())
     }
 
     /// Serves recalls, contexts and query embeddings through `cache`.
@@ -184,10 +209,11 @@ impl MemoryService {
         caller.acting_user(user_id, &self.settings.default_user)
     }
 
-    pub async fn remember(
+    async fn remember_inner(
         &self,
         caller: &Principal,
         req: RememberParams,
+        audit: Option<AuditRecord>,
     ) -> Result<RememberResult, Error> {
         let scope = self.scope(caller, &req)?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
@@ -199,6 +225,7 @@ impl MemoryService {
             infer: req.infer.unwrap_or(true),
             replacing: Vec::new(),
             said_at: None,
+            audit,
         };
         match self.process(&work).await {
             Err(error)
@@ -211,7 +238,7 @@ impl MemoryService {
         }
     }
 
-    pub async fn recall(
+    async fn recall_inner(
         &self,
         caller: &Principal,
         req: RecallParams,
@@ -238,7 +265,7 @@ impl MemoryService {
     /// The user's profile: with a focus (`query`), the memories most
     /// relevant to it first, then the most recent ones up to `limit`;
     /// without, most recent first.
-    pub async fn user_context(
+    async fn user_context_inner(
         &self,
         caller: &Principal,
         req: UserContextParams,
@@ -258,15 +285,16 @@ impl MemoryService {
 
     /// Deletes one memory (`memory_id`) or every memory of a user named
     /// explicitly (`user_id` with `all: true`), then the user's cache entries.
-    pub async fn forget(
+    async fn forget_inner(
         &self,
         caller: &Principal,
         req: ForgetParams,
+        audit: Option<AuditRecord>,
     ) -> Result<ForgetResult, Error> {
         let target = validate::forget_target(&req)?;
         let user = self.acting_user(caller, req.user_id.as_deref())?;
         let Some(id) = target else {
-            let deleted = self.store.delete_user(&user).await?;
+            let deleted = self.store.delete_user(&user, audit.as_ref()).await?;
             self.cache.purge_user(&user, None).await;
             return Ok(ForgetResult {
                 user_id: user.into(),
@@ -274,7 +302,11 @@ impl MemoryService {
                 memory_id: None,
             });
         };
-        if !self.store.delete(&user, id).await? {
+        let audit = audit.map(|mut record| {
+            crate::audit::with_memories(&mut record, vec![id]);
+            record
+        });
+        if !self.store.delete(&user, id, audit.as_ref()).await? {
             return Err(Error::NotFound(format!(
                 "no memory {id} belongs to user \"{user}\"; nothing was deleted"
             )));
@@ -294,7 +326,7 @@ impl MemoryService {
 
     /// One of the user's memories, current or superseded, and whether it is
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
-    pub async fn get(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
+    async fn get_inner(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
         let (user, id) = self.memory_ref(caller, &req)?;
         let memory = self
             .store
@@ -319,7 +351,7 @@ impl MemoryService {
 
     /// The history of one of the user's memories, oldest first. An unknown
     /// id, or another user's, is [`Error::NotFound`].
-    pub async fn history(
+    async fn history_inner(
         &self,
         caller: &Principal,
         req: MemoryRef,
@@ -338,7 +370,7 @@ impl MemoryService {
 
     /// What the user has stored: counts, categories, dates and size. An
     /// unknown user has all zeros.
-    pub async fn stats(
+    async fn stats_inner(
         &self,
         caller: &Principal,
         user_id: Option<&str>,
@@ -350,7 +382,7 @@ impl MemoryService {
     /// Everything stored for the user, in one snapshot: memories current and
     /// superseded with their history, and deferred remembers. An unknown
     /// user has an empty export.
-    pub async fn export(
+    async fn export_inner(
         &self,
         caller: &Principal,
         user_id: Option<&str>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rmcp::ServiceExt;
 
+use crate::audit::{Auditor, Pseudonyms, Sink};
 use crate::auth::Principal;
 use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
 use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
@@ -38,6 +39,9 @@ pub enum StartupError {
     Invalid(#[from] crate::model::Invalid),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error("audit: {0}")]
+    Audit(String),
+
     #[error("{0} pending remember(s) failed again; they stay pending (see above)")]
     Reextract(usize),
 }
@@ -176,9 +180,79 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         on_llm_error: config.memory.on_llm_error,
         default_user: config.memory.default_user.clone(),
     };
-    Ok(Arc::new(
-        MemoryService::new(store, embedder, extractor, settings).with_cache(cache),
-    ))
+    let mut service =
+        MemoryService::new(store.clone(), embedder, extractor, settings).with_cache(cache);
+    if config.audit.enabled {
+        let pseudonyms = Pseudonyms::new(audit_key(config)?);
+        let auditor = Auditor::new(pseudonyms, config.audit.queries, Sink::start(store));
+        service = service.with_audit(Arc::new(auditor));
+    }
+    Ok(Arc::new(service))
+}
+
+/// Writes the audit rows still queued (reads' rows go after the answer).
+async fn flush_audit(service: &MemoryService) {
+    if let Some(auditor) = service.auditor() {
+        auditor.flush().await;
+    }
+}
+
+/// The key audit rows' user pseudonyms are made with: `ENGRAM_AUDIT_KEY`,
+/// else a random key kept in a file beside the data (made on first use,
+/// readable by its owner only). Instances sharing a PostgreSQL database
+/// must share the key: set `ENGRAM_AUDIT_KEY` there.
+pub fn audit_key(config: &Config) -> Result<Vec<u8>, StartupError> {
+    if let Some(key) = &config.audit.key {
+        return Ok(key.0.as_bytes().to_vec());
+    }
+    let url = &config.store.database_url;
+    let path = match url.strip_prefix("sqlite://") {
+        Some(db) => std::path::PathBuf::from(format!("{db}.audit-key")),
+        None => {
+            tracing::warn!(
+                "ENGRAM_AUDIT_KEY is not set: audit pseudonyms use a key file on this machine;                  every instance on this database must use the same key (set ENGRAM_AUDIT_KEY)"
+            );
+            dirs::data_dir()
+                .ok_or_else(|| StartupError::Audit("no data directory for the audit key".into()))?
+                .join("engram")
+                .join("audit.key")
+        }
+    };
+    read_or_make_key(&path).map_err(|e| {
+        StartupError::Audit(format!(
+            "the audit key file {}: {e} (or set ENGRAM_AUDIT_KEY)",
+            path.display()
+        ))
+    })
+}
+
+/// The key in `path`, or a new random one written there (mode 0600).
+fn read_or_make_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(key) if key.len() >= crate::config::MIN_AUDIT_KEY_BYTES => return Ok(key),
+        Ok(_) => {
+            return Err(std::io::Error::other(
+                "it is shorter than 32 bytes; remove it to make a new one",
+            ));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(path)?.write_all(key.as_bytes())?;
+    Ok(key.into_bytes())
 }
 
 /// `engram migrate`: applies pending migrations to the configured database.
@@ -198,7 +272,11 @@ pub async fn migrate(config: &Config) -> Result<(), StartupError> {
 /// and prints what became of each. Fails when any failed again (they stay).
 pub async fn reextract(config: &Config, limit: usize) -> Result<(), StartupError> {
     let service = build(config).await?;
-    let report = service.reextract(limit).await?;
+    let cli = crate::audit::Origin {
+        transport: "cli",
+        client_addr: None,
+    };
+    let report = crate::audit::from(cli, service.reextract(limit)).await?;
     for done in &report.finished {
         let events: Vec<String> = done
             .result
@@ -348,6 +426,7 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
 /// (port 0 picks a free port: [`HttpApp::address`] says which); `run` serves
 /// until [`HttpApp::stopper`] is cancelled, finishing requests in flight.
 pub struct HttpApp {
+    service: Arc<MemoryService>,
     listener: tokio::net::TcpListener,
     app: axum::Router,
     stop: tokio_util::sync::CancellationToken,
@@ -365,8 +444,11 @@ impl HttpApp {
             );
         }
         let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(store) = service.audited_store() {
+            tokio::spawn(crate::audit::chain::run_sealer(store, stop.clone()));
+        }
         let app = crate::http::app(
-            service,
+            service.clone(),
             crate::http::Settings::from_config(config),
             stop.clone(),
         );
@@ -398,6 +480,7 @@ impl HttpApp {
             "engram serving MCP at http://{address}/mcp and /sse, REST at http://{address}/api/v1/memory"
         );
         Ok(Self {
+            service,
             listener,
             app,
             stop,
@@ -418,6 +501,7 @@ impl HttpApp {
     /// Serves until stopped.
     pub async fn run(self) -> Result<(), StartupError> {
         crate::http::serve(self.listener, self.app, self.stop).await?;
+        flush_audit(&self.service).await;
         tracing::info!("engram stopped");
         Ok(())
     }
@@ -439,7 +523,12 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         default_user = %config.memory.default_user,
         "engram serving MCP on stdio"
     );
-    let handler = EngramMcp::new(service, Caller::Fixed(Principal::Operator));
+    let sealing = tokio_util::sync::CancellationToken::new();
+    if let Some(store) = service.audited_store() {
+        tokio::spawn(crate::audit::chain::run_sealer(store, sealing.clone()));
+    }
+    let _stop_sealing = sealing.drop_guard();
+    let handler = EngramMcp::new(service.clone(), Caller::Fixed(Principal::Operator));
     let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
     let running = match handler.serve(transport).await {
         Ok(running) => running,
@@ -454,6 +543,91 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         .waiting()
         .await
         .map_err(|e| StartupError::Transport(e.to_string()))?;
+    flush_audit(&service).await;
     tracing::info!("client disconnected; engram stopped");
     Ok(())
+}
+
+/// Which audit rows `engram audit` lists.
+#[derive(Debug, Clone, Default)]
+pub struct AuditListing {
+    /// Rows about this user id (found through their pseudonym).
+    pub user: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub operation: Option<String>,
+    pub limit: usize,
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+}
+
+/// `engram audit`: the newest audit rows matching `listing`, newest first.
+pub async fn audit_list(config: &Config, listing: AuditListing) -> Result<(), StartupError> {
+    let store = store(config, embedder(config)?.as_ref()).await?;
+    let user_ref = match &listing.user {
+        Some(user) => Some(Pseudonyms::new(audit_key(config)?).of(user)),
+        None => None,
+    };
+    let query = crate::store::AuditQuery {
+        user_ref,
+        since: listing.since,
+        operation: listing.operation,
+        before_seq: None,
+        limit: listing.limit,
+    };
+    for row in store.audit_rows(&query).await? {
+        if listing.json {
+            println!(
+                "{}",
+                serde_json::to_string(&row).map_err(|e| StartupError::Audit(e.to_string()))?
+            );
+            continue;
+        }
+        let r = &row.record;
+        println!(
+            "{:>8}  {}  {:<13} {:<8} {:<5} {:<15} {:<12} {:>5}  {}  {}",
+            row.seq,
+            r.at.format("%Y-%m-%d %H:%M:%S"),
+            r.operation,
+            r.principal,
+            r.transport,
+            r.client_addr.as_deref().unwrap_or("-"),
+            r.outcome,
+            r.memory_count,
+            r.user_ref.as_deref().map_or("-", |u| &u[..12.min(u.len())]),
+            if row.chain_pos.is_some() {
+                "sealed"
+            } else {
+                "unsealed"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `engram audit seal`: chains every committed row now.
+pub async fn audit_seal(config: &Config) -> Result<(), StartupError> {
+    let store = store(config, embedder(config)?.as_ref()).await?;
+    let sealed = crate::audit::chain::seal_all(store.as_ref()).await?;
+    eprintln!("engram: sealed {sealed} audit row(s)");
+    Ok(())
+}
+
+/// `engram audit verify`: recomputes the chain; fails at the first broken row.
+pub async fn audit_verify(config: &Config) -> Result<(), StartupError> {
+    let store = store(config, embedder(config)?.as_ref()).await?;
+    let verification = crate::audit::chain::verify(store.as_ref()).await?;
+    match verification.broken {
+        None => {
+            println!(
+                "audit chain intact: {} sealed row(s) verified",
+                verification.checked
+            );
+            Ok(())
+        }
+        Some(broken) => Err(StartupError::Audit(format!(
+            "the audit chain breaks at chain position {} (row seq {}): {}; {} row(s) before it \
+             verified",
+            broken.chain_pos, broken.seq, broken.reason, verification.checked
+        ))),
+    }
 }

@@ -14,6 +14,7 @@
 //! | `openai`            | `config/openai.rs`  | `openai_base_url` (`OPENAI_BASE_URL`); `OPENAI_API_KEY`, environment only |
 //! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes` |
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
+//! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -24,6 +25,7 @@
 //! where the value came from (the variable, or the file's path) and what is
 //! allowed. Unknown file keys are refused by name.
 
+mod audit;
 mod cache;
 mod embedder;
 mod http;
@@ -38,6 +40,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::Path;
 
+pub use audit::{AuditConfig, MIN_AUDIT_KEY_BYTES};
 pub use cache::{
     CacheConfig, DEFAULT_CACHE_EMBEDDING_TTL_SECS, DEFAULT_CACHE_POOL_SIZE, DEFAULT_CACHE_PREFIX,
     DEFAULT_CACHE_RETRY_MS, DEFAULT_CACHE_TIMEOUT_MS, DEFAULT_CACHE_TTL_SECS,
@@ -85,6 +88,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Who may call the HTTP transport, and how much.
     pub http: HttpConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -116,6 +121,7 @@ impl Config {
             openai::KEYS,
             memory::KEYS,
             http::KEYS,
+            audit::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -127,6 +133,7 @@ impl Config {
             openai: OpenAiConfig::load(&src)?,
             memory: MemoryConfig::load(&src)?,
             http: HttpConfig::load(&src)?,
+            audit: AuditConfig::load(&src)?,
         })
     }
 }

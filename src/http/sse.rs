@@ -42,6 +42,7 @@ use super::auth::RateLimited;
 use super::jsonrpc_id::RequestIdScan;
 use super::problem::Problem;
 use super::query::{self, NoQuery};
+use crate::audit::Origin;
 use crate::auth::Principal;
 use crate::limit::{RATE_LIMITED, UserLimit};
 use crate::mcp::{Caller, EngramMcp};
@@ -211,6 +212,7 @@ impl Drop for Close {
 pub async fn open(
     State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
+    origin: Option<Extension<Origin>>,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     query::read::<NoQuery>(&uri).map_err(|text| {
@@ -234,8 +236,16 @@ pub async fn open(
     };
     sessions.with_map(|m| m.insert(id.clone(), session));
 
+    let origin = origin.map_or(
+        Origin {
+            transport: "sse",
+            client_addr: None,
+        },
+        |Extension(origin)| origin,
+    );
     let handler = EngramMcp::new(sessions.service.clone(), Caller::Fixed(principal))
-        .with_user_limit(sessions.user_limit.clone());
+        .with_user_limit(sessions.user_limit.clone())
+        .with_origin(origin);
     let channels = Channels {
         inbound: from_client,
         outbound: outbound.clone(),

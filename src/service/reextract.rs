@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::MemoryService;
 use super::remember::{Work, input_from_json};
 use super::types::RememberResult;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::model::{Input, Memory, MemoryId, Message};
 use crate::store::StoreError;
@@ -69,6 +70,14 @@ impl MemoryService {
                         infer: entry.infer,
                         replacing,
                         said_at: Some(pending.created_at),
+                        audit: self.audit.as_ref().map(|a| {
+                            a.record(
+                                &Principal::Operator,
+                                "reextract",
+                                Some(entry.scope.user_id()),
+                                None,
+                            )
+                        }),
                     };
                     self.process(&work).await
                 }

@@ -28,7 +28,7 @@ use crate::extract::{Extracted, Extractor, VerbatimExtractor};
 use crate::model::{Event, Fact, Input, Memory, MemoryId, Message, Metadata, Scope};
 use crate::reconcile::{self, Plan};
 use crate::store::{
-    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
 };
 
 /// Who closes a verbatim copy that no extracted fact replaced, in history.
@@ -45,6 +45,25 @@ pub(super) struct Work<'a> {
     /// When the input was said, for a re-extraction: plans against memories
     /// written after it are kept out.
     pub said_at: Option<DateTime<Utc>>,
+    /// The audit row of this remember (audit on), written with its writes.
+    pub audit: Option<AuditRecord>,
+}
+
+impl Work<'_> {
+    /// Appends this remember's audit row to `batch`, naming the memories
+    /// it stored, changed or found known.
+    async fn audit(
+        &self,
+        batch: &mut dyn WriteBatch,
+        touched: impl Iterator<Item = MemoryId>,
+    ) -> Result<(), Error> {
+        if let Some(record) = &self.audit {
+            let mut record = record.clone();
+            crate::audit::with_memories(&mut record, touched.collect());
+            batch.audit(&record).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Failures of the model rather than of the request or the database.
@@ -69,6 +88,7 @@ impl MemoryService {
             let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
             let mut batch = self.store.begin(work.scope.user_id()).await?;
             close_all(batch.as_mut(), &copies).await?;
+            work.audit(batch.as_mut(), copies.iter().copied()).await?;
             batch.commit().await?;
             return Ok(RememberResult {
                 user_id: work.scope.user_id().to_string(),
@@ -159,6 +179,8 @@ impl MemoryService {
         }
         let leftover: Vec<MemoryId> = writes.replacing.iter().map(|m| m.id).collect();
         close_all(writes.batch, &leftover).await?;
+        let touched = results.iter().map(|e| e.id).chain(leftover.iter().copied());
+        work.audit(writes.batch, touched).await?;
         batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),
@@ -232,6 +254,8 @@ impl MemoryService {
                 .await?;
             Some(id)
         };
+        work.audit(writes.batch, results.iter().map(|e| e.id))
+            .await?;
         batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),

@@ -20,9 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ApiKey, HistoryEntry, Hit, InsertOutcome, Keys, NewMemory, NewPending, Pending, PendingQueue,
-    Reads, Reports, Scored, Search, SearchScope, Store, StoreError, SupersedeOutcome, UserExport,
-    UserStats, Versions, WriteBatch, Writes,
+    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
+    NewMemory, NewPending, Pending, PendingQueue, Reads, Reports, Scored, SealReport, Search,
+    SearchScope, Store, StoreError, SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch,
+    Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -98,6 +99,10 @@ impl WriteBatch for BoundedBatch<'_> {
         bounded(self.limit, self.inner.add_pending(pending)).await
     }
 
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        bounded(self.limit, self.inner.audit(record)).await
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         bounded(self.limit, self.inner.commit()).await
     }
@@ -113,12 +118,21 @@ impl Writes for Deadline {
         }))
     }
 
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
-        bounded(self.limit, self.inner.delete(user_id, id)).await
+    async fn delete(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError> {
+        bounded(self.limit, self.inner.delete(user_id, id, audit)).await
     }
 
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        bounded(self.limit, self.inner.delete_user(user_id)).await
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64, StoreError> {
+        bounded(self.limit, self.inner.delete_user(user_id, audit)).await
     }
 }
 
@@ -236,5 +250,24 @@ impl Reports for Deadline {
 impl Versions for Deadline {
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
         bounded(self.limit, self.inner.version(user_id)).await
+    }
+}
+
+#[async_trait]
+impl AuditLog for Deadline {
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        bounded(self.limit, self.inner.append_audit(records)).await
+    }
+
+    async fn audit_rows(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        bounded(self.limit, self.inner.audit_rows(query)).await
+    }
+
+    async fn seal_audit(&self, limit: usize) -> Result<SealReport, StoreError> {
+        bounded(self.limit, self.inner.seal_audit(limit)).await
+    }
+
+    async fn sealed_audit(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        bounded(self.limit, self.inner.sealed_audit(after, limit)).await
     }
 }

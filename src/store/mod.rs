@@ -1,6 +1,6 @@
 //! Durable memories, their history, and search. The seam is one trait per
 //! concern ([`Writes`], [`Reads`], [`Search`], [`PendingQueue`], [`Keys`],
-//! [`Reports`], [`Versions`]) and [`Store`], which is all of them; `sqlite`
+//! [`Reports`], [`Versions`], [`AuditLog`]) and [`Store`], which is all of them; `sqlite`
 //! is the embedded default, `postgres` the shared production store.
 //!
 //! Invariants every implementation keeps:
@@ -8,7 +8,8 @@
 //! * a memory and its history row commit together;
 //! * [`Writes::insert`] deduplicates atomically: two concurrent inserts of
 //!   near-identical text for one user leave one memory;
-//! * the writes of one [`WriteBatch`] commit together or not at all;
+//! * the writes of one [`WriteBatch`] commit together or not at all, with
+//!   the audit row that records them;
 //! * the store remembers which embedder built its vectors and refuses another.
 //!
 //! Files: `traits` (the seam), `types` (what the traits take and give),
@@ -38,13 +39,14 @@ mod types;
 pub(crate) use shared::sha256_hex;
 
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
+pub use shared::{AUDIT_GENESIS, audit_link};
 pub use traits::{
-    Keys, PendingQueue, Reads, Reports, Search, Store, Versions, WriteBatch, Writes,
-    candidates_in_steps,
+    AuditLog, Keys, PendingQueue, Reads, Reports, SealReport, Search, Store, Versions, WriteBatch,
+    Writes, candidates_in_steps,
 };
 pub use types::{
-    ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
-    SupersedeOutcome,
+    AUDIT_MAX_IDS, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome,
+    NewMemory, NewPending, Pending, Scored, SearchScope, SupersedeOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,6 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 /// The store's traits, to call a backend's methods: `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        Keys, PendingQueue, Reads, Reports, Search, Store, Versions, WriteBatch, Writes,
+        AuditLog, Keys, PendingQueue, Reads, Reports, Search, Store, Versions, WriteBatch, Writes,
     };
 }

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 
 use super::{
-    ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
-    StoreError, SupersedeOutcome, UserExport, UserStats,
+    ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
+    NewPending, Pending, Scored, SearchScope, StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -61,7 +61,9 @@ pub async fn candidates_in_steps<S: Search + ?Sized>(
 /// embedder its vectors were built with. `Arc<dyn Store>` is how the
 /// service holds a backend; `use crate::store::prelude::*` brings the
 /// concerns' methods into scope.
-pub trait Store: Writes + Reads + Search + PendingQueue + Keys + Reports + Versions {
+pub trait Store:
+    Writes + Reads + Search + PendingQueue + Keys + Reports + Versions + AuditLog
+{
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
 }
@@ -131,12 +133,23 @@ pub trait Writes: Send + Sync {
     }
 
     /// Hard-deletes one memory of the user and its history, and any deferred
-    /// remember that stored it. False if it was not theirs.
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError>;
+    /// remember that stored it, with `audit` appended in the same
+    /// transaction. False if it was not theirs (nothing is written).
+    async fn delete(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError>;
 
     /// Hard-deletes every memory, history row and deferred remember of the
-    /// user; returns how many memories.
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// user, with `audit` (its `memory_count` set to how many) appended in
+    /// the same transaction; returns how many memories.
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Writes to one user's memories that commit together or not at all
@@ -190,6 +203,10 @@ pub trait WriteBatch: Send {
 
     /// Keeps a deferred remember of the user (see [`NewPending`]).
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError>;
+
+    /// Appends the audit row recording the batch: it commits with the
+    /// writes it describes, or not at all.
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError>;
 
     /// Makes every write of the batch durable and visible, at once.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
@@ -321,4 +338,42 @@ pub trait Versions: Send + Sync {
     /// transaction, to a value no user has had before. `None` when the user
     /// has no version (nothing stored yet, or everything forgotten).
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError>;
+}
+
+/// What one sealing round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealReport {
+    /// Rows chained this round.
+    pub sealed: u64,
+    /// The chain's length after it.
+    pub chain_length: i64,
+    /// False when another sealer held the lock (nothing was done).
+    pub ran: bool,
+}
+
+/// The audit trail ([`crate::audit`]): rows appended with each operation,
+/// sealed afterwards into a hash chain.
+///
+/// Invariant: engram never changes a row once written but to seal it
+/// (`chain_pos` and `hash`, once), and never deletes one. Sealing takes rows
+/// whose transaction has ended, in `seq` order, one sealer at a time; a row
+/// whose transaction was still open joins a later round, so chain order is
+/// `seq` order within each round.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends `records` in one transaction of their own (reads' records,
+    /// and failed operations', written after the answer).
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+
+    /// Rows matching `query`, newest first (the operator's `engram audit`
+    /// and the admin's `GET /api/v1/audit`).
+    async fn audit_rows(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Chains up to `limit` unsealed rows onto the sealed ones
+    /// ([`crate::store::audit_link`]); does nothing when another sealer
+    /// holds the lock.
+    async fn seal_audit(&self, limit: usize) -> Result<SealReport, StoreError>;
+
+    /// Sealed rows with `chain_pos` > `after`, in chain order, up to `limit`.
+    async fn sealed_audit(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
 }

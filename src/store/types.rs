@@ -161,3 +161,56 @@ pub struct HistoryEntry {
     /// When it happened.
     pub created_at: DateTime<Utc>,
 }
+
+/// One audited operation, as the audit trail keeps it ([`crate::audit`]).
+/// It holds no memory text, and a query only where the operator asked.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    /// `operator` (stdio, or HTTP without keys), `admin` or `user`.
+    pub principal: String,
+    /// The API key behind the call, if any.
+    pub key_id: Option<uuid::Uuid>,
+    /// The acting user's pseudonym (a keyed hash of the id), if any.
+    pub user_ref: Option<String>,
+    /// `stdio`, `mcp`, `sse`, `rest` or `cli`.
+    pub transport: String,
+    /// The client's address, when the transport knows it.
+    pub client_addr: Option<String>,
+    /// What was done: `remember`, `recall`, `user_context`, `forget`, ...
+    pub operation: String,
+    /// The memories touched, up to [`AUDIT_MAX_IDS`]; `memory_count` is all of them.
+    pub memory_ids: Vec<MemoryId>,
+    pub memory_count: u64,
+    /// `ok`, or the error's code (`invalid_input`, `forbidden`, `not_found`, ...).
+    pub outcome: String,
+    /// The query text, only with `ENGRAM_AUDIT_QUERIES=true`.
+    pub query: Option<String>,
+}
+
+/// The most memory ids one audit row lists; a larger set is counted only.
+pub const AUDIT_MAX_IDS: usize = 100;
+
+/// An audit row as stored: the record, its place in the append order
+/// (`seq`) and, once sealed, in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AuditRow {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    /// Position in the hash chain; `None` until sealed.
+    pub chain_pos: Option<i64>,
+    /// SHA-256 (hex) over the previous row's hash and this row; `None` until sealed.
+    pub hash: Option<String>,
+}
+
+/// Which audit rows to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub user_ref: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub operation: Option<String>,
+    /// Rows with `seq` below this (the next page of a listing).
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}

@@ -16,9 +16,11 @@
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
+//! * Compliance: [`audit`] (the audit trail through the binary).
 
 mod common;
 
+mod audit;
 mod cache;
 mod chat_agent;
 mod cli;

@@ -906,10 +906,10 @@ async fn postings_and_lengths_follow_every_write() {
 
     assert!(store.close("kw", mine[3].0, "user").await.unwrap());
     assert_index_is_exact(pool, "after a close").await;
-    assert!(store.delete("kw", mine[4].0).await.unwrap());
+    assert!(store.delete("kw", mine[4].0, None).await.unwrap());
     assert_index_is_exact(pool, "after a delete").await;
     // A closed memory deleted: its postings were gone already.
-    assert!(store.delete("kw", mine[3].0).await.unwrap());
+    assert!(store.delete("kw", mine[3].0, None).await.unwrap());
     assert_index_is_exact(pool, "after deleting a closed memory").await;
 
     // Scores still follow BM25 over what is current.
@@ -926,7 +926,7 @@ async fn postings_and_lengths_follow_every_write() {
         );
     }
 
-    assert_eq!(store.delete_user("other").await.unwrap(), 5);
+    assert_eq!(store.delete_user("other", None).await.unwrap(), 5);
     assert_index_is_exact(pool, "after forgetting a user").await;
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM keyword_postings WHERE user_id = 'other'")
@@ -994,7 +994,7 @@ async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
                     store.close("busy", id, "user").await?;
                 }
                 _ => {
-                    store.delete("busy", id).await?;
+                    store.delete("busy", id, None).await?;
                 }
             }
             store.insert(memory(&user, &second), 2.0).await?;

@@ -145,7 +145,7 @@ async fn users_never_see_each_other(b: Backend) {
     let q = HashEmbedder::new(DIMS).embed("Alice's secret: the vault code is 1234");
     assert!(s.vector_search(at, &q, 10).await.unwrap().is_empty());
     assert!(s.get_many("bob", &[a]).await.unwrap().is_empty());
-    assert!(!s.delete("bob", a).await.unwrap());
+    assert!(!s.delete("bob", a, None).await.unwrap());
     assert_eq!(s.get_many("alice", &[a]).await.unwrap().len(), 1);
     // A near-identical text for bob is not a duplicate of alice's.
     add(s, &bob, "Alice's secret: the vault code is 1234", json!({})).await;
@@ -336,8 +336,8 @@ async fn delete_removes_rows_history_and_index(b: Backend) {
     assert_eq!(history[0].old_memory, None);
     assert_eq!(history[0].actor, "user");
 
-    assert!(s.delete("alice", a).await.unwrap());
-    assert!(!s.delete("alice", a).await.unwrap());
+    assert!(s.delete("alice", a, None).await.unwrap());
+    assert!(!s.delete("alice", a, None).await.unwrap());
     assert!(s.history("alice", a).await.unwrap().is_empty());
     let at = SearchScope::unfiltered(&alice);
     assert!(
@@ -358,7 +358,7 @@ async fn delete_removes_rows_history_and_index(b: Backend) {
     // The same text can be remembered again after being forgotten.
     add(s, &alice, "Likes green tea", json!({})).await;
 
-    assert_eq!(s.delete_user("alice").await.unwrap(), 2);
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 2);
     assert!(s.vector_search(at, &q, 10).await.unwrap().is_empty());
     assert!(s.keyword_search(at, "nurse", 10).await.unwrap().is_empty());
     assert_eq!(s.recent(&alice, 10).await.unwrap().1, 0);
@@ -384,7 +384,7 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
         .await
         .unwrap();
     assert!(matches!(dup, InsertOutcome::Duplicate { .. }));
-    assert!(b.store.delete("alice", id).await.unwrap());
+    assert!(b.store.delete("alice", id, None).await.unwrap());
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
 }
 
@@ -817,18 +817,18 @@ async fn every_write_moves_the_users_version_to_a_new_value(b: Backend) {
     seen.push(v2);
     assert_eq!(other.version("alice").await.unwrap(), Some(v2));
 
-    assert!(other.delete("alice", first).await.unwrap());
+    assert!(other.delete("alice", first, None).await.unwrap());
     let v3 = s.version("alice").await.unwrap().unwrap();
     assert!(!seen.contains(&v3), "{v3} reused");
     seen.push(v3);
-    assert!(!s.delete("alice", first).await.unwrap());
+    assert!(!s.delete("alice", first, None).await.unwrap());
     assert_eq!(
         s.version("alice").await.unwrap(),
         Some(v3),
         "nothing deleted"
     );
 
-    assert_eq!(s.delete_user("alice").await.unwrap(), 1);
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 1);
     assert_eq!(s.version("alice").await.unwrap(), None);
     add(s, &alice, "I live in Porto", json!({})).await;
     let v4 = s.version("alice").await.unwrap().unwrap();
@@ -1299,22 +1299,22 @@ async fn forgetting_drops_the_deferred_remembers_that_stored_it(b: Backend) {
     );
     add_deferred(s, &[&both, &chess, &lisbon, &nothing, &bobs]).await;
 
-    assert!(!s.delete("bob", m1).await.unwrap());
+    assert!(!s.delete("bob", m1, None).await.unwrap());
     assert_eq!(deferred_ids(s).await.len(), 5, "nothing was deleted");
-    assert!(s.delete("alice", m1).await.unwrap());
+    assert!(s.delete("alice", m1, None).await.unwrap());
     assert_eq!(
         deferred_ids(s).await,
         [chess.id, lisbon.id, nothing.id, bobs.id]
     );
-    assert!(s.delete("alice", m2).await.unwrap());
+    assert!(s.delete("alice", m2, None).await.unwrap());
     assert_eq!(deferred_ids(s).await, [lisbon.id, nothing.id, bobs.id]);
 
-    assert_eq!(s.delete_user("alice").await.unwrap(), 1);
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 1);
     assert_eq!(deferred_ids(s).await, [bobs.id]);
     // A user with deferred remembers only is forgotten too.
     let later = deferred(&alice, text("again"), json!({}), true, vec![], "e");
     add_deferred(s, &[&later]).await;
-    assert_eq!(s.delete_user("alice").await.unwrap(), 0);
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 0);
     assert_eq!(deferred_ids(s).await, [bobs.id]);
     assert!(found_current(s, &bob, bm).await);
 }
@@ -1679,7 +1679,7 @@ async fn stats_and_exports_are_bounded_by_user_and_emptied_by_forgetting(b: Back
     assert_eq!((alice_stats.memories, alice_stats.superseded), (2, 1));
     assert_eq!(alice_stats.pending, 1);
 
-    assert_eq!(s.delete_user("alice").await.unwrap(), 3);
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 3);
     assert_empty_stats(&s.stats("alice").await.unwrap(), "alice");
     let gone = s.export("alice").await.unwrap();
     assert!(
@@ -1714,7 +1714,7 @@ async fn an_export_is_one_snapshot_under_concurrent_writes(b: Backend) {
                 let text = format!("Alice planted row {i} of tomatoes");
                 let id = add(s.as_ref(), &alice, &text, json!({})).await;
                 if i % 2 == 0 {
-                    assert!(s.delete("alice", id).await.unwrap());
+                    assert!(s.delete("alice", id, None).await.unwrap());
                 }
             }
         })

@@ -54,6 +54,7 @@ use super::shared::next_batch;
 use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
+mod audit;
 mod keys;
 mod keyword_index;
 mod queue;

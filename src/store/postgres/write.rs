@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
+use super::audit::insert_audit;
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
 use super::queue::insert_pending;
 use super::read::memories_by_id;
@@ -20,7 +21,8 @@ use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row, same_user};
 use crate::store::{
-    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch, Writes,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
+    Writes,
 };
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -97,7 +99,12 @@ impl Writes for PgStore {
         }))
     }
 
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError> {
         // One statement, so the memory, its history and any deferred
         // remember that stored it (which would bring the text back) go together.
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
@@ -116,11 +123,21 @@ impl Writes for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db("deleting a memory"))?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        if let Some(audit) = audit {
+            insert_audit(&mut tx, audit).await?;
+        }
         tx.commit().await.map_err(db("committing a delete"))?;
-        Ok(deleted > 0)
+        Ok(true)
     }
 
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
         lock_user(&mut tx, user_id).await?;
         let deleted: i64 = sqlx::query_scalar(
@@ -134,6 +151,12 @@ impl Writes for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db("deleting a user's memories"))?;
+        if let Some(audit) = audit {
+            // The row says how many memories went.
+            let mut audit = audit.clone();
+            audit.memory_count = deleted.max(0) as u64;
+            insert_audit(&mut tx, &audit).await?;
+        }
         tx.commit().await.map_err(db("committing a delete"))?;
         Ok(deleted.max(0) as u64)
     }
@@ -394,6 +417,10 @@ impl WriteBatch for PgBatch {
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
         same_user(&self.user_id, pending.scope.user_id())?;
         insert_pending(&mut self.tx, &pending).await
+    }
+
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        insert_audit(&mut self.tx, record).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

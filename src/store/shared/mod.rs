@@ -10,6 +10,7 @@
 //! JSON). What stays in a backend's folder is what differs: its own SQL,
 //! its types, and how it opens, writes, locks and searches.
 
+mod audit_chain;
 mod columns;
 mod dialect;
 mod filter;
@@ -21,6 +22,7 @@ mod reembed;
 pub(super) mod reports;
 mod rows;
 
+pub use audit_chain::{GENESIS as AUDIT_GENESIS, audit_link};
 pub(super) use columns::Columns;
 pub(super) use dialect::Dialect;
 pub(super) use for_user::{for_user, same_user};

@@ -58,6 +58,7 @@ macro_rules! metadata_matches {
     };
 }
 
+mod audit;
 mod keys;
 mod keyword_index;
 mod queue;

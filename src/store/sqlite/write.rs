@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
+use super::audit::insert_audit;
 use super::keyword_index::index_terms;
 use super::queue::insert_pending;
 use super::rows::json_array;
@@ -22,7 +23,8 @@ use crate::store::shared::{
 };
 use crate::store::vector_index::UserVectors;
 use crate::store::{
-    InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch, Writes,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
+    Writes,
 };
 
 /// Writes a new memory with its vector, keyword length and ADD history row, and
@@ -320,7 +322,12 @@ impl Writes for SqliteStore {
         }))
     }
 
-    async fn delete(&self, user_id: &str, id: MemoryId) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        user_id: &str,
+        id: MemoryId,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError> {
         let mut w = self.begin_user_write(user_id, "starting a delete").await?;
         let before = generation(&mut w.tx, user_id).await?;
         let pk: Option<i64> =
@@ -367,6 +374,9 @@ impl Writes for SqliteStore {
                 .map_err(db(context))?;
         }
         let generation = bump_generation(&mut w.tx, user_id).await?;
+        if let Some(audit) = audit {
+            insert_audit(&mut w.tx, audit).await?;
+        }
         w.commit("committing a delete", before, generation, |vecs| {
             vecs.remove(pk)
         })
@@ -374,7 +384,11 @@ impl Writes for SqliteStore {
         Ok(true)
     }
 
-    async fn delete_user(&self, user_id: &str) -> Result<u64, StoreError> {
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64, StoreError> {
         let _writer = self.write_lock.lock().await;
         let mut tx = self
             .pool
@@ -409,6 +423,12 @@ impl Writes for SqliteStore {
             ),
         ] {
             for_user(&mut *tx, sql, user_id, context).await?;
+        }
+        if let Some(audit) = audit {
+            // The row says how many memories went.
+            let mut audit = audit.clone();
+            audit.memory_count = deleted;
+            insert_audit(&mut tx, &audit).await?;
         }
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
@@ -596,6 +616,10 @@ impl WriteBatch for SqliteBatch<'_> {
         same_user(&self.user_id, pending.scope.user_id())?;
         // Not a memory: no generation moves.
         insert_pending(&mut self.tx, &pending).await
+    }
+
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        insert_audit(&mut self.tx, record).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

@@ -1,0 +1,139 @@
+//! The audit trail through the real binary: every operation leaves a row
+//! naming its principal, door, pseudonymous user, memories touched and
+//! outcome, with no memory text; `engram audit seal` chains the rows and
+//! `engram audit verify` finds a row edited afterwards.
+
+use crate::common;
+
+use common::{connect_to, ok, run_engram, tool_err};
+use serde_json::{Value, json};
+
+/// The rows `engram audit --json` prints for the database at `url`, oldest first.
+fn audit_rows(url: &str) -> Vec<Value> {
+    let out = run_engram(
+        &["audit", "--json", "--limit", "1000"],
+        &[("ENGRAM_DATABASE_URL", url)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    rows.reverse();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("engram.db");
+    let url = format!("sqlite://{}", db.display());
+    let client = connect_to(&url, &[]).await;
+    let stored = ok(
+        &client,
+        "remember",
+        json!({"user_id": "alice", "infer": false, "messages": [
+            {"role": "user", "content": "I moved to Porto in March"},
+            {"role": "user", "content": "My sister Ana lives in Braga"}]}),
+    )
+    .await;
+    let first = stored["results"][0]["id"].as_str().unwrap().to_owned();
+    ok(
+        &client,
+        "recall",
+        json!({"user_id": "alice", "query": "Porto"}),
+    )
+    .await;
+    ok(&client, "user_context", json!({"user_id": "alice"})).await;
+    ok(
+        &client,
+        "forget",
+        json!({"user_id": "alice", "memory_id": first}),
+    )
+    .await;
+    tool_err(
+        &client,
+        "forget",
+        json!({"user_id": "alice", "memory_id": first}),
+    )
+    .await;
+    ok(&client, "forget", json!({"user_id": "alice", "all": true})).await;
+    client.cancel().await.unwrap();
+
+    let rows = audit_rows(&url);
+    let ops: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("remember", "ok"),
+            ("recall", "ok"),
+            ("user_context", "ok"),
+            ("forget", "ok"),
+            ("forget", "not_found"),
+            ("forget_user", "ok"),
+        ]
+    );
+    for row in &rows {
+        assert_eq!(row["principal"], "operator", "{row}");
+        assert_eq!(row["transport"], "stdio", "{row}");
+        assert!(row["key_id"].is_null(), "{row}");
+        let user_ref = row["user_ref"].as_str().expect("a pseudonym");
+        assert_eq!(user_ref.len(), 64, "{row}");
+        assert_eq!(user_ref, rows[0]["user_ref"].as_str().unwrap());
+        let text = row.to_string();
+        for secret in ["alice", "Porto", "Braga", "Ana"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    assert_eq!(rows[0]["memory_count"], 2);
+    assert_eq!(rows[0]["memory_ids"].as_array().map(Vec::len), Some(2));
+    assert_eq!(rows[3]["memory_ids"][0], first.as_str());
+    assert_eq!(rows[5]["memory_count"], 1, "one memory was left to erase");
+    // The operator finds a user's rows by id (through the pseudonym).
+    let out = run_engram(
+        &["audit", "--json", "--user", "alice"],
+        &[("ENGRAM_DATABASE_URL", &url)],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+
+    let engram = |args: &[&str]| run_engram(args, &[("ENGRAM_DATABASE_URL", &url)]);
+    let sealed = engram(&["audit", "seal"]);
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    let verified = engram(&["audit", "verify"]);
+    assert!(verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("6 sealed row(s) verified"));
+
+    // Someone with the database edits a sealed row (past the trigger).
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TRIGGER audit_log_sealed_rows_are_final; \
+         UPDATE audit_log SET outcome = 'ok' WHERE operation = 'forget' AND outcome = 'not_found'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let verified = engram(&["audit", "verify"]);
+    assert!(!verified.status.success(), "an edited row went unnoticed");
+    let said = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        said.contains("chain position 5") && said.contains("4 row(s) before it"),
+        "{said}"
+    );
+}
