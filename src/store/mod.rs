@@ -43,8 +43,8 @@ pub use traits::{
     candidates_in_steps,
 };
 pub use types::{
-    ApiKey, HistoryEntry, Hit, InsertOutcome, NewMemory, NewPending, Pending, Scored, SearchScope,
-    SupersedeOutcome,
+    Access, ApiKey, HistoryEntry, Hit, InsertOutcome, KeyState, NewMemory, NewPending, Pending,
+    Scored, SearchScope, SupersedeOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
