@@ -5,27 +5,38 @@
 //! Invariant: a user key acts only for its own user. A request naming
 //! another user is refused ([`Error::Forbidden`]), never rewritten.
 //!
+//! A principal also carries what its key may do ([`Access`]): a read-only
+//! key may read but not write. Every write flow of the service asks
+//! [`Principal::may_write`] first, so the rule holds for every door.
+//!
 //! A key is `engram_` and 64 hex digits (244 random bits, from two v4 UUIDs,
 //! whose random parts come from the OS generator); only its SHA-256 is
 //! stored, so a database leak does not leak usable keys. The key is shown
-//! once, when it is created.
+//! once, when it is created. A key may expire (`expires_at`; from then on
+//! it is refused like a revoked one), and a rotation ([`successor`]) makes a
+//! new key like an old one, for the old one to expire after a grace period.
 
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::error::Error;
 use crate::model::UserId;
+pub use crate::store::Access;
 use crate::store::{ApiKey, sha256_hex};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// Whoever runs this process: stdio, or HTTP with `ENGRAM_AUTH=none`
-    /// (loopback only). Acts for any user.
+    /// (loopback only). Acts for any user, and may write.
     Operator,
     /// An admin API key: acts for any user.
-    Admin { key_id: uuid::Uuid },
+    Admin { key_id: uuid::Uuid, access: Access },
     /// A user's API key: acts for that user only.
-    User { key_id: uuid::Uuid, user_id: String },
+    User {
+        key_id: uuid::Uuid,
+        user_id: String,
+        access: Access,
+    },
 }
 
 impl Principal {
@@ -35,8 +46,35 @@ impl Principal {
             Some(user_id) => Self::User {
                 key_id: key.id,
                 user_id: user_id.clone(),
+                access: key.access,
             },
-            None => Self::Admin { key_id: key.id },
+            None => Self::Admin {
+                key_id: key.id,
+                access: key.access,
+            },
+        }
+    }
+
+    /// What the caller may do: the operator anything, a key what it was
+    /// made for.
+    pub fn access(&self) -> Access {
+        match self {
+            Self::Operator => Access::ReadWrite,
+            Self::Admin { access, .. } | Self::User { access, .. } => *access,
+        }
+    }
+
+    /// Refuses ([`Error::Forbidden`]) a write by a read-only key. Every
+    /// write flow (remember, forget) calls this before anything else.
+    pub fn may_write(&self) -> Result<(), Error> {
+        match self.access() {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(Error::Forbidden(
+                "this API key is read-only (scope: read-only): it may recall, read the \
+                 context, stats, exports and history, but not remember or forget; use a key \
+                 created without --read-only"
+                    .into(),
+            )),
         }
     }
 
@@ -66,7 +104,7 @@ impl Principal {
     pub fn key_id(&self) -> Option<uuid::Uuid> {
         match self {
             Self::Operator => None,
-            Self::Admin { key_id } | Self::User { key_id, .. } => Some(*key_id),
+            Self::Admin { key_id, .. } | Self::User { key_id, .. } => Some(*key_id),
         }
     }
 }
@@ -90,8 +128,79 @@ pub fn generate(user_id: Option<String>, label: String) -> (String, ApiKey) {
         label,
         created_at: Utc::now(),
         revoked_at: None,
+        expires_at: None,
+        access: Access::ReadWrite,
     };
     (secret, stored)
+}
+
+/// A fresh key to succeed `old` in a rotation: the same user (or admin),
+/// access and label; it expires at `expires_at`, or else after the same
+/// lifetime as `old` (counted from now), or never if `old` never did.
+pub fn successor(old: &ApiKey, expires_at: Option<DateTime<Utc>>) -> (String, ApiKey) {
+    let (secret, mut key) = generate(old.user_id.clone(), old.label.clone());
+    key.access = old.access;
+    key.expires_at = expires_at.or_else(|| {
+        old.expires_at
+            .map(|end| key.created_at + (end - old.created_at))
+    });
+    (secret, key)
+}
+
+/// Longest key lifetime or grace accepted: 100 years.
+const MAX_DAYS: i64 = 36_525;
+
+/// A span given to a `keys` flag (`--expires-in`, `--grace`): a whole
+/// number and a unit, `s`, `m`, `h`, `d` or `w` (`90s`, `12h`, `30d`, `2w`);
+/// at least a second, at most 100 years.
+pub fn parse_span(flag: &str, raw: &str) -> Result<TimeDelta, String> {
+    let raw = raw.trim();
+    let refuse = || {
+        format!(
+            "{flag} '{raw}' is not a span of time: write a whole number and a unit, \
+             s, m, h, d or w (e.g. 90s, 12h, 30d, 2w)"
+        )
+    };
+    let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(refuse)?;
+    let (number, unit) = raw.split_at(split);
+    let n: i64 = number.parse().map_err(|_| refuse())?;
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(refuse()),
+    };
+    let seconds = n
+        .checked_mul(seconds_per)
+        .filter(|&s| s <= MAX_DAYS * 86_400)
+        .ok_or_else(|| format!("{flag} '{raw}' is longer than 100 years"))?;
+    if seconds == 0 {
+        return Err(format!("{flag} must be at least 1s"));
+    }
+    Ok(TimeDelta::seconds(seconds))
+}
+
+/// An instant given to `--expires-at`: RFC 3339 with an offset
+/// (`2027-03-01T00:00:00Z`), after `now`.
+pub fn parse_instant(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let at = DateTime::parse_from_rfc3339(raw.trim())
+        .map_err(|e| {
+            format!(
+                "--expires-at '{}' is not an RFC 3339 time with an offset, \
+                 e.g. 2027-03-01T00:00:00Z: {e}",
+                raw.trim()
+            )
+        })?
+        .with_timezone(&Utc);
+    if at <= now {
+        return Err(format!(
+            "--expires-at {} is not in the future",
+            at.to_rfc3339()
+        ));
+    }
+    Ok(at)
 }
 
 /// Longest accepted key label, in characters.
@@ -135,6 +244,7 @@ mod tests {
         let alice = Principal::User {
             key_id: uuid::Uuid::nil(),
             user_id: "alice".into(),
+            access: Access::ReadWrite,
         };
         assert_eq!(
             alice.acting_user(None, default).ok().as_deref(),
@@ -157,6 +267,7 @@ mod tests {
             Principal::Operator,
             Principal::Admin {
                 key_id: uuid::Uuid::nil(),
+                access: Access::ReadOnly,
             },
         ] {
             assert_eq!(
@@ -168,6 +279,82 @@ mod tests {
                 Some("default")
             );
         }
+    }
+
+    #[test]
+    fn only_read_only_keys_are_refused_writes() {
+        let reader = Principal::User {
+            key_id: uuid::Uuid::nil(),
+            user_id: "alice".into(),
+            access: Access::ReadOnly,
+        };
+        let refused = reader.may_write();
+        assert!(
+            matches!(&refused, Err(Error::Forbidden(m)) if m.contains("read-only")),
+            "{refused:?}"
+        );
+        let (_, mut admin) = generate(None, String::new());
+        assert!(Principal::from_key(&admin).may_write().is_ok());
+        admin.access = Access::ReadOnly;
+        assert!(Principal::from_key(&admin).may_write().is_err());
+        assert!(Principal::Operator.may_write().is_ok());
+    }
+
+    #[test]
+    fn spans_and_instants_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_span("--grace", "90s"), Ok(TimeDelta::seconds(90)));
+        assert_eq!(parse_span("--grace", " 12h "), Ok(TimeDelta::hours(12)));
+        assert_eq!(parse_span("--expires-in", "30d"), Ok(TimeDelta::days(30)));
+        assert_eq!(parse_span("--expires-in", "2w"), Ok(TimeDelta::days(14)));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "-1d",
+            "1.5h",
+            "30 days",
+            "1y",
+            "9999999999999999999d",
+        ] {
+            let refused = parse_span("--expires-in", bad);
+            assert!(
+                refused.as_ref().is_err_and(|m| m.contains("--expires-in")),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        assert!(parse_span("--grace", "0s").is_err());
+        assert!(parse_span("--grace", "36526d").is_err());
+        let now = Utc::now();
+        let at = parse_instant("2999-03-01T00:00:00+01:00", now);
+        assert_eq!(
+            at.map(|t| t.to_rfc3339()).as_deref(),
+            Ok("2999-02-28T23:00:00+00:00")
+        );
+        assert!(parse_instant("2020-01-01T00:00:00Z", now).is_err_and(|m| m.contains("future")));
+        assert!(parse_instant("2999-03-01", now).is_err_and(|m| m.contains("RFC 3339")));
+    }
+
+    #[test]
+    fn a_successor_is_like_its_predecessor_with_a_new_secret() {
+        let (old_secret, mut old) = generate(Some("alice".into()), "laptop".into());
+        old.access = Access::ReadOnly;
+        old.created_at -= TimeDelta::days(10);
+        old.expires_at = Some(old.created_at + TimeDelta::days(30));
+        let (secret, new) = successor(&old, None);
+        assert_ne!((secret.as_str(), new.id), (old_secret.as_str(), old.id));
+        assert_eq!(
+            (&new.user_id, &new.label, new.access),
+            (&old.user_id, &old.label, old.access)
+        );
+        assert_eq!(
+            new.expires_at,
+            Some(new.created_at + TimeDelta::days(30)),
+            "same lifetime"
+        );
+        let soon = Utc::now() + TimeDelta::hours(1);
+        assert_eq!(successor(&old, Some(soon)).1.expires_at, Some(soon));
+        let (_, forever) = generate(None, String::new());
+        assert_eq!(successor(&forever, None).1.expires_at, None);
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!   and the prompt. [`params`]: the arguments both doors accept. `jsonrpc`
 //!   (`src/jsonrpc.rs`): the one answer to a malformed JSON-RPC message.
 //! * Who is calling: [`auth`] (the principal, which decides the user a
-//!   request acts for; API keys, made once and stored hashed).
+//!   request acts for and whether it may write; API keys, made once and
+//!   stored hashed, which may expire, be read-only, or be rotated).
 //! * The flows: [`service`] (`src/service.rs`) is the only place that knows
 //!   the order of steps; beside it `validate.rs` (what every door accepts),
 //!   `remember.rs` (the write flow, and what it keeps when the model fails),
@@ -48,7 +49,8 @@
 //!   user's write version.
 //! * Running it: [`config`] (defaults < TOML file < `ENGRAM_*` env, one file
 //!   per section), [`startup`] (a config made into a running service:
-//!   `build`, then a transport; [`startup::HttpApp`]), [`telemetry`] (logs
+//!   `build`, then a transport; [`startup::HttpApp`]; `keys.rs`: the
+//!   `engram keys` commands), [`telemetry`] (logs
 //!   to stderr: on stdio, stdout belongs to the protocol).
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:

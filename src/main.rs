@@ -105,11 +105,32 @@ enum KeysCommand {
         /// A note to tell keys apart in `keys list`.
         #[arg(long, default_value = "")]
         label: String,
+        /// A key that may only read (recall, context, stats, export,
+        /// history), never remember or forget.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        expiry: engram::startup::KeyExpiry,
     },
-    /// List keys (never the keys themselves).
+    /// List keys (never the keys themselves), with their state (active,
+    /// expired, revoked), expiry and access.
     List,
     /// Revoke a key by its id (from `keys list`).
     Revoke { id: String },
+    /// Replace a key: print a new one (same user, access and label) and
+    /// let the old one work for a grace period only.
+    Rotate {
+        /// The id of the active key to replace (from `keys list`).
+        id: String,
+        /// How long the old key keeps working: a whole number and a unit,
+        /// s, m, h, d or w.
+        #[arg(long, value_name = "SPAN", default_value = "24h")]
+        grace: String,
+        /// The new key's expiry; by default it lives as long as the old
+        /// one did (from now), or never expires if the old one did not.
+        #[command(flatten)]
+        expiry: engram::startup::KeyExpiry,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,12 +186,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Keys(command) => {
             let config = Config::load(cli.config.as_deref())?;
             match command {
-                KeysCommand::Create { user, admin, label } => {
+                KeysCommand::Create {
+                    user,
+                    admin,
+                    label,
+                    read_only,
+                    expiry,
+                } => {
                     let user = if admin { None } else { user };
-                    engram::startup::create_key(&config, user, label).await?;
+                    engram::startup::create_key(&config, user, label, read_only, &expiry).await?;
                 }
                 KeysCommand::List => engram::startup::list_keys(&config).await?,
                 KeysCommand::Revoke { id } => engram::startup::revoke_key(&config, &id).await?,
+                KeysCommand::Rotate { id, grace, expiry } => {
+                    engram::startup::rotate_key(&config, &id, &grace, &expiry).await?;
+                }
             }
         }
         Command::Audit(args) => {

@@ -8,8 +8,10 @@
 //!   relevances for every candidate ─▶ fuse into absolute scores (`crate::rank`) ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
 //!   memories, rendered for a system prompt.
-//! * forget: hard-delete one memory or all of a user's, then purge the
-//!   user's cache entries.
+//! * forget: hard-delete one memory or all of a user's (erasing a user also
+//!   deletes their API keys), then purge the user's cache entries. Like
+//!   remember, a write: refused to a read-only key
+//!   ([`Principal::may_write`]).
 //! * get / history / stats / export: reads of one user's data, straight from
 //!   the store (no cache); a memory the user does not have is `NotFound`,
 //!   whether unknown or another user's.
@@ -170,7 +172,7 @@ impl MemoryService {
     }
 
     /// The principal a presented API key stands for; `None` when the key is
-    /// unknown or revoked. Read from the store on every call, so a
+    /// unknown, revoked or expired. Read from the store on every call, so a
     /// revocation holds at once on every instance.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, Error> {
         let key = self.store.active_key(&crate::auth::hash(presented)).await?;
@@ -182,10 +184,14 @@ impl MemoryService {
         self.cache.clone()
     }
 
-    /// How many API keys are not revoked.
+    /// How many API keys are active (neither revoked nor expired).
     pub async fn active_keys(&self) -> Result<usize, Error> {
         let keys = self.store.keys().await?;
-        Ok(keys.iter().filter(|k| k.revoked_at.is_none()).count())
+        let now = chrono::Utc::now();
+        Ok(keys
+            .iter()
+            .filter(|k| k.state(now) == crate::store::KeyState::Active)
+            .count())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -215,6 +221,7 @@ impl MemoryService {
         req: RememberParams,
         audit: Option<AuditRecord>,
     ) -> Result<RememberResult, Error> {
+        caller.may_write()?;
         let scope = self.scope(caller, &req)?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
         let metadata = validate_metadata(req.metadata)?;
@@ -291,15 +298,20 @@ impl MemoryService {
         req: ForgetParams,
         audit: Option<AuditRecord>,
     ) -> Result<ForgetResult, Error> {
+        caller.may_write()?;
         let target = validate::forget_target(&req)?;
         let user = self.acting_user(caller, req.user_id.as_deref())?;
         let Some(id) = target else {
+            // Keys first: once they are gone no request of the user's can
+            // begin, so none writes behind the erasure of the memories.
+            let keys_deleted = self.store.delete_user_keys(&user).await?;
             let deleted = self.store.delete_user(&user, audit.as_ref()).await?;
             self.cache.purge_user(&user, None).await;
             return Ok(ForgetResult {
                 user_id: user.into(),
                 deleted,
                 memory_id: None,
+                keys_deleted: Some(keys_deleted),
             });
         };
         let audit = audit.map(|mut record| {
@@ -321,6 +333,7 @@ impl MemoryService {
             user_id: user.into(),
             deleted: 1,
             memory_id: Some(id),
+            keys_deleted: None,
         })
     }
 

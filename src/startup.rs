@@ -21,6 +21,9 @@ use crate::service::{MemoryService, Settings};
 use crate::store::{Deadline, PgOptions, PgStore, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
+mod keys;
+pub use keys::{KeyExpiry, create_key, list_keys, revoke_key, rotate_key};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
@@ -313,94 +316,6 @@ pub async fn reextract(config: &Config, limit: usize) -> Result<(), StartupError
         Ok(())
     } else {
         Err(StartupError::Reextract(report.failed.len()))
-    }
-}
-
-/// `engram keys create`: stores a new key and prints it, once, on stdout.
-pub async fn create_key(
-    config: &Config,
-    user_id: Option<String>,
-    label: String,
-) -> Result<(), StartupError> {
-    let user_id = match user_id {
-        Some(u) if u.trim().is_empty() => {
-            return Err(StartupError::Unsupported(
-                "--user needs the user id the key acts for (or use --admin)".into(),
-            ));
-        }
-        Some(u) => Some(crate::model::validate_id("user", &u)?),
-        None => None,
-    };
-    let label = crate::auth::check_label(&label).map_err(StartupError::Unsupported)?;
-    let store = store(config, embedder(config)?.as_ref()).await?;
-    let (secret, key) = crate::auth::generate(user_id, label);
-    store.add_key(&key).await?;
-    println!("{secret}");
-    eprintln!(
-        "engram: created key {} ({}) for {}; it is shown only now",
-        key.id,
-        key.prefix,
-        key.user_id
-            .as_deref()
-            .map_or("any user (admin)".to_owned(), |u| format!("user \"{u}\""))
-    );
-    Ok(())
-}
-
-/// `engram keys list`: one line per key, never the key itself.
-pub async fn list_keys(config: &Config) -> Result<(), StartupError> {
-    let store = store(config, embedder(config)?.as_ref()).await?;
-    for key in store.keys().await? {
-        println!(
-            "{}  {}...  {:<20}  {}  {}{}",
-            key.id,
-            key.prefix,
-            key.user_id.as_deref().unwrap_or("(admin)"),
-            key.created_at.format("%Y-%m-%d %H:%M"),
-            key.revoked_at.map_or("active".to_owned(), |t| format!(
-                "revoked {}",
-                t.format("%Y-%m-%d %H:%M")
-            )),
-            if key.label.is_empty() {
-                String::new()
-            } else {
-                format!("  {}", printable(&key.label))
-            }
-        );
-    }
-    Ok(())
-}
-
-/// `text` with every control or invisible format character written as an
-/// escape (`\u{a}`): a label stored before labels were checked still prints
-/// on its own row.
-fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() || crate::model::is_format(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `engram keys revoke ID`.
-pub async fn revoke_key(config: &Config, id: &str) -> Result<(), StartupError> {
-    let parsed = uuid::Uuid::parse_str(id.trim()).map_err(|_| {
-        StartupError::Unsupported(format!(
-            "'{id}' is not a key id; `engram keys list` shows them"
-        ))
-    })?;
-    let store = store(config, embedder(config)?.as_ref()).await?;
-    if store.revoke_key(parsed).await? {
-        eprintln!("engram: revoked key {parsed}");
-        Ok(())
-    } else {
-        Err(StartupError::Unsupported(format!(
-            "no active key {parsed}; `engram keys list` shows them"
-        )))
     }
 }
 

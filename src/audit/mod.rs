@@ -93,7 +93,7 @@ impl Auditor {
         let origin = current_origin();
         let (principal, key_id) = match caller {
             Principal::Operator => ("operator", None),
-            Principal::Admin { key_id } => ("admin", Some(*key_id)),
+            Principal::Admin { key_id, .. } => ("admin", Some(*key_id)),
             Principal::User { key_id, .. } => ("user", Some(*key_id)),
         };
         AuditRecord {

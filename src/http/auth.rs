@@ -2,11 +2,13 @@
 //!
 //! The gate runs in front of `/mcp`, `/sse`, `/messages` and `/api`. With
 //! `ENGRAM_AUTH=keys` it requires `Authorization: Bearer <key>`, looks the
-//! key up on every request (a revoked key stops at once, on every
-//! instance), counts the request against the key's rate limit (the
+//! key up on every request (a revoked or expired key stops at once, on
+//! every instance), counts the request against the key's rate limit (the
 //! per-user limit is counted later, where the request's user is known: see
 //! `crate::limit`), and hands the [`Principal`] to the handler in the
-//! request's extensions. Missing or unknown keys get 401 with
+//! request's extensions (with what the key may do: a read-only key's writes
+//! are refused by the service, not here). Missing, unknown, revoked and
+//! expired keys alike get 401 with
 //! `WWW-Authenticate`; an exhausted limit gets 429 with `Retry-After` (on
 //! `/messages` the handler gives it, so that it also reaches the session's
 //! stream). With `ENGRAM_AUTH=none` (loopback binds only) every request is
@@ -107,7 +109,7 @@ impl Gate {
             Ok(Some(principal)) => Ok(principal),
             Ok(None) => {
                 let mut response =
-                    Problem::unauthorized("this API key is unknown or has been revoked")
+                    Problem::unauthorized("this API key is unknown, revoked or expired")
                         .into_response();
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

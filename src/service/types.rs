@@ -102,6 +102,10 @@ pub struct ForgetResult {
     /// The deleted memory, when one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_id: Option<MemoryId>,
+    /// When a user was erased: how many of their API keys were deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::model::count_schema")]
+    pub keys_deleted: Option<u64>,
 }
 
 /// Why a remember was kept as given, in its result.

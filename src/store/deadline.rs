@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
@@ -232,6 +233,23 @@ impl Keys for Deadline {
 
     async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
         bounded(self.limit, self.inner.revoke_key(id)).await
+    }
+
+    async fn rotate_key(
+        &self,
+        old: uuid::Uuid,
+        successor: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        bounded(
+            self.limit,
+            self.inner.rotate_key(old, successor, old_expires_at),
+        )
+        .await
+    }
+
+    async fn delete_user_keys(&self, user_id: &str) -> Result<u64, StoreError> {
+        bounded(self.limit, self.inner.delete_user_keys(user_id)).await
     }
 }
 

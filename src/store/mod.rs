@@ -45,8 +45,8 @@ pub use traits::{
     Writes, candidates_in_steps,
 };
 pub use types::{
-    AUDIT_MAX_IDS, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome,
-    NewMemory, NewPending, Pending, Scored, SearchScope, SupersedeOutcome,
+    AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
+    InsertOutcome, KeyState, NewMemory, NewPending, Pending, Scored, SearchScope, SupersedeOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The seam: one trait per concern, and [`Store`], all of them.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
@@ -302,18 +303,34 @@ pub trait PendingQueue: Send + Sync {
 /// API keys, stored hashed.
 #[async_trait]
 pub trait Keys: Send + Sync {
-    /// Stores a new API key (`created_at` and `revoked_at` as given).
+    /// Stores a new API key (every field as given).
     async fn add_key(&self, key: &ApiKey) -> Result<(), StoreError>;
 
-    /// Every API key, revoked ones included, oldest first (the operator's
-    /// `engram keys list`; not bounded by a user).
+    /// Every API key, revoked and expired ones included, oldest first (the
+    /// operator's `engram keys list`; not bounded by a user).
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
 
-    /// The key whose hash this is, unless revoked.
+    /// The key whose hash this is, unless revoked or expired (`expires_at`
+    /// at or before this process's clock).
     async fn active_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
 
     /// Revokes the key with this id. False: unknown or already revoked.
     async fn revoke_key(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+
+    /// Rotation, in one transaction: when key `old` is active (not revoked,
+    /// not expired), stores `successor` and moves `old`'s expiry to
+    /// `old_expires_at` (or keeps it, when it is sooner). False: `old` is
+    /// unknown or not active, and nothing changed.
+    async fn rotate_key(
+        &self,
+        old: uuid::Uuid,
+        successor: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes every key bound to the user (revoked and expired ones too;
+    /// admin keys are bound to no user and stay); how many went.
+    async fn delete_user_keys(&self, user_id: &str) -> Result<u64, StoreError>;
 }
 
 /// What a user has stored, summed up or in full.

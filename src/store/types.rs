@@ -103,6 +103,43 @@ pub struct ApiKey {
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// From this instant on the key is refused, as if revoked; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What the key may do.
+    pub access: Access,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Access {
+    /// Read and write: remember and forget as well as every read.
+    #[default]
+    ReadWrite,
+    /// Reads only (recall, context, stats, export, history); every write is
+    /// refused.
+    ReadOnly,
+}
+
+/// Where a key stands at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    /// Past its `expires_at` (and not revoked).
+    Expired,
+    Revoked,
+}
+
+impl ApiKey {
+    /// The key's state at `now`: revoked wins over expired.
+    pub fn state(&self, now: DateTime<Utc>) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
 }
 
 /// Where to search: the scope (user, optionally agent and run) and metadata filters.

@@ -14,7 +14,8 @@
 //!   JSON-RPC framing), [`mcp_http`], [`sse_limits`] (the legacy SSE
 //!   transport's bounds and refusals), [`rest_api`], [`http_auth`],
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
-//!   rule for odd input on every door and both stores).
+//!   rule for odd input on every door and both stores), [`key_lifecycle`]
+//!   (keys that expire, read-only keys, rotation, erasure; both stores).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
 //! * Compliance: [`audit`] (the audit trail through the binary).
 
@@ -29,6 +30,7 @@ mod eval_cli;
 mod failure_policy;
 mod http_auth;
 mod inspector;
+mod key_lifecycle;
 mod keys_cli;
 mod llm_extractor;
 mod mcp_http;

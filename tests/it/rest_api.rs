@@ -179,16 +179,26 @@ async fn every_route_answers_and_a_memory_lives_its_whole_life() {
         .await
         .problem(404, "not_found");
 
-    // DELETE /users/{user_id}: the right to be forgotten.
+    // DELETE /users/{user_id}: the right to be forgotten, the user's own
+    // key included; an admin key reads what is left.
     let gone = call(Method::DELETE, format!("{base}/users/alice"), None).await;
     assert_eq!(gone.status, 200, "{}", gone.text);
     assert_eq!(gone.body["deleted"], 1);
-    let stats = call(Method::GET, format!("{base}/stats/alice"), None).await;
+    assert_eq!(gone.body["keys_deleted"], 1);
+    call(Method::GET, format!("{base}/stats/alice"), None)
+        .await
+        .problem(401, "unauthorized");
+    let admin = server.create_key(&["--admin"]);
+    let read = |path: String| {
+        let (server, admin) = (&server, admin.clone());
+        async move { server.call(Method::GET, &path, Some(&admin), None).await }
+    };
+    let stats = read(format!("{base}/stats/alice")).await;
     assert_eq!(stats.body["memories"], 0, "{}", stats.text);
-    call(Method::GET, format!("{base}/{sister}"), None)
+    read(format!("{base}/{sister}?user_id=alice"))
         .await
         .problem(404, "not_found");
-    let export = call(Method::GET, format!("{base}/export/alice"), None).await;
+    let export = read(format!("{base}/export/alice")).await;
     assert_eq!(export.body["memories"], json!([]), "{}", export.text);
 }
 

@@ -13,8 +13,8 @@ use engram::keywords;
 use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
-    InsertOutcome, NewMemory, NewPending, PgOptions, PgStore, SearchScope, SqliteStore, StoreError,
-    SupersedeOutcome, UserExport, UserStats,
+    Access, InsertOutcome, KeyState, NewMemory, NewPending, PgOptions, PgStore, SearchScope,
+    SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
 
@@ -1366,6 +1366,131 @@ async fn api_keys_are_found_by_hash_until_revoked(b: Backend) {
     assert!(s.add_key(&alice).await.is_err(), "one row per key");
 }
 
+/// Expiry: a key is active until its `expires_at`, refused from then on,
+/// and still listed (as expired).
+async fn an_expired_key_is_not_active(b: Backend) {
+    let s = b.store.clone();
+    let now = chrono::Utc::now();
+    let (_, mut past) = engram::auth::generate(Some("alice".into()), String::new());
+    past.expires_at = Some(now - chrono::TimeDelta::seconds(1));
+    let (_, mut future) = engram::auth::generate(Some("alice".into()), String::new());
+    future.expires_at = Some(now + chrono::TimeDelta::hours(1));
+    s.add_key(&past).await.unwrap();
+    s.add_key(&future).await.unwrap();
+
+    assert_eq!(s.active_key(&past.hash).await.unwrap(), None, "expired");
+    let found = s.active_key(&future.hash).await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.expires_at.map(|t| t.timestamp_millis())),
+        (future.id, future.expires_at.map(|t| t.timestamp_millis()))
+    );
+    let listed = s.keys().await.unwrap();
+    let states: Vec<_> = listed.iter().map(|k| k.state(chrono::Utc::now())).collect();
+    assert_eq!(states, [KeyState::Expired, KeyState::Active]);
+    assert_eq!(
+        listed[0].expires_at.map(|t| t.timestamp_millis()),
+        past.expires_at.map(|t| t.timestamp_millis())
+    );
+}
+
+/// Access: a read-only key comes back read-only, from the listing and the
+/// lookup, for a user key and an admin key alike.
+async fn a_keys_access_round_trips(b: Backend) {
+    let s = b.store.clone();
+    let (_, mut reader) = engram::auth::generate(Some("alice".into()), "ro".into());
+    reader.access = Access::ReadOnly;
+    let (_, mut admin_reader) = engram::auth::generate(None, String::new());
+    admin_reader.access = Access::ReadOnly;
+    let (_, writer) = engram::auth::generate(Some("alice".into()), String::new());
+    for key in [&reader, &admin_reader, &writer] {
+        s.add_key(key).await.unwrap();
+    }
+    let access: Vec<_> = s.keys().await.unwrap().iter().map(|k| k.access).collect();
+    assert_eq!(
+        access,
+        [Access::ReadOnly, Access::ReadOnly, Access::ReadWrite]
+    );
+    for key in [&reader, &admin_reader, &writer] {
+        let found = s.active_key(&key.hash).await.unwrap().unwrap();
+        assert_eq!(found.access, key.access);
+    }
+}
+
+/// Rotation: the successor is stored and the old key keeps working until
+/// the grace ends (never later than its own expiry); a key that is not
+/// active is not rotated, and nothing is stored.
+async fn a_rotation_ends_the_old_key_after_its_grace(b: Backend) {
+    let s = b.store.clone();
+    let now = chrono::Utc::now();
+    let (_, old) = engram::auth::generate(Some("alice".into()), "laptop".into());
+    s.add_key(&old).await.unwrap();
+    let (_, next) = engram::auth::successor(&old, None);
+    let grace_end = now + chrono::TimeDelta::hours(1);
+    assert!(s.rotate_key(old.id, &next, grace_end).await.unwrap());
+    let old_now = s.active_key(&old.hash).await.unwrap().unwrap();
+    assert_eq!(
+        old_now.expires_at.map(|t| t.timestamp_millis()),
+        Some(grace_end.timestamp_millis())
+    );
+    let successor = s.active_key(&next.hash).await.unwrap().unwrap();
+    assert_eq!(
+        (successor.id, &successor.user_id, &successor.label),
+        (next.id, &old.user_id, &old.label)
+    );
+
+    // A later grace does not lengthen the old key's life.
+    let (_, third) = engram::auth::successor(&old, None);
+    assert!(
+        s.rotate_key(old.id, &third, now + chrono::TimeDelta::days(9))
+            .await
+            .unwrap()
+    );
+    let old_now = s.active_key(&old.hash).await.unwrap().unwrap();
+    assert_eq!(
+        old_now.expires_at.map(|t| t.timestamp_millis()),
+        Some(grace_end.timestamp_millis())
+    );
+
+    // A grace already over: the old key is refused at once.
+    let (_, fourth) = engram::auth::successor(&next, None);
+    assert!(s.rotate_key(next.id, &fourth, now).await.unwrap());
+    assert_eq!(s.active_key(&next.hash).await.unwrap(), None);
+    assert!(s.active_key(&fourth.hash).await.unwrap().is_some());
+
+    // Not active (expired, revoked, unknown): refused, nothing stored.
+    let before = s.keys().await.unwrap().len();
+    assert!(s.revoke_key(third.id).await.unwrap());
+    for gone in [next.id, third.id, uuid::Uuid::now_v7()] {
+        let (_, orphan) = engram::auth::successor(&old, None);
+        assert!(!s.rotate_key(gone, &orphan, grace_end).await.unwrap());
+        assert_eq!(s.active_key(&orphan.hash).await.unwrap(), None);
+    }
+    assert_eq!(s.keys().await.unwrap().len(), before);
+}
+
+/// Erasure: a user's keys (active, revoked, expired) are deleted; other
+/// users' keys and admin keys stay.
+async fn deleting_a_users_keys_leaves_everyone_elses(b: Backend) {
+    let s = b.store.clone();
+    let (_, a1) = engram::auth::generate(Some("alice".into()), String::new());
+    let (_, mut a2) = engram::auth::generate(Some("alice".into()), String::new());
+    a2.expires_at = Some(chrono::Utc::now() - chrono::TimeDelta::seconds(1));
+    let (_, a3) = engram::auth::generate(Some("alice".into()), String::new());
+    let (_, bob) = engram::auth::generate(Some("bob".into()), String::new());
+    let (_, admin) = engram::auth::generate(None, String::new());
+    for key in [&a1, &a2, &a3, &bob, &admin] {
+        s.add_key(key).await.unwrap();
+    }
+    assert!(s.revoke_key(a3.id).await.unwrap());
+
+    assert_eq!(s.delete_user_keys("alice").await.unwrap(), 3);
+    let left: Vec<_> = s.keys().await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(left, [bob.id, admin.id]);
+    assert_eq!(s.active_key(&a1.hash).await.unwrap(), None);
+    assert_eq!(s.delete_user_keys("alice").await.unwrap(), 0);
+    assert_eq!(s.delete_user_keys("nobody").await.unwrap(), 0);
+}
+
 /// Stores `text` for `scope` filed under `categories`; the memory as read back.
 async fn add_filed(s: &dyn Store, scope: &Scope, text: &str, categories: &[&str]) -> Memory {
     let new = NewMemory {
@@ -1987,6 +2112,10 @@ every_backend!(
     a_supersede_closes_the_old_memory_and_stores_the_new,
     many_writes_and_searches_at_once_all_finish,
     api_keys_are_found_by_hash_until_revoked,
+    an_expired_key_is_not_active,
+    a_keys_access_round_trips,
+    a_rotation_ends_the_old_key_after_its_grace,
+    deleting_a_users_keys_leaves_everyone_elses,
     a_close_retires_a_memory_without_a_successor,
     deferred_remembers_round_trip_oldest_first,
     forgetting_drops_the_deferred_remembers_that_stored_it,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::Columns;
 use crate::model::{Event, Memory, MemoryId, Scope};
 use crate::store::report::{StatsCounts, assemble_export};
-use crate::store::{ApiKey, HistoryEntry, NewPending, Pending, StoreError, UserExport};
+use crate::store::{Access, ApiKey, HistoryEntry, NewPending, Pending, StoreError, UserExport};
 
 /// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
 pub(in crate::store) const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, \
@@ -23,8 +23,8 @@ pub(in crate::store) const PENDING_SELECT: &str = "SELECT id, user_id, agent_id,
     metadata, infer, memory_ids, error, attempts, created_at FROM pending_extractions";
 
 /// The `SELECT` [`key_from_row`] reads.
-pub(in crate::store) const KEY_SELECT: &str =
-    "SELECT id, prefix, hash, user_id, label, created_at, revoked_at FROM api_keys";
+pub(in crate::store) const KEY_SELECT: &str = "SELECT id, prefix, hash, user_id, label, created_at, revoked_at, expires_at, read_only \
+     FROM api_keys";
 
 /// A history row's event as stored (`ADD`, `UPDATE`, `SUPERSEDE`).
 /// The schema also allows `DELETE`, which nothing writes: a forgotten
@@ -107,6 +107,12 @@ pub(in crate::store) fn key_from_row<R: Columns>(row: &R) -> Result<ApiKey, Stor
         label: row.text("label", CX)?,
         created_at: row.time("created_at", CX)?,
         revoked_at: row.opt_time("revoked_at", CX)?,
+        expires_at: row.opt_time("expires_at", CX)?,
+        access: if row.flag("read_only", CX)? {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
     })
 }
 
