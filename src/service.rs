@@ -58,6 +58,7 @@ mod remember;
 mod types;
 mod validate;
 
+pub use audited::{AuditPage, AuditParams};
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use types::{

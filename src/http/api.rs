@@ -31,7 +31,8 @@ use crate::context::UserContext;
 use crate::limit::UserLimit;
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::service::{
-    ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult, RememberResult,
+    AuditPage, AuditParams, ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult,
+    RememberResult,
 };
 use crate::store::UserStats;
 
@@ -166,7 +167,20 @@ pub fn router(api: Api) -> Router {
             get(get_memory).delete(forget_memory),
         )
         .route(&format!("{BASE}/{{memory_id}}/history"), get(history))
+        .route(AUDIT, get(audit_trail))
         .with_state(api)
+}
+
+/// The audit trail's route (admin keys only).
+pub const AUDIT: &str = "/api/v1/audit";
+
+async fn audit_trail(
+    State(api): State<Api>,
+    Extension(caller): Extension<Principal>,
+    Params(params): Params<AuditParams>,
+) -> Answer<AuditPage> {
+    // Acts on no user: counted against the key's limit only.
+    Ok(Json(api.service.audit_trail(&caller, params).await?))
 }
 
 async fn remember(

@@ -10,11 +10,13 @@ use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use super::api::{BASE, ContextQuery, OwnerQuery};
+use super::api::{AUDIT, BASE, ContextQuery, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
 use crate::params::{RecallParams, RememberParams};
-use crate::service::{ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult};
+use crate::service::{
+    AuditPage, AuditParams, ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult,
+};
 use crate::store::{UserExport, UserStats};
 
 static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
@@ -209,6 +211,19 @@ fn build() -> Value {
             vec![user()],
             None,
             s.response::<UserExport>(),
+        )}),
+    );
+    paths.insert(
+        AUDIT.to_owned(),
+        json!({ "get": operation(
+            "audit",
+            "The audit trail (admin keys)",
+            "Who did what to whose memories, newest first: principal, door, client address, \
+             the user's pseudonym, memories touched, outcome; sealed rows carry their place \
+             in the hash chain. Page with `next_before`. User keys get 403.",
+            s.query_parameters::<AuditParams>(),
+            None,
+            s.response::<AuditPage>(),
         )}),
     );
     paths.insert(

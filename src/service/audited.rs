@@ -9,9 +9,12 @@ use super::types::{ForgetResult, HistoryResult, MemoryDetail, RecallResult, Reme
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::error::Error;
-use crate::model::MemoryId;
+use crate::model::{MemoryId, UserId};
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
-use crate::store::{AuditRecord, UserExport, UserStats};
+use crate::store::{AuditQuery, AuditRecord, AuditRow, UserExport, UserStats};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 impl MemoryService {
     /// A row for `operation` by `caller` naming `user_id` (resolved as the
@@ -157,5 +160,98 @@ impl MemoryService {
             e.memories.iter().map(|m| m.memory.id).collect()
         });
         result
+    }
+}
+
+/// `GET /api/v1/audit`: which rows, newest first.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only rows about this user (found through their pseudonym).
+    pub user_id: Option<String>,
+    /// Only rows at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only this operation (`remember`, `recall`, `user_context`, `forget`,
+    /// `forget_user`, `get`, `history`, `stats`, `export`, `reextract`, `audit`).
+    pub op: Option<String>,
+    /// Only rows older than this `seq`: the previous page's `next_before`.
+    #[serde(default, deserialize_with = "crate::params::lenient::integer")]
+    pub before: Option<i64>,
+    /// How many rows, 1..=1000 (default 100).
+    #[serde(default, deserialize_with = "crate::params::lenient::integer")]
+    pub limit: Option<i64>,
+}
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditPage {
+    pub rows: Vec<AuditRow>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next_before: Option<i64>,
+}
+
+/// Most audit rows one page holds.
+const MAX_AUDIT_PAGE: i64 = 1000;
+
+impl MemoryService {
+    /// A page of the audit trail, for the operator or an admin key (a
+    /// user's key may not read it: the trail covers every user). Reading
+    /// it is audited too (`audit`).
+    pub async fn audit_trail(
+        &self,
+        caller: &Principal,
+        params: AuditParams,
+    ) -> Result<AuditPage, Error> {
+        let record = self
+            .audit
+            .as_ref()
+            .map(|a| a.record(caller, "audit", None, None));
+        let result = self.audit_trail_inner(caller, params).await;
+        self.audit_after(record, &result, |_| Vec::new());
+        result
+    }
+
+    async fn audit_trail_inner(
+        &self,
+        caller: &Principal,
+        params: AuditParams,
+    ) -> Result<AuditPage, Error> {
+        if matches!(caller, Principal::User { .. }) {
+            return Err(Error::Forbidden(
+                "the audit trail covers every user: read it with an admin key".into(),
+            ));
+        }
+        let Some(auditor) = &self.audit else {
+            return Err(Error::NotFound(
+                "the audit trail is off (ENGRAM_AUDIT=false)".into(),
+            ));
+        };
+        let limit = match params.limit {
+            None => 100,
+            Some(n @ 1..=MAX_AUDIT_PAGE) => n,
+            Some(n) => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!("{n} is out of range; ask for 1..={MAX_AUDIT_PAGE} rows"),
+                ));
+            }
+        };
+        let user_ref = params
+            .user_id
+            .as_deref()
+            .map(|u| UserId::parse(u).map(|u| auditor.user_ref(&u)))
+            .transpose()?;
+        let query = AuditQuery {
+            user_ref,
+            since: params.since,
+            operation: params.op,
+            before_seq: params.before,
+            limit: limit as usize,
+        };
+        let rows = self.store.audit_rows(&query).await?;
+        let next_before = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|r| r.seq))
+            .flatten();
+        Ok(AuditPage { rows, next_before })
     }
 }

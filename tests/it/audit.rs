@@ -137,3 +137,118 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
         "{said}"
     );
 }
+
+/// Over HTTP on PostgreSQL: REST and MCP calls leave rows naming the key's
+/// kind, the door and the client's address; only an admin key may read the
+/// trail (`GET /api/v1/audit`, paged); the running server seals the rows
+/// within seconds, and `engram audit verify` finds the chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_calls_are_audited_with_their_door_and_address_and_sealed_while_serving() {
+    use common::http::{NO_LIMITS, Server};
+    use reqwest::Method;
+
+    let db = common::postgres::TestDatabase::create().await;
+    let audit_key = "k".repeat(40);
+    let mut env = NO_LIMITS.to_vec();
+    env.push(("ENGRAM_AUDIT_KEY", audit_key.as_str()));
+    let server = Server::with_keys(Some(&db.url), &env).await;
+    let user = server.create_key(&["--user", "alice"]);
+    let admin = server.create_key(&["--admin"]);
+    let stored = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            Some(&user),
+            Some(json!({"text": "Keeps bees on the roof", "infer": false})),
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    let recall = server
+        .http
+        .post(format!("{}/mcp", server.base))
+        .bearer_auth(&user)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "recall")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "recall", "arguments": {"query": "bees"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "audit", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recall.status(), 200);
+    assert!(recall.text().await.unwrap().contains("Keeps bees"));
+
+    let refused = server
+        .call(Method::GET, "/api/v1/audit", Some(&user), None)
+        .await;
+    refused.problem(403, "forbidden");
+
+    // The recall's row is written after its answer, and sealing runs every
+    // two seconds: wait for both.
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        let page = server
+            .call(
+                Method::GET,
+                "/api/v1/audit?user_id=alice&limit=10",
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        rows = page.body["rows"].as_array().cloned().unwrap_or_default();
+        if rows.len() == 2 && rows.iter().all(|r| r["chain_pos"].is_i64()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let doors: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default(),
+                r["transport"].as_str().unwrap_or_default(),
+                r["principal"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        doors,
+        [("recall", "mcp", "user"), ("remember", "rest", "user")],
+        "{rows:#?}"
+    );
+    for row in &rows {
+        assert!(row["key_id"].is_string(), "{row}");
+        let address = row["client_addr"].as_str().unwrap_or_default();
+        assert!(address.starts_with("127.0.0.1:"), "{row}");
+        assert!(row["chain_pos"].is_i64(), "not sealed while serving: {row}");
+        assert!(!row.to_string().contains("bees"), "{row}");
+    }
+    assert_eq!(
+        rows[0]["memory_ids"], rows[1]["memory_ids"],
+        "the recall found the stored memory"
+    );
+
+    let verified = run_engram(
+        &["audit", "verify"],
+        &[
+            ("ENGRAM_DATABASE_URL", &db.url),
+            ("ENGRAM_AUDIT_KEY", &audit_key),
+        ],
+    );
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}

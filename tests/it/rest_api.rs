@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The routes the API promises, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 10] = [
     ("post", "/api/v1/memory"),
     ("post", "/api/v1/memory/search"),
     ("get", "/api/v1/memory/context/{user_id}"),
@@ -18,6 +18,7 @@ const ROUTES: [(&str, &str); 9] = [
     ("get", "/api/v1/memory/{memory_id}"),
     ("delete", "/api/v1/memory/{memory_id}"),
     ("get", "/api/v1/memory/{memory_id}/history"),
+    ("get", "/api/v1/audit"),
 ];
 
 async fn server() -> (Server, String) {
