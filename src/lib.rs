@@ -40,7 +40,8 @@
 //!   similar stored ones), [`keywords`] (terms and BM25 over one user's
 //!   memories), `rank` (semantic and keyword relevance fused into one
 //!   absolute score), [`context`] (memories rendered for a system prompt),
-//!   [`openai`] (the OpenAI-compatible HTTP client).
+//!   [`openai`] (the OpenAI-compatible HTTP client), [`secrets`]
+//!   (credentials and payment data found in text, and redacted).
 //! * Durable state: [`store`], one trait per concern (`traits.rs`), each
 //!   backend a folder with a file per concern (`sqlite/`, the embedded
 //!   default; `postgres/`, PostgreSQL + pgvector); [`cache`], recalls,
@@ -78,6 +79,7 @@ pub mod openai;
 pub mod params;
 mod rank;
 mod reconcile;
+pub mod secrets;
 pub mod service;
 pub mod startup;
 mod stdio;

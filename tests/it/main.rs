@@ -15,6 +15,7 @@
 //!   transport's bounds and refusals), [`rest_api`], [`http_auth`],
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores).
+//! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
 
 mod common;
@@ -36,5 +37,6 @@ mod openai_embedder;
 mod postgres;
 mod protocol;
 mod rest_api;
+mod secrets;
 mod sse_limits;
 mod store_conformance;
