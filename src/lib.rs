@@ -30,7 +30,8 @@
 //!   the order of steps; beside it `validate.rs` (what every door accepts),
 //!   `remember.rs` (the write flow, and what it keeps when the model fails),
 //!   `recall.rs` (search and the context), `cached.rs` (the cache-through
-//!   steps), `reextract.rs` (`engram reextract`) and `types.rs` (results).
+//!   steps), `reextract.rs` (`engram reextract`), `screen.rs` (secrets kept
+//!   out of a remember, per `ENGRAM_SECRETS`) and `types.rs` (results).
 //! * The nouns: [`model`] (`ids.rs`: memory and user ids, the scope;
 //!   `memory.rs`: memories, messages, facts, events; `filter.rs`: metadata
 //!   and its filters; `details.rs`: when two statements differ in a detail).

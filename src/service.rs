@@ -1,6 +1,6 @@
 //! [`MemoryService`]: the flows, and the only place that knows their order.
 //!
-//! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
+//! * remember: validate ─▶ keep secrets out (`screen`) ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
 //!   with similar stored memories (at most one more model call, see
 //!   `crate::reconcile`) ─▶ add / update / supersede / keep each (adds are
 //!   deduplicated atomically by the store) ─▶ report one event per fact.
@@ -22,6 +22,7 @@
 //! Nothing here knows about MCP, HTTP or SQL. Callers pass raw-ish requests;
 //!
 //! Beside this file, one step each: `validate` (what every door accepts),
+//! `screen` (secrets kept out of a remember, as `ENGRAM_SECRETS` says),
 //! `remember` (the write flow, and what it keeps when the model fails),
 //! `recall` (search and the context), `cached` (the cache-through steps),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use crate::auth::Principal;
 use crate::cache::{self, Cache, NoCache};
-use crate::config::{self, OnLlmError};
+use crate::config::{self, OnLlmError, SecretsMode};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
@@ -47,14 +48,15 @@ mod cached;
 mod recall;
 mod reextract;
 mod remember;
+mod screen;
 mod types;
 mod validate;
 
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use types::{
-    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, RememberResult,
-    ScoredMemory,
+    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, Redaction,
+    RememberResult, ScoredMemory,
 };
 pub use validate::{MAX_LIMIT, MAX_MESSAGES};
 
@@ -76,6 +78,8 @@ pub struct Settings {
     /// The user a request without `user_id` acts for, unless its caller's
     /// key belongs to a user.
     pub default_user: UserId,
+    /// What `remember` does with secrets in its input (see `screen`).
+    pub secrets: SecretsMode,
 }
 
 /// The defaults `engram serve` runs with (see [`crate::config`]).
@@ -89,6 +93,7 @@ impl Default for Settings {
             on_llm_error: OnLlmError::default(),
             default_user: UserId::parse(config::DEFAULT_USER)
                 .expect("the built-in default user is a valid id"),
+            secrets: SecretsMode::default(),
         }
     }
 }
@@ -192,6 +197,8 @@ impl MemoryService {
         let scope = self.scope(caller, &req)?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
         let metadata = validate_metadata(req.metadata)?;
+        // Before extraction: neither the model nor the store sees a secret.
+        let (input, metadata, redacted) = screen::secrets(self.settings.secrets, input, metadata)?;
         let work = Work {
             scope: &scope,
             input: &input,
@@ -200,7 +207,7 @@ impl MemoryService {
             replacing: Vec::new(),
             said_at: None,
         };
-        match self.process(&work).await {
+        let done = match self.process(&work).await {
             Err(error)
                 if is_model_failure(&error)
                     && self.settings.on_llm_error == OnLlmError::Verbatim =>
@@ -208,7 +215,8 @@ impl MemoryService {
                 self.defer(&work, error).await
             }
             done => done,
-        }
+        };
+        done.map(|result| RememberResult { redacted, ..result })
     }
 
     pub async fn recall(

@@ -175,6 +175,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         cache_ttl: Duration::from_secs(config.cache.ttl_secs),
         on_llm_error: config.memory.on_llm_error,
         default_user: config.memory.default_user.clone(),
+        secrets: config.memory.secrets,
     };
     Ok(Arc::new(
         MemoryService::new(store, embedder, extractor, settings).with_cache(cache),

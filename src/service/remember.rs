@@ -75,6 +75,7 @@ impl MemoryService {
                 results: Vec::new(),
                 usage: Some(usage),
                 deferred: None,
+                redacted: Vec::new(),
             });
         }
         if facts.is_empty() {
@@ -165,6 +166,7 @@ impl MemoryService {
             results,
             usage: (usage.calls > 0).then_some(usage),
             deferred: None,
+            redacted: Vec::new(),
         })
     }
 
@@ -242,6 +244,7 @@ impl MemoryService {
                 pending_id,
                 searchable,
             }),
+            redacted: Vec::new(),
         })
     }
 
