@@ -172,17 +172,21 @@ pub fn redact(text: &str) -> Redacted {
 /// value); a later span that overlaps an earlier one is dropped, so a
 /// labelled `sk-...` key is reported as the prefix says.
 pub fn detect(text: &str) -> Vec<Found> {
-    let mut found: Vec<Found> = Vec::new();
+    // Kept spans by start. They never overlap, so the only one a candidate
+    // can overlap is the last that starts before the candidate ends: one
+    // lookup per candidate, however many secrets a long text holds.
+    let mut kept: BTreeMap<usize, (usize, Kind)> = BTreeMap::new();
     let mut keep = |candidates: Vec<Found>| {
         for c in candidates {
             if c.range.is_empty() {
                 continue;
             }
-            let overlaps = found
-                .iter()
-                .any(|f| f.range.start < c.range.end && c.range.start < f.range.end);
+            let overlaps = kept
+                .range(..c.range.end)
+                .next_back()
+                .is_some_and(|(_, (end, _))| *end > c.range.start);
             if !overlaps {
-                found.push(c);
+                kept.insert(c.range.start, (c.range.end, c.kind));
             }
         }
     };
@@ -194,8 +198,9 @@ pub fn detect(text: &str) -> Vec<Found> {
     keep(url_passwords(text));
     keep(passwords(text));
     keep(labelled_values(text));
-    found.sort_by_key(|f| f.range.start);
-    found
+    kept.into_iter()
+        .map(|(start, (end, kind))| span(kind, start..end))
+        .collect()
 }
 
 fn re(pattern: &str) -> Regex {
@@ -448,7 +453,7 @@ fn card_numbers(text: &str) -> Vec<Found> {
         }
         // Part of a longer token: a decimal, a version, an id, a phone number.
         let before = text[..m.start()].chars().next_back();
-        if before.is_some_and(|c| c.is_alphanumeric() || "._/+-$€£#:".contains(c)) {
+        if before.is_some_and(|c| c.is_alphanumeric() || "._/+-$€£#".contains(c)) {
             continue;
         }
         let after = &text[m.end()..];
@@ -703,6 +708,8 @@ mod tests {
             kinds("card 4111 1111 1111 1111 exp 12/29"),
             [Kind::CardNumber]
         );
+        assert_eq!(kinds("card:4111111111111111"), [Kind::CardNumber]);
+        assert!(kinds("v4111111111111111 1.4111111111111111 +4111111111111111").is_empty());
         assert!(kinds("card 4111 1111 1111 1112").is_empty(), "Luhn fails");
         assert_eq!(kinds("IBAN DE89 3704 0044 0532 0130 00."), [Kind::Iban]);
         assert!(
@@ -720,6 +727,16 @@ mod tests {
         );
         assert_eq!(redact(&once.text).text, once.text);
         assert!(redact(&once.text).found.is_empty());
+    }
+
+    #[test]
+    fn overlapping_candidates_keep_the_most_specific() {
+        let text = "api_key=sk-proj-A1b2C3d4E5f6G7h8I9j0K1l2 and token: ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8";
+        assert_eq!(kinds(text), [Kind::ApiKey, Kind::GithubToken]);
+        let many = "card 4111 1111 1111 1111. ".repeat(2000);
+        let found = detect(&many);
+        assert_eq!(found.len(), 2000);
+        assert!(found.windows(2).all(|w| w[0].range.end <= w[1].range.start));
     }
 
     #[test]
