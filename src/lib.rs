@@ -31,7 +31,8 @@
 //!   the order of steps; beside it `validate.rs` (what every door accepts),
 //!   `remember.rs` (the write flow, and what it keeps when the model fails),
 //!   `recall.rs` (search and the context), `cached.rs` (the cache-through
-//!   steps), `reextract.rs` (`engram reextract`) and `types.rs` (results).
+//!   steps), `reextract.rs` (`engram reextract`), `screen.rs` (secrets kept
+//!   out of a remember, per `ENGRAM_SECRETS`) and `types.rs` (results).
 //! * The nouns: [`model`] (`ids.rs`: memory and user ids, the scope;
 //!   `memory.rs`: memories, messages, facts, events; `filter.rs`: metadata
 //!   and its filters; `details.rs`: when two statements differ in a detail).
@@ -41,7 +42,8 @@
 //!   similar stored ones), [`keywords`] (terms and BM25 over one user's
 //!   memories), `rank` (semantic and keyword relevance fused into one
 //!   absolute score), [`context`] (memories rendered for a system prompt),
-//!   [`openai`] (the OpenAI-compatible HTTP client).
+//!   [`openai`] (the OpenAI-compatible HTTP client), [`secrets`]
+//!   (credentials and payment data found in text, and redacted).
 //! * Durable state: [`store`], one trait per concern (`traits.rs`), each
 //!   backend a folder with a file per concern (`sqlite/`, the embedded
 //!   default; `postgres/`, PostgreSQL + pgvector); [`cache`], recalls,
@@ -81,6 +83,7 @@ pub mod openai;
 pub mod params;
 mod rank;
 mod reconcile;
+pub mod secrets;
 pub mod service;
 pub mod startup;
 mod stdio;

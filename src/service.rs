@@ -1,6 +1,6 @@
 //! [`MemoryService`]: the flows, and the only place that knows their order.
 //!
-//! * remember: validate ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
+//! * remember: validate ─▶ keep secrets out (`screen`) ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
 //!   with similar stored memories (at most one more model call, see
 //!   `crate::reconcile`) ─▶ add / update / supersede / keep each (adds are
 //!   deduplicated atomically by the store) ─▶ report one event per fact.
@@ -27,7 +27,8 @@
 //! on (`audited.rs`: the public entry points, each around its flow here).
 //!
 //! Beside this file, one step each: `audited` (the entry points and their
-//! audit rows), `validate` (what every door accepts),
+//! audit rows), `validate` (what every door accepts), `screen` (secrets
+//! kept out of a remember, as `ENGRAM_SECRETS` says),
 //! `remember` (the write flow, and what it keeps when the model fails),
 //! `recall` (search and the context), `cached` (the cache-through steps),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
@@ -39,7 +40,7 @@ use std::time::Duration;
 use crate::audit::Auditor;
 use crate::auth::Principal;
 use crate::cache::{self, Cache, NoCache};
-use crate::config::{self, OnLlmError};
+use crate::config::{self, OnLlmError, SecretsMode};
 use crate::context::UserContext;
 use crate::embed::Embedder;
 use crate::error::Error;
@@ -55,6 +56,7 @@ mod cached;
 mod recall;
 mod reextract;
 mod remember;
+mod screen;
 mod types;
 mod validate;
 
@@ -62,8 +64,8 @@ pub use audited::{AuditPage, AuditParams};
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use types::{
-    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, RememberResult,
-    ScoredMemory,
+    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, Redaction,
+    RememberResult, ScoredMemory,
 };
 pub use validate::{MAX_LIMIT, MAX_MESSAGES};
 
@@ -85,6 +87,8 @@ pub struct Settings {
     /// The user a request without `user_id` acts for, unless its caller's
     /// key belongs to a user.
     pub default_user: UserId,
+    /// What `remember` does with secrets in its input (see `screen`).
+    pub secrets: SecretsMode,
 }
 
 /// The defaults `engram serve` runs with (see [`crate::config`]).
@@ -98,6 +102,7 @@ impl Default for Settings {
             on_llm_error: OnLlmError::default(),
             default_user: UserId::parse(config::DEFAULT_USER)
                 .expect("the built-in default user is a valid id"),
+            secrets: SecretsMode::default(),
         }
     }
 }
@@ -226,6 +231,8 @@ impl MemoryService {
         let scope = self.scope(caller, &req)?;
         let input = validate::input(req.text, req.messages, self.settings.max_text_bytes)?;
         let metadata = validate_metadata(req.metadata)?;
+        // Before extraction: neither the model nor the store sees a secret.
+        let (input, metadata, redacted) = screen::secrets(self.settings.secrets, input, metadata)?;
         let work = Work {
             scope: &scope,
             input: &input,
@@ -235,7 +242,7 @@ impl MemoryService {
             said_at: None,
             audit,
         };
-        match self.process(&work).await {
+        let done = match self.process(&work).await {
             Err(error)
                 if is_model_failure(&error)
                     && self.settings.on_llm_error == OnLlmError::Verbatim =>
@@ -243,7 +250,8 @@ impl MemoryService {
                 self.defer(&work, error).await
             }
             done => done,
-        }
+        };
+        done.map(|result| RememberResult { redacted, ..result })
     }
 
     async fn recall_inner(

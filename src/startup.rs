@@ -182,6 +182,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         cache_ttl: Duration::from_secs(config.cache.ttl_secs),
         on_llm_error: config.memory.on_llm_error,
         default_user: config.memory.default_user.clone(),
+        secrets: config.memory.secrets,
     };
     let mut service =
         MemoryService::new(store.clone(), embedder, extractor, settings).with_cache(cache);

@@ -1,5 +1,5 @@
 //! `memory`: how `remember` and `recall` behave (`default_user`, the
-//! thresholds, `on_llm_error`, `max_text_bytes`).
+//! thresholds, `on_llm_error`, `max_text_bytes`, `secrets`).
 
 use serde::Deserialize;
 
@@ -25,6 +25,7 @@ pub(super) const KEYS: &[&str] = &[
     "reconcile_threshold",
     "on_llm_error",
     "max_text_bytes",
+    "secrets",
 ];
 
 /// What `remember` does when the model (LLM or embedder) fails.
@@ -44,6 +45,29 @@ impl Choice for OnLlmError {
         &[("verbatim", Self::Verbatim), ("fail", Self::Fail)];
 }
 
+/// What `remember` does with a credential or payment data in what it is
+/// about to store (see [`crate::secrets`] for what is detected).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsMode {
+    /// Replace each by `[REDACTED:kind]` before extraction, embedding and
+    /// storage; the result says what was replaced.
+    #[default]
+    Redact,
+    /// Refuse the remember, naming the field and the kind; nothing is stored.
+    Refuse,
+    /// Store the text as given.
+    Allow,
+}
+
+impl Choice for SecretsMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("redact", Self::Redact),
+        ("refuse", Self::Refuse),
+        ("allow", Self::Allow),
+    ];
+}
+
 /// How memories are written and read. Invariant: `default_user` is a valid
 /// user id.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +83,8 @@ pub struct MemoryConfig {
     pub on_llm_error: OnLlmError,
     /// Largest accepted text, query or conversation, in bytes.
     pub max_text_bytes: usize,
+    /// What `remember` does with secrets in its input.
+    pub secrets: SecretsMode,
 }
 
 impl MemoryConfig {
@@ -74,6 +100,7 @@ impl MemoryConfig {
             reconcile_threshold: src.number("reconcile_threshold", &RECONCILE_THRESHOLD)?,
             on_llm_error: src.choice("on_llm_error", OnLlmError::Verbatim)?,
             max_text_bytes: src.number("max_text_bytes", &MAX_TEXT_BYTES)?,
+            secrets: src.choice("secrets", SecretsMode::Redact)?,
         })
     }
 }

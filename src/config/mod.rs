@@ -12,7 +12,7 @@
 //! | `embedder`          | `config/embedder.rs`| `embedder`, `embedding_*`                              |
 //! | `llm`               | `config/llm.rs`     | `extractor`, `llm_*`                                   |
 //! | `openai`            | `config/openai.rs`  | `openai_base_url` (`OPENAI_BASE_URL`); `OPENAI_API_KEY`, environment only |
-//! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes` |
+//! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes`, `secrets` |
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
 //!
@@ -60,7 +60,7 @@ pub use llm::{
 };
 pub use memory::{
     DEFAULT_DEDUP_THRESHOLD, DEFAULT_MAX_TEXT_BYTES, DEFAULT_RECONCILE_THRESHOLD, DEFAULT_USER,
-    MemoryConfig, OnLlmError,
+    MemoryConfig, OnLlmError, SecretsMode,
 };
 pub use openai::{OpenAiConfig, Secret};
 pub use store::{

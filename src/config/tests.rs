@@ -508,3 +508,28 @@ fn the_api_key_and_nested_tables_are_refused_in_the_file() {
         .to_string();
     assert!(err.contains("cannot read config file"), "{err}");
 }
+
+#[test]
+fn secrets_default_to_redact_and_accept_the_three_modes() {
+    let defaults = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(defaults.memory.secrets, SecretsMode::Redact);
+    for (given, mode) in [
+        ("refuse", SecretsMode::Refuse),
+        (" Allow ", SecretsMode::Allow),
+        ("REDACT", SecretsMode::Redact),
+    ] {
+        let cfg = Config::load_from(None, &env(&[("ENGRAM_SECRETS", given)])).unwrap();
+        assert_eq!(cfg.memory.secrets, mode, "{given}");
+    }
+    let err = Config::load_from(None, &env(&[("ENGRAM_SECRETS", "mask")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ENGRAM_SECRETS") && err.contains("redact, refuse, allow"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(&dir, "secrets = \"refuse\"\n");
+    let cfg = Config::load_from(Some(&file), &env(&[])).unwrap();
+    assert_eq!(cfg.memory.secrets, SecretsMode::Refuse);
+}

@@ -289,6 +289,7 @@ fn settings(config: &Config) -> Settings {
         max_text_bytes: config.memory.max_text_bytes,
         cache_ttl: Duration::from_secs(config.cache.ttl_secs),
         on_llm_error: OnLlmError::Fail,
+        secrets: config.memory.secrets,
         ..Settings::default()
     }
 }

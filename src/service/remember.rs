@@ -95,6 +95,7 @@ impl MemoryService {
                 results: Vec::new(),
                 usage: Some(usage),
                 deferred: None,
+                redacted: Vec::new(),
             });
         }
         if facts.is_empty() {
@@ -187,6 +188,7 @@ impl MemoryService {
             results,
             usage: (usage.calls > 0).then_some(usage),
             deferred: None,
+            redacted: Vec::new(),
         })
     }
 
@@ -266,6 +268,7 @@ impl MemoryService {
                 pending_id,
                 searchable,
             }),
+            redacted: Vec::new(),
         })
     }
 

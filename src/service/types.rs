@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::extract::Usage;
 use crate::model::{Degraded, Event, Memory, MemoryId};
+use crate::secrets::Kind;
 use crate::store::HistoryEntry;
 
 /// What happened to one fact.
@@ -48,6 +49,22 @@ pub struct RememberResult {
     /// (`on_llm_error = "verbatim"`): why, and what `engram reextract` will finish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<Deferred>,
+    /// Secrets replaced by `[REDACTED:kind]` before anything was extracted,
+    /// embedded or stored (`ENGRAM_SECRETS=redact`); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<Redaction>,
+}
+
+/// Secrets of one kind replaced in one field of a remember.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Redaction {
+    /// The argument they were in: `text`, `messages` or `metadata`.
+    pub field: String,
+    /// What they were: the name their `[REDACTED:kind]` marker shows.
+    pub kind: Kind,
+    /// How many were replaced.
+    #[schemars(schema_with = "crate::model::count_schema")]
+    pub count: u64,
 }
 
 /// A recalled memory with its scores.

@@ -16,6 +16,7 @@
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores), [`key_lifecycle`]
 //!   (keys that expire, read-only keys, rotation, erasure; both stores).
+//! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
 //! * Compliance: [`audit`] (the audit trail through the binary).
 
@@ -40,5 +41,6 @@ mod openai_embedder;
 mod postgres;
 mod protocol;
 mod rest_api;
+mod secrets;
 mod sse_limits;
 mod store_conformance;
