@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// HTTP (`/mcp`) or legacy SSE (`/sse`); MCP clients call `recall`.
     #[arg(long, value_enum, default_value_t = Door::Rest)]
     pub transport: Door,
+    /// Record every remember and recall in the audit trail, as `serve`
+    /// does by default (off: the flows alone, to compare).
+    #[arg(long)]
+    pub audit: bool,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -189,12 +193,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
-    let service = Arc::new(MemoryService::new(
+    let mut service = MemoryService::new(
         store.clone(),
         embedder.clone(),
         Arc::new(VerbatimExtractor),
         settings(),
-    ));
+    );
+    if args.audit {
+        let pseudonyms = crate::audit::Pseudonyms::new(vec![7; 32]);
+        let sink = crate::audit::Sink::start(store.clone());
+        let auditor = crate::audit::Auditor::new(pseudonyms, false, sink);
+        service = service.with_audit(Arc::new(auditor));
+        println!("audit on: every remember and recall leaves a row");
+    }
+    let service = Arc::new(service);
     let cache = match &args.cache {
         Some(url) => Some(cache::CacheBench::connect(url, store.clone(), embedder.clone()).await?),
         None => None,
@@ -211,6 +223,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     bench.run(&args.sizes, args.queries).await?;
     if let Some(cache) = &bench.cache {
         cache.print();
+    }
+    if let Some(auditor) = service.auditor() {
+        auditor.flush().await;
+        println!("audit rows dropped: {}", auditor.dropped());
     }
 
     if let Some(pg) = pg
