@@ -163,28 +163,17 @@ async fn http_calls_are_audited_with_their_door_and_address_and_sealed_while_ser
         )
         .await;
     assert_eq!(stored.status, 200, "{}", stored.text);
-    let recall = server
-        .http
-        .post(format!("{}/mcp", server.base))
-        .bearer_auth(&user)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "recall")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-            "name": "recall", "arguments": {"query": "bees"},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "audit", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let recall = common::http::stateless(
+        &server.http,
+        &server.base,
+        Some(&user),
+        json!(1),
+        "tools/call",
+        json!({"name": "recall", "arguments": {"query": "bees"}}),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(recall.status(), 200);
     assert!(recall.text().await.unwrap().contains("Keeps bees"));
 

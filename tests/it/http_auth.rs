@@ -540,22 +540,15 @@ async fn an_mcp_request_over_the_limit_gets_a_json_rpc_error_with_the_wait() {
     let server = Server::with_keys(None, &[("ENGRAM_MCP_RATE_LIMIT", "2")]).await;
     let key = server.create_key(&["--user", "alice"]);
     let list = |id: u64| {
-        server
-            .http
-            .post(format!("{}/mcp", server.base))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2026-07-28")
-            .header("mcp-method", "tools/list")
-            .body(
-                json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {"_meta": {
-                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                    "io.modelcontextprotocol/clientCapabilities": {}}}})
-                .to_string(),
-            )
-            .send()
+        common::http::stateless(
+            &server.http,
+            &server.base,
+            Some(&key),
+            json!(id),
+            "tools/list",
+            json!({}),
+        )
+        .send()
     };
     for id in 1..=2 {
         assert_eq!(list(id).await.unwrap().status(), 200);
@@ -687,28 +680,17 @@ async fn an_admin_key_is_limited_per_acting_user_over_mcp() {
         "{refusal}"
     );
     // On the wire: 429 with Retry-After, the JSON-RPC error as the body.
-    let raw = server
-        .http
-        .post(format!("{}/mcp", server.base))
-        .bearer_auth(&admin)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "recall")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "recall", "arguments": {"query": "tea", "user_id": "alice"},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let raw = common::http::stateless(
+        &server.http,
+        &server.base,
+        Some(&admin),
+        json!(7),
+        "tools/call",
+        json!({"name": "recall", "arguments": {"query": "tea", "user_id": "alice"}}),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(raw.status().as_u16(), 429);
     let retry_after: u64 = raw.headers()["retry-after"]
         .to_str()

@@ -551,27 +551,9 @@ async fn a_database_that_stops_answering_mid_statement_fails_requests_within_the
     let mcp = {
         let (http, base, key) = (server.http.clone(), server.base.clone(), key.clone());
         move || {
-            let params = json!({
-                "name": "recall",
-                "arguments": {"query": "bees"},
-                "_meta": {
-                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientInfo": {"name": "partition", "version": "1"},
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                },
-            });
-            let request = http
-                .post(format!("{base}/mcp"))
-                .bearer_auth(&key)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2026-07-28")
-                .header("mcp-method", "tools/call")
-                .header("mcp-name", "recall")
-                .body(
-                    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
-                        .to_string(),
-                );
+            let params = json!({"name": "recall", "arguments": {"query": "bees"}});
+            let request =
+                common::http::stateless(&http, &base, Some(&key), json!(1), "tools/call", params);
             timed(request)
         }
     };
@@ -871,29 +853,16 @@ fn uuid_like() -> String {
 #[tokio::test]
 async fn stateless_requests_need_no_session_and_count_against_no_cap() {
     let server = Server::start_with(&[("ENGRAM_MCP_SESSIONS_PER_KEY", "1")]).await;
-    let meta = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "stateless", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
-    let ask = |method: &str, mut params: Value| {
-        params["_meta"] = meta.clone();
-        let mut request = server
-            .http
-            .post(format!("{}/mcp", server.base))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2026-07-28")
-            .header("mcp-method", method);
-        if let Some(name) = params.get("name").and_then(Value::as_str) {
-            request = request.header("mcp-name", name);
-        }
-        request
-            .body(
-                json!({"jsonrpc": "2.0", "id": method, "method": method, "params": params})
-                    .to_string(),
-            )
-            .send()
+    let ask = |method: &str, params: Value| {
+        common::http::stateless(
+            &server.http,
+            &server.base,
+            None,
+            json!(method),
+            method,
+            params,
+        )
+        .send()
     };
     for _ in 0..3 {
         for (method, params) in [

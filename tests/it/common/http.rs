@@ -257,3 +257,37 @@ fn database(given: Option<&str>) -> (Option<tempfile::TempDir>, String) {
         }
     }
 }
+
+/// A stateless (2026-07-28) MCP request to `{base}/mcp`: no `initialize`
+/// and no session, the method (and a tool's or prompt's name) in headers,
+/// the protocol fields in `params._meta`; `key`, if any, as the bearer.
+pub fn stateless(
+    http: &reqwest::Client,
+    base: &str,
+    key: Option<&str>,
+    id: Value,
+    method: &str,
+    mut params: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "engram-tests", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let mut request = http
+        .post(format!("{base}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params.get("name").and_then(Value::as_str) {
+        request = request.header("mcp-name", name.to_owned());
+    }
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.body(
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+            .to_string(),
+    )
+}
