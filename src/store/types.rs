@@ -175,17 +175,6 @@ pub struct Selection<'a> {
     pub before: Option<DateTime<Utc>>,
 }
 
-impl Selection<'_> {
-    /// True when it narrows the user's memories at all; a selection that
-    /// does not is every memory of the user.
-    pub fn is_narrowed(&self) -> bool {
-        self.scope.agent_id().is_some()
-            || self.scope.run_id().is_some()
-            || !self.filter.is_empty()
-            || self.before.is_some()
-    }
-}
-
 /// One candidate from a search, best first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
