@@ -72,8 +72,8 @@ struct AuditArgs {
     /// Only rows at or after this time (RFC 3339, e.g. 2026-11-30T00:00:00Z).
     #[arg(long)]
     since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only this operation (remember, recall, user_context, forget, forget_user, get,
-    /// history, stats, export, reextract).
+    /// Only this operation (remember, recall, user_context, forget, forget_matching,
+    /// forget_user, get, history, stats, export, reextract).
     #[arg(long)]
     op: Option<String>,
     /// At most this many rows.

@@ -239,7 +239,10 @@ impl EngramMcp {
 
     #[tool(
         description = "Permanently delete memories: {memory_id} deletes one; {user_id, all: true} \
-                       deletes every memory and history of that user. Cannot be undone.",
+                       deletes every memory and history of that user; {user_id, all: true} with \
+                       agent_id, run_id, filters (metadata values) or before (a date) deletes \
+                       only the memories they select, current and superseded, with their \
+                       history. Returns how many were deleted. Cannot be undone.",
         annotations(
             title = "Forget",
             read_only_hint = false,

@@ -85,9 +85,40 @@ pub struct ForgetParams {
     /// else the server's default user). With `all: true` it must be given
     /// explicitly.
     pub user_id: Option<String>,
-    /// true deletes every memory of `user_id`, with their history.
+    /// true deletes every memory of `user_id`, with their history (and the
+    /// user's API keys); with `agent_id`, `run_id`, `filters` or `before`,
+    /// only the memories they select (keys untouched).
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub all: Option<bool>,
+    /// With `all: true`: only memories of this agent.
+    pub agent_id: Option<String>,
+    /// With `all: true`: only memories of this run.
+    pub run_id: Option<String>,
+    /// With `all: true`: only memories whose metadata has these values, as
+    /// recall's `filters`, e.g. {"topic": "travel"}; values must be strings,
+    /// numbers or booleans.
+    #[serde(default, deserialize_with = "lenient::object")]
+    pub filters: Option<Metadata>,
+    /// With `all: true`: only memories created before this instant, an RFC
+    /// 3339 time (2026-11-20T09:30:00Z) or a date (2026-11-20: its midnight, UTC).
+    pub before: Option<String>,
+}
+
+impl ForgetParams {
+    /// The narrowing arguments given (`agent_id`, `run_id`, `filters`,
+    /// `before`), by name: a forget with any of them deletes a selection
+    /// of the user's memories.
+    pub fn narrowing(&self) -> Vec<&'static str> {
+        [
+            ("agent_id", self.agent_id.is_some()),
+            ("run_id", self.run_id.is_some()),
+            ("filters", self.filters.is_some()),
+            ("before", self.before.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
 }
 
 /// Requests that name a scope: a user (omitted: the caller's own), and

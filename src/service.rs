@@ -8,8 +8,10 @@
 //!   relevances for every candidate ─▶ fuse into absolute scores (`crate::rank`) ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
 //!   memories, rendered for a system prompt.
-//! * forget: hard-delete one memory or all of a user's (erasing a user also
-//!   deletes their API keys), then purge the user's cache entries. Like
+//! * forget: hard-delete one memory, all of a user's (erasing a user also
+//!   deletes their API keys), or those of theirs an agent, a run, a
+//!   metadata filter and a creation date select (current and superseded
+//!   alike, with their history), then purge the user's cache entries. Like
 //!   remember, a write: refused to a read-only key
 //!   ([`Principal::may_write`]).
 //! * get / history / stats / export: reads of one user's data, straight from
@@ -49,7 +51,7 @@ use crate::model::{Event, MemoryId, MetadataFilter, Scope, UserId, validate_meta
 use crate::params::{
     ForgetParams, MemoryRef, RecallParams, RememberParams, Scoped, UserContextParams,
 };
-use crate::store::{AuditRecord, Store, UserExport, UserStats};
+use crate::store::{AuditRecord, Selection, Store, UserExport, UserStats};
 
 mod audited;
 mod cached;
@@ -61,6 +63,8 @@ mod types;
 mod validate;
 
 pub use audited::{AuditPage, AuditParams};
+use validate::ForgetTarget;
+
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use types::{
@@ -299,8 +303,10 @@ impl MemoryService {
         .await
     }
 
-    /// Deletes one memory (`memory_id`) or every memory of a user named
-    /// explicitly (`user_id` with `all: true`), then the user's cache entries.
+    /// Deletes one memory (`memory_id`), every memory of a user named
+    /// explicitly (`user_id` with `all: true`), or those of theirs that
+    /// `agent_id`, `run_id`, `filters` and `before` select (with `all:
+    /// true`), then the user's cache entries.
     async fn forget_inner(
         &self,
         caller: &Principal,
@@ -310,40 +316,69 @@ impl MemoryService {
         caller.may_write()?;
         let target = validate::forget_target(&req)?;
         let user = self.acting_user(caller, req.user_id.as_deref())?;
-        let Some(id) = target else {
-            // Keys first: once they are gone no request of the user's can
-            // begin, so none writes behind the erasure of the memories.
-            let keys_deleted = self.store.delete_user_keys(&user).await?;
-            let deleted = self.store.delete_user(&user, audit.as_ref()).await?;
-            self.cache.purge_user(&user, None).await;
-            return Ok(ForgetResult {
-                user_id: user.into(),
-                deleted,
-                memory_id: None,
-                keys_deleted: Some(keys_deleted),
-            });
-        };
-        let audit = audit.map(|mut record| {
-            crate::audit::with_memories(&mut record, vec![id]);
-            record
-        });
-        if !self.store.delete(&user, id, audit.as_ref()).await? {
-            return Err(Error::NotFound(format!(
-                "no memory {id} belongs to user \"{user}\"; nothing was deleted"
-            )));
+        match target {
+            ForgetTarget::User => {
+                // Keys first: once they are gone no request of the user's can
+                // begin, so none writes behind the erasure of the memories.
+                let keys_deleted = self.store.delete_user_keys(&user).await?;
+                let deleted = self.store.delete_user(&user, audit.as_ref()).await?;
+                self.cache.purge_user(&user, None).await;
+                Ok(ForgetResult {
+                    user_id: user.into(),
+                    deleted,
+                    memory_id: None,
+                    keys_deleted: Some(keys_deleted),
+                })
+            }
+            ForgetTarget::Matching { filter, before } => {
+                let scope =
+                    Scope::narrowed(user.clone(), req.agent_id.as_deref(), req.run_id.as_deref())?;
+                let at = Selection {
+                    scope: &scope,
+                    filter: &filter,
+                    before,
+                };
+                let deleted = self.store.delete_matching(at, audit.as_ref()).await?;
+                if !deleted.is_empty() {
+                    self.purge_after_delete(&user).await;
+                }
+                Ok(ForgetResult {
+                    user_id: user.into(),
+                    deleted: deleted.len() as u64,
+                    memory_id: None,
+                    keys_deleted: None,
+                })
+            }
+            ForgetTarget::One(id) => {
+                let audit = audit.map(|mut record| {
+                    crate::audit::with_memories(&mut record, vec![id]);
+                    record
+                });
+                if !self.store.delete(&user, id, audit.as_ref()).await? {
+                    return Err(Error::NotFound(format!(
+                        "no memory {id} belongs to user \"{user}\"; nothing was deleted"
+                    )));
+                }
+                self.purge_after_delete(&user).await;
+                Ok(ForgetResult {
+                    user_id: user.into(),
+                    deleted: 1,
+                    memory_id: Some(id),
+                    keys_deleted: None,
+                })
+            }
         }
+    }
+
+    /// Ends the user's cache entries after a delete that leaves some of
+    /// their memories. The floor (the version the delete moved the user
+    /// to) keeps out entries of reads that began before the delete.
+    /// Unreadable version: delete everything instead.
+    async fn purge_after_delete(&self, user: &UserId) {
         if self.cache.enabled() {
-            // The floor keeps out entries of reads that began before the
-            // delete. Unreadable version: delete everything instead.
-            let floor = self.store.version(&user).await.unwrap_or(None);
-            self.cache.purge_user(&user, floor).await;
+            let floor = self.store.version(user).await.unwrap_or(None);
+            self.cache.purge_user(user, floor).await;
         }
-        Ok(ForgetResult {
-            user_id: user.into(),
-            deleted: 1,
-            memory_id: Some(id),
-            keys_deleted: None,
-        })
     }
 
     /// One of the user's memories, current or superseded, and whether it is

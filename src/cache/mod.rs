@@ -17,7 +17,7 @@
 //!   having seen a write: a write made while the cache was unreachable, by
 //!   another process, or by raw SQL invalidates just the same.
 //! * **Forget leaves nothing.** `forget` deletes the user's hash; forgetting
-//!   one memory also leaves a floor in it, so a recall that read the database
+//!   one memory, or a selection of them, also leaves a floor in it, so a recall that read the database
 //!   before the delete cannot write its (never servable) entry back.
 //!   Purges that fail while the cache is down are retried when it returns.
 //! * **The cache is optional at every moment.** Every operation has a short

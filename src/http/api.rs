@@ -155,6 +155,7 @@ pub fn router(api: Api) -> Router {
         .route(BASE, post(remember))
         .route(&format!("{BASE}/"), post(remember))
         .route(&format!("{BASE}/search"), post(search))
+        .route(&format!("{BASE}/forget"), post(forget))
         .route(&format!("{BASE}/context/{{user_id}}"), get(context))
         .route(&format!("{BASE}/stats/{{user_id}}"), get(stats))
         .route(&format!("{BASE}/export/{{user_id}}"), get(export))
@@ -258,8 +259,21 @@ async fn forget_user(
     let p = ForgetParams {
         user_id: Some(user_id),
         all: Some(true),
-        memory_id: None,
+        ..ForgetParams::default()
     };
+    Ok(Json(api.service.forget(&caller, p).await?))
+}
+
+/// The `forget` tool's arguments as a body: one memory, every memory of a
+/// user, or (with `all: true`) those an agent, a run, a metadata filter and
+/// a creation date select.
+async fn forget(
+    State(api): State<Api>,
+    Extension(caller): Extension<Principal>,
+    _: Params<NoQuery>,
+    Body(p): Body<ForgetParams>,
+) -> Answer<ForgetResult> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.forget(&caller, p).await?))
 }
 
@@ -295,7 +309,7 @@ async fn forget_memory(
     let p = ForgetParams {
         memory_id: Some(memory_id),
         user_id: owner.user_id,
-        all: None,
+        ..ForgetParams::default()
     };
     Ok(Json(api.service.forget(&caller, p).await?))
 }

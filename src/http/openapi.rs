@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::api::{AUDIT, BASE, ContextQuery, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
-use crate::params::{RecallParams, RememberParams};
+use crate::params::{ForgetParams, RecallParams, RememberParams};
 use crate::service::{
     AuditPage, AuditParams, ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult,
 };
@@ -173,6 +173,23 @@ fn build() -> Value {
             vec![],
             Some(s.request::<RecallParams>()),
             s.response::<RecallResult>(),
+        )}),
+    );
+    paths.insert(
+        format!("{BASE}/forget"),
+        json!({ "post": operation(
+            "forget",
+            "Forget memories: one, a user's, or a selection",
+            "The MCP `forget` tool's arguments. `{memory_id}` deletes one memory; `{user_id, \
+             all: true}` every memory of the user, with their API keys (as DELETE \
+             /users/{user_id}); `{user_id, all: true}` with any of `agent_id`, `run_id`, \
+             `filters` (metadata equality, as search's) and `before` (created before that \
+             instant) deletes the memories they all select, current and superseded, with \
+             their history and deferred remembers, and leaves keys alone. Narrowing without \
+             `all: true` is refused. `deleted` is how many memories went. Cannot be undone.",
+            vec![],
+            Some(s.request::<ForgetParams>()),
+            s.response::<ForgetResult>(),
         )}),
     );
     let mut context_parameters = vec![user()];

@@ -79,7 +79,7 @@ pub fn check_text(field: &'static str, text: &str) -> Result<(), Invalid> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_owned(),

@@ -94,8 +94,10 @@ impl MemoryService {
         result
     }
 
-    /// Deletes one memory (`memory_id`) or every memory of a user named
-    /// explicitly (`user_id` with `all: true`), then the user's cache entries.
+    /// Deletes one memory (`memory_id`), every memory of a user named
+    /// explicitly (`user_id` with `all: true`), or those of theirs that
+    /// `agent_id`, `run_id`, `filters` and `before` select (with `all:
+    /// true`; the user's API keys stay), then the user's cache entries.
     pub async fn forget(
         &self,
         caller: &Principal,
@@ -103,6 +105,8 @@ impl MemoryService {
     ) -> Result<ForgetResult, Error> {
         let operation = if req.memory_id.is_some() {
             "forget"
+        } else if !req.narrowing().is_empty() {
+            "forget_matching"
         } else {
             "forget_user"
         };

@@ -2,8 +2,10 @@
 //! here is within every limit the service keeps, and one that does not is
 //! refused with [`Error::InvalidInput`] naming the argument and what is accepted.
 
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+
 use crate::error::Error;
-use crate::model::{Input, MemoryId, Message, check_text, normalize_date};
+use crate::model::{Input, MemoryId, Message, MetadataFilter, check_text, normalize_date};
 use crate::params::ForgetParams;
 
 /// Most results a recall or a context may ask for.
@@ -137,24 +139,94 @@ pub fn min_score(raw: Option<f64>) -> Result<f32, Error> {
     }
 }
 
-/// What a forget deletes: `Some(id)` one memory, `None` every memory of the
-/// user, which must then be named explicitly (never a default) with `all: true`.
-pub(super) fn forget_target(req: &ForgetParams) -> Result<Option<MemoryId>, Error> {
-    match (req.memory_id.as_deref(), req.all.unwrap_or(false)) {
+/// What a forget deletes.
+#[derive(Debug)]
+pub(super) enum ForgetTarget {
+    /// One memory (`memory_id`).
+    One(MemoryId),
+    /// Every memory of the user, and their API keys (`all: true` alone).
+    User,
+    /// The user's memories of `agent_id` and `run_id` (checked with the
+    /// scope) that `filter` and `before` select (`all: true` with any of
+    /// them).
+    Matching {
+        filter: MetadataFilter,
+        before: Option<DateTime<Utc>>,
+    },
+}
+
+/// What a forget deletes. Anything but one memory needs `all: true` and
+/// the user named explicitly (never a default): a guard against deleting
+/// many memories by accident, narrowed or not.
+pub(super) fn forget_target(req: &ForgetParams) -> Result<ForgetTarget, Error> {
+    let narrowing = req.narrowing();
+    let all = req.all.unwrap_or(false);
+    if let (Some(_), Some(field)) = (&req.memory_id, narrowing.first().copied()) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{field}` selects many memories to delete (with `all: true`); it cannot \
+                 narrow a forget of one `memory_id`: give one or the other"
+            ),
+        ));
+    }
+    match (req.memory_id.as_deref(), all) {
         (Some(_), true) => Err(Error::invalid(
             "memory_id",
             "give either `memory_id` or `all: true`, not both",
         )),
-        (Some(raw), false) => Ok(Some(MemoryId::parse("memory_id", raw)?)),
+        (Some(raw), false) => Ok(ForgetTarget::One(MemoryId::parse("memory_id", raw)?)),
+        (None, false) => match narrowing.first().copied() {
+            Some(field) => Err(Error::invalid(
+                field,
+                format!(
+                    "`{field}` selects memories to delete; add `all: true` (with `user_id`) \
+                     to delete every memory it selects: deleting many memories is never implied"
+                ),
+            )),
+            None => Err(Error::invalid(
+                "memory_id",
+                "say what to forget: {memory_id} for one memory, {user_id, all: true} \
+                 for all of a user's, or {user_id, all: true} with agent_id, run_id, \
+                 filters or before for the memories they select",
+            )),
+        },
         (None, true) if req.user_id.is_none() => Err(Error::invalid(
             "user_id",
-            "deleting all memories needs `user_id` given explicitly, with `all: true`",
+            "deleting many memories needs `user_id` given explicitly, with `all: true`",
         )),
-        (None, true) => Ok(None),
-        (None, false) => Err(Error::invalid(
-            "memory_id",
-            "say what to forget: {memory_id} for one memory, or {user_id, all: true} \
-             for all of a user's",
-        )),
+        (None, true) if narrowing.is_empty() => Ok(ForgetTarget::User),
+        (None, true) => {
+            let filter = MetadataFilter::parse(req.filters.as_ref())?;
+            if req.filters.is_some() && filter.is_empty() {
+                return Err(Error::invalid(
+                    "filters",
+                    "is empty, so it selects nothing to narrow by; give at least one \
+                     {key: value}, or leave `filters` out",
+                ));
+            }
+            let before = req.before.as_deref().map(before).transpose()?;
+            Ok(ForgetTarget::Matching { filter, before })
+        }
     }
+}
+
+/// `before` as an instant: an RFC 3339 time, or a date (its midnight, UTC).
+fn before(raw: &str) -> Result<DateTime<Utc>, Error> {
+    let raw = raw.trim();
+    if let Ok(day) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(day.and_time(NaiveTime::MIN).and_utc());
+    }
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            Error::invalid(
+                "before",
+                format!(
+                    "'{}' is neither an RFC 3339 time (2026-11-20T09:30:00Z) nor a date \
+                     (2026-11-20)",
+                    crate::model::truncate(raw, 60).escape_debug()
+                ),
+            )
+        })
 }

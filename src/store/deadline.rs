@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
     NewMemory, NewPending, Pending, PendingQueue, Reads, Reports, Scored, SealReport, Search,
-    SearchScope, Store, StoreError, SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch,
-    Writes,
+    SearchScope, Selection, Store, StoreError, SupersedeOutcome, UserExport, UserStats, Versions,
+    WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -134,6 +134,14 @@ impl Writes for Deadline {
         audit: Option<&AuditRecord>,
     ) -> Result<u64, StoreError> {
         bounded(self.limit, self.inner.delete_user(user_id, audit)).await
+    }
+
+    async fn delete_matching(
+        &self,
+        at: Selection<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<Vec<MemoryId>, StoreError> {
+        bounded(self.limit, self.inner.delete_matching(at, audit)).await
     }
 }
 

@@ -46,7 +46,8 @@ pub use traits::{
 };
 pub use types::{
     AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
-    InsertOutcome, KeyState, NewMemory, NewPending, Pending, Scored, SearchScope, SupersedeOutcome,
+    InsertOutcome, KeyState, NewMemory, NewPending, Pending, Scored, SearchScope, Selection,
+    SupersedeOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]

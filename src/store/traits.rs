@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
-    NewPending, Pending, Scored, SearchScope, StoreError, SupersedeOutcome, UserExport, UserStats,
+    NewPending, Pending, Scored, SearchScope, Selection, StoreError, SupersedeOutcome, UserExport,
+    UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -142,6 +143,19 @@ pub trait Writes: Send + Sync {
         id: MemoryId,
         audit: Option<&AuditRecord>,
     ) -> Result<bool, StoreError>;
+
+    /// Hard-deletes the user's memories that `at` selects, current and
+    /// superseded, with their history and every deferred remember that
+    /// stored one of them, in one transaction bounded by `at.scope`'s user;
+    /// `audit` (its memory ids and count set to what was deleted) is
+    /// appended in it. Returns the deleted memories' ids; none deleted, the
+    /// user's version stays as it was. The user's API keys, and memories
+    /// `at` does not select, are untouched.
+    async fn delete_matching(
+        &self,
+        at: Selection<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<Vec<MemoryId>, StoreError>;
 
     /// Hard-deletes every memory, history row and deferred remember of the
     /// user, with `audit` (its `memory_count` set to how many) appended in

@@ -162,6 +162,19 @@ impl<'a> SearchScope<'a> {
     }
 }
 
+/// Which of one user's memories a bulk forget deletes
+/// ([`Writes::delete_matching`](super::Writes::delete_matching)): those in
+/// `scope` (the user, and its agent and run when set), whose metadata holds
+/// every pair of `filter` (as a recall filters), created before `before`
+/// when set. Current and superseded memories alike: a forget by selection
+/// leaves no copy of a matching text in history.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub scope: &'a Scope,
+    pub filter: &'a MetadataFilter,
+    pub before: Option<DateTime<Utc>>,
+}
+
 /// One candidate from a search, best first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {

@@ -134,6 +134,35 @@ impl UserVectors {
         }
     }
 
+    /// Removes the rows of every pk in `gone` (pks it does not hold are
+    /// ignored) in one pass, keeping the others in order.
+    pub fn remove_many(&mut self, gone: &HashSet<i64>) {
+        if gone.is_empty() {
+            return;
+        }
+        let d = self.dims;
+        let mut kept = 0;
+        for i in 0..self.pks.len() {
+            if gone.contains(&self.pks[i]) {
+                continue;
+            }
+            if kept != i {
+                self.pks[kept] = self.pks[i];
+                self.ids[kept] = self.ids[i];
+                self.scopes[kept] = self.scopes[i];
+                self.inv_scales[kept] = self.inv_scales[i];
+                self.codes.copy_within(i * d..(i + 1) * d, kept * d);
+            }
+            kept += 1;
+        }
+        self.pks.truncate(kept);
+        self.ids.truncate(kept);
+        self.scopes.truncate(kept);
+        self.inv_scales.truncate(kept);
+        self.codes.truncate(kept * d);
+        self.rows.store(kept, Ordering::Relaxed);
+    }
+
     /// The `k` rows most similar to `query` (approximate cosine), best first.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
         self.top_k_among(query, k, Among::All)
@@ -403,6 +432,31 @@ impl VectorIndex {
 mod tests {
     use super::*;
     use crate::embed::{HashEmbedder, dot};
+
+    #[test]
+    fn removing_many_rows_keeps_the_others_and_their_vectors() {
+        let e = HashEmbedder::new(64);
+        let texts: Vec<String> = (0..20).map(|i| format!("row {i} of {}", i * 7)).collect();
+        let mut uv = UserVectors::new(64);
+        uv.reset(1);
+        let ids: Vec<MemoryId> = (0..20).map(|_| MemoryId::new()).collect();
+        for (i, t) in texts.iter().enumerate() {
+            uv.push(i as i64, ids[i], None, None, &e.embed(t));
+        }
+        let gone: HashSet<i64> = [0, 3, 4, 19, 99].into_iter().collect();
+        uv.remove_many(&gone);
+        assert_eq!(uv.pks.len(), 16);
+        assert_eq!(uv.rows.load(Ordering::Relaxed), 16);
+        for (i, t) in texts.iter().enumerate() {
+            let best = uv.top_k(&e.embed(t), 1);
+            if gone.contains(&(i as i64)) {
+                assert_ne!(best[0].pk, i as i64);
+            } else {
+                assert_eq!((best[0].pk, best[0].id), (i as i64, ids[i]), "{t}");
+                assert!(best[0].score > 0.97, "{t}: {}", best[0].score);
+            }
+        }
+    }
 
     #[test]
     fn approximate_scores_track_exact_cosine_and_rank_the_same() {

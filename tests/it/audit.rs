@@ -61,6 +61,18 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
         json!({"user_id": "alice", "memory_id": first}),
     )
     .await;
+    tool_err(
+        &client,
+        "forget",
+        json!({"user_id": "alice", "filters": {"topic": "x"}}),
+    )
+    .await;
+    ok(
+        &client,
+        "forget",
+        json!({"user_id": "alice", "all": true, "before": "2000-01-01"}),
+    )
+    .await;
     ok(&client, "forget", json!({"user_id": "alice", "all": true})).await;
     client.cancel().await.unwrap();
 
@@ -82,6 +94,8 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
             ("user_context", "ok"),
             ("forget", "ok"),
             ("forget", "not_found"),
+            ("forget_matching", "invalid_input"),
+            ("forget_matching", "ok"),
             ("forget_user", "ok"),
         ]
     );
@@ -100,13 +114,14 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
     assert_eq!(rows[0]["memory_count"], 2);
     assert_eq!(rows[0]["memory_ids"].as_array().map(Vec::len), Some(2));
     assert_eq!(rows[3]["memory_ids"][0], first.as_str());
-    assert_eq!(rows[5]["memory_count"], 1, "one memory was left to erase");
+    assert_eq!(rows[6]["memory_count"], 0, "nothing was that old");
+    assert_eq!(rows[7]["memory_count"], 1, "one memory was left to erase");
     // The operator finds a user's rows by id (through the pseudonym).
     let out = run_engram(
         &["audit", "--json", "--user", "alice"],
         &[("ENGRAM_DATABASE_URL", &url)],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
 
     let engram = |args: &[&str]| run_engram(args, &[("ENGRAM_DATABASE_URL", &url)]);
     let sealed = engram(&["audit", "seal"]);
@@ -117,7 +132,7 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
     );
     let verified = engram(&["audit", "verify"]);
     assert!(verified.status.success());
-    assert!(String::from_utf8_lossy(&verified.stdout).contains("6 sealed row(s) verified"));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("8 sealed row(s) verified"));
 
     // Someone with the database edits a sealed row (past the trigger).
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();

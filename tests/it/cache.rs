@@ -179,7 +179,7 @@ fn forget_one(user: &str, id: MemoryId) -> ForgetParams {
     ForgetParams {
         memory_id: Some(id.to_string()),
         user_id: Some(user.into()),
-        all: None,
+        ..ForgetParams::default()
     }
 }
 
@@ -187,7 +187,7 @@ fn forget_all(user: &str) -> ForgetParams {
     ForgetParams {
         user_id: Some(user.into()),
         all: Some(true),
-        memory_id: None,
+        ..ForgetParams::default()
     }
 }
 
@@ -395,6 +395,68 @@ async fn forget_leaves_no_key_of_the_user(db: Db) {
     );
 }
 
+/// A bulk forget ends the user's cached recalls and contexts (a floor
+/// stays to refuse late writers), so none serves a deleted memory; another
+/// user's entries stay.
+async fn a_bulk_forget_ends_the_cached_entries(db: Db) {
+    let prefix = unique_prefix();
+    let url = shared_url();
+    let s = cached(db.url(), &url, &prefix).await;
+    let peek = Peek::connect(&url).await;
+    for (text, topic) in [
+        ("Flies to Lisbon every May", "travel"),
+        ("Keeps a passport in the desk drawer", "travel"),
+        ("Cooks green curry on Fridays", "food"),
+    ] {
+        let metadata = json!({ "topic": topic }).as_object().cloned();
+        s.remember(
+            ME,
+            RememberParams {
+                text: Some(text.into()),
+                user_id: Some("alice".into()),
+                metadata,
+                ..RememberParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    remember(&s, "bob", "Flies to Oslo every winter").await;
+    let q = "flies passport curry";
+    assert_eq!(recall(&s, "alice", q).await.results.len(), 3);
+    assert_eq!(recall(&s, "alice", q).await.results.len(), 3);
+    assert_eq!(context(&s, "alice").await.total, 3);
+    recall(&s, "bob", q).await;
+    assert_eq!(
+        s.cache_stats().hits,
+        1,
+        "the second recall came from the cache"
+    );
+    let alice = user_key(&prefix, "alice");
+    let bob = user_key(&prefix, "bob");
+    assert_eq!(peek.hash_fields(&alice).await.len(), 2);
+
+    let travel = ForgetParams {
+        user_id: Some("alice".into()),
+        all: Some(true),
+        filters: json!({"topic": "travel"}).as_object().cloned(),
+        ..ForgetParams::default()
+    };
+    let gone = s.forget(ME, travel).await.unwrap();
+    assert_eq!(gone.deleted, 2);
+    assert_eq!(peek.hash_fields(&alice).await, ["~floor"]);
+    assert_eq!(
+        memories(&recall(&s, "alice", q).await),
+        ["Cooks green curry on Fridays"]
+    );
+    assert_eq!(context(&s, "alice").await.total, 1);
+    assert_eq!(peek.hash_fields(&bob).await.len(), 1, "bob's entry stays");
+    assert_eq!(
+        memories(&recall(&s, "bob", q).await),
+        ["Flies to Oslo every winter"]
+    );
+}
+
 fn sorted<const N: usize>(keys: [&String; N]) -> Vec<String> {
     let mut keys: Vec<String> = keys.into_iter().cloned().collect();
     keys.sort();
@@ -481,6 +543,7 @@ on_both_stores!(
     repeated_recalls_and_contexts_come_from_the_cache,
     every_write_ends_the_cached_entries,
     forget_leaves_no_key_of_the_user,
+    a_bulk_forget_ends_the_cached_entries,
     query_embeddings_of_remote_embedders_are_cached,
     writes_made_in_sql_end_cached_entries,
 );

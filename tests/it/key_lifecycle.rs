@@ -225,6 +225,11 @@ async fn a_read_only_key_reads_but_never_writes(postgres: bool) {
                 "/api/v1/memory/users/alice".to_owned(),
                 None,
             ),
+            (
+                Method::POST,
+                "/api/v1/memory/forget".to_owned(),
+                Some(json!({"user_id": "alice", "all": true, "filters": {"topic": "bees"}})),
+            ),
         ] {
             let refused = server.call(method.clone(), &path, Some(key), body).await;
             refused.problem(403, "forbidden");
@@ -249,6 +254,10 @@ async fn a_read_only_key_reads_but_never_writes(postgres: bool) {
         ("remember", json!({"text": "Alice hates bees"})),
         ("forget", json!({"memory_id": id})),
         ("forget", json!({"user_id": "alice", "all": true})),
+        (
+            "forget",
+            json!({"user_id": "alice", "all": true, "before": "2999-01-01"}),
+        ),
     ] {
         let refused = tool_err(&as_reader, tool, args).await;
         assert!(refused.contains("read-only"), "{tool}: {refused}");

@@ -315,6 +315,111 @@ async fn forget_one_and_forget_all() {
     client.cancel().await.unwrap();
 }
 
+/// `forget` with `all: true` and a narrowing deletes the memories it
+/// selects (by agent, run, metadata, date) and reports how many; narrowing
+/// without `all: true` is refused, naming the argument, and deletes nothing.
+#[tokio::test]
+async fn forget_by_selection_deletes_what_it_selects() {
+    let engram = Engram::new();
+    let client = engram.connect().await;
+    for (text, agent, run, topic) in [
+        ("Flies to Lisbon in May", "planner", "trip", "travel"),
+        ("Books trains to Porto", "planner", "trip", "travel"),
+        ("Likes green curry", "planner", "dinner", "food"),
+        ("Swims before work", "coach", "week-1", "sport"),
+        ("Runs on Sundays", "coach", "week-2", "sport"),
+    ] {
+        ok(
+            &client,
+            "remember",
+            json!({"user_id": "erin", "text": text, "agent_id": agent, "run_id": run,
+                   "metadata": {"topic": topic, "priority": 2}, "infer": false}),
+        )
+        .await;
+    }
+    ok(
+        &client,
+        "remember",
+        json!({"user_id": "frank", "text": "Flies to Oslo", "agent_id": "planner",
+               "metadata": {"topic": "travel"}, "infer": false}),
+    )
+    .await;
+
+    // Refused without `all: true`, naming the argument; nothing is deleted.
+    let refused = tool_err(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "filters": {"topic": "travel"}}),
+    )
+    .await;
+    assert!(
+        refused.contains("filters") && refused.contains("all: true"),
+        "{refused}"
+    );
+    let refused = tool_err(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "agent_id": "coach"}),
+    )
+    .await;
+    assert!(
+        refused.contains("agent_id") && refused.contains("all: true"),
+        "{refused}"
+    );
+    assert_eq!(total(&client, "erin").await, 5);
+
+    let travel = ok(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "all": true, "filters": {"topic": "travel", "priority": 2.0}}),
+    )
+    .await;
+    assert_eq!(travel["deleted"], 2, "{travel}");
+    assert_eq!(travel["user_id"], "erin");
+    assert!(travel.get("keys_deleted").is_none(), "{travel}");
+    let left = texts(
+        &ok(
+            &client,
+            "recall",
+            json!({"user_id": "erin", "query": "Lisbon Porto trains flights"}),
+        )
+        .await,
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|t| t.contains("Lisbon") || t.contains("Porto")),
+        "{left:?}"
+    );
+
+    let run = ok(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "all": true, "agent_id": "coach", "run_id": "week-1"}),
+    )
+    .await;
+    assert_eq!(run["deleted"], 1);
+    let old = ok(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "all": true, "before": "2000-01-01"}),
+    )
+    .await;
+    assert_eq!(old["deleted"], 0, "nothing is that old");
+    let agent = ok(
+        &client,
+        "forget",
+        json!({"user_id": "erin", "all": true, "agent_id": "planner", "before": "2999-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(agent["deleted"], 1);
+    let context = ok(&client, "user_context", json!({"user_id": "erin"})).await;
+    assert_eq!(context["total"], 1);
+    assert_eq!(context["memories"][0]["memory"], "Runs on Sundays");
+    assert_eq!(total(&client, "frank").await, 1, "other users untouched");
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn memories_survive_a_restart() {
     let engram = Engram::new();
@@ -428,6 +533,36 @@ async fn bad_input_gets_clear_tool_errors_and_writes_nothing() {
         ),
         ("forget", json!({}), "say what to forget"),
         ("forget", json!({"all": true}), "user_id"),
+        (
+            "forget",
+            json!({"all": true, "filters": {"topic": "travel"}}),
+            "user_id",
+        ),
+        (
+            "forget",
+            json!({"user_id": "x", "run_id": "r1"}),
+            "add `all: true`",
+        ),
+        (
+            "forget",
+            json!({"memory_id": "0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10", "agent_id": "a"}),
+            "cannot narrow a forget of one `memory_id`",
+        ),
+        (
+            "forget",
+            json!({"user_id": "x", "all": true, "filters": {}}),
+            "is empty",
+        ),
+        (
+            "forget",
+            json!({"user_id": "x", "all": true, "filters": {"topic": ["a"]}}),
+            "string, number or boolean",
+        ),
+        (
+            "forget",
+            json!({"user_id": "x", "all": true, "before": "last week"}),
+            "RFC 3339",
+        ),
         (
             "forget",
             json!({"memory_id": "0193a5c4-7b1e-7cc2-9a41-2f6f0d6e8b10", "all": true}),

@@ -8,9 +8,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The routes the API promises, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
     ("post", "/api/v1/memory"),
     ("post", "/api/v1/memory/search"),
+    ("post", "/api/v1/memory/forget"),
     ("get", "/api/v1/memory/context/{user_id}"),
     ("get", "/api/v1/memory/stats/{user_id}"),
     ("get", "/api/v1/memory/export/{user_id}"),
@@ -201,6 +202,111 @@ async fn every_route_answers_and_a_memory_lives_its_whole_life() {
         .problem(404, "not_found");
     let export = read(format!("{base}/export/alice")).await;
     assert_eq!(export.body["memories"], json!([]), "{}", export.text);
+}
+
+/// POST /forget takes the `forget` tool's arguments: with `all: true` and a
+/// narrowing it deletes what that selects and reports how many, leaving the
+/// user's keys; narrowing without `all: true` is a 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_by_selection_over_rest() {
+    let (server, key) = server().await;
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let (server, key) = (&server, key.clone());
+        let path = format!("/api/v1/memory{path}");
+        async move { server.call(method, &path, Some(&key), body).await }
+    };
+    for (text, topic, agent) in [
+        ("I prefer aisle seats on long flights", "travel", "planner"),
+        ("My passport expires in 2031", "travel", "planner"),
+        ("I am allergic to peanuts", "health", "planner"),
+        ("I train for a marathon", "health", "coach"),
+    ] {
+        let stored = call(
+            Method::POST,
+            "",
+            Some(json!({"text": text, "agent_id": agent, "metadata": {"topic": topic}, "infer": false})),
+        )
+        .await;
+        assert_eq!(stored.status, 200, "{}", stored.text);
+    }
+
+    let refused = call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "alice", "filters": {"topic": "travel"}})),
+    )
+    .await;
+    refused.problem(400, "invalid_input");
+    assert_eq!(refused.body["field"], "filters");
+    assert!(refused.text.contains("all: true"), "{}", refused.text);
+    call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "alice", "all": true, "before": "soon"})),
+    )
+    .await
+    .problem(400, "invalid_input");
+    call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "alice", "all": true, "colour": "red"})),
+    )
+    .await
+    .problem(400, "invalid_input");
+
+    let travel = call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "alice", "all": true, "filters": {"topic": "travel"}})),
+    )
+    .await;
+    assert_eq!(travel.status, 200, "{}", travel.text);
+    assert_eq!(travel.body["deleted"], 2, "{}", travel.text);
+    assert!(travel.body.get("keys_deleted").is_none(), "{}", travel.text);
+
+    // The key still works: only memories went.
+    let coach = call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "alice", "all": true, "agent_id": "coach"})),
+    )
+    .await;
+    assert_eq!(coach.status, 200, "{}", coach.text);
+    assert_eq!(coach.body["deleted"], 1);
+    let stats = call(Method::GET, "/stats/alice", None).await;
+    assert_eq!(stats.body["memories"], 1, "{}", stats.text);
+    let found = call(
+        Method::POST,
+        "/search",
+        Some(json!({"query": "aisle seats passport marathon peanuts"})),
+    )
+    .await;
+    assert_eq!(texts(&found.body, "results"), ["I am allergic to peanuts"]);
+
+    // One memory by id, through the same route.
+    let id = found.body["results"][0]["id"].as_str().unwrap().to_owned();
+    let one = call(Method::POST, "/forget", Some(json!({"memory_id": id}))).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.body["deleted"], 1);
+    assert_eq!(one.body["memory_id"], id.as_str());
+
+    // A user key may not select another user's memories.
+    let admin = server.create_key(&["--admin"]);
+    server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            Some(&admin),
+            Some(json!({"user_id": "bob", "text": "Bob keeps bees", "infer": false})),
+        )
+        .await;
+    let theirs = call(
+        Method::POST,
+        "/forget",
+        Some(json!({"user_id": "bob", "all": true, "before": "2999-01-01"})),
+    )
+    .await;
+    theirs.problem(403, "forbidden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

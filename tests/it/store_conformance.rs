@@ -14,7 +14,7 @@ use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
     Access, InsertOutcome, KeyState, NewMemory, NewPending, PgOptions, PgStore, SearchScope,
-    SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
+    Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
 
@@ -2062,6 +2062,261 @@ async fn a_refused_write_leaves_the_batch_usable(b: Backend) {
     );
 }
 
+/// Deletes what `filter` (JSON), `agent`, `run` and `before` select of the
+/// user's memories; returns the deleted ids, sorted.
+async fn delete_selected(
+    s: &dyn Store,
+    user: &str,
+    (agent, run): (Option<&str>, Option<&str>),
+    filter: serde_json::Value,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<MemoryId> {
+    let at = scope(user, agent, run);
+    let filter = MetadataFilter::parse(filter.as_object()).unwrap();
+    let selection = Selection {
+        scope: &at,
+        filter: &filter,
+        before,
+    };
+    let mut gone = s.delete_matching(selection, None).await.unwrap();
+    gone.sort();
+    gone
+}
+
+fn sorted_ids<const N: usize>(ids: [MemoryId; N]) -> Vec<MemoryId> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids
+}
+
+/// A bulk delete takes exactly the user's memories its agent, run and
+/// metadata filter select (numbers by value, all conditions together),
+/// moves the user's version only when it deletes something, and never
+/// touches another user's memories.
+async fn a_bulk_delete_takes_exactly_what_it_selects(b: Backend) {
+    let s = b.store.as_ref();
+    let planner_r1 = scope("alice", Some("planner"), Some("r1"));
+    let planner_r2 = scope("alice", Some("planner"), Some("r2"));
+    let coach_r1 = scope("alice", Some("coach"), Some("r1"));
+    let alice = scope("alice", None, None);
+    let lisbon = add(
+        s,
+        &planner_r1,
+        "Flies to Lisbon in May",
+        json!({"topic": "travel", "n": 5}),
+    )
+    .await;
+    let curry = add(
+        s,
+        &planner_r2,
+        "Likes green curry",
+        json!({"topic": "food"}),
+    )
+    .await;
+    let river = add(
+        s,
+        &coach_r1,
+        "Runs along the river",
+        json!({"topic": "travel", "n": 6}),
+    )
+    .await;
+    let poetry = add(s, &alice, "Reads poetry at night", json!({"n": 5.0})).await;
+    let sails = add(
+        s,
+        &scope("bob", Some("planner"), Some("r1")),
+        "Bob sails on weekends",
+        json!({"topic": "travel", "n": 5}),
+    )
+    .await;
+
+    // Nothing selected: nothing changes, not even the version.
+    let version = s.version("alice").await.unwrap();
+    let none = delete_selected(s, "alice", (Some("nobody"), None), json!({}), None).await;
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(s.version("alice").await.unwrap(), version);
+
+    // A metadata filter; 5.0 selects 5, and "5" would not.
+    let text = delete_selected(s, "alice", (None, None), json!({"n": "5"}), None).await;
+    assert!(text.is_empty(), "{text:?}");
+    let by_value = delete_selected(s, "alice", (None, None), json!({"n": 5.0}), None).await;
+    assert_eq!(by_value, sorted_ids([lisbon, poetry]));
+    let moved = s.version("alice").await.unwrap();
+    assert_ne!(moved, version, "a bulk delete moves the user's version");
+
+    // Agent and filter together: the coach's travel memory only.
+    let both = delete_selected(
+        s,
+        "alice",
+        (Some("coach"), None),
+        json!({"topic": "travel"}),
+        None,
+    )
+    .await;
+    assert_eq!(both, [river]);
+
+    // A run: r2 only (the planner's r1 memory is already gone).
+    let run = delete_selected(s, "alice", (None, Some("r2")), json!({}), None).await;
+    assert_eq!(run, [curry]);
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 0);
+
+    // Bob's memory matched every selection but was never alice's.
+    let bob = scope("bob", None, None);
+    assert!(found_current(s, &bob, sails).await);
+    assert_eq!(s.history("bob", sails).await.unwrap().len(), 1);
+}
+
+/// A bulk delete takes superseded memories that match as well as current
+/// ones, the history of each, and the deferred remembers that stored any of
+/// them; it appends its audit row with the ids it deleted.
+async fn a_bulk_delete_takes_history_closed_memories_and_deferred_remembers(b: Backend) {
+    let s = b.store.as_ref();
+    let chat = scope("alice", Some("chat"), None);
+    let other = scope("alice", Some("mail"), None);
+    let old = add(s, &chat, "Works at Acme as an engineer", json!({})).await;
+    let replacement = new_memory(&chat, "Works at Initech as a manager", json!({}));
+    let new = replacement.id;
+    let outcome = s.supersede(old, replacement).await.unwrap();
+    assert!(
+        matches!(outcome, SupersedeOutcome::Superseded(_)),
+        "{outcome:?}"
+    );
+    let kept = add(s, &other, "Writes letters by hand", json!({})).await;
+    let text = |t: &str| json!({ "text": t });
+    let stored_old = deferred(&chat, text("acme"), json!({}), true, vec![old], "e");
+    let stored_both = deferred(&other, text("both"), json!({}), true, vec![kept, new], "e");
+    let stored_kept = deferred(&other, text("letters"), json!({}), true, vec![kept], "e");
+    add_deferred(s, &[&stored_old, &stored_both, &stored_kept]).await;
+
+    let at = scope("alice", Some("chat"), None);
+    let filter = MetadataFilter::default();
+    let record = engram::store::AuditRecord {
+        at: chrono::Utc::now(),
+        principal: "operator".into(),
+        key_id: None,
+        user_ref: Some("alice-ref".into()),
+        transport: "stdio".into(),
+        client_addr: None,
+        operation: "forget_matching".into(),
+        memory_ids: vec![],
+        memory_count: 0,
+        outcome: "ok".into(),
+        query: None,
+    };
+    let selection = Selection {
+        scope: &at,
+        filter: &filter,
+        before: None,
+    };
+    let mut gone = s.delete_matching(selection, Some(&record)).await.unwrap();
+    gone.sort();
+    assert_eq!(gone, sorted_ids([old, new]), "current and closed alike");
+
+    assert!(s.get_many("alice", &[old, new]).await.unwrap().is_empty());
+    assert!(s.history("alice", old).await.unwrap().is_empty());
+    assert!(s.history("alice", new).await.unwrap().is_empty());
+    assert_eq!(deferred_ids(s).await, [stored_kept.id]);
+    assert!(found_current(s, &other, kept).await);
+    assert_eq!(s.history("alice", kept).await.unwrap().len(), 1);
+
+    let query = engram::store::AuditQuery {
+        operation: Some("forget_matching".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let rows = s.audit_rows(&query).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].record.memory_count, 2);
+    let mut listed = rows[0].record.memory_ids.clone();
+    listed.sort();
+    assert_eq!(listed, sorted_ids([old, new]));
+}
+
+/// `before` selects the memories created before that instant, and only those.
+async fn a_bulk_delete_by_date_takes_what_was_created_before(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let early = add(s, &alice, "Learned to swim as a child", json!({"k": 1})).await;
+    let early_other = add(s, &alice, "Had a red bicycle", json!({"k": 2})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let late = add(s, &alice, "Started learning the cello", json!({"k": 1})).await;
+
+    let first = delete_selected(s, "alice", (None, None), json!({"k": 1}), Some(cut)).await;
+    assert_eq!(first, [early], "before and the filter together");
+    let rest = delete_selected(s, "alice", (None, None), json!({}), Some(cut)).await;
+    assert_eq!(rest, [early_other]);
+    let (left, total) = s.recent(&alice, 10).await.unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(left[0].id, late);
+}
+
+/// After a bulk delete no search finds a deleted memory, on this instance
+/// (SQLite: its in-process vector copy, warmed before the delete) or another
+/// one; the rest are still found, a deleted text can be stored again, and
+/// later writes are searched as usual.
+async fn searches_after_a_bulk_delete_find_only_what_is_left(b: Backend) {
+    let s = b.store.as_ref();
+    let other = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    let alice = scope("alice", None, None);
+    let at = SearchScope::unfiltered(&alice);
+    let embed = |t: &str| HashEmbedder::new(DIMS).embed(t);
+    // More deleted memories near the query than a search's candidate pool
+    // holds: a copy that kept them would crowd out what is left.
+    let mut work = Vec::new();
+    for i in 0..20 {
+        let text = format!("Meeting {i} about the budget");
+        work.push(add(s, &alice, &text, json!({"area": "work"})).await);
+    }
+    let mut home = Vec::new();
+    for i in 0..3 {
+        let text = format!("Garden chore {i}: water the roses");
+        home.push(add(s, &alice, &text, json!({"area": "home"})).await);
+    }
+    let q = embed("budget meeting");
+    // Warm both instances' vectors.
+    assert_eq!(s.vector_search(at, &q, 30).await.unwrap().len(), 23);
+    assert_eq!(other.vector_search(at, &q, 30).await.unwrap().len(), 23);
+
+    let gone = delete_selected(s, "alice", (None, None), json!({"area": "work"}), None).await;
+    assert_eq!(gone.len(), 20);
+    let mut expected = home.clone();
+    expected.sort();
+    for store in [s, other.as_ref()] {
+        let mut found = ids(&store.vector_search(at, &q, 30).await.unwrap());
+        found.sort();
+        assert_eq!(found, expected);
+        let best = ids(&store.vector_search(at, &q, 1).await.unwrap());
+        assert!(best.len() == 1 && home.contains(&best[0]), "{best:?}");
+        assert!(
+            store
+                .keyword_search(at, "budget meeting", 20)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let candidates = store.candidates(at, &q, "budget", 20).await.unwrap();
+        assert!(
+            candidates.iter().all(|c| !work.contains(&c.id)),
+            "{candidates:?}"
+        );
+    }
+    // The deleted text is not a duplicate of anything any more.
+    let again = add(s, &alice, "Meeting 0 about the budget", json!({})).await;
+    for store in [s, other.as_ref()] {
+        let found = ids(&store
+            .vector_search(at, &embed("Meeting 0 about the budget"), 1)
+            .await
+            .unwrap());
+        assert_eq!(found, [again]);
+        let words = ids(&store.keyword_search(at, "budget", 20).await.unwrap());
+        assert_eq!(words, [again]);
+    }
+}
+
 async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
     s.recent(at, 100)
         .await
@@ -2126,6 +2381,10 @@ every_backend!(
     a_batch_commits_all_of_its_writes_or_none,
     a_batch_sees_its_own_writes,
     a_refused_write_leaves_the_batch_usable,
+    a_bulk_delete_takes_exactly_what_it_selects,
+    a_bulk_delete_takes_history_closed_memories_and_deferred_remembers,
+    a_bulk_delete_by_date_takes_what_was_created_before,
+    searches_after_a_bulk_delete_find_only_what_is_left,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

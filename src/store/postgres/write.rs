@@ -21,8 +21,8 @@ use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row, same_user};
 use crate::store::{
-    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
-    Writes,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, Selection, StoreError, SupersedeOutcome,
+    WriteBatch, Writes,
 };
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -131,6 +131,50 @@ impl Writes for PgStore {
         }
         tx.commit().await.map_err(db("committing a delete"))?;
         Ok(true)
+    }
+
+    async fn delete_matching(
+        &self,
+        at: Selection<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<Vec<MemoryId>, StoreError> {
+        let user_id = at.scope.user_id().as_str();
+        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        lock_user(&mut tx, user_id).await?;
+        // One statement: the memories (current and closed alike; cascades
+        // take their postings, triggers their counts and the user's
+        // version), their history, and every deferred remember that stored
+        // one of them (which would bring its text back).
+        let gone: Vec<Uuid> = sqlx::query_scalar(
+            "WITH gone AS ( \
+                 DELETE FROM memories m WHERE m.user_id = $1 \
+                     AND ($2::text IS NULL OR m.agent_id = $2) \
+                     AND ($3::text IS NULL OR m.run_id = $3) \
+                     AND ($4::jsonb IS NULL OR m.metadata @> $4) \
+                     AND ($5::timestamptz IS NULL OR m.created_at < $5) \
+                 RETURNING m.id), \
+                  history AS (DELETE FROM memory_history \
+                              WHERE user_id = $1 AND memory_id IN (SELECT id FROM gone)), \
+                  pending AS (DELETE FROM pending_extractions \
+                              WHERE user_id = $1 AND memory_ids && ARRAY(SELECT id FROM gone)) \
+             SELECT id FROM gone",
+        )
+        .bind(user_id)
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object())
+        .bind(at.before)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("deleting memories"))?;
+        let ids: Vec<MemoryId> = gone.into_iter().map(MemoryId).collect();
+        if let Some(audit) = audit {
+            let mut audit = audit.clone();
+            crate::audit::with_memories(&mut audit, ids.clone());
+            insert_audit(&mut tx, &audit).await?;
+        }
+        tx.commit().await.map_err(db("committing a delete"))?;
+        Ok(ids)
     }
 
     async fn delete_user(

@@ -3,6 +3,8 @@
 //! deduplication inside it, and the user's vector copy kept with it (changed
 //! as a batch writes; stale if the batch does not commit).
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -11,7 +13,7 @@ use sqlx::sqlite::SqliteConnection;
 use super::audit::insert_audit;
 use super::keyword_index::index_terms;
 use super::queue::insert_pending;
-use super::rows::json_array;
+use super::rows::{json_array, parse_id};
 use super::vectors::{decode_vector, encode_vector};
 use super::versions::{bump_generation, generation};
 use super::{SqliteStore, db};
@@ -23,8 +25,8 @@ use crate::store::shared::{
 };
 use crate::store::vector_index::UserVectors;
 use crate::store::{
-    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
-    Writes,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, Selection, StoreError, SupersedeOutcome,
+    WriteBatch, Writes,
 };
 
 /// Writes a new memory with its vector, keyword length and ADD history row, and
@@ -382,6 +384,97 @@ impl Writes for SqliteStore {
         })
         .await?;
         Ok(true)
+    }
+
+    async fn delete_matching(
+        &self,
+        at: Selection<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<Vec<MemoryId>, StoreError> {
+        let user_id = at.scope.user_id().as_str();
+        let mut w = self.begin_user_write(user_id, "starting a delete").await?;
+        let before = generation(&mut w.tx, user_id).await?;
+        // Current and closed rows alike (no `valid_to` condition), so not
+        // through the scope index, which holds current rows only.
+        let rows = sqlx::query(concat!(
+            "SELECT m.pk, m.id FROM memories m \
+             WHERE m.user_id = ?1 AND (?2 IS NULL OR m.agent_id = ?2) \
+               AND (?3 IS NULL OR m.run_id = ?3) AND (?5 IS NULL OR m.created_at < ?5) AND ",
+            metadata_matches!("?4")
+        ))
+        .bind(user_id)
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object().map(|f| f.to_string()))
+        .bind(at.before.map(|t| t.timestamp_millis()))
+        .fetch_all(&mut *w.tx)
+        .await
+        .map_err(db("selecting memories to delete"))?;
+        let mut pks = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            pks.push(
+                row.try_get::<i64, _>("pk")
+                    .map_err(db("selecting memories to delete"))?,
+            );
+            ids.push(parse_id(row)?);
+        }
+        let mut generation_after = before;
+        if !pks.is_empty() {
+            let pk_list = json_array(&pks);
+            let id_list =
+                serde_json::Value::from(ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .to_string();
+            // Vectors first: they are found through the memories. Triggers
+            // drop the memories' postings as the rows go.
+            for (sql, list, context) in [
+                (
+                    "DELETE FROM memory_vectors WHERE pk IN (SELECT value FROM json_each(?2))",
+                    &pk_list,
+                    "deleting vectors",
+                ),
+                (
+                    "DELETE FROM memories WHERE user_id = ?1 \
+                     AND pk IN (SELECT value FROM json_each(?2))",
+                    &pk_list,
+                    "deleting memories",
+                ),
+                (
+                    "DELETE FROM memory_history WHERE user_id = ?1 \
+                     AND memory_id IN (SELECT value FROM json_each(?2))",
+                    &id_list,
+                    "deleting history",
+                ),
+                // A deferred remember that stored any of them would bring
+                // its text back.
+                (
+                    "DELETE FROM pending_extractions WHERE user_id = ?1 AND EXISTS \
+                     (SELECT 1 FROM json_each(memory_ids) p \
+                      WHERE p.value IN (SELECT value FROM json_each(?2)))",
+                    &id_list,
+                    "deleting deferred remembers",
+                ),
+            ] {
+                sqlx::query(sql)
+                    .bind(user_id)
+                    .bind(list)
+                    .execute(&mut *w.tx)
+                    .await
+                    .map_err(db(context))?;
+            }
+            generation_after = bump_generation(&mut w.tx, user_id).await?;
+        }
+        if let Some(audit) = audit {
+            let mut audit = audit.clone();
+            crate::audit::with_memories(&mut audit, ids.clone());
+            insert_audit(&mut w.tx, &audit).await?;
+        }
+        let gone: HashSet<i64> = pks.into_iter().collect();
+        w.commit("committing a delete", before, generation_after, |vecs| {
+            vecs.remove_many(&gone)
+        })
+        .await?;
+        Ok(ids)
     }
 
     async fn delete_user(
