@@ -18,6 +18,9 @@ use crate::store::{AuditRecord, Store};
 pub const QUEUE: usize = 8192;
 /// Rows appended per transaction, at most.
 const BATCH: usize = 256;
+/// How long the writer gathers rows before a transaction: under load, one
+/// transaction carries many requests' rows instead of one each.
+const LINGER: Duration = Duration::from_millis(50);
 
 enum Message {
     Row(Box<AuditRecord>),
@@ -71,14 +74,25 @@ async fn write_rows(
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Some(first) = queue.recv().await {
+        let gather_until = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Row(row) => batch.push(*row),
-                Message::Flush(done) => waiting.push(done),
+        loop {
+            match next.take() {
+                Some(Message::Row(row)) => batch.push(*row),
+                // A flush is answered once what came before it is written.
+                Some(Message::Flush(done)) => {
+                    waiting.push(done);
+                    break;
+                }
+                None => {}
             }
-            if batch.len() < BATCH {
-                next = queue.try_recv().ok();
+            if batch.len() >= BATCH {
+                break;
+            }
+            match tokio::time::timeout_at(gather_until, queue.recv()).await {
+                Ok(Some(message)) => next = Some(message),
+                // The time is up, or every sender is gone.
+                Ok(None) | Err(_) => break,
             }
         }
         if let Err(e) = store.append_audit(&batch).await {
