@@ -18,7 +18,8 @@
 //!   (keys that expire, read-only keys, rotation, erasure; both stores).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
-//! * Compliance: [`audit`] (the audit trail through the binary).
+//! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
+//!   (an erased user leaves no trace in any table, file or cache key).
 
 mod common;
 
@@ -27,6 +28,7 @@ mod cache;
 mod chat_agent;
 mod cli;
 mod crash;
+mod erasure;
 mod eval_cli;
 mod failure_policy;
 mod http_auth;

@@ -223,7 +223,11 @@ async fn connect_to(url: &str) -> Result<SqlitePool, StoreError> {
         // Reads come from the OS page cache through mmap rather than read()
         // calls, and each connection keeps a larger page cache of its own.
         .pragma("mmap_size", "268435456")
-        .pragma("cache_size", "-32768");
+        .pragma("cache_size", "-32768")
+        // Deleted content is overwritten with zeros, not left in free
+        // pages: an erased user's text is gone from the file, not just
+        // unreachable (`delete_user` also checkpoints the WAL).
+        .pragma("secure_delete", "on");
     SqlitePoolOptions::new()
         .max_connections(8)
         // A connection to a local file does not go stale; the check would

@@ -525,6 +525,16 @@ impl Writes for SqliteStore {
         }
         tx.commit().await.map_err(db("committing a delete"))?;
         self.index.drop_user(user_id);
+        // The WAL still holds the pages the user's rows were written in:
+        // copy it into the file (where secure_delete zeroed them) and empty
+        // it. Readers in flight can keep part of it; the next checkpoint
+        // finishes the job, so a busy answer is not an error.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "checkpointing the WAL after an erasure failed");
+        }
         Ok(deleted)
     }
 }

@@ -1,0 +1,218 @@
+//! Erasure everywhere, proven: a user with memories, history, a deferred
+//! remember, cache entries, rate-limit state and audit rows is erased, and
+//! then no table (listed from the schema) and no cache key or value holds
+//! their id or their text. Audit rows stay, naming them by pseudonym only.
+//! On SQLite the file's bytes are checked too: deleted rows must not
+//! survive in free pages or in the WAL.
+
+use crate::common;
+
+use common::http::Server;
+use common::redis::{Peek, shared_url, unique_prefix};
+use reqwest::Method;
+use serde_json::json;
+
+/// What must not be found anywhere once alice is erased.
+const TRACES: [&str; 3] = ["alice", "marmalade", "Philippa"];
+
+/// Gives alice everything a user can leave behind, erases her, and checks
+/// the cache. The server is stopped after.
+async fn leave_traces_then_erase(database_url: &str) {
+    let prefix = unique_prefix();
+    let redis = shared_url();
+    let server = Server::with_keys(
+        Some(database_url),
+        &[
+            ("ENGRAM_CACHE_URL", redis.as_str()),
+            ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
+            // A model that cannot be reached: the remember is kept verbatim
+            // and queued for re-extraction (a deferred remember).
+            ("ENGRAM_EXTRACTOR", "llm"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("ENGRAM_LLM_MAX_RETRIES", "0"),
+            ("ENGRAM_LLM_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let alice = server.create_key(&["--user", "alice"]);
+    let admin = server.create_key(&["--admin"]);
+    let kept = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            Some(&alice),
+            Some(json!({"text": "Grandmother Philippa's marmalade recipe uses Seville oranges"})),
+        )
+        .await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    assert!(
+        kept.body["deferred"]["pending_id"].is_string(),
+        "{}",
+        kept.text
+    );
+    let stored = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            Some(&alice),
+            Some(json!({"text": "Makes marmalade every January", "infer": false})),
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    for _ in 0..2 {
+        let found = server
+            .call(
+                Method::POST,
+                "/api/v1/memory/search",
+                Some(&alice),
+                Some(json!({"query": "marmalade"})),
+            )
+            .await;
+        assert_eq!(found.status, 200, "{}", found.text);
+        let context = server
+            .call(
+                Method::GET,
+                "/api/v1/memory/context/alice",
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(context.status, 200, "{}", context.text);
+    }
+    let peek = Peek::connect(&redis).await;
+    assert!(
+        !peek.keys(&format!("{prefix}*")).await.is_empty(),
+        "the calls left nothing in the cache to erase"
+    );
+
+    let erased = server
+        .call(
+            Method::DELETE,
+            "/api/v1/memory/users/alice",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(erased.status, 200, "{}", erased.text);
+    assert_eq!(erased.body["deleted"], 2, "{}", erased.text);
+
+    for key in peek.keys(&format!("{prefix}*")).await {
+        let kind: String = peek
+            .command("TYPE", vec![key.clone().into()])
+            .await
+            .convert()
+            .unwrap();
+        let value: Vec<String> = match kind.as_str() {
+            "string" => vec![
+                peek.command("GET", vec![key.clone().into()])
+                    .await
+                    .convert()
+                    .unwrap(),
+            ],
+            "hash" => peek
+                .command("HGETALL", vec![key.clone().into()])
+                .await
+                .convert()
+                .unwrap(),
+            other => panic!("cache key {key} is a {other}: check it here"),
+        };
+        for trace in TRACES {
+            assert!(!key.contains(trace), "cache key {key} holds {trace}");
+            assert!(
+                value.iter().all(|v| !v.contains(trace)),
+                "cache key {key} holds {trace}: {value:?}"
+            );
+        }
+    }
+}
+
+/// Every row of every table, each as one line of text.
+async fn sqlite_rows(url: &str) -> Vec<(String, String)> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.contains(&"memories".to_owned()), "{tables:?}");
+    let mut rows = Vec::new();
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM pragma_table_info('{table}')"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let line = columns
+            .iter()
+            .map(|c| format!("quote(\"{c}\")"))
+            .collect::<Vec<_>>()
+            .join(" || '|' || ");
+        let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {line} FROM \"{table}\""
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.extend(texts.into_iter().map(|t| (table.clone(), t)));
+    }
+    pool.close().await;
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_erased_user_leaves_no_trace_in_any_table_the_file_or_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/engram.db", dir.path().display());
+    leave_traces_then_erase(&url).await;
+    // The server is gone: what is on disk is what stays.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows = sqlite_rows(&url).await;
+    let audit = rows.iter().filter(|(t, _)| t == "audit_log").count();
+    assert!(audit >= 6, "the erasure kept the audit trail: {audit} rows");
+    for (table, row) in &rows {
+        for trace in TRACES {
+            assert!(!row.contains(trace), "{table} holds {trace}: {row}");
+        }
+    }
+    let path = url.trim_start_matches("sqlite://");
+    for file in [path.to_owned(), format!("{path}-wal")] {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for trace in ["marmalade", "Philippa"] {
+            assert!(
+                !bytes.windows(trace.len()).any(|w| w == trace.as_bytes()),
+                "{file} still holds \"{trace}\" in its bytes"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_erased_user_leaves_no_trace_in_any_table_or_the_cache() {
+    let db = common::postgres::TestDatabase::create().await;
+    leave_traces_then_erase(&db.url).await;
+    let pool = db.pool().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(tables.contains(&"memories".to_owned()), "{tables:?}");
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM \"{table}\" t"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for row in rows {
+            for trace in TRACES {
+                assert!(!row.contains(trace), "{table} holds {trace}: {row}");
+            }
+        }
+    }
+}
