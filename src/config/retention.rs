@@ -17,12 +17,12 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 pub const DEFAULT_PURGE_INTERVAL_SECS: u64 = 600;
 
 pub(super) const RETENTION_DAYS: Range<u32> =
-    Range::new(0, 0, MAX_RETENTION_DAYS).note("0 keeps memories until forgotten");
+    Range::new(0, 0, MAX_RETENTION_DAYS).note(" days; 0 keeps memories until forgotten");
 pub(super) const HISTORY_RETENTION_DAYS: Range<u32> =
-    Range::new(0, 0, MAX_RETENTION_DAYS).note("0 keeps superseded memories until forgotten");
+    Range::new(0, 0, MAX_RETENTION_DAYS).note(" days; 0 keeps superseded memories until forgotten");
 pub(super) const PURGE_INTERVAL_SECS: Range<u64> =
     Range::new(DEFAULT_PURGE_INTERVAL_SECS, 0, 86_400)
-        .note("0: `serve` does not purge; run `engram purge`");
+        .note(" seconds; 0: `serve` does not purge (run `engram purge`)");
 
 /// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
 pub(super) const KEYS: &[&str] = &[

@@ -18,7 +18,9 @@
 //!   (keys that expire, read-only keys, rotation, erasure; both stores).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
-//! * Compliance: [`audit`] (the audit trail through the binary).
+//! * Compliance: [`audit`] (the audit trail through the binary),
+//!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
+//!   side is in [`store_conformance`]).
 
 mod common;
 
@@ -41,6 +43,7 @@ mod openai_embedder;
 mod postgres;
 mod protocol;
 mod rest_api;
+mod retention;
 mod secrets;
 mod sse_limits;
 mod store_conformance;
