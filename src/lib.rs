@@ -32,7 +32,9 @@
 //!   `remember.rs` (the write flow, and what it keeps when the model fails),
 //!   `recall.rs` (search and the context), `cached.rs` (the cache-through
 //!   steps), `reextract.rs` (`engram reextract`), `screen.rs` (secrets kept
-//!   out of a remember, per `ENGRAM_SECRETS`) and `types.rs` (results).
+//!   out of a remember, per `ENGRAM_SECRETS`), `retention.rs` (the purge of
+//!   expired and superseded memories: `engram purge`, and `serve`'s loop)
+//!   and `types.rs` (results).
 //! * The nouns: [`model`] (`ids.rs`: memory and user ids, the scope;
 //!   `memory.rs`: memories, messages, facts, events; `filter.rs`: metadata
 //!   and its filters; `details.rs`: when two statements differ in a detail).

@@ -53,6 +53,15 @@ enum Command {
     /// The audit trail: list rows (newest first), seal them into the hash
     /// chain, or verify the chain.
     Audit(AuditArgs),
+    /// Remove the memories retention makes due (ENGRAM_RETENTION_DAYS,
+    /// ENGRAM_RETENTION_CATEGORIES, a remember's ttl_days: expired;
+    /// ENGRAM_HISTORY_RETENTION_DAYS: superseded), audited. `serve` does it
+    /// every ENGRAM_RETENTION_PURGE_INTERVAL_SECS.
+    Purge {
+        /// Say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
     /// Measure recall on a LoCoMo-format conversation set: every turn
@@ -73,7 +82,7 @@ struct AuditArgs {
     #[arg(long)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// Only this operation (remember, recall, user_context, forget, forget_matching,
-    /// forget_user, get, history, stats, export, reextract).
+    /// forget_user, get, history, stats, export, reextract, purge, audit).
     #[arg(long)]
     op: Option<String>,
     /// At most this many rows.
@@ -219,6 +228,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     engram::startup::audit_list(&config, listing).await?;
                 }
             }
+        }
+        Command::Purge { dry_run } => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::purge(&config, dry_run).await?;
         }
         Command::Bench(args) => engram::bench::run(args).await?,
         Command::Eval(args) => {

@@ -32,6 +32,11 @@ pub struct RememberParams {
     /// false stores the text as given, without extraction. Default true.
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub infer: Option<bool>,
+    /// Keep these memories at most this many days (1..=36500), after which
+    /// they are never returned and are purged. The operator's retention, if
+    /// shorter, still applies.
+    #[serde(default, deserialize_with = "lenient::integer")]
+    pub ttl_days: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -17,6 +17,9 @@
 //! * get / history / stats / export: reads of one user's data, straight from
 //!   the store (no cache); a memory the user does not have is `NotFound`,
 //!   whether unknown or another user's.
+//! * purge (`retention.rs`): the operator's retention, applied: expired
+//!   memories (never returned by any read even before) and superseded ones
+//!   past the history retention are removed, audited.
 //!
 //! Recalls and contexts go through the cache when one is configured: the
 //! user's version (from the store) and the entry are fetched together, and
@@ -58,6 +61,7 @@ mod cached;
 mod recall;
 mod reextract;
 mod remember;
+mod retention;
 mod screen;
 mod types;
 mod validate;
@@ -67,6 +71,7 @@ use validate::ForgetTarget;
 
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
+pub use retention::{PURGE_BATCH, PurgeOutcome, run_purger};
 pub use types::{
     Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, Redaction,
     RememberResult, ScoredMemory,
@@ -93,6 +98,8 @@ pub struct Settings {
     pub default_user: UserId,
     /// What `remember` does with secrets in its input (see `screen`).
     pub secrets: SecretsMode,
+    /// How long memories are kept (see [`config::RetentionConfig`]).
+    pub retention: config::RetentionConfig,
 }
 
 /// The defaults `engram serve` runs with (see [`crate::config`]).
@@ -107,6 +114,7 @@ impl Default for Settings {
             default_user: UserId::parse(config::DEFAULT_USER)
                 .expect("the built-in default user is a valid id"),
             secrets: SecretsMode::default(),
+            retention: config::RetentionConfig::default(),
         }
     }
 }
@@ -245,6 +253,7 @@ impl MemoryService {
             replacing: Vec::new(),
             said_at: None,
             audit,
+            ttl_days: validate::ttl_days(req.ttl_days)?,
         };
         let done = match self.process(&work).await {
             Err(error)

@@ -183,6 +183,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         on_llm_error: config.memory.on_llm_error,
         default_user: config.memory.default_user.clone(),
         secrets: config.memory.secrets,
+        retention: config.retention.clone(),
     };
     let mut service =
         MemoryService::new(store.clone(), embedder, extractor, settings).with_cache(cache);
@@ -363,6 +364,7 @@ impl HttpApp {
         if let Some(store) = service.audited_store() {
             tokio::spawn(crate::audit::chain::run_sealer(store, stop.clone()));
         }
+        spawn_purger(config, &service, &stop);
         let app = crate::http::app(
             service.clone(),
             crate::http::Settings::from_config(config),
@@ -443,6 +445,7 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     if let Some(store) = service.audited_store() {
         tokio::spawn(crate::audit::chain::run_sealer(store, sealing.clone()));
     }
+    spawn_purger(config, &service, &sealing);
     let _stop_sealing = sealing.drop_guard();
     let handler = EngramMcp::new(service.clone(), Caller::Fixed(Principal::Operator));
     let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
@@ -546,4 +549,72 @@ pub async fn audit_verify(config: &Config) -> Result<(), StartupError> {
             broken.chain_pos, broken.seq, broken.reason, verification.checked
         ))),
     }
+}
+
+/// Runs the retention purge inside `serve` until `stop`, every
+/// `ENGRAM_RETENTION_PURGE_INTERVAL_SECS` (unless 0).
+fn spawn_purger(
+    config: &Config,
+    service: &Arc<MemoryService>,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    if let Some(secs) = config.retention.purge_every_secs {
+        tokio::spawn(crate::service::run_purger(
+            service.clone(),
+            Duration::from_secs(secs),
+            stop.clone(),
+        ));
+    }
+}
+
+/// `engram purge [--dry-run]`: removes (or with `dry_run` counts) the
+/// memories the retention settings make due now, and says what went.
+pub async fn purge(config: &Config, dry_run: bool) -> Result<(), StartupError> {
+    let service = build(config).await?;
+    let cli = crate::audit::Origin {
+        transport: "cli",
+        client_addr: None,
+    };
+    let outcome = crate::audit::from(cli, service.purge(dry_run)).await?;
+    flush_audit(&service).await;
+    let r = &config.retention;
+    let days = |d: Option<u32>| {
+        d.map_or_else(
+            || "kept until forgotten".to_owned(),
+            |d| format!("{d} days"),
+        )
+    };
+    eprintln!(
+        "engram: retention: memories {}{}; superseded memories {}",
+        days(r.days),
+        if r.categories.is_empty() {
+            String::new()
+        } else {
+            let by: Vec<String> = r
+                .categories
+                .iter()
+                .map(|(c, d)| format!("{c}={d}"))
+                .collect();
+            format!(" (by category: {})", by.join(", "))
+        },
+        days(r.history_days)
+    );
+    let (expired, history) = (outcome.removed.expired, outcome.removed.history);
+    if dry_run {
+        println!(
+            "would remove {expired} expired memories and {history} superseded memories past \
+             the history retention (dry run: nothing changed)"
+        );
+    } else {
+        println!(
+            "removed {expired} expired memories and {history} superseded memories past the \
+             history retention{}",
+            if outcome.skipped {
+                "; another purge was running, so this one stopped early"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@
 //! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes`, `secrets` |
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
+//! | `retention`         | `config/retention.rs` | `retention_days`, `retention_categories`, `history_retention_days`, `retention_purge_interval_secs` |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -33,6 +34,7 @@ mod layers;
 mod llm;
 mod memory;
 mod openai;
+mod retention;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -63,6 +65,7 @@ pub use memory::{
     MemoryConfig, OnLlmError, SecretsMode,
 };
 pub use openai::{OpenAiConfig, Secret};
+pub use retention::{DEFAULT_PURGE_INTERVAL_SECS, MAX_RETENTION_DAYS, RetentionConfig};
 pub use store::{
     DEFAULT_DATABASE_POOL_SIZE, DEFAULT_DATABASE_READY_TIMEOUT_MS,
     DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS, DEFAULT_DATABASE_TIMEOUT_MS, DEFAULT_VECTOR_CACHE_MB,
@@ -90,6 +93,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// How long memories are kept.
+    pub retention: RetentionConfig,
 }
 
 impl Config {
@@ -122,6 +127,7 @@ impl Config {
             memory::KEYS,
             http::KEYS,
             audit::KEYS,
+            retention::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -134,6 +140,7 @@ impl Config {
             memory: MemoryConfig::load(&src)?,
             http: HttpConfig::load(&src)?,
             audit: AuditConfig::load(&src)?,
+            retention: RetentionConfig::load(&src)?,
         })
     }
 }

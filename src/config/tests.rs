@@ -533,3 +533,64 @@ fn secrets_default_to_redact_and_accept_the_three_modes() {
     let cfg = Config::load_from(Some(&file), &env(&[])).unwrap();
     assert_eq!(cfg.memory.secrets, SecretsMode::Refuse);
 }
+
+#[test]
+fn retention_is_off_by_default_and_checked() {
+    let cfg = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(cfg.retention.days, None);
+    assert_eq!(cfg.retention.history_days, None);
+    assert!(cfg.retention.categories.is_empty());
+    assert_eq!(
+        cfg.retention.purge_every_secs,
+        Some(DEFAULT_PURGE_INTERVAL_SECS)
+    );
+
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_RETENTION_DAYS", "365"),
+            ("ENGRAM_RETENTION_CATEGORIES", "Health=30, travel=400"),
+            ("ENGRAM_HISTORY_RETENTION_DAYS", "90"),
+            ("ENGRAM_RETENTION_PURGE_INTERVAL_SECS", "0"),
+        ]),
+    )
+    .unwrap();
+    let r = &cfg.retention;
+    assert_eq!(
+        (r.days, r.history_days, r.purge_every_secs),
+        (Some(365), Some(90), None)
+    );
+    assert_eq!(r.categories.get("health"), Some(&30));
+    // A category's own retention replaces the default, longer or shorter;
+    // the fewest days win among several; a caller can only shorten.
+    let cats = |c: &[&str]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(r.days_for(&cats(&[]), None), Some(365));
+    assert_eq!(r.days_for(&cats(&["travel"]), None), Some(400));
+    assert_eq!(r.days_for(&cats(&["travel", "health"]), None), Some(30));
+    assert_eq!(r.days_for(&cats(&["travel"]), Some(7)), Some(7));
+    assert_eq!(r.days_for(&cats(&["health"]), Some(3000)), Some(30));
+    assert_eq!(RetentionConfig::default().days_for(&[], Some(5)), Some(5));
+    assert_eq!(RetentionConfig::default().days_for(&[], None), None);
+    // Expiry counts from when the memory is stored.
+    let stored = chrono::DateTime::UNIX_EPOCH;
+    assert_eq!(
+        r.expiry(stored, &cats(&["health"]), None),
+        Some(stored + chrono::Duration::days(30))
+    );
+
+    for (key, value, says) in [
+        ("ENGRAM_RETENTION_DAYS", "-1", "out of range"),
+        ("ENGRAM_RETENTION_DAYS", "40000", "0..=36500"),
+        ("ENGRAM_RETENTION_CATEGORIES", "health", "category=days"),
+        ("ENGRAM_RETENTION_CATEGORIES", "health=0", "category=days"),
+        ("ENGRAM_HISTORY_RETENTION_DAYS", "x", "is not an integer"),
+    ] {
+        let err = Config::load_from(None, &env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(says),
+            "{key}={value}: {err}"
+        );
+    }
+}

@@ -21,6 +21,18 @@ pub struct Memory {
     pub categories: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the memory stops being returned and becomes due for the
+    /// retention purge; none: kept until forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Memory {
+    /// Whether the memory has expired at `now` (it is then never returned,
+    /// even before the purge removes it).
+    pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// One message of a conversation handed to `remember`.

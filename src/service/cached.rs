@@ -33,17 +33,30 @@ fn count(counter: &AtomicU64) {
 /// while a part of engram was down (it would outlive the outage).
 pub(super) trait Cacheable {
     fn cacheable(&self) -> bool;
+
+    /// Whether a memory in it has expired by `now`. Expiry moves no
+    /// version, so an entry holding such a memory is not served: it is
+    /// built again (without it).
+    fn holds_expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool;
 }
 
 impl Cacheable for RecallResult {
     fn cacheable(&self) -> bool {
         self.degraded.is_none()
     }
+
+    fn holds_expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.results.iter().any(|r| r.memory.expired_at(now))
+    }
 }
 
 impl Cacheable for UserContext {
     fn cacheable(&self) -> bool {
         self.degraded.is_none()
+    }
+
+    fn holds_expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.memories.iter().any(|m| m.expired_at(now))
     }
 }
 
@@ -89,7 +102,10 @@ impl MemoryService {
             // version that a later write could be told apart from.
             return build().await;
         };
-        if let Some(value) = stored.and_then(|bytes| entry::decode::<T>(&bytes, version)) {
+        if let Some(value) = stored
+            .and_then(|bytes| entry::decode::<T>(&bytes, version))
+            .filter(|value| !value.holds_expired(chrono::Utc::now()))
+        {
             count(&self.tally.hits);
             return Ok(value);
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::MemoryService;
-use super::remember::{Work, input_from_json};
+use super::remember::{Work, input_from_json, ttl_from_json};
 use super::types::RememberResult;
 use crate::auth::Principal;
 use crate::error::Error;
@@ -70,6 +70,7 @@ impl MemoryService {
                         infer: entry.infer,
                         replacing,
                         said_at: Some(pending.created_at),
+                        ttl_days: ttl_from_json(&entry.input),
                         audit: self.audit.as_ref().map(|a| {
                             a.record(
                                 &Principal::Operator,

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::MemoryService;
 use super::types::{Deferred, MemoryEvent, RememberResult};
+use crate::config::RetentionConfig;
 use crate::error::Error;
 use crate::extract::{Extracted, Extractor, VerbatimExtractor};
 use crate::model::{Event, Fact, Input, Memory, MemoryId, Message, Metadata, Scope};
@@ -47,6 +48,9 @@ pub(super) struct Work<'a> {
     pub said_at: Option<DateTime<Utc>>,
     /// The audit row of this remember (audit on), written with its writes.
     pub audit: Option<AuditRecord>,
+    /// The caller's retention for these memories, in days (`ttl_days`):
+    /// it can shorten the operator's, never lengthen it.
+    pub ttl_days: Option<u32>,
 }
 
 impl Work<'_> {
@@ -157,7 +161,7 @@ impl MemoryService {
             if !results.is_empty() {
                 crate::failpoint::crash_point("remember-between-facts");
             }
-            let new = new_memory(work, fact, embedding);
+            let new = new_memory(work, fact, embedding, &self.settings.retention);
             let event = match plan {
                 Plan::Add => writes.add_replacing(new).await?,
                 Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
@@ -232,7 +236,8 @@ impl MemoryService {
             if !results.is_empty() {
                 crate::failpoint::crash_point("remember-between-facts");
             }
-            let event = writes.add(new_memory(work, fact, embedding)).await?;
+            let new = new_memory(work, fact, embedding, &self.settings.retention);
+            let event = writes.add(new).await?;
             if event.event == Event::Add {
                 stored.push(event.id);
             }
@@ -247,7 +252,7 @@ impl MemoryService {
                 .add_pending(NewPending {
                     id,
                     scope: work.scope.clone(),
-                    input: input_json(work.input),
+                    input: input_json(work.input, work.ttl_days),
                     metadata: work.metadata.clone(),
                     infer: work.infer,
                     memory_ids: stored,
@@ -386,8 +391,20 @@ async fn close_all(batch: &mut dyn WriteBatch, ids: &[MemoryId]) -> Result<(), E
 }
 
 /// A fact of `work` as the store takes it: the request's metadata plus the
-/// fact's role, which is also the history's actor.
-fn new_memory(work: &Work<'_>, fact: Fact, embedding: Vec<f32>) -> NewMemory {
+/// fact's role, which is also the history's actor, and its expiry.
+///
+/// Expiry counts from when the text came into engram: now, or for a
+/// re-extraction when its remember was deferred; never from a date the
+/// input carries (a message's `date`), so a memory brought in with old
+/// dates gets its full retention from its arrival.
+fn new_memory(
+    work: &Work<'_>,
+    fact: Fact,
+    embedding: Vec<f32>,
+    retention: &RetentionConfig,
+) -> NewMemory {
+    let stored_at = work.said_at.unwrap_or_else(Utc::now);
+    let expires_at = retention.expiry(stored_at, &fact.categories, work.ttl_days);
     let mut metadata = work.metadata.clone();
     if let Some(role) = &fact.role {
         metadata
@@ -402,15 +419,29 @@ fn new_memory(work: &Work<'_>, fact: Fact, embedding: Vec<f32>) -> NewMemory {
         metadata,
         categories: fact.categories,
         actor: fact.role.unwrap_or_else(|| "user".to_owned()),
+        expires_at,
     }
 }
 
-/// The input as a pending entry stores it.
-fn input_json(input: &Input) -> serde_json::Value {
-    match input {
+/// The input as a pending entry stores it, with the caller's `ttl_days`
+/// (which the re-extracted memories keep).
+fn input_json(input: &Input, ttl_days: Option<u32>) -> serde_json::Value {
+    let mut value = match input {
         Input::Text(text) => json!({ "text": text }),
         Input::Messages(messages) => json!({ "messages": messages }),
+    };
+    if let (Some(days), Some(object)) = (ttl_days, value.as_object_mut()) {
+        object.insert("ttl_days".to_owned(), days.into());
     }
+    value
+}
+
+/// The `ttl_days` a pending entry's input keeps, if any.
+pub(super) fn ttl_from_json(value: &serde_json::Value) -> Option<u32> {
+    value
+        .get("ttl_days")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|days| u32::try_from(days).ok())
 }
 
 pub(super) fn input_from_json(value: &serde_json::Value) -> Result<Input, String> {

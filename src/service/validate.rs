@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 
+use crate::config::MAX_RETENTION_DAYS;
 use crate::error::Error;
 use crate::model::{Input, MemoryId, Message, MetadataFilter, check_text, normalize_date};
 use crate::params::ForgetParams;
@@ -123,6 +124,21 @@ pub fn limit(raw: Option<i64>, default: usize) -> Result<usize, Error> {
         Some(n) => Err(Error::invalid(
             "limit",
             format!("{n} is out of range; accepted 1..={MAX_LIMIT} (default {default})"),
+        )),
+    }
+}
+
+/// `ttl_days` as given: whole days in 1..=[`MAX_RETENTION_DAYS`].
+pub fn ttl_days(raw: Option<i64>) -> Result<Option<u32>, Error> {
+    match raw {
+        None => Ok(None),
+        Some(n) if (1..=i64::from(MAX_RETENTION_DAYS)).contains(&n) => Ok(u32::try_from(n).ok()),
+        Some(n) => Err(Error::invalid(
+            "ttl_days",
+            format!(
+                "{n} is out of range; accepted 1..={MAX_RETENTION_DAYS} (days the memories are \
+                 kept; the operator's retention, if shorter, still applies)"
+            ),
         )),
     }
 }

@@ -22,9 +22,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
-    NewMemory, NewPending, Pending, PendingQueue, Reads, Reports, Scored, SealReport, Search,
-    SearchScope, Selection, Store, StoreError, SupersedeOutcome, UserExport, UserStats, Versions,
-    WriteBatch, Writes,
+    NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads,
+    Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError,
+    SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -295,5 +295,20 @@ impl AuditLog for Deadline {
 
     async fn sealed_audit(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         bounded(self.limit, self.inner.sealed_audit(after, limit)).await
+    }
+}
+
+#[async_trait]
+impl Retention for Deadline {
+    async fn purgeable(&self, plan: &PurgePlan) -> Result<PurgeCounts, StoreError> {
+        bounded(self.limit, self.inner.purgeable(plan)).await
+    }
+
+    async fn purge(
+        &self,
+        plan: &PurgePlan,
+        audit: Option<&AuditRecord>,
+    ) -> Result<PurgeReport, StoreError> {
+        bounded(self.limit, self.inner.purge(plan, audit)).await
     }
 }

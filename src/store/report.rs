@@ -261,6 +261,7 @@ mod tests {
             categories: vec![],
             created_at: DateTime::UNIX_EPOCH,
             updated_at: DateTime::UNIX_EPOCH,
+            expires_at: None,
         }
     }
 

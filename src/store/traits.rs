@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
-    NewPending, Pending, Scored, SearchScope, Selection, StoreError, SupersedeOutcome, UserExport,
-    UserStats,
+    NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection,
+    StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -64,7 +64,7 @@ pub async fn candidates_in_steps<S: Search + ?Sized>(
 /// service holds a backend; `use crate::store::prelude::*` brings the
 /// concerns' methods into scope.
 pub trait Store:
-    Writes + Reads + Search + PendingQueue + Keys + Reports + Versions + AuditLog
+    Writes + Reads + Search + PendingQueue + Keys + Reports + Versions + AuditLog + Retention
 {
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
@@ -407,4 +407,31 @@ pub trait AuditLog: Send + Sync {
 
     /// Sealed rows with `chain_pos` > `after`, in chain order, up to `limit`.
     async fn sealed_audit(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// Retention: removing memories that expired, and closed memories past the
+/// history retention ([`PurgePlan`]). The one write not bounded by a user:
+/// it serves the operator's purge (`engram purge`, and `serve`'s loop).
+#[async_trait]
+pub trait Retention: Send + Sync {
+    /// How many memories a purge by `plan` would remove now; changes nothing.
+    async fn purgeable(&self, plan: &PurgePlan) -> Result<PurgeCounts, StoreError>;
+
+    /// One round of the purge, in one transaction: removes up to
+    /// `plan.batch` memories due (each with its vector, keyword postings,
+    /// history, and any deferred remember that stored it), moving each
+    /// affected user's version, and appends `audit` (its `memory_count` and
+    /// `memory_ids` set to what went) in the same transaction when anything
+    /// went.
+    ///
+    /// Invariant: one purge round at a time per database. PostgreSQL: a
+    /// round that finds another holding the purge lock does nothing
+    /// (`ran: false`); SQLite: rounds queue on the file's write lock. A
+    /// round takes each affected user's write lock (in user order) before
+    /// touching their rows, as every write does.
+    async fn purge(
+        &self,
+        plan: &PurgePlan,
+        audit: Option<&AuditRecord>,
+    ) -> Result<PurgeReport, StoreError>;
 }

@@ -19,6 +19,8 @@ pub struct NewMemory {
     pub categories: Vec<String>,
     /// Who caused the write, for history (`user`, `assistant`, `operator`...).
     pub actor: String,
+    /// When it expires (see [`Memory::expires_at`]); none: kept until forgotten.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl NewMemory {
@@ -32,6 +34,7 @@ impl NewMemory {
             categories: self.categories,
             created_at: at,
             updated_at: at,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -223,7 +226,8 @@ pub struct AuditRecord {
     pub key_id: Option<uuid::Uuid>,
     /// The acting user's pseudonym (a keyed hash of the id), if any.
     pub user_ref: Option<String>,
-    /// `stdio`, `mcp`, `sse`, `rest` or `cli`.
+    /// `stdio`, `mcp`, `sse`, `rest`, `cli`, or `serve` (what a server
+    /// does on its own, such as the retention purge).
     pub transport: String,
     /// The client's address, when the transport knows it.
     pub client_addr: Option<String>,
@@ -263,4 +267,38 @@ pub struct AuditQuery {
     /// Rows with `seq` below this (the next page of a listing).
     pub before_seq: Option<i64>,
     pub limit: usize,
+}
+
+/// What a retention purge removes ([`Retention`](super::Retention)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PurgePlan {
+    /// Memories whose `expires_at` is at or before this go, current or closed.
+    pub now: DateTime<Utc>,
+    /// Closed (superseded) memories whose `valid_to` is before this go,
+    /// with their history; `None`: history is kept.
+    pub closed_before: Option<DateTime<Utc>>,
+    /// The most memories one transaction removes.
+    pub batch: usize,
+}
+
+/// How many memories a purge removes (or would): expired ones, and closed
+/// ones past the history retention (that had not expired).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeCounts {
+    pub expired: u64,
+    pub history: u64,
+}
+
+impl PurgeCounts {
+    pub fn total(&self) -> u64 {
+        self.expired + self.history
+    }
+}
+
+/// What one purge round ([`Retention::purge`](super::Retention::purge)) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub removed: PurgeCounts,
+    /// False when another purge held the lock (nothing was done).
+    pub ran: bool,
 }

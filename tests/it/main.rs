@@ -19,7 +19,9 @@
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
 //! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
-//!   (an erased user leaves no trace in any table, file or cache key).
+//!   (an erased user leaves no trace in any table, file or cache key),
+//!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
+//!   side is in [`store_conformance`]).
 
 mod common;
 
@@ -43,6 +45,7 @@ mod openai_embedder;
 mod postgres;
 mod protocol;
 mod rest_api;
+mod retention;
 mod secrets;
 mod sse_limits;
 mod store_conformance;

@@ -51,6 +51,7 @@ fn memory(scope: &Scope, text: &str) -> NewMemory {
         metadata: Default::default(),
         categories: vec![],
         actor: "user".into(),
+        expires_at: None,
     }
 }
 

@@ -82,6 +82,7 @@ fn new_memory(scope: &Scope, text: &str, metadata: serde_json::Value) -> NewMemo
         metadata: metadata.as_object().cloned().unwrap_or_default(),
         categories: vec![],
         actor: "user".into(),
+        expires_at: None,
     }
 }
 
@@ -2428,4 +2429,336 @@ async fn sqlite_stays_correct_when_vector_copies_are_evicted() {
         .await
         .unwrap();
     assert!(matches!(dup, InsertOutcome::Duplicate { existing, .. } if existing.id == a));
+}
+
+// Retention: expiry and the purge.
+
+fn expiring(scope: &Scope, text: &str, at: chrono::DateTime<chrono::Utc>) -> NewMemory {
+    NewMemory {
+        expires_at: Some(at),
+        ..new_memory(scope, text, json!({}))
+    }
+}
+
+async fn add_new(s: &dyn Store, new: NewMemory) -> MemoryId {
+    match s.insert(new, 0.9).await.unwrap() {
+        InsertOutcome::Added(m) => m.id,
+        InsertOutcome::Duplicate { existing, .. } => panic!("unexpected duplicate of {existing:?}"),
+    }
+}
+
+fn purge_record() -> engram::store::AuditRecord {
+    engram::store::AuditRecord {
+        at: chrono::Utc::now(),
+        principal: "operator".into(),
+        key_id: None,
+        user_ref: None,
+        transport: "cli".into(),
+        client_addr: None,
+        operation: "purge".into(),
+        memory_ids: vec![],
+        memory_count: 0,
+        outcome: "ok".into(),
+        query: None,
+    }
+}
+
+fn plan_at(
+    now: chrono::DateTime<chrono::Utc>,
+    closed_before: Option<chrono::DateTime<chrono::Utc>>,
+) -> engram::store::PurgePlan {
+    engram::store::PurgePlan {
+        now,
+        closed_before,
+        batch: 1000,
+    }
+}
+
+/// An expired memory is gone for every read before any purge: searches,
+/// scores, candidates, get, recent (and its count), history; and it never
+/// makes a new memory with its text a duplicate. A memory that expires
+/// later reads as usual and carries its expiry.
+async fn an_expired_memory_is_never_returned_even_before_the_purge(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let now = chrono::Utc::now();
+    let live = add(s, &alice, "Alice keeps bees in her garden", json!({})).await;
+    let later = add_new(
+        s,
+        expiring(
+            &alice,
+            "Alice flies to Oslo in March",
+            now + chrono::TimeDelta::days(3),
+        ),
+    )
+    .await;
+    let text = "Alice's passport is in the blue folder";
+    let gone = add_new(
+        s,
+        expiring(&alice, text, now - chrono::TimeDelta::minutes(1)),
+    )
+    .await;
+    let at = SearchScope::unfiltered(&alice);
+    let q = HashEmbedder::new(DIMS).embed(text);
+
+    let kw = s
+        .keyword_search(at, "passport blue folder", 10)
+        .await
+        .unwrap();
+    assert!(kw.iter().all(|h| h.id != gone), "{kw:?}");
+    let vec = s.vector_search(at, &q, 10).await.unwrap();
+    assert!(vec.iter().all(|h| h.id != gone), "{vec:?}");
+    assert_eq!(vec.len(), 2, "the live memories fill the places: {vec:?}");
+    let both = s.candidates(at, &q, text, 10).await.unwrap();
+    assert!(both.iter().all(|c| c.id != gone), "{both:?}");
+    let scored = s.score("alice", &[gone, live], &q, text).await.unwrap();
+    assert_eq!(scored.iter().map(|c| c.id).collect::<Vec<_>>(), vec![live]);
+    assert!(s.get_many("alice", &[gone]).await.unwrap().is_empty());
+    assert!(s.history("alice", gone).await.unwrap().is_empty());
+    let (recent, total) = s.recent(&alice, 10).await.unwrap();
+    assert_eq!(total, 2);
+    assert!(recent.iter().all(|m| m.id != gone));
+    let kept = read_back(s, "alice", later).await;
+    assert_eq!(
+        kept.expires_at.map(|t| t.timestamp_millis()),
+        Some((now + chrono::TimeDelta::days(3)).timestamp_millis())
+    );
+
+    // The same text again is a new memory, found in its place.
+    let again = add(s, &alice, text, json!({})).await;
+    assert_ne!(again, gone);
+    let kw = s
+        .keyword_search(at, "passport blue folder", 10)
+        .await
+        .unwrap();
+    assert_eq!(kw.iter().map(|h| h.id).collect::<Vec<_>>(), vec![again]);
+    // And an update to the text of an expired memory is no conflict.
+    let other = "Alice's visa is in the red folder";
+    add_new(
+        s,
+        expiring(&alice, other, now - chrono::TimeDelta::minutes(1)),
+    )
+    .await;
+    let updated = s
+        .update(
+            "alice",
+            live,
+            other,
+            &HashEmbedder::new(DIMS).embed(other),
+            "user",
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.map(|m| m.memory), Some(other.to_owned()));
+}
+
+/// The purge removes expired memories (current or closed) with their
+/// history and the deferred remembers that stored them, leaves everything
+/// else, moves the user's version, and appends its audit row naming what
+/// went. A dry count says the same beforehand and changes nothing.
+async fn a_purge_removes_expired_memories_and_moves_the_version(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let bob = scope("bob", None, None);
+    let now = chrono::Utc::now();
+    let past = now - chrono::TimeDelta::minutes(1);
+    let live = add(s, &alice, "Alice keeps bees in her garden", json!({})).await;
+    let gone = add_new(
+        s,
+        expiring(&alice, "Alice's passport is in the blue folder", past),
+    )
+    .await;
+    let bobs = add_new(s, expiring(&bob, "Bob's locker code is 4411", past)).await;
+    let future = now + chrono::TimeDelta::days(1);
+    let soon = add_new(s, expiring(&bob, "Bob visits Rome next week", future)).await;
+    s.add_pending(deferred(
+        &alice,
+        json!({"text": "x"}),
+        json!({}),
+        true,
+        vec![gone],
+        "model",
+    ))
+    .await
+    .unwrap();
+    let plan = plan_at(chrono::Utc::now(), None);
+    let counted = s.purgeable(&plan).await.unwrap();
+    assert_eq!((counted.expired, counted.history), (2, 0));
+    assert_eq!(
+        s.purgeable(&plan).await.unwrap(),
+        counted,
+        "counting changes nothing"
+    );
+    let version = s.version("alice").await.unwrap();
+
+    let report = s.purge(&plan, Some(&purge_record())).await.unwrap();
+    assert!(report.ran);
+    assert_eq!((report.removed.expired, report.removed.history), (2, 0));
+    assert_ne!(s.version("alice").await.unwrap(), version);
+    let export = s.export("alice").await.unwrap();
+    let ids: Vec<MemoryId> = export.memories.iter().map(|m| m.memory.id).collect();
+    assert_eq!(ids, vec![live]);
+    assert!(export.pending.is_empty(), "{:?}", export.pending);
+    let bob_ids: Vec<MemoryId> = s
+        .export("bob")
+        .await
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.memory.id)
+        .collect();
+    assert_eq!(bob_ids, vec![soon]);
+    assert!(!bob_ids.contains(&bobs));
+    let rows = s
+        .audit_rows(&engram::store::AuditQuery {
+            operation: Some("purge".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record.memory_count, 2);
+    let mut named = rows[0].record.memory_ids.clone();
+    named.sort();
+    let mut expected = vec![gone, bobs];
+    expected.sort();
+    assert_eq!(named, expected);
+
+    // Nothing left to do: no second row. Tomorrow, Bob's other memory goes.
+    let again = s.purge(&plan, Some(&purge_record())).await.unwrap();
+    assert_eq!(again.removed.total(), 0);
+    let tomorrow = plan_at(future + chrono::TimeDelta::seconds(1), None);
+    assert_eq!(s.purge(&tomorrow, None).await.unwrap().removed.expired, 1);
+    assert!(s.export("bob").await.unwrap().memories.is_empty());
+    // Searches after the purge (the SQLite copy reloads) find the live one only.
+    let q = HashEmbedder::new(DIMS).embed("bees garden");
+    let hits = s
+        .vector_search(SearchScope::unfiltered(&alice), &q, 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![live]);
+}
+
+/// Superseded memories stay (in history) until the history retention has
+/// passed since they were closed; then they go with their history rows,
+/// and the current memory that replaced them keeps its own.
+async fn superseded_memories_go_after_the_history_retention(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let old = add(s, &alice, "Alice lives in Porto", json!({})).await;
+    let new = new_memory(&alice, "Alice lives in Lisbon", json!({}));
+    let new_id = new.id;
+    assert!(matches!(
+        s.supersede(old, new).await.unwrap(),
+        SupersedeOutcome::Superseded(_)
+    ));
+    let now = chrono::Utc::now();
+    // No history retention: nothing is due.
+    assert_eq!(
+        s.purge(&plan_at(now, None), None)
+            .await
+            .unwrap()
+            .removed
+            .total(),
+        0
+    );
+    // Closed less than the retention ago: kept.
+    let before_close = now - chrono::TimeDelta::hours(1);
+    assert_eq!(
+        s.purge(&plan_at(now, Some(before_close)), None)
+            .await
+            .unwrap()
+            .removed
+            .total(),
+        0
+    );
+    assert_eq!(s.history("alice", old).await.unwrap().len(), 2);
+    // Thirty days on, with a retention of ten: the closed memory goes.
+    let later = now + chrono::TimeDelta::days(30);
+    let due = plan_at(later, Some(later - chrono::TimeDelta::days(10)));
+    assert_eq!(s.purgeable(&due).await.unwrap().history, 1);
+    let report = s.purge(&due, None).await.unwrap();
+    assert_eq!((report.removed.expired, report.removed.history), (0, 1));
+    assert!(s.history("alice", old).await.unwrap().is_empty());
+    let export = s.export("alice").await.unwrap();
+    assert_eq!(
+        export
+            .memories
+            .iter()
+            .map(|m| m.memory.id)
+            .collect::<Vec<_>>(),
+        vec![new_id]
+    );
+    assert_eq!(export.memories[0].history.len(), 1, "the ADD row stays");
+}
+
+/// Two instances purging the same database at once, in small rounds,
+/// remove every due memory exactly once between them, and leave the rest.
+async fn two_purges_at_once_remove_each_memory_once(b: Backend) {
+    let s = b.store.clone();
+    let other = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    let past = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    for user in ["ann", "ben", "cy"] {
+        let at = scope(user, None, None);
+        for i in 0..12 {
+            let text = format!("{user} note number {i} about topic {}", i * 7919);
+            add_new(s.as_ref(), expiring(&at, &text, past)).await;
+        }
+        add(
+            s.as_ref(),
+            &at,
+            &format!("{user} keeps this one"),
+            json!({}),
+        )
+        .await;
+    }
+    let plan = engram::store::PurgePlan {
+        now: chrono::Utc::now(),
+        closed_before: None,
+        batch: 5,
+    };
+    let run = |store: Arc<dyn Store>| async move {
+        let mut removed = 0;
+        loop {
+            let round = store.purge(&plan, Some(&purge_record())).await.unwrap();
+            removed += round.removed.total();
+            if round.ran && round.removed.total() == 0 {
+                return removed;
+            }
+            if !round.ran {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let (a, b2) = tokio::join!(tokio::spawn(run(s.clone())), tokio::spawn(run(other)));
+    assert_eq!(a.unwrap() + b2.unwrap(), 36);
+    assert_eq!(s.purgeable(&plan).await.unwrap().total(), 0);
+    for user in ["ann", "ben", "cy"] {
+        let (left, total) = s.recent(&scope(user, None, None), 20).await.unwrap();
+        assert_eq!((left.len(), total), (1, 1), "{user}: {left:?}");
+    }
+    let rows = s
+        .audit_rows(&engram::store::AuditQuery {
+            operation: Some("purge".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.record.memory_count).sum::<u64>(), 36);
+}
+
+mod retention {
+    use super::*;
+
+    every_backend!(
+        an_expired_memory_is_never_returned_even_before_the_purge,
+        a_purge_removes_expired_memories_and_moves_the_version,
+        superseded_memories_go_after_the_history_retention,
+        two_purges_at_once_remove_each_memory_once,
+    );
 }

@@ -60,6 +60,7 @@ mod keyword_index;
 mod queue;
 mod read;
 mod reports;
+mod retention;
 mod rows;
 mod schema;
 mod search;

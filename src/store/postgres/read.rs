@@ -10,7 +10,7 @@ use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
 use crate::store::{HistoryEntry, Reads, StoreError};
 
 /// The user's memories with these ids, read on `conn` (a write batch reads
-/// its own writes so).
+/// its own writes so); expired ones are left out.
 pub(super) async fn memories_by_id(
     conn: &mut PgConnection,
     user_id: &str,
@@ -20,8 +20,10 @@ pub(super) async fn memories_by_id(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-    let sql =
-        format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2)");
+    let sql = format!(
+        "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2) \
+         AND (m.expires_at IS NULL OR m.expires_at > now())"
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(&ids)
@@ -41,7 +43,8 @@ impl Reads for PgStore {
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
         const WHERE: &str = "WHERE m.user_id = $1 AND m.valid_to IS NULL \
                              AND ($2::text IS NULL OR m.agent_id = $2) \
-                             AND ($3::text IS NULL OR m.run_id = $3)";
+                             AND ($3::text IS NULL OR m.run_id = $3) \
+                             AND (m.expires_at IS NULL OR m.expires_at > now())";
         let sql = format!(
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
@@ -49,11 +52,15 @@ impl Reads for PgStore {
         let memories = reads::recent(&self.pool, sql, scope, limit).await?;
         let total: Option<i64> = if scope.is_whole_user() {
             // Kept by triggers; counting a large user's rows would cost milliseconds.
-            sqlx::query_scalar("SELECT current FROM memory_users WHERE user_id = $1")
-                .bind(scope.user_id().as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("counting memories"))?
+            // Less the expired ones awaiting the purge (an indexed read of those only).
+            sqlx::query_scalar(
+                "SELECT current - cardinality(engram_expired_ids($1)) \
+                 FROM memory_users WHERE user_id = $1",
+            )
+            .bind(scope.user_id().as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("counting memories"))?
         } else {
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM memories m {WHERE}"

@@ -25,7 +25,8 @@ impl PgStore {
         }
         let rows: Vec<(Uuid, f32)> = sqlx::query_as(
             "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
-             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL",
+             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
+               AND (m.expires_at IS NULL OR m.expires_at > now())",
         )
         .bind(user_id)
         .bind(ids)
@@ -48,17 +49,20 @@ impl Search for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(Uuid, f32)> =
-            sqlx::query_as("SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)")
-                .bind(at.scope.user_id().as_str())
-                .bind(at.scope.agent_id())
-                .bind(at.scope.run_id())
-                .bind(at.filter_object())
-                .bind(Vector::from(query.to_vec()))
-                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("searching vectors"))?;
+        // Expired memories are excluded by the search itself, so k live ones come back.
+        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+            "SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6, \
+                 engram_expired_ids($1))",
+        )
+        .bind(at.scope.user_id().as_str())
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object())
+        .bind(Vector::from(query.to_vec()))
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("searching vectors"))?;
         let mut hits = hits(rows);
         // The vector index returns rows in relaxed order.
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -76,19 +80,26 @@ impl Search for PgStore {
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(Uuid, f32)> =
-            sqlx::query_as("SELECT id, score FROM engram_keyword_search($1, $2, $3, $4, $5, $6)")
-                .bind(at.scope.user_id().as_str())
-                .bind(at.scope.agent_id())
-                .bind(at.scope.run_id())
-                .bind(at.filter_object())
-                .bind(&terms)
-                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("searching keywords"))?;
+        // Expired memories are asked for on top of `limit` and left out, so
+        // `limit` live ones come back when there are that many.
+        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+            "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids) \
+             SELECT k.id, k.score FROM x, \
+                 engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
+             WHERE k.id <> ALL (x.ids)",
+        )
+        .bind(at.scope.user_id().as_str())
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object())
+        .bind(&terms)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("searching keywords"))?;
         let mut hits = hits(rows);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+        hits.truncate(limit);
         Ok(hits)
     }
 
@@ -109,7 +120,8 @@ impl Search for PgStore {
             // The nearest memories and their BM25 in one statement.
             let rows: Vec<(Uuid, f32, Option<f32>)> = sqlx::query_as(
                 "WITH n AS MATERIALIZED ( \
-                     SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6)) \
+                     SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6, \
+                         engram_expired_ids($1))) \
                  SELECT n.id, n.similarity, k.score FROM n LEFT JOIN engram_keyword_scores( \
                      $1, $7, ARRAY(SELECT id FROM n)) k ON k.id = n.id",
             )
@@ -192,7 +204,8 @@ impl Search for PgStore {
             "WITH k AS MATERIALIZED (SELECT id, score FROM engram_keyword_scores($1, $4, $2)) \
              SELECT m.id, (1 - (m.embedding <=> $3))::real, coalesce(k.score, 0)::real \
              FROM memories m LEFT JOIN k ON k.id = m.id \
-             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL",
+             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
+               AND (m.expires_at IS NULL OR m.expires_at > now())",
         )
         .bind(user_id)
         .bind(&ids)

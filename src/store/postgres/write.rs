@@ -58,8 +58,8 @@ impl PgStore {
             "WITH m AS ( \
                  INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
                      embedding, metadata, categories, created_at, updated_at, valid_from, \
-                     keyword_length) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $12) \
+                     keyword_length, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $12, $15) \
                  RETURNING id, user_id, content, created_at, keyword_length), \
                   h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
                             new_content, actor, created_at) \
@@ -82,6 +82,7 @@ impl PgStore {
         .bind(keyword_length(&terms))
         .bind(&words)
         .bind(&counts)
+        .bind(new.expires_at)
         .execute(&mut *tx)
         .await
         .map(|_| ())
@@ -371,23 +372,44 @@ impl WriteBatch for PgBatch {
                         SELECT old.id, $1, 'UPDATE', old.content, $3, $7, $6 FROM old) \
              SELECT {MEMORY_COLUMNS} FROM m"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&self.user_id)
-            .bind(id.0)
-            .bind(content)
-            .bind(content_hash(content))
-            .bind(Vector::from(embedding.to_vec()))
-            .bind(now)
-            .bind(actor)
-            .bind(keyword_length(&terms))
-            .fetch_optional(&mut *self.tx)
-            .await;
+        // A second try only after an expired memory with the new text was
+        // closed: expired memories never hold a text against a live one.
+        let mut retried = false;
+        // Whether the savepoint was already rolled back to for a refusal.
+        let mut undone = false;
+        let row = loop {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(&self.user_id)
+                .bind(id.0)
+                .bind(content)
+                .bind(content_hash(content))
+                .bind(Vector::from(embedding.to_vec()))
+                .bind(now)
+                .bind(actor)
+                .bind(keyword_length(&terms))
+                .fetch_optional(&mut *self.tx)
+                .await;
+            match row {
+                Err(e) if is_unique_violation(&e) && !retried => {
+                    self.undo().await?;
+                    retried = true;
+                    if close_expired_repeats(&mut self.tx, &self.user_id, content).await? == 0 {
+                        undone = true;
+                        break Err(e);
+                    }
+                    self.savepoint(None).await?;
+                }
+                row => break row,
+            }
+        };
         let memory = match row {
             Ok(Some(row)) => memory_from_row(&row)?,
             // Not a current memory of theirs: nothing changed.
             Ok(None) => return Ok(None),
             Err(e) if is_unique_violation(&e) => {
-                self.undo().await?;
+                if !undone {
+                    self.undo().await?;
+                }
                 return Err(StoreError::Conflict(format!(
                     "another current memory of user \"{}\" already holds this text; \
                      {id} was not changed",
@@ -504,6 +526,26 @@ pub(super) async fn lock_user(tx: &mut PgConnection, user_id: &str) -> Result<()
     let lock = "SELECT pg_advisory_xact_lock(hashtextextended('engram.user:' || $1, 0))";
     for_user(tx, lock, user_id, "taking the user's write lock").await?;
     Ok(())
+}
+
+/// Closes the user's expired current memories holding exactly `content`
+/// (at their expiry, as the deduplication trigger does), so that they no
+/// longer hold the text against a live memory; how many.
+async fn close_expired_repeats(
+    conn: &mut PgConnection,
+    user_id: &str,
+    content: &str,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE memories SET valid_to = expires_at WHERE user_id = $1 AND content_hash = $2 \
+         AND valid_to IS NULL AND expires_at <= now()",
+    )
+    .bind(user_id)
+    .bind(content_hash(content))
+    .execute(&mut *conn)
+    .await
+    .map_err(db("closing expired memories"))?;
+    Ok(done.rows_affected())
 }
 
 /// Closes current memory `id` of the user (`valid_to` = now, locked first)

@@ -19,6 +19,10 @@ pub(in crate::store) trait Dialect:
     /// What a parameter's number follows: `{p}1` is `?1` on SQLite, `$1` on PostgreSQL.
     const PARAM: &'static str;
 
+    /// The database's clock as the type `memories.expires_at` holds: a
+    /// memory with `expires_at` at or before it has expired.
+    const NOW: &'static str;
+
     /// An id as bound: TEXT on SQLite, `uuid` on PostgreSQL.
     type Id: for<'t> Encode<'t, Self> + Type<Self> + Send;
 
@@ -35,6 +39,7 @@ pub(in crate::store) trait Dialect:
 
 impl Dialect for Sqlite {
     const PARAM: &'static str = "?";
+    const NOW: &'static str = "unixepoch('subsec') * 1000";
     type Id = String;
     type Time = i64;
 
@@ -53,6 +58,7 @@ impl Dialect for Sqlite {
 
 impl Dialect for Postgres {
     const PARAM: &'static str = "$";
+    const NOW: &'static str = "now()";
     type Id = Uuid;
     type Time = DateTime<Utc>;
 

@@ -33,7 +33,8 @@ where
     rows.iter().map(memory_from_row).collect()
 }
 
-/// The history of memory `id` of the user, oldest first.
+/// The history of memory `id` of the user, oldest first; none while the
+/// memory has expired (it is gone for every read before the purge).
 pub(in crate::store) async fn history<'c, E>(
     exec: E,
     user_id: &str,
@@ -44,7 +45,12 @@ where
     for<'t> &'t str: Encode<'t, E::Database> + Type<E::Database>,
 {
     let p = <E::Database as Dialect>::PARAM;
-    let sql = format!("{HISTORY_SELECT} WHERE user_id = {p}1 AND memory_id = {p}2 ORDER BY pk");
+    let now = <E::Database as Dialect>::NOW;
+    let sql = format!(
+        "{HISTORY_SELECT} WHERE user_id = {p}1 AND memory_id = {p}2 \
+         AND NOT EXISTS (SELECT 1 FROM memories m WHERE m.id = {p}2 AND m.expires_at <= {now}) \
+         ORDER BY pk"
+    );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(user_id)
         .bind(<E::Database as Dialect>::id(id))

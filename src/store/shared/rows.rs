@@ -12,7 +12,7 @@ use crate::store::{Access, ApiKey, HistoryEntry, NewPending, Pending, StoreError
 
 /// The columns [`memory_from_row`] reads, from `memories` aliased as `m`.
 pub(in crate::store) const MEMORY_COLUMNS: &str = "m.id, m.user_id, m.agent_id, m.run_id, \
-    m.content, m.metadata, m.categories, m.created_at, m.updated_at";
+    m.content, m.metadata, m.categories, m.created_at, m.updated_at, m.expires_at";
 
 /// The `SELECT` [`history_from_row`] reads.
 pub(in crate::store) const HISTORY_SELECT: &str = "SELECT memory_id, event, old_content, \
@@ -59,6 +59,7 @@ pub(in crate::store) fn memory_from_row<R: Columns>(row: &R) -> Result<Memory, S
         categories: row.strings("categories", "categories", CX)?,
         created_at: row.time("created_at", CX)?,
         updated_at: row.time("updated_at", CX)?,
+        expires_at: row.opt_time("expires_at", CX)?,
     })
 }
 

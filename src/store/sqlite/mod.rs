@@ -58,12 +58,29 @@ macro_rules! metadata_matches {
     };
 }
 
+/// SQL condition: memory `$m` has not expired by the database's clock
+/// (`expires_at` is Unix milliseconds). Invariant: every read that returns
+/// or scores memories for a request holds it, so an expired memory is never
+/// returned, even before the retention purge removes it.
+macro_rules! unexpired {
+    ($m:literal) => {
+        concat!(
+            "(",
+            $m,
+            ".expires_at IS NULL OR ",
+            $m,
+            ".expires_at > unixepoch('subsec') * 1000)"
+        )
+    };
+}
+
 mod audit;
 mod keys;
 mod keyword_index;
 mod queue;
 mod read;
 mod reports;
+mod retention;
 mod rows;
 mod search;
 mod vectors;

@@ -16,7 +16,8 @@ impl Reads for SqliteStore {
         let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let sql = format!(
             "SELECT {MEMORY_COLUMNS} FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
-             WHERE m.user_id = ?"
+             WHERE m.user_id = ? AND {}",
+            unexpired!("m")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(serde_json::Value::from(id_list).to_string())
@@ -28,8 +29,11 @@ impl Reads for SqliteStore {
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
-        const WHERE: &str = "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
-                             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3)";
+        const WHERE: &str = concat!(
+            "WHERE m.user_id = ?1 AND m.valid_to IS NULL \
+             AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
+            unexpired!("m")
+        );
         let sql = format!(
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"

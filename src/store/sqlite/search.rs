@@ -23,6 +23,25 @@ pub(super) const RERANK_FACTOR: usize = 2;
 pub(super) const RERANK_EXTRA: usize = 10;
 
 impl SqliteStore {
+    /// The pks of the user's current memories that have expired but are
+    /// not purged yet: searches leave them out before they cut at a limit,
+    /// so an expired memory never takes a live one's place.
+    pub(super) async fn expired_pks(
+        conn: &mut SqliteConnection,
+        user_id: &str,
+    ) -> Result<HashSet<i64>, StoreError> {
+        let pks: String = sqlx::query_scalar(
+            "SELECT json_group_array(pk) FROM memories INDEXED BY memories_expiring \
+             WHERE user_id = ? AND valid_to IS NULL AND expires_at IS NOT NULL \
+               AND expires_at <= unixepoch('subsec') * 1000",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("finding expired memories"))?;
+        serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
+    }
+
     /// The pks of the user's current memories that a metadata filter (and
     /// the scope's agent and run) select: an index-only read, no vectors
     /// decoded. Agent and run alone need no list: the searches filter by them.
@@ -39,7 +58,9 @@ impl SqliteStore {
             "SELECT json_group_array(m.pk) FROM memories m INDEXED BY memories_scope \
              WHERE m.user_id = ?1 AND m.valid_to IS NULL \
                AND (?2 IS NULL OR m.agent_id = ?2) AND (?3 IS NULL OR m.run_id = ?3) AND ",
-            metadata_matches!("?4")
+            metadata_matches!("?4"),
+            " AND ",
+            unexpired!("m")
         ))
         .bind(at.scope.user_id().as_str())
         .bind(at.scope.agent_id())
@@ -71,7 +92,10 @@ impl Search for SqliteStore {
             Some(self.scoped_pks(&mut conn, at).await?)
         };
         let among = among(at, allowed.as_ref());
-        let pool = limit * RERANK_FACTOR + RERANK_EXTRA;
+        // Expired memories still in the copy take places in the scan that
+        // the exact read then empties: the pool makes room for them.
+        let expired = Self::expired_pks(&mut conn, user_id).await?;
+        let pool = limit * RERANK_FACTOR + RERANK_EXTRA + expired.len();
         // Optimistic: scan the copy as it is, then read the user's generation
         // and the candidates' exact vectors in one statement (one snapshot).
         // A copy behind the database is reloaded and the search redone.
@@ -122,6 +146,8 @@ impl Search for SqliteStore {
         // Agent and run narrow the postings read; a metadata filter is
         // checked on the memories that match.
         let mut scored = keyword_index::score_all(&mut conn, at.scope, &terms).await?;
+        let expired = Self::expired_pks(&mut conn, at.scope.user_id()).await?;
+        scored.retain(|(pk, _)| !expired.contains(pk));
         if !at.filter.is_empty() {
             let allowed = self.scoped_pks(&mut conn, at).await?;
             scored.retain(|(pk, _)| allowed.contains(pk));
@@ -134,10 +160,11 @@ impl Search for SqliteStore {
         }
         let scores: HashMap<i64, f32> = scored.into_iter().collect();
         let pks: Vec<i64> = scores.keys().copied().collect();
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.pk = j.value \
-             WHERE m.valid_to IS NULL",
-        )
+             WHERE m.valid_to IS NULL AND ",
+            unexpired!("m")
+        ))
         .bind(json_array(&pks))
         .fetch_all(&mut *conn)
         .await
@@ -191,10 +218,14 @@ impl Search for SqliteStore {
         if let Some(allowed) = &allowed {
             keyword.retain(|pk, _| allowed.contains(pk));
         }
+        // As in vector_search: expired memories leave the keyword side
+        // before its cut, and make room in the vector scan's pool.
+        let expired = Self::expired_pks(&mut conn, user_id).await?;
+        keyword.retain(|pk, _| !expired.contains(pk));
         let by_keyword = best_with_ties(&keyword, depth);
         // As in vector_search: scan the copy as it is, check its generation
         // in the statement that reads the exact vectors, reload when behind.
-        let pool = depth * RERANK_FACTOR + RERANK_EXTRA;
+        let pool = depth * RERANK_FACTOR + RERANK_EXTRA + expired.len();
         let (seen, approx) = {
             let vecs = entry.read().await;
             (vecs.generation, vecs.top_k_among(vector, pool, among))
@@ -275,10 +306,11 @@ impl Search for SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(db("scoring memories"))?;
         // One read transaction: one snapshot for rows, vectors and postings.
         let mut tx = conn.begin().await.map_err(db("scoring memories"))?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.id = j.value \
-             WHERE m.user_id = ? AND m.valid_to IS NULL",
-        )
+             WHERE m.user_id = ? AND m.valid_to IS NULL AND ",
+            unexpired!("m")
+        ))
         .bind(serde_json::Value::from(id_list).to_string())
         .bind(user_id)
         .fetch_all(&mut *tx)

@@ -25,11 +25,15 @@ impl SqliteStore {
         if vecs.generation == Some(generation) {
             return Ok(generation);
         }
-        let rows = sqlx::query(
+        // Expired memories are left out of the copy: no search or dedup
+        // check counts them. One that expires after the load stays in the
+        // copy until the next reload; the exact read below drops it.
+        let rows = sqlx::query(concat!(
             "SELECT m.pk, m.id, m.agent_id, m.run_id, v.embedding \
              FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
-             WHERE m.user_id = ? AND m.valid_to IS NULL",
-        )
+             WHERE m.user_id = ? AND m.valid_to IS NULL AND ",
+            unexpired!("m")
+        ))
         .bind(user_id)
         .fetch_all(&mut *conn)
         .await
@@ -70,15 +74,17 @@ pub(super) async fn exact_scores_and_ids(
     query: &[f32],
 ) -> Result<(i64, Vec<(i64, MemoryId, f32)>), StoreError> {
     // The row without a pk carries the user's generation; the others a vector.
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "SELECT NULL AS pk, NULL AS id, NULL AS embedding, \
                 coalesce((SELECT generation FROM user_generations WHERE user_id = ?), 0) \
                 AS generation \
          UNION ALL \
          SELECT * FROM (SELECT v.pk, m.id, v.embedding, NULL FROM json_each(?) j \
                         CROSS JOIN memory_vectors v ON v.pk = j.value \
-                        JOIN memories m ON m.pk = v.pk WHERE m.valid_to IS NULL)",
-    )
+                        JOIN memories m ON m.pk = v.pk WHERE m.valid_to IS NULL AND ",
+        unexpired!("m"),
+        ")"
+    ))
     .bind(user_id)
     .bind(json_array(pks))
     .fetch_all(&mut *conn)

@@ -33,7 +33,8 @@ use crate::store::{
 /// moves the user to the next write generation, in one round trip (its
 /// postings follow: [`index_terms`]). Parameters:
 /// ?1 id, ?2 vector blob, ?3 keyword length, ?4 actor, ?5 user, ?6 agent, ?7 run,
-/// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms).
+/// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms),
+/// ?13 expiry (ms, or NULL).
 ///
 /// Later statements read what they can from the new row, so each uses few
 /// parameters: sqlx counts the unused numbers below a statement's highest one
@@ -41,8 +42,8 @@ use crate::store::{
 /// once that count passes the number of arguments (here it reaches 6 of 12).
 pub(super) const INSERT_MEMORY: &str = "\
     INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
-        categories, created_at, updated_at, valid_from, keyword_length) \
-        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?3) RETURNING pk; \
+        categories, created_at, updated_at, valid_from, keyword_length, expires_at) \
+        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?3, ?13) RETURNING pk; \
     INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
     INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
         SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
@@ -142,10 +143,13 @@ impl SqliteStore {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let rows = sqlx::query(
+        // An expired memory never makes a new one a duplicate.
+        let rows = sqlx::query(concat!(
             "SELECT v.pk, v.embedding, m.content FROM json_each(?) j \
-             CROSS JOIN memory_vectors v ON v.pk = j.value JOIN memories m ON m.pk = v.pk",
-        )
+             CROSS JOIN memory_vectors v ON v.pk = j.value JOIN memories m ON m.pk = v.pk \
+             WHERE ",
+            unexpired!("m")
+        ))
         .bind(json_array(&candidates))
         .fetch_all(&mut *conn)
         .await
@@ -194,6 +198,7 @@ impl SqliteStore {
             .bind(&metadata)
             .bind(&categories)
             .bind(now.timestamp_millis())
+            .bind(new.expires_at.map(|at| at.timestamp_millis()))
             .fetch_all(&mut *conn)
             .await
             .map_err(db("storing a memory"))?;
@@ -242,10 +247,12 @@ impl SqliteStore {
         content: &str,
         except: i64,
     ) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT pk FROM memories WHERE user_id = ? AND content_hash = ? \
-             AND valid_to IS NULL AND pk <> ? LIMIT 1",
-        )
+        sqlx::query_scalar(concat!(
+            "SELECT pk FROM memories m WHERE m.user_id = ? AND m.content_hash = ? \
+             AND m.valid_to IS NULL AND m.pk <> ? AND ",
+            unexpired!("m"),
+            " LIMIT 1"
+        ))
         .bind(user_id)
         .bind(content_hash_hex(content))
         .bind(except)
