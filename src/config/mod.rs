@@ -15,6 +15,7 @@
 //! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes`, `secrets` |
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
+//! | `crypto`            | `config/crypto.rs`  | `encryption_key`, `encryption_key_file`, `encryption_old_keys`, `sensitive_metadata_keys` |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -27,6 +28,7 @@
 
 mod audit;
 mod cache;
+mod crypto;
 mod embedder;
 mod http;
 mod layers;
@@ -45,6 +47,7 @@ pub use cache::{
     CacheConfig, DEFAULT_CACHE_EMBEDDING_TTL_SECS, DEFAULT_CACHE_POOL_SIZE, DEFAULT_CACHE_PREFIX,
     DEFAULT_CACHE_RETRY_MS, DEFAULT_CACHE_TIMEOUT_MS, DEFAULT_CACHE_TTL_SECS,
 };
+pub use crypto::{CryptoConfig, KeyBytes};
 pub use embedder::{
     DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_EMBEDDING_DIMS, DEFAULT_EMBEDDING_MAX_RETRIES,
     DEFAULT_EMBEDDING_TIMEOUT_SECS, DEFAULT_OPENAI_EMBEDDING_MODEL, EmbedderConfig, EmbedderKind,
@@ -90,6 +93,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Encryption at rest of sensitive values.
+    pub crypto: CryptoConfig,
 }
 
 impl Config {
@@ -122,6 +127,7 @@ impl Config {
             memory::KEYS,
             http::KEYS,
             audit::KEYS,
+            crypto::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -134,6 +140,7 @@ impl Config {
             memory: MemoryConfig::load(&src)?,
             http: HttpConfig::load(&src)?,
             audit: AuditConfig::load(&src)?,
+            crypto: CryptoConfig::load(&src)?,
         })
     }
 }

@@ -247,7 +247,7 @@ impl MemoryService {
                 .add_pending(NewPending {
                     id,
                     scope: work.scope.clone(),
-                    input: input_json(work.input),
+                    input: self.seal_input(input_json(work.input), work.scope.user_id()),
                     metadata: work.metadata.clone(),
                     infer: work.infer,
                     memory_ids: stored,

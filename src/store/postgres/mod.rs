@@ -62,6 +62,7 @@ mod read;
 mod reports;
 mod rows;
 mod schema;
+mod sealed;
 mod search;
 mod versions;
 mod write;

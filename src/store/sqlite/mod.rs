@@ -65,6 +65,7 @@ mod queue;
 mod read;
 mod reports;
 mod rows;
+mod sealed;
 mod search;
 mod vectors;
 mod versions;
