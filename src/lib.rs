@@ -45,7 +45,8 @@
 //!   memories), `rank` (semantic and keyword relevance fused into one
 //!   absolute score), [`context`] (memories rendered for a system prompt),
 //!   [`openai`] (the OpenAI-compatible HTTP client), [`secrets`]
-//!   (credentials and payment data found in text, and redacted).
+//!   (credentials and payment data found in text, and redacted), [`crypto`]
+//!   (sensitive metadata and queued inputs sealed at rest, AES-256-GCM).
 //! * Durable state: [`store`], one trait per concern (`traits.rs`), each
 //!   backend a folder with a file per concern (`sqlite/`, the embedded
 //!   default; `postgres/`, PostgreSQL + pgvector); [`cache`], recalls,
@@ -70,6 +71,7 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod context;
+pub mod crypto;
 pub mod embed;
 mod error;
 pub mod eval;

@@ -39,6 +39,9 @@ enum Command {
     Migrate,
     /// Rebuild every stored vector with the configured embedder (stop servers first).
     Reembed,
+    /// Re-encrypt every encrypted value under the current ENGRAM_ENCRYPTION_KEY
+    /// (older keys in ENGRAM_ENCRYPTION_OLD_KEYS); servers may keep running.
+    RotateKey,
     /// Finish remembers kept verbatim when the model failed (on_llm_error =
     /// verbatim): extract, reconcile and replace their verbatim copies.
     Reextract {
@@ -183,6 +186,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::migrate(&config).await?;
+        }
+        Command::RotateKey => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::rotate_encryption_key(&config).await?;
         }
         Command::Reembed => {
             let config = Config::load(cli.config.as_deref())?;

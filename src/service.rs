@@ -36,6 +36,7 @@
 //! kept out of a remember, as `ENGRAM_SECRETS` says),
 //! `remember` (the write flow, and what it keeps when the model fails),
 //! `recall` (search and the context), `cached` (the cache-through steps),
+//! `sealing` (sensitive values sealed at rest, opened after the cache),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
 //! `types` (requests and results, re-exported here).
 
@@ -63,6 +64,7 @@ mod reextract;
 mod remember;
 mod retention;
 mod screen;
+mod sealing;
 mod types;
 mod validate;
 
@@ -131,6 +133,8 @@ pub struct MemoryService {
     floor: tokio::sync::OnceCell<f32>,
     /// Records every operation (`audited.rs`); `None`: audit off.
     audit: Option<Arc<Auditor>>,
+    /// Seals sensitive values at rest (`sealing.rs`); `None`: nothing is sealed.
+    sealer: Option<Arc<crate::crypto::Sealer>>,
 }
 
 impl MemoryService {
@@ -149,6 +153,7 @@ impl MemoryService {
             tally: cached::Tally::default(),
             floor: tokio::sync::OnceCell::new(),
             audit: None,
+            sealer: None,
         }
     }
 
@@ -245,6 +250,9 @@ impl MemoryService {
         let metadata = validate_metadata(req.metadata)?;
         // Before extraction: neither the model nor the store sees a secret.
         let (input, metadata, redacted) = screen::secrets(self.settings.secrets, input, metadata)?;
+        // Sealed once here: the memories and any pending entry carry only
+        // the sealed values.
+        let metadata = self.seal_metadata(metadata, scope.user_id());
         let work = Work {
             scope: &scope,
             input: &input,
@@ -276,6 +284,7 @@ impl MemoryService {
         let query = validate::text("query", &req.query, self.settings.max_text_bytes)?;
         let limit = validate::limit(req.limit, DEFAULT_RECALL_LIMIT)?;
         let filter = MetadataFilter::parse(req.filters.as_ref())?;
+        self.refuse_sealed_filter("filters", &filter)?;
         let min_score = validate::min_score(req.min_score)?;
         let field = self
             .cache
@@ -288,6 +297,10 @@ impl MemoryService {
             })
             .await?;
         result.results.retain(|r| r.score >= min_score);
+        // After the cache: what it holds stays sealed.
+        for scored in &mut result.results {
+            self.open_memory(&mut scored.memory);
+        }
         Ok(result)
     }
 
@@ -306,10 +319,16 @@ impl MemoryService {
             .cache
             .enabled()
             .then(|| cache::context_field(&scope, limit, focus.as_deref()));
-        self.through_cache(scope.user_id(), field, || {
-            self.build_context(&scope, limit, focus)
-        })
-        .await
+        let mut context = self
+            .through_cache(scope.user_id(), field, || {
+                self.build_context(&scope, limit, focus)
+            })
+            .await?;
+        // After the cache: what it holds stays sealed.
+        for memory in &mut context.memories {
+            self.open_memory(memory);
+        }
+        Ok(context)
     }
 
     /// Deletes one memory (`memory_id`), every memory of a user named
@@ -340,6 +359,7 @@ impl MemoryService {
                 })
             }
             ForgetTarget::Matching { filter, before } => {
+                self.refuse_sealed_filter("filters", &filter)?;
                 let scope =
                     Scope::narrowed(user.clone(), req.agent_id.as_deref(), req.run_id.as_deref())?;
                 let at = Selection {
@@ -394,13 +414,14 @@ impl MemoryService {
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
     async fn get_inner(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
         let (user, id) = self.memory_ref(caller, &req)?;
-        let memory = self
+        let mut memory = self
             .store
             .get_many(&user, &[id])
             .await?
             .into_iter()
             .next()
             .ok_or_else(|| not_theirs(id, &user))?;
+        self.open_memory(&mut memory);
         // A closed memory's last history row is the SUPERSEDE that closed
         // it (nothing is written to a memory after that), at its valid_to.
         let history = self.store.history(&user, id).await?;
@@ -454,7 +475,9 @@ impl MemoryService {
         user_id: Option<&str>,
     ) -> Result<UserExport, Error> {
         let user = self.acting_user(caller, user_id)?;
-        Ok(self.store.export(&user).await?)
+        let mut export = self.store.export(&user).await?;
+        self.open_export(&mut export);
+        Ok(export)
     }
 
     fn memory_ref(&self, caller: &Principal, req: &MemoryRef) -> Result<(UserId, MemoryId), Error> {

@@ -192,6 +192,9 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         let auditor = Auditor::new(pseudonyms, config.audit.queries, Sink::start(store));
         service = service.with_audit(Arc::new(auditor));
     }
+    if let Some(sealer) = config.crypto.sealer() {
+        service = service.with_sealer(Arc::new(sealer));
+    }
     Ok(Arc::new(service))
 }
 
@@ -617,4 +620,121 @@ pub async fn purge(config: &Config, dry_run: bool) -> Result<(), StartupError> {
         );
     }
     Ok(())
+}
+
+/// Rows `engram rotate-key` reads per round.
+const RESEAL_BATCH: usize = 256;
+
+/// What `engram rotate-key` did, per column.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResealCounts {
+    /// Rows re-sealed under the current key.
+    pub resealed: u64,
+    /// Rows already all under the current key.
+    pub current: u64,
+    /// Rows that changed or went while being re-sealed (run again for them).
+    pub raced: u64,
+    /// Rows holding a value no configured key opens (left as they are).
+    pub unreadable: u64,
+}
+
+/// `engram rotate-key`: re-seals every sealed value (memories' metadata,
+/// pending entries' metadata and inputs) under the current key, in rounds
+/// of [`RESEAL_BATCH`] rows, each row written only if unchanged since read,
+/// so `engram serve` keeps running meanwhile (its older keys still open
+/// what is not re-sealed yet). Then the touched users' cache entries are
+/// dropped, so none holds a value under a key about to be removed.
+pub async fn rotate_encryption_key(config: &Config) -> Result<(), StartupError> {
+    let Some(sealer) = config.crypto.sealer() else {
+        return Err(StartupError::Unsupported(
+            "no encryption key is configured; set ENGRAM_ENCRYPTION_KEY (the new key) and \
+             ENGRAM_ENCRYPTION_OLD_KEYS (the keys it replaces)"
+                .into(),
+        ));
+    };
+    let store = store(config, embedder(config)?.as_ref()).await?;
+    let cache = cache(config).await?;
+    let mut users = std::collections::BTreeSet::new();
+    let mut failed = 0;
+    for (column, name) in [
+        (
+            crate::store::SealedColumn::MemoryMetadata,
+            "memory metadata",
+        ),
+        (
+            crate::store::SealedColumn::PendingMetadata,
+            "pending metadata",
+        ),
+        (crate::store::SealedColumn::PendingInput, "pending inputs"),
+    ] {
+        let counts = reseal_column(store.as_ref(), &sealer, column, &mut users).await?;
+        println!(
+            "{name}: {} re-sealed under key {}, {} already current, {} changed meanwhile, \
+             {} unreadable",
+            counts.resealed,
+            sealer.current_id(),
+            counts.current,
+            counts.raced,
+            counts.unreadable
+        );
+        failed += counts.raced + counts.unreadable;
+    }
+    for user in &users {
+        if let Ok(user) = crate::model::UserId::parse(user) {
+            cache.purge_user(&user, None).await;
+        }
+    }
+    if failed > 0 {
+        return Err(StartupError::Unsupported(format!(
+            "{failed} row(s) were not re-sealed (see above); run `engram rotate-key` again, and \
+             configure the key of any unreadable one"
+        )));
+    }
+    Ok(())
+}
+
+/// Re-seals one column's rows; the users touched go into `users`.
+async fn reseal_column(
+    store: &dyn Store,
+    sealer: &crate::crypto::Sealer,
+    column: crate::store::SealedColumn,
+    users: &mut std::collections::BTreeSet<String>,
+) -> Result<ResealCounts, StartupError> {
+    use crate::crypto::Place;
+    use crate::store::SealedColumn;
+    let mut counts = ResealCounts::default();
+    let mut after = uuid::Uuid::nil();
+    loop {
+        let rows = store.sealed_rows(column, after, RESEAL_BATCH).await?;
+        let Some(last) = rows.last() else {
+            return Ok(counts);
+        };
+        after = last.id;
+        for row in rows {
+            let new = match (column, &row.value) {
+                (SealedColumn::PendingInput, value) => {
+                    sealer.reseal(value, &row.user_id, Place::PendingInput)
+                }
+                (_, serde_json::Value::Object(metadata)) => sealer
+                    .reseal_metadata(metadata, &row.user_id)
+                    .map(|m| m.map(serde_json::Value::Object)),
+                _ => Ok(None),
+            };
+            match new {
+                Ok(Some(new)) => {
+                    if store.reseal(column, &row, &new).await? {
+                        counts.resealed += 1;
+                        users.insert(row.user_id);
+                    } else {
+                        counts.raced += 1;
+                    }
+                }
+                Ok(None) => counts.current += 1,
+                Err(e) => {
+                    eprintln!("engram: {} (user {}): {e}", row.id, row.user_id);
+                    counts.unreadable += 1;
+                }
+            }
+        }
+    }
 }

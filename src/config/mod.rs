@@ -16,6 +16,7 @@
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
 //! | `retention`         | `config/retention.rs` | `retention_days`, `retention_categories`, `history_retention_days`, `retention_purge_interval_secs` |
+//! | `crypto`            | `config/crypto.rs`  | `encryption_key`, `encryption_key_file`, `encryption_old_keys`, `sensitive_metadata_keys` |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -28,6 +29,7 @@
 
 mod audit;
 mod cache;
+mod crypto;
 mod embedder;
 mod http;
 mod layers;
@@ -47,6 +49,7 @@ pub use cache::{
     CacheConfig, DEFAULT_CACHE_EMBEDDING_TTL_SECS, DEFAULT_CACHE_POOL_SIZE, DEFAULT_CACHE_PREFIX,
     DEFAULT_CACHE_RETRY_MS, DEFAULT_CACHE_TIMEOUT_MS, DEFAULT_CACHE_TTL_SECS,
 };
+pub use crypto::{CryptoConfig, KeyBytes};
 pub use embedder::{
     DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_EMBEDDING_DIMS, DEFAULT_EMBEDDING_MAX_RETRIES,
     DEFAULT_EMBEDDING_TIMEOUT_SECS, DEFAULT_OPENAI_EMBEDDING_MODEL, EmbedderConfig, EmbedderKind,
@@ -95,6 +98,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How long memories are kept.
     pub retention: RetentionConfig,
+    /// Encryption at rest of sensitive values.
+    pub crypto: CryptoConfig,
 }
 
 impl Config {
@@ -128,6 +133,7 @@ impl Config {
             http::KEYS,
             audit::KEYS,
             retention::KEYS,
+            crypto::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -141,6 +147,7 @@ impl Config {
             http: HttpConfig::load(&src)?,
             audit: AuditConfig::load(&src)?,
             retention: RetentionConfig::load(&src)?,
+            crypto: CryptoConfig::load(&src)?,
         })
     }
 }

@@ -594,3 +594,74 @@ fn retention_is_off_by_default_and_checked() {
         );
     }
 }
+
+#[test]
+fn encryption_keys_come_from_the_variable_or_a_key_file_and_never_show() {
+    use base64::Engine;
+    let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    let (k1, k2, k3) = (b64(1), b64(2), b64(3));
+    let none = Config::load_from(None, &env(&[])).unwrap();
+    assert!(none.crypto.sealer().is_none());
+
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_ENCRYPTION_KEY", k1.as_str()),
+            ("ENGRAM_ENCRYPTION_OLD_KEYS", &format!("{k2}, {k3}")),
+            ("ENGRAM_SENSITIVE_METADATA_KEYS", "diagnosis, ssn"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.crypto.key, Some(KeyBytes([1; 32])));
+    assert_eq!(
+        cfg.crypto.old_keys,
+        vec![KeyBytes([2; 32]), KeyBytes([3; 32])]
+    );
+    let sealer = cfg.crypto.sealer().unwrap();
+    assert!(sealer.is_sensitive("ssn") && sealer.is_sensitive("secret_x"));
+    assert!(!sealer.is_sensitive("topic"));
+    let shown = format!("{cfg:?} {sealer:?}");
+    for key in [&k1, &k2, &k3] {
+        assert!(!shown.contains(key.as_str()), "{shown}");
+    }
+
+    // A key file: the first key seals, the rest open.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("# current first\n{k2}\n\n{k1}\n")).unwrap();
+    let path = file.display().to_string();
+    let cfg =
+        Config::load_from(None, &env(&[("ENGRAM_ENCRYPTION_KEY_FILE", path.as_str())])).unwrap();
+    assert_eq!(cfg.crypto.key, Some(KeyBytes([2; 32])));
+    assert_eq!(cfg.crypto.old_keys, vec![KeyBytes([1; 32])]);
+
+    for (vars, expected) in [
+        (
+            vec![("ENGRAM_ENCRYPTION_KEY", "c2hvcnQ=")],
+            "ENGRAM_ENCRYPTION_KEY",
+        ),
+        (vec![("ENGRAM_ENCRYPTION_KEY", "not base64!")], "not base64"),
+        (
+            vec![
+                ("ENGRAM_ENCRYPTION_KEY", k1.as_str()),
+                ("ENGRAM_ENCRYPTION_KEY_FILE", path.as_str()),
+            ],
+            "set one",
+        ),
+        (
+            vec![("ENGRAM_ENCRYPTION_OLD_KEYS", k1.as_str())],
+            "without a current key",
+        ),
+        (
+            vec![("ENGRAM_ENCRYPTION_KEY_FILE", "/nonexistent/engram-keys")],
+            "cannot read",
+        ),
+    ] {
+        let message = match Config::load_from(None, &env(&vars)) {
+            Ok(_) => panic!("{vars:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(expected), "{vars:?}: {message}");
+        assert!(!message.contains(k1.as_str()), "{message}");
+    }
+}

@@ -57,7 +57,8 @@ impl MemoryService {
                 report.skipped += 1;
                 continue;
             }
-            let outcome = match input_from_json(&entry.input) {
+            let input = self.open_input(&entry.input, entry.scope.user_id());
+            let outcome = match input.and_then(|input| input_from_json(&input)) {
                 Ok(input) => {
                     let input = dated(input, pending.created_at);
                     let replacing = self

@@ -252,7 +252,8 @@ impl MemoryService {
                 .add_pending(NewPending {
                     id,
                     scope: work.scope.clone(),
-                    input: input_json(work.input, work.ttl_days),
+                    input: self
+                        .seal_input(input_json(work.input, work.ttl_days), work.scope.user_id()),
                     metadata: work.metadata.clone(),
                     infer: work.infer,
                     memory_ids: stored,

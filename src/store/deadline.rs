@@ -312,3 +312,24 @@ impl Retention for Deadline {
         bounded(self.limit, self.inner.purge(plan, audit)).await
     }
 }
+
+#[async_trait]
+impl super::SealedValues for Deadline {
+    async fn sealed_rows(
+        &self,
+        column: super::SealedColumn,
+        after: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<super::SealedRow>, StoreError> {
+        bounded(self.limit, self.inner.sealed_rows(column, after, limit)).await
+    }
+
+    async fn reseal(
+        &self,
+        column: super::SealedColumn,
+        row: &super::SealedRow,
+        new: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        bounded(self.limit, self.inner.reseal(column, row, new)).await
+    }
+}

@@ -41,8 +41,8 @@ pub(crate) use shared::sha256_hex;
 pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
 pub use shared::{AUDIT_GENESIS, audit_link};
 pub use traits::{
-    AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealReport, Search, Store, Versions,
-    WriteBatch, Writes, candidates_in_steps,
+    AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealReport, SealedColumn, SealedRow,
+    SealedValues, Search, Store, Versions, WriteBatch, Writes, candidates_in_steps,
 };
 pub use types::{
     AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
@@ -105,7 +105,7 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 /// The store's traits, to call a backend's methods: `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        AuditLog, Keys, PendingQueue, Reads, Reports, Retention, Search, Store, Versions,
-        WriteBatch, Writes,
+        AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealedValues, Search, Store,
+        Versions, WriteBatch, Writes,
     };
 }

@@ -64,7 +64,16 @@ pub async fn candidates_in_steps<S: Search + ?Sized>(
 /// service holds a backend; `use crate::store::prelude::*` brings the
 /// concerns' methods into scope.
 pub trait Store:
-    Writes + Reads + Search + PendingQueue + Keys + Reports + Versions + AuditLog + Retention
+    Writes
+    + Reads
+    + Search
+    + PendingQueue
+    + Keys
+    + Reports
+    + Versions
+    + AuditLog
+    + Retention
+    + SealedValues
 {
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
@@ -434,4 +443,48 @@ pub trait Retention: Send + Sync {
         plan: &PurgePlan,
         audit: Option<&AuditRecord>,
     ) -> Result<PurgeReport, StoreError>;
+}
+
+/// The columns that may hold sealed values ([`crate::crypto`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedColumn {
+    /// `memories.metadata`: sealed values inside the object.
+    MemoryMetadata,
+    /// `pending_extractions.metadata`: likewise.
+    PendingMetadata,
+    /// `pending_extractions.input`: the whole value is one envelope.
+    PendingInput,
+}
+
+/// One row whose column holds a sealed value, as read.
+#[derive(Debug, Clone)]
+pub struct SealedRow {
+    pub id: uuid::Uuid,
+    pub user_id: String,
+    pub value: serde_json::Value,
+}
+
+/// Sealed values, for `engram rotate-key`: found in key order and written
+/// back one row at a time, each only if unchanged since it was read, so a
+/// serving process may keep writing meanwhile.
+#[async_trait]
+pub trait SealedValues: Send + Sync {
+    /// Up to `limit` rows after `after` (in id order; `Uuid::nil()` first)
+    /// whose `column` may hold an envelope (a superset: the caller checks).
+    async fn sealed_rows(
+        &self,
+        column: SealedColumn,
+        after: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<SealedRow>, StoreError>;
+
+    /// Writes `new` into `row`'s column if it still holds `row.value`;
+    /// false when the row changed or went meanwhile. The plaintext is the
+    /// same, so whether the user's version moves is the backend's choice.
+    async fn reseal(
+        &self,
+        column: SealedColumn,
+        row: &SealedRow,
+        new: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
 }

@@ -30,6 +30,7 @@ mod cache;
 mod chat_agent;
 mod cli;
 mod crash;
+mod encryption;
 mod erasure;
 mod eval_cli;
 mod failure_policy;

@@ -2327,6 +2327,89 @@ async fn found_current(s: &dyn Store, at: &Scope, id: MemoryId) -> bool {
         .any(|m| m.id == id)
 }
 
+/// `engram rotate-key`'s reads and writes: the rows whose column holds an
+/// envelope, in id order from a cursor (a plain string mentioning `$enc` is
+/// escaped and not one of them), and a write that lands only on a row still
+/// holding what was read.
+async fn sealed_values_are_found_and_rewritten_only_if_unchanged(b: Backend) {
+    use engram::store::SealedColumn;
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let envelope = |kid: &str| json!({"$enc": "v1", "kid": kid, "n": "bg==", "c": "Yw=="});
+    let sealed = add(
+        s,
+        &alice,
+        "Saw the doctor",
+        json!({"diagnosis": envelope("old")}),
+    )
+    .await;
+    add(
+        s,
+        &alice,
+        "Plain note",
+        json!({"note": "the text \"$enc\" is not a tag"}),
+    )
+    .await;
+    let pending = deferred(
+        &alice,
+        envelope("old"),
+        json!({}),
+        true,
+        vec![],
+        "model down",
+    );
+    s.add_pending(pending.clone()).await.unwrap();
+
+    let rows = s
+        .sealed_rows(SealedColumn::MemoryMetadata, uuid::Uuid::nil(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].id, rows[0].user_id.as_str()), (sealed.0, "alice"));
+    assert_eq!(rows[0].value, json!({"diagnosis": envelope("old")}));
+    assert!(
+        s.sealed_rows(SealedColumn::MemoryMetadata, sealed.0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the cursor is exclusive"
+    );
+    let input = s
+        .sealed_rows(SealedColumn::PendingInput, uuid::Uuid::nil(), 10)
+        .await
+        .unwrap();
+    assert_eq!(input.len(), 1);
+    assert_eq!(input[0].id, pending.id);
+    assert!(
+        s.sealed_rows(SealedColumn::PendingMetadata, uuid::Uuid::nil(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let new = json!({"diagnosis": envelope("new")});
+    assert!(
+        s.reseal(SealedColumn::MemoryMetadata, &rows[0], &new)
+            .await
+            .unwrap()
+    );
+    // Read before that write: stale, refused.
+    assert!(
+        !s.reseal(SealedColumn::MemoryMetadata, &rows[0], &new)
+            .await
+            .unwrap()
+    );
+    let memory = &s.get_many("alice", &[sealed]).await.unwrap()[0];
+    assert_eq!(serde_json::Value::Object(memory.metadata.clone()), new);
+    assert!(
+        s.reseal(SealedColumn::PendingInput, &input[0], &envelope("new"))
+            .await
+            .unwrap()
+    );
+    let (entries, _) = s.pending(10).await.unwrap();
+    assert_eq!(entries[0].entry.input, envelope("new"));
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -2386,6 +2469,7 @@ every_backend!(
     a_bulk_delete_takes_history_closed_memories_and_deferred_remembers,
     a_bulk_delete_by_date_takes_what_was_created_before,
     searches_after_a_bulk_delete_find_only_what_is_left,
+    sealed_values_are_found_and_rewritten_only_if_unchanged,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -63,6 +63,7 @@ mod reports;
 mod retention;
 mod rows;
 mod schema;
+mod sealed;
 mod search;
 mod versions;
 mod write;

@@ -86,6 +86,9 @@ impl Retention for PgStore {
             .await
             .map_err(db("finding what the purge removes"))?;
         if due.is_empty() {
+            // Ended here, not when the connection is next used: the purge
+            // lock is released now, so the next round can take it.
+            tx.rollback().await.map_err(db("ending a purge"))?;
             return Ok(PurgeReport {
                 removed: PurgeCounts::default(),
                 ran: true,

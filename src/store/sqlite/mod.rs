@@ -82,6 +82,7 @@ mod read;
 mod reports;
 mod retention;
 mod rows;
+mod sealed;
 mod search;
 mod vectors;
 mod versions;
