@@ -640,7 +640,7 @@ pub struct ResealCounts {
 
 /// `engram rotate-key`: re-seals every sealed value (memories' metadata,
 /// pending entries' metadata and inputs) under the current key, in rounds
-/// of [`RESEAL_BATCH`] rows, each row written only if unchanged since read,
+/// of `RESEAL_BATCH` (256) rows, each row written only if unchanged since read,
 /// so `engram serve` keeps running meanwhile (its older keys still open
 /// what is not re-sealed yet). Then the touched users' cache entries are
 /// dropped, so none holds a value under a key about to be removed.
