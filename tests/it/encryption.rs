@@ -23,60 +23,6 @@ const QUEUED: &str = "Bartholomew keeps the spare key under the heron statue";
 const OLD_KEY: [u8; 32] = [7; 32];
 const NEW_KEY: [u8; 32] = [9; 32];
 
-/// Every row of every table, as text.
-async fn raw_rows(url: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        let tables: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        for table in tables {
-            let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT name FROM pragma_table_info('{table}')"
-            )))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            let line = columns
-                .iter()
-                .map(|c| format!("quote(\"{c}\")"))
-                .collect::<Vec<_>>()
-                .join(" || '|' || ");
-            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT {line} FROM \"{table}\""
-            )))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-        }
-        pool.close().await;
-    } else {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        for table in tables {
-            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT t::text FROM \"{table}\" t"
-            )))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-        }
-        pool.close().await;
-    }
-    out
-}
-
 /// The stored JSON of `memories.metadata`, `pending_extractions.metadata`
 /// and `pending_extractions.input`, parsed.
 async fn sealed_columns(url: &str) -> Vec<Value> {
@@ -338,7 +284,7 @@ async fn sealed_at_rest_then_rotated(database_url: &str) {
             "cache holds {text}"
         );
     }
-    for (table, row) in raw_rows(database_url).await {
+    for (table, row) in common::raw::every_row(database_url).await {
         assert!(
             !row.contains(DIAGNOSIS) && !row.contains(PIN),
             "{table} holds {row}"
@@ -443,7 +389,7 @@ async fn sealed_at_rest_then_rotated(database_url: &str) {
         export.text
     );
     assert!(!export.text.contains("$enc"), "{}", export.text);
-    for (table, row) in raw_rows(database_url).await {
+    for (table, row) in common::raw::every_row(database_url).await {
         assert!(
             !row.contains(DIAGNOSIS) && !row.contains(PIN),
             "{table} holds {row}"

@@ -6,6 +6,7 @@ pub mod fake_openai;
 pub mod http;
 pub mod postgres;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
