@@ -534,7 +534,12 @@ pub async fn audit_seal(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// `engram audit verify`: recomputes the chain; fails at the first broken row.
+/// How many of the newest rows `engram audit verify` looks at for ones
+/// not sealed yet.
+const UNSEALED_SHOWN: usize = 1000;
+
+/// `engram audit verify`: recomputes the chain; fails at the first broken
+/// row; says how many newer rows are not sealed (so not covered) yet.
 pub async fn audit_verify(config: &Config) -> Result<(), StartupError> {
     let store = store(config, embedder(config)?.as_ref()).await?;
     let verification = crate::audit::chain::verify(store.as_ref()).await?;
@@ -544,6 +549,26 @@ pub async fn audit_verify(config: &Config) -> Result<(), StartupError> {
                 "audit chain intact: {} sealed row(s) verified",
                 verification.checked
             );
+            // Rows not sealed yet are not covered: say so, so that an intact
+            // chain is not read as the whole trail.
+            let newest = store
+                .audit_rows(&crate::store::AuditQuery {
+                    limit: UNSEALED_SHOWN,
+                    ..Default::default()
+                })
+                .await?;
+            let unsealed = newest.iter().filter(|r| r.chain_pos.is_none()).count();
+            if unsealed > 0 {
+                let at_least = if unsealed == UNSEALED_SHOWN {
+                    "at least "
+                } else {
+                    ""
+                };
+                println!(
+                    "{at_least}{unsealed} newer row(s) not sealed yet, so not verified: \
+                     `engram serve` seals every few seconds; `engram audit seal` seals now"
+                );
+            }
             Ok(())
         }
         Some(broken) => Err(StartupError::Audit(format!(

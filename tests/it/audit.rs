@@ -143,6 +143,14 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
 
     let engram = |args: &[&str]| run_engram(args, &[("ENGRAM_DATABASE_URL", &url)]);
+    // Before sealing, verify says the rows are not covered yet.
+    let unsealed = engram(&["audit", "verify"]);
+    assert!(unsealed.status.success());
+    let said = String::from_utf8_lossy(&unsealed.stdout);
+    assert!(
+        said.contains("0 sealed row(s) verified") && said.contains("8 newer row(s) not sealed yet"),
+        "{said}"
+    );
     let sealed = engram(&["audit", "seal"]);
     assert!(
         sealed.status.success(),
@@ -151,7 +159,11 @@ async fn every_stdio_operation_leaves_a_row_and_the_chain_finds_an_edit() {
     );
     let verified = engram(&["audit", "verify"]);
     assert!(verified.status.success());
-    assert!(String::from_utf8_lossy(&verified.stdout).contains("8 sealed row(s) verified"));
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        said.contains("8 sealed row(s) verified") && !said.contains("not sealed"),
+        "{said}"
+    );
     let sealed_rows = audit_rows(&url);
     let edited = sealed_rows
         .iter()
