@@ -64,34 +64,6 @@ fn kids(values: &[Value]) -> Vec<String> {
     out
 }
 
-/// Every cache key and value under `prefix`, as text.
-async fn cache_text(peek: &Peek, prefix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for key in peek.keys(&format!("{prefix}*")).await {
-        let kind: String = peek
-            .command("TYPE", vec![key.clone().into()])
-            .await
-            .convert()
-            .unwrap();
-        // Entries are a binary header then JSON: read as bytes.
-        let values: Vec<fred::types::Value> = match kind.as_str() {
-            "string" => vec![peek.command("GET", vec![key.clone().into()]).await],
-            "hash" => peek
-                .command("HVALS", vec![key.clone().into()])
-                .await
-                .into_array(),
-            other => panic!("cache key {key} is a {other}: check it here"),
-        };
-        let values = values.iter().map(|v| match v.as_bytes() {
-            Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            None => v.as_string().unwrap_or_default(),
-        });
-        out.push(key);
-        out.extend(values);
-    }
-    out
-}
-
 async fn run_engram(
     args: &'static [&'static str],
     env: Vec<(String, String)>,
@@ -276,7 +248,7 @@ async fn sealed_at_rest_then_rotated(database_url: &str) {
 
     // At rest: nothing sensitive in any table or cache entry.
     let peek = Peek::connect(&redis).await;
-    let cached = cache_text(&peek, &prefix).await;
+    let cached = peek.everything(&prefix).await;
     assert!(cached.len() > 2, "the reads left nothing in the cache");
     for text in &cached {
         assert!(

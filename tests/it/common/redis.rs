@@ -122,6 +122,34 @@ impl Peek {
         keys
     }
 
+    /// Every key under `prefix` and every value, each as text (values are
+    /// read as bytes: cache entries are a binary header, then JSON).
+    pub async fn everything(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for key in self.keys(&format!("{prefix}*")).await {
+            let kind: String = self
+                .command("TYPE", vec![key.clone().into()])
+                .await
+                .convert()
+                .unwrap();
+            let values: Vec<Value> = match kind.as_str() {
+                "string" => vec![self.command("GET", vec![key.clone().into()]).await],
+                "hash" => self
+                    .command("HGETALL", vec![key.clone().into()])
+                    .await
+                    .into_array(),
+                other => panic!("cache key {key} is a {other}: read it here"),
+            };
+            let values = values.iter().map(|v| match v.as_bytes() {
+                Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                None => v.as_string().unwrap_or_default(),
+            });
+            out.push(key);
+            out.extend(values);
+        }
+        out
+    }
+
     pub async fn hash_fields(&self, key: &str) -> Vec<String> {
         let value = self.command("HKEYS", vec![key.into()]).await;
         let mut fields: Vec<String> = value.convert().unwrap();
