@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::limit::UserLimited;
-use crate::store::StoreError;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -126,26 +125,24 @@ impl IntoResponse for Problem {
 impl From<Error> for Problem {
     fn from(e: Error) -> Self {
         let detail = e.to_string();
-        match e {
-            Error::InvalidInput { field, .. } => Self::invalid(Some(field), detail),
-            Error::NotFound(_) => Self::not_found(detail),
-            Error::Forbidden(_) => Self::forbidden(detail),
-            Error::Store(StoreError::Conflict(_)) => {
-                Self::new(StatusCode::CONFLICT, "conflict", detail)
-            }
-            Error::Store(
-                StoreError::Database { .. } | StoreError::Open { .. } | StoreError::TimedOut { .. },
-            ) => {
+        // The code is the service's ([`Error::code`]): one classification
+        // for problem+json and audit rows; here only the status is chosen.
+        match (e.code(), e) {
+            (_, Error::InvalidInput { field, .. }) => Self::invalid(Some(field), detail),
+            ("not_found", _) => Self::not_found(detail),
+            ("forbidden", _) => Self::forbidden(detail),
+            (code @ "conflict", _) => Self::new(StatusCode::CONFLICT, code, detail),
+            (code @ "unavailable", _) => {
                 tracing::error!(error = %detail, "request failed: database");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             }
-            Error::Embed(_) | Error::Extract(_) | Error::Store(StoreError::Embed(_)) => {
+            (code @ "model_failed", _) => {
                 tracing::error!(error = %detail, "request failed: model");
-                Self::new(StatusCode::BAD_GATEWAY, "model_failed", detail)
+                Self::new(StatusCode::BAD_GATEWAY, code, detail)
             }
-            Error::Store(_) => {
+            (code, _) => {
                 tracing::error!(error = %detail, "request failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, detail)
             }
         }
     }
@@ -154,6 +151,7 @@ impl From<Error> for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     #[test]
     fn problems_carry_code_type_and_headers() {
