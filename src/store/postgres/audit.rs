@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{PgStore, db};
 use crate::model::MemoryId;
-use crate::store::shared::{AUDIT_GENESIS, audit_link};
+use crate::store::shared::{CHAIN_TAIL, link_all};
 use crate::store::{AuditLog, AuditQuery, AuditRecord, AuditRow, SealReport, StoreError};
 
 const COLUMNS: &str = "seq, at, principal, key_id, user_ref, transport, client_addr, operation, \
@@ -120,14 +120,11 @@ impl AuditLog for PgStore {
         if !locked {
             return Ok(SealReport::default());
         }
-        let tail: Option<(i64, String)> = sqlx::query_as(
-            "SELECT chain_pos, hash FROM audit_log WHERE chain_pos IS NOT NULL \
-             ORDER BY chain_pos DESC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db(cx))?;
-        let (mut pos, mut previous) = tail.unwrap_or((0, AUDIT_GENESIS.to_owned()));
+        let tail: Option<(i64, String)> = sqlx::query_as(CHAIN_TAIL)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(cx))?;
+        let chain_length = tail.as_ref().map_or(0, |(pos, _)| *pos);
         // Only rows of transactions that ended before this snapshot: one
         // still open may hold a lower seq, and joins the next round.
         let sql = format!(
@@ -140,17 +137,11 @@ impl AuditLog for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db(cx))?;
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut hashes = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let row = audit_row(row)?;
-            pos += 1;
-            previous = audit_link(&previous, &row);
-            seqs.push(row.seq);
-            positions.push(pos);
-            hashes.push(previous.clone());
-        }
+        let rows: Vec<AuditRow> = rows.iter().map(audit_row).collect::<Result<_, _>>()?;
+        let links = link_all(tail, &rows);
+        let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
+        let positions: Vec<i64> = links.iter().map(|l| l.pos).collect();
+        let hashes: Vec<&str> = links.iter().map(|l| l.hash.as_str()).collect();
         sqlx::query(
             "UPDATE audit_log a SET chain_pos = s.pos, hash = s.hash \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS s (seq, pos, hash) \
@@ -164,8 +155,8 @@ impl AuditLog for PgStore {
         .map_err(db(cx))?;
         tx.commit().await.map_err(db(cx))?;
         Ok(SealReport {
-            sealed: rows.len() as u64,
-            chain_length: pos,
+            sealed: links.len() as u64,
+            chain_length: links.last().map_or(chain_length, |l| l.pos),
             ran: true,
         })
     }

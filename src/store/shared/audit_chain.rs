@@ -40,3 +40,32 @@ pub fn audit_link(previous: &str, row: &AuditRow) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The chain's last sealed row (position and hash), the same SQL in both
+/// dialects; none on an empty chain.
+pub(in crate::store) const CHAIN_TAIL: &str = "SELECT chain_pos, hash FROM audit_log \
+     WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1";
+
+/// One row's place in the chain, as sealing writes it.
+pub(in crate::store) struct Link {
+    pub seq: i64,
+    pub pos: i64,
+    pub hash: String,
+}
+
+/// Links `rows` (unsealed, in `seq` order) onto the chain ending at `tail`
+/// ([`CHAIN_TAIL`]): each row's next position and its hash.
+pub(in crate::store) fn link_all(tail: Option<(i64, String)>, rows: &[AuditRow]) -> Vec<Link> {
+    let (mut pos, mut previous) = tail.unwrap_or((0, GENESIS.to_owned()));
+    rows.iter()
+        .map(|row| {
+            pos += 1;
+            previous = audit_link(&previous, row);
+            Link {
+                seq: row.seq,
+                pos,
+                hash: previous.clone(),
+            }
+        })
+        .collect()
+}

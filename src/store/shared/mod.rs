@@ -22,6 +22,7 @@ mod reembed;
 pub(super) mod reports;
 mod rows;
 
+pub(super) use audit_chain::{CHAIN_TAIL, Link, link_all};
 pub use audit_chain::{GENESIS as AUDIT_GENESIS, audit_link};
 pub(super) use columns::Columns;
 pub(super) use dialect::Dialect;

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use super::rows::millis;
 use super::{SqliteStore, db};
 use crate::model::MemoryId;
-use crate::store::shared::{AUDIT_GENESIS, audit_link};
+use crate::store::shared::{CHAIN_TAIL, Link, link_all};
 use crate::store::{AuditLog, AuditQuery, AuditRecord, AuditRow, SealReport, StoreError};
 
 const COLUMNS: &str = "seq, at, principal, key_id, user_ref, transport, client_addr, operation, \
@@ -129,14 +129,11 @@ impl AuditLog for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("sealing the audit trail"))?;
-        let tail: Option<(i64, String)> = sqlx::query_as(
-            "SELECT chain_pos, hash FROM audit_log WHERE chain_pos IS NOT NULL \
-             ORDER BY chain_pos DESC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("sealing the audit trail"))?;
-        let (mut pos, mut previous) = tail.unwrap_or((0, AUDIT_GENESIS.to_owned()));
+        let tail: Option<(i64, String)> = sqlx::query_as(CHAIN_TAIL)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("sealing the audit trail"))?;
+        let chain_length = tail.as_ref().map_or(0, |(pos, _)| *pos);
         let sql =
             format!("SELECT {COLUMNS} FROM audit_log WHERE chain_pos IS NULL ORDER BY seq LIMIT ?");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -144,22 +141,21 @@ impl AuditLog for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db("sealing the audit trail"))?;
-        for row in &rows {
-            let row = audit_row(row)?;
-            pos += 1;
-            previous = audit_link(&previous, &row);
+        let rows: Vec<AuditRow> = rows.iter().map(audit_row).collect::<Result<_, _>>()?;
+        let links = link_all(tail, &rows);
+        for Link { seq, pos, hash } in &links {
             sqlx::query("UPDATE audit_log SET chain_pos = ?, hash = ? WHERE seq = ?")
                 .bind(pos)
-                .bind(&previous)
-                .bind(row.seq)
+                .bind(hash)
+                .bind(seq)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("sealing the audit trail"))?;
         }
         tx.commit().await.map_err(db("sealing the audit trail"))?;
         Ok(SealReport {
-            sealed: rows.len() as u64,
-            chain_length: pos,
+            sealed: links.len() as u64,
+            chain_length: links.last().map_or(chain_length, |l| l.pos),
             ran: true,
         })
     }
