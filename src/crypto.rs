@@ -15,6 +15,9 @@
 //! of SHA-256 over a label and the key, so ids need no configuration and
 //! reveal nothing of the key.
 //!
+//! Every envelope is made by [`Sealer::seal_bytes`], the one AES-256-GCM
+//! seal, and opened by [`Sealer::open_bytes`].
+//!
 //! Invariants:
 //! * a value is always sealed under the current key; older keys only open
 //!   (`engram rotate-key` re-seals what they sealed under the current one);
@@ -119,6 +122,44 @@ pub fn parse_key(text: &str) -> Result<[u8; KEY_BYTES], String> {
     })
 }
 
+/// What one seal made: the key id, the nonce and the ciphertext (with its
+/// tag). Envelopes carry these three, in their own field names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: [u8; NONCE_BYTES],
+    pub ciphertext: Vec<u8>,
+}
+
+/// Which part of a [`Sealed`] did not decode (see [`Sealed::decode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedPart {
+    Nonce,
+    Ciphertext,
+}
+
+impl Sealed {
+    /// From a key id and base64 nonce and ciphertext as envelopes carry them.
+    pub fn decode(key_id: &str, nonce: &str, ciphertext: &str) -> Result<Self, SealedPart> {
+        let nonce = B64
+            .decode(nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or(SealedPart::Nonce)?;
+        let ciphertext = B64.decode(ciphertext).map_err(|_| SealedPart::Ciphertext)?;
+        Ok(Self {
+            key_id: key_id.to_owned(),
+            nonce,
+            ciphertext,
+        })
+    }
+}
+
+/// AES-GCM refused to seal: the input is over 64 GiB.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("too large to encrypt (AES-256-GCM takes at most 64 GiB)")]
+pub struct TooLarge;
+
 /// The current key (sealing and opening), older keys (opening only) and the
 /// configured sensitive metadata keys.
 #[derive(Clone)]
@@ -166,26 +207,58 @@ impl Sealer {
         key.starts_with(SECRET_PREFIX) || self.sensitive.iter().any(|k| k == key)
     }
 
+    /// `msg` sealed under the current key, authenticated with `aad`, under
+    /// a fresh random nonce: the one AES-256-GCM seal every envelope uses.
+    pub fn seal_bytes(&self, msg: &[u8], aad: &[u8]) -> Result<Sealed, TooLarge> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = self
+            .current
+            .cipher
+            .encrypt(&nonce, Payload { msg, aad })
+            .map_err(|_| TooLarge)?;
+        Ok(Sealed {
+            key_id: self.current.id.clone(),
+            nonce: nonce.into(),
+            ciphertext,
+        })
+    }
+
+    /// The bytes `sealed` holds, if the key it names is configured (current
+    /// or older) and it authenticates with `aad`.
+    pub fn open_bytes(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let key = std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == sealed.key_id)
+            .ok_or_else(|| OpenError::UnknownKey(sealed.key_id.clone()))?;
+        key.cipher
+            .decrypt(
+                &Nonce::from(sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| OpenError::Forged)
+    }
+
     /// `plaintext`'s JSON sealed under the current key, bound to `user_id`
     /// and `place`.
     pub fn seal(&self, plaintext: &Value, user_id: &str, place: Place<'_>) -> Value {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let msg = plaintext.to_string();
-        let aad = place.aad(user_id);
-        let sealed = self.current.cipher.encrypt(
-            &nonce,
-            Payload {
-                msg: msg.as_bytes(),
-                aad: &aad,
-            },
-        );
         // AES-GCM refuses only inputs over 64 GiB; metadata is at most 16 KiB.
-        let ciphertext = sealed.unwrap_or_default();
+        // Were it refused, the envelope's empty ciphertext would never open.
+        let sealed = self
+            .seal_bytes(msg.as_bytes(), &place.aad(user_id))
+            .unwrap_or_else(|TooLarge| Sealed {
+                key_id: self.current.id.clone(),
+                nonce: [0; NONCE_BYTES],
+                ciphertext: Vec::new(),
+            });
         json!({
             TAG: VERSION,
-            "kid": self.current.id,
-            "n": B64.encode(nonce),
-            "c": B64.encode(ciphertext),
+            "kid": sealed.key_id,
+            "n": B64.encode(sealed.nonce),
+            "c": B64.encode(sealed.ciphertext),
         })
     }
 
@@ -206,30 +279,13 @@ impl Sealer {
         if field(TAG)? != VERSION {
             return Err(OpenError::Malformed("$enc is not v1"));
         }
-        let kid = field("kid")?;
-        let key = std::iter::once(&self.current)
-            .chain(&self.old)
-            .find(|k| k.id == kid)
-            .ok_or_else(|| OpenError::UnknownKey(kid.to_owned()))?;
-        let nonce: [u8; NONCE_BYTES] = B64
-            .decode(field("n")?)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or(OpenError::Malformed("n"))?;
-        let ciphertext = B64
-            .decode(field("c")?)
-            .map_err(|_| OpenError::Malformed("c"))?;
-        let aad = place.aad(user_id);
-        let plain = key
-            .cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| OpenError::Forged)?;
+        let sealed = Sealed::decode(field("kid")?, field("n")?, field("c")?).map_err(|part| {
+            OpenError::Malformed(match part {
+                SealedPart::Nonce => "n",
+                SealedPart::Ciphertext => "c",
+            })
+        })?;
+        let plain = self.open_bytes(&sealed, &place.aad(user_id))?;
         serde_json::from_slice(&plain).map_err(|_| OpenError::Malformed("plaintext"))
     }
 
