@@ -15,7 +15,9 @@
 //! of SHA-256 over a label and the key, so ids need no configuration and
 //! reveal nothing of the key.
 //!
-//! Every envelope is made by [`Sealer::seal_bytes`], the one AES-256-GCM
+//! Whole documents are sealed too: an encrypted export ([`export`]) is the
+//! plain export's bytes under the same keys, in an envelope of its own.
+//! Both envelopes are made by [`Sealer::seal_bytes`], the one AES-256-GCM
 //! seal, and opened by [`Sealer::open_bytes`].
 //!
 //! Invariants:
@@ -36,6 +38,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::model::Metadata;
+
+pub mod export;
 
 /// The envelope's version tag, under [`TAG`].
 pub const VERSION: &str = "v1";
