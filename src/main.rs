@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write everything stored for one user (memories with their history,
+    /// deferred remembers) as the JSON GET /api/v1/memory/export/{user_id}
+    /// returns, audited; `--encrypt` seals it under ENGRAM_ENCRYPTION_KEY,
+    /// `--decrypt FILE` opens such a file again.
+    Export(engram::startup::ExportArgs),
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
     /// Measure recall on a LoCoMo-format conversation set: every turn
@@ -239,6 +244,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Purge { dry_run } => {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::purge(&config, dry_run).await?;
+        }
+        Command::Export(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::export(&config, &args).await?;
         }
         Command::Bench(args) => engram::bench::run(args).await?,
         Command::Eval(args) => {

@@ -21,7 +21,9 @@ use crate::service::{MemoryService, Settings};
 use crate::store::{Deadline, PgOptions, PgStore, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
+mod export;
 mod keys;
+pub use export::{ExportArgs, export};
 pub use keys::{KeyExpiry, create_key, list_keys, revoke_key, rotate_key};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,32 @@ pub enum StartupError {
 
     #[error("{0} pending remember(s) failed again; they stay pending (see above)")]
     Reextract(usize),
+
+    #[error(
+        "--encrypt needs an encryption key: set ENGRAM_ENCRYPTION_KEY (or \
+         ENGRAM_ENCRYPTION_KEY_FILE); nothing was written"
+    )]
+    NoExportKey,
+    #[error("{0} exists; pass --force to replace it")]
+    OutputExists(String),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} was encrypted under key id {key_id}, which is not configured: set \
+         ENGRAM_ENCRYPTION_KEY to that key (after a rotation: add it to \
+         ENGRAM_ENCRYPTION_OLD_KEYS)"
+    )]
+    ExportKeyMissing { path: String, key_id: String },
+    #[error(
+        "{path}: authentication failed: the file was changed or another key sealed it \
+         (it names key id {key_id})"
+    )]
+    ExportForged { path: String, key_id: String },
+    #[error("{path} is not an engram encrypted export: its \"{field}\" is missing or malformed")]
+    NotAnExport { path: String, field: &'static str },
 }
 
 /// The OpenAI-compatible server with this timeout and retry budget.
