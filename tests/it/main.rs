@@ -17,7 +17,8 @@
 //!   rule for odd input on every door and both stores), [`key_lifecycle`]
 //!   (keys that expire, read-only keys, rotation, erasure; both stores).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
-//! * The command line: [`cli`], [`keys_cli`], [`eval_cli`].
+//! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`export_cli`]
+//!   (plain and encrypted exports).
 //! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
 //!   (an erased user leaves no trace in any table, file or cache key),
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
@@ -33,6 +34,7 @@ mod crash;
 mod encryption;
 mod erasure;
 mod eval_cli;
+mod export_cli;
 mod failure_policy;
 mod http_auth;
 mod inspector;
