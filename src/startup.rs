@@ -157,16 +157,11 @@ pub async fn store(
 ) -> Result<Arc<dyn Store>, StartupError> {
     let url = &config.store.database_url;
     if is_postgres(url) {
-        let acquire_timeout = Duration::from_millis(config.store.timeout_ms);
-        let statement_timeout = Duration::from_millis(config.store.statement_timeout_ms);
-        let options = PgOptions {
-            pool_size: config.store.pool_size,
-            acquire_timeout,
-            statement_timeout: Some(statement_timeout),
-            migrate: config.store.auto_migrate,
-            index: config.store.index,
-            plan: Default::default(),
-        };
+        let options = pg_options(config);
+        let (acquire_timeout, statement_timeout) = (
+            options.acquire_timeout,
+            options.statement_timeout.unwrap_or_default(),
+        );
         let store = PgStore::open(url, embedder.identity(), options).await?;
         // A database over the network can stop answering mid-statement,
         // which neither bound above notices.
@@ -177,6 +172,19 @@ pub async fn store(
         .await?
         .with_vector_cache_bytes(config.store.vector_cache_mb * 1024 * 1024);
     Ok(Arc::new(store))
+}
+
+/// How the configured PostgreSQL store is opened.
+fn pg_options(config: &Config) -> PgOptions {
+    PgOptions {
+        pool_size: config.store.pool_size,
+        acquire_timeout: Duration::from_millis(config.store.timeout_ms),
+        statement_timeout: Some(Duration::from_millis(config.store.statement_timeout_ms)),
+        migrate: config.store.auto_migrate,
+        index: config.store.index,
+        plan: Default::default(),
+        owner_url: config.store.owner_url.clone(),
+    }
 }
 
 /// The cache `cache_url` names, or none. An unreachable server is not an
@@ -295,7 +303,7 @@ fn read_or_make_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 pub async fn migrate(config: &Config) -> Result<(), StartupError> {
     let url = &config.store.database_url;
     if is_postgres(url) {
-        PgStore::migrate(url).await?;
+        PgStore::migrate(url, embedder(config)?.identity(), pg_options(config)).await?;
     } else {
         // Opening a SQLite store applies its migrations.
         SqliteStore::open(url, embedder(config)?.identity()).await?;
@@ -357,7 +365,9 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     let embedder = embedder(config)?;
     let url = &config.store.database_url;
     let count = if is_postgres(url) {
-        PgStore::reembed(url, embedder.as_ref(), config.store.index).await?
+        // Rewrites a column's type: as the owner, when there is one.
+        let owner = config.store.owner_url.as_deref().unwrap_or(url);
+        PgStore::reembed(owner, embedder.as_ref(), config.store.index).await?
     } else {
         SqliteStore::reembed(url, embedder.as_ref()).await?
     };

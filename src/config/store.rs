@@ -4,6 +4,7 @@
 //! `database_ready_timeout_ms`).
 
 use super::layers::{Choice, ConfigError, Layers, Range};
+use crate::store::redact;
 
 /// Where the store keeps it (the configuration reads it from there).
 pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind};
@@ -31,6 +32,7 @@ pub(super) const DATABASE_READY_TIMEOUT_MS: Range<u64> =
 /// The file keys (and, upper-cased after `ENGRAM_`, the variables) read here.
 pub(super) const KEYS: &[&str] = &[
     "database_url",
+    "database_owner_url",
     "database_pool_size",
     "database_timeout_ms",
     "database_statement_timeout_ms",
@@ -54,6 +56,12 @@ impl Choice for IndexKind {
 pub struct StoreConfig {
     /// `sqlite://PATH` (default: `engram.db` under the XDG data dir) or `postgres://...`.
     pub database_url: String,
+    /// PostgreSQL only: the URL of the role that owns the schema (the
+    /// two-role setup). When set, engram migrates and builds indexes as it
+    /// and serves requests as `database_url`'s role, which it grants what
+    /// serving needs; row-level security then binds a role that can neither
+    /// alter the schema nor lift the policies.
+    pub owner_url: Option<String>,
     /// Connections the PostgreSQL store may hold open.
     pub pool_size: u32,
     /// How long a request waits for a PostgreSQL connection (a free one, or a
@@ -89,8 +97,29 @@ impl StoreConfig {
                  process, so leave index unset (auto) or use a postgres:// database_url",
             ));
         }
+        let owner_url = match src.string("database_owner_url")? {
+            Some(owner) if !is_postgres(&database_url) => {
+                return Err(src.invalid(
+                    "database_owner_url",
+                    format!(
+                        "'{}' is for a postgres:// database_url (the two-role setup); \
+                         the SQLite store has no roles",
+                        redact(owner.trim())
+                    ),
+                ));
+            }
+            Some(owner) if !is_postgres(owner.trim()) => {
+                return Err(src.invalid(
+                    "database_owner_url",
+                    "use postgres://OWNER@HOST:PORT/DATABASE, the same database as database_url",
+                ));
+            }
+            Some(owner) => Some(owner.trim().to_owned()),
+            None => None,
+        };
         Ok(Self {
             database_url,
+            owner_url,
             pool_size: src.number("database_pool_size", &DATABASE_POOL_SIZE)?,
             timeout_ms: src.number("database_timeout_ms", &DATABASE_TIMEOUT_MS)?,
             statement_timeout_ms: src.number(
@@ -117,7 +146,7 @@ fn database_url(src: &Layers<'_>, url: String) -> Result<String, ConfigError> {
         }
         return Ok(url);
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(&url) {
         return Ok(url);
     }
     Err(src.invalid(
@@ -126,6 +155,10 @@ fn database_url(src: &Layers<'_>, url: String) -> Result<String, ConfigError> {
             "'{url}' is not supported; use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
         ),
     ))
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 fn default_database_url() -> Result<String, ConfigError> {

@@ -107,6 +107,7 @@ impl Scratch {
             migrate: true,
             index: config.store.index,
             plan: Default::default(),
+            owner_url: None,
         };
         match PgStore::open(&with_database(server, &name), identity, options).await {
             Ok(store) => Ok(Self {

@@ -49,6 +49,7 @@ mod postgres;
 mod protocol;
 mod rest_api;
 mod retention;
+mod row_level_security;
 mod secrets;
 mod sse_limits;
 mod store_conformance;

@@ -12,7 +12,7 @@ use crate::common;
 use std::sync::Arc;
 
 use common::postgres::TestDatabase;
-use common::{Client, connect_with, ok, run_engram, texts, total};
+use common::{Client, connect_to, connect_with, ok, run_engram, texts, total};
 use engram::config::IndexKind;
 use engram::embed::{Embedder, HashEmbedder};
 use engram::keywords::{self, Bm25, Corpus};
@@ -27,12 +27,15 @@ use sqlx::PgPool;
 
 const DIMS: usize = 384;
 
-async fn open(url: &str, plan: PlanSettings) -> PgStore {
+/// The store on `db` in the two-role setup, so the row-level security
+/// policies bind every call.
+async fn open(db: &TestDatabase, plan: PlanSettings) -> PgStore {
     let options = PgOptions {
         plan,
+        owner_url: Some(db.owner_url.clone()),
         ..PgOptions::default()
     };
-    PgStore::open(url, HashEmbedder::new(DIMS).identity(), options)
+    PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
         .await
         .expect("open the PostgreSQL store")
 }
@@ -80,7 +83,7 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_refuses_duplicates_whoever_writes_them() {
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let alice = whole("alice");
     let first = store
         .insert(memory(&alice, "I prefer window seats on long flights"), 0.9)
@@ -152,8 +155,8 @@ fn ids(hits: &[engram::store::Hit]) -> Vec<MemoryId> {
 async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     let db = TestDatabase::create().await;
     // Every scope goes through the index here; the other store scans exactly.
-    let indexed = open(&db.url, PlanSettings::ALWAYS_INDEX).await;
-    let exact = open(&db.url, PlanSettings::ALWAYS_EXACT).await;
+    let indexed = open(&db, PlanSettings::ALWAYS_INDEX).await;
+    let exact = open(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 100, 40).await;
 
@@ -418,7 +421,7 @@ async fn store_keyword_fixture(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyword_scores_are_bm25_over_the_users_own_memories() {
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
     let user = whole("kw");
     let at = SearchScope::unfiltered(&user);
@@ -488,7 +491,7 @@ async fn keyword_scores_are_bm25_over_the_users_own_memories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_gives_both_relevances_of_the_users_current_memories_only() {
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
     let (theirs, _) = store.recent(&whole("other"), 1).await.unwrap();
     let embedder = HashEmbedder::new(DIMS);
@@ -574,7 +577,7 @@ async fn keyword_search_keeps_exactly_the_best_k_of_many() {
     // scores (the same words at the same length), so the best k is decided
     // by rare terms, bounds and ids as well as by the scores.
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let (who, verbs, things, places) = (WHO, VERBS, THINGS, PLACES);
     let user = whole("many");
     let mut mine = Vec::new();
@@ -710,7 +713,7 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
     // those are checked on the ranked memories instead. Both ways, the
     // scores are the user's and only memories in scope come back.
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let (who, verbs, things, places) = (WHO, VERBS, THINGS, PLACES);
     let mut rows = Vec::new();
     for n in 0..3 {
@@ -863,7 +866,7 @@ async fn assert_index_is_exact(pool: &PgPool, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postings_and_lengths_follow_every_write() {
     let db = TestDatabase::create().await;
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     let pool = &db.pool().await;
     let mine = store_keyword_fixture(&store, "kw", "other").await;
     assert_index_is_exact(pool, "after inserts").await;
@@ -954,7 +957,7 @@ async fn postings_and_lengths_follow_every_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
     let db = TestDatabase::create().await;
-    let store = Arc::new(open(&db.url, PlanSettings::default()).await);
+    let store = Arc::new(open(&db, PlanSettings::default()).await);
     let user = whole("busy");
     let words = [
         "tea", "coffee", "garden", "piano", "river", "bread", "chess",
@@ -1024,7 +1027,7 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
     // A database at the schema before keyword postings, with memories
     // written then (the old triggers ran), upgraded by opening it.
     let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
+    let pool = PgPool::connect(&db.owner_url).await.unwrap();
     sqlx::migrate!("./migrations/postgres")
         .run_to(20261220000001, &pool)
         .await
@@ -1045,8 +1048,8 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
 
     // Two processes open it at once: one rebuilds, the other waits for it.
     let (a, b) = tokio::join!(
-        open(&db.url, PlanSettings::default()),
-        open(&db.url, PlanSettings::default())
+        open(&db, PlanSettings::default()),
+        open(&db, PlanSettings::default())
     );
     assert_index_is_exact(&pool, "after the upgrade").await;
     let marker: String =
@@ -1072,7 +1075,7 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
     .execute(&pool)
     .await
     .unwrap();
-    let before = open(&db.url, PlanSettings::default()).await;
+    let before = open(&db, PlanSettings::default()).await;
     assert_eq!(keyword_results(&before, "kw").await, upgraded);
     assert_index_is_exact(&pool, "after the rebuild").await;
     // Marked: the next open leaves the postings alone.
@@ -1080,7 +1083,7 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
         .execute(&pool)
         .await
         .unwrap();
-    open(&db.url, PlanSettings::default()).await;
+    open(&db, PlanSettings::default()).await;
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM keyword_postings WHERE user_id = 'other'")
             .fetch_one(&pool)
@@ -1096,7 +1099,7 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postings_of_the_previous_schema_get_their_frequencies() {
     let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
+    let pool = PgPool::connect(&db.owner_url).await.unwrap();
     sqlx::migrate!("./migrations/postgres")
         .run_to(20261230000001, &pool)
         .await
@@ -1141,7 +1144,7 @@ async fn postings_of_the_previous_schema_get_their_frequencies() {
         .execute(&pool)
         .await
         .unwrap();
-    let store = open(&db.url, PlanSettings::default()).await;
+    let store = open(&db, PlanSettings::default()).await;
     assert_index_is_exact(&pool, "after the migration").await;
     let planner = Scope::new("kw", Some("planner"), None).unwrap();
     let at = SearchScope::unfiltered(&planner);
@@ -1161,15 +1164,16 @@ async fn postings_of_the_previous_schema_get_their_frequencies() {
     pool.close().await;
 }
 
-fn pg_env(url: &str) -> Vec<(&'static str, String)> {
+fn pg_env(db: &TestDatabase) -> Vec<(&'static str, String)> {
     vec![
-        ("ENGRAM_DATABASE_URL", url.to_owned()),
+        ("ENGRAM_DATABASE_URL", db.app_url.clone()),
+        ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.clone()),
         ("ENGRAM_DEFAULT_USER", "zoe".to_owned()),
     ]
 }
 
-async fn serve(url: &str, extra: &[(&'static str, &str)]) -> Client {
-    let mut env = pg_env(url);
+async fn serve(db: &TestDatabase, extra: &[(&'static str, &str)]) -> Client {
+    let mut env = pg_env(db);
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // connect_with's SQLite path is overridden by ENGRAM_DATABASE_URL.
@@ -1179,8 +1183,8 @@ async fn serve(url: &str, extra: &[(&'static str, &str)]) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engram_processes_on_one_database_behave_as_one() {
     let db = TestDatabase::create().await;
-    let a = Arc::new(serve(&db.url, &[]).await);
-    let b = Arc::new(serve(&db.url, &[]).await);
+    let a = Arc::new(serve(&db, &[]).await);
+    let b = Arc::new(serve(&db, &[]).await);
 
     ok(
         &a,
@@ -1236,30 +1240,28 @@ async fn two_engram_processes_on_one_database_behave_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_by_command_or_at_start_and_a_behind_schema_is_refused() {
     let db = TestDatabase::create().await;
-    let url = db.url.as_str();
-    let refused = run_engram(
-        &["serve"],
-        &[
-            ("ENGRAM_DATABASE_URL", url),
-            ("ENGRAM_AUTO_MIGRATE", "false"),
-        ],
-    );
+    // The two-role setup: the owner migrates, the runtime role serves.
+    let app = ("ENGRAM_DATABASE_URL", db.app_url.as_str());
+    let owner = ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.as_str());
+    let refused = run_engram(&["serve"], &[app, ("ENGRAM_AUTO_MIGRATE", "false")]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("engram migrate"), "{err}");
 
-    let migrated = run_engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)]);
+    let migrated = run_engram(&["migrate"], &[app, owner]);
     let err = String::from_utf8_lossy(&migrated.stderr);
     assert!(migrated.status.success(), "{err}");
     assert!(err.contains("up to date"), "{err}");
     // Idempotent.
-    assert!(
-        run_engram(&["migrate"], &[("ENGRAM_DATABASE_URL", url)])
-            .status
-            .success()
-    );
+    assert!(run_engram(&["migrate"], &[app, owner]).status.success());
 
-    let client = serve(url, &[("ENGRAM_AUTO_MIGRATE", "false")]).await;
+    // Servers then need no owner credentials.
+    let env = [
+        ("ENGRAM_DATABASE_URL", db.app_url.as_str()),
+        ("ENGRAM_AUTO_MIGRATE", "false"),
+        ("ENGRAM_DEFAULT_USER", "zoe"),
+    ];
+    let client = connect_to(&db.app_url, &env).await;
     ok(
         &client,
         "remember",

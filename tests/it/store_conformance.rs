@@ -23,7 +23,7 @@ const DIMS: usize = 384;
 /// Where a backend keeps its data; dropped after the store.
 enum Place {
     Sqlite { _dir: tempfile::TempDir },
-    Postgres { _db: TestDatabase },
+    Postgres { db: TestDatabase },
 }
 
 struct Backend {
@@ -32,13 +32,22 @@ struct Backend {
     place: Place,
 }
 
+/// How the PostgreSQL backend opens: the two-role setup, so every call runs
+/// as a role the row-level security policies bind.
+fn two_roles(db: &TestDatabase) -> PgOptions {
+    PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        ..PgOptions::default()
+    }
+}
+
 impl Backend {
     /// A second store instance on the same database, as another process would open it.
     async fn open_again(&self, embedder: EmbedderIdentity) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self.place {
             Place::Sqlite { .. } => Arc::new(SqliteStore::open(&self.url, embedder).await?),
-            Place::Postgres { .. } => {
-                Arc::new(PgStore::open(&self.url, embedder, PgOptions::default()).await?)
+            Place::Postgres { ref db } => {
+                Arc::new(PgStore::open(&self.url, embedder, two_roles(db)).await?)
             }
         })
     }
@@ -60,16 +69,16 @@ async fn sqlite() -> Backend {
 async fn postgres() -> Backend {
     let db = TestDatabase::create().await;
     let store = PgStore::open(
-        &db.url,
+        &db.app_url,
         HashEmbedder::new(DIMS).identity(),
-        PgOptions::default(),
+        two_roles(&db),
     )
     .await
     .unwrap();
     Backend {
         store: Arc::new(store),
-        url: db.url.clone(),
-        place: Place::Postgres { _db: db },
+        url: db.app_url.clone(),
+        place: Place::Postgres { db },
     }
 }
 
@@ -718,7 +727,8 @@ async fn reembedding_rebuilds_every_vector(b: Backend) {
     let small = HashEmbedder::new(128);
     let done = match b.place {
         Place::Sqlite { .. } => SqliteStore::reembed(&b.url, &small).await.unwrap(),
-        Place::Postgres { .. } => PgStore::reembed(&b.url, &small, Default::default())
+        // Rewriting a column's type is the owner's work.
+        Place::Postgres { ref db } => PgStore::reembed(&db.owner_url, &small, Default::default())
             .await
             .unwrap(),
     };

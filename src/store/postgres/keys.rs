@@ -13,8 +13,9 @@ use crate::store::shared::KeyTable;
 impl KeyTable for PgStore {
     type Db = Postgres;
 
+    /// Keys are found by hash before anyone's user is known: operator-wide.
     fn key_pool(&self) -> &PgPool {
-        &self.pool
+        self.operator()
     }
 
     async fn revoke(&self, id: Uuid) -> Result<bool, StoreError> {
@@ -22,7 +23,7 @@ impl KeyTable for PgStore {
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.operator())
         .await
         .map_err(db("revoking an API key"))?
         .rows_affected();

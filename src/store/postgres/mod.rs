@@ -61,8 +61,10 @@ mod queue;
 mod read;
 mod reports;
 mod retention;
+mod roles;
 mod rows;
 mod schema;
+mod scope;
 mod sealed;
 mod search;
 mod versions;
@@ -83,13 +85,19 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 use keyword_index::ensure_keyword_index;
+use roles::{current_role, grant_runtime_role, policies_bypassed_by};
 use schema::{
     bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
 };
+use scope::{ALL_USERS, operator_pool};
 
 /// How a PostgreSQL store is opened.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PgOptions {
+    /// The owner role's URL (the two-role setup, [`PgStore::open`]): when
+    /// set, migrations and index builds run as it and the runtime role is
+    /// granted what serving needs; otherwise the runtime URL does both.
+    pub owner_url: Option<String>,
     pub pool_size: u32,
     /// How long a call waits for a connection before failing with a
     /// database error ([`DEFAULT_ACQUIRE_TIMEOUT`]). A free connection is
@@ -143,12 +151,17 @@ impl Default for PgOptions {
             migrate: true,
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
+            owner_url: None,
         }
     }
 }
 
 pub struct PgStore {
+    /// Requests: each per-user call in a transaction scoped to its user
+    /// ([`PgStore::user_transaction`]); no connection sees any user's rows otherwise.
     pool: PgPool,
+    /// Operator-wide work, whose sessions see every user's rows (`scope`).
+    operator: PgPool,
     embedder: EmbedderIdentity,
     index: IndexKind,
 }
@@ -159,36 +172,62 @@ impl PgStore {
     /// first open (refusing another one later), makes sure the vector index
     /// exists and that the keyword postings are this build's (rebuilding
     /// them once, in one transaction, when they are not).
+    ///
+    /// With `options.owner_url`, that setup runs as the owner role and the
+    /// role of `url` is granted what serving needs (`roles`): the two-role
+    /// setup, in which the role serving requests owns nothing. Either way a
+    /// role that skips row-level security (a superuser) is warned about.
     pub async fn open(
         url: &str,
         embedder: EmbedderIdentity,
         options: PgOptions,
     ) -> Result<Self, StoreError> {
         check_dims(&embedder)?;
-        let pool = connect(url, &options).await?;
+        let (pool, operator) = connect(url, &options).await?;
+        let setup_url = options.owner_url.as_deref().unwrap_or(url);
         // Opening may build indexes for minutes: on a connection of its
         // own, without the statement bound of requests.
         let setup = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(session_options(url, &options.plan)?)
+            .connect_with(session_options(setup_url, &options.plan)?.options([ALL_USERS]))
             .await
             .map_err(|source| StoreError::Open {
-                url: redact(url),
+                url: redact(setup_url),
                 source,
             })?;
         if options.migrate {
-            migrate_pool(url, &setup).await?;
+            migrate_pool(setup_url, &setup).await?;
         } else {
-            check_migrated(url, &setup).await?;
+            check_migrated(setup_url, &setup).await?;
         }
+        let mut runtime = pool.acquire().await.map_err(db("opening the store"))?;
+        let runtime_role = match options.owner_url {
+            Some(_) => Some(current_role(&mut runtime).await?),
+            None => None,
+        };
+        match policies_bypassed_by(&mut runtime).await? {
+            Some(why) => tracing::warn!(
+                "row-level security is not enforced: {why}, and PostgreSQL applies no \
+                 policy to it; serve as a role that owns nothing (see the README's \
+                 two-role setup)"
+            ),
+            None => tracing::info!("row-level security enforced for every per-user table"),
+        }
+        drop(runtime);
         let store = Self {
             pool,
+            operator,
             embedder,
             index: options.index,
         };
         let mut tx = setup.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;
+        // Under the schema lock: two instances granting at once would
+        // collide on the catalog ("tuple concurrently updated").
+        if let Some(role) = &runtime_role {
+            grant_runtime_role(&mut tx, role).await?;
+        }
         store.bind_embedder(&mut tx).await?;
         // Before the vector index: a rebuild that rewrites memories drops it.
         ensure_keyword_index(&mut tx).await?;
@@ -199,11 +238,23 @@ impl PgStore {
         Ok(Self { index, ..store })
     }
 
-    /// Applies pending migrations to the database at `url` (`engram migrate`).
-    pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let pool = connect(url, &PgOptions::for_tools()).await?;
-        migrate_pool(url, &pool).await?;
-        pool.close().await;
+    /// `engram migrate`: everything opening the store does to the schema
+    /// (migrations, the embedder's dimension, the indexes, and with
+    /// `options.owner_url` the runtime role's grants), so that servers may
+    /// then start as a role that owns nothing, without the owner's URL.
+    pub async fn migrate(
+        url: &str,
+        embedder: EmbedderIdentity,
+        options: PgOptions,
+    ) -> Result<(), StoreError> {
+        let options = PgOptions {
+            migrate: true,
+            statement_timeout: None,
+            ..options
+        };
+        let store = Self::open(url, embedder, options).await?;
+        store.pool.close().await;
+        store.operator.close().await;
         Ok(())
     }
 
@@ -222,7 +273,8 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let identity = embedder.identity();
         check_dims(&identity)?;
-        let pool = connect(url, &PgOptions::for_tools()).await?;
+        // Operator-wide: every user's vectors.
+        let (_, pool) = connect(url, &PgOptions::for_tools()).await?;
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
         lock_schema(&mut tx).await?;
@@ -296,7 +348,7 @@ impl Store for PgStore {
 }
 
 impl PgOptions {
-    /// For the one-shot commands (`migrate`, `reembed`): two connections,
+    /// For the one-shot command `reembed`: two connections,
     /// and no load balancer waiting on them, so a slow database gets longer.
     fn for_tools() -> Self {
         Self {
@@ -332,11 +384,11 @@ fn session_options(url: &str, plan: &PlanSettings) -> Result<PgConnectOptions, S
     Ok(connect)
 }
 
-/// The pool requests use on `url` (lazy: connections are made as calls
-/// need them, so a database that is down at a call fails that call within
-/// `acquire_timeout`, and the next call after it is back connects again),
-/// each statement bounded by `statement_timeout`.
-async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
+/// The pools on `url`: requests' and the operator's (`scope`). Lazy:
+/// connections are made as calls need them, so a database that is down at a
+/// call fails that call within `acquire_timeout`, and the next call after it
+/// is back connects again; each statement bounded by `statement_timeout`.
+async fn connect(url: &str, options: &PgOptions) -> Result<(PgPool, PgPool), StoreError> {
     let open_err = |source| StoreError::Open {
         url: redact(url),
         source,
@@ -351,11 +403,13 @@ async fn connect(url: &str, options: &PgOptions) -> Result<PgPool, StoreError> {
         .await
         .map_err(open_err)?;
     probe.close().await.map_err(open_err)?;
-    Ok(PgPoolOptions::new()
+    let operator = operator_pool(&connect, options);
+    let requests = PgPoolOptions::new()
         .max_connections(options.pool_size)
         .acquire_timeout(options.acquire_timeout)
         .test_before_acquire(true)
-        .connect_lazy_with(connect))
+        .connect_lazy_with(connect);
+    Ok((requests, operator))
 }
 
 /// `url` without its password, for messages and logs.

@@ -42,12 +42,11 @@ pub(super) async fn insert_pending(
 #[async_trait]
 impl PendingQueue for PgStore {
     async fn add_pending(&self, pending: NewPending) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db("storing a deferred remember"))?;
-        insert_pending(&mut conn, &pending).await
+        let mut tx = self
+            .user_transaction(pending.scope.user_id().as_str())
+            .await?;
+        insert_pending(&mut tx, &pending).await?;
+        tx.commit().await.map_err(db("storing a deferred remember"))
     }
 
     async fn pending(&self, limit: usize) -> Result<(Vec<Pending>, u64), StoreError> {
@@ -61,7 +60,8 @@ impl PendingQueue for PgStore {
              ORDER BY p.created_at, p.id",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        // Every user's: operator-wide.
+        .fetch_all(self.operator())
         .await
         .map_err(db("reading deferred remembers"))?;
         let mut total = 0i64;
@@ -82,17 +82,22 @@ impl PendingQueue for PgStore {
     }
 
     async fn finish_pending(&self, user_id: &str, id: Uuid) -> Result<bool, StoreError> {
+        let cx = "dropping a deferred remember";
+        let mut tx = self.user_transaction(user_id).await?;
         let done = sqlx::query("DELETE FROM pending_extractions WHERE user_id = $1 AND id = $2")
             .bind(user_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(db("dropping a deferred remember"))?
+            .map_err(db(cx))?
             .rows_affected();
+        tx.commit().await.map_err(db(cx))?;
         Ok(done > 0)
     }
 
     async fn retry_pending(&self, user_id: &str, id: Uuid, error: &str) -> Result<(), StoreError> {
+        let cx = "recording a failed re-extraction";
+        let mut tx = self.user_transaction(user_id).await?;
         sqlx::query(
             "UPDATE pending_extractions SET attempts = attempts + 1, error = $3 \
              WHERE user_id = $1 AND id = $2",
@@ -100,9 +105,9 @@ impl PendingQueue for PgStore {
         .bind(user_id)
         .bind(id)
         .bind(error)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(db("recording a failed re-extraction"))?;
-        Ok(())
+        .map_err(db(cx))?;
+        tx.commit().await.map_err(db(cx))
     }
 }

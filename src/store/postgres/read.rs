@@ -36,8 +36,10 @@ pub(super) async fn memories_by_id(
 #[async_trait]
 impl Reads for PgStore {
     async fn get_many(&self, user_id: &str, ids: &[MemoryId]) -> Result<Vec<Memory>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db("reading memories"))?;
-        memories_by_id(&mut conn, user_id, ids).await
+        let mut tx = self.user_transaction(user_id).await?;
+        let memories = memories_by_id(&mut tx, user_id, ids).await?;
+        tx.commit().await.map_err(db("reading memories"))?;
+        Ok(memories)
     }
 
     async fn recent(&self, scope: &Scope, limit: usize) -> Result<(Vec<Memory>, u64), StoreError> {
@@ -49,7 +51,8 @@ impl Reads for PgStore {
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.id DESC LIMIT $4"
         );
-        let memories = reads::recent(&self.pool, sql, scope, limit).await?;
+        let mut tx = self.user_transaction(scope.user_id().as_str()).await?;
+        let memories = reads::recent(&mut *tx, sql, scope, limit).await?;
         let total: Option<i64> = if scope.is_whole_user() {
             // Kept by triggers; counting a large user's rows would cost milliseconds.
             // Less the expired ones awaiting the purge (an indexed read of those only).
@@ -58,7 +61,7 @@ impl Reads for PgStore {
                  FROM memory_users WHERE user_id = $1",
             )
             .bind(scope.user_id().as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db("counting memories"))?
         } else {
@@ -68,14 +71,18 @@ impl Reads for PgStore {
             .bind(scope.user_id().as_str())
             .bind(scope.agent_id())
             .bind(scope.run_id())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db("counting memories"))?
         };
+        tx.commit().await.map_err(db("counting memories"))?;
         Ok((memories, total.unwrap_or(0).max(0) as u64))
     }
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        reads::history(&self.pool, user_id, id.0).await
+        let mut tx = self.user_transaction(user_id).await?;
+        let history = reads::history(&mut *tx, user_id, id.0).await?;
+        tx.commit().await.map_err(db("reading history"))?;
+        Ok(history)
     }
 }

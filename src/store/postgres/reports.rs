@@ -40,17 +40,22 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for PgStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
+        let mut tx = self.user_transaction(user_id).await?;
+        let stats = reports::stats(&mut *tx, STATS, user_id, self.embedder.dims).await?;
+        tx.commit().await.map_err(db("counting the user's data"))?;
+        Ok(stats)
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
         // Three reads from one snapshot: a write committed between them
         // cannot show up in one (history) and not in another (its memory).
         let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(db("reading an export"))?;
+            .begin_for(
+                user_id,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                "reading an export",
+            )
+            .await?;
         // Current and closed rows each through their own partial index.
         let memories = format!(
             "SELECT {MEMORY_COLUMNS}, m.valid_to FROM memories m \

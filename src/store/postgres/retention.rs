@@ -53,8 +53,9 @@ async fn count_due(conn: &mut PgConnection, plan: &PurgePlan) -> Result<PurgeCou
 #[async_trait]
 impl Retention for PgStore {
     async fn purgeable(&self, plan: &PurgePlan) -> Result<PurgeCounts, StoreError> {
+        // Every user's: operator-wide.
         let mut conn = self
-            .pool
+            .operator()
             .acquire()
             .await
             .map_err(db("counting what the purge removes"))?;
@@ -66,7 +67,11 @@ impl Retention for PgStore {
         plan: &PurgePlan,
         audit: Option<&AuditRecord>,
     ) -> Result<PurgeReport, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("starting a purge"))?;
+        let mut tx = self
+            .operator()
+            .begin()
+            .await
+            .map_err(db("starting a purge"))?;
         let locked: bool = sqlx::query_scalar(PURGE_LOCK)
             .fetch_one(&mut *tx)
             .await

@@ -129,6 +129,24 @@ pub(super) async fn ensure_vector_index(
         }
         other => other,
     };
+    // A runtime role that owns nothing may open a store its owner set up:
+    // then the index is there and recorded, and nothing is written.
+    let (index_name, recorded_as) = match kind {
+        IndexKind::Diskann => ("memories_embedding_diskann", "diskann"),
+        IndexKind::Hnsw | IndexKind::Auto => ("memories_embedding_hnsw", "hnsw"),
+    };
+    let in_place: bool = sqlx::query_scalar(
+        "SELECT to_regclass($1) IS NOT NULL AND EXISTS ( \
+             SELECT 1 FROM store_info WHERE key = 'vector_index' AND value = $2)",
+    )
+    .bind(index_name)
+    .bind(recorded_as)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking for the vector index"))?;
+    if in_place {
+        return Ok(kind);
+    }
     let statements: &[&'static str] = match kind {
         // Partial: superseded rows are never searched, so they stay out of the graph.
         IndexKind::Hnsw | IndexKind::Auto => &[
@@ -151,7 +169,7 @@ pub(super) async fn ensure_vector_index(
         "INSERT INTO store_info (key, value) VALUES ('vector_index', $1) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )
-    .bind(format!("{kind:?}").to_lowercase())
+    .bind(recorded_as)
     .execute(&mut *tx)
     .await
     .map_err(db("recording the vector index"))?;

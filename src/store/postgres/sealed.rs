@@ -16,6 +16,7 @@ fn place(column: SealedColumn) -> (&'static str, &'static str) {
     }
 }
 
+/// Key rotation spans every user's rows: operator-wide.
 #[async_trait]
 impl SealedValues for PgStore {
     async fn sealed_rows(
@@ -32,7 +33,7 @@ impl SealedValues for PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(self.operator())
             .await
             .map_err(db("reading sealed values"))?;
         Ok(rows
@@ -59,7 +60,7 @@ impl SealedValues for PgStore {
             .bind(new)
             .bind(row.id)
             .bind(&row.value)
-            .execute(&self.pool)
+            .execute(self.operator())
             .await
             .map_err(db("re-sealing a value"))?;
         Ok(done.rows_affected() == 1)

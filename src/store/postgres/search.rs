@@ -1,10 +1,12 @@
 //! Search ([`Search`]): `engram_nearest` for vectors, `engram_keyword_search`
-//! for BM25, and recall's candidates in two round trips.
+//! for BM25, and recall's candidates in two round trips. Each call reads in
+//! a transaction scoped to its user (`scope`).
 
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use pgvector::Vector;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{PgStore, db};
@@ -12,30 +14,64 @@ use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
 
-impl PgStore {
-    /// Cosine similarity to `vector` of these current memories of the user.
-    pub(super) async fn similarities(
-        &self,
-        user_id: &str,
-        ids: &[Uuid],
-        vector: &[f32],
-    ) -> Result<HashMap<Uuid, f32>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-            "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
+/// Cosine similarity to `vector` of these current memories of the user,
+/// read on `conn` (a transaction scoped to the user).
+async fn similarities(
+    conn: &mut PgConnection,
+    user_id: &str,
+    ids: &[Uuid],
+    vector: &[f32],
+) -> Result<HashMap<Uuid, f32>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+        "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
              WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
                AND (m.expires_at IS NULL OR m.expires_at > now())",
-        )
-        .bind(user_id)
-        .bind(ids)
-        .bind(Vector::from(vector.to_vec()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("reading vectors"))?;
-        Ok(rows.into_iter().collect())
+    )
+    .bind(user_id)
+    .bind(ids)
+    .bind(Vector::from(vector.to_vec()))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("reading vectors"))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// BM25 hits for `query`, best first, read on `conn` (a transaction scoped
+/// to the user of `at`).
+async fn keyword_hits(
+    conn: &mut PgConnection,
+    at: SearchScope<'_>,
+    query: &str,
+    limit: usize,
+) -> Result<Vec<Hit>, StoreError> {
+    let terms = keywords::query_terms(query);
+    if terms.is_empty() || limit == 0 {
+        return Ok(Vec::new());
     }
+    // Expired memories are asked for on top of `limit` and left out, so
+    // `limit` live ones come back when there are that many.
+    let rows: Vec<(Uuid, f32)> = sqlx::query_as(
+        "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids) \
+         SELECT k.id, k.score FROM x, \
+             engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
+         WHERE k.id <> ALL (x.ids)",
+    )
+    .bind(at.scope.user_id().as_str())
+    .bind(at.scope.agent_id())
+    .bind(at.scope.run_id())
+    .bind(at.filter_object())
+    .bind(&terms)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("searching keywords"))?;
+    let mut hits = hits(rows);
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+    hits.truncate(limit);
+    Ok(hits)
 }
 
 #[async_trait]
@@ -50,19 +86,22 @@ impl Search for PgStore {
             return Ok(Vec::new());
         }
         // Expired memories are excluded by the search itself, so k live ones come back.
+        let user_id = at.scope.user_id().as_str();
+        let mut tx = self.user_transaction(user_id).await?;
         let rows: Vec<(Uuid, f32)> = sqlx::query_as(
             "SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6, \
                  engram_expired_ids($1))",
         )
-        .bind(at.scope.user_id().as_str())
+        .bind(user_id)
         .bind(at.scope.agent_id())
         .bind(at.scope.run_id())
         .bind(at.filter_object())
         .bind(Vector::from(query.to_vec()))
         .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db("searching vectors"))?;
+        tx.commit().await.map_err(db("searching vectors"))?;
         let mut hits = hits(rows);
         // The vector index returns rows in relaxed order.
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -76,30 +115,12 @@ impl Search for PgStore {
         query: &str,
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let terms = keywords::query_terms(query);
-        if terms.is_empty() || limit == 0 {
+        if keywords::query_terms(query).is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        // Expired memories are asked for on top of `limit` and left out, so
-        // `limit` live ones come back when there are that many.
-        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-            "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids) \
-             SELECT k.id, k.score FROM x, \
-                 engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
-             WHERE k.id <> ALL (x.ids)",
-        )
-        .bind(at.scope.user_id().as_str())
-        .bind(at.scope.agent_id())
-        .bind(at.scope.run_id())
-        .bind(at.filter_object())
-        .bind(&terms)
-        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("searching keywords"))?;
-        let mut hits = hits(rows);
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
-        hits.truncate(limit);
+        let mut tx = self.user_transaction(at.scope.user_id().as_str()).await?;
+        let hits = keyword_hits(&mut tx, at, query, limit).await?;
+        tx.commit().await.map_err(db("searching keywords"))?;
         Ok(hits)
     }
 
@@ -117,6 +138,7 @@ impl Search for PgStore {
         let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
         let by_vector = async {
+            let mut tx = self.user_transaction(user_id).await?;
             // The nearest memories and their BM25 in one statement.
             let rows: Vec<(Uuid, f32, Option<f32>)> = sqlx::query_as(
                 "WITH n AS MATERIALIZED ( \
@@ -132,9 +154,10 @@ impl Search for PgStore {
             .bind(Vector::from(vector.to_vec()))
             .bind(i32::try_from(depth).unwrap_or(i32::MAX))
             .bind(&terms)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db("searching vectors"))?;
+            tx.commit().await.map_err(db("searching vectors"))?;
             let keyword: HashMap<Uuid, f32> = rows
                 .iter()
                 .filter_map(|(id, _, k)| k.map(|k| (*id, k)))
@@ -145,9 +168,14 @@ impl Search for PgStore {
             Ok::<_, StoreError>((hits, keyword))
         };
         let by_keyword = async {
-            let hits = self.keyword_search(at, query, depth).await?;
+            if terms.is_empty() || depth == 0 {
+                return Ok((Vec::new(), HashMap::new()));
+            }
+            let mut tx = self.user_transaction(user_id).await?;
+            let hits = keyword_hits(&mut tx, at, query, depth).await?;
             let ids: Vec<Uuid> = hits.iter().map(|h| h.id.0).collect();
-            let similarity = self.similarities(user_id, &ids, vector).await?;
+            let similarity = similarities(&mut tx, user_id, &ids, vector).await?;
+            tx.commit().await.map_err(db("searching keywords"))?;
             Ok::<_, StoreError>((hits, similarity))
         };
         let ((vector_hits, their_keyword), (keyword_hits, their_similarity)) =
@@ -200,6 +228,7 @@ impl Search for PgStore {
         // user's memories, not only these), once: MATERIALIZED keeps it off
         // the inner side of a loop over the memories. The memories' own rows
         // give the cosine and keep only current memories of the user.
+        let mut tx = self.user_transaction(user_id).await?;
         let rows: Vec<(Uuid, f32, f32)> = sqlx::query_as(
             "WITH k AS MATERIALIZED (SELECT id, score FROM engram_keyword_scores($1, $4, $2)) \
              SELECT m.id, (1 - (m.embedding <=> $3))::real, coalesce(k.score, 0)::real \
@@ -211,9 +240,10 @@ impl Search for PgStore {
         .bind(&ids)
         .bind(Vector::from(vector.to_vec()))
         .bind(&terms)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db("scoring memories"))?;
+        tx.commit().await.map_err(db("scoring memories"))?;
         Ok(rows
             .into_iter()
             .map(|(id, similarity, keyword)| Scored {

@@ -92,7 +92,7 @@ impl PgStore {
 #[async_trait]
 impl Writes for PgStore {
     async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
-        let tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        let tx = self.user_transaction(user_id).await?;
         Ok(Box::new(PgBatch {
             user_id: user_id.to_owned(),
             tx,
@@ -108,7 +108,7 @@ impl Writes for PgStore {
     ) -> Result<bool, StoreError> {
         // One statement, so the memory, its history and any deferred
         // remember that stored it (which would bring the text back) go together.
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        let mut tx = self.user_transaction(user_id).await?;
         lock_user(&mut tx, user_id).await?;
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id), \
@@ -140,7 +140,7 @@ impl Writes for PgStore {
         audit: Option<&AuditRecord>,
     ) -> Result<Vec<MemoryId>, StoreError> {
         let user_id = at.scope.user_id().as_str();
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        let mut tx = self.user_transaction(user_id).await?;
         lock_user(&mut tx, user_id).await?;
         // One statement: the memories (current and closed alike; cascades
         // take their postings, triggers their counts and the user's
@@ -183,7 +183,7 @@ impl Writes for PgStore {
         user_id: &str,
         audit: Option<&AuditRecord>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("starting a write"))?;
+        let mut tx = self.user_transaction(user_id).await?;
         lock_user(&mut tx, user_id).await?;
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \

@@ -11,19 +11,20 @@ use crate::store::{StoreError, UserExport, UserStats, db};
 /// The user's stats from the backend's statement `sql` (its parameter: the
 /// user; its one row: what [`stats_from_row`] reads), for a store whose
 /// vectors have `dims` dimensions. One statement: one snapshot.
-pub(in crate::store) async fn stats<'c, E>(
-    exec: E,
+pub(in crate::store) async fn stats<C>(
+    conn: &mut C,
     sql: &'static str,
     user_id: &str,
     dims: usize,
 ) -> Result<UserStats, StoreError>
 where
-    E: Executor<'c, Database: Dialect>,
-    for<'t> &'t str: Encode<'t, E::Database> + Type<E::Database>,
+    C: Connection<Database: Dialect>,
+    for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+    for<'t> &'t str: Encode<'t, C::Database> + Type<C::Database>,
 {
     let row = sqlx::query(sql)
         .bind(user_id)
-        .fetch_one(exec)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db("counting the user's data"))?;
     Ok(stats_from_row(&row)?.finish(user_id, dims))

@@ -38,7 +38,9 @@ impl Reads for SqliteStore {
             "SELECT {MEMORY_COLUMNS} FROM memories m {WHERE} \
              ORDER BY m.updated_at DESC, m.pk DESC LIMIT ?4"
         );
-        let memories = reads::recent(&self.pool, sql, scope, limit).await?;
+        let mut conn = self.pool.acquire().await.map_err(db("listing memories"))?;
+        let memories = reads::recent(&mut *conn, sql, scope, limit).await?;
+        drop(conn);
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM memories m {WHERE}"
         )))
@@ -52,6 +54,7 @@ impl Reads for SqliteStore {
     }
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
-        reads::history(&self.pool, user_id, id.0).await
+        let mut conn = self.pool.acquire().await.map_err(db("reading history"))?;
+        reads::history(&mut *conn, user_id, id.0).await
     }
 }

@@ -31,7 +31,12 @@ pub(super) const STATS: &str = "\
 #[async_trait]
 impl Reports for SqliteStore {
     async fn stats(&self, user_id: &str) -> Result<UserStats, StoreError> {
-        reports::stats(&self.pool, STATS, user_id, self.embedder.dims).await
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("counting the user's data"))?;
+        reports::stats(&mut *conn, STATS, user_id, self.embedder.dims).await
     }
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {

@@ -2,6 +2,12 @@
 //! `ENGRAM_TEST_DATABASE_URL` (scripts/test.sh starts one with pgvector).
 //! Each test gets its own database, so tests run in parallel; it is dropped
 //! when the test ends (scripts/services.sh sweeps any a crash left behind).
+//!
+//! Each database can be reached three ways: as the server's superuser
+//! (`url`, which row-level security never binds: what raw inspection of
+//! every row needs), as the role that owns it (`owner_url`) and as a role
+//! that owns nothing (`app_url`): the two roles of the recommended
+//! production setup, neither of them a superuser.
 
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -10,9 +16,18 @@ const ENV: &str = "ENGRAM_TEST_DATABASE_URL";
 pub struct TestDatabase {
     admin_url: String,
     name: String,
-    /// `postgres://...` of the new database.
+    /// `postgres://...` of the new database, as the superuser.
     pub url: String,
+    /// The database as its owner, [`OWNER_ROLE`].
+    pub owner_url: String,
+    /// The database as [`APP_ROLE`], which owns nothing in it.
+    pub app_url: String,
 }
+
+/// The role that owns every test database (not a superuser).
+pub const OWNER_ROLE: &str = "engram_test_owner";
+/// The runtime role of the two-role setup (not a superuser, owns nothing).
+pub const APP_ROLE: &str = "engram_test_app";
 
 impl TestDatabase {
     pub async fn create() -> Self {
@@ -27,17 +42,60 @@ impl TestDatabase {
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {ENV}={admin_url}: {e}"));
+        for role in [OWNER_ROLE, APP_ROLE] {
+            ensure_role(&mut admin, role).await;
+        }
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} OWNER {OWNER_ROLE}"
+            )))
             .await
             .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
         let url = with_database(&admin_url, &name);
+        // pgvector is not a trusted extension: the superuser creates it, as
+        // a DBA would, and the owner's migrations find it there.
+        let mut db = PgConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {name}: {e}"));
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            .await
+            .unwrap_or_else(|e| panic!("cannot create pgvector in {name}: {e}"));
         Self {
+            owner_url: with_user(&url, OWNER_ROLE),
+            app_url: with_user(&url, APP_ROLE),
             admin_url,
             name,
             url,
         }
     }
+}
+
+/// Creates login role `role` unless it exists (roles are the server's, shared
+/// by every test database; tests creating it at once race, hence the retries).
+async fn ensure_role(admin: &mut PgConnection, role: &str) {
+    for _ in 0..5 {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot read the roles: {e}"));
+        if exists {
+            return;
+        }
+        match admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"
+            )))
+            .await
+        {
+            Ok(_) => return,
+            // Another test created it meanwhile (duplicate_object or unique_violation).
+            Err(e) if e.as_database_error().is_some() => continue,
+            Err(e) => panic!("cannot create role {role}: {e}"),
+        }
+    }
+    panic!("cannot create role {role}");
 }
 
 impl TestDatabase {
@@ -72,6 +130,16 @@ impl Drop for TestDatabase {
             eprintln!("note: could not drop test database {}: {e}", self.name);
         }
     }
+}
+
+/// `url` logged in as `user` instead, without a password (the test
+/// server trusts local connections).
+fn with_user(url: &str, user: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let host_start = url[authority_start..]
+        .find('@')
+        .map_or(authority_start, |at| authority_start + at + 1);
+    format!("{}{user}@{}", &url[..authority_start], &url[host_start..])
 }
 
 /// `url` pointing at database `name` instead (query parameters kept).

@@ -1,0 +1,102 @@
+//! Whose rows a connection sees: the settings the row-level security
+//! policies read (migration `row_level_security`).
+//!
+//! Invariants:
+//! * every statement about one user's rows runs in a transaction begun by
+//!   [`PgStore::user_transaction`], whose first statement sets
+//!   `engram.user_id` to that user, transaction-local: PostgreSQL then shows
+//!   and accepts that user's rows only, whatever the statement's own filter
+//!   says, and the setting ends with the transaction, so it never follows a
+//!   pooled connection to its next use;
+//! * `engram.all_users=on` is a session setting of the operator pool and of
+//!   the setup connections alone (work that spans users by design: keys
+//!   looked up by hash, the re-extraction queue, the purge, key rotation, the
+//!   audit trail, migrations). The request pool never has it.
+//!
+//! Setting the user costs no round trip of its own: it travels with `BEGIN`
+//! in one simple-query message.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{PgOptions, PgStore, db};
+use crate::store::StoreError;
+
+/// The session setting that lets a connection see every user's rows.
+pub(super) const ALL_USERS: (&str, &str) = ("engram.all_users", "on");
+
+/// Connections the operator pool may hold: its work is occasional.
+const OPERATOR_POOL_SIZE: u32 = 4;
+
+impl PgStore {
+    /// A transaction on the request pool in which PostgreSQL shows and
+    /// accepts only `user_id`'s rows of the per-user tables, even to a
+    /// statement that names no user. What every per-user call of this store
+    /// runs in; public so that a test, or an extension, can run its own SQL
+    /// under the same policy.
+    pub async fn user_transaction(
+        &self,
+        user_id: &str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.begin_for(user_id, "BEGIN", "starting a transaction")
+            .await
+    }
+
+    /// As [`Self::user_transaction`], begun with `begin` (e.g. `BEGIN
+    /// ISOLATION LEVEL REPEATABLE READ READ ONLY`); `context` names the work
+    /// in errors.
+    pub(super) async fn begin_for(
+        &self,
+        user_id: &str,
+        begin: &str,
+        context: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with(sqlx::AssertSqlSafe(begin_as(begin, user_id)))
+            .await
+            .map_err(db(context))
+    }
+
+    /// The pool of operator-wide work, which sees every user's rows.
+    pub(super) fn operator(&self) -> &PgPool {
+        &self.operator
+    }
+}
+
+/// `begin` followed by the statement that scopes the transaction to
+/// `user_id`. The id travels hex-encoded, so no character of it is ever
+/// read as SQL.
+fn begin_as(begin: &str, user_id: &str) -> String {
+    let hex: String = user_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{begin}; SELECT set_config('engram.user_id', \
+         convert_from(decode('{hex}', 'hex'), 'UTF8'), true)"
+    )
+}
+
+/// The operator pool on `connect` (the request pool's options): sessions
+/// with [`ALL_USERS`], made as needed.
+pub(super) fn operator_pool(connect: &PgConnectOptions, options: &PgOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(OPERATOR_POOL_SIZE.min(options.pool_size.max(1)))
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_lazy_with(connect.clone().options([ALL_USERS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::begin_as;
+
+    #[test]
+    fn the_user_never_reaches_the_sql_as_text() {
+        let sql = begin_as("BEGIN", "o'brien'); DROP TABLE memories; --");
+        assert!(!sql.contains("brien"), "{sql}");
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert_eq!(
+            begin_as("BEGIN", "ab"),
+            "BEGIN; SELECT set_config('engram.user_id', \
+             convert_from(decode('6162', 'hex'), 'UTF8'), true)"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Row-level security on PostgreSQL: the database itself keeps users apart,
+//! whatever a query says (migration `row_level_security`), for the role
+//! engram serves as in the two-role setup (ENGRAM_DATABASE_OWNER_URL).
+
+use engram::embed::{Embedder, HashEmbedder};
+use engram::model::Scope;
+use engram::store::{NewPending, PendingQueue, PgOptions, PgStore};
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::common::postgres::{APP_ROLE, TestDatabase};
+use crate::common::{connect_to, ok, run_engram, texts};
+
+/// The per-user tables: every table of the schema with a `user_id` column.
+async fn per_user_tables(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.table_name::text FROM information_schema.columns c \
+         JOIN information_schema.tables t USING (table_schema, table_name) \
+         WHERE c.table_schema = 'public' AND c.column_name = 'user_id' \
+           AND t.table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+fn two_role_env(db: &TestDatabase) -> Vec<(&'static str, String)> {
+    vec![
+        ("ENGRAM_DATABASE_URL", db.app_url.clone()),
+        ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.clone()),
+    ]
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Alice and Bob each get a row in every per-user table, through engram:
+/// memories (with history, keyword postings and counts) by remember, a
+/// deferred remember through the store, an API key by the CLI.
+async fn alice_and_bob(db: &TestDatabase) -> PgStore {
+    let env = two_role_env(db);
+    let client = connect_to(&db.app_url, &borrowed(&env)).await;
+    for (user, text) in [
+        ("alice", "Alice keeps bees on her roof"),
+        ("alice", "Alice is allergic to penicillin"),
+        ("bob", "Bob collects vintage typewriters"),
+    ] {
+        ok(&client, "remember", json!({"user_id": user, "text": text})).await;
+    }
+    let found = ok(
+        &client,
+        "recall",
+        json!({"user_id": "alice", "query": "bees roof"}),
+    )
+    .await;
+    assert_eq!(texts(&found)[0], "Alice keeps bees on her roof");
+    client.cancel().await.unwrap();
+
+    let store = PgStore::open(
+        &db.app_url,
+        HashEmbedder::new(384).identity(),
+        PgOptions {
+            owner_url: Some(db.owner_url.clone()),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for user in ["alice", "bob"] {
+        store
+            .add_pending(NewPending {
+                id: uuid::Uuid::now_v7(),
+                scope: Scope::new(user, None, None).unwrap(),
+                input: json!({"text": format!("{user} said something to finish later")}),
+                metadata: Default::default(),
+                infer: true,
+                memory_ids: Vec::new(),
+                error: "the model was down".to_owned(),
+            })
+            .await
+            .unwrap();
+        let key = run_engram(&["keys", "create", "--user", user], &borrowed(&env));
+        assert!(key.status.success(), "{key:?}");
+    }
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user() {
+    let db = TestDatabase::create().await;
+    let store = alice_and_bob(&db).await;
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+
+    // Every per-user table has the policy, forced, and holds both users' rows.
+    let tables = per_user_tables(&mut admin).await;
+    assert_eq!(
+        tables,
+        [
+            "api_keys",
+            "keyword_postings",
+            "keyword_terms",
+            "memories",
+            "memory_history",
+            "memory_users",
+            "pending_extractions"
+        ]
+    );
+    for table in &tables {
+        let (enabled, forced): (bool, bool) = sqlx::query_as(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class \
+             WHERE oid = $1::regclass",
+        )
+        .bind(table)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(
+            enabled && forced,
+            "{table}: enabled {enabled}, forced {forced}"
+        );
+        let users: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT user_id FROM {table} WHERE user_id IS NOT NULL ORDER BY 1"
+        )))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(users, ["alice", "bob"], "{table}");
+    }
+
+    // In a transaction engram begins for Alice, queries that name no user
+    // at all find Alice's rows and nothing of Bob's, in every table.
+    for (acting, other) in [("alice", "bob"), ("bob", "alice")] {
+        let mut tx = store.user_transaction(acting).await.unwrap();
+        for table in &tables {
+            let users: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT user_id FROM {table} ORDER BY 1"
+            )))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(users, [acting], "{table} as {acting}");
+        }
+        let texts: Vec<String> = sqlx::query_scalar("SELECT content FROM memories")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert!(
+            texts
+                .iter()
+                .all(|t| t.to_lowercase().contains(acting) && !t.to_lowercase().contains(other)),
+            "{texts:?}"
+        );
+        tx.rollback().await.unwrap();
+    }
+
+    // Unscoped writes touch the acting user's rows alone.
+    let mut tx = store.user_transaction("alice").await.unwrap();
+    let updated = sqlx::query("UPDATE memories SET content = 'overwritten'")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(updated, 2, "Alice's two memories, not Bob's");
+    let deleted = sqlx::query("DELETE FROM memory_history")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(deleted, 2, "Alice's two ADD events, not Bob's");
+    tx.rollback().await.unwrap();
+
+    // A row for another user cannot be written, nor a row moved to one.
+    let mut tx = store.user_transaction("alice").await.unwrap();
+    let moved = sqlx::query("UPDATE pending_extractions SET user_id = 'bob'")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&moved), "42501", "{moved}");
+    tx.rollback().await.unwrap();
+    let mut tx = store.user_transaction("alice").await.unwrap();
+    let planted = sqlx::query(
+        "INSERT INTO memory_history (memory_id, user_id, event, actor, created_at) \
+         VALUES (gen_random_uuid(), 'bob', 'ADD', 'agent', now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&planted), "42501", "{planted}");
+    tx.rollback().await.unwrap();
+
+    // The scope ended with its transaction: the same role, on a connection
+    // that named no user, sees no one's rows.
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    for table in &tables {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut app)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} without a user");
+    }
+
+    // The runtime role owns nothing: it cannot lift the policies, and the
+    // audit trail is append-only for it by privilege as well as by trigger.
+    for (statement, what) in [
+        (
+            "ALTER TABLE memories DISABLE ROW LEVEL SECURITY",
+            "lift RLS",
+        ),
+        (
+            "ALTER TABLE memories NO FORCE ROW LEVEL SECURITY",
+            "unforce RLS",
+        ),
+        (
+            "DROP POLICY engram_acting_user ON memories",
+            "drop a policy",
+        ),
+        ("DELETE FROM audit_log", "delete audit rows"),
+        (
+            "UPDATE audit_log SET operation = 'recall'",
+            "rewrite audit rows",
+        ),
+        ("TRUNCATE audit_log", "truncate the audit trail"),
+        (
+            "UPDATE store_info SET value = 'x'",
+            "change the store's record",
+        ),
+    ] {
+        let refused = app.execute(statement).await.unwrap_err();
+        assert_eq!(sqlstate(&refused), "42501", "{what}: {refused}");
+    }
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(role, APP_ROLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_role_setup_serves_seals_and_says_it_enforces() {
+    let db = TestDatabase::create().await;
+    drop(alice_and_bob(&db).await);
+    let mut env = two_role_env(&db);
+    env.push(("ENGRAM_LOG", "info".to_owned()));
+    // Sealing updates audit rows: the runtime role may write exactly that.
+    let sealed = run_engram(&["audit", "seal"], &borrowed(&env));
+    let stderr = String::from_utf8_lossy(&sealed.stderr);
+    assert!(sealed.status.success(), "{stderr}");
+    assert!(stderr.contains("row-level security enforced"), "{stderr}");
+    let verified = run_engram(&["audit", "verify"], &borrowed(&env));
+    assert!(verified.status.success(), "{verified:?}");
+
+    // The superuser skips every policy: engram says so.
+    let as_superuser = run_engram(
+        &["audit", "verify"],
+        &[("ENGRAM_DATABASE_URL", db.url.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&as_superuser.stderr);
+    assert!(
+        stderr.contains("row-level security is not enforced") && stderr.contains("superuser"),
+        "{stderr}"
+    );
+}
+
+fn sqlstate(e: &sqlx::Error) -> String {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
