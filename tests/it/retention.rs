@@ -148,3 +148,148 @@ async fn engram_purge_dry_run_changes_nothing_then_purge_removes_and_is_audited(
     assert_eq!(rows[0]["transport"], "cli");
     assert_eq!(rows[0]["memory_ids"].as_array().map(Vec::len), Some(1));
 }
+
+/// Where `serve` runs for the purge test, and how the test moves time.
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres(common::postgres::TestDatabase),
+}
+
+impl Place {
+    fn serve_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Place::Sqlite(dir) => vec![(
+                "ENGRAM_DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("engram.db").display()),
+            )],
+            // The two-role setup: the purge runs operator-wide under the
+            // row-level security policies.
+            Place::Postgres(db) => vec![
+                ("ENGRAM_DATABASE_URL", db.app_url.clone()),
+                ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.clone()),
+            ],
+        }
+    }
+
+    /// Runs `sql` as the database's superuser (SQLite: on the file).
+    async fn raw(&self, sql: &str) -> u64 {
+        match self {
+            Place::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("engram.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+            Place::Postgres(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+        }
+    }
+
+    /// How many memories are stored, every user's (as the superuser).
+    async fn memories(&self) -> i64 {
+        let sql = "SELECT count(*) FROM memories";
+        match self {
+            Place::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("engram.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+                pool.close().await;
+                n
+            }
+            Place::Postgres(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+                pool.close().await;
+                n
+            }
+        }
+    }
+}
+
+/// `serve` purges on its own, every ENGRAM_RETENTION_PURGE_INTERVAL_SECS,
+/// and audits it as `serve`.
+async fn serve_purges_on_its_interval(place: Place) {
+    let env = place.serve_env();
+    let mut serve_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    serve_env.push(("ENGRAM_RETENTION_PURGE_INTERVAL_SECS", "1"));
+    let url = env[0].1.clone();
+    let client = connect_to(&url, &serve_env).await;
+    for (user, text, ttl) in [
+        ("alice", "Alice's locker code is 4411", Some(1)),
+        ("alice", "Alice keeps bees", None),
+        ("bob", "Bob's gate code is 7720", Some(1)),
+    ] {
+        let mut args = json!({"user_id": user, "infer": false, "text": text});
+        if let Some(ttl) = ttl {
+            args["ttl_days"] = json!(ttl);
+        }
+        ok(&client, "remember", args).await;
+    }
+    let expired = match place {
+        Place::Sqlite(_) => {
+            "UPDATE memories SET expires_at = expires_at - 2 * 86400000 \
+             WHERE expires_at IS NOT NULL"
+        }
+        Place::Postgres(_) => {
+            "UPDATE memories SET expires_at = expires_at - interval '2 days' \
+             WHERE expires_at IS NOT NULL"
+        }
+    };
+    assert_eq!(place.raw(expired).await, 2, "a day passes for the codes");
+    // Both users' expired memories go without anyone running `engram purge`.
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        left = place.memories().await;
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 1, "only Alice's bees are left");
+    let found = ok(
+        &client,
+        "recall",
+        json!({"user_id": "alice", "query": "bees locker code"}),
+    )
+    .await;
+    assert_eq!(texts(&found), ["Alice keeps bees"]);
+    client.cancel().await.unwrap();
+
+    let listed = run_engram(&["audit", "--json", "--op", "purge"], &serve_env);
+    assert!(listed.status.success(), "{listed:?}");
+    let rows: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r["transport"] == "serve" && r["memory_count"] == 2),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_purges_on_its_interval_sqlite() {
+    serve_purges_on_its_interval(Place::Sqlite(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_purges_on_its_interval_postgres() {
+    serve_purges_on_its_interval(Place::Postgres(
+        common::postgres::TestDatabase::create().await,
+    ))
+    .await;
+}
