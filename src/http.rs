@@ -47,6 +47,7 @@ mod api;
 mod auth;
 mod jsonrpc_id;
 mod malformed;
+mod metrics;
 
 pub(crate) use malformed::UserCounted;
 mod openapi;
@@ -141,6 +142,7 @@ impl Settings {
 /// `/healthz` and `/readyz`.
 pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationToken) -> Router {
     let mcp_service = service.clone();
+    let metrics_service = service.clone();
     // One allowance per user for MCP, whichever transport (`/mcp`, `/sse`)
     // or key the calls come through.
     let mcp_user_limit = Arc::new(UserLimit::new(
@@ -240,15 +242,24 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         app = app.layer(cors);
     }
     let (hosts, origins) = (settings.allowed_hosts, settings.allowed_origins);
-    app.layer(from_fn(audit_origin))
+    let guarded = app
+        .layer(from_fn(audit_origin))
         .layer(from_fn(move |request, next| {
             check_host(hosts.clone(), origins.clone(), request, next)
-        }))
+        }));
+    // Outside the host check: a scraper comes by the pod's address.
+    metrics::only(metrics_service).merge(guarded)
+}
+
+/// The router of `ENGRAM_METRICS_BIND`: `GET /metrics` alone.
+pub fn metrics_only(service: Arc<MemoryService>) -> Router {
+    metrics::only(service)
 }
 
 /// Notes where a request came from, for the audit trail: the door (by its
 /// path) and the client's address. In the request (MCP handlers read it
 /// there: rmcp may serve them on another task) and around the handler.
+/// Counts the requests refused before the service, by door.
 async fn audit_origin(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -270,7 +281,9 @@ async fn audit_origin(
         client_addr,
     };
     request.extensions_mut().insert(origin.clone());
-    audit::from(origin, next.run(request)).await
+    let response = audit::from(origin, next.run(request)).await;
+    metrics::count_refusal(transport, &response);
+    response
 }
 
 /// Answers 503 `timeout` when the request takes longer than `limit`. The

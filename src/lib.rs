@@ -56,7 +56,8 @@
 //!   per section), [`startup`] (a config made into a running service:
 //!   `build`, then a transport; [`startup::HttpApp`]; `keys.rs`: the
 //!   `engram keys` commands), [`telemetry`] (logs
-//!   to stderr: on stdio, stdout belongs to the protocol).
+//!   to stderr: on stdio, stdout belongs to the protocol), [`metrics`]
+//!   (Prometheus metrics on `/metrics`, bounded labels, no user ids).
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
 //!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),
@@ -82,6 +83,7 @@ mod jsonrpc;
 pub mod keywords;
 mod limit;
 mod mcp;
+pub mod metrics;
 pub mod model;
 pub mod openai;
 pub mod params;

@@ -59,6 +59,7 @@ use crate::store::{AuditRecord, Selection, Store, UserExport, UserStats};
 
 mod audited;
 mod cached;
+mod observed;
 mod recall;
 mod reextract;
 mod remember;
@@ -71,6 +72,7 @@ mod validate;
 pub use audited::{AuditPage, AuditParams};
 use validate::ForgetTarget;
 
+pub use observed::run_gauges;
 pub use reextract::ReextractReport;
 use remember::{Work, is_model_failure};
 pub use retention::{PURGE_BATCH, PurgeOutcome, run_purger};
@@ -146,7 +148,7 @@ impl MemoryService {
     ) -> Self {
         Self {
             store,
-            embedder,
+            embedder: Arc::new(crate::embed::Timed(embedder)),
             extractor,
             cache: Arc::new(NoCache),
             settings,

@@ -406,6 +406,7 @@ impl HttpApp {
             tokio::spawn(crate::audit::chain::run_sealer(store, stop.clone()));
         }
         spawn_purger(config, &service, &stop);
+        spawn_metrics(config, &service, &stop).await?;
         let app = crate::http::app(
             service.clone(),
             crate::http::Settings::from_config(config),
@@ -487,6 +488,7 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
         tokio::spawn(crate::audit::chain::run_sealer(store, sealing.clone()));
     }
     spawn_purger(config, &service, &sealing);
+    spawn_metrics(config, &service, &sealing).await?;
     let _stop_sealing = sealing.drop_guard();
     let handler = EngramMcp::new(service.clone(), Caller::Fixed(Principal::Operator));
     let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
@@ -631,6 +633,56 @@ fn spawn_purger(
             stop.clone(),
         ));
     }
+}
+
+/// Records what is running for the metrics, refreshes their gauges every
+/// `ENGRAM_METRICS_REFRESH_SECS` until `stop`, and with `ENGRAM_METRICS_BIND`
+/// serves `GET /metrics` there (the stdio transport's only way to be scraped).
+async fn spawn_metrics(
+    config: &Config,
+    service: &Arc<MemoryService>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), StartupError> {
+    use crate::config::{EmbedderKind, ExtractorKind};
+    crate::metrics::metrics().set_build_info(crate::metrics::BuildInfo {
+        store: if is_postgres(&config.store.database_url) {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        embedder: match config.embedder.kind {
+            EmbedderKind::Hash => "hash",
+            EmbedderKind::Openai => "openai",
+        },
+        extractor: match config.llm.extractor {
+            ExtractorKind::Verbatim => "verbatim",
+            ExtractorKind::Llm => "llm",
+        },
+    });
+    tokio::spawn(crate::service::run_gauges(
+        service.clone(),
+        Duration::from_secs(config.metrics.refresh_secs),
+        stop.clone(),
+    ));
+    if let Some(bind) = config.metrics.bind {
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+            StartupError::Transport(format!(
+                "cannot listen on {bind} for metrics (ENGRAM_METRICS_BIND): {e}"
+            ))
+        })?;
+        tracing::info!(address = %bind, "serving Prometheus metrics at /metrics");
+        let app = crate::http::metrics_only(service.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// `engram purge [--dry-run]`: removes (or with `dry_run` counts) the

@@ -50,6 +50,12 @@ pub async fn from<F: Future>(origin: Origin, call: F) -> F::Output {
     ORIGIN.scope(origin, call).await
 }
 
+/// The door the call being served came through (`stdio`, `mcp`, `sse`,
+/// `rest`, `cli`, `serve`); `unknown` outside any door.
+pub fn transport() -> &'static str {
+    ORIGIN.try_with(|o| o.transport).unwrap_or("unknown")
+}
+
 /// The origin of the call being served; `unknown` outside any door.
 fn current_origin() -> Origin {
     ORIGIN.try_with(Clone::clone).unwrap_or(Origin {

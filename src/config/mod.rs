@@ -17,6 +17,7 @@
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
 //! | `retention`         | `config/retention.rs` | `retention_days`, `retention_categories`, `history_retention_days`, `retention_purge_interval_secs` |
 //! | `crypto`            | `config/crypto.rs`  | `encryption_key`, `encryption_key_file`, `encryption_old_keys`, `sensitive_metadata_keys` |
+//! | `metrics`           | `config/metrics.rs` | `metrics_bind`, `metrics_refresh_secs`                 |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -35,6 +36,7 @@ mod http;
 mod layers;
 mod llm;
 mod memory;
+mod metrics;
 mod openai;
 mod retention;
 mod store;
@@ -67,6 +69,7 @@ pub use memory::{
     DEFAULT_DEDUP_THRESHOLD, DEFAULT_MAX_TEXT_BYTES, DEFAULT_RECONCILE_THRESHOLD, DEFAULT_USER,
     MemoryConfig, OnLlmError, SecretsMode,
 };
+pub use metrics::{DEFAULT_METRICS_REFRESH_SECS, MetricsConfig};
 pub use openai::{OpenAiConfig, Secret};
 pub use retention::{DEFAULT_PURGE_INTERVAL_SECS, MAX_RETENTION_DAYS, RetentionConfig};
 pub use store::{
@@ -100,6 +103,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Encryption at rest of sensitive values.
     pub crypto: CryptoConfig,
+    /// Where Prometheus metrics are served, and how fresh their gauges are.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -134,6 +139,7 @@ impl Config {
             audit::KEYS,
             retention::KEYS,
             crypto::KEYS,
+            metrics::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -148,6 +154,7 @@ impl Config {
             audit: AuditConfig::load(&src)?,
             retention: RetentionConfig::load(&src)?,
             crypto: CryptoConfig::load(&src)?,
+            metrics: MetricsConfig::load(&src)?,
         })
     }
 }

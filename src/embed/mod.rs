@@ -7,11 +7,13 @@
 pub mod calibration;
 mod hash;
 mod openai;
+mod timed;
 
 pub use calibration::unrelated_similarity;
 
 pub use hash::HashEmbedder;
 pub use openai::{InputType, OpenAiEmbedder, OpenAiSettings};
+pub use timed::Timed;
 
 use async_trait::async_trait;
 

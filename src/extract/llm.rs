@@ -255,7 +255,16 @@ impl LlmExtractor {
 
     /// One chat request; the reply's text (JSON, per `ask.schema`) and its cost.
     async fn ask(&self, ask: &Ask) -> Result<(String, Usage), ExtractError> {
-        let response = self.complete(ask).await?;
+        let metrics = crate::metrics::metrics();
+        // Labelled by the configured model, a bounded set; the reply's own
+        // model name may carry a version suffix.
+        let response = match self.complete(ask).await {
+            Ok(response) => response,
+            Err(e) => {
+                metrics.llm_call(&self.settings.model, false, None);
+                return Err(e);
+            }
+        };
         let mut usage = Usage {
             model: response.model.clone(),
             calls: 1,
@@ -265,6 +274,14 @@ impl LlmExtractor {
             usage.prompt_tokens = u64::from(u.prompt_tokens);
             usage.completion_tokens = u64::from(u.completion_tokens);
         }
+        metrics.llm_call(
+            &self.settings.model,
+            true,
+            response
+                .usage
+                .as_ref()
+                .map(|_| (usage.prompt_tokens, usage.completion_tokens)),
+        );
         tracing::info!(
             model = %usage.model,
             task = ask.name,

@@ -19,6 +19,7 @@
 //! the error); the request then carries [`UserCounted`] and the tool does
 //! not count it again. Prompts and resources are counted by their handlers.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
@@ -173,6 +174,7 @@ fn user_limited(body: &[u8], limited: &UserLimited) -> Response {
             (header::CONTENT_TYPE, "application/json".to_owned()),
             (header::RETRY_AFTER, limited.retry_after.to_string()),
         ],
+        Extension(super::metrics::UserLimitRefusal),
         answer.to_string(),
     )
         .into_response()

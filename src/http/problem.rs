@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::metrics::UserLimitRefusal;
 use crate::error::Error;
 use crate::limit::UserLimited;
 
@@ -33,6 +34,10 @@ pub struct Problem {
     /// Seconds to wait before retrying, for `rate_limited` (also in `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// Refused by the acting user's rate limit (counted apart in the metrics).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub per_user: bool,
 }
 
 impl Problem {
@@ -45,6 +50,7 @@ impl Problem {
             code,
             field: None,
             retry_after: None,
+            per_user: false,
         }
     }
 
@@ -81,7 +87,10 @@ impl Problem {
 
     /// A request over its acting user's limit.
     pub fn user_rate_limited(limited: &UserLimited) -> Self {
-        Self::too_many(limited.retry_after, limited.message())
+        Self {
+            per_user: true,
+            ..Self::too_many(limited.retry_after, limited.message())
+        }
     }
 
     fn too_many(retry_after: u64, detail: String) -> Self {
@@ -99,7 +108,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry_after = self.retry_after;
+        let (retry_after, per_user) = (self.retry_after, self.per_user);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
@@ -115,6 +124,9 @@ impl IntoResponse for Problem {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="engram""#),
             );
+        }
+        if per_user {
+            response.extensions_mut().insert(UserLimitRefusal);
         }
         response
     }

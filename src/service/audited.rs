@@ -9,12 +9,13 @@ use super::types::{ForgetResult, HistoryResult, MemoryDetail, RecallResult, Reme
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::error::Error;
-use crate::model::{MemoryId, UserId};
+use crate::model::{Event, MemoryId, UserId};
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::store::{AuditQuery, AuditRecord, AuditRow, UserExport, UserStats};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 impl MemoryService {
     /// A row for `operation` by `caller` naming `user_id` (resolved as the
@@ -50,11 +51,16 @@ impl MemoryService {
         caller: &Principal,
         req: RememberParams,
     ) -> Result<RememberResult, Error> {
+        let started = Instant::now();
         let record = self.audit_record(caller, "remember", req.user_id.as_deref(), None);
         let result = self.remember_inner(caller, req, record.clone()).await;
         if result.is_err() {
             self.audit_after(record, &result, |_| Vec::new());
         }
+        if let Ok(done) = &result {
+            count_events(done);
+        }
+        metered("remember", started, &result);
         result
     }
 
@@ -63,6 +69,7 @@ impl MemoryService {
         caller: &Principal,
         req: RecallParams,
     ) -> Result<RecallResult, Error> {
+        let started = Instant::now();
         let record = self.audit_record(
             caller,
             "recall",
@@ -73,6 +80,7 @@ impl MemoryService {
         self.audit_after(record, &result, |r| {
             r.results.iter().map(|m| m.memory.id).collect()
         });
+        metered("recall", started, &result);
         result
     }
 
@@ -81,6 +89,7 @@ impl MemoryService {
         caller: &Principal,
         req: UserContextParams,
     ) -> Result<UserContext, Error> {
+        let started = Instant::now();
         let record = self.audit_record(
             caller,
             "user_context",
@@ -91,6 +100,7 @@ impl MemoryService {
         self.audit_after(record, &result, |c| {
             c.memories.iter().map(|m| m.id).collect()
         });
+        metered("user_context", started, &result);
         result
     }
 
@@ -103,6 +113,7 @@ impl MemoryService {
         caller: &Principal,
         req: ForgetParams,
     ) -> Result<ForgetResult, Error> {
+        let started = Instant::now();
         let operation = if req.memory_id.is_some() {
             "forget"
         } else if !req.narrowing().is_empty() {
@@ -115,15 +126,18 @@ impl MemoryService {
         if result.is_err() {
             self.audit_after(record, &result, |_| Vec::new());
         }
+        metered(operation, started, &result);
         result
     }
 
     /// One of the user's memories, current or superseded, and whether it is
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
     pub async fn get(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
+        let started = Instant::now();
         let record = self.audit_record(caller, "get", req.user_id.as_deref(), None);
         let result = self.get_inner(caller, req).await;
         self.audit_after(record, &result, |d| vec![d.memory.id]);
+        metered("get", started, &result);
         result
     }
 
@@ -134,9 +148,11 @@ impl MemoryService {
         caller: &Principal,
         req: MemoryRef,
     ) -> Result<HistoryResult, Error> {
+        let started = Instant::now();
         let record = self.audit_record(caller, "history", req.user_id.as_deref(), None);
         let result = self.history_inner(caller, req).await;
         self.audit_after(record, &result, |h| vec![h.memory_id]);
+        metered("history", started, &result);
         result
     }
 
@@ -146,9 +162,11 @@ impl MemoryService {
         caller: &Principal,
         user_id: Option<&str>,
     ) -> Result<UserStats, Error> {
+        let started = Instant::now();
         let record = self.audit_record(caller, "stats", user_id, None);
         let result = self.stats_inner(caller, user_id).await;
         self.audit_after(record, &result, |_| Vec::new());
+        metered("stats", started, &result);
         result
     }
 
@@ -158,12 +176,42 @@ impl MemoryService {
         caller: &Principal,
         user_id: Option<&str>,
     ) -> Result<UserExport, Error> {
+        let started = Instant::now();
         let record = self.audit_record(caller, "export", user_id, None);
         let result = self.export_inner(caller, user_id).await;
         self.audit_after(record, &result, |e| {
             e.memories.iter().map(|m| m.memory.id).collect()
         });
+        metered("export", started, &result);
         result
+    }
+}
+
+/// Counts a finished call of `operation` in the metrics, by the door it
+/// came through (the audit origin) and its error code if it failed.
+fn metered<T>(operation: &'static str, started: Instant, result: &Result<T, Error>) {
+    crate::metrics::metrics().request(
+        crate::audit::transport(),
+        operation,
+        result.as_ref().err().map(Error::code),
+        started.elapsed(),
+    );
+}
+
+/// Counts what a remember did to memories, and whether it was deferred.
+fn count_events(done: &RememberResult) {
+    let events = &crate::metrics::metrics().remember_events;
+    for e in &done.results {
+        let event = match e.event {
+            Event::Add => "add",
+            Event::Update => "update",
+            Event::Supersede => "supersede",
+            Event::None => "none",
+        };
+        events.with([std::borrow::Cow::Borrowed(event)]).inc();
+    }
+    if done.deferred.is_some() {
+        events.with([std::borrow::Cow::Borrowed("deferred")]).inc();
     }
 }
 
@@ -206,12 +254,14 @@ impl MemoryService {
         caller: &Principal,
         params: AuditParams,
     ) -> Result<AuditPage, Error> {
+        let started = Instant::now();
         let record = self
             .audit
             .as_ref()
             .map(|a| a.record(caller, "audit", None, None));
         let result = self.audit_trail_inner(caller, params).await;
         self.audit_after(record, &result, |_| Vec::new());
+        metered("audit", started, &result);
         result
     }
 

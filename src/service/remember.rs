@@ -82,7 +82,14 @@ impl MemoryService {
     /// The pipeline after validation: extract, embed, reconcile, apply.
     pub(super) async fn process(&self, work: &Work<'_>) -> Result<RememberResult, Error> {
         let Extracted { facts, mut usage } = if work.infer {
-            self.extractor.extract(work.input).await?
+            let started = std::time::Instant::now();
+            let extracted = self.extractor.extract(work.input).await;
+            if self.extractor.infers() {
+                crate::metrics::metrics()
+                    .extraction_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            extracted?
         } else {
             VerbatimExtractor.extract(work.input).await?
         };

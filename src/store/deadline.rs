@@ -24,7 +24,7 @@ use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
     NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads,
     Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError,
-    SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch, Writes,
+    StoreTotals, SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -54,6 +54,10 @@ async fn bounded<T>(
 impl Store for Deadline {
     fn embedder(&self) -> &EmbedderIdentity {
         self.inner.embedder()
+    }
+
+    fn pool_status(&self) -> Option<(u32, u32, u32)> {
+        self.inner.pool_status()
     }
 }
 
@@ -269,6 +273,10 @@ impl Reports for Deadline {
 
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError> {
         bounded(self.limit, self.inner.export(user_id)).await
+    }
+
+    async fn totals(&self) -> Result<StoreTotals, StoreError> {
+        bounded(self.limit, self.inner.totals()).await
     }
 }
 

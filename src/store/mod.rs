@@ -38,7 +38,9 @@ mod types;
 
 pub(crate) use shared::sha256_hex;
 
-pub use report::{CategoryCount, ExportedMemory, ExportedPending, UserExport, UserStats};
+pub use report::{
+    CategoryCount, ExportedMemory, ExportedPending, StoreTotals, UserExport, UserStats,
+};
 pub use shared::{AUDIT_GENESIS, audit_link};
 pub use traits::{
     AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealReport, SealedColumn, SealedRow,

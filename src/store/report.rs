@@ -8,6 +8,16 @@ use serde::Serialize;
 use super::{HistoryEntry, Pending};
 use crate::model::{Memory, MemoryId, Metadata};
 
+/// Every user's data counted together, for the operator's gauges
+/// (`engram_memories`, `engram_pending_extractions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTotals {
+    /// Current memories (expired ones awaiting the purge included).
+    pub memories: u64,
+    /// Deferred remembers awaiting re-extraction.
+    pub pending: u64,
+}
+
 /// What one user has stored, counted by the store (the answer of `GET /stats/{user}`).
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct UserStats {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
     NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection,
-    StoreError, SupersedeOutcome, UserExport, UserStats,
+    StoreError, StoreTotals, SupersedeOutcome, UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -77,6 +77,12 @@ pub trait Store:
 {
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
+
+    /// The request pool's connections (in use, idle, maximum), for a store
+    /// that has one.
+    fn pool_status(&self) -> Option<(u32, u32, u32)> {
+        None
+    }
 }
 
 /// Changes to a user's memories. Every write moves the user's version
@@ -368,6 +374,10 @@ pub trait Reports: Send + Sync {
     /// concurrent write never shows history without its memory. An unknown
     /// user has an empty export.
     async fn export(&self, user_id: &str) -> Result<UserExport, StoreError>;
+
+    /// Every user's current memories and deferred remembers, for gauges
+    /// read in the background (not per request: it may cost a scan).
+    async fn totals(&self) -> Result<StoreTotals, StoreError>;
 }
 
 /// Per-user write versions, which caches key their entries by.

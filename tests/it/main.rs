@@ -43,6 +43,7 @@ mod keys_cli;
 mod llm_extractor;
 mod mcp_http;
 mod mcp_stdio;
+mod metrics;
 mod odd_input;
 mod openai_embedder;
 mod postgres;

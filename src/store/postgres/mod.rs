@@ -345,6 +345,13 @@ impl Store for PgStore {
     fn embedder(&self) -> &EmbedderIdentity {
         &self.embedder
     }
+
+    fn pool_status(&self) -> Option<(u32, u32, u32)> {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let open = self.pool.size();
+        let max = self.pool.options().get_max_connections();
+        Some((open.saturating_sub(idle), idle, max))
+    }
 }
 
 impl PgOptions {

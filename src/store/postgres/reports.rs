@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::{PgStore, db};
 use crate::store::shared::{MEMORY_COLUMNS, reports};
-use crate::store::{Reports, StoreError, UserExport, UserStats};
+use crate::store::{Reports, StoreError, StoreTotals, UserExport, UserStats};
 
 /// A user's numbers ($1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (current and closed rows each through
@@ -68,5 +68,21 @@ impl Reports for PgStore {
         let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
         Ok(export)
+    }
+
+    async fn totals(&self) -> Result<StoreTotals, StoreError> {
+        // Every user's: operator-wide. The counts the triggers keep, one row
+        // per user, rather than a count of the memories.
+        let (memories, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT coalesce(sum(current), 0)::bigint FROM memory_users), \
+                    (SELECT count(*) FROM pending_extractions)",
+        )
+        .fetch_one(self.operator())
+        .await
+        .map_err(db("counting every user's memories"))?;
+        Ok(StoreTotals {
+            memories: memories.max(0) as u64,
+            pending: pending.max(0) as u64,
+        })
     }
 }

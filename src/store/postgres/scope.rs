@@ -51,10 +51,16 @@ impl PgStore {
         begin: &str,
         context: &'static str,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool
+        let started = std::time::Instant::now();
+        let tx = self
+            .pool
             .begin_with(sqlx::AssertSqlSafe(begin_as(begin, user_id)))
             .await
-            .map_err(db(context))
+            .map_err(db(context));
+        crate::metrics::metrics()
+            .pool_acquire
+            .observe(started.elapsed().as_secs_f64());
+        tx
     }
 
     /// The pool of operator-wide work, which sees every user's rows.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::{SqliteStore, db};
 use crate::store::shared::{MEMORY_COLUMNS, reports};
-use crate::store::{Reports, StoreError, UserExport, UserStats};
+use crate::store::{Reports, StoreError, StoreTotals, UserExport, UserStats};
 
 /// A user's numbers (?1: the user) in one row, for [`reports::stats`]: one
 /// aggregate over their memories (through `memories_hash`, which holds
@@ -50,5 +50,22 @@ impl Reports for SqliteStore {
         let export = reports::export(&mut *tx, user_id, memories).await?;
         tx.rollback().await.map_err(db("reading an export"))?;
         Ok(export)
+    }
+
+    async fn totals(&self) -> Result<StoreTotals, StoreError> {
+        // Counts the current rows through the partial index on them; run
+        // in the background, never per request.
+        let (memories, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM memories INDEXED BY memories_scope \
+                     WHERE valid_to IS NULL), \
+                    (SELECT count(*) FROM pending_extractions)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting every user's memories"))?;
+        Ok(StoreTotals {
+            memories: memories.max(0) as u64,
+            pending: pending.max(0) as u64,
+        })
     }
 }
