@@ -6,7 +6,8 @@
 #
 # Needs cargo (with rustfmt and clippy), node and npm, python3 with pip, and
 # redis-server (Debian: redis-server) unless a Redis already answers on
-# 127.0.0.1:6379. Installs the pinned MCP Inspector CLI into a cache outside the
+# 127.0.0.1:6379; promtool and amtool (Debian: prometheus,
+# prometheus-alertmanager), which it installs with apt-get as root when missing. Installs the pinned MCP Inspector CLI into a cache outside the
 # repo on first use and exports ENGRAM_INSPECTOR_CLI so tests/it/inspector.rs runs
 # it without network access.
 #
@@ -48,6 +49,28 @@ ENGRAM_INSPECTOR_CLI="$(node -p '
 ' "$inspector_dir")"
 export ENGRAM_INSPECTOR_CLI
 step "inspector CLI: $ENGRAM_INSPECTOR_CLI"
+
+# --- promtool and amtool ------------------------------------------------------
+# tests/it/deploy.rs checks deploy/ (alert rules, Prometheus and Alertmanager
+# configuration, the dashboard's queries) with them: Debian's prometheus and
+# prometheus-alertmanager packages, installed here when missing (as root, as CI
+# runs; elsewhere the tests name the packages).
+monitoring_packages=()
+command -v promtool >/dev/null || monitoring_packages+=(prometheus)
+command -v amtool >/dev/null || monitoring_packages+=(prometheus-alertmanager)
+if [[ ${#monitoring_packages[@]} -gt 0 ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        step "installing ${monitoring_packages[*]} (promtool, amtool) with apt-get"
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${monitoring_packages[@]}" >&2
+    else
+        echo "error: promtool or amtool missing; install Debian's ${monitoring_packages[*]}" \
+            "(apt-get install -y ${monitoring_packages[*]})" >&2
+        exit 1
+    fi
+fi
+step "promtool $(promtool --version 2>&1 | awk 'NR == 1 { print $3 }'), amtool $(amtool --version 2>&1 | awk 'NR == 1 { print $3 }')"
 
 # --- Services ----------------------------------------------------------------
 # PostgreSQL 18 + pgvector and Redis; see scripts/services.sh. Assigned first:

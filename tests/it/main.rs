@@ -23,6 +23,8 @@
 //!   (an erased user leaves no trace in any table, file or cache key),
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
+//! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
+//!   configuration in `deploy/`, checked with promtool and amtool).
 
 mod common;
 
@@ -31,6 +33,7 @@ mod cache;
 mod chat_agent;
 mod cli;
 mod crash;
+mod deploy;
 mod encryption;
 mod erasure;
 mod eval_cli;
