@@ -665,3 +665,66 @@ fn encryption_keys_come_from_the_variable_or_a_key_file_and_never_show() {
         assert!(!message.contains(k1.as_str()), "{message}");
     }
 }
+
+#[test]
+fn metrics_settings_and_the_owner_url_are_checked() {
+    let cfg = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(cfg.metrics.bind, None);
+    assert_eq!(cfg.metrics.refresh_secs, DEFAULT_METRICS_REFRESH_SECS);
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_METRICS_BIND", "0.0.0.0:9464"),
+            ("ENGRAM_METRICS_REFRESH_SECS", "2"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.metrics.bind, Some("0.0.0.0:9464".parse().unwrap()));
+    assert_eq!(cfg.metrics.refresh_secs, 2);
+    let err = Config::load_from(None, &env(&[("ENGRAM_METRICS_BIND", "localhost")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ENGRAM_METRICS_BIND") && err.contains("HOST:PORT"),
+        "{err}"
+    );
+    let err = Config::load_from(None, &env(&[("ENGRAM_METRICS_REFRESH_SECS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ENGRAM_METRICS_REFRESH_SECS"), "{err}");
+
+    // The owner URL is for PostgreSQL, and must be one.
+    let pg = ("ENGRAM_DATABASE_URL", "postgres://app@db/engram");
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            pg,
+            ("ENGRAM_DATABASE_OWNER_URL", "postgres://owner:pw@db/engram"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.store.owner_url.as_deref(),
+        Some("postgres://owner:pw@db/engram")
+    );
+    let err = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_DATABASE_URL", "sqlite:///tmp/e.db"),
+            ("ENGRAM_DATABASE_OWNER_URL", "postgres://owner:pw@db/engram"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("ENGRAM_DATABASE_OWNER_URL") && !err.contains("pw"),
+        "{err}"
+    );
+    let err = Config::load_from(
+        None,
+        &env(&[pg, ("ENGRAM_DATABASE_OWNER_URL", "mysql://owner@db/engram")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("postgres://OWNER"), "{err}");
+}

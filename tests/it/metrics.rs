@@ -1,7 +1,8 @@
 //! `/metrics` after a scripted workload against the real binary: every
-//! metric engram names is there, with the counts the workload implies, as
-//! Prometheus exposition text, and nothing in it names a user, a key or a
-//! memory.
+//! metric engram names is there (exactly those the dashboard and the alert
+//! rules are checked against, `deploy::ENGRAM_METRICS`), with the counts the
+//! workload implies, as Prometheus exposition text, and nothing in it names
+//! a user, a key or a memory.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -16,30 +17,7 @@ use crate::common::http::stateless;
 use crate::common::postgres::TestDatabase;
 use crate::common::redis::{shared_url, unique_prefix};
 use crate::common::{ENGRAM, connect_to, ok, run_engram};
-
-/// Every family `/metrics` names (the README's Monitoring table).
-const FAMILIES: &[&str] = &[
-    "engram_build_info",
-    "engram_requests_total",
-    "engram_request_duration_seconds",
-    "engram_request_errors_total",
-    "engram_remember_events_total",
-    "engram_extraction_duration_seconds",
-    "engram_embedding_duration_seconds",
-    "engram_llm_requests_total",
-    "engram_llm_tokens_total",
-    "engram_token_budget_exceeded_total",
-    "engram_cache_requests_total",
-    "engram_cache_up",
-    "engram_pending_extractions",
-    "engram_memories",
-    "engram_database_up",
-    "engram_db_pool_connections",
-    "engram_db_pool_max_connections",
-    "engram_db_pool_acquire_duration_seconds",
-    "engram_rate_limited_total",
-    "engram_audit_dropped_total",
-];
+use crate::deploy::{ENGRAM_METRICS, Metric};
 
 /// A page of exposition text: each sample by its name and sorted labels.
 struct Page {
@@ -267,12 +245,34 @@ async fn metrics_count_a_scripted_workload_and_name_no_user() {
     // The gauges are refreshed every second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let page = scrape(&base).await;
-    for family in FAMILIES {
-        assert!(
-            page.types.contains_key(*family),
-            "{family} missing:\n{}",
-            page.text
+    // The page and the list the dashboard and alerts are checked against
+    // (deploy.rs) name the same families, of the same types and labels.
+    let listed: BTreeMap<&str, &Metric> = ENGRAM_METRICS.iter().map(|m| (m.name, m)).collect();
+    let shown: Vec<&str> = page.types.keys().map(String::as_str).collect();
+    assert_eq!(
+        shown,
+        listed.keys().copied().collect::<Vec<_>>(),
+        "{}",
+        page.text
+    );
+    for (name, labels) in page.samples.keys() {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| listed.contains_key(f)))
+            .unwrap_or(name);
+        let metric = listed[family];
+        assert_eq!(
+            page.types[family],
+            format!("{:?}", metric.kind).to_lowercase(),
+            "{family}"
         );
+        for (label, _) in labels {
+            assert!(
+                metric.labels.contains(&label.as_str()) || label == "le",
+                "{name} has label {label}, not in {:?}",
+                metric.labels
+            );
+        }
     }
     let chats = fake.requests_to("/v1/chat/completions").len() as f64;
     let rest_op = |op: &'static str| [("transport", "rest"), ("operation", op)];
