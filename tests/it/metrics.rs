@@ -5,18 +5,15 @@
 //! a user, a key or a memory.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::common::fake_openai::FakeOpenAi;
-use crate::common::http::stateless;
+use crate::common::http::{Server, stateless};
 use crate::common::postgres::TestDatabase;
 use crate::common::redis::{shared_url, unique_prefix};
-use crate::common::{ENGRAM, connect_to, ok, run_engram};
+use crate::common::{connect_to, ok, run_engram};
 use crate::deploy::{ENGRAM_METRICS, Metric};
 
 /// A page of exposition text: each sample by its name and sorted labels.
@@ -89,36 +86,6 @@ impl Page {
     }
 }
 
-/// `engram serve --transport http` with `env`; the process and its base URL.
-async fn serve_http(env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(ENGRAM);
-    command
-        .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
-        .env("ENGRAM_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("serving MCP at http://") {
-                let url = &line[at + "serving MCP at ".len()..];
-                return url[..url.find("/mcp").unwrap()].to_owned();
-            }
-        }
-        panic!("engram exited before listening");
-    })
-    .await
-    .expect("engram did not start listening");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
-}
-
 async fn scrape(base: &str) -> Page {
     // A scraper comes by the pod's address, which no allowed host names.
     let response = reqwest::Client::new()
@@ -158,7 +125,8 @@ async fn metrics_count_a_scripted_workload_and_name_no_user() {
     let key = run_engram(&["keys", "create", "--admin"], &env);
     assert!(key.status.success(), "{key:?}");
     let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
-    let (_engram, base) = serve_http(&env).await;
+    let engram = Server::start_process_with(&env).await;
+    let base = engram.base.clone();
     let http = reqwest::Client::new();
     let rest = |path: &str, body: Value, key: &str| {
         http.post(format!("{base}/api/v1/memory{path}"))
