@@ -56,7 +56,9 @@
 //!   per section), [`startup`] (a config made into a running service:
 //!   `build`, then a transport; [`startup::HttpApp`]; `keys.rs`: the
 //!   `engram keys` commands), [`telemetry`] (logs
-//!   to stderr: on stdio, stdout belongs to the protocol).
+//!   to stderr: on stdio, stdout belongs to the protocol; `traces.rs`:
+//!   OpenTelemetry traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//!   set; `spans.rs`: every span and its attributes).
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
 //!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),

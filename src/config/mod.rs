@@ -17,6 +17,7 @@
 //! | `audit`             | `config/audit.rs`   | `audit`, `audit_queries`, `audit_key`                  |
 //! | `retention`         | `config/retention.rs` | `retention_days`, `retention_categories`, `history_retention_days`, `retention_purge_interval_secs` |
 //! | `crypto`            | `config/crypto.rs`  | `encryption_key`, `encryption_key_file`, `encryption_old_keys`, `sensitive_metadata_keys` |
+//! | `telemetry`         | `config/telemetry.rs` | `trace_content` (the `OTEL_*` variables are read by `crate::telemetry`) |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -38,6 +39,7 @@ mod memory;
 mod openai;
 mod retention;
 mod store;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -74,6 +76,7 @@ pub use store::{
     DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS, DEFAULT_DATABASE_TIMEOUT_MS, DEFAULT_VECTOR_CACHE_MB,
     IndexKind, StoreConfig,
 };
+pub use telemetry::TelemetryConfig;
 
 use layers::Layers;
 
@@ -100,6 +103,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Encryption at rest of sensitive values.
     pub crypto: CryptoConfig,
+    /// What exported traces may carry.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -134,6 +139,7 @@ impl Config {
             audit::KEYS,
             retention::KEYS,
             crypto::KEYS,
+            telemetry::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -148,6 +154,7 @@ impl Config {
             audit: AuditConfig::load(&src)?,
             retention: RetentionConfig::load(&src)?,
             crypto: CryptoConfig::load(&src)?,
+            telemetry: TelemetryConfig::load(&src)?,
         })
     }
 }
