@@ -74,12 +74,18 @@ impl Server {
     /// The real binary (`engram serve --transport http`, no API keys), for
     /// what only a process shows: signals, exit status, its log.
     pub async fn start_process() -> Self {
+        Self::start_process_with(&[]).await
+    }
+
+    /// [`Server::start_process`], plus `env`.
+    pub async fn start_process_with(env: &[(&str, &str)]) -> Self {
         let (dir, database_url) = database(None);
         let mut child = Command::new(ENGRAM)
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
             .env("ENGRAM_DATABASE_URL", &database_url)
             .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
