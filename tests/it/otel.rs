@@ -452,6 +452,65 @@ async fn with_trace_content_the_genai_opt_in_attributes_carry_the_text() {
     assert!(chat.str("gen_ai.output.messages").is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_with_a_cache_store_calls_and_cache_commands_have_their_spans() {
+    let receiver = Receiver::start().await;
+    let fake = FakeOpenAi::start(64).await;
+    let db = common::postgres::TestDatabase::create().await;
+    let redis = common::redis::shared_url();
+    let prefix = common::redis::unique_prefix();
+    let mut env = env(&receiver, &fake);
+    env.extend([
+        ("ENGRAM_DATABASE_URL", db.app_url.as_str()),
+        ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.as_str()),
+        ("ENGRAM_CACHE_URL", redis.as_str()),
+        ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
+    ]);
+    let mut server = Server::start_process_with(&env).await;
+    for (path, body) in [
+        (
+            "/api/v1/memory",
+            json!({"messages": [{"role": "user", "content": SAID}], "user_id": USER}),
+        ),
+        (
+            "/api/v1/memory/search",
+            json!({"query": ASKED, "user_id": USER}),
+        ),
+    ] {
+        let reply = server.call(Method::POST, path, None, Some(body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    stop(&mut server).await;
+    let spans = receiver.spans();
+    let search = one(&spans, "recall", |s| s.name == "search_memory");
+    let under = |s: &&Span| s.parent_span_id == search.span_id;
+    let store: Vec<&Span> = spans
+        .iter()
+        .filter(under)
+        .filter(|s| s.str("db.system.name") == Some("postgresql"))
+        .collect();
+    assert!(
+        store
+            .iter()
+            .any(|s| s.str("db.operation.name") == Some("candidates")),
+        "{store:#?}"
+    );
+    let cache: Vec<&Span> = spans
+        .iter()
+        .filter(under)
+        .filter(|s| s.str("db.system.name") == Some("redis"))
+        .collect();
+    for command in ["HGET", "GET"] {
+        assert!(
+            cache.iter().any(|s| s.name == command
+                && s.str("db.operation.name") == Some(command)
+                && s.kind == SpanKind::Client as i32),
+            "a {command} span under the recall: {cache:#?}"
+        );
+    }
+    nothing_of(&spans, &[USER, "Porto", "moved", ASKED]);
+}
+
 /// engram over stdio, spoken to in raw JSON-RPC lines.
 struct Stdio {
     _dir: tempfile::TempDir,
