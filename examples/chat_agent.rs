@@ -18,8 +18,18 @@ use tokio::io::BufReader;
 
 #[tokio::main]
 async fn main() {
-    engram::telemetry::init();
-    if let Err(e) = chat().await {
+    // Logs to stderr, and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = match engram::telemetry::init() {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("chat_agent: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = chat().await;
+    // Export the spans still queued (blocking: off the async threads).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    if let Err(e) = result {
         eprintln!("chat_agent: {e}");
         std::process::exit(1);
     }

@@ -34,6 +34,8 @@ pub struct ChatAgent {
     memory: Arc<MemoryService>,
     client: Client<OpenAIConfig>,
     model: String,
+    /// The chat server, for traces (`server.address`).
+    base_url: String,
     scope: Scope,
     /// (user, assistant) pairs of this session, oldest first.
     turns: Vec<(String, String)>,
@@ -52,6 +54,7 @@ impl ChatAgent {
             memory,
             client: crate::openai::client(endpoint, "")?,
             model,
+            base_url: endpoint.base_url.clone(),
             scope,
             turns: Vec::new(),
             storing: JoinSet::new(),
@@ -100,12 +103,17 @@ impl ChatAgent {
             messages,
             ..Default::default()
         };
-        let response = self
-            .client
-            .chat()
-            .create(request)
-            .await
-            .map_err(|e| format!("the chat model {} failed: {e}", self.model))?;
+        let span =
+            crate::telemetry::spans::chat(&self.model, &self.base_url, "reply", None, "text");
+        let response =
+            tracing::Instrument::instrument(self.client.chat().create(request), span.clone())
+                .await
+                .map_err(|e| {
+                    let kind = crate::openai::error_type(&e);
+                    crate::telemetry::spans::fail(&span, &kind, || e.to_string());
+                    format!("the chat model {} failed: {e}", self.model)
+                })?;
+        crate::telemetry::spans::chat_answered(&span, &response);
         let reply = response
             .choices
             .into_iter()

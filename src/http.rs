@@ -22,6 +22,8 @@
 //!
 //! Shutdown: SIGINT or SIGTERM stops accepting connections, ends MCP
 //! sessions, and lets requests in flight finish.
+//!
+//! Traces: when exported, every request runs in its span (`traced.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +56,7 @@ mod openapi;
 mod problem;
 mod query;
 mod sse;
+mod traced;
 
 use problem::Problem;
 
@@ -246,7 +249,8 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
         .layer(from_fn(audit_origin))
         .layer(from_fn(move |request, next| {
             check_host(hosts.clone(), origins.clone(), request, next)
-        }));
+        }))
+        .layer(from_fn(traced::request));
     // Outside the host check: a scraper comes by the pod's address.
     metrics::only(metrics_service).merge(guarded)
 }

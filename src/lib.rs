@@ -56,7 +56,9 @@
 //!   per section), [`startup`] (a config made into a running service:
 //!   `build`, then a transport; [`startup::HttpApp`]; `keys.rs`: the
 //!   `engram keys` commands), [`telemetry`] (logs
-//!   to stderr: on stdio, stdout belongs to the protocol), [`metrics`]
+//!   to stderr: on stdio, stdout belongs to the protocol; `traces.rs`:
+//!   OpenTelemetry traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//!   set; `spans.rs`: every span and its attributes), [`metrics`]
 //!   (Prometheus metrics on `/metrics`, bounded labels, no user ids).
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:

@@ -158,7 +158,6 @@ enum Transport {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    engram::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,7 +168,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Logs, and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (their
+    // exporter runs on the runtime).
+    let telemetry = match runtime.block_on(async { engram::telemetry::init() }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("engram: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(run(cli));
+    // The spans still queued go out before the process does.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -15,18 +15,24 @@
 //! the form the key's limit takes on `/mcp`: no other arguments would make
 //! it succeed, so it is not a tool error for the model to work around.
 //! Over stdio there is no key and nothing is counted.
+//!
+//! Each `tools/call`, `prompts/get` and `resources/read` runs in its span
+//! ([`traced`]), which continues the trace the client names in
+//! `params._meta.traceparent`.
+
+mod traced;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::handler::server::tool::{IntoCallToolResult, ToolCallContext};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, ErrorCode, Extensions, GetPromptResult, Implementation,
-    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, PromptMessage,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
-    ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, ErrorCode, Extensions, GetPromptResult,
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    RequestMetaObject, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -44,6 +50,7 @@ use crate::http::UserCounted;
 use crate::limit::{RATE_LIMITED, UserLimit, UserLimited};
 use crate::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
 use crate::service::{ForgetResult, MemoryService, RecallResult, RememberResult};
+use crate::telemetry::spans;
 
 const CONTEXT_URI_PREFIX: &str = "engram://users/";
 const CONTEXT_URI_SUFFIX: &str = "/context";
@@ -115,6 +122,16 @@ impl EngramMcp {
                 .and_then(|parts| parts.extensions.get::<Origin>())
                 .cloned()
                 .unwrap_or_else(|| self.origin.clone()),
+        }
+    }
+
+    /// `network.transport` of the request carrying `extensions`: `pipe`
+    /// (stdio) or `tcp` (HTTP).
+    fn network(&self, extensions: &Extensions) -> &'static str {
+        if self.origin(extensions).transport == "stdio" {
+            "pipe"
+        } else {
+            "tcp"
         }
     }
 
@@ -273,6 +290,27 @@ impl EngramMcp {
     async fn with_memory(
         &self,
         Parameters(args): Parameters<WithMemoryArgs>,
+        meta: RequestMetaObject,
+        extensions: Extensions,
+    ) -> Result<GetPromptResult, ErrorData> {
+        let network = self.network(&extensions);
+        let span = traced::span(
+            "prompts/get",
+            Some("with_memory"),
+            network,
+            None,
+            &meta,
+            &extensions,
+        );
+        traced::run(span, self.memory_prompt(args, extensions), |_| false).await
+    }
+}
+
+impl EngramMcp {
+    /// The `with_memory` prompt's answer.
+    async fn memory_prompt(
+        &self,
+        args: WithMemoryArgs,
         extensions: Extensions,
     ) -> Result<GetPromptResult, ErrorData> {
         let caller = self.principal(&extensions).map_err(protocol_error)?;
@@ -302,6 +340,35 @@ impl EngramMcp {
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for EngramMcp {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let network = self.network(&context.extensions);
+        let span = traced::span(
+            "tools/call",
+            Some(&request.name),
+            network,
+            Some(&context.id),
+            &context.meta,
+            &context.extensions,
+        );
+        if spans::content()
+            && let Some(arguments) = &request.arguments
+        {
+            let arguments = serde_json::Value::Object(arguments.clone()).to_string();
+            spans::set(&span, "gen_ai.tool.call.arguments", arguments);
+        }
+        let call = ToolCallContext::new(self, request, context);
+        traced::run(
+            span,
+            self.tool_router.call(call),
+            |answer| matches!(answer, CallToolResponse::Complete(r) if r.is_error == Some(true)),
+        )
+        .await
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -343,6 +410,30 @@ impl ServerHandler for EngramMcp {
     }
 
     async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let network = self.network(&context.extensions);
+        let span = traced::span(
+            "resources/read",
+            None,
+            network,
+            Some(&context.id),
+            &context.meta,
+            &context.extensions,
+        );
+        if spans::content() {
+            // The URI names the user.
+            spans::set(&span, "mcp.resource.uri", request.uri.clone());
+        }
+        traced::run(span, self.read_context(request, context), |_| false).await
+    }
+}
+
+impl EngramMcp {
+    /// `resources/read` of `engram://users/{user_id}/context`.
+    async fn read_context(
         &self,
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,

@@ -117,3 +117,14 @@ pub fn refused_response_format(error: &OpenAIError) -> bool {
         _ => false,
     }
 }
+
+/// A failure's `error.type` in traces: `timeout`, `connect`, the HTTP
+/// status a server refused with, or `_OTHER`.
+pub fn error_type(error: &OpenAIError) -> String {
+    match error {
+        OpenAIError::Reqwest(e) if e.is_timeout() => "timeout".to_owned(),
+        OpenAIError::Reqwest(e) if e.is_connect() => "connect".to_owned(),
+        OpenAIError::ApiError(response) => response.status_code.as_u16().to_string(),
+        _ => "_OTHER".to_owned(),
+    }
+}

@@ -18,7 +18,7 @@ use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::{Caller, EngramMcp};
 use crate::openai::Endpoint;
 use crate::service::{MemoryService, Settings};
-use crate::store::{Deadline, PgOptions, PgStore, redact};
+use crate::store::{Deadline, PgOptions, PgStore, Traced, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
 mod export;
@@ -166,12 +166,24 @@ pub async fn store(
         // A database over the network can stop answering mid-statement,
         // which neither bound above notices.
         let limit = acquire_timeout + statement_timeout;
-        return Ok(Arc::new(Deadline::new(Arc::new(store), limit)));
+        return Ok(traced(
+            Arc::new(Deadline::new(Arc::new(store), limit)),
+            "postgresql",
+        ));
     }
     let store = SqliteStore::open(url, embedder.identity())
         .await?
         .with_vector_cache_bytes(config.store.vector_cache_mb * 1024 * 1024);
-    Ok(Arc::new(store))
+    Ok(traced(Arc::new(store), "sqlite"))
+}
+
+/// `store`, with a span around every call when traces are exported.
+fn traced(store: Arc<dyn Store>, system: &'static str) -> Arc<dyn Store> {
+    if crate::telemetry::spans::enabled() {
+        Arc::new(Traced::new(store, system))
+    } else {
+        store
+    }
 }
 
 /// How the configured PostgreSQL store is opened.
@@ -207,6 +219,7 @@ pub async fn cache(config: &Config) -> Result<Arc<dyn Cache>, StartupError> {
 
 /// Opens the store and wires the service. Fails fast on any misconfiguration.
 pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
+    crate::telemetry::spans::capture_content(config.telemetry.trace_content);
     let embedder = embedder(config)?;
     let extractor = extractor(config)?;
     let store = store(config, embedder.as_ref()).await?;

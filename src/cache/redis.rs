@@ -171,7 +171,8 @@ impl RedisCache {
         if !self.health.admit() {
             return None;
         }
-        match command.await {
+        let span = crate::telemetry::spans::cache(redis_command(operation), operation);
+        match tracing::Instrument::instrument(command, span.clone()).await {
             Ok(value) => {
                 if self.health.succeeded() {
                     self.replay_purges().await;
@@ -179,6 +180,7 @@ impl RedisCache {
                 Some(value)
             }
             Err(error) => {
+                crate::telemetry::spans::fail(&span, "cache_error", || error.to_string());
                 self.health.failed(operation, &error);
                 None
             }
@@ -244,6 +246,18 @@ impl RedisCache {
     }
 }
 
+/// The Redis command behind each of [`RedisCache::run`]'s operations, for traces.
+fn redis_command(operation: &str) -> &'static str {
+    match operation {
+        "get entry" => "HGET",
+        "put entry" | "rate limit" | "purge user to floor" => "EVAL",
+        "purge user" => "DEL",
+        "get vector" => "GET",
+        "put vector" => "SET",
+        _ => "_OTHER",
+    }
+}
+
 #[async_trait]
 impl Cache for RedisCache {
     fn enabled(&self) -> bool {
@@ -280,11 +294,11 @@ impl Cache for RedisCache {
 
     async fn purge_user(&self, user_id: &str, floor: Option<u64>) {
         let key = self.user_key(user_id);
-        if self
-            .run("purge user", self.purge(&key, floor))
-            .await
-            .is_none()
-        {
+        let operation = match floor {
+            None => "purge user",
+            Some(_) => "purge user to floor",
+        };
+        if self.run(operation, self.purge(&key, floor)).await.is_none() {
             self.defer_purge(key, floor);
         }
     }

@@ -18,6 +18,7 @@
 //! | `retention`         | `config/retention.rs` | `retention_days`, `retention_categories`, `history_retention_days`, `retention_purge_interval_secs` |
 //! | `crypto`            | `config/crypto.rs`  | `encryption_key`, `encryption_key_file`, `encryption_old_keys`, `sensitive_metadata_keys` |
 //! | `metrics`           | `config/metrics.rs` | `metrics_bind`, `metrics_refresh_secs`                 |
+//! | `telemetry`         | `config/telemetry.rs` | `trace_content` (the `OTEL_*` variables are read by `crate::telemetry`) |
 //!
 //! `config/layers.rs` reads the layers: each section asks it for typed values
 //! and checks its own invariants. Numeric keys are checked against a
@@ -40,6 +41,7 @@ mod metrics;
 mod openai;
 mod retention;
 mod store;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -77,6 +79,7 @@ pub use store::{
     DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS, DEFAULT_DATABASE_TIMEOUT_MS, DEFAULT_VECTOR_CACHE_MB,
     IndexKind, StoreConfig,
 };
+pub use telemetry::TelemetryConfig;
 
 use layers::Layers;
 
@@ -105,6 +108,8 @@ pub struct Config {
     pub crypto: CryptoConfig,
     /// Where Prometheus metrics are served, and how fresh their gauges are.
     pub metrics: MetricsConfig,
+    /// What exported traces may carry.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -140,6 +145,7 @@ impl Config {
             retention::KEYS,
             crypto::KEYS,
             metrics::KEYS,
+            telemetry::KEYS,
         ]
         .concat();
         let src = Layers::new(file, env, &file_keys)?;
@@ -155,6 +161,7 @@ impl Config {
             retention: RetentionConfig::load(&src)?,
             crypto: CryptoConfig::load(&src)?,
             metrics: MetricsConfig::load(&src)?,
+            telemetry: TelemetryConfig::load(&src)?,
         })
     }
 }

@@ -18,9 +18,11 @@ use async_openai::types::embeddings::{
     CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput,
 };
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use super::{EmbedError, Embedder, EmbedderIdentity};
 use crate::openai::Endpoint;
+use crate::telemetry::spans;
 
 #[derive(Debug, Clone)]
 pub struct OpenAiSettings {
@@ -78,17 +80,32 @@ impl OpenAiEmbedder {
                 .send_dimensions
                 .then_some(self.settings.dims as u32),
         };
+        let span = spans::embeddings(
+            &self.settings.model,
+            &self.settings.endpoint.base_url,
+            self.settings.dims,
+            count,
+        );
         let embeddings = self.client.embeddings();
         let response: CreateEmbeddingResponse = match input_type {
-            None => embeddings.create(request).await,
+            None => embeddings.create(request).instrument(span.clone()).await,
             Some((field, value)) => {
                 let mut body = serde_json::to_value(&request)
                     .map_err(|e| EmbedError::Failed(format!("cannot encode a request: {e}")))?;
                 body[field] = serde_json::Value::String(value.to_owned());
-                embeddings.create_byot(body).await
+                embeddings.create_byot(body).instrument(span.clone()).await
             }
         }
-        .map_err(|e| self.explain(e))?;
+        .map_err(|e| {
+            spans::fail(&span, &crate::openai::error_type(&e), || e.to_string());
+            self.explain(e)
+        })?;
+        spans::set(&span, "gen_ai.response.model", response.model.clone());
+        spans::set(
+            &span,
+            "gen_ai.usage.input_tokens",
+            i64::from(response.usage.prompt_tokens),
+        );
         if response.data.len() != count {
             return Err(EmbedError::Failed(format!(
                 "{} returned {} embeddings for {count} inputs",

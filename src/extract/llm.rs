@@ -20,10 +20,12 @@ use async_openai::types::chat::{
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{Action, Decided, Decision, ExtractError, Extracted, Extractor, Known, Usage};
 use crate::model::{Fact, Input};
 use crate::openai::Endpoint;
+use crate::telemetry::spans;
 
 /// The categories facts are filed under unless configured otherwise.
 pub const DEFAULT_CATEGORIES: &[&str] = &[
@@ -41,6 +43,9 @@ pub const DEFAULT_CATEGORIES: &[&str] = &[
     "travel.transport",
     "travel.loyalty",
 ];
+
+/// The sampling temperature of every request: the same input, the same facts.
+const TEMPERATURE: f32 = 0.0;
 
 /// At most this many facts are taken from one reply.
 const MAX_FACTS: usize = 50;
@@ -248,7 +253,7 @@ impl LlmExtractor {
                 }),
             ],
             response_format: Some(response_format),
-            temperature: Some(0.0),
+            temperature: Some(TEMPERATURE),
             ..Default::default()
         }
     }
@@ -256,15 +261,24 @@ impl LlmExtractor {
     /// One chat request; the reply's text (JSON, per `ask.schema`) and its cost.
     async fn ask(&self, ask: &Ask) -> Result<(String, Usage), ExtractError> {
         let metrics = crate::metrics::metrics();
-        // Labelled by the configured model, a bounded set; the reply's own
+        // One span per logical call: the json_object retry is part of it.
+        let span = spans::chat(
+            &self.settings.model,
+            &self.settings.endpoint.base_url,
+            ask.name,
+            Some(TEMPERATURE),
+            "json",
+        );
+        // Counted by the configured model, a bounded set; the reply's own
         // model name may carry a version suffix.
-        let response = match self.complete(ask).await {
+        let response = match self.complete(ask).instrument(span.clone()).await {
             Ok(response) => response,
             Err(e) => {
                 metrics.llm_call(&self.settings.model, false, None);
                 return Err(e);
             }
         };
+        spans::chat_answered(&span, &response);
         let mut usage = Usage {
             model: response.model.clone(),
             calls: 1,
@@ -300,7 +314,15 @@ impl LlmExtractor {
                     self.where_()
                 ))
             })?;
+        let reply = message.content.as_deref();
+        spans::chat_content(
+            &span,
+            &ask.system,
+            &ask.user,
+            reply.or(message.refusal.as_deref()),
+        );
         if let Some(refusal) = message.refusal {
+            spans::fail(&span, "refusal", || refusal.clone());
             return Err(ExtractError::Failed(format!(
                 "{} refused: {refusal}; nothing was stored",
                 self.where_()
@@ -311,13 +333,19 @@ impl LlmExtractor {
 
     async fn complete(&self, ask: &Ask) -> Result<CreateChatCompletionResponse, ExtractError> {
         let explain = |e: &async_openai::error::OpenAIError| {
-            ExtractError::Failed(crate::openai::explain(
+            let message = crate::openai::explain(
                 e,
                 &self.where_(),
                 &self.settings.endpoint,
                 "ENGRAM_LLM_MODEL",
                 "ENGRAM_LLM_TIMEOUT_SECS",
-            ))
+            );
+            spans::fail(
+                &tracing::Span::current(),
+                &crate::openai::error_type(e),
+                || message.clone(),
+            );
+            ExtractError::Failed(message)
         };
         let schema = self.json_schema.load(Ordering::Relaxed);
         match self.client.chat().create(self.request(ask, schema)).await {

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::model::{Event, MemoryId, UserId};
 use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
 use crate::store::{AuditQuery, AuditRecord, AuditRow, UserExport, UserStats};
+use crate::telemetry::spans::{MemoryOp, Record, Touched};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,11 @@ impl MemoryService {
     ) -> Result<RememberResult, Error> {
         let started = Instant::now();
         let record = self.audit_record(caller, "remember", req.user_id.as_deref(), None);
-        let result = self.remember_inner(caller, req, record.clone()).await;
+        let result = MemoryOp::start("upsert_memory", "remember")
+            .run(self.remember_inner(caller, req, record.clone()), |r| {
+                Touched::records(r.results.iter().map(|e| Record::new(e.id, &e.memory)))
+            })
+            .await;
         if result.is_err() {
             self.audit_after(record, &result, |_| Vec::new());
         }
@@ -76,7 +81,16 @@ impl MemoryService {
             req.user_id.as_deref(),
             Some(req.query.as_str()),
         );
-        let result = self.recall_inner(caller, req).await;
+        let result = MemoryOp::start("search_memory", "recall")
+            .query(Some(&req.query))
+            .run(self.recall_inner(caller, req), |r| {
+                Touched::records(
+                    r.results
+                        .iter()
+                        .map(|m| Record::new(m.memory.id, &m.memory.memory).scored(m.score)),
+                )
+            })
+            .await;
         self.audit_after(record, &result, |r| {
             r.results.iter().map(|m| m.memory.id).collect()
         });
@@ -96,7 +110,12 @@ impl MemoryService {
             req.user_id.as_deref(),
             req.query.as_deref(),
         );
-        let result = self.user_context_inner(caller, req).await;
+        let result = MemoryOp::start("search_memory", "user_context")
+            .query(req.query.as_deref())
+            .run(self.user_context_inner(caller, req), |c| {
+                Touched::records(c.memories.iter().map(|m| Record::new(m.id, &m.memory)))
+            })
+            .await;
         self.audit_after(record, &result, |c| {
             c.memories.iter().map(|m| m.id).collect()
         });
@@ -122,7 +141,11 @@ impl MemoryService {
             "forget_user"
         };
         let record = self.audit_record(caller, operation, req.user_id.as_deref(), None);
-        let result = self.forget_inner(caller, req, record.clone()).await;
+        let result = MemoryOp::start("delete_memory", operation)
+            .run(self.forget_inner(caller, req, record.clone()), |f| {
+                Touched::counted(f.deleted, f.memory_id.map(Record::id))
+            })
+            .await;
         if result.is_err() {
             self.audit_after(record, &result, |_| Vec::new());
         }
@@ -135,7 +158,11 @@ impl MemoryService {
     pub async fn get(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
         let started = Instant::now();
         let record = self.audit_record(caller, "get", req.user_id.as_deref(), None);
-        let result = self.get_inner(caller, req).await;
+        let result = MemoryOp::start("search_memory", "get")
+            .run(self.get_inner(caller, req), |d| {
+                Touched::records([Record::new(d.memory.id, &d.memory.memory)])
+            })
+            .await;
         self.audit_after(record, &result, |d| vec![d.memory.id]);
         metered("get", started, &result);
         result
@@ -150,7 +177,11 @@ impl MemoryService {
     ) -> Result<HistoryResult, Error> {
         let started = Instant::now();
         let record = self.audit_record(caller, "history", req.user_id.as_deref(), None);
-        let result = self.history_inner(caller, req).await;
+        let result = MemoryOp::start("search_memory", "history")
+            .run(self.history_inner(caller, req), |h| {
+                Touched::records([Record::id(h.memory_id)])
+            })
+            .await;
         self.audit_after(record, &result, |h| vec![h.memory_id]);
         metered("history", started, &result);
         result
@@ -164,7 +195,9 @@ impl MemoryService {
     ) -> Result<UserStats, Error> {
         let started = Instant::now();
         let record = self.audit_record(caller, "stats", user_id, None);
-        let result = self.stats_inner(caller, user_id).await;
+        let result = MemoryOp::start("search_memory", "stats")
+            .run(self.stats_inner(caller, user_id), |_| Touched::default())
+            .await;
         self.audit_after(record, &result, |_| Vec::new());
         metered("stats", started, &result);
         result
@@ -178,7 +211,15 @@ impl MemoryService {
     ) -> Result<UserExport, Error> {
         let started = Instant::now();
         let record = self.audit_record(caller, "export", user_id, None);
-        let result = self.export_inner(caller, user_id).await;
+        let result = MemoryOp::start("search_memory", "export")
+            .run(self.export_inner(caller, user_id), |e| {
+                Touched::records(
+                    e.memories
+                        .iter()
+                        .map(|m| Record::new(m.memory.id, &m.memory.memory)),
+                )
+            })
+            .await;
         self.audit_after(record, &result, |e| {
             e.memories.iter().map(|m| m.memory.id).collect()
         });

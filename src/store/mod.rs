@@ -14,6 +14,7 @@
 //!
 //! Files: `traits` (the seam), `types` (what the traits take and give),
 //! `deadline` (a bound on every call, for a database over the network),
+//! `traced` (a span around every call, when traces are exported),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
 //! vector copy), `shared` (what both backends do alike, written once), and
 //! a folder per backend. This file: the error and the prelude.
@@ -21,9 +22,11 @@
 mod deadline;
 mod postgres;
 mod sqlite;
+mod traced;
 mod vector_index;
 
 pub use deadline::Deadline;
+pub use traced::Traced;
 
 pub use postgres::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, IndexKind, PgOptions,

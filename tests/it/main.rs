@@ -16,6 +16,8 @@
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores), [`key_lifecycle`]
 //!   (keys that expire, read-only keys, rotation, erasure; both stores).
+//! * Traces: [`otel`] (OTLP export through the binary, to a receiver the
+//!   test runs).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`export_cli`]
 //!   (plain and encrypted exports).
@@ -49,6 +51,7 @@ mod mcp_stdio;
 mod metrics;
 mod odd_input;
 mod openai_embedder;
+mod otel;
 mod postgres;
 mod protocol;
 mod rest_api;

@@ -112,6 +112,7 @@ async fn metrics_count_a_scripted_workload_and_name_no_user() {
     let env = [
         ("ENGRAM_DATABASE_URL", db.app_url.as_str()),
         ("ENGRAM_DATABASE_OWNER_URL", db.owner_url.as_str()),
+        ("ENGRAM_AUTH", "keys"),
         ("ENGRAM_CACHE_URL", cache.as_str()),
         ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
         ("ENGRAM_EXTRACTOR", "llm"),

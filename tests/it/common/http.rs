@@ -72,29 +72,29 @@ impl Server {
     }
 
     /// The real binary (`engram serve --transport http`, no API keys), for
-    /// what only a process shows: signals, exit status, its log, its metrics.
+    /// what only a process shows: signals, exit status, its log, its
+    /// metrics, its traces.
     pub async fn start_process() -> Self {
-        Self::start_process_with(&[("ENGRAM_AUTH", "none")]).await
+        Self::start_process_with(&[]).await
     }
 
-    /// The real binary with `env` (keys by default; a fresh SQLite file
-    /// unless `env` names a database).
+    /// [`Server::start_process`], plus `env` (which may name the database,
+    /// or turn keys on with `ENGRAM_AUTH=keys`).
     pub async fn start_process_with(env: &[(&str, &str)]) -> Self {
         let named = env.iter().find(|(k, _)| *k == "ENGRAM_DATABASE_URL");
         let (dir, database_url) = database(named.map(|(_, v)| *v));
-        let mut command = Command::new(ENGRAM);
-        command
+        let mut child = Command::new(ENGRAM)
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
             .env("ENGRAM_DATABASE_URL", &database_url)
+            .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
         // The address it listens on is in its start-up log line.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let base = tokio::time::timeout(Duration::from_secs(30), async {
