@@ -178,7 +178,7 @@ pub async fn store(
 }
 
 /// `store`, with a span around every call when traces are exported.
-fn traced(store: Arc<dyn Store>, system: &'static str) -> Arc<dyn Store> {
+pub(crate) fn traced(store: Arc<dyn Store>, system: &'static str) -> Arc<dyn Store> {
     if crate::telemetry::spans::enabled() {
         Arc::new(Traced::new(store, system))
     } else {

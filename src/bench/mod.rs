@@ -193,6 +193,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
+    // As `serve` does: every store call a span when traces are exported.
+    let system = if pg.is_some() { "postgresql" } else { "sqlite" };
+    let store = crate::startup::traced(store, system);
+    if crate::telemetry::spans::enabled() {
+        println!("traces on: spans exported to OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
     let mut service = MemoryService::new(
         store.clone(),
         embedder.clone(),
