@@ -7,7 +7,8 @@
 //! `token_budget`) show it; `engram reextract` leaves the over-budget
 //! user's entry queued and finishes another user's, and finishes the first
 //! once the budget is raised. Against the fake OpenAI-compatible server,
-//! which reports 120 prompt + 30 completion tokens per chat call.
+//! which reports 120 prompt + 30 completion tokens per chat call. And the
+//! retention purge drops daily totals past a week.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -359,4 +360,45 @@ async fn sqlite_a_user_over_the_token_budget_is_deferred_and_counted_across_proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_user_over_the_token_budget_is_deferred_and_counted_across_processes() {
     budgets_hold_across_processes(Db::Postgres(TestDatabase::create().await)).await;
+}
+
+/// The retention purge drops daily totals older than a week (only today's
+/// is ever read), every user's, and keeps the rest; a dry run drops none.
+#[tokio::test]
+async fn the_purge_drops_daily_totals_older_than_a_week() {
+    let db = Db::sqlite();
+    let store = db.store().await;
+    let service = engram::MemoryService::new(
+        store.clone(),
+        Arc::new(HashEmbedder::new(384)),
+        Arc::new(engram::extract::VerbatimExtractor),
+        engram::service::Settings::default(),
+    );
+    let now = chrono::Utc::now();
+    let today = now.date_naive();
+    let ago = |days: u64| today - chrono::Days::new(days);
+    let kept = engram::service::TOKEN_USAGE_KEPT_DAYS;
+    for (user, day) in [
+        ("alice", today),
+        ("alice", ago(kept)),
+        ("alice", ago(kept + 1)),
+        ("bob", ago(30)),
+    ] {
+        store.add_tokens(user, day, 10).await.unwrap();
+    }
+    service.purge_at(now, true).await.unwrap();
+    assert_eq!(store.tokens_used("bob", ago(30)).await.unwrap(), 10);
+    service.purge_at(now, false).await.unwrap();
+    for (user, day, left) in [
+        ("alice", today, 10),
+        ("alice", ago(kept), 10),
+        ("alice", ago(kept + 1), 0),
+        ("bob", ago(30), 0),
+    ] {
+        assert_eq!(
+            store.tokens_used(user, day).await.unwrap(),
+            left,
+            "{user} {day}"
+        );
+    }
 }
