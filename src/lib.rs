@@ -29,7 +29,9 @@
 //!   stored hashed, which may expire, be read-only, or be rotated).
 //! * The flows: [`service`] (`src/service.rs`) is the only place that knows
 //!   the order of steps; beside it `validate.rs` (what every door accepts),
-//!   `remember.rs` (the write flow, and what it keeps when the model fails),
+//!   `remember.rs` (the write flow, and what it keeps when the model fails
+//!   or the user's token budget is spent), `budget.rs` (daily token budgets
+//!   per user, counted in the store),
 //!   `recall.rs` (search and the context), `cached.rs` (the cache-through
 //!   steps), `reextract.rs` (`engram reextract`), `screen.rs` (secrets kept
 //!   out of a remember, per `ENGRAM_SECRETS`), `retention.rs` (the purge of

@@ -43,7 +43,9 @@ enum Command {
     /// (older keys in ENGRAM_ENCRYPTION_OLD_KEYS); servers may keep running.
     RotateKey,
     /// Finish remembers kept verbatim when the model failed (on_llm_error =
-    /// verbatim): extract, reconcile and replace their verbatim copies.
+    /// verbatim) or the user's token budget was spent: extract, reconcile and
+    /// replace their verbatim copies (entries of users still over today's
+    /// budget stay queued).
     Reextract {
         /// At most this many pending entries, oldest first.
         #[arg(long, default_value_t = 100)]

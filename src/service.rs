@@ -1,9 +1,12 @@
 //! [`MemoryService`]: the flows, and the only place that knows their order.
 //!
-//! * remember: validate ─▶ keep secrets out (`screen`) ─▶ extract facts ─▶ embed (one batch) ─▶ reconcile
+//! * remember: validate ─▶ keep secrets out (`screen`) ─▶ the user's token
+//!   budget (`budget`: spent, the text is kept as given and queued) ─▶
+//!   extract facts ─▶ embed (one batch) ─▶ reconcile
 //!   with similar stored memories (at most one more model call, see
 //!   `crate::reconcile`) ─▶ add / update / supersede / keep each (adds are
-//!   deduplicated atomically by the store) ─▶ report one event per fact.
+//!   deduplicated atomically by the store) ─▶ report one event per fact ─▶
+//!   count the model's tokens against the budget.
 //! * recall: validate ─▶ embed query ─▶ vector + keyword candidates ─▶ both
 //!   relevances for every candidate ─▶ fuse into absolute scores (`crate::rank`) ─▶ load.
 //! * user_context: the most relevant (to an optional focus) and most recent
@@ -33,8 +36,10 @@
 //!
 //! Beside this file, one step each: `audited` (the entry points and their
 //! audit rows), `validate` (what every door accepts), `screen` (secrets
-//! kept out of a remember, as `ENGRAM_SECRETS` says),
-//! `remember` (the write flow, and what it keeps when the model fails),
+//! kept out of a remember, as `ENGRAM_SECRETS` says), `budget` (the daily
+//! token budgets, counted in the store),
+//! `remember` (the write flow, and what it keeps when the model fails or
+//! the budget is spent),
 //! `recall` (search and the context), `cached` (the cache-through steps),
 //! `sealing` (sensitive values sealed at rest, opened after the cache),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
@@ -58,6 +63,7 @@ use crate::params::{
 use crate::store::{AuditRecord, Selection, Store, UserExport, UserStats};
 
 mod audited;
+mod budget;
 mod cached;
 mod observed;
 mod recall;
@@ -72,13 +78,14 @@ mod validate;
 pub use audited::{AuditPage, AuditParams};
 use validate::ForgetTarget;
 
+pub use budget::TOKEN_USAGE_KEPT_DAYS;
 pub use observed::run_gauges;
-pub use reextract::ReextractReport;
+pub use reextract::{OverBudget, ReextractReport};
 use remember::{Work, is_model_failure};
 pub use retention::{PURGE_BATCH, PurgeOutcome, run_purger};
 pub use types::{
-    Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult, Redaction,
-    RememberResult, ScoredMemory,
+    DeferCause, Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult,
+    Redaction, RememberResult, ScoredMemory,
 };
 pub use validate::{MAX_LIMIT, MAX_MESSAGES};
 
@@ -104,6 +111,8 @@ pub struct Settings {
     pub secrets: SecretsMode,
     /// How long memories are kept (see [`config::RetentionConfig`]).
     pub retention: config::RetentionConfig,
+    /// How many model tokens each user may spend per UTC day (see `budget`).
+    pub token_budget: config::BudgetConfig,
 }
 
 /// The defaults `engram serve` runs with (see [`crate::config`]).
@@ -119,6 +128,7 @@ impl Default for Settings {
                 .expect("the built-in default user is a valid id"),
             secrets: SecretsMode::default(),
             retention: config::RetentionConfig::default(),
+            token_budget: config::BudgetConfig::default(),
         }
     }
 }
@@ -265,15 +275,31 @@ impl MemoryService {
             audit,
             ttl_days: validate::ttl_days(req.ttl_days)?,
         };
+        // The model is not called for a user whose budget is spent: the text
+        // is kept as given and queued, whatever `on_llm_error` says (this
+        // is no failure).
+        let calls_model = work.infer && self.extractor.infers();
+        if calls_model && let Some(spent) = self.budget_spent(scope.user_id()).await? {
+            crate::metrics::metrics().token_budget_exceeded.inc();
+            let done = self
+                .defer(&work, DeferCause::TokenBudget, spent.reason())
+                .await;
+            return done.map(|result| RememberResult { redacted, ..result });
+        }
         let done = match self.process(&work).await {
             Err(error)
                 if is_model_failure(&error)
                     && self.settings.on_llm_error == OnLlmError::Verbatim =>
             {
-                self.defer(&work, error).await
+                self.defer(&work, DeferCause::ModelFailed, error.to_string())
+                    .await
             }
             done => done,
         };
+        if let Ok(result) = &done {
+            self.count_tokens(scope.user_id(), result.usage.as_ref())
+                .await;
+        }
         done.map(|result| RememberResult { redacted, ..result })
     }
 

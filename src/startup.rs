@@ -233,6 +233,7 @@ pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> 
         default_user: config.memory.default_user.clone(),
         secrets: config.memory.secrets,
         retention: config.retention.clone(),
+        token_budget: config.budget.clone(),
     };
     let mut service =
         MemoryService::new(store.clone(), embedder, extractor, settings).with_cache(cache);
@@ -358,12 +359,19 @@ pub async fn reextract(config: &Config, limit: usize) -> Result<(), StartupError
             failed.id, failed.user_id, failed.error
         );
     }
+    for held in &report.over_budget {
+        println!(
+            "{} (user {}): skipped, over the token budget: {}",
+            held.id, held.user_id, held.reason
+        );
+    }
     println!(
-        "engram: re-extracted {}, failed {}, skipped {} (they need ENGRAM_EXTRACTOR=llm); \
-         {} still pending",
+        "engram: re-extracted {}, failed {}, skipped {} (they need ENGRAM_EXTRACTOR=llm), \
+         skipped {} over the token budget; {} still pending",
         report.finished.len(),
         report.failed.len(),
         report.skipped,
+        report.over_budget.len(),
         report.remaining
     );
     if report.failed.is_empty() {

@@ -11,6 +11,7 @@
 //! | `cache`             | `config/cache.rs`   | `cache_*`                                              |
 //! | `embedder`          | `config/embedder.rs`| `embedder`, `embedding_*`                              |
 //! | `llm`               | `config/llm.rs`     | `extractor`, `llm_*`                                   |
+//! | `budget`            | `config/budget.rs`  | `token_budget_daily`, `token_budget_users`             |
 //! | `openai`            | `config/openai.rs`  | `openai_base_url` (`OPENAI_BASE_URL`); `OPENAI_API_KEY`, environment only |
 //! | `memory`            | `config/memory.rs`  | `default_user`, `dedup_threshold`, `reconcile_threshold`, `on_llm_error`, `max_text_bytes`, `secrets` |
 //! | `http`              | `config/http.rs`    | `auth`, `allowed_hosts`, `allowed_origins`, `rest_rate_limit`, `mcp_rate_limit` (per key), `rest_user_rate_limit`, `mcp_user_rate_limit` (per user), `request_timeout_secs`, `mcp_sessions_per_key` |
@@ -30,6 +31,7 @@
 //! allowed. Unknown file keys are refused by name.
 
 mod audit;
+mod budget;
 mod cache;
 mod crypto;
 mod embedder;
@@ -49,6 +51,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub use audit::{AuditConfig, MIN_AUDIT_KEY_BYTES};
+pub use budget::{BudgetConfig, MAX_TOKEN_BUDGET};
 pub use cache::{
     CacheConfig, DEFAULT_CACHE_EMBEDDING_TTL_SECS, DEFAULT_CACHE_POOL_SIZE, DEFAULT_CACHE_PREFIX,
     DEFAULT_CACHE_RETRY_MS, DEFAULT_CACHE_TIMEOUT_MS, DEFAULT_CACHE_TTL_SECS,
@@ -94,6 +97,8 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     /// The extractor and its chat model.
     pub llm: LlmConfig,
+    /// How many model tokens each user may spend per day.
+    pub budget: BudgetConfig,
     /// The OpenAI-compatible server the `openai` embedder and `llm` extractor call.
     pub openai: OpenAiConfig,
     /// How `remember` and `recall` behave.
@@ -138,6 +143,7 @@ impl Config {
             cache::KEYS,
             embedder::KEYS,
             llm::KEYS,
+            budget::KEYS,
             openai::KEYS,
             memory::KEYS,
             http::KEYS,
@@ -154,6 +160,7 @@ impl Config {
             cache: CacheConfig::load(&src)?,
             embedder: EmbedderConfig::load(&src)?,
             llm: LlmConfig::load(&src)?,
+            budget: BudgetConfig::load(&src)?,
             openai: OpenAiConfig::load(&src)?,
             memory: MemoryConfig::load(&src)?,
             http: HttpConfig::load(&src)?,

@@ -728,3 +728,90 @@ fn metrics_settings_and_the_owner_url_are_checked() {
     .to_string();
     assert!(err.contains("postgres://OWNER"), "{err}");
 }
+
+#[test]
+fn token_budgets_are_off_by_default_and_checked() {
+    let cfg = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(cfg.budget, BudgetConfig::default());
+    assert!(!cfg.budget.enabled());
+    assert_eq!(cfg.budget.for_user("alice"), None);
+    let cfg = Config::load_from(None, &env(&[("ENGRAM_TOKEN_BUDGET_DAILY", "0")])).unwrap();
+    assert!(!cfg.budget.enabled(), "0 is no budget");
+
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("ENGRAM_TOKEN_BUDGET_DAILY", "50000"),
+            (
+                "ENGRAM_TOKEN_BUDGET_USERS",
+                " alice=200000, bob=NONE ,team=a=7, ",
+            ),
+        ]),
+    )
+    .unwrap();
+    let b = &cfg.budget;
+    assert!(b.enabled());
+    assert_eq!(b.daily, Some(50_000));
+    assert_eq!(b.for_user("alice"), Some(200_000));
+    assert_eq!(b.for_user("bob"), None, "none: no budget for bob");
+    assert_eq!(b.for_user("team=a"), Some(7), "an id may hold '='");
+    assert_eq!(b.for_user("carol"), Some(50_000));
+    assert!(b.overridden("bob") && !b.overridden("carol"));
+
+    // Overrides alone enable counting; `none` alone does not.
+    let cfg = Config::load_from(None, &env(&[("ENGRAM_TOKEN_BUDGET_USERS", "alice=10")])).unwrap();
+    assert!(cfg.budget.enabled());
+    assert_eq!(cfg.budget.for_user("bob"), None);
+    let cfg =
+        Config::load_from(None, &env(&[("ENGRAM_TOKEN_BUDGET_USERS", "alice=none")])).unwrap();
+    assert!(!cfg.budget.enabled());
+
+    // The file takes an array of the same items.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "token_budget_daily = 1000\ntoken_budget_users = [\"alice=none\"]\n",
+    );
+    let cfg = Config::load_from(Some(&file), &env(&[])).unwrap();
+    assert_eq!(
+        (cfg.budget.for_user("alice"), cfg.budget.for_user("bob")),
+        (None, Some(1000))
+    );
+
+    for (key, value, says) in [
+        ("ENGRAM_TOKEN_BUDGET_DAILY", "-5", "out of range"),
+        ("ENGRAM_TOKEN_BUDGET_DAILY", "lots", "is not an integer"),
+        (
+            "ENGRAM_TOKEN_BUDGET_DAILY",
+            "1000000000001",
+            "0..=1000000000000",
+        ),
+        ("ENGRAM_TOKEN_BUDGET_USERS", "alice", "is not user=tokens"),
+        (
+            "ENGRAM_TOKEN_BUDGET_USERS",
+            "alice=0",
+            "or none for no budget",
+        ),
+        ("ENGRAM_TOKEN_BUDGET_USERS", "alice=many", "1..="),
+        ("ENGRAM_TOKEN_BUDGET_USERS", "=100", "names no user"),
+        ("ENGRAM_TOKEN_BUDGET_USERS", "a\u{200b}b=100", "invisible"),
+        (
+            "ENGRAM_TOKEN_BUDGET_USERS",
+            "alice=1,alice=2",
+            "a second time",
+        ),
+    ] {
+        let err = Config::load_from(None, &env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(says),
+            "{key}={value}: {err}"
+        );
+    }
+    let file = write_file(&dir, "token_budget_users = \"alice=5\"\n");
+    let err = Config::load_from(Some(&file), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("an array of strings"), "{err}");
+}

@@ -89,6 +89,14 @@ impl UserId {
     }
 }
 
+/// Maps keyed by user id are looked up by `&str` (the derived `Eq`, `Ord`
+/// and `Hash` are the string's).
+impl std::borrow::Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::ops::Deref for UserId {
     type Target = str;
     fn deref(&self) -> &str {

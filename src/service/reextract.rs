@@ -5,6 +5,11 @@
 //!
 //! Forgetting a verbatim copy or the user drops the entry (in the store), so
 //! a forgotten text is never extracted back.
+//!
+//! The token budget ([`super::budget`]) holds here too: an entry that would
+//! call the model for a user whose budget for the day is spent stays
+//! queued, untouched (no attempt counted), and is reported as held back;
+//! the tokens of each entry that ran count against its user's budget.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -26,6 +31,9 @@ pub struct ReextractReport {
     /// Entries whose verbatim copies wait for the llm extractor, which is
     /// not configured.
     pub skipped: usize,
+    /// Entries left queued because their user's token budget for the day
+    /// is spent.
+    pub over_budget: Vec<OverBudget>,
     /// Entries still pending after the run.
     pub remaining: u64,
 }
@@ -34,6 +42,15 @@ pub struct ReextractReport {
 pub struct Reextracted {
     pub id: Uuid,
     pub result: RememberResult,
+}
+
+/// An entry held back by its user's token budget.
+#[derive(Debug, Serialize)]
+pub struct OverBudget {
+    pub id: Uuid,
+    pub user_id: String,
+    /// The budget, the day's usage, and when the entry can run.
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +72,18 @@ impl MemoryService {
             // embedder failed) is stored now, as the verbatim extractor would.
             if entry.infer && !self.extractor.infers() && !entry.memory_ids.is_empty() {
                 report.skipped += 1;
+                continue;
+            }
+            let user_id = entry.scope.user_id();
+            if entry.infer
+                && self.extractor.infers()
+                && let Some(spent) = self.budget_spent(user_id).await?
+            {
+                report.over_budget.push(OverBudget {
+                    id: entry.id,
+                    user_id: user_id.to_string(),
+                    reason: spent.held_back(),
+                });
                 continue;
             }
             let input = self.open_input(&entry.input, entry.scope.user_id());
@@ -85,9 +114,9 @@ impl MemoryService {
                 }
                 Err(message) => Err(StoreError::Corrupt(message).into()),
             };
-            let user_id = entry.scope.user_id();
             match outcome {
                 Ok(result) => {
+                    self.count_tokens(user_id, result.usage.as_ref()).await;
                     self.store.finish_pending(user_id, entry.id).await?;
                     report.finished.push(Reextracted {
                         id: entry.id,

@@ -4,7 +4,10 @@
 //! With `on_llm_error = "verbatim"` a remember whose LLM (or embedder) call
 //! failed keeps the text as given and queues a pending entry, which
 //! `engram reextract` ([`super::reextract`]) later runs through this same
-//! flow. With `"fail"` the remember fails and stores nothing.
+//! flow. With `"fail"` the remember fails and stores nothing. A remember
+//! whose user's token budget is spent ([`super::budget`]) is kept and
+//! queued the same way, whatever `on_llm_error` says, without calling the
+//! model; its audit row's outcome is `token_budget`.
 //!
 //! Invariants:
 //! * a message is never lost: either nothing was stored and the caller got
@@ -22,7 +25,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::MemoryService;
-use super::types::{Deferred, MemoryEvent, RememberResult};
+use super::types::{DeferCause, Deferred, MemoryEvent, RememberResult};
 use crate::config::RetentionConfig;
 use crate::error::Error;
 use crate::extract::{Extracted, Extractor, VerbatimExtractor};
@@ -61,9 +64,23 @@ impl Work<'_> {
         batch: &mut dyn WriteBatch,
         touched: impl Iterator<Item = MemoryId>,
     ) -> Result<(), Error> {
+        self.audit_as(batch, touched, None).await
+    }
+
+    /// As [`Work::audit`], with `outcome` in place of the record's own
+    /// (`ok`) when given.
+    async fn audit_as(
+        &self,
+        batch: &mut dyn WriteBatch,
+        touched: impl Iterator<Item = MemoryId>,
+        outcome: Option<&str>,
+    ) -> Result<(), Error> {
         if let Some(record) = &self.audit {
             let mut record = record.clone();
             crate::audit::with_memories(&mut record, touched.collect());
+            if let Some(outcome) = outcome {
+                outcome.clone_into(&mut record.outcome);
+            }
             batch.audit(&record).await?;
         }
         Ok(())
@@ -203,18 +220,27 @@ impl MemoryService {
         })
     }
 
-    /// Keeps `work`'s text as given after the model failed with `error`.
+    /// Keeps `work`'s text as given and queues it for `engram reextract`:
+    /// the model failed (`reason`: its error), or was not called because
+    /// the user's token budget is spent.
     pub(super) async fn defer(
         &self,
         work: &Work<'_>,
-        error: Error,
+        cause: DeferCause,
+        reason: String,
     ) -> Result<RememberResult, Error> {
-        let reason = error.to_string();
-        tracing::warn!(
-            user_id = %work.scope.user_id(),
-            error = %reason,
-            "the model failed; keeping the text as given for `engram reextract`"
-        );
+        match cause {
+            DeferCause::ModelFailed => tracing::warn!(
+                user_id = %work.scope.user_id(),
+                error = %reason,
+                "the model failed; keeping the text as given for `engram reextract`"
+            ),
+            DeferCause::TokenBudget => tracing::info!(
+                user_id = %work.scope.user_id(),
+                "the user's token budget for today is spent; keeping the text as given \
+                 for `engram reextract`"
+            ),
+        }
         let facts = VerbatimExtractor.extract(work.input).await?.facts;
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
         let vectors = match self.embedder.embed_documents(&texts).await {
@@ -269,7 +295,10 @@ impl MemoryService {
                 .await?;
             Some(id)
         };
-        work.audit(writes.batch, results.iter().map(|e| e.id))
+        // A budget deferral is told apart in the trail; a model failure
+        // kept verbatim stays `ok`, as it always was.
+        let outcome = (cause == DeferCause::TokenBudget).then_some(cause.as_str());
+        work.audit_as(writes.batch, results.iter().map(|e| e.id), outcome)
             .await?;
         batch.commit().await?;
         Ok(RememberResult {
@@ -277,6 +306,7 @@ impl MemoryService {
             results,
             usage: None,
             deferred: Some(Deferred {
+                cause,
                 reason,
                 pending_id,
                 searchable,

@@ -4,6 +4,9 @@
 //! audit row (operation `purge`, principal `operator`, the count and ids of
 //! what went), committed with what it removed.
 //!
+//! Each run also drops users' daily token totals older than
+//! [`super::TOKEN_USAGE_KEPT_DAYS`] days (`budget.rs`; only today's is read).
+//!
 //! Expired memories are already gone for every read before the purge (the
 //! store's reads leave them out); the purge frees the space and ends their
 //! history. Any instance may purge at any time: the store runs one round at
@@ -71,6 +74,13 @@ impl MemoryService {
             if round.removed.total() < plan.batch as u64 {
                 break;
             }
+        }
+        // Daily token totals long past: no budget reads them any more.
+        let before = now.date_naive() - chrono::Days::new(super::TOKEN_USAGE_KEPT_DAYS);
+        match self.store.prune_token_usage(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "dropped daily token totals past"),
+            Err(e) => tracing::warn!(error = %e, "dropping old daily token totals failed"),
         }
         if outcome.removed.total() > 0 {
             tracing::info!(

@@ -45,8 +45,9 @@ pub struct RememberResult {
     /// Model calls and tokens this remember cost; absent when no model was asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    /// Present when the model failed and the text was kept as given
-    /// (`on_llm_error = "verbatim"`): why, and what `engram reextract` will finish.
+    /// Present when the text was kept as given instead of extracted: the
+    /// model failed (`on_llm_error = "verbatim"`), or the user's daily token
+    /// budget is spent. Why, and what `engram reextract` will finish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<Deferred>,
     /// Secrets replaced by `[REDACTED:kind]` before anything was extracted,
@@ -128,7 +129,10 @@ pub struct ForgetResult {
 /// Why a remember was kept as given, in its result.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Deferred {
-    /// What failed, as its client reported it.
+    /// Why, for a program: `model_failed` or `token_budget`.
+    pub cause: DeferCause,
+    /// Why, for a person: what failed, as its client reported it; or the
+    /// budget, the day's usage, and when `engram reextract` can finish it.
     pub reason: String,
     /// The entry `engram reextract` will finish; absent when every part was
     /// already known, so nothing is left to do.
@@ -137,6 +141,28 @@ pub struct Deferred {
     /// False when the embedder failed too: the text is kept, but recall
     /// finds it only after `engram reextract` has run.
     pub searchable: bool,
+}
+
+/// Why a remember was kept as given instead of extracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeferCause {
+    /// The chat model or the embedder failed (`ENGRAM_ON_LLM_ERROR=verbatim`).
+    ModelFailed,
+    /// The user's model tokens for the UTC day reached their budget
+    /// (`ENGRAM_TOKEN_BUDGET_DAILY`, `ENGRAM_TOKEN_BUDGET_USERS`); the model
+    /// was not called.
+    TokenBudget,
+}
+
+impl DeferCause {
+    /// The name the result, the audit trail and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ModelFailed => "model_failed",
+            Self::TokenBudget => "token_budget",
+        }
+    }
 }
 
 /// A memory's history, for its owner.

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
     NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads,
     Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError,
-    StoreTotals, SupersedeOutcome, UserExport, UserStats, Versions, WriteBatch, Writes,
+    StoreTotals, SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -284,6 +284,26 @@ impl Reports for Deadline {
 impl Versions for Deadline {
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
         bounded(self.limit, self.inner.version(user_id)).await
+    }
+}
+
+#[async_trait]
+impl TokenUsage for Deadline {
+    async fn tokens_used(&self, user_id: &str, day: NaiveDate) -> Result<u64, StoreError> {
+        bounded(self.limit, self.inner.tokens_used(user_id, day)).await
+    }
+
+    async fn add_tokens(
+        &self,
+        user_id: &str,
+        day: NaiveDate,
+        tokens: u64,
+    ) -> Result<u64, StoreError> {
+        bounded(self.limit, self.inner.add_tokens(user_id, day, tokens)).await
+    }
+
+    async fn prune_token_usage(&self, before: NaiveDate) -> Result<u64, StoreError> {
+        bounded(self.limit, self.inner.prune_token_usage(before)).await
     }
 }
 

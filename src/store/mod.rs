@@ -1,6 +1,6 @@
 //! Durable memories, their history, and search. The seam is one trait per
 //! concern ([`Writes`], [`Reads`], [`Search`], [`PendingQueue`], [`Keys`],
-//! [`Reports`], [`Versions`], [`AuditLog`]) and [`Store`], which is all of them; `sqlite`
+//! [`Reports`], [`Versions`], [`AuditLog`], [`TokenUsage`]) and [`Store`], which is all of them; `sqlite`
 //! is the embedded default, `postgres` the shared production store.
 //!
 //! Invariants every implementation keeps:
@@ -47,7 +47,7 @@ pub use report::{
 pub use shared::{AUDIT_GENESIS, audit_link};
 pub use traits::{
     AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealReport, SealedColumn, SealedRow,
-    SealedValues, Search, Store, Versions, WriteBatch, Writes, candidates_in_steps,
+    SealedValues, Search, Store, TokenUsage, Versions, WriteBatch, Writes, candidates_in_steps,
 };
 pub use types::{
     AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
@@ -111,6 +111,6 @@ fn db(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 pub mod prelude {
     pub use super::{
         AuditLog, Keys, PendingQueue, Reads, Reports, Retention, SealedValues, Search, Store,
-        Versions, WriteBatch, Writes,
+        TokenUsage, Versions, WriteBatch, Writes,
     };
 }

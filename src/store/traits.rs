@@ -1,7 +1,7 @@
 //! The seam: one trait per concern, and [`Store`], all of them.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
@@ -74,6 +74,7 @@ pub trait Store:
     + AuditLog
     + Retention
     + SealedValues
+    + TokenUsage
 {
     /// The embedder the stored vectors were built with.
     fn embedder(&self) -> &EmbedderIdentity;
@@ -172,8 +173,8 @@ pub trait Writes: Send + Sync {
         audit: Option<&AuditRecord>,
     ) -> Result<Vec<MemoryId>, StoreError>;
 
-    /// Hard-deletes every memory, history row and deferred remember of the
-    /// user, with `audit` (its `memory_count` set to how many) appended in
+    /// Hard-deletes every memory, history row, deferred remember and daily
+    /// token total ([`TokenUsage`]) of the user, with `audit` (its `memory_count` set to how many) appended in
     /// the same transaction; returns how many memories.
     async fn delete_user(
         &self,
@@ -388,6 +389,28 @@ pub trait Versions: Send + Sync {
     /// transaction, to a value no user has had before. `None` when the user
     /// has no version (nothing stored yet, or everything forgotten).
     async fn version(&self, user_id: &str) -> Result<Option<u64>, StoreError>;
+}
+
+/// Each user's model tokens per UTC day, which the token budget
+/// (`ENGRAM_TOKEN_BUDGET_DAILY`) is checked against. Kept in the store so
+/// that every engram process on it counts against one total.
+#[async_trait]
+pub trait TokenUsage: Send + Sync {
+    /// The tokens `user_id` spent on `day`; 0 when none were counted.
+    async fn tokens_used(&self, user_id: &str, day: NaiveDate) -> Result<u64, StoreError>;
+
+    /// Adds `tokens` to `user_id`'s total for `day` and returns the new
+    /// total. Atomic: concurrent additions, from any process, all count.
+    async fn add_tokens(
+        &self,
+        user_id: &str,
+        day: NaiveDate,
+        tokens: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Drops every user's totals of days before `before`; how many went.
+    /// Not bounded by a user: it serves the operator's purge.
+    async fn prune_token_usage(&self, before: NaiveDate) -> Result<u64, StoreError>;
 }
 
 /// What one sealing round did.

@@ -236,7 +236,9 @@ pub struct AuditRecord {
     /// The memories touched, up to [`AUDIT_MAX_IDS`]; `memory_count` is all of them.
     pub memory_ids: Vec<MemoryId>,
     pub memory_count: u64,
-    /// `ok`, or the error's code (`invalid_input`, `forbidden`, `not_found`, ...).
+    /// `ok`, or the error's code (`invalid_input`, `forbidden`, `not_found`, ...);
+    /// `token_budget` for a remember kept as given because the user's
+    /// daily token budget was spent.
     pub outcome: String,
     /// The query text, only with `ENGRAM_AUDIT_QUERIES=true`.
     pub query: Option<String>,

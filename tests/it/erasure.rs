@@ -1,5 +1,6 @@
 //! Erasure everywhere, proven: a user with memories, history, a deferred
-//! remember, cache entries, rate-limit state and audit rows is erased, and
+//! remember, a day's token usage, cache entries, rate-limit state and audit
+//! rows is erased, and
 //! then no table (listed from the schema) and no cache key or value holds
 //! their id or their text. Audit rows stay, naming them by pseudonym only.
 //! On SQLite the file's bytes are checked too: deleted rows must not
@@ -7,6 +8,7 @@
 
 use crate::common;
 
+use common::fake_openai::FakeOpenAi;
 use common::http::Server;
 use common::redis::{Peek, shared_url, unique_prefix};
 use reqwest::Method;
@@ -20,22 +22,39 @@ const TRACES: [&str; 3] = ["alice", "marmalade", "Philippa"];
 async fn leave_traces_then_erase(database_url: &str) {
     let prefix = unique_prefix();
     let redis = shared_url();
+    let fake = FakeOpenAi::start(64).await;
     let server = Server::with_keys(
         Some(database_url),
         &[
             ("ENGRAM_CACHE_URL", redis.as_str()),
             ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
-            // A model that cannot be reached: the remember is kept verbatim
-            // and queued for re-extraction (a deferred remember).
+            // The model answers once (its tokens are counted for alice),
+            // then her day's budget is spent: the next remember is kept
+            // verbatim and queued for re-extraction (a deferred remember).
             ("ENGRAM_EXTRACTOR", "llm"),
-            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("OPENAI_BASE_URL", fake.base_url.as_str()),
+            ("OPENAI_API_KEY", "test-key"),
             ("ENGRAM_LLM_MAX_RETRIES", "0"),
-            ("ENGRAM_LLM_TIMEOUT_SECS", "2"),
+            ("ENGRAM_TOKEN_BUDGET_DAILY", "100"),
         ],
     )
     .await;
     let alice = server.create_key(&["--user", "alice"]);
     let admin = server.create_key(&["--admin"]);
+    let extracted = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            Some(&alice),
+            Some(json!({"text": "Philippa's marmalade won a prize at the fair"})),
+        )
+        .await;
+    assert_eq!(extracted.status, 200, "{}", extracted.text);
+    assert!(
+        extracted.body["usage"]["calls"].as_u64() >= Some(1),
+        "{}",
+        extracted.text
+    );
     let kept = server
         .call(
             Method::POST,
@@ -45,6 +64,11 @@ async fn leave_traces_then_erase(database_url: &str) {
         )
         .await;
     assert_eq!(kept.status, 200, "{}", kept.text);
+    assert_eq!(
+        kept.body["deferred"]["cause"], "token_budget",
+        "{}",
+        kept.text
+    );
     assert!(
         kept.body["deferred"]["pending_id"].is_string(),
         "{}",
@@ -94,7 +118,7 @@ async fn leave_traces_then_erase(database_url: &str) {
         )
         .await;
     assert_eq!(erased.status, 200, "{}", erased.text);
-    assert_eq!(erased.body["deleted"], 2, "{}", erased.text);
+    assert_eq!(erased.body["deleted"], 3, "{}", erased.text);
 
     for text in peek.everything(&prefix).await {
         for trace in TRACES {

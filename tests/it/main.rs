@@ -9,7 +9,8 @@
 //!   never the source of truth), [`crash`] (what an abort at an exact step
 //!   keeps, both stores).
 //! * Models: [`llm_extractor`], [`openai_embedder`], [`failure_policy`]
-//!   (when the model fails), [`chat_agent`].
+//!   (when the model fails), [`token_budget`] (daily token budgets, shared
+//!   by two processes), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
 //!   JSON-RPC framing), [`mcp_http`], [`sse_limits`] (the legacy SSE
 //!   transport's bounds and refusals), [`rest_api`], [`http_auth`],
@@ -60,3 +61,4 @@ mod row_level_security;
 mod secrets;
 mod sse_limits;
 mod store_conformance;
+mod token_budget;

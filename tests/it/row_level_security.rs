@@ -4,7 +4,7 @@
 
 use engram::embed::{Embedder, HashEmbedder};
 use engram::model::Scope;
-use engram::store::{NewPending, PendingQueue, PgOptions, PgStore};
+use engram::store::{NewPending, PendingQueue, PgOptions, PgStore, TokenUsage};
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -37,7 +37,8 @@ fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
 
 /// Alice and Bob each get a row in every per-user table, through engram:
 /// memories (with history, keyword postings and counts) by remember, a
-/// deferred remember through the store, an API key by the CLI.
+/// deferred remember and a day's token usage through the store, an API key
+/// by the CLI.
 async fn alice_and_bob(db: &TestDatabase) -> PgStore {
     let env = two_role_env(db);
     let client = connect_to(&db.app_url, &borrowed(&env)).await;
@@ -80,6 +81,10 @@ async fn alice_and_bob(db: &TestDatabase) -> PgStore {
             })
             .await
             .unwrap();
+        store
+            .add_tokens(user, chrono::Utc::now().date_naive(), 150)
+            .await
+            .unwrap();
         let key = run_engram(&["keys", "create", "--user", user], &borrowed(&env));
         assert!(key.status.success(), "{key:?}");
     }
@@ -103,7 +108,8 @@ async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user(
             "memories",
             "memory_history",
             "memory_users",
-            "pending_extractions"
+            "pending_extractions",
+            "token_usage"
         ]
     );
     for table in &tables {
@@ -187,6 +193,24 @@ async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user(
     .await
     .unwrap_err();
     assert_eq!(sqlstate(&planted), "42501", "{planted}");
+    tx.rollback().await.unwrap();
+    // Nor can one user's tokens be counted, or cleared, as another's.
+    let mut tx = store.user_transaction("alice").await.unwrap();
+    let spent = sqlx::query(
+        "INSERT INTO token_usage (user_id, day, tokens) VALUES ('bob', current_date - 1, 1)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&spent), "42501", "{spent}");
+    tx.rollback().await.unwrap();
+    let mut tx = store.user_transaction("alice").await.unwrap();
+    let cleared = sqlx::query("UPDATE token_usage SET tokens = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(cleared, 1, "Alice's day, not Bob's");
     tx.rollback().await.unwrap();
 
     // The scope ended with its transaction: the same role, on a connection

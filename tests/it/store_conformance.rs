@@ -2420,6 +2420,91 @@ async fn sealed_values_are_found_and_rewritten_only_if_unchanged(b: Backend) {
     assert_eq!(entries[0].entry.input, envelope("new"));
 }
 
+fn day(text: &str) -> chrono::NaiveDate {
+    text.parse().unwrap()
+}
+
+/// Token usage: a total per user and UTC day, each addition answering the
+/// new total; users never see each other's; the purge's pruning drops
+/// days before the one it names, every user's.
+async fn token_usage_is_a_total_per_user_and_day(b: Backend) {
+    let s = b.store.as_ref();
+    let (d1, d2) = (day("2027-06-01"), day("2027-06-02"));
+    assert_eq!(s.tokens_used("alice", d1).await.unwrap(), 0);
+    assert_eq!(s.add_tokens("alice", d1, 150).await.unwrap(), 150);
+    assert_eq!(s.add_tokens("alice", d1, 30).await.unwrap(), 180);
+    assert_eq!(s.add_tokens("alice", d2, 7).await.unwrap(), 7);
+    assert_eq!(s.add_tokens("bob", d1, 5).await.unwrap(), 5);
+    assert_eq!(s.add_tokens("bob", d1, 0).await.unwrap(), 5);
+    for (user, at, used) in [
+        ("alice", d1, 180),
+        ("alice", d2, 7),
+        ("bob", d1, 5),
+        ("bob", d2, 0),
+        ("carol", d1, 0),
+        // Ids are compared exactly.
+        ("Alice", d1, 0),
+    ] {
+        assert_eq!(s.tokens_used(user, at).await.unwrap(), used, "{user} {at}");
+    }
+    assert_eq!(
+        s.prune_token_usage(d1).await.unwrap(),
+        0,
+        "nothing before d1"
+    );
+    assert_eq!(s.prune_token_usage(d2).await.unwrap(), 2);
+    assert_eq!(s.tokens_used("alice", d1).await.unwrap(), 0);
+    assert_eq!(s.tokens_used("bob", d1).await.unwrap(), 0);
+    assert_eq!(s.tokens_used("alice", d2).await.unwrap(), 7);
+}
+
+/// Two store instances on one database (two processes, as far as the
+/// database can tell) adding to one user's day at once: every addition
+/// counts, exactly once, and each answers a different total.
+async fn token_usage_from_two_instances_adds_up_exactly(b: Backend) {
+    let other = b
+        .open_again(HashEmbedder::new(DIMS).identity())
+        .await
+        .unwrap();
+    let today = day("2027-06-03");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=20u64 {
+        for store in [b.store.clone(), other.clone()] {
+            tasks.spawn(async move { store.add_tokens("alice", today, i).await.unwrap() });
+        }
+    }
+    let mut totals = Vec::new();
+    while let Some(total) = tasks.join_next().await {
+        totals.push(total.unwrap());
+    }
+    totals.sort_unstable();
+    totals.dedup();
+    assert_eq!(totals.len(), 40, "each addition saw its own total");
+    assert_eq!(totals.last(), Some(&420));
+    assert_eq!(b.store.tokens_used("alice", today).await.unwrap(), 420);
+    assert_eq!(other.tokens_used("alice", today).await.unwrap(), 420);
+}
+
+/// Erasing a user deletes their token usage too, and no one else's.
+async fn erasing_a_user_deletes_their_token_usage(b: Backend) {
+    let s = b.store.as_ref();
+    let today = day("2027-06-04");
+    s.add_tokens("alice", today, 100).await.unwrap();
+    s.add_tokens("alice", day("2027-06-03"), 100).await.unwrap();
+    s.add_tokens("bob", today, 40).await.unwrap();
+    add(
+        s,
+        &scope("alice", None, None),
+        "Alice keeps bees",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s.delete_user("alice", None).await.unwrap(), 1);
+    assert_eq!(s.tokens_used("alice", today).await.unwrap(), 0);
+    assert_eq!(s.tokens_used("alice", day("2027-06-03")).await.unwrap(), 0);
+    assert_eq!(s.tokens_used("bob", today).await.unwrap(), 40);
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -2480,6 +2565,9 @@ every_backend!(
     a_bulk_delete_by_date_takes_what_was_created_before,
     searches_after_a_bulk_delete_find_only_what_is_left,
     sealed_values_are_found_and_rewritten_only_if_unchanged,
+    token_usage_is_a_total_per_user_and_day,
+    token_usage_from_two_instances_adds_up_exactly,
+    erasing_a_user_deletes_their_token_usage,
 );
 
 /// SQLite only: with a vector budget too small for two users, every switch of

@@ -25,7 +25,8 @@
 //!
 //! One file per concern: `write` ([`Writes`]), `read` ([`Reads`]), `search`
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
-//! ([`Reports`]), `versions` ([`Versions`]); beside them `schema`
+//! ([`Reports`]), `versions` ([`Versions`]), `usage` ([`TokenUsage`]);
+//! beside them `schema`
 //! (migrations, the dimension, the vector index), `keyword_index` (postings
 //! written and rebuilt) and `rows` (the dialect: how rows hold ids, times
 //! and JSON, for the shared mapping). What both stores do alike is written
@@ -41,6 +42,7 @@
 //! [`Keys`]: super::Keys
 //! [`Reports`]: super::Reports
 //! [`Versions`]: super::Versions
+//! [`TokenUsage`]: super::TokenUsage
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -67,6 +69,7 @@ mod schema;
 mod scope;
 mod sealed;
 mod search;
+mod usage;
 mod versions;
 mod write;
 

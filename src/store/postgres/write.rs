@@ -189,7 +189,8 @@ impl Writes for PgStore {
             "WITH gone AS (DELETE FROM memories WHERE user_id = $1 RETURNING 1), \
                   history AS (DELETE FROM memory_history WHERE user_id = $1), \
                   counts AS (DELETE FROM memory_users WHERE user_id = $1), \
-                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1) \
+                  pending AS (DELETE FROM pending_extractions WHERE user_id = $1), \
+                  usage AS (DELETE FROM token_usage WHERE user_id = $1) \
              SELECT count(*) FROM gone",
         )
         .bind(user_id)

@@ -12,7 +12,8 @@
 //!
 //! One file per concern: `write` ([`Writes`]), `read` ([`Reads`]), `search`
 //! ([`Search`]), `queue` ([`PendingQueue`]), `keys` ([`Keys`]), `reports`
-//! ([`Reports`]), `versions` (the generations, [`Versions`]); beside them
+//! ([`Reports`]), `versions` (the generations, [`Versions`]), `usage`
+//! (tokens per user and day, [`TokenUsage`]); beside them
 //! `vectors` (the in-process copy and exact cosines), `keyword_index` (the
 //! BM25 postings) and `rows` (the dialect: how rows hold ids, times and
 //! JSON, for the shared mapping). What both stores do alike is written once
@@ -27,6 +28,7 @@
 //! [`Reports`]: super::Reports
 //! [`Versions`]: super::Versions
 //! [`Versions::version`]: super::Versions::version
+//! [`TokenUsage`]: super::TokenUsage
 
 use std::path::Path;
 use std::str::FromStr;
@@ -84,6 +86,7 @@ mod retention;
 mod rows;
 mod sealed;
 mod search;
+mod usage;
 mod vectors;
 mod versions;
 mod write;

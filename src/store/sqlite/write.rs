@@ -521,6 +521,10 @@ impl Writes for SqliteStore {
                 "DELETE FROM user_generations WHERE user_id = ?",
                 "deleting generation",
             ),
+            (
+                "DELETE FROM token_usage WHERE user_id = ?",
+                "deleting token usage",
+            ),
         ] {
             for_user(&mut *tx, sql, user_id, context).await?;
         }
