@@ -172,7 +172,8 @@ impl RedisCache {
             return None;
         }
         let span = crate::telemetry::spans::cache(redis_command(operation), operation);
-        match tracing::Instrument::instrument(command, span.clone()).await {
+        // A leaf span: timed by its life, never entered (see store/traced.rs).
+        match command.await {
             Ok(value) => {
                 if self.health.succeeded() {
                     self.replay_purges().await;

@@ -18,7 +18,6 @@ use async_openai::types::embeddings::{
     CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput,
 };
 use async_trait::async_trait;
-use tracing::Instrument;
 
 use super::{EmbedError, Embedder, EmbedderIdentity};
 use crate::openai::Endpoint;
@@ -88,12 +87,12 @@ impl OpenAiEmbedder {
         );
         let embeddings = self.client.embeddings();
         let response: CreateEmbeddingResponse = match input_type {
-            None => embeddings.create(request).instrument(span.clone()).await,
+            None => embeddings.create(request).await,
             Some((field, value)) => {
                 let mut body = serde_json::to_value(&request)
                     .map_err(|e| EmbedError::Failed(format!("cannot encode a request: {e}")))?;
                 body[field] = serde_json::Value::String(value.to_owned());
-                embeddings.create_byot(body).instrument(span.clone()).await
+                embeddings.create_byot(body).await
             }
         }
         .map_err(|e| {

@@ -20,7 +20,6 @@ use async_openai::types::chat::{
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::Instrument;
 
 use super::{Action, Decided, Decision, ExtractError, Extracted, Extractor, Known, Usage};
 use crate::model::{Fact, Input};
@@ -271,7 +270,8 @@ impl LlmExtractor {
         );
         // Counted by the configured model, a bounded set; the reply's own
         // model name may carry a version suffix.
-        let response = match self.complete(ask).instrument(span.clone()).await {
+        // A leaf span: timed by its life, never entered (see store/traced.rs).
+        let response = match self.complete(ask).await {
             Ok(response) => response,
             Err(e) => {
                 metrics.llm_call(&self.settings.model, false, None);

@@ -184,6 +184,10 @@ impl Pipeline {
             .with_target(false)
             .with_level(false)
             .with_tracked_inactivity(false)
+            // engram propagates contexts itself (`spans.rs`), never through
+            // the active OpenTelemetry context: attaching it on every poll
+            // of an instrumented future was most of the spans' cost.
+            .with_context_activation(false)
             .with_filter(Targets::new().with_target(super::spans::TARGET, LevelFilter::TRACE))
     }
 
