@@ -83,10 +83,25 @@ impl Store for Traced {
     }
 }
 
-/// A batch whose every write has its span.
+/// A batch with one span from `begin` to its commit (or rollback, when it
+/// is dropped uncommitted) that counts its writes: a remember writes several
+/// rows per memory, and a span for each cost more than the writes' own
+/// time was worth (docs/benchmarks.md, telemetry overhead).
 struct TracedBatch<'a> {
     inner: Box<dyn WriteBatch + 'a>,
-    system: &'static str,
+    span: tracing::Span,
+    writes: u64,
+}
+
+impl TracedBatch<'_> {
+    /// Counts one write of the batch, marking the span when it failed.
+    fn count<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.writes += 1;
+        if let Err(e) = &result {
+            spans::fail(&self.span, error_type(e), || e.to_string());
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -96,12 +111,8 @@ impl WriteBatch for TracedBatch<'_> {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        traced(
-            self.system,
-            "insert",
-            self.inner.insert(new, dedup_threshold),
-        )
-        .await
+        let result = self.inner.insert(new, dedup_threshold).await;
+        self.count(result)
     }
 
     async fn update(
@@ -111,12 +122,8 @@ impl WriteBatch for TracedBatch<'_> {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
-        traced(
-            self.system,
-            "update",
-            self.inner.update(id, content, embedding, actor),
-        )
-        .await
+        let result = self.inner.update(id, content, embedding, actor).await;
+        self.count(result)
     }
 
     async fn supersede(
@@ -124,33 +131,58 @@ impl WriteBatch for TracedBatch<'_> {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
-        traced(self.system, "supersede", self.inner.supersede(old, new)).await
+        let result = self.inner.supersede(old, new).await;
+        self.count(result)
     }
 
     async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
-        traced(self.system, "close", self.inner.close(id, actor)).await
+        let result = self.inner.close(id, actor).await;
+        self.count(result)
     }
 
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
-        traced(self.system, "add_pending", self.inner.add_pending(pending)).await
+        let result = self.inner.add_pending(pending).await;
+        self.count(result)
     }
 
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        traced(self.system, "audit", self.inner.audit(record)).await
+        let result = self.inner.audit(record).await;
+        self.count(result)
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        traced(self.system, "commit", self.inner.commit()).await
+        let Self {
+            inner,
+            span,
+            writes,
+        } = *self;
+        span.record(
+            "db.operation.batch.size",
+            i64::try_from(writes).unwrap_or(i64::MAX),
+        );
+        let result = inner.commit().await;
+        if let Err(e) = &result {
+            spans::fail(&span, error_type(e), || e.to_string());
+        }
+        result
     }
 }
 
 #[async_trait]
 impl Writes for Traced {
     async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
-        let inner = self.call("begin", self.inner.begin(user_id)).await?;
+        let span = spans::write_batch(self.system);
+        let inner = match self.inner.begin(user_id).await {
+            Ok(inner) => inner,
+            Err(e) => {
+                spans::fail(&span, error_type(&e), || e.to_string());
+                return Err(e);
+            }
+        };
         Ok(Box::new(TracedBatch {
             inner,
-            system: self.system,
+            span,
+            writes: 0,
         }))
     }
 

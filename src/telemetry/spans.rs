@@ -468,6 +468,25 @@ pub fn store(system: &'static str, operation: &'static str) -> Span {
     )
 }
 
+/// A write batch of the store (one transaction, from `begin` to its commit
+/// or rollback): one span for all its writes, which it counts in
+/// `db.operation.batch.size`. Disabled outside an engram span.
+pub fn write_batch(system: &'static str) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "db",
+        otel.name = "write_batch",
+        otel.kind = "client",
+        db.system.name = system,
+        db.system = system,
+        db.operation.name = "write_batch",
+        db.operation.batch.size = tracing::field::Empty,
+    )
+}
+
 /// A cache command (`command`, e.g. `HGET`; `operation`, engram's name for
 /// it). Disabled outside an engram span.
 pub fn cache(command: &'static str, operation: &'static str) -> Span {

@@ -355,14 +355,19 @@ async fn a_remember_and_a_recall_arrive_as_linked_genai_spans_under_the_clients_
         .iter()
         .filter(|s| s.str("db.system.name") == Some("sqlite"))
         .collect();
-    for operation in ["begin", "insert", "commit"] {
-        let call = stores
-            .iter()
-            .find(|s| s.str("db.operation.name") == Some(operation))
-            .unwrap_or_else(|| panic!("a store span for {operation}: {stores:#?}"));
-        assert_eq!(call.parent_span_id, upsert.span_id, "{operation}");
-        assert_eq!(call.str("db.system"), Some("sqlite"));
-    }
+    // The remember's writes: one span for its write batch (its transaction),
+    // counting the rows it wrote: at least the memory and its audit row.
+    let batch = stores
+        .iter()
+        .find(|s| s.str("db.operation.name") == Some("write_batch"))
+        .unwrap_or_else(|| panic!("a write batch span: {stores:#?}"));
+    assert_eq!(batch.name, "write_batch");
+    assert_eq!(batch.parent_span_id, upsert.span_id);
+    assert_eq!(batch.str("db.system"), Some("sqlite"));
+    assert!(
+        batch.int("db.operation.batch.size").is_some_and(|n| n >= 2),
+        "{batch:#?}"
+    );
 
     // The recall: client span -> HTTP request -> search_memory -> embeddings, store.
     let recall: Vec<Span> = spans
