@@ -10,20 +10,16 @@
 //! which reports 120 prompt + 30 completion tokens per chat call. And the
 //! retention purge drops daily totals past a week.
 
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use engram::embed::{Embedder, HashEmbedder};
 use engram::store::{PgOptions, PgStore, SqliteStore, Store};
 use serde_json::{Value, json};
 
 use crate::common::fake_openai::{FakeOpenAi, Reply};
-use crate::common::http::NO_LIMITS;
+use crate::common::http::{NO_LIMITS, Server};
 use crate::common::postgres::TestDatabase;
-use crate::common::{ENGRAM, run_engram};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use crate::common::run_engram;
 
 const CHAT: &str = "/v1/chat/completions";
 /// What the fake reports for each chat call: 120 prompt + 30 completion.
@@ -100,32 +96,10 @@ async fn engram(args: &[&str], env: &[(&'static str, String)]) -> (bool, String,
 
 /// `engram serve --transport http` with `env`: the process (killed when
 /// dropped) and its base URL.
-async fn serve_http(env: &[(&'static str, String)]) -> (Child, String) {
-    let mut command = Command::new(ENGRAM);
-    command
-        .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
-        .env("ENGRAM_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("serving MCP at http://") {
-                let url = &line[at + "serving MCP at ".len()..];
-                return url[..url.find("/mcp").unwrap()].to_owned();
-            }
-        }
-        panic!("engram exited before listening");
-    })
-    .await
-    .expect("engram did not start listening");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+async fn serve_http(env: &[(&'static str, String)]) -> (Server, String) {
+    let server = Server::start_process_with(&borrowed(env)).await;
+    let base = server.base.clone();
+    (server, base)
 }
 
 /// The value of one series (`name` or `name{labels}`, as the page writes
