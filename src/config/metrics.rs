@@ -14,7 +14,7 @@ pub const DEFAULT_METRICS_REFRESH_SECS: u64 = 15;
 pub(super) const METRICS_REFRESH_SECS: Range<u64> =
     Range::new(DEFAULT_METRICS_REFRESH_SECS, 1, 3600).note(" seconds");
 
-/// Metrics. Invariant: `refresh_secs` is within [`METRICS_REFRESH_SECS`].
+/// Metrics. Invariant: `refresh_secs` is 1..=3600 seconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// A listener serving `GET /metrics` alone (for stdio deployments, or a
