@@ -230,6 +230,25 @@ const USER: &str = "otel-user-7f3a";
 const SAID: &str = "I moved to Porto last month";
 const ASKED: &str = "where does the user live";
 
+/// Over REST: remembers what the user `SAID`, recalls with what they
+/// `ASKED`, then stops the server (which exports the spans).
+async fn remember_then_recall(server: &mut Server) {
+    for (path, body) in [
+        (
+            "/api/v1/memory",
+            json!({"messages": [{"role": "user", "content": SAID}], "user_id": USER}),
+        ),
+        (
+            "/api/v1/memory/search",
+            json!({"query": ASKED, "user_id": USER}),
+        ),
+    ] {
+        let reply = server.call(Method::POST, path, None, Some(body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    stop(server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remember_and_a_recall_arrive_as_linked_genai_spans_under_the_clients_trace() {
     let receiver = Receiver::start().await;
@@ -427,20 +446,7 @@ async fn with_trace_content_the_genai_opt_in_attributes_carry_the_text() {
     let mut env = env(&receiver, &fake);
     env.push(("ENGRAM_TRACE_CONTENT", "true"));
     let mut server = Server::start_process_with(&env).await;
-    for (path, body) in [
-        (
-            "/api/v1/memory",
-            json!({"messages": [{"role": "user", "content": SAID}], "user_id": USER}),
-        ),
-        (
-            "/api/v1/memory/search",
-            json!({"query": ASKED, "user_id": USER}),
-        ),
-    ] {
-        let reply = server.call(Method::POST, path, None, Some(body)).await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
-    }
-    stop(&mut server).await;
+    remember_then_recall(&mut server).await;
     let spans = receiver.spans();
     let search = one(&spans, "recall", |s| s.name == "search_memory");
     assert_eq!(search.str("gen_ai.memory.query.text"), Some(ASKED));
@@ -472,20 +478,7 @@ async fn on_postgresql_with_a_cache_store_calls_and_cache_commands_have_their_sp
         ("ENGRAM_CACHE_PREFIX", prefix.as_str()),
     ]);
     let mut server = Server::start_process_with(&env).await;
-    for (path, body) in [
-        (
-            "/api/v1/memory",
-            json!({"messages": [{"role": "user", "content": SAID}], "user_id": USER}),
-        ),
-        (
-            "/api/v1/memory/search",
-            json!({"query": ASKED, "user_id": USER}),
-        ),
-    ] {
-        let reply = server.call(Method::POST, path, None, Some(body)).await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
-    }
-    stop(&mut server).await;
+    remember_then_recall(&mut server).await;
     let spans = receiver.spans();
     let search = one(&spans, "recall", |s| s.name == "search_memory");
     let under = |s: &&Span| s.parent_span_id == search.span_id;

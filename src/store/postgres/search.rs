@@ -27,8 +27,8 @@ async fn similarities(
     }
     let rows: Vec<(Uuid, f32)> = sqlx::query_as(
         "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
-             WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
-               AND (m.expires_at IS NULL OR m.expires_at > now())",
+         WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
+           AND (m.expires_at IS NULL OR m.expires_at > now())",
     )
     .bind(user_id)
     .bind(ids)
