@@ -9,6 +9,8 @@
 //! * `/healthz`: the process is up. `/readyz`: the database answers (the
 //!   cache's state is shown, but engram serves without it, so it never
 //!   makes the instance unready).
+//! * `/metrics`: Prometheus metrics ([`crate::metrics`]; `metrics.rs`), with
+//!   no key and whatever the `Host`: a scraper comes by the pod's address.
 //!
 //! Who may call: every MCP and REST request passes the [`auth`] gate (API
 //! keys, per-key rate limits); requests that act on a user are also counted

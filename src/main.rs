@@ -26,8 +26,9 @@ enum Command {
     Serve {
         /// How clients connect: `stdio` (the client starts engram and speaks
         /// MCP over its stdin/stdout) or `http` (MCP at /mcp, legacy SSE at
-        /// /sse, REST at /api/v1/memory, health at /healthz and /readyz;
-        /// every request needs an API key unless ENGRAM_AUTH=none).
+        /// /sse, REST at /api/v1/memory, health at /healthz and /readyz,
+        /// Prometheus metrics at /metrics; every request but health and
+        /// metrics needs an API key unless ENGRAM_AUTH=none).
         #[arg(long, value_enum, default_value_t = Transport::Stdio)]
         transport: Transport,
         /// `http`: the address to listen on (port 0: any free port, logged).
@@ -35,7 +36,9 @@ enum Command {
         bind: String,
     },
     /// Apply pending database migrations and exit (`serve` does this itself
-    /// unless ENGRAM_AUTO_MIGRATE=false).
+    /// unless ENGRAM_AUTO_MIGRATE=false). With ENGRAM_DATABASE_OWNER_URL, run
+    /// them as that owner role and grant ENGRAM_DATABASE_URL's role what
+    /// serving needs (the two-role setup).
     Migrate,
     /// Rebuild every stored vector with the configured embedder (stop servers first).
     Reembed,
