@@ -105,14 +105,12 @@ impl ChatAgent {
         };
         let span =
             crate::telemetry::spans::chat(&self.model, &self.base_url, "reply", None, "text");
-        let response =
-            tracing::Instrument::instrument(self.client.chat().create(request), span.clone())
-                .await
-                .map_err(|e| {
-                    let kind = crate::openai::error_type(&e);
-                    crate::telemetry::spans::fail(&span, &kind, || e.to_string());
-                    format!("the chat model {} failed: {e}", self.model)
-                })?;
+        // A leaf span: timed by its life, never entered.
+        let response = self.client.chat().create(request).await.map_err(|e| {
+            let kind = crate::openai::error_type(&e);
+            crate::telemetry::spans::fail(&span, &kind, || e.to_string());
+            format!("the chat model {} failed: {e}", self.model)
+        })?;
         crate::telemetry::spans::chat_answered(&span, &response);
         let reply = response
             .choices

@@ -271,7 +271,7 @@ impl LlmExtractor {
         // Counted by the configured model, a bounded set; the reply's own
         // model name may carry a version suffix.
         // A leaf span: timed by its life, never entered (see store/traced.rs).
-        let response = match self.complete(ask).await {
+        let response = match self.complete(ask, &span).await {
             Ok(response) => response,
             Err(e) => {
                 metrics.llm_call(&self.settings.model, false, None);
@@ -331,7 +331,12 @@ impl LlmExtractor {
         Ok((message.content.unwrap_or_default(), usage))
     }
 
-    async fn complete(&self, ask: &Ask) -> Result<CreateChatCompletionResponse, ExtractError> {
+    /// The chat request of `ask`; a failure marks `span` (its [`spans::chat`]).
+    async fn complete(
+        &self,
+        ask: &Ask,
+        span: &tracing::Span,
+    ) -> Result<CreateChatCompletionResponse, ExtractError> {
         let explain = |e: &async_openai::error::OpenAIError| {
             let message = crate::openai::explain(
                 e,
@@ -340,11 +345,7 @@ impl LlmExtractor {
                 "ENGRAM_LLM_MODEL",
                 "ENGRAM_LLM_TIMEOUT_SECS",
             );
-            spans::fail(
-                &tracing::Span::current(),
-                &crate::openai::error_type(e),
-                || message.clone(),
-            );
+            spans::fail(span, &crate::openai::error_type(e), || message.clone());
             ExtractError::Failed(message)
         };
         let schema = self.json_schema.load(Ordering::Relaxed);

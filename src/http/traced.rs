@@ -4,12 +4,10 @@
 //! with the status. The span is put in the request, where MCP handlers
 //! (served on other tasks) find their parent.
 
+use crate::telemetry::spans::{self, RequestSpan};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
-
-use crate::telemetry::spans::{self, RequestSpan};
 
 pub(super) async fn request(mut request: Request, next: Next) -> Response {
     if !spans::enabled() {
@@ -29,7 +27,7 @@ pub(super) async fn request(mut request: Request, next: Next) -> Response {
         spans::set(&span, "url.path", request.uri().path().to_owned());
     }
     request.extensions_mut().insert(RequestSpan(span.clone()));
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = spans::within(span.clone(), next.run(request)).await;
     spans::http_response(&span, response.status().as_u16());
     response
 }

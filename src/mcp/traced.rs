@@ -8,7 +8,7 @@ use std::future::Future;
 
 use rmcp::ErrorData;
 use rmcp::model::{Extensions, RequestId, RequestMetaObject};
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::telemetry::spans::{self, RequestSpan};
 
@@ -54,7 +54,7 @@ pub(super) async fn run<T>(
     if span.is_disabled() {
         return request.await;
     }
-    let answer = request.instrument(span.clone()).await;
+    let answer = spans::within(span.clone(), request).await;
     match &answer {
         Ok(answer) if failed(answer) => spans::fail(&span, "tool_error", || "tool error".into()),
         Ok(_) => {}

@@ -22,10 +22,13 @@
 //! error message as the status description). Without it, spans hold
 //! names, ids of memories, counts, codes and durations only.
 //!
-//! Store and cache spans are made only inside another engram span (a
-//! request or an operation), so background work (the audit writer, the
-//! sealer) does not start traces of its own. With traces off every
-//! constructor returns a disabled span, which costs a branch.
+//! Parents are explicit: a request or a memory operation runs its work
+//! [`within`] its span, a task-local the spans made meanwhile take as their
+//! parent. No span is ever entered (entering costs a round through every
+//! `tracing` layer on each poll of the future it wraps). Store and cache
+//! spans are made only within another engram span, so background work (the
+//! audit writer, the sealer) does not start traces of its own. With traces
+//! off every constructor returns a disabled span, which costs a branch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -69,12 +72,27 @@ pub fn content() -> bool {
     enabled() && CONTENT.load(Ordering::Relaxed)
 }
 
+tokio::task_local! {
+    /// The engram span the task is working in (a request or a memory
+    /// operation), set by [`within`]: the parent of the spans made under
+    /// it. Spans are never entered, which in `tracing` costs a round through
+    /// every layer on each poll of the future; a task-local costs a swap.
+    static PARENT: Span;
+}
+
+/// Runs `work` under `span`: the spans made while it runs are its children.
+pub async fn within<F: std::future::Future>(span: Span, work: F) -> F::Output {
+    PARENT.scope(span, work).await
+}
+
+/// The span [`within`] set for this task, if any (and enabled).
+fn parent() -> Option<tracing::Id> {
+    PARENT.try_with(Span::id).ok().flatten()
+}
+
 /// True inside one of engram's spans (store and cache spans nest only there).
 fn in_trace() -> bool {
-    enabled()
-        && Span::current()
-            .metadata()
-            .is_some_and(|m| m.target() == TARGET)
+    enabled() && parent().is_some()
 }
 
 /// An HTTP request's span, handed to what serves it on other tasks (MCP
@@ -267,6 +285,7 @@ impl MemoryOp {
         }
         Self(tracing::info_span!(
             target: TARGET,
+            parent: parent(),
             "memory",
             otel.name = operation,
             otel.kind = "internal",
@@ -288,12 +307,11 @@ impl MemoryOp {
     where
         F: std::future::Future<Output = Result<T, Error>>,
     {
-        use tracing::Instrument;
         let span = self.0;
         if span.is_disabled() {
             return flow.await;
         }
-        let result = flow.instrument(span.clone()).await;
+        let result = within(span.clone(), flow).await;
         match &result {
             Ok(answer) => record(&span, touched(answer)),
             Err(e) => fail(&span, e.code(), || e.to_string()),
@@ -309,18 +327,6 @@ fn record(span: &Span, touched: Touched) {
         "gen_ai.memory.record.count",
         i64::try_from(touched.count).unwrap_or(i64::MAX),
     );
-    if let [one] = touched.records.as_slice() {
-        set(span, "gen_ai.memory.record.id", one.id.clone());
-    }
-    if !touched.records.is_empty() {
-        let ids: Vec<StringValue> = touched
-            .records
-            .iter()
-            .take(MAX_IDS)
-            .map(|r| StringValue::from(r.id.clone()))
-            .collect();
-        set(span, "engram.memory.ids", Value::Array(Array::String(ids)));
-    }
     if content() {
         let records: Vec<serde_json::Value> = touched
             .records
@@ -338,6 +344,22 @@ fn record(span: &Span, touched: Touched) {
             "gen_ai.memory.records",
             serde_json::Value::Array(records).to_string(),
         );
+    }
+    match <[Record; 1]>::try_from(touched.records) {
+        Ok([one]) => {
+            set(span, "gen_ai.memory.record.id", one.id.clone());
+            let ids = vec![StringValue::from(one.id)];
+            set(span, "engram.memory.ids", Value::Array(Array::String(ids)));
+        }
+        Err(records) if !records.is_empty() => {
+            let ids: Vec<StringValue> = records
+                .into_iter()
+                .take(MAX_IDS)
+                .map(|r| StringValue::from(r.id))
+                .collect();
+            set(span, "engram.memory.ids", Value::Array(Array::String(ids)));
+        }
+        Err(_) => {}
     }
 }
 
@@ -367,6 +389,7 @@ pub fn chat(
     let (address, port) = server_of(base_url);
     tracing::info_span!(
         target: TARGET,
+        parent: parent(),
         "chat",
         otel.name = format!("chat {model}").as_str(),
         otel.kind = "client",
@@ -438,6 +461,7 @@ pub fn embeddings(model: &str, base_url: &str, dims: usize, inputs: usize) -> Sp
     let (address, port) = server_of(base_url);
     tracing::info_span!(
         target: TARGET,
+        parent: parent(),
         "embeddings",
         otel.name = format!("embeddings {model}").as_str(),
         otel.kind = "client",
@@ -459,6 +483,7 @@ pub fn store(system: &'static str, operation: &'static str) -> Span {
     }
     tracing::info_span!(
         target: TARGET,
+        parent: parent(),
         "db",
         otel.name = operation,
         otel.kind = "client",
@@ -477,6 +502,7 @@ pub fn write_batch(system: &'static str) -> Span {
     }
     tracing::info_span!(
         target: TARGET,
+        parent: parent(),
         "db",
         otel.name = "write_batch",
         otel.kind = "client",
@@ -495,6 +521,7 @@ pub fn cache(command: &'static str, operation: &'static str) -> Span {
     }
     tracing::info_span!(
         target: TARGET,
+        parent: parent(),
         "cache",
         otel.name = command,
         otel.kind = "client",

@@ -18,7 +18,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use common::fake_openai::FakeOpenAi;
+use common::fake_openai::{FakeOpenAi, Reply};
 use common::http::{NO_LIMITS, Server};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -461,6 +461,36 @@ async fn with_trace_content_the_genai_opt_in_attributes_carry_the_text() {
         "the conversation sent: {chat:#?}"
     );
     assert!(chat.str("gen_ai.output.messages").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_model_call_fails_its_chat_span_and_the_deferred_remember_does_not() {
+    let receiver = Receiver::start().await;
+    let fake = FakeOpenAi::start(64).await;
+    fake.then(Reply::Error {
+        status: 400,
+        code: "invalid_request_error",
+        retry_after: None,
+    });
+    let mut server = Server::start_process_with(&env(&receiver, &fake)).await;
+    let body = json!({"messages": [{"role": "user", "content": SAID}], "user_id": USER});
+    let stored = server
+        .call(Method::POST, "/api/v1/memory", None, Some(body))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    assert!(stored.text.contains("deferred"), "{}", stored.text);
+    stop(&mut server).await;
+
+    let spans = receiver.spans();
+    let chat = one(&spans, "chat", |s| s.name == "chat gpt-4o-mini");
+    assert!(chat.error, "the refused call: {chat:#?}");
+    assert_eq!(chat.str("error.type"), Some("400"));
+    let upsert = one(&spans, "remember", |s| s.name == "upsert_memory");
+    assert_eq!(chat.parent_span_id, upsert.span_id);
+    assert!(
+        !upsert.error && upsert.str("error.type").is_none(),
+        "stored verbatim and queued, the remember succeeded: {upsert:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
