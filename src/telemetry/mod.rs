@@ -10,6 +10,7 @@
 //! The spans never show in the logs (the log filter leaves out their
 //! target), so turning traces on changes nothing on stderr.
 
+mod batch;
 pub mod spans;
 mod traces;
 

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | HTTP request ([`http_request`]) | `{method} {route}` | server | `http.request.method`, `http.route`, `url.scheme`, `http.response.status_code`, `error.type` (5xx) |
 //! | MCP request ([`mcp_request`]) | `tools/call {tool}`, `prompts/get {prompt}`, `resources/read` | server | `mcp.method.name`, `gen_ai.operation.name` (`execute_tool`), `gen_ai.tool.name`, `gen_ai.prompt.name`, `jsonrpc.request.id`, `mcp.session.id`, `network.transport` (`pipe`, `tcp`), `error.type` |
-//! | memory operation ([`MemoryOp`]) | `upsert_memory`, `search_memory`, `delete_memory` | internal | `gen_ai.operation.name`, `engram.operation`, `gen_ai.memory.record.count`, `gen_ai.memory.record.id` (one record), `engram.memory.ids`, `error.type` |
+//! | memory operation ([`MemoryOp`]) | `upsert_memory`, `search_memory`, `delete_memory` | internal | `gen_ai.operation.name`, `engram.operation`, `gen_ai.memory.record.count`, `gen_ai.memory.record.id` (one record), `engram.memory.ids` (several: comma-separated, at most 100), `error.type` |
 //! | chat model call ([`chat`]) | `chat {model}` | client | `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`, `gen_ai.request.temperature`, `gen_ai.output.type`, `server.address`, `server.port`, `engram.llm.task`; after: `gen_ai.response.model`, `gen_ai.response.id`, `gen_ai.response.finish_reasons`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, `error.type` |
 //! | embeddings call ([`embeddings`]) | `embeddings {model}` | client | the same request attributes, `gen_ai.embeddings.dimension.count`, `engram.embeddings.inputs`; after: `gen_ai.response.model`, `gen_ai.usage.input_tokens` |
 //! | store call ([`store`]) | the store method | client | `db.system.name` and `db.system` (`postgresql`, `sqlite`), `db.operation.name` (the method), `error.type` |
@@ -345,21 +345,22 @@ fn record(span: &Span, touched: Touched) {
             serde_json::Value::Array(records).to_string(),
         );
     }
-    match <[Record; 1]>::try_from(touched.records) {
-        Ok([one]) => {
-            set(span, "gen_ai.memory.record.id", one.id.clone());
-            let ids = vec![StringValue::from(one.id)];
-            set(span, "engram.memory.ids", Value::Array(Array::String(ids)));
+    match touched.records.as_slice() {
+        [] => {}
+        [one] => set(span, "gen_ai.memory.record.id", one.id.clone()),
+        // One string, not an array of strings: an array costs an
+        // allocation and an encoded value per id, and a recall lists ten
+        // (docs/benchmarks.md, telemetry overhead).
+        many => {
+            let mut ids = String::with_capacity(many.len().min(MAX_IDS) * 37);
+            for (i, record) in many.iter().take(MAX_IDS).enumerate() {
+                if i > 0 {
+                    ids.push(',');
+                }
+                ids.push_str(&record.id);
+            }
+            set(span, "engram.memory.ids", ids);
         }
-        Err(records) if !records.is_empty() => {
-            let ids: Vec<StringValue> = records
-                .into_iter()
-                .take(MAX_IDS)
-                .map(|r| StringValue::from(r.id))
-                .collect();
-            set(span, "engram.memory.ids", Value::Array(Array::String(ids)));
-        }
-        Err(_) => {}
     }
 }
 

@@ -15,9 +15,9 @@
 //!   `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`, `OTEL_RESOURCE_ATTRIBUTES`;
 //! * `OTEL_SERVICE_NAME`, default `engram`.
 //!
-//! Spans are batched on the tokio runtime (the SDK's batch processor with
-//! the tokio runtime) and posted with engram's own `reqwest` client. Spans
-//! not yet exported when the command ends are exported by
+//! Spans are batched on the tokio runtime (`batch.rs`, which reads
+//! `OTEL_BSP_*`) and posted with engram's own `reqwest` client. Spans not
+//! yet exported when the command ends are exported by
 //! [`Pipeline::shutdown`], so a short run loses none.
 
 use std::time::Duration;
@@ -27,9 +27,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
@@ -119,7 +117,7 @@ pub(super) fn from_env() -> Result<Option<Pipeline>, TracesError> {
         .with_http_client(Reqwest(http))
         .build()
         .map_err(|e| TracesError::Build(e.to_string()))?;
-    let processor = BatchSpanProcessor::builder(exporter, Tokio).build();
+    let processor = super::batch::Batcher::start(exporter, super::batch::Settings::from(var));
     let (resource, service) = resource();
     // The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based, always on).
     let provider = SdkTracerProvider::builder()
@@ -188,7 +186,12 @@ impl Pipeline {
             // the active OpenTelemetry context: attaching it on every poll
             // of an instrumented future was most of the spans' cost.
             .with_context_activation(false)
-            .with_filter(Targets::new().with_target(super::spans::TARGET, LevelFilter::TRACE))
+            // INFO, the level of every engram span: a layer enabling more
+            // raises the process's maximum level, and every debug and trace
+            // call site of every dependency would then ask the subscriber
+            // at run time (sqlx would even format each statement's summary
+            // for a log line nobody reads).
+            .with_filter(Targets::new().with_target(super::spans::TARGET, LevelFilter::INFO))
     }
 
     /// Where spans go (credentials left out).

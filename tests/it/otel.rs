@@ -494,6 +494,50 @@ async fn a_refused_model_call_fails_its_chat_span_and_the_deferred_remember_does
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_of_several_memories_lists_their_ids_on_its_span() {
+    let receiver = Receiver::start().await;
+    let fake = FakeOpenAi::start(64).await;
+    let mut server = Server::start_process_with(&env(&receiver, &fake)).await;
+    let mut ids = Vec::new();
+    for text in [
+        "I live in Porto",
+        "I work in Porto",
+        "Porto is rainy in winter",
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": text}], "user_id": USER, "infer": false});
+        let stored = server
+            .call(Method::POST, "/api/v1/memory", None, Some(body))
+            .await;
+        assert_eq!(stored.status, 200, "{}", stored.text);
+        let stored: Value = serde_json::from_str(&stored.text).unwrap();
+        ids.push(stored["results"][0]["id"].as_str().unwrap().to_owned());
+    }
+    let body = json!({"query": "Porto", "user_id": USER});
+    let found = server
+        .call(Method::POST, "/api/v1/memory/search", None, Some(body))
+        .await;
+    assert_eq!(found.status, 200, "{}", found.text);
+    stop(&mut server).await;
+
+    let spans = receiver.spans();
+    let search = one(&spans, "recall", |s| s.name == "search_memory");
+    assert_eq!(search.int("gen_ai.memory.record.count"), Some(3));
+    let mut listed: Vec<&str> = search
+        .str("engram.memory.ids")
+        .expect("the ids, comma-separated")
+        .split(',')
+        .collect();
+    listed.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(listed, ids);
+    assert_eq!(
+        search.str("gen_ai.memory.record.id"),
+        None,
+        "several records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_with_a_cache_store_calls_and_cache_commands_have_their_spans() {
     let receiver = Receiver::start().await;
     let fake = FakeOpenAi::start(64).await;
