@@ -348,12 +348,15 @@ mod tests {
         end_spans(&provider, 3);
         settle().await;
         assert!(kept.batches().is_empty(), "3 of 4: waits for the timer");
-        end_spans(&provider, 7);
+        end_spans(&provider, 1);
         settle().await;
-        assert_eq!(kept.batches(), vec![4, 4], "full batches go at once");
+        assert_eq!(kept.batches(), vec![4], "a full batch goes at once");
+        end_spans(&provider, 2);
+        settle().await;
+        assert_eq!(kept.batches(), vec![4], "2 of 4: waits");
         let shut = tokio::task::spawn_blocking(move || provider.shutdown());
         shut.await.unwrap().unwrap();
-        assert_eq!(kept.batches(), vec![4, 4, 2], "the rest at shutdown");
+        assert_eq!(kept.batches(), vec![4, 2], "the rest at shutdown");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,22 +77,65 @@ tokio::task_local! {
     /// operation), set by [`within`]: the parent of the spans made under
     /// it. Spans are never entered, which in `tracing` costs a round through
     /// every layer on each poll of the future; a task-local costs a swap.
-    static PARENT: Span;
+    static PARENT: Parent;
+}
+
+/// What [`within`] set: a span whose trace is recorded, or the mark of a
+/// trace the sampler dropped, under which no span is made at all (each
+/// would cost nearly what a recorded one does, to be thrown away).
+#[derive(Clone)]
+enum Parent {
+    Recorded(Span),
+    Unsampled,
 }
 
 /// Runs `work` under `span`: the spans made while it runs are its children.
 pub async fn within<F: std::future::Future>(span: Span, work: F) -> F::Output {
-    PARENT.scope(span, work).await
+    let parent = if span.is_disabled() || span.context().span().span_context().is_sampled() {
+        Parent::Recorded(span)
+    } else {
+        Parent::Unsampled
+    };
+    PARENT.scope(parent, work).await
 }
 
-/// The span [`within`] set for this task, if any (and enabled).
-fn parent() -> Option<tracing::Id> {
-    PARENT.try_with(Span::id).ok().flatten()
+/// Where a new span goes.
+enum Under {
+    /// No engram span around: a new span is a root.
+    Nothing,
+    /// A dropped trace: no span.
+    Unsampled,
+    /// This span's child.
+    Span(tracing::Id),
 }
 
-/// True inside one of engram's spans (store and cache spans nest only there).
-fn in_trace() -> bool {
-    enabled() && parent().is_some()
+fn under() -> Under {
+    match PARENT.try_with(|parent| match parent {
+        Parent::Recorded(span) => span.id().map_or(Under::Nothing, Under::Span),
+        Parent::Unsampled => Under::Unsampled,
+    }) {
+        Ok(under) => under,
+        Err(_) => Under::Nothing,
+    }
+}
+
+/// The parent of a span that may be a root (an operation, a model call):
+/// `None` when it is not to be made.
+fn parent_or_root() -> Option<Option<tracing::Id>> {
+    match under() {
+        Under::Nothing => Some(None),
+        Under::Unsampled => None,
+        Under::Span(id) => Some(Some(id)),
+    }
+}
+
+/// The parent of a span made only inside another engram span (store and
+/// cache calls), if there is one that is recorded.
+fn recorded_parent() -> Option<tracing::Id> {
+    match under() {
+        Under::Span(id) if enabled() => Some(id),
+        _ => None,
+    }
 }
 
 /// An HTTP request's span, handed to what serves it on other tasks (MCP
@@ -280,12 +323,12 @@ impl MemoryOp {
     /// Starts the span of `operation` (a GenAI memory operation name) done
     /// by the service method `method`.
     pub fn start(operation: &'static str, method: &'static str) -> Self {
-        if !enabled() {
+        let Some(parent) = parent_or_root().filter(|_| enabled()) else {
             return Self(Span::none());
-        }
+        };
         Self(tracing::info_span!(
             target: TARGET,
-            parent: parent(),
+            parent: parent,
             "memory",
             otel.name = operation,
             otel.kind = "internal",
@@ -384,13 +427,13 @@ pub fn chat(
     temperature: Option<f32>,
     output: &'static str,
 ) -> Span {
-    if !enabled() {
+    let Some(parent) = parent_or_root().filter(|_| enabled()) else {
         return Span::none();
-    }
+    };
     let (address, port) = server_of(base_url);
     tracing::info_span!(
         target: TARGET,
-        parent: parent(),
+        parent: parent,
         "chat",
         otel.name = format!("chat {model}").as_str(),
         otel.kind = "client",
@@ -456,13 +499,13 @@ pub fn chat_content(span: &Span, system: &str, user: &str, output: Option<&str>)
 
 /// An embeddings call for `inputs` texts.
 pub fn embeddings(model: &str, base_url: &str, dims: usize, inputs: usize) -> Span {
-    if !enabled() {
+    let Some(parent) = parent_or_root().filter(|_| enabled()) else {
         return Span::none();
-    }
+    };
     let (address, port) = server_of(base_url);
     tracing::info_span!(
         target: TARGET,
-        parent: parent(),
+        parent: parent,
         "embeddings",
         otel.name = format!("embeddings {model}").as_str(),
         otel.kind = "client",
@@ -479,12 +522,12 @@ pub fn embeddings(model: &str, base_url: &str, dims: usize, inputs: usize) -> Sp
 /// A call to the store (`system`: `postgresql` or `sqlite`; `operation`:
 /// the store method). Disabled outside an engram span.
 pub fn store(system: &'static str, operation: &'static str) -> Span {
-    if !in_trace() {
+    let Some(parent) = recorded_parent() else {
         return Span::none();
-    }
+    };
     tracing::info_span!(
         target: TARGET,
-        parent: parent(),
+        parent: parent,
         "db",
         otel.name = operation,
         otel.kind = "client",
@@ -498,12 +541,12 @@ pub fn store(system: &'static str, operation: &'static str) -> Span {
 /// or rollback): one span for all its writes, which it counts in
 /// `db.operation.batch.size`. Disabled outside an engram span.
 pub fn write_batch(system: &'static str) -> Span {
-    if !in_trace() {
+    let Some(parent) = recorded_parent() else {
         return Span::none();
-    }
+    };
     tracing::info_span!(
         target: TARGET,
-        parent: parent(),
+        parent: parent,
         "db",
         otel.name = "write_batch",
         otel.kind = "client",
@@ -517,12 +560,12 @@ pub fn write_batch(system: &'static str) -> Span {
 /// A cache command (`command`, e.g. `HGET`; `operation`, engram's name for
 /// it). Disabled outside an engram span.
 pub fn cache(command: &'static str, operation: &'static str) -> Span {
-    if !in_trace() {
+    let Some(parent) = recorded_parent() else {
         return Span::none();
-    }
+    };
     tracing::info_span!(
         target: TARGET,
-        parent: parent(),
+        parent: parent,
         "cache",
         otel.name = command,
         otel.kind = "client",

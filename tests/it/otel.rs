@@ -538,6 +538,53 @@ async fn a_recall_of_several_memories_lists_their_ids_on_its_span() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trace_that_is_not_sampled_exports_no_span_of_its_request() {
+    let receiver = Receiver::start().await;
+    let fake = FakeOpenAi::start(64).await;
+    let mut server = Server::start_process_with(&env(&receiver, &fake)).await;
+    let (dropped, kept) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    );
+    for (trace, flags, said) in [
+        (dropped, "00", "I moved to Porto last month"),
+        (kept, "01", "I work as a baker"),
+    ] {
+        let sent = server
+            .http
+            .request(Method::POST, format!("{}/api/v1/memory", server.base))
+            .header(
+                "traceparent",
+                format!("00-{trace}-00f067aa0ba902b7-{flags}"),
+            )
+            .json(&json!({"messages": [{"role": "user", "content": said}], "user_id": USER}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200);
+    }
+    stop(&mut server).await;
+
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id == kept),
+        "only the sampled trace, and no new root under the dropped one: {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.name, &s.trace_id))
+            .collect::<Vec<_>>()
+    );
+    for name in [
+        "POST /api/v1/memory",
+        "upsert_memory",
+        "chat gpt-4o-mini",
+        "write_batch",
+    ] {
+        one(&spans, name, |s| s.name == name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_with_a_cache_store_calls_and_cache_commands_have_their_spans() {
     let receiver = Receiver::start().await;
     let fake = FakeOpenAi::start(64).await;
