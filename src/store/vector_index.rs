@@ -197,23 +197,13 @@ impl UserVectors {
         let q_inv = quantise_into(query, &mut q);
         let mut scores = vec![0.0f32; self.pks.len()];
         scan_parallel(&q, &self.codes, self.dims, &mut scores);
-        let mut order: Vec<(usize, f32)> = scores
+        let scored = scores
             .iter()
             .zip(&self.inv_scales)
             .map(|(&s, &inv)| s * q_inv * inv)
             .enumerate()
-            .filter(|&(i, _)| counted(i))
-            .collect();
-        if order.is_empty() {
-            return Vec::new();
-        }
-        let k = k.min(order.len());
-        if k < order.len() {
-            order.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            order.truncate(k);
-        }
-        order.sort_by(|a, b| b.1.total_cmp(&a.1));
-        order
+            .filter(|&(i, _)| counted(i));
+        best_k(scored, k)
             .into_iter()
             .map(|(i, score)| Scored {
                 pk: self.pks[i],
@@ -244,6 +234,42 @@ fn quantise_into(v: &[f32], out: &mut Vec<i8>) -> f32 {
     let scale = 127.0 / max;
     out.extend(v.iter().map(|x| (x * scale).round() as i8));
     1.0 / scale
+}
+
+/// The `k` best `(row, score)` pairs, best first: one pass keeping the `k`
+/// best so far in a heap, so a scan of n rows allocates O(k), not O(n).
+fn best_k(scored: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<(usize, f32)> {
+    /// Ordered so that the heap's top is the worst entry kept.
+    struct Kept(usize, f32);
+    impl PartialEq for Kept {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == std::cmp::Ordering::Equal
+        }
+    }
+    impl Eq for Kept {}
+    impl PartialOrd for Kept {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Kept {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            other.1.total_cmp(&self.1).then(self.0.cmp(&other.0))
+        }
+    }
+    let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+    for (row, score) in scored {
+        if heap.len() < k {
+            heap.push(Kept(row, score));
+        } else if let Some(mut worst) = heap.peek_mut()
+            && score > worst.1
+        {
+            *worst = Kept(row, score);
+        }
+    }
+    let mut best: Vec<(usize, f32)> = heap.into_iter().map(|Kept(row, s)| (row, s)).collect();
+    best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    best
 }
 
 /// Rows per thread below which a scan stays on the calling thread (a thread
@@ -432,6 +458,25 @@ impl VectorIndex {
 mod tests {
     use super::*;
     use crate::embed::{HashEmbedder, dot};
+
+    #[test]
+    fn best_k_keeps_the_k_highest_in_order_as_a_full_sort_would() {
+        // Scores with ties, negatives and more rows than k.
+        let scores: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for k in [1, 5, 10, 200, 500] {
+            let mut sorted: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+            sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            sorted.truncate(k);
+            let got = best_k(scores.iter().copied().enumerate(), k);
+            let got_scores: Vec<f32> = got.iter().map(|&(_, s)| s).collect();
+            let want_scores: Vec<f32> = sorted.iter().map(|&(_, s)| s).collect();
+            assert_eq!(got_scores, want_scores, "k = {k}");
+            assert!(got.iter().all(|&(row, s)| scores[row] == s));
+        }
+        assert!(best_k(std::iter::empty(), 3).is_empty());
+    }
 
     #[test]
     fn removing_many_rows_keeps_the_others_and_their_vectors() {

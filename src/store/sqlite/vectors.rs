@@ -110,7 +110,7 @@ pub(super) async fn exact_scores_and_ids(
     Ok((generation, scores))
 }
 
-/// Exact cosine similarity of `query` with the stored vectors of `pks`./// Exact cosine similarity of `query` with the stored vectors of `pks`
+/// Exact cosine similarity of `query` with the stored vectors of `pks`
 /// (those still current), and the user's generation, in one statement.
 pub(super) async fn exact_scores(
     conn: &mut SqliteConnection,
