@@ -207,29 +207,33 @@ impl Search for SqliteStore {
             Some(self.scoped_pks(&mut conn, at).await?)
         };
         let among = among(at, allowed.as_ref());
-        let mut keyword: HashMap<i64, f32> = if terms.is_empty() {
-            HashMap::new()
-        } else {
-            keyword_index::score_all(&mut conn, at.scope, &terms)
-                .await?
-                .into_iter()
-                .collect()
-        };
-        if let Some(allowed) = &allowed {
-            keyword.retain(|pk, _| allowed.contains(pk));
-        }
         // As in vector_search: expired memories leave the keyword side
         // before its cut, and make room in the vector scan's pool.
         let expired = Self::expired_pks(&mut conn, user_id).await?;
-        keyword.retain(|pk, _| !expired.contains(pk));
-        let by_keyword = best_with_ties(&keyword, depth);
-        // As in vector_search: scan the copy as it is, check its generation
-        // in the statement that reads the exact vectors, reload when behind.
         let pool = depth * RERANK_FACTOR + RERANK_EXTRA + expired.len();
-        let (seen, approx) = {
+        // The keyword postings are read on the database's thread while this
+        // one scans the vector copy: the two sides overlap. As in
+        // vector_search, the copy is scanned as it is; its generation is
+        // checked in the statement that reads the exact vectors, and a copy
+        // behind is reloaded.
+        let postings = async {
+            if terms.is_empty() {
+                Ok(Vec::new())
+            } else {
+                keyword_index::score_all(&mut conn, at.scope, &terms).await
+            }
+        };
+        let scan = async {
             let vecs = entry.read().await;
             (vecs.generation, vecs.top_k_among(vector, pool, among))
         };
+        let (postings, (seen, approx)) = tokio::join!(postings, scan);
+        let mut keyword: HashMap<i64, f32> = postings?.into_iter().collect();
+        if let Some(allowed) = &allowed {
+            keyword.retain(|pk, _| allowed.contains(pk));
+        }
+        keyword.retain(|pk, _| !expired.contains(pk));
+        let by_keyword = best_with_ties(&keyword, depth);
         let union = |approx: &[crate::store::vector_index::Scored]| -> Vec<i64> {
             let mut pks: Vec<i64> = approx
                 .iter()
