@@ -124,7 +124,7 @@ pierogi paella curry hummus croissants baklava empanadas kimchi goulash tiramisu
 TEMPLATES = [
     "{name} enjoys {activity} with a {relation} in {place} on {day} and always brings a {object}",
     "My {relation} {name} keeps a {adjective} {object} at home and loves {food} from {place}",
-    "Every {day} {name} goes {activity} near a {adjective} market in {place} to buy {food}",
+    "On {day} {name} goes {activity} near a {adjective} market in {place} to buy {food}",
     "{name} borrowed a {object} from the {relation} after a {adjective} trip to {place}",
     "On {day} my {relation} cooks {food} while {name} practises {activity} with a {object}",
     "{name} dreams of moving to a {adjective} flat in {place} to take up {activity} and eat {food}",
