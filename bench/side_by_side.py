@@ -640,7 +640,7 @@ def mib(kib):
 
 def report(shape, users, per_user, results):
     m = results["mem0"]
-    lines = [f"\n### Shape {shape}: {users} users x {per_user:,} memories "
+    lines = [f"\n### Shape {shape}: {users} user{'s' if users > 1 else ''} x {per_user:,} memories "
              f"({users * per_user:,})\n",
              "| system | remember/s 1 client | remember/s 8 clients | recall p50 | p95 | p99 "
              "| hit@10 | answers | peak RSS |",
