@@ -486,12 +486,17 @@ class Stdio:
     def close(self):
         rss = vm_hwm_kib(self.proc.pid)
         self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 10)
         return rss
+
+
+def wait_or_kill(proc, seconds):
+    """Waits up to `seconds` for `proc` to exit after being asked to, then kills it."""
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Http:
@@ -569,11 +574,7 @@ class Http:
         for conn, _ in self.sessions:
             conn.close()
         self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 15)
         return rss
 
 
