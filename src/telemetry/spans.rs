@@ -120,8 +120,11 @@ fn under() -> Under {
 }
 
 /// The parent of a span that may be a root (an operation, a model call):
-/// `None` when it is not to be made.
+/// `None` when it is not to be made (traces off, or a dropped trace).
 fn parent_or_root() -> Option<Option<tracing::Id>> {
+    if !enabled() {
+        return None;
+    }
     match under() {
         Under::Nothing => Some(None),
         Under::Unsampled => None,
@@ -323,7 +326,7 @@ impl MemoryOp {
     /// Starts the span of `operation` (a GenAI memory operation name) done
     /// by the service method `method`.
     pub fn start(operation: &'static str, method: &'static str) -> Self {
-        let Some(parent) = parent_or_root().filter(|_| enabled()) else {
+        let Some(parent) = parent_or_root() else {
             return Self(Span::none());
         };
         Self(tracing::info_span!(
@@ -427,7 +430,7 @@ pub fn chat(
     temperature: Option<f32>,
     output: &'static str,
 ) -> Span {
-    let Some(parent) = parent_or_root().filter(|_| enabled()) else {
+    let Some(parent) = parent_or_root() else {
         return Span::none();
     };
     let (address, port) = server_of(base_url);
@@ -499,7 +502,7 @@ pub fn chat_content(span: &Span, system: &str, user: &str, output: Option<&str>)
 
 /// An embeddings call for `inputs` texts.
 pub fn embeddings(model: &str, base_url: &str, dims: usize, inputs: usize) -> Span {
-    let Some(parent) = parent_or_root().filter(|_| enabled()) else {
+    let Some(parent) = parent_or_root() else {
         return Span::none();
     };
     let (address, port) = server_of(base_url);
