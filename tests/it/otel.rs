@@ -9,6 +9,7 @@
 //! minute here, so what arrives was sent by the flush at shutdown.
 
 use crate::common;
+use crate::common::stdio::RawStdio;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,6 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// One exported span, flattened, with its resource's attributes.
 #[derive(Debug, Clone)]
@@ -630,88 +630,43 @@ async fn on_postgresql_with_a_cache_store_calls_and_cache_commands_have_their_sp
     nothing_of(&spans, &[USER, "Porto", "moved", ASKED]);
 }
 
-/// engram over stdio, spoken to in raw JSON-RPC lines.
-struct Stdio {
-    _dir: tempfile::TempDir,
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Stdio {
-    fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(common::ENGRAM)
-            .arg("serve")
-            .env(
-                "ENGRAM_DATABASE_URL",
-                format!("sqlite://{}/e.db", dir.path().display()),
-            )
-            .env("ENGRAM_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn engram");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            _dir: dir,
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    async fn send(&mut self, message: Value) {
-        let line = format!("{message}\n");
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    async fn exchange(&mut self, message: Value) -> Value {
-        self.send(message).await;
-        let line = tokio::time::timeout(Duration::from_secs(20), self.stdout.next_line())
-            .await
-            .expect("an answer")
-            .unwrap()
-            .expect("stdout open");
-        serde_json::from_str(&line).unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_stdio_a_tool_call_continues_the_trace_in_params_meta() {
     let receiver = Receiver::start().await;
     let fake = FakeOpenAi::start(64).await;
-    let mut engram = Stdio::start(&env(&receiver, &fake));
+    let mut engram = RawStdio::start(
+        "warn",
+        &env(&receiver, &fake),
+        std::process::Stdio::inherit(),
+    );
     let init = engram
         .exchange(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "otel-test", "version": "1"}}}),
+            "clientInfo": {"name": "otel-test", "version": "1"}}})
+            .to_string(),
         )
         .await;
     assert_eq!(init["result"]["serverInfo"]["name"], "engram", "{init}");
     engram
-        .send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
         .await;
     let (trace, parent) = ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174");
     let called = engram
         .exchange(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
             "name": "remember",
             "arguments": {"text": SAID, "user_id": USER},
-            "_meta": {"traceparent": traceparent(trace, parent)}}}),
+            "_meta": {"traceparent": traceparent(trace, parent)}}})
+            .to_string(),
         )
         .await;
     assert_ne!(called["result"]["isError"], true, "{called}");
     let recalled = engram
         .exchange(
-            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "recall", "arguments": {"query": ASKED, "user_id": USER}}}),
+            &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "recall", "arguments": {"query": ASKED, "user_id": USER}}})
+            .to_string(),
         )
         .await;
     assert_ne!(recalled["result"]["isError"], true, "{recalled}");

@@ -7,70 +7,17 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-struct Raw {
-    _dir: tempfile::TempDir,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-}
+use crate::common::stdio::RawStdio;
 
-impl Raw {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .arg("serve")
-            .env(
-                "ENGRAM_DATABASE_URL",
-                format!("sqlite://{}/e.db", dir.path().display()),
-            )
-            .env("ENGRAM_LOG", "debug")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn engram");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            _dir: dir,
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.write_all(b"\n").await.unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    /// The next stdout line, which must be a JSON-RPC message.
-    async fn recv(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
-            .await
-            .expect("engram answered within 10 s")
-            .unwrap()
-            .expect("stdout still open");
-        let value: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("stdout carried a non-JSON line ({e}): {line}"));
-        assert_eq!(value["jsonrpc"], "2.0", "{line}");
-        value
-    }
-
-    async fn exchange(&mut self, line: &str) -> Value {
-        self.send(line).await;
-        self.recv().await
-    }
+/// engram at debug level, its stderr dropped: stdout must stay pure protocol.
+fn start() -> RawStdio {
+    RawStdio::start("debug", &[], Stdio::null())
 }
 
 #[tokio::test]
 async fn every_line_gets_an_answer_and_stdout_is_pure_protocol() {
-    let mut raw = Raw::start();
+    let mut raw = start();
 
     // A 2026-07-28 client probes with server/discover (string id) before initialize.
     let discover = raw

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod stdio;
 
 use std::path::{Path, PathBuf};
 
