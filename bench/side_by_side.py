@@ -640,7 +640,7 @@ def mib(kib):
 
 
 def report(shape, users, per_user, results):
-    m = results["mem0"]
+    m = results.get("mem0")
     lines = [f"\n### Shape {shape}: {users} user{'s' if users > 1 else ''} x {per_user:,} memories "
              f"({users * per_user:,})\n",
              "| system | remember/s 1 client | remember/s 8 clients | recall p50 | p95 | p99 "
@@ -655,6 +655,8 @@ def report(shape, users, per_user, results):
         lines.append(f"| {names[key]} | {r['remember_1']:.0f} | {r['remember_8']:.0f} "
                      f"| {r['p50']:.2f} ms | {r['p95']:.2f} ms | {r['p99']:.2f} ms "
                      f"| {r['hit10']:.3f} | {r['answers']:.1f} | {mib(r['rss_kib'])} |")
+    if not m:
+        return "\n".join(lines + ["", "(no mem0 run: no ratios)"])
     lines += ["", "| engram door | recall p50 mem0/engram | p95 mem0/engram "
               "| remember/s engram/mem0, 1 client | 8 clients |", "|---|---:|---:|---:|---:|"]
     for key in ("stdio", "http"):
@@ -710,7 +712,12 @@ def main():
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if args.large and "c" not in shapes:
         shapes.append("c")
-    systems = [s.strip() for s in args.systems.split(",")]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in shapes if s not in SHAPES] + \
+        [s for s in systems if s not in ("mem0", "stdio", "http")]
+    if unknown or not shapes or not systems:
+        sys.exit(f"unknown or missing: {', '.join(unknown) or 'shapes/systems'}; "
+                 f"--shapes takes {','.join(SHAPES)}, --systems mem0,stdio,http")
     embedder, embed_port = start_embedder(args.embed_latency_ms)
     log = open(os.path.join(tempfile.gettempdir(), "engram-side-by-side.log"), "ab")
     ev, commit = engram_version(args.engram)
@@ -739,8 +746,7 @@ def main():
                 print(f"shape {shape}: {system} done in {time.time() - t0:.0f} s: "
                       f"{json.dumps(results[system])}", file=sys.stderr, flush=True)
             all_results[shape] = {"users": users, "per_user": per_user, **results}
-            if "mem0" in results:
-                print(report(shape, users, per_user, results), flush=True)
+            print(report(shape, users, per_user, results), flush=True)
     finally:
         embedder.terminate()
         embedder.wait()
