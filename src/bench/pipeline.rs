@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use base64::Engine;
 use serde_json::{Value, json};
 
 use super::text::Generator;
@@ -232,10 +233,21 @@ async fn embeddings(State((seen, dims)): StandIn, Json(body): Json<Value>) -> Js
     seen.embedded_texts
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
     let hash = HashEmbedder::new(dims);
+    // In base64 when asked, as OpenAI answers.
+    let base64 = body["encoding_format"] == "base64";
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": hash.embed(t)}))
+        .map(|(i, t)| {
+            let v = hash.embed(t);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Json(json!({
         "object": "list",

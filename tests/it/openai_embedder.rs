@@ -85,6 +85,68 @@ async fn documents_go_in_batches_in_order_with_model_dimensions_and_key() {
     assert!(!embedder.is_local());
 }
 
+/// The vector `embedder` makes of `text` is the fake's (hash) vector of it.
+async fn embeds_as_the_fake(embedder: &OpenAiEmbedder, text: &str) {
+    let v = embedder.embed_query(text).await.unwrap();
+    assert_eq!(v.len(), DIMS);
+    assert!(
+        dot(&v, &HashEmbedder::new(DIMS).embed(text)) > 0.999,
+        "{text}"
+    );
+}
+
+/// Vectors are asked for in base64; a server that answers floats anyway is
+/// read as such, and one that refuses base64 gets the request again
+/// without it, and floats from then on (no refused request each time).
+#[tokio::test]
+async fn vectors_come_in_base64_and_servers_without_it_still_work() {
+    let fake = FakeOpenAi::start(DIMS).await;
+    let embedder = OpenAiEmbedder::new(settings(&fake)).unwrap();
+    embeds_as_the_fake(&embedder, "tea in Kyoto").await;
+    assert_eq!(fake.requests()[0].body["encoding_format"], "base64");
+
+    fake.then(Reply::FloatsOnly);
+    embeds_as_the_fake(&embedder, "tea in Kyoto").await;
+    assert_eq!(fake.requests().len(), 2);
+
+    fake.then(Reply::NoBase64);
+    embeds_as_the_fake(&embedder, "rowing in Porto").await;
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        4,
+        "the refused request, then the same for floats"
+    );
+    assert_eq!(requests[2].body["encoding_format"], "base64");
+    assert_eq!(requests[3].body["input"], requests[2].body["input"]);
+    assert!(requests[3].body.get("encoding_format").is_none());
+    embeds_as_the_fake(&embedder, "chess in Oslo").await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 5);
+    assert!(requests[4].body.get("encoding_format").is_none());
+}
+
+/// A base64 vector that does not decode to floats is an error naming what
+/// came back, not a panic or a short vector.
+#[tokio::test]
+async fn a_base64_vector_that_is_not_floats_is_refused_clearly() {
+    let fake = FakeOpenAi::start(DIMS).await;
+    let embedder = OpenAiEmbedder::new(settings(&fake)).unwrap();
+    fake.then(Reply::Base64Text("not base64 at all!"));
+    let err = embedder.embed_query("x").await.unwrap_err().to_string();
+    assert!(
+        err.contains("not valid base64") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    fake.then(Reply::Base64Text("AAAAAAA="));
+    let err = embedder.embed_query("x").await.unwrap_err().to_string();
+    assert!(err.contains("5 bytes"), "{err}");
+    // Whole floats, but too few of them: the usual dimension error.
+    fake.then(Reply::Base64Text("AAAAAA=="));
+    let err = embedder.embed_query("x").await.unwrap_err().to_string();
+    assert!(err.contains("1-dimensional"), "{err}");
+}
+
 #[tokio::test]
 async fn queries_carry_their_own_prefix_and_dimensions_can_be_left_out() {
     let fake = FakeOpenAi::start(DIMS).await;

@@ -285,6 +285,7 @@ impl PgStore {
             "DROP INDEX IF EXISTS memories_embedding_hnsw",
             "DROP INDEX IF EXISTS memories_embedding_diskann",
             "ALTER TABLE memories ALTER COLUMN embedding TYPE vector",
+            schema::KEEP_VECTORS_INLINE,
         ] {
             sqlx::query(statement)
                 .execute(&mut *tx)
@@ -394,6 +395,9 @@ fn session_options(url: &str, plan: &PlanSettings) -> Result<PgConnectOptions, S
     Ok(connect)
 }
 
+/// How long a request connection may sit idle and still be used unpinged.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The pools on `url`: requests' and the operator's (`scope`). Lazy:
 /// connections are made as calls need them, so a database that is down at a
 /// call fails that call within `acquire_timeout`, and the next call after it
@@ -417,7 +421,19 @@ async fn connect(url: &str, options: &PgOptions) -> Result<(PgPool, PgPool), Sto
     let requests = PgPoolOptions::new()
         .max_connections(options.pool_size)
         .acquire_timeout(options.acquire_timeout)
-        .test_before_acquire(true)
+        // A connection that sat idle may have been cut (a restarted server, a
+        // proxy's idle timeout): it is pinged before use, and replaced if it
+        // does not answer. One in use a moment ago is not: that ping was a
+        // round trip more on every transaction of a busy server.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(connect);
     Ok((requests, operator))
 }

@@ -80,6 +80,12 @@ pub(super) async fn lock_schema(tx: &mut PgConnection) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Keeps vectors in their rows rather than in the TOAST table (migration
+/// 20270701000001 says why). Changing the column's type resets its storage
+/// to the type's, so this follows every `ALTER COLUMN embedding TYPE`.
+pub(super) const KEEP_VECTORS_INLINE: &str =
+    "ALTER TABLE memories ALTER COLUMN embedding SET STORAGE MAIN";
+
 /// Gives the embedding column `embedder`'s dimension and records the
 /// embedder as the store's.
 pub(super) async fn bind_dimension(
@@ -93,6 +99,10 @@ pub(super) async fn bind_dimension(
     .execute(&mut *tx)
     .await
     .map_err(db("fixing the vector dimension"))?;
+    sqlx::query(KEEP_VECTORS_INLINE)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("fixing the vector dimension"))?;
     sqlx::query(
         "INSERT INTO store_info (key, value) VALUES ('embedder', $1) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -106,11 +116,10 @@ pub(super) async fn bind_dimension(
 
 /// The index `requested` means on a server that has (or lacks) pgvectorscale.
 ///
-/// `auto` is HNSW even where pgvectorscale is installed: at 50,000 memories
-/// for one user a DiskANN store measured recall@10 0.001 in `engram bench`
-/// while direct checks of its nearest rows agreed with an exact scan, and
-/// until it is known which of the two is wrong DiskANN is only used when
-/// asked for by name.
+/// `auto` is HNSW even where pgvectorscale is installed. The recall@10 of
+/// 0.001 once measured through DiskANN was its quantised layout built on an
+/// empty table (see `DISKANN_LAYOUT`); whether DiskANN, built `plain`, ever
+/// beats HNSW here is measured in docs/benchmarks.md.
 fn resolve(requested: IndexKind, vectorscale: bool) -> Result<IndexKind, StoreError> {
     match requested {
         IndexKind::Auto => Ok(IndexKind::Hnsw),
@@ -122,6 +131,39 @@ fn resolve(requested: IndexKind, vectorscale: bool) -> Result<IndexKind, StoreEr
         )),
         other => Ok(other),
     }
+}
+
+/// The DiskANN index's storage layout. pgvectorscale's default layout
+/// (`memory_optimized`) quantises vectors with statistics it learns from the
+/// rows present when the index is built, and engram builds it when the store
+/// is created: on no rows. Such an index ranks at random: recall@10 0.005
+/// at 20,000 rows (0.555 for the same index built after the rows), measured
+/// here with pgvectorscale 0.9.0 (docs/benchmarks.md). `plain` keeps whole
+/// vectors in the index and learns nothing.
+const DISKANN_LAYOUT: &str = "storage_layout=plain";
+
+/// Warns when the DiskANN index in place quantises (one built by an earlier
+/// engram, or by hand): built on few rows, it ranks at random.
+async fn warn_if_quantised(tx: &mut PgConnection) -> Result<(), StoreError> {
+    let options: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT reloptions FROM pg_class WHERE oid = 'memories_embedding_diskann'::regclass",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking at the vector index"))?;
+    if !options
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o == DISKANN_LAYOUT)
+    {
+        tracing::warn!(
+            "the DiskANN index memories_embedding_diskann quantises vectors \
+             (storage_layout memory_optimized), which ranks at random when the index was \
+             built on few rows; unless it was built after the data was loaded, drop it \
+             (DROP INDEX memories_embedding_diskann) and restart: engram rebuilds it with {DISKANN_LAYOUT}"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves `requested` against the server (DiskANN needs pgvectorscale's
@@ -153,6 +195,9 @@ pub(super) async fn ensure_vector_index(
     .await
     .map_err(db("looking for the vector index"))?;
     if in_place {
+        if kind == IndexKind::Diskann {
+            warn_if_quantised(tx).await?;
+        }
         return Ok(kind);
     }
     let statements: &[&'static str] = match kind {
@@ -161,10 +206,11 @@ pub(super) async fn ensure_vector_index(
             "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories \
              USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL",
         ],
+        // `plain`: see DISKANN_LAYOUT.
         IndexKind::Diskann => &[
             "CREATE EXTENSION IF NOT EXISTS vectorscale",
             "CREATE INDEX IF NOT EXISTS memories_embedding_diskann ON memories \
-             USING diskann (embedding vector_cosine_ops)",
+             USING diskann (embedding vector_cosine_ops) WITH (storage_layout = plain)",
         ],
     };
     for statement in statements {

@@ -2,7 +2,8 @@
 //! and JSON (axum), scripted replies, every request recorded.
 //!
 //! `/v1/embeddings` answers with engram's hash embedding of each input (so
-//! similar texts get similar vectors) unless a scripted reply is queued.
+//! similar texts get similar vectors), in base64 when asked as OpenAI does,
+//! unless a scripted reply is queued.
 //! `/v1/chat/completions` answers with the scripted content, else with one
 //! fact per `[user] ...` line of the transcript it was sent (its `(date) `
 //! mark dropped: extraction), or
@@ -18,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use base64::Engine;
 use engram::embed::HashEmbedder;
 use serde_json::{Value, json};
 
@@ -34,6 +36,13 @@ pub enum Reply {
     Delay(Duration),
     /// Vectors of this many dimensions, whatever was asked.
     WrongDims(usize),
+    /// Floats even if base64 was asked for (a server that ignores `encoding_format`).
+    FloatsOnly,
+    /// 400 if the request asks for base64 (a server that validates
+    /// `encoding_format` and knows only floats); otherwise answered as usual.
+    NoBase64,
+    /// Embeddings: this text as every embedding's base64.
+    Base64Text(&'static str),
     /// Chat: this assistant message content, verbatim.
     Content(String),
     /// Chat: 400 if the request asks for `json_schema` (a server without
@@ -240,6 +249,8 @@ async fn embeddings(
 ) -> Response {
     let reply = record(&inner, "/v1/embeddings", &headers, &body);
     let mut dims = body["dimensions"].as_u64().map_or(dims, |d| d as usize);
+    let mut base64 = body["encoding_format"] == "base64";
+    let mut verbatim = None;
     match reply {
         Some(Reply::Error {
             status,
@@ -248,7 +259,17 @@ async fn embeddings(
         }) => return error(status, code, &format!("scripted {status}"), retry_after),
         Some(Reply::Delay(d)) => tokio::time::sleep(d).await,
         Some(Reply::WrongDims(d)) => dims = d,
-        Some(Reply::Content(_) | Reply::NoJsonSchema) | None => {}
+        Some(Reply::FloatsOnly) => base64 = false,
+        Some(Reply::NoBase64) if base64 => {
+            return error(
+                400,
+                "invalid_request_error",
+                "encoding_format: only 'float' is supported",
+                None,
+            );
+        }
+        Some(Reply::Base64Text(text)) => verbatim = Some(text),
+        Some(Reply::Content(_) | Reply::NoJsonSchema | Reply::NoBase64) | None => {}
     }
     let embedder = HashEmbedder::new(dims);
     let inputs: Vec<String> = match &body["input"] {
@@ -265,7 +286,15 @@ async fn embeddings(
         // Unnormalised on purpose (x3): the client must normalise.
         .map(|(i, text)| {
             let v: Vec<f32> = embedder.embed(text).iter().map(|x| x * 3.0).collect();
-            json!({"object": "embedding", "index": i, "embedding": v})
+            let embedding = match verbatim {
+                Some(text) => json!(text),
+                None if base64 => {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+                None => json!(v),
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
     let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();

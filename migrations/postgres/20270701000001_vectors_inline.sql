@@ -1,0 +1,24 @@
+-- A memory's row keeps its vector and its text in the row, out of the TOAST
+-- table, as long as the row fits a page.
+--
+-- Why: an exact scan reads every vector of the scope, and a TOASTed vector
+-- costs a TOAST-index lookup and several chunk reads. PostgreSQL moves
+-- values out of line once a row passes toast_tuple_target (default ~2 kB),
+-- which a vector does from ~500 dimensions: at 1536 dimensions, 1,000 rows
+-- of one user scanned in 3.1 ms out of line, 1.0 ms in the row
+-- (docs/benchmarks.md).
+--
+-- How:
+-- * toast_tuple_target at its maximum (8160 bytes, a page less its
+--   header): nothing is moved while the row fits a page.
+-- * The vector's storage MAIN (pgvector's own is EXTERNAL): when a row does
+--   not fit (long text, ~2,000 dimensions), its other columns go out of line
+--   first, and the vector only as the last resort, so no write can fail.
+--   Storage MAIN alone would not do: with the default target, the text and
+--   the other columns would leave the row first, to make room for the vector.
+--
+-- ALTER COLUMN ... TYPE resets the column's storage to the type's: the store
+-- sets MAIN again wherever it changes the type (first bind, re-embed). Rows
+-- written before this migration stay as they are until rewritten.
+ALTER TABLE memories SET (toast_tuple_target = 8160);
+ALTER TABLE memories ALTER COLUMN embedding SET STORAGE MAIN;
