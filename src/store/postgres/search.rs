@@ -1,5 +1,5 @@
 //! Search ([`Search`]): `engram_nearest` for vectors, `engram_keyword_search`
-//! for BM25, and recall's candidates in two round trips. Each call reads in
+//! for BM25, and recall's candidates in one statement a side. Each call reads in
 //! a transaction scoped to its user (`scope`).
 
 use std::collections::{HashMap, HashSet};
@@ -13,31 +13,6 @@ use super::{PgStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
-
-/// Cosine similarity to `vector` of these current memories of the user,
-/// read on `conn` (a transaction scoped to the user).
-async fn similarities(
-    conn: &mut PgConnection,
-    user_id: &str,
-    ids: &[Uuid],
-    vector: &[f32],
-) -> Result<HashMap<Uuid, f32>, StoreError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-        "SELECT m.id, (1 - (m.embedding <=> $3))::real FROM memories m \
-         WHERE m.user_id = $1 AND m.id = ANY ($2) AND m.valid_to IS NULL \
-           AND (m.expires_at IS NULL OR m.expires_at > now())",
-    )
-    .bind(user_id)
-    .bind(ids)
-    .bind(Vector::from(vector.to_vec()))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("reading vectors"))?;
-    Ok(rows.into_iter().collect())
-}
 
 /// BM25 hits for `query`, best first, read on `conn` (a transaction scoped
 /// to the user of `at`).
@@ -72,6 +47,63 @@ async fn keyword_hits(
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
     hits.truncate(limit);
     Ok(hits)
+}
+
+/// As [`keyword_hits`], each with the cosine similarity of its memory to
+/// `vector`, in one statement (one round trip, not two). The hits' rows are
+/// read by key (`= ANY`): joined to the function's result (whose row count
+/// the planner does not know), they were a hash of every row of the user,
+/// vectors included (10.8 ms for 1,000 rows of 1536 dimensions; 0.4 ms by
+/// key).
+async fn keyword_hits_and_similarities(
+    conn: &mut PgConnection,
+    at: SearchScope<'_>,
+    query: &str,
+    vector: &[f32],
+    limit: usize,
+) -> Result<Vec<(Hit, f32)>, StoreError> {
+    let terms = keywords::query_terms(query);
+    if terms.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, f32, f32)> = sqlx::query_as(
+        "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids), \
+              k AS MATERIALIZED ( \
+                  SELECT k.id, k.score FROM x, \
+                      engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
+                  WHERE k.id <> ALL (x.ids)), \
+              s AS ( \
+                  SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
+                  FROM memories m \
+                  WHERE m.id = ANY (ARRAY(SELECT id FROM k)) \
+                    AND m.user_id = $1 AND m.valid_to IS NULL) \
+         SELECT k.id, k.score, s.similarity FROM k JOIN s ON s.id = k.id",
+    )
+    .bind(at.scope.user_id().as_str())
+    .bind(at.scope.agent_id())
+    .bind(at.scope.run_id())
+    .bind(at.filter_object())
+    .bind(&terms)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .bind(Vector::from(vector.to_vec()))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("searching keywords"))?;
+    let mut scored: Vec<(Hit, f32)> = rows
+        .into_iter()
+        .map(|(id, score, similarity)| {
+            (
+                Hit {
+                    id: MemoryId(id),
+                    score,
+                },
+                similarity,
+            )
+        })
+        .collect();
+    scored.sort_by(|(a, _), (b, _)| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+    scored.truncate(limit);
+    Ok(scored)
 }
 
 #[async_trait]
@@ -124,10 +156,10 @@ impl Search for PgStore {
         Ok(hits)
     }
 
-    /// Each search on its own connection, and as soon as one answers, the
-    /// relevance its candidates lack: BM25 for the vector's (while the
-    /// keyword side finishes), cosine for the keywords' (while the vector
-    /// search, the slower, still runs). Two round trips deep, not three.
+    /// Each search on its own connection, each in one statement that also
+    /// gives its candidates the relevance they lack: BM25 for the vector's,
+    /// cosine for the keywords'. One statement deep on each side (plus the
+    /// transaction's begin and commit).
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -172,10 +204,10 @@ impl Search for PgStore {
                 return Ok((Vec::new(), HashMap::new()));
             }
             let mut tx = self.user_transaction(user_id).await?;
-            let hits = keyword_hits(&mut tx, at, query, depth).await?;
-            let ids: Vec<Uuid> = hits.iter().map(|h| h.id.0).collect();
-            let similarity = similarities(&mut tx, user_id, &ids, vector).await?;
+            let scored = keyword_hits_and_similarities(&mut tx, at, query, vector, depth).await?;
             tx.commit().await.map_err(db("searching keywords"))?;
+            let similarity: HashMap<Uuid, f32> = scored.iter().map(|(h, s)| (h.id.0, *s)).collect();
+            let hits: Vec<Hit> = scored.into_iter().map(|(h, _)| h).collect();
             Ok::<_, StoreError>((hits, similarity))
         };
         let ((vector_hits, their_keyword), (keyword_hits, their_similarity)) =
