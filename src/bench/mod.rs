@@ -30,7 +30,9 @@ use crate::extract::VerbatimExtractor;
 use crate::model::{Event, MemoryId, Scope};
 use crate::params::{RecallParams, RememberParams};
 use crate::service::{MemoryService, Settings};
-use crate::store::{Hit, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store};
+use crate::store::{
+    Hit, IndexKind, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store,
+};
 use sqlx::PgPool;
 use text::Generator;
 
@@ -58,6 +60,9 @@ pub struct BenchArgs {
     /// PostgreSQL: HNSW search list size on the index path (default: the schema's, 250).
     #[arg(long)]
     pub ef_search: Option<u32>,
+    /// PostgreSQL: the vector index to build and search (as ENGRAM_INDEX).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "hnsw", "diskann"])]
+    pub index: String,
     /// PostgreSQL: concurrent writers for the batched remember measurement.
     #[arg(long, default_value_t = 8)]
     pub writers: usize,
@@ -159,6 +164,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let options = PgOptions {
                 plan,
+                index: match args.index.as_str() {
+                    "hnsw" => IndexKind::Hnsw,
+                    "diskann" => IndexKind::Diskann,
+                    _ => IndexKind::Auto,
+                },
                 ..PgOptions::default()
             };
             let store = Arc::new(PgStore::open(url, embedder.identity(), options).await?);
