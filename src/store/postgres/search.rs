@@ -14,82 +14,64 @@ use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
 
-/// BM25 hits for `query`, best first, read on `conn` (a transaction scoped
-/// to the user of `at`).
-async fn keyword_hits(
-    conn: &mut PgConnection,
-    at: SearchScope<'_>,
-    query: &str,
-    limit: usize,
-) -> Result<Vec<Hit>, StoreError> {
-    let terms = keywords::query_terms(query);
-    if terms.is_empty() || limit == 0 {
-        return Ok(Vec::new());
-    }
-    // Expired memories are asked for on top of `limit` and left out, so
-    // `limit` live ones come back when there are that many.
-    let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-        "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids) \
-         SELECT k.id, k.score FROM x, \
-             engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
-         WHERE k.id <> ALL (x.ids)",
-    )
-    .bind(at.scope.user_id().as_str())
-    .bind(at.scope.agent_id())
-    .bind(at.scope.run_id())
-    .bind(at.filter_object())
-    .bind(&terms)
-    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("searching keywords"))?;
-    let mut hits = hits(rows);
-    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
-    hits.truncate(limit);
-    Ok(hits)
-}
-
-/// As [`keyword_hits`], each with the cosine similarity of its memory to
-/// `vector`, in one statement (one round trip, not two). The hits' rows are
-/// read by key (`= ANY`): joined to the function's result (whose row count
-/// the planner does not know), they were a hash of every row of the user,
-/// vectors included (10.8 ms for 1,000 rows of 1536 dimensions; 0.4 ms by
-/// key).
-async fn keyword_hits_and_similarities(
-    conn: &mut PgConnection,
-    at: SearchScope<'_>,
-    query: &str,
-    vector: &[f32],
-    limit: usize,
-) -> Result<Vec<(Hit, f32)>, StoreError> {
-    let terms = keywords::query_terms(query);
-    if terms.is_empty() || limit == 0 {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<(Uuid, f32, f32)> = sqlx::query_as(
+/// The keyword search's statement up to its result: the user's expired
+/// memories (asked for on top of the limit, `$6`, and left out, so that
+/// `limit` live ones come back when there are that many) and the hits `k`.
+macro_rules! keyword_hits_cte {
+    () => {
         "WITH x AS MATERIALIZED (SELECT engram_expired_ids($1) AS ids), \
               k AS MATERIALIZED ( \
                   SELECT k.id, k.score FROM x, \
                       engram_keyword_search($1, $2, $3, $4, $5, $6 + cardinality(x.ids)) k \
-                  WHERE k.id <> ALL (x.ids)), \
-              s AS ( \
-                  SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
-                  FROM memories m \
-                  WHERE m.id = ANY (ARRAY(SELECT id FROM k)) \
-                    AND m.user_id = $1 AND m.valid_to IS NULL) \
-         SELECT k.id, k.score, s.similarity FROM k JOIN s ON s.id = k.id",
-    )
-    .bind(at.scope.user_id().as_str())
-    .bind(at.scope.agent_id())
-    .bind(at.scope.run_id())
-    .bind(at.filter_object())
-    .bind(&terms)
-    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-    .bind(Vector::from(vector.to_vec()))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("searching keywords"))?;
-    let mut scored: Vec<(Hit, f32)> = rows
+                  WHERE k.id <> ALL (x.ids)) "
+    };
+}
+
+/// BM25 hits for `query`, best first, read on `conn` (a transaction scoped
+/// to the user of `at`), each with its memory's cosine similarity to
+/// `vector` when one is given, in the same statement. The hits' rows are
+/// read by key (`= ANY`): joined to the function's result (whose row count
+/// the planner does not know), they were a hash of every row of the user,
+/// vectors included (10.8 ms for 1,000 rows of 1536 dimensions; 0.4 ms by
+/// key).
+async fn keyword_hits(
+    conn: &mut PgConnection,
+    at: SearchScope<'_>,
+    query: &str,
+    vector: Option<&[f32]>,
+    limit: usize,
+) -> Result<Vec<(Hit, Option<f32>)>, StoreError> {
+    let terms = keywords::query_terms(query);
+    if terms.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = match vector {
+        None => concat!(keyword_hits_cte!(), "SELECT id, score, NULL::real FROM k"),
+        Some(_) => concat!(
+            keyword_hits_cte!(),
+            ", s AS ( \
+                 SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
+                 FROM memories m \
+                 WHERE m.id = ANY (ARRAY(SELECT id FROM k)) \
+                   AND m.user_id = $1 AND m.valid_to IS NULL) \
+             SELECT k.id, k.score, s.similarity FROM k JOIN s ON s.id = k.id"
+        ),
+    };
+    let mut statement = sqlx::query_as(sql)
+        .bind(at.scope.user_id().as_str())
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object())
+        .bind(&terms)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX));
+    if let Some(vector) = vector {
+        statement = statement.bind(Vector::from(vector.to_vec()));
+    }
+    let rows: Vec<(Uuid, f32, Option<f32>)> = statement
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("searching keywords"))?;
+    let mut scored: Vec<(Hit, Option<f32>)> = rows
         .into_iter()
         .map(|(id, score, similarity)| {
             (
@@ -151,9 +133,9 @@ impl Search for PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.user_transaction(at.scope.user_id().as_str()).await?;
-        let hits = keyword_hits(&mut tx, at, query, limit).await?;
+        let hits = keyword_hits(&mut tx, at, query, None, limit).await?;
         tx.commit().await.map_err(db("searching keywords"))?;
-        Ok(hits)
+        Ok(hits.into_iter().map(|(hit, _)| hit).collect())
     }
 
     /// Each search on its own connection, each in one statement that also
@@ -204,9 +186,12 @@ impl Search for PgStore {
                 return Ok((Vec::new(), HashMap::new()));
             }
             let mut tx = self.user_transaction(user_id).await?;
-            let scored = keyword_hits_and_similarities(&mut tx, at, query, vector, depth).await?;
+            let scored = keyword_hits(&mut tx, at, query, Some(vector), depth).await?;
             tx.commit().await.map_err(db("searching keywords"))?;
-            let similarity: HashMap<Uuid, f32> = scored.iter().map(|(h, s)| (h.id.0, *s)).collect();
+            let similarity: HashMap<Uuid, f32> = scored
+                .iter()
+                .filter_map(|(h, s)| s.map(|s| (h.id.0, s)))
+                .collect();
             let hits: Vec<Hit> = scored.into_iter().map(|(h, _)| h).collect();
             Ok::<_, StoreError>((hits, similarity))
         };
