@@ -1439,6 +1439,17 @@ async fn a_diskann_index_built_on_an_empty_store_finds_what_an_exact_scan_finds(
     };
     let indexed = open_with(PlanSettings::ALWAYS_INDEX).await.unwrap();
     assert_eq!(indexed.vector_index(), IndexKind::Diskann);
+    // Whole vectors, and (as HNSW's) current memories only.
+    let definition: String = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'memories_embedding_diskann'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert!(
+        definition.contains("storage_layout=plain") && definition.contains("valid_to IS NULL"),
+        "{definition}"
+    );
     let exact = open_with(PlanSettings::ALWAYS_EXACT).await.unwrap();
 
     let words = [

@@ -206,11 +206,12 @@ pub(super) async fn ensure_vector_index(
             "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories \
              USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL",
         ],
-        // `plain`: see DISKANN_LAYOUT.
+        // `plain`: see DISKANN_LAYOUT. Partial, as HNSW's.
         IndexKind::Diskann => &[
             "CREATE EXTENSION IF NOT EXISTS vectorscale",
             "CREATE INDEX IF NOT EXISTS memories_embedding_diskann ON memories \
-             USING diskann (embedding vector_cosine_ops) WITH (storage_layout = plain)",
+             USING diskann (embedding vector_cosine_ops) WITH (storage_layout = plain) \
+             WHERE valid_to IS NULL",
         ],
     };
     for statement in statements {
