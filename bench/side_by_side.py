@@ -648,10 +648,8 @@ def report(shape, users, per_user, results):
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"mem0": "mem0 (in-process)", "stdio": "engram MCP stdio",
              "http": "engram MCP HTTP"}
-    for key in ("mem0", "stdio", "http"):
-        r = results.get(key)
-        if not r:
-            continue
+    ran = [(key, results[key]) for key in names if results.get(key)]
+    for key, r in ran:
         lines.append(f"| {names[key]} | {r['remember_1']:.0f} | {r['remember_8']:.0f} "
                      f"| {r['p50']:.2f} ms | {r['p95']:.2f} ms | {r['p99']:.2f} ms "
                      f"| {r['hit10']:.3f} | {r['answers']:.1f} | {mib(r['rss_kib'])} |")
@@ -659,9 +657,8 @@ def report(shape, users, per_user, results):
         return "\n".join(lines + ["", "(no mem0 run: no ratios)"])
     lines += ["", "| engram door | recall p50 mem0/engram | p95 mem0/engram "
               "| remember/s engram/mem0, 1 client | 8 clients |", "|---|---:|---:|---:|---:|"]
-    for key in ("stdio", "http"):
-        r = results.get(key)
-        if not r:
+    for key, r in ran:
+        if key == "mem0":
             continue
         lines.append(f"| {names[key]} | {m['p50'] / r['p50']:.2f}x | {m['p95'] / r['p95']:.2f}x "
                      f"| {r['remember_1'] / m['remember_1']:.2f}x "

@@ -61,8 +61,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ef_search: Option<u32>,
     /// PostgreSQL: the vector index to build and search (as ENGRAM_INDEX).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "hnsw", "diskann"])]
-    pub index: String,
+    #[arg(long, value_enum, default_value_t = IndexKind::Auto)]
+    pub index: IndexKind,
     /// PostgreSQL: concurrent writers for the batched remember measurement.
     #[arg(long, default_value_t = 8)]
     pub writers: usize,
@@ -164,11 +164,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let options = PgOptions {
                 plan,
-                index: match args.index.as_str() {
-                    "hnsw" => IndexKind::Hnsw,
-                    "diskann" => IndexKind::Diskann,
-                    _ => IndexKind::Auto,
-                },
+                index: args.index,
                 ..PgOptions::default()
             };
             let store = Arc::new(PgStore::open(url, embedder.identity(), options).await?);

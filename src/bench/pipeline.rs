@@ -32,7 +32,7 @@ use super::text::Generator;
 use super::{ms, percentile};
 use crate::auth::Principal;
 use crate::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder};
-use crate::embed::{OpenAiEmbedder, OpenAiSettings};
+use crate::embed::{OpenAiEmbedder, OpenAiSettings, to_le_bytes};
 use crate::extract::{
     DEFAULT_CATEGORIES, Decided, ExtractError, Extracted, Extractor, Known, LlmExtractor,
     LlmSettings,
@@ -241,8 +241,7 @@ async fn embeddings(State((seen, dims)): StandIn, Json(body): Json<Value>) -> Js
         .map(|(i, t)| {
             let v = hash.embed(t);
             let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                json!(base64::engine::general_purpose::STANDARD.encode(to_le_bytes(&v)))
             } else {
                 json!(v)
             };

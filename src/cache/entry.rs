@@ -42,7 +42,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], version: u64) -> Option<T> {
 
 /// A vector as stored: f32 little-endian.
 pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
-    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+    crate::embed::to_le_bytes(vector)
 }
 
 /// The vector, when `bytes` holds exactly `dims` floats.
@@ -50,12 +50,7 @@ pub fn decode_vector(bytes: &[u8], dims: usize) -> Option<Vec<f32>> {
     if bytes.len() != dims * 4 {
         return None;
     }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+    crate::embed::from_le_bytes(bytes)
 }
 
 #[cfg(test)]

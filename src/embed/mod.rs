@@ -60,6 +60,26 @@ pub trait Embedder: Send + Sync {
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError>;
 }
 
+/// A vector's bytes: f32 little-endian, the layout of OpenAI's base64
+/// embeddings, of the SQLite store's blobs and of cached query vectors.
+pub fn to_le_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The vector whose bytes ([`to_le_bytes`]) are `bytes`; `None` unless
+/// they are a whole number of floats.
+pub fn from_le_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
 /// Dot product of two equal-length vectors (cosine, for normalised ones).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -105,16 +105,12 @@ impl Encoded {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text.as_bytes())
                     .map_err(|e| format!("an embedding that is not valid base64 ({e})"))?;
-                if !bytes.len().is_multiple_of(4) {
-                    return Err(format!(
+                super::from_le_bytes(&bytes).ok_or_else(|| {
+                    format!(
                         "a base64 embedding of {} bytes, not a whole number of 4-byte floats",
                         bytes.len()
-                    ));
-                }
-                Ok(bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
+                    )
+                })
             }
         }
     }

@@ -1384,20 +1384,20 @@ async fn large_vectors_stay_in_their_rows_from_the_first_bind_and_after_a_reembe
     assert!(matches!(outcome, InsertOutcome::Added(_)), "{outcome:?}");
     assert_eq!(vector_storage(&pool).await, ("m".into(), 0));
 
-    let wider = HashEmbedder::new(1024);
+    let other = HashEmbedder::new(1024);
     assert_eq!(
-        PgStore::reembed(&db.owner_url, &wider, Default::default())
+        PgStore::reembed(&db.owner_url, &other, Default::default())
             .await
             .unwrap(),
         1
     );
     assert_eq!(vector_storage(&pool).await, ("m".into(), 0));
     // And the re-embedded store finds its memory.
-    let store = PgStore::open(&db.app_url, wider.identity(), options)
+    let store = PgStore::open(&db.app_url, other.identity(), options)
         .await
         .unwrap();
     let hits = store
-        .vector_search(SearchScope::unfiltered(&alice), &wider.embed(text), 1)
+        .vector_search(SearchScope::unfiltered(&alice), &other.embed(text), 1)
         .await
         .unwrap();
     assert_eq!(hits.len(), 1);

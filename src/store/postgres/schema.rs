@@ -9,15 +9,16 @@ use crate::embed::EmbedderIdentity;
 use crate::store::StoreError;
 
 /// The vector index a PostgreSQL store searches with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum IndexKind {
-    /// HNSW for now; DiskANN is picked only by name until its recall at
-    /// scale is explained (see `resolve`).
+    /// HNSW: DiskANN wrote slower and searched no better when measured
+    /// (see `resolve`), so it is used only when asked for by name.
     #[default]
     Auto,
     /// pgvector HNSW (cosine), searched with iterative scans.
     Hnsw,
-    /// pgvectorscale StreamingDiskANN; start-up fails without the extension.
+    /// pgvectorscale StreamingDiskANN (built `plain`); start-up fails
+    /// without the extension.
     Diskann,
 }
 

@@ -129,20 +129,12 @@ pub(super) async fn exact_scores(
 }
 
 pub(super) fn encode_vector(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    crate::embed::to_le_bytes(v)
 }
 
 pub(super) fn decode_vector(bytes: Vec<u8>) -> Result<Vec<f32>, StoreError> {
-    if !bytes.len().is_multiple_of(4) {
-        return Err(StoreError::Corrupt(format!(
-            "a vector blob of {} bytes",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    crate::embed::from_le_bytes(&bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("a vector blob of {} bytes", bytes.len())))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
-use engram::embed::HashEmbedder;
+use engram::embed::{HashEmbedder, to_le_bytes};
 use serde_json::{Value, json};
 
 /// One scripted answer, used once, in order.
@@ -289,8 +289,7 @@ async fn embeddings(
             let embedding = match verbatim {
                 Some(text) => json!(text),
                 None if base64 => {
-                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    json!(base64::engine::general_purpose::STANDARD.encode(to_le_bytes(&v)))
                 }
                 None => json!(v),
             };
