@@ -1488,3 +1488,212 @@ async fn a_diskann_index_built_on_an_empty_store_finds_what_an_exact_scan_finds(
     let recall = found as f64 / expected as f64;
     assert!(recall >= 0.9, "recall@10 through DiskANN: {recall:.3}");
 }
+
+/// `store`'s recall candidates in `at` for `query`, by id.
+async fn candidates_of(
+    store: &PgStore,
+    at: SearchScope<'_>,
+    query: &str,
+) -> Vec<engram::store::Scored> {
+    let vector = HashEmbedder::new(DIMS).embed(query);
+    let mut found = store.candidates(at, &vector, query, 8).await.unwrap();
+    found.sort_by_key(|s| s.id);
+    found
+}
+
+/// Asserts that `copied` (searching its in-process copy) and `database`
+/// (asking the database) give the same candidates with the same relevances.
+async fn assert_copy_agrees(copied: &PgStore, database: &PgStore, at: SearchScope<'_>, what: &str) {
+    for query in ["espresso in Lisbon", "tea with a friend", "Kyoto pottery"] {
+        let got = candidates_of(copied, at, query).await;
+        let want = candidates_of(database, at, query).await;
+        let ids = |c: &[engram::store::Scored]| c.iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&want), "{what}: {query}");
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a.similarity - b.similarity).abs() < 1e-4,
+                "{what}: {a:?} {b:?}"
+            );
+            assert!((a.keyword - b.keyword).abs() < 1e-4, "{what}: {a:?} {b:?}");
+        }
+    }
+}
+
+/// A second instance's in-process copy of a user's vectors follows every
+/// write to the user, whoever makes it (another instance, plain SQL), by
+/// the change log: memories added, changed in place, superseded, closed,
+/// expired by an UPDATE, every one forgotten and a new one added. A copy
+/// behind what the pruned log reaches loads the user again. At each step it
+/// gives what the database's own search gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_vector_copy_follows_every_write_whoever_makes_it() {
+    let db = TestDatabase::create().await;
+    let writer = open(&db, PlanSettings::default()).await;
+    let reader = open(&db, PlanSettings::default()).await;
+    let database = PgStore::open(
+        &db.app_url,
+        HashEmbedder::new(DIMS).identity(),
+        PgOptions {
+            vector_cache_bytes: 0,
+            owner_url: Some(db.owner_url.clone()),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let admin = db.pool().await;
+    let erin = whole("erin");
+    let at = SearchScope::unfiltered(&erin);
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            let drink = ["espresso", "green tea", "hot chocolate", "orange juice"][i % 4];
+            let place = ["Lisbon", "Porto", "Kyoto", "Faro", "Oslo"][i % 5];
+            format!("On day {i} I had {drink} in {place} with friend {}", i * 7)
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for text in &texts[..30] {
+        match writer.insert(memory(&erin, text), 0.99).await.unwrap() {
+            InsertOutcome::Added(m) => ids.push(m.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_copy_agrees(&reader, &database, at, "first load").await;
+
+    for text in &texts[30..] {
+        writer.insert(memory(&erin, text), 0.99).await.unwrap();
+    }
+    assert_copy_agrees(&reader, &database, at, "added by another instance").await;
+
+    raw_insert(&admin, "erin", "Kyoto pottery with a friend over green tea")
+        .await
+        .unwrap();
+    assert_copy_agrees(&reader, &database, at, "added by plain SQL").await;
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM memory_changes c JOIN memories m ON m.id = c.memory_id \
+         WHERE c.user_id = 'erin' AND m.content = 'Kyoto pottery with a friend over green tea'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(logged, 1, "the trigger logs a write engram did not make");
+
+    let pottery = HashEmbedder::new(DIMS).embed("Kyoto pottery lessons");
+    writer
+        .update("erin", ids[0], "Kyoto pottery lessons", &pottery, "user")
+        .await
+        .unwrap()
+        .expect("a current memory");
+    writer
+        .supersede(
+            ids[1],
+            memory(&erin, "I stopped drinking espresso in Lisbon"),
+        )
+        .await
+        .unwrap();
+    assert!(writer.delete("erin", ids[2], None).await.unwrap());
+    sqlx::query("UPDATE memories SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(ids[3].0)
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert_copy_agrees(
+        &reader,
+        &database,
+        at,
+        "changed, superseded, deleted, expired",
+    )
+    .await;
+
+    // The log pruned past the reader's version: it reloads.
+    let before: i64 = sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = 'erin'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT setval('engram_write_version', $1)")
+        .bind(before + 2_000_000)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut pruned = false;
+    for i in 0..200 {
+        writer
+            .insert(
+                memory(&erin, &format!("filler {i} about Oslo harbour")),
+                0.99,
+            )
+            .await
+            .unwrap();
+        let (version, from): (i64, i64) =
+            sqlx::query_as("SELECT version, changes_from FROM memory_users WHERE user_id = 'erin'")
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        if version % 64 == 0 {
+            assert_eq!(from, version - 1_000_000);
+            pruned = true;
+            break;
+        }
+    }
+    assert!(pruned, "no write reached a multiple of 64");
+    let old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM memory_changes WHERE user_id = 'erin' AND version <= $1",
+    )
+    .bind(before)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(old, 0, "entries past the horizon are pruned");
+    assert_copy_agrees(&reader, &database, at, "after the log was pruned").await;
+
+    // Every memory forgotten: the user's row and log go; a new memory after
+    // that is found, and nothing of before is.
+    writer.delete_user("erin", None).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memory_changes WHERE user_id = 'erin'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "a user without memories keeps no log");
+    assert!(
+        candidates_of(&reader, at, "espresso in Lisbon")
+            .await
+            .is_empty()
+    );
+    writer
+        .insert(memory(&erin, "espresso in Lisbon again"), 0.99)
+        .await
+        .unwrap();
+    assert_copy_agrees(&reader, &database, at, "a new start").await;
+    assert_eq!(
+        candidates_of(&reader, at, "espresso in Lisbon").await.len(),
+        1
+    );
+}
+
+/// A request connection the server cut while it sat idle (a restart, an
+/// idle timeout, a proxy) is pinged before its next use and replaced: the
+/// call after the cut succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_while_idle_is_replaced_before_the_next_call() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    let fay = whole("fay");
+    store
+        .insert(memory(&fay, "I play the violin"), 0.99)
+        .await
+        .unwrap();
+    let admin = db.pool().await;
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND usename = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(common::postgres::APP_ROLE)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(cut >= 1, "the store holds an idle connection");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let version = store.version("fay").await.expect("the next call succeeds");
+    assert!(version.is_some());
+}
