@@ -196,7 +196,6 @@ fn pg_options(config: &Config) -> PgOptions {
         index: config.store.index,
         plan: Default::default(),
         owner_url: config.store.owner_url.clone(),
-        vector_cache_bytes: config.store.vector_cache_mb * 1024 * 1024,
     }
 }
 

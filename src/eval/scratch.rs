@@ -108,7 +108,6 @@ impl Scratch {
             index: config.store.index,
             plan: Default::default(),
             owner_url: None,
-            vector_cache_bytes: config.store.vector_cache_mb * 1024 * 1024,
         };
         match PgStore::open(&with_database(server, &name), identity, options).await {
             Ok(store) => Ok(Self {

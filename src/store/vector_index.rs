@@ -38,20 +38,6 @@ pub enum Among<'a> {
     Pks(&'a HashSet<i64>),
 }
 
-impl<'a> Among<'a> {
-    /// The rows of `scope`'s agent and run (every row for a whole user).
-    pub fn of(scope: &'a crate::model::Scope) -> Self {
-        if scope.is_whole_user() {
-            Among::All
-        } else {
-            Among::Scope {
-                agent_id: scope.agent_id(),
-                run_id: scope.run_id(),
-            }
-        }
-    }
-}
-
 /// Per-user quantised vectors, each row with its memory's pk, id and scope.
 #[derive(Debug, Default)]
 pub struct UserVectors {
@@ -151,24 +137,13 @@ impl UserVectors {
     /// Removes the rows of every pk in `gone` (pks it does not hold are
     /// ignored) in one pass, keeping the others in order.
     pub fn remove_many(&mut self, gone: &HashSet<i64>) {
-        if !gone.is_empty() {
-            self.retain(|pk, _| !gone.contains(&pk));
+        if gone.is_empty() {
+            return;
         }
-    }
-
-    /// As [`Self::remove_many`], by memory id.
-    pub fn remove_ids(&mut self, gone: &HashSet<MemoryId>) {
-        if !gone.is_empty() {
-            self.retain(|_, id| !gone.contains(&id));
-        }
-    }
-
-    /// Keeps the rows whose (pk, id) `keep` accepts, in order, in one pass.
-    fn retain(&mut self, keep: impl Fn(i64, MemoryId) -> bool) {
         let d = self.dims;
         let mut kept = 0;
         for i in 0..self.pks.len() {
-            if !keep(self.pks[i], self.ids[i]) {
+            if gone.contains(&self.pks[i]) {
                 continue;
             }
             if kept != i {

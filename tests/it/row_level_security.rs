@@ -106,7 +106,6 @@ async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user(
             "keyword_postings",
             "keyword_terms",
             "memories",
-            "memory_changes",
             "memory_history",
             "memory_users",
             "pending_extractions",

@@ -53,7 +53,6 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::shared::next_batch;
-use super::vector_index::{DEFAULT_BUDGET_BYTES, VectorIndex};
 use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
@@ -71,7 +70,6 @@ mod scope;
 mod sealed;
 mod search;
 mod usage;
-mod vectors;
 mod versions;
 mod write;
 
@@ -119,9 +117,6 @@ pub struct PgOptions {
     /// When vector search scans a scope exactly instead of using the index
     /// (`engram_exact_scan_limit` in the schema); defaults unless set.
     pub plan: PlanSettings,
-    /// What the in-process copies of users' vectors may take, all users
-    /// together (`vectors`); 0: none, every search asks the database.
-    pub vector_cache_bytes: usize,
 }
 
 /// The session settings `engram_exact_scan_limit` reads: exact scans for
@@ -160,7 +155,6 @@ impl Default for PgOptions {
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
             owner_url: None,
-            vector_cache_bytes: DEFAULT_BUDGET_BYTES,
         }
     }
 }
@@ -173,8 +167,6 @@ pub struct PgStore {
     operator: PgPool,
     embedder: EmbedderIdentity,
     index: IndexKind,
-    /// Small users' vectors in process (`vectors`); `None` when turned off.
-    copies: Option<VectorIndex>,
 }
 
 impl PgStore {
@@ -226,14 +218,11 @@ impl PgStore {
             None => tracing::info!("row-level security enforced for every per-user table"),
         }
         drop(runtime);
-        let copies = (options.vector_cache_bytes > 0)
-            .then(|| VectorIndex::new(embedder.dims, options.vector_cache_bytes));
         let store = Self {
             pool,
             operator,
             embedder,
             index: options.index,
-            copies,
         };
         let mut tx = setup.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;

@@ -9,11 +9,9 @@ use pgvector::Vector;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::vectors::Synced;
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
-use crate::store::vector_index::Among;
 use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
 
 /// The keyword search's statement up to its result: the user's expired
@@ -152,17 +150,6 @@ impl Search for PgStore {
         depth: usize,
     ) -> Result<Vec<Scored>, StoreError> {
         let user_id = at.scope.user_id().as_str();
-        if let Some(copies) = &self.copies
-            && at.filter.is_empty()
-        {
-            let mut tx = self.user_transaction(user_id).await?;
-            if let Some(copy) = self.synced_copy(&mut tx, copies, user_id).await? {
-                let found = candidates_by_copy(&mut tx, at, copy, vector, query, depth).await?;
-                tx.commit().await.map_err(db("searching"))?;
-                return Ok(found);
-            }
-            tx.commit().await.map_err(db("searching"))?;
-        }
         let terms = keywords::query_terms(query);
         let by_vector = async {
             let mut tx = self.user_transaction(user_id).await?;
@@ -283,103 +270,6 @@ impl Search for PgStore {
             })
             .collect())
     }
-}
-
-/// A vector search re-ranks this many times `depth` approximate candidates
-/// of the in-process copy by exact cosine (plus [`RERANK_EXTRA`]).
-const RERANK_FACTOR: usize = 2;
-const RERANK_EXTRA: usize = 10;
-
-/// Recall's candidates with the vector side scanned in process: the copy's
-/// best guesses, then one statement on `conn` for their exact cosines and
-/// BM25 and for the keyword hits with their cosines. Only current,
-/// unexpired memories come back (the copy may hold a memory expired since
-/// it was read).
-async fn candidates_by_copy(
-    conn: &mut PgConnection,
-    at: SearchScope<'_>,
-    copy: Synced,
-    vector: &[f32],
-    query: &str,
-    depth: usize,
-) -> Result<Vec<Scored>, StoreError> {
-    let pool = depth * RERANK_FACTOR + RERANK_EXTRA + copy.expired;
-    let guesses: Vec<Uuid> = {
-        let vecs = copy.vectors.read().await;
-        vecs.top_k_among(vector, pool, Among::of(at.scope))
-            .into_iter()
-            .map(|s| s.id.0)
-            .collect()
-    };
-    let terms = keywords::query_terms(query);
-    let keyword_depth = if terms.is_empty() { 0 } else { depth };
-    // v: the guesses still current, with their cosines; k: the keyword hits.
-    // Each side gets the other's relevance: BM25 for v (from k when it is
-    // there), the cosine for k's own.
-    let rows: Vec<(Uuid, f32, Option<f32>, bool, bool)> = sqlx::query_as(concat!(
-        keyword_hits_cte!(),
-        ", v AS MATERIALIZED ( \
-             SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
-             FROM memories m, x \
-             WHERE m.id = ANY ($8) AND m.user_id = $1 AND m.valid_to IS NULL \
-               AND m.id <> ALL (x.ids)), \
-         kv AS ( \
-             SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
-             FROM memories m \
-             WHERE m.id = ANY (ARRAY(SELECT id FROM k EXCEPT SELECT id FROM v)) \
-               AND m.user_id = $1 AND m.valid_to IS NULL), \
-         b AS ( \
-             SELECT id, score FROM engram_keyword_scores($1, $5, \
-                 ARRAY(SELECT id FROM v EXCEPT SELECT id FROM k))) \
-         SELECT v.id, v.similarity, coalesce(k.score, b.score), true, k.id IS NOT NULL \
-         FROM v LEFT JOIN k ON k.id = v.id LEFT JOIN b ON b.id = v.id \
-         UNION ALL \
-         SELECT kv.id, kv.similarity, k.score, false, true FROM kv JOIN k ON k.id = kv.id"
-    ))
-    .bind(at.scope.user_id().as_str())
-    .bind(at.scope.agent_id())
-    .bind(at.scope.run_id())
-    .bind(at.filter_object())
-    .bind(&terms)
-    .bind(i32::try_from(keyword_depth).unwrap_or(i32::MAX))
-    .bind(Vector::from(vector.to_vec()))
-    .bind(&guesses)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("searching"))?;
-
-    let mut by_vector: Vec<Scored> = Vec::new();
-    let mut by_keyword: Vec<Scored> = Vec::new();
-    for (id, similarity, keyword, from_vector, from_keyword) in rows {
-        let scored = Scored {
-            id: MemoryId(id),
-            similarity,
-            keyword: keyword.unwrap_or(0.0),
-        };
-        if from_vector {
-            by_vector.push(scored);
-        }
-        if from_keyword {
-            by_keyword.push(scored);
-        }
-    }
-    // The same order and cut as the database's path: the `depth` nearest,
-    // then the keyword hits not among them, best BM25 first.
-    by_vector.sort_by(|a, b| {
-        b.similarity
-            .total_cmp(&a.similarity)
-            .then(a.id.0.cmp(&b.id.0))
-    });
-    by_vector.truncate(depth);
-    by_keyword.sort_by(|a, b| b.keyword.total_cmp(&a.keyword).then(a.id.0.cmp(&b.id.0)));
-    by_keyword.truncate(keyword_depth);
-    let mut seen: HashSet<Uuid> = by_vector.iter().map(|s| s.id.0).collect();
-    for hit in by_keyword {
-        if seen.insert(hit.id.0) {
-            by_vector.push(hit);
-        }
-    }
-    Ok(by_vector)
 }
 
 /// Search rows (id, score) as hits, in the order given.

@@ -354,7 +354,11 @@ impl Search for SqliteStore {
 pub(super) fn among<'a>(at: SearchScope<'a>, allowed: Option<&'a HashSet<i64>>) -> Among<'a> {
     match allowed {
         Some(pks) => Among::Pks(pks),
-        None => Among::of(at.scope),
+        None if at.scope.is_whole_user() => Among::All,
+        None => Among::Scope {
+            agent_id: at.scope.agent_id(),
+            run_id: at.scope.run_id(),
+        },
     }
 }
 
