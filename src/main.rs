@@ -40,8 +40,12 @@ enum Command {
     /// them as that owner role and grant ENGRAM_DATABASE_URL's role what
     /// serving needs (the two-role setup).
     Migrate,
-    /// Rebuild every stored vector with the configured embedder (stop servers first).
+    /// Rebuild every stored vector with the configured embedder (stop servers first),
+    /// e.g. `ENGRAM_EMBEDDER=local engram reembed` to move a `hash` store to meaning.
     Reembed,
+    /// Sentence models for the in-process embedder (ENGRAM_EMBEDDER=local).
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Re-encrypt every encrypted value under the current ENGRAM_ENCRYPTION_KEY
     /// (older keys in ENGRAM_ENCRYPTION_OLD_KEYS); servers may keep running.
     RotateKey,
@@ -112,6 +116,17 @@ enum AuditCommand {
     Seal,
     /// Recompute the chain and report the first row that breaks it.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download a model ahead of time into the model cache
+    /// (ENGRAM_MODEL_CACHE_DIR), every file checked against the hub's checksum.
+    Pull {
+        /// A Hugging Face model id (default: ENGRAM_EMBEDDING_MODEL, else
+        /// sentence-transformers/all-MiniLM-L6-v2).
+        id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +229,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Reembed => {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::reembed(&config).await?;
+        }
+        Command::Models(ModelsCommand::Pull { id }) => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::pull_model(&config, id).await?;
         }
         Command::Reextract { limit } => {
             let config = Config::load(cli.config.as_deref())?;

@@ -186,6 +186,11 @@ impl MemoryService {
     }
 
     /// Serves recalls, contexts and query embeddings through `cache`.
+    /// Which embedder builds this service's vectors.
+    pub fn embedder_identity(&self) -> crate::embed::EmbedderIdentity {
+        self.embedder.identity()
+    }
+
     pub fn with_cache(mut self, cache: Arc<dyn Cache>) -> Self {
         self.cache = cache;
         self

@@ -11,9 +11,8 @@ use rmcp::ServiceExt;
 use crate::audit::{Auditor, Pseudonyms, Sink};
 use crate::auth::Principal;
 use crate::cache::{Cache, CacheError, NoCache, RedisCache, RedisSettings};
-use crate::config::DEFAULT_OPENAI_EMBEDDING_MODEL;
-use crate::config::{Config, EmbedderKind, ExtractorKind};
-use crate::embed::{Embedder, HashEmbedder, InputType, OpenAiEmbedder, OpenAiSettings};
+use crate::config::{Config, ExtractorKind};
+use crate::embed::Embedder;
 use crate::extract::{Extractor, LlmExtractor, LlmSettings, VerbatimExtractor};
 use crate::mcp::{Caller, EngramMcp};
 use crate::openai::Endpoint;
@@ -21,8 +20,10 @@ use crate::service::{MemoryService, Settings};
 use crate::store::{Deadline, PgOptions, PgStore, Traced, redact};
 use crate::store::{SqliteStore, Store, StoreError};
 
+mod embedder;
 mod export;
 mod keys;
+pub use embedder::{embedder, local_settings, pull_model};
 pub use export::{ExportArgs, export};
 pub use keys::{KeyExpiry, create_key, list_keys, revoke_key, rotate_key};
 
@@ -90,43 +91,6 @@ fn endpoint(config: &Config, timeout_secs: u64, max_retries: usize) -> Endpoint 
 /// The chat model's endpoint (the llm extractor's, and the chat agent's).
 pub fn llm_endpoint(config: &Config) -> Endpoint {
     endpoint(config, config.llm.timeout_secs, config.llm.max_retries)
-}
-
-/// Builds the embedder a config names.
-pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
-    match config.embedder.kind {
-        EmbedderKind::Hash => Ok(Arc::new(HashEmbedder::new(config.embedder.dims))),
-        EmbedderKind::Openai => {
-            let settings = OpenAiSettings {
-                endpoint: endpoint(
-                    config,
-                    config.embedder.timeout_secs,
-                    config.embedder.max_retries,
-                ),
-                model: config
-                    .embedder
-                    .model
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_OPENAI_EMBEDDING_MODEL.to_owned()),
-                dims: config.embedder.dims,
-                send_dimensions: config.embedder.send_dimensions,
-                query_prefix: config.embedder.query_prefix.clone(),
-                document_prefix: config.embedder.document_prefix.clone(),
-                input_type: (config.embedder.query_input_type.is_some()
-                    || config.embedder.document_input_type.is_some())
-                .then(|| InputType {
-                    field: config.embedder.input_type_field.clone(),
-                    query: config.embedder.query_input_type.clone(),
-                    document: config.embedder.document_input_type.clone(),
-                }),
-                batch_size: config.embedder.batch_size,
-            };
-            let embedder = OpenAiEmbedder::new(settings).map_err(|e| match e {
-                crate::embed::EmbedError::Failed(message) => StartupError::Unsupported(message),
-            })?;
-            Ok(Arc::new(embedder))
-        }
-    }
 }
 
 fn extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartupError> {
@@ -220,7 +184,7 @@ pub async fn cache(config: &Config) -> Result<Arc<dyn Cache>, StartupError> {
 /// Opens the store and wires the service. Fails fast on any misconfiguration.
 pub async fn build(config: &Config) -> Result<Arc<MemoryService>, StartupError> {
     crate::telemetry::spans::capture_content(config.telemetry.trace_content);
-    let embedder = embedder(config)?;
+    let embedder = embedder(config).await?;
     let extractor = extractor(config)?;
     let store = store(config, embedder.as_ref()).await?;
     let cache = cache(config).await?;
@@ -317,10 +281,10 @@ fn read_or_make_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 pub async fn migrate(config: &Config) -> Result<(), StartupError> {
     let url = &config.store.database_url;
     if is_postgres(url) {
-        PgStore::migrate(url, embedder(config)?.identity(), pg_options(config)).await?;
+        PgStore::migrate(url, embedder(config).await?.identity(), pg_options(config)).await?;
     } else {
         // Opening a SQLite store applies its migrations.
-        SqliteStore::open(url, embedder(config)?.identity()).await?;
+        SqliteStore::open(url, embedder(config).await?.identity()).await?;
     }
     eprintln!("engram: {} is up to date", redact(url));
     Ok(())
@@ -383,7 +347,7 @@ pub async fn reextract(config: &Config, limit: usize) -> Result<(), StartupError
 
 /// `engram reembed`: rebuilds the store's vectors with the configured embedder.
 pub async fn reembed(config: &Config) -> Result<(), StartupError> {
-    let embedder = embedder(config)?;
+    let embedder = embedder(config).await?;
     let url = &config.store.database_url;
     let count = if is_postgres(url) {
         // Rewrites a column's type: as the owner, when there is one.
@@ -545,7 +509,7 @@ pub struct AuditListing {
 
 /// `engram audit`: the newest audit rows matching `listing`, newest first.
 pub async fn audit_list(config: &Config, listing: AuditListing) -> Result<(), StartupError> {
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let user_ref = match &listing.user {
         Some(user) => Some(Pseudonyms::new(audit_key(config)?).of(user)),
         None => None,
@@ -589,7 +553,7 @@ pub async fn audit_list(config: &Config, listing: AuditListing) -> Result<(), St
 
 /// `engram audit seal`: chains every committed row now.
 pub async fn audit_seal(config: &Config) -> Result<(), StartupError> {
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let sealed = crate::audit::chain::seal_all(store.as_ref()).await?;
     eprintln!("engram: sealed {sealed} audit row(s)");
     Ok(())
@@ -602,7 +566,7 @@ const UNSEALED_SHOWN: usize = 1000;
 /// `engram audit verify`: recomputes the chain; fails at the first broken
 /// row; says how many newer rows are not sealed (so not covered) yet.
 pub async fn audit_verify(config: &Config) -> Result<(), StartupError> {
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let verification = crate::audit::chain::verify(store.as_ref()).await?;
     match verification.broken {
         None => {
@@ -664,16 +628,17 @@ async fn spawn_metrics(
     service: &Arc<MemoryService>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<(), StartupError> {
-    use crate::config::{EmbedderKind, ExtractorKind};
+    use crate::config::ExtractorKind;
     crate::metrics::metrics().set_build_info(crate::metrics::BuildInfo {
         store: if is_postgres(&config.store.database_url) {
             "postgres"
         } else {
             "sqlite"
         },
-        embedder: match config.embedder.kind {
-            EmbedderKind::Hash => "hash",
-            EmbedderKind::Openai => "openai",
+        embedder: match service.embedder_identity().name.split(':').next() {
+            Some("openai") => "openai",
+            Some("local") => "local",
+            _ => "hash",
         },
         extractor: match config.llm.extractor {
             ExtractorKind::Verbatim => "verbatim",
@@ -788,7 +753,7 @@ pub async fn rotate_encryption_key(config: &Config) -> Result<(), StartupError> 
                 .into(),
         ));
     };
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let cache = cache(config).await?;
     let mut users = std::collections::BTreeSet::new();
     let mut failed = 0;

@@ -1,5 +1,7 @@
 //! `embedder`: what turns text into vectors (`embedder`, `embedding_*`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::layers::{Choice, ConfigError, Layers, Range};
@@ -16,6 +18,8 @@ pub(super) const DIMS: Range<usize> = Range::new(DEFAULT_EMBEDDING_DIMS, 8, 8192
 pub(super) const BATCH_SIZE: Range<usize> = Range::new(DEFAULT_EMBEDDING_BATCH_SIZE, 1, 2048);
 pub(super) const TIMEOUT_SECS: Range<u64> = Range::new(DEFAULT_EMBEDDING_TIMEOUT_SECS, 1, 600);
 pub(super) const MAX_RETRIES: Range<usize> = Range::new(DEFAULT_EMBEDDING_MAX_RETRIES, 0, 10);
+/// `local` embedder: texts embedded at once (default: one per core).
+pub(super) const THREADS: Range<usize> = Range::new(0, 0, 256).note("0: one per core");
 
 /// Request fields the client sends itself, so `embedding_input_type_field`
 /// may not name them.
@@ -35,21 +39,34 @@ pub(super) const KEYS: &[&str] = &[
     "embedding_batch_size",
     "embedding_timeout_secs",
     "embedding_max_retries",
+    "embedding_model_path",
+    "embedding_threads",
+    "model_hub_url",
+    "model_cache_dir",
 ];
 
 /// The embedder that turns text into vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbedderKind {
-    /// Offline feature hashing; deterministic, no network.
+    /// The default: the store's recorded embedder when it has one; for a new
+    /// store `local` when its model is on disk or the hub answers, else `hash`.
+    Auto,
+    /// Offline feature hashing; deterministic, no network, no meaning.
     Hash,
+    /// A sentence model run in process (`crate::embed::local`).
+    Local,
     /// An OpenAI-compatible embeddings endpoint.
     Openai,
 }
 
 impl Choice for EmbedderKind {
-    const CHOICES: &'static [(&'static str, Self)] =
-        &[("hash", Self::Hash), ("openai", Self::Openai)];
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("hash", Self::Hash),
+        ("local", Self::Local),
+        ("openai", Self::Openai),
+    ];
 }
 
 /// The embedder. Invariant: `input_type_field` is a plain field name the
@@ -57,8 +74,18 @@ impl Choice for EmbedderKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbedderConfig {
     pub kind: EmbedderKind,
-    /// `openai` embedder: the model name (unset: [`DEFAULT_OPENAI_EMBEDDING_MODEL`]).
+    /// `openai` embedder: the model name (unset: [`DEFAULT_OPENAI_EMBEDDING_MODEL`]);
+    /// `local`: the model's id (unset: `crate::embed::local::catalog::DEFAULT_MODEL`).
     pub model: Option<String>,
+    /// `local` embedder: a directory holding the model's files (no download).
+    pub model_path: Option<PathBuf>,
+    /// `local` embedder: texts embedded at once.
+    pub threads: usize,
+    /// `local` embedder: where models are downloaded from; `None`: never
+    /// (`off`, or `HF_HUB_OFFLINE=1`). Unset: `HF_ENDPOINT`, else Hugging Face.
+    pub hub_url: Option<String>,
+    /// `local` embedder: where downloaded models are kept.
+    pub model_cache_dir: PathBuf,
     pub dims: usize,
     /// `openai` embedder: send `dimensions` with each request.
     pub send_dimensions: bool,
@@ -101,9 +128,44 @@ impl EmbedderConfig {
         let input_type = |key: &'static str| -> Result<Option<String>, ConfigError> {
             Ok(src.string(key)?.filter(|v| !v.trim().is_empty()))
         };
+        let threads = match src.number("embedding_threads", &THREADS)? {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let offline = src
+            .foreign_env("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
+        let hub_url = match src.string("model_hub_url")? {
+            Some(url) if url.trim().eq_ignore_ascii_case("off") => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(url) => {
+                return Err(src.invalid(
+                    "model_hub_url",
+                    format!("'{url}' is neither an http(s) URL nor off"),
+                ));
+            }
+            None if offline => None,
+            None => Some(
+                src.foreign_env("HF_ENDPOINT")
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or(crate::embed::local::DEFAULT_HUB)
+                    .to_owned(),
+            ),
+        };
+        let model_cache_dir = match src.string("model_cache_dir")? {
+            Some(dir) => PathBuf::from(dir),
+            None => dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("engram")
+                .join("models"),
+        };
         Ok(Self {
-            kind: src.choice("embedder", EmbedderKind::Hash)?,
+            kind: src.choice("embedder", EmbedderKind::Auto)?,
             model: src.string("embedding_model")?,
+            model_path: src.string("embedding_model_path")?.map(PathBuf::from),
+            threads,
+            hub_url,
+            model_cache_dir,
             dims: src.number("embedding_dims", &DIMS)?,
             send_dimensions: src.boolean("embedding_send_dimensions", true)?,
             query_prefix: src.string("embedding_query_prefix")?.unwrap_or_default(),

@@ -144,6 +144,11 @@ impl<'a> Layers<'a> {
         self.file.as_ref()?.table.get(key).map(Raw::File)
     }
 
+    /// A variable engram does not own but honours (`HF_ENDPOINT`, `HF_HUB_OFFLINE`).
+    pub(super) fn foreign_env(&self, name: &str) -> Option<&str> {
+        self.env.get(name).map(String::as_str)
+    }
+
     /// Where the value of `key` comes from.
     pub(super) fn origin(&self, key: &str) -> Origin {
         let env = env_var(key);

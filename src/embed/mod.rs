@@ -1,17 +1,20 @@
 //! Text to vectors. The [`Embedder`] trait is the seam; `hash` is the offline
-//! implementation, `openai` any OpenAI-compatible embeddings server. Vectors are L2-normalised, so cosine similarity is a dot product.
+//! lexical implementation, `local` a sentence model run in process, `openai`
+//! any OpenAI-compatible embeddings server. Vectors are L2-normalised, so cosine similarity is a dot product.
 //!
 //! Documents (what is stored) and queries (what is searched) go through separate
 //! methods because remote models often embed them differently.
 
 pub mod calibration;
 mod hash;
+pub mod local;
 mod openai;
 mod timed;
 
 pub use calibration::unrelated_similarity;
 
 pub use hash::HashEmbedder;
+pub use local::{LocalEmbedder, LocalSettings};
 pub use openai::{InputType, OpenAiEmbedder, OpenAiSettings};
 pub use timed::Timed;
 
@@ -28,6 +31,19 @@ pub struct EmbedderIdentity {
 impl std::fmt::Display for EmbedderIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({} dims)", self.name, self.dims)
+    }
+}
+
+impl EmbedderIdentity {
+    /// The identity a store recorded (its [`Display`](std::fmt::Display)
+    /// form, `name (N dims)`), or `None` for any other text.
+    pub fn parse(recorded: &str) -> Option<Self> {
+        let (name, rest) = recorded.rsplit_once(" (")?;
+        let dims = rest.strip_suffix(" dims)")?.parse().ok()?;
+        Some(Self {
+            name: name.to_owned(),
+            dims,
+        })
     }
 }
 

@@ -33,7 +33,7 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use crate::auth::Principal;
-use crate::config::{Config, EmbedderKind, OnLlmError};
+use crate::config::{Config, OnLlmError};
 use crate::embed::Embedder;
 use crate::extract::VerbatimExtractor;
 use crate::model::{MemoryId, Metadata, MetadataFilter, Scope};
@@ -145,7 +145,7 @@ pub async fn run(config: &Config, args: EvalArgs) -> Result<(), EvalError> {
         None => None,
     };
 
-    let embedder = crate::startup::embedder(config)?;
+    let embedder = crate::startup::embedder(config).await?;
     let scratch = Scratch::create(args.postgres.as_deref(), config, embedder.identity()).await?;
     let store_description = scratch.description.clone();
     tracing::info!("evaluating in {store_description}");
@@ -467,7 +467,7 @@ fn progress(len: usize, what: &'static str) -> ProgressBar {
 /// it is and the prefixes it is given.
 fn describe_embedder(config: &Config, embedder: &dyn Embedder) -> String {
     let mut text = embedder.identity().to_string();
-    if config.embedder.kind == EmbedderKind::Openai {
+    if embedder.identity().name.starts_with("openai:") {
         text.push_str(&format!(" at {}", config.openai.base_url));
         for (what, prefix) in [
             ("query", &config.embedder.query_prefix),

@@ -59,7 +59,7 @@ pub async fn create_key(
     };
     let label = refused(auth::check_label(&label))?;
     let expires_at = expiry.resolve(Utc::now())?;
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let (secret, mut key) = auth::generate(user_id, label);
     key.expires_at = expires_at;
     if read_only {
@@ -84,7 +84,7 @@ pub async fn rotate_key(
     let grace = refused(auth::parse_span("--grace", grace))?;
     let now = Utc::now();
     let expires_at = expiry.resolve(now)?;
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let not_active = || {
         StartupError::Unsupported(format!(
             "no active key {old_id} (unknown, revoked or expired); `engram keys list` shows them"
@@ -139,7 +139,7 @@ fn described(key: &ApiKey) -> String {
 /// user, created, state (active, expired or revoked, with its time),
 /// expiry, access, label.
 pub async fn list_keys(config: &Config) -> Result<(), StartupError> {
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     let now = Utc::now();
     let minute = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M").to_string();
     for key in store.keys().await? {
@@ -206,7 +206,7 @@ fn key_id(id: &str) -> Result<uuid::Uuid, StartupError> {
 /// `engram keys revoke ID`.
 pub async fn revoke_key(config: &Config, id: &str) -> Result<(), StartupError> {
     let parsed = key_id(id)?;
-    let store = store(config, embedder(config)?.as_ref()).await?;
+    let store = store(config, embedder(config).await?.as_ref()).await?;
     if store.revoke_key(parsed).await? {
         eprintln!("engram: revoked key {parsed}");
         Ok(())

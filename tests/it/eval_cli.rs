@@ -43,6 +43,7 @@ impl Sandbox {
         let mut cmd = std::process::Command::new(ENGRAM);
         cmd.arg("eval")
             .args(args)
+            .envs(crate::common::HERMETIC)
             .env("ENGRAM_EMBEDDER", "hash")
             .env("ENGRAM_LOG", "warn")
             .env("HOME", self.path("home"))

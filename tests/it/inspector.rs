@@ -45,12 +45,16 @@ impl Db {
 
     /// The environment the server gets (through the Inspector's `-e`).
     fn server_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("ENGRAM_DATABASE_URL".into(), self.url()),
-            // The Inspector never reads the server's stderr pipe, so a chatty
-            // server could fill it and block; keep the logs to warnings.
-            ("ENGRAM_LOG".into(), "warn".into()),
-        ]
+        let hermetic = crate::common::HERMETIC.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        hermetic
+            .into_iter()
+            .chain([
+                ("ENGRAM_DATABASE_URL".into(), self.url()),
+                // The Inspector never reads the server's stderr pipe, so a chatty
+                // server could fill it and block; keep the logs to warnings.
+                ("ENGRAM_LOG".into(), "warn".into()),
+            ])
+            .collect()
     }
 }
 
@@ -301,6 +305,7 @@ impl HttpServer {
         without_engram_env(&mut cmd);
         let mut child = cmd
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
+            .envs(crate::common::HERMETIC)
             .env("ENGRAM_DATABASE_URL", db.url())
             .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")

@@ -8,7 +8,8 @@
 //!   [`postgres`] (what only PostgreSQL has to prove), [`cache`] (Redis,
 //!   never the source of truth), [`crash`] (what an abort at an exact step
 //!   keeps, both stores).
-//! * Models: [`llm_extractor`], [`openai_embedder`], [`failure_policy`]
+//! * Models: [`llm_extractor`], [`openai_embedder`], [`local_embedder`] (the
+//!   in-process model: reference vectors, downloads, the default embedder), [`failure_policy`]
 //!   (when the model fails), [`token_budget`] (daily token budgets, shared
 //!   by two processes), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
@@ -47,6 +48,7 @@ mod inspector;
 mod key_lifecycle;
 mod keys_cli;
 mod llm_extractor;
+mod local_embedder;
 mod mcp_http;
 mod mcp_stdio;
 mod metrics;

@@ -247,6 +247,7 @@ async fn an_unsafe_start_is_refused_with_the_reason() {
     for (env, bind, expected) in cases {
         let mut cmd = Command::new(ENGRAM);
         cmd.args(["serve", "--transport", "http", "--bind", bind])
+            .envs(common::HERMETIC)
             .env("ENGRAM_DATABASE_URL", &db)
             .env_remove("ENGRAM_AUTH")
             .stdin(Stdio::null());
@@ -750,6 +751,7 @@ async fn start_up_warns_when_every_request_would_be_refused() {
         async move {
             let mut child = Command::new(ENGRAM)
                 .args(["serve", "--transport", "http", "--bind", bind])
+                .envs(common::HERMETIC)
                 .env("ENGRAM_DATABASE_URL", &db)
                 .env("ENGRAM_AUTH", "keys")
                 .env("ENGRAM_LOG", "info")

@@ -328,6 +328,28 @@ impl PgStore {
         Ok(done)
     }
 
+    /// The embedder the database at `url` recorded, changing nothing:
+    /// `None` before engram's first open.
+    pub async fn recorded_embedder(url: &str) -> Result<Option<String>, StoreError> {
+        let options = session_options(url, &PlanSettings::default())?;
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact(url),
+                source,
+            })?;
+        let recorded = sqlx::query_scalar(
+            "SELECT (SELECT value FROM store_info WHERE key = 'embedder') \
+             WHERE to_regclass('store_info') IS NOT NULL",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(db("reading the store's embedder"))?
+        .flatten();
+        let _ = conn.close().await;
+        Ok(recorded)
+    }
+
     /// Records the embedder (and fixes the column's dimension) on first open;
     /// refuses a different one afterwards.
     async fn bind_embedder(&self, tx: &mut PgConnection) -> Result<(), StoreError> {

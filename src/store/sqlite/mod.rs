@@ -38,6 +38,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use sqlx::Connection as _;
+
 use super::shared::next_batch;
 use super::vector_index::{DEFAULT_BUDGET_BYTES, VectorIndex};
 use super::{Store, StoreError, db};
@@ -177,6 +179,42 @@ impl SqliteStore {
         tx.commit().await.map_err(db("committing the re-embed"))?;
         pool.close().await;
         Ok(done)
+    }
+
+    /// The embedder the store at `url` recorded, without creating or
+    /// changing anything: `None` for a missing file or a store never opened.
+    pub async fn recorded_embedder(url: &str) -> Result<Option<String>, StoreError> {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        if !Path::new(path).exists() {
+            return Ok(None);
+        }
+        let open_err = |source| StoreError::Open {
+            url: url.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .map_err(open_err)?;
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_info'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(db("reading the store's embedder"))?;
+        let recorded = match table {
+            None => None,
+            Some(_) => sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(db("reading the store's embedder"))?,
+        };
+        let _ = conn.close().await;
+        Ok(recorded)
     }
 
     /// Records the embedder on first open; refuses a different one afterwards.

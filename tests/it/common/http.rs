@@ -85,6 +85,7 @@ impl Server {
         let (dir, database_url) = database(named.map(|(_, v)| *v));
         let mut child = Command::new(ENGRAM)
             .args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
+            .envs(super::HERMETIC)
             .env("ENGRAM_DATABASE_URL", &database_url)
             .env("ENGRAM_AUTH", "none")
             .env("ENGRAM_LOG", "info")
@@ -135,8 +136,9 @@ impl Server {
     /// loopback port it reports rather than logs.
     async fn in_process(database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
         let (dir, database_url) = database(database_url);
-        let mut vars: HashMap<String, String> = env
+        let mut vars: HashMap<String, String> = super::HERMETIC
             .iter()
+            .chain(env)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         vars.insert("ENGRAM_DATABASE_URL".into(), database_url.clone());

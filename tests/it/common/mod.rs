@@ -23,6 +23,15 @@ use serde_json::{Value, json};
 /// The built binary under test.
 pub const ENGRAM: &str = env!("CARGO_BIN_EXE_engram");
 
+/// Set on every engram the tests start (before the test's own variables):
+/// no model downloads and no model cache of the machine's, so the default
+/// embedder of a new store is `hash` whatever this machine holds or reaches.
+/// Tests of the in-process embedder set their own.
+pub const HERMETIC: [(&str, &str); 2] = [
+    ("ENGRAM_MODEL_HUB_URL", "off"),
+    ("ENGRAM_MODEL_CACHE_DIR", "/nonexistent/engram-test-models"),
+];
+
 pub type Client = RunningService<RoleClient, ()>;
 
 pub struct Engram {
@@ -46,6 +55,7 @@ impl Engram {
 pub fn run_engram(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(ENGRAM);
     cmd.args(args)
+        .envs(HERMETIC)
         .env("ENGRAM_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -64,6 +74,7 @@ pub async fn connect_with(db: &Path, env: &[(&str, &str)]) -> Client {
 pub async fn connect_to(url: &str, env: &[(&str, &str)]) -> Client {
     let transport = TokioChildProcess::new(tokio::process::Command::new(ENGRAM).configure(|cmd| {
         cmd.arg("serve")
+            .envs(HERMETIC)
             .env("ENGRAM_DATABASE_URL", url)
             .env("ENGRAM_LOG", "warn");
         for (k, v) in env {

@@ -24,6 +24,7 @@ impl RawStdio {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(super::ENGRAM)
             .arg("serve")
+            .envs(super::HERMETIC)
             .env(
                 "ENGRAM_DATABASE_URL",
                 format!("sqlite://{}/e.db", dir.path().display()),

@@ -1,0 +1,259 @@
+//! Downloading a model's files from a Hugging Face-style hub
+//! (`{hub}/{id}/resolve/main/{file}`), each checked against the checksum the
+//! hub states for it: the SHA-256 in `X-Linked-Etag` (files kept in Git LFS,
+//! like the weights; stated on the redirect, which is why redirects are
+//! followed here and not by the client), or the Git blob SHA-1 in `ETag` for
+//! small files. The weights must come with a checksum; a file whose bytes
+//! do not match is refused.
+//!
+//! Files land in a scratch directory beside the target, which is renamed into
+//! place once every file is there: a model directory is whole or absent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+use super::model::{OPTIONAL_FILES, REQUIRED_FILES};
+
+/// Where models come from unless configured (`ENGRAM_MODEL_HUB_URL` or `HF_ENDPOINT`).
+pub const DEFAULT_HUB: &str = "https://huggingface.co";
+
+/// Redirects followed per file (the hub sends LFS files to a CDN).
+const MAX_REDIRECTS: usize = 5;
+
+/// Bytes done and, when the hub said, bytes in all, for one file.
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, Option<u64>) + Send + Sync);
+
+#[derive(Clone)]
+pub struct Hub {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// What a file was checked against.
+enum Checksum {
+    Sha256(String),
+    GitBlobSha1(String),
+}
+
+impl Hub {
+    pub fn new(base: &str) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("engram/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, id: &str, file: &str) -> String {
+        format!("{}/{id}/resolve/main/{file}", self.base)
+    }
+
+    /// Whether the hub answers for `id` at all, within `wait`: a quick look
+    /// before choosing to fetch, not a download.
+    pub async fn reachable(&self, id: &str, wait: Duration) -> Result<(), String> {
+        let url = self.url(id, "config.json");
+        let response = tokio::time::timeout(wait, self.client.head(&url).send())
+            .await
+            .map_err(|_| format!("{} did not answer within {wait:?}", self.base))?
+            .map_err(|e| describe(&e, &self.base))?;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("{url} answered {status}"))
+        }
+    }
+
+    /// Downloads model `id` into `dir` (which must not exist yet), checking
+    /// every file; optional files the hub does not have are skipped.
+    pub async fn pull(&self, id: &str, dir: &Path, progress: Progress<'_>) -> Result<(), String> {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let scratch = scratch_dir(dir);
+        // A scratch dir left by an interrupted pull is started over.
+        let _ = std::fs::remove_dir_all(&scratch);
+        let result = self.pull_into(id, &scratch, progress).await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
+        std::fs::rename(&scratch, dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&scratch);
+            format!("cannot move the model into {}: {e}", dir.display())
+        })
+    }
+
+    async fn pull_into(&self, id: &str, dir: &Path, progress: Progress<'_>) -> Result<(), String> {
+        for (file, required) in REQUIRED_FILES
+            .iter()
+            .map(|f| (*f, true))
+            .chain(OPTIONAL_FILES.iter().map(|f| (*f, false)))
+        {
+            let path = dir.join(file);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            let fetched = self.fetch(id, file, &path, progress).await?;
+            if !fetched && required {
+                return Err(format!(
+                    "{} has no {file} for {id}: is the id right, and is it a \
+                     sentence-transformers model?",
+                    self.base
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches one file to `path`; `Ok(false)` when the hub has no such file.
+    async fn fetch(
+        &self,
+        id: &str,
+        file: &str,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<bool, String> {
+        let mut url = self.url(id, file);
+        let mut checksum = None;
+        let mut response = None;
+        for _ in 0..=MAX_REDIRECTS {
+            let r = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| describe(&e, &self.base))?;
+            // The first statement of a checksum wins: the hub's, before any CDN.
+            if checksum.is_none() {
+                checksum = stated_checksum(r.headers());
+            }
+            if r.status().is_redirection() {
+                let location = r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| format!("{url} redirected without a location"))?;
+                url = r
+                    .url()
+                    .join(location)
+                    .map_err(|e| format!("{url} redirected to {location}: {e}"))?
+                    .to_string();
+                continue;
+            }
+            response = Some(r);
+            break;
+        }
+        let Some(mut response) = response else {
+            return Err(format!("{url}: more than {MAX_REDIRECTS} redirects"));
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        if file == "model.safetensors" && checksum.is_none() {
+            return Err(format!(
+                "{url} states no checksum (X-Linked-Etag) for the weights; refusing them"
+            ));
+        }
+        let total = response.content_length();
+        let mut out = std::fs::File::create(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut sha256 = Sha256::new();
+        let mut sha1 = Sha1::new();
+        if let Some(Checksum::GitBlobSha1(_)) = checksum {
+            // A Git blob's id hashes a header with the length first.
+            let len = total.ok_or_else(|| format!("{url} sent no length"))?;
+            sha1.update(format!("blob {len}\0").as_bytes());
+        }
+        let mut done = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("downloading {url}: {}", describe(&e, &self.base)))?
+        {
+            use std::io::Write;
+            out.write_all(&chunk)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            sha256.update(&chunk);
+            sha1.update(&chunk);
+            done += chunk.len() as u64;
+            progress(file, done, total);
+        }
+        out.sync_all()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let (expected, got) = match &checksum {
+            Some(Checksum::Sha256(expected)) => (expected.clone(), hex(&sha256.finalize())),
+            Some(Checksum::GitBlobSha1(expected)) => (expected.clone(), hex(&sha1.finalize())),
+            None => return Ok(true),
+        };
+        if expected != got {
+            return Err(format!(
+                "{file} of {id} is corrupt: its checksum is {got}, {} states {expected}; \
+                 nothing was kept, try again",
+                self.base
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// The scratch directory a pull into `dir` fills first.
+fn scratch_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.partial"))
+}
+
+fn stated_checksum(headers: &reqwest::header::HeaderMap) -> Option<Checksum> {
+    let value = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
+            v.trim_start_matches("W/")
+                .trim_matches('"')
+                .to_ascii_lowercase()
+        })
+    };
+    let is_hex = |v: &str, len: usize| v.len() == len && v.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(v) = value("x-linked-etag").filter(|v| is_hex(v, 64)) {
+        return Some(Checksum::Sha256(v));
+    }
+    match value("etag") {
+        Some(v) if is_hex(&v, 64) => Some(Checksum::Sha256(v)),
+        Some(v) if is_hex(&v, 40) => Some(Checksum::GitBlobSha1(v)),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request error in words a user can act on (offline, refused, timed out).
+fn describe(e: &reqwest::Error, base: &str) -> String {
+    if e.is_connect() {
+        format!("cannot reach {base} (offline?): {e}")
+    } else if e.is_timeout() {
+        format!("{base} timed out: {e}")
+    } else {
+        format!("{base}: {e}")
+    }
+}
