@@ -9,11 +9,13 @@
 //!   also times the raw SQL floor (the filtered nearest-neighbour query
 //!   issued directly) and remember with several writers at once.
 //! * Many users (PostgreSQL, `--crowd-rows`): see `crowd`.
+//! * The in-process embedder alone (`--embed`): see `embed`.
 //!
 //! Text comes from `text::Generator`, seeded, so runs repeat.
 
 mod cache;
 mod crowd;
+mod embed;
 mod http;
 mod pipeline;
 mod text;
@@ -81,6 +83,11 @@ pub struct BenchArgs {
     /// model calls and tokens per remember). With --postgres, give an empty database.
     #[arg(long)]
     pub pipeline: Option<usize>,
+    /// Instead of the above: the in-process embedder alone (the configured
+    /// `local` model): load time, this many query embeddings, documents per
+    /// second, resident memory.
+    #[arg(long)]
+    pub embed: Option<usize>,
     /// Instead of the above: this many recalls over the REST API at each
     /// level of --clients (the real HTTP app on a loopback port).
     #[arg(long)]
@@ -102,6 +109,9 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(queries) = args.embed {
+        return embed::run(queries).await;
+    }
     let scratch = std::env::temp_dir().join(format!("engram-bench-{}", std::process::id()));
     if let Some(count) = args.pipeline {
         let db = args

@@ -5,9 +5,11 @@
 //! what comes out is exactly what a batch of one gives in the reference
 //! implementation.
 //!
-//! Matrix products go through `matrixmultiply`'s packed SGEMM; everything
+//! The dense layers go through `kernel::linear` (weights read as stored);
+//! attention's small products through `matrixmultiply`'s SGEMM; everything
 //! else is plain loops over row-major `f32` buffers.
 
+use super::kernel::Weights;
 use super::safetensors::{SafeTensors, Tensor};
 
 /// The parts of a Hugging Face `config.json` the encoder needs.
@@ -40,7 +42,7 @@ fn position_embedding_type() -> String {
 
 /// A dense layer: `y = x W^T + b`, `W` as stored, `[out, in]`.
 struct Linear {
-    weight: Vec<f32>,
+    weight: Weights,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
@@ -117,7 +119,7 @@ impl Bert {
         };
         let linear = |name: &str, outputs: usize, inputs: usize| -> Result<Linear, String> {
             Ok(Linear {
-                weight: get(&format!("{name}.weight"), &[outputs, inputs])?,
+                weight: Weights::new(get(&format!("{name}.weight"), &[outputs, inputs])?),
                 bias: get(&format!("{name}.bias"), &[outputs])?,
                 inputs,
                 outputs,
@@ -144,12 +146,18 @@ impl Bert {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let at = |part: &str| format!("encoder.layer.{i}.{part}");
-            let q = linear(&at("attention.self.query"), hidden, hidden)?;
-            let k = linear(&at("attention.self.key"), hidden, hidden)?;
-            let v = linear(&at("attention.self.value"), hidden, hidden)?;
+            let part = |name: &str, what: &str, shape: &[usize]| {
+                get(&at(&format!("attention.self.{name}.{what}")), shape)
+            };
+            let mut weight = Vec::with_capacity(3 * hidden * hidden);
+            let mut bias = Vec::with_capacity(3 * hidden);
+            for name in ["query", "key", "value"] {
+                weight.extend(part(name, "weight", &[hidden, hidden])?);
+                bias.extend(part(name, "bias", &[hidden])?);
+            }
             let qkv = Linear {
-                weight: [q.weight, k.weight, v.weight].concat(),
-                bias: [q.bias, k.bias, v.bias].concat(),
+                weight: Weights::new(weight),
+                bias,
                 inputs: hidden,
                 outputs: 3 * hidden,
             };
@@ -305,21 +313,14 @@ fn resize(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 impl Linear {
     /// `out = x W^T + b` for `rows` rows of `x`.
     fn apply(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        for row in out.chunks_exact_mut(self.outputs).take(rows) {
-            row.copy_from_slice(&self.bias);
-        }
-        gemm(
+        super::kernel::linear(
+            x,
             rows,
             self.inputs,
-            self.outputs,
-            1.0,
-            x,
-            (self.inputs, 1),
             &self.weight,
-            (1, self.inputs),
-            1.0,
+            self.outputs,
+            &self.bias,
             out,
-            (self.outputs, 1),
         );
     }
 }

@@ -3,7 +3,8 @@
 //! the files are on disk.
 //!
 //! - [`tokenizer`]: WordPiece from `tokenizer.json`;
-//! - [`safetensors`] and [`bert`]: the weights and the encoder's forward pass;
+//! - [`safetensors`] and [`bert`]: the weights and the encoder's forward pass,
+//!   its dense layers in [`kernel`];
 //! - [`model`]: a model directory, pooling and normalisation;
 //! - [`catalog`]: the models known by id; [`hub`]: downloading one, checked.
 //!
@@ -15,6 +16,7 @@
 mod bert;
 pub mod catalog;
 pub mod hub;
+mod kernel;
 mod model;
 mod safetensors;
 mod tokenizer;

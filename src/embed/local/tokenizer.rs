@@ -35,7 +35,9 @@ pub struct WordPiece {
 struct File {
     normalizer: Option<Normalizer>,
     pre_tokenizer: Option<Typed>,
-    model: Model,
+    /// Read as [`Model`] once its type is known to be WordPiece (other
+    /// types shape their vocabulary differently).
+    model: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -63,8 +65,6 @@ fn yes() -> bool {
 
 #[derive(Deserialize)]
 struct Model {
-    #[serde(rename = "type")]
-    kind: String,
     #[serde(default)]
     vocab: HashMap<String, u32>,
     #[serde(default = "unk_token")]
@@ -90,13 +90,15 @@ impl WordPiece {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let file: File =
             serde_json::from_str(text).map_err(|e| format!("tokenizer.json is not valid: {e}"))?;
-        if file.model.kind != "WordPiece" {
+        let kind = file.model["type"].as_str().unwrap_or("untyped");
+        if kind != "WordPiece" {
             return Err(format!(
-                "tokenizer.json holds a {} tokenizer; engram runs BERT-family models, \
-                 whose tokenizer is WordPiece",
-                file.model.kind
+                "tokenizer.json holds a {kind} tokenizer; engram runs BERT-family models, \
+                 whose tokenizer is WordPiece"
             ));
         }
+        let model: Model = serde_json::from_value(file.model)
+            .map_err(|e| format!("tokenizer.json's WordPiece model is not valid: {e}"))?;
         if let Some(pre) = &file.pre_tokenizer
             && pre.kind != "BertPreTokenizer"
         {
@@ -121,7 +123,7 @@ impl WordPiece {
                 lowercase: false,
             },
         };
-        let vocab = file.model.vocab;
+        let vocab = model.vocab;
         let id = |token: &str| {
             vocab
                 .get(token)
@@ -129,11 +131,11 @@ impl WordPiece {
                 .ok_or_else(|| format!("the vocabulary has no {token} token"))
         };
         Ok(Self {
-            unk: id(&file.model.unk_token)?,
+            unk: id(&model.unk_token)?,
             cls: id("[CLS]")?,
             sep: id("[SEP]")?,
-            prefix: file.model.continuing_subword_prefix,
-            max_word_chars: file.model.max_input_chars_per_word,
+            prefix: model.continuing_subword_prefix,
+            max_word_chars: model.max_input_chars_per_word,
             // As in BERT: accents go with the case unless said otherwise.
             strip_accents: normalizer.strip_accents.unwrap_or(normalizer.lowercase),
             lowercase: normalizer.lowercase,
