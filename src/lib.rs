@@ -41,7 +41,8 @@
 //!   `memory.rs`: memories, messages, facts, events; `filter.rs`: metadata
 //!   and its filters; `details.rs`: when two statements differ in a detail).
 //! * The steps: [`extract`] (messages to facts: `verbatim.rs`, `llm.rs`),
-//!   [`embed`] (text to vectors: `hash.rs`, `openai.rs`; `calibration.rs`
+//!   [`embed`] (text to vectors: `hash.rs`, `openai.rs`, `local/` a sentence
+//!   model run in process; `calibration.rs`
 //!   measures an embedder's floor), `reconcile` (what new facts do to
 //!   similar stored ones), [`keywords`] (terms and BM25 over one user's
 //!   memories), `rank` (semantic and keyword relevance fused into one

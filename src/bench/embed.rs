@@ -4,16 +4,28 @@
 //! latency (N distinct queries one after another, so the query cache never
 //! answers; then the same queries again, all answered by it), document
 //! throughput (batches of 32, as a conversation's remember sends them) and
-//! the process's resident memory.
+//! the process's resident memory. With `memories`, then: that many memories
+//! remembered one by one into a scratch SQLite store (4 at a time), and
+//! recall end to end over them (the query's embedding included: each query
+//! is asked once).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use super::text::Generator;
-use super::{ms, percentile};
+use super::{BENCH_USER, ms, percentile, remember_request, settings};
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::embed::{Embedder, LocalEmbedder};
+use crate::extract::VerbatimExtractor;
+use crate::params::RecallParams;
+use crate::service::MemoryService;
+use crate::store::SqliteStore;
 
-pub async fn run(queries: usize) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(queries: usize, memories: usize) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(None)?;
     let settings = crate::startup::local_settings(&config, None);
     let threads = settings.threads;
@@ -60,6 +72,70 @@ pub async fn run(queries: usize) -> Result<(), Box<dyn std::error::Error>> {
         documents.len() as f64 / elapsed,
         rss()
     );
+    if memories > 0 {
+        recall(Arc::new(embedder), memories, queries).await?;
+    }
+    Ok(())
+}
+
+/// Remember `memories` into a scratch SQLite store, then time `queries`
+/// recalls of distinct queries.
+async fn recall(
+    embedder: Arc<LocalEmbedder>,
+    memories: usize,
+    queries: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("engram-bench-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let store = Arc::new(SqliteStore::open(&url, embedder.identity()).await?);
+    let service = Arc::new(MemoryService::new(
+        store,
+        embedder,
+        Arc::new(VerbatimExtractor),
+        settings(),
+    ));
+    let mut words = Generator::new(42);
+    let requests: Vec<_> = (0..memories)
+        .map(|i| remember_request(&mut words, i).1)
+        .collect();
+    let started = Instant::now();
+    let mut remembered = futures::stream::iter(requests)
+        .map(|req| {
+            let service = service.clone();
+            async move { service.remember(&Principal::Operator, req).await }
+        })
+        .buffer_unordered(4);
+    while let Some(result) = remembered.next().await {
+        result?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "  remember: {memories} in {elapsed:.1}s, {:.0}/s (4 at a time, sqlite)",
+        memories as f64 / elapsed
+    );
+    let mut seen = HashSet::new();
+    let mut times = Vec::with_capacity(queries);
+    let mut tries = 0;
+    while times.len() < queries && tries < queries * 20 {
+        tries += 1;
+        let query = words.query();
+        if !seen.insert(query.clone()) {
+            continue;
+        }
+        let req = RecallParams {
+            query,
+            user_id: Some(BENCH_USER.into()),
+            limit: Some(10),
+            ..RecallParams::default()
+        };
+        let t = Instant::now();
+        std::hint::black_box(service.recall(&Principal::Operator, req).await?);
+        times.push(t.elapsed());
+    }
+    report(&format!("recall over {memories}"), &mut times);
+    println!("  RSS {}", rss());
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

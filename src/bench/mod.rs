@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// second, resident memory.
     #[arg(long)]
     pub embed: Option<usize>,
+    /// --embed: then remember this many memories into a scratch SQLite
+    /// store and time recall over them (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub embed_memories: usize,
     /// Instead of the above: this many recalls over the REST API at each
     /// level of --clients (the real HTTP app on a loopback port).
     #[arg(long)]
@@ -110,7 +114,7 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(queries) = args.embed {
-        return embed::run(queries).await;
+        return embed::run(queries, args.embed_memories).await;
     }
     let scratch = std::env::temp_dir().join(format!("engram-bench-{}", std::process::id()));
     if let Some(count) = args.pipeline {

@@ -217,6 +217,9 @@ mod avx2 {
     ) {
         let ins8 = ins - ins % 8;
         let tail = |r: usize, o: usize| -> f32 {
+            if ins8 == ins {
+                return 0.0;
+            }
             (ins8..ins)
                 .map(|i| x[r * ins + i] * half_to_f32(w[o * ins + i]))
                 .sum()

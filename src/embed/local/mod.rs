@@ -2,10 +2,10 @@
 //! the standard Hugging Face files. No key, no second process, offline once
 //! the files are on disk.
 //!
-//! - [`tokenizer`]: WordPiece from `tokenizer.json`;
-//! - [`safetensors`] and [`bert`]: the weights and the encoder's forward pass,
-//!   its dense layers in [`kernel`];
-//! - [`model`]: a model directory, pooling and normalisation;
+//! - `tokenizer`: WordPiece from `tokenizer.json`;
+//! - `safetensors` and `bert`: the weights and the encoder's forward pass,
+//!   its dense layers in `kernel`;
+//! - `model`: a model directory, pooling and normalisation;
 //! - [`catalog`]: the models known by id; [`hub`]: downloading one, checked.
 //!
 //! Inference runs on tokio's blocking threads, at most `threads` texts at once
