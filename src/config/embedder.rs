@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::layers::{Choice, ConfigError, Layers, Range};
+use super::layers::{Choice, ConfigError, Layers, Origin, Range};
 
 pub const DEFAULT_EMBEDDING_DIMS: usize = 384;
 pub const DEFAULT_OPENAI_EMBEDDING_MODEL: &str = "text-embedding-3-small";
@@ -87,6 +87,9 @@ pub struct EmbedderConfig {
     /// `local` embedder: where downloaded models are kept.
     pub model_cache_dir: PathBuf,
     pub dims: usize,
+    /// `dims` was configured, not defaulted: `auto` then holds a store to it
+    /// (a recorded dimension that differs is refused, not silently kept).
+    pub dims_set: bool,
     /// `openai` embedder: send `dimensions` with each request.
     pub send_dimensions: bool,
     /// `openai` embedder: prepended to queries / to stored texts (E5-style models).
@@ -167,6 +170,7 @@ impl EmbedderConfig {
             hub_url,
             model_cache_dir,
             dims: src.number("embedding_dims", &DIMS)?,
+            dims_set: !matches!(src.origin("embedding_dims"), Origin::Default { .. }),
             send_dimensions: src.boolean("embedding_send_dimensions", true)?,
             query_prefix: src.string("embedding_query_prefix")?.unwrap_or_default(),
             document_prefix: src.string("embedding_document_prefix")?.unwrap_or_default(),

@@ -32,7 +32,8 @@ fn defaults_then_file_then_env() {
     assert_eq!(cfg.store.timeout_ms, 3000);
     assert_eq!(cfg.store.statement_timeout_ms, 5000);
     assert_eq!(cfg.store.ready_timeout_ms, 1000);
-    assert_eq!(cfg.embedder.kind, EmbedderKind::Hash);
+    assert_eq!(cfg.embedder.kind, EmbedderKind::Auto);
+    assert!(cfg.embedder.dims_set, "the file set embedding_dims");
     assert_eq!(cfg.store.index, IndexKind::Auto);
     assert!(cfg.store.auto_migrate);
 }
@@ -188,7 +189,7 @@ fn bad_values_name_the_key_and_the_choices() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("ENGRAM_EMBEDDER") && err.contains("hash, openai"),
+        err.contains("ENGRAM_EMBEDDER") && err.contains("auto, hash, local, openai"),
         "{err}"
     );
 
@@ -300,7 +301,7 @@ fn a_bad_file_value_is_blamed_on_the_file_not_the_variable() {
     for (text, key, says) in [
         ("dedup_threshold = 2.0\n", "dedup_threshold", "(0, 1]"),
         ("embedding_dims = \"many\"\n", "embedding_dims", "integer"),
-        ("embedder = \"bert\"\n", "embedder", "hash, openai"),
+        ("embedder = \"bert\"\n", "embedder", "hash, local, openai"),
         (
             "auto_migrate = \"sometimes\"\n",
             "auto_migrate",
@@ -814,4 +815,66 @@ fn token_budgets_are_off_by_default_and_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("an array of strings"), "{err}");
+}
+
+#[test]
+fn the_local_embedders_settings_honour_the_hub_variables() {
+    let cfg = Config::load_from(None, &env(&[])).unwrap();
+    assert_eq!(
+        cfg.embedder.hub_url.as_deref(),
+        Some("https://huggingface.co")
+    );
+    assert!(cfg.embedder.threads >= 1);
+    assert!(cfg.embedder.model_cache_dir.ends_with("engram/models"));
+    assert!(!cfg.embedder.dims_set);
+
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("HF_ENDPOINT", "https://mirror.example"),
+            ("ENGRAM_EMBEDDING_THREADS", "3"),
+            ("ENGRAM_EMBEDDING_MODEL_PATH", "/models/minilm"),
+            ("ENGRAM_MODEL_CACHE_DIR", "/var/cache/models"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.embedder.hub_url.as_deref(),
+        Some("https://mirror.example")
+    );
+    assert_eq!(cfg.embedder.threads, 3);
+    assert_eq!(
+        cfg.embedder.model_path.as_deref(),
+        Some(Path::new("/models/minilm"))
+    );
+    assert_eq!(cfg.embedder.model_cache_dir, Path::new("/var/cache/models"));
+
+    // Off, either way; ENGRAM_MODEL_HUB_URL wins over HF_HUB_OFFLINE.
+    for vars in [
+        vec![("HF_HUB_OFFLINE", "1")],
+        vec![("ENGRAM_MODEL_HUB_URL", "OFF")],
+    ] {
+        let cfg = Config::load_from(None, &env(&vars)).unwrap();
+        assert_eq!(cfg.embedder.hub_url, None, "{vars:?}");
+    }
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("HF_HUB_OFFLINE", "1"),
+            ("ENGRAM_MODEL_HUB_URL", "http://127.0.0.1:9000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.embedder.hub_url.as_deref(),
+        Some("http://127.0.0.1:9000")
+    );
+
+    let err = Config::load_from(None, &env(&[("ENGRAM_MODEL_HUB_URL", "ftp://x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ENGRAM_MODEL_HUB_URL") && err.contains("off"),
+        "{err}"
+    );
 }

@@ -92,10 +92,16 @@ async fn recorded_embedder(
     identity: &EmbedderIdentity,
 ) -> Result<Arc<dyn Embedder>, StartupError> {
     let name = identity.name.as_str();
+    // A dimension configured outright is kept, so a store that differs refuses it.
+    let dims = if config.embedder.dims_set {
+        config.embedder.dims
+    } else {
+        identity.dims
+    };
     let embedder = if name == "hash-v1" {
-        hash(identity.dims)
+        hash(dims)
     } else if let Some(model) = name.strip_prefix("openai:") {
-        openai(config, Some(model), identity.dims)?
+        openai(config, Some(model), dims)?
     } else if let Some(model) = name.strip_prefix("local:") {
         local(local_settings(config, Some(model))).await?
     } else {

@@ -33,7 +33,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/e.db", dir.path().display());
     let cases = [
-        ("ENGRAM_EMBEDDER", "bert", "hash, openai"),
+        ("ENGRAM_EMBEDDER", "bert", "auto, hash, local, openai"),
         ("ENGRAM_EXTRACTOR", "magic", "verbatim, llm"),
         ("ENGRAM_EMBEDDING_DIMS", "lots", "integer"),
         ("ENGRAM_DEDUP_THRESHOLD", "2", "(0, 1]"),

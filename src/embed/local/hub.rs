@@ -247,13 +247,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A request error in words a user can act on (offline, refused, timed out).
+/// A request error in words a user can act on (offline, refused, timed out),
+/// ending with its root cause (a DNS failure, a refused connection), which
+/// the client's own message leaves out.
 fn describe(e: &reqwest::Error, base: &str) -> String {
-    if e.is_connect() {
-        format!("cannot reach {base} (offline?): {e}")
-    } else if e.is_timeout() {
-        format!("{base} timed out: {e}")
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let why = if std::ptr::addr_eq(cause, e) {
+        e.to_string()
     } else {
-        format!("{base}: {e}")
+        cause.to_string()
+    };
+    if e.is_connect() {
+        format!("cannot reach {base} (offline?): {why}")
+    } else if e.is_timeout() {
+        format!("{base} timed out: {why}")
+    } else {
+        format!("{base}: {why}")
     }
 }

@@ -338,14 +338,19 @@ impl PgStore {
                 url: redact(url),
                 source,
             })?;
-        let recorded = sqlx::query_scalar(
-            "SELECT (SELECT value FROM store_info WHERE key = 'embedder') \
-             WHERE to_regclass('store_info') IS NOT NULL",
-        )
-        .fetch_optional(&mut conn)
-        .await
-        .map_err(db("reading the store's embedder"))?
-        .flatten();
+        // Two statements: one naming a table that does not exist fails to plan.
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('store_info') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db("reading the store's embedder"))?;
+        let recorded = if exists {
+            sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(db("reading the store's embedder"))?
+        } else {
+            None
+        };
         let _ = conn.close().await;
         Ok(recorded)
     }
