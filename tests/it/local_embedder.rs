@@ -315,6 +315,12 @@ async fn serve(db: &Path, env: &[(&str, &str)]) -> common::Client {
     connect_to(&format!("sqlite://{}", db.display()), env).await
 }
 
+/// The text of the one memory `recall` ranks first for `query`.
+async fn best(client: &common::Client, query: &str) -> String {
+    let found = ok(client, "recall", json!({"query": query, "limit": 1})).await;
+    texts(&found).pop().unwrap_or_default()
+}
+
 async fn remember_facts(client: &common::Client) {
     for text in [
         "I'm allergic to peanuts and shellfish.",
@@ -341,25 +347,13 @@ async fn the_binary_recalls_by_meaning_with_the_local_model() {
     .await;
     remember_facts(&client).await;
     // No word in common with the allergy; the hash embedder cannot find it.
-    let found = ok(
-        &client,
-        "recall",
-        json!({"query": "what food is dangerous for me to eat", "limit": 1}),
-    )
-    .await;
     assert_eq!(
-        texts(&found),
-        vec!["I'm allergic to peanuts and shellfish."]
+        best(&client, "what food is dangerous for me to eat").await,
+        "I'm allergic to peanuts and shellfish."
     );
-    let found = ok(
-        &client,
-        "recall",
-        json!({"query": "which vehicle do I drive", "limit": 1}),
-    )
-    .await;
     assert_eq!(
-        texts(&found),
-        vec!["My car is a blue Volvo parked in the garage."]
+        best(&client, "which vehicle do I drive").await,
+        "My car is a blue Volvo parked in the garage."
     );
     client.cancel().await.unwrap();
 }
@@ -434,15 +428,9 @@ async fn a_new_store_gets_meaning_and_an_existing_one_keeps_its_embedder() {
         "{line}"
     );
     let client = serve(&hashed, &[model_env]).await;
-    let found = ok(
-        &client,
-        "recall",
-        json!({"query": "what food is dangerous for me to eat", "limit": 1}),
-    )
-    .await;
     assert_eq!(
-        texts(&found),
-        vec!["I'm allergic to peanuts and shellfish."]
+        best(&client, "what food is dangerous for me to eat").await,
+        "I'm allergic to peanuts and shellfish."
     );
     client.cancel().await.unwrap();
 
@@ -488,15 +476,9 @@ async fn a_new_store_downloads_the_model_without_holding_the_handshake() {
         release.is_finished(),
         "remember finished before the weights were sent"
     );
-    let found = ok(
-        &client,
-        "recall",
-        json!({"query": "what food is dangerous for me to eat", "limit": 1}),
-    )
-    .await;
     assert_eq!(
-        texts(&found),
-        vec!["I'm allergic to peanuts and shellfish."]
+        best(&client, "what food is dangerous for me to eat").await,
+        "I'm allergic to peanuts and shellfish."
     );
     assert!(
         cache
