@@ -65,7 +65,9 @@ struct Layer {
 
 pub struct Bert {
     config: BertConfig,
-    word_embeddings: Vec<f32>,
+    /// `[vocab, hidden]`, half floats where the kernel uses them: only the
+    /// text's rows are ever read, and it is most of the model's size.
+    word_embeddings: Weights,
     position_embeddings: Vec<f32>,
     /// Token type 0's row: every token of a single text has type 0.
     token_type: Vec<f32>,
@@ -108,7 +110,7 @@ impl Bert {
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
             let full = format!("{prefix}{name}");
             let Tensor { shape: found, data } = tensors
-                .get(&full)
+                .get(&full)?
                 .ok_or_else(|| format!("model.safetensors has no tensor {full}"))?;
             if found != shape {
                 return Err(format!(
@@ -132,13 +134,14 @@ impl Bert {
             })
         };
         let word = tensors
-            .get(&format!("{prefix}embeddings.word_embeddings.weight"))
+            .get(&format!("{prefix}embeddings.word_embeddings.weight"))?
             .ok_or("model.safetensors has no word embeddings")?;
         if word.shape.len() != 2 || word.shape[1] != hidden {
             return Err(format!("the word embeddings are {:?}", word.shape));
         }
         let vocab_size = word.shape[0];
-        let types = get_any(tensors, prefix, "embeddings.token_type_embeddings.weight")
+        let types = tensors
+            .get(&format!("{prefix}embeddings.token_type_embeddings.weight"))?
             .ok_or("model.safetensors has no token type embeddings")?;
         if types.shape.len() != 2 || types.shape[1] != hidden || types.shape[0] == 0 {
             return Err(format!("the token type embeddings are {:?}", types.shape));
@@ -171,7 +174,7 @@ impl Bert {
             });
         }
         Ok(Self {
-            word_embeddings: word.data,
+            word_embeddings: Weights::new(word.data),
             position_embeddings: get(
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, hidden],
@@ -206,11 +209,11 @@ impl Bert {
             } else {
                 0
             };
-            let word = &self.word_embeddings[id * hidden..(id + 1) * hidden];
             let position = &self.position_embeddings[t * hidden..(t + 1) * hidden];
             let row = &mut x[t * hidden..(t + 1) * hidden];
+            self.word_embeddings.row(id, hidden, row);
             for j in 0..hidden {
-                row[j] = word[j] + position[j] + self.token_type[j];
+                row[j] += position[j] + self.token_type[j];
             }
         }
         self.embeddings_norm
@@ -289,10 +292,6 @@ impl Bert {
         }
         layer.output_norm.apply(x, hidden, eps);
     }
-}
-
-fn get_any(tensors: &SafeTensors, prefix: &str, name: &str) -> Option<Tensor> {
-    tensors.get(&format!("{prefix}{name}"))
 }
 
 /// Buffers reused across layers of one forward pass.

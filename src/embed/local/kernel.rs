@@ -36,6 +36,19 @@ impl Weights {
         Self::F32(values)
     }
 
+    /// Row `i` of a matrix `width` wide, widened into `out`.
+    pub fn row(&self, i: usize, width: usize, out: &mut [f32]) {
+        let range = i * width..(i + 1) * width;
+        match self {
+            Self::F32(v) => out.copy_from_slice(&v[range]),
+            Self::F16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = super::safetensors::f16_to_f32(*h);
+                }
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Self::F32(v) => v.len(),

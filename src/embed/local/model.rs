@@ -65,7 +65,7 @@ impl SentenceModel {
             .map_err(|_| "tokenizer.json is not UTF-8".to_owned())
             .and_then(|text| WordPiece::from_json(&text))
             .map_err(|e| format!("{}: {e}", dir.join("tokenizer.json").display()))?;
-        let tensors = SafeTensors::parse(read("model.safetensors")?)
+        let tensors = SafeTensors::open(&dir.join("model.safetensors"))
             .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
         let bert = Bert::load(config, &tensors).map_err(|e| format!("{}: {e}", dir.display()))?;
         drop(tensors);

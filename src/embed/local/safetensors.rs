@@ -3,6 +3,9 @@
 //! Tensors come out as `f32` whatever they were stored as (F32, F16, BF16).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -20,45 +23,60 @@ struct Entry {
     data_offsets: [usize; 2],
 }
 
-/// A parsed file: the header, and the bytes it points into.
+/// An open file: its header, read; tensors are read from the file when
+/// asked for, a chunk at a time, so loading a model never holds the whole
+/// file in memory beside the tensors made from it.
 pub struct SafeTensors {
+    file: File,
+    path: PathBuf,
     entries: HashMap<String, Entry>,
-    data: Vec<u8>,
+    /// Where the tensors' bytes start in the file.
+    data_start: u64,
 }
 
+/// Bytes read and converted at a time.
+const CHUNK: usize = 1 << 18;
+
 impl SafeTensors {
-    /// Parses `bytes` (a whole file); `Err` says what is malformed.
-    pub fn parse(mut bytes: Vec<u8>) -> Result<Self, String> {
-        let header_len = bytes
-            .get(..8)
-            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .ok_or("the file is shorter than its header")?;
-        let header_end = usize::try_from(header_len)
-            .ok()
-            .and_then(|n| n.checked_add(8))
-            .filter(|&end| end <= bytes.len())
-            .ok_or("the header runs past the end of the file")?;
-        let mut raw: HashMap<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..header_end])
-                .map_err(|e| format!("the header is not valid JSON: {e}"))?;
+    /// Opens `path` and checks its header against the file's length; `Err`
+    /// says what is malformed.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let mut file = File::open(path).map_err(fail)?;
+        let file_len = file.metadata().map_err(fail)?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|_| "the file is shorter than its header".to_owned())?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len.saturating_add(8) > file_len {
+            return Err("the header runs past the end of the file".to_owned());
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(fail)?;
+        let mut raw: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| format!("the header is not valid JSON: {e}"))?;
         raw.remove("__metadata__");
+        let data_start = 8 + header_len;
+        let data_len = file_len - data_start;
         let mut entries = HashMap::with_capacity(raw.len());
         for (name, value) in raw {
             let entry: Entry = serde_json::from_value(value)
                 .map_err(|e| format!("tensor {name}'s header is not valid: {e}"))?;
-            entries.insert(name, entry);
-        }
-        let data = bytes.split_off(header_end);
-        for (name, entry) in &entries {
             let [begin, end] = entry.data_offsets;
             let count: usize = entry.shape.iter().product();
             let width = dtype_width(&entry.dtype)
                 .ok_or_else(|| format!("tensor {name} has an unknown dtype {}", entry.dtype))?;
-            if begin > end || end > data.len() || end - begin != count * width {
+            if begin > end || end as u64 > data_len || end - begin != count * width {
                 return Err(format!("tensor {name}'s bytes do not match its shape"));
             }
+            entries.insert(name, entry);
         }
-        Ok(Self { entries, data })
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            entries,
+            data_start,
+        })
     }
 
     /// The names of the tensors held.
@@ -66,33 +84,59 @@ impl SafeTensors {
         self.entries.keys().map(String::as_str)
     }
 
-    /// The tensor `name` as `f32`s, if the file holds it as floats.
-    pub fn get(&self, name: &str) -> Option<Tensor> {
-        let entry = self.entries.get(name)?;
-        let bytes = &self.data[entry.data_offsets[0]..entry.data_offsets[1]];
-        let data = match entry.dtype.as_str() {
-            "F32" => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            "F16" => bytes
-                .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            "BF16" => bytes
-                .chunks_exact(2)
-                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
-                .collect(),
-            _ => return None,
+    /// The tensor `name` as `f32`s: `Ok(None)` if the file holds no float
+    /// tensor of that name, `Err` if reading it fails.
+    pub fn get(&self, name: &str) -> Result<Option<Tensor>, String> {
+        let Some(entry) = self.entries.get(name) else {
+            return Ok(None);
         };
-        Some(Tensor {
+        let convert: fn(&[u8], &mut Vec<f32>) = match entry.dtype.as_str() {
+            "F32" => |bytes, out| {
+                out.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                )
+            },
+            "F16" => |bytes, out| {
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))),
+                )
+            },
+            "BF16" => |bytes, out| {
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)),
+                )
+            },
+            _ => return Ok(None),
+        };
+        let fail = |e: std::io::Error| format!("cannot read {}: {e}", self.path.display());
+        let [begin, end] = entry.data_offsets;
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(self.data_start + begin as u64))
+            .map_err(fail)?;
+        let width = dtype_width(&entry.dtype).unwrap_or(4);
+        let mut data = Vec::with_capacity((end - begin) / width);
+        // Whole elements per chunk.
+        let mut buffer = vec![0u8; CHUNK - CHUNK % width];
+        let mut left = end - begin;
+        while left > 0 {
+            let take = left.min(buffer.len());
+            file.read_exact(&mut buffer[..take]).map_err(fail)?;
+            convert(&buffer[..take], &mut data);
+            left -= take;
+        }
+        Ok(Some(Tensor {
             shape: entry.shape.clone(),
             data,
-        })
+        }))
     }
 }
 
-/// Bytes per element; every dtype is checked, only floats are read.
 fn dtype_width(dtype: &str) -> Option<usize> {
     match dtype {
         "F64" | "I64" | "U64" => Some(8),
@@ -104,7 +148,7 @@ fn dtype_width(dtype: &str) -> Option<usize> {
 }
 
 /// IEEE half precision to single, subnormals, infinities and NaN included.
-fn f16_to_f32(h: u16) -> f32 {
+pub(super) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exponent = u32::from((h >> 10) & 0x1f);
     let mantissa = u32::from(h & 0x3ff);
@@ -126,11 +170,14 @@ fn f16_to_f32(h: u16) -> f32 {
 mod tests {
     use super::*;
 
-    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+    /// A file of `header` and `data`, kept as long as the directory lives.
+    fn file(dir: &tempfile::TempDir, header: &str, data: &[u8]) -> PathBuf {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(data);
-        bytes
+        let path = dir.path().join(format!("{}.safetensors", bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        path
     }
 
     #[test]
@@ -146,23 +193,31 @@ mod tests {
             "a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
             "b":{"dtype":"F16","shape":[1,2],"data_offsets":[8,12]},
             "c":{"dtype":"BF16","shape":[1],"data_offsets":[12,14]}}"#;
-        let st = SafeTensors::parse(file(header, &data)).unwrap();
-        assert_eq!(st.get("a").unwrap().data, vec![1.5, -2.0]);
-        let b = st.get("b").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = SafeTensors::open(&file(&dir, header, &data)).unwrap();
+        assert_eq!(st.get("a").unwrap().unwrap().data, vec![1.5, -2.0]);
+        let b = st.get("b").unwrap().unwrap();
         assert_eq!(b.shape, vec![1, 2]);
         assert_eq!(b.data, vec![1.5, 2f32.powi(-24)]);
-        assert_eq!(st.get("c").unwrap().data, vec![-2.0]);
-        assert!(st.get("d").is_none());
+        assert_eq!(st.get("c").unwrap().unwrap().data, vec![-2.0]);
+        assert!(st.get("d").unwrap().is_none());
     }
 
     #[test]
     fn a_truncated_or_inconsistent_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
         let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-        let err = SafeTensors::parse(file(header, &[0; 8])).err().unwrap();
+        let err = SafeTensors::open(&file(&dir, header, &[0; 8]))
+            .err()
+            .unwrap();
         assert!(err.contains("tensor a"), "{err}");
-        assert!(SafeTensors::parse(vec![1, 2, 3]).is_err());
-        let mut long = file(header, &[0; 16]);
-        long[0] = 0xff;
-        assert!(SafeTensors::parse(long).is_err());
+        let short = dir.path().join("short");
+        std::fs::write(&short, [1, 2, 3]).unwrap();
+        assert!(SafeTensors::open(&short).is_err());
+        let long = file(&dir, header, &[0; 16]);
+        let mut bytes = std::fs::read(&long).unwrap();
+        bytes[0] = 0xff;
+        std::fs::write(&long, bytes).unwrap();
+        assert!(SafeTensors::open(&long).is_err());
     }
 }
