@@ -310,6 +310,37 @@ async fn models_pull_downloads_checks_and_refuses_a_corrupt_file() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pulls_at_once_leave_one_whole_model_and_abandoned_ones_are_cleared() {
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::start(false, 2).await;
+    // What a pull killed mid-download leaves (no process has pid 0x7fffffff).
+    let abandoned = cache
+        .path()
+        .join(".sentence-transformers--all-MiniLM-L6-v2.partial-2147483647-x");
+    std::fs::create_dir_all(&abandoned).unwrap();
+    std::fs::write(abandoned.join("model.safetensors"), b"half").unwrap();
+
+    let (a, b) = tokio::join!(
+        pull(&[], &hub.base, cache.path()),
+        pull(&[], &hub.base, cache.path())
+    );
+    for out in [&a, &b] {
+        assert!(out.status.success(), "{}", stderr(out));
+    }
+    let pulled = cache.path().join("sentence-transformers--all-MiniLM-L6-v2");
+    assert_eq!(
+        std::fs::read(pulled.join("model.safetensors")).unwrap(),
+        std::fs::read(model_path().join("model.safetensors")).unwrap()
+    );
+    let left: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["sentence-transformers--all-MiniLM-L6-v2"]);
+}
+
 /// `engram serve` over stdio on a new SQLite store in `dir`, with `env`.
 async fn serve(db: &Path, env: &[(&str, &str)]) -> common::Client {
     connect_to(&format!("sqlite://{}", db.display()), env).await

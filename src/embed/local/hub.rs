@@ -8,6 +8,9 @@
 //!
 //! Files land in a scratch directory beside the target, which is renamed into
 //! place once every file is there: a model directory is whole or absent.
+//! Each pull has its own scratch directory, so two processes fetching the
+//! same model at once (two clients each starting engram) do not mix their
+//! files; the first to finish wins, and the other keeps its copy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,18 +86,25 @@ impl Hub {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        remove_abandoned_scratch(dir);
         let scratch = scratch_dir(dir);
-        // A scratch dir left by an interrupted pull is started over.
-        let _ = std::fs::remove_dir_all(&scratch);
         let result = self.pull_into(id, &scratch, progress).await;
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(e);
         }
-        std::fs::rename(&scratch, dir).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&scratch);
-            format!("cannot move the model into {}: {e}", dir.display())
-        })
+        match std::fs::rename(&scratch, dir) {
+            Ok(()) => Ok(()),
+            // Another pull finished first: its copy stands.
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Err(format!("cannot move the model into {}: {e}", dir.display()))
+            }
+        }
     }
 
     async fn pull_into(&self, id: &str, dir: &Path, progress: Progress<'_>) -> Result<(), String> {
@@ -215,13 +225,47 @@ impl Hub {
     }
 }
 
-/// The scratch directory a pull into `dir` fills first.
+/// The scratch directory this pull into `dir` fills first: its own, by
+/// process and a random part.
 fn scratch_dir(dir: &Path) -> PathBuf {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.with_file_name(format!(".{name}.partial"))
+    dir.with_file_name(format!(
+        ".{name}.partial-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+/// Removes the scratch directories of pulls into `dir` whose process is
+/// gone (killed mid-download). Where there is no `/proc` to ask, none is
+/// removed: a live pull's files are never touched.
+fn remove_abandoned_scratch(dir: &Path) {
+    let proc = Path::new("/proc");
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    if !proc.is_dir() {
+        return;
+    }
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !pid.is_empty() && !proc.join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn stated_checksum(headers: &reqwest::header::HeaderMap) -> Option<Checksum> {

@@ -368,6 +368,12 @@ async fn fetch(settings: &LocalSettings, shared: &Shared) -> Result<SentenceMode
         .ok_or_else(|| offline_help(settings))?;
     let hub = Hub::new(base)?;
     let dir = settings.dir();
+    if settings.is_present() {
+        // Another process fetched it meanwhile.
+        return load(dir, catalog::known(&settings.model).map(|k| k.pooling))
+            .await
+            .map_err(|EmbedError::Failed(e)| e);
+    }
     tracing::info!(model = %settings.model, hub = base, dir = %dir.display(), "downloading the embedding model");
     let last_logged = Mutex::new((String::new(), 0u64));
     let progress = |file: &str, done: u64, total: Option<u64>| {
