@@ -86,6 +86,9 @@ pub struct EmbedderConfig {
     pub hub_url: Option<String>,
     /// `local` embedder: where downloaded models are kept.
     pub model_cache_dir: PathBuf,
+    /// `local` embedder: the hub's access token (`HF_TOKEN`, environment
+    /// only), for gated or private models; sent to the hub's own host only.
+    pub hub_token: Option<super::Secret>,
     pub dims: usize,
     /// `dims` was configured, not defaulted: `auto` then holds a store to it
     /// (a recorded dimension that differs is refused, not silently kept).
@@ -169,6 +172,10 @@ impl EmbedderConfig {
             threads,
             hub_url,
             model_cache_dir,
+            hub_token: src
+                .foreign_env("HF_TOKEN")
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| super::Secret(t.trim().to_owned())),
             dims: src.number("embedding_dims", &DIMS)?,
             dims_set: !matches!(src.origin("embedding_dims"), Origin::Default { .. }),
             send_dimensions: src.boolean("embedding_send_dimensions", true)?,

@@ -62,7 +62,7 @@ async fn auto(config: &Config) -> Result<Arc<dyn Embedder>, StartupError> {
             "no model on disk and downloads are off (ENGRAM_MODEL_HUB_URL=off or HF_HUB_OFFLINE)"
                 .to_owned()
         }
-        Some(base) => match Hub::new(&base) {
+        Some(base) => match Hub::new(&base, settings.hub_token.clone()) {
             Err(e) => e,
             Ok(hub) => match hub.reachable(&settings.model, HUB_LOOK).await {
                 Ok(()) => {
@@ -174,6 +174,7 @@ pub fn local_settings(config: &Config, recorded_model: Option<&str>) -> LocalSet
         path: e.model_path.clone(),
         cache_dir: e.model_cache_dir.clone(),
         hub: e.hub_url.clone(),
+        hub_token: e.hub_token.as_ref().map(|t| t.0.clone()),
         threads: e.threads,
         query_prefix: prefix(&e.query_prefix),
         document_prefix: prefix(&e.document_prefix),
@@ -210,7 +211,7 @@ pub async fn pull_model(config: &Config, id: Option<String>) -> Result<(), Start
                 .to_owned(),
         )
     })?;
-    let hub = Hub::new(&base).map_err(StartupError::Unsupported)?;
+    let hub = Hub::new(&base, settings.hub_token.clone()).map_err(StartupError::Unsupported)?;
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(

@@ -12,6 +12,7 @@ use crate::common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -120,6 +121,8 @@ struct Hub {
     base: String,
     /// Permits for sending the weights (none: they are held back).
     weights: Arc<Semaphore>,
+    /// Whether the CDN side was ever sent an Authorization header.
+    cdn_saw_token: Arc<AtomicBool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -129,10 +132,20 @@ struct HubState {
     /// Flip a byte of the weights after stating their checksum.
     corrupt: bool,
     weights: Arc<Semaphore>,
+    /// The bearer token the hub's own routes demand, if any.
+    token: Option<String>,
+    /// The weights' redirect target: the same server under another host
+    /// name, as the hub's CDN is another host.
+    cdn_base: String,
+    cdn_saw_token: Arc<AtomicBool>,
 }
 
 impl Hub {
     async fn start(corrupt: bool, weights_permits: usize) -> Self {
+        Self::start_with(corrupt, weights_permits, None).await
+    }
+
+    async fn start_with(corrupt: bool, weights_permits: usize, token: Option<&str>) -> Self {
         let dir = model_path();
         let mut files = HashMap::new();
         for name in [
@@ -145,11 +158,17 @@ impl Hub {
         ] {
             files.insert(name.to_owned(), std::fs::read(dir.join(name)).unwrap());
         }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let weights = Arc::new(Semaphore::new(weights_permits));
+        let cdn_saw_token = Arc::new(AtomicBool::new(false));
         let state = HubState {
             files: Arc::new(files),
             corrupt,
             weights: weights.clone(),
+            token: token.map(str::to_owned),
+            cdn_saw_token: cdn_saw_token.clone(),
+            cdn_base: format!("http://localhost:{port}"),
         };
         let app = axum::Router::new()
             .route("/cdn/{*file}", axum::routing::get(cdn))
@@ -158,14 +177,14 @@ impl Hub {
                 axum::routing::get(resolve),
             )
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let base = format!("http://127.0.0.1:{port}");
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         Self {
             base,
             weights,
+            cdn_saw_token,
             _server: server,
         }
     }
@@ -178,7 +197,16 @@ fn hex(bytes: &[u8]) -> String {
 async fn resolve(
     State(state): State<HubState>,
     UrlPath((org, name, file)): UrlPath<(String, String, String)>,
+    request_headers: HeaderMap,
 ) -> Response {
+    if let Some(token) = &state.token {
+        let sent = request_headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
     if format!("{org}/{name}") != MODEL {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -194,7 +222,7 @@ async fn resolve(
         );
         headers.insert(
             header::LOCATION,
-            HeaderValue::from_static("/cdn/model.safetensors"),
+            HeaderValue::from_str(&format!("{}/cdn/model.safetensors", state.cdn_base)).unwrap(),
         );
         return (StatusCode::FOUND, headers).into_response();
     }
@@ -206,7 +234,14 @@ async fn resolve(
     (headers, bytes.clone()).into_response()
 }
 
-async fn cdn(State(state): State<HubState>, UrlPath(file): UrlPath<String>) -> Response {
+async fn cdn(
+    State(state): State<HubState>,
+    UrlPath(file): UrlPath<String>,
+    request_headers: HeaderMap,
+) -> Response {
+    if request_headers.contains_key(header::AUTHORIZATION) {
+        state.cdn_saw_token.store(true, Ordering::SeqCst);
+    }
     let Some(bytes) = state.files.get(&file) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -339,6 +374,33 @@ async fn two_pulls_at_once_leave_one_whole_model_and_abandoned_ones_are_cleared(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, vec!["sentence-transformers--all-MiniLM-L6-v2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gated_model_needs_hf_token_which_never_leaves_the_hub() {
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(false, 1, Some("hf_secret")).await;
+    let out = pull(&[], &hub.base, cache.path()).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("HF_TOKEN"), "{}", stderr(&out));
+
+    let (base, dir) = (hub.base.clone(), cache.path().display().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        run_engram(
+            &["models", "pull"],
+            &[
+                ("ENGRAM_MODEL_HUB_URL", base.as_str()),
+                ("ENGRAM_MODEL_CACHE_DIR", dir.as_str()),
+                ("HF_TOKEN", "hf_secret"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hf_secret"), "{}", stderr(&out));
+    // The weights came through the CDN route, which never saw the token.
+    assert!(!hub.cdn_saw_token.load(Ordering::SeqCst));
 }
 
 /// `engram serve` over stdio on a new SQLite store in `dir`, with `env`.

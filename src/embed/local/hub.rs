@@ -33,6 +33,9 @@ pub type Progress<'a> = &'a (dyn Fn(&str, u64, Option<u64>) + Send + Sync);
 pub struct Hub {
     base: String,
     client: reqwest::Client,
+    /// Sent as a bearer token to the hub's own host, never after a redirect
+    /// to another (the CDN's signed URLs need none, and must not see it).
+    token: Option<String>,
 }
 
 /// What a file was checked against.
@@ -42,7 +45,7 @@ enum Checksum {
 }
 
 impl Hub {
-    pub fn new(base: &str) -> Result<Self, String> {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
@@ -53,7 +56,21 @@ impl Hub {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             client,
+            token,
         })
+    }
+
+    /// A GET (or HEAD) of `url`, with the token when `url` is on the hub's host.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, url);
+        let same_host = |a: &str, b: &str| match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+            (Ok(a), Ok(b)) => a.origin() == b.origin(),
+            _ => false,
+        };
+        match &self.token {
+            Some(token) if same_host(url, &self.base) => request.bearer_auth(token),
+            _ => request,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -68,13 +85,17 @@ impl Hub {
     /// before choosing to fetch, not a download.
     pub async fn reachable(&self, id: &str, wait: Duration) -> Result<(), String> {
         let url = self.url(id, "config.json");
-        let response = tokio::time::timeout(wait, self.client.head(&url).send())
+        let response = tokio::time::timeout(wait, self.request(reqwest::Method::HEAD, &url).send())
             .await
             .map_err(|_| format!("{} did not answer within {wait:?}", self.base))?
             .map_err(|e| describe(&e, &self.base))?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
             Ok(())
+        } else if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            Err(format!(
+                "{url} answered {status}: a gated or private model needs HF_TOKEN"
+            ))
         } else {
             Err(format!("{url} answered {status}"))
         }
@@ -143,8 +164,7 @@ impl Hub {
         let mut response = None;
         for _ in 0..=MAX_REDIRECTS {
             let r = self
-                .client
-                .get(&url)
+                .request(reqwest::Method::GET, &url)
                 .send()
                 .await
                 .map_err(|e| describe(&e, &self.base))?;
@@ -174,6 +194,11 @@ impl Hub {
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            return Err(format!(
+                "{url} answered {status}: a gated or private model needs HF_TOKEN"
+            ));
         }
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));

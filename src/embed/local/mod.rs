@@ -50,6 +50,8 @@ pub struct LocalSettings {
     pub cache_dir: PathBuf,
     /// Where to download from; `None`: never download.
     pub hub: Option<String>,
+    /// The hub's access token, for gated or private models.
+    pub hub_token: Option<String>,
     /// Texts embedded at once.
     pub threads: usize,
     /// Prefixes; `None`: the model's own (the catalog's), else none.
@@ -366,7 +368,7 @@ async fn fetch(settings: &LocalSettings, shared: &Shared) -> Result<SentenceMode
         .hub
         .as_deref()
         .ok_or_else(|| offline_help(settings))?;
-    let hub = Hub::new(base)?;
+    let hub = Hub::new(base, settings.hub_token.clone())?;
     let dir = settings.dir();
     if settings.is_present() {
         // Another process fetched it meanwhile.
