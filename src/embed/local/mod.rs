@@ -203,12 +203,14 @@ impl LocalEmbedder {
 
     /// Starts downloading and loading the model; the state says how it went.
     fn fetch_in_background(&self) {
+        self.shared.set(loading());
+        self.spawn_fetch();
+    }
+
+    /// The download task alone: the caller has put the state in `Loading`.
+    fn spawn_fetch(&self) {
         let settings = self.settings.clone();
         let shared = self.shared.clone();
-        shared.set(State::Loading {
-            since: Instant::now(),
-            doing: "starting the download".to_owned(),
-        });
         tokio::spawn(async move {
             let result = fetch(&settings, &shared).await;
             match result {
@@ -235,7 +237,7 @@ impl LocalEmbedder {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let retry = {
-                let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 match &*state {
                     State::Ready(model) => return Ok(model.clone()),
                     State::Failed { at, error } => {
@@ -245,6 +247,9 @@ impl LocalEmbedder {
                                 self.settings.model
                             )));
                         }
+                        // Under the lock: one caller starts the retry, the
+                        // others find it loading and wait for it.
+                        *state = loading();
                         true
                     }
                     State::Loading { since, doing } => {
@@ -262,7 +267,8 @@ impl LocalEmbedder {
                 }
             };
             if retry {
-                self.fetch_in_background();
+                self.shared.changed.notify_waiters();
+                self.spawn_fetch();
                 continue;
             }
             let _ = tokio::time::timeout_at(deadline.into(), changed).await;
@@ -351,6 +357,14 @@ impl QueryCache {
         }
         self.order.push_back(text.to_owned());
         self.vectors.insert(text.to_owned(), Arc::new(vector));
+    }
+}
+
+/// The state of a download about to start.
+fn loading() -> State {
+    State::Loading {
+        since: Instant::now(),
+        doing: "starting the download".to_owned(),
     }
 }
 
