@@ -199,6 +199,7 @@ pub async fn pull_model(config: &Config, id: Option<String>) -> Result<(), Start
         path: None,
         ..local_settings(config, None)
     };
+    catalog::check_id(&id).map_err(StartupError::Unsupported)?;
     let dir = model_dir(&settings.cache_dir, &id);
     if settings.is_present() {
         eprintln!("engram: {id} is already in {}", dir.display());

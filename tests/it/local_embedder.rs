@@ -335,6 +335,11 @@ async fn models_pull_downloads_checks_and_refuses_a_corrupt_file() {
         );
     }
 
+    // Not an id at all: refused before anything is written or asked.
+    let out = pull(&["../outside"], &good.base, cache.path()).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a model id"), "{}", stderr(&out));
+
     // An unknown id: the hub has no files for it, and the error says so.
     let out = pull(&["nobody/no-such-model"], &good.base, cache.path()).await;
     assert!(!out.status.success());

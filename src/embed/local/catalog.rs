@@ -49,7 +49,64 @@ pub fn known(id: &str) -> Option<Known> {
         .copied()
 }
 
+/// Refuses what cannot be a hub model id (`org/name` or `name`, letters,
+/// digits, `.`, `_` and `-`, no part starting with a dot): an id becomes a
+/// directory under the model cache and part of a download URL, so `..` or
+/// a `?` must never reach either.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let parts: Vec<&str> = id.split('/').collect();
+    let fits = parts.len() <= 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.len() <= 96
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a model id: expected ORG/NAME as on the hub (letters, digits, \
+             '.', '_' and '-'), e.g. {DEFAULT_MODEL}"
+        ))
+    }
+}
+
 /// The ids engram knows, for messages.
 pub fn known_ids() -> impl Iterator<Item = &'static str> {
     KNOWN.iter().map(|k| k.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_would_leave_the_cache_or_bend_a_url_are_refused() {
+        for good in [
+            DEFAULT_MODEL,
+            "BAAI/bge-small-en-v1.5",
+            "gpt2",
+            "org/name_v1.0",
+        ] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/../b",
+            "a/b/c",
+            "/abs",
+            "org/",
+            ".hidden/x",
+            "a/b?x=1",
+            "a b",
+        ] {
+            let err = check_id(bad).unwrap_err();
+            assert!(err.contains("not a model id"), "{bad}: {err}");
+        }
+    }
 }

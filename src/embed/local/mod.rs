@@ -124,6 +124,7 @@ impl LocalEmbedder {
     /// returns at once. `Err` when it can be neither loaded nor fetched, or
     /// its dimension cannot be known before it is.
     pub async fn open(settings: LocalSettings) -> Result<Self, EmbedError> {
+        catalog::check_id(&settings.model).map_err(EmbedError::Failed)?;
         let known = catalog::known(&settings.model);
         let dir = settings.dir();
         let present = settings.is_present();
@@ -135,7 +136,7 @@ impl LocalEmbedder {
             changed: Notify::new(),
         });
         let dims = if present {
-            let model = load(dir.clone(), known.map(|k| k.pooling)).await?;
+            let model = load(&settings).await?;
             let dims = model.dims();
             if let Some(k) = known
                 && k.dims != dims
@@ -337,13 +338,13 @@ impl LocalEmbedder {
 /// The last [`QUERY_CACHE_ENTRIES`] query vectors, oldest out first.
 #[derive(Default)]
 struct QueryCache {
-    vectors: HashMap<String, Arc<Vec<f32>>>,
+    vectors: HashMap<String, Vec<f32>>,
     order: VecDeque<String>,
 }
 
 impl QueryCache {
     fn get(&self, text: &str) -> Option<Vec<f32>> {
-        self.vectors.get(text).map(|v| v.as_ref().clone())
+        self.vectors.get(text).cloned()
     }
 
     fn put(&mut self, text: &str, vector: Vec<f32>) {
@@ -356,7 +357,7 @@ impl QueryCache {
             self.vectors.remove(&oldest);
         }
         self.order.push_back(text.to_owned());
-        self.vectors.insert(text.to_owned(), Arc::new(vector));
+        self.vectors.insert(text.to_owned(), vector);
     }
 }
 
@@ -368,9 +369,12 @@ fn loading() -> State {
     }
 }
 
-/// Loads the model in `dir` on a blocking thread.
-async fn load(dir: PathBuf, pooling: Option<Pooling>) -> Result<SentenceModel, EmbedError> {
-    tokio::task::spawn_blocking(move || SentenceModel::load(&dir, pooling.unwrap_or(Pooling::Mean)))
+/// Loads the model `settings` name from its directory, on a blocking thread
+/// (pooling from the catalog when the directory does not say).
+async fn load(settings: &LocalSettings) -> Result<SentenceModel, EmbedError> {
+    let dir = settings.dir();
+    let pooling = catalog::known(&settings.model).map_or(Pooling::Mean, |k| k.pooling);
+    tokio::task::spawn_blocking(move || SentenceModel::load(&dir, pooling))
         .await
         .map_err(|e| EmbedError::Failed(format!("loading the model failed: {e}")))?
         .map_err(EmbedError::Failed)
@@ -386,9 +390,7 @@ async fn fetch(settings: &LocalSettings, shared: &Shared) -> Result<SentenceMode
     let dir = settings.dir();
     if settings.is_present() {
         // Another process fetched it meanwhile.
-        return load(dir, catalog::known(&settings.model).map(|k| k.pooling))
-            .await
-            .map_err(|EmbedError::Failed(e)| e);
+        return load(settings).await.map_err(|EmbedError::Failed(e)| e);
     }
     tracing::info!(model = %settings.model, hub = base, dir = %dir.display(), "downloading the embedding model");
     let last_logged = Mutex::new((String::new(), 0u64));
@@ -410,9 +412,7 @@ async fn fetch(settings: &LocalSettings, shared: &Shared) -> Result<SentenceMode
     hub.pull(&settings.model, &dir, &progress)
         .await
         .map_err(|e| format!("{e}. {}", offline_help(settings)))?;
-    load(dir, catalog::known(&settings.model).map(|k| k.pooling))
-        .await
-        .map_err(|EmbedError::Failed(e)| e)
+    load(settings).await.map_err(|EmbedError::Failed(e)| e)
 }
 
 /// What to do when the model cannot be downloaded.
