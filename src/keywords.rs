@@ -142,19 +142,28 @@ impl Bm25 {
     /// The relevance in 0..=1 of a memory of `length` terms that holds query
     /// term `i` `tf` times for each `(i, tf)` given.
     pub fn score(&self, length: u32, matches: impl IntoIterator<Item = (usize, u32)>) -> f32 {
+        let raw: f64 = matches
+            .into_iter()
+            .map(|(i, tf)| self.term_weight(i, tf, length))
+            .sum();
+        self.relevance(raw)
+    }
+
+    /// What query term `i`, held `tf` times by a memory of `length` terms,
+    /// adds to the memory's raw score (0 for an unknown term).
+    pub fn term_weight(&self, i: usize, tf: u32, length: u32) -> f64 {
+        let norm = K1 * (1.0 - B + B * f64::from(length) / self.average_length);
+        let tf = f64::from(tf);
+        self.idf
+            .get(i)
+            .map_or(0.0, |idf| idf * tf * (K1 + 1.0) / (tf + norm))
+    }
+
+    /// The relevance in 0..=1 of a memory whose term weights sum to `raw`.
+    pub fn relevance(&self, raw: f64) -> f32 {
         if self.scale <= 0.0 {
             return 0.0;
         }
-        let norm = K1 * (1.0 - B + B * f64::from(length) / self.average_length);
-        let raw: f64 = matches
-            .into_iter()
-            .filter_map(|(i, tf)| {
-                let tf = f64::from(tf);
-                self.idf
-                    .get(i)
-                    .map(|idf| idf * tf * (K1 + 1.0) / (tf + norm))
-            })
-            .sum();
         (raw / self.scale).min(1.0) as f32
     }
 }

@@ -34,8 +34,10 @@ pub use postgres::{
 };
 pub use sqlite::SqliteStore;
 
+mod keyword_copy;
 mod report;
 mod shared;
+mod sketch;
 mod traits;
 mod types;
 

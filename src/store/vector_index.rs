@@ -15,6 +15,13 @@
 //! Quantisation: each vector is scaled so its largest |component| maps to 127.
 //! Scores are approximate (typically within 0.01 of the exact cosine); callers
 //! that need exact similarity (dedup) re-check candidates against the stored f32.
+//!
+//! Each row also keeps a 256-bit [`sketch`] of its vector: the near-duplicate
+//! check ([`UserVectors::near`]) of a large copy reads those first and scores
+//! only the rows they leave.
+//!
+//! The copy holds the same memories' keyword postings too ([`UserKeywords`]),
+//! so one generation check covers both signals of a search.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +29,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::RwLock;
 
+use super::keyword_copy::UserKeywords;
+use super::sketch::{self, Sketch};
+use crate::keywords::DocumentTerms;
 use crate::model::MemoryId;
 
 /// Which of a user's rows a scan counts.
@@ -54,8 +64,11 @@ pub struct UserVectors {
     scope_index: HashMap<(Option<String>, Option<String>), usize>,
     codes: Vec<i8>,
     inv_scales: Vec<f32>,
-    /// Row count, readable by the index without taking this copy's lock.
-    rows: Arc<AtomicUsize>,
+    sketches: Vec<Sketch>,
+    keywords: UserKeywords,
+    /// Approximate bytes held, readable by the index without taking this
+    /// copy's lock.
+    bytes: Arc<AtomicUsize>,
 }
 
 impl UserVectors {
@@ -76,10 +89,20 @@ impl UserVectors {
         self.scope_index.clear();
         self.codes.clear();
         self.inv_scales.clear();
-        self.rows.store(0, Ordering::Relaxed);
+        self.sketches.clear();
+        self.keywords.clear();
+        self.account();
     }
 
-    /// Adds a row for memory `pk` of agent `agent_id` and run `run_id`.
+    /// Publishes the bytes held, for the index's budget.
+    fn account(&self) {
+        let row = self.dims + std::mem::size_of::<(i64, MemoryId, usize, f32, Sketch)>();
+        let bytes = self.pks.len() * row + self.keywords.bytes();
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds a row for memory `pk` of agent `agent_id` and run `run_id`,
+    /// with its vector and its text's keyword terms.
     pub fn push(
         &mut self,
         pk: i64,
@@ -87,6 +110,7 @@ impl UserVectors {
         agent_id: Option<&str>,
         run_id: Option<&str>,
         vector: &[f32],
+        terms: &DocumentTerms,
     ) {
         debug_assert_eq!(vector.len(), self.dims);
         let key = (agent_id.map(str::to_owned), run_id.map(str::to_owned));
@@ -100,26 +124,34 @@ impl UserVectors {
         self.ids.push(id);
         self.scopes.push(scope);
         self.inv_scales.push(inv_scale);
-        self.rows.store(self.pks.len(), Ordering::Relaxed);
+        self.sketches.push(sketch::sketch(vector));
+        self.keywords.insert(pk, id, scope, terms);
+        self.account();
     }
 
-    /// Gives row `pk` a new vector (its memory's text changed, not its scope).
-    pub fn replace(&mut self, pk: i64, vector: &[f32]) {
+    /// Gives row `pk` a new vector and terms (its memory's text changed,
+    /// not its scope).
+    pub fn replace(&mut self, pk: i64, vector: &[f32], terms: &DocumentTerms) {
         debug_assert_eq!(vector.len(), self.dims);
         if let Some(i) = self.pks.iter().position(|&p| p == pk) {
             let mut code = Vec::with_capacity(self.dims);
             self.inv_scales[i] = quantise_into(vector, &mut code);
+            self.sketches[i] = sketch::sketch(vector);
             self.codes[i * self.dims..(i + 1) * self.dims].copy_from_slice(&code);
+            self.keywords.insert(pk, self.ids[i], self.scopes[i], terms);
+            self.account();
         }
     }
 
     pub fn remove(&mut self, pk: i64) {
+        self.keywords.remove(pk);
         if let Some(i) = self.pks.iter().position(|&p| p == pk) {
             let last = self.pks.len() - 1;
             self.pks.swap(i, last);
             self.ids.swap(i, last);
             self.scopes.swap(i, last);
             self.inv_scales.swap(i, last);
+            self.sketches.swap(i, last);
             let d = self.dims;
             if i != last {
                 let (head, tail) = self.codes.split_at_mut(last * d);
@@ -129,9 +161,10 @@ impl UserVectors {
             self.ids.pop();
             self.scopes.pop();
             self.inv_scales.pop();
+            self.sketches.pop();
             self.codes.truncate(last * d);
-            self.rows.store(self.pks.len(), Ordering::Relaxed);
         }
+        self.account();
     }
 
     /// Removes the rows of every pk in `gone` (pks it does not hold are
@@ -139,6 +172,9 @@ impl UserVectors {
     pub fn remove_many(&mut self, gone: &HashSet<i64>) {
         if gone.is_empty() {
             return;
+        }
+        for &pk in gone {
+            self.keywords.remove(pk);
         }
         let d = self.dims;
         let mut kept = 0;
@@ -151,6 +187,7 @@ impl UserVectors {
                 self.ids[kept] = self.ids[i];
                 self.scopes[kept] = self.scopes[i];
                 self.inv_scales[kept] = self.inv_scales[i];
+                self.sketches[kept] = self.sketches[i];
                 self.codes.copy_within(i * d..(i + 1) * d, kept * d);
             }
             kept += 1;
@@ -159,22 +196,32 @@ impl UserVectors {
         self.ids.truncate(kept);
         self.scopes.truncate(kept);
         self.inv_scales.truncate(kept);
+        self.sketches.truncate(kept);
         self.codes.truncate(kept * d);
-        self.rows.store(kept, Ordering::Relaxed);
+        self.account();
     }
 
-    /// The `k` rows most similar to `query` (approximate cosine), best first.
-    pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
-        self.top_k_among(query, k, Among::All)
-    }
-
-    /// As [`Self::top_k`], counting only the rows `among` selects.
-    pub fn top_k_among(&self, query: &[f32], k: usize, among: Among<'_>) -> Vec<Scored> {
-        if self.pks.is_empty() || k == 0 {
-            return Vec::new();
+    /// BM25 relevance (pk, id, score) of every memory `among` selects that
+    /// holds a term of `terms` (see [`UserKeywords::score`]).
+    pub fn keyword_scores(&self, terms: &[String], among: Among<'_>) -> Vec<(i64, MemoryId, f32)> {
+        match among {
+            Among::All => self.keywords.score(terms, |_| true),
+            Among::Scope { .. } => {
+                let scope_in = self.scope_filter(among);
+                self.keywords.score(terms, |scope| scope_in[scope])
+            }
+            Among::Pks(allowed) => {
+                let mut scores = self.keywords.score(terms, |_| true);
+                scores.retain(|(pk, ..)| allowed.contains(pk));
+                scores
+            }
         }
-        // Whether each scope of `scope_names` is in a scope filter.
-        let scope_in: Vec<bool> = match among {
+    }
+
+    /// Whether each scope of `scope_names` is in `among`'s agent and run
+    /// (empty for the other kinds).
+    fn scope_filter(&self, among: Among<'_>) -> Vec<bool> {
+        match among {
             Among::Scope { agent_id, run_id } => self
                 .scope_names
                 .iter()
@@ -184,7 +231,66 @@ impl UserVectors {
                 })
                 .collect(),
             _ => Vec::new(),
-        };
+        }
+    }
+
+    /// The `k` rows most similar to `query` (approximate cosine), best first.
+    pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Scored> {
+        self.top_k_among(query, k, Among::All)
+    }
+
+    /// Up to `k` rows whose approximate cosine with `query` reaches
+    /// `min_score`, best first: the near-duplicate check. A copy of
+    /// [`SKETCH_FROM_ROWS`] rows or more is first narrowed by sketch (see
+    /// [`sketch`]), which reads a twelfth of the bytes of a full scan at 384
+    /// dimensions; a smaller one is scanned in full.
+    pub fn near(&self, query: &[f32], min_score: f32, k: usize) -> Vec<Scored> {
+        if self.pks.len() >= SKETCH_FROM_ROWS {
+            self.near_by_sketch(query, min_score, k)
+        } else {
+            let mut best = self.top_k(query, k);
+            best.retain(|s| s.score >= min_score);
+            best
+        }
+    }
+
+    /// [`Self::near`] through the sketches, whatever the copy's size.
+    fn near_by_sketch(&self, query: &[f32], min_score: f32, k: usize) -> Vec<Scored> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let rows = sketch::within(
+            &sketch::sketch(query),
+            &self.sketches,
+            sketch::max_distance(min_score),
+        );
+        let d = self.dims;
+        let mut q = Vec::with_capacity(d);
+        let q_inv = quantise_into(query, &mut q);
+        let scored = rows
+            .into_iter()
+            .map(|i| {
+                let mut score = [0.0f32];
+                scan(&q, &self.codes[i * d..(i + 1) * d], d, &mut score);
+                (i, score[0] * q_inv * self.inv_scales[i])
+            })
+            .filter(|&(_, score)| score >= min_score);
+        best_k(scored, k)
+            .into_iter()
+            .map(|(i, score)| Scored {
+                pk: self.pks[i],
+                id: self.ids[i],
+                score,
+            })
+            .collect()
+    }
+
+    /// As [`Self::top_k`], counting only the rows `among` selects.
+    pub fn top_k_among(&self, query: &[f32], k: usize, among: Among<'_>) -> Vec<Scored> {
+        if self.pks.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let scope_in = self.scope_filter(among);
         let counted = |i: usize| match among {
             Among::All => true,
             Among::Scope { .. } => scope_in[self.scopes[i]],
@@ -271,6 +377,10 @@ fn best_k(scored: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<(usize, f
     best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     best
 }
+
+/// Rows from which [`UserVectors::near`] narrows by sketch first. Below,
+/// a full scan costs under half a millisecond.
+pub const SKETCH_FROM_ROWS: usize = 8 * 1024;
 
 /// Rows per thread below which a scan stays on the calling thread (a thread
 /// costs tens of microseconds; a 16k-row slice takes about a millisecond).
@@ -386,7 +496,7 @@ struct Slots {
 #[derive(Debug)]
 struct Slot {
     vectors: Arc<RwLock<UserVectors>>,
-    rows: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
     last_used: u64,
 }
 
@@ -410,7 +520,7 @@ impl VectorIndex {
         let slot = state.by_user.entry(user_id.to_owned()).or_insert_with(|| {
             let vectors = UserVectors::new(self.dims);
             Slot {
-                rows: vectors.rows.clone(),
+                bytes: vectors.bytes.clone(),
                 vectors: Arc::new(RwLock::new(vectors)),
                 last_used: tick,
             }
@@ -428,8 +538,7 @@ impl VectorIndex {
 
     /// Drops least recently used copies, other than `keep`'s, until within budget.
     fn evict_over_budget(&self, state: &mut Slots, keep: &str) {
-        let row_bytes = self.dims + std::mem::size_of::<(i64, MemoryId, f32)>();
-        let bytes = |slot: &Slot| slot.rows.load(Ordering::Relaxed) * row_bytes;
+        let bytes = |slot: &Slot| slot.bytes.load(Ordering::Relaxed);
         let mut total: usize = state.by_user.values().map(bytes).sum();
         while total > self.budget_bytes {
             let victim = state
@@ -458,6 +567,7 @@ impl VectorIndex {
 mod tests {
     use super::*;
     use crate::embed::{HashEmbedder, dot};
+    use crate::keywords::document_terms;
 
     #[test]
     fn best_k_keeps_the_k_highest_in_order_as_a_full_sort_would() {
@@ -486,12 +596,19 @@ mod tests {
         uv.reset(1);
         let ids: Vec<MemoryId> = (0..20).map(|_| MemoryId::new()).collect();
         for (i, t) in texts.iter().enumerate() {
-            uv.push(i as i64, ids[i], None, None, &e.embed(t));
+            uv.push(
+                i as i64,
+                ids[i],
+                None,
+                None,
+                &e.embed(t),
+                &document_terms(t),
+            );
         }
         let gone: HashSet<i64> = [0, 3, 4, 19, 99].into_iter().collect();
         uv.remove_many(&gone);
         assert_eq!(uv.pks.len(), 16);
-        assert_eq!(uv.rows.load(Ordering::Relaxed), 16);
+        assert_eq!(uv.pks.len(), 16);
         for (i, t) in texts.iter().enumerate() {
             let best = uv.top_k(&e.embed(t), 1);
             if gone.contains(&(i as i64)) {
@@ -513,7 +630,14 @@ mod tests {
         uv.reset(1);
         let vecs: Vec<Vec<f32>> = texts.iter().map(|t| e.embed(t)).collect();
         for (i, v) in vecs.iter().enumerate() {
-            uv.push(i as i64, MemoryId::new(), None, None, v);
+            uv.push(
+                i as i64,
+                MemoryId::new(),
+                None,
+                None,
+                v,
+                &document_terms(&texts[i]),
+            );
         }
         let q = e.embed("topic 3 and place 5");
         let approx = uv.top_k(&q, 10);
@@ -532,6 +656,86 @@ mod tests {
             .collect();
         exact.sort_by(|a, b| b.1.total_cmp(&a.1));
         assert_eq!(approx[0].pk as usize, exact[0].0);
+    }
+
+    /// The sketch pass drops nothing a full scan finds: near-repeats of
+    /// memories (a word or a number changed) over hash vectors, checked
+    /// after rows were replaced and removed, so the sketches stay aligned.
+    #[test]
+    fn the_sketch_pass_finds_every_near_row_a_full_scan_finds() {
+        let e = HashEmbedder::new(384);
+        let subjects = ["My sister", "My boss", "Our neighbour", "The user"];
+        let verbs = ["likes", "hates", "collects", "writes about"];
+        let things = [
+            "espresso",
+            "green tea",
+            "old maps",
+            "jazz records",
+            "trail running",
+        ];
+        let text = |i: usize| {
+            format!(
+                "{} {} {} in {} (note {})",
+                subjects[i % 4],
+                verbs[i / 4 % 4],
+                things[i / 16 % 5],
+                ["Lisbon", "Oslo", "Quito"][i / 80 % 3],
+                i % 50
+            )
+        };
+        let mut uv = UserVectors::new(384);
+        uv.reset(1);
+        for i in 0..2000 {
+            uv.push(
+                i as i64,
+                MemoryId::new(),
+                None,
+                None,
+                &e.embed(&text(i)),
+                &document_terms(&text(i)),
+            );
+        }
+        let sailing = "Something else entirely, about sailing";
+        uv.replace(5, &e.embed(sailing), &document_terms(sailing));
+        uv.remove(6);
+        uv.remove_many(&HashSet::from([7, 8, 1999]));
+        let (mut compared, mut found) = (0, 0);
+        for i in (0..2400).step_by(7) {
+            let query = e.embed(&text(i));
+            let mut full = uv.top_k(&query, 8);
+            full.retain(|s| s.score >= 0.85);
+            let sketched = uv.near_by_sketch(&query, 0.85, 8);
+            let pks = |hits: &[Scored]| hits.iter().map(|s| s.pk).collect::<Vec<_>>();
+            // Ties at the cut may fall either way; compare what both agree is in.
+            let cut = full.last().map_or(f32::MAX, |s| s.score);
+            let above = |hits: &[Scored]| {
+                let mut pks: Vec<i64> = hits
+                    .iter()
+                    .filter(|s| s.score > cut)
+                    .map(|s| s.pk)
+                    .collect();
+                pks.sort_unstable();
+                pks
+            };
+            assert_eq!(
+                above(&full),
+                above(&sketched),
+                "query {i}: {:?} vs {:?}",
+                pks(&full),
+                pks(&sketched)
+            );
+            assert_eq!(full.len(), sketched.len(), "query {i}");
+            compared += 1;
+            found += full.len();
+        }
+        assert!(
+            found > compared * 4,
+            "the queries had near rows to find: {found}"
+        );
+        assert!(
+            uv.near_by_sketch(&e.embed("Something else entirely, about sailing"), 0.85, 8)[0].pk
+                == 5
+        );
     }
 
     #[test]
@@ -574,14 +778,33 @@ mod tests {
     #[tokio::test]
     async fn least_recently_used_users_are_dropped_past_the_budget() {
         let dims = 8;
-        let row_bytes = dims + std::mem::size_of::<(i64, MemoryId, f32)>();
+        let mut probe = UserVectors::new(dims);
+        for pk in 0..10 {
+            probe.push(
+                pk,
+                MemoryId::new(),
+                None,
+                None,
+                &[0.5; 8],
+                &document_terms(""),
+            );
+        }
+        let row_bytes = probe.bytes.load(Ordering::Relaxed) / 10;
+        assert!(row_bytes > dims, "a row counts its codes and more");
         let index = VectorIndex::new(dims, 25 * row_bytes);
         for user in ["a", "b", "c"] {
             let vectors = index.user(user);
             let mut v = vectors.write().await;
             v.reset(1);
             for pk in 0..10 {
-                v.push(pk, MemoryId::new(), None, None, &[0.5; 8]);
+                v.push(
+                    pk,
+                    MemoryId::new(),
+                    None,
+                    None,
+                    &[0.5; 8],
+                    &document_terms(""),
+                );
             }
         }
         // 30 rows cached, budget 25: asking for "c" again drops "a", the oldest.
@@ -589,15 +812,24 @@ mod tests {
         assert_eq!(index.cached_users(), ["b", "c"]);
         // The one being asked for stays even when it alone is over budget.
         let big = index.user("b");
-        big.write()
-            .await
-            .push(99, MemoryId::new(), None, None, &[0.5; 8]);
+        big.write().await.push(
+            99,
+            MemoryId::new(),
+            None,
+            None,
+            &[0.5; 8],
+            &document_terms(""),
+        );
         let vectors = index.user("b");
         for pk in 100..120 {
-            vectors
-                .write()
-                .await
-                .push(pk, MemoryId::new(), None, None, &[0.5; 8]);
+            vectors.write().await.push(
+                pk,
+                MemoryId::new(),
+                None,
+                None,
+                &[0.5; 8],
+                &document_terms(""),
+            );
         }
         index.user("b");
         assert_eq!(index.cached_users(), ["b"]);
@@ -614,7 +846,14 @@ mod tests {
             (3, None, Some("r"), "blue sky"),
             (4, Some("b"), None, "red sky"),
         ] {
-            uv.push(pk, MemoryId::new(), agent, run, &e.embed(t));
+            uv.push(
+                pk,
+                MemoryId::new(),
+                agent,
+                run,
+                &e.embed(t),
+                &document_terms(t),
+            );
         }
         let q = e.embed("red apples");
         let pks = |uv: &UserVectors, among| -> Vec<i64> {
@@ -644,9 +883,23 @@ mod tests {
         let e = HashEmbedder::new(32);
         let mut uv = UserVectors::new(32);
         uv.reset(1);
-        uv.push(7, MemoryId::new(), Some("a"), None, &e.embed("alpha"));
-        uv.push(8, MemoryId::new(), Some("b"), None, &e.embed("bravo"));
-        uv.replace(7, &e.embed("charlie"));
+        uv.push(
+            7,
+            MemoryId::new(),
+            Some("a"),
+            None,
+            &e.embed("alpha"),
+            &document_terms("alpha"),
+        );
+        uv.push(
+            8,
+            MemoryId::new(),
+            Some("b"),
+            None,
+            &e.embed("bravo"),
+            &document_terms("bravo"),
+        );
+        uv.replace(7, &e.embed("charlie"), &document_terms("charlie"));
         let among = Among::Scope {
             agent_id: Some("a"),
             run_id: None,
@@ -662,7 +915,14 @@ mod tests {
         let mut uv = UserVectors::new(32);
         uv.reset(1);
         for (pk, t) in [(10, "alpha"), (11, "bravo"), (12, "charlie")] {
-            uv.push(pk, MemoryId::new(), None, None, &e.embed(t));
+            uv.push(
+                pk,
+                MemoryId::new(),
+                None,
+                None,
+                &e.embed(t),
+                &document_terms(t),
+            );
         }
         uv.remove(10);
         assert_eq!(uv.top_k(&e.embed("x"), 10).len(), 2);

@@ -1,30 +1,23 @@
 //! The SQLite keyword index: one `keyword_postings` row per distinct term of
 //! each current memory (with the memory's agent and run), clustered by
 //! (user, term), and per-user statistics in `keyword_users` (kept by
-//! triggers, see the migrations). Scoring is [`Bm25`] in Rust over the
-//! postings of the query's terms, so a query reads exactly the rows of its
-//! terms for its user and nothing of other users; one narrowed to an agent or
-//! a run scores only that scope's postings, with the user's statistics.
+//! triggers, see the migrations). Searches score with BM25 over the user's
+//! in-process copy of the same postings ([`crate::store::keyword_copy`]),
+//! built from the memories' texts when the copy loads.
 //!
 //! Invariant: every current memory has postings for exactly the terms of its
 //! text ([`keywords::document_terms`]) and `keyword_length` set to its term
 //! count; the store writes both with the text, in the same transaction.
 
-use std::collections::HashMap;
-
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row, SqlitePool};
+use sqlx::{Connection, SqlitePool};
 
 use super::{StoreError, advance_every_generation, db};
-use crate::keywords::{self, Bm25, Corpus, DocumentTerms};
-use crate::model::Scope;
+use crate::keywords::{self, DocumentTerms};
 
 /// What `store_info.keyword_index` says once every current memory is indexed
 /// as this version of [`crate::keywords`] cuts text.
 const INDEX_VERSION: &str = keywords::INDEX_VERSION;
-
-/// One posting as read: (query term index, memory pk, term count, memory length).
-type Posting = (usize, i64, u32, u32);
 
 /// Writes the postings of a memory's text (its `keyword_length` is written
 /// with the row, and its scope read from it).
@@ -50,118 +43,6 @@ pub(super) async fn index_terms(
     .await
     .map_err(db("indexing keywords"))?;
     Ok(())
-}
-
-/// Every current memory in `scope` holding a term of `terms`, with its
-/// relevance (pk, score), in no particular order. A scope narrowed to an
-/// agent or a run reads only that scope's postings.
-pub(super) async fn score_all(
-    conn: &mut SqliteConnection,
-    scope: &Scope,
-    terms: &[String],
-) -> Result<Vec<(i64, f32)>, StoreError> {
-    if !scope.is_whole_user() {
-        let among = (scope.user_id().as_str(), scope.agent_id(), scope.run_id());
-        return score_some(conn, among, terms, None).await;
-    }
-    // One statement, so statistics and postings come from one snapshot; one
-    // JSON value, because sqlx hands rows over one at a time between threads.
-    // Every posting of the terms is read, so they give the frequencies too.
-    let row = sqlx::query(
-        "SELECT coalesce((SELECT docs FROM keyword_users WHERE user_id = ?1), 0) AS docs, \
-                coalesce((SELECT total_length FROM keyword_users WHERE user_id = ?1), 0) AS total, \
-                (SELECT json_group_array(json_array(j.key, p.pk, p.tf, p.length)) \
-                 FROM json_each(?2) j CROSS JOIN keyword_postings p \
-                   ON p.user_id = ?1 AND p.term = j.value) AS postings",
-    )
-    .bind(scope.user_id().as_str())
-    .bind(terms_json(terms)?)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db("searching keywords"))?;
-    let corpus = corpus(&row)?;
-    let postings: Vec<Posting> = json_column(&row, "postings")?;
-    let mut doc_freq = vec![0u64; terms.len()];
-    for &(term, ..) in &postings {
-        if let Some(n) = doc_freq.get_mut(term) {
-            *n += 1;
-        }
-    }
-    Ok(score(corpus, &doc_freq, &postings))
-}
-
-/// The relevance of each of `pks` (current memories of the user) that holds
-/// a term of `terms`; the others score 0 and are left out.
-pub(super) async fn score_pks(
-    conn: &mut SqliteConnection,
-    user_id: &str,
-    terms: &[String],
-    pks: &[i64],
-) -> Result<HashMap<i64, f32>, StoreError> {
-    Ok(score_some(conn, (user_id, None, None), terms, Some(pks))
-        .await?
-        .into_iter()
-        .collect())
-}
-
-/// The relevance of the current memories in `among` (a user, and an agent
-/// and a run when given; and among `pks`, when given) holding a term of
-/// `terms`. Only their postings are read; the
-/// frequencies are counted over all of the user's, the statistics BM25
-/// scores with whatever the scope.
-async fn score_some(
-    conn: &mut SqliteConnection,
-    (user_id, agent_id, run_id): (&str, Option<&str>, Option<&str>),
-    terms: &[String],
-    pks: Option<&[i64]>,
-) -> Result<Vec<(i64, f32)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT coalesce((SELECT docs FROM keyword_users WHERE user_id = ?1), 0) AS docs, \
-                coalesce((SELECT total_length FROM keyword_users WHERE user_id = ?1), 0) AS total, \
-                (SELECT json_group_array(json_array(f.key, f.n)) FROM ( \
-                    SELECT j.key, count(p.pk) AS n FROM json_each(?2) j \
-                    LEFT JOIN keyword_postings p ON p.user_id = ?1 AND p.term = j.value \
-                    GROUP BY j.key) f) AS doc_freq, \
-                (SELECT json_group_array(json_array(j.key, p.pk, p.tf, p.length)) \
-                 FROM json_each(?2) j CROSS JOIN keyword_postings p \
-                   ON p.user_id = ?1 AND p.term = j.value \
-                 WHERE (?3 IS NULL OR p.agent_id = ?3) AND (?4 IS NULL OR p.run_id = ?4) \
-                   AND (?5 IS NULL OR p.pk IN (SELECT value FROM json_each(?5)))) AS postings",
-    )
-    .bind(user_id)
-    .bind(terms_json(terms)?)
-    .bind(agent_id)
-    .bind(run_id)
-    .bind(pks.map(|pks| serde_json::Value::from(pks.to_vec()).to_string()))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db("scoring keywords"))?;
-    let corpus = corpus(&row)?;
-    let mut doc_freq = vec![0u64; terms.len()];
-    for (term, n) in json_column::<Vec<(usize, u64)>>(&row, "doc_freq")? {
-        if let Some(slot) = doc_freq.get_mut(term) {
-            *slot = n;
-        }
-    }
-    let postings: Vec<Posting> = json_column(&row, "postings")?;
-    Ok(score(corpus, &doc_freq, &postings))
-}
-
-/// BM25 of each memory among `postings`.
-fn score(corpus: Corpus, doc_freq: &[u64], postings: &[Posting]) -> Vec<(i64, f32)> {
-    let bm25 = Bm25::new(corpus, doc_freq);
-    let mut by_memory: HashMap<i64, (u32, Vec<(usize, u32)>)> = HashMap::new();
-    for &(term, pk, tf, length) in postings {
-        by_memory
-            .entry(pk)
-            .or_insert_with(|| (length, Vec::new()))
-            .1
-            .push((term, tf));
-    }
-    by_memory
-        .into_iter()
-        .map(|(pk, (length, matches))| (pk, bm25.score(length, matches)))
-        .collect()
 }
 
 /// Indexes every current memory if the store was last written by a version
@@ -241,38 +122,11 @@ pub(super) async fn ensure_index(pool: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn terms_json(terms: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(terms).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn corpus(row: &sqlx::sqlite::SqliteRow) -> Result<Corpus, StoreError> {
-    let docs: i64 = row
-        .try_get("docs")
-        .map_err(db("reading keyword statistics"))?;
-    let total: i64 = row
-        .try_get("total")
-        .map_err(db("reading keyword statistics"))?;
-    Ok(Corpus {
-        docs: docs.max(0) as u64,
-        total_length: total.max(0) as u64,
-    })
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(
-    row: &sqlx::sqlite::SqliteRow,
-    column: &str,
-) -> Result<T, StoreError> {
-    let raw: String = row
-        .try_get(column)
-        .map_err(db("reading keyword postings"))?;
-    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::embed::{Embedder, HashEmbedder};
-    use crate::model::MetadataFilter;
+    use crate::model::{MetadataFilter, Scope};
     use crate::store::{Search, SearchScope, SqliteStore};
 
     /// A store whose postings were written before they carried a scope gets

@@ -1,5 +1,6 @@
-//! Search ([`Search`]): the in-process vector scan and the keyword index,
-//! narrowed by agent and run on both, by metadata through the rows that pass it.
+//! Search ([`Search`]): the user's in-process copy (the vector scan and the
+//! keyword postings), narrowed by agent and run on both, by metadata through
+//! the rows that pass it; exact cosines read from the stored vectors.
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,13 +8,15 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
-use super::keyword_index::{self};
-use super::rows::{filter_json, json_array, parse_id};
+use tokio::sync::OwnedRwLockReadGuard;
+
+use super::rows::{filter_json, parse_id};
 use super::vectors::{exact_scores, exact_scores_and_ids};
+use super::versions::generation;
 use super::{SqliteStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
-use crate::store::vector_index::Among;
+use crate::store::vector_index::{Among, UserVectors};
 use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
 
 /// A vector search re-ranks `limit * RERANK_FACTOR + RERANK_EXTRA` approximate
@@ -23,6 +26,25 @@ pub(super) const RERANK_FACTOR: usize = 2;
 pub(super) const RERANK_EXTRA: usize = 10;
 
 impl SqliteStore {
+    /// The user's copy at `generation`, read from `conn` (whose snapshot
+    /// must be at that generation) if it is not there already.
+    pub(super) async fn copy_at(
+        &self,
+        conn: &mut SqliteConnection,
+        user_id: &str,
+        generation: i64,
+    ) -> Result<OwnedRwLockReadGuard<UserVectors>, StoreError> {
+        let entry = self.index.user(user_id);
+        let copy = entry.clone().read_owned().await;
+        if copy.generation == Some(generation) {
+            return Ok(copy);
+        }
+        drop(copy);
+        let mut copy = entry.write_owned().await;
+        self.sync_vectors(conn, user_id, &mut copy).await?;
+        Ok(copy.downgrade())
+    }
+
     /// The pks of the user's current memories that have expired but are
     /// not purged yet: searches leave them out before they cut at a limit,
     /// so an expired memory never takes a live one's place.
@@ -138,47 +160,31 @@ impl Search for SqliteStore {
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        let user_id = at.scope.user_id();
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db("searching keywords"))?;
-        // Agent and run narrow the postings read; a metadata filter is
-        // checked on the memories that match.
-        let mut scored = keyword_index::score_all(&mut conn, at.scope, &terms).await?;
-        let expired = Self::expired_pks(&mut conn, at.scope.user_id()).await?;
-        scored.retain(|(pk, _)| !expired.contains(pk));
-        if !at.filter.is_empty() {
-            let allowed = self.scoped_pks(&mut conn, at).await?;
-            scored.retain(|(pk, _)| allowed.contains(pk));
-        }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        // The best `limit` and any tied with the last of them: ties are
-        // broken by id, which only the rows know.
-        if let Some(&(_, cut)) = scored.get(limit - 1) {
-            scored.retain(|&(_, score)| score >= cut);
-        }
-        let scores: HashMap<i64, f32> = scored.into_iter().collect();
-        let pks: Vec<i64> = scores.keys().copied().collect();
-        let rows = sqlx::query(concat!(
-            "SELECT m.pk, m.id FROM json_each(?) j CROSS JOIN memories m ON m.pk = j.value \
-             WHERE m.valid_to IS NULL AND ",
-            unexpired!("m")
-        ))
-        .bind(json_array(&pks))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("reading keyword hits"))?;
-        let mut hits = rows
-            .iter()
-            .map(|row| {
-                let pk: i64 = row.try_get("pk").map_err(db("reading a keyword hit"))?;
-                Ok(Hit {
-                    id: parse_id(row)?,
-                    score: scores.get(&pk).copied().unwrap_or(0.0),
-                })
-            })
-            .collect::<Result<Vec<Hit>, StoreError>>()?;
+        let allowed = if at.filter.is_empty() {
+            None
+        } else {
+            Some(self.scoped_pks(&mut conn, at).await?)
+        };
+        let expired = Self::expired_pks(&mut conn, user_id).await?;
+        // The copy at the user's current generation holds the postings and
+        // ids of exactly the current memories: no rows to read.
+        let mut tx = conn.begin().await.map_err(db("searching keywords"))?;
+        let now = generation(&mut tx, user_id).await?;
+        let copy = self.copy_at(&mut tx, user_id, now).await?;
+        tx.commit().await.map_err(db("searching keywords"))?;
+        let mut hits: Vec<Hit> = copy
+            .keyword_scores(&terms, among(at, allowed.as_ref()))
+            .into_iter()
+            .filter(|(pk, ..)| !expired.contains(pk))
+            .map(|(_, id, score)| Hit { id, score })
+            .collect();
+        drop(copy);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
         hits.truncate(limit);
         Ok(hits)
@@ -211,52 +217,42 @@ impl Search for SqliteStore {
         // before its cut, and make room in the vector scan's pool.
         let expired = Self::expired_pks(&mut conn, user_id).await?;
         let pool = depth * RERANK_FACTOR + RERANK_EXTRA + expired.len();
-        // The keyword postings are read on the database's thread while this
-        // one scans the vector copy: the two sides overlap. As in
-        // vector_search, the copy is scanned as it is; its generation is
-        // checked in the statement that reads the exact vectors, and a copy
-        // behind is reloaded.
-        let postings = async {
-            if terms.is_empty() {
-                Ok(Vec::new())
-            } else {
-                keyword_index::score_all(&mut conn, at.scope, &terms).await
-            }
-        };
-        let scan = async {
-            let vecs = entry.read().await;
-            (vecs.generation, vecs.top_k_among(vector, pool, among))
-        };
-        let (postings, (seen, approx)) = tokio::join!(postings, scan);
-        let mut keyword: HashMap<i64, f32> = postings?.into_iter().collect();
-        if let Some(allowed) = &allowed {
-            keyword.retain(|pk, _| allowed.contains(pk));
-        }
-        keyword.retain(|pk, _| !expired.contains(pk));
-        let by_keyword = best_with_ties(&keyword, depth);
-        let union = |approx: &[crate::store::vector_index::Scored]| -> Vec<i64> {
-            let mut pks: Vec<i64> = approx
+        // Both signals come from the copy as it is, under one read lock;
+        // its generation is checked in the statement that reads the exact
+        // vectors, and a copy behind is reloaded and both signals redone.
+        let signals = |copy: &UserVectors| {
+            let approx = copy.top_k_among(vector, pool, among);
+            let keyword: HashMap<i64, f32> = copy
+                .keyword_scores(&terms, among)
+                .into_iter()
+                .filter(|(pk, ..)| !expired.contains(pk))
+                .map(|(pk, _, score)| (pk, score))
+                .collect();
+            let by_keyword = best_with_ties(&keyword, depth);
+            let mut union: Vec<i64> = approx
                 .iter()
                 .map(|s| s.pk)
                 .chain(by_keyword.iter().copied())
                 .collect();
-            pks.sort_unstable();
-            pks.dedup();
-            pks
+            union.sort_unstable();
+            union.dedup();
+            (approx, keyword, by_keyword, union)
         };
-        let (generation, exact) =
-            exact_scores_and_ids(&mut conn, user_id, &union(&approx), vector).await?;
-        let (approx, exact) = if seen == Some(generation) {
-            (approx, exact)
+        let (seen, (approx, keyword, by_keyword, union)) = {
+            let copy = entry.read().await;
+            (copy.generation, signals(&copy))
+        };
+        let (generation, exact) = exact_scores_and_ids(&mut conn, user_id, &union, vector).await?;
+        let (approx, keyword, by_keyword, exact) = if seen == Some(generation) {
+            (approx, keyword, by_keyword, exact)
         } else {
-            let mut vecs = entry.write().await;
+            let mut copy = entry.write().await;
             let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
-            self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-            let approx = vecs.top_k_among(vector, pool, among);
-            let (_, exact) =
-                exact_scores_and_ids(&mut tx, user_id, &union(&approx), vector).await?;
+            self.sync_vectors(&mut tx, user_id, &mut copy).await?;
+            let (approx, keyword, by_keyword, union) = signals(&copy);
+            let (_, exact) = exact_scores_and_ids(&mut tx, user_id, &union, vector).await?;
             tx.commit().await.map_err(db("loading vectors"))?;
-            (approx, exact)
+            (approx, keyword, by_keyword, exact)
         };
         let exact: HashMap<i64, (MemoryId, f32)> = exact
             .into_iter()
@@ -328,13 +324,19 @@ impl Search for SqliteStore {
             ));
         }
         let pks: Vec<i64> = found.iter().map(|(pk, _)| *pk).collect();
-        let (_, similarities) = exact_scores(&mut tx, user_id, &pks, vector).await?;
+        let (generation, similarities) = exact_scores(&mut tx, user_id, &pks, vector).await?;
         let similarities: HashMap<i64, f32> = similarities.into_iter().collect();
         let terms = keywords::query_terms(query);
-        let keyword = if terms.is_empty() {
+        let keyword: HashMap<i64, f32> = if terms.is_empty() {
             HashMap::new()
         } else {
-            keyword_index::score_pks(&mut tx, user_id, &terms, &pks).await?
+            let wanted: HashSet<i64> = pks.iter().copied().collect();
+            self.copy_at(&mut tx, user_id, generation)
+                .await?
+                .keyword_scores(&terms, Among::Pks(&wanted))
+                .into_iter()
+                .map(|(pk, _, score)| (pk, score))
+                .collect()
         };
         tx.commit().await.map_err(db("scoring memories"))?;
         Ok(found

@@ -8,13 +8,15 @@ use super::rows::{json_array, parse_id};
 use super::versions::generation;
 use super::{SqliteStore, db};
 use crate::embed::dot;
+use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::StoreError;
 use crate::store::vector_index::UserVectors;
 
 impl SqliteStore {
-    /// Keeps the in-process vectors of `user_id` at `generation`, reloading
-    /// from `conn` when they are behind.
+    /// Keeps the in-process copy of `user_id` (vectors and keyword
+    /// postings) at the user's generation, reloading from `conn` when it is
+    /// behind; returns that generation.
     pub(super) async fn sync_vectors(
         &self,
         conn: &mut SqliteConnection,
@@ -29,7 +31,7 @@ impl SqliteStore {
         // check counts them. One that expires after the load stays in the
         // copy until the next reload; the exact read below drops it.
         let rows = sqlx::query(concat!(
-            "SELECT m.pk, m.id, m.agent_id, m.run_id, v.embedding \
+            "SELECT m.pk, m.id, m.agent_id, m.run_id, m.content, v.embedding \
              FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
              WHERE m.user_id = ? AND m.valid_to IS NULL AND ",
             unexpired!("m")
@@ -51,12 +53,14 @@ impl SqliteStore {
             }
             let agent_id: Option<&str> = row.try_get("agent_id").map_err(db("reading a scope"))?;
             let run_id: Option<&str> = row.try_get("run_id").map_err(db("reading a scope"))?;
+            let content: &str = row.try_get("content").map_err(db("reading a memory"))?;
             vecs.push(
                 row.try_get("pk").map_err(db("reading a vector"))?,
                 parse_id(row)?,
                 agent_id,
                 run_id,
                 &embedding,
+                &keywords::document_terms(content),
             );
         }
         tracing::debug!(user_id, rows = rows.len(), generation, "loaded vectors");

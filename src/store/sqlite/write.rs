@@ -102,10 +102,18 @@ impl UserWrite<'_> {
     }
 }
 
-/// Adds the new memory `new`, stored at `pk`, to the user's vector copy.
+/// Adds the new memory `new`, stored at `pk`, to the user's copy.
 fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory) {
     let scope = &new.scope;
-    vecs.push(pk, new.id, scope.agent_id(), scope.run_id(), &new.embedding);
+    let terms = keywords::document_terms(&new.content);
+    vecs.push(
+        pk,
+        new.id,
+        scope.agent_id(),
+        scope.run_id(),
+        &new.embedding,
+        &terms,
+    );
 }
 
 impl SqliteStore {
@@ -135,9 +143,8 @@ impl SqliteStore {
         threshold: f32,
     ) -> Result<Option<(i64, f32)>, StoreError> {
         let candidates: Vec<i64> = vecs
-            .top_k(embedding, DEDUP_CANDIDATES)
+            .near(embedding, threshold - DEDUP_MARGIN, DEDUP_CANDIDATES)
             .into_iter()
-            .filter(|s| s.score >= threshold - DEDUP_MARGIN)
             .map(|s| s.pk)
             .collect();
         if candidates.is_empty() {
@@ -675,7 +682,7 @@ impl WriteBatch for SqliteBatch<'_> {
         .await
         .map_err(db("recording history"))?;
         self.generation = bump_generation(tx, user_id).await?;
-        self.copy.vecs.replace(pk, embedding);
+        self.copy.vecs.replace(pk, embedding, &terms);
         Ok(Some(memory))
     }
 

@@ -1,0 +1,283 @@
+//! An in-process copy of one user's keyword postings, held inside the
+//! user's vector copy ([`super::vector_index::UserVectors`]) and so loaded,
+//! changed and validated with it: the same generation covers both.
+//!
+//! Scoring is the store's BM25 ([`Bm25`]) over the memories the copy holds:
+//! term frequencies over the whole user, the postings scored only where the
+//! caller's scope filter admits them. Reading a query's postings here costs
+//! a pass over in-memory lists instead of a statement that reads and
+//! serialises every matching posting row.
+//!
+//! Invariant: each memory is in the copy at most once, with exactly the
+//! terms [`crate::keywords::document_terms`] gives its text, and `docs` /
+//! `total_length` are the count and summed lengths of the memories held.
+
+use std::collections::HashMap;
+
+use crate::keywords::{Bm25, Corpus, DocumentTerms};
+use crate::model::MemoryId;
+
+/// One memory's place in the copy.
+#[derive(Debug)]
+struct Slot {
+    pk: i64,
+    id: MemoryId,
+    length: u32,
+    /// The memory's scope, as numbered by the vector copy.
+    scope: usize,
+    /// Term ids of its postings.
+    terms: Box<[u32]>,
+}
+
+#[derive(Debug, Default)]
+pub struct UserKeywords {
+    term_ids: HashMap<Box<str>, u32>,
+    /// Each term id's postings: (slot, term count).
+    postings: Vec<Vec<(u32, u32)>>,
+    /// Memories by slot; a freed slot is `None` until reused.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    by_pk: HashMap<i64, u32>,
+    docs: u64,
+    total_length: u64,
+    posting_count: usize,
+}
+
+impl UserKeywords {
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Adds memory `pk` (`id`) of scope `scope` with its text's `terms`, in
+    /// place of what the copy held for it.
+    pub fn insert(&mut self, pk: i64, id: MemoryId, scope: usize, terms: &DocumentTerms) {
+        self.remove(pk);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let mut term_ids = Vec::with_capacity(terms.counts.len());
+        for (term, tf) in &terms.counts {
+            let next = u32::try_from(self.postings.len()).unwrap_or(u32::MAX);
+            let term_id = *self.term_ids.entry(term.as_str().into()).or_insert(next);
+            if term_id == next {
+                self.postings.push(Vec::new());
+            }
+            self.postings[term_id as usize].push((slot, *tf));
+            term_ids.push(term_id);
+        }
+        self.posting_count += term_ids.len();
+        self.slots[slot as usize] = Some(Slot {
+            pk,
+            id,
+            length: terms.length,
+            scope,
+            terms: term_ids.into(),
+        });
+        self.by_pk.insert(pk, slot);
+        self.docs += 1;
+        self.total_length += u64::from(terms.length);
+    }
+
+    /// Drops memory `pk`'s postings, if the copy holds it.
+    pub fn remove(&mut self, pk: i64) {
+        let Some(slot) = self.by_pk.remove(&pk) else {
+            return;
+        };
+        let Some(gone) = self.slots[slot as usize].take() else {
+            return;
+        };
+        for &id in &gone.terms {
+            let list = &mut self.postings[id as usize];
+            if let Some(at) = list.iter().position(|&(s, _)| s == slot) {
+                list.swap_remove(at);
+            }
+        }
+        self.posting_count -= gone.terms.len();
+        self.docs -= 1;
+        self.total_length -= u64::from(gone.length);
+        self.free.push(slot);
+    }
+
+    /// Approximate heap bytes held, for the copies' memory budget.
+    pub fn bytes(&self) -> usize {
+        self.posting_count * 8
+            + self.slots.len() * (std::mem::size_of::<Option<Slot>>() + 16)
+            + self.term_ids.len() * 48
+    }
+
+    /// BM25 relevance (pk, id, score) of every memory holding a term of
+    /// `terms` whose scope `counted` admits, in no particular order.
+    pub fn score(
+        &self,
+        terms: &[String],
+        counted: impl Fn(usize) -> bool,
+    ) -> Vec<(i64, MemoryId, f32)> {
+        let lists: Vec<&[(u32, u32)]> = terms
+            .iter()
+            .map(|term| {
+                self.term_ids
+                    .get(term.as_str())
+                    .map_or(&[][..], |&id| &self.postings[id as usize][..])
+            })
+            .collect();
+        let doc_freq: Vec<u64> = lists.iter().map(|list| list.len() as u64).collect();
+        let bm25 = Bm25::new(
+            Corpus {
+                docs: self.docs,
+                total_length: self.total_length,
+            },
+            &doc_freq,
+        );
+        // Raw scores by slot, summed term by term in query order. A term's
+        // weight is positive (its IDF is), so 0 means not yet touched.
+        let mut raw = vec![0.0f64; self.slots.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        for (i, list) in lists.iter().enumerate() {
+            for &(slot, tf) in *list {
+                let Some(memory) = &self.slots[slot as usize] else {
+                    continue;
+                };
+                if counted(memory.scope) {
+                    let sum = &mut raw[slot as usize];
+                    if *sum == 0.0 {
+                        touched.push(slot);
+                    }
+                    *sum += bm25.term_weight(i, tf, memory.length);
+                }
+            }
+        }
+        touched
+            .into_iter()
+            .filter_map(|slot| {
+                let memory = self.slots[slot as usize].as_ref()?;
+                Some((memory.pk, memory.id, bm25.relevance(raw[slot as usize])))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keywords::{document_terms, query_terms};
+
+    /// The copy scores as BM25 does over the same memories, computed here
+    /// from the texts alone.
+    fn reference(texts: &[(i64, &str)], query: &str) -> Vec<(i64, f32)> {
+        let terms = query_terms(query);
+        let docs: Vec<(i64, DocumentTerms)> = texts
+            .iter()
+            .map(|(pk, text)| (*pk, document_terms(text)))
+            .collect();
+        let doc_freq: Vec<u64> = terms
+            .iter()
+            .map(|t| {
+                docs.iter()
+                    .filter(|(_, d)| d.counts.iter().any(|(x, _)| x == t))
+                    .count() as u64
+            })
+            .collect();
+        let corpus = Corpus {
+            docs: docs.len() as u64,
+            total_length: docs.iter().map(|(_, d)| u64::from(d.length)).sum(),
+        };
+        let bm25 = Bm25::new(corpus, &doc_freq);
+        let mut out: Vec<(i64, f32)> = docs
+            .iter()
+            .filter_map(|(pk, d)| {
+                let matches: Vec<(usize, u32)> = terms
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| {
+                        d.counts.iter().find(|(x, _)| x == t).map(|(_, n)| (i, *n))
+                    })
+                    .collect();
+                (!matches.is_empty()).then(|| (*pk, bm25.score(d.length, matches)))
+            })
+            .collect();
+        out.sort_by_key(|&(pk, _)| pk);
+        out
+    }
+
+    fn sorted(scores: Vec<(i64, MemoryId, f32)>) -> Vec<(i64, f32)> {
+        let mut scores: Vec<(i64, f32)> = scores.into_iter().map(|(pk, _, s)| (pk, s)).collect();
+        scores.sort_by_key(|&(pk, _)| pk);
+        scores
+    }
+
+    fn insert(copy: &mut UserKeywords, pk: i64, scope: usize, text: &str) {
+        copy.insert(pk, MemoryId::new(), scope, &document_terms(text));
+    }
+
+    #[test]
+    fn scores_match_bm25_over_the_held_memories_through_inserts_and_removals() {
+        let mut texts: Vec<(i64, &str)> = vec![
+            (1, "Drinks green tea every morning"),
+            (2, "Tea before every long run, green or black"),
+            (3, "Coffee after the gym"),
+            (4, "Runs a long trail on Sundays"),
+            (5, "Hates tea"),
+        ];
+        let mut copy = UserKeywords::default();
+        for (pk, text) in &texts {
+            insert(&mut copy, *pk, 0, text);
+        }
+        for query in [
+            "green tea",
+            "long run",
+            "coffee",
+            "sailing",
+            "tea tea morning run",
+        ] {
+            assert_eq!(
+                sorted(copy.score(&query_terms(query), |_| true)),
+                reference(&texts, query),
+                "{query}"
+            );
+        }
+        // A removal, a changed text (insert over the same pk) and a slot reused.
+        copy.remove(2);
+        insert(&mut copy, 3, 0, "Green tea after the gym");
+        insert(&mut copy, 6, 0, "Morning run by the river");
+        copy.remove(42);
+        texts.retain(|(pk, _)| *pk != 2 && *pk != 3);
+        texts.push((3, "Green tea after the gym"));
+        texts.push((6, "Morning run by the river"));
+        for query in ["green tea", "long run", "morning", "coffee"] {
+            assert_eq!(
+                sorted(copy.score(&query_terms(query), |_| true)),
+                reference(&texts, query),
+                "{query}"
+            );
+        }
+        assert_eq!(copy.docs, 5);
+        assert_eq!(copy.slots.len(), 5, "freed slots were reused");
+    }
+
+    /// A scope filter leaves memories out of the scores, not out of the
+    /// statistics: a narrowed search ranks with the user's term frequencies.
+    #[test]
+    fn a_scope_filter_keeps_the_users_statistics() {
+        let mut copy = UserKeywords::default();
+        insert(&mut copy, 1, 0, "green tea");
+        insert(&mut copy, 2, 1, "green tea");
+        insert(&mut copy, 3, 1, "black coffee");
+        let all = sorted(copy.score(&query_terms("tea"), |_| true));
+        let narrowed = sorted(copy.score(&query_terms("tea"), |scope| scope == 1));
+        assert_eq!(narrowed, vec![(2, all[1].1)]);
+    }
+
+    #[test]
+    fn an_empty_copy_or_unknown_terms_score_nothing() {
+        let mut copy = UserKeywords::default();
+        assert!(copy.score(&query_terms("tea"), |_| true).is_empty());
+        insert(&mut copy, 1, 0, "green tea");
+        assert!(copy.score(&query_terms("sailing"), |_| true).is_empty());
+        copy.clear();
+        assert_eq!(copy.bytes(), 0);
+    }
+}
