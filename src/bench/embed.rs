@@ -72,6 +72,16 @@ pub async fn run(queries: usize, memories: usize) -> Result<(), Box<dyn std::err
         documents.len() as f64 / elapsed,
         rss()
     );
+    // The near-duplicate check's sketch pass on this model's vectors: 2,000
+    // generated memories stored, 500 more as new texts (the generator
+    // repeats its phrases, so many have near rows).
+    let texts: Vec<String> = (0..2500).map(|_| generator.memory()).collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(32) {
+        vectors.extend(embedder.embed_documents(batch).await?);
+    }
+    let (rows, new) = vectors.split_at(2000);
+    super::print_sketch_recall(rows, new);
     if memories > 0 {
         recall(Arc::new(embedder), memories, queries).await?;
     }

@@ -306,6 +306,28 @@ fn remember_request(words: &mut Generator, i: usize) -> (String, RememberParams)
     (text, req)
 }
 
+/// Prints how well the near-duplicate check's sketch pass kept up with a
+/// full scan, over `rows` stored vectors and `queries` new ones (see
+/// [`crate::store::sketch_recall`]).
+fn print_sketch_recall(rows: &[Vec<f32>], queries: &[Vec<f32>]) {
+    let min_score = crate::config::DEFAULT_DEDUP_THRESHOLD - crate::store::DEDUP_MARGIN;
+    let r = crate::store::sketch_recall(rows, queries, min_score);
+    println!(
+        "  dedup sketch pass over {} rows: found {} of the {} rows at cosine >= {min_score:.2} \
+         for {} new texts (missed {}); {:.0} rows scored per check ({:.2}% of the copy); \
+         {:.0} µs per check, {:.0} µs for a full scan",
+        r.rows,
+        r.found,
+        r.near,
+        r.queries,
+        r.near - r.found,
+        r.scored as f64 / r.queries.max(1) as f64,
+        100.0 * r.scored as f64 / (r.queries.max(1) * r.rows.max(1)) as f64,
+        r.sketched_time.as_secs_f64() * 1e6 / r.queries.max(1) as f64,
+        r.full_time.as_secs_f64() * 1e6 / r.queries.max(1) as f64,
+    );
+}
+
 /// The one user of the single-user workloads.
 const BENCH_USER: &str = "bench-user";
 
@@ -411,6 +433,16 @@ impl OneUser {
                 );
             }
             println!(" | {:>9.3}", m.recall_at_10);
+            if !pg {
+                // New texts from a generator of their own, so the texts
+                // remembered at each size stay those of earlier runs.
+                let mut fresh = Generator::new(4242);
+                let texts: Vec<Vec<f32>> = (0..1000)
+                    .map(|_| self.embedder.embed(&fresh.memory()))
+                    .collect();
+                let rows: Vec<Vec<f32>> = reference.iter().map(|(_, v)| v.clone()).collect();
+                print_sketch_recall(&rows, &texts);
+            }
             if let Some(cache) = &mut self.cache {
                 cache.measure(stored, &queries).await?;
             }

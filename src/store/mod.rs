@@ -16,8 +16,10 @@
 //! `deadline` (a bound on every call, for a database over the network),
 //! `traced` (a span around every call, when traces are exported),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
-//! vector copy), `shared` (what both backends do alike, written once), and
-//! a folder per backend. This file: the error and the prelude.
+//! copy of a user's vectors, with `sketch` for its near-duplicate check and
+//! `keyword_copy` for its keyword postings), `shared` (what both backends
+//! do alike, written once), and a folder per backend. This file: the error
+//! and the prelude.
 
 mod deadline;
 mod postgres;
@@ -26,6 +28,7 @@ mod traced;
 mod vector_index;
 
 pub use deadline::Deadline;
+pub use vector_index::{DEDUP_MARGIN, SketchRecall, sketch_recall};
 pub use traced::Traced;
 
 pub use postgres::{

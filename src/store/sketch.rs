@@ -92,10 +92,22 @@ fn within_portable(query: &Sketch, sketches: &[Sketch], max: u32) -> Vec<usize> 
 }
 
 /// As [`within_portable`], compiled so `count_ones` is one instruction.
+/// The loop is written out here: an iterator adapter would be compiled on
+/// its own, without the feature.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
 unsafe fn within_popcnt(query: &Sketch, sketches: &[Sketch], max: u32) -> Vec<usize> {
-    within_portable(query, sketches, max)
+    let mut near = Vec::new();
+    for (i, s) in sketches.iter().enumerate() {
+        let d = (s[0] ^ query[0]).count_ones()
+            + (s[1] ^ query[1]).count_ones()
+            + (s[2] ^ query[2]).count_ones()
+            + (s[3] ^ query[3]).count_ones();
+        if d <= max {
+            near.push(i);
+        }
+    }
+    near
 }
 
 /// Whether coordinate `i` is negated before transform `round`: a fixed

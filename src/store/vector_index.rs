@@ -264,16 +264,14 @@ impl UserVectors {
             &self.sketches,
             sketch::max_distance(min_score),
         );
-        let d = self.dims;
-        let mut q = Vec::with_capacity(d);
+        let mut q = Vec::with_capacity(self.dims);
         let q_inv = quantise_into(query, &mut q);
+        let mut scores = vec![0.0f32; rows.len()];
+        scan_rows(&q, &self.codes, self.dims, &rows, &mut scores);
         let scored = rows
             .into_iter()
-            .map(|i| {
-                let mut score = [0.0f32];
-                scan(&q, &self.codes[i * d..(i + 1) * d], d, &mut score);
-                (i, score[0] * q_inv * self.inv_scales[i])
-            })
+            .zip(scores)
+            .map(|(i, score)| (i, score * q_inv * self.inv_scales[i]))
             .filter(|&(_, score)| score >= min_score);
         best_k(scored, k)
             .into_iter()
@@ -318,6 +316,63 @@ impl UserVectors {
             })
             .collect()
     }
+}
+
+/// What the sketch pass of the near-duplicate check kept, measured
+/// against a full scan ([`sketch_recall`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SketchRecall {
+    /// Queries asked.
+    pub queries: usize,
+    /// Rows a full scan found at or above the cosine, over all queries.
+    pub near: usize,
+    /// Of those, rows the sketch pass found too.
+    pub found: usize,
+    /// Rows the sketch pass left to score, over all queries.
+    pub scored: usize,
+    /// Rows in the copy.
+    pub rows: usize,
+    /// Time spent in the sketch pass and its scoring, over all queries.
+    pub sketched_time: std::time::Duration,
+    /// Time spent in full scans, over all queries.
+    pub full_time: std::time::Duration,
+}
+
+/// For `engram bench`: loads `rows` into a copy and asks, for each of
+/// `queries`, which rows reach `min_score` (up to 64) by a full scan and by
+/// the sketch pass.
+pub fn sketch_recall(rows: &[Vec<f32>], queries: &[Vec<f32>], min_score: f32) -> SketchRecall {
+    const K: usize = 64;
+    let dims = rows.first().map_or(0, Vec::len);
+    let mut copy = UserVectors::new(dims);
+    copy.reset(0);
+    let none = crate::keywords::document_terms("");
+    for (pk, v) in rows.iter().enumerate() {
+        copy.push(pk as i64, MemoryId::new(), None, None, v, &none);
+    }
+    let max = sketch::max_distance(min_score);
+    let mut recall = SketchRecall {
+        queries: queries.len(),
+        rows: rows.len(),
+        ..SketchRecall::default()
+    };
+    for q in queries {
+        let started = std::time::Instant::now();
+        let full = copy.top_k(q, K);
+        recall.full_time += started.elapsed();
+        let full: HashSet<i64> = full
+            .into_iter()
+            .filter(|s| s.score >= min_score)
+            .map(|s| s.pk)
+            .collect();
+        let started = std::time::Instant::now();
+        let sketched = copy.near_by_sketch(q, min_score, K);
+        recall.sketched_time += started.elapsed();
+        recall.near += full.len();
+        recall.found += sketched.iter().filter(|s| full.contains(&s.pk)).count();
+        recall.scored += sketch::within(&sketch::sketch(q), &copy.sketches, max).len();
+    }
+    recall
 }
 
 /// One row of a scan result.
@@ -378,6 +433,10 @@ fn best_k(scored: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<(usize, f
     best
 }
 
+/// How far below the dedup threshold an approximate score may be and
+/// still get an exact check (the 8-bit scores are within about 0.01).
+pub const DEDUP_MARGIN: f32 = 0.05;
+
 /// Rows from which [`UserVectors::near`] narrows by sketch first. Below,
 /// a full scan costs under half a millisecond.
 pub const SKETCH_FROM_ROWS: usize = 8 * 1024;
@@ -421,6 +480,21 @@ fn scan(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
     scan_portable(q, codes, dims, scores);
 }
 
+/// Integer dot products of `q` with the rows `rows` of `codes`, into `scores`.
+fn scan_rows(q: &[i8], codes: &[i8], dims: usize, rows: &[usize], scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { avx2::scan_rows(q, codes, dims, rows, scores) };
+            return;
+        }
+    }
+    for (&row, score) in rows.iter().zip(scores.iter_mut()) {
+        *score = dot_i8(&codes[row * dims..(row + 1) * dims], q) as f32;
+    }
+}
+
 fn scan_portable(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
     for (row, score) in codes.chunks_exact(dims).zip(scores.iter_mut()) {
         *score = dot_i8(row, q) as f32;
@@ -447,6 +521,35 @@ mod avx2 {
         for (row, score) in codes.chunks_exact(dims).zip(scores.iter_mut()) {
             // SAFETY: AVX2 is enabled for this function; slices are equal-length.
             *score = unsafe { dot(row, q) } as f32;
+        }
+    }
+
+    /// Rows ahead whose codes are fetched into cache while one is scored:
+    /// the rows are scattered over the copy, so each would otherwise wait
+    /// on memory.
+    const PREFETCH_AHEAD: usize = 4;
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn scan_rows(
+        q: &[i8],
+        codes: &[i8],
+        dims: usize,
+        rows: &[usize],
+        scores: &mut [f32],
+    ) {
+        for (k, (&row, score)) in rows.iter().zip(scores.iter_mut()).enumerate() {
+            if let Some(&ahead) = rows.get(k + PREFETCH_AHEAD) {
+                let start = ahead * dims;
+                let mut at = start;
+                while at < start + dims {
+                    // SAFETY: `at` is inside `codes` (the row is), and a
+                    // prefetch never faults.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().add(at).cast()) };
+                    at += 64;
+                }
+            }
+            // SAFETY: AVX2 is enabled for this function; slices are equal-length.
+            *score = unsafe { dot(&codes[row * dims..(row + 1) * dims], q) } as f32;
         }
     }
 

@@ -23,7 +23,7 @@ use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{
     MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row, same_user,
 };
-use crate::store::vector_index::UserVectors;
+use crate::store::vector_index::{DEDUP_MARGIN, UserVectors};
 use crate::store::{
     AuditRecord, InsertOutcome, NewMemory, NewPending, Selection, StoreError, SupersedeOutcome,
     WriteBatch, Writes,
@@ -52,9 +52,6 @@ pub(super) const INSERT_MEMORY: &str = "\
         SELECT user_id, (SELECT value FROM write_seq WHERE one = 1) FROM memories WHERE id = ?1 \
         ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation \
         RETURNING generation;";
-
-/// How far below the threshold an approximate score may be and still get an exact check.
-pub(super) const DEDUP_MARGIN: f32 = 0.05;
 
 /// How many approximate candidates get an exact dedup check.
 pub(super) const DEDUP_CANDIDATES: usize = 8;
