@@ -28,8 +28,8 @@ mod traced;
 mod vector_index;
 
 pub use deadline::Deadline;
-pub use vector_index::{DEDUP_MARGIN, SketchRecall, sketch_recall};
 pub use traced::Traced;
+pub use vector_index::{DEDUP_MARGIN, SketchRecall, sketch_recall};
 
 pub use postgres::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, IndexKind, PgOptions,

@@ -386,14 +386,23 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     // Warm the other instance's copy (vectors and keywords), then write
     // through the first: both signals see the write.
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
-    assert!(other.keyword_search(at, "sailing", 10).await.unwrap().is_empty());
+    assert!(
+        other
+            .keyword_search(at, "sailing", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let id = add(b.store.as_ref(), &alice, "Loves sailing boats", json!({})).await;
     let hits = other.vector_search(at, &q, 10).await.unwrap();
     assert_eq!(hits.first().map(|h| h.id), Some(id));
     let hits = other.keyword_search(at, "sailing", 10).await.unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id]);
     let both = other.candidates(at, &q, "sailing", 10).await.unwrap();
-    assert!(both.iter().any(|c| c.id == id && c.keyword > 0.0), "{both:?}");
+    assert!(
+        both.iter().any(|c| c.id == id && c.keyword > 0.0),
+        "{both:?}"
+    );
     // And a duplicate written through the other instance is still refused.
     let dup = other
         .insert(new_memory(&alice, "Loves sailing boats", json!({})), 0.9)
@@ -402,7 +411,13 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     assert!(matches!(dup, InsertOutcome::Duplicate { .. }));
     assert!(b.store.delete("alice", id, None).await.unwrap());
     assert!(other.vector_search(at, &q, 10).await.unwrap().is_empty());
-    assert!(other.keyword_search(at, "sailing", 10).await.unwrap().is_empty());
+    assert!(
+        other
+            .keyword_search(at, "sailing", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn memories_matching_more_query_words_rank_first(b: Backend) {
