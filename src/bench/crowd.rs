@@ -36,8 +36,9 @@ pub struct Floor {
     conn: PgConnection,
 }
 
+/// Through the vector index, which holds the rows marked `indexed`.
 const FLOOR_THROUGH_INDEX: &str = "SELECT id, 1 - (embedding <=> $2) FROM memories \
-     WHERE user_id = $1 AND valid_to IS NULL ORDER BY embedding <=> $2 LIMIT $3";
+     WHERE user_id = $1 AND valid_to IS NULL AND indexed ORDER BY embedding <=> $2 LIMIT $3";
 const FLOOR_EXACT: &str = "SELECT id, 1 - (embedding <=> $2) FROM memories \
      WHERE user_id = $1 AND valid_to IS NULL ORDER BY 1 - (embedding <=> $2) DESC LIMIT $3";
 

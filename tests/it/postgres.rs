@@ -7,6 +7,8 @@
 //! operator's commands (`migrate`, index choice) fail clearly when they must.
 //! The behaviours both stores share are in store_conformance.rs.
 
+use std::collections::HashSet;
+
 use crate::common;
 
 use std::sync::Arc;
@@ -129,6 +131,12 @@ async fn the_database_refuses_duplicates_whoever_writes_them() {
 /// Fills the database with `per_user` random-vector rows for each of `users`
 /// other users, through the dedup trigger, in one statement.
 async fn crowd(pool: &PgPool, users: usize, per_user: usize) {
+    // In the vector index, as the rows of users past engram_index_from_rows are.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL engram.index_from_rows = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
              updated_at, valid_from) \
@@ -141,9 +149,10 @@ async fn crowd(pool: &PgPool, users: usize, per_user: usize) {
     .bind(users as i32)
     .bind(per_user as i32)
     .bind(DIMS as i32)
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .unwrap();
+    tx.commit().await.unwrap();
     sqlx::query("ANALYZE memories").execute(pool).await.unwrap();
 }
 
@@ -244,7 +253,7 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
                     .unwrap();
             }
             let plan: Vec<String> = sqlx::query_scalar(
-                "EXPLAIN SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL \
+                "EXPLAIN SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL AND indexed \
                  ORDER BY embedding <=> $1 LIMIT 100",
             )
             .bind(&q)
@@ -256,7 +265,7 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
                 "{plan:?}"
             );
             let rows: Vec<uuid::Uuid> = sqlx::query_scalar(
-                "SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL \
+                "SELECT id FROM memories WHERE user_id = 'needle' AND valid_to IS NULL AND indexed \
                  ORDER BY embedding <=> $1 LIMIT 100",
             )
             .bind(&q)
@@ -277,6 +286,90 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     run_found.sort();
     run_rows.sort();
     assert_eq!(run_found, run_rows);
+}
+
+/// A user's rows enter the vector index only from their
+/// `engram_index_from_rows`-th memory on (a small user's searches scan
+/// exactly and never read it); a search through the index still finds the
+/// rows left out, and so does the duplicate check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_outside_the_vector_index_are_still_found_through_it() {
+    let db = TestDatabase::create().await;
+    let through_index = PlanSettings {
+        index_from_rows: Some(20),
+        ..PlanSettings::ALWAYS_INDEX
+    };
+    let store = open(&db, through_index).await;
+    let exact = open(&db, PlanSettings::ALWAYS_EXACT).await;
+    let pool = db.pool().await;
+    crowd(&pool, 50, 40).await;
+
+    let needle = whole("needle");
+    let texts: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "Note {i}: {} in {}",
+                ["tea", "maps", "jazz", "kites"][i % 4],
+                ["Oslo", "Lima", "Pune"][i % 3]
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for text in &texts {
+        match store.insert(memory(&needle, text), 0.99).await.unwrap() {
+            InsertOutcome::Added(m) => ids.push(m.id),
+            dup => panic!("unexpected duplicate for {text}: {dup:?}"),
+        }
+    }
+    let tiny = whole("tiny");
+    for text in ["Has a cat", "Owns a bike", "Reads at night"] {
+        store.insert(memory(&tiny, text), 0.9).await.unwrap();
+    }
+    let counts: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT user_id, indexed, count(*) FROM memories \
+         WHERE user_id IN ('needle', 'tiny') GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("needle".to_owned(), false, 20),
+            ("needle".to_owned(), true, 40),
+            ("tiny".to_owned(), false, 3),
+        ],
+        "the first 20 of a user stay out of the index"
+    );
+
+    // Through the index branch (40 indexed rows answer a search for 10),
+    // each memory is its own best match, in the index or not, and every
+    // row outside the index that an exact scan ranks in the top 10 is there.
+    let at = SearchScope::unfiltered(&needle);
+    let outside: HashSet<MemoryId> = ids[..20].iter().copied().collect();
+    for (text, id) in texts.iter().zip(&ids) {
+        let q = HashEmbedder::new(DIMS).embed(text);
+        let hits = store.vector_search(at, &q, 10).await.unwrap();
+        assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}");
+        let got: HashSet<MemoryId> = self::ids(&hits).into_iter().collect();
+        let reference = exact.vector_search(at, &q, 10).await.unwrap();
+        // Rows tied with the last one may fall either side of the cut.
+        let cut = hits.last().map_or(f32::MAX, |h| h.score);
+        for want in &reference {
+            if outside.contains(&want.id) && want.score > cut {
+                assert!(
+                    got.contains(&want.id),
+                    "{text}: {} missing\n{hits:?}\n{reference:?}",
+                    want.id
+                );
+            }
+        }
+    }
+    // A near-duplicate of a row outside the index is refused.
+    match store.insert(memory(&needle, &texts[3]), 0.9).await.unwrap() {
+        InsertOutcome::Duplicate { existing, .. } => assert_eq!(existing.id, ids[3]),
+        other => panic!("a duplicate of an unindexed row was stored: {other:?}"),
+    }
 }
 
 /// Keyword relevance as src/keywords.rs defines it, computed here from the

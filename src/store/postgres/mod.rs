@@ -128,6 +128,9 @@ pub struct PlanSettings {
     pub exact_scan_ratio: Option<f64>,
     /// HNSW's search list size on the index path (schema default 250, at least 2k).
     pub ef_search: Option<u32>,
+    /// From how many current memories a user's new rows go into the vector
+    /// index (`engram_index_from_rows`, schema default 1,000).
+    pub index_from_rows: Option<u64>,
 }
 
 impl PlanSettings {
@@ -136,12 +139,14 @@ impl PlanSettings {
         exact_scan_max_rows: Some(0),
         exact_scan_ratio: Some(0.0),
         ef_search: None,
+        index_from_rows: Some(0),
     };
     /// Every search an exact scan (the reference for recall measurements).
     pub const ALWAYS_EXACT: Self = Self {
         exact_scan_max_rows: Some(1_000_000_000_000),
         exact_scan_ratio: None,
         ef_search: None,
+        index_from_rows: None,
     };
 }
 
@@ -418,6 +423,9 @@ fn session_options(url: &str, plan: &PlanSettings) -> Result<PgConnectOptions, S
     }
     if let Some(ef) = plan.ef_search {
         connect = connect.options([("engram.ef_search", ef.to_string())]);
+    }
+    if let Some(rows) = plan.index_from_rows {
+        connect = connect.options([("engram.index_from_rows", rows.to_string())]);
     }
     Ok(connect)
 }

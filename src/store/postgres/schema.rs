@@ -202,17 +202,19 @@ pub(super) async fn ensure_vector_index(
         return Ok(kind);
     }
     let statements: &[&'static str] = match kind {
-        // Partial: superseded rows are never searched, so they stay out of the graph.
+        // Partial: superseded rows are never searched, and the rows of
+        // users small enough to be scanned exactly are not searched through
+        // it (`indexed`, migration 20270801000001), so both stay out of the graph.
         IndexKind::Hnsw | IndexKind::Auto => &[
             "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories \
-             USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL",
+             USING hnsw (embedding vector_cosine_ops) WHERE valid_to IS NULL AND indexed",
         ],
         // `plain`: see DISKANN_LAYOUT. Partial, as HNSW's.
         IndexKind::Diskann => &[
             "CREATE EXTENSION IF NOT EXISTS vectorscale",
             "CREATE INDEX IF NOT EXISTS memories_embedding_diskann ON memories \
              USING diskann (embedding vector_cosine_ops) WITH (storage_layout = plain) \
-             WHERE valid_to IS NULL",
+             WHERE valid_to IS NULL AND indexed",
         ],
     };
     for statement in statements {
