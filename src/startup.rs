@@ -160,6 +160,7 @@ fn pg_options(config: &Config) -> PgOptions {
         index: config.store.index,
         plan: Default::default(),
         owner_url: config.store.owner_url.clone(),
+        ..PgOptions::default()
     }
 }
 

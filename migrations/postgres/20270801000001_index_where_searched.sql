@@ -18,10 +18,17 @@
 -- * engram_nearest's index branch searches the indexed rows and scans the
 --   scope's other rows exactly (through memories_unindexed), and returns
 --   the best of both: no current row is ever out of reach.
+-- * Once a user's rows go into the index, the ones written before wait in
+--   the user's backlog (memory_users.index_backlog): the store's indexer
+--   adds them in the background (store/postgres/indexer.rs), so a large
+--   user's searches soon scan nothing exactly.
 ALTER TABLE memories ADD COLUMN indexed boolean NOT NULL DEFAULT true;
 ALTER TABLE memories ALTER COLUMN indexed SET DEFAULT false;
 
 CREATE INDEX memories_unindexed ON memories (user_id) WHERE valid_to IS NULL AND NOT indexed;
+
+ALTER TABLE memory_users ADD COLUMN index_backlog boolean NOT NULL DEFAULT false;
+CREATE INDEX memory_users_index_backlog ON memory_users (user_id) WHERE index_backlog;
 
 -- The store makes the vector index again, partial on `indexed`.
 DROP INDEX IF EXISTS memories_embedding_hnsw;
@@ -37,6 +44,14 @@ BEGIN
     NEW.indexed := coalesce(
         (SELECT u.current FROM memory_users u WHERE u.user_id = NEW.user_id), 0)
         >= engram_index_from_rows();
+    -- The user's earlier rows, if any are still outside, join the backlog.
+    IF NEW.indexed THEN
+        UPDATE memory_users u SET index_backlog = true
+            WHERE u.user_id = NEW.user_id AND NOT u.index_backlog
+              AND EXISTS (SELECT 1 FROM memories m
+                          WHERE m.user_id = NEW.user_id AND m.valid_to IS NULL
+                            AND NOT m.indexed);
+    END IF;
     RETURN NEW;
 END $$;
 

@@ -108,6 +108,7 @@ impl Scratch {
             index: config.store.index,
             plan: Default::default(),
             owner_url: None,
+            ..PgOptions::default()
         };
         match PgStore::open(&with_database(server, &name), identity, options).await {
             Ok(store) => Ok(Self {

@@ -291,16 +291,29 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
 /// A user's rows enter the vector index only from their
 /// `engram_index_from_rows`-th memory on (a small user's searches scan
 /// exactly and never read it); a search through the index still finds the
-/// rows left out, and so does the duplicate check.
+/// rows left out, and so does the duplicate check; the indexer then moves
+/// the large user's earlier rows in, and leaves the small user's out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_outside_the_vector_index_are_still_found_through_it() {
     let db = TestDatabase::create().await;
-    let through_index = PlanSettings {
+    // No indexer at work: the backlog is worked through by hand below, to
+    // see the state before.
+    let open_idle = |plan| {
+        let options = PgOptions {
+            plan,
+            owner_url: Some(db.owner_url.clone()),
+            index_backlog_every: None,
+            ..PgOptions::default()
+        };
+        PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+    };
+    let store = open_idle(PlanSettings {
         index_from_rows: Some(20),
         ..PlanSettings::ALWAYS_INDEX
-    };
-    let store = open(&db, through_index).await;
-    let exact = open(&db, PlanSettings::ALWAYS_EXACT).await;
+    })
+    .await
+    .unwrap();
+    let exact = open_idle(PlanSettings::ALWAYS_EXACT).await.unwrap();
     let pool = db.pool().await;
     crowd(&pool, 50, 40).await;
 
@@ -370,6 +383,80 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
         InsertOutcome::Duplicate { existing, .. } => assert_eq!(existing.id, ids[3]),
         other => panic!("a duplicate of an unindexed row was stored: {other:?}"),
     }
+
+    // The indexer moves needle's 20 earlier rows in; tiny has no backlog.
+    assert_eq!(store.index_backlog().await.unwrap(), 20);
+    let counts: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT user_id, indexed, count(*) FROM memories \
+         WHERE user_id IN ('needle', 'tiny') GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("needle".to_owned(), true, 60),
+            ("tiny".to_owned(), false, 3),
+        ]
+    );
+    let marked: i64 = sqlx::query_scalar("SELECT count(*) FROM memory_users WHERE index_backlog")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(marked, 0, "every backlog is cleared");
+    assert_eq!(store.index_backlog().await.unwrap(), 0);
+    for (text, id) in texts.iter().zip(&ids) {
+        let q = HashEmbedder::new(DIMS).embed(text);
+        let hits = store.vector_search(at, &q, 10).await.unwrap();
+        assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}, all indexed");
+    }
+}
+
+/// The store's own indexer works through a backlog without being asked,
+/// and stops with the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_moves_a_backlog_into_the_index_by_itself() {
+    let db = TestDatabase::create().await;
+    let options = PgOptions {
+        plan: PlanSettings {
+            index_from_rows: Some(5),
+            ..PlanSettings::default()
+        },
+        owner_url: Some(db.owner_url.clone()),
+        index_backlog_every: Some(std::time::Duration::from_millis(50)),
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .unwrap();
+    let pool = db.pool().await;
+    let user = whole("grows");
+    for i in 0..12 {
+        let text = format!(
+            "Fact number {i} about {}",
+            ["boats", "cards", "lamps"][i % 3]
+        );
+        store.insert(memory(&user, &text), 0.99).await.unwrap();
+    }
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM memories WHERE user_id = 'grows' AND NOT indexed",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} rows still outside the index after 10 s",
+            waiting().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(store);
 }
 
 /// Keyword relevance as src/keywords.rs defines it, computed here from the

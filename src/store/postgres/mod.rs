@@ -57,6 +57,7 @@ use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
+mod indexer;
 mod keys;
 mod keyword_index;
 mod queue;
@@ -117,6 +118,9 @@ pub struct PgOptions {
     /// When vector search scans a scope exactly instead of using the index
     /// (`engram_exact_scan_limit` in the schema); defaults unless set.
     pub plan: PlanSettings,
+    /// How often the store looks for rows waiting to enter the vector index
+    /// (`indexer`); `None`: never (they are then added by [`PgStore::index_backlog`]).
+    pub index_backlog_every: Option<Duration>,
 }
 
 /// The session settings `engram_exact_scan_limit` reads: exact scans for
@@ -160,6 +164,7 @@ impl Default for PgOptions {
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
             owner_url: None,
+            index_backlog_every: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -172,6 +177,8 @@ pub struct PgStore {
     operator: PgPool,
     embedder: EmbedderIdentity,
     index: IndexKind,
+    /// Stops with the store.
+    _indexer: Option<indexer::Indexer>,
 }
 
 impl PgStore {
@@ -228,6 +235,7 @@ impl PgStore {
             operator,
             embedder,
             index: options.index,
+            _indexer: None,
         };
         let mut tx = setup.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;
@@ -243,7 +251,14 @@ impl PgStore {
         tx.commit().await.map_err(db("opening the store"))?;
         setup.close().await;
         tracing::info!(embedder = %store.embedder, ?index, "PostgreSQL store ready");
-        Ok(Self { index, ..store })
+        let _indexer = options
+            .index_backlog_every
+            .map(|every| indexer::spawn(store.operator.clone(), every));
+        Ok(Self {
+            index,
+            _indexer,
+            ..store
+        })
     }
 
     /// `engram migrate`: everything opening the store does to the schema

@@ -1,0 +1,104 @@
+//! The vector index's backlog. A user's rows enter the vector index from
+//! their `engram_index_from_rows`-th memory on (migration
+//! 20270801000001); the rows written before wait outside it, where the
+//! index branch of `engram_nearest` scans them exactly. The trigger that
+//! indexes a user's new rows marks the user's backlog, and this indexer,
+//! a task each store runs, moves the waiting rows into the index a batch at
+//! a time: an HNSW insertion costs milliseconds, so it is done here rather
+//! than on a request.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::{PgStore, StoreError, db};
+
+/// Rows moved into the index per statement (each an index insertion, ~6 ms
+/// at 1536 dimensions): short enough that the rows it locks are soon free.
+const BATCH: i64 = 64;
+
+/// Moves up to `BATCH` waiting rows of one user with a backlog into the
+/// vector index, and clears the user's mark once none waits; returns the
+/// rows moved. Rows a writer holds are skipped and taken on a later pass.
+async fn step(operator: &PgPool) -> Result<u64, StoreError> {
+    let (user, moved): (Option<String>, i64) = sqlx::query_as(
+        "WITH u AS (SELECT user_id FROM memory_users WHERE index_backlog LIMIT 1), \
+              waiting AS (SELECT m.id FROM memories m \
+                          WHERE m.user_id = (SELECT user_id FROM u) \
+                            AND m.valid_to IS NULL AND NOT m.indexed \
+                          LIMIT $1 FOR UPDATE SKIP LOCKED), \
+              moved AS (UPDATE memories m SET indexed = true FROM waiting \
+                        WHERE m.id = waiting.id RETURNING 1) \
+         SELECT (SELECT user_id FROM u), (SELECT count(*) FROM moved)",
+    )
+    .bind(BATCH)
+    .fetch_one(operator)
+    .await
+    .map_err(db("indexing a user's earlier memories"))?;
+    if let Some(user) = user
+        && moved < BATCH
+    {
+        sqlx::query(
+            "UPDATE memory_users u SET index_backlog = false \
+             WHERE u.user_id = $1 AND NOT EXISTS ( \
+                 SELECT 1 FROM memories m \
+                 WHERE m.user_id = $1 AND m.valid_to IS NULL AND NOT m.indexed)",
+        )
+        .bind(&user)
+        .execute(operator)
+        .await
+        .map_err(db("clearing a user's index backlog"))?;
+    }
+    Ok(moved.max(0) as u64)
+}
+
+/// Aborts the indexer task when the store that started it is dropped.
+#[derive(Debug)]
+pub(super) struct Indexer(tokio::task::AbortHandle);
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the indexer on `operator`: it works through every backlog, then
+/// looks again every `every`. A failure is logged once until a pass works.
+pub(super) fn spawn(operator: PgPool, every: Duration) -> Indexer {
+    let task = tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match step(&operator).await {
+                Ok(moved) if moved > 0 => {
+                    failing = false;
+                    tracing::debug!(moved, "moved earlier memories into the vector index");
+                    continue;
+                }
+                Ok(_) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "the vector index's backlog could not be worked on; retrying");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    Indexer(task.abort_handle())
+}
+
+impl PgStore {
+    /// Works through every user's backlog now (tests and benchmarks, which
+    /// measure a settled store); returns the rows moved into the index.
+    pub async fn index_backlog(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let moved = step(self.operator()).await?;
+            if moved == 0 {
+                return Ok(total);
+            }
+            total += moved;
+        }
+    }
+}
