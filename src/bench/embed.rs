@@ -161,7 +161,8 @@ fn report(what: &str, times: &mut [Duration]) {
 }
 
 /// Resident and peak resident memory, from /proc (Linux), for the report.
-fn rss() -> String {
+/// This process's resident memory now and at its peak.
+pub(super) fn rss() -> String {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return "unknown".to_owned();
     };

@@ -434,6 +434,10 @@ impl OneUser {
             }
             println!(" | {:>9.3}", m.recall_at_10);
             if !pg {
+                // The store's copy of the user (vectors, sketches, postings)
+                // and the bench's reference vectors (f32: size x dims x 4
+                // bytes), before the sketch check below builds its own.
+                println!("  RSS {}", embed::rss());
                 // New texts from a generator of their own, so the texts
                 // remembered at each size stay those of earlier runs.
                 let mut fresh = Generator::new(4242);

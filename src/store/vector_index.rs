@@ -273,6 +273,11 @@ impl UserVectors {
             .zip(scores)
             .map(|(i, score)| (i, score * q_inv * self.inv_scales[i]))
             .filter(|&(_, score)| score >= min_score);
+        self.best(scored, k)
+    }
+
+    /// The `k` best of `scored` (row, approximate cosine) as results, best first.
+    fn best(&self, scored: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<Scored> {
         best_k(scored, k)
             .into_iter()
             .map(|(i, score)| Scored {
@@ -307,14 +312,7 @@ impl UserVectors {
             .map(|(&s, &inv)| s * q_inv * inv)
             .enumerate()
             .filter(|&(i, _)| counted(i));
-        best_k(scored, k)
-            .into_iter()
-            .map(|(i, score)| Scored {
-                pk: self.pks[i],
-                id: self.ids[i],
-                score,
-            })
-            .collect()
+        self.best(scored, k)
     }
 }
 

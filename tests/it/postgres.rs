@@ -338,15 +338,18 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
     for text in ["Has a cat", "Owns a bike", "Reads at night"] {
         store.insert(memory(&tiny, text), 0.9).await.unwrap();
     }
-    let counts: Vec<(String, bool, i64)> = sqlx::query_as(
-        "SELECT user_id, indexed, count(*) FROM memories \
-         WHERE user_id IN ('needle', 'tiny') GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    // (user, in the index, rows) of the two users.
+    let counts = || async {
+        sqlx::query_as::<_, (String, bool, i64)>(
+            "SELECT user_id, indexed, count(*) FROM memories \
+             WHERE user_id IN ('needle', 'tiny') GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
     assert_eq!(
-        counts,
+        counts().await,
         [
             ("needle".to_owned(), false, 20),
             ("needle".to_owned(), true, 40),
@@ -386,15 +389,8 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
 
     // The indexer moves needle's 20 earlier rows in; tiny has no backlog.
     assert_eq!(store.index_backlog().await.unwrap(), 20);
-    let counts: Vec<(String, bool, i64)> = sqlx::query_as(
-        "SELECT user_id, indexed, count(*) FROM memories \
-         WHERE user_id IN ('needle', 'tiny') GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
     assert_eq!(
-        counts,
+        counts().await,
         [
             ("needle".to_owned(), true, 60),
             ("tiny".to_owned(), false, 3),
