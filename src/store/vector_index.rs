@@ -876,19 +876,24 @@ mod tests {
         assert_eq!(single, split);
     }
 
+    /// A row of eight equal components and no terms.
+    fn push_plain(v: &mut UserVectors, pk: i64) {
+        v.push(
+            pk,
+            MemoryId::new(),
+            None,
+            None,
+            &[0.5; 8],
+            &document_terms(""),
+        );
+    }
+
     #[tokio::test]
     async fn least_recently_used_users_are_dropped_past_the_budget() {
         let dims = 8;
         let mut probe = UserVectors::new(dims);
         for pk in 0..10 {
-            probe.push(
-                pk,
-                MemoryId::new(),
-                None,
-                None,
-                &[0.5; 8],
-                &document_terms(""),
-            );
+            push_plain(&mut probe, pk);
         }
         let row_bytes = probe.bytes.load(Ordering::Relaxed) / 10;
         assert!(row_bytes > dims, "a row counts its codes and more");
@@ -898,14 +903,7 @@ mod tests {
             let mut v = vectors.write().await;
             v.reset(1);
             for pk in 0..10 {
-                v.push(
-                    pk,
-                    MemoryId::new(),
-                    None,
-                    None,
-                    &[0.5; 8],
-                    &document_terms(""),
-                );
+                push_plain(&mut v, pk);
             }
         }
         // 30 rows cached, budget 25: asking for "c" again drops "a", the oldest.
@@ -913,24 +911,10 @@ mod tests {
         assert_eq!(index.cached_users(), ["b", "c"]);
         // The one being asked for stays even when it alone is over budget.
         let big = index.user("b");
-        big.write().await.push(
-            99,
-            MemoryId::new(),
-            None,
-            None,
-            &[0.5; 8],
-            &document_terms(""),
-        );
+        push_plain(&mut *big.write().await, 99);
         let vectors = index.user("b");
         for pk in 100..120 {
-            vectors.write().await.push(
-                pk,
-                MemoryId::new(),
-                None,
-                None,
-                &[0.5; 8],
-                &document_terms(""),
-            );
+            push_plain(&mut *vectors.write().await, pk);
         }
         index.user("b");
         assert_eq!(index.cached_users(), ["b"]);

@@ -18,7 +18,7 @@ use super::vectors::{decode_vector, encode_vector};
 use super::versions::{bump_generation, generation};
 use super::{SqliteStore, db};
 use crate::embed::dot;
-use crate::keywords;
+use crate::keywords::{self, DocumentTerms};
 use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{
     MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row, same_user,
@@ -99,17 +99,17 @@ impl UserWrite<'_> {
     }
 }
 
-/// Adds the new memory `new`, stored at `pk`, to the user's copy.
-fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory) {
+/// Adds the new memory `new`, stored at `pk` with its text's `terms`, to
+/// the user's copy.
+fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory, terms: &DocumentTerms) {
     let scope = &new.scope;
-    let terms = keywords::document_terms(&new.content);
     vecs.push(
         pk,
         new.id,
         scope.agent_id(),
         scope.run_id(),
         &new.embedding,
-        &terms,
+        terms,
     );
 }
 
@@ -177,12 +177,13 @@ impl SqliteStore {
     }
 
     /// Writes `new` (row, vector, keyword postings, ADD history) and moves
-    /// the user to the next generation; returns the row's pk and that generation.
+    /// the user to the next generation; returns the row's pk, that
+    /// generation and the text's keyword terms (for the user's copy).
     pub(super) async fn insert_row(
         conn: &mut SqliteConnection,
         new: &NewMemory,
         now: DateTime<Utc>,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<(i64, i64, DocumentTerms), StoreError> {
         let metadata =
             serde_json::to_string(&new.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let categories = serde_json::to_string(&new.categories)
@@ -218,7 +219,7 @@ impl SqliteStore {
             )));
         };
         index_terms(conn, pk, &terms).await?;
-        Ok((pk, generation))
+        Ok((pk, generation, terms))
     }
 
     /// The pk and text of a current memory of the user.
@@ -617,8 +618,8 @@ impl WriteBatch for SqliteBatch<'_> {
             });
         }
         let now = Utc::now();
-        let (pk, generation) = SqliteStore::insert_row(&mut self.tx, &new, now).await?;
-        keep(&mut self.copy.vecs, pk, &new);
+        let (pk, generation, terms) = SqliteStore::insert_row(&mut self.tx, &new, now).await?;
+        keep(&mut self.copy.vecs, pk, &new, &terms);
         self.generation = generation;
         Ok(InsertOutcome::Added(new.stored_at(now)))
     }
@@ -706,10 +707,10 @@ impl WriteBatch for SqliteBatch<'_> {
         };
         let successor = Some(new.content.as_str());
         SqliteStore::close_row(tx, user_id, closed, successor, &new.actor, now).await?;
-        let (pk, generation) = SqliteStore::insert_row(tx, &new, now).await?;
+        let (pk, generation, terms) = SqliteStore::insert_row(tx, &new, now).await?;
         self.generation = generation;
         self.copy.vecs.remove(old_pk);
-        keep(&mut self.copy.vecs, pk, &new);
+        keep(&mut self.copy.vecs, pk, &new, &terms);
         Ok(SupersedeOutcome::Superseded(new.stored_at(now)))
     }
 
