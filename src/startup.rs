@@ -160,6 +160,8 @@ fn pg_options(config: &Config) -> PgOptions {
         index: config.store.index,
         plan: Default::default(),
         owner_url: config.store.owner_url.clone(),
+        direct_url: config.store.direct_url.clone(),
+        pooler: config.store.pooler,
         ..PgOptions::default()
     }
 }
@@ -178,6 +180,7 @@ pub async fn cache(config: &Config) -> Result<Arc<dyn Cache>, StartupError> {
         timeout: Duration::from_millis(config.cache.timeout_ms),
         pool_size: config.cache.pool_size,
         retry_every: Duration::from_millis(config.cache.retry_ms),
+        ca_file: config.cache.ca_file.clone(),
     };
     Ok(Arc::new(RedisCache::connect(settings).await?))
 }
@@ -351,9 +354,14 @@ pub async fn reembed(config: &Config) -> Result<(), StartupError> {
     let embedder = embedder(config).await?;
     let url = &config.store.database_url;
     let count = if is_postgres(url) {
-        // Rewrites a column's type: as the owner, when there is one.
-        let owner = config.store.owner_url.as_deref().unwrap_or(url);
-        PgStore::reembed(owner, embedder.as_ref(), config.store.index).await?
+        // Rewrites a column's type: as the owner, when there is one, and
+        // never through a transaction pooler.
+        PgStore::reembed(
+            config.store.setup_url(),
+            embedder.as_ref(),
+            config.store.index,
+        )
+        .await?
     } else {
         SqliteStore::reembed(url, embedder.as_ref()).await?
     };

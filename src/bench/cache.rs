@@ -86,6 +86,7 @@ impl CacheBench {
             timeout: Duration::from_millis(crate::config::DEFAULT_CACHE_TIMEOUT_MS),
             pool_size: crate::config::DEFAULT_CACHE_POOL_SIZE,
             retry_every: Duration::from_millis(crate::config::DEFAULT_CACHE_RETRY_MS),
+            ca_file: None,
         })
         .await?;
         if !cache.is_up() {

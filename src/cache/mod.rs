@@ -35,6 +35,7 @@
 pub(crate) mod entry;
 mod health;
 mod redis;
+mod tls;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -44,6 +45,7 @@ use crate::embed::EmbedderIdentity;
 use crate::model::{MetadataFilter, Scope};
 
 pub use redis::{CacheError, RedisCache, RedisSettings};
+pub(crate) use tls::ca_certificates;
 
 /// Counters since start; every field only grows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

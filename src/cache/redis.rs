@@ -80,6 +80,9 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// While down, one operation probes the cache this often.
     pub retry_every: Duration,
+    /// For `rediss://`: the CA certificates (PEM) the server's certificate
+    /// must chain to; `None`: the system's roots (`tls`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,16 @@ impl RedisCache {
             message: e.details().to_owned(),
         };
         let mut config = Config::from_url(&settings.url).map_err(config_err)?;
+        if config.uses_tls() {
+            let connector =
+                super::tls::connector(settings.ca_file.as_deref()).map_err(|message| {
+                    CacheError::Config {
+                        url: redact(&settings.url),
+                        message,
+                    }
+                })?;
+            config.tls = Some(connector.into());
+        }
         // Retry the first connection too, rather than giving up on it.
         config.fail_fast = false;
         let pool = Builder::from_config(config)

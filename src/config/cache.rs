@@ -1,4 +1,8 @@
-//! `cache`: the optional shared cache server (`cache_*`).
+//! `cache`: the optional shared cache server (`cache_*`), over TCP
+//! (`redis://`) or TLS (`rediss://`, trusting `cache_ca_file` or the
+//! system's roots).
+
+use std::path::PathBuf;
 
 use super::layers::{ConfigError, Layers, Range};
 
@@ -28,16 +32,21 @@ pub(super) const KEYS: &[&str] = &[
     "cache_timeout_ms",
     "cache_pool_size",
     "cache_retry_ms",
+    "cache_ca_file",
 ];
 
-/// The cache. Invariant: `url`, when set, is a `redis://` or
-/// `redis-cluster://` URL the cache client accepts; `prefix` has no spaces
-/// or braces.
+/// The cache. Invariants: `url`, when set, is a `redis://`, `rediss://`,
+/// `redis-cluster://` or `rediss-cluster://` URL the cache client accepts;
+/// `prefix` has no spaces or braces; `ca_file`, when set, goes with a TLS
+/// URL and holds at least one PEM certificate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
-    /// `redis://...` (Dragonfly, Redis, Valkey); `None` (unset or blank) runs
-    /// without a cache.
+    /// `redis://...` or, over TLS, `rediss://...` (Dragonfly, Redis,
+    /// Valkey); `None` (unset or blank) runs without a cache.
     pub url: Option<String>,
+    /// For a `rediss://` URL: the CA certificates (PEM) the server's
+    /// certificate must chain to; unset, the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Prepended to every cache key, so several deployments can share one server.
     pub prefix: String,
     /// Lifetime of cached recall results and user contexts, in seconds.
@@ -74,8 +83,16 @@ impl CacheConfig {
                 ),
             ));
         }
+        let ca_file = match src
+            .string("cache_ca_file")?
+            .filter(|s| !s.trim().is_empty())
+        {
+            None => None,
+            Some(path) => Some(ca_file(src, url.as_deref(), PathBuf::from(path.trim()))?),
+        };
         Ok(Self {
             url,
+            ca_file,
             prefix,
             ttl_secs: src.number("cache_ttl_secs", &TTL_SECS)?,
             embedding_ttl_secs: src.number("cache_embedding_ttl_secs", &EMBEDDING_TTL_SECS)?,
@@ -86,24 +103,49 @@ impl CacheConfig {
     }
 }
 
-/// `redis://` or `redis-cluster://`, parseable by the cache client. TLS
-/// (`rediss://`) is refused by name: this build has no TLS for the cache.
-/// Errors show the URL with its password redacted.
+/// The URL schemes the cache accepts: plain, then over TLS.
+const SCHEMES: [&str; 4] = [
+    "redis://",
+    "redis-cluster://",
+    "rediss://",
+    "rediss-cluster://",
+];
+
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://") || url.starts_with("rediss-cluster://")
+}
+
+/// `path` as `cache_ca_file`: only beside a TLS `url`, and a readable PEM
+/// file with at least one certificate.
+fn ca_file(src: &Layers<'_>, url: Option<&str>, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    if !url.is_some_and(is_tls) {
+        return Err(src.invalid(
+            "cache_ca_file",
+            "is for a TLS cache: set cache_url to rediss://HOST:PORT (or leave this unset)",
+        ));
+    }
+    crate::cache::ca_certificates(&path)
+        .map_err(|message| src.invalid("cache_ca_file", message))?;
+    Ok(path)
+}
+
+/// `redis://`, `rediss://` or their `-cluster` forms, parseable by the
+/// cache client. Errors show the URL with its password redacted.
 fn check_url(src: &Layers<'_>, url: &str) -> Result<(), ConfigError> {
     let shown = crate::store::redact(url);
-    if url.starts_with("rediss://") || url.starts_with("redis-cluster+tls://") {
+    if url.starts_with("redis-cluster+tls://") {
+        return Err(src.invalid(
+            "cache_url",
+            format!("'{shown}': for TLS to a cluster write rediss-cluster://"),
+        ));
+    }
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
         return Err(src.invalid(
             "cache_url",
             format!(
-                "'{shown}': TLS connections to the cache are not supported by this build; \
-                 use redis:// on a private network (or a TLS-terminating proxy)"
+                "'{shown}' is not a redis:// URL (or rediss:// for TLS, or \
+                 redis-cluster:// / rediss-cluster://)"
             ),
-        ));
-    }
-    if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
-        return Err(src.invalid(
-            "cache_url",
-            format!("'{shown}' is not a redis:// (or redis-cluster://) URL"),
         ));
     }
     fred::types::config::Config::from_url(url)

@@ -80,7 +80,7 @@ pub use retention::{DEFAULT_PURGE_INTERVAL_SECS, MAX_RETENTION_DAYS, RetentionCo
 pub use store::{
     DEFAULT_DATABASE_POOL_SIZE, DEFAULT_DATABASE_READY_TIMEOUT_MS,
     DEFAULT_DATABASE_STATEMENT_TIMEOUT_MS, DEFAULT_DATABASE_TIMEOUT_MS, DEFAULT_VECTOR_CACHE_MB,
-    IndexKind, StoreConfig,
+    IndexKind, Pooler, StoreConfig,
 };
 pub use telemetry::TelemetryConfig;
 

@@ -2,12 +2,21 @@
 //! `vector_cache_mb`), and how long a caller waits for it
 //! (`database_timeout_ms`, `database_statement_timeout_ms`,
 //! `database_ready_timeout_ms`).
+//!
+//! PostgreSQL's URLs and roles, one model (docs/managed-postgres.md):
+//! `database_url` serves requests as the runtime role and may be a
+//! transaction pooler; `database_direct_url` is a session as the same role,
+//! for operator-wide work and, without an owner URL, setup; and
+//! `database_owner_url` is a session as the schema's owner, for setup
+//! (migrations, indexes, grants). Unset, the direct URL is `database_url`
+//! and the owner URL is the direct URL. Invariant: a configuration whose
+//! `database_url` is behind a transaction pooler has a direct URL.
 
 use super::layers::{Choice, ConfigError, Layers, Range};
 use crate::store::redact;
 
 /// Where the store keeps it (the configuration reads it from there).
-pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind};
+pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind, Pooler};
 pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
 /// How long a request waits for a PostgreSQL connection ([`crate::store::DEFAULT_ACQUIRE_TIMEOUT`]).
 pub const DEFAULT_DATABASE_TIMEOUT_MS: u64 =
@@ -33,6 +42,8 @@ pub(super) const DATABASE_READY_TIMEOUT_MS: Range<u64> =
 pub(super) const KEYS: &[&str] = &[
     "database_url",
     "database_owner_url",
+    "database_direct_url",
+    "database_pooler",
     "database_pool_size",
     "database_timeout_ms",
     "database_statement_timeout_ms",
@@ -41,6 +52,21 @@ pub(super) const KEYS: &[&str] = &[
     "index",
     "vector_cache_mb",
 ];
+
+/// `database_pooler` as written: `auto` decides from the URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolerChoice {
+    Auto,
+    Is(Pooler),
+}
+
+impl Choice for PoolerChoice {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("none", Self::Is(Pooler::None)),
+        ("transaction", Self::Is(Pooler::Transaction)),
+    ];
+}
 
 impl Choice for IndexKind {
     const CHOICES: &'static [(&'static str, Self)] = &[
@@ -60,8 +86,17 @@ pub struct StoreConfig {
     /// two-role setup). When set, engram migrates and builds indexes as it
     /// and serves requests as `database_url`'s role, which it grants what
     /// serving needs; row-level security then binds a role that can neither
-    /// alter the schema nor lift the policies.
+    /// alter the schema nor lift the policies. A session connection (never
+    /// a transaction pooler).
     pub owner_url: Option<String>,
+    /// PostgreSQL only: a session connection (direct, or a session-mode
+    /// pooler) as `database_url`'s role, for what a transaction pooler
+    /// cannot carry: operator-wide work, and setup when `owner_url` is unset.
+    pub direct_url: Option<String>,
+    /// What is between engram and `database_url` (`database_pooler`,
+    /// resolved: `auto` is `transaction` when a direct URL other than
+    /// `database_url` is set, as Supabase documents the pair).
+    pub pooler: Pooler,
     /// Connections the PostgreSQL store may hold open.
     pub pool_size: u32,
     /// How long a request waits for a PostgreSQL connection (a free one, or a
@@ -117,9 +152,54 @@ impl StoreConfig {
             Some(owner) => Some(owner.trim().to_owned()),
             None => None,
         };
+        let direct_url = match src.string("database_direct_url")? {
+            Some(direct) if !is_postgres(&database_url) => {
+                return Err(src.invalid(
+                    "database_direct_url",
+                    format!(
+                        "'{}' is for a postgres:// database_url (one behind a pooler); \
+                         the SQLite store has no pooler",
+                        redact(direct.trim())
+                    ),
+                ));
+            }
+            Some(direct) if !is_postgres(direct.trim()) => {
+                return Err(src.invalid(
+                    "database_direct_url",
+                    "use postgres://USER@HOST:PORT/DATABASE: the same database as \
+                     database_url, reached without a transaction pooler",
+                ));
+            }
+            Some(direct) => Some(direct.trim().to_owned()),
+            None => None,
+        };
+        let pooler = match src.choice("database_pooler", PoolerChoice::Auto)? {
+            PoolerChoice::Is(pooler) => pooler,
+            PoolerChoice::Auto => match &direct_url {
+                Some(direct) if *direct != database_url => Pooler::Transaction,
+                _ => Pooler::None,
+            },
+        };
+        if pooler == Pooler::Transaction && !is_postgres(&database_url) {
+            return Err(src.invalid(
+                "database_pooler",
+                "transaction is for a postgres:// database_url behind a pooler",
+            ));
+        }
+        if pooler == Pooler::Transaction && direct_url.is_none() {
+            return Err(src.invalid(
+                "database_pooler",
+                "database_url goes through a transaction pooler, where no session outlasts \
+                 a transaction, and migrations and operator-wide work need one: set \
+                 ENGRAM_DATABASE_DIRECT_URL to a direct connection (on Supabase: the direct \
+                 connection, or the session pooler on port 5432)",
+            ));
+        }
         Ok(Self {
             database_url,
             owner_url,
+            direct_url,
+            pooler,
             pool_size: src.number("database_pool_size", &DATABASE_POOL_SIZE)?,
             timeout_ms: src.number("database_timeout_ms", &DATABASE_TIMEOUT_MS)?,
             statement_timeout_ms: src.number(
@@ -132,6 +212,17 @@ impl StoreConfig {
             index,
             vector_cache_mb: src.number("vector_cache_mb", &VECTOR_CACHE_MB)?,
         })
+    }
+}
+
+impl StoreConfig {
+    /// Where setup (migrations, index builds, re-embedding) runs: the
+    /// owner's URL, else the direct URL, else `database_url`.
+    pub fn setup_url(&self) -> &str {
+        self.owner_url
+            .as_deref()
+            .or(self.direct_url.as_deref())
+            .unwrap_or(&self.database_url)
     }
 }
 

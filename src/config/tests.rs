@@ -124,7 +124,11 @@ fn cache_settings_are_checked() {
 
     for (key, value, expect) in [
         ("ENGRAM_CACHE_URL", "memcached://x", "redis://"),
-        ("ENGRAM_CACHE_URL", "rediss://:secret@x:6380", "TLS"),
+        (
+            "ENGRAM_CACHE_URL",
+            "redis-cluster+tls://:secret@x",
+            "rediss-cluster://",
+        ),
         ("ENGRAM_CACHE_TTL_SECS", "0", "1..=86400"),
         ("ENGRAM_CACHE_TIMEOUT_MS", "soon", "integer"),
         ("ENGRAM_CACHE_PREFIX", "a b", "without spaces"),
@@ -877,4 +881,118 @@ fn the_local_embedders_settings_honour_the_hub_variables() {
         err.contains("ENGRAM_MODEL_HUB_URL") && err.contains("off"),
         "{err}"
     );
+}
+
+#[test]
+fn the_cache_over_tls_takes_a_ca_file_and_refuses_one_without_tls() {
+    let tls = Config::load_from(
+        None,
+        &env(&[("ENGRAM_CACHE_URL", "rediss://:pw@cache:6380")]),
+    )
+    .unwrap();
+    assert_eq!(tls.cache.url.as_deref(), Some("rediss://:pw@cache:6380"));
+    assert_eq!(tls.cache.ca_file, None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (vars, expected) in [
+        (
+            vec![
+                ("ENGRAM_CACHE_URL", "redis://cache:6379"),
+                ("ENGRAM_CACHE_CA_FILE", empty.to_str().unwrap()),
+            ],
+            "rediss://",
+        ),
+        (
+            vec![
+                ("ENGRAM_CACHE_URL", "rediss://cache:6380"),
+                ("ENGRAM_CACHE_CA_FILE", empty.to_str().unwrap()),
+            ],
+            "no certificate",
+        ),
+        (
+            vec![
+                ("ENGRAM_CACHE_URL", "rediss://cache:6380"),
+                ("ENGRAM_CACHE_CA_FILE", missing.to_str().unwrap()),
+            ],
+            "missing.pem",
+        ),
+    ] {
+        let err = Config::load_from(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ENGRAM_CACHE_CA_FILE") && err.contains(expected),
+            "{vars:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_direct_url_beside_a_pooled_one_turns_the_pooler_mode_on() {
+    let pooled = (
+        "ENGRAM_DATABASE_URL",
+        "postgres://app:pw@pooler:6543/engram",
+    );
+    let direct = (
+        "ENGRAM_DATABASE_DIRECT_URL",
+        "postgres://app:pw@db:5432/engram",
+    );
+    let cfg = Config::load_from(None, &env(&[pooled])).unwrap();
+    assert_eq!(cfg.store.pooler, Pooler::None);
+    assert_eq!(
+        cfg.store.setup_url(),
+        "postgres://app:pw@pooler:6543/engram"
+    );
+
+    // Supabase's pair: the transaction pooler and the direct connection.
+    let cfg = Config::load_from(None, &env(&[pooled, direct])).unwrap();
+    assert_eq!(cfg.store.pooler, Pooler::Transaction);
+    assert_eq!(cfg.store.direct_url.as_deref(), Some(direct.1));
+    assert_eq!(cfg.store.setup_url(), direct.1);
+    let owner = (
+        "ENGRAM_DATABASE_OWNER_URL",
+        "postgres://owner:pw@db:5432/engram",
+    );
+    let cfg = Config::load_from(None, &env(&[pooled, direct, owner])).unwrap();
+    assert_eq!(cfg.store.setup_url(), owner.1);
+
+    // Said outright, either way.
+    let none = ("ENGRAM_DATABASE_POOLER", "none");
+    let cfg = Config::load_from(None, &env(&[pooled, direct, none])).unwrap();
+    assert_eq!(cfg.store.pooler, Pooler::None);
+
+    for (vars, key, expected) in [
+        (
+            vec![pooled, ("ENGRAM_DATABASE_POOLER", "transaction")],
+            "ENGRAM_DATABASE_POOLER",
+            "ENGRAM_DATABASE_DIRECT_URL",
+        ),
+        (
+            vec![pooled, ("ENGRAM_DATABASE_POOLER", "statement")],
+            "ENGRAM_DATABASE_POOLER",
+            "auto, none, transaction",
+        ),
+        (
+            vec![("ENGRAM_DATABASE_URL", "sqlite:///tmp/e.db"), direct],
+            "ENGRAM_DATABASE_DIRECT_URL",
+            "postgres://",
+        ),
+        (
+            vec![pooled, ("ENGRAM_DATABASE_DIRECT_URL", "mysql://db/engram")],
+            "ENGRAM_DATABASE_DIRECT_URL",
+            "postgres://",
+        ),
+    ] {
+        let err = Config::load_from(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(expected),
+            "{vars:?}: {err}"
+        );
+        assert!(!err.contains(":pw@"), "password shown: {err}");
+    }
 }

@@ -33,7 +33,7 @@ pub use vector_index::{DEDUP_MARGIN, SketchRecall, sketch_recall};
 
 pub use postgres::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, IndexKind, PgOptions,
-    PgStore, PlanSettings, redact,
+    PgStore, PlanSettings, Pooler, redact,
 };
 pub use sqlite::SqliteStore;
 

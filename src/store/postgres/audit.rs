@@ -78,11 +78,7 @@ impl AuditLog for PgStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("writing the audit trail"))?;
+        let mut tx = self.begin_unscoped("writing the audit trail").await?;
         for record in records {
             insert_audit(&mut tx, record).await?;
         }
@@ -96,21 +92,24 @@ impl AuditLog for PgStore {
                AND ($3::text IS NULL OR operation = $3) AND ($4::bigint IS NULL OR seq < $4) \
              ORDER BY seq DESC LIMIT $5"
         );
+        let cx = "reading the audit trail";
+        let mut tx = self.begin_unscoped(cx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&query.user_ref)
             .bind(query.since)
             .bind(&query.operation)
             .bind(query.before_seq)
             .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db("reading the audit trail"))?;
+            .map_err(db(cx))?;
+        tx.commit().await.map_err(db(cx))?;
         rows.iter().map(audit_row).collect()
     }
 
     async fn seal_audit(&self, limit: usize) -> Result<SealReport, StoreError> {
         let cx = "sealing the audit trail";
-        let mut tx = self.pool.begin().await.map_err(db(cx))?;
+        let mut tx = self.begin_unscoped(cx).await?;
         let locked: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_xact_lock(hashtextextended('engram.audit_seal', 0))",
         )
@@ -165,12 +164,15 @@ impl AuditLog for PgStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM audit_log WHERE chain_pos > $1 ORDER BY chain_pos LIMIT $2"
         );
+        let cx = "reading the audit trail";
+        let mut tx = self.begin_unscoped(cx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db("reading the audit trail"))?;
+            .map_err(db(cx))?;
+        tx.commit().await.map_err(db(cx))?;
         rows.iter().map(audit_row).collect()
     }
 }

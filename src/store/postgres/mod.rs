@@ -30,8 +30,17 @@
 //! (migrations, the dimension, the vector index), `keyword_index` (postings
 //! written and rebuilt) and `rows` (the dialect: how rows hold ids, times
 //! and JSON, for the shared mapping). What both stores do alike is written
-//! once in `store/shared`. This file opens the store: options, pool,
-//! re-embedding.
+//! once in `store/shared`. This file opens the store: options, pools,
+//! re-embedding; `session` says how each connection is set up.
+//!
+//! The URLs (docs/managed-postgres.md, "URLs and roles"):
+//! * `url` (`database_url`): requests, as the runtime role; may be a
+//!   transaction pooler ([`PgOptions::pooler`]);
+//! * [`PgOptions::direct_url`]: a session (no transaction pooler) as the
+//!   same role: operator-wide work, and setup when no owner URL is given.
+//!   Without it, `url` (which then must not be a transaction pooler);
+//! * [`PgOptions::owner_url`]: a session as the schema's owner: migrations,
+//!   index builds, grants. Without it, the direct URL.
 //!
 //! [`Writes`]: super::Writes
 //! [`Writes::insert`]: super::Writes::insert
@@ -44,12 +53,11 @@
 //! [`Versions`]: super::Versions
 //! [`TokenUsage`]: super::TokenUsage
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use pgvector::Vector;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::shared::next_batch;
@@ -70,11 +78,13 @@ mod schema;
 mod scope;
 mod sealed;
 mod search;
+mod session;
 mod usage;
 mod versions;
 mod write;
 
 pub use schema::IndexKind;
+pub use session::Pooler;
 
 /// Connections a store holds open unless told otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -93,15 +103,26 @@ use roles::{current_role, grant_runtime_role, policies_bypassed_by};
 use schema::{
     bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
 };
-use scope::{ALL_USERS, operator_pool};
+use scope::{ALL_USERS, OPERATOR_POOL_SIZE};
+use session::{Settings, connect_options};
 
 /// How a PostgreSQL store is opened.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// The owner role's URL (the two-role setup, [`PgStore::open`]): when
     /// set, migrations and index builds run as it and the runtime role is
-    /// granted what serving needs; otherwise the runtime URL does both.
+    /// granted what serving needs; otherwise the direct URL does both. A
+    /// session connection: never a transaction pooler.
     pub owner_url: Option<String>,
+    /// A session connection (direct, or a pooler in session mode) as the
+    /// runtime role, for what needs a session: operator-wide work (its
+    /// connections see every user's rows by a session setting) and, without
+    /// an owner URL, setup (migrations hold a session advisory lock).
+    /// `None`: the runtime URL, which then must be a session too.
+    pub direct_url: Option<String>,
+    /// What stands between engram and the database on the runtime URL.
+    /// [`Pooler::Transaction`] needs `direct_url` or fails at open.
+    pub pooler: Pooler,
     pub pool_size: u32,
     /// How long a call waits for a connection before failing with a
     /// database error ([`DEFAULT_ACQUIRE_TIMEOUT`]). A free connection is
@@ -164,6 +185,8 @@ impl Default for PgOptions {
             index: IndexKind::Auto,
             plan: PlanSettings::default(),
             owner_url: None,
+            direct_url: None,
+            pooler: Pooler::None,
             index_backlog_every: Some(Duration::from_secs(1)),
         }
     }
@@ -171,9 +194,14 @@ impl Default for PgOptions {
 
 pub struct PgStore {
     /// Requests: each per-user call in a transaction scoped to its user
-    /// ([`PgStore::user_transaction`]); no connection sees any user's rows otherwise.
+    /// ([`PgStore::user_transaction`]); no connection sees any user's rows
+    /// otherwise. Possibly through a transaction pooler: every statement on
+    /// it runs in a transaction begun with `settings` (`session`).
     pool: PgPool,
-    /// Operator-wide work, whose sessions see every user's rows (`scope`).
+    /// What each transaction on `pool` begins with.
+    settings: Settings,
+    /// Operator-wide work, whose sessions see every user's rows (`scope`):
+    /// on the direct URL.
     operator: PgPool,
     embedder: EmbedderIdentity,
     index: IndexKind,
@@ -192,31 +220,42 @@ impl PgStore {
     /// role of `url` is granted what serving needs (`roles`): the two-role
     /// setup, in which the role serving requests owns nothing. Either way a
     /// role that skips row-level security (a superuser) is warned about.
+    ///
+    /// Setup and operator-wide work need a session: behind a transaction
+    /// pooler ([`PgOptions::pooler`]) they go to `options.direct_url` (and
+    /// the owner's URL), and opening fails without one.
     pub async fn open(
         url: &str,
         embedder: EmbedderIdentity,
         options: PgOptions,
     ) -> Result<Self, StoreError> {
         check_dims(&embedder)?;
-        let (pool, operator) = connect(url, &options).await?;
-        let setup_url = options.owner_url.as_deref().unwrap_or(url);
+        let direct_url = session_url(url, &options)?;
+        let (pool, settings, operator) = connect(url, direct_url, &options).await?;
+        let setup_url = options.owner_url.as_deref().unwrap_or(direct_url);
         // Opening may build indexes for minutes: on a connection of its
         // own, without the statement bound of requests.
-        let setup = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(session_options(setup_url, &options.plan)?.options([ALL_USERS]))
-            .await
-            .map_err(|source| StoreError::Open {
-                url: redact(setup_url),
-                source,
-            })?;
+        let setup = Settings::new(&options.plan, None)
+            .with(ALL_USERS.0, ALL_USERS.1)
+            .session_pool(
+                connect_options(setup_url, Pooler::None)?,
+                1,
+                options.acquire_timeout,
+            );
+        // A lazy pool reports only its timeout: connect once to say what is wrong.
+        drop(setup.acquire().await.map_err(|source| StoreError::Open {
+            url: redact(setup_url),
+            source,
+        })?);
         if options.migrate {
             migrate_pool(setup_url, &setup).await?;
         } else {
             check_migrated(setup_url, &setup).await?;
         }
-        let mut runtime = pool.acquire().await.map_err(db("opening the store"))?;
+        let mut runtime = pool
+            .begin_with(sqlx::AssertSqlSafe(settings.begin("BEGIN READ ONLY", None)))
+            .await
+            .map_err(db("opening the store"))?;
         let runtime_role = match options.owner_url {
             Some(_) => Some(current_role(&mut runtime).await?),
             None => None,
@@ -229,9 +268,10 @@ impl PgStore {
             ),
             None => tracing::info!("row-level security enforced for every per-user table"),
         }
-        drop(runtime);
+        runtime.commit().await.map_err(db("opening the store"))?;
         let store = Self {
             pool,
+            settings,
             operator,
             embedder,
             index: options.index,
@@ -297,7 +337,14 @@ impl PgStore {
         let identity = embedder.identity();
         check_dims(&identity)?;
         // Operator-wide: every user's vectors.
-        let (_, pool) = connect(url, &PgOptions::for_tools()).await?;
+        let options = PgOptions::for_tools();
+        let pool = Settings::new(&options.plan, None)
+            .with(ALL_USERS.0, ALL_USERS.1)
+            .session_pool(
+                connect_options(url, Pooler::None)?,
+                options.pool_size,
+                options.acquire_timeout,
+            );
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
         lock_schema(&mut tx).await?;
@@ -349,25 +396,29 @@ impl PgStore {
     }
 
     /// The embedder the database at `url` recorded, changing nothing:
-    /// `None` before engram's first open.
+    /// `None` before engram's first open. Plain queries (no prepared
+    /// statement), so `url` may be a transaction pooler.
     pub async fn recorded_embedder(url: &str) -> Result<Option<String>, StoreError> {
-        let options = session_options(url, &PlanSettings::default())?;
+        let options = connect_options(url, Pooler::None)?;
         let mut conn = PgConnection::connect_with(&options)
             .await
             .map_err(|source| StoreError::Open {
                 url: redact(url),
                 source,
             })?;
+        let cx = "reading the store's embedder";
         // Two statements: one naming a table that does not exist fails to plan.
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('store_info') IS NOT NULL")
+        let row = sqlx::raw_sql("SELECT to_regclass('store_info') IS NOT NULL")
             .fetch_one(&mut conn)
             .await
-            .map_err(db("reading the store's embedder"))?;
+            .map_err(db(cx))?;
+        let exists: bool = row.try_get(0).map_err(db(cx))?;
         let recorded = if exists {
-            sqlx::query_scalar("SELECT value FROM store_info WHERE key = 'embedder'")
+            let row = sqlx::raw_sql("SELECT value FROM store_info WHERE key = 'embedder'")
                 .fetch_optional(&mut conn)
                 .await
-                .map_err(db("reading the store's embedder"))?
+                .map_err(db(cx))?;
+            row.map(|row| row.try_get(0)).transpose().map_err(db(cx))?
         } else {
             None
         };
@@ -418,56 +469,55 @@ impl PgOptions {
     }
 }
 
-/// How engram's sessions on `url` are set up: its name, no JIT, and the
-/// plan settings `engram_exact_scan_limit` reads.
-fn session_options(url: &str, plan: &PlanSettings) -> Result<PgConnectOptions, StoreError> {
-    let mut connect = PgConnectOptions::from_str(url)
-        .map_err(|source| StoreError::Open {
-            url: redact(url),
-            source,
-        })?
-        .application_name("engram")
-        // JIT compiles plans whose estimated cost is high (an exact scan of a
-        // large user looks expensive) and adds tens of milliseconds to them.
-        .options([("jit", "off")]);
-    if let Some(rows) = plan.exact_scan_max_rows {
-        connect = connect.options([("engram.exact_scan_max_rows", rows.to_string())]);
+/// The session URL of a store on `url` with `options`: the direct URL, or
+/// `url` itself unless that is a transaction pooler.
+fn session_url<'a>(url: &'a str, options: &'a PgOptions) -> Result<&'a str, StoreError> {
+    match (&options.direct_url, options.pooler) {
+        (Some(direct), _) => Ok(direct),
+        (None, Pooler::None) => Ok(url),
+        (None, Pooler::Transaction) => Err(StoreError::Unsupported(format!(
+            "{} goes through a transaction pooler, where no session lasts past a \
+             transaction; migrations and operator-wide work need one: set \
+             ENGRAM_DATABASE_DIRECT_URL to a direct connection (or a session-mode pooler)",
+            redact(url)
+        ))),
     }
-    if let Some(ratio) = plan.exact_scan_ratio {
-        connect = connect.options([("engram.exact_scan_ratio", ratio.to_string())]);
-    }
-    if let Some(ef) = plan.ef_search {
-        connect = connect.options([("engram.ef_search", ef.to_string())]);
-    }
-    if let Some(rows) = plan.index_from_rows {
-        connect = connect.options([("engram.index_from_rows", rows.to_string())]);
-    }
-    Ok(connect)
 }
 
 /// How long a request connection may sit idle and still be used unpinged.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// The pools on `url`: requests' and the operator's (`scope`). Lazy:
-/// connections are made as calls need them, so a database that is down at a
-/// call fails that call within `acquire_timeout`, and the next call after it
-/// is back connects again; each statement bounded by `statement_timeout`.
-async fn connect(url: &str, options: &PgOptions) -> Result<(PgPool, PgPool), StoreError> {
-    let open_err = |source| StoreError::Open {
-        url: redact(url),
-        source,
+/// The pools: requests' on `url` (and the settings its transactions begin
+/// with) and the operator's on `direct_url` (`scope`). Lazy: connections are
+/// made as calls need them, so a database that is down at a call fails that
+/// call within `acquire_timeout`, and the next call after it is back
+/// connects again; each statement bounded by `statement_timeout`.
+async fn connect(
+    url: &str,
+    direct_url: &str,
+    options: &PgOptions,
+) -> Result<(PgPool, Settings, PgPool), StoreError> {
+    let open_err = |url: &str| {
+        let url = redact(url);
+        move |source| StoreError::Open { url, source }
     };
-    let mut connect = session_options(url, &options.plan)?;
-    if let Some(limit) = options.statement_timeout {
-        connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
-    }
+    let connect = connect_options(url, options.pooler)?;
     // One direct connection first: a pool retries until its timeout and then
-    // reports only that, while this reports what is wrong (refused, auth, no database).
+    // reports only that, while this reports what is wrong (refused, auth, no
+    // database, a certificate not trusted).
     let probe = PgConnection::connect_with(&connect)
         .await
-        .map_err(open_err)?;
-    probe.close().await.map_err(open_err)?;
-    let operator = operator_pool(&connect, options);
+        .map_err(open_err(url))?;
+    probe.close().await.map_err(open_err(url))?;
+    let settings = Settings::new(&options.plan, options.statement_timeout);
+    let operator = settings
+        .clone()
+        .with(ALL_USERS.0, ALL_USERS.1)
+        .session_pool(
+            connect_options(direct_url, Pooler::None)?,
+            OPERATOR_POOL_SIZE.min(options.pool_size.max(1)),
+            options.acquire_timeout,
+        );
     let requests = PgPoolOptions::new()
         .max_connections(options.pool_size)
         .acquire_timeout(options.acquire_timeout)
@@ -485,7 +535,7 @@ async fn connect(url: &str, options: &PgOptions) -> Result<(PgPool, PgPool), Sto
             })
         })
         .connect_lazy_with(connect);
-    Ok((requests, operator))
+    Ok((requests, settings.behind(options.pooler), operator))
 }
 
 /// `url` without its password, for messages and logs.

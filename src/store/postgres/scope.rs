@@ -14,19 +14,18 @@
 //!   audit trail, migrations). The request pool never has it.
 //!
 //! Setting the user costs no round trip of its own: it travels with `BEGIN`
-//! in one simple-query message.
+//! in one simple-query message, beside the connection settings (`session`).
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{PgOptions, PgStore, db};
+use super::{PgStore, db};
 use crate::store::StoreError;
 
 /// The session setting that lets a connection see every user's rows.
 pub(super) const ALL_USERS: (&str, &str) = ("engram.all_users", "on");
 
 /// Connections the operator pool may hold: its work is occasional.
-const OPERATOR_POOL_SIZE: u32 = 4;
+pub(super) const OPERATOR_POOL_SIZE: u32 = 4;
 
 impl PgStore {
     /// A transaction on the request pool in which PostgreSQL shows and
@@ -51,10 +50,31 @@ impl PgStore {
         begin: &str,
         context: &'static str,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.begin_on_pool(begin, Some(&scoped_to(user_id)), context)
+            .await
+    }
+
+    /// A transaction on the request pool scoped to no user, for what is not
+    /// one user's (the audit trail): every statement on the request pool
+    /// runs in a transaction begun here or by [`Self::begin_for`], so that
+    /// it holds through a transaction pooler (`session`).
+    pub(super) async fn begin_unscoped(
+        &self,
+        context: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.begin_on_pool("BEGIN", None, context).await
+    }
+
+    async fn begin_on_pool(
+        &self,
+        begin: &str,
+        scope: Option<&str>,
+        context: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let started = std::time::Instant::now();
         let tx = self
             .pool
-            .begin_with(sqlx::AssertSqlSafe(begin_as(begin, user_id)))
+            .begin_with(sqlx::AssertSqlSafe(self.settings.begin(begin, scope)))
             .await
             .map_err(db(context));
         crate::metrics::metrics()
@@ -69,40 +89,25 @@ impl PgStore {
     }
 }
 
-/// `begin` followed by the statement that scopes the transaction to
-/// `user_id`. The id travels hex-encoded, so no character of it is ever
-/// read as SQL.
-fn begin_as(begin: &str, user_id: &str) -> String {
+/// The call that scopes a transaction to `user_id`. The id travels
+/// hex-encoded, so no character of it is ever read as SQL.
+fn scoped_to(user_id: &str) -> String {
     let hex: String = user_id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{begin}; SELECT set_config('engram.user_id', \
-         convert_from(decode('{hex}', 'hex'), 'UTF8'), true)"
-    )
-}
-
-/// The operator pool on `connect` (the request pool's options): sessions
-/// with [`ALL_USERS`], made as needed.
-pub(super) fn operator_pool(connect: &PgConnectOptions, options: &PgOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(OPERATOR_POOL_SIZE.min(options.pool_size.max(1)))
-        .acquire_timeout(options.acquire_timeout)
-        .test_before_acquire(true)
-        .connect_lazy_with(connect.clone().options([ALL_USERS]))
+    format!("set_config('engram.user_id', convert_from(decode('{hex}', 'hex'), 'UTF8'), true)")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::begin_as;
+    use super::scoped_to;
 
     #[test]
     fn the_user_never_reaches_the_sql_as_text() {
-        let sql = begin_as("BEGIN", "o'brien'); DROP TABLE memories; --");
+        let sql = scoped_to("o'brien'); DROP TABLE memories; --");
         assert!(!sql.contains("brien"), "{sql}");
         assert!(!sql.contains("DROP"), "{sql}");
         assert_eq!(
-            begin_as("BEGIN", "ab"),
-            "BEGIN; SELECT set_config('engram.user_id', \
-             convert_from(decode('6162', 'hex'), 'UTF8'), true)"
+            scoped_to("ab"),
+            "set_config('engram.user_id', convert_from(decode('6162', 'hex'), 'UTF8'), true)"
         );
     }
 }
