@@ -9,7 +9,8 @@
 # Needs cargo (with rustfmt and clippy), node and npm, python3 with pip, and
 # redis-server (Debian: redis-server) unless a Redis already answers on
 # 127.0.0.1:6379; promtool and amtool (Debian: prometheus,
-# prometheus-alertmanager), which it installs with apt-get as root when missing. Installs the pinned MCP Inspector CLI into a cache outside the
+# prometheus-alertmanager) and pgbouncer (Debian: pgbouncer), which it
+# installs with apt-get as root when missing. Installs the pinned MCP Inspector CLI into a cache outside the
 # repo on first use and exports ENGRAM_INSPECTOR_CLI so tests/it/inspector.rs runs
 # it without network access.
 #
@@ -52,23 +53,26 @@ ENGRAM_INSPECTOR_CLI="$(node -p '
 export ENGRAM_INSPECTOR_CLI
 step "inspector CLI: $ENGRAM_INSPECTOR_CLI"
 
-# --- promtool and amtool ------------------------------------------------------
+# --- promtool, amtool and pgbouncer --------------------------------------------
 # tests/it/deploy.rs checks deploy/ (alert rules, Prometheus and Alertmanager
 # configuration, the dashboard's queries) with them: Debian's prometheus and
-# prometheus-alertmanager packages, installed here when missing (as root, as CI
-# runs; elsewhere the tests name the packages).
-monitoring_packages=()
-command -v promtool >/dev/null || monitoring_packages+=(prometheus)
-command -v amtool >/dev/null || monitoring_packages+=(prometheus-alertmanager)
-if [[ ${#monitoring_packages[@]} -gt 0 ]]; then
+# prometheus-alertmanager packages; the store conformance suite and the TLS
+# tests (tests/it/tls.rs) run PgBouncer in front of the test PostgreSQL:
+# Debian's pgbouncer. Installed here when missing (as root, as CI runs;
+# elsewhere the tests name the packages).
+apt_packages=()
+command -v promtool >/dev/null || apt_packages+=(prometheus)
+command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
+command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt_packages+=(pgbouncer)
+if [[ ${#apt_packages[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        step "installing ${monitoring_packages[*]} (promtool, amtool) with apt-get"
+        step "installing ${apt_packages[*]} with apt-get"
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${monitoring_packages[@]}" >&2
+            "${apt_packages[@]}" >&2
     else
-        echo "error: promtool or amtool missing; install Debian's ${monitoring_packages[*]}" \
-            "(apt-get install -y ${monitoring_packages[*]})" >&2
+        echo "error: promtool, amtool or pgbouncer missing; install Debian's ${apt_packages[*]}" \
+            "(apt-get install -y ${apt_packages[*]})" >&2
         exit 1
     fi
 fi

@@ -1,20 +1,24 @@
 //! The store conformance suite: one generic body per behaviour, run against
 //! every `Store` implementation (SQLite, and PostgreSQL + pgvector on the
-//! server `ENGRAM_TEST_DATABASE_URL` names). A backend that passes here
-//! behaves like the others as far as the service can tell.
+//! server `ENGRAM_TEST_DATABASE_URL` names), and PostgreSQL once more
+//! through a real PgBouncer in transaction pooling mode (`pgbouncer`: the
+//! requests through it, sessions on the direct URLs, as on Supabase). A
+//! backend that passes here behaves like the others as far as the service
+//! can tell.
 
 use crate::common;
 
 use std::sync::Arc;
 
+use common::pgbouncer::PgBouncer;
 use common::postgres::TestDatabase;
 use engram::embed::{Embedder, EmbedderIdentity, HashEmbedder};
 use engram::keywords;
 use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
-    Access, InsertOutcome, KeyState, NewMemory, NewPending, PgOptions, PgStore, SearchScope,
-    Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
+    Access, InsertOutcome, KeyState, NewMemory, NewPending, PgOptions, PgStore, Pooler,
+    SearchScope, Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
 
@@ -22,8 +26,16 @@ const DIMS: usize = 384;
 
 /// Where a backend keeps its data; dropped after the store.
 enum Place {
-    Sqlite { _dir: tempfile::TempDir },
-    Postgres { db: TestDatabase },
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        db: TestDatabase,
+        /// How the store was opened, for a second instance.
+        options: PgOptions,
+        /// The pooler in front, when there is one; stopped after the store.
+        _pooler: Option<PgBouncer>,
+    },
 }
 
 struct Backend {
@@ -46,8 +58,8 @@ impl Backend {
     async fn open_again(&self, embedder: EmbedderIdentity) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self.place {
             Place::Sqlite { .. } => Arc::new(SqliteStore::open(&self.url, embedder).await?),
-            Place::Postgres { ref db } => {
-                Arc::new(PgStore::open(&self.url, embedder, two_roles(db)).await?)
+            Place::Postgres { ref options, .. } => {
+                Arc::new(PgStore::open(&self.url, embedder, options.clone()).await?)
             }
         })
     }
@@ -68,17 +80,48 @@ async fn sqlite() -> Backend {
 
 async fn postgres() -> Backend {
     let db = TestDatabase::create().await;
+    let options = two_roles(&db);
     let store = PgStore::open(
         &db.app_url,
         HashEmbedder::new(DIMS).identity(),
-        two_roles(&db),
+        options.clone(),
     )
     .await
     .unwrap();
     Backend {
         store: Arc::new(store),
         url: db.app_url.clone(),
-        place: Place::Postgres { db },
+        place: Place::Postgres {
+            db,
+            options,
+            _pooler: None,
+        },
+    }
+}
+
+/// PostgreSQL with requests through PgBouncer in transaction mode, as
+/// Supabase's pooler on port 6543: the runtime role's requests through
+/// it, its session work on the direct URL, setup as the owner.
+async fn pgbouncer() -> Backend {
+    let db = TestDatabase::create().await;
+    let pooler = PgBouncer::start().await;
+    let options = PgOptions {
+        direct_url: Some(db.app_url.clone()),
+        pooler: Pooler::Transaction,
+        ..two_roles(&db)
+    };
+    let url = pooler.url(&db.app_url);
+    let store = PgStore::open(&url, HashEmbedder::new(DIMS).identity(), options.clone())
+        .await
+        .unwrap_or_else(|e| panic!("opening through pgbouncer: {e}\n{}", pooler.log()));
+    Backend {
+        store: Arc::new(store),
+        url,
+        place: Place::Postgres {
+            db,
+            options,
+            _pooler: Some(pooler),
+        },
     }
 }
 
@@ -750,9 +793,11 @@ async fn reembedding_rebuilds_every_vector(b: Backend) {
     let done = match b.place {
         Place::Sqlite { .. } => SqliteStore::reembed(&b.url, &small).await.unwrap(),
         // Rewriting a column's type is the owner's work.
-        Place::Postgres { ref db } => PgStore::reembed(&db.owner_url, &small, Default::default())
-            .await
-            .unwrap(),
+        Place::Postgres { ref db, .. } => {
+            PgStore::reembed(&db.owner_url, &small, Default::default())
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(done, 2);
     // The old embedder is now the wrong one; the new one opens and finds.
@@ -2544,6 +2589,7 @@ macro_rules! every_backend {
     ($($test:ident),* $(,)?) => {
         conformance!(sqlite: $($test),*);
         conformance!(postgres: $($test),*);
+        conformance!(pgbouncer: $($test),*);
     };
 }
 

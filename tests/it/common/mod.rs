@@ -2,8 +2,10 @@
 //! and fresh PostgreSQL databases ([`postgres`]).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fake_openai;
 pub mod http;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod raw;
