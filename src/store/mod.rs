@@ -60,9 +60,31 @@ pub use types::{
     Scored, SearchScope, Selection, SupersedeOutcome,
 };
 
+/// What to do about a connection that failed for `source`, when engram
+/// can say: a certificate refused (docs/managed-postgres.md, "TLS").
+fn open_hint(source: &sqlx::Error) -> &'static str {
+    // A certificate refused in the handshake comes as a TLS error, or after
+    // it as an I/O error carrying rustls's.
+    let refused = match source {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    };
+    if refused {
+        "; the server's certificate was not accepted: with sslmode=verify-full (or \
+             verify-ca) set sslrootcert=PATH to the CA file that signed it (your provider's, \
+             e.g. Supabase's prod-ca-2021.crt), and use the host name the certificate names; \
+             sslmode=require encrypts without checking either"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open database {url}: {source}")]
+    #[error("cannot open database {url}: {source}{}", open_hint(.source))]
     Open { url: String, source: sqlx::Error },
 
     #[error("cannot apply database migrations to {url}: {source}")]

@@ -4,7 +4,8 @@
 //! pgvector, Redis, a fake OpenAI-compatible server on a real socket);
 //! `common` holds what they share.
 //!
-//! * Stores: [`store_conformance`] (every behaviour, both stores),
+//! * Stores: [`store_conformance`] (every behaviour, both stores, and
+//!   PostgreSQL again through PgBouncer in transaction mode),
 //!   [`postgres`] (what only PostgreSQL has to prove), [`cache`] (Redis,
 //!   never the source of truth), [`crash`] (what an abort at an exact step
 //!   keeps, both stores).
@@ -28,7 +29,9 @@
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
 //! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
-//!   configuration in `deploy/`, checked with promtool and amtool).
+//!   configuration in `deploy/`, checked with promtool and amtool), [`tls`]
+//!   (PostgreSQL through a TLS-terminating PgBouncer and Redis over TLS,
+//!   with certificates the tests make: right CA, wrong CA, wrong host name).
 
 mod common;
 
@@ -63,4 +66,5 @@ mod row_level_security;
 mod secrets;
 mod sse_limits;
 mod store_conformance;
+mod tls;
 mod token_budget;

@@ -32,7 +32,7 @@ enum Place {
     Postgres {
         db: TestDatabase,
         /// How the store was opened, for a second instance.
-        options: PgOptions,
+        options: Box<PgOptions>,
         /// The pooler in front, when there is one; stopped after the store.
         _pooler: Option<PgBouncer>,
     },
@@ -59,7 +59,7 @@ impl Backend {
         Ok(match self.place {
             Place::Sqlite { .. } => Arc::new(SqliteStore::open(&self.url, embedder).await?),
             Place::Postgres { ref options, .. } => {
-                Arc::new(PgStore::open(&self.url, embedder, options.clone()).await?)
+                Arc::new(PgStore::open(&self.url, embedder, (**options).clone()).await?)
             }
         })
     }
@@ -93,7 +93,7 @@ async fn postgres() -> Backend {
         url: db.app_url.clone(),
         place: Place::Postgres {
             db,
-            options,
+            options: Box::new(options),
             _pooler: None,
         },
     }
@@ -119,7 +119,7 @@ async fn pgbouncer() -> Backend {
         url,
         place: Place::Postgres {
             db,
-            options,
+            options: Box::new(options),
             _pooler: Some(pooler),
         },
     }
