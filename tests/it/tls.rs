@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::certs::Authority;
+use common::http::Server;
 use common::pgbouncer::PgBouncer;
 use common::postgres::TestDatabase;
 use engram::cache::{Cache, RedisCache, RedisSettings};
@@ -19,6 +20,8 @@ use engram::embed::{Embedder, HashEmbedder};
 use engram::model::{MemoryId, Scope};
 use engram::store::prelude::*;
 use engram::store::{InsertOutcome, NewMemory, PgOptions, PgStore, Pooler, SearchScope};
+use reqwest::Method;
+use serde_json::json;
 
 const DIMS: usize = 64;
 
@@ -267,4 +270,72 @@ async fn the_cache_over_rediss_trusts_the_given_ca_and_nothing_else() {
     let misnamed = redis.cache("127.0.0.1", Some(redis.ca_file.clone())).await;
     assert!(misnamed.ping().await.is_err());
     assert!(!misnamed.is_up());
+}
+
+/// The binary, configured as a Supabase user would: requests through the
+/// (TLS, transaction-mode) pooler, the direct URL beside it (which turns the
+/// pooler mode on), the owner for migrations, and the cache over TLS with
+/// its CA file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engram_serves_through_a_tls_pooler_and_a_tls_cache_from_its_environment() {
+    let tls = TlsDatabase::start().await;
+    let redis = TlsRedis::start();
+    redis.wait_until_listening().await;
+    let verified = format!("sslmode=verify-full&sslrootcert={}", tls.ca_file.display());
+    let database_url = tls.url("localhost", &verified);
+    let cache_url = format!("rediss://localhost:{}", redis.port);
+    let ca_file = redis.ca_file.display().to_string();
+    let server = Server::start_process_with(&[
+        ("ENGRAM_DATABASE_URL", database_url.as_str()),
+        ("ENGRAM_DATABASE_DIRECT_URL", tls.db.app_url.as_str()),
+        ("ENGRAM_DATABASE_OWNER_URL", tls.db.owner_url.as_str()),
+        ("ENGRAM_CACHE_URL", cache_url.as_str()),
+        ("ENGRAM_CACHE_CA_FILE", ca_file.as_str()),
+        ("ENGRAM_EMBEDDER", "hash"),
+    ])
+    .await;
+    let stored = server
+        .call(
+            Method::POST,
+            "/api/v1/memory",
+            None,
+            Some(
+                json!({"user_id": "alice", "text": "Waters the ferns on Sundays", "infer": false}),
+            ),
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    // Twice: the second answer may come from the cache.
+    for _ in 0..2 {
+        let found = server
+            .call(
+                Method::POST,
+                "/api/v1/memory/search",
+                None,
+                Some(json!({"user_id": "alice", "query": "ferns"})),
+            )
+            .await;
+        assert_eq!(found.status, 200, "{}", found.text);
+        assert!(found.text.contains("Waters the ferns"), "{}", found.text);
+    }
+    // The cache answered over TLS: up, a hit, no error.
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "engram_cache_up 1",
+        "engram_cache_requests_total{result=\"error\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("engram_cache_requests_total{result=\"hit\"} 0"),
+        "{metrics}"
+    );
 }
