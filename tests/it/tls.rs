@@ -275,7 +275,8 @@ async fn the_cache_over_rediss_trusts_the_given_ca_and_nothing_else() {
 /// The binary, configured as a Supabase user would: requests through the
 /// (TLS, transaction-mode) pooler, the direct URL beside it (which turns the
 /// pooler mode on), the owner for migrations, and the cache over TLS with
-/// its CA file.
+/// its CA file. The default embedder (`auto`) first reads the one the
+/// store recorded, through the pooler too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engram_serves_through_a_tls_pooler_and_a_tls_cache_from_its_environment() {
     let tls = TlsDatabase::start().await;
@@ -291,7 +292,6 @@ async fn engram_serves_through_a_tls_pooler_and_a_tls_cache_from_its_environment
         ("ENGRAM_DATABASE_OWNER_URL", tls.db.owner_url.as_str()),
         ("ENGRAM_CACHE_URL", cache_url.as_str()),
         ("ENGRAM_CACHE_CA_FILE", ca_file.as_str()),
-        ("ENGRAM_EMBEDDER", "hash"),
     ])
     .await;
     let stored = server

@@ -104,7 +104,7 @@ use schema::{
     bind_dimension, check_dims, check_migrated, ensure_vector_index, lock_schema, migrate_pool,
 };
 use scope::{ALL_USERS, OPERATOR_POOL_SIZE};
-use session::{Settings, connect_options};
+use session::{Settings, connect_options, reachable};
 
 /// How a PostgreSQL store is opened.
 #[derive(Debug, Clone)]
@@ -242,11 +242,7 @@ impl PgStore {
                 1,
                 options.acquire_timeout,
             );
-        // A lazy pool reports only its timeout: connect once to say what is wrong.
-        drop(setup.acquire().await.map_err(|source| StoreError::Open {
-            url: redact(setup_url),
-            source,
-        })?);
+        reachable(&setup, setup_url).await?;
         if options.migrate {
             migrate_pool(setup_url, &setup).await?;
         } else {
@@ -345,6 +341,7 @@ impl PgStore {
                 options.pool_size,
                 options.acquire_timeout,
             );
+        reachable(&pool, url).await?;
         migrate_pool(url, &pool).await?;
         let mut tx = pool.begin().await.map_err(db("starting the re-embed"))?;
         lock_schema(&mut tx).await?;

@@ -159,6 +159,18 @@ impl Settings {
     }
 }
 
+/// Connects `pool` (a lazy one, on `url`) once: a lazy pool reports only
+/// its timeout, this what is wrong (refused, auth, a certificate not trusted).
+pub(super) async fn reachable(pool: &PgPool, url: &str) -> Result<(), StoreError> {
+    pool.acquire()
+        .await
+        .map(drop)
+        .map_err(|source| StoreError::Open {
+            url: redact(url),
+            source,
+        })
+}
+
 async fn apply(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
     conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
         .await
