@@ -99,14 +99,16 @@ impl Server {
         // The address it listens on is in its start-up log line.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let base = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut seen = Vec::new();
             while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push(line.clone());
                 if let Some(at) = line.find("serving MCP at http://") {
                     let url = &line[at + "serving MCP at ".len()..];
                     let end = url.find("/mcp").unwrap();
                     return url[..end].to_owned();
                 }
             }
-            panic!("engram exited before listening");
+            panic!("engram exited before listening:\n{}", seen.join("\n"));
         })
         .await
         .expect("engram did not start listening");
