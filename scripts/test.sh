@@ -122,4 +122,14 @@ else
     cargo test --no-fail-fast "$@"
 fi
 
+# --- The image ---------------------------------------------------------------
+# Docker does not run here, so the Dockerfile's build step runs as the plain
+# script it is (release, --locked); tests/it/deploy.rs checks the image's
+# settings, command and health check with the test build. Skipped when a
+# filter was given, or with ENGRAM_TEST_SKIP_IMAGE_BUILD=1.
+if [[ $# -eq 0 && -z "${ENGRAM_TEST_SKIP_IMAGE_BUILD:-}" ]]; then
+    step "deploy/build.sh (the image's build step)"
+    deploy/build.sh "${CARGO_TARGET_DIR:-target}/image"
+fi
+
 step "all tests passed"

@@ -28,7 +28,10 @@
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
 //! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
-//!   configuration in `deploy/`, checked with promtool and amtool).
+//!   configuration in `deploy/`, checked with promtool and amtool; the
+//!   image's and the compose file's settings).
+//! * The docs: [`docs`] (every runnable example run, client configurations
+//!   checked, generated reference parts current, links resolved).
 
 mod common;
 
@@ -38,6 +41,7 @@ mod chat_agent;
 mod cli;
 mod crash;
 mod deploy;
+mod docs;
 mod encryption;
 mod erasure;
 mod eval_cli;
