@@ -1,7 +1,7 @@
 //! The REST API over real HTTP against the real binary: every route's
 //! success and error shapes, and the OpenAPI document covering every route;
 //! correcting a memory and listing a user's memories page by page, on both
-//! stores.
+//! stores; and the README's REST examples within the default rate limits.
 
 use crate::common;
 
@@ -837,3 +837,79 @@ on_both_stores!(
     correcting_a_memory_keeps_the_old_version,
     listing_pages_by_cursor
 );
+
+/// What a user expects of the default REST limit: following the README's
+/// REST section by hand (its curl examples, then a look at every route it
+/// lists, each twice) is never refused, with the shipped binary; and the
+/// default still bounds a user, at 120 requests a minute (the allowance
+/// refills meanwhile, 2 a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_examples_fit_the_default_rest_limit() {
+    let server = Server::start_process_with(&[("ENGRAM_AUTH", "keys")]).await;
+    let key = server.create_key(&["--user", "alice"]);
+    let started = std::time::Instant::now();
+    let base = "/api/v1/memory";
+    let made = std::cell::Cell::new(0usize);
+    let call = async |method: Method, path: String, body: Option<Value>| {
+        made.set(made.get() + 1);
+        let reply = server.call(method.clone(), &path, Some(&key), body).await;
+        assert_ne!(
+            reply.status,
+            429,
+            "request {} ({method} {path}): {}",
+            made.get(),
+            reply.text
+        );
+        reply
+    };
+    for _ in 0..2 {
+        let body = json!({"text": "I take my coffee black"});
+        call(Method::POST, base.into(), Some(body)).await;
+        let body = json!({"query": "coffee"});
+        call(Method::POST, format!("{base}/search"), Some(body)).await;
+    }
+    let listed = call(Method::GET, format!("{base}?limit=2"), None).await;
+    let id = listed.body["results"][0]["id"].as_str().unwrap().to_owned();
+    let body = json!({"text": "I take my coffee with oat milk"});
+    let corrected = call(Method::PUT, format!("{base}/{id}"), Some(body)).await;
+    assert_eq!(corrected.status, 200, "{}", corrected.text);
+    for path in [
+        format!("{base}/{id}"),
+        format!("{base}/{id}/history"),
+        format!("{base}/context/alice"),
+        format!("{base}/stats/alice"),
+        format!("{base}/export/alice"),
+        format!("{base}?limit=2"),
+    ] {
+        call(Method::GET, path.clone(), None).await;
+        call(Method::GET, path, None).await;
+    }
+    assert!(made.get() >= 17, "{}", made.get());
+
+    // Still a limit: past the minute's allowance (and what refilled while
+    // these requests ran) the next request is refused.
+    let limit = engram::config::DEFAULT_REST_USER_RATE_LIMIT as usize;
+    assert_eq!(limit, 120);
+    let stats = format!("{base}/stats/alice");
+    let refused = loop {
+        let reply = server.call(Method::GET, &stats, Some(&key), None).await;
+        if reply.status == 429 {
+            break reply;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        made.set(made.get() + 1);
+        assert!(made.get() < 10 * limit, "never refused");
+    };
+    refused.problem(429, "rate_limited");
+    assert!(
+        refused.text.contains("ENGRAM_REST_USER_RATE_LIMIT"),
+        "{}",
+        refused.text
+    );
+    let refilled = (started.elapsed().as_secs_f64() * limit as f64 / 60.0).ceil() as usize;
+    assert!(
+        (limit..=limit + refilled).contains(&made.get()),
+        "refused after {} requests; allowed {limit} + {refilled} refilled",
+        made.get()
+    );
+}
