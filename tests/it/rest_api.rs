@@ -569,6 +569,18 @@ async fn correcting_a_memory_keeps_the_old_version(postgres: bool) {
         found.text
     );
 
+    // Audited as a write, in its transaction: one row naming both versions.
+    let admin = server.create_key(&["--admin"]);
+    let trail = get("/api/v1/audit?user_id=alice&op=correct".to_owned(), &admin).await;
+    assert_eq!(trail.status, 200, "{}", trail.text);
+    assert_eq!(trail.body["rows"][0]["outcome"], "ok", "{}", trail.text);
+    assert_eq!(
+        trail.body["rows"][0]["memory_ids"],
+        json!([id, new_id]),
+        "{}",
+        trail.text
+    );
+
     // New metadata replaces the old; the same text and metadata again
     // change nothing.
     let retagged = put(
