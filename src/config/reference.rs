@@ -368,7 +368,7 @@ pub const SETTINGS: &[Setting] = {
         },
         Setting {
             variable: "ENGRAM_REST_USER_RATE_LIMIT",
-            default: Value("10"),
+            default: Value("120"),
             meaning: "REST requests per minute per acting user, whichever keys act for them (0: no limit)",
         },
         Setting {
@@ -378,7 +378,7 @@ pub const SETTINGS: &[Setting] = {
         },
         Setting {
             variable: "ENGRAM_REST_RATE_LIMIT",
-            default: Value("1000"),
+            default: Value("12000"),
             meaning: "REST requests per minute per API key, whichever users it acts for (0: no limit)",
         },
         Setting {
