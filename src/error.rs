@@ -25,6 +25,12 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
 
+    /// The request is well formed but the memory's state refuses it: a
+    /// correction of a memory that is no longer current, or into the text
+    /// of another current memory. Nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -58,7 +64,7 @@ impl Error {
             Self::InvalidInput { .. } => "invalid_input",
             Self::NotFound(_) => "not_found",
             Self::Forbidden(_) => "forbidden",
-            Self::Store(StoreError::Conflict(_)) => "conflict",
+            Self::Conflict(_) | Self::Store(StoreError::Conflict(_)) => "conflict",
             Self::Store(
                 StoreError::Database { .. } | StoreError::Open { .. } | StoreError::TimedOut { .. },
             ) => "unavailable",
@@ -71,7 +77,7 @@ impl Error {
     pub fn is_caller_error(&self) -> bool {
         matches!(
             self,
-            Self::InvalidInput { .. } | Self::NotFound(_) | Self::Forbidden(_)
+            Self::InvalidInput { .. } | Self::NotFound(_) | Self::Forbidden(_) | Self::Conflict(_)
         )
     }
 }

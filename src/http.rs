@@ -8,7 +8,8 @@
 //!   `/api/v1/openapi.json` ([`openapi`]).
 //! * `/healthz`: the process is up. `/readyz`: the database answers (the
 //!   cache's state is shown, but engram serves without it, so it never
-//!   makes the instance unready).
+//!   makes the instance unready). Both answer whatever the `Host`, as
+//!   `/metrics` does: probes come by the pod's address.
 //! * `/metrics`: Prometheus metrics ([`crate::metrics`]; `metrics.rs`), with
 //!   no key and whatever the `Host`: a scraper comes by the pod's address.
 //!
@@ -226,13 +227,14 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
     )
     .layer(from_fn(api::problems_only));
 
-    let mut app = Router::new()
+    // Probes answer whatever the `Host`: an orchestrator probes by the
+    // pod's address, and they tell nothing about any user.
+    let ready_timeout = settings.ready_timeout;
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move |state| ready(state, settings.ready_timeout)),
-        )
-        .with_state(service)
+        .route("/readyz", get(move |state| ready(state, ready_timeout)))
+        .with_state(service);
+    let mut app = Router::new()
         .merge(mcp_routes)
         .merge(rest)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -253,8 +255,15 @@ pub fn app(service: Arc<MemoryService>, settings: Settings, stop: CancellationTo
             check_host(hosts.clone(), origins.clone(), request, next)
         }))
         .layer(from_fn(traced::request));
-    // Outside the host check: a scraper comes by the pod's address.
-    metrics::only(metrics_service).merge(guarded)
+    // Outside the host check: a scraper or a probe comes by the pod's address.
+    metrics::only(metrics_service)
+        .merge(probes.layer(from_fn(traced::request)))
+        .merge(guarded)
+}
+
+/// The REST API's OpenAPI document, as `/api/v1/openapi.json` serves it.
+pub(crate) fn openapi_document() -> &'static serde_json::Value {
+    openapi::document()
 }
 
 /// The router of `ENGRAM_METRICS_BIND`: `GET /metrics` alone.
@@ -329,7 +338,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers(
                 [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT]
                     .into_iter()

@@ -66,7 +66,8 @@
 //! * Around it: [`chat`] (a chat loop with memory, for
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
 //!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),
-//!   [`failpoint`] (crash points that tests set, to prove what a crash keeps).
+//!   [`failpoint`] (crash points that tests set, to prove what a crash keeps),
+//!   [`reference`] (the docs' generated parts: settings, REST, tools).
 //!
 //! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
@@ -94,6 +95,7 @@ pub mod openai;
 pub mod params;
 mod rank;
 mod reconcile;
+pub mod reference;
 pub mod secrets;
 pub mod service;
 pub mod startup;

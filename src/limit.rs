@@ -22,7 +22,7 @@
 //!   naming another user) is not counted: its flow refuses it.
 //!
 //! The defaults follow from that split: the per-user limits keep what one
-//! client needs (600 MCP, 10 REST requests a minute), and the per-key limits
+//! client needs (600 MCP, 120 REST requests a minute), and the per-key limits
 //! are a hundred times higher, so that a backend whose one admin key serves
 //! many users is held to each user's allowance, not capped as one user. A
 //! user's key acts for one user, so for it the per-user limit is the one

@@ -79,6 +79,23 @@ enum Command {
     /// returns, audited; `--encrypt` seals it under ENGRAM_ENCRYPTION_KEY,
     /// `--decrypt FILE` opens such a file again.
     Export(engram::startup::ExportArgs),
+    /// Ask a running HTTP server whether it is ready (exit 0) or not (exit 1):
+    /// the container image's health check.
+    Healthcheck {
+        /// The URL to probe; default: /readyz on ENGRAM_BIND, over the
+        /// loopback when it binds every address.
+        #[arg(long)]
+        url: Option<String>,
+        /// The address `serve --transport http` listens on.
+        #[arg(long, env = "ENGRAM_BIND", default_value = "127.0.0.1:8765")]
+        bind: String,
+    },
+    /// Print a generated part of the reference docs as Markdown: every
+    /// setting (`config`), the REST API (`rest`) or the MCP tools (`tools`).
+    Reference {
+        #[arg(value_enum)]
+        part: engram::reference::Part,
+    },
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
     /// Measure recall on a LoCoMo-format conversation set: every turn
@@ -283,6 +300,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let config = Config::load(cli.config.as_deref())?;
             engram::startup::export(&config, &args).await?;
         }
+        Command::Healthcheck { url, bind } => {
+            let url = url.unwrap_or_else(|| engram::startup::default_probe_url(&bind));
+            engram::startup::healthcheck(&url).await?;
+        }
+        Command::Reference { part } => print!("{}", part.render()),
         Command::Bench(args) => engram::bench::run(args).await?,
         Command::Eval(args) => {
             let config = Config::load(cli.config.as_deref())?;

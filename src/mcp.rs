@@ -553,6 +553,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The tools as `tools/list` lists them, for the reference in `docs/api.md`.
+pub(crate) fn tool_list() -> Vec<rmcp::model::Tool> {
+    let mut tools = EngramMcp::tool_router().list_all();
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    tools
+}
+
 #[cfg(test)]
 mod tests {
     use super::percent_decode;

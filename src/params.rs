@@ -158,6 +158,33 @@ pub struct MemoryRef {
     pub user_id: Option<String>,
 }
 
+/// A correction of one memory (`PUT /api/v1/memory/{memory_id}`, mem0's
+/// `update`): the text it should say instead, stored as given.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectParams {
+    /// The corrected text, stored as given (no extraction), checked and
+    /// screened for secrets as `remember`'s.
+    pub text: Option<String>,
+    /// The new version's metadata, in place of the old version's; omitted:
+    /// the old version's is kept.
+    #[serde(default, deserialize_with = "lenient::object")]
+    pub metadata: Option<Metadata>,
+}
+
+/// Which page of a user's memories (`GET /api/v1/memory`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Whose memories; defaults to the caller's own (the API key's user, else the server's default user).
+    pub user_id: Option<String>,
+    /// Where to go on: the previous page's `next_cursor`, as given. Omitted: the first page.
+    pub cursor: Option<String>,
+    /// How many memories, 1..=100 (default 50).
+    #[serde(default, deserialize_with = "lenient::integer")]
+    pub limit: Option<i64>,
+}
+
 /// Argument decoders that also accept the string forms some clients send
 /// (the MCP Inspector CLI passes every `--tool-arg` as a string when a schema
 /// type is nullable): `"5"` for 5, `"true"` for true, `"{...}"` for an object.

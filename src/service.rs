@@ -17,9 +17,13 @@
 //!   alike, with their history), then purge the user's cache entries. Like
 //!   remember, a write: refused to a read-only key
 //!   ([`Principal::may_write`]).
-//! * get / history / stats / export: reads of one user's data, straight from
-//!   the store (no cache); a memory the user does not have is `NotFound`,
-//!   whether unknown or another user's.
+//! * correct (`correct.rs`): one memory's text (and metadata) replaced by a
+//!   new version that supersedes it, the old one kept with its history; a
+//!   write, refused to a read-only key.
+//! * get / history / list / stats / export: reads of one user's data,
+//!   straight from the store (no cache); a memory the user does not have is
+//!   `NotFound`, whether unknown or another user's. `list` (`listing.rs`)
+//!   pages through the current memories, oldest first, by cursor.
 //! * purge (`retention.rs`): the operator's retention, applied: expired
 //!   memories (never returned by any read even before) and superseded ones
 //!   past the history retention are removed, audited.
@@ -40,7 +44,9 @@
 //! token budgets, counted in the store),
 //! `remember` (the write flow, and what it keeps when the model fails or
 //! the budget is spent),
-//! `recall` (search and the context), `cached` (the cache-through steps),
+//! `recall` (search and the context), `correct` (a correction by id),
+//! `listing` (pages of a user's memories and their cursor), `cached` (the
+//! cache-through steps),
 //! `sealing` (sensitive values sealed at rest, opened after the cache),
 //! `reextract` (`engram reextract`, which calls into the remember flow) and
 //! `types` (requests and results, re-exported here).
@@ -65,6 +71,8 @@ use crate::store::{AuditRecord, Selection, Store, UserExport, UserStats};
 mod audited;
 mod budget;
 mod cached;
+mod correct;
+mod listing;
 mod observed;
 mod recall;
 mod reextract;
@@ -79,13 +87,14 @@ pub use audited::{AuditPage, AuditParams};
 use validate::ForgetTarget;
 
 pub use budget::TOKEN_USAGE_KEPT_DAYS;
+pub use listing::DEFAULT_LIST_LIMIT;
 pub use observed::run_gauges;
 pub use reextract::{OverBudget, ReextractReport};
 use remember::{Work, is_model_failure};
 pub use retention::{PURGE_BATCH, PurgeOutcome, run_purger};
 pub use types::{
-    DeferCause, Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent, RecallResult,
-    Redaction, RememberResult, ScoredMemory,
+    CorrectResult, DeferCause, Deferred, ForgetResult, HistoryResult, MemoryDetail, MemoryEvent,
+    MemoryPage, RecallResult, Redaction, RememberResult, ScoredMemory,
 };
 pub use validate::{MAX_LIMIT, MAX_MESSAGES};
 

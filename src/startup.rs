@@ -22,9 +22,11 @@ use crate::store::{SqliteStore, Store, StoreError};
 
 mod embedder;
 mod export;
+mod healthcheck;
 mod keys;
 pub use embedder::{embedder, local_settings, pull_model};
 pub use export::{ExportArgs, export};
+pub use healthcheck::{default_probe_url, healthcheck};
 pub use keys::{KeyExpiry, create_key, list_keys, revoke_key, rotate_key};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum StartupError {
          ENGRAM_ENCRYPTION_KEY_FILE); nothing was written"
     )]
     NoExportKey,
+    #[error("{url} is not healthy: {why}")]
+    Unhealthy { url: String, why: String },
     #[error("{0} exists; pass --force to replace it")]
     OutputExists(String),
     #[error("{path}: {source}")]

@@ -6,8 +6,13 @@ use serde::Deserialize;
 
 use super::layers::{Choice, ConfigError, Layers, Range};
 
-/// Per acting user: what one client needs (see `crate::limit`).
-pub const DEFAULT_REST_USER_RATE_LIMIT: u32 = 10;
+/// Per acting user: what one client needs (see `crate::limit`). For REST,
+/// 120 a minute: a person trying the README's examples by hand (a dozen
+/// calls, some repeated) never meets it, nor does an app that remembers and
+/// searches on every chat turn of a user, while one user's runaway script
+/// is still held to 2 requests a second. (It was 10, which the README's
+/// own quick start ran into within a minute.)
+pub const DEFAULT_REST_USER_RATE_LIMIT: u32 = 120;
 pub const DEFAULT_MCP_USER_RATE_LIMIT: u32 = 600;
 /// Per API key: a hundred users' worth, so that one admin key serving many
 /// users is held to each user's allowance rather than capped as one user,

@@ -41,6 +41,7 @@ mod llm;
 mod memory;
 mod metrics;
 mod openai;
+pub mod reference;
 mod retention;
 mod store;
 mod telemetry;

@@ -222,11 +222,11 @@ fn http_limits_and_origins() {
     // Per user what one client needs; per key a hundred users' worth.
     assert_eq!(
         (cfg.http.rest_user_rate_limit, cfg.http.mcp_user_rate_limit),
-        (10, 600)
+        (120, 600)
     );
     assert_eq!(
         (cfg.http.rest_rate_limit, cfg.http.mcp_rate_limit),
-        (1_000, 60_000)
+        (12_000, 60_000)
     );
     assert_eq!(cfg.http.request_timeout_secs, 120);
     assert!(cfg.http.allowed_origins.is_empty());

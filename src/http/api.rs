@@ -7,9 +7,11 @@
 //! `application/problem+json` ([`Problem`]).
 //!
 //! Routes (the OpenAPI document in [`super::openapi`] lists the same):
-//! `POST /` remember, `POST /search`, `GET /context/{user_id}`,
+//! `POST /` remember, `GET /?user_id=&cursor=&limit=` list (a page of the
+//! user's current memories), `POST /search`, `GET /context/{user_id}`,
 //! `GET /stats/{user_id}`, `GET /export/{user_id}`, `DELETE /users/{user_id}`,
-//! `GET /{memory_id}`, `GET /{memory_id}/history`, `DELETE /{memory_id}`.
+//! `GET /{memory_id}`, `PUT /{memory_id}` correct (a new version supersedes
+//! it), `GET /{memory_id}/history`, `DELETE /{memory_id}`.
 
 use std::sync::Arc;
 
@@ -29,10 +31,13 @@ use super::query::{self, NoQuery};
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::limit::UserLimit;
-use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
+use crate::params::{
+    CorrectParams, ForgetParams, ListParams, MemoryRef, RecallParams, RememberParams,
+    UserContextParams,
+};
 use crate::service::{
-    AuditPage, AuditParams, ForgetResult, HistoryResult, MemoryDetail, MemoryService, RecallResult,
-    RememberResult,
+    AuditPage, AuditParams, CorrectResult, ForgetResult, HistoryResult, MemoryDetail, MemoryPage,
+    MemoryService, RecallResult, RememberResult,
 };
 use crate::store::UserStats;
 
@@ -152,8 +157,8 @@ impl OwnerQuery {
 /// The routes, each behind the REST gate (added by the caller).
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route(BASE, post(remember))
-        .route(&format!("{BASE}/"), post(remember))
+        .route(BASE, post(remember).get(list))
+        .route(&format!("{BASE}/"), post(remember).get(list))
         .route(&format!("{BASE}/search"), post(search))
         .route(&format!("{BASE}/forget"), post(forget))
         .route(&format!("{BASE}/context/{{user_id}}"), get(context))
@@ -165,7 +170,7 @@ pub fn router(api: Api) -> Router {
         )
         .route(
             &format!("{BASE}/{{memory_id}}"),
-            get(get_memory).delete(forget_memory),
+            get(get_memory).put(correct).delete(forget_memory),
         )
         .route(&format!("{BASE}/{{memory_id}}/history"), get(history))
         .route(AUDIT, get(audit_trail))
@@ -192,6 +197,15 @@ async fn remember(
 ) -> Answer<RememberResult> {
     api.admit(&caller, p.user_id.as_deref()).await?;
     Ok(Json(api.service.remember(&caller, p).await?))
+}
+
+async fn list(
+    State(api): State<Api>,
+    Extension(caller): Extension<Principal>,
+    Params(p): Params<ListParams>,
+) -> Answer<MemoryPage> {
+    api.admit(&caller, p.user_id.as_deref()).await?;
+    Ok(Json(api.service.list(&caller, p).await?))
 }
 
 async fn search(
@@ -285,6 +299,19 @@ async fn get_memory(
 ) -> Answer<MemoryDetail> {
     api.admit(&caller, owner.user_id.as_deref()).await?;
     Ok(Json(api.service.get(&caller, owner.of(memory_id)).await?))
+}
+
+async fn correct(
+    State(api): State<Api>,
+    Extension(caller): Extension<Principal>,
+    Path(memory_id): Path<String>,
+    Params(owner): Params<OwnerQuery>,
+    Body(p): Body<CorrectParams>,
+) -> Answer<CorrectResult> {
+    api.admit(&caller, owner.user_id.as_deref()).await?;
+    Ok(Json(
+        api.service.correct(&caller, owner.of(memory_id), p).await?,
+    ))
 }
 
 async fn history(

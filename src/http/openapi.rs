@@ -13,9 +13,10 @@ use serde_json::{Map, Value, json};
 use super::api::{AUDIT, BASE, ContextQuery, OwnerQuery};
 use super::problem::Problem;
 use crate::context::UserContext;
-use crate::params::{ForgetParams, RecallParams, RememberParams};
+use crate::params::{CorrectParams, ForgetParams, ListParams, RecallParams, RememberParams};
 use crate::service::{
-    AuditPage, AuditParams, ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult,
+    AuditPage, AuditParams, CorrectResult, ForgetResult, HistoryResult, MemoryDetail, MemoryPage,
+    RecallResult, RememberResult,
 };
 use crate::store::{UserExport, UserStats};
 
@@ -141,6 +142,14 @@ fn operation(
     op
 }
 
+/// `op` with the answers only a correction gives named: 404 and 409.
+fn correct_operation(mut op: Value) -> Value {
+    let problem = op["responses"]["default"].clone();
+    op["responses"]["404"] = problem.clone();
+    op["responses"]["409"] = problem;
+    op
+}
+
 fn build() -> Value {
     let mut s = Schemas {
         requests: settings().for_deserialize().into_generator(),
@@ -153,16 +162,31 @@ fn build() -> Value {
 
     paths.insert(
         BASE.to_owned(),
-        json!({ "post": operation(
-            "remember",
-            "Remember a text or a conversation",
-            "Extracts facts (with an LLM when configured), deduplicates them against what is \
-             stored and reconciles them (ADD / UPDATE / SUPERSEDE / NONE). `user_id` defaults \
-             to the key's user.",
-            vec![],
-            Some(s.request::<RememberParams>()),
-            s.response::<RememberResult>(),
-        )}),
+        json!({
+            "post": operation(
+                "remember",
+                "Remember a text or a conversation",
+                "Extracts facts (with an LLM when configured), deduplicates them against what \
+                 is stored and reconciles them (ADD / UPDATE / SUPERSEDE / NONE). `user_id` \
+                 defaults to the key's user.",
+                vec![],
+                Some(s.request::<RememberParams>()),
+                s.response::<RememberResult>(),
+            ),
+            "get": operation(
+                "list_memories",
+                "List a user's memories, page by page",
+                "The user's current memories, oldest first (by creation time, then id), up to \
+                 `limit` (1..=100, default 50) a page. Pass the answer's `next_cursor` as \
+                 `cursor` for the next page; it is null on the last. Pages are keyed, not \
+                 counted: a memory written or forgotten between two pages never makes another \
+                 repeat or go missing. A cursor this server did not give is 400 naming \
+                 `cursor`. `user_id` defaults to the key's user.",
+                s.query_parameters::<ListParams>(),
+                None,
+                s.response::<MemoryPage>(),
+            ),
+        }),
     );
     paths.insert(
         format!("{BASE}/search"),
@@ -268,6 +292,25 @@ fn build() -> Value {
                 one.clone(),
                 None,
                 s.response::<MemoryDetail>(),
+            ),
+            "put": correct_operation(
+                operation(
+                    "correct_memory",
+                    "Correct a memory (mem0's update)",
+                    "Stores `text` (as given, checked and screened for secrets as remember's) \
+                     as a new version of the memory, with a new id, that supersedes it: the old \
+                     version stays readable by its id (`current: false`) and its history ends \
+                     with the SUPERSEDE naming the new text. The new version keeps the old \
+                     one's scope, categories and expiry, and its metadata unless `metadata` is \
+                     given. The answer is the new version with `event: SUPERSEDE` and \
+                     `replaces` (the old id); the same text and metadata change nothing \
+                     (`event: NONE`, the memory as it is). 404 if unknown or another user's; \
+                     409 `conflict` if it is no longer current (correct its successor) or \
+                     another current memory already says exactly this. Read-only keys get 403.",
+                    one.clone(),
+                    Some(s.request::<CorrectParams>()),
+                    s.response::<CorrectResult>(),
+                ),
             ),
             "delete": operation(
                 "forget_memory",

@@ -1,16 +1,23 @@
 //! The service's doors as callers see them: each operation runs its flow
 //! and leaves its row in the audit trail ([`crate::audit`]). A write's row
-//! is written inside the write's transaction (`remember`, `forget`); a
+//! is written inside the write's transaction (`remember`, `correct`,
+//! `forget`); a
 //! read's after the answer; a failed operation's, with its error code,
 //! after the failure. With audit off these are the flows alone.
 
 use super::MemoryService;
-use super::types::{ForgetResult, HistoryResult, MemoryDetail, RecallResult, RememberResult};
+use super::types::{
+    CorrectResult, ForgetResult, HistoryResult, MemoryDetail, MemoryPage, RecallResult,
+    RememberResult,
+};
 use crate::auth::Principal;
 use crate::context::UserContext;
 use crate::error::Error;
 use crate::model::{Event, MemoryId, UserId};
-use crate::params::{ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams};
+use crate::params::{
+    CorrectParams, ForgetParams, ListParams, MemoryRef, RecallParams, RememberParams,
+    UserContextParams,
+};
 use crate::store::{AuditQuery, AuditRecord, AuditRow, UserExport, UserStats};
 use crate::telemetry::spans::{MemoryOp, Record, Touched};
 use chrono::{DateTime, Utc};
@@ -153,6 +160,51 @@ impl MemoryService {
         result
     }
 
+    /// Replaces one of the user's memories by a corrected version (a new
+    /// memory that supersedes it; the old one stays, with its history). An
+    /// unknown id, or another user's, is [`Error::NotFound`]; one that is
+    /// no longer current is [`Error::Conflict`].
+    pub async fn correct(
+        &self,
+        caller: &Principal,
+        target: MemoryRef,
+        req: CorrectParams,
+    ) -> Result<CorrectResult, Error> {
+        let started = Instant::now();
+        let record = self.audit_record(caller, "correct", target.user_id.as_deref(), None);
+        let result = MemoryOp::start("upsert_memory", "correct")
+            .run(
+                self.correct_inner(caller, target, req, record.clone()),
+                |c| Touched::records([Record::new(c.memory.id, &c.memory.memory)]),
+            )
+            .await;
+        match &result {
+            // Its row went with its transaction.
+            Ok(done) if done.event == Event::Supersede => {}
+            // A correction that changed nothing wrote nothing: its row now.
+            _ => self.audit_after(record, &result, |c| vec![c.memory.id]),
+        }
+        metered("correct", started, &result);
+        result
+    }
+
+    /// A page of the user's current memories, oldest first; `next_cursor`
+    /// goes on from it.
+    pub async fn list(&self, caller: &Principal, req: ListParams) -> Result<MemoryPage, Error> {
+        let started = Instant::now();
+        let record = self.audit_record(caller, "list", req.user_id.as_deref(), None);
+        let result = MemoryOp::start("search_memory", "list")
+            .run(self.list_inner(caller, req), |p| {
+                Touched::records(p.results.iter().map(|m| Record::new(m.id, &m.memory)))
+            })
+            .await;
+        self.audit_after(record, &result, |p| {
+            p.results.iter().map(|m| m.id).collect()
+        });
+        metered("list", started, &result);
+        result
+    }
+
     /// One of the user's memories, current or superseded, and whether it is
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
     pub async fn get(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
@@ -265,7 +317,8 @@ pub struct AuditParams {
     /// Only rows at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Only this operation (`remember`, `recall`, `user_context`, `forget`,
-    /// `forget_user`, `get`, `history`, `stats`, `export`, `reextract`, `audit`).
+    /// `forget_user`, `correct`, `get`, `history`, `list`, `stats`, `export`,
+    /// `reextract`, `audit`).
     pub op: Option<String>,
     /// Only rows older than this `seq`: the previous page's `next_before`.
     #[serde(default, deserialize_with = "crate::params::lenient::integer")]

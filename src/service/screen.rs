@@ -61,6 +61,23 @@ pub(super) fn secrets(
     Ok((input, metadata, redacted))
 }
 
+/// A correction's text and metadata, screened as a remember's (`text`
+/// and `metadata` are the fields a refusal or a redaction names).
+pub(super) fn correction(
+    mode: SecretsMode,
+    text: String,
+    metadata: Metadata,
+) -> Result<(String, Metadata, Vec<Redaction>), Error> {
+    match secrets(mode, Input::Text(text), metadata)? {
+        (Input::Text(text), metadata, redacted) => Ok((text, metadata, redacted)),
+        // `secrets` gives back the kind of input it was given.
+        (Input::Messages(_), ..) => Err(Error::invalid(
+            "text",
+            "was screened as a conversation; send it again",
+        )),
+    }
+}
+
 fn screen(
     field: &'static str,
     text: &mut String,

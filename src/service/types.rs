@@ -173,3 +173,35 @@ pub struct HistoryResult {
     /// Every change, oldest first.
     pub history: Vec<HistoryEntry>,
 }
+
+/// What a correction (`PUT /api/v1/memory/{id}`) did, with the memory that
+/// is current now.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct CorrectResult {
+    /// The current version: a new memory with a new id (SUPERSEDE), or the
+    /// one named, unchanged (NONE).
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// SUPERSEDE: the named memory was closed (kept, with its history) and
+    /// this new version replaces it; NONE: it already said exactly this.
+    pub event: Event,
+    /// For SUPERSEDE: the memory this version replaces (`GET` it: `current`
+    /// is false, and its history ends with the SUPERSEDE naming this text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<MemoryId>,
+    /// Secrets replaced by `[REDACTED:kind]` before the text was embedded or
+    /// stored (`ENGRAM_SECRETS=redact`); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<Redaction>,
+}
+
+/// One page of a user's current memories, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct MemoryPage {
+    pub user_id: String,
+    /// Up to `limit` memories, by creation time (then id), oldest first.
+    pub results: Vec<Memory>,
+    /// Pass as `cursor` for the next page; null on the last page. Opaque:
+    /// send it back as given.
+    pub next_cursor: Option<String>,
+}

@@ -56,8 +56,8 @@ pub use traits::{
 };
 pub use types::{
     AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
-    InsertOutcome, KeyState, NewMemory, NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport,
-    Scored, SearchScope, Selection, SupersedeOutcome,
+    InsertOutcome, KeyState, ListingKey, NewMemory, NewPending, Pending, PurgeCounts, PurgePlan,
+    PurgeReport, Scored, SearchScope, Selection, SupersedeOutcome,
 };
 
 /// What to do about a connection that failed for `source`, when engram

@@ -14,9 +14,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
-    NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads,
-    Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError,
-    StoreTotals, SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
+    ListingKey, NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport,
+    Reads, Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store,
+    StoreError, StoreTotals, SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions,
+    WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -228,6 +229,16 @@ impl Reads for Traced {
 
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
         self.call("history", self.inner.history(user_id, id)).await
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        after: Option<ListingKey>,
+        limit: usize,
+    ) -> Result<Vec<Memory>, StoreError> {
+        self.call("list", self.inner.list(user_id, after, limit))
+            .await
     }
 }
 

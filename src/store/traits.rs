@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, NewMemory,
-    NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection,
-    StoreError, StoreTotals, SupersedeOutcome, UserExport, UserStats,
+    ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, ListingKey,
+    NewMemory, NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope,
+    Selection, StoreError, StoreTotals, SupersedeOutcome, UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -243,7 +243,7 @@ pub trait WriteBatch: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// A user's memories by id, by recency, and their history.
+/// A user's memories by id, by recency, page by page, and their history.
 #[async_trait]
 pub trait Reads: Send + Sync {
     /// The user's memories with these ids, in no particular order; ids that are
@@ -255,6 +255,20 @@ pub trait Reads: Send + Sync {
 
     /// The history of one of the user's memories, oldest first.
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Up to `limit` of the user's current, unexpired memories, oldest first
+    /// by ([`ListingKey`]) `created_at` then `id`, starting right after
+    /// `after` (from the first when `None`). Each page is one range scan of
+    /// an index on (user, created_at, id), however deep it starts. Pages
+    /// are keyed, not counted: a memory written between two pages sorts by
+    /// its own (later) `created_at`, one deleted or superseded between them
+    /// is simply not there, and no other memory repeats or goes missing.
+    async fn list(
+        &self,
+        user_id: &str,
+        after: Option<ListingKey>,
+        limit: usize,
+    ) -> Result<Vec<Memory>, StoreError>;
 }
 
 /// Finding a user's memories for a query: by vector, by keywords, and both

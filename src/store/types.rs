@@ -178,6 +178,26 @@ pub struct Selection<'a> {
     pub before: Option<DateTime<Utc>>,
 }
 
+/// A place in a user's listing ([`Reads::list`](super::Reads::list)):
+/// memories come in (`created_at`, `id`) order, and a page starts right
+/// after the memory with this key. Two memories never share one (ids are
+/// unique), so a page boundary neither repeats nor skips a memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingKey {
+    pub created_at: DateTime<Utc>,
+    pub id: MemoryId,
+}
+
+impl ListingKey {
+    /// The key of `memory`: where the page after it starts.
+    pub fn of(memory: &Memory) -> Self {
+        Self {
+            created_at: memory.created_at,
+            id: memory.id,
+        }
+    }
+}
+
 /// One candidate from a search, best first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {

@@ -26,7 +26,9 @@ use engram::context::UserContext;
 use engram::embed::{EmbedError, Embedder, EmbedderIdentity, HashEmbedder, calibration};
 use engram::extract::VerbatimExtractor;
 use engram::model::{Event, MemoryId, Metadata};
-use engram::params::{ForgetParams, RecallParams, RememberParams, UserContextParams};
+use engram::params::{
+    CorrectParams, ForgetParams, MemoryRef, RecallParams, RememberParams, UserContextParams,
+};
 use engram::service::{MemoryService, RecallResult, Settings};
 use engram::{Config, startup};
 use serde_json::json;
@@ -319,7 +321,7 @@ async fn every_write_ends_the_cached_entries(db: Db) {
     assert_eq!(s.cache_stats().hits, 1);
 
     // remember
-    remember(&s, "alice", "Works in Porto on Mondays").await;
+    let (porto, _) = remember(&s, "alice", "Works in Porto on Mondays").await;
     assert_eq!(
         memories(&recall(&s, "alice", q).await),
         ["Lives in Lisbon", "Works in Porto on Mondays"]
@@ -330,6 +332,30 @@ async fn every_write_ends_the_cached_entries(db: Db) {
     let other = uncached(db.url()).await;
     remember(&other, "alice", "Lives with her sister").await;
     assert_eq!(recall(&s, "alice", q).await.results.len(), 3);
+    assert_eq!(context(&s, "alice").await.total, 3);
+
+    // correct (a new version supersedes the memory)
+    let corrected = s
+        .correct(
+            ME,
+            MemoryRef {
+                memory_id: porto.to_string(),
+                user_id: Some("alice".into()),
+            },
+            CorrectParams {
+                text: Some("Works in Braga on Mondays".into()),
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(corrected.event, Event::Supersede);
+    let after = memories(&recall(&s, "alice", q).await);
+    assert!(
+        after.contains(&"Works in Braga on Mondays".to_owned())
+            && !after.contains(&"Works in Porto on Mondays".to_owned()),
+        "{after:?}"
+    );
     assert_eq!(context(&s, "alice").await.total, 3);
 
     // forget one

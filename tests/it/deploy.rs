@@ -776,35 +776,369 @@ fn compose_mounts_existing_files_and_lets_prometheus_scrape_engram() {
         .expect("the engram job's target");
     let (host, port) = (&target[1], &target[2]);
 
-    // The service's lines: from `  HOST:` to the next line indented less.
-    let service: String = compose
-        .lines()
-        .skip_while(|line| *line != format!("  {host}:"))
-        .skip(1)
-        .take_while(|line| line.is_empty() || line.starts_with("   "))
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let compose = compose_file();
+    let service = &compose["services"][host];
     assert!(
-        !service.is_empty(),
+        service.is_mapping(),
         "no compose service {host} (Prometheus's target)"
     );
-    let allowed = Regex::new(r"ENGRAM_ALLOWED_HOSTS:\s*(\S+)")
-        .unwrap()
-        .captures(&service)
+    let env = environment(service);
+    let allowed = env
+        .get("ENGRAM_ALLOWED_HOSTS")
         .expect("engram-http sets ENGRAM_ALLOWED_HOSTS");
     assert!(
-        allowed[1].split(',').any(|h| h == host),
-        "ENGRAM_ALLOWED_HOSTS={} does not let Prometheus's Host: {host}:{port} through",
-        &allowed[1]
+        allowed.split(',').any(|h| h == host),
+        "ENGRAM_ALLOWED_HOSTS={allowed} does not let Prometheus's Host: {host}:{port} through"
     );
-    assert!(
-        service.contains(&format!("\"--bind\", \"0.0.0.0:{port}\"")),
-        "{host} does not listen on {port}:\n{service}"
+    assert_eq!(
+        env.get("ENGRAM_BIND")
+            .map(|b| b.rsplit(':').next().unwrap_or_default()),
+        Some(port),
+        "{host} does not listen on {port}"
     );
+    let compose = read("deploy/docker-compose.yml");
     for secret in [
         "pagerduty_routing_key",
         "environment: PAGERDUTY_ROUTING_KEY",
     ] {
         assert!(compose.contains(secret), "compose lacks `{secret}`");
     }
+}
+
+/// The compose file, parsed.
+fn compose_file() -> serde_yaml::Value {
+    serde_yaml::from_str(&read("deploy/docker-compose.yml")).expect("the compose file is YAML")
+}
+
+/// A service's `environment`, as a map (compose allows a map or `K=V` items).
+fn environment(service: &serde_yaml::Value) -> std::collections::BTreeMap<String, String> {
+    let scalar = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        _ => String::new(),
+    };
+    match &service["environment"] {
+        serde_yaml::Value::Mapping(map) => {
+            map.iter().map(|(k, v)| (scalar(k), scalar(v))).collect()
+        }
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .filter_map(|item| item.as_str()?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
+fn strings(value: &serde_yaml::Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every setting a service or the image sets is one engram reads.
+fn assert_known_settings(what: &str, env: &std::collections::BTreeMap<String, String>) {
+    let known: BTreeSet<&str> = engram::config::reference::SETTINGS
+        .iter()
+        .map(|s| s.variable)
+        .collect();
+    for name in env
+        .keys()
+        .filter(|k| k.starts_with("ENGRAM_") || k.starts_with("OTEL_"))
+    {
+        assert!(
+            known.contains(name.as_str()),
+            "{what} sets {name}, which is not in the configuration reference"
+        );
+    }
+}
+
+/// Without Docker: each engram service builds the image, sets only settings
+/// engram reads, reaches services the file defines, waits for PostgreSQL to
+/// be healthy, keeps its data in a declared volume at the image's VOLUME;
+/// the HTTP one publishes the port it binds, answers its own service name
+/// and is probed with `engram healthcheck`.
+#[test]
+fn compose_services_use_settings_engram_reads_and_probes_that_work() {
+    let compose = compose_file();
+    let image = image();
+    let services = compose["services"].as_mapping().expect("services");
+    let names: BTreeSet<String> = services
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let declared_volumes: BTreeSet<String> = compose["volumes"]
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let engram_services: Vec<&str> = ["engram", "engram-http"].into();
+    for name in &engram_services {
+        let service = &compose["services"][*name];
+        assert_eq!(
+            service["build"]["dockerfile"].as_str(),
+            Some("deploy/Dockerfile"),
+            "{name} builds the image"
+        );
+        let env = environment(service);
+        assert_known_settings(&format!("compose service {name}"), &env);
+        for url_key in ["ENGRAM_DATABASE_URL", "ENGRAM_CACHE_URL"] {
+            let url = env
+                .get(url_key)
+                .unwrap_or_else(|| panic!("{name} sets {url_key}"));
+            let host = url
+                .split('@')
+                .next_back()
+                .and_then(|rest| rest.rsplit("://").next())
+                .and_then(|rest| rest.split([':', '/']).next())
+                .unwrap_or_default();
+            assert!(
+                names.contains(host),
+                "{name}: {url_key} names {host}, not a service"
+            );
+            assert!(
+                compose["services"][host]["depends_on"].is_null(),
+                "{host} is a dependency"
+            );
+            assert!(
+                !service["depends_on"][host]["condition"].is_null(),
+                "{name} does not wait for {host}"
+            );
+        }
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name} waits for PostgreSQL to be healthy"
+        );
+        let volumes = strings(&service["volumes"]);
+        let data = volumes
+            .iter()
+            .find(|v| v.ends_with(&format!(":{}", image.volume)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} mounts nothing at the image's VOLUME {}",
+                    image.volume
+                )
+            });
+        let volume = data.split(':').next().unwrap_or_default();
+        assert!(
+            declared_volumes.contains(volume),
+            "{name}: volume {volume} is not declared"
+        );
+    }
+    assert!(
+        !compose["services"]["postgres"]["healthcheck"].is_null(),
+        "the engram services wait for PostgreSQL's health check"
+    );
+
+    let http = &compose["services"]["engram-http"];
+    let env = environment(http);
+    let bind_port = env
+        .get("ENGRAM_BIND")
+        .and_then(|b| b.rsplit(':').next())
+        .expect("engram-http sets ENGRAM_BIND");
+    let ports = strings(&http["ports"]);
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.rsplit(':').next() == Some(bind_port)),
+        "engram-http publishes {ports:?}, not the port it binds ({bind_port})"
+    );
+    assert!(
+        strings(&http["command"])
+            .windows(2)
+            .any(|w| w == ["--transport", "http"]),
+        "engram-http serves HTTP"
+    );
+    assert_eq!(
+        strings(&http["healthcheck"]["test"]),
+        ["CMD", "engram", "healthcheck"],
+        "engram-http is probed with engram healthcheck (the image has no curl)"
+    );
+    let allowed = env
+        .get("ENGRAM_ALLOWED_HOSTS")
+        .expect("ENGRAM_ALLOWED_HOSTS");
+    assert!(allowed.split(',').any(|h| h == "engram-http"));
+    assert_eq!(
+        compose["services"]["engram"]["healthcheck"]["disable"].as_bool(),
+        Some(true),
+        "the stdio service has no HTTP server to probe"
+    );
+}
+
+// --- The image ----------------------------------------------------------------
+
+/// What the Dockerfile's final stage sets.
+struct Image {
+    env: std::collections::BTreeMap<String, String>,
+    expose: String,
+    volume: String,
+    user: String,
+    healthcheck: Vec<String>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+}
+
+/// Reads deploy/Dockerfile's last stage (continuation lines joined).
+fn image() -> Image {
+    let text = read("deploy/Dockerfile").replace("\\\n", " ");
+    let last = text
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage.to_owned())
+        .expect("a final stage");
+    let mut image = Image {
+        env: Default::default(),
+        expose: String::new(),
+        volume: String::new(),
+        user: String::new(),
+        healthcheck: Vec::new(),
+        entrypoint: Vec::new(),
+        cmd: Vec::new(),
+    };
+    let json = |s: &str| -> Vec<String> {
+        serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not a JSON array: {s}: {e}"))
+    };
+    for line in last.lines().map(str::trim) {
+        let (instruction, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match instruction {
+            "ENV" => {
+                for pair in rest.split_whitespace() {
+                    let (k, v) = pair.split_once('=').expect("ENV K=V");
+                    image.env.insert(k.to_owned(), v.to_owned());
+                }
+            }
+            "EXPOSE" => image.expose = rest.trim().to_owned(),
+            "VOLUME" => image.volume = rest.trim().to_owned(),
+            "USER" => image.user = rest.trim().to_owned(),
+            "HEALTHCHECK" => {
+                let (_, command) = rest.split_once("CMD").expect("HEALTHCHECK ... CMD [...]");
+                image.healthcheck = json(command);
+            }
+            "ENTRYPOINT" => image.entrypoint = json(rest),
+            "CMD" => image.cmd = json(rest),
+            _ => {}
+        }
+    }
+    image
+}
+
+/// Without Docker: the image runs as a numeric non-root user, keeps the
+/// SQLite store and the model under its VOLUME, exposes the port it binds;
+/// its ENTRYPOINT + CMD, run with its ENV (the volume in a scratch dir, a
+/// free port), serves, its HEALTHCHECK passes, and a probe by the pod's
+/// address is answered.
+#[test]
+fn the_image_serves_and_passes_its_health_check_without_docker() {
+    let image = image();
+    let uid: u32 = image
+        .user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("USER is numeric (runAsNonRoot can check it)");
+    assert_ne!(uid, 0, "the image runs as root");
+    assert_known_settings("the Dockerfile", &image.env);
+    let database = &image.env["ENGRAM_DATABASE_URL"];
+    assert!(
+        database.starts_with(&format!("sqlite://{}/", image.volume)),
+        "the SQLite default {database} is outside the VOLUME {}",
+        image.volume
+    );
+    assert!(image.env["ENGRAM_MODEL_CACHE_DIR"].starts_with(&image.volume));
+    let bind = &image.env["ENGRAM_BIND"];
+    assert_eq!(
+        bind.rsplit(':').next(),
+        Some(image.expose.as_str()),
+        "EXPOSE is the bound port"
+    );
+    assert_eq!(image.entrypoint, ["engram"]);
+    assert_eq!(
+        image.healthcheck.first().map(String::as_str),
+        Some("engram")
+    );
+
+    let scratch = tempfile::tempdir().expect("a scratch volume");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let env: Vec<(String, String)> = image
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = v.replace(&image.volume, &scratch.path().display().to_string());
+            let v = if k == "ENGRAM_BIND" {
+                format!("0.0.0.0:{port}")
+            } else {
+                v
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let engram = env!("CARGO_BIN_EXE_engram");
+    let mut server = Command::new(engram)
+        .args(&image.cmd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("ENGRAM_MODEL_HUB_URL", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the image's command");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let healthy = loop {
+        let check = Command::new(engram)
+            .args(&image.healthcheck[1..])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run the health check");
+        if check.status.success() {
+            break Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(text(&check));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let by_pod_ip = get_by_host(port, "/readyz", "10.1.2.3");
+    let _ = server.kill();
+    let logs = server
+        .wait_with_output()
+        .map(|o| text(&o))
+        .unwrap_or_default();
+    if let Err(last) = healthy {
+        panic!("the health check never passed: {last}\nserver:\n{logs}");
+    }
+    assert!(
+        by_pod_ip.starts_with("HTTP/1.1 200"),
+        "a probe by the pod's address: {by_pod_ip}\nserver:\n{logs}"
+    );
+    assert!(
+        scratch.path().join("engram.db").exists(),
+        "the store is not under the volume"
+    );
+}
+
+/// A plain HTTP/1.1 GET with the given `Host`; the whole answer.
+fn get_by_host(port: u16, path: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
 }

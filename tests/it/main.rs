@@ -29,9 +29,12 @@
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
 //! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
-//!   configuration in `deploy/`, checked with promtool and amtool), [`tls`]
-//!   (PostgreSQL through a TLS-terminating PgBouncer and Redis over TLS,
-//!   with certificates the tests make: right CA, wrong CA, wrong host name).
+//!   configuration in `deploy/`, checked with promtool and amtool; the
+//!   image's and the compose file's settings), [`tls`] (PostgreSQL through
+//!   a TLS-terminating PgBouncer and Redis over TLS, with certificates the
+//!   tests make: right CA, wrong CA, wrong host name).
+//! * The docs: [`docs`] (every runnable example run, client configurations
+//!   checked, generated reference parts current, links resolved).
 
 mod common;
 
@@ -41,6 +44,7 @@ mod chat_agent;
 mod cli;
 mod crash;
 mod deploy;
+mod docs;
 mod encryption;
 mod erasure;
 mod eval_cli;

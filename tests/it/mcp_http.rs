@@ -647,7 +647,7 @@ async fn browser_origins_are_checked_and_cors_is_off_unless_configured() {
             .header("origin", origin)
             .send()
     };
-    let evil = from(&plain, "http://evil.example", "/healthz")
+    let evil = from(&plain, "http://evil.example", "/api/v1/openapi.json")
         .await
         .unwrap();
     assert_eq!(evil.status().as_u16(), 403);
@@ -657,7 +657,7 @@ async fn browser_origins_are_checked_and_cors_is_off_unless_configured() {
             .unwrap()
             .contains("ENGRAM_ALLOWED_ORIGINS")
     );
-    let local = from(&plain, "http://localhost:6274", "/healthz")
+    let local = from(&plain, "http://localhost:6274", "/api/v1/openapi.json")
         .await
         .unwrap();
     assert_eq!(local.status().as_u16(), 200, "a page on an allowed host");
@@ -686,13 +686,60 @@ async fn browser_origins_are_checked_and_cors_is_off_unless_configured() {
         .unwrap()
         .to_owned();
     assert!(allowed.contains("authorization"), "{allowed}");
-    let called = from(&configured, app, "/healthz").await.unwrap();
-    assert_eq!(called.status().as_u16(), 200);
-    assert_eq!(called.headers()["access-control-allow-origin"], app);
-    let other = from(&configured, "https://other.example.com", "/healthz")
+    let called = from(&configured, app, "/api/v1/openapi.json")
         .await
         .unwrap();
+    assert_eq!(called.status().as_u16(), 200);
+    assert_eq!(called.headers()["access-control-allow-origin"], app);
+    let other = from(
+        &configured,
+        "https://other.example.com",
+        "/api/v1/openapi.json",
+    )
+    .await
+    .unwrap();
     assert_eq!(other.status().as_u16(), 403);
+}
+
+/// Probes answer by any address: an orchestrator probes by the pod's IP,
+/// which is in no `ENGRAM_ALLOWED_HOSTS`; everything else by that name is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_answer_whatever_the_host_and_nothing_else_does() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let by_pod_ip = |path: &str| {
+        http.get(format!("{}{path}", server.base))
+            .header("host", "10.42.0.17:8080")
+            .send()
+    };
+    for probe in ["/healthz", "/readyz"] {
+        let answer = by_pod_ip(probe).await.unwrap();
+        assert_eq!(
+            answer.status().as_u16(),
+            200,
+            "{probe} by the pod's address"
+        );
+    }
+    for guarded in [
+        "/api/v1/openapi.json",
+        "/api/v1/memory/stats/default",
+        "/mcp",
+    ] {
+        let answer = by_pod_ip(guarded).await.unwrap();
+        assert_eq!(
+            answer.status().as_u16(),
+            403,
+            "{guarded} by the pod's address"
+        );
+        assert!(
+            answer
+                .text()
+                .await
+                .unwrap()
+                .contains("ENGRAM_ALLOWED_HOSTS")
+        );
+    }
 }
 
 /// A REST request that runs past ENGRAM_REQUEST_TIMEOUT_SECS (here: a

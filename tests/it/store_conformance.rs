@@ -17,7 +17,7 @@ use engram::keywords;
 use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
-    Access, InsertOutcome, KeyState, NewMemory, NewPending, PgOptions, PgStore, Pooler,
+    Access, InsertOutcome, KeyState, ListingKey, NewMemory, NewPending, PgOptions, PgStore, Pooler,
     SearchScope, Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
 };
 use serde_json::json;
@@ -1143,6 +1143,103 @@ async fn many_writes_and_searches_at_once_all_finish(b: Backend) {
 /// a successor (SUPERSEDE in its history, no new text; still readable by id,
 /// like a superseded one) and moves the user's version; closing it again, or
 /// another user's memory, changes nothing.
+/// Every page of `user`'s listing, `per_page` at a time, from the start:
+/// the ids of each page.
+async fn pages(s: &dyn Store, user: &str, per_page: usize) -> Vec<Vec<MemoryId>> {
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list(user, after, per_page).await.unwrap();
+        assert!(page.len() <= per_page, "{page:?}");
+        let Some(last) = page.last() else {
+            return pages;
+        };
+        after = Some(ListingKey::of(last));
+        pages.push(page.iter().map(|m| m.id).collect());
+    }
+}
+
+/// The listing: a user's current, unexpired memories (any agent or run),
+/// oldest first by (created_at, id), page after page from a key; nobody
+/// else's. A write and a delete between two pages neither repeat nor skip
+/// any other memory: pages start after a key, not at an offset.
+async fn a_listing_pages_through_the_current_memories_in_creation_order(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let mut written = Vec::new();
+    for (i, at) in [
+        alice.clone(),
+        scope("alice", Some("planner"), None),
+        scope("alice", None, Some("run-1")),
+        alice.clone(),
+        alice.clone(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        written.push(add(s, at, &format!("alice fact {i}: {}", i * 7919), json!({})).await);
+    }
+    add(s, &scope("bob", None, None), "bob keeps bees", json!({})).await;
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    add_new(s, expiring(&alice, "an expired fact", past)).await;
+    let closed = add(s, &alice, "a fact that was superseded", json!({})).await;
+    let successor = new_memory(&alice, "the fact that superseded it", json!({}));
+    let successor_id = successor.id;
+    s.supersede(closed, successor).await.unwrap();
+    written.push(successor_id);
+
+    // The order is (created_at, id), whatever order the ids alone give.
+    let mut expected = s.get_many("alice", &written).await.unwrap();
+    expected.sort_by_key(|m| (m.created_at, m.id));
+    let expected: Vec<MemoryId> = expected.iter().map(|m| m.id).collect();
+    assert_eq!(expected.len(), 6);
+
+    let all = s.list("alice", None, 100).await.unwrap();
+    assert_eq!(all.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        all[0].memory,
+        s.get_many("alice", &[all[0].id]).await.unwrap()[0].memory
+    );
+    let by_twos: Vec<MemoryId> = pages(s, "alice", 2).await.concat();
+    assert_eq!(by_twos, expected);
+    assert_eq!(pages(s, "alice", 4).await.len(), 2, "4 then 2");
+    assert_eq!(pages(s, "bob", 2).await.concat().len(), 1);
+    assert!(s.list("carol", None, 2).await.unwrap().is_empty());
+
+    // A page, then a delete of a memory further on and a new memory, then
+    // the rest: every other memory exactly once, the new one last.
+    let first = s.list("alice", None, 2).await.unwrap();
+    assert!(s.delete("alice", expected[3], None).await.unwrap());
+    let late = add(s, &alice, "written between two pages", json!({})).await;
+    let mut seen: Vec<MemoryId> = first.iter().map(|m| m.id).collect();
+    let mut after = first.last().map(ListingKey::of);
+    loop {
+        let page = s.list("alice", after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(ListingKey::of(last));
+        seen.extend(page.iter().map(|m| m.id));
+    }
+    let mut left = expected.clone();
+    left.remove(3);
+    left.push(late);
+    assert_eq!(seen, left);
+
+    // A key past the end, or one another user's memory holds: a position,
+    // nothing more.
+    let end = s.list("alice", after, 2).await.unwrap();
+    assert!(end.is_empty(), "{end:?}");
+    let bobs = s.list("bob", None, 1).await.unwrap();
+    let from_bobs = s
+        .list("alice", Some(ListingKey::of(&bobs[0])), 100)
+        .await
+        .unwrap();
+    assert!(
+        from_bobs
+            .iter()
+            .all(|m| m.scope.user_id().as_str() == "alice")
+    );
+}
+
 async fn a_close_retires_a_memory_without_a_successor(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -2619,6 +2716,7 @@ every_backend!(
     a_rotation_ends_the_old_key_after_its_grace,
     deleting_a_users_keys_leaves_everyone_elses,
     a_close_retires_a_memory_without_a_successor,
+    a_listing_pages_through_the_current_memories_in_creation_order,
     deferred_remembers_round_trip_oldest_first,
     forgetting_drops_the_deferred_remembers_that_stored_it,
     stats_count_what_a_user_has_stored,

@@ -1,4 +1,5 @@
-//! A user's memories by id, by recency, and their history ([`Reads`]).
+//! A user's memories by id, by recency, page by page, and their history
+//! ([`Reads`]).
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
@@ -7,7 +8,7 @@ use uuid::Uuid;
 use super::{PgStore, db};
 use crate::model::{Memory, MemoryId, Scope};
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
-use crate::store::{HistoryEntry, Reads, StoreError};
+use crate::store::{HistoryEntry, ListingKey, Reads, StoreError};
 
 /// The user's memories with these ids, read on `conn` (a write batch reads
 /// its own writes so); expired ones are left out.
@@ -84,5 +85,17 @@ impl Reads for PgStore {
         let history = reads::history(&mut *tx, user_id, id.0).await?;
         tx.commit().await.map_err(db("reading history"))?;
         Ok(history)
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        after: Option<ListingKey>,
+        limit: usize,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let mut tx = self.user_transaction(user_id).await?;
+        let page = reads::page(&mut *tx, user_id, after, limit).await?;
+        tx.commit().await.map_err(db("listing memories"))?;
+        Ok(page)
     }
 }

@@ -1,11 +1,12 @@
-//! A user's memories by id, by recency, and their history ([`Reads`]).
+//! A user's memories by id, by recency, page by page, and their history
+//! ([`Reads`]).
 
 use async_trait::async_trait;
 
 use super::{SqliteStore, db};
 use crate::model::{Memory, MemoryId, Scope};
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
-use crate::store::{HistoryEntry, Reads, StoreError};
+use crate::store::{HistoryEntry, ListingKey, Reads, StoreError};
 
 #[async_trait]
 impl Reads for SqliteStore {
@@ -56,5 +57,15 @@ impl Reads for SqliteStore {
     async fn history(&self, user_id: &str, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db("reading history"))?;
         reads::history(&mut *conn, user_id, id.0).await
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        after: Option<ListingKey>,
+        limit: usize,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db("listing memories"))?;
+        reads::page(&mut *conn, user_id, after, limit).await
     }
 }
