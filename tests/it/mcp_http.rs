@@ -334,12 +334,18 @@ async fn an_sse_session_lives_as_long_as_its_stream() {
 }
 
 /// A page on another origin that rebinds its DNS name to 127.0.0.1 still
-/// sends its own Host: refused on every route, before any handler.
+/// sends its own Host: refused on every route but the probes, before any
+/// handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_other_hosts_are_refused() {
     let server = Server::start().await;
     let http = reqwest::Client::new();
-    for path in ["/healthz", "/sse", "/mcp", "/messages?sessionId=x"] {
+    for path in [
+        "/api/v1/openapi.json",
+        "/sse",
+        "/mcp",
+        "/messages?sessionId=x",
+    ] {
         let response = http
             .get(format!("{}{path}", server.base))
             .header("host", "evil.example:8765")
@@ -352,7 +358,7 @@ async fn requests_for_other_hosts_are_refused() {
     }
     let port = server.base.rsplit(':').next().unwrap();
     let local = http
-        .get(format!("{}/healthz", server.base))
+        .get(format!("{}/api/v1/openapi.json", server.base))
         .header("host", format!("localhost:{port}"))
         .send()
         .await
