@@ -85,6 +85,7 @@ pub mod eval;
 pub mod extract;
 pub mod failpoint;
 mod http;
+pub mod import;
 mod jsonrpc;
 pub mod keywords;
 mod limit;
