@@ -225,6 +225,13 @@ impl MemoryService {
                 imported.memory.id = item.fallback_id;
                 outcome = batch.import(imported.clone()).await?;
             }
+            // Under row-level security the kept id's owner is not visible
+            // before the write: a second run may meet its own earlier copy,
+            // under the fallback id, as a repeat of the text.
+            if outcome == ImportOutcome::Repeat(item.fallback_id) {
+                imported.memory.id = item.fallback_id;
+                outcome = ImportOutcome::Present;
+            }
             let id = imported.memory.id;
             results.push(match outcome {
                 ImportOutcome::Added => {

@@ -22,7 +22,8 @@
 //!   test runs).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`export_cli`]
-//!   (plain and encrypted exports).
+//!   (plain and encrypted exports), [`import_cli`] (every source format,
+//!   idempotent, on both stores; export and import round trips).
 //! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
 //!   (an erased user leaves no trace in any table, file or cache key),
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
@@ -48,6 +49,7 @@ mod eval_cli;
 mod export_cli;
 mod failure_policy;
 mod http_auth;
+mod import_cli;
 mod inspector;
 mod key_lifecycle;
 mod keys_cli;

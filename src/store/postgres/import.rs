@@ -30,11 +30,15 @@ impl PgBatch {
     ) -> Result<ImportOutcome, StoreError> {
         self.lock().await?;
         let new = &imported.memory;
-        let mine: Option<Uuid> = sqlx::query_scalar("SELECT id FROM memories WHERE id = $1")
-            .bind(new.id.0)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db("finding a memory"))?;
+        // The user's own row (a superuser, whom no policy binds, sees
+        // every user's: the filter says whose).
+        let mine: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM memories WHERE id = $1 AND user_id = $2")
+                .bind(new.id.0)
+                .bind(&self.user_id)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("finding a memory"))?;
         if mine.is_some() {
             return Ok(ImportOutcome::Present);
         }
