@@ -5,7 +5,7 @@
 //! export from SQLite imported into PostgreSQL exports the same again (and
 //! back, as JSONL); a malformed line is named and what came before it is
 //! kept; an unknown format writes nothing. The backup and restore recipes
-//! of `docs/migration.md` are in [`crate::backup`].
+//! of `docs/migration.md` are in [`crate::backup`], which shares these helpers.
 
 use crate::common;
 
@@ -37,6 +37,15 @@ impl Db {
             url: format!("sqlite://{}/engram.db", dir.path().display()),
             owner: None,
             _dir: Some(dir),
+        }
+    }
+
+    /// The SQLite file at `path`.
+    pub fn sqlite_at(path: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            owner: None,
+            _dir: None,
         }
     }
 

@@ -28,7 +28,8 @@
 //!   (an erased user leaves no trace in any table, file or cache key),
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
-//! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
+//! * Operations: [`backup`] (the backup and restore recipes, both stores),
+//!   [`deploy`] (the dashboards, alert rules and Alertmanager
 //!   configuration in `deploy/`, checked with promtool and amtool; the
 //!   image's and the compose file's settings).
 //! * The docs: [`docs`] (every runnable example run, client configurations
@@ -37,6 +38,7 @@
 mod common;
 
 mod audit;
+mod backup;
 mod cache;
 mod chat_agent;
 mod cli;
