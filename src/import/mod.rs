@@ -435,3 +435,70 @@ pub(crate) fn required_text(
         None => Err(format!("\"{key}\" is missing (the memory's text)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_apart_by_their_content() {
+        let cases: [(&[u8], Format); 8] = [
+            (b"PK\x03\x04rest", Format::Openmemory),
+            (
+                br#"{"user_id":"a","exported_at":"x","memories":[]}"#,
+                Format::Engram,
+            ),
+            (b"{\n  \"results\": []\n}", Format::Mem0),
+            (br#"[{"id":"1","memory":"m"}]"#, Format::Mem0),
+            (br#"[{"id":"1","payload":{}}]"#, Format::Mem0Pgvector),
+            (
+                b"id,vector,payload\n1,\"[1]\",\"{}\"\n",
+                Format::Mem0Pgvector,
+            ),
+            (
+                b"{\"type\":\"relation\",\"from\":\"a\",\"to\":\"b\",\"relationType\":\"r\"}\n",
+                Format::ServerMemory,
+            ),
+            (
+                b"{\"id\":\"1\",\"content\":\"c\",\"state\":\"active\"}\n",
+                Format::Openmemory,
+            ),
+        ];
+        for (bytes, format) in cases {
+            assert_eq!(
+                detect(bytes).ok(),
+                Some(format),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for unknown in [&b""[..], b"hello\n", b"{\"what\": 1}\n"] {
+            assert!(matches!(detect(unknown), Err(ReadError::Unknown { .. })));
+        }
+    }
+
+    #[test]
+    fn times_are_read_as_the_sources_write_them() {
+        let utc = |raw: Value| time(Some(&raw)).map(|t| t.map(|t| t.to_rfc3339()));
+        let at = |s: &str| Ok(Some(s.to_owned()));
+        assert_eq!(
+            utc(Value::from("2025-09-14T08:12:44.5-07:00")),
+            at("2025-09-14T15:12:44.500+00:00")
+        );
+        assert_eq!(
+            utc(Value::from("2025-09-14 08:12:44")),
+            at("2025-09-14T08:12:44+00:00")
+        );
+        assert_eq!(
+            utc(Value::from("2025-09-14")),
+            at("2025-09-14T00:00:00+00:00")
+        );
+        assert_eq!(
+            utc(Value::from(1_700_000_000)),
+            at("2023-11-14T22:13:20+00:00")
+        );
+        assert_eq!(utc(Value::Null), Ok(None));
+        assert!(utc(Value::from("last tuesday")).is_err());
+        assert!(utc(Value::from(true)).is_err());
+    }
+}
