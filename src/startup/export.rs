@@ -345,11 +345,10 @@ struct Sink(std::io::BufWriter<Box<dyn Write>>);
 
 impl Sink {
     fn finish(self) -> std::io::Result<()> {
-        let writer = self
+        let mut writer = self
             .0
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)?;
-        let mut writer = writer;
         writer.flush()
     }
 }

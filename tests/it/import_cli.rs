@@ -594,3 +594,46 @@ async fn a_repeat_of_a_current_memory_is_not_imported_twice() {
     );
     assert_eq!(of_user(&export_all(&db).await, "alice").len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_are_the_documents_records_and_every_user_needs_them() {
+    let db = Db::sqlite();
+    import(&db, &fixture("engram-export.json"), &[]).await;
+    import(&db, &fixture("mem0-get-all.json"), &[]).await;
+    let document = export_user(&db, "ada").await;
+    let out = engram(&["export", "--user", "ada", "--format", "jsonl"], &db, &[]).await;
+    succeeded(&out);
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(Value::Array(lines), document["memories"]);
+    // Every user, in byte order of their ids.
+    let users: Vec<Value> = export_all(&db)
+        .await
+        .iter()
+        .map(|m| m["user_id"].clone())
+        .collect();
+    assert_eq!(users, ["ada", "ada", "ada", "alice", "alice", "alice"]);
+
+    let refused = engram(&["export", "--all", "--format", "json"], &db, &[]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--all writes JSON lines"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(refused.stdout.is_empty());
+    let refused = engram(
+        &["export", "--user", "ada", "--format", "jsonl", "--encrypt"],
+        &db,
+        &[],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--encrypt seals one JSON document"),
+        "{}",
+        stderr(&refused)
+    );
+}
