@@ -23,15 +23,15 @@ impl SqliteBatch<'_> {
     ) -> Result<ImportOutcome, StoreError> {
         let user_id = self.user_id.clone();
         let new = &imported.memory;
-        let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM memories WHERE id = ?")
-            .bind(new.id.to_string())
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db("finding a memory"))?;
-        match owner {
-            Some(owner) if owner == user_id => return Ok(ImportOutcome::Present),
-            Some(_) => return Ok(ImportOutcome::IdTaken),
-            None => {}
+        let mine: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM memories WHERE id = ? AND user_id = ?")
+                .bind(new.id.to_string())
+                .bind(&user_id)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("finding a memory"))?;
+        if mine.is_some() {
+            return Ok(ImportOutcome::Present);
         }
         let current = imported.valid_to.is_none();
         if current
@@ -42,7 +42,18 @@ impl SqliteBatch<'_> {
             return Ok(ImportOutcome::Repeat(existing.id));
         }
         let terms = keywords::document_terms(&new.content);
-        let pk = insert_imported(&mut self.tx, &imported, i64::from(terms.length)).await?;
+        // Another user's id is found by the unique index refusing the row
+        // (which undoes that statement alone): no read looks past the user.
+        let pk = match insert_imported(&mut self.tx, &imported, i64::from(terms.length)).await {
+            Err(e) if is_taken_id(&e) => return Ok(ImportOutcome::IdTaken),
+            Err(e) => {
+                return Err(StoreError::Database {
+                    context: "importing a memory",
+                    source: e,
+                });
+            }
+            Ok(pk) => pk,
+        };
         if current {
             index_terms(&mut self.tx, pk, &terms).await?;
         }
@@ -54,13 +65,20 @@ impl SqliteBatch<'_> {
     }
 }
 
+/// Whether `e` is the unique index on memory ids refusing a row.
+fn is_taken_id(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation() && d.message().contains("memories.id"))
+}
+
 /// The row, its vector and its history rows, as the source kept them;
-/// returns the row's pk.
+/// returns the row's pk. The row goes first, alone: a refusal of its id
+/// leaves nothing behind.
 async fn insert_imported(
     conn: &mut SqliteConnection,
     imported: &ImportedMemory,
     keyword_length: i64,
-) -> Result<i64, StoreError> {
+) -> Result<i64, sqlx::Error> {
     let new = &imported.memory;
     let pk: i64 = sqlx::query_scalar(
         "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
@@ -81,22 +99,20 @@ async fn insert_imported(
     .bind(keyword_length)
     .bind(new.expires_at.map(|at| at.timestamp_millis()))
     .fetch_one(&mut *conn)
-    .await
-    .map_err(db("importing a memory"))?;
+    .await?;
     sqlx::query("INSERT INTO memory_vectors (pk, embedding) VALUES (?, ?)")
         .bind(pk)
         .bind(encode_vector(&new.embedding))
         .execute(&mut *conn)
-        .await
-        .map_err(db("importing a vector"))?;
+        .await?;
     for row in imported.history_rows() {
         insert_history(conn, new.id, new.scope.user_id().as_str(), &row).await?;
     }
     Ok(pk)
 }
 
-fn to_json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn to_json(value: &impl serde::Serialize) -> Result<String, sqlx::Error> {
+    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 async fn insert_history(
@@ -104,7 +120,7 @@ async fn insert_history(
     id: MemoryId,
     user_id: &str,
     row: &crate::store::HistoryEntry,
-) -> Result<(), StoreError> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, \
          created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -117,7 +133,6 @@ async fn insert_history(
     .bind(&row.actor)
     .bind(row.created_at.timestamp_millis())
     .execute(&mut *conn)
-    .await
-    .map_err(db("importing history"))?;
+    .await?;
     Ok(())
 }
