@@ -67,7 +67,9 @@
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
 //!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),
 //!   [`failpoint`] (crash points that tests set, to prove what a crash keeps),
-//!   [`reference`] (the docs' generated parts: settings, REST, tools).
+//!   [`reference`] (the docs' generated parts: settings, REST, tools),
+//!   [`import`] (`engram import`: other systems' memories, and engram's own
+//!   exports, read one file per format; `docs/migration.md`).
 //!
 //! The layout, the seams and the invariants each part keeps: `docs/architecture.md`.
 
@@ -85,6 +87,7 @@ pub mod eval;
 pub mod extract;
 pub mod failpoint;
 mod http;
+pub mod import;
 mod jsonrpc;
 pub mod keywords;
 mod limit;

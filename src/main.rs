@@ -77,7 +77,8 @@ enum Command {
     /// Write everything stored for one user (memories with their history,
     /// deferred remembers) as the JSON GET /api/v1/memory/export/{user_id}
     /// returns, audited; `--encrypt` seals it under ENGRAM_ENCRYPTION_KEY,
-    /// `--decrypt FILE` opens such a file again.
+    /// `--decrypt FILE` opens such a file again. `--all` (or `--format
+    /// jsonl`) streams JSON lines instead, one record a line, every user's.
     Export(engram::startup::ExportArgs),
     /// Ask a running HTTP server whether it is ready (exit 0) or not (exit 1):
     /// the container image's health check.
@@ -96,6 +97,12 @@ enum Command {
         #[arg(value_enum)]
         part: engram::reference::Part,
     },
+    /// Bring memories in from engram's own export, mem0 (get_all JSON or a
+    /// dump of its pgvector table), OpenMemory's export archive or
+    /// server-memory's knowledge graph; the format is detected. Texts are
+    /// embedded again with the configured embedder; ids, times and metadata
+    /// are kept where the source has them. Running it twice adds nothing.
+    Import(engram::startup::ImportArgs),
     /// Fill a scratch store and print remember throughput and recall latency.
     Bench(engram::bench::BenchArgs),
     /// Measure recall on a LoCoMo-format conversation set: every turn
@@ -116,7 +123,7 @@ struct AuditArgs {
     #[arg(long)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// Only this operation (remember, recall, user_context, forget, forget_matching,
-    /// forget_user, get, history, stats, export, reextract, purge, audit).
+    /// forget_user, get, history, stats, export, import, reextract, purge, audit).
     #[arg(long)]
     op: Option<String>,
     /// At most this many rows.
@@ -305,6 +312,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             engram::startup::healthcheck(&url).await?;
         }
         Command::Reference { part } => print!("{}", part.render()),
+        Command::Import(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            engram::startup::import(&config, &args).await?;
+        }
         Command::Bench(args) => engram::bench::run(args).await?,
         Command::Eval(args) => {
             let config = Config::load(cli.config.as_deref())?;

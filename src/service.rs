@@ -72,6 +72,7 @@ mod audited;
 mod budget;
 mod cached;
 mod correct;
+mod import;
 mod listing;
 mod observed;
 mod recall;
@@ -87,6 +88,7 @@ pub use audited::{AuditPage, AuditParams};
 use validate::ForgetTarget;
 
 pub use budget::TOKEN_USAGE_KEPT_DAYS;
+pub use import::{IMPORT_ACTOR, ImportItem, ImportRecord, Imported};
 pub use listing::DEFAULT_LIST_LIMIT;
 pub use observed::run_gauges;
 pub use reextract::{OverBudget, ReextractReport};

@@ -23,10 +23,12 @@ use crate::store::{SqliteStore, Store, StoreError};
 mod embedder;
 mod export;
 mod healthcheck;
+mod import;
 mod keys;
 pub use embedder::{embedder, local_settings, pull_model};
-pub use export::{ExportArgs, export};
+pub use export::{ExportArgs, ExportFormat, export};
 pub use healthcheck::{default_probe_url, healthcheck};
+pub use import::{ImportArgs, derived_id, import};
 pub use keys::{KeyExpiry, create_key, list_keys, revoke_key, rotate_key};
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use std::time::Instant;
 impl MemoryService {
     /// A row for `operation` by `caller` naming `user_id` (resolved as the
     /// flow resolves it; a user the flow will refuse is left out).
-    fn audit_record(
+    pub(super) fn audit_record(
         &self,
         caller: &Principal,
         operation: &'static str,
@@ -43,7 +43,7 @@ impl MemoryService {
     /// Hands `record` to the sink with `result`'s outcome: every read's
     /// row, and a write's when the write failed (its own row went with
     /// its transaction).
-    fn audit_after<T>(
+    pub(super) fn audit_after<T>(
         &self,
         record: Option<AuditRecord>,
         result: &Result<T, Error>,

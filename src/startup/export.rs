@@ -3,10 +3,16 @@
 //! audited `export` (its row says transport `cli`); with `--encrypt`, sealed
 //! under `ENGRAM_ENCRYPTION_KEY` ([`crate::crypto::export`]); with
 //! `--decrypt FILE`, such a file opened again with the configured keys.
+//! With `--format jsonl` (implied by `--all`, every user), JSON lines
+//! instead, streamed a user at a time: each memory as the document's
+//! `memories` hold it (it names its user), each deferred remember as
+//! `{"user_id": ..., "pending": {...}}`; `engram import` reads both.
 //!
 //! Invariants:
 //! * the plain export is the REST answer's bytes (compact JSON), then a
 //!   newline; `--decrypt` writes exactly what the plain export wrote;
+//! * a JSONL line is the REST answer's record, byte for byte (compact
+//!   JSON); each user's export is read in one snapshot and audited;
 //! * a refusal writes nothing: the key is checked and an existing `--out`
 //!   refused (without `--force`) before the store is read;
 //! * an `--out` file is created readable by its owner only (0600 on unix;
@@ -21,19 +27,26 @@ use crate::auth::Principal;
 use crate::config::Config;
 use crate::crypto::OpenError;
 
-/// `engram export`'s arguments: `--user U [--encrypt]` or `--decrypt FILE`,
-/// each to stdout or `--out FILE`.
+/// `engram export`'s arguments: `--user U [--encrypt]`, `--all`, or
+/// `--decrypt FILE`, each to stdout or `--out FILE`.
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     /// The user whose memories, history and deferred remembers to export.
     #[arg(
         long,
         value_name = "USER_ID",
-        required_unless_present = "decrypt",
-        conflicts_with = "decrypt"
+        required_unless_present_any = ["decrypt", "all"],
+        conflicts_with_all = ["decrypt", "all"]
     )]
     pub user: Option<String>,
-    /// Encrypt the export (AES-256-GCM) under ENGRAM_ENCRYPTION_KEY.
+    /// Every user with anything stored, as JSONL (one record a line).
+    #[arg(long, conflicts_with_all = ["decrypt", "encrypt"])]
+    pub all: bool,
+    /// `json`: one document, the REST export's (the default for --user);
+    /// `jsonl`: one record a line, streamed (the default for --all).
+    #[arg(long, value_enum, conflicts_with = "decrypt")]
+    pub format: Option<ExportFormat>,
+    /// Encrypt the export (AES-256-GCM) under ENGRAM_ENCRYPTION_KEY (JSON only).
     #[arg(long, conflicts_with = "decrypt")]
     pub encrypt: bool,
     /// Open an encrypted export with the configured keys (ENGRAM_ENCRYPTION_KEY
@@ -49,14 +62,40 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-/// `engram export`: exports a user, or decrypts an export, as `args` say.
+/// How `engram export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON document (one user).
+    Json,
+    /// JSON lines: one record a line.
+    Jsonl,
+}
+
+/// `engram export`: exports a user or every user, or decrypts an export,
+/// as `args` say.
 pub async fn export(config: &Config, args: &ExportArgs) -> Result<(), StartupError> {
     let out = Output {
         path: args.out.as_deref(),
         force: args.force,
     };
+    let lines = match (args.format, args.all) {
+        (Some(ExportFormat::Json), true) => {
+            return Err(StartupError::Unsupported(
+                "--all writes JSON lines (--format jsonl): one document cannot hold every user"
+                    .into(),
+            ));
+        }
+        (Some(ExportFormat::Jsonl), _) | (None, true) => true,
+        _ => false,
+    };
+    if lines && args.encrypt {
+        return Err(StartupError::Unsupported(
+            "--encrypt seals one JSON document; export one user as JSON to encrypt it".into(),
+        ));
+    }
     match (&args.decrypt, &args.user) {
         (Some(file), _) => decrypt(config, file, &out),
+        (None, _) if lines => export_lines(config, args.user.as_deref(), &out).await,
         (None, Some(user)) => export_user(config, user, args.encrypt, &out).await,
         // clap requires one of the two.
         (None, None) => Err(StartupError::Unsupported(
@@ -106,6 +145,69 @@ async fn export_user(
         out.name()
     );
     Ok(())
+}
+
+/// Writes `user`'s export (or every user's, one after the other) as JSON
+/// lines, each user's read through the audited service as it is reached.
+async fn export_lines(
+    config: &Config,
+    user: Option<&str>,
+    out: &Output<'_>,
+) -> Result<(), StartupError> {
+    out.refuse_existing()?;
+    let service = build(config).await?;
+    let cli = crate::audit::Origin {
+        transport: "cli",
+        client_addr: None,
+    };
+    let users = match user {
+        Some(user) => vec![user.to_owned()],
+        None => crate::audit::from(cli.clone(), service.users(&Principal::Operator)).await?,
+    };
+    let mut sink = out.stream()?;
+    let failed = |source| StartupError::File {
+        path: out.name(),
+        source,
+    };
+    let (mut memories, mut pending) = (0usize, 0usize);
+    for user in &users {
+        let export = crate::audit::from(
+            cli.clone(),
+            service.export(&Principal::Operator, Some(user)),
+        )
+        .await;
+        let export = match export {
+            Ok(export) => export,
+            Err(e) => {
+                flush_audit(&service).await;
+                return Err(e.into());
+            }
+        };
+        for memory in &export.memories {
+            write_line(&mut sink, memory).map_err(failed)?;
+        }
+        for entry in &export.pending {
+            let line = serde_json::json!({"user_id": export.user_id, "pending": entry});
+            write_line(&mut sink, &line).map_err(failed)?;
+        }
+        memories += export.memories.len();
+        pending += export.pending.len();
+    }
+    sink.finish().map_err(failed)?;
+    flush_audit(&service).await;
+    eprintln!(
+        "engram: exported {memories} memories and {pending} deferred remembers of {} user(s) \
+         to {} (JSONL)",
+        users.len(),
+        out.name()
+    );
+    Ok(())
+}
+
+/// `value` as one compact JSON line.
+fn write_line(sink: &mut Sink, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *sink, value)?;
+    sink.write_all(b"\n")
 }
 
 /// Opens the encrypted export in `file` and writes its plain JSON.
@@ -201,6 +303,24 @@ impl Output<'_> {
         }
     }
 
+    /// A writer for a document written piece by piece (to stdout, or to
+    /// the file, created as [`Output::write`] creates it).
+    fn stream(&self) -> Result<Sink, StartupError> {
+        let writer: Box<dyn Write> = match self.path {
+            None => Box::new(std::io::stdout()),
+            Some(path) => Box::new(self.create(path).map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    StartupError::OutputExists(path.display().to_string())
+                }
+                _ => StartupError::File {
+                    path: self.name(),
+                    source,
+                },
+            })?),
+        };
+        Ok(Sink(std::io::BufWriter::new(writer)))
+    }
+
     /// `path` opened for writing: a new file (mode 0600), or with `force`
     /// an existing one emptied and narrowed to 0600.
     fn create(&self, path: &Path) -> std::io::Result<std::fs::File> {
@@ -217,5 +337,28 @@ impl Output<'_> {
         #[cfg(unix)]
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(file)
+    }
+}
+
+/// A document written piece by piece; [`Sink::finish`] flushes it.
+struct Sink(std::io::BufWriter<Box<dyn Write>>);
+
+impl Sink {
+    fn finish(self) -> std::io::Result<()> {
+        let mut writer = self
+            .0
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        writer.flush()
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }

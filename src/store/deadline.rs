@@ -21,11 +21,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
-    ListingKey, NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport,
-    Reads, Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store,
-    StoreError, StoreTotals, SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions,
-    WriteBatch, Writes,
+    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome,
+    ImportedMemory, InsertOutcome, Keys, ListingKey, NewMemory, NewPending, Pending, PendingQueue,
+    PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored, SealReport, Search,
+    SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome, TokenUsage,
+    UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -103,6 +103,10 @@ impl WriteBatch for BoundedBatch<'_> {
 
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
         bounded(self.limit, self.inner.add_pending(pending)).await
+    }
+
+    async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
+        bounded(self.limit, self.inner.import(imported)).await
     }
 
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
@@ -287,6 +291,10 @@ impl Reports for Deadline {
 
     async fn totals(&self) -> Result<StoreTotals, StoreError> {
         bounded(self.limit, self.inner.totals()).await
+    }
+
+    async fn users(&self) -> Result<Vec<String>, StoreError> {
+        bounded(self.limit, self.inner.users()).await
     }
 }
 

@@ -37,6 +37,7 @@ pub use postgres::{
 };
 pub use sqlite::SqliteStore;
 
+mod imported;
 mod keyword_copy;
 mod report;
 mod shared;
@@ -45,6 +46,8 @@ mod traits;
 mod types;
 
 pub(crate) use shared::sha256_hex;
+
+pub use imported::{ImportOutcome, ImportedMemory};
 
 pub use report::{
     CategoryCount, ExportedMemory, ExportedPending, StoreTotals, UserExport, UserStats,

@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, Keys,
-    ListingKey, NewMemory, NewPending, Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport,
-    Reads, Reports, Retention, Scored, SealReport, Search, SearchScope, Selection, Store,
-    StoreError, StoreTotals, SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions,
-    WriteBatch, Writes,
+    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome,
+    ImportedMemory, InsertOutcome, Keys, ListingKey, NewMemory, NewPending, Pending, PendingQueue,
+    PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored, SealReport, Search,
+    SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome, TokenUsage,
+    UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -143,6 +143,11 @@ impl WriteBatch for TracedBatch<'_> {
 
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
         let result = self.inner.add_pending(pending).await;
+        self.count(result)
+    }
+
+    async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
+        let result = self.inner.import(imported).await;
         self.count(result)
     }
 
@@ -373,6 +378,10 @@ impl Reports for Traced {
     async fn totals(&self) -> Result<StoreTotals, StoreError> {
         // The gauges' background read: no request's span to hang it under.
         self.inner.totals().await
+    }
+
+    async fn users(&self) -> Result<Vec<String>, StoreError> {
+        self.call("users", self.inner.users()).await
     }
 }
 

@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, InsertOutcome, ListingKey,
-    NewMemory, NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope,
-    Selection, StoreError, StoreTotals, SupersedeOutcome, UserExport, UserStats,
+    ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome, ImportedMemory,
+    InsertOutcome, ListingKey, NewMemory, NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport,
+    Scored, SearchScope, Selection, StoreError, StoreTotals, SupersedeOutcome, UserExport,
+    UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -235,6 +236,13 @@ pub trait WriteBatch: Send {
     /// Keeps a deferred remember of the user (see [`NewPending`]).
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError>;
 
+    /// Writes a memory brought in from elsewhere as its source kept it
+    /// (id, times, current or closed, history), unless the user already
+    /// has its id or, for a current one, its exact text; near-duplicates
+    /// are not judged. See [`ImportedMemory`] and `store::imported` for
+    /// the invariants.
+    async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError>;
+
     /// Appends the audit row recording the batch: it commits with the
     /// writes it describes, or not at all.
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError>;
@@ -393,6 +401,11 @@ pub trait Reports: Send + Sync {
     /// Every user's current memories and deferred remembers, for gauges
     /// read in the background (not per request: it may cost a scan).
     async fn totals(&self) -> Result<StoreTotals, StoreError>;
+
+    /// Every user with memories (current or closed) or deferred remembers,
+    /// in byte order. Not bounded by a user: it serves the operator's
+    /// `engram export --all`, never a request.
+    async fn users(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Per-user write versions, which caches key their entries by.

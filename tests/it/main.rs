@@ -23,12 +23,14 @@
 //!   test runs).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
 //! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`export_cli`]
-//!   (plain and encrypted exports).
+//!   (plain and encrypted exports), [`import_cli`] (every source format,
+//!   idempotent, on both stores; export and import round trips).
 //! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
 //!   (an erased user leaves no trace in any table, file or cache key),
 //!   [`retention`] (expiry, `ttl_days` and `engram purge`; the stores'
 //!   side is in [`store_conformance`]).
-//! * Operations: [`deploy`] (the dashboards, alert rules and Alertmanager
+//! * Operations: [`backup`] (the backup and restore recipes, both stores),
+//!   [`deploy`] (the dashboards, alert rules and Alertmanager
 //!   configuration in `deploy/`, checked with promtool and amtool; the
 //!   image's and the compose file's settings), [`tls`] (PostgreSQL through
 //!   a TLS-terminating PgBouncer and Redis over TLS, with certificates the
@@ -39,6 +41,7 @@
 mod common;
 
 mod audit;
+mod backup;
 mod cache;
 mod chat_agent;
 mod cli;
@@ -51,6 +54,7 @@ mod eval_cli;
 mod export_cli;
 mod failure_policy;
 mod http_auth;
+mod import_cli;
 mod inspector;
 mod key_lifecycle;
 mod keys_cli;

@@ -65,6 +65,7 @@ use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
+mod import;
 mod indexer;
 mod keys;
 mod keyword_index;

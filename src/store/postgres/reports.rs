@@ -85,4 +85,16 @@ impl Reports for PgStore {
             pending: pending.max(0) as u64,
         })
     }
+
+    async fn users(&self) -> Result<Vec<String>, StoreError> {
+        // Every user's: operator-wide. Byte order, as SQLite sorts.
+        sqlx::query_scalar(
+            "SELECT user_id FROM (SELECT user_id FROM memories \
+                                  UNION SELECT user_id FROM pending_extractions) u \
+             ORDER BY user_id COLLATE \"C\"",
+        )
+        .fetch_all(self.operator())
+        .await
+        .map_err(db("listing users"))
+    }
 }

@@ -21,8 +21,8 @@ use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row, same_user};
 use crate::store::{
-    AuditRecord, InsertOutcome, NewMemory, NewPending, Selection, StoreError, SupersedeOutcome,
-    WriteBatch, Writes,
+    AuditRecord, ImportOutcome, ImportedMemory, InsertOutcome, NewMemory, NewPending, Selection,
+    StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -39,7 +39,7 @@ pub(super) const FIRST_DEDUP_ROUND: u32 = 8;
 /// A near-duplicate the trigger named.
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct Near {
-    id: Uuid,
+    pub(super) id: Uuid,
     similarity: f32,
 }
 
@@ -214,9 +214,9 @@ impl Writes for PgStore {
 /// index on current texts) runs after a savepoint, so that a refusal undoes
 /// that write alone. Savepoints are not released one by one: the commit
 /// ends them all, and each write costs no round trip more than alone.
-struct PgBatch {
-    user_id: String,
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+pub(super) struct PgBatch {
+    pub(super) user_id: String,
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
     locked: bool,
 }
 
@@ -227,7 +227,7 @@ const UNDO: &str = "ROLLBACK TO SAVEPOINT engram_write";
 impl PgBatch {
     /// Takes the user's write lock, once per batch, before a write that
     /// locks one of their rows.
-    async fn lock(&mut self) -> Result<(), StoreError> {
+    pub(super) async fn lock(&mut self) -> Result<(), StoreError> {
         if !self.locked {
             lock_user(&mut self.tx, &self.user_id).await?;
             self.locked = true;
@@ -239,7 +239,10 @@ impl PgBatch {
     /// rest of the transaction) the deduplication settings the trigger
     /// reads, in one round trip. The values are numbers and uuids, written
     /// into the statement by this code (a simple query takes no parameters).
-    async fn savepoint(&mut self, dedup: Option<(f32, &[Uuid], u32)>) -> Result<(), StoreError> {
+    pub(super) async fn savepoint(
+        &mut self,
+        dedup: Option<(f32, &[Uuid], u32)>,
+    ) -> Result<(), StoreError> {
         let sql = match dedup {
             None => SAVEPOINT.to_owned(),
             Some((threshold, allowed, k)) => format!(
@@ -257,7 +260,7 @@ impl PgBatch {
     }
 
     /// Undoes everything since the last savepoint (a refused write).
-    async fn undo(&mut self) -> Result<(), StoreError> {
+    pub(super) async fn undo(&mut self) -> Result<(), StoreError> {
         sqlx::raw_sql(UNDO)
             .execute(&mut *self.tx)
             .await
@@ -484,6 +487,11 @@ impl WriteBatch for PgBatch {
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
         same_user(&self.user_id, pending.scope.user_id())?;
         insert_pending(&mut self.tx, &pending).await
+    }
+
+    async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
+        same_user(&self.user_id, imported.memory.scope.user_id())?;
+        self.import_memory(imported).await
     }
 
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {

@@ -79,6 +79,7 @@ macro_rules! unexpired {
 }
 
 mod audit;
+mod import;
 mod keys;
 mod keyword_index;
 mod queue;

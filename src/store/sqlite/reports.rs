@@ -68,4 +68,14 @@ impl Reports for SqliteStore {
             pending: pending.max(0) as u64,
         })
     }
+
+    async fn users(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT user_id FROM memories UNION SELECT user_id FROM pending_extractions \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing users"))
+    }
 }

@@ -25,8 +25,8 @@ use crate::store::shared::{
 };
 use crate::store::vector_index::{DEDUP_MARGIN, UserVectors};
 use crate::store::{
-    AuditRecord, InsertOutcome, NewMemory, NewPending, Selection, StoreError, SupersedeOutcome,
-    WriteBatch, Writes,
+    AuditRecord, ImportOutcome, ImportedMemory, InsertOutcome, NewMemory, NewPending, Selection,
+    StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
 /// Writes a new memory with its vector, keyword length and ADD history row, and
@@ -101,7 +101,7 @@ impl UserWrite<'_> {
 
 /// Adds the new memory `new`, stored at `pk` with its text's `terms`, to
 /// the user's copy.
-fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory, terms: &DocumentTerms) {
+pub(super) fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory, terms: &DocumentTerms) {
     let scope = &new.scope;
     vecs.push(
         pk,
@@ -558,8 +558,8 @@ impl Writes for SqliteStore {
 /// The user's vector copy while a batch holds it. Invariant: it holds
 /// what the batch's transaction holds; if the batch ends without a commit,
 /// dropping the guard marks the copy stale, and the next read reloads it.
-struct CopyGuard {
-    vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
+pub(super) struct CopyGuard {
+    pub(super) vecs: tokio::sync::OwnedRwLockWriteGuard<UserVectors>,
     settled: bool,
 }
 
@@ -582,14 +582,14 @@ impl Drop for CopyGuard {
 /// A [`WriteBatch`] on SQLite: one `BEGIN IMMEDIATE` transaction under the
 /// writer lock, with the user's vector copy held for writing and changed
 /// with each write, so that the batch deduplicates against its own memories.
-struct SqliteBatch<'a> {
+pub(super) struct SqliteBatch<'a> {
     store: &'a SqliteStore,
-    user_id: String,
+    pub(super) user_id: String,
     _writer: tokio::sync::MutexGuard<'a, ()>,
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    copy: CopyGuard,
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    pub(super) copy: CopyGuard,
     /// The user's generation after the batch's last write.
-    generation: i64,
+    pub(super) generation: i64,
 }
 
 #[async_trait]
@@ -729,6 +729,11 @@ impl WriteBatch for SqliteBatch<'_> {
         self.generation = bump_generation(tx, user_id).await?;
         self.copy.vecs.remove(pk);
         Ok(true)
+    }
+
+    async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
+        same_user(&self.user_id, imported.memory.scope.user_id())?;
+        self.import_memory(imported).await
     }
 
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
