@@ -286,7 +286,7 @@ fn every_runnable_example_in_the_docs_runs() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(ran >= 9, "only {ran} runnable examples found");
+    assert!(ran >= 16, "only {ran} runnable examples found");
 }
 
 /// What a client that reads `mcpServers` (Claude Desktop, Cursor, Claude

@@ -22,7 +22,8 @@
 //! * Traces: [`otel`] (OTLP export through the binary, to a receiver the
 //!   test runs).
 //! * What is stored: [`secrets`] (credentials and payment data kept out).
-//! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`export_cli`]
+//! * The command line: [`cli`], [`keys_cli`], [`eval_cli`], [`bench_cli`]
+//!   (every bench mode at small sizes), [`export_cli`]
 //!   (plain and encrypted exports), [`import_cli`] (every source format,
 //!   idempotent, on both stores; export and import round trips).
 //! * Compliance: [`audit`] (the audit trail through the binary), [`erasure`]
@@ -42,6 +43,7 @@ mod common;
 
 mod audit;
 mod backup;
+mod bench_cli;
 mod cache;
 mod chat_agent;
 mod cli;
