@@ -114,9 +114,11 @@ if [[ "${1:-}" == "--coverage" ]]; then
         exit 1
     }
     step "cargo llvm-cov nextest (line coverage of src/)"
-    cargo llvm-cov nextest --no-fail-fast --ignore-filename-regex '/(tests|examples)/' "$@" \
-        --summary-only | tee /dev/stderr | awk '$1 == "TOTAL" { print "src/ line coverage: " $10 }'
-    exit "${PIPESTATUS[0]}"
+    status=0
+    cargo llvm-cov nextest --no-report --no-fail-fast "$@" || status=$?
+    cargo llvm-cov report --summary-only --ignore-filename-regex '/(tests|examples)/' \
+        | tee /dev/stderr | awk '$1 == "TOTAL" { print "src/ line coverage: " $10 }'
+    exit "$status"
 fi
 
 # --- Rust --------------------------------------------------------------------

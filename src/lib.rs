@@ -67,7 +67,7 @@
 //!   `examples/chat_agent.rs`), [`bench`](mod@bench) (`engram bench`:
 //!   speed), [`eval`] (`engram eval`: recall quality on a LoCoMo-format set),
 //!   [`failpoint`] (crash points that tests set, to prove what a crash keeps),
-//!   [`reference`] (the docs' generated parts: settings, REST, tools),
+//!   [`reference`](mod@reference) (the docs' generated parts: settings, REST, tools),
 //!   [`import`] (`engram import`: other systems' memories, and engram's own
 //!   exports, read one file per format; `docs/migration.md`).
 //!

@@ -454,17 +454,26 @@ impl MemoryService {
         }
     }
 
+    /// One of the user's memories as stored (sealed values still sealed);
+    /// an unknown id, or another user's, is [`Error::NotFound`].
+    async fn stored_memory(
+        &self,
+        user: &UserId,
+        id: MemoryId,
+    ) -> Result<crate::model::Memory, Error> {
+        self.store
+            .get_many(user, &[id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_theirs(id, user))
+    }
+
     /// One of the user's memories, current or superseded, and whether it is
     /// still current. An unknown id, or another user's, is [`Error::NotFound`].
     async fn get_inner(&self, caller: &Principal, req: MemoryRef) -> Result<MemoryDetail, Error> {
         let (user, id) = self.memory_ref(caller, &req)?;
-        let mut memory = self
-            .store
-            .get_many(&user, &[id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| not_theirs(id, &user))?;
+        let mut memory = self.stored_memory(&user, id).await?;
         self.open_memory(&mut memory);
         // A closed memory's last history row is the SUPERSEDE that closed
         // it (nothing is written to a memory after that), at its valid_to.

@@ -87,6 +87,26 @@ pub use telemetry::TelemetryConfig;
 
 use layers::Layers;
 
+/// Every file key, section by section.
+fn file_keys() -> Vec<&'static str> {
+    [
+        store::KEYS,
+        cache::KEYS,
+        embedder::KEYS,
+        llm::KEYS,
+        budget::KEYS,
+        openai::KEYS,
+        memory::KEYS,
+        http::KEYS,
+        audit::KEYS,
+        retention::KEYS,
+        crypto::KEYS,
+        metrics::KEYS,
+        telemetry::KEYS,
+    ]
+    .concat()
+}
+
 /// Validated configuration, one field per section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -139,22 +159,7 @@ impl Config {
         file: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let file_keys = [
-            store::KEYS,
-            cache::KEYS,
-            embedder::KEYS,
-            llm::KEYS,
-            budget::KEYS,
-            openai::KEYS,
-            memory::KEYS,
-            http::KEYS,
-            audit::KEYS,
-            retention::KEYS,
-            crypto::KEYS,
-            metrics::KEYS,
-            telemetry::KEYS,
-        ]
-        .concat();
+        let file_keys = file_keys();
         let src = Layers::new(file, env, &file_keys)?;
         Ok(Self {
             store: StoreConfig::load(&src)?,

@@ -497,27 +497,7 @@ mod tests {
     use std::collections::{BTreeSet, HashMap};
 
     use super::*;
-    use crate::config::{Config, layers::env_var};
-
-    fn file_keys() -> Vec<&'static str> {
-        use crate::config::*;
-        [
-            store::KEYS,
-            cache::KEYS,
-            embedder::KEYS,
-            llm::KEYS,
-            budget::KEYS,
-            openai::KEYS,
-            memory::KEYS,
-            http::KEYS,
-            audit::KEYS,
-            retention::KEYS,
-            crypto::KEYS,
-            metrics::KEYS,
-            telemetry::KEYS,
-        ]
-        .concat()
-    }
+    use crate::config::{Config, file_keys, layers::env_var};
 
     #[test]
     fn every_file_key_is_listed_and_every_listed_engram_variable_is_read() {

@@ -24,7 +24,7 @@
 //!   nothing and answers the memory as it is (`NONE`).
 
 use super::types::CorrectResult;
-use super::{MemoryService, not_theirs, screen, validate};
+use super::{MemoryService, screen, validate};
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::model::{Event, MemoryId, validate_metadata};
@@ -55,13 +55,7 @@ impl MemoryService {
         let metadata = validate_metadata(req.metadata)?;
         let (text, metadata, redacted) = screen::correction(self.settings.secrets, text, metadata)?;
 
-        let mut old = self
-            .store
-            .get_many(&user, &[id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| not_theirs(id, &user))?;
+        let mut old = self.stored_memory(&user, id).await?;
         let history = self.store.history(&user, id).await?;
         if let Some(closed) = history.last().filter(|h| h.event == Event::Supersede) {
             return Err(no_longer_current(id, closed.created_at));
