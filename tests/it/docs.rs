@@ -1,13 +1,16 @@
 //! The docs, run: every page (README.md and docs/*.md) is read as a user
 //! reads it, and what it shows is checked against the real thing.
 //!
-//! * Fenced blocks whose info string is `sh runnable` (optionally with
-//!   `expect=WORD` or `expect="WORDS"`: text the block must print) run, in page order,
+//! * Fenced blocks whose info string is `sh runnable` or `python runnable`
+//!   (optionally with `expect=WORD` or `expect="WORDS"`: text the block
+//!   must print) run, in page order,
 //!   as one bash script per page (so a server started in one block serves
 //!   the next), with `set -euo pipefail`, the built `engram` first on
 //!   `PATH`, a scratch `HOME` and XDG directories, and `mcp.json` in the
 //!   working directory. `npx @modelcontextprotocol/inspector@0.15.0` is the
-//!   pinned Inspector CLI that scripts/test.sh installs. A page fails when
+//!   pinned Inspector CLI that scripts/test.sh installs; Python blocks run
+//!   in the virtualenv it makes (ENGRAM_DOCS_VENV: the MCP Python SDK,
+//!   pinned). A page fails when
 //!   its script exits non-zero or runs past [`PAGE_TIMEOUT`]; the message
 //!   names the block. Background jobs are killed when the script ends.
 //!   Plain `sh` blocks are shown to readers but not run (they need Docker,
@@ -135,10 +138,22 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// A runnable block's info string: `sh runnable`, optionally followed by
-/// `expect=WORD` or `expect="SOME WORDS"`, text its output must hold.
-fn runnable(info: &str) -> Option<Option<String>> {
-    let rest = info.strip_prefix("sh runnable")?;
+/// What a runnable block is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Language {
+    Shell,
+    Python,
+}
+
+/// A runnable block's info string: `sh runnable` or `python runnable`,
+/// optionally followed by `expect=WORD` or `expect="SOME WORDS"`, text its
+/// output must hold.
+fn runnable(info: &str) -> Option<(Language, Option<String>)> {
+    let (language, rest) = if let Some(rest) = info.strip_prefix("sh runnable") {
+        (Language::Shell, rest)
+    } else {
+        (Language::Python, info.strip_prefix("python runnable")?)
+    };
     if !(rest.is_empty() || rest.starts_with(' ')) {
         return None;
     }
@@ -146,7 +161,20 @@ fn runnable(info: &str) -> Option<Option<String>> {
         .trim()
         .strip_prefix("expect=")
         .map(|e| e.trim_matches('"').to_owned());
-    Some(expect)
+    Some((language, expect))
+}
+
+/// The virtualenv the Python examples run in (scripts/test.sh makes it,
+/// with the MCP Python SDK pinned), as ENGRAM_DOCS_VENV names it.
+fn docs_venv() -> PathBuf {
+    let venv = std::env::var_os("ENGRAM_DOCS_VENV").map(PathBuf::from);
+    match venv {
+        Some(venv) if venv.join("bin/python").is_file() => venv,
+        _ => panic!(
+            "ENGRAM_DOCS_VENV does not name a virtualenv; run scripts/test.sh, which makes \
+             one with the MCP Python SDK the docs' Python examples use"
+        ),
+    }
 }
 
 /// Single-quoted for bash.
@@ -157,7 +185,7 @@ fn quoted(text: &str) -> String {
 /// The page's runnable blocks as one script: each preceded by where it is
 /// (for the failure message), its output shown and kept, and checked for
 /// what the block expects.
-fn script(page: &Path, blocks: &[(&Block, Option<String>)]) -> String {
+fn script(page: &Path, blocks: &[(&Block, Language, Option<String>)]) -> String {
     let mut script = String::from(
         "set -euo pipefail\n\
          BLOCK=start\n\
@@ -165,12 +193,17 @@ fn script(page: &Path, blocks: &[(&Block, Option<String>)]) -> String {
          trap 'echo \"docs: the example at $BLOCK failed\" >&2' ERR\n\
          trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT\n",
     );
-    for (n, (block, expect)) in blocks.iter().enumerate() {
+    for (n, (block, language, expect)) in blocks.iter().enumerate() {
         let at = format!("{}:{}", relative(page), block.line);
+        let code = match language {
+            Language::Shell => block.text.clone(),
+            Language::Python => {
+                format!("python3 - <<'ENGRAM_DOCS_PY'\n{}ENGRAM_DOCS_PY", block.text)
+            }
+        };
         script.push_str(&format!(
-            "BLOCK={}\necho \"==> $BLOCK\" >&2\n{{\n{}\n}} > \"$OUT/{n}\"\ncat \"$OUT/{n}\"\n",
+            "BLOCK={}\necho \"==> $BLOCK\" >&2\n{{\n{code}\n}} > \"$OUT/{n}\"\ncat \"$OUT/{n}\"\n",
             quoted(&at),
-            block.text
         ));
         if let Some(expect) = expect {
             script.push_str(&format!(
@@ -184,7 +217,7 @@ fn script(page: &Path, blocks: &[(&Block, Option<String>)]) -> String {
 }
 
 /// Runs `script` in a scratch home; Err with what it printed when it fails.
-fn run_page(page: &Path, script: &str) -> Result<(), String> {
+fn run_page(page: &Path, script: &str, python: bool) -> Result<(), String> {
     let scratch = tempfile::tempdir().expect("create a scratch dir");
     let root = scratch.path();
     let (home, work) = (root.join("home"), root.join("work"));
@@ -193,9 +226,11 @@ fn run_page(page: &Path, script: &str) -> Result<(), String> {
     }
     std::fs::copy(repo().join("mcp.json"), work.join("mcp.json")).expect("copy mcp.json");
     let engram_dir = Path::new(ENGRAM).parent().expect("the binary's dir");
+    let venv_bin = python.then(|| docs_venv().join("bin"));
     let path = std::env::join_paths(
         [engram_dir.to_path_buf(), npx_shim(root)]
             .into_iter()
+            .chain(venv_bin)
             .chain(std::env::split_paths(
                 &std::env::var_os("PATH").unwrap_or_default(),
             )),
@@ -273,20 +308,23 @@ fn every_runnable_example_in_the_docs_runs() {
     for page in pages() {
         let markdown = std::fs::read_to_string(&page).expect("read the page");
         let all = blocks(&markdown);
-        let to_run: Vec<(&Block, Option<String>)> = all
+        let to_run: Vec<(&Block, Language, Option<String>)> = all
             .iter()
-            .filter_map(|b| runnable(&b.info).map(|expect| (b, expect)))
+            .filter_map(|b| runnable(&b.info).map(|(language, expect)| (b, language, expect)))
             .collect();
         if to_run.is_empty() {
             continue;
         }
         ran += to_run.len();
-        if let Err(failure) = run_page(&page, &script(&page, &to_run)) {
+        let python = to_run
+            .iter()
+            .any(|(_, language, _)| *language == Language::Python);
+        if let Err(failure) = run_page(&page, &script(&page, &to_run), python) {
             failures.push(failure);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(ran >= 16, "only {ran} runnable examples found");
+    assert!(ran >= 17, "only {ran} runnable examples found");
 }
 
 /// What a client that reads `mcpServers` (Claude Desktop, Cursor, Claude
