@@ -10,7 +10,7 @@ use crate::common;
 use crate::import_cli::{Db, engram, export_all, fixture, import, stderr, succeeded};
 
 use common::postgres::TestDatabase;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Memories of three users, one closed and one with an update in its history.
 async fn seed(db: &Db) -> Vec<Value> {
@@ -34,12 +34,7 @@ async fn finds_them(db: &Db) {
             "Uses Neovim with the Lazy plugin manager",
         ),
     ] {
-        let found = common::ok(&client, "recall", json!({"query": query, "user_id": user})).await;
-        assert_eq!(
-            common::texts(&found).first().map(String::as_str),
-            Some(text),
-            "{found}"
-        );
+        common::assert_best_recall(&client, user, query, text).await;
     }
     client.cancel().await.ok();
 }

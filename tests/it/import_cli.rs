@@ -316,12 +316,7 @@ async fn every_format_imports_once_and_keeps_what_it_can(db: &Db) {
             "Uses Neovim with the Lazy plugin manager",
         ),
     ] {
-        let found = common::ok(&client, "recall", json!({"query": query, "user_id": user})).await;
-        assert_eq!(
-            common::texts(&found).first().map(String::as_str),
-            Some(text),
-            "{found}"
-        );
+        common::assert_best_recall(&client, user, query, text).await;
     }
     let archived = common::ok(
         &client,

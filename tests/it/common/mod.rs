@@ -136,6 +136,16 @@ pub fn texts(recall: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that `user`'s best recall for `query` is `text`.
+pub async fn assert_best_recall(client: &Client, user: &str, query: &str, text: &str) {
+    let found = ok(client, "recall", json!({"query": query, "user_id": user})).await;
+    assert_eq!(
+        texts(&found).first().map(String::as_str),
+        Some(text),
+        "{found}"
+    );
+}
+
 pub async fn total(client: &Client, user: &str) -> u64 {
     ok(client, "user_context", json!({"user_id": user})).await["total"]
         .as_u64()
