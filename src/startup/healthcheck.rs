@@ -32,6 +32,13 @@ pub async fn healthcheck(url: &str) -> Result<(), StartupError> {
         url: url.to_owned(),
         why,
     };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(unhealthy(
+            "that is not an http:// or https:// URL; give the server's /readyz, \
+             e.g. http://127.0.0.1:8080/readyz"
+                .into(),
+        ));
+    }
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
@@ -51,7 +58,7 @@ pub async fn healthcheck(url: &str) -> Result<(), StartupError> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_probe_url;
+    use super::{default_probe_url, healthcheck};
 
     #[test]
     fn the_default_probe_reaches_the_bind_address_over_the_loopback() {
@@ -67,6 +74,15 @@ mod tests {
         assert_eq!(
             default_probe_url("engram.internal:9000"),
             "http://engram.internal:9000/readyz"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_not_http_is_refused_saying_so() {
+        let refused = healthcheck("notaurl").await.unwrap_err().to_string();
+        assert!(
+            refused.contains("not an http:// or https:// URL"),
+            "{refused}"
         );
     }
 }
