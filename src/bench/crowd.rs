@@ -23,7 +23,7 @@ use crate::model::{MetadataFilter, Scope};
 use crate::params::{RecallParams, RememberParams};
 use crate::service::MemoryService;
 use crate::store::prelude::*;
-use crate::store::{PgOptions, PgStore, PlanSettings, SearchScope};
+use crate::store::{IndexKind, PgOptions, PgStore, PlanSettings, SearchScope};
 
 const LOAD_BATCH: usize = 2000;
 
@@ -100,6 +100,7 @@ pub async fn run(
     service: &MemoryService,
     embedder: &HashEmbedder,
     plan: PlanSettings,
+    index: IndexKind,
     (rows, users): (usize, usize),
     queries: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -114,13 +115,14 @@ pub async fn run(
         println!("crowd: reusing the {loaded_users} crowd users already in this database");
     } else {
         println!("crowd: bulk-loading {rows} memories over {users} users (SQL, dedup trigger off)");
-        load_and_index(pg, embedder, &mut words, rows, users).await?;
+        load_and_index(pg, embedder, index, &mut words, rows, users).await?;
     }
     let indexed = PgStore::open(
         &url,
         embedder.identity(),
         PgOptions {
             plan,
+            index,
             ..PgOptions::default()
         },
     )
@@ -130,6 +132,7 @@ pub async fn run(
         embedder.identity(),
         PgOptions {
             plan: PlanSettings::ALWAYS_EXACT,
+            index,
             ..PgOptions::default()
         },
     )
@@ -246,6 +249,7 @@ pub async fn run(
 async fn load_and_index(
     pg: &Postgres,
     embedder: &HashEmbedder,
+    index: IndexKind,
     words: &mut Generator,
     rows: usize,
     users: usize,
@@ -270,7 +274,11 @@ async fn load_and_index(
     .execute(&pg.pool)
     .await?;
     let started = Instant::now();
-    PgStore::open(&pg.url, embedder.identity(), PgOptions::default()).await?;
+    let options = PgOptions {
+        index,
+        ..PgOptions::default()
+    };
+    PgStore::open(&pg.url, embedder.identity(), options).await?;
     sqlx::query(sqlx::AssertSqlSafe(set_memory(
         "RESET maintenance_work_mem",
     )))
@@ -287,7 +295,8 @@ async fn load_and_index(
 }
 
 /// Inserts `rows` generated memories for the crowd, with their keyword
-/// postings, with the dedup trigger off and no vector index (rebuilt by the caller).
+/// postings, with the dedup trigger off and no vector index of either kind
+/// (rebuilt by the caller).
 async fn bulk_load(
     pg: &Postgres,
     embedder: &HashEmbedder,
@@ -299,6 +308,7 @@ async fn bulk_load(
     for statement in [
         "ALTER TABLE memories DISABLE TRIGGER memories_refuse_duplicate",
         "DROP INDEX IF EXISTS memories_embedding_hnsw",
+        "DROP INDEX IF EXISTS memories_embedding_diskann",
     ] {
         sqlx::query(statement).execute(pool).await?;
     }

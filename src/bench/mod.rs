@@ -263,6 +263,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             &service,
             embedder.as_ref(),
             plan,
+            args.index,
             (args.crowd_rows, args.crowd_users),
             args.queries,
         )
@@ -433,6 +434,11 @@ impl OneUser {
                 );
             }
             println!(" | {:>9.3}", m.recall_at_10);
+            println!(
+                "  a recall's store steps alone, p50: candidates {} (both searches, depth 40), rows {} (10)",
+                ms(percentile(&m.candidates, 0.50)),
+                ms(percentile(&m.rows, 0.50)),
+            );
             if !pg {
                 // The store's copy of the user (vectors, sketches, postings)
                 // and the bench's reference vectors (f32: size x dims x 4
@@ -533,6 +539,15 @@ impl OneUser {
             let t = Instant::now();
             std::hint::black_box(self.store.keyword_search(at, query, 40).await?);
             m.keyword.push(t.elapsed());
+            // A recall's two store steps alone: its candidates at its depth
+            // (both searches, both relevances), then ten of their rows.
+            let t = Instant::now();
+            let candidates = self.store.candidates(at, &q, query, 40).await?;
+            m.candidates.push(t.elapsed());
+            let ids: Vec<MemoryId> = candidates.iter().take(10).map(|c| c.id).collect();
+            let t = Instant::now();
+            std::hint::black_box(self.store.get_many(scope.user_id(), &ids).await?);
+            m.rows.push(t.elapsed());
             if let Some(floor) = &mut floor {
                 m.floor.push(floor.time(scope.user_id(), &q, 10).await?);
             }
@@ -555,6 +570,8 @@ struct Measured {
     vector: Vec<Duration>,
     keyword: Vec<Duration>,
     floor: Vec<Duration>,
+    candidates: Vec<Duration>,
+    rows: Vec<Duration>,
     recall_at_10: f64,
 }
 
@@ -566,6 +583,8 @@ impl Measured {
             &mut self.vector,
             &mut self.keyword,
             &mut self.floor,
+            &mut self.candidates,
+            &mut self.rows,
         ] {
             list.sort();
         }
