@@ -57,9 +57,14 @@ pub async fn plan(
         return Ok((plans, Usage::default()));
     }
     let at = SearchScope::unfiltered(scope);
+    // Each fact's search at once (on PostgreSQL, each on its own
+    // connection), read back in the facts' order.
+    let searches = embeddings
+        .iter()
+        .map(|embedding| store.vector_search(at, embedding, CANDIDATES));
     let mut similar: Vec<MemoryId> = Vec::new();
-    for embedding in embeddings {
-        for hit in store.vector_search(at, embedding, CANDIDATES).await? {
+    for hits in futures::future::try_join_all(searches).await? {
+        for hit in hits {
             if hit.score >= threshold && !similar.contains(&hit.id) && !exclude.contains(&hit.id) {
                 similar.push(hit.id);
             }

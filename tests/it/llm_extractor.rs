@@ -436,6 +436,38 @@ async fn a_refinement_updates_and_a_known_fact_keeps() {
     );
 }
 
+/// Each fact's similar memories are looked up at once, and shown to the
+/// reconciler in the facts' order: the first fact's under `m1`.
+#[tokio::test]
+async fn similar_memories_are_shown_in_the_order_of_the_facts() {
+    let fake = FakeOpenAi::start(64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&fake, &dir).await;
+    fake.then(facts(&["Likes coffee"]));
+    s.remember(ME, remember("I like coffee")).await.unwrap();
+    fake.then(facts(&["Lives in Paris"]));
+    s.remember(ME, remember("I live in Paris")).await.unwrap();
+
+    fake.then(facts(&["Lives in Paris, France", "Likes coffee, black"]))
+        .then(decide(json!([
+            {"fact": 0, "event": "NONE", "id": "m1", "text": "x"},
+            {"fact": 1, "event": "NONE", "id": "m2", "text": "x"}
+        ])));
+    let result = s
+        .remember(ME, remember("Paris, France; coffee, black"))
+        .await
+        .unwrap();
+    let events: Vec<_> = result.results.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events, ["NONE", "NONE"]);
+    let asked = fake.requests_to(CHAT).last().unwrap().body.to_string();
+    let paris = asked.find("] Lives in Paris\\n").expect("Paris shown");
+    let coffee = asked.find("] Likes coffee\\n").expect("coffee shown");
+    assert!(
+        asked[paris - 3..].starts_with("[m1]") && asked[coffee - 3..].starts_with("[m2]"),
+        "the first fact's memory is m1: {asked}"
+    );
+}
+
 /// Invented ids never touch stored data; a reply that is not the decisions
 /// JSON fails the call and writes nothing.
 #[tokio::test]
