@@ -132,7 +132,9 @@ pub async fn store(
             options.acquire_timeout,
             options.statement_timeout.unwrap_or_default(),
         );
-        let store = PgStore::open(url, embedder.identity(), options).await?;
+        let store = PgStore::open(url, embedder.identity(), options)
+            .await?
+            .with_keyword_copy_bytes(config.store.vector_cache_mb * 1024 * 1024);
         // A database over the network can stop answering mid-statement,
         // which neither bound above notices.
         let limit = acquire_timeout + statement_timeout;

@@ -339,7 +339,7 @@ pub const SETTINGS: &[Setting] = {
         Setting {
             variable: "ENGRAM_VECTOR_CACHE_MB",
             default: Value("512"),
-            meaning: "memory for the in-process copies of users' vectors and keyword postings (SQLite), all users together; least recently used users are dropped (and reloaded when next used)",
+            meaning: "memory for the in-process copies of users' data, all users together: vectors and keyword postings on SQLite, keyword postings on PostgreSQL (a copy answers only while it is of the user's current version); least recently used users are dropped (and reloaded when next used)",
         },
         Setting {
             variable: "ENGRAM_RETENTION_DAYS",

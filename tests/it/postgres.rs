@@ -1691,3 +1691,91 @@ async fn a_connection_cut_while_idle_is_replaced_before_the_next_call() {
     let version = store.version("fay").await.expect("the next call succeeds");
     assert!(version.is_some());
 }
+
+/// `store`'s recall candidates for `query` over the whole of `user`, checked
+/// against the two searches' (`candidates_in_steps`, all SQL).
+async fn candidates_as_in_steps(
+    store: &PgStore,
+    user: &Scope,
+    query: &str,
+) -> Vec<engram::store::Scored> {
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: user,
+        filter: &none,
+    };
+    let vector = HashEmbedder::new(DIMS).embed(query);
+    let sorted = |mut c: Vec<engram::store::Scored>| {
+        c.sort_by_key(|x| x.id);
+        c
+    };
+    let got = sorted(store.candidates(at, &vector, query, 8).await.unwrap());
+    let want = sorted(
+        engram::store::candidates_in_steps(store, at, &vector, query, 8)
+            .await
+            .unwrap(),
+    );
+    let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&want), "{query}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
+        assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
+    }
+    got
+}
+
+/// Recall's keyword side from a user's in-process copy: what SQL gives, used
+/// only while the copy is of the version the vectors are read at. A write by
+/// another instance (or by plain SQL) makes it stale, and SQL answers (the
+/// new memory found) until the copy is loaded again; a copy over the budget
+/// is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyword_copy_answers_as_sql_does_and_only_while_current() {
+    let db = TestDatabase::create().await;
+    let a = open(&db, PlanSettings::default()).await;
+    let b = open(&db, PlanSettings::default()).await;
+    let user = whole("kc");
+    for i in 0..40 {
+        let place = ["Lisbon", "Porto", "Faro"][i % 3];
+        let drink = ["espresso", "green tea", "hot chocolate", "orange juice"][i % 4];
+        let text = format!("On day {i} I had {drink} in {place} with friend {}", i * 7);
+        a.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    let mut expiring = memory(&user, "espresso in Lisbon, long ago");
+    expiring.expires_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    a.insert(expiring, 0.95).await.unwrap();
+    let agree = |store, query| candidates_as_in_steps(store, &user, query);
+    a.load_keyword_copy("kc").await.unwrap();
+    assert!(a.keyword_copy_bytes() > 0);
+    for query in ["espresso in Lisbon", "a hot drink with a friend", "day 21"] {
+        agree(&a, query).await;
+    }
+    assert_eq!(a.keyword_copy_answers(), 3, "the copy answered each recall");
+
+    // Another instance writes: a's copy is stale, SQL answers and finds it.
+    let zephyr = b
+        .insert(memory(&user, "a greyhound called Zephyr"), 0.95)
+        .await
+        .unwrap();
+    let InsertOutcome::Added(zephyr) = zephyr else {
+        panic!("not added")
+    };
+    let got = agree(&a, "Zephyr").await;
+    assert!(got.iter().any(|c| c.id == zephyr.id), "{got:?}");
+    assert_eq!(a.keyword_copy_answers(), 3, "a stale copy answered");
+
+    // Loaded again, it answers, with the new memory in it.
+    a.load_keyword_copy("kc").await.unwrap();
+    let got = agree(&a, "Zephyr").await;
+    assert!(got.iter().any(|c| c.id == zephyr.id), "{got:?}");
+    assert_eq!(a.keyword_copy_answers(), 4);
+
+    // A copy larger than the budget is not kept; SQL answers.
+    let small = open(&db, PlanSettings::default())
+        .await
+        .with_keyword_copy_bytes(64);
+    small.load_keyword_copy("kc").await.unwrap();
+    assert_eq!(small.keyword_copy_bytes(), 0);
+    agree(&small, "espresso in Lisbon").await;
+    assert_eq!(small.keyword_copy_answers(), 0);
+}

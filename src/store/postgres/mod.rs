@@ -68,6 +68,7 @@ mod audit;
 mod import;
 mod indexer;
 mod keys;
+mod keyword_copy;
 mod keyword_index;
 mod queue;
 mod read;
@@ -86,6 +87,10 @@ mod write;
 
 pub use schema::IndexKind;
 pub use session::Pooler;
+
+/// The bytes users' keyword copies may hold unless told otherwise
+/// ([`PgStore::with_keyword_copy_bytes`]).
+pub const DEFAULT_KEYWORD_COPY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Connections a store holds open unless told otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -206,11 +211,20 @@ pub struct PgStore {
     operator: PgPool,
     embedder: EmbedderIdentity,
     index: IndexKind,
+    /// Users' keyword postings in process, for recall (`keyword_copy`).
+    keyword_copies: std::sync::Arc<keyword_copy::KeywordCopies>,
     /// Stops with the store.
     _indexer: Option<indexer::Indexer>,
 }
 
 impl PgStore {
+    /// Bounds the users' keyword copies (`keyword_copy`) to `bytes`; 0
+    /// turns them off, and recall's keyword side stays in SQL.
+    pub fn with_keyword_copy_bytes(mut self, bytes: usize) -> Self {
+        self.keyword_copies = std::sync::Arc::new(keyword_copy::KeywordCopies::new(bytes));
+        self
+    }
+
     /// Connects to `url` (`postgres://...`), brings the schema up to date (or
     /// checks it is, with `migrate: false`), binds the store to `embedder` on
     /// first open (refusing another one later), makes sure the vector index
@@ -272,6 +286,9 @@ impl PgStore {
             operator,
             embedder,
             index: options.index,
+            keyword_copies: std::sync::Arc::new(keyword_copy::KeywordCopies::new(
+                DEFAULT_KEYWORD_COPY_BYTES,
+            )),
             _indexer: None,
         };
         let mut tx = setup.begin().await.map_err(db("opening the store"))?;

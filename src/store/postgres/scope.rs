@@ -91,7 +91,7 @@ impl PgStore {
 
 /// The call that scopes a transaction to `user_id`. The id travels
 /// hex-encoded, so no character of it is ever read as SQL.
-fn scoped_to(user_id: &str) -> String {
+pub(super) fn scoped_to(user_id: &str) -> String {
     let hex: String = user_id.bytes().map(|b| format!("{b:02x}")).collect();
     format!("set_config('engram.user_id', convert_from(decode('{hex}', 'hex'), 'UTF8'), true)")
 }

@@ -9,6 +9,7 @@ use pgvector::Vector;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::keyword_copy::UserCopy;
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
@@ -88,6 +89,89 @@ async fn keyword_hits(
     Ok(scored)
 }
 
+impl PgStore {
+    /// Recall's candidates with the keyword side from `copy`: one statement
+    /// reads the nearest memories, the cosines of the copy's keyword hits
+    /// and the user's version; `None` when that version is not the copy's
+    /// (the copy is stale: the caller takes the SQL path).
+    async fn candidates_with_copy(
+        &self,
+        copy: &UserCopy,
+        at: SearchScope<'_>,
+        vector: &[f32],
+        terms: &[String],
+        depth: usize,
+    ) -> Result<Option<Vec<Scored>>, StoreError> {
+        let user_id = at.scope.user_id().as_str();
+        let keyword_hits = copy.search(terms, depth);
+        let keyword_ids: Vec<Uuid> = keyword_hits.iter().map(|(id, _)| *id).collect();
+        let mut tx = self.user_transaction(user_id).await?;
+        // (0, nearest id, similarity) rows, (1, keyword hit id, its cosine)
+        // rows, and the version on every row: read once (an InitPlan), in
+        // the statement's snapshot.
+        let rows: Vec<(i16, Uuid, f32, Option<i64>)> = sqlx::query_as(
+            "WITH v AS MATERIALIZED (SELECT version FROM memory_users WHERE user_id = $1), \
+                  n AS MATERIALIZED ( \
+                      SELECT id, similarity FROM engram_nearest($1, NULL, NULL, NULL, $2, $3, \
+                          engram_expired_ids($1))) \
+             SELECT 0::int2, n.id, n.similarity, (SELECT version FROM v) FROM n \
+             UNION ALL \
+             SELECT 1::int2, m.id, (1 - (m.embedding <=> $2))::real, (SELECT version FROM v) \
+             FROM memories m \
+             WHERE m.id = ANY ($4) AND m.user_id = $1 AND m.valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(Vector::from(vector.to_vec()))
+        .bind(i32::try_from(depth).unwrap_or(i32::MAX))
+        .bind(&keyword_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("searching vectors"))?;
+        tx.commit().await.map_err(db("searching vectors"))?;
+        // No row says no version: the user has none of either kind, and the
+        // SQL path answers that as cheaply.
+        if rows.first().and_then(|r| r.3) != Some(copy.version) {
+            return Ok(None);
+        }
+        let keyword_of = copy.scores(terms);
+        let mut nearest: Vec<(Uuid, f32)> = rows
+            .iter()
+            .filter(|r| r.0 == 0)
+            .map(|r| (r.1, r.2))
+            .collect();
+        nearest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        nearest.truncate(depth);
+        let cosine: HashMap<Uuid, f32> = rows
+            .iter()
+            .filter(|r| r.0 == 1)
+            .map(|r| (r.1, r.2))
+            .collect();
+        let mut out = Vec::with_capacity(nearest.len() + keyword_hits.len());
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        for (id, similarity) in nearest {
+            seen.insert(id);
+            out.push(Scored {
+                id: MemoryId(id),
+                similarity,
+                keyword: keyword_of.get(&id).copied().unwrap_or(0.0),
+            });
+        }
+        for (id, keyword) in keyword_hits {
+            if let Some(&similarity) = cosine.get(&id)
+                && seen.insert(id)
+            {
+                out.push(Scored {
+                    id: MemoryId(id),
+                    similarity,
+                    keyword,
+                });
+            }
+        }
+        self.keyword_copies.answered();
+        Ok(Some(out))
+    }
+}
+
 #[async_trait]
 impl Search for PgStore {
     async fn vector_search(
@@ -151,6 +235,18 @@ impl Search for PgStore {
     ) -> Result<Vec<Scored>, StoreError> {
         let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
+        // The whole user, unfiltered: the keyword side may come from the
+        // user's copy, when the copy is of the version the vectors are read at.
+        if at.scope.is_whole_user() && at.filter.is_empty() && depth > 0 {
+            if let Some(copy) = self.keyword_copies.get(user_id)
+                && let Some(found) = self
+                    .candidates_with_copy(&copy, at, vector, &terms, depth)
+                    .await?
+            {
+                return Ok(found);
+            }
+            self.refresh_keyword_copy(user_id);
+        }
         let by_vector = async {
             let mut tx = self.user_transaction(user_id).await?;
             // The nearest memories and their BM25 in one statement.
