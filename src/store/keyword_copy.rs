@@ -102,6 +102,12 @@ impl UserKeywords {
         self.free.push(slot);
     }
 
+    /// The bytes [`Self::bytes`] gives at least for a copy of `memories`
+    /// memories, before any posting.
+    pub fn bytes_at_least(memories: usize) -> usize {
+        memories * (std::mem::size_of::<Option<Slot>>() + 16)
+    }
+
     /// Approximate heap bytes held, for the copies' memory budget.
     pub fn bytes(&self) -> usize {
         self.posting_count * 8

@@ -44,6 +44,14 @@ use crate::store::keyword_copy::UserKeywords;
 /// A copy is loaded again at most this often per user.
 pub(super) const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
+/// A user whose copy would not fit the budget is not tried again sooner.
+const TOO_LARGE_WAIT: Duration = Duration::from_secs(600);
+
+/// The bytes a copy of `memories` memories holds beyond its postings.
+fn bytes_without_postings(memories: usize) -> usize {
+    UserKeywords::bytes_at_least(memories) + memories * 16 + std::mem::size_of::<UserCopy>()
+}
+
 /// One user's postings as of `version`.
 #[derive(Debug)]
 pub(super) struct UserCopy {
@@ -91,7 +99,7 @@ impl UserCopy {
 #[derive(Default)]
 struct Held {
     copies: HashMap<String, (Arc<UserCopy>, Instant)>,
-    /// When each user's last load started.
+    /// Before when no load of a user may start.
     loads: HashMap<String, Instant>,
     bytes: usize,
 }
@@ -133,15 +141,13 @@ impl KeywordCopies {
         };
         let now = Instant::now();
         match held.loads.get(user) {
-            Some(at) if now.duration_since(*at) < RELOAD_EVERY => false,
+            Some(until) if now < *until => false,
             _ => {
-                // Only recent starts matter: the list stays as long as the
-                // users loaded within one interval.
+                // Only waits not over matter.
                 if held.loads.len() >= 1024 {
-                    held.loads
-                        .retain(|_, at| now.duration_since(*at) < RELOAD_EVERY);
+                    held.loads.retain(|_, until| now < *until);
                 }
-                held.loads.insert(user.to_owned(), now);
+                held.loads.insert(user.to_owned(), now + RELOAD_EVERY);
                 true
             }
         }
@@ -158,6 +164,8 @@ impl KeywordCopies {
             held.bytes -= old.bytes;
         }
         if copy.bytes > self.budget {
+            held.loads
+                .insert(user.to_owned(), Instant::now() + TOO_LARGE_WAIT);
             return;
         }
         while held.bytes + copy.bytes > self.budget {
@@ -182,6 +190,19 @@ impl KeywordCopies {
     pub fn answered(&self) {
         self.answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a copy of `memories` memories could fit at all; if not, the
+    /// user is not tried again for [`TOO_LARGE_WAIT`].
+    fn could_fit(&self, user: &str, memories: usize) -> bool {
+        if bytes_without_postings(memories) <= self.budget {
+            return true;
+        }
+        if let Ok(mut held) = self.held.lock() {
+            held.loads
+                .insert(user.to_owned(), Instant::now() + TOO_LARGE_WAIT);
+        }
+        false
     }
 
     /// Bytes held (tests).
@@ -246,8 +267,8 @@ async fn load(
         .begin_with(sqlx::AssertSqlSafe(begin))
         .await
         .map_err(db(CX))?;
-    let Some(version): Option<i64> =
-        sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = $1")
+    let Some((version, current)): Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, current FROM memory_users WHERE user_id = $1")
             .bind(user)
             .fetch_optional(&mut *tx)
             .await
@@ -255,6 +276,10 @@ async fn load(
     else {
         return Ok(());
     };
+    // A user too large for the budget is not read at all.
+    if !copies.could_fit(user, usize::try_from(current).unwrap_or(usize::MAX)) {
+        return Ok(());
+    }
     let memories: Vec<(Uuid, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT id, keyword_length, expires_at FROM memories \
          WHERE user_id = $1 AND valid_to IS NULL",
@@ -291,6 +316,7 @@ async fn load(
         expires.push(expires_at);
     }
     let bytes = keywords.bytes() + expires.len() * 16 + std::mem::size_of::<UserCopy>();
+    debug_assert!(bytes >= bytes_without_postings(expires.len()));
     copies.keep(
         user,
         UserCopy {
