@@ -29,9 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
-
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::scope::scoped_to;
 use super::session::Settings;

@@ -18,7 +18,9 @@
 //!   stops being current, keep each user's count and total length in
 //!   `memory_users` and each term's document frequency in `keyword_terms`.
 //!   A store whose postings predate this build gets them at open
-//!   ([`PgStore::open`]).
+//!   ([`PgStore::open`]). Recall reads them from an in-process copy of the
+//!   user's postings (`keyword_copy`) while the copy is of the user's
+//!   current version, and from SQL otherwise.
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
 //! an embedder, which is also recorded; a different one is refused.
