@@ -1693,7 +1693,7 @@ async fn a_connection_cut_while_idle_is_replaced_before_the_next_call() {
 }
 
 /// `store`'s recall candidates for `query` over the whole of `user`, checked
-/// against the two searches' (`candidates_in_steps`, all SQL).
+/// against the two searches' (all SQL).
 async fn candidates_as_in_steps(
     store: &PgStore,
     user: &Scope,
@@ -1705,23 +1705,7 @@ async fn candidates_as_in_steps(
         filter: &none,
     };
     let vector = HashEmbedder::new(DIMS).embed(query);
-    let sorted = |mut c: Vec<engram::store::Scored>| {
-        c.sort_by_key(|x| x.id);
-        c
-    };
-    let got = sorted(store.candidates(at, &vector, query, 8).await.unwrap());
-    let want = sorted(
-        engram::store::candidates_in_steps(store, at, &vector, query, 8)
-            .await
-            .unwrap(),
-    );
-    let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
-    assert_eq!(ids(&got), ids(&want), "{query}");
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
-        assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
-    }
-    got
+    common::candidates_as_in_steps(store, at, &vector, query, 8).await
 }
 
 /// Recall's keyword side from a user's in-process copy: what SQL gives, used

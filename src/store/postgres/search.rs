@@ -134,39 +134,25 @@ impl PgStore {
             return Ok(None);
         }
         let keyword_of = copy.scores(terms);
-        let mut nearest: Vec<(Uuid, f32)> = rows
-            .iter()
-            .filter(|r| r.0 == 0)
-            .map(|r| (r.1, r.2))
-            .collect();
-        nearest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut nearest = hits(
+            rows.iter()
+                .filter(|r| r.0 == 0)
+                .map(|r| (r.1, r.2))
+                .collect(),
+        );
+        nearest.sort_by(|a, b| b.score.total_cmp(&a.score));
         nearest.truncate(depth);
         let cosine: HashMap<Uuid, f32> = rows
             .iter()
             .filter(|r| r.0 == 1)
             .map(|r| (r.1, r.2))
             .collect();
-        let mut out = Vec::with_capacity(nearest.len() + keyword_hits.len());
-        let mut seen: HashSet<Uuid> = HashSet::new();
-        for (id, similarity) in nearest {
-            seen.insert(id);
-            out.push(Scored {
-                id: MemoryId(id),
-                similarity,
-                keyword: keyword_of.get(&id).copied().unwrap_or(0.0),
-            });
-        }
-        for (id, keyword) in keyword_hits {
-            if let Some(&similarity) = cosine.get(&id)
-                && seen.insert(id)
-            {
-                out.push(Scored {
-                    id: MemoryId(id),
-                    similarity,
-                    keyword,
-                });
-            }
-        }
+        let out = both_sides(
+            &nearest,
+            |id| keyword_of.get(id).copied(),
+            &hits(keyword_hits),
+            &cosine,
+        );
         self.keyword_copies.answered();
         Ok(Some(out))
     }
@@ -295,33 +281,17 @@ impl Search for PgStore {
             tokio::try_join!(by_vector, by_keyword)?;
         let keyword_of: HashMap<Uuid, f32> =
             keyword_hits.iter().map(|h| (h.id.0, h.score)).collect();
-        let mut out: Vec<Scored> = Vec::with_capacity(vector_hits.len() + keyword_hits.len());
-        let mut seen: HashSet<Uuid> = HashSet::new();
-        for hit in &vector_hits {
-            seen.insert(hit.id.0);
-            let keyword = keyword_of
-                .get(&hit.id.0)
-                .or_else(|| their_keyword.get(&hit.id.0))
-                .copied()
-                .unwrap_or(0.0);
-            out.push(Scored {
-                id: hit.id,
-                similarity: hit.score,
-                keyword,
-            });
-        }
-        for hit in &keyword_hits {
-            // A memory closed or forgotten between the two reads has no row.
-            if let Some(&similarity) = their_similarity.get(&hit.id.0)
-                && seen.insert(hit.id.0)
-            {
-                out.push(Scored {
-                    id: hit.id,
-                    similarity,
-                    keyword: hit.score,
-                });
-            }
-        }
+        let out = both_sides(
+            &vector_hits,
+            |id| {
+                keyword_of
+                    .get(id)
+                    .or_else(|| their_keyword.get(id))
+                    .copied()
+            },
+            &keyword_hits,
+            &their_similarity,
+        );
         Ok(out)
     }
 
@@ -366,6 +336,40 @@ impl Search for PgStore {
             })
             .collect())
     }
+}
+
+/// Recall's candidates from its two sides: each nearest memory with its
+/// BM25 (`keyword_of`; 0 when it holds no query term), then each keyword
+/// hit not among them with its cosine (`similarity_of`). A hit without a
+/// cosine (closed or forgotten between two reads) is left out.
+fn both_sides(
+    nearest: &[Hit],
+    keyword_of: impl Fn(&Uuid) -> Option<f32>,
+    keyword_hits: &[Hit],
+    similarity_of: &HashMap<Uuid, f32>,
+) -> Vec<Scored> {
+    let mut out = Vec::with_capacity(nearest.len() + keyword_hits.len());
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for hit in nearest {
+        seen.insert(hit.id.0);
+        out.push(Scored {
+            id: hit.id,
+            similarity: hit.score,
+            keyword: keyword_of(&hit.id.0).unwrap_or(0.0),
+        });
+    }
+    for hit in keyword_hits {
+        if let Some(&similarity) = similarity_of.get(&hit.id.0)
+            && seen.insert(hit.id.0)
+        {
+            out.push(Scored {
+                id: hit.id,
+                similarity,
+                keyword: hit.score,
+            });
+        }
+    }
+    out
 }
 
 /// Search rows (id, score) as hits, in the order given.

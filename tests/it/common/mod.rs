@@ -196,3 +196,32 @@ pub async fn stored(s: &engram::MemoryService, user: &str) -> u64 {
     };
     s.user_context(ME, request).await.unwrap().total
 }
+
+/// `store`'s recall candidates for `query` (embedded as `vector`) at `at`,
+/// by id, checked against the two searches' (`candidates_in_steps`): the
+/// same memories (ties at the cut aside), the same scores.
+pub async fn candidates_as_in_steps(
+    store: &dyn engram::store::Store,
+    at: engram::store::SearchScope<'_>,
+    vector: &[f32],
+    query: &str,
+    depth: usize,
+) -> Vec<engram::store::Scored> {
+    let sorted = |mut c: Vec<engram::store::Scored>| {
+        c.sort_by_key(|x| x.id);
+        c
+    };
+    let got = sorted(store.candidates(at, vector, query, depth).await.unwrap());
+    let want = sorted(
+        engram::store::candidates_in_steps(store, at, vector, query, depth)
+            .await
+            .unwrap(),
+    );
+    let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&want), "{query}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
+        assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
+    }
+    got
+}
