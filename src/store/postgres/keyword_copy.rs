@@ -62,29 +62,24 @@ pub(super) struct UserCopy {
 }
 
 impl UserCopy {
-    /// Up to `k` memories holding a term of `terms`, best BM25 first (ties
-    /// by id), expired ones left out.
-    pub fn search(&self, terms: &[String], k: usize) -> Vec<(Uuid, f32)> {
+    /// One scoring pass for recall's keyword side: up to `k` memories
+    /// holding a term of `terms`, best BM25 first (ties by id), expired ones
+    /// left out; and the BM25 of every memory holding a term, by id.
+    pub fn search(&self, terms: &[String], k: usize) -> (Vec<(Uuid, f32)>, HashMap<Uuid, f32>) {
         let now = Utc::now();
-        let mut scored: Vec<(Uuid, f32)> = self
-            .keywords
-            .score(terms, |_| true)
-            .into_iter()
+        let scored = self.keywords.score(terms, |_| true);
+        let mut best: Vec<(Uuid, f32)> = scored
+            .iter()
             .filter(|(row, _, _)| !self.expired(*row, now))
+            .map(|(_, id, score)| (id.0, *score))
+            .collect();
+        best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        best.truncate(k);
+        let all = scored
+            .into_iter()
             .map(|(_, id, score)| (id.0, score))
             .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        scored
-    }
-
-    /// The BM25 of every memory holding a term of `terms`, by id.
-    pub fn scores(&self, terms: &[String]) -> HashMap<Uuid, f32> {
-        self.keywords
-            .score(terms, |_| true)
-            .into_iter()
-            .map(|(_, id, score)| (id.0, score))
-            .collect()
+        (best, all)
     }
 
     fn expired(&self, row: i64, now: DateTime<Utc>) -> bool {

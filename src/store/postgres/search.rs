@@ -103,7 +103,7 @@ impl PgStore {
         depth: usize,
     ) -> Result<Option<Vec<Scored>>, StoreError> {
         let user_id = at.scope.user_id().as_str();
-        let keyword_hits = copy.search(terms, depth);
+        let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let keyword_ids: Vec<Uuid> = keyword_hits.iter().map(|(id, _)| *id).collect();
         let mut tx = self.user_transaction(user_id).await?;
         // (0, nearest id, similarity) rows, (1, keyword hit id, its cosine)
@@ -133,7 +133,6 @@ impl PgStore {
         if rows.first().and_then(|r| r.3) != Some(copy.version) {
             return Ok(None);
         }
-        let keyword_of = copy.scores(terms);
         let mut nearest = hits(
             rows.iter()
                 .filter(|r| r.0 == 0)
