@@ -307,6 +307,9 @@ async fn bulk_load(
     let pool = &pg.pool;
     for statement in [
         "ALTER TABLE memories DISABLE TRIGGER memories_refuse_duplicate",
+        // Every row straight into the index the caller builds, as in a
+        // store whose indexer has caught up.
+        "ALTER TABLE memories DISABLE TRIGGER memories_choose_indexed",
         "DROP INDEX IF EXISTS memories_embedding_hnsw",
         "DROP INDEX IF EXISTS memories_embedding_diskann",
     ] {
@@ -340,9 +343,9 @@ async fn bulk_load(
         sqlx::query(
             "WITH m AS ( \
                  INSERT INTO memories (id, user_id, content, content_hash, embedding, \
-                     created_at, updated_at, valid_from, keyword_length) \
+                     created_at, updated_at, valid_from, keyword_length, indexed) \
                  SELECT id, user_id, content, sha256(convert_to(content, 'UTF8')), embedding, \
-                        now(), now(), now(), keyword_length \
+                        now(), now(), now(), keyword_length, true \
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::vector[], $5::integer[]) \
                       AS r (id, user_id, content, embedding, keyword_length) \
                  ON CONFLICT DO NOTHING \
@@ -367,8 +370,11 @@ async fn bulk_load(
             eprintln!("crowd: {done} rows loaded");
         }
     }
-    sqlx::query("ALTER TABLE memories ENABLE TRIGGER memories_refuse_duplicate")
-        .execute(pool)
-        .await?;
+    for statement in [
+        "ALTER TABLE memories ENABLE TRIGGER memories_refuse_duplicate",
+        "ALTER TABLE memories ENABLE TRIGGER memories_choose_indexed",
+    ] {
+        sqlx::query(statement).execute(pool).await?;
+    }
     Ok(())
 }

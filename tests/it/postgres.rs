@@ -133,10 +133,12 @@ async fn the_database_refuses_duplicates_whoever_writes_them() {
 async fn crowd(pool: &PgPool, users: usize, per_user: usize) {
     // In the vector index, as the rows of users past engram_index_from_rows are.
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL engram.index_from_rows = 0")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    for setting in ["engram.index_from_rows", "engram.index_tail_rows"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL {setting} = 0")))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
     sqlx::query(
         "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
              updated_at, valid_from) \
@@ -453,6 +455,142 @@ async fn the_indexer_moves_a_backlog_into_the_index_by_itself() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     drop(store);
+}
+
+/// A large user's new rows wait outside the vector index (a tail of at
+/// most `engram_index_tail_rows`) instead of paying the index insertion on
+/// the write; they are found exactly meanwhile, by searches and by the
+/// duplicate check; a full tail sends rows in directly; the indexer's move
+/// leaves the user's version alone (nothing a reader sees changed), and the
+/// count of waiting rows stays what the rows say through every kind of write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
+    let db = TestDatabase::create().await;
+    // No indexer at work in either store: the tail is moved by hand below.
+    let open_idle = |plan| {
+        let options = PgOptions {
+            plan,
+            owner_url: Some(db.owner_url.clone()),
+            index_backlog_every: None,
+            ..PgOptions::default()
+        };
+        PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+    };
+    let store = open_idle(PlanSettings {
+        index_from_rows: Some(20),
+        index_tail_rows: Some(10),
+        ..PlanSettings::ALWAYS_INDEX
+    })
+    .await
+    .unwrap();
+    let exact = open_idle(PlanSettings::ALWAYS_EXACT).await.unwrap();
+    let pool = db.pool().await;
+    let user = whole("tail");
+    let texts: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                "Entry {i}: {} near {}",
+                ["owls", "ferns", "clocks", "rivers", "bread"][i % 5],
+                ["Bergen", "Quito", "Hanoi"][i % 3]
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let add = async |text: &str| match store.insert(memory(&user, text), 0.99).await.unwrap() {
+        InsertOutcome::Added(m) => m.id,
+        dup => panic!("unexpected duplicate for {text}: {dup:?}"),
+    };
+    for text in &texts[..25] {
+        ids.push(add(text).await);
+    }
+    // (in the index, rows), and the count the triggers keep.
+    let state = || async {
+        let rows = sqlx::query_as::<_, (bool, i64)>(
+            "SELECT indexed, count(*) FROM memories \
+             WHERE user_id = 'tail' AND valid_to IS NULL GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let (waiting, version): (i64, i64) =
+            sqlx::query_as("SELECT waiting, version FROM memory_users WHERE user_id = 'tail'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let outside = rows.iter().find(|r| !r.0).map_or(0, |r| r.1);
+        assert_eq!(
+            waiting, outside,
+            "memory_users.waiting counts the rows outside"
+        );
+        (rows, version)
+    };
+    // The first 20 stay out as a small user's do; that is already a full
+    // tail, so the next 5 go in directly.
+    assert_eq!(state().await.0, [(false, 20), (true, 5)]);
+    let (_, before) = state().await;
+    assert_eq!(store.index_backlog().await.unwrap(), 20);
+    let (rows, after) = state().await;
+    assert_eq!(rows, [(true, 25)]);
+    assert_eq!(
+        before, after,
+        "moving rows into the index is no write a reader sees"
+    );
+
+    // With the tail empty, the next 10 wait and the 5 after them go in.
+    for text in &texts[25..40] {
+        ids.push(add(text).await);
+    }
+    assert_eq!(state().await.0, [(false, 10), (true, 30)]);
+    let waiting: Vec<MemoryId> = ids[25..35].to_vec();
+    // Searches go through the index (ALWAYS_INDEX) and still find every
+    // waiting row exactly: each is its own best match, and every waiting row
+    // an exact scan ranks above the cut is there.
+    let at = SearchScope::unfiltered(&user);
+    for (text, id) in texts[..40].iter().zip(&ids) {
+        let q = HashEmbedder::new(DIMS).embed(text);
+        let hits = store.vector_search(at, &q, 10).await.unwrap();
+        assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}");
+        let cut = hits.last().map_or(f32::MAX, |h| h.score);
+        let got: HashSet<MemoryId> = self::ids(&hits).into_iter().collect();
+        for want in exact.vector_search(at, &q, 10).await.unwrap() {
+            if waiting.contains(&want.id) && want.score > cut {
+                assert!(got.contains(&want.id), "{text}: {} missing", want.id);
+            }
+        }
+    }
+    // A near-duplicate of a waiting row is refused.
+    match store.insert(memory(&user, &texts[30]), 0.9).await.unwrap() {
+        InsertOutcome::Duplicate { existing, .. } => assert_eq!(existing.id, ids[30]),
+        other => panic!("a duplicate of a waiting row was stored: {other:?}"),
+    }
+    // Closing a waiting row and deleting another (plain SQL, as an
+    // operator sees every user) keep the count true.
+    let mut tx = pool.begin().await.unwrap();
+    for sql in [
+        "SELECT set_config('engram.all_users', 'on', true)",
+        "UPDATE memories SET valid_to = now() WHERE id = $1",
+        "DELETE FROM memories WHERE id = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(ids[26].0)
+            .bind(ids[27].0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(state().await.0, [(false, 8), (true, 30)]);
+    assert_eq!(store.index_backlog().await.unwrap(), 8);
+    assert_eq!(state().await.0, [(true, 38)]);
+    for (text, id) in texts[..40]
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| **id != ids[26] && **id != ids[27])
+    {
+        let q = HashEmbedder::new(DIMS).embed(text);
+        let hits = store.vector_search(at, &q, 10).await.unwrap();
+        assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}, all indexed");
+    }
 }
 
 /// Keyword relevance as src/keywords.rs defines it, computed here from the

@@ -1,11 +1,18 @@
 //! The vector index's backlog. A user's rows enter the vector index from
 //! their `engram_index_from_rows`-th memory on (migration
-//! 20270801000001); the rows written before wait outside it, where the
-//! index branch of `engram_nearest` scans them exactly. The trigger that
-//! indexes a user's new rows marks the user's backlog, and this indexer,
-//! a task each store runs, moves the waiting rows into the index a batch at
-//! a time: an HNSW insertion costs milliseconds, so it is done here rather
-//! than on a request.
+//! 20270801000001), and even then a new row waits outside it while fewer
+//! than `engram_index_tail_rows` of the user's rows do (20271001000001):
+//! the index branch of `engram_nearest` scans the waiting rows exactly, so
+//! nothing is out of reach, and a remember does not pay the index
+//! insertion. The trigger that chooses marks the user's backlog, and this
+//! indexer, a task each store runs, moves the waiting rows into the index
+//! a batch at a time: an HNSW insertion costs milliseconds, so it is done
+//! here rather than on a request.
+//!
+//! A move changes `indexed` and nothing else, so it runs with
+//! `engram.moving_into_index` set for its transaction: the user's version
+//! stays, and what is cached of the user (the keyword copy, the recall
+//! cache) stays valid.
 
 use std::time::Duration;
 
@@ -21,6 +28,14 @@ const BATCH: i64 = 64;
 /// vector index, and clears the user's mark once none waits; returns the
 /// rows moved. Rows a writer holds are skipped and taken on a later pass.
 async fn step(operator: &PgPool) -> Result<u64, StoreError> {
+    let mut tx = operator
+        .begin()
+        .await
+        .map_err(db("moving a user's waiting memories into the vector index"))?;
+    sqlx::query("SELECT set_config('engram.moving_into_index', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("moving a user's waiting memories into the vector index"))?;
     let (user, moved): (Option<String>, i64) = sqlx::query_as(
         "WITH u AS (SELECT user_id FROM memory_users WHERE index_backlog LIMIT 1), \
               waiting AS (SELECT m.id FROM memories m \
@@ -32,9 +47,12 @@ async fn step(operator: &PgPool) -> Result<u64, StoreError> {
          SELECT (SELECT user_id FROM u), (SELECT count(*) FROM moved)",
     )
     .bind(BATCH)
-    .fetch_one(operator)
+    .fetch_one(&mut *tx)
     .await
-    .map_err(db("indexing a user's earlier memories"))?;
+    .map_err(db("moving a user's waiting memories into the vector index"))?;
+    tx.commit()
+        .await
+        .map_err(db("moving a user's waiting memories into the vector index"))?;
     if let Some(user) = user
         && moved < BATCH
     {
@@ -71,7 +89,7 @@ pub(super) fn spawn(operator: PgPool, every: Duration) -> Indexer {
             match step(&operator).await {
                 Ok(moved) if moved > 0 => {
                     failing = false;
-                    tracing::debug!(moved, "moved earlier memories into the vector index");
+                    tracing::debug!(moved, "moved waiting memories into the vector index");
                     continue;
                 }
                 Ok(_) => failing = false,

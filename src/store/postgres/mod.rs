@@ -164,6 +164,10 @@ pub struct PlanSettings {
     /// From how many current memories a user's new rows go into the vector
     /// index (`engram_index_from_rows`, schema default 1,000).
     pub index_from_rows: Option<u64>,
+    /// How many of a large user's rows may wait outside the vector index
+    /// for the indexer before new rows go in directly
+    /// (`engram_index_tail_rows`, schema default 1,000); 0: none wait.
+    pub index_tail_rows: Option<u64>,
 }
 
 impl PlanSettings {
@@ -173,6 +177,7 @@ impl PlanSettings {
         exact_scan_ratio: Some(0.0),
         ef_search: None,
         index_from_rows: Some(0),
+        index_tail_rows: Some(0),
     };
     /// Every search an exact scan (the reference for recall measurements).
     pub const ALWAYS_EXACT: Self = Self {
@@ -180,6 +185,7 @@ impl PlanSettings {
         exact_scan_ratio: None,
         ef_search: None,
         index_from_rows: None,
+        index_tail_rows: None,
     };
 }
 

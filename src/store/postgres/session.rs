@@ -93,6 +93,9 @@ impl Settings {
         if let Some(rows) = plan.index_from_rows {
             pairs.push(("engram.index_from_rows", rows.to_string()));
         }
+        if let Some(rows) = plan.index_tail_rows {
+            pairs.push(("engram.index_tail_rows", rows.to_string()));
+        }
         Self {
             pairs,
             pooler: Pooler::None,
