@@ -25,7 +25,7 @@ use engram::store::{
     SupersedeOutcome,
 };
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool};
 
 const DIMS: usize = 384;
 
@@ -591,6 +591,152 @@ async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
         let hits = store.vector_search(at, &q, 10).await.unwrap();
         assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}, all indexed");
     }
+}
+
+/// At more than 384 dimensions the duplicate check scans exactly only as
+/// many rows as the exact-scan limit allows at 384 (limit x 384 / d) and
+/// reads the vector index past that; recall keeps the limit as set. Seen in
+/// the index's own scan count: 20 rows of 1536 dimensions, a limit of 40
+/// (10 at this dimension): the check reads the index; with a limit of 100
+/// (25 here), it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_check_scales_the_exact_scan_limit_by_dimension() {
+    const WIDE: usize = 1536;
+    let db = TestDatabase::create().await;
+    let plan = PlanSettings {
+        exact_scan_max_rows: Some(40),
+        exact_scan_ratio: Some(0.0),
+        index_from_rows: Some(0),
+        index_tail_rows: Some(0),
+        ef_search: None,
+    };
+    let options = PgOptions {
+        plan,
+        owner_url: Some(db.owner_url.clone()),
+        index: IndexKind::Hnsw,
+        ..PgOptions::default()
+    };
+    let embedder = HashEmbedder::new(WIDE);
+    let store = PgStore::open(&db.app_url, embedder.identity(), options)
+        .await
+        .unwrap();
+    let user = whole("wide");
+    for i in 0..20 {
+        let text = format!("Wide note {i} on {}", ["gliders", "moss", "tiles"][i % 3]);
+        let wide = NewMemory {
+            embedding: embedder.embed(&text),
+            ..memory(&user, &text)
+        };
+        store.insert(wide, 0.9).await.unwrap();
+    }
+    // Only a session of the test's own from here, whose statistics it
+    // flushes itself: the store's sessions end (and flush theirs) first.
+    drop(store);
+    let pool = db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store's sessions did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let index_scans = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query_scalar(
+            "SELECT idx_scan FROM pg_stat_user_indexes \
+             WHERE indexrelname = 'memories_embedding_hnsw'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+    };
+    let insert = async |conn: &mut sqlx::PgConnection, limit: u32, text: &str| {
+        let mut tx = conn.begin().await.unwrap();
+        for (name, value) in [
+            ("engram.all_users", "on".to_owned()),
+            ("engram.exact_scan_max_rows", limit.to_string()),
+            ("engram.exact_scan_ratio", "0".to_owned()),
+            ("engram.index_from_rows", "0".to_owned()),
+            ("engram.index_tail_rows", "0".to_owned()),
+        ] {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
+                 updated_at, valid_from) \
+             VALUES (gen_random_uuid(), 'wide', $1, sha256(convert_to($1, 'UTF8')), $2, \
+                     now(), now(), now())",
+        )
+        .bind(text)
+        .bind(pgvector::Vector::from(HashEmbedder::new(WIDE).embed(text)))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    };
+    let before = index_scans(&mut conn).await;
+    insert(&mut conn, 40, "A first new note about canals").await;
+    let after = index_scans(&mut conn).await;
+    assert!(
+        after > before,
+        "20 rows > 40 x 384 / 1536: the check reads the index"
+    );
+    insert(&mut conn, 100, "A second new note about lanterns").await;
+    assert_eq!(
+        index_scans(&mut conn).await,
+        after,
+        "21 rows <= 100 x 384 / 1536: an exact scan"
+    );
+    // A search (recall's function) at 22 rows under a limit of 40 scans
+    // exactly, as set.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query(
+        "SELECT set_config('engram.all_users', 'on', true), \
+                set_config('engram.exact_scan_max_rows', '40', true), \
+                set_config('engram.exact_scan_ratio', '0', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let found: Vec<(uuid::Uuid, f32)> =
+        sqlx::query_as("SELECT * FROM engram_nearest('wide', NULL, NULL, NULL, $1, 5)")
+            .bind(pgvector::Vector::from(
+                HashEmbedder::new(WIDE).embed("notes about moss"),
+            ))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(found.len(), 5);
+    assert_eq!(
+        index_scans(&mut conn).await,
+        after,
+        "recall keeps the limit"
+    );
 }
 
 /// Keyword relevance as src/keywords.rs defines it, computed here from the
