@@ -83,10 +83,12 @@ BEGIN
     user_waiting := coalesce(user_waiting, 0);
     NEW.indexed := user_waiting >= engram_index_tail_rows();
     -- Something of this user waits outside the index (this row, or the
-    -- full tail that sent it in): the indexer's to move.
+    -- full tail that sent it in): the indexer's to move. The mark is
+    -- written even when already set, so that this transaction holds the
+    -- row until it commits: the indexer clears a mark only where `waiting`
+    -- is 0, and rechecks that on the row this transaction leaves.
     IF NOT NEW.indexed OR user_waiting > 0 THEN
-        UPDATE memory_users u SET index_backlog = true
-            WHERE u.user_id = NEW.user_id AND NOT u.index_backlog;
+        UPDATE memory_users u SET index_backlog = true WHERE u.user_id = NEW.user_id;
     END IF;
     RETURN NEW;
 END $$;

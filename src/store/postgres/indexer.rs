@@ -56,11 +56,14 @@ async fn step(operator: &PgPool) -> Result<u64, StoreError> {
     if let Some(user) = user
         && moved < BATCH
     {
+        // By the count the triggers keep, not by looking for rows: a writer
+        // adding a waiting row holds the user's row until it commits, and
+        // this statement then rechecks `waiting` on the row it left, where a
+        // search for rows would still miss the writer's (not in its snapshot)
+        // and clear the mark under it.
         sqlx::query(
             "UPDATE memory_users u SET index_backlog = false \
-             WHERE u.user_id = $1 AND NOT EXISTS ( \
-                 SELECT 1 FROM memories m \
-                 WHERE m.user_id = $1 AND m.valid_to IS NULL AND NOT m.indexed)",
+             WHERE u.user_id = $1 AND u.waiting = 0",
         )
         .bind(&user)
         .execute(operator)
