@@ -10,11 +10,13 @@
 -- * memory_users.waiting counts each user's current rows outside the index,
 --   kept by engram_count_current beside `current`.
 -- * A new current row of a large user goes outside the index while fewer
---   than engram_index_tail_rows() (default 1,000, setting
+--   than engram_index_tail_rows() (default 256, setting
 --   engram.index_tail_rows) wait, and into it directly once that many do: the
 --   tail is bounded, and with it the exact scan that every search of the user
 --   and every dedup check adds (engram_nearest's index branch reads the rows
 --   outside the index exactly, so what was just written is found exactly).
+--   256 rows absorb an agent's bursts; at 1536 dimensions their scan costs
+--   ~0.9 ms, a full 1,000 ~3.4 ms (docs/benchmarks.md).
 -- * Either way the user's backlog is marked, and the store's indexer
 --   (store/postgres/indexer.rs) moves the waiting rows in, in the background.
 -- * The indexer's move changes nothing a reader sees, so it does not move the
@@ -33,7 +35,7 @@ UPDATE memory_users u SET waiting = w.n
     WHERE u.user_id = w.user_id;
 
 CREATE FUNCTION engram_index_tail_rows() RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(nullif(current_setting('engram.index_tail_rows', true), '')::bigint, 1000)
+    SELECT coalesce(nullif(current_setting('engram.index_tail_rows', true), '')::bigint, 256)
 $$;
 
 -- As before (20261230000001), with the rows outside the index counted too.
