@@ -42,6 +42,20 @@ async fn open(db: &TestDatabase, plan: PlanSettings) -> PgStore {
         .expect("open the PostgreSQL store")
 }
 
+/// As [`open`], with no indexer at work: rows waiting outside the vector
+/// index stay there until the test moves them ([`PgStore::index_backlog`]).
+async fn open_idle(db: &TestDatabase, plan: PlanSettings) -> PgStore {
+    let options = PgOptions {
+        plan,
+        owner_url: Some(db.owner_url.clone()),
+        index_backlog_every: None,
+        ..PgOptions::default()
+    };
+    PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .expect("open the PostgreSQL store")
+}
+
 /// All of the user's memories.
 fn whole(id: &str) -> Scope {
     Scope::new(id, None, None).unwrap()
@@ -300,22 +314,15 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
     let db = TestDatabase::create().await;
     // No indexer at work: the backlog is worked through by hand below, to
     // see the state before.
-    let open_idle = |plan| {
-        let options = PgOptions {
-            plan,
-            owner_url: Some(db.owner_url.clone()),
-            index_backlog_every: None,
-            ..PgOptions::default()
-        };
-        PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
-    };
-    let store = open_idle(PlanSettings {
-        index_from_rows: Some(20),
-        ..PlanSettings::ALWAYS_INDEX
-    })
-    .await
-    .unwrap();
-    let exact = open_idle(PlanSettings::ALWAYS_EXACT).await.unwrap();
+    let store = open_idle(
+        &db,
+        PlanSettings {
+            index_from_rows: Some(20),
+            ..PlanSettings::ALWAYS_INDEX
+        },
+    )
+    .await;
+    let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 50, 40).await;
 
@@ -467,23 +474,16 @@ async fn the_indexer_moves_a_backlog_into_the_index_by_itself() {
 async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
     let db = TestDatabase::create().await;
     // No indexer at work in either store: the tail is moved by hand below.
-    let open_idle = |plan| {
-        let options = PgOptions {
-            plan,
-            owner_url: Some(db.owner_url.clone()),
-            index_backlog_every: None,
-            ..PgOptions::default()
-        };
-        PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
-    };
-    let store = open_idle(PlanSettings {
-        index_from_rows: Some(20),
-        index_tail_rows: Some(10),
-        ..PlanSettings::ALWAYS_INDEX
-    })
-    .await
-    .unwrap();
-    let exact = open_idle(PlanSettings::ALWAYS_EXACT).await.unwrap();
+    let store = open_idle(
+        &db,
+        PlanSettings {
+            index_from_rows: Some(20),
+            index_tail_rows: Some(10),
+            ..PlanSettings::ALWAYS_INDEX
+        },
+    )
+    .await;
+    let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     let user = whole("tail");
     let texts: Vec<String> = (0..50)
