@@ -28,14 +28,12 @@ const BATCH: i64 = 64;
 /// vector index, and clears the user's mark once none waits; returns the
 /// rows moved. Rows a writer holds are skipped and taken on a later pass.
 async fn step(operator: &PgPool) -> Result<u64, StoreError> {
-    let mut tx = operator
-        .begin()
-        .await
-        .map_err(db("moving a user's waiting memories into the vector index"))?;
+    const CX: &str = "moving a user's waiting memories into the vector index";
+    let mut tx = operator.begin().await.map_err(db(CX))?;
     sqlx::query("SELECT set_config('engram.moving_into_index', 'on', true)")
         .execute(&mut *tx)
         .await
-        .map_err(db("moving a user's waiting memories into the vector index"))?;
+        .map_err(db(CX))?;
     let (user, moved): (Option<String>, i64) = sqlx::query_as(
         "WITH u AS (SELECT user_id FROM memory_users WHERE index_backlog LIMIT 1), \
               waiting AS (SELECT m.id FROM memories m \
@@ -49,10 +47,8 @@ async fn step(operator: &PgPool) -> Result<u64, StoreError> {
     .bind(BATCH)
     .fetch_one(&mut *tx)
     .await
-    .map_err(db("moving a user's waiting memories into the vector index"))?;
-    tx.commit()
-        .await
-        .map_err(db("moving a user's waiting memories into the vector index"))?;
+    .map_err(db(CX))?;
+    tx.commit().await.map_err(db(CX))?;
     if let Some(user) = user
         && moved < BATCH
     {
