@@ -17,16 +17,17 @@
 --   outside the index exactly, so what was just written is found exactly).
 --   256 rows absorb an agent's bursts; at 1536 dimensions their scan costs
 --   ~0.9 ms, a full 1,000 ~3.4 ms (docs/benchmarks.md).
--- * Either way the user's backlog is marked, and the store's indexer
+-- * While a large user has rows waiting, the user's backlog is marked (by
+--   engram_count_current, beside the count), and the store's indexer
 --   (store/postgres/indexer.rs) moves the waiting rows in, in the background.
 -- * The indexer's move changes nothing a reader sees, so it does not move the
 --   user's version (20261201000001): it runs with engram.moving_into_index
 --   set for its transaction alone, and no other statement sets it.
 --
--- Lock order: the choice takes the user's advisory lock before touching the
--- user's memory_users row (the dedup trigger, which fires next, takes the
--- same lock again), the order every writer follows; the indexer takes row
--- locks only, never the advisory lock.
+-- Lock order: the choice takes the user's advisory lock (the dedup trigger,
+-- which fires next, takes it again) before any memory_users row is written,
+-- the order every writer follows; the indexer takes row locks only, never
+-- the advisory lock.
 
 ALTER TABLE memory_users ADD COLUMN waiting bigint NOT NULL DEFAULT 0;
 UPDATE memory_users u SET waiting = w.n
@@ -38,7 +39,11 @@ CREATE FUNCTION engram_index_tail_rows() RETURNS bigint LANGUAGE sql STABLE AS $
     SELECT coalesce(nullif(current_setting('engram.index_tail_rows', true), '')::bigint, 256)
 $$;
 
--- As before (20261230000001), with the rows outside the index counted too.
+-- As before (20261230000001), with the rows outside the index counted too,
+-- and the backlog marked where a large user has rows waiting. The mark is
+-- written in the statement that counts the rows, so the writer holds the
+-- user's row until it commits: the indexer clears a mark only where
+-- `waiting` is 0, which PostgreSQL rechecks on the row the writer leaves.
 CREATE OR REPLACE FUNCTION engram_count_current() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
@@ -48,7 +53,9 @@ BEGIN
             GROUP BY user_id
             ON CONFLICT (user_id) DO UPDATE SET current = u.current + excluded.current,
                 keyword_length = u.keyword_length + excluded.keyword_length,
-                waiting = u.waiting + excluded.waiting;
+                waiting = u.waiting + excluded.waiting,
+                index_backlog = u.index_backlog OR (u.waiting + excluded.waiting > 0
+                    AND u.current >= engram_index_from_rows());
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
         UPDATE memory_users u SET current = u.current - g.n,
@@ -74,6 +81,8 @@ BEGIN
         NEW.indexed := false;
         RETURN NEW;
     END IF;
+    -- Under the user's lock (the dedup trigger, next, takes it again), so
+    -- the tail's bound holds exactly.
     PERFORM pg_advisory_xact_lock(hashtextextended('engram.user:' || NEW.user_id, 0));
     SELECT u.current, u.waiting INTO user_current, user_waiting
         FROM memory_users u WHERE u.user_id = NEW.user_id;
@@ -82,16 +91,9 @@ BEGIN
         NEW.indexed := false;
         RETURN NEW;
     END IF;
-    user_waiting := coalesce(user_waiting, 0);
-    NEW.indexed := user_waiting >= engram_index_tail_rows();
-    -- Something of this user waits outside the index (this row, or the
-    -- full tail that sent it in): the indexer's to move. The mark is
-    -- written even when already set, so that this transaction holds the
-    -- row until it commits: the indexer clears a mark only where `waiting`
-    -- is 0, and rechecks that on the row this transaction leaves.
-    IF NOT NEW.indexed OR user_waiting > 0 THEN
-        UPDATE memory_users u SET index_backlog = true WHERE u.user_id = NEW.user_id;
-    END IF;
+    -- The waiting rows are the indexer's to move (engram_count_current
+    -- marks the user's backlog).
+    NEW.indexed := coalesce(user_waiting, 0) >= engram_index_tail_rows();
     RETURN NEW;
 END $$;
 
