@@ -10,6 +10,10 @@
 //!   dropped, and the fact falls back to ADD (the store still refuses a
 //!   duplicate), so an invented id never touches stored data;
 //! * a fact without a decision is an ADD.
+//!
+//! The searches also tell the writes what they found ([`Searched`]): a fact
+//! no memory of the user came near, at a version the store names, needs no
+//! second search for near-duplicates while the user is still at it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -40,9 +44,37 @@ pub enum Plan {
     },
 }
 
-/// One plan per fact, in order, and what asking cost. Asks `extractor` at
-/// most once. Memories in `exclude` are never shown (a re-extraction's own
-/// verbatim copies, which its facts replace).
+/// What a fact's search found of the whole user, at the version the store
+/// read it at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Searched {
+    pub version: u64,
+    /// The highest similarity of any current memory of the user to the
+    /// fact (`f32::NEG_INFINITY` when the user holds none).
+    pub best: f32,
+}
+
+impl Searched {
+    /// The version at which the fact was found nearer than `threshold` to
+    /// no memory, if it was.
+    pub fn clear_of(&self, threshold: f32) -> Option<u64> {
+        (self.best < threshold).then_some(self.version)
+    }
+}
+
+/// A remember's reconciliation: one plan per fact, in order, what asking
+/// the model cost, and per fact what its search found when it covered the
+/// whole user at a known version (empty when no search was made).
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub plans: Vec<Plan>,
+    pub usage: Usage,
+    pub searched: Vec<Option<Searched>>,
+}
+
+/// Plans each of `facts` against the memories of `scope`. Asks `extractor`
+/// at most once. Memories in `exclude` are never shown (a re-extraction's
+/// own verbatim copies, which its facts replace).
 pub async fn plan(
     store: &dyn Store,
     extractor: &dyn Extractor,
@@ -51,27 +83,42 @@ pub async fn plan(
     embeddings: &[Vec<f32>],
     threshold: f32,
     exclude: &[MemoryId],
-) -> Result<(Vec<Plan>, Usage), Error> {
-    let mut plans = vec![Plan::Add; facts.len()];
+) -> Result<Reconciled, Error> {
+    let mut out = Reconciled {
+        plans: vec![Plan::Add; facts.len()],
+        ..Reconciled::default()
+    };
     if !extractor.reconciles() {
-        return Ok((plans, Usage::default()));
+        return Ok(out);
     }
     let at = SearchScope::unfiltered(scope);
     // Each fact's search at once (on PostgreSQL, each on its own
     // connection), read back in the facts' order.
     let searches = embeddings
         .iter()
-        .map(|embedding| store.vector_search(at, embedding, CANDIDATES));
+        .map(|embedding| store.nearest(at, embedding, CANDIDATES));
+    let found = futures::future::try_join_all(searches).await?;
+    out.searched = found
+        .iter()
+        .map(|nearest| {
+            let version = nearest.version.filter(|_| scope.is_whole_user())?;
+            let best = nearest.hits.iter().map(|h| h.score);
+            Some(Searched {
+                version,
+                best: best.fold(f32::NEG_INFINITY, f32::max),
+            })
+        })
+        .collect();
     let mut similar: Vec<MemoryId> = Vec::new();
-    for hits in futures::future::try_join_all(searches).await? {
-        for hit in hits {
+    for nearest in found {
+        for hit in nearest.hits {
             if hit.score >= threshold && !similar.contains(&hit.id) && !exclude.contains(&hit.id) {
                 similar.push(hit.id);
             }
         }
     }
     if similar.is_empty() {
-        return Ok((plans, Usage::default()));
+        return Ok(out);
     }
     let mut by_id: HashMap<MemoryId, Memory> = store
         .get_many(scope.user_id(), &similar)
@@ -92,8 +139,10 @@ pub async fn plan(
         }
     }
     let Some(Decided { decisions, usage }) = extractor.reconcile(facts, &known).await? else {
-        return Ok((plans, Usage::default()));
+        return Ok(out);
     };
+    out.usage = usage;
+    let plans = &mut out.plans;
 
     let mut decided: HashSet<usize> = HashSet::new();
     let mut targeted: HashSet<MemoryId> = HashSet::new();
@@ -145,5 +194,5 @@ pub async fn plan(
         }
         plans[decision.fact] = planned;
     }
-    Ok((plans, usage))
+    Ok(out)
 }

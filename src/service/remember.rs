@@ -136,8 +136,8 @@ impl MemoryService {
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
         let embeddings = self.embedder.embed_documents(&texts).await?;
         let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
-        let mut plans = if work.infer {
-            let (plans, reconciling) = reconcile::plan(
+        let (mut plans, searched) = if work.infer {
+            let reconciled = reconcile::plan(
                 self.store.as_ref(),
                 self.extractor.as_ref(),
                 work.scope,
@@ -147,10 +147,10 @@ impl MemoryService {
                 &copies,
             )
             .await?;
-            usage.add(&reconciling);
-            plans
+            usage.add(&reconciled.usage);
+            (reconciled.plans, reconciled.searched)
         } else {
-            vec![Plan::Add; facts.len()]
+            (vec![Plan::Add; facts.len()], Vec::new())
         };
         if let Some(said_at) = work.said_at {
             self.keep_newer(work.scope.user_id(), said_at, &mut plans)
@@ -179,25 +179,33 @@ impl MemoryService {
             // Memories a re-extraction replaces, taken one per added fact;
             // any left over are closed at the end.
             replacing: work.replacing.iter().cloned().collect(),
+            written: Vec::new(),
         };
         let mut results = Vec::with_capacity(facts.len());
-        for ((fact, embedding), plan) in facts.into_iter().zip(embeddings).zip(plans) {
+        for (index, ((fact, embedding), plan)) in
+            facts.into_iter().zip(embeddings).zip(plans).enumerate()
+        {
             if !results.is_empty() {
                 crate::failpoint::crash_point("remember-between-facts");
             }
+            let searched_at = searched
+                .get(index)
+                .copied()
+                .flatten()
+                .and_then(|s| s.clear_of(self.settings.dedup_threshold));
             let new = new_memory(work, fact, embedding, &self.settings.retention);
             let event = match plan {
-                Plan::Add => writes.add_replacing(new).await?,
+                Plan::Add => writes.add_replacing(new, searched_at).await?,
                 Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
                 Plan::Update { id, text } => {
                     let vector = rewritten_vectors.next().unwrap_or_default();
-                    let updated = writes.batch.update(id, &text, &vector, &new.actor).await;
+                    let updated = writes.update(id, &text, vector, &new.actor).await;
                     match updated {
                         Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
                         // Gone meanwhile, or the new text is another memory's:
                         // the fact is added (or found known) instead.
                         Ok(None) | Err(StoreError::Conflict(_)) => {
-                            writes.add_replacing(new).await?
+                            writes.add_replacing(new, None).await?
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -262,6 +270,7 @@ impl MemoryService {
             batch: batch.as_mut(),
             dedup_threshold: self.settings.dedup_threshold,
             replacing: VecDeque::new(),
+            written: Vec::new(),
         };
         let mut results = Vec::new();
         let mut stored = Vec::new();
@@ -270,7 +279,7 @@ impl MemoryService {
                 crate::failpoint::crash_point("remember-between-facts");
             }
             let new = new_memory(work, fact, embedding, &self.settings.retention);
-            let event = writes.add(new).await?;
+            let event = writes.add(new, None).await?;
             if event.event == Event::Add {
                 stored.push(event.id);
             }
@@ -361,26 +370,53 @@ struct Writer<'b> {
     dedup_threshold: f32,
     /// Verbatim copies a re-extraction replaces, not replaced yet, oldest first.
     replacing: VecDeque<Memory>,
+    /// Every vector this batch has written so far: no search before the
+    /// batch saw them.
+    written: Vec<Vec<f32>>,
 }
 
 impl Writer<'_> {
+    /// Rewrites memory `id` ([`WriteBatch::update`]).
+    async fn update(
+        &mut self,
+        id: MemoryId,
+        text: &str,
+        vector: Vec<f32>,
+        actor: &str,
+    ) -> Result<Option<Memory>, StoreError> {
+        let updated = self.batch.update(id, text, &vector, actor).await;
+        if matches!(updated, Ok(Some(_))) {
+            self.written.push(vector);
+        }
+        updated
+    }
+
     /// Closes memory `old` and stores `new` in its place; when `old` is gone
     /// meanwhile, `new` is added as any new fact.
     async fn supersede(&mut self, old: MemoryId, new: NewMemory) -> Result<MemoryEvent, Error> {
+        let vector = new.embedding.clone();
         Ok(match self.batch.supersede(old, new.clone()).await? {
-            SupersedeOutcome::Superseded(m) => MemoryEvent {
-                replaces: Some(old),
-                ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
-            },
+            SupersedeOutcome::Superseded(m) => {
+                self.written.push(vector);
+                MemoryEvent {
+                    replaces: Some(old),
+                    ..MemoryEvent::of(m.id, m.memory, Event::Supersede)
+                }
+            }
             SupersedeOutcome::Duplicate(m) => MemoryEvent::of(m.id, m.memory, Event::None),
-            SupersedeOutcome::NotFound => self.add_replacing(new).await?,
+            SupersedeOutcome::NotFound => self.add_replacing(new, None).await?,
         })
     }
 
     /// A new fact: in place of the next memory a re-extraction replaces
-    /// (still current), else added as usual. A copy that already says the
-    /// fact word for word is kept as it is.
-    async fn add_replacing(&mut self, new: NewMemory) -> Result<MemoryEvent, Error> {
+    /// (still current), else added as usual ([`Writer::add`], with
+    /// `searched_at`). A copy that already says the fact word for word is
+    /// kept as it is.
+    async fn add_replacing(
+        &mut self,
+        new: NewMemory,
+        searched_at: Option<u64>,
+    ) -> Result<MemoryEvent, Error> {
         let same = self.replacing.iter().position(|m| m.memory == new.content);
         if let Some(same) = same.and_then(|at| self.replacing.remove(at)) {
             return Ok(MemoryEvent::of(same.id, same.memory, Event::None));
@@ -388,6 +424,7 @@ impl Writer<'_> {
         while let Some(old) = self.replacing.pop_front() {
             match self.batch.supersede(old.id, new.clone()).await? {
                 SupersedeOutcome::Superseded(m) => {
+                    self.written.push(new.embedding);
                     return Ok(MemoryEvent {
                         replaces: Some(old.id),
                         ..MemoryEvent::of(m.id, m.memory, Event::Add)
@@ -402,13 +439,39 @@ impl Writer<'_> {
                 SupersedeOutcome::NotFound => {}
             }
         }
-        self.add(new).await
+        self.add(new, searched_at).await
     }
 
     /// Stores a new memory unless the store finds it already known.
-    async fn add(&mut self, new: NewMemory) -> Result<MemoryEvent, Error> {
-        Ok(match self.batch.insert(new, self.dedup_threshold).await? {
-            InsertOutcome::Added(m) => MemoryEvent::of(m.id, m.memory, Event::Add),
+    /// `searched_at`: the version at which a search of the whole user found
+    /// no memory near it; the store may rely on it
+    /// ([`WriteBatch::insert_searched`]) unless this batch has written a
+    /// vector near it since.
+    async fn add(
+        &mut self,
+        new: NewMemory,
+        searched_at: Option<u64>,
+    ) -> Result<MemoryEvent, Error> {
+        let vector = new.embedding.clone();
+        let searched_at = searched_at.filter(|_| {
+            !self
+                .written
+                .iter()
+                .any(|w| near_enough(w, &vector, self.dedup_threshold))
+        });
+        let outcome = match searched_at {
+            Some(version) => {
+                self.batch
+                    .insert_searched(new, self.dedup_threshold, version)
+                    .await?
+            }
+            None => self.batch.insert(new, self.dedup_threshold).await?,
+        };
+        Ok(match outcome {
+            InsertOutcome::Added(m) => {
+                self.written.push(vector);
+                MemoryEvent::of(m.id, m.memory, Event::Add)
+            }
             InsertOutcome::Duplicate {
                 existing,
                 similarity,
@@ -418,6 +481,23 @@ impl Writer<'_> {
             },
         })
     }
+}
+
+/// Whether vectors `a` and `b` might be near-duplicates at `threshold`, with
+/// a margin for the rounding of a store that computes the similarity its
+/// own way.
+fn near_enough(a: &[f32], b: &[f32], threshold: f32) -> bool {
+    const ROUNDING: f64 = 1e-4;
+    let (mut dot, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    let norms = (aa * bb).sqrt();
+    // A zero vector has no direction: treat it as near anything.
+    norms == 0.0 || a.len() != b.len() || dot / norms >= f64::from(threshold) - ROUNDING
 }
 
 /// Closes the verbatim copies no fact replaced (a re-extraction's rest).

@@ -22,10 +22,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome,
-    ImportedMemory, InsertOutcome, Keys, ListingKey, NewMemory, NewPending, Pending, PendingQueue,
-    PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored, SealReport, Search,
-    SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome, TokenUsage,
-    UserExport, UserStats, Versions, WriteBatch, Writes,
+    ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending, Pending,
+    PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored,
+    SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome,
+    TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -77,6 +77,20 @@ impl WriteBatch for BoundedBatch<'_> {
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
         bounded(self.limit, self.inner.insert(new, dedup_threshold)).await
+    }
+
+    async fn insert_searched(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+        searched_at: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        bounded(
+            self.limit,
+            self.inner
+                .insert_searched(new, dedup_threshold, searched_at),
+        )
+        .await
     }
 
     async fn update(
@@ -187,6 +201,15 @@ impl Search for Deadline {
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
         bounded(self.limit, self.inner.vector_search(at, query, limit)).await
+    }
+
+    async fn nearest(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Nearest, StoreError> {
+        bounded(self.limit, self.inner.nearest(at, query, limit)).await
     }
 
     async fn keyword_search(

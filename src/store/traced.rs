@@ -14,10 +14,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome,
-    ImportedMemory, InsertOutcome, Keys, ListingKey, NewMemory, NewPending, Pending, PendingQueue,
-    PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored, SealReport, Search,
-    SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome, TokenUsage,
-    UserExport, UserStats, Versions, WriteBatch, Writes,
+    ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending, Pending,
+    PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored,
+    SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome,
+    TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -113,6 +113,19 @@ impl WriteBatch for TracedBatch<'_> {
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
         let result = self.inner.insert(new, dedup_threshold).await;
+        self.count(result)
+    }
+
+    async fn insert_searched(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+        searched_at: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        let result = self
+            .inner
+            .insert_searched(new, dedup_threshold, searched_at)
+            .await;
         self.count(result)
     }
 
@@ -256,6 +269,16 @@ impl Search for Traced {
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
         self.call("vector_search", self.inner.vector_search(at, query, limit))
+            .await
+    }
+
+    async fn nearest(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Nearest, StoreError> {
+        self.call("nearest", self.inner.nearest(at, query, limit))
             .await
     }
 

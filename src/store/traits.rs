@@ -5,9 +5,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome, ImportedMemory,
-    InsertOutcome, ListingKey, NewMemory, NewPending, Pending, PurgeCounts, PurgePlan, PurgeReport,
-    Scored, SearchScope, Selection, StoreError, StoreTotals, SupersedeOutcome, UserExport,
-    UserStats,
+    InsertOutcome, ListingKey, Nearest, NewMemory, NewPending, Pending, PurgeCounts, PurgePlan,
+    PurgeReport, Scored, SearchScope, Selection, StoreError, StoreTotals, SupersedeOutcome,
+    UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -205,6 +205,23 @@ pub trait WriteBatch: Send {
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError>;
 
+    /// [`WriteBatch::insert`] of a memory that a search of the whole user
+    /// at version `searched_at` ([`Search::nearest`]) found no memory
+    /// at least `dedup_threshold` similar to, and that is not that close to
+    /// any vector this batch wrote before it: a store that can tell the
+    /// user is still at that version may skip its own search for
+    /// near-duplicates (never its check for the same text). Provided as
+    /// [`WriteBatch::insert`].
+    async fn insert_searched(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+        searched_at: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        let _ = searched_at;
+        self.insert(new, dedup_threshold).await
+    }
+
     /// Replaces the text and vector of one current memory of the user, with an
     /// UPDATE history row (old and new text, `actor`). `None`: not a current
     /// memory of theirs, nothing changed. Another current memory with exactly
@@ -290,6 +307,20 @@ pub trait Search: Send + Sync {
         query: &[f32],
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError>;
+
+    /// [`Search::vector_search`] and, when the store can tell, the user's
+    /// version it read at ([`Nearest`]). Provided with no version.
+    async fn nearest(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Nearest, StoreError> {
+        Ok(Nearest {
+            hits: self.vector_search(at, query, limit).await?,
+            version: None,
+        })
+    }
 
     /// Up to `limit` current memories in scope holding terms of `query`, best
     /// first, scored by [`crate::keywords`]: BM25 over the user's current

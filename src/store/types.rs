@@ -206,6 +206,19 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// [`crate::store::Search::nearest`]'s answer: the hits, best first, and
+/// the user's version the search read at, when the store can tell
+/// ([`crate::store::Versions`]).
+///
+/// Invariant: the hits are what [`crate::store::Search::vector_search`]
+/// would have answered with the user at `version`: while they still are,
+/// the same search finds the same memories.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Nearest {
+    pub hits: Vec<Hit>,
+    pub version: Option<u64>,
+}
+
 /// Both relevances of one memory to one query, for fusion (`crate::rank`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {

@@ -76,6 +76,15 @@ fn memory(scope: &Scope, text: &str) -> NewMemory {
 
 /// Inserts a row with plain SQL, as a writer that is not engram would.
 async fn raw_insert(pool: &PgPool, user: &str, text: &str) -> Result<(), sqlx::Error> {
+    raw_insert_in(&mut *pool.acquire().await?, user, text).await
+}
+
+/// As [`raw_insert`], inside `tx`.
+async fn raw_insert_in(
+    tx: &mut sqlx::PgConnection,
+    user: &str,
+    text: &str,
+) -> Result<(), sqlx::Error> {
     let embedding = pgvector::Vector::from(HashEmbedder::new(DIMS).embed(text));
     sqlx::query(
         "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
@@ -85,7 +94,7 @@ async fn raw_insert(pool: &PgPool, user: &str, text: &str) -> Result<(), sqlx::E
     .bind(user)
     .bind(text)
     .bind(embedding)
-    .execute(pool)
+    .execute(tx)
     .await
     .map(|_| ())
 }
@@ -599,6 +608,180 @@ async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
 /// the index's own scan count: 20 rows of 1536 dimensions, a limit of 40
 /// (10 at this dimension): the check reads the index; with a limit of 100
 /// (25 here), it does not.
+/// The duplicate check trusts a search of the whole user only for the row
+/// it was made for and only while the user is at the version it was made
+/// at: a stale claim, a claim about another row, or a batch that wrote
+/// before its first insert gets the full search. The same text is refused
+/// whatever the claim. (A trusted claim is seen here by what it lets
+/// through: a near-duplicate no honest search would have vouched for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_check_trusts_a_search_only_at_its_version() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    let alice = whole("alice");
+    let seats = "I prefer window seats on long flights";
+    let near = "I prefer window seats on long flights!";
+    let refused = |outcome: InsertOutcome| matches!(outcome, InsertOutcome::Duplicate { .. });
+    store.insert(memory(&alice, seats), 0.9).await.unwrap();
+    store
+        .insert(memory(&alice, "Keeps bees in the garden"), 0.9)
+        .await
+        .unwrap();
+
+    let at = SearchScope::unfiltered(&alice);
+    let found = store
+        .nearest(at, &HashEmbedder::new(DIMS).embed(near), 5)
+        .await
+        .unwrap();
+    let v1 = found.version.expect("the store names its version");
+    assert_eq!(store.version("alice").await.unwrap(), Some(v1));
+    assert!(found.hits[0].score >= 0.9, "the search saw the near one");
+
+    // A claim about the same text: refused all the same.
+    let mut batch = store.begin("alice").await.unwrap();
+    let same = batch.insert_searched(memory(&alice, seats), 0.9, v1).await;
+    assert!(refused(same.unwrap()), "the same text is always refused");
+    drop(batch);
+
+    // A claim at a version the user has left: searched, refused.
+    store
+        .insert(memory(&alice, "Collects old maps of Porto"), 0.9)
+        .await
+        .unwrap();
+    let v2 = store.version("alice").await.unwrap().unwrap();
+    let mut batch = store.begin("alice").await.unwrap();
+    let stale = batch.insert_searched(memory(&alice, near), 0.9, v1).await;
+    assert!(refused(stale.unwrap()), "a stale claim is not trusted");
+    drop(batch);
+
+    // A batch that wrote before its first insert: its own write moved the
+    // version no search saw, so a claim at the version before is not trusted.
+    let maps = store.recent(&alice, 10).await.unwrap().0;
+    let maps = maps.iter().find(|m| m.memory.contains("maps")).unwrap().id;
+    let mut batch = store.begin("alice").await.unwrap();
+    let rewritten = "Collects old maps of Lisbon";
+    let vector = HashEmbedder::new(DIMS).embed(rewritten);
+    assert!(
+        batch
+            .update(maps, rewritten, &vector, "user")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let after_own = batch.insert_searched(memory(&alice, near), 0.9, v2).await;
+    assert!(
+        refused(after_own.unwrap()),
+        "searched after the batch's own write"
+    );
+    drop(batch);
+
+    // A claim in plain SQL about another row: searched, refused.
+    let pool = db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('engram.dedup_searched', $1, true)")
+        .bind(format!("{}@{v2}", uuid::Uuid::now_v7()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let other = raw_insert_in(&mut tx, "alice", near).await.unwrap_err();
+    assert_eq!(sqlstate(&other).as_deref(), Some("EG001"), "{other}");
+    drop(tx);
+
+    // The claim for this row at the user's version: trusted, so the near
+    // one gets in (the service makes no such claim: its search saw it).
+    let mut batch = store.begin("alice").await.unwrap();
+    let trusted = batch.insert_searched(memory(&alice, near), 0.9, v2).await;
+    assert!(matches!(trusted.unwrap(), InsertOutcome::Added(_)));
+    // Later inserts of the same batch: still the version the lock saw.
+    let next = "I prefer window seats on long flights!!";
+    let second = batch.insert_searched(memory(&alice, next), 0.9, v2).await;
+    assert!(matches!(second.unwrap(), InsertOutcome::Added(_)));
+    // Without a claim, the batch's own rows are searched like any other.
+    let third = batch.insert(
+        memory(&alice, "I prefer window seats on long flights?"),
+        0.9,
+    );
+    assert!(
+        refused(third.await.unwrap()),
+        "an unclaimed insert is searched"
+    );
+    batch.commit().await.unwrap();
+    assert_eq!(store.recent(&alice, 10).await.unwrap().1, 5);
+}
+
+/// A remember whose facts its reconciliation found clear of every stored
+/// memory still deduplicates them against each other: the second of two
+/// near-identical facts is found known, not stored, though the search made
+/// before the batch saw neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_of_one_remember_are_deduplicated_against_each_other() {
+    use common::fake_openai::{FakeOpenAi, Reply};
+    use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
+    use engram::model::Event;
+    use engram::params::RememberParams;
+    use engram::service::{MemoryService, Settings};
+
+    let db = TestDatabase::create().await;
+    let fake = FakeOpenAi::start(DIMS).await;
+    let llm = LlmSettings {
+        endpoint: engram::openai::Endpoint {
+            base_url: fake.base_url.clone(),
+            api_key: Some("test-key".into()),
+            timeout: std::time::Duration::from_secs(5),
+            max_retries: 1,
+        },
+        model: "gpt-4o-mini".into(),
+        categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
+    };
+    let service = MemoryService::new(
+        Arc::new(open(&db, PlanSettings::default()).await),
+        Arc::new(HashEmbedder::new(DIMS)),
+        Arc::new(LlmExtractor::new(llm).unwrap()),
+        Settings {
+            dedup_threshold: 0.9,
+            reconcile_threshold: 0.5,
+            ..Settings::default()
+        },
+    );
+    let facts = |texts: &[&str]| {
+        let facts: Vec<_> = texts
+            .iter()
+            .map(|t| json!({"text": t, "categories": ["hobbies"]}))
+            .collect();
+        Reply::Content(json!({ "facts": facts }).to_string())
+    };
+    let remember = |text: &str| RememberParams {
+        text: Some(text.into()),
+        user_id: Some("alice".into()),
+        ..RememberParams::default()
+    };
+
+    fake.then(facts(&["Prefers window seats on long flights"]));
+    service
+        .remember(common::ME, remember("I like window seats"))
+        .await
+        .unwrap();
+    fake.then(facts(&[
+        "Keeps bees in the garden",
+        "Keeps bees in the garden!",
+    ]));
+    let bees = service
+        .remember(common::ME, remember("I keep bees, in the garden!"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = bees.results.iter().map(|r| r.event).collect();
+    assert_eq!(events, [Event::Add, Event::None], "{bees:?}");
+    assert_eq!(bees.results[1].id, bees.results[0].id);
+    assert_eq!(
+        common::current(&service, "alice").await,
+        [
+            "Keeps bees in the garden",
+            "Prefers window seats on long flights"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_duplicate_check_scales_the_exact_scan_limit_by_dimension() {
     const WIDE: usize = 1536;

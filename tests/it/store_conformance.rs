@@ -736,6 +736,58 @@ async fn candidates_agree_with_the_two_searches(b: Backend) {
     }
 }
 
+/// A search that names the user's version answers as the plain search
+/// does, and the version it names is the user's version.
+async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let mine = scope("alice", Some("mine"), None);
+    let none = MetadataFilter::default();
+    let queries: Vec<Vec<f32>> = ["espresso in Lisbon", "a hot drink", "green tea in Faro"]
+        .iter()
+        .map(|q| HashEmbedder::new(DIMS).embed(q))
+        .collect();
+    let whole = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let nothing = s.nearest(whole, &queries[0], 5).await.unwrap();
+    assert_eq!(
+        nothing,
+        Default::default(),
+        "no memories, no hits, no version"
+    );
+
+    for i in 0..24 {
+        let place = ["Lisbon", "Porto", "Faro"][i % 3];
+        let drink = ["espresso", "green tea", "hot chocolate", "orange juice"][i % 4];
+        let text = format!("On day {i} I had {drink} in {place}");
+        add(s, if i % 4 == 0 { &mine } else { &alice }, &text, json!({})).await;
+    }
+    let version = s.version("alice").await.unwrap();
+    for who in [&alice, &mine] {
+        let at = SearchScope {
+            scope: who,
+            filter: &none,
+        };
+        for query in &queries {
+            let found = s.nearest(at, query, 5).await.unwrap();
+            let alone = s.vector_search(at, query, 5).await.unwrap();
+            assert_eq!(ids(&found.hits), ids(&alone));
+            for (a, b) in found.hits.iter().zip(&alone) {
+                assert!((a.score - b.score).abs() < 1e-6, "{a:?} {b:?}");
+            }
+            assert!(
+                found.version.is_none() || found.version == version,
+                "{:?} is not the user's version {version:?}",
+                found.version
+            );
+        }
+    }
+    let empty = s.nearest(whole, &queries[0], 0).await.unwrap();
+    assert!(empty.hits.is_empty());
+}
+
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -2690,6 +2742,7 @@ every_backend!(
     keyword_scores_are_bm25_over_the_users_current_memories,
     a_narrowed_keyword_search_returns_the_scopes_best,
     candidates_agree_with_the_two_searches,
+    a_search_at_a_version_answers_as_the_plain_search,
     every_write_moves_the_users_version_to_a_new_value,
     many_close_memories_differing_in_a_detail_are_all_kept,
     an_update_rewrites_one_memory_and_keeps_its_history,

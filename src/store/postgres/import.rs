@@ -13,14 +13,11 @@ use uuid::Uuid;
 
 use super::db;
 use super::keyword_index::{keyword_length, posting_columns};
-use super::write::{PgBatch, refused_as_duplicate};
+use super::write::{Dedup, PgBatch, refused_as_duplicate};
 use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::shared::content_hash;
 use crate::store::{ImportOutcome, ImportedMemory, StoreError};
-
-/// Above any cosine similarity: the trigger judges exact texts only.
-const EXACT_ONLY: f32 = 2.0;
 
 impl PgBatch {
     /// Writes `imported` unless its id or its current text is already there.
@@ -57,7 +54,7 @@ impl PgBatch {
                 return Ok(ImportOutcome::Repeat(MemoryId(id)));
             }
         }
-        self.savepoint(Some((EXACT_ONLY, &[], 1))).await?;
+        self.savepoint(Some(Dedup::exact_text(1))).await?;
         match insert_imported(&mut self.tx, &imported).await {
             Ok(()) => Ok(ImportOutcome::Added),
             Err(e) if is_primary_key_violation(&e) => {

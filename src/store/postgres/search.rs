@@ -13,7 +13,7 @@ use super::keyword_copy::UserCopy;
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
-use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
+use crate::store::{Hit, Nearest, Scored, Search, SearchScope, StoreError};
 
 /// The keyword search's statement up to its result: the user's expired
 /// memories (asked for on top of the limit, `$6`, and left out, so that
@@ -190,6 +190,50 @@ impl Search for PgStore {
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(limit);
         Ok(hits)
+    }
+
+    /// The search and the user's version in one statement. The version is
+    /// read in the statement's snapshot, which is taken before any of
+    /// `engram_nearest`'s own: the search sees at least what that version
+    /// holds, so a user still at it holds nothing the search did not see.
+    async fn nearest(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+    ) -> Result<Nearest, StoreError> {
+        if limit == 0 {
+            return Ok(Nearest::default());
+        }
+        let user_id = at.scope.user_id().as_str();
+        let mut tx = self.user_transaction(user_id).await?;
+        // (version, hit, its similarity): a search without hits gives one
+        // row of nulls, so the version always comes back.
+        let rows: Vec<(Option<i64>, Option<Uuid>, Option<f32>)> = sqlx::query_as(
+            "SELECT (SELECT version FROM memory_users WHERE user_id = $1), n.id, n.similarity \
+             FROM (VALUES (1)) AS one (x) \
+             LEFT JOIN engram_nearest($1, $2, $3, $4, $5, $6, engram_expired_ids($1)) n ON true",
+        )
+        .bind(user_id)
+        .bind(at.scope.agent_id())
+        .bind(at.scope.run_id())
+        .bind(at.filter_object())
+        .bind(Vector::from(query.to_vec()))
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("searching vectors"))?;
+        tx.commit().await.map_err(db("searching vectors"))?;
+        let version = rows.first().and_then(|r| r.0).map(|v| v as u64);
+        let mut hits = hits(
+            rows.into_iter()
+                .filter_map(|(_, id, similarity)| id.zip(similarity))
+                .collect(),
+        );
+        // The vector index returns rows in relaxed order.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(limit);
+        Ok(Nearest { hits, version })
     }
 
     async fn keyword_search(

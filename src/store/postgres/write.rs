@@ -36,6 +36,34 @@ pub(super) const MAX_DEDUP_ROUNDS: u32 = 12;
 
 pub(super) const FIRST_DEDUP_ROUND: u32 = 8;
 
+/// What the deduplication trigger (`engram_refuse_duplicate`) reads for the
+/// inserts that follow, as `engram.dedup_*` settings.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dedup<'a> {
+    /// Similarity from which a memory is a near-duplicate; above 1, only a
+    /// memory with the same text is one.
+    pub(super) threshold: f32,
+    /// Near-duplicates already judged to be other memories.
+    pub(super) allowed: &'a [Uuid],
+    /// How many near-duplicates one refusal names at most.
+    pub(super) k: u32,
+    /// A row and the user's version at which a search of the whole user
+    /// found nothing near it ([`WriteBatch::insert_searched`]).
+    pub(super) searched: Option<(Uuid, u64)>,
+}
+
+impl Dedup<'static> {
+    /// Only a memory with the same text is a duplicate.
+    pub(super) fn exact_text(k: u32) -> Self {
+        Dedup {
+            threshold: 2.0,
+            allowed: &[],
+            k,
+            searched: None,
+        }
+    }
+}
+
 /// A near-duplicate the trigger named.
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct Near {
@@ -239,17 +267,23 @@ impl PgBatch {
     /// rest of the transaction) the deduplication settings the trigger
     /// reads, in one round trip. The values are numbers and uuids, written
     /// into the statement by this code (a simple query takes no parameters).
-    pub(super) async fn savepoint(
-        &mut self,
-        dedup: Option<(f32, &[Uuid], u32)>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn savepoint(&mut self, dedup: Option<Dedup<'_>>) -> Result<(), StoreError> {
         let sql = match dedup {
             None => SAVEPOINT.to_owned(),
-            Some((threshold, allowed, k)) => format!(
+            Some(Dedup {
+                threshold,
+                allowed,
+                k,
+                searched,
+            }) => format!(
                 "{SAVEPOINT}; SELECT set_config('engram.dedup_threshold', '{threshold}', true), \
                  set_config('engram.dedup_allow', '{}', true), \
-                 set_config('engram.dedup_k', '{k}', true)",
-                uuid_array_literal(allowed)
+                 set_config('engram.dedup_k', '{k}', true), \
+                 set_config('engram.dedup_searched', '{}', true)",
+                uuid_array_literal(allowed),
+                searched
+                    .map(|(id, version)| format!("{id}@{version}"))
+                    .unwrap_or_default(),
             ),
         };
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -273,13 +307,10 @@ impl PgBatch {
     async fn try_insert(
         &mut self,
         new: &NewMemory,
-        dedup_threshold: f32,
-        allowed: &[Uuid],
-        dedup_k: u32,
+        dedup: Dedup<'_>,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Vec<Near>>, StoreError> {
-        self.savepoint(Some((dedup_threshold, allowed, dedup_k)))
-            .await?;
+        self.savepoint(Some(dedup)).await?;
         match PgStore::insert_in(&mut self.tx, new, now).await {
             Ok(()) => {
                 // The trigger took the user's write lock.
@@ -300,22 +331,31 @@ impl PgBatch {
     }
 }
 
-#[async_trait]
-impl WriteBatch for PgBatch {
-    async fn insert(
+impl PgBatch {
+    /// [`WriteBatch::insert`], the first round's search left to the
+    /// trigger's judgement when `searched_at` is given
+    /// ([`WriteBatch::insert_searched`]).
+    async fn insert_deduplicated(
         &mut self,
         new: NewMemory,
         dedup_threshold: f32,
+        searched_at: Option<u64>,
     ) -> Result<InsertOutcome, StoreError> {
         same_user(&self.user_id, new.scope.user_id())?;
         let now = now_micros();
         let mut allowed: Vec<Uuid> = Vec::new();
         for round in 0..MAX_DEDUP_ROUNDS {
-            let k = FIRST_DEDUP_ROUND << round;
-            let mut near = match self
-                .try_insert(&new, dedup_threshold, &allowed, k, now)
-                .await?
-            {
+            let dedup = Dedup {
+                threshold: dedup_threshold,
+                allowed: &allowed,
+                k: FIRST_DEDUP_ROUND << round,
+                // A later round follows a refusal: the search found
+                // something after all.
+                searched: searched_at
+                    .filter(|_| round == 0)
+                    .map(|version| (new.id.0, version)),
+            };
+            let mut near = match self.try_insert(&new, dedup, now).await? {
                 Ok(()) => return Ok(InsertOutcome::Added(new.stored_at(now))),
                 Err(near) => near,
             };
@@ -349,6 +389,27 @@ impl WriteBatch for PgBatch {
             new.id,
             allowed.len()
         )))
+    }
+}
+
+#[async_trait]
+impl WriteBatch for PgBatch {
+    async fn insert(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+    ) -> Result<InsertOutcome, StoreError> {
+        self.insert_deduplicated(new, dedup_threshold, None).await
+    }
+
+    async fn insert_searched(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+        searched_at: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        self.insert_deduplicated(new, dedup_threshold, Some(searched_at))
+            .await
     }
 
     async fn update(
@@ -440,7 +501,8 @@ impl WriteBatch for PgBatch {
         let now = now_micros();
         self.lock().await?;
         // The caller judged the near-duplicates: the trigger checks exact text only.
-        self.savepoint(Some((2.0, &[], FIRST_DEDUP_ROUND))).await?;
+        self.savepoint(Some(Dedup::exact_text(FIRST_DEDUP_ROUND)))
+            .await?;
         let closed = close_in(
             &mut self.tx,
             &self.user_id,
