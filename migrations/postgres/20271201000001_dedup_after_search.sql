@@ -23,6 +23,10 @@
 --   insert of the user changes anything; a transaction that wrote before
 --   its first insert records the version after its own write, which no
 --   search outside it saw, so no claim matches;
+-- * an insert of a text no current memory holds runs no UPDATE: closing an
+--   expired memory with the same text (as 20270401000001 does) now follows
+--   the same-text lookup instead of running before it, with its two
+--   statement triggers, on every insert;
 -- * the exact-text check (a btree lookup) always runs, and is all that
 --   runs for a threshold above 1 (engram's supersedes and imports ask for
 --   exact texts only; they used to search for nothing the threshold could
@@ -41,6 +45,7 @@ DECLARE
     k integer := least(greatest(coalesce(
         nullif(current_setting('engram.dedup_k', true), '')::integer, 8), 1), 4096);
     locked text;
+    expired uuid[];
     near jsonb;
     dims integer;
     saved_rows text;
@@ -57,15 +62,21 @@ BEGIN
         PERFORM set_config('engram.locked_version', locked, true);
     END IF;
 
-    UPDATE memories m SET valid_to = m.expires_at
-        WHERE m.user_id = NEW.user_id AND m.content_hash = NEW.content_hash
-          AND m.valid_to IS NULL AND m.expires_at <= now();
-
-    -- The same text: exact, through the unique index's btree.
-    SELECT jsonb_agg(jsonb_build_object('id', m.id, 'similarity', 1.0)) INTO near
+    -- The same text: exact, through the unique index's btree. An expired
+    -- memory holding it is closed (its expiry is when it ended) rather than
+    -- named; only then is there anything to update, so an insert of a new
+    -- text runs no UPDATE (nor its statement triggers).
+    SELECT coalesce(array_agg(m.id) FILTER (WHERE m.expires_at <= now()), '{}'),
+           jsonb_agg(jsonb_build_object('id', m.id, 'similarity', 1.0))
+               FILTER (WHERE (m.expires_at IS NULL OR m.expires_at > now())
+                         AND m.id <> ALL (allowed))
+        INTO expired, near
         FROM memories m
         WHERE m.user_id = NEW.user_id AND m.content_hash = NEW.content_hash
-          AND m.valid_to IS NULL AND m.id <> ALL (allowed);
+          AND m.valid_to IS NULL;
+    IF cardinality(expired) > 0 THEN
+        UPDATE memories m SET valid_to = m.expires_at WHERE m.id = ANY (expired);
+    END IF;
     -- No similarity is above 1: a threshold above it asks for the same
     -- text only (a supersede, an import), which the lookup above answered.
     IF near IS NULL AND threshold <= 1
