@@ -710,6 +710,68 @@ async fn the_duplicate_check_trusts_a_search_only_at_its_version() {
     assert_eq!(store.recent(&alice, 10).await.unwrap().1, 5);
 }
 
+/// Two writers that both searched before either wrote, each claiming its
+/// near-duplicate fact is clear at the same version, leave one memory: the
+/// second to take the user's lock finds the version moved and searches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_before_a_concurrent_write_are_not_trusted() {
+    let db = TestDatabase::create().await;
+    let store = Arc::new(open(&db, PlanSettings::default()).await);
+    let alice = whole("alice");
+    store
+        .insert(memory(&alice, "Keeps bees in the garden"), 0.9)
+        .await
+        .unwrap();
+    let at = SearchScope::unfiltered(&alice);
+    let facts = [
+        "Prefers aisle seats on night trains",
+        "Drinks green tea before breakfast",
+        "Plays the cello in a string quartet",
+        "Grows chillies on the balcony",
+        "Runs a marathon every autumn",
+        "Collects stamps from Iceland",
+        "Bakes sourdough on Sundays",
+        "Reads detective novels at night",
+        "Learns Japanese with flashcards",
+        "Repairs vintage radios",
+        "Swims in the lake each morning",
+        "Knits scarves for the winter market",
+    ];
+    for (round, fact) in facts.iter().enumerate() {
+        let first = (*fact).to_owned();
+        let second = format!("{first}!");
+        let mut claims = Vec::new();
+        for text in [&first, &second] {
+            let found = store
+                .nearest(at, &HashEmbedder::new(DIMS).embed(text), 5)
+                .await
+                .unwrap();
+            assert!(found.hits.iter().all(|h| h.score < 0.9), "round {round}");
+            claims.push((memory(&alice, text), found.version.unwrap()));
+        }
+        let writes = claims.into_iter().map(|(new, version)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut batch = store.begin("alice").await?;
+                let outcome = batch.insert_searched(new, 0.9, version).await?;
+                batch.commit().await?;
+                Ok::<_, StoreError>(outcome)
+            })
+        });
+        let outcomes: Vec<InsertOutcome> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|joined| joined.unwrap().unwrap())
+            .collect();
+        let added = outcomes
+            .iter()
+            .filter(|o| matches!(o, InsertOutcome::Added(_)))
+            .count();
+        assert_eq!(added, 1, "round {round}: {outcomes:?}");
+    }
+    assert_eq!(store.recent(&alice, 100).await.unwrap().1, 13);
+}
+
 /// A remember whose facts its reconciliation found clear of every stored
 /// memory still deduplicates them against each other: the second of two
 /// near-identical facts is found known, not stored, though the search made
