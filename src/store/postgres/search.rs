@@ -159,37 +159,14 @@ impl PgStore {
 
 #[async_trait]
 impl Search for PgStore {
+    /// [`Search::nearest`]'s hits: the version costs one lookup by key.
     async fn vector_search(
         &self,
         at: SearchScope<'_>,
         query: &[f32],
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Expired memories are excluded by the search itself, so k live ones come back.
-        let user_id = at.scope.user_id().as_str();
-        let mut tx = self.user_transaction(user_id).await?;
-        let rows: Vec<(Uuid, f32)> = sqlx::query_as(
-            "SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6, \
-                 engram_expired_ids($1))",
-        )
-        .bind(user_id)
-        .bind(at.scope.agent_id())
-        .bind(at.scope.run_id())
-        .bind(at.filter_object())
-        .bind(Vector::from(query.to_vec()))
-        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("searching vectors"))?;
-        tx.commit().await.map_err(db("searching vectors"))?;
-        let mut hits = hits(rows);
-        // The vector index returns rows in relaxed order.
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        hits.truncate(limit);
-        Ok(hits)
+        Ok(self.nearest(at, query, limit).await?.hits)
     }
 
     /// The search and the user's version in one statement. The version is
@@ -205,6 +182,7 @@ impl Search for PgStore {
         if limit == 0 {
             return Ok(Nearest::default());
         }
+        // Expired memories are excluded by the search itself, so k live ones come back.
         let user_id = at.scope.user_id().as_str();
         let mut tx = self.user_transaction(user_id).await?;
         // (version, hit, its similarity): a search without hits gives one
