@@ -329,9 +329,7 @@ impl PgBatch {
             },
         }
     }
-}
 
-impl PgBatch {
     /// [`WriteBatch::insert`], the first round's search left to the
     /// trigger's judgement when `searched_at` is given
     /// ([`WriteBatch::insert_searched`]).
