@@ -93,11 +93,19 @@ pub async fn plan(
     }
     let at = SearchScope::unfiltered(scope);
     // Each fact's search at once (on PostgreSQL, each on its own
-    // connection), read back in the facts' order.
+    // connection, through the vector index where the user's rows are in it,
+    // reading the similar memories in the same statement), read back in the
+    // facts' order.
     let searches = embeddings
         .iter()
-        .map(|embedding| store.nearest(at, embedding, CANDIDATES));
-    let found = futures::future::try_join_all(searches).await?;
+        .map(|embedding| store.similar(at, embedding, CANDIDATES, Some(threshold)));
+    let mut found = futures::future::try_join_all(searches).await?;
+    // The memories the searches read, if every one did; else read after.
+    let loaded: Option<Vec<Memory>> = found
+        .iter_mut()
+        .map(|nearest| nearest.memories.take())
+        .collect::<Option<Vec<_>>>()
+        .map(|each| each.into_iter().flatten().collect());
     out.searched = found
         .iter()
         .map(|nearest| {
@@ -120,12 +128,11 @@ pub async fn plan(
     if similar.is_empty() {
         return Ok(out);
     }
-    let mut by_id: HashMap<MemoryId, Memory> = store
-        .get_many(scope.user_id(), &similar)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m))
-        .collect();
+    let memories = match loaded {
+        Some(memories) => memories,
+        None => store.get_many(scope.user_id(), &similar).await?,
+    };
+    let mut by_id: HashMap<MemoryId, Memory> = memories.into_iter().map(|m| (m.id, m)).collect();
     let mut known = Vec::new();
     let mut aliases: HashMap<String, Memory> = HashMap::new();
     for id in &similar {

@@ -212,6 +212,16 @@ impl Search for Deadline {
         bounded(self.limit, self.inner.nearest(at, query, limit)).await
     }
 
+    async fn similar(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Nearest, StoreError> {
+        bounded(self.limit, self.inner.similar(at, query, limit, load_from)).await
+    }
+
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,

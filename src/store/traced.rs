@@ -282,6 +282,17 @@ impl Search for Traced {
             .await
     }
 
+    async fn similar(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Nearest, StoreError> {
+        self.call("similar", self.inner.similar(at, query, limit, load_from))
+            .await
+    }
+
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,

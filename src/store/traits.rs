@@ -318,8 +318,24 @@ pub trait Search: Send + Sync {
     ) -> Result<Nearest, StoreError> {
         Ok(Nearest {
             hits: self.vector_search(at, query, limit).await?,
-            version: None,
+            ..Nearest::default()
         })
+    }
+
+    /// The reconciler's search: [`Search::nearest`], except that the store
+    /// may answer through its vector index where it keeps the user's rows in
+    /// one, as its duplicate check does past its exact-scan limit (a fact's
+    /// candidates need not be exact; recall's hits are), and that with
+    /// `load_from` it may also read the memories of the hits scoring at
+    /// least that ([`Nearest::memories`]). Provided: [`Search::nearest`].
+    async fn similar(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+        _load_from: Option<f32>,
+    ) -> Result<Nearest, StoreError> {
+        self.nearest(at, query, limit).await
     }
 
     /// Up to `limit` current memories in scope holding terms of `query`, best

@@ -217,6 +217,12 @@ pub struct Hit {
 pub struct Nearest {
     pub hits: Vec<Hit>,
     pub version: Option<u64>,
+    /// The memories of the hits scoring at least the `load_from` asked for,
+    /// read in the search's statement, in no particular order; `None` when
+    /// none was asked for or the store does not read them there (the
+    /// caller reads them itself, [`crate::store::Reads::get_many`]). A hit
+    /// gone before they were read is left out.
+    pub memories: Option<Vec<Memory>>,
 }
 
 /// Both relevances of one memory to one query, for fusion (`crate::rank`).

@@ -313,6 +313,119 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     assert_eq!(run_found, run_rows);
 }
 
+/// The reconciler's search (`engram_similar`) reads the vector index once
+/// at least as many of the user's rows are in it as outside, with the
+/// settings it changes for that put back; recall's (`engram_nearest`) stays
+/// an exact scan below its limit; a small user's search is the exact one.
+/// Through the index, every memory, in it or outside, is still its own
+/// best match, and the memories loaded are the hits'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcilers_search_reads_the_index_where_the_users_rows_are() {
+    let db = TestDatabase::create().await;
+    // The schema's exact-scan limit (5,000); rows indexed from a user's
+    // 20th, directly (no tail), and no indexer: needle keeps 20 rows
+    // outside the index and 40 in it.
+    let store = open_idle(
+        &db,
+        PlanSettings {
+            index_from_rows: Some(20),
+            index_tail_rows: Some(0),
+            ..PlanSettings::default()
+        },
+    )
+    .await;
+    let pool = db.pool().await;
+    crowd(&pool, 20, 40).await;
+    let needle = whole("needle");
+    let texts: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "Entry {i}: {} near {}",
+                ["sailing", "opera", "chess", "pottery"][i % 4],
+                ["Bergen", "Quito", "Hanoi"][i % 3]
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for text in &texts {
+        match store.insert(memory(&needle, text), 0.99).await.unwrap() {
+            InsertOutcome::Added(m) => ids.push(m.id),
+            dup => panic!("unexpected duplicate for {text}: {dup:?}"),
+        }
+    }
+    let tiny = whole("tiny");
+    for text in ["Has a cat", "Owns a bike", "Reads at night"] {
+        store.insert(memory(&tiny, text), 0.9).await.unwrap();
+    }
+
+    // Index scans each function makes, counted inside one transaction,
+    // and the exact-scan limit's setting after it.
+    let scans = |function: &'static str, user: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SET LOCAL engram.exact_scan_max_rows = 5000")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // The backend's counts since it last reported them (about once
+            // a second): the difference is this call's.
+            let index_scans =
+                "SELECT pg_stat_get_xact_numscans('memories_embedding_hnsw'::regclass)";
+            let before: i64 = sqlx::query_scalar(index_scans)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            let q =
+                pgvector::Vector::from(HashEmbedder::new(DIMS).embed("Entry 7: chess near Hanoi"));
+            let sql = format!("SELECT count(*) FROM {function}($1, NULL, NULL, NULL, $2, 5)");
+            let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(user)
+                .bind(q)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            let after: i64 = sqlx::query_scalar(index_scans)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            let limit: String =
+                sqlx::query_scalar("SELECT current_setting('engram.exact_scan_max_rows')")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.rollback().await.unwrap();
+            (found, after > before, limit)
+        }
+    };
+    let through_index = (5, true, "5000".to_owned());
+    let exact = (5, false, "5000".to_owned());
+    assert_eq!(scans("engram_similar", "needle").await, through_index);
+    assert_eq!(scans("engram_nearest", "needle").await, exact);
+    assert_eq!(
+        scans("engram_similar", "tiny").await,
+        (3, false, "5000".to_owned())
+    );
+
+    // Through the index: each memory is its own best match, in the index
+    // (the last 40) or not (the first 20), and loaded with its hits.
+    let at = SearchScope::unfiltered(&needle);
+    for (text, id) in texts.iter().zip(&ids) {
+        let q = HashEmbedder::new(DIMS).embed(text);
+        let found = store.similar(at, &q, 5, Some(0.99)).await.unwrap();
+        assert_eq!(found.hits.first().map(|h| h.id), Some(*id), "{text}");
+        let loaded: Vec<MemoryId> = found.memories.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(loaded, [*id], "{text}");
+    }
+    // A user with as many rows outside the index as in it is searched as
+    // recall searches.
+    sqlx::query("UPDATE memories SET indexed = false WHERE user_id = 'needle' AND indexed")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(scans("engram_similar", "needle").await, exact);
+}
+
 /// A user's rows enter the vector index only from their
 /// `engram_index_from_rows`-th memory on (a small user's searches scan
 /// exactly and never read it); a search through the index still finds the

@@ -737,7 +737,10 @@ async fn candidates_agree_with_the_two_searches(b: Backend) {
 }
 
 /// A search that names the user's version answers as the plain search
-/// does, and the version it names is the user's version.
+/// does, and the version it names is the user's version. The reconciler's
+/// search of a small user answers as that search, and the memories it
+/// loads (PostgreSQL) are exactly those of its hits from the score asked
+/// for, as the store reads them by id.
 async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
     let s = b.store.as_ref();
     let alice = scope("alice", None, None);
@@ -782,10 +785,34 @@ async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
                 "{:?} is not the user's version {version:?}",
                 found.version
             );
+            assert_eq!(found.memories, None, "no memories asked for");
+
+            // From the third hit's score: the first three (or more, tied).
+            let from = found.hits[2].score;
+            let loaded = s.similar(at, query, 5, Some(from)).await.unwrap();
+            assert_eq!(ids(&loaded.hits), ids(&found.hits));
+            // PostgreSQL reads them in the search's statement; SQLite's
+            // reads by id cost no round trip, so it leaves them to the caller.
+            let in_statement = matches!(b.place, Place::Postgres { .. });
+            assert_eq!(loaded.memories.is_some(), in_statement);
+            if let Some(mut memories) = loaded.memories {
+                let wanted: Vec<MemoryId> = found
+                    .hits
+                    .iter()
+                    .filter(|h| h.score >= from)
+                    .map(|h| h.id)
+                    .collect();
+                assert!(wanted.len() >= 3, "{found:?}");
+                let mut by_id = s.get_many("alice", &wanted).await.unwrap();
+                memories.sort_by_key(|m| m.id.0);
+                by_id.sort_by_key(|m| m.id.0);
+                assert_eq!(memories, by_id, "the hits from {from}, as read by id");
+            }
         }
     }
-    let empty = s.nearest(whole, &queries[0], 0).await.unwrap();
+    let empty = s.similar(whole, &queries[0], 0, Some(0.0)).await.unwrap();
     assert!(empty.hits.is_empty());
+    assert!(empty.memories.is_none_or(|m| m.is_empty()));
 }
 
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {
