@@ -313,6 +313,33 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     assert_eq!(run_found, run_rows);
 }
 
+/// 60 distinct memories of user "needle", inserted one by one (their texts
+/// and ids, in order), then 3 of user "tiny".
+async fn needle_and_tiny(store: &PgStore) -> (Vec<String>, Vec<MemoryId>) {
+    let needle = whole("needle");
+    let texts: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "Note {i}: {} in {}",
+                ["tea", "maps", "jazz", "kites"][i % 4],
+                ["Oslo", "Lima", "Pune"][i % 3]
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for text in &texts {
+        match store.insert(memory(&needle, text), 0.99).await.unwrap() {
+            InsertOutcome::Added(m) => ids.push(m.id),
+            dup => panic!("unexpected duplicate for {text}: {dup:?}"),
+        }
+    }
+    let tiny = whole("tiny");
+    for text in ["Has a cat", "Owns a bike", "Reads at night"] {
+        store.insert(memory(&tiny, text), 0.9).await.unwrap();
+    }
+    (texts, ids)
+}
+
 /// The reconciler's search (`engram_similar`) reads the vector index once
 /// at least as many of the user's rows are in it as outside, with the
 /// settings it changes for that put back; recall's (`engram_nearest`) stays
@@ -337,26 +364,7 @@ async fn the_reconcilers_search_reads_the_index_where_the_users_rows_are() {
     let pool = db.pool().await;
     crowd(&pool, 20, 40).await;
     let needle = whole("needle");
-    let texts: Vec<String> = (0..60)
-        .map(|i| {
-            format!(
-                "Entry {i}: {} near {}",
-                ["sailing", "opera", "chess", "pottery"][i % 4],
-                ["Bergen", "Quito", "Hanoi"][i % 3]
-            )
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for text in &texts {
-        match store.insert(memory(&needle, text), 0.99).await.unwrap() {
-            InsertOutcome::Added(m) => ids.push(m.id),
-            dup => panic!("unexpected duplicate for {text}: {dup:?}"),
-        }
-    }
-    let tiny = whole("tiny");
-    for text in ["Has a cat", "Owns a bike", "Reads at night"] {
-        store.insert(memory(&tiny, text), 0.9).await.unwrap();
-    }
+    let (texts, ids) = needle_and_tiny(&store).await;
 
     // Index scans each function makes, counted inside one transaction,
     // and the exact-scan limit's setting after it.
@@ -376,8 +384,7 @@ async fn the_reconcilers_search_reads_the_index_where_the_users_rows_are() {
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-            let q =
-                pgvector::Vector::from(HashEmbedder::new(DIMS).embed("Entry 7: chess near Hanoi"));
+            let q = pgvector::Vector::from(HashEmbedder::new(DIMS).embed("Note 7: kites in Lima"));
             let sql = format!("SELECT count(*) FROM {function}($1, NULL, NULL, NULL, $2, 5)");
             let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(user)
@@ -449,26 +456,7 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
     crowd(&pool, 50, 40).await;
 
     let needle = whole("needle");
-    let texts: Vec<String> = (0..60)
-        .map(|i| {
-            format!(
-                "Note {i}: {} in {}",
-                ["tea", "maps", "jazz", "kites"][i % 4],
-                ["Oslo", "Lima", "Pune"][i % 3]
-            )
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for text in &texts {
-        match store.insert(memory(&needle, text), 0.99).await.unwrap() {
-            InsertOutcome::Added(m) => ids.push(m.id),
-            dup => panic!("unexpected duplicate for {text}: {dup:?}"),
-        }
-    }
-    let tiny = whole("tiny");
-    for text in ["Has a cat", "Owns a bike", "Reads at night"] {
-        store.insert(memory(&tiny, text), 0.9).await.unwrap();
-    }
+    let (texts, ids) = needle_and_tiny(&store).await;
     // (user, in the index, rows) of the two users.
     let counts = || async {
         sqlx::query_as::<_, (String, bool, i64)>(
