@@ -160,23 +160,20 @@ impl PgStore {
             .await
             .map_err(db("searching vectors"))?;
         tx.commit().await.map_err(db("searching vectors"))?;
-        let column = |e: sqlx::Error| StoreError::Database {
-            context: "reading a vector search",
-            source: e,
-        };
+        let column = db("reading a vector search");
         let version: Option<i64> = match rows.first() {
-            Some(row) => row.try_get("version").map_err(column)?,
+            Some(row) => row.try_get("version").map_err(&column)?,
             None => None,
         };
         let mut found = Vec::with_capacity(rows.len());
         let mut memories = Vec::new();
         for row in &rows {
-            let hit: Option<Uuid> = row.try_get("hit").map_err(column)?;
-            let similarity: Option<f32> = row.try_get("similarity").map_err(column)?;
+            let hit: Option<Uuid> = row.try_get("hit").map_err(&column)?;
+            let similarity: Option<f32> = row.try_get("similarity").map_err(&column)?;
             if let Some(hit) = hit.zip(similarity) {
                 found.push(hit);
             }
-            let loaded: Option<Uuid> = row.try_get("id").map_err(column)?;
+            let loaded: Option<Uuid> = row.try_get("id").map_err(&column)?;
             if loaded.is_some() {
                 memories.push(memory_from_row(row)?);
             }
