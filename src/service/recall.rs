@@ -56,7 +56,7 @@ impl MemoryService {
                     vector_score: None,
                     keyword_score: h.score,
                 });
-                let results = self.rows(scope, ranked.collect()).await?;
+                let results = self.rows(scope, ranked.collect(), None).await?;
                 return Ok(RecallResult {
                     user_id: scope.user_id().to_string(),
                     query,
@@ -68,7 +68,7 @@ impl MemoryService {
         };
         let (embedding, semantic) = semantic;
         let candidates = self.store.candidates(at, &embedding, &query, depth).await?;
-        let mut fused = rank::fuse(&candidates, semantic);
+        let mut fused = rank::fuse(&candidates.scored, semantic);
         fused.truncate(limit);
         let ranked = fused.into_iter().map(|f| Ranked {
             id: f.id,
@@ -76,7 +76,9 @@ impl MemoryService {
             vector_score: Some(f.vector_score),
             keyword_score: f.keyword_score,
         });
-        let results = self.rows(scope, ranked.collect()).await?;
+        let results = self
+            .rows(scope, ranked.collect(), candidates.memories)
+            .await?;
         Ok(RecallResult {
             user_id: scope.user_id().to_string(),
             query,
@@ -92,17 +94,24 @@ impl MemoryService {
         Ok((embedding, rank::Semantic::new(self.floor().await?)))
     }
 
-    /// The memories of `ranked`, in its order, with their scores. A memory
-    /// forgotten since the search is simply left out.
-    async fn rows(&self, scope: &Scope, ranked: Vec<Ranked>) -> Result<Vec<ScoredMemory>, Error> {
-        let ids: Vec<MemoryId> = ranked.iter().map(|r| r.id).collect();
-        let mut memories: HashMap<MemoryId, Memory> = self
-            .store
-            .get_many(scope.user_id(), &ids)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
+    /// The memories of `ranked`, in its order, with their scores: from
+    /// `loaded` when the search read them (every candidate's), else read
+    /// now. A memory forgotten since the search is simply left out.
+    async fn rows(
+        &self,
+        scope: &Scope,
+        ranked: Vec<Ranked>,
+        loaded: Option<Vec<Memory>>,
+    ) -> Result<Vec<ScoredMemory>, Error> {
+        let loaded = match loaded {
+            Some(memories) => memories,
+            None => {
+                let ids: Vec<MemoryId> = ranked.iter().map(|r| r.id).collect();
+                self.store.get_many(scope.user_id(), &ids).await?
+            }
+        };
+        let mut memories: HashMap<MemoryId, Memory> =
+            loaded.into_iter().map(|m| (m.id, m)).collect();
         Ok(ranked
             .into_iter()
             .filter_map(|r| {

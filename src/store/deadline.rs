@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit, ImportOutcome,
-    ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending, Pending,
-    PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored,
+    ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit,
+    ImportOutcome, ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending,
+    Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored,
     SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome,
     TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
@@ -247,7 +247,7 @@ impl Search for Deadline {
         vector: &[f32],
         query: &str,
         depth: usize,
-    ) -> Result<Vec<Scored>, StoreError> {
+    ) -> Result<Candidates, StoreError> {
         bounded(self.limit, self.inner.candidates(at, vector, query, depth)).await
     }
 }

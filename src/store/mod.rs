@@ -58,8 +58,8 @@ pub use traits::{
     SealedValues, Search, Store, TokenUsage, Versions, WriteBatch, Writes, candidates_in_steps,
 };
 pub use types::{
-    AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, HistoryEntry, Hit,
-    InsertOutcome, KeyState, ListingKey, Nearest, NewMemory, NewPending, Pending, PurgeCounts,
+    AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry,
+    Hit, InsertOutcome, KeyState, ListingKey, Nearest, NewMemory, NewPending, Pending, PurgeCounts,
     PurgePlan, PurgeReport, Scored, SearchScope, Selection, SupersedeOutcome,
 };
 

@@ -235,6 +235,20 @@ pub struct Scored {
     pub keyword: f32,
 }
 
+/// [`crate::store::Search::candidates`]'s answer: a recall's candidates,
+/// and their memories where the store read them in the same statements.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Candidates {
+    /// Each candidate with both relevances, in no particular order.
+    pub scored: Vec<Scored>,
+    /// The candidates' memories, read in the searches' own statements (so
+    /// in the snapshots the candidates were found in), in no particular
+    /// order; `None` when the store does not read them there (the caller
+    /// reads the winners' itself, [`crate::store::Reads::get_many`]).
+    /// Expired memories are left out, as `get_many` leaves them out.
+    pub memories: Option<Vec<Memory>>,
+}
+
 /// One row of a memory's history.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct HistoryEntry {

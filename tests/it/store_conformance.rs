@@ -443,7 +443,7 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id]);
     let both = other.candidates(at, &q, "sailing", 10).await.unwrap();
     assert!(
-        both.iter().any(|c| c.id == id && c.keyword > 0.0),
+        both.scored.iter().any(|c| c.id == id && c.keyword > 0.0),
         "{both:?}"
     );
     // And a duplicate written through the other instance is still refused.
@@ -2539,7 +2539,7 @@ async fn searches_after_a_bulk_delete_find_only_what_is_left(b: Backend) {
         );
         let candidates = store.candidates(at, &q, "budget", 20).await.unwrap();
         assert!(
-            candidates.iter().all(|c| !work.contains(&c.id)),
+            candidates.scored.iter().all(|c| !work.contains(&c.id)),
             "{candidates:?}"
         );
     }
@@ -2923,7 +2923,9 @@ async fn an_expired_memory_is_never_returned_even_before_the_purge(b: Backend) {
     assert!(vec.iter().all(|h| h.id != gone), "{vec:?}");
     assert_eq!(vec.len(), 2, "the live memories fill the places: {vec:?}");
     let both = s.candidates(at, &q, text, 10).await.unwrap();
-    assert!(both.iter().all(|c| c.id != gone), "{both:?}");
+    assert!(both.scored.iter().all(|c| c.id != gone), "{both:?}");
+    let loaded = both.memories.unwrap_or_default();
+    assert!(loaded.iter().all(|m| m.id != gone), "{loaded:?}");
     let scored = s.score("alice", &[gone, live], &q, text).await.unwrap();
     assert_eq!(scored.iter().map(|c| c.id).collect::<Vec<_>>(), vec![live]);
     assert!(s.get_many("alice", &[gone]).await.unwrap().is_empty());

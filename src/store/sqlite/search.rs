@@ -17,7 +17,7 @@ use super::{SqliteStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::vector_index::{Among, UserVectors};
-use crate::store::{Hit, Scored, Search, SearchScope, StoreError};
+use crate::store::{Candidates, Hit, Scored, Search, SearchScope, StoreError};
 
 /// A vector search re-ranks `limit * RERANK_FACTOR + RERANK_EXTRA` approximate
 /// candidates by exact cosine.
@@ -200,7 +200,7 @@ impl Search for SqliteStore {
         vector: &[f32],
         query: &str,
         depth: usize,
-    ) -> Result<Vec<Scored>, StoreError> {
+    ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id();
         let terms = keywords::query_terms(query);
         let entry = self.index.user(user_id);
@@ -280,7 +280,7 @@ impl Search for SqliteStore {
             .map(|(pk, _)| *pk)
             .chain(by_keyword.iter().map(|(pk, ..)| *pk))
             .collect();
-        Ok(chosen
+        let scored = chosen
             .into_iter()
             .filter_map(|pk| {
                 exact.get(&pk).map(|&(id, similarity)| Scored {
@@ -289,7 +289,13 @@ impl Search for SqliteStore {
                     keyword: keyword.get(&pk).copied().unwrap_or(0.0),
                 })
             })
-            .collect())
+            .collect();
+        // The rows are left to `get_many`: a read of the winners' rows in
+        // process, with no round trip to save.
+        Ok(Candidates {
+            scored,
+            memories: None,
+        })
     }
 
     async fn score(

@@ -211,7 +211,8 @@ pub async fn candidates_as_in_steps(
         c.sort_by_key(|x| x.id);
         c
     };
-    let got = sorted(store.candidates(at, vector, query, depth).await.unwrap());
+    let candidates = store.candidates(at, vector, query, depth).await.unwrap();
+    let got = sorted(candidates.scored);
     let want = sorted(
         engram::store::candidates_in_steps(store, at, vector, query, depth)
             .await
@@ -222,6 +223,17 @@ pub async fn candidates_as_in_steps(
     for (g, w) in got.iter().zip(&want) {
         assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
         assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
+    }
+    // Memories read with the candidates are theirs, as the store reads
+    // them by id: every candidate's, once.
+    if let Some(mut loaded) = candidates.memories {
+        loaded.sort_by_key(|m| m.id);
+        let mut by_id = store
+            .get_many(at.scope.user_id(), &ids(&got))
+            .await
+            .unwrap();
+        by_id.sort_by_key(|m| m.id);
+        assert_eq!(loaded, by_id, "{query}");
     }
     got
 }
