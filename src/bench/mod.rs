@@ -33,7 +33,7 @@ use crate::model::{Event, MemoryId, Scope};
 use crate::params::{RecallParams, RememberParams};
 use crate::service::{MemoryService, Settings};
 use crate::store::{
-    Hit, IndexKind, PgOptions, PgStore, PlanSettings, SearchScope, SqliteStore, Store,
+    Hit, IndexKind, PgOptions, PgStore, PlanSettings, Scored, SearchScope, SqliteStore, Store,
 };
 use sqlx::PgPool;
 use text::Generator;
@@ -464,19 +464,9 @@ impl OneUser {
             }
             println!(" | {:>9.3}", m.recall_at_10);
             println!(
-                "  a recall's store steps alone, p50: candidates {} (both searches, depth 40{}), rows {} (10{})",
+                "  a recall's store steps alone, p50: candidates {} (both searches, depth 40), rows {} (10)",
                 ms(percentile(&m.candidates, 0.50)),
-                if m.rows_with_candidates {
-                    ", their rows with them"
-                } else {
-                    ""
-                },
                 ms(percentile(&m.rows, 0.50)),
-                if m.rows_with_candidates {
-                    "; recall does not read them so"
-                } else {
-                    ""
-                },
             );
             if !pg {
                 // The store's copy of the user (vectors, sketches, postings)
@@ -596,9 +586,9 @@ impl OneUser {
             // A recall's two store steps alone: its candidates at its depth
             // (both searches, both relevances), then ten of their rows.
             let t = Instant::now();
-            let candidates = self.store.candidates(at, &q, query, 40).await?;
+            let none = |_: &[Scored]| Vec::new();
+            let candidates = self.store.candidates(at, &q, query, 40, &none).await?;
             m.candidates.push(t.elapsed());
-            m.rows_with_candidates = candidates.memories.is_some();
             let ids: Vec<MemoryId> = candidates.scored.iter().take(10).map(|c| c.id).collect();
             let t = Instant::now();
             std::hint::black_box(self.store.get_many(scope.user_id(), &ids).await?);
@@ -624,9 +614,6 @@ struct Measured {
     floor: Vec<Duration>,
     candidates: Vec<Duration>,
     rows: Vec<Duration>,
-    /// The store read the candidates' rows with them (so a recall reads
-    /// no rows of its own).
-    rows_with_candidates: bool,
     recall_at_10: f64,
 }
 

@@ -10,7 +10,7 @@ use crate::embed::calibration;
 use crate::error::Error;
 use crate::model::{Degraded, Memory, MemoryId, MetadataFilter, Scope};
 use crate::rank;
-use crate::store::SearchScope;
+use crate::store::{Scored, SearchScope};
 
 /// Each signal contributes this many candidates per requested result to
 /// fusion (the development set's R@10 was the same at 20, 40 and 100 for 10
@@ -67,7 +67,16 @@ impl MemoryService {
             Err(e) => return Err(e),
         };
         let (embedding, semantic) = semantic;
-        let candidates = self.store.candidates(at, &embedding, &query, depth).await?;
+        // The store may read the winners' rows with the candidates.
+        let winners = |scored: &[Scored]| {
+            let mut fused = rank::fuse(scored, semantic);
+            fused.truncate(limit);
+            fused.into_iter().map(|f| f.id).collect()
+        };
+        let candidates = self
+            .store
+            .candidates(at, &embedding, &query, depth, &winners)
+            .await?;
         let mut fused = rank::fuse(&candidates.scored, semantic);
         fused.truncate(limit);
         let ranked = fused.into_iter().map(|f| Ranked {
@@ -95,8 +104,8 @@ impl MemoryService {
     }
 
     /// The memories of `ranked`, in its order, with their scores: from
-    /// `loaded` when the search read them (every candidate's), else read
-    /// now. A memory forgotten since the search is simply left out.
+    /// `loaded` when the search read them, else read now. A memory
+    /// forgotten since the search is simply left out.
     async fn rows(
         &self,
         scope: &Scope,

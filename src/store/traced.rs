@@ -15,9 +15,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit,
     ImportOutcome, ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending,
-    Pending, PendingQueue, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention, Scored,
-    SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals, SupersedeOutcome,
-    TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
+    Pending, PendingQueue, Pick, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention,
+    Scored, SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals,
+    SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -323,10 +323,11 @@ impl Search for Traced {
         vector: &[f32],
         query: &str,
         depth: usize,
+        pick: Pick<'_>,
     ) -> Result<Candidates, StoreError> {
         self.call(
             "candidates",
-            self.inner.candidates(at, vector, query, depth),
+            self.inner.candidates(at, vector, query, depth, pick),
         )
         .await
     }

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit, ImportOutcome,
-    ImportedMemory, InsertOutcome, ListingKey, Nearest, NewMemory, NewPending, Pending,
+    ImportedMemory, InsertOutcome, ListingKey, Nearest, NewMemory, NewPending, Pending, Pick,
     PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection, StoreError, StoreTotals,
     SupersedeOutcome, UserExport, UserStats,
 };
@@ -362,17 +362,18 @@ pub trait Search: Send + Sync {
 
     /// A recall's candidates: the `depth` current memories in scope most
     /// similar to `vector` and the `depth` best by keywords for `query`, each
-    /// with both relevances, in no particular order, and their memories
-    /// where the store reads them in the same statements
-    /// ([`Candidates::memories`]). Provided by [`candidates_in_steps`],
-    /// without memories; a store may answer in fewer round trips, and the
-    /// conformance suite checks it gives the same.
+    /// with both relevances, in no particular order; and, where the store
+    /// reads them in the same transaction, the memories of those `pick`
+    /// chooses ([`Candidates::memories`]). Provided by
+    /// [`candidates_in_steps`], without memories; a store may answer in
+    /// fewer round trips, and the conformance suite checks it gives the same.
     async fn candidates(
         &self,
         at: SearchScope<'_>,
         vector: &[f32],
         query: &str,
         depth: usize,
+        _pick: Pick<'_>,
     ) -> Result<Candidates, StoreError> {
         Ok(Candidates {
             scored: candidates_in_steps(self, at, vector, query, depth).await?,

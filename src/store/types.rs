@@ -235,17 +235,22 @@ pub struct Scored {
     pub keyword: f32,
 }
 
+/// Chooses, among a recall's candidates, those whose memories the caller
+/// wants (recall: the winners of fusion), for
+/// [`crate::store::Search::candidates`] to read with them.
+pub type Pick<'a> = &'a (dyn Fn(&[Scored]) -> Vec<MemoryId> + Send + Sync);
+
 /// [`crate::store::Search::candidates`]'s answer: a recall's candidates,
-/// and their memories where the store read them in the same statements.
+/// and the memories of those the pick chose where the store read them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Candidates {
     /// Each candidate with both relevances, in no particular order.
     pub scored: Vec<Scored>,
-    /// The candidates' memories, read in the searches' own statements (so
-    /// in the snapshots the candidates were found in), in no particular
-    /// order; `None` when the store does not read them there (the caller
-    /// reads the winners' itself, [`crate::store::Reads::get_many`]).
-    /// Expired memories are left out, as `get_many` leaves them out.
+    /// The memories of the candidates the pick chose, read in the
+    /// candidates' own transaction, in no particular order; `None` when the
+    /// store does not read them there (the caller reads them itself,
+    /// [`crate::store::Reads::get_many`]). Expired memories, and ones gone
+    /// since the search, are left out, as `get_many` leaves them out.
     pub memories: Option<Vec<Memory>>,
 }
 

@@ -18,7 +18,8 @@ use engram::model::{Event, Memory, MemoryId, Metadata, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
     Access, InsertOutcome, KeyState, ListingKey, NewMemory, NewPending, PgOptions, PgStore, Pooler,
-    SearchScope, Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport, UserStats,
+    Scored, SearchScope, Selection, SqliteStore, StoreError, SupersedeOutcome, UserExport,
+    UserStats,
 };
 use serde_json::json;
 
@@ -441,7 +442,10 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     assert_eq!(hits.first().map(|h| h.id), Some(id));
     let hits = other.keyword_search(at, "sailing", 10).await.unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id]);
-    let both = other.candidates(at, &q, "sailing", 10).await.unwrap();
+    let both = other
+        .candidates(at, &q, "sailing", 10, &|_: &[Scored]| Vec::new())
+        .await
+        .unwrap();
     assert!(
         both.scored.iter().any(|c| c.id == id && c.keyword > 0.0),
         "{both:?}"
@@ -2537,7 +2541,8 @@ async fn searches_after_a_bulk_delete_find_only_what_is_left(b: Backend) {
                 .unwrap()
                 .is_empty()
         );
-        let candidates = store.candidates(at, &q, "budget", 20).await.unwrap();
+        let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
+        let candidates = store.candidates(at, &q, "budget", 20, &all).await.unwrap();
         assert!(
             candidates.scored.iter().all(|c| !work.contains(&c.id)),
             "{candidates:?}"
@@ -2922,7 +2927,8 @@ async fn an_expired_memory_is_never_returned_even_before_the_purge(b: Backend) {
     let vec = s.vector_search(at, &q, 10).await.unwrap();
     assert!(vec.iter().all(|h| h.id != gone), "{vec:?}");
     assert_eq!(vec.len(), 2, "the live memories fill the places: {vec:?}");
-    let both = s.candidates(at, &q, text, 10).await.unwrap();
+    let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
+    let both = s.candidates(at, &q, text, 10, &all).await.unwrap();
     assert!(both.scored.iter().all(|c| c.id != gone), "{both:?}");
     let loaded = both.memories.unwrap_or_default();
     assert!(loaded.iter().all(|m| m.id != gone), "{loaded:?}");

@@ -6,16 +6,16 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use pgvector::Vector;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::keyword_copy::UserCopy;
+use super::read::memories_by_id;
 use super::{PgStore, db};
 use crate::keywords;
-use crate::model::{Memory, MemoryId};
+use crate::model::MemoryId;
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row};
-use crate::store::{Candidates, Hit, Nearest, Scored, Search, SearchScope, StoreError};
+use crate::store::{Candidates, Hit, Nearest, Pick, Scored, Search, SearchScope, StoreError};
 
 /// The keyword search's statement up to its result: the user's expired
 /// memories (asked for on top of the limit, `$6`, and left out, so that
@@ -31,85 +31,64 @@ macro_rules! keyword_hits_cte {
 }
 
 /// BM25 hits for `query`, best first, read on `conn` (a transaction scoped
-/// to the user of `at`).
+/// to the user of `at`), each with its memory's cosine similarity to
+/// `vector` when one is given, in the same statement. The hits' rows are
+/// read by key (`= ANY`): joined to the function's result (whose row count
+/// the planner does not know), they were a hash of every row of the user,
+/// vectors included (10.8 ms for 1,000 rows of 1536 dimensions; 0.4 ms by
+/// key).
 async fn keyword_hits(
     conn: &mut PgConnection,
     at: SearchScope<'_>,
-    terms: &[String],
+    query: &str,
+    vector: Option<&[f32]>,
     limit: usize,
-) -> Result<Vec<Hit>, StoreError> {
+) -> Result<Vec<(Hit, Option<f32>)>, StoreError> {
+    let terms = keywords::query_terms(query);
     if terms.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, f32)> =
-        sqlx::query_as(concat!(keyword_hits_cte!(), "SELECT id, score FROM k"))
-            .bind(at.scope.user_id().as_str())
-            .bind(at.scope.agent_id())
-            .bind(at.scope.run_id())
-            .bind(at.filter_object())
-            .bind(terms)
-            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db("searching keywords"))?;
-    let mut hits = hits(rows);
-    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
-    hits.truncate(limit);
-    Ok(hits)
-}
-
-/// Recall's keyword side: [`keyword_hits`], each with its memory's cosine
-/// similarity to `vector` and the memory itself, in one statement. The
-/// hits' rows are read by key (`= ANY`): joined to the function's result
-/// (whose row count the planner does not know), they were a hash of every
-/// row of the user, vectors included (10.8 ms for 1,000 rows of 1536
-/// dimensions; 0.4 ms by key).
-async fn keyword_candidates(
-    conn: &mut PgConnection,
-    at: SearchScope<'_>,
-    terms: &[String],
-    vector: &[f32],
-    limit: usize,
-) -> Result<Vec<(Hit, f32, Memory)>, StoreError> {
-    if terms.is_empty() || limit == 0 {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        concat!(
+    let sql = match vector {
+        None => concat!(keyword_hits_cte!(), "SELECT id, score, NULL::real FROM k"),
+        Some(_) => concat!(
             keyword_hits_cte!(),
             ", s AS ( \
-                 SELECT (1 - (m.embedding <=> $7))::real AS similarity, {columns} \
+                 SELECT m.id, (1 - (m.embedding <=> $7))::real AS similarity \
                  FROM memories m \
                  WHERE m.id = ANY (ARRAY(SELECT id FROM k)) \
                    AND m.user_id = $1 AND m.valid_to IS NULL) \
-             SELECT k.score, s.* FROM k JOIN s ON s.id = k.id"
+             SELECT k.id, k.score, s.similarity FROM k JOIN s ON s.id = k.id"
         ),
-        columns = MEMORY_COLUMNS
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    };
+    let mut statement = sqlx::query_as(sql)
         .bind(at.scope.user_id().as_str())
         .bind(at.scope.agent_id())
         .bind(at.scope.run_id())
         .bind(at.filter_object())
-        .bind(terms)
-        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-        .bind(Vector::from(vector.to_vec()))
+        .bind(&terms)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX));
+    if let Some(vector) = vector {
+        statement = statement.bind(Vector::from(vector.to_vec()));
+    }
+    let rows: Vec<(Uuid, f32, Option<f32>)> = statement
         .fetch_all(&mut *conn)
         .await
         .map_err(db("searching keywords"))?;
-    let column = db("reading a keyword search");
-    let mut found = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let memory = memory_from_row(row)?;
-        let hit = Hit {
-            id: memory.id,
-            score: row.try_get("score").map_err(&column)?,
-        };
-        found.push((hit, row.try_get("similarity").map_err(&column)?, memory));
-    }
-    found.sort_by(|(a, ..), (b, ..)| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
-    found.truncate(limit);
-    Ok(found)
+    let mut scored: Vec<(Hit, Option<f32>)> = rows
+        .into_iter()
+        .map(|(id, score, similarity)| {
+            (
+                Hit {
+                    id: MemoryId(id),
+                    score,
+                },
+                similarity,
+            )
+        })
+        .collect();
+    scored.sort_by(|(a, _), (b, _)| b.score.total_cmp(&a.score).then(a.id.0.cmp(&b.id.0)));
+    scored.truncate(limit);
+    Ok(scored)
 }
 
 /// The search function a vector search calls.
@@ -214,10 +193,10 @@ impl PgStore {
 
 impl PgStore {
     /// Recall's candidates with the keyword side from `copy`: one statement
-    /// reads the nearest memories, the cosines of the copy's keyword hits,
-    /// every candidate's memory and the user's version; `None` when that
-    /// version is not the copy's (the copy is stale: the caller takes the
-    /// SQL path).
+    /// reads the nearest memories, the cosines of the copy's keyword hits
+    /// and the user's version, and a second, in the same transaction, the
+    /// memories of the candidates `pick` chooses; `None` when that version
+    /// is not the copy's (the copy is stale: the caller takes the SQL path).
     async fn candidates_with_copy(
         &self,
         copy: &UserCopy,
@@ -225,105 +204,80 @@ impl PgStore {
         vector: &[f32],
         terms: &[String],
         depth: usize,
+        pick: Pick<'_>,
     ) -> Result<Option<Candidates>, StoreError> {
         let user_id = at.scope.user_id().as_str();
         let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let keyword_ids: Vec<Uuid> = keyword_hits.iter().map(|(id, _)| *id).collect();
         let mut tx = self.user_transaction(user_id).await?;
-        // A row per candidate of either side (`side` 0: nearest, with its
-        // similarity; 1: a keyword hit, with its cosine), with its memory
-        // (null when expired) and the version, read once (an InitPlan) in
-        // the statement's snapshot. The memories are read by key, as in
-        // `search_at_version`.
-        let sql = format!(
+        // (0, nearest id, similarity) rows, (1, keyword hit id, its cosine)
+        // rows, and the version on every row: read once (an InitPlan), in
+        // the statement's snapshot.
+        let rows: Vec<(i16, Uuid, f32, Option<i64>)> = sqlx::query_as(
             "WITH v AS MATERIALIZED (SELECT version FROM memory_users WHERE user_id = $1), \
                   n AS MATERIALIZED ( \
                       SELECT id, similarity FROM engram_nearest($1, NULL, NULL, NULL, $2, $3, \
-                          engram_expired_ids($1))), \
-                  c AS MATERIALIZED ( \
-                      SELECT 0::int2 AS side, id, similarity FROM n \
-                      UNION ALL \
-                      SELECT 1::int2, m.id, (1 - (m.embedding <=> $2))::real FROM memories m \
-                      WHERE m.id = ANY ($4) AND m.user_id = $1 AND m.valid_to IS NULL), \
-                  loaded AS MATERIALIZED ( \
-                      SELECT {MEMORY_COLUMNS} FROM memories m \
-                      WHERE m.id = ANY (ARRAY(SELECT id FROM c)) AND m.user_id = $1 \
-                        AND (m.expires_at IS NULL OR m.expires_at > now())) \
-             SELECT c.side, c.id AS hit, c.similarity, (SELECT version FROM v) AS version, m.* \
-             FROM c LEFT JOIN loaded m ON m.id = c.id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(Vector::from(vector.to_vec()))
-            .bind(i32::try_from(depth).unwrap_or(i32::MAX))
-            .bind(&keyword_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("searching vectors"))?;
-        tx.commit().await.map_err(db("searching vectors"))?;
-        let column = db("reading recall's candidates");
+                          engram_expired_ids($1))) \
+             SELECT 0::int2, n.id, n.similarity, (SELECT version FROM v) FROM n \
+             UNION ALL \
+             SELECT 1::int2, m.id, (1 - (m.embedding <=> $2))::real, (SELECT version FROM v) \
+             FROM memories m \
+             WHERE m.id = ANY ($4) AND m.user_id = $1 AND m.valid_to IS NULL",
+        )
+        .bind(user_id)
+        .bind(Vector::from(vector.to_vec()))
+        .bind(i32::try_from(depth).unwrap_or(i32::MAX))
+        .bind(&keyword_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("searching vectors"))?;
         // No row says no version: the user has none of either kind, and the
         // SQL path answers that as cheaply.
-        let version: Option<i64> = match rows.first() {
-            Some(row) => row.try_get("version").map_err(&column)?,
-            None => None,
-        };
-        if version != Some(copy.version) {
+        if rows.first().and_then(|r| r.3) != Some(copy.version) {
+            tx.commit().await.map_err(db("searching vectors"))?;
             return Ok(None);
         }
-        let mut nearest = Vec::new();
-        let mut cosine = HashMap::new();
-        let mut memories = Loaded::default();
-        for row in &rows {
-            let side: i16 = row.try_get("side").map_err(&column)?;
-            let id: Uuid = row.try_get("hit").map_err(&column)?;
-            let similarity: f32 = row.try_get("similarity").map_err(&column)?;
-            if side == 0 {
-                nearest.push((id, similarity));
-            } else {
-                cosine.insert(id, similarity);
-            }
-            memories.read(row)?;
-        }
-        let mut nearest = hits(nearest);
+        let mut nearest = hits(
+            rows.iter()
+                .filter(|r| r.0 == 0)
+                .map(|r| (r.1, r.2))
+                .collect(),
+        );
         nearest.sort_by(|a, b| b.score.total_cmp(&a.score));
         nearest.truncate(depth);
+        let cosine: HashMap<Uuid, f32> = rows
+            .iter()
+            .filter(|r| r.0 == 1)
+            .map(|r| (r.1, r.2))
+            .collect();
         let scored = both_sides(
             &nearest,
             |id| keyword_of.get(id).copied(),
             &hits(keyword_hits),
             &cosine,
         );
+        let found = picked_rows(tx, user_id, scored, pick).await?;
         self.keyword_copies.answered();
-        Ok(Some(memories.of(scored)))
+        Ok(Some(found))
     }
 }
 
-/// The memories read with recall's candidates, once each.
-#[derive(Default)]
-struct Loaded(HashMap<MemoryId, Memory>);
-
-impl Loaded {
-    /// The memory of `row`, when it carries one (its `id` column is null
-    /// when the candidate's memory was not read: expired, or gone).
-    fn read(&mut self, row: &PgRow) -> Result<(), StoreError> {
-        let id: Option<Uuid> = row.try_get("id").map_err(db("reading a memory"))?;
-        if let Some(id) = id
-            && !self.0.contains_key(&MemoryId(id))
-        {
-            self.0.insert(MemoryId(id), memory_from_row(row)?);
-        }
-        Ok(())
-    }
-
-    /// `scored` with their memories among these.
-    fn of(mut self, scored: Vec<Scored>) -> Candidates {
-        let memories = scored.iter().filter_map(|c| self.0.remove(&c.id)).collect();
-        Candidates {
-            scored,
-            memories: Some(memories),
-        }
-    }
+/// `scored` and the memories of those `pick` chooses, read on `tx` (the
+/// candidates' own transaction), which is then committed: the rows cost
+/// one statement, not a transaction of their own.
+async fn picked_rows(
+    mut tx: Transaction<'static, Postgres>,
+    user_id: &str,
+    scored: Vec<Scored>,
+    pick: Pick<'_>,
+) -> Result<Candidates, StoreError> {
+    let chosen = pick(&scored);
+    let memories = memories_by_id(&mut tx, user_id, &chosen).await?;
+    tx.commit().await.map_err(db("reading memories"))?;
+    Ok(Candidates {
+        scored,
+        memories: Some(memories),
+    })
 }
 
 #[async_trait]
@@ -367,26 +321,27 @@ impl Search for PgStore {
         query: &str,
         limit: usize,
     ) -> Result<Vec<Hit>, StoreError> {
-        let terms = keywords::query_terms(query);
-        if terms.is_empty() || limit == 0 {
+        if keywords::query_terms(query).is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.user_transaction(at.scope.user_id().as_str()).await?;
-        let hits = keyword_hits(&mut tx, at, &terms, limit).await?;
+        let hits = keyword_hits(&mut tx, at, query, None, limit).await?;
         tx.commit().await.map_err(db("searching keywords"))?;
-        Ok(hits)
+        Ok(hits.into_iter().map(|(hit, _)| hit).collect())
     }
 
     /// Each search on its own connection, each in one statement that also
     /// gives its candidates the relevance they lack: BM25 for the vector's,
     /// cosine for the keywords'. One statement deep on each side (plus the
-    /// transaction's begin and commit).
+    /// transaction's begin and commit), then the picked rows in the vector
+    /// side's transaction.
     async fn candidates(
         &self,
         at: SearchScope<'_>,
         vector: &[f32],
         query: &str,
         depth: usize,
+        pick: Pick<'_>,
     ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
@@ -395,7 +350,7 @@ impl Search for PgStore {
         if at.scope.is_whole_user() && at.filter.is_empty() && depth > 0 {
             if let Some(copy) = self.keyword_copies.get(user_id)
                 && let Some(found) = self
-                    .candidates_with_copy(&copy, at, vector, &terms, depth)
+                    .candidates_with_copy(&copy, at, vector, &terms, depth, pick)
                     .await?
             {
                 return Ok(found);
@@ -404,68 +359,50 @@ impl Search for PgStore {
         }
         let by_vector = async {
             let mut tx = self.user_transaction(user_id).await?;
-            // The nearest memories, their BM25 and their rows in one
-            // statement (the rows read by key, as in `search_at_version`).
-            let sql = format!(
+            // The nearest memories and their BM25 in one statement.
+            let rows: Vec<(Uuid, f32, Option<f32>)> = sqlx::query_as(
                 "WITH n AS MATERIALIZED ( \
                      SELECT id, similarity FROM engram_nearest($1, $2, $3, $4, $5, $6, \
-                         engram_expired_ids($1))), \
-                 loaded AS MATERIALIZED ( \
-                     SELECT {MEMORY_COLUMNS} FROM memories m \
-                     WHERE m.id = ANY (ARRAY(SELECT id FROM n)) AND m.user_id = $1 \
-                       AND (m.expires_at IS NULL OR m.expires_at > now())) \
-                 SELECT n.id AS hit, n.similarity, k.score AS keyword, m.* \
-                 FROM n LEFT JOIN engram_keyword_scores($1, $7, ARRAY(SELECT id FROM n)) k \
-                     ON k.id = n.id \
-                 LEFT JOIN loaded m ON m.id = n.id"
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(user_id)
-                .bind(at.scope.agent_id())
-                .bind(at.scope.run_id())
-                .bind(at.filter_object())
-                .bind(Vector::from(vector.to_vec()))
-                .bind(i32::try_from(depth).unwrap_or(i32::MAX))
-                .bind(&terms)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db("searching vectors"))?;
-            tx.commit().await.map_err(db("searching vectors"))?;
-            let column = db("reading recall's candidates");
-            let mut found = Vec::with_capacity(rows.len());
-            let mut keyword = HashMap::new();
-            let mut memories = Loaded::default();
-            for row in &rows {
-                let id: Uuid = row.try_get("hit").map_err(&column)?;
-                found.push((id, row.try_get("similarity").map_err(&column)?));
-                if let Some(score) = row.try_get::<Option<f32>, _>("keyword").map_err(&column)? {
-                    keyword.insert(id, score);
-                }
-                memories.read(row)?;
-            }
-            let mut hits = hits(found);
+                         engram_expired_ids($1))) \
+                 SELECT n.id, n.similarity, k.score FROM n LEFT JOIN engram_keyword_scores( \
+                     $1, $7, ARRAY(SELECT id FROM n)) k ON k.id = n.id",
+            )
+            .bind(user_id)
+            .bind(at.scope.agent_id())
+            .bind(at.scope.run_id())
+            .bind(at.filter_object())
+            .bind(Vector::from(vector.to_vec()))
+            .bind(i32::try_from(depth).unwrap_or(i32::MAX))
+            .bind(&terms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("searching vectors"))?;
+            let keyword: HashMap<Uuid, f32> = rows
+                .iter()
+                .filter_map(|(id, _, k)| k.map(|k| (*id, k)))
+                .collect();
+            let mut hits = hits(rows.into_iter().map(|(id, s, _)| (id, s)).collect());
             hits.sort_by(|a, b| b.score.total_cmp(&a.score));
             hits.truncate(depth);
-            Ok::<_, StoreError>((hits, keyword, memories))
+            // Left open: the picked rows are read in it.
+            Ok::<_, StoreError>((hits, keyword, tx))
         };
         let by_keyword = async {
             if terms.is_empty() || depth == 0 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), HashMap::new()));
             }
             let mut tx = self.user_transaction(user_id).await?;
-            let found = keyword_candidates(&mut tx, at, &terms, vector, depth).await?;
+            let scored = keyword_hits(&mut tx, at, query, Some(vector), depth).await?;
             tx.commit().await.map_err(db("searching keywords"))?;
-            Ok::<_, StoreError>(found)
+            let similarity: HashMap<Uuid, f32> = scored
+                .iter()
+                .filter_map(|(h, s)| s.map(|s| (h.id.0, s)))
+                .collect();
+            let hits: Vec<Hit> = scored.into_iter().map(|(h, _)| h).collect();
+            Ok::<_, StoreError>((hits, similarity))
         };
-        let ((vector_hits, their_keyword, mut memories), keyword_side) =
+        let ((vector_hits, their_keyword, tx), (keyword_hits, their_similarity)) =
             tokio::try_join!(by_vector, by_keyword)?;
-        let mut keyword_hits = Vec::with_capacity(keyword_side.len());
-        let mut their_similarity = HashMap::with_capacity(keyword_side.len());
-        for (hit, similarity, memory) in keyword_side {
-            their_similarity.insert(hit.id.0, similarity);
-            memories.0.entry(memory.id).or_insert(memory);
-            keyword_hits.push(hit);
-        }
         let keyword_of: HashMap<Uuid, f32> =
             keyword_hits.iter().map(|h| (h.id.0, h.score)).collect();
         let scored = both_sides(
@@ -479,7 +416,7 @@ impl Search for PgStore {
             &keyword_hits,
             &their_similarity,
         );
-        Ok(memories.of(scored))
+        picked_rows(tx, user_id, scored, pick).await
     }
 
     async fn score(

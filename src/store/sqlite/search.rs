@@ -17,7 +17,7 @@ use super::{SqliteStore, db};
 use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::vector_index::{Among, UserVectors};
-use crate::store::{Candidates, Hit, Scored, Search, SearchScope, StoreError};
+use crate::store::{Candidates, Hit, Pick, Scored, Search, SearchScope, StoreError};
 
 /// A vector search re-ranks `limit * RERANK_FACTOR + RERANK_EXTRA` approximate
 /// candidates by exact cosine.
@@ -200,6 +200,7 @@ impl Search for SqliteStore {
         vector: &[f32],
         query: &str,
         depth: usize,
+        _pick: Pick<'_>,
     ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id();
         let terms = keywords::query_terms(query);
