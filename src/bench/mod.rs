@@ -551,9 +551,10 @@ impl OneUser {
             let q = self.embedder.embed(query);
             // The first search of a query is the slower one (its index
             // pages are not yet in the CPU's caches: at 100k memories the
-            // same floor query took 12 ms in psql, then 6-8 ms). The recall
-            // and the floor take turns at going first, before anything
-            // else searches for the query, so neither is timed warm alone.
+            // floor query's median in psql was 7.6 ms first, 4.4 ms later;
+            // docs/benchmarks.md). The recall and the floor take turns at
+            // going first, before anything else searches for the query, so
+            // neither is timed warm alone.
             let floor_first = i % 2 == 1;
             if floor_first && let Some(floor) = &mut floor {
                 m.floor.push(floor.time(scope.user_id(), &q, 10).await?);
