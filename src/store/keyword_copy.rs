@@ -12,10 +12,14 @@
 //! terms [`crate::keywords::document_terms`] gives its text, and `docs` /
 //! `total_length` are the count and summed lengths of the memories held.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::keywords::{Bm25, Corpus, DocumentTerms};
 use crate::model::MemoryId;
+
+/// What a memory costs in the two maps to its slot (by pk, by id), roughly.
+const BY_KEY_BYTES: usize = 16 + 24;
 
 /// One memory's place in the copy.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub struct UserKeywords {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     by_pk: HashMap<i64, u32>,
+    /// Slots by memory id, for a query's relevance of one memory.
+    by_id: HashMap<MemoryId, u32>,
     docs: u64,
     total_length: u64,
     posting_count: usize,
@@ -78,6 +84,7 @@ impl UserKeywords {
             terms: term_ids.into(),
         });
         self.by_pk.insert(pk, slot);
+        self.by_id.insert(id, slot);
         self.docs += 1;
         self.total_length += u64::from(terms.length);
     }
@@ -90,6 +97,7 @@ impl UserKeywords {
         let Some(gone) = self.slots[slot as usize].take() else {
             return;
         };
+        self.by_id.remove(&gone.id);
         for &id in &gone.terms {
             let list = &mut self.postings[id as usize];
             if let Some(at) = list.iter().position(|&(s, _)| s == slot) {
@@ -105,13 +113,13 @@ impl UserKeywords {
     /// The bytes [`Self::bytes`] gives at least for a copy of `memories`
     /// memories, before any posting.
     pub fn bytes_at_least(memories: usize) -> usize {
-        memories * (std::mem::size_of::<Option<Slot>>() + 16)
+        memories * (std::mem::size_of::<Option<Slot>>() + BY_KEY_BYTES)
     }
 
     /// Approximate heap bytes held, for the copies' memory budget.
     pub fn bytes(&self) -> usize {
         self.posting_count * 8
-            + self.slots.len() * (std::mem::size_of::<Option<Slot>>() + 16)
+            + self.slots.len() * (std::mem::size_of::<Option<Slot>>() + BY_KEY_BYTES)
             + self.term_ids.len() * 48
     }
 
@@ -122,6 +130,20 @@ impl UserKeywords {
         terms: &[String],
         counted: impl Fn(usize) -> bool,
     ) -> Vec<(i64, MemoryId, f32)> {
+        let scores = self.query(terms, counted);
+        scores
+            .touched
+            .iter()
+            .filter_map(|&slot| {
+                let memory = self.slots[slot as usize].as_ref()?;
+                Some((memory.pk, memory.id, scores.relevance(slot)))
+            })
+            .collect()
+    }
+
+    /// One pass over `terms`' postings: the BM25 of every memory holding
+    /// one whose scope `counted` admits, kept by slot ([`QueryScores`]).
+    pub fn query(&self, terms: &[String], counted: impl Fn(usize) -> bool) -> QueryScores<'_> {
         let lists: Vec<&[(u32, u32)]> = terms
             .iter()
             .map(|term| {
@@ -156,13 +178,98 @@ impl UserKeywords {
                 }
             }
         }
-        touched
+        QueryScores {
+            keywords: self,
+            raw,
+            touched,
+            bm25,
+        }
+    }
+}
+
+/// A scored memory ordered worst last: greater means a lower relevance, or
+/// the same relevance and a greater id (which a ranking puts after).
+#[derive(Debug, PartialEq)]
+struct Worse(f32, MemoryId);
+
+impl Eq for Worse {}
+
+impl PartialOrd for Worse {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Worse {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// One query's BM25 over a copy ([`UserKeywords::query`]), read as the best
+/// few memories or as one memory's relevance: nothing is sorted or hashed
+/// beyond what is read, which matters for a common term held by tens of
+/// thousands of memories.
+///
+/// Invariant: `raw[slot] > 0` exactly for the slots in `touched`, each a
+/// memory held by the copy that holds a query term.
+pub struct QueryScores<'a> {
+    keywords: &'a UserKeywords,
+    raw: Vec<f64>,
+    touched: Vec<u32>,
+    bm25: Bm25,
+}
+
+impl QueryScores<'_> {
+    fn relevance(&self, slot: u32) -> f32 {
+        self.bm25.relevance(self.raw[slot as usize])
+    }
+
+    fn memory(&self, slot: u32) -> Option<&Slot> {
+        self.keywords.slots[slot as usize].as_ref()
+    }
+
+    /// Up to `k` memories whose pk `admit` accepts, best first, ties by id
+    /// (as [`UserKeywords::score`]'s sorted would give them). One pass that
+    /// keeps the best `k` so far: most memories cost one comparison with
+    /// the worst of them, and only those that would enter are asked about.
+    pub fn best(&self, k: usize, admit: impl Fn(i64) -> bool) -> Vec<(MemoryId, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
+        // A max-heap of `Worse`: its top is the worst kept.
+        let mut kept: BinaryHeap<Worse> = BinaryHeap::with_capacity(k + 1);
+        for &slot in &self.touched {
+            let relevance = self.relevance(slot);
+            if kept.len() == k && kept.peek().is_some_and(|w| relevance < w.0) {
+                continue;
+            }
+            let Some(memory) = self.memory(slot) else {
+                continue;
+            };
+            let candidate = Worse(relevance, memory.id);
+            if kept.len() == k && kept.peek().is_some_and(|w| candidate >= *w) {
+                continue;
+            }
+            if !admit(memory.pk) {
+                continue;
+            }
+            kept.push(candidate);
+            if kept.len() > k {
+                kept.pop();
+            }
+        }
+        // Ascending by `Worse` is best first.
+        kept.into_sorted_vec()
             .into_iter()
-            .filter_map(|slot| {
-                let memory = self.slots[slot as usize].as_ref()?;
-                Some((memory.pk, memory.id, bm25.relevance(raw[slot as usize])))
-            })
+            .map(|Worse(score, id)| (id, score))
             .collect()
+    }
+
+    /// Memory `id`'s relevance, when it holds a query term (and was counted).
+    pub fn of(&self, id: MemoryId) -> Option<f32> {
+        let &slot = self.keywords.by_id.get(&id)?;
+        (self.raw.get(slot as usize).copied()? > 0.0).then(|| self.relevance(slot))
     }
 }
 
@@ -275,6 +382,50 @@ mod tests {
         let all = sorted(copy.score(&query_terms("tea"), |_| true));
         let narrowed = sorted(copy.score(&query_terms("tea"), |scope| scope == 1));
         assert_eq!(narrowed, vec![(2, all[1].1)]);
+    }
+
+    /// The best few and one memory's relevance are what the full scores
+    /// say, sorted best first with ties by id: over many memories with
+    /// equal scores (repeated texts), with some left out by `admit`.
+    #[test]
+    fn the_best_few_and_each_memorys_relevance_agree_with_the_full_scores() {
+        let texts = [
+            "green tea in the morning",
+            "black tea after lunch",
+            "green tea",
+            "coffee and green tea",
+            "a long run before tea",
+            "tea",
+        ];
+        let mut copy = UserKeywords::default();
+        for pk in 0..60 {
+            insert(&mut copy, pk, 0, texts[pk as usize % texts.len()]);
+        }
+        copy.remove(7);
+        let admit = |pk: i64| pk % 5 != 3;
+        for query in ["green tea", "tea", "long run", "coffee morning", "sailing"] {
+            let terms = query_terms(query);
+            let mut expected = copy.score(&terms, |_| true);
+            expected.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.1.cmp(&b.1)));
+            let scores = copy.query(&terms, |_| true);
+            for k in [0, 1, 3, 10, 100] {
+                let want: Vec<(MemoryId, f32)> = expected
+                    .iter()
+                    .filter(|(pk, ..)| admit(*pk))
+                    .take(k)
+                    .map(|&(_, id, score)| (id, score))
+                    .collect();
+                assert_eq!(scores.best(k, admit), want, "{query}, k {k}");
+            }
+            for slot in copy.slots.iter().flatten() {
+                let want = expected
+                    .iter()
+                    .find(|(_, id, _)| *id == slot.id)
+                    .map(|&(.., score)| score);
+                assert_eq!(scores.of(slot.id), want, "{query}");
+            }
+            assert_eq!(scores.of(MemoryId::new()), None);
+        }
     }
 
     #[test]

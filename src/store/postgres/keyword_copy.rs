@@ -38,7 +38,7 @@ use super::{PgStore, db};
 use crate::keywords::DocumentTerms;
 use crate::model::MemoryId;
 use crate::store::StoreError;
-use crate::store::keyword_copy::UserKeywords;
+use crate::store::keyword_copy::{QueryScores, UserKeywords};
 
 /// A copy is loaded again at most this often per user.
 pub(super) const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -64,22 +64,16 @@ pub(super) struct UserCopy {
 impl UserCopy {
     /// One scoring pass for recall's keyword side: up to `k` memories
     /// holding a term of `terms`, best BM25 first (ties by id), expired ones
-    /// left out; and the BM25 of every memory holding a term, by id.
-    pub fn search(&self, terms: &[String], k: usize) -> (Vec<(Uuid, f32)>, HashMap<Uuid, f32>) {
+    /// left out; and the BM25 of any memory holding a term, by id.
+    pub fn search(&self, terms: &[String], k: usize) -> (Vec<(Uuid, f32)>, QueryScores<'_>) {
         let now = Utc::now();
-        let scored = self.keywords.score(terms, |_| true);
-        let mut best: Vec<(Uuid, f32)> = scored
-            .iter()
-            .filter(|(row, _, _)| !self.expired(*row, now))
-            .map(|(_, id, score)| (id.0, *score))
-            .collect();
-        best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        best.truncate(k);
-        let all = scored
+        let scores = self.keywords.query(terms, |_| true);
+        let best = scores
+            .best(k, |row| !self.expired(row, now))
             .into_iter()
-            .map(|(_, id, score)| (id.0, score))
+            .map(|(id, score)| (id.0, score))
             .collect();
-        (best, all)
+        (best, scores)
     }
 
     fn expired(&self, row: i64, now: DateTime<Utc>) -> bool {

@@ -252,7 +252,7 @@ impl PgStore {
             .collect();
         let scored = both_sides(
             &nearest,
-            |id| keyword_of.get(id).copied(),
+            |id| keyword_of.of(MemoryId(*id)),
             &hits(keyword_hits),
             &cosine,
         );
