@@ -83,6 +83,16 @@ impl PgStore {
         tx
     }
 
+    /// Ends `tx`, which only read, without waiting for its end. Dropped, it
+    /// is rolled back: sqlx queues the ROLLBACK on the connection, and the
+    /// pool sends it as it takes the connection back, off the caller's task
+    /// and before the connection's next use, so the user's setting still
+    /// ends with the transaction. For a transaction that wrote nothing, a
+    /// rollback is a commit; the caller saves a round trip (0.1-0.3 ms here).
+    pub(super) fn end_read(tx: Transaction<'static, Postgres>) {
+        drop(tx);
+    }
+
     /// The pool of operator-wide work, which sees every user's rows.
     pub(super) fn operator(&self) -> &PgPool {
         &self.operator

@@ -160,7 +160,7 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db("searching vectors"))?;
-        tx.commit().await.map_err(db("searching vectors"))?;
+        PgStore::end_read(tx);
         let column = db("reading a vector search");
         let version: Option<i64> = match rows.first() {
             Some(row) => row.try_get("version").map_err(&column)?,
@@ -234,7 +234,7 @@ impl PgStore {
         // No row says no version: the user has none of either kind, and the
         // SQL path answers that as cheaply.
         if rows.first().and_then(|r| r.3) != Some(copy.version) {
-            tx.commit().await.map_err(db("searching vectors"))?;
+            PgStore::end_read(tx);
             return Ok(None);
         }
         let mut nearest = hits(
@@ -273,7 +273,7 @@ async fn picked_rows(
 ) -> Result<Candidates, StoreError> {
     let chosen = pick(&scored);
     let memories = memories_by_id(&mut tx, user_id, &chosen).await?;
-    tx.commit().await.map_err(db("reading memories"))?;
+    PgStore::end_read(tx);
     Ok(Candidates {
         scored,
         memories: Some(memories),
@@ -393,7 +393,7 @@ impl Search for PgStore {
             }
             let mut tx = self.user_transaction(user_id).await?;
             let scored = keyword_hits(&mut tx, at, query, Some(vector), depth).await?;
-            tx.commit().await.map_err(db("searching keywords"))?;
+            PgStore::end_read(tx);
             let similarity: HashMap<Uuid, f32> = scored
                 .iter()
                 .filter_map(|(h, s)| s.map(|s| (h.id.0, s)))
