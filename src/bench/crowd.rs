@@ -27,6 +27,9 @@ use crate::store::{IndexKind, PgOptions, PgStore, PlanSettings, SearchScope};
 
 const LOAD_BATCH: usize = 2000;
 
+/// How long a returning user's recall waits for the user's keyword copy.
+const COPY_WAIT: Duration = Duration::from_secs(1);
+
 /// The raw SQL floor: the filtered nearest-neighbour query issued directly
 /// on one connection, in the two plans engram chooses between (through the
 /// HNSW index with iterative scans and the same search list size; an exact
@@ -144,6 +147,7 @@ pub async fn run(
     let (mut first_touch, mut recall, mut vector, mut keyword, mut floors) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut overlap, mut expected) = (0usize, 0usize);
+    let mut from_copy = 0usize;
     for i in 0..queries {
         let user = crowd_user((words.next() as usize) ^ i, users);
         let scope = Scope::new(&user, None, None)?;
@@ -164,10 +168,31 @@ pub async fn run(
                 .await?,
         );
         first_touch.push(t.elapsed());
+        // A returning user: the same recall again once the work the first
+        // one started in the background (loading the user's keyword copy)
+        // is done, as it is by an agent's next turn. Timed while that load
+        // still ran, the repeat raced it for the two cores and took the SQL
+        // path. Bounded: a copy over the budget is never held.
+        let waited = Instant::now();
+        while !pg.store.keyword_copy_held(&user) && waited.elapsed() < COPY_WAIT {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Then the repeated recall and the floor take turns at going
+        // first, as in the one-user bench: the one timed second finds the
+        // query's pages in the CPU's caches.
+        let q = embedder.embed(&query);
+        let floor_first = i % 2 == 1;
+        if floor_first {
+            floors.push(floor.time(&user, &q, 10).await?);
+        }
+        let answers = pg.store.keyword_copy_answers();
         let t = Instant::now();
         std::hint::black_box(service.recall(&Principal::Operator, request).await?);
         recall.push(t.elapsed());
-        let q = embedder.embed(&query);
+        from_copy += usize::from(pg.store.keyword_copy_answers() > answers);
+        if !floor_first {
+            floors.push(floor.time(&user, &q, 10).await?);
+        }
         let at = SearchScope {
             scope: &scope,
             filter: &none,
@@ -178,7 +203,6 @@ pub async fn run(
         let t = Instant::now();
         std::hint::black_box(indexed.keyword_search(at, &query, 40).await?);
         keyword.push(t.elapsed());
-        floors.push(floor.time(&user, &q, 10).await?);
         let reference = exact.vector_search(at, &q, 10).await?;
         expected += reference.len();
         overlap += found_among(&hits, &reference);
@@ -240,6 +264,9 @@ pub async fn run(
         percentile(&recall, 0.50).as_secs_f64() / floor_p50.as_secs_f64().max(1e-9),
         remember_rate,
         overlap as f64 / expected.max(1) as f64,
+    );
+    println!(
+        "  returning recalls whose keyword side the user's copy answered: {from_copy} of {queries}"
     );
     Ok(())
 }

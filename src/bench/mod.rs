@@ -192,6 +192,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             let pg = Postgres {
                 url: url.clone(),
                 pool: PgPool::connect(url).await?,
+                store: store.clone(),
             };
             (store, Some(pg))
         }
@@ -282,6 +283,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 struct Postgres {
     url: String,
     pool: PgPool,
+    /// The store the service runs on.
+    store: Arc<PgStore>,
 }
 
 /// Waits until the store's indexer has moved every row waiting outside

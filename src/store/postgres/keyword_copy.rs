@@ -230,6 +230,12 @@ impl PgStore {
         self.keyword_copies.held_bytes()
     }
 
+    /// Whether a copy of `user`'s postings is held, of whatever version: a
+    /// benchmark waits on it for the load a user's first recall starts.
+    pub fn keyword_copy_held(&self, user: &str) -> bool {
+        self.keyword_copies.get(user).is_some()
+    }
+
     /// How many recalls' keyword sides a copy has answered.
     pub fn keyword_copy_answers(&self) -> u64 {
         self.keyword_copies
