@@ -18,9 +18,6 @@ use std::collections::{BinaryHeap, HashMap};
 use crate::keywords::{Bm25, Corpus, DocumentTerms};
 use crate::model::MemoryId;
 
-/// What a memory costs in the two maps to its slot (by pk, by id), roughly.
-const BY_KEY_BYTES: usize = 16 + 24;
-
 /// What scoring reads of a memory for each of its postings: kept by slot
 /// apart from [`Slot`], so that a pass over a common term's postings (tens
 /// of thousands at 100,000 memories) reads 8 bytes a memory from a dense
@@ -34,6 +31,11 @@ struct Shape {
     /// which are numbered by `u32`).
     scope: u32,
 }
+
+/// What a memory costs beyond its postings: its slot, its shape and its
+/// entries in the two maps to its slot (by pk, by id, roughly 16 and 24).
+const SLOT_BYTES: usize =
+    std::mem::size_of::<Option<Slot>>() + std::mem::size_of::<Shape>() + 16 + 24;
 
 /// One memory's place in the copy.
 #[derive(Debug)]
@@ -129,18 +131,12 @@ impl UserKeywords {
     /// The bytes [`Self::bytes`] gives at least for a copy of `memories`
     /// memories, before any posting.
     pub fn bytes_at_least(memories: usize) -> usize {
-        memories
-            * (std::mem::size_of::<Option<Slot>>() + std::mem::size_of::<Shape>() + BY_KEY_BYTES)
+        memories * SLOT_BYTES
     }
 
     /// Approximate heap bytes held, for the copies' memory budget.
     pub fn bytes(&self) -> usize {
-        self.posting_count * 8
-            + self.slots.len()
-                * (std::mem::size_of::<Option<Slot>>()
-                    + std::mem::size_of::<Shape>()
-                    + BY_KEY_BYTES)
-            + self.term_ids.len() * 48
+        self.posting_count * 8 + self.slots.len() * SLOT_BYTES + self.term_ids.len() * 48
     }
 
     /// BM25 relevance (pk, id, score) of every memory holding a term of
@@ -155,7 +151,7 @@ impl UserKeywords {
             .touched
             .iter()
             .filter_map(|&slot| {
-                let memory = self.slots[slot as usize].as_ref()?;
+                let memory = scores.memory(slot)?;
                 Some((memory.pk, memory.id, scores.relevance(slot)))
             })
             .collect()
