@@ -2393,3 +2393,96 @@ async fn the_keyword_copy_answers_as_sql_does_and_only_while_current() {
     agree(&small, "espresso in Lisbon").await;
     assert_eq!(small.keyword_copy_answers(), 0);
 }
+
+/// Server sessions of the app role on `db` still inside a transaction
+/// (`idle in transaction`), after the pool has had up to 2 s to flush.
+async fn left_in_a_transaction(db: &TestDatabase) -> i64 {
+    let admin = PgPool::connect(&db.url)
+        .await
+        .expect("connect as superuser");
+    let mut open = 0;
+    for _ in 0..40 {
+        open = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename = $1 \
+               AND state LIKE 'idle in transaction%'",
+        )
+        .bind(common::postgres::APP_ROLE)
+        .fetch_one(&admin)
+        .await
+        .expect("read pg_stat_activity");
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    open
+}
+
+/// Recall's read-only transactions are dropped rather than committed
+/// (`PgStore::end_read`): their ROLLBACK goes out as the pool takes the
+/// connection back. After every kind of search (the SQL path, the keyword
+/// copy's path, the vector and keyword searches alone), no session is left
+/// inside a transaction, and the next transaction on the same connections
+/// is another user's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_transactions_end_before_their_connections_are_used_again() {
+    let db = TestDatabase::create().await;
+    let options = PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        // The SQL path holds two connections at once.
+        pool_size: 2,
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .expect("open the PostgreSQL store");
+    let user = whole("reader");
+    for i in 0..12 {
+        let text = format!("Had an espresso in Lisbon on day {i}");
+        store.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    let query = "espresso in Lisbon";
+    let vector = HashEmbedder::new(DIMS).embed(query);
+    let every = |scored: &[engram::store::Scored]| scored.iter().map(|c| c.id).collect();
+
+    let found = store
+        .candidates(at, &vector, query, 8, &every)
+        .await
+        .unwrap();
+    assert!(found.memories.is_some_and(|m| !m.is_empty()));
+    store.vector_search(at, &vector, 5).await.unwrap();
+    store.keyword_search(at, query, 5).await.unwrap();
+    assert_eq!(left_in_a_transaction(&db).await, 0, "after the SQL path");
+
+    store.load_keyword_copy("reader").await.unwrap();
+    let answers = store.keyword_copy_answers();
+    let found = store
+        .candidates(at, &vector, query, 8, &every)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.keyword_copy_answers(),
+        answers + 1,
+        "the copy answered"
+    );
+    assert!(found.memories.is_some_and(|m| !m.is_empty()));
+    assert_eq!(left_in_a_transaction(&db).await, 0, "after the copy's path");
+
+    for _ in 0..2 {
+        let mut tx = store.user_transaction("someone else").await.unwrap();
+        let (seen, acting): (i64, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM memories), current_setting('engram.user_id')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!((seen, acting.as_str()), (0, "someone else"));
+    }
+}
