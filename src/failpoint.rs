@@ -3,8 +3,8 @@
 //! reaches the point of that name. Tests use it to prove what survives a
 //! crash at an exact step instead of racing a timed kill.
 //!
-//! Points: `remember-between-facts` (a remember has written one fact of
-//! several, uncommitted, and is about to write the next).
+//! Points: `remember-before-commit` (a remember has written its facts,
+//! all of them, and is about to commit).
 //!
 //! Unset (always, outside tests), a point costs one load of a cached value.
 

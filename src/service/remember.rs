@@ -181,43 +181,41 @@ impl MemoryService {
             replacing: work.replacing.iter().cloned().collect(),
             written: Vec::new(),
         };
-        let mut results = Vec::with_capacity(facts.len());
-        for (index, ((fact, embedding), plan)) in
-            facts.into_iter().zip(embeddings).zip(plans).enumerate()
-        {
-            if !results.is_empty() {
-                crate::failpoint::crash_point("remember-between-facts");
-            }
-            let searched_at = searched
+        let searched_at = |index: usize| {
+            searched
                 .get(index)
                 .copied()
                 .flatten()
-                .and_then(|s| s.clear_of(self.settings.dedup_threshold));
-            let new = new_memory(work, fact, embedding, &self.settings.retention);
-            let event = match plan {
-                Plan::Add => writes.add_replacing(new, searched_at).await?,
-                Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
-                Plan::Update { id, text } => {
-                    let vector = rewritten_vectors.next().unwrap_or_default();
-                    let updated = writes.update(id, &text, vector, &new.actor).await;
-                    match updated {
-                        Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
-                        // Gone meanwhile, or the new text is another memory's:
-                        // the fact is added (or found known) instead.
-                        Ok(None) | Err(StoreError::Conflict(_)) => {
-                            writes.add_replacing(new, None).await?
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Plan::Supersede { id } => writes.supersede(id, new).await?,
-            };
-            results.push(event);
-        }
+                .and_then(|s| s.clear_of(self.settings.dedup_threshold))
+        };
+        // New facts that replace nothing (the usual remember) go to the
+        // store together: on PostgreSQL, one statement.
+        let all_new = writes.replacing.is_empty() && plans.iter().all(|p| matches!(p, Plan::Add));
+        let planned = facts.into_iter().zip(embeddings).zip(plans).enumerate();
+        let planned: Vec<(NewMemory, Option<u64>, Plan)> = planned
+            .map(|(index, ((fact, embedding), plan))| {
+                let new = new_memory(work, fact, embedding, &self.settings.retention);
+                (new, searched_at(index), plan)
+            })
+            .collect();
+        let results = if all_new {
+            let news = planned
+                .into_iter()
+                .map(|(new, searched_at, _)| (new, searched_at));
+            writes.add_all(news.collect()).await?
+        } else {
+            let mut results = Vec::with_capacity(planned.len());
+            for (new, searched_at, plan) in planned {
+                let vectors = &mut rewritten_vectors;
+                results.push(writes.apply(plan, new, searched_at, vectors).await?);
+            }
+            results
+        };
         let leftover: Vec<MemoryId> = writes.replacing.iter().map(|m| m.id).collect();
         close_all(writes.batch, &leftover).await?;
         let touched = results.iter().map(|e| e.id).chain(leftover.iter().copied());
         work.audit(writes.batch, touched).await?;
+        crate::failpoint::crash_point("remember-before-commit");
         batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),
@@ -275,9 +273,6 @@ impl MemoryService {
         let mut results = Vec::new();
         let mut stored = Vec::new();
         for (fact, embedding) in facts.into_iter().zip(vectors.into_iter().flatten()) {
-            if !results.is_empty() {
-                crate::failpoint::crash_point("remember-between-facts");
-            }
             let new = new_memory(work, fact, embedding, &self.settings.retention);
             let event = writes.add(new, None).await?;
             if event.event == Event::Add {
@@ -309,6 +304,7 @@ impl MemoryService {
         let outcome = (cause == DeferCause::TokenBudget).then_some(cause.as_str());
         work.audit_as(writes.batch, results.iter().map(|e| e.id), outcome)
             .await?;
+        crate::failpoint::crash_point("remember-before-commit");
         batch.commit().await?;
         Ok(RememberResult {
             user_id: work.scope.user_id().to_string(),
@@ -376,6 +372,35 @@ struct Writer<'b> {
 }
 
 impl Writer<'_> {
+    /// Carries out `plan` for the fact `new` stands for: `searched_at` as
+    /// for [`Writer::add`]; an update takes its vector from
+    /// `rewritten_vectors`.
+    async fn apply(
+        &mut self,
+        plan: Plan,
+        new: NewMemory,
+        searched_at: Option<u64>,
+        rewritten_vectors: &mut impl Iterator<Item = Vec<f32>>,
+    ) -> Result<MemoryEvent, Error> {
+        Ok(match plan {
+            Plan::Add => self.add_replacing(new, searched_at).await?,
+            Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
+            Plan::Update { id, text } => {
+                let vector = rewritten_vectors.next().unwrap_or_default();
+                match self.update(id, &text, vector, &new.actor).await {
+                    Ok(Some(m)) => MemoryEvent::of(m.id, m.memory, Event::Update),
+                    // Gone meanwhile, or the new text is another memory's:
+                    // the fact is added (or found known) instead.
+                    Ok(None) | Err(StoreError::Conflict(_)) => {
+                        self.add_replacing(new, None).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Plan::Supersede { id } => self.supersede(id, new).await?,
+        })
+    }
+
     /// Rewrites memory `id` ([`WriteBatch::update`]).
     async fn update(
         &mut self,
@@ -452,34 +477,64 @@ impl Writer<'_> {
         new: NewMemory,
         searched_at: Option<u64>,
     ) -> Result<MemoryEvent, Error> {
-        let vector = new.embedding.clone();
-        let searched_at = searched_at.filter(|_| {
-            !self
-                .written
-                .iter()
-                .any(|w| near_enough(w, &vector, self.dedup_threshold))
-        });
-        let outcome = match searched_at {
-            Some(version) => {
-                self.batch
-                    .insert_searched(new, self.dedup_threshold, version)
-                    .await?
-            }
-            None => self.batch.insert(new, self.dedup_threshold).await?,
-        };
-        Ok(match outcome {
-            InsertOutcome::Added(m) => {
-                self.written.push(vector);
-                MemoryEvent::of(m.id, m.memory, Event::Add)
-            }
-            InsertOutcome::Duplicate {
-                existing,
-                similarity,
-            } => MemoryEvent {
-                similarity: Some(similarity),
-                ..MemoryEvent::of(existing.id, existing.memory, Event::None)
-            },
+        let mut events = self.add_all(vec![(new, searched_at)]).await?;
+        events.pop().ok_or_else(|| {
+            StoreError::Corrupt("a store answered no outcome for a memory".into()).into()
         })
+    }
+
+    /// [`Writer::add`] of several new memories at once
+    /// ([`WriteBatch::insert_all`]), in order. A memory's claim stands only
+    /// if no vector this batch wrote, nor any other of `news`, is near it.
+    async fn add_all(
+        &mut self,
+        news: Vec<(NewMemory, Option<u64>)>,
+    ) -> Result<Vec<MemoryEvent>, Error> {
+        let threshold = self.dedup_threshold;
+        let claimed: Vec<(NewMemory, Option<u64>)> = news
+            .iter()
+            .enumerate()
+            .map(|(i, (new, searched_at))| {
+                let others = news
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (other, _))| &other.embedding);
+                let near = self
+                    .written
+                    .iter()
+                    .chain(others)
+                    .any(|w| near_enough(w, &new.embedding, threshold));
+                (new.clone(), searched_at.filter(|_| !near))
+            })
+            .collect();
+        let vectors: Vec<Vec<f32>> = news.into_iter().map(|(new, _)| new.embedding).collect();
+        let outcomes = self.batch.insert_all(claimed, threshold).await?;
+        if outcomes.len() != vectors.len() {
+            return Err(StoreError::Corrupt(format!(
+                "a store answered {} outcomes for {} memories",
+                outcomes.len(),
+                vectors.len()
+            ))
+            .into());
+        }
+        let mut events = Vec::with_capacity(outcomes.len());
+        for (outcome, vector) in outcomes.into_iter().zip(vectors) {
+            events.push(match outcome {
+                InsertOutcome::Added(m) => {
+                    self.written.push(vector);
+                    MemoryEvent::of(m.id, m.memory, Event::Add)
+                }
+                InsertOutcome::Duplicate {
+                    existing,
+                    similarity,
+                } => MemoryEvent {
+                    similarity: Some(similarity),
+                    ..MemoryEvent::of(existing.id, existing.memory, Event::None)
+                },
+            });
+        }
+        Ok(events)
     }
 }
 

@@ -93,6 +93,14 @@ impl WriteBatch for BoundedBatch<'_> {
         .await
     }
 
+    async fn insert_all(
+        &mut self,
+        news: Vec<(NewMemory, Option<u64>)>,
+        dedup_threshold: f32,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        bounded(self.limit, self.inner.insert_all(news, dedup_threshold)).await
+    }
+
     async fn update(
         &mut self,
         id: MemoryId,

@@ -129,6 +129,17 @@ impl WriteBatch for TracedBatch<'_> {
         self.count(result)
     }
 
+    async fn insert_all(
+        &mut self,
+        news: Vec<(NewMemory, Option<u64>)>,
+        dedup_threshold: f32,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        // Counted as one write each.
+        self.writes += news.len().saturating_sub(1) as u64;
+        let result = self.inner.insert_all(news, dedup_threshold).await;
+        self.count(result)
+    }
+
     async fn update(
         &mut self,
         id: MemoryId,

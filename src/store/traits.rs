@@ -222,6 +222,26 @@ pub trait WriteBatch: Send {
         self.insert(new, dedup_threshold).await
     }
 
+    /// Each of `news` as [`WriteBatch::insert_searched`] (with its version)
+    /// or [`WriteBatch::insert`] (without) would store it, in order: what
+    /// became of each, in order. A claim (the version) is made only for a
+    /// memory not that close to any other of `news` either. A store may
+    /// write them in fewer round trips; provided one by one.
+    async fn insert_all(
+        &mut self,
+        news: Vec<(NewMemory, Option<u64>)>,
+        dedup_threshold: f32,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(news.len());
+        for (new, searched_at) in news {
+            outcomes.push(match searched_at {
+                Some(version) => self.insert_searched(new, dedup_threshold, version).await?,
+                None => self.insert(new, dedup_threshold).await?,
+            });
+        }
+        Ok(outcomes)
+    }
+
     /// Replaces the text and vector of one current memory of the user, with an
     /// UPDATE history row (old and new text, `actor`). `None`: not a current
     /// memory of theirs, nothing changed. Another current memory with exactly

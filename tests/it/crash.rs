@@ -1,7 +1,8 @@
 //! What a crash keeps: the server aborted at an exact step
 //! (`ENGRAM_TEST_CRASH_AT`, see `engram::failpoint`), then started again
 //! on the same database. A remember of several messages is one
-//! transaction: killed between its facts, it leaves none of them.
+//! transaction: killed after writing its facts, before its commit, it
+//! leaves none of them.
 
 use crate::common;
 
@@ -23,8 +24,8 @@ fn two_messages() -> serde_json::Value {
     })
 }
 
-async fn a_remember_killed_between_facts_leaves_none(url: &str) {
-    let crashing = connect_to(url, &[(failpoint::VARIABLE, "remember-between-facts")]).await;
+async fn a_remember_killed_before_its_commit_leaves_none(url: &str) {
+    let crashing = connect_to(url, &[(failpoint::VARIABLE, "remember-before-commit")]).await;
     let args = two_messages().as_object().cloned().expect("an object");
     let call = crashing
         .call_tool(rmcp::model::CallToolRequestParams::new("remember").with_arguments(args));
@@ -33,7 +34,7 @@ async fn a_remember_killed_between_facts_leaves_none(url: &str) {
         .expect("the client notices the server is gone");
     assert!(
         answer.is_err(),
-        "the server was to abort between the two facts, yet answered {answer:?}"
+        "the server was to abort before committing the two facts, yet answered {answer:?}"
     );
 
     let client = connect_to(url, &[]).await;
@@ -53,14 +54,14 @@ async fn a_remember_killed_between_facts_leaves_none(url: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_remember_killed_between_facts_leaves_none() {
+async fn sqlite_a_remember_killed_before_its_commit_leaves_none() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("engram.db").display());
-    a_remember_killed_between_facts_leaves_none(&url).await;
+    a_remember_killed_before_its_commit_leaves_none(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_remember_killed_between_facts_leaves_none() {
+async fn postgres_a_remember_killed_before_its_commit_leaves_none() {
     let db = TestDatabase::create().await;
-    a_remember_killed_between_facts_leaves_none(&db.url).await;
+    a_remember_killed_before_its_commit_leaves_none(&db.url).await;
 }

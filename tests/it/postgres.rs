@@ -873,6 +873,66 @@ async fn claims_made_before_a_concurrent_write_are_not_trusted() {
     assert_eq!(store.recent(&alice, 100).await.unwrap().1, 13);
 }
 
+/// A batch's new memories go in with one statement (the rows share the
+/// command that inserted them), and the duplicate check trusts each row's
+/// own claim only, only at the user's version: a claim on the second row
+/// lets a near one through (no honest search would vouch for it; the
+/// service makes no such claim), while a row without a claim beside a
+/// claimed one, or with a stale claim, is searched and refused, and the
+/// others still go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_inserts_go_in_together_each_with_its_own_claim() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    let alice = whole("alice");
+    store
+        .insert(memory(&alice, "I prefer window seats on long flights"), 0.9)
+        .await
+        .unwrap();
+    let v1 = store.version("alice").await.unwrap().unwrap();
+    let together = |news: Vec<(NewMemory, Option<u64>)>| {
+        let store = &store;
+        async move {
+            let mut batch = store.begin("alice").await.unwrap();
+            let outcomes = batch.insert_all(news, 0.9).await.unwrap();
+            batch.commit().await.unwrap();
+            outcomes
+                .into_iter()
+                .map(|o| matches!(o, InsertOutcome::Added(_)))
+                .collect::<Vec<bool>>()
+        }
+    };
+
+    let tea = memory(&alice, "Drinks green tea before breakfast");
+    let near = memory(&alice, "I prefer window seats on long flights!");
+    let added = together(vec![(tea.clone(), Some(v1)), (near.clone(), Some(v1))]).await;
+    assert_eq!(added, [true, true], "the second row's claim was trusted");
+    let pool = db.pool().await;
+    let commands: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT cmin::text FROM memories WHERE id = ANY ($1)")
+            .bind(vec![tea.id.0, near.id.0])
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        commands.len(),
+        1,
+        "one statement inserted both: {commands:?}"
+    );
+
+    let v2 = store.version("alice").await.unwrap().unwrap();
+    let cello = memory(&alice, "Plays the cello in a string quartet");
+    let unclaimed = memory(&alice, "I prefer window seats on long flights?");
+    let added = together(vec![(cello, Some(v2)), (unclaimed, None)]).await;
+    assert_eq!(added, [true, false], "a row without a claim is searched");
+
+    let maps = memory(&alice, "Collects old maps of Porto");
+    let stale = memory(&alice, "I prefer window seats on long flights!!");
+    let added = together(vec![(maps, Some(v1)), (stale, Some(v1))]).await;
+    assert_eq!(added, [true, false], "a stale claim is not trusted");
+    assert_eq!(store.recent(&alice, 10).await.unwrap().1, 5);
+}
+
 /// A remember whose facts its reconciliation found clear of every stored
 /// memory still deduplicates them against each other: the second of two
 /// near-identical facts is found known, not stored, though the search made

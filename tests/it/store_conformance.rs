@@ -2738,6 +2738,109 @@ async fn erasing_a_user_deletes_their_token_usage(b: Backend) {
     assert_eq!(s.tokens_used("bob", today).await.unwrap(), 40);
 }
 
+/// Several memories stored at once ([`WriteBatch::insert_all`]) come out
+/// as stored one by one: each with its own scope, metadata, categories,
+/// expiry, actor, history and keyword postings; a repeat of a stored memory
+/// found known; and a repeat of another memory of the same call found
+/// known too, though the two arrive together (on PostgreSQL, in one
+/// statement, which the repeat makes the store take apart again). A batch
+/// that writes nothing commits.
+async fn memories_stored_together_are_each_as_if_stored_alone(b: Backend) {
+    let s = b.store.as_ref();
+    let alice = scope("alice", None, None);
+    let planner = scope("alice", Some("planner"), Some("run-1"));
+    let known = add(s, &alice, "Keeps bees in the garden", json!({})).await;
+    let version = s.version("alice").await.unwrap().expect("a version");
+    // In milliseconds, which both stores keep.
+    let expires = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() + chrono::Duration::days(30)).timestamp_millis(),
+    )
+    .expect("a time");
+    let seats = NewMemory {
+        categories: vec!["travel".into(), "preferences".into()],
+        expires_at: Some(expires),
+        actor: "assistant".into(),
+        ..new_memory(
+            &planner,
+            "Prefers window seats on long flights",
+            json!({"source": "chat"}),
+        )
+    };
+    let tea = new_memory(&alice, "Drinks green tea before breakfast", json!({"n": 2}));
+    let together = |news: Vec<(NewMemory, Option<u64>)>| async move {
+        let mut batch = s.begin("alice").await.unwrap();
+        let outcomes = batch.insert_all(news, 0.9).await.unwrap();
+        batch.commit().await.unwrap();
+        outcomes
+    };
+
+    // New ones only, the second vouched for by a search at this version.
+    let outcomes = together(vec![(seats.clone(), None), (tea.clone(), Some(version))]).await;
+    let added: Vec<MemoryId> = outcomes
+        .iter()
+        .map(|o| match o {
+            InsertOutcome::Added(m) => m.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(added, [seats.id, tea.id]);
+    let stored = read_back(s, "alice", seats.id).await;
+    assert_eq!(stored.memory, seats.content);
+    assert_eq!(stored.scope, planner);
+    assert_eq!(stored.metadata, seats.metadata);
+    assert_eq!(stored.categories, seats.categories);
+    assert_eq!(stored.expires_at, Some(expires));
+    let stored = read_back(s, "alice", tea.id).await;
+    assert_eq!(
+        (stored.scope, stored.metadata),
+        (alice.clone(), tea.metadata.clone())
+    );
+    assert!(stored.categories.is_empty() && stored.expires_at.is_none());
+    for (new, actor) in [(&seats, "assistant"), (&tea, "user")] {
+        let history = s.history("alice", new.id).await.unwrap();
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].event, Event::Add);
+        assert_eq!(history[0].new_memory.as_deref(), Some(new.content.as_str()));
+        assert_eq!(history[0].actor, actor);
+    }
+    let whole = SearchScope::unfiltered(&alice);
+    for (words, id) in [("window seats", seats.id), ("green tea", tea.id)] {
+        let hits = ids(&s.keyword_search(whole, words, 5).await.unwrap());
+        assert_eq!(hits, [id], "{words}");
+    }
+    assert_ne!(s.version("alice").await.unwrap(), Some(version));
+
+    // Repeats: of a stored memory, and of the first of this call.
+    let hens = new_memory(&alice, "Keeps three hens in the yard", json!({}));
+    let again = new_memory(&alice, "Keeps three hens in the yard!", json!({}));
+    let bees = new_memory(&alice, "Keeps bees in the garden", json!({}));
+    let outcomes = together(vec![(hens.clone(), None), (bees, None), (again, None)]).await;
+    match &outcomes[..] {
+        [
+            InsertOutcome::Added(first),
+            InsertOutcome::Duplicate {
+                existing: known_one,
+                ..
+            },
+            InsertOutcome::Duplicate {
+                existing: repeated, ..
+            },
+        ] => {
+            assert_eq!(first.id, hens.id);
+            assert_eq!(known_one.id, known);
+            assert_eq!(repeated.id, hens.id);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 4);
+
+    // Nothing to write.
+    assert!(together(Vec::new()).await.is_empty());
+    let empty = s.begin("alice").await.unwrap();
+    empty.commit().await.unwrap();
+    assert_eq!(s.recent(&alice, 10).await.unwrap().1, 4);
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -2800,6 +2903,7 @@ every_backend!(
     a_bulk_delete_takes_history_closed_memories_and_deferred_remembers,
     a_bulk_delete_by_date_takes_what_was_created_before,
     searches_after_a_bulk_delete_find_only_what_is_left,
+    memories_stored_together_are_each_as_if_stored_alone,
     sealed_values_are_found_and_rewritten_only_if_unchanged,
     token_usage_is_a_total_per_user_and_day,
     token_usage_from_two_instances_adds_up_exactly,

@@ -19,7 +19,7 @@ use crate::model::MemoryId;
 use crate::store::shared::content_hash;
 use crate::store::{ImportOutcome, ImportedMemory, StoreError};
 
-impl PgBatch {
+impl PgBatch<'_> {
     /// Writes `imported` unless its id or its current text is already there.
     pub(super) async fn import_memory(
         &mut self,
@@ -29,11 +29,12 @@ impl PgBatch {
         let new = &imported.memory;
         // The user's own row (a superuser, whom no policy binds, sees
         // every user's: the filter says whose).
+        let (conn, user_id) = self.with_user().await?;
         let mine: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM memories WHERE id = $1 AND user_id = $2")
                 .bind(new.id.0)
-                .bind(&self.user_id)
-                .fetch_optional(&mut *self.tx)
+                .bind(user_id)
+                .fetch_optional(conn)
                 .await
                 .map_err(db("finding a memory"))?;
         if mine.is_some() {
@@ -41,13 +42,14 @@ impl PgBatch {
         }
         let current = imported.valid_to.is_none();
         if current {
+            let (conn, user_id) = self.with_user().await?;
             let repeat: Option<Uuid> = sqlx::query_scalar(
                 "SELECT id FROM memories WHERE user_id = $1 AND content_hash = $2 \
                  AND valid_to IS NULL AND (expires_at IS NULL OR expires_at > now())",
             )
-            .bind(&self.user_id)
+            .bind(user_id)
             .bind(content_hash(&new.content))
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(conn)
             .await
             .map_err(db("checking for duplicates"))?;
             if let Some(id) = repeat {
@@ -55,7 +57,7 @@ impl PgBatch {
             }
         }
         self.savepoint(Some(Dedup::exact_text(1))).await?;
-        match insert_imported(&mut self.tx, &imported).await {
+        match insert_imported(self.conn().await?, &imported).await {
             Ok(()) => Ok(ImportOutcome::Added),
             Err(e) if is_primary_key_violation(&e) => {
                 self.undo().await?;

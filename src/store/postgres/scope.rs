@@ -41,6 +41,19 @@ impl PgStore {
             .await
     }
 
+    /// As [`Self::user_transaction`], with `then` (statements of this code's
+    /// own, no parameters) run after the settings in the same message: a
+    /// write's first savepoint travels with its `BEGIN`.
+    pub(super) async fn user_transaction_then(
+        &self,
+        user_id: &str,
+        then: &str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let begin = self.settings.begin("BEGIN", Some(&scoped_to(user_id)));
+        self.begin_with_sql(format!("{begin}; {then}"), "starting a write")
+            .await
+    }
+
     /// As [`Self::user_transaction`], begun with `begin` (e.g. `BEGIN
     /// ISOLATION LEVEL REPEATABLE READ READ ONLY`); `context` names the work
     /// in errors.
@@ -71,10 +84,21 @@ impl PgStore {
         scope: Option<&str>,
         context: &'static str,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.begin_with_sql(self.settings.begin(begin, scope), context)
+            .await
+    }
+
+    /// A transaction on the request pool begun by `sql`, one simple-query
+    /// message that starts with a `BEGIN` and the settings.
+    async fn begin_with_sql(
+        &self,
+        sql: String,
+        context: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let started = std::time::Instant::now();
         let tx = self
             .pool
-            .begin_with(sqlx::AssertSqlSafe(self.settings.begin(begin, scope)))
+            .begin_with(sqlx::AssertSqlSafe(sql))
             .await
             .map_err(db(context));
         crate::metrics::metrics()

@@ -47,9 +47,9 @@ pub(super) struct Dedup<'a> {
     pub(super) allowed: &'a [Uuid],
     /// How many near-duplicates one refusal names at most.
     pub(super) k: u32,
-    /// A row and the user's version at which a search of the whole user
-    /// found nothing near it ([`WriteBatch::insert_searched`]).
-    pub(super) searched: Option<(Uuid, u64)>,
+    /// Rows, each with the user's version at which a search of the whole
+    /// user found nothing near it ([`WriteBatch::insert_searched`]).
+    pub(super) searched: &'a [(Uuid, u64)],
 }
 
 impl Dedup<'static> {
@@ -59,7 +59,7 @@ impl Dedup<'static> {
             threshold: 2.0,
             allowed: &[],
             k,
-            searched: None,
+            searched: &[],
         }
     }
 }
@@ -72,58 +72,113 @@ pub(super) struct Near {
 }
 
 impl PgStore {
-    /// Inserts `new`, its keyword postings and its ADD history row inside
-    /// `tx`, in one statement (the dedup trigger runs with whatever `tx` has set).
+    /// Inserts `news`, in order, with their keyword postings and ADD
+    /// history rows inside `tx`, in one statement: the deduplication
+    /// trigger runs for each row with whatever `tx` has set, and sees the
+    /// rows the statement inserted before it. Any refusal fails the whole
+    /// statement.
     pub(super) async fn insert_in(
         tx: &mut sqlx::PgConnection,
-        new: &NewMemory,
+        news: &[&NewMemory],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        let metadata = serde_json::Value::Object(new.metadata.clone());
-        let terms = keywords::document_terms(&new.content);
-        let (words, counts) = posting_columns(&terms);
+        let mut rows = Rows::default();
+        for (n, new) in (1..).zip(news) {
+            let terms = keywords::document_terms(&new.content);
+            let (words, counts) = posting_columns(&terms);
+            rows.ids.push(new.id.0);
+            rows.agents.push(new.scope.agent_id());
+            rows.runs.push(new.scope.run_id());
+            rows.contents.push(&new.content);
+            rows.hashes.push(content_hash(&new.content).to_vec());
+            rows.vectors.push(Vector::from(new.embedding.clone()));
+            rows.metadata
+                .push(serde_json::Value::Object(new.metadata.clone()));
+            rows.categories.push(serde_json::json!(new.categories));
+            rows.lengths.push(keyword_length(&terms));
+            rows.expiries.push(new.expires_at);
+            rows.actors.push(&new.actor);
+            rows.posting_rows
+                .extend(std::iter::repeat_n(n, words.len()));
+            rows.posting_terms
+                .extend(words.into_iter().map(str::to_owned));
+            rows.posting_counts.extend(counts);
+        }
+        let user_id = news.first().map(|new| new.scope.user_id().as_str());
         sqlx::query(
-            "WITH m AS ( \
+            "WITH r AS ( \
+                 SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], \
+                     $6::bytea[], $7::vector[], $8::jsonb[], $9::jsonb[], $10::integer[], \
+                     $11::timestamptz[], $12::text[]) WITH ORDINALITY \
+                     AS r (id, agent_id, run_id, content, content_hash, embedding, metadata, \
+                           categories, keyword_length, expires_at, actor, n)), \
+                  m AS ( \
                  INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
                      embedding, metadata, categories, created_at, updated_at, valid_from, \
                      keyword_length, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $12, $15) \
+                 SELECT r.id, $1, r.agent_id, r.run_id, r.content, r.content_hash, r.embedding, \
+                     r.metadata, ARRAY(SELECT jsonb_array_elements_text(r.categories)), \
+                     $13, $13, $13, r.keyword_length, r.expires_at \
+                 FROM r ORDER BY r.n \
                  RETURNING id, user_id, content, created_at, keyword_length), \
                   h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
                             new_content, actor, created_at) \
-                        SELECT id, user_id, 'ADD', NULL, content, $11, created_at FROM m) \
+                        SELECT m.id, m.user_id, 'ADD', NULL, m.content, r.actor, m.created_at \
+                        FROM m JOIN r ON r.id = m.id) \
              INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
              SELECT m.user_id, t.term, m.id, t.tf, m.keyword_length \
-             FROM m, unnest($13::text[], $14::integer[]) AS t (term, tf)",
+             FROM unnest($14::bigint[], $15::text[], $16::integer[]) AS t (n, term, tf) \
+             JOIN r ON r.n = t.n JOIN m ON m.id = r.id",
         )
-        .bind(new.id.0)
-        .bind(new.scope.user_id().as_str())
-        .bind(new.scope.agent_id())
-        .bind(new.scope.run_id())
-        .bind(&new.content)
-        .bind(content_hash(&new.content))
-        .bind(Vector::from(new.embedding.clone()))
-        .bind(&metadata)
-        .bind(&new.categories)
+        .bind(user_id)
+        .bind(&rows.ids)
+        .bind(&rows.agents)
+        .bind(&rows.runs)
+        .bind(&rows.contents)
+        .bind(&rows.hashes)
+        .bind(&rows.vectors)
+        .bind(&rows.metadata)
+        .bind(&rows.categories)
+        .bind(&rows.lengths)
+        .bind(&rows.expiries)
+        .bind(&rows.actors)
         .bind(now)
-        .bind(&new.actor)
-        .bind(keyword_length(&terms))
-        .bind(&words)
-        .bind(&counts)
-        .bind(new.expires_at)
+        .bind(&rows.posting_rows)
+        .bind(&rows.posting_terms)
+        .bind(&rows.posting_counts)
         .execute(&mut *tx)
         .await
         .map(|_| ())
     }
 }
 
+/// The columns of [`PgStore::insert_in`]'s rows, one array each; the
+/// postings flattened, each naming its row by position (from 1).
+#[derive(Default)]
+struct Rows<'a> {
+    ids: Vec<Uuid>,
+    agents: Vec<Option<&'a str>>,
+    runs: Vec<Option<&'a str>>,
+    contents: Vec<&'a str>,
+    hashes: Vec<Vec<u8>>,
+    vectors: Vec<Vector>,
+    metadata: Vec<serde_json::Value>,
+    categories: Vec<serde_json::Value>,
+    lengths: Vec<i32>,
+    expiries: Vec<Option<DateTime<Utc>>>,
+    actors: Vec<&'a str>,
+    posting_rows: Vec<i64>,
+    posting_terms: Vec<String>,
+    posting_counts: Vec<i32>,
+}
+
 #[async_trait]
 impl Writes for PgStore {
     async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError> {
-        let tx = self.user_transaction(user_id).await?;
         Ok(Box::new(PgBatch {
+            store: self,
             user_id: user_id.to_owned(),
-            tx,
+            tx: None,
             locked: false,
         }))
     }
@@ -242,9 +297,15 @@ impl Writes for PgStore {
 /// index on current texts) runs after a savepoint, so that a refusal undoes
 /// that write alone. Savepoints are not released one by one: the commit
 /// ends them all, and each write costs no round trip more than alone.
-pub(super) struct PgBatch {
+///
+/// The transaction begins with the batch's first statement, and when that
+/// is a savepoint (an insert's), in the same message: a remember's `BEGIN`
+/// costs no round trip of its own, and a batch that writes nothing holds
+/// no connection.
+pub(super) struct PgBatch<'a> {
+    store: &'a PgStore,
     pub(super) user_id: String,
-    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     locked: bool,
 }
 
@@ -252,12 +313,28 @@ pub(super) struct PgBatch {
 const SAVEPOINT: &str = "SAVEPOINT engram_write";
 const UNDO: &str = "ROLLBACK TO SAVEPOINT engram_write";
 
-impl PgBatch {
+impl PgBatch<'_> {
+    /// The batch's transaction, begun now (scoped to its user) if no
+    /// statement has begun it yet.
+    pub(super) async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        Ok(self.with_user().await?.0)
+    }
+
+    /// [`Self::conn`], and the batch's user.
+    pub(super) async fn with_user(&mut self) -> Result<(&mut PgConnection, &str), StoreError> {
+        let open = match self.tx.take() {
+            Some(open) => open,
+            None => self.store.user_transaction(&self.user_id).await?,
+        };
+        Ok((&mut **self.tx.insert(open), &self.user_id))
+    }
+
     /// Takes the user's write lock, once per batch, before a write that
     /// locks one of their rows.
     pub(super) async fn lock(&mut self) -> Result<(), StoreError> {
         if !self.locked {
-            lock_user(&mut self.tx, &self.user_id).await?;
+            let (conn, user_id) = self.with_user().await?;
+            lock_user(conn, user_id).await?;
             self.locked = true;
         }
         Ok(())
@@ -267,6 +344,7 @@ impl PgBatch {
     /// rest of the transaction) the deduplication settings the trigger
     /// reads, in one round trip. The values are numbers and uuids, written
     /// into the statement by this code (a simple query takes no parameters).
+    /// The batch's first savepoint travels with its `BEGIN`.
     pub(super) async fn savepoint(&mut self, dedup: Option<Dedup<'_>>) -> Result<(), StoreError> {
         let sql = match dedup {
             None => SAVEPOINT.to_owned(),
@@ -282,21 +360,34 @@ impl PgBatch {
                  set_config('engram.dedup_searched', '{}', true)",
                 uuid_array_literal(allowed),
                 searched
+                    .iter()
                     .map(|(id, version)| format!("{id}@{version}"))
-                    .unwrap_or_default(),
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
         };
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db("starting a write"))?;
+        match self.tx.as_mut() {
+            Some(tx) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db("starting a write"))?;
+            }
+            None => {
+                let begun = self
+                    .store
+                    .user_transaction_then(&self.user_id, &sql)
+                    .await?;
+                self.tx = Some(begun);
+            }
+        }
         Ok(())
     }
 
     /// Undoes everything since the last savepoint (a refused write).
     pub(super) async fn undo(&mut self) -> Result<(), StoreError> {
         sqlx::raw_sql(UNDO)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("ending a refused write"))?;
         Ok(())
@@ -311,7 +402,7 @@ impl PgBatch {
         now: DateTime<Utc>,
     ) -> Result<Result<(), Vec<Near>>, StoreError> {
         self.savepoint(Some(dedup)).await?;
-        match PgStore::insert_in(&mut self.tx, new, now).await {
+        match PgStore::insert_in(self.conn().await?, &[new], now).await {
             Ok(()) => {
                 // The trigger took the user's write lock.
                 self.locked = true;
@@ -342,6 +433,7 @@ impl PgBatch {
         same_user(&self.user_id, new.scope.user_id())?;
         let now = now_micros();
         let mut allowed: Vec<Uuid> = Vec::new();
+        let claim: Vec<(Uuid, u64)> = searched_at.map(|v| (new.id.0, v)).into_iter().collect();
         for round in 0..MAX_DEDUP_ROUNDS {
             let dedup = Dedup {
                 threshold: dedup_threshold,
@@ -349,9 +441,7 @@ impl PgBatch {
                 k: FIRST_DEDUP_ROUND << round,
                 // A later round follows a refusal: the search found
                 // something after all.
-                searched: searched_at
-                    .filter(|_| round == 0)
-                    .map(|version| (new.id.0, version)),
+                searched: if round == 0 { &claim } else { &[] },
             };
             let mut near = match self.try_insert(&new, dedup, now).await? {
                 Ok(()) => return Ok(InsertOutcome::Added(new.stored_at(now))),
@@ -361,12 +451,12 @@ impl PgBatch {
             // details (a number, a negation) is a different memory.
             near.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
             let ids: Vec<MemoryId> = near.iter().map(|n| MemoryId(n.id)).collect();
-            let mut existing: HashMap<MemoryId, Memory> =
-                memories_by_id(&mut self.tx, &self.user_id, &ids)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.id, m))
-                    .collect();
+            let (conn, user_id) = self.with_user().await?;
+            let mut existing: HashMap<MemoryId, Memory> = memories_by_id(conn, user_id, &ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
             for n in &near {
                 let Some(memory) = existing.remove(&MemoryId(n.id)) else {
                     continue;
@@ -390,8 +480,51 @@ impl PgBatch {
     }
 }
 
+impl PgBatch<'_> {
+    /// `news` in one statement after one savepoint ([`WriteBatch::insert_all`]):
+    /// when it was written. `None` when the database refused any of them:
+    /// then nothing of them was kept.
+    async fn insert_together(
+        &mut self,
+        news: &[(NewMemory, Option<u64>)],
+        dedup_threshold: f32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        for (new, _) in news {
+            same_user(&self.user_id, new.scope.user_id())?;
+        }
+        let now = now_micros();
+        let claims: Vec<(Uuid, u64)> = news
+            .iter()
+            .filter_map(|(new, searched_at)| searched_at.map(|v| (new.id.0, v)))
+            .collect();
+        self.savepoint(Some(Dedup {
+            threshold: dedup_threshold,
+            allowed: &[],
+            k: FIRST_DEDUP_ROUND,
+            searched: &claims,
+        }))
+        .await?;
+        let rows: Vec<&NewMemory> = news.iter().map(|(new, _)| new).collect();
+        match PgStore::insert_in(self.conn().await?, &rows, now).await {
+            Ok(()) => {
+                // The trigger took the user's write lock.
+                self.locked = true;
+                Ok(Some(now))
+            }
+            Err(e) if refused_as_duplicate(&e).is_some() || is_unique_violation(&e) => {
+                self.undo().await?;
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::Database {
+                context: "storing memories",
+                source: e,
+            }),
+        }
+    }
+}
+
 #[async_trait]
-impl WriteBatch for PgBatch {
+impl WriteBatch for PgBatch<'_> {
     async fn insert(
         &mut self,
         new: NewMemory,
@@ -408,6 +541,29 @@ impl WriteBatch for PgBatch {
     ) -> Result<InsertOutcome, StoreError> {
         self.insert_deduplicated(new, dedup_threshold, Some(searched_at))
             .await
+    }
+
+    /// Several in one statement; should the database refuse any (a
+    /// duplicate, of a memory or of another of them), each on its own.
+    async fn insert_all(
+        &mut self,
+        news: Vec<(NewMemory, Option<u64>)>,
+        dedup_threshold: f32,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        if news.len() > 1
+            && let Some(at) = self.insert_together(&news, dedup_threshold).await?
+        {
+            let added = news.into_iter().map(|(new, _)| new.stored_at(at));
+            return Ok(added.map(InsertOutcome::Added).collect());
+        }
+        let mut outcomes = Vec::with_capacity(news.len());
+        for (new, searched_at) in news {
+            outcomes.push(
+                self.insert_deduplicated(new, dedup_threshold, searched_at)
+                    .await?,
+            );
+        }
+        Ok(outcomes)
     }
 
     async fn update(
@@ -441,8 +597,9 @@ impl WriteBatch for PgBatch {
         // Whether the savepoint was already rolled back to for a refusal.
         let mut undone = false;
         let row = loop {
+            let (conn, user_id) = self.with_user().await?;
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(&self.user_id)
+                .bind(user_id)
                 .bind(id.0)
                 .bind(content)
                 .bind(content_hash(content))
@@ -450,13 +607,14 @@ impl WriteBatch for PgBatch {
                 .bind(now)
                 .bind(actor)
                 .bind(keyword_length(&terms))
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(conn)
                 .await;
             match row {
                 Err(e) if is_unique_violation(&e) && !retried => {
                     self.undo().await?;
                     retried = true;
-                    if close_expired_repeats(&mut self.tx, &self.user_id, content).await? == 0 {
+                    let (conn, user_id) = self.with_user().await?;
+                    if close_expired_repeats(conn, user_id, content).await? == 0 {
                         undone = true;
                         break Err(e);
                     }
@@ -486,7 +644,8 @@ impl WriteBatch for PgBatch {
                 });
             }
         };
-        index_terms(&mut self.tx, &self.user_id, id, &terms).await?;
+        let (conn, user_id) = self.with_user().await?;
+        index_terms(conn, user_id, id, &terms).await?;
         Ok(Some(memory))
     }
 
@@ -501,19 +660,12 @@ impl WriteBatch for PgBatch {
         // The caller judged the near-duplicates: the trigger checks exact text only.
         self.savepoint(Some(Dedup::exact_text(FIRST_DEDUP_ROUND)))
             .await?;
-        let closed = close_in(
-            &mut self.tx,
-            &self.user_id,
-            old,
-            Some(&new.content),
-            &new.actor,
-            now,
-        )
-        .await?;
+        let (conn, user_id) = self.with_user().await?;
+        let closed = close_in(conn, user_id, old, Some(&new.content), &new.actor, now).await?;
         if !closed {
             return Ok(SupersedeOutcome::NotFound);
         }
-        let refused = match PgStore::insert_in(&mut self.tx, &new, now).await {
+        let refused = match PgStore::insert_in(self.conn().await?, &[&new], now).await {
             Ok(()) => return Ok(SupersedeOutcome::Superseded(new.stored_at(now))),
             Err(e) => match refused_as_duplicate(&e) {
                 Some(near) => near?,
@@ -528,7 +680,8 @@ impl WriteBatch for PgBatch {
         // Undoes the close too: `old` stays as it was.
         self.undo().await?;
         let ids: Vec<MemoryId> = refused.iter().map(|n| MemoryId(n.id)).collect();
-        let existing = memories_by_id(&mut self.tx, &self.user_id, &ids).await?;
+        let (conn, user_id) = self.with_user().await?;
+        let existing = memories_by_id(conn, user_id, &ids).await?;
         match existing.into_iter().next() {
             Some(m) => Ok(SupersedeOutcome::Duplicate(m)),
             None => Err(StoreError::Corrupt(format!(
@@ -541,12 +694,13 @@ impl WriteBatch for PgBatch {
     async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
         // One statement; the memories_version_update trigger moves the version.
         self.lock().await?;
-        close_in(&mut self.tx, &self.user_id, id, None, actor, now_micros()).await
+        let (conn, user_id) = self.with_user().await?;
+        close_in(conn, user_id, id, None, actor, now_micros()).await
     }
 
     async fn add_pending(&mut self, pending: NewPending) -> Result<(), StoreError> {
         same_user(&self.user_id, pending.scope.user_id())?;
-        insert_pending(&mut self.tx, &pending).await
+        insert_pending(self.conn().await?, &pending).await
     }
 
     async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
@@ -555,11 +709,15 @@ impl WriteBatch for PgBatch {
     }
 
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        insert_audit(&mut self.tx, record).await
+        insert_audit(self.conn().await?, record).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db("committing a write"))
+        match self.tx {
+            Some(tx) => tx.commit().await.map_err(db("committing a write")),
+            // Nothing was written.
+            None => Ok(()),
+        }
     }
 }
 
