@@ -491,24 +491,26 @@ impl Writer<'_> {
         news: Vec<(NewMemory, Option<u64>)>,
     ) -> Result<Vec<MemoryEvent>, Error> {
         let threshold = self.dedup_threshold;
-        let claimed: Vec<(NewMemory, Option<u64>)> = news
-            .iter()
-            .enumerate()
-            .map(|(i, (new, searched_at))| {
+        let near: Vec<bool> = (0..news.len())
+            .map(|i| {
                 let others = news
                     .iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
                     .map(|(_, (other, _))| &other.embedding);
-                let near = self
-                    .written
+                let vector = &news[i].0.embedding;
+                self.written
                     .iter()
                     .chain(others)
-                    .any(|w| near_enough(w, &new.embedding, threshold));
-                (new.clone(), searched_at.filter(|_| !near))
+                    .any(|w| near_enough(w, vector, threshold))
             })
             .collect();
-        let vectors: Vec<Vec<f32>> = news.into_iter().map(|(new, _)| new.embedding).collect();
+        let vectors: Vec<Vec<f32>> = news.iter().map(|(new, _)| new.embedding.clone()).collect();
+        let claimed: Vec<(NewMemory, Option<u64>)> = news
+            .into_iter()
+            .zip(near)
+            .map(|((new, searched_at), near)| (new, searched_at.filter(|_| !near)))
+            .collect();
         let outcomes = self.batch.insert_all(claimed, threshold).await?;
         if outcomes.len() != vectors.len() {
             return Err(StoreError::Corrupt(format!(

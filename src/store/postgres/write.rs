@@ -478,9 +478,7 @@ impl PgBatch<'_> {
             allowed.len()
         )))
     }
-}
 
-impl PgBatch<'_> {
     /// `news` in one statement after one savepoint ([`WriteBatch::insert_all`]):
     /// when it was written. `None` when the database refused any of them:
     /// then nothing of them was kept.
