@@ -96,6 +96,23 @@ pub fn from_le_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
+/// Whether vectors `a` and `b` might be near-duplicates at `threshold`, with
+/// a margin for the rounding of a store that computes the similarity its
+/// own way.
+pub fn might_be_near(a: &[f32], b: &[f32], threshold: f32) -> bool {
+    const ROUNDING: f64 = 1e-4;
+    let (mut dot, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    let norms = (aa * bb).sqrt();
+    // A zero vector has no direction: treat it as near anything.
+    norms == 0.0 || a.len() != b.len() || dot / norms >= f64::from(threshold) - ROUNDING
+}
+
 /// Dot product of two equal-length vectors (cosine, for normalised ones).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -502,7 +502,7 @@ impl Writer<'_> {
                 self.written
                     .iter()
                     .chain(others)
-                    .any(|w| near_enough(w, vector, threshold))
+                    .any(|w| crate::embed::might_be_near(w, vector, threshold))
             })
             .collect();
         let vectors: Vec<Vec<f32>> = news.iter().map(|(new, _)| new.embedding.clone()).collect();
@@ -538,23 +538,6 @@ impl Writer<'_> {
         }
         Ok(events)
     }
-}
-
-/// Whether vectors `a` and `b` might be near-duplicates at `threshold`, with
-/// a margin for the rounding of a store that computes the similarity its
-/// own way.
-fn near_enough(a: &[f32], b: &[f32], threshold: f32) -> bool {
-    const ROUNDING: f64 = 1e-4;
-    let (mut dot, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(*x), f64::from(*y));
-        dot += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    let norms = (aa * bb).sqrt();
-    // A zero vector has no direction: treat it as near anything.
-    norms == 0.0 || a.len() != b.len() || dot / norms >= f64::from(threshold) - ROUNDING
 }
 
 /// Closes the verbatim copies no fact replaced (a re-extraction's rest).

@@ -38,7 +38,7 @@ const SLOT_BYTES: usize =
     std::mem::size_of::<Option<Slot>>() + std::mem::size_of::<Shape>() + 16 + 24;
 
 /// One memory's place in the copy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Slot {
     pk: i64,
     id: MemoryId,
@@ -46,7 +46,7 @@ struct Slot {
     terms: Box<[u32]>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct UserKeywords {
     term_ids: HashMap<Box<str>, u32>,
     /// Each term id's postings: (slot, term count).

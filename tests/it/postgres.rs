@@ -2454,6 +2454,242 @@ async fn the_keyword_copy_answers_as_sql_does_and_only_while_current() {
     assert_eq!(small.keyword_copy_answers(), 0);
 }
 
+/// `memories`, added in one batch of their own through
+/// [`WriteBatch::insert_all`] (a remember's way), committed.
+async fn add_all(store: &PgStore, user: &Scope, texts: &[&str]) -> Vec<InsertOutcome> {
+    let mut batch = store.begin(user.user_id().as_str()).await.unwrap();
+    let news = texts.iter().map(|t| (memory(user, t), None)).collect();
+    let outcomes = batch.insert_all(news, 0.95).await.unwrap();
+    batch.commit().await.unwrap();
+    outcomes
+}
+
+/// A small user's copy holds their vectors, and recall's vector side is
+/// then the copy's (what SQL gives, with the postings-only copy and
+/// without a copy); the copy answers only while current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
+    let db = TestDatabase::create().await;
+    let a = open(&db, PlanSettings::default()).await;
+    let postings_only = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0);
+    let user = whole("cv");
+    for i in 0..30 {
+        let text = format!(
+            "Trip {i}: a {} in {}",
+            ["boat", "train", "bus"][i % 3],
+            i * 11
+        );
+        a.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    let mut expiring = memory(&user, "a boat trip long ago");
+    expiring.expires_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    a.insert(expiring, 0.95).await.unwrap();
+    a.load_keyword_copy("cv").await.unwrap();
+    postings_only.load_keyword_copy("cv").await.unwrap();
+    assert!(a.copy_holds_vectors("cv"));
+    assert!(!postings_only.copy_holds_vectors("cv"));
+    for query in ["a boat trip", "train 33", "nothing of the kind"] {
+        let with_vectors = candidates_as_in_steps(&a, &user, query).await;
+        let without = candidates_as_in_steps(&postings_only, &user, query).await;
+        let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
+        assert_eq!(ids(&with_vectors), ids(&without), "{query}");
+    }
+    assert_eq!(a.keyword_copy_answers(), 3);
+    assert_eq!(postings_only.keyword_copy_answers(), 3);
+
+    // The reconciler's search, from the copy: the hits and the version SQL
+    // gives, the memories from the similarity asked for.
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    let query = HashEmbedder::new(DIMS).embed("a bus trip");
+    let sql = open(&db, PlanSettings::default())
+        .await
+        .with_keyword_copy_bytes(0);
+    let want = sql.similar(at, &query, 5, Some(0.1)).await.unwrap();
+    let got = a.similar(at, &query, 5, Some(0.1)).await.unwrap();
+    assert_eq!(got.version, want.version);
+    // The same similarities in order; the same memories but for ties at
+    // the cut (the copy and SQL break ties differently).
+    assert_eq!(got.hits.len(), want.hits.len());
+    for (g, w) in got.hits.iter().zip(&want.hits) {
+        assert!((g.score - w.score).abs() < 1e-4, "{g:?} {w:?}");
+    }
+    let cut = want.hits.last().map_or(0.0, |h| h.score);
+    let above = |hits: &[engram::store::Hit]| {
+        let mut above: Vec<MemoryId> = hits
+            .iter()
+            .filter(|h| h.score > cut + 1e-4)
+            .map(|h| h.id)
+            .collect();
+        above.sort();
+        above
+    };
+    assert_eq!(above(&got.hits), above(&want.hits));
+    // The memories of the hits from the similarity asked for.
+    let loaded = |nearest: engram::store::Nearest| {
+        let mut m: Vec<MemoryId> = nearest.memories.unwrap().iter().map(|m| m.id).collect();
+        m.sort();
+        let mut hits: Vec<MemoryId> = nearest
+            .hits
+            .iter()
+            .filter(|h| h.score >= 0.1)
+            .map(|h| h.id)
+            .collect();
+        hits.sort();
+        assert_eq!(m, hits);
+        m.len()
+    };
+    let want_version = want.version;
+    assert_eq!(loaded(got), loaded(want));
+
+    // Plain SQL changes a memory: the copy is stale and SQL answers.
+    let admin = db.pool().await;
+    sqlx::query(
+        "UPDATE memories SET valid_to = now() WHERE user_id = 'cv' AND content LIKE 'Trip 3:%'",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    candidates_as_in_steps(&a, &user, "a boat trip").await;
+    assert_eq!(a.keyword_copy_answers(), 3, "a stale copy answered");
+    let after = a.similar(at, &query, 5, None).await.unwrap();
+    assert_ne!(after.version, want_version);
+}
+
+/// This instance's own adds move the user's copy on (it keeps answering,
+/// with the new memories in it), and the copy answers their duplicate
+/// check with a claim the database trusts only at the copy's version: a
+/// near-duplicate written meanwhile by another instance is still refused.
+/// A batch that does anything else, or whose adds close an expired repeat,
+/// leaves the copy behind (SQL answers until it is loaded again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_follows_its_own_adds_and_answers_their_duplicate_check() {
+    let db = TestDatabase::create().await;
+    let a = open(&db, PlanSettings::default()).await;
+    let b = open(&db, PlanSettings::default()).await;
+    let user = whole("cw");
+    let first: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "Note {i}: the {} is {}",
+                ["kettle", "lamp", "chair", "rug"][i % 4],
+                i * 3
+            )
+        })
+        .collect();
+    for text in &first {
+        a.insert(memory(&user, text), 0.95).await.unwrap();
+    }
+    a.load_keyword_copy("cw").await.unwrap();
+    assert!(a.copy_holds_vectors("cw"));
+    let (claims, advances) = (a.copy_claims(), a.copy_advances());
+
+    // Two new memories in one batch: both claimed, the copy moved on, and
+    // recall through it finds them.
+    let outcomes = add_all(
+        &a,
+        &user,
+        &["My cat is called Pixel", "I cycle to work on Mondays"],
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, InsertOutcome::Added(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.copy_claims(), claims + 2);
+    assert_eq!(a.copy_advances(), advances + 1);
+    let answers = a.keyword_copy_answers();
+    let got = candidates_as_in_steps(&a, &user, "cat called Pixel").await;
+    assert_eq!(
+        a.keyword_copy_answers(),
+        answers + 1,
+        "the moved copy is current"
+    );
+    let InsertOutcome::Added(pixel) = &outcomes[0] else {
+        unreachable!()
+    };
+    assert!(got.iter().any(|c| c.id == pixel.id), "{got:?}");
+
+    // A near-duplicate of what the copy holds: no claim, and refused.
+    let outcomes = add_all(&a, &user, &["My cat is called Pixel!"]).await;
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Duplicate { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.copy_claims(), claims + 2);
+
+    // Another instance adds a memory: a's copy does not hold it and claims
+    // a near-duplicate of it clear, at the copy's version; the database,
+    // at a newer one, checks for itself and refuses it.
+    let by_b = b
+        .insert(memory(&user, "The boiler was serviced in May"), 0.95)
+        .await
+        .unwrap();
+    assert!(matches!(by_b, InsertOutcome::Added(_)));
+    let outcomes = add_all(&a, &user, &["The boiler was serviced in May."]).await;
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Duplicate { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.copy_claims(), claims + 3, "the stale copy claimed");
+    let answers = a.keyword_copy_answers();
+    candidates_as_in_steps(&a, &user, "boiler serviced").await;
+    assert_eq!(a.keyword_copy_answers(), answers, "the stale copy answered");
+
+    // Loaded again; a batch that adds and closes leaves it behind.
+    a.load_keyword_copy("cw").await.unwrap();
+    let advances = a.copy_advances();
+    let InsertOutcome::Added(pixel) = &add_all(&a, &user, &["Pixel likes the lamp"]).await[0]
+    else {
+        panic!("not added")
+    };
+    assert_eq!(a.copy_advances(), advances + 1);
+    let mut batch = a.begin("cw").await.unwrap();
+    batch
+        .insert_all(vec![(memory(&user, "The rug is blue"), None)], 0.95)
+        .await
+        .unwrap();
+    assert!(batch.close(pixel.id, "user").await.unwrap());
+    batch.commit().await.unwrap();
+    assert_eq!(
+        a.copy_advances(),
+        advances + 1,
+        "a batch that closed moved it on"
+    );
+    let answers = a.keyword_copy_answers();
+    let got = candidates_as_in_steps(&a, &user, "Pixel likes the lamp").await;
+    assert!(got.iter().all(|c| c.id != pixel.id), "{got:?}");
+    assert_eq!(a.keyword_copy_answers(), answers);
+
+    // An add that closes an expired memory of the same text.
+    let mut expiring = memory(&user, "The window sticks");
+    expiring.expires_at = Some(chrono::Utc::now() + chrono::Duration::milliseconds(300));
+    a.insert(expiring, 0.95).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    a.load_keyword_copy("cw").await.unwrap();
+    let advances = a.copy_advances();
+    let outcomes = add_all(&a, &user, &["The window sticks"]).await;
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Added(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        a.copy_advances(),
+        advances,
+        "the copy still holds the closed one"
+    );
+    let answers = a.keyword_copy_answers();
+    candidates_as_in_steps(&a, &user, "window sticks").await;
+    assert_eq!(a.keyword_copy_answers(), answers);
+}
+
 /// Server sessions of the app role on `db` still inside a transaction
 /// (`idle in transaction`), after the pool has had up to 2 s to flush.
 async fn left_in_a_transaction(db: &TestDatabase) -> i64 {

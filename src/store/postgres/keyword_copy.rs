@@ -1,11 +1,13 @@
-//! In-process copies of users' keyword postings, so that recall's keyword
-//! side runs here instead of in SQL.
+//! In-process copies of users' keyword postings (and, for small users,
+//! their vectors: `copy_vectors`), so that recall's keyword side (and its
+//! vector side) runs here instead of in SQL.
 //!
 //! Why: on PostgreSQL the keyword search (`engram_keyword_search`) costs as
 //! much as the vector search (4-5 ms at 10,000 memories of the bench's
 //! text: PostgreSQL spends ~1 µs a posting), and recall waited for both.
 //! With a copy, recall is one statement: the nearest memories, the cosines
-//! of the copy's keyword hits and the user's version (`search.rs`).
+//! of the copy's keyword hits and the user's version (`search.rs`); with a
+//! copy that holds vectors, the user's version and the picked rows only.
 //!
 //! Invariants:
 //! * a copy is the user's current memories and postings as of one version
@@ -18,7 +20,19 @@
 //!   per user every [`RELOAD_EVERY`], so a user written to all the time
 //!   costs one load per interval, not one per write;
 //! * the copies together hold at most the budget's bytes; the least
-//!   recently used go first.
+//!   recently used go first;
+//! * a copy of version V that holds vectors is moved to this instance's own
+//!   write's version W, with the rows that write added ([`KeywordCopies::advance`]),
+//!   only when the write took the user's lock at V, held their version's
+//!   row from then to its commit (so no other write came between) and did
+//!   nothing but add those rows (the user's count of current memories after
+//!   it is the copy's and theirs): the copy then is the user as of W.
+//!
+//! This instance's writers of one user take turns ([`KeywordCopies::turn`])
+//! while the user's copy holds vectors, so that each finds the copy its
+//! predecessor moved on: the duplicate check of a remember is then answered
+//! here (`write.rs`), and a write that came between (from another instance)
+//! only makes the database check for itself.
 //!
 //! Scoring is [`UserKeywords`]' (the same BM25 as SQLite's copy and as
 //! `engram_keyword_search`: statistics over all of the user's current
@@ -29,9 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use pgvector::Vector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::copy_vectors::{self, CopyVectors};
 use super::scope::scoped_to;
 use super::session::Settings;
 use super::{PgStore, db};
@@ -46,18 +62,29 @@ pub(super) const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// A user whose copy would not fit the budget is not tried again sooner.
 const TOO_LARGE_WAIT: Duration = Duration::from_secs(600);
 
-/// The bytes a copy of `memories` memories holds beyond its postings.
-fn bytes_without_postings(memories: usize) -> usize {
-    UserKeywords::bytes_at_least(memories) + memories * 16 + std::mem::size_of::<UserCopy>()
+/// The bytes a copy of `memories` memories of `dims` dimensions holds
+/// beyond its postings.
+fn bytes_without_postings(memories: usize, dims: usize, max_floats: usize) -> usize {
+    let vectors = if copy_vectors::small_enough(memories, dims, max_floats) {
+        CopyVectors::bytes_for(memories, dims)
+    } else {
+        0
+    };
+    UserKeywords::bytes_at_least(memories)
+        + memories * 16
+        + vectors
+        + std::mem::size_of::<UserCopy>()
 }
 
 /// One user's postings as of `version`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct UserCopy {
     pub version: i64,
     keywords: UserKeywords,
     /// By the copy's row number: the memory's expiry.
     expires: Vec<Option<DateTime<Utc>>>,
+    /// By the same row numbers, for a user small enough.
+    vectors: Option<CopyVectors>,
     bytes: usize,
 }
 
@@ -76,12 +103,64 @@ impl UserCopy {
         (best, scores)
     }
 
+    /// The copy with its bytes counted.
+    fn measured(mut self) -> Self {
+        self.bytes = self.keywords.bytes()
+            + self.expires.len() * 16
+            + self.vectors.as_ref().map_or(0, CopyVectors::bytes)
+            + std::mem::size_of::<UserCopy>();
+        self
+    }
+
+    /// Whether the copy holds the user's vectors (recall's vector side is
+    /// then answered here too).
+    pub fn has_vectors(&self) -> bool {
+        self.vectors.is_some()
+    }
+
+    /// Up to `k` unexpired memories nearest to `query`, best first, each
+    /// with its cosine similarity; empty without vectors.
+    pub fn nearest(&self, query: &[f32], k: usize) -> Vec<(Uuid, f32)> {
+        let now = Utc::now();
+        self.vectors.as_ref().map_or_else(Vec::new, |vectors| {
+            vectors.nearest(query, k, |row| self.expired(row as i64, now))
+        })
+    }
+
+    /// Whether no memory of the copy, expired or not, is within `threshold`
+    /// of `vector` (less a margin for the database's rounding): the copy's
+    /// version is then a claim the duplicate check may trust. `false`
+    /// without vectors.
+    pub fn clear_of(&self, vector: &[f32], threshold: f32) -> bool {
+        const ROUNDING: f32 = 1e-4;
+        self.vectors.as_ref().is_some_and(|vectors| {
+            vectors
+                .nearest(vector, 1, |_| false)
+                .first()
+                .is_none_or(|(_, similarity)| *similarity < threshold - ROUNDING)
+        })
+    }
+
+    /// `id`'s cosine similarity to `query`, when the copy holds its vector.
+    pub fn similarity(&self, id: &Uuid, query: &[f32]) -> Option<f32> {
+        self.vectors.as_ref()?.similarity(id, query)
+    }
+
     fn expired(&self, row: i64, now: DateTime<Utc>) -> bool {
         usize::try_from(row)
             .ok()
             .and_then(|row| self.expires.get(row).copied().flatten())
             .is_some_and(|at| at <= now)
     }
+}
+
+/// A memory this instance's write added, as a copy holds it.
+#[derive(Debug)]
+pub(super) struct Added {
+    pub id: Uuid,
+    pub vector: Vec<f32>,
+    pub terms: DocumentTerms,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -95,22 +174,42 @@ struct Held {
 /// Every user's copy, within a budget of bytes.
 pub(super) struct KeywordCopies {
     budget: usize,
+    /// Rows times dimensions of the largest user whose copy holds vectors
+    /// ([`copy_vectors::MAX_FLOATS`]; 0: none does).
+    vector_floats: usize,
     held: Mutex<Held>,
     /// Recalls whose keyword side a copy answered.
     answered: std::sync::atomic::AtomicU64,
+    /// Each user's turn to write, for this instance's writers.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Copies moved on by this instance's own writes.
+    advanced: std::sync::atomic::AtomicU64,
+    /// New memories whose duplicate check a copy answered (made a claim for).
+    claimed: std::sync::atomic::AtomicU64,
 }
 
 impl KeywordCopies {
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
+            vector_floats: copy_vectors::MAX_FLOATS,
             held: Mutex::new(Held::default()),
             answered: Default::default(),
+            turns: Mutex::default(),
+            advanced: Default::default(),
+            claimed: Default::default(),
         }
     }
 
     pub fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// The same copies, holding vectors for users of at most `floats` rows
+    /// times dimensions.
+    pub fn with_vector_floats(mut self, floats: usize) -> Self {
+        self.vector_floats = floats;
+        self
     }
 
     /// The user's copy, if one is held (whatever its version).
@@ -174,16 +273,90 @@ impl KeywordCopies {
             .insert(user.to_owned(), (Arc::new(copy), Instant::now()));
     }
 
+    /// Waits for this instance's turn to write `user`, held until the
+    /// guard is dropped. Only order, never correctness, rests on it: the
+    /// database's lock and the copy's version are what a write relies on.
+    pub async fn turn(&self, user: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            if turns.len() >= 1024 {
+                // Turns no writer holds or waits for.
+                turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            }
+            turns.entry(user.to_owned()).or_default().clone()
+        };
+        turn.lock_owned().await
+    }
+
+    /// Moves `user`'s copy from version `from` to `to` with the rows
+    /// `added` (at `dims` dimensions), when the copy is still of `from` and
+    /// `current` (the user's count of current memories at `to`) is its rows
+    /// and those: see the module's invariants for what the caller vouches
+    /// for. Otherwise the copy is dropped (loaded again on use) unless it is
+    /// already of another version.
+    pub fn advance(
+        &self,
+        user: &str,
+        from: i64,
+        to: i64,
+        current: i64,
+        added: Vec<Added>,
+        dims: usize,
+    ) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        let Some((copy, _)) = held.copies.get(user) else {
+            return;
+        };
+        if copy.version != from {
+            return;
+        }
+        let Some((copy, _)) = held.copies.remove(user) else {
+            return;
+        };
+        held.bytes -= copy.bytes;
+        drop(held);
+        let rows = copy.expires.len() + added.len();
+        if usize::try_from(current).ok() != Some(rows) {
+            return;
+        }
+        // A reader holding the copy keeps the old one.
+        let mut copy = Arc::try_unwrap(copy).unwrap_or_else(|shared| (*shared).clone());
+        let with_vectors = copy_vectors::small_enough(rows, dims, self.vector_floats);
+        for new in added {
+            let row = copy.expires.len();
+            copy.keywords
+                .insert(row as i64, MemoryId(new.id), 0, &new.terms);
+            copy.expires.push(new.expires_at);
+            if let Some(vectors) = &mut copy.vectors
+                && !(with_vectors && vectors.push(new.id, &new.vector))
+            {
+                copy.vectors = None;
+            }
+        }
+        copy.version = to;
+        self.keep(user, copy.measured());
+        self.advanced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a claim a copy made for the duplicate check.
+    pub fn claimed(&self) {
+        self.claimed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts a recall a copy answered.
     pub fn answered(&self) {
         self.answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether a copy of `memories` memories could fit at all; if not, the
-    /// user is not tried again for [`TOO_LARGE_WAIT`].
-    fn could_fit(&self, user: &str, memories: usize) -> bool {
-        if bytes_without_postings(memories) <= self.budget {
+    /// Whether a copy of `memories` memories of `dims` dimensions could fit
+    /// at all; if not, the user is not tried again for [`TOO_LARGE_WAIT`].
+    fn could_fit(&self, user: &str, memories: usize, dims: usize) -> bool {
+        if bytes_without_postings(memories, dims, self.vector_floats) <= self.budget {
             return true;
         }
         if let Ok(mut held) = self.held.lock() {
@@ -206,14 +379,15 @@ impl PgStore {
         if self.keyword_copies.budget() == 0 || !self.keyword_copies.may_load(user) {
             return;
         }
-        let (pool, settings, copies) = (
+        let (pool, settings, copies, dims) = (
             self.pool.clone(),
             self.settings.clone(),
             self.keyword_copies.clone(),
+            self.embedder.dims,
         );
         let user = user.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = load(&pool, &settings, &copies, &user).await {
+            if let Err(e) = load(&pool, &settings, &copies, &user, dims).await {
                 tracing::debug!(error = %e, "a user's keyword copy could not be loaded");
             }
         });
@@ -222,7 +396,21 @@ impl PgStore {
     /// Loads `user`'s copy now and keeps it (tests and benchmarks; recall
     /// loads copies in the background).
     pub async fn load_keyword_copy(&self, user: &str) -> Result<(), StoreError> {
-        load(&self.pool, &self.settings, &self.keyword_copies, user).await
+        load(
+            &self.pool,
+            &self.settings,
+            &self.keyword_copies,
+            user,
+            self.embedder.dims,
+        )
+        .await
+    }
+
+    /// Whether `user`'s copy is held and holds their vectors (tests).
+    pub fn copy_holds_vectors(&self, user: &str) -> bool {
+        self.keyword_copies
+            .get(user)
+            .is_some_and(|copy| copy.has_vectors())
     }
 
     /// Bytes the keyword copies hold.
@@ -236,6 +424,20 @@ impl PgStore {
         self.keyword_copies.get(user).is_some()
     }
 
+    /// How many new memories' duplicate checks a copy made a claim for.
+    pub fn copy_claims(&self) -> u64 {
+        self.keyword_copies
+            .claimed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times this instance's own writes moved a copy on.
+    pub fn copy_advances(&self) -> u64 {
+        self.keyword_copies
+            .advanced
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many recalls' keyword sides a copy has answered.
     pub fn keyword_copy_answers(&self) -> u64 {
         self.keyword_copies
@@ -244,13 +446,18 @@ impl PgStore {
     }
 }
 
-/// Reads `user`'s current memories and postings in one snapshot, with the
+/// A memory as a copy loads it: id, keyword length, expiry, vector.
+type CopiedRow = (Uuid, i32, Option<DateTime<Utc>>, Option<Vector>);
+
+/// Reads `user`'s current memories and postings (and their vectors, for a
+/// user small enough at `dims` dimensions) in one snapshot, with the
 /// version they are at, and keeps them as the user's copy.
 async fn load(
     pool: &PgPool,
     settings: &Settings,
     copies: &KeywordCopies,
     user: &str,
+    dims: usize,
 ) -> Result<(), StoreError> {
     const CX: &str = "loading a keyword copy";
     let begin = settings.begin(
@@ -270,15 +477,18 @@ async fn load(
     else {
         return Ok(());
     };
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
     // A user too large for the budget is not read at all.
-    if !copies.could_fit(user, usize::try_from(current).unwrap_or(usize::MAX)) {
+    if !copies.could_fit(user, current, dims) {
         return Ok(());
     }
-    let memories: Vec<(Uuid, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT id, keyword_length, expires_at FROM memories \
-         WHERE user_id = $1 AND valid_to IS NULL",
+    let with_vectors = copy_vectors::small_enough(current, dims, copies.vector_floats);
+    let memories: Vec<CopiedRow> = sqlx::query_as(
+        "SELECT id, keyword_length, expires_at, CASE WHEN $2 THEN embedding END \
+         FROM memories WHERE user_id = $1 AND valid_to IS NULL",
     )
     .bind(user)
+    .bind(with_vectors)
     .fetch_all(&mut *tx)
     .await
     .map_err(db(CX))?;
@@ -299,7 +509,14 @@ async fn load(
     }
     let mut keywords = UserKeywords::default();
     let mut expires = Vec::with_capacity(memories.len());
-    for (row, (id, length, expires_at)) in memories.into_iter().enumerate() {
+    let mut vectors = with_vectors.then(|| CopyVectors::with_capacity(dims, memories.len()));
+    for (row, (id, length, expires_at, vector)) in memories.into_iter().enumerate() {
+        // Every row has a vector, or the copy holds none.
+        if let Some(held) = &mut vectors
+            && !vector.is_some_and(|v| held.push(id, v.as_slice()))
+        {
+            vectors = None;
+        }
         let mut counts = terms.remove(&id).unwrap_or_default();
         counts.sort();
         let doc = DocumentTerms {
@@ -309,16 +526,17 @@ async fn load(
         keywords.insert(row as i64, MemoryId(id), 0, &doc);
         expires.push(expires_at);
     }
-    let bytes = keywords.bytes() + expires.len() * 16 + std::mem::size_of::<UserCopy>();
-    debug_assert!(bytes >= bytes_without_postings(expires.len()));
+
     copies.keep(
         user,
         UserCopy {
             version,
             keywords,
             expires,
-            bytes,
-        },
+            vectors,
+            bytes: 0,
+        }
+        .measured(),
     );
     Ok(())
 }

@@ -20,7 +20,9 @@
 //!   A store whose postings predate this build gets them at open
 //!   ([`PgStore::open`]). Recall reads them from an in-process copy of the
 //!   user's postings (`keyword_copy`) while the copy is of the user's
-//!   current version, and from SQL otherwise.
+//!   current version, and from SQL otherwise. A small user's copy holds
+//!   their vectors too (`copy_vectors`), and recall's nearest memories are
+//!   then found in process.
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
 //! an embedder, which is also recorded; a different one is refused.
@@ -67,6 +69,7 @@ use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
+mod copy_vectors;
 mod import;
 mod indexer;
 mod keys;
@@ -230,6 +233,16 @@ impl PgStore {
     /// turns them off, and recall's keyword side stays in SQL.
     pub fn with_keyword_copy_bytes(mut self, bytes: usize) -> Self {
         self.keyword_copies = std::sync::Arc::new(keyword_copy::KeywordCopies::new(bytes));
+        self
+    }
+
+    /// Copies hold the vectors of users of at most `floats` rows times
+    /// dimensions (by default the duplicate check's exact-scan budget,
+    /// `copy_vectors::MAX_FLOATS`); 0 keeps vectors out of copies, and
+    /// recall's vector side in SQL (tests and benchmarks).
+    pub fn with_copy_vector_floats(mut self, floats: usize) -> Self {
+        let copies = keyword_copy::KeywordCopies::new(self.keyword_copies.budget());
+        self.keyword_copies = std::sync::Arc::new(copies.with_vector_floats(floats));
         self
     }
 

@@ -13,7 +13,7 @@ use super::keyword_copy::UserCopy;
 use super::read::memories_by_id;
 use super::{PgStore, db};
 use crate::keywords;
-use crate::model::MemoryId;
+use crate::model::{Memory, MemoryId};
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row};
 use crate::store::{Candidates, Hit, Nearest, Pick, Scored, Search, SearchScope, StoreError};
 
@@ -121,6 +121,9 @@ impl PgStore {
                 memories: load_from.map(|_| Vec::new()),
                 ..Nearest::default()
             });
+        }
+        if let Some(found) = self.nearest_in_copy(at, query, limit, load_from).await? {
+            return Ok(found);
         }
         let function = match through {
             Through::Nearest => "engram_nearest",
@@ -262,6 +265,132 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// [`Self::search_at_version`] from the user's copy, when it holds their
+    /// vectors and the search is of the whole user: the nearest memories are
+    /// found here (exactly: what either search function answers for a user
+    /// this small), and one statement reads the user's version and the
+    /// memories of the hits from `load_from`. `None` when there is no such
+    /// copy (one is then loaded in the background) or the version is not
+    /// the copy's.
+    async fn nearest_in_copy(
+        &self,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Option<Nearest>, StoreError> {
+        if !at.scope.is_whole_user() || !at.filter.is_empty() {
+            return Ok(None);
+        }
+        let user_id = at.scope.user_id().as_str();
+        let Some(copy) = self.keyword_copies.get(user_id).filter(|c| c.has_vectors()) else {
+            self.refresh_keyword_copy(user_id);
+            return Ok(None);
+        };
+        let found = copy.nearest(query, limit);
+        let wanted: Vec<MemoryId> = match load_from {
+            Some(least) => found
+                .iter()
+                .filter(|(_, similarity)| *similarity >= least)
+                .map(|(id, _)| MemoryId(*id))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut tx = self.user_transaction(user_id).await?;
+        let (version, memories) = memories_at_version(&mut tx, user_id, &wanted).await?;
+        PgStore::end_read(tx);
+        if version != Some(copy.version) {
+            self.refresh_keyword_copy(user_id);
+            return Ok(None);
+        }
+        Ok(Some(Nearest {
+            hits: hits(found),
+            version: version.map(|v| v as u64),
+            memories: load_from.map(|_| memories),
+        }))
+    }
+
+    /// Recall's candidates from a copy that holds the user's vectors: both
+    /// sides are computed here, and one statement reads the rows `pick`
+    /// chooses with the user's version, in one snapshot; `None` when that
+    /// version is not the copy's (the copy is stale: the caller takes the
+    /// SQL path, and the rows read are dropped).
+    async fn candidates_from_copy(
+        &self,
+        copy: &UserCopy,
+        user_id: &str,
+        vector: &[f32],
+        terms: &[String],
+        depth: usize,
+        pick: Pick<'_>,
+    ) -> Result<Option<Candidates>, StoreError> {
+        let (keyword_hits, keyword_of) = copy.search(terms, depth);
+        let nearest = hits(copy.nearest(vector, depth));
+        let cosine: HashMap<Uuid, f32> = keyword_hits
+            .iter()
+            .filter_map(|(id, _)| Some((*id, copy.similarity(id, vector)?)))
+            .collect();
+        let scored = both_sides(
+            &nearest,
+            |id| keyword_of.of(MemoryId(*id)),
+            &hits(keyword_hits),
+            &cosine,
+        );
+        let chosen = pick(&scored);
+        let mut tx = self.user_transaction(user_id).await?;
+        let (version, memories) = memories_at_version(&mut tx, user_id, &chosen).await?;
+        PgStore::end_read(tx);
+        if version != Some(copy.version) {
+            return Ok(None);
+        }
+        self.keyword_copies.answered();
+        Ok(Some(Candidates {
+            scored,
+            memories: Some(memories),
+        }))
+    }
+}
+
+/// The user's version and their memories with these ids (expired ones left
+/// out), read in one statement's snapshot on `conn`. No version when the
+/// user has never had a memory.
+async fn memories_at_version(
+    conn: &mut PgConnection,
+    user_id: &str,
+    ids: &[MemoryId],
+) -> Result<(Option<i64>, Vec<Memory>), StoreError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    // One row at least: the version, with no memory when none is asked for.
+    let sql = format!(
+        "WITH loaded AS MATERIALIZED ( \
+             SELECT {MEMORY_COLUMNS} FROM memories m \
+             WHERE m.user_id = $1 AND m.id = ANY ($2) \
+               AND (m.expires_at IS NULL OR m.expires_at > now())) \
+         SELECT (SELECT version FROM memory_users WHERE user_id = $1) AS version, m.* \
+         FROM (VALUES (1)) AS one (x) LEFT JOIN loaded m ON true"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading memories"))?;
+    let column = db("reading memories");
+    let version: Option<i64> = match rows.first() {
+        Some(row) => row.try_get("version").map_err(&column)?,
+        None => None,
+    };
+    let mut memories = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let loaded: Option<Uuid> = row.try_get("id").map_err(&column)?;
+        if loaded.is_some() {
+            memories.push(memory_from_row(row)?);
+        }
+    }
+    Ok((version, memories))
+}
+
 /// `scored` and the memories of those `pick` chooses, read on `tx` (the
 /// candidates' own transaction), which is then committed: the rows cost
 /// one statement, not a transaction of their own.
@@ -348,12 +477,17 @@ impl Search for PgStore {
         // The whole user, unfiltered: the keyword side may come from the
         // user's copy, when the copy is of the version the vectors are read at.
         if at.scope.is_whole_user() && at.filter.is_empty() && depth > 0 {
-            if let Some(copy) = self.keyword_copies.get(user_id)
-                && let Some(found) = self
-                    .candidates_with_copy(&copy, at, vector, &terms, depth, pick)
-                    .await?
-            {
-                return Ok(found);
+            if let Some(copy) = self.keyword_copies.get(user_id) {
+                let found = if copy.has_vectors() {
+                    self.candidates_from_copy(&copy, user_id, vector, &terms, depth, pick)
+                        .await?
+                } else {
+                    self.candidates_with_copy(&copy, at, vector, &terms, depth, pick)
+                        .await?
+                };
+                if let Some(found) = found {
+                    return Ok(found);
+                }
             }
             self.refresh_keyword_copy(user_id);
         }

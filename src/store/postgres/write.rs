@@ -12,6 +12,7 @@ use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
 use super::audit::insert_audit;
+use super::keyword_copy::Added;
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
 use super::queue::insert_pending;
 use super::read::memories_by_id;
@@ -180,6 +181,7 @@ impl Writes for PgStore {
             user_id: user_id.to_owned(),
             tx: None,
             locked: false,
+            copy_write: None,
         }))
     }
 
@@ -307,7 +309,36 @@ pub(super) struct PgBatch<'a> {
     pub(super) user_id: String,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     locked: bool,
+    /// When the batch began by adding memories to a user whose copy holds
+    /// vectors: what the copy is moved on with at its commit.
+    copy_write: Option<CopyWrite>,
 }
+
+/// A batch's part in keeping its user's in-process copy current (the
+/// invariants of `keyword_copy`).
+struct CopyWrite {
+    /// This instance's turn to write the user, held to the end of the batch.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    /// The copy's version when the batch began: its claims name it, and the
+    /// batch locked the user at it or the copy is not moved on.
+    from: i64,
+    /// The memories the batch added.
+    added: Vec<Added>,
+    /// Whether the batch did anything else to the user's memories.
+    other: bool,
+}
+
+/// Takes the user's write lock and their version's row, and records that
+/// version for the duplicate check (as its trigger otherwise does): no
+/// other write moves the version until the batch commits, so the version
+/// read at its commit is the one it locked at plus its own writes. The
+/// batch of a copy's write begins so (`keyword_copy`). (A new user has no
+/// row yet, and no copy.)
+const LOCK_WITH_VERSION: &str = "SELECT pg_advisory_xact_lock(hashtextextended( \
+         'engram.user:' || current_setting('engram.user_id'), 0)); \
+     SELECT set_config('engram.locked_version', u.version::text, true) \
+     FROM memory_users u WHERE u.user_id = current_setting('engram.user_id') \
+     FOR NO KEY UPDATE";
 
 /// The savepoint a refused write rolls back to (the latest of that name).
 const SAVEPOINT: &str = "SAVEPOINT engram_write";
@@ -346,6 +377,12 @@ impl PgBatch<'_> {
     /// into the statement by this code (a simple query takes no parameters).
     /// The batch's first savepoint travels with its `BEGIN`.
     pub(super) async fn savepoint(&mut self, dedup: Option<Dedup<'_>>) -> Result<(), StoreError> {
+        // Before the savepoint, so that an undo keeps the locks.
+        let lock = if self.copy_write.is_some() && !self.locked {
+            format!("{LOCK_WITH_VERSION}; ")
+        } else {
+            String::new()
+        };
         let sql = match dedup {
             None => SAVEPOINT.to_owned(),
             Some(Dedup {
@@ -366,6 +403,7 @@ impl PgBatch<'_> {
                     .join(","),
             ),
         };
+        let sql = format!("{lock}{sql}");
         match self.tx.as_mut() {
             Some(tx) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -380,6 +418,9 @@ impl PgBatch<'_> {
                     .await?;
                 self.tx = Some(begun);
             }
+        }
+        if !lock.is_empty() {
+            self.locked = true;
         }
         Ok(())
     }
@@ -479,6 +520,73 @@ impl PgBatch<'_> {
         )))
     }
 
+    /// Before a batch's first write, when the user's copy holds vectors:
+    /// waits for this instance's turn to write the user (the copy is then as
+    /// the writer before left it), and gives each of `news` that has no
+    /// claim the copy's version as one where no memory of the copy, and no
+    /// other of `news`, is near it. The duplicate check trusts the claim
+    /// only if the user is still at that version when the batch locks them.
+    async fn claim_from_copy(
+        &mut self,
+        news: &mut [(NewMemory, Option<u64>)],
+        dedup_threshold: f32,
+    ) {
+        let store = self.store;
+        let copies = &store.keyword_copies;
+        let holds_vectors = |user| copies.get(user).is_some_and(|c| c.has_vectors());
+        if self.tx.is_some() || self.copy_write.is_some() || !holds_vectors(&self.user_id) {
+            return;
+        }
+        let turn = copies.turn(&self.user_id).await;
+        let Some(copy) = copies.get(&self.user_id).filter(|c| c.has_vectors()) else {
+            return;
+        };
+        let alone: Vec<bool> = (0..news.len())
+            .map(|i| {
+                let vector = &news[i].0.embedding;
+                news.iter().enumerate().all(|(j, (other, _))| {
+                    j == i
+                        || !crate::embed::might_be_near(&other.embedding, vector, dedup_threshold)
+                })
+            })
+            .collect();
+        for ((new, claim), alone) in news.iter_mut().zip(alone) {
+            if claim.is_none() && alone && copy.clear_of(&new.embedding, dedup_threshold) {
+                *claim = u64::try_from(copy.version).ok();
+                copies.claimed();
+            }
+        }
+        self.copy_write = Some(CopyWrite {
+            _turn: turn,
+            from: copy.version,
+            added: Vec::new(),
+            other: false,
+        });
+    }
+
+    /// [`WriteBatch::insert_all`] of one memory.
+    async fn insert_one(
+        &mut self,
+        new: NewMemory,
+        dedup_threshold: f32,
+        searched_at: Option<u64>,
+    ) -> Result<InsertOutcome, StoreError> {
+        let mut outcomes = self
+            .insert_all(vec![(new, searched_at)], dedup_threshold)
+            .await?;
+        outcomes.pop().ok_or_else(|| {
+            StoreError::Corrupt("an insert of one memory answered no outcome".into())
+        })
+    }
+
+    /// Notes, for the copy, that the batch did something to the user's
+    /// memories other than adding them through [`WriteBatch::insert_all`].
+    fn changed_otherwise(&mut self) {
+        if let Some(write) = &mut self.copy_write {
+            write.other = true;
+        }
+    }
+
     /// `news` in one statement after one savepoint ([`WriteBatch::insert_all`]):
     /// when it was written. `None` when the database refused any of them:
     /// then nothing of them was kept.
@@ -528,7 +636,7 @@ impl WriteBatch for PgBatch<'_> {
         new: NewMemory,
         dedup_threshold: f32,
     ) -> Result<InsertOutcome, StoreError> {
-        self.insert_deduplicated(new, dedup_threshold, None).await
+        self.insert_one(new, dedup_threshold, None).await
     }
 
     async fn insert_searched(
@@ -537,28 +645,52 @@ impl WriteBatch for PgBatch<'_> {
         dedup_threshold: f32,
         searched_at: u64,
     ) -> Result<InsertOutcome, StoreError> {
-        self.insert_deduplicated(new, dedup_threshold, Some(searched_at))
+        self.insert_one(new, dedup_threshold, Some(searched_at))
             .await
     }
 
     /// Several in one statement; should the database refuse any (a
-    /// duplicate, of a memory or of another of them), each on its own.
+    /// duplicate, of a memory or of another of them), each on its own. The
+    /// user's copy, when it holds vectors, makes the claims the caller did
+    /// not, and is told what was added.
     async fn insert_all(
         &mut self,
-        news: Vec<(NewMemory, Option<u64>)>,
+        mut news: Vec<(NewMemory, Option<u64>)>,
         dedup_threshold: f32,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        if news.len() > 1
+        self.claim_from_copy(&mut news, dedup_threshold).await;
+        let copied: Vec<Added> = match &self.copy_write {
+            Some(_) => news
+                .iter()
+                .map(|(new, _)| Added {
+                    id: new.id.0,
+                    vector: new.embedding.clone(),
+                    terms: keywords::document_terms(&new.content),
+                    expires_at: new.expires_at,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let outcomes = if news.len() > 1
             && let Some(at) = self.insert_together(&news, dedup_threshold).await?
         {
             let added = news.into_iter().map(|(new, _)| new.stored_at(at));
-            return Ok(added.map(InsertOutcome::Added).collect());
-        }
-        let mut outcomes = Vec::with_capacity(news.len());
-        for (new, searched_at) in news {
-            outcomes.push(
-                self.insert_deduplicated(new, dedup_threshold, searched_at)
-                    .await?,
+            added.map(InsertOutcome::Added).collect()
+        } else {
+            let mut outcomes = Vec::with_capacity(news.len());
+            for (new, searched_at) in news {
+                outcomes.push(
+                    self.insert_deduplicated(new, dedup_threshold, searched_at)
+                        .await?,
+                );
+            }
+            outcomes
+        };
+        if let Some(write) = &mut self.copy_write {
+            let kept = copied.into_iter().zip(&outcomes);
+            write.added.extend(
+                kept.filter(|(_, outcome)| matches!(outcome, InsertOutcome::Added(_)))
+                    .map(|(added, _)| added),
             );
         }
         Ok(outcomes)
@@ -571,6 +703,7 @@ impl WriteBatch for PgBatch<'_> {
         embedding: &[f32],
         actor: &str,
     ) -> Result<Option<Memory>, StoreError> {
+        self.changed_otherwise();
         let now = now_micros();
         let terms = keywords::document_terms(content);
         self.lock().await?;
@@ -652,6 +785,7 @@ impl WriteBatch for PgBatch<'_> {
         old: MemoryId,
         new: NewMemory,
     ) -> Result<SupersedeOutcome, StoreError> {
+        self.changed_otherwise();
         same_user(&self.user_id, new.scope.user_id())?;
         let now = now_micros();
         self.lock().await?;
@@ -690,6 +824,7 @@ impl WriteBatch for PgBatch<'_> {
     }
 
     async fn close(&mut self, id: MemoryId, actor: &str) -> Result<bool, StoreError> {
+        self.changed_otherwise();
         // One statement; the memories_version_update trigger moves the version.
         self.lock().await?;
         let (conn, user_id) = self.with_user().await?;
@@ -702,6 +837,7 @@ impl WriteBatch for PgBatch<'_> {
     }
 
     async fn import(&mut self, imported: ImportedMemory) -> Result<ImportOutcome, StoreError> {
+        self.changed_otherwise();
         same_user(&self.user_id, imported.memory.scope.user_id())?;
         self.import_memory(imported).await
     }
@@ -710,12 +846,48 @@ impl WriteBatch for PgBatch<'_> {
         insert_audit(self.conn().await?, record).await
     }
 
+    /// Commits; a batch that only added memories to a user whose copy
+    /// holds vectors first reads the version it leaves them at, and moves
+    /// the copy on to it once committed.
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        match self.tx {
-            Some(tx) => tx.commit().await.map_err(db("committing a write")),
-            // Nothing was written.
-            None => Ok(()),
+        const CX: &str = "committing a write";
+        let PgBatch {
+            store,
+            user_id,
+            tx,
+            copy_write,
+            ..
+        } = *self;
+        // Nothing was written.
+        let Some(mut tx) = tx else {
+            return Ok(());
+        };
+        let copy_write = copy_write.filter(|w| !w.other && !w.added.is_empty());
+        let mut left_at = None;
+        if copy_write.is_some() {
+            left_at = sqlx::query_as::<_, (i64, i64, Option<String>)>(
+                "SELECT version, current, current_setting('engram.locked_version', true) \
+                 FROM memory_users WHERE user_id = $1",
+            )
+            .bind(&user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(CX))?;
         }
+        tx.commit().await.map_err(db(CX))?;
+        if let (Some(write), Some((to, current, locked))) = (copy_write, left_at)
+            && locked == Some(write.from.to_string())
+        {
+            store.keyword_copies.advance(
+                &user_id,
+                write.from,
+                to,
+                current,
+                write.added,
+                store.embedder.dims,
+            );
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,231 @@
+//! The vectors of a small user's in-process copy (`keyword_copy`), so that
+//! recall's nearest memories, and the cosines of its keyword hits, are
+//! computed here instead of by PostgreSQL's exact scan.
+//!
+//! Why: below the vector index's threshold (and at 1536 dimensions, one row
+//! a page) PostgreSQL answers a user's nearest memories by scanning every
+//! row: ~1 ms alone at 1,000 rows, three times that beside the other work
+//! of a busy machine. The same scan over unit vectors held here is a pass
+//! of dot products, and recall is left one statement: the user's version
+//! and the rows it picked.
+//!
+//! Invariants:
+//! * row `i` is the copy's memory `i` (the copy's row order), its vector
+//!   scaled to unit length, so a cosine is a dot product with the unit query;
+//! * only users PostgreSQL itself scans exactly get vectors (rows times
+//!   dimensions at most [`MAX_FLOATS`], the budget the duplicate check's
+//!   exact scan is sized by): for a larger user the index answers in
+//!   PostgreSQL faster than a scan here would, and the copy holds postings
+//!   only;
+//! * a vector of length zero (which has no cosine) leaves the user without
+//!   vectors: PostgreSQL answers for them.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+/// Rows times dimensions a copy's vectors may hold: what the duplicate
+/// check scans exactly (5,000 rows at 384 dimensions, 1,250 at 1536).
+pub(super) const MAX_FLOATS: usize = 5000 * 384;
+
+/// Whether a user of `rows` memories of `dims` dimensions gets vectors,
+/// with copies' vectors bounded to `max_floats` a user.
+pub(super) fn small_enough(rows: usize, dims: usize, max_floats: usize) -> bool {
+    rows.saturating_mul(dims) <= max_floats
+}
+
+/// A user's current vectors, unit length, in the copy's row order.
+#[derive(Debug, Clone)]
+pub(super) struct CopyVectors {
+    dims: usize,
+    /// Row after row, `dims` each.
+    values: Vec<f32>,
+    ids: Vec<Uuid>,
+    row_of: HashMap<Uuid, usize>,
+}
+
+impl CopyVectors {
+    pub fn with_capacity(dims: usize, rows: usize) -> Self {
+        Self {
+            dims,
+            values: Vec::with_capacity(dims * rows),
+            ids: Vec::with_capacity(rows),
+            row_of: HashMap::with_capacity(rows),
+        }
+    }
+
+    /// Appends `id`'s vector as the next row; `false` (and nothing kept)
+    /// when it is not of the copy's dimensions or has length zero.
+    #[must_use]
+    pub fn push(&mut self, id: Uuid, vector: &[f32]) -> bool {
+        let Some(unit) = unit(vector).filter(|v| v.len() == self.dims) else {
+            return false;
+        };
+        self.row_of.insert(id, self.ids.len());
+        self.ids.push(id);
+        self.values.extend_from_slice(&unit);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        Self::bytes_for(self.len(), self.dims)
+    }
+
+    /// Bytes a copy of `rows` vectors of `dims` dimensions holds.
+    pub fn bytes_for(rows: usize, dims: usize) -> usize {
+        // The values, the ids, and the map (its entries and control bytes).
+        rows * (dims * 4 + 16 + 32)
+    }
+
+    /// Up to `k` rows nearest to `query`, best first (ties by id), each with
+    /// its cosine similarity; rows `skip` names are left out.
+    pub fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        skip: impl Fn(usize) -> bool,
+    ) -> Vec<(Uuid, f32)> {
+        let Some(query) = unit(query).filter(|q| q.len() == self.dims) else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(usize, f32)> = self
+            .values
+            .chunks_exact(self.dims)
+            .enumerate()
+            .filter(|(row, _)| !skip(*row))
+            .map(|(row, v)| (row, dot(v, &query)))
+            .collect();
+        let order = |a: &(usize, f32), b: &(usize, f32)| {
+            b.1.total_cmp(&a.1).then(self.ids[a.0].cmp(&self.ids[b.0]))
+        };
+        if scored.len() > k && k > 0 {
+            scored.select_nth_unstable_by(k - 1, order);
+        }
+        scored.truncate(k);
+        scored.sort_by(order);
+        scored
+            .into_iter()
+            .map(|(row, s)| (self.ids[row], s))
+            .collect()
+    }
+
+    /// `id`'s cosine similarity to `query`, if `id` is in the copy.
+    pub fn similarity(&self, id: &Uuid, query: &[f32]) -> Option<f32> {
+        let row = *self.row_of.get(id)?;
+        let query = unit(query).filter(|q| q.len() == self.dims)?;
+        let start = row * self.dims;
+        Some(dot(&self.values[start..start + self.dims], &query))
+    }
+}
+
+/// `v` scaled to unit length; `None` for length zero (or not finite).
+fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let norm = (v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>()).sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return None;
+    }
+    Some(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+}
+
+/// The dot product, over eight lanes that the compiler keeps in vector
+/// registers (a plain sum of products is one chain of adds, in order).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(seed: u64, dims: usize) -> Vec<f32> {
+        // A small, fixed pseudo-random sequence.
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..dims)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f64 {
+        let d: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        d / (n(a) * n(b))
+    }
+
+    #[test]
+    fn nearest_is_the_exact_order_of_cosines_without_skipped_rows() {
+        let dims = 37; // not a multiple of the lanes
+        let rows: Vec<Vec<f32>> = (0..300).map(|i| vector(i, dims)).collect();
+        let mut copy = CopyVectors::with_capacity(dims, rows.len());
+        let ids: Vec<Uuid> = (0..rows.len()).map(|_| Uuid::new_v4()).collect();
+        for (id, row) in ids.iter().zip(&rows) {
+            assert!(copy.push(*id, row));
+        }
+        for q in 0..20 {
+            let query = vector(1000 + q, dims);
+            let skip = |row: usize| row % 7 == 3;
+            let mut want: Vec<(Uuid, f64)> = rows
+                .iter()
+                .enumerate()
+                .filter(|(row, _)| !skip(*row))
+                .map(|(row, v)| (ids[row], cosine(v, &query)))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1));
+            want.truncate(10);
+            let got = copy.nearest(&query, 10, skip);
+            assert_eq!(got.len(), 10);
+            for ((gid, gs), (wid, ws)) in got.iter().zip(&want) {
+                assert_eq!(gid, wid);
+                assert!((f64::from(*gs) - ws).abs() < 1e-5, "{gs} {ws}");
+                let one = copy.similarity(gid, &query).unwrap();
+                assert!((one - gs).abs() < 1e-6);
+            }
+        }
+        assert!(copy.nearest(&vector(5, dims), 0, |_| false).is_empty());
+        assert_eq!(copy.nearest(&vector(5, dims), 1000, |_| false).len(), 300);
+        assert!(copy.similarity(&Uuid::new_v4(), &vector(5, dims)).is_none());
+    }
+
+    #[test]
+    fn a_vector_of_length_zero_or_other_dimensions_is_refused() {
+        let mut copy = CopyVectors::with_capacity(4, 2);
+        assert!(!copy.push(Uuid::new_v4(), &[0.0; 4]));
+        assert!(!copy.push(Uuid::new_v4(), &[1.0; 3]));
+        assert_eq!(copy.len(), 0);
+        assert!(copy.nearest(&[0.0; 4], 3, |_| false).is_empty());
+    }
+
+    #[test]
+    fn only_users_scanned_exactly_get_vectors() {
+        assert!(small_enough(5000, 384, MAX_FLOATS));
+        assert!(!small_enough(5001, 384, MAX_FLOATS));
+        assert!(small_enough(1250, 1536, MAX_FLOATS));
+        assert!(!small_enough(1251, 1536, MAX_FLOATS));
+        assert!(!small_enough(usize::MAX, 2, MAX_FLOATS));
+        assert!(!small_enough(1, 384, 0));
+    }
+}
