@@ -189,7 +189,9 @@ fn ids(hits: &[engram::store::Hit]) -> Vec<MemoryId> {
 async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     let db = TestDatabase::create().await;
     // Every scope goes through the index here; the other store scans exactly.
-    let indexed = open(&db, PlanSettings::ALWAYS_INDEX).await;
+    let indexed = open(&db, PlanSettings::ALWAYS_INDEX)
+        .await
+        .with_copy_vector_floats(0);
     let exact = open(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 100, 40).await;
@@ -450,7 +452,9 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
             ..PlanSettings::ALWAYS_INDEX
         },
     )
-    .await;
+    .await
+    // Its searches through SQL's index path, not an in-process copy.
+    .with_copy_vector_floats(0);
     let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 50, 40).await;
@@ -488,8 +492,9 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
         assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}");
         let got: HashSet<MemoryId> = self::ids(&hits).into_iter().collect();
         let reference = exact.vector_search(at, &q, 10).await.unwrap();
-        // Rows tied with the last one may fall either side of the cut.
-        let cut = hits.last().map_or(f32::MAX, |h| h.score);
+        // Rows tied with the last one may fall either side of the cut (and
+        // an in-process copy's cosine may differ from SQL's in its last bits).
+        let cut = hits.last().map_or(f32::MAX, |h| h.score + 1e-5);
         for want in &reference {
             if outside.contains(&want.id) && want.score > cut {
                 assert!(
@@ -592,7 +597,9 @@ async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
             ..PlanSettings::ALWAYS_INDEX
         },
     )
-    .await;
+    .await
+    // Its searches through SQL's index path, not an in-process copy.
+    .with_copy_vector_floats(0);
     let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     let user = whole("tail");
@@ -660,7 +667,8 @@ async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
         let q = HashEmbedder::new(DIMS).embed(text);
         let hits = store.vector_search(at, &q, 10).await.unwrap();
         assert_eq!(hits.first().map(|h| h.id), Some(*id), "{text}");
-        let cut = hits.last().map_or(f32::MAX, |h| h.score);
+        // Ties at the cut as above.
+        let cut = hits.last().map_or(f32::MAX, |h| h.score + 1e-5);
         let got: HashSet<MemoryId> = self::ids(&hits).into_iter().collect();
         for want in exact.vector_search(at, &q, 10).await.unwrap() {
             if waiting.contains(&want.id) && want.score > cut {
@@ -2303,7 +2311,11 @@ async fn a_diskann_index_built_on_an_empty_store_finds_what_an_exact_scan_finds(
             },
         )
     };
-    let indexed = open_with(PlanSettings::ALWAYS_INDEX).await.unwrap();
+    // Its searches through the index, not an in-process copy.
+    let indexed = open_with(PlanSettings::ALWAYS_INDEX)
+        .await
+        .unwrap()
+        .with_copy_vector_floats(0);
     assert_eq!(indexed.vector_index(), IndexKind::Diskann);
     // Whole vectors, and (as HNSW's) current memories only.
     let definition: String = sqlx::query_scalar(

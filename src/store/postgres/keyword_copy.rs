@@ -76,6 +76,21 @@ fn bytes_without_postings(memories: usize, dims: usize, max_floats: usize) -> us
         + std::mem::size_of::<UserCopy>()
 }
 
+/// The version of a copy of a user who has no memories: no version the
+/// database gives (its sequence starts at 1), so no search validates it;
+/// the duplicate check's trigger calls that state `none`.
+pub(super) const NO_USER: i64 = 0;
+
+/// As the duplicate check's trigger writes the version it locked a user
+/// at (`engram.locked_version`).
+pub(super) fn locked_text(version: i64) -> String {
+    if version == NO_USER {
+        "none".to_owned()
+    } else {
+        version.to_string()
+    }
+}
+
 /// One user's postings as of `version`.
 #[derive(Debug, Clone)]
 pub(super) struct UserCopy {
@@ -101,6 +116,18 @@ impl UserCopy {
             .map(|(id, score)| (id.0, score))
             .collect();
         (best, scores)
+    }
+
+    /// The copy of a user who has no memories (no row in `memory_users`),
+    /// at [`NO_USER`].
+    fn empty(dims: usize) -> Self {
+        UserCopy {
+            version: NO_USER,
+            keywords: UserKeywords::default(),
+            expires: Vec::new(),
+            vectors: Some(CopyVectors::with_capacity(dims, 0)),
+            bytes: 0,
+        }
     }
 
     /// The copy with its bytes counted.
@@ -141,9 +168,16 @@ impl UserCopy {
         })
     }
 
-    /// `id`'s cosine similarity to `query`, when the copy holds its vector.
-    pub fn similarity(&self, id: &Uuid, query: &[f32]) -> Option<f32> {
-        self.vectors.as_ref()?.similarity(id, query)
+    /// Each of `ids`' cosine similarity to `query`, for those whose vector
+    /// the copy holds.
+    pub fn similarities<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a Uuid>,
+        query: &[f32],
+    ) -> Vec<(Uuid, f32)> {
+        self.vectors
+            .as_ref()
+            .map_or_else(Vec::new, |vectors| vectors.similarities(ids, query))
     }
 
     fn expired(&self, row: i64, now: DateTime<Utc>) -> bool {
@@ -152,6 +186,17 @@ impl UserCopy {
             .and_then(|row| self.expires.get(row).copied().flatten())
             .is_some_and(|at| at <= now)
     }
+}
+
+/// What a copy is loaded for.
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    /// A search found none current: any user the budget can hold, evicting
+    /// the least recently used.
+    ForSearch,
+    /// A write had none to move on: a user small enough for vectors, in
+    /// room the budget has left.
+    ForWrites,
 }
 
 /// A memory this instance's write added, as a copy holds it.
@@ -218,6 +263,14 @@ impl KeywordCopies {
         let (copy, used) = held.copies.get_mut(user)?;
         *used = Instant::now();
         Some(copy.clone())
+    }
+
+    /// Counts a load of `user`'s copy as started now, whether or not one may.
+    fn started(&self, user: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.loads
+                .insert(user.to_owned(), Instant::now() + RELOAD_EVERY);
+        }
     }
 
     /// Whether a load of `user`'s copy may start now; if so, it counts as
@@ -302,24 +355,24 @@ impl KeywordCopies {
         current: i64,
         added: Vec<Added>,
         dims: usize,
-    ) {
+    ) -> bool {
         let Ok(mut held) = self.held.lock() else {
-            return;
+            return false;
         };
         let Some((copy, _)) = held.copies.get(user) else {
-            return;
+            return false;
         };
         if copy.version != from {
-            return;
+            return false;
         }
         let Some((copy, _)) = held.copies.remove(user) else {
-            return;
+            return false;
         };
         held.bytes -= copy.bytes;
         drop(held);
         let rows = copy.expires.len() + added.len();
         if usize::try_from(current).ok() != Some(rows) {
-            return;
+            return false;
         }
         // A reader holding the copy keeps the old one.
         let mut copy = Arc::try_unwrap(copy).unwrap_or_else(|shared| (*shared).clone());
@@ -339,6 +392,7 @@ impl KeywordCopies {
         self.keep(user, copy.measured());
         self.advanced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// Counts a claim a copy made for the duplicate check.
@@ -355,8 +409,16 @@ impl KeywordCopies {
 
     /// Whether a copy of `memories` memories of `dims` dimensions could fit
     /// at all; if not, the user is not tried again for [`TOO_LARGE_WAIT`].
-    fn could_fit(&self, user: &str, memories: usize, dims: usize) -> bool {
-        if bytes_without_postings(memories, dims, self.vector_floats) <= self.budget {
+    /// For [`Wanted::ForWrites`], only a user small enough for vectors
+    /// whose copy fits beside those held (a write does not evict another
+    /// user's copy); otherwise the user waits [`RELOAD_EVERY`].
+    fn could_fit(&self, user: &str, memories: usize, dims: usize, wanted: Wanted) -> bool {
+        let bytes = bytes_without_postings(memories, dims, self.vector_floats);
+        if let Wanted::ForWrites = wanted {
+            let small = copy_vectors::small_enough(memories, dims, self.vector_floats);
+            return small && self.held_bytes() + bytes <= self.budget;
+        }
+        if bytes <= self.budget {
             return true;
         }
         if let Ok(mut held) = self.held.lock() {
@@ -376,6 +438,19 @@ impl PgStore {
     /// Starts loading `user`'s copy in the background, unless copies are
     /// off or a load started less than [`RELOAD_EVERY`] ago.
     pub(super) fn refresh_keyword_copy(&self, user: &str) {
+        self.refresh_copy(user, Wanted::ForSearch);
+    }
+
+    /// After this instance wrote `user` and had no current copy of them
+    /// to move on: starts loading one in the background (as
+    /// [`Self::refresh_keyword_copy`]) if the user is small enough for
+    /// vectors and the copy fits beside those held, so that their next
+    /// writes' duplicate checks are answered here.
+    pub(super) fn refresh_copy_after_write(&self, user: &str) {
+        self.refresh_copy(user, Wanted::ForWrites);
+    }
+
+    fn refresh_copy(&self, user: &str, wanted: Wanted) {
         if self.keyword_copies.budget() == 0 || !self.keyword_copies.may_load(user) {
             return;
         }
@@ -387,21 +462,24 @@ impl PgStore {
         );
         let user = user.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = load(&pool, &settings, &copies, &user, dims).await {
+            if let Err(e) = load(&pool, &settings, &copies, &user, dims, wanted).await {
                 tracing::debug!(error = %e, "a user's keyword copy could not be loaded");
             }
         });
     }
 
     /// Loads `user`'s copy now and keeps it (tests and benchmarks; recall
-    /// loads copies in the background).
+    /// loads copies in the background). It counts as a load started: none
+    /// starts in the background for [`RELOAD_EVERY`].
     pub async fn load_keyword_copy(&self, user: &str) -> Result<(), StoreError> {
+        self.keyword_copies.started(user);
         load(
             &self.pool,
             &self.settings,
             &self.keyword_copies,
             user,
             self.embedder.dims,
+            Wanted::ForSearch,
         )
         .await
     }
@@ -452,14 +530,20 @@ type CopiedRow = (Uuid, i32, Option<DateTime<Utc>>, Option<Vector>);
 /// Reads `user`'s current memories and postings (and their vectors, for a
 /// user small enough at `dims` dimensions) in one snapshot, with the
 /// version they are at, and keeps them as the user's copy.
+///
+/// The load takes this instance's turn to write the user: none of its
+/// writes comes between the snapshot and the copy being kept, so the copy
+/// is current when kept unless another instance wrote.
 async fn load(
     pool: &PgPool,
     settings: &Settings,
     copies: &KeywordCopies,
     user: &str,
     dims: usize,
+    wanted: Wanted,
 ) -> Result<(), StoreError> {
     const CX: &str = "loading a keyword copy";
+    let _turn = copies.turn(user).await;
     let begin = settings.begin(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         Some(&scoped_to(user)),
@@ -475,11 +559,14 @@ async fn load(
             .await
             .map_err(db(CX))?
     else {
+        // A user with no memories yet: an empty copy, which this
+        // instance's first write to them moves on.
+        copies.keep(user, UserCopy::empty(dims).measured());
         return Ok(());
     };
     let current = usize::try_from(current).unwrap_or(usize::MAX);
     // A user too large for the budget is not read at all.
-    if !copies.could_fit(user, current, dims) {
+    if !copies.could_fit(user, current, dims, wanted) {
         return Ok(());
     }
     let with_vectors = copy_vectors::small_enough(current, dims, copies.vector_floats);

@@ -327,9 +327,9 @@ impl PgStore {
     ) -> Result<Option<Candidates>, StoreError> {
         let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let nearest = hits(copy.nearest(vector, depth));
-        let cosine: HashMap<Uuid, f32> = keyword_hits
-            .iter()
-            .filter_map(|(id, _)| Some((*id, copy.similarity(id, vector)?)))
+        let cosine: HashMap<Uuid, f32> = copy
+            .similarities(keyword_hits.iter().map(|(id, _)| id), vector)
+            .into_iter()
             .collect();
         let scored = both_sides(
             &nearest,

@@ -12,7 +12,7 @@ use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
 use super::audit::insert_audit;
-use super::keyword_copy::Added;
+use super::keyword_copy::{Added, locked_text};
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
 use super::queue::insert_pending;
 use super::read::memories_by_id;
@@ -862,6 +862,7 @@ impl WriteBatch for PgBatch<'_> {
         let Some(mut tx) = tx else {
             return Ok(());
         };
+        let added = copy_write.as_ref().is_none_or(|w| !w.added.is_empty());
         let copy_write = copy_write.filter(|w| !w.other && !w.added.is_empty());
         let mut left_at = None;
         if copy_write.is_some() {
@@ -875,17 +876,23 @@ impl WriteBatch for PgBatch<'_> {
             .map_err(db(CX))?;
         }
         tx.commit().await.map_err(db(CX))?;
-        if let (Some(write), Some((to, current, locked))) = (copy_write, left_at)
-            && locked == Some(write.from.to_string())
-        {
-            store.keyword_copies.advance(
-                &user_id,
-                write.from,
-                to,
-                current,
-                write.added,
-                store.embedder.dims,
-            );
+        let moved_on = match (copy_write, left_at) {
+            (Some(write), Some((to, current, locked)))
+                if locked == Some(locked_text(write.from)) =>
+            {
+                store.keyword_copies.advance(
+                    &user_id,
+                    write.from,
+                    to,
+                    current,
+                    write.added,
+                    store.embedder.dims,
+                )
+            }
+            _ => false,
+        };
+        if added && !moved_on {
+            store.refresh_copy_after_write(&user_id);
         }
         Ok(())
     }
