@@ -10,6 +10,11 @@ use crate::model::{Memory, MemoryId, Scope};
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row, reads};
 use crate::store::{HistoryEntry, ListingKey, Reads, StoreError};
 
+/// Which rows [`memories_by_id`] reads: the user's (`$1`) of the ids `$2`,
+/// expired ones left out.
+pub(super) const BY_ID: &str = "m.user_id = $1 AND m.id = ANY ($2) \
+     AND (m.expires_at IS NULL OR m.expires_at > now())";
+
 /// The user's memories with these ids, read on `conn` (a write batch reads
 /// its own writes so); expired ones are left out.
 pub(super) async fn memories_by_id(
@@ -21,10 +26,7 @@ pub(super) async fn memories_by_id(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-    let sql = format!(
-        "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.user_id = $1 AND m.id = ANY($2) \
-         AND (m.expires_at IS NULL OR m.expires_at > now())"
-    );
+    let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE {BY_ID}");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(&ids)

@@ -10,10 +10,11 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::keyword_copy::UserCopy;
-use super::read::memories_by_id;
+use super::read::{BY_ID, memories_by_id};
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::{Memory, MemoryId};
+use crate::store::keyword_copy::QueryScores;
 use crate::store::shared::{MEMORY_COLUMNS, memory_from_row};
 use crate::store::{Candidates, Hit, Nearest, Pick, Scored, Search, SearchScope, StoreError};
 
@@ -253,12 +254,7 @@ impl PgStore {
             .filter(|r| r.0 == 1)
             .map(|r| (r.1, r.2))
             .collect();
-        let scored = both_sides(
-            &nearest,
-            |id| keyword_of.of(MemoryId(*id)),
-            &hits(keyword_hits),
-            &cosine,
-        );
+        let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let found = picked_rows(tx, user_id, scored, pick).await?;
         self.keyword_copies.answered();
         Ok(Some(found))
@@ -331,12 +327,7 @@ impl PgStore {
             .similarities(keyword_hits.iter().map(|(id, _)| id), vector)
             .into_iter()
             .collect();
-        let scored = both_sides(
-            &nearest,
-            |id| keyword_of.of(MemoryId(*id)),
-            &hits(keyword_hits),
-            &cosine,
-        );
+        let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let chosen = pick(&scored);
         let mut tx = self.user_transaction(user_id).await?;
         let (version, memories) = memories_at_version(&mut tx, user_id, &chosen).await?;
@@ -364,9 +355,7 @@ async fn memories_at_version(
     // One row at least: the version, with no memory when none is asked for.
     let sql = format!(
         "WITH loaded AS MATERIALIZED ( \
-             SELECT {MEMORY_COLUMNS} FROM memories m \
-             WHERE m.user_id = $1 AND m.id = ANY ($2) \
-               AND (m.expires_at IS NULL OR m.expires_at > now())) \
+             SELECT {MEMORY_COLUMNS} FROM memories m WHERE {BY_ID}) \
          SELECT (SELECT version FROM memory_users WHERE user_id = $1) AS version, m.* \
          FROM (VALUES (1)) AS one (x) LEFT JOIN loaded m ON true"
     );
@@ -628,6 +617,22 @@ fn both_sides(
         }
     }
     out
+}
+
+/// [`both_sides`] with the keyword side from a user's copy: its hits, and
+/// the BM25 of any memory.
+fn with_copy_keywords(
+    nearest: &[Hit],
+    keyword_hits: Vec<(Uuid, f32)>,
+    keyword_of: &QueryScores<'_>,
+    similarity_of: &HashMap<Uuid, f32>,
+) -> Vec<Scored> {
+    both_sides(
+        nearest,
+        |id| keyword_of.of(MemoryId(*id)),
+        &hits(keyword_hits),
+        similarity_of,
+    )
 }
 
 /// Search rows (id, score) as hits, in the order given.
