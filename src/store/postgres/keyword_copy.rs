@@ -470,7 +470,7 @@ impl PgStore {
 
     /// Loads `user`'s copy now and keeps it (tests and benchmarks; recall
     /// loads copies in the background). It counts as a load started: none
-    /// starts in the background for [`RELOAD_EVERY`].
+    /// starts in the background for `RELOAD_EVERY` (5 s).
     pub async fn load_keyword_copy(&self, user: &str) -> Result<(), StoreError> {
         self.keyword_copies.started(user);
         load(
