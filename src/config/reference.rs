@@ -339,7 +339,7 @@ pub const SETTINGS: &[Setting] = {
         Setting {
             variable: "ENGRAM_VECTOR_CACHE_MB",
             default: Value("512"),
-            meaning: "memory for the in-process copies of users' data, all users together: vectors and keyword postings on SQLite; keyword postings on PostgreSQL, with the f32 vectors of users of at most 5,000 memories at 384 dimensions (1,250 at 1536; 6 MB for 1,000 at 1536). A copy answers only while it is of the user's current version; least recently used users are dropped (and reloaded when next used)",
+            meaning: "memory for the in-process copies of users' data, all users together: vectors and keyword postings on SQLite; keyword postings on PostgreSQL, with the f32 vectors of users of at most 5,000 memories at 384 dimensions (1,250 at 1536; 6 MB for 1,000 at 1536) and 8-bit codes of larger users' up to 32 MiB a user (21,845 memories at 1536; 15 MB for 10,000). A copy answers only while it is of the user's current version; least recently used users are dropped (and reloaded when next used)",
         },
         Setting {
             variable: "ENGRAM_RETENTION_DAYS",

@@ -191,7 +191,8 @@ async fn search_through_the_vector_index_never_drops_rows_the_filter_keeps() {
     // Every scope goes through the index here; the other store scans exactly.
     let indexed = open(&db, PlanSettings::ALWAYS_INDEX)
         .await
-        .with_copy_vector_floats(0);
+        .with_copy_vector_floats(0)
+        .with_copy_code_bytes(0);
     let exact = open(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 100, 40).await;
@@ -454,7 +455,8 @@ async fn rows_outside_the_vector_index_are_still_found_through_it() {
     )
     .await
     // Its searches through SQL's index path, not an in-process copy.
-    .with_copy_vector_floats(0);
+    .with_copy_vector_floats(0)
+    .with_copy_code_bytes(0);
     let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     crowd(&pool, 50, 40).await;
@@ -599,7 +601,8 @@ async fn new_rows_wait_outside_the_index_and_are_found_exactly() {
     )
     .await
     // Its searches through SQL's index path, not an in-process copy.
-    .with_copy_vector_floats(0);
+    .with_copy_vector_floats(0)
+    .with_copy_code_bytes(0);
     let exact = open_idle(&db, PlanSettings::ALWAYS_EXACT).await;
     let pool = db.pool().await;
     let user = whole("tail");
@@ -2315,7 +2318,8 @@ async fn a_diskann_index_built_on_an_empty_store_finds_what_an_exact_scan_finds(
     let indexed = open_with(PlanSettings::ALWAYS_INDEX)
         .await
         .unwrap()
-        .with_copy_vector_floats(0);
+        .with_copy_vector_floats(0)
+        .with_copy_code_bytes(0);
     assert_eq!(indexed.vector_index(), IndexKind::Diskann);
     // Whole vectors, and (as HNSW's) current memories only.
     let definition: String = sqlx::query_scalar(
@@ -2571,6 +2575,108 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     assert_eq!(a.keyword_copy_answers(), 3, "a stale copy answered");
     let after = a.similar(at, &query, 5, None).await.unwrap();
     assert_ne!(after.version, want_version);
+}
+
+/// A larger user's copy holds 8-bit codes of their vectors: recall's
+/// nearest memories are then the exact best of the rows the codes name,
+/// which are what SQL's exact scan gives; the codes answer a remember's
+/// duplicate check and follow this instance's adds; a near-duplicate gets
+/// no claim and is refused. A user who outgrows floats gets codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_codes_answers_as_sql_does_and_claims_for_its_adds() {
+    let db = TestDatabase::create().await;
+    // No user is small enough for floats: copies hold codes.
+    let a = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0);
+    let sql = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0)
+        .with_copy_code_bytes(0);
+    let user = whole("cc");
+    for i in 0..60 {
+        let text = format!(
+            "Visit {i}: the {} near {} on day {}",
+            ["museum", "harbour", "market", "castle"][i % 4],
+            ["Oslo", "Porto", "Lyon"][i % 3],
+            i * 7
+        );
+        a.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    let mut expiring = memory(&user, "the museum near Oslo long ago");
+    expiring.expires_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    a.insert(expiring, 0.95).await.unwrap();
+    a.load_keyword_copy("cc").await.unwrap();
+    sql.load_keyword_copy("cc").await.unwrap();
+    assert!(a.copy_holds_codes("cc") && !a.copy_holds_vectors("cc"));
+    assert!(!sql.copy_holds_codes("cc") && !sql.copy_holds_vectors("cc"));
+    for query in [
+        "the museum near Oslo",
+        "harbour day 14",
+        "castle",
+        "nothing of the kind",
+    ] {
+        // Each against its own store's steps (SQL for the vector side), and
+        // the two alike.
+        // (Both sorted by id.)
+        let with_codes = candidates_as_in_steps(&a, &user, query).await;
+        let without = candidates_as_in_steps(&sql, &user, query).await;
+        assert_eq!(with_codes.len(), without.len(), "{query}");
+        common::assert_same_candidates(&with_codes, &without, query);
+    }
+    assert_eq!(a.keyword_copy_answers(), 4);
+
+    // Two new memories: both claimed from the codes, the copy moved on,
+    // and recall through it finds them.
+    let (claims, advances) = (a.copy_claims(), a.copy_advances());
+    let outcomes = add_all(
+        &a,
+        &user,
+        &["My cat is called Pixel", "I cycle to work on Mondays"],
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, InsertOutcome::Added(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.copy_claims(), claims + 2);
+    assert_eq!(a.copy_advances(), advances + 1);
+    assert!(a.copy_holds_codes("cc"));
+    let got = candidates_as_in_steps(&a, &user, "cat called Pixel").await;
+    assert_eq!(a.keyword_copy_answers(), 5, "the moved copy is current");
+    let InsertOutcome::Added(pixel) = &outcomes[0] else {
+        unreachable!()
+    };
+    assert!(got.iter().any(|c| c.id == pixel.id), "{got:?}");
+    // A near-duplicate of what the codes hold: no claim, and refused.
+    let outcomes = add_all(&a, &user, &["My cat is called Pixel!"]).await;
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Duplicate { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.copy_claims(), claims + 2);
+
+    // A user who outgrows floats through this instance's adds: codes.
+    let growing = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(21 * DIMS);
+    let other = whole("cg");
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("Recipe {i}: soup with {}", i * 13))
+        .collect();
+    for text in &texts {
+        growing.insert(memory(&other, text), 0.95).await.unwrap();
+    }
+    growing.load_keyword_copy("cg").await.unwrap();
+    assert!(growing.copy_holds_vectors("cg"));
+    add_all(&growing, &other, &["Recipe 98: a pie", "Recipe 99: a stew"]).await;
+    assert!(growing.copy_holds_codes("cg") && !growing.copy_holds_vectors("cg"));
+    let before = growing.keyword_copy_answers();
+    let got = candidates_as_in_steps(&growing, &other, "a stew").await;
+    assert_eq!(growing.keyword_copy_answers(), before + 1);
+    assert!(!got.is_empty());
 }
 
 /// This instance's own adds move the user's copy on (it keeps answering,

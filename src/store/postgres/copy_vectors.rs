@@ -24,6 +24,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::copy_codes::CopyCodes;
+
 /// Rows times dimensions a copy's vectors may hold: what the duplicate
 /// check scans exactly (5,000 rows at 384 dimensions, 1,250 at 1536).
 pub(super) const MAX_FLOATS: usize = 5000 * 384;
@@ -114,6 +116,14 @@ impl CopyVectors {
             .collect()
     }
 
+    /// The same rows as codes (`copy_codes`), for a user who outgrew
+    /// floats; `None` if any row would not take a code.
+    pub fn to_codes(&self) -> Option<CopyCodes> {
+        let mut codes = CopyCodes::with_capacity(self.dims, self.len());
+        let mut rows = self.ids.iter().zip(self.values.chunks_exact(self.dims));
+        rows.all(|(id, v)| codes.push(*id, v)).then_some(codes)
+    }
+
     /// Each of `ids`' cosine similarity to `query`, for those in the copy.
     pub fn similarities<'a>(
         &self,
@@ -133,7 +143,7 @@ impl CopyVectors {
 }
 
 /// `v` scaled to unit length; `None` for length zero (or not finite).
-fn unit(v: &[f32]) -> Option<Vec<f32>> {
+pub(super) fn unit(v: &[f32]) -> Option<Vec<f32>> {
     let norm = (v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>()).sqrt();
     if norm == 0.0 || !norm.is_finite() {
         return None;

@@ -1,13 +1,16 @@
 //! In-process copies of users' keyword postings (and, for small users,
-//! their vectors: `copy_vectors`), so that recall's keyword side (and its
-//! vector side) runs here instead of in SQL.
+//! their vectors: `copy_vectors`; for larger ones, codes of them:
+//! `copy_codes`), so that recall's keyword side (and its vector side, or
+//! the narrowing of it) runs here instead of in SQL.
 //!
 //! Why: on PostgreSQL the keyword search (`engram_keyword_search`) costs as
 //! much as the vector search (4-5 ms at 10,000 memories of the bench's
 //! text: PostgreSQL spends ~1 µs a posting), and recall waited for both.
 //! With a copy, recall is one statement: the nearest memories, the cosines
 //! of the copy's keyword hits and the user's version (`search.rs`); with a
-//! copy that holds vectors, the user's version and the picked rows only.
+//! copy that holds vectors, the user's version and the picked rows only;
+//! with one that holds codes, the exact cosines of the rows they name in
+//! place of the search function's nearest.
 //!
 //! Invariants:
 //! * a copy is the user's current memories and postings as of one version
@@ -47,6 +50,7 @@ use pgvector::Vector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::copy_codes::{self, CopyCodes};
 use super::copy_vectors::{self, CopyVectors};
 use super::scope::scoped_to;
 use super::session::Settings;
@@ -64,16 +68,50 @@ const TOO_LARGE_WAIT: Duration = Duration::from_secs(600);
 
 /// The bytes a copy of `memories` memories of `dims` dimensions holds
 /// beyond its postings.
-fn bytes_without_postings(memories: usize, dims: usize, max_floats: usize) -> usize {
-    let vectors = if copy_vectors::small_enough(memories, dims, max_floats) {
-        CopyVectors::bytes_for(memories, dims)
-    } else {
-        0
+fn bytes_without_postings(memories: usize, dims: usize, limits: VectorLimits) -> usize {
+    let vectors = match limits.kind(memories, dims) {
+        Some(VectorKind::Floats) => CopyVectors::bytes_for(memories, dims),
+        Some(VectorKind::Codes) => CopyCodes::bytes_for(memories, dims),
+        None => 0,
     };
     UserKeywords::bytes_at_least(memories)
         + memories * 16
         + vectors
         + std::mem::size_of::<UserCopy>()
+}
+
+/// Which users' copies hold their vectors, and how.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct VectorLimits {
+    /// Rows times dimensions of the largest user whose copy holds floats
+    /// ([`copy_vectors::MAX_FLOATS`]; 0: none does).
+    pub floats: usize,
+    /// Rows times dimensions of the largest user whose copy holds codes,
+    /// past the floats ([`copy_codes::MAX_CODE_BYTES`]; 0: none does).
+    pub code_bytes: usize,
+}
+
+/// How a copy holds its user's vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum VectorKind {
+    /// Exactly (`copy_vectors`): recall's both sides are computed here.
+    Floats,
+    /// As codes (`copy_codes`): they name the rows PostgreSQL scores.
+    Codes,
+}
+
+impl VectorLimits {
+    /// How a copy of `rows` memories of `dims` dimensions holds their
+    /// vectors, if it does.
+    pub fn kind(self, rows: usize, dims: usize) -> Option<VectorKind> {
+        if copy_vectors::small_enough(rows, dims, self.floats) {
+            Some(VectorKind::Floats)
+        } else if copy_codes::coded_enough(rows, dims, self.code_bytes) {
+            Some(VectorKind::Codes)
+        } else {
+            None
+        }
+    }
 }
 
 /// The version of a copy of a user who has no memories: no version the
@@ -100,6 +138,8 @@ pub(super) struct UserCopy {
     expires: Vec<Option<DateTime<Utc>>>,
     /// By the same row numbers, for a user small enough.
     vectors: Option<CopyVectors>,
+    /// By the same row numbers, for a larger user whose codes fit.
+    codes: Option<CopyCodes>,
     bytes: usize,
 }
 
@@ -126,6 +166,7 @@ impl UserCopy {
             keywords: UserKeywords::default(),
             expires: Vec::new(),
             vectors: Some(CopyVectors::with_capacity(dims, 0)),
+            codes: None,
             bytes: 0,
         }
     }
@@ -135,6 +176,7 @@ impl UserCopy {
         self.bytes = self.keywords.bytes()
             + self.expires.len() * 16
             + self.vectors.as_ref().map_or(0, CopyVectors::bytes)
+            + self.codes.as_ref().map_or(0, CopyCodes::bytes)
             + std::mem::size_of::<UserCopy>();
         self
     }
@@ -143,6 +185,21 @@ impl UserCopy {
     /// then answered here too).
     pub fn has_vectors(&self) -> bool {
         self.vectors.is_some()
+    }
+
+    /// Whether the copy can answer a remember's duplicate check (it holds
+    /// the user's vectors, as floats or as codes).
+    pub fn may_claim(&self) -> bool {
+        self.vectors.is_some() || self.codes.is_some()
+    }
+
+    /// From a copy that holds codes: the unexpired memories that may be
+    /// among the `k` nearest to `query` (`copy_codes`), whose exact cosines
+    /// decide; `None` without codes.
+    pub fn may_be_nearest(&self, query: &[f32], k: usize) -> Option<Vec<Uuid>> {
+        let now = Utc::now();
+        let codes = self.codes.as_ref()?;
+        Some(codes.may_be_nearest(query, k, |row| self.expired(row as i64, now)))
     }
 
     /// Up to `k` unexpired memories nearest to `query`, best first, each
@@ -160,6 +217,9 @@ impl UserCopy {
     /// without vectors.
     pub fn clear_of(&self, vector: &[f32], threshold: f32) -> bool {
         const ROUNDING: f32 = 1e-4;
+        if let Some(codes) = &self.codes {
+            return codes.clear_of(vector, threshold);
+        }
         self.vectors.as_ref().is_some_and(|vectors| {
             vectors
                 .nearest(vector, 1, |_| false)
@@ -219,9 +279,8 @@ struct Held {
 /// Every user's copy, within a budget of bytes.
 pub(super) struct KeywordCopies {
     budget: usize,
-    /// Rows times dimensions of the largest user whose copy holds vectors
-    /// ([`copy_vectors::MAX_FLOATS`]; 0: none does).
-    vector_floats: usize,
+    /// Which users' copies hold their vectors.
+    limits: VectorLimits,
     held: Mutex<Held>,
     /// Recalls whose keyword side a copy answered.
     answered: std::sync::atomic::AtomicU64,
@@ -237,7 +296,10 @@ impl KeywordCopies {
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
-            vector_floats: copy_vectors::MAX_FLOATS,
+            limits: VectorLimits {
+                floats: copy_vectors::MAX_FLOATS,
+                code_bytes: copy_codes::MAX_CODE_BYTES,
+            },
             held: Mutex::new(Held::default()),
             answered: Default::default(),
             turns: Mutex::default(),
@@ -250,11 +312,14 @@ impl KeywordCopies {
         self.budget
     }
 
-    /// The same copies, holding vectors for users of at most `floats` rows
-    /// times dimensions.
-    pub fn with_vector_floats(mut self, floats: usize) -> Self {
-        self.vector_floats = floats;
+    /// The same copies, holding vectors for the users `limits` names.
+    pub fn with_vector_limits(mut self, limits: VectorLimits) -> Self {
+        self.limits = limits;
         self
+    }
+
+    pub fn vector_limits(&self) -> VectorLimits {
+        self.limits
     }
 
     /// The user's copy, if one is held (whatever its version).
@@ -376,16 +441,27 @@ impl KeywordCopies {
         }
         // A reader holding the copy keeps the old one.
         let mut copy = Arc::try_unwrap(copy).unwrap_or_else(|shared| (*shared).clone());
-        let with_vectors = copy_vectors::small_enough(rows, dims, self.vector_floats);
+        let kind = self.limits.kind(rows, dims);
+        if kind == Some(VectorKind::Codes)
+            && let Some(vectors) = copy.vectors.take()
+        {
+            // The user outgrew floats: their codes from here on.
+            copy.codes = vectors.to_codes();
+        }
         for new in added {
             let row = copy.expires.len();
             copy.keywords
                 .insert(row as i64, MemoryId(new.id), 0, &new.terms);
             copy.expires.push(new.expires_at);
             if let Some(vectors) = &mut copy.vectors
-                && !(with_vectors && vectors.push(new.id, &new.vector))
+                && !(kind == Some(VectorKind::Floats) && vectors.push(new.id, &new.vector))
             {
                 copy.vectors = None;
+            }
+            if let Some(codes) = &mut copy.codes
+                && !(kind == Some(VectorKind::Codes) && codes.push(new.id, &new.vector))
+            {
+                copy.codes = None;
             }
         }
         copy.version = to;
@@ -413,10 +489,10 @@ impl KeywordCopies {
     /// whose copy fits beside those held (a write does not evict another
     /// user's copy); otherwise the user waits [`RELOAD_EVERY`].
     fn could_fit(&self, user: &str, memories: usize, dims: usize, wanted: Wanted) -> bool {
-        let bytes = bytes_without_postings(memories, dims, self.vector_floats);
+        let bytes = bytes_without_postings(memories, dims, self.limits);
         if let Wanted::ForWrites = wanted {
-            let small = copy_vectors::small_enough(memories, dims, self.vector_floats);
-            return small && self.held_bytes() + bytes <= self.budget;
+            let with_vectors = self.limits.kind(memories, dims).is_some();
+            return with_vectors && self.held_bytes() + bytes <= self.budget;
         }
         if bytes <= self.budget {
             return true;
@@ -482,6 +558,13 @@ impl PgStore {
             Wanted::ForSearch,
         )
         .await
+    }
+
+    /// Whether `user`'s copy is held and holds their vectors as codes (tests).
+    pub fn copy_holds_codes(&self, user: &str) -> bool {
+        self.keyword_copies
+            .get(user)
+            .is_some_and(|copy| copy.codes.is_some())
     }
 
     /// Whether `user`'s copy is held and holds their vectors (tests).
@@ -569,7 +652,8 @@ async fn load(
     if !copies.could_fit(user, current, dims, wanted) {
         return Ok(());
     }
-    let with_vectors = copy_vectors::small_enough(current, dims, copies.vector_floats);
+    let kind = copies.limits.kind(current, dims);
+    let with_vectors = kind.is_some();
     let memories: Vec<CopiedRow> = sqlx::query_as(
         "SELECT id, keyword_length, expires_at, CASE WHEN $2 THEN embedding END \
          FROM memories WHERE user_id = $1 AND valid_to IS NULL",
@@ -596,13 +680,21 @@ async fn load(
     }
     let mut keywords = UserKeywords::default();
     let mut expires = Vec::with_capacity(memories.len());
-    let mut vectors = with_vectors.then(|| CopyVectors::with_capacity(dims, memories.len()));
+    let rows = memories.len();
+    let mut vectors =
+        (kind == Some(VectorKind::Floats)).then(|| CopyVectors::with_capacity(dims, rows));
+    let mut codes = (kind == Some(VectorKind::Codes)).then(|| CopyCodes::with_capacity(dims, rows));
     for (row, (id, length, expires_at, vector)) in memories.into_iter().enumerate() {
         // Every row has a vector, or the copy holds none.
         if let Some(held) = &mut vectors
-            && !vector.is_some_and(|v| held.push(id, v.as_slice()))
+            && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
         {
             vectors = None;
+        }
+        if let Some(held) = &mut codes
+            && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
+        {
+            codes = None;
         }
         let mut counts = terms.remove(&id).unwrap_or_default();
         counts.sort();
@@ -621,6 +713,7 @@ async fn load(
             keywords,
             expires,
             vectors,
+            codes,
             bytes: 0,
         }
         .measured(),

@@ -22,7 +22,8 @@
 //!   user's postings (`keyword_copy`) while the copy is of the user's
 //!   current version, and from SQL otherwise. A small user's copy holds
 //!   their vectors too (`copy_vectors`), and recall's nearest memories are
-//!   then found in process.
+//!   then found in process; a larger user's holds 8-bit codes of them
+//!   (`copy_codes`), which name the few rows PostgreSQL scores exactly.
 //!
 //! The embedding column's dimension is fixed when a store is first opened with
 //! an embedder, which is also recorded; a different one is refused.
@@ -69,6 +70,7 @@ use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
+mod copy_codes;
 mod copy_vectors;
 mod import;
 mod indexer;
@@ -232,17 +234,36 @@ impl PgStore {
     /// Bounds the users' keyword copies (`keyword_copy`) to `bytes`; 0
     /// turns them off, and recall's keyword side stays in SQL.
     pub fn with_keyword_copy_bytes(mut self, bytes: usize) -> Self {
-        self.keyword_copies = std::sync::Arc::new(keyword_copy::KeywordCopies::new(bytes));
+        let limits = self.keyword_copies.vector_limits();
+        let copies = keyword_copy::KeywordCopies::new(bytes).with_vector_limits(limits);
+        self.keyword_copies = std::sync::Arc::new(copies);
         self
     }
 
     /// Copies hold the vectors of users of at most `floats` rows times
     /// dimensions (by default the duplicate check's exact-scan budget,
-    /// `copy_vectors::MAX_FLOATS`); 0 keeps vectors out of copies, and
-    /// recall's vector side in SQL (tests and benchmarks).
-    pub fn with_copy_vector_floats(mut self, floats: usize) -> Self {
+    /// `copy_vectors::MAX_FLOATS`); 0 keeps floats out of copies (larger
+    /// users' codes stay: see [`Self::with_copy_code_bytes`]).
+    pub fn with_copy_vector_floats(self, floats: usize) -> Self {
+        let limits = self.keyword_copies.vector_limits();
+        self.with_vector_limits(keyword_copy::VectorLimits { floats, ..limits })
+    }
+
+    /// Copies hold codes of the vectors of users past the floats, up to
+    /// `bytes` rows times dimensions (`copy_codes::MAX_CODE_BYTES` by
+    /// default); 0 keeps codes out of copies, and those users' recall
+    /// searches the vector index (tests and benchmarks).
+    pub fn with_copy_code_bytes(self, bytes: usize) -> Self {
+        let limits = self.keyword_copies.vector_limits();
+        self.with_vector_limits(keyword_copy::VectorLimits {
+            code_bytes: bytes,
+            ..limits
+        })
+    }
+
+    fn with_vector_limits(mut self, limits: keyword_copy::VectorLimits) -> Self {
         let copies = keyword_copy::KeywordCopies::new(self.keyword_copies.budget());
-        self.keyword_copies = std::sync::Arc::new(copies.with_vector_floats(floats));
+        self.keyword_copies = std::sync::Arc::new(copies.with_vector_limits(limits));
         self
     }
 

@@ -201,6 +201,9 @@ impl PgStore {
     /// and the user's version, and a second, in the same transaction, the
     /// memories of the candidates `pick` chooses; `None` when that version
     /// is not the copy's (the copy is stale: the caller takes the SQL path).
+    /// The nearest memories are the search function's, or, when the copy
+    /// holds codes, the exact best of the rows the codes name (which hold
+    /// the exact nearest: `copy_codes`).
     async fn candidates_with_copy(
         &self,
         copy: &UserCopy,
@@ -213,28 +216,42 @@ impl PgStore {
         let user_id = at.scope.user_id().as_str();
         let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let keyword_ids: Vec<Uuid> = keyword_hits.iter().map(|(id, _)| *id).collect();
+        // With codes, the rows that may be nearest, scored exactly; without,
+        // the search function's nearest.
+        let named = copy.may_be_nearest(vector, depth);
+        let nearest_sql = match named {
+            Some(_) => {
+                "SELECT m.id, (1 - (m.embedding <=> $2))::real AS similarity \
+                 FROM memories m \
+                 WHERE m.id = ANY ($5) AND m.user_id = $1 AND m.valid_to IS NULL"
+            }
+            None => {
+                "SELECT id, similarity FROM engram_nearest($1, NULL, NULL, NULL, $2, $3, \
+                     engram_expired_ids($1))"
+            }
+        };
         let mut tx = self.user_transaction(user_id).await?;
         // (0, nearest id, similarity) rows, (1, keyword hit id, its cosine)
         // rows, and the version on every row: read once (an InitPlan), in
         // the statement's snapshot.
-        let rows: Vec<(i16, Uuid, f32, Option<i64>)> = sqlx::query_as(
+        let sql = format!(
             "WITH v AS MATERIALIZED (SELECT version FROM memory_users WHERE user_id = $1), \
-                  n AS MATERIALIZED ( \
-                      SELECT id, similarity FROM engram_nearest($1, NULL, NULL, NULL, $2, $3, \
-                          engram_expired_ids($1))) \
+                  n AS MATERIALIZED ({nearest_sql}) \
              SELECT 0::int2, n.id, n.similarity, (SELECT version FROM v) FROM n \
              UNION ALL \
              SELECT 1::int2, m.id, (1 - (m.embedding <=> $2))::real, (SELECT version FROM v) \
              FROM memories m \
-             WHERE m.id = ANY ($4) AND m.user_id = $1 AND m.valid_to IS NULL",
-        )
-        .bind(user_id)
-        .bind(Vector::from(vector.to_vec()))
-        .bind(i32::try_from(depth).unwrap_or(i32::MAX))
-        .bind(&keyword_ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("searching vectors"))?;
+             WHERE m.id = ANY ($4) AND m.user_id = $1 AND m.valid_to IS NULL"
+        );
+        let rows: Vec<(i16, Uuid, f32, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(Vector::from(vector.to_vec()))
+            .bind(i32::try_from(depth).unwrap_or(i32::MAX))
+            .bind(&keyword_ids)
+            .bind(named.as_deref().unwrap_or_default())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("searching vectors"))?;
         // No row says no version: the user has none of either kind, and the
         // SQL path answers that as cheaply.
         if rows.first().and_then(|r| r.3) != Some(copy.version) {
@@ -280,10 +297,15 @@ impl PgStore {
             return Ok(None);
         }
         let user_id = at.scope.user_id().as_str();
-        let Some(copy) = self.keyword_copies.get(user_id).filter(|c| c.has_vectors()) else {
+        let Some(copy) = self.keyword_copies.get(user_id) else {
             self.refresh_keyword_copy(user_id);
             return Ok(None);
         };
+        // A copy without floats answers none of these (loading it again
+        // would not change that).
+        if !copy.has_vectors() {
+            return Ok(None);
+        }
         let found = copy.nearest(query, limit);
         let wanted: Vec<MemoryId> = match load_from {
             Some(least) => found

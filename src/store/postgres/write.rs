@@ -520,7 +520,8 @@ impl PgBatch<'_> {
         )))
     }
 
-    /// Before a batch's first write, when the user's copy holds vectors:
+    /// Before a batch's first write, when the user's copy holds vectors (as
+    /// floats or codes):
     /// waits for this instance's turn to write the user (the copy is then as
     /// the writer before left it), and gives each of `news` that has no
     /// claim the copy's version as one where no memory of the copy, and no
@@ -533,12 +534,12 @@ impl PgBatch<'_> {
     ) {
         let store = self.store;
         let copies = &store.keyword_copies;
-        let holds_vectors = |user| copies.get(user).is_some_and(|c| c.has_vectors());
+        let holds_vectors = |user| copies.get(user).is_some_and(|c| c.may_claim());
         if self.tx.is_some() || self.copy_write.is_some() || !holds_vectors(&self.user_id) {
             return;
         }
         let turn = copies.turn(&self.user_id).await;
-        let Some(copy) = copies.get(&self.user_id).filter(|c| c.has_vectors()) else {
+        let Some(copy) = copies.get(&self.user_id).filter(|c| c.may_claim()) else {
             return;
         };
         let alone: Vec<bool> = (0..news.len())

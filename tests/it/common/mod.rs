@@ -198,6 +198,47 @@ pub async fn stored(s: &engram::MemoryService, user: &str) -> u64 {
     s.user_context(ME, request).await.unwrap().total
 }
 
+/// `got` and `want` (each sorted by id) are the same candidates with the
+/// same scores, but for memories tied on similarity at the vector side's
+/// cut.
+pub fn assert_same_candidates(
+    got: &[engram::store::Scored],
+    want: &[engram::store::Scored],
+    query: &str,
+) {
+    // Memories tied on similarity at the vector side's cut may come in
+    // either way (SQL and an in-process copy break ties differently): the
+    // candidates found one way only must be such ties, as many each way.
+    let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
+    let only = |a: &[engram::store::Scored], b: &[engram::store::Scored]| {
+        a.iter()
+            .filter(|x| !ids(b).contains(&x.id))
+            .map(|x| x.similarity)
+            .collect::<Vec<_>>()
+    };
+    let (got_only, want_only) = (only(got, want), only(want, got));
+    assert_eq!(got_only.len(), want_only.len(), "{query}: {got:?} {want:?}");
+    if let Some(tie) = got_only.first() {
+        let tied = got_only
+            .iter()
+            .chain(&want_only)
+            .all(|s| (s - tie).abs() < 1e-4);
+        assert!(tied, "{query}: {got:?} {want:?}");
+    }
+    let both = |a: &[engram::store::Scored], b: &[engram::store::Scored]| {
+        let in_b = ids(b);
+        a.iter()
+            .filter(|x| in_b.contains(&x.id))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for (g, w) in both(got, want).iter().zip(&both(want, got)) {
+        assert_eq!(g.id, w.id);
+        assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
+        assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
+    }
+}
+
 /// `store`'s recall candidates for `query` (embedded as `vector`) at `at`,
 /// by id, checked against the two searches' (`candidates_in_steps`): the
 /// same memories (ties at the cut aside), the same scores.
@@ -229,37 +270,7 @@ pub async fn candidates_as_in_steps(
             .await
             .unwrap(),
     );
-    // Memories tied on similarity at the vector side's cut may come in
-    // either way (SQL and an in-process copy break ties differently): the
-    // candidates found one way only must be such ties, as many each way.
-    let ids = |c: &[engram::store::Scored]| c.iter().map(|x| x.id).collect::<Vec<_>>();
-    let only = |a: &[engram::store::Scored], b: &[engram::store::Scored]| {
-        a.iter()
-            .filter(|x| !ids(b).contains(&x.id))
-            .map(|x| x.similarity)
-            .collect::<Vec<_>>()
-    };
-    let (got_only, want_only) = (only(&got, &want), only(&want, &got));
-    assert_eq!(got_only.len(), want_only.len(), "{query}: {got:?} {want:?}");
-    if let Some(tie) = got_only.first() {
-        let tied = got_only
-            .iter()
-            .chain(&want_only)
-            .all(|s| (s - tie).abs() < 1e-4);
-        assert!(tied, "{query}: {got:?} {want:?}");
-    }
-    let both = |a: &[engram::store::Scored], b: &[engram::store::Scored]| {
-        let in_b = ids(b);
-        a.iter()
-            .filter(|x| in_b.contains(&x.id))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    for (g, w) in both(&got, &want).iter().zip(&both(&want, &got)) {
-        assert_eq!(g.id, w.id);
-        assert!((g.similarity - w.similarity).abs() < 1e-4, "{g:?} {w:?}");
-        assert!((g.keyword - w.keyword).abs() < 1e-4, "{g:?} {w:?}");
-    }
+    assert_same_candidates(&got, &want, query);
     // Memories read with the candidates are the picked ones', as the
     // store reads them by id.
     if let Some(mut loaded) = candidates.memories {
