@@ -167,12 +167,12 @@ impl CopyCodes {
             .collect()
     }
 
-    /// Whether no row from `from` on, however close its exact cosine comes
-    /// to its estimate, is within `threshold` of `vector` (less a margin for
-    /// the database's rounding). `false` for a vector of length zero.
-    pub fn clear_of(&self, vector: &[f32], threshold: f32, from: usize) -> bool {
+    /// Whether no row, however close its exact cosine comes to its
+    /// estimate, is within `threshold` of `vector` (less a margin for the
+    /// database's rounding). `false` for a vector of length zero.
+    pub fn clear_of(&self, vector: &[f32], threshold: f32) -> bool {
         self.estimates(vector)
-            .is_some_and(|rows| rows.skip(from).all(|(_, e, b)| e + b < threshold - SLACK))
+            .is_some_and(|mut rows| rows.all(|(_, e, b)| e + b < threshold - SLACK))
     }
 }
 
@@ -307,18 +307,15 @@ mod tests {
             assert!(codes.push(Uuid::new_v4(), row));
         }
         // A stored vector itself, and one a little off it: not clear.
-        assert!(!codes.clear_of(&rows[10], 0.95, 0));
+        assert!(!codes.clear_of(&rows[10], 0.95));
         let near: Vec<f32> = rows[10].iter().map(|x| x * 1.01 + 0.001).collect();
         assert!(cosine(&near, &rows[10]) > 0.95);
-        assert!(!codes.clear_of(&near, 0.95, 0));
-        // The rows from 11 on are clear of it; from 10 on, not.
-        assert!(codes.clear_of(&near, 0.95, 11));
-        assert!(!codes.clear_of(&near, 0.95, 10));
+        assert!(!codes.clear_of(&near, 0.95));
         // Unrelated: clear.
-        assert!(codes.clear_of(&vector(123_456, dims), 0.95, 0));
-        assert!(!codes.clear_of(&vec![0.0; dims], 0.95, 0));
+        assert!(codes.clear_of(&vector(123_456, dims), 0.95));
+        assert!(!codes.clear_of(&vec![0.0; dims], 0.95));
         // An empty copy is clear of anything.
-        assert!(CopyCodes::with_capacity(dims, 0).clear_of(&rows[0], 0.95, 0));
+        assert!(CopyCodes::with_capacity(dims, 0).clear_of(&rows[0], 0.95));
     }
 
     #[test]

@@ -129,20 +129,10 @@ pub(super) fn locked_text(version: i64) -> String {
     }
 }
 
-/// Each load's own number (`UserCopy::lineage`).
-static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-fn next_lineage() -> u64 {
-    LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 /// One user's postings as of `version`.
 #[derive(Debug, Clone)]
 pub(super) struct UserCopy {
     pub version: i64,
-    /// The load this copy comes from: copies of one lineage differ only by
-    /// the rows this instance's writes appended ([`KeywordCopies::advance`]).
-    lineage: u64,
     keywords: UserKeywords,
     /// By the copy's row number: the memory's expiry.
     expires: Vec<Option<DateTime<Utc>>>,
@@ -173,7 +163,6 @@ impl UserCopy {
     fn empty(dims: usize) -> Self {
         UserCopy {
             version: NO_USER,
-            lineage: next_lineage(),
             keywords: UserKeywords::default(),
             expires: Vec::new(),
             vectors: Some(CopyVectors::with_capacity(dims, 0)),
@@ -226,37 +215,17 @@ impl UserCopy {
     /// of `vector` (less a margin for the database's rounding): the copy's
     /// version is then a claim the duplicate check may trust. `false`
     /// without vectors.
-    /// Only the rows from `from` on are looked at.
-    pub fn clear_of(&self, vector: &[f32], threshold: f32, from: usize) -> bool {
+    pub fn clear_of(&self, vector: &[f32], threshold: f32) -> bool {
         const ROUNDING: f32 = 1e-4;
         if let Some(codes) = &self.codes {
-            return codes.clear_of(vector, threshold, from);
+            return codes.clear_of(vector, threshold);
         }
         self.vectors.as_ref().is_some_and(|vectors| {
             vectors
-                .nearest(vector, 1, |row| row < from)
+                .nearest(vector, 1, |_| false)
                 .first()
                 .is_none_or(|(_, similarity)| *similarity < threshold - ROUNDING)
         })
-    }
-
-    /// How many memories the copy holds.
-    pub fn rows(&self) -> usize {
-        self.expires.len()
-    }
-
-    /// Where this copy is: which load, and how many rows.
-    pub fn mark(&self) -> CopyMark {
-        CopyMark {
-            lineage: self.lineage,
-            rows: self.rows(),
-        }
-    }
-
-    /// Whether this copy is the one `earlier` marks, or it moved on by
-    /// appends: its first `earlier.rows` rows are then that copy's rows.
-    pub fn holds_rows_of(&self, earlier: CopyMark) -> bool {
-        self.lineage == earlier.lineage && self.rows() >= earlier.rows
     }
 
     /// Each of `ids`' cosine similarity to `query`, for those whose vector
@@ -277,14 +246,6 @@ impl UserCopy {
             .and_then(|row| self.expires.get(row).copied().flatten())
             .is_some_and(|at| at <= now)
     }
-}
-
-/// A copy's place ([`UserCopy::mark`]): a writer's pass over it before its
-/// turn is finished, in the turn, on the rows appended since.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct CopyMark {
-    lineage: u64,
-    pub rows: usize,
 }
 
 /// What a copy is loaded for.
@@ -749,7 +710,6 @@ async fn load(
         user,
         UserCopy {
             version,
-            lineage: next_lineage(),
             keywords,
             expires,
             vectors,
@@ -759,51 +719,4 @@ async fn load(
         .measured(),
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn added(vector: Vec<f32>) -> Added {
-        Added {
-            id: Uuid::new_v4(),
-            vector,
-            terms: DocumentTerms {
-                counts: Vec::new(),
-                length: 0,
-            },
-            expires_at: None,
-        }
-    }
-
-    /// A writer's pass before its turn saw the copy it marked; in the turn,
-    /// the rows appended since are all it must look at, and a copy loaded
-    /// since holds none of the marked rows for sure.
-    #[test]
-    fn a_pass_before_the_turn_is_finished_on_the_rows_appended_since() {
-        let copies = KeywordCopies::new(1 << 20);
-        copies.keep("u", UserCopy::empty(4).measured());
-        let before = copies.get("u").unwrap();
-        let x = vec![1.0, 0.0, 0.0, 0.0];
-        let near_x = vec![1.0, 0.01, 0.0, 0.0];
-        assert!(before.clear_of(&near_x, 0.9, 0));
-        let seen = before.mark();
-        drop(before);
-
-        // Another writer of this instance appends x.
-        assert!(copies.advance("u", NO_USER, 7, 1, vec![added(x)], 4));
-        let after = copies.get("u").unwrap();
-        assert!(after.holds_rows_of(seen));
-        assert!(!after.clear_of(&near_x, 0.9, seen.rows), "the appended row");
-        assert!(after.clear_of(&[0.0, 1.0, 0.0, 0.0], 0.9, seen.rows));
-
-        // A copy loaded since is another lineage: nothing of it is vouched for.
-        copies.keep("u", UserCopy::empty(4).measured());
-        assert!(!copies.get("u").unwrap().holds_rows_of(after.mark()));
-        // Nor is a mark of more rows than the copy holds.
-        let mut ahead = after.mark();
-        ahead.rows += 1;
-        assert!(!after.holds_rows_of(ahead));
-    }
 }

@@ -534,29 +534,14 @@ impl PgBatch<'_> {
     ) {
         let store = self.store;
         let copies = &store.keyword_copies;
-        if self.tx.is_some() || self.copy_write.is_some() {
+        let holds_vectors = |user| copies.get(user).is_some_and(|c| c.may_claim());
+        if self.tx.is_some() || self.copy_write.is_some() || !holds_vectors(&self.user_id) {
             return;
         }
-        let Some(before) = copies.get(&self.user_id).filter(|c| c.may_claim()) else {
-            return;
-        };
-        // The pass over every row, before the turn (other writers of the
-        // user wait for no pass but their own); in the turn, only the rows
-        // appended since are looked at, or all of a copy loaded since.
-        let clear_before: Vec<bool> = news
-            .iter()
-            .map(|(new, claim)| {
-                claim.is_none() && before.clear_of(&new.embedding, dedup_threshold, 0)
-            })
-            .collect();
-        // Not held while waiting: a copy moved on while read is cloned.
-        let seen = before.mark();
-        drop(before);
         let turn = copies.turn(&self.user_id).await;
         let Some(copy) = copies.get(&self.user_id).filter(|c| c.may_claim()) else {
             return;
         };
-        let passed = copy.holds_rows_of(seen);
         let alone: Vec<bool> = (0..news.len())
             .map(|i| {
                 let vector = &news[i].0.embedding;
@@ -566,13 +551,8 @@ impl PgBatch<'_> {
                 })
             })
             .collect();
-        for (((new, claim), alone), clear_before) in news.iter_mut().zip(alone).zip(clear_before) {
-            let clear = if passed {
-                clear_before && copy.clear_of(&new.embedding, dedup_threshold, seen.rows)
-            } else {
-                copy.clear_of(&new.embedding, dedup_threshold, 0)
-            };
-            if claim.is_none() && alone && clear {
+        for ((new, claim), alone) in news.iter_mut().zip(alone) {
+            if claim.is_none() && alone && copy.clear_of(&new.embedding, dedup_threshold) {
                 *claim = u64::try_from(copy.version).ok();
                 copies.claimed();
             }
