@@ -2679,6 +2679,53 @@ async fn a_copy_with_codes_answers_as_sql_does_and_claims_for_its_adds() {
     assert!(!got.is_empty());
 }
 
+/// Writers of one user at once, in one instance, each with a fact that
+/// says what the others' say: each passes over the copy before its turn,
+/// and the rows the others appended meanwhile are checked in its turn, so
+/// exactly one is kept (a claim made without them would be trusted by the
+/// database, and a duplicate kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_near_duplicates_through_one_copy_keep_one() {
+    let db = TestDatabase::create().await;
+    for (user_id, store) in [
+        ("nf", open(&db, PlanSettings::default()).await),
+        (
+            "nc",
+            open(&db, PlanSettings::default())
+                .await
+                .with_copy_vector_floats(0),
+        ),
+    ] {
+        let user = whole(user_id);
+        for i in 0..10 {
+            let text = format!("Errand {i}: post a letter to {}", i * 17);
+            store.insert(memory(&user, &text), 0.95).await.unwrap();
+        }
+        store.load_keyword_copy(user_id).await.unwrap();
+        assert!(store.copy_holds_vectors(user_id) || store.copy_holds_codes(user_id));
+        // The same words, so the same vector; not the same text.
+        let texts = [
+            "My cat is called Pixel",
+            "My cat is called Pixel!",
+            "My cat is called Pixel.",
+            "my cat is called pixel",
+        ];
+        let writes = texts
+            .iter()
+            .map(|t| add_all(&store, &user, std::slice::from_ref(t)));
+        let outcomes: Vec<InsertOutcome> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let kept = outcomes
+            .iter()
+            .filter(|o| matches!(o, InsertOutcome::Added(_)))
+            .count();
+        assert_eq!(kept, 1, "{user_id}: {outcomes:?}");
+    }
+}
+
 /// This instance's own adds move the user's copy on (it keeps answering,
 /// with the new memories in it), and the copy answers their duplicate
 /// check with a claim the database trusts only at the copy's version: a
