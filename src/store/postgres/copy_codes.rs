@@ -198,31 +198,8 @@ fn dot(a: &[i8], b: &[i8]) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::copy_vectors::tests::{cosine, vector};
     use super::*;
-
-    fn vector(seed: u64, dims: usize) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..dims)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
-
-    fn cosine(a: &[f32], b: &[f32]) -> f64 {
-        let d: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum();
-        let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        d / (n(a) * n(b))
-    }
 
     /// Rows that share a part with the query, so that many cosines crowd
     /// near the cut, as real memories' do.

@@ -168,10 +168,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn vector(seed: u64, dims: usize) -> Vec<f32> {
+    /// A small, fixed pseudo-random vector (tests here and in `copy_codes`).
+    pub(in crate::store::postgres) fn vector(seed: u64, dims: usize) -> Vec<f32> {
         // A small, fixed pseudo-random sequence.
         let mut state = seed
             .wrapping_mul(6364136223846793005)
@@ -186,7 +187,8 @@ mod tests {
             .collect()
     }
 
-    fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    /// The cosine, in f64.
+    pub(in crate::store::postgres) fn cosine(a: &[f32], b: &[f32]) -> f64 {
         let d: f64 = a
             .iter()
             .zip(b)
