@@ -377,9 +377,13 @@ impl PgBatch<'_> {
     /// into the statement by this code (a simple query takes no parameters).
     /// The batch's first savepoint travels with its `BEGIN`.
     pub(super) async fn savepoint(&mut self, dedup: Option<Dedup<'_>>) -> Result<(), StoreError> {
-        // Before the savepoint, so that an undo keeps the locks.
+        // After the savepoint: the insert's trigger updates the version's
+        // row inside it, and a row locked by the transaction and updated by
+        // its savepoint (two xids) gets a MultiXact for every write, which
+        // every later reader of the row resolves. An undo of this savepoint
+        // gives the locks up ([`Self::undo`]).
         let lock = if self.copy_write.is_some() && !self.locked {
-            format!("{LOCK_WITH_VERSION}; ")
+            format!("; {LOCK_WITH_VERSION}")
         } else {
             String::new()
         };
@@ -403,7 +407,7 @@ impl PgBatch<'_> {
                     .join(","),
             ),
         };
-        let sql = format!("{lock}{sql}");
+        let sql = format!("{sql}{lock}");
         match self.tx.as_mut() {
             Some(tx) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -425,12 +429,17 @@ impl PgBatch<'_> {
         Ok(())
     }
 
-    /// Undoes everything since the last savepoint (a refused write).
+    /// Undoes everything since the last savepoint (a refused write). The
+    /// locks taken since go with it: the next write takes the user's lock
+    /// again, and the copy is not moved on (its version was locked in what
+    /// was undone).
     pub(super) async fn undo(&mut self) -> Result<(), StoreError> {
         sqlx::raw_sql(UNDO)
             .execute(self.conn().await?)
             .await
             .map_err(db("ending a refused write"))?;
+        self.locked = false;
+        self.changed_otherwise();
         Ok(())
     }
 
