@@ -19,31 +19,40 @@ use crate::store::{AuditLog, AuditQuery, AuditRecord, AuditRow, SealReport, Stor
 const COLUMNS: &str = "seq, at, principal, key_id, user_ref, transport, client_addr, operation, \
                        memory_ids, memory_count, outcome, query, chain_pos, hash";
 
+/// Appends one record (its values bound by [`bind_record`]).
+pub(super) const INSERT: &str = "INSERT INTO audit_log (at, principal, key_id, user_ref, transport, \
+                      client_addr, operation, memory_ids, memory_count, outcome, query) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// `query` with `record`'s eleven values bound as `$1`..`$11` ([`INSERT`]).
+pub(super) fn bind_record<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    record: &'q AuditRecord,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let ids: Vec<Uuid> = record.memory_ids.iter().map(|id| id.0).collect();
+    query
+        .bind(record.at)
+        .bind(&record.principal)
+        .bind(record.key_id)
+        .bind(&record.user_ref)
+        .bind(&record.transport)
+        .bind(&record.client_addr)
+        .bind(&record.operation)
+        .bind(ids)
+        .bind(i64::try_from(record.memory_count).unwrap_or(i64::MAX))
+        .bind(&record.outcome)
+        .bind(&record.query)
+}
+
 /// Appends `record` on `conn` (a write's own transaction, or the sink's).
 pub(super) async fn insert_audit(
     conn: &mut PgConnection,
     record: &AuditRecord,
 ) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = record.memory_ids.iter().map(|id| id.0).collect();
-    sqlx::query(
-        "INSERT INTO audit_log (at, principal, key_id, user_ref, transport, client_addr, \
-         operation, memory_ids, memory_count, outcome, query) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(record.at)
-    .bind(&record.principal)
-    .bind(record.key_id)
-    .bind(&record.user_ref)
-    .bind(&record.transport)
-    .bind(&record.client_addr)
-    .bind(&record.operation)
-    .bind(&ids)
-    .bind(i64::try_from(record.memory_count).unwrap_or(i64::MAX))
-    .bind(&record.outcome)
-    .bind(&record.query)
-    .execute(&mut *conn)
-    .await
-    .map_err(db("writing the audit trail"))?;
+    bind_record(sqlx::query(INSERT), record)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("writing the audit trail"))?;
     Ok(())
 }
 

@@ -148,6 +148,19 @@ impl CopyCodes {
         k: usize,
         skip: impl Fn(usize) -> bool,
     ) -> Vec<Uuid> {
+        self.rows_may_be_nearest(query, k, skip)
+            .into_iter()
+            .map(|row| self.ids[row])
+            .collect()
+    }
+
+    /// [`Self::may_be_nearest`], as rows of the copy.
+    pub fn rows_may_be_nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        skip: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
         if k == 0 {
             return Vec::new();
         }
@@ -156,23 +169,35 @@ impl CopyCodes {
         };
         let rows: Vec<(usize, f32, f32)> = estimates.filter(|(row, _, _)| !skip(*row)).collect();
         if rows.len() <= k {
-            return rows.iter().map(|(row, _, _)| self.ids[*row]).collect();
+            return rows.iter().map(|(row, _, _)| *row).collect();
         }
         let mut lower: Vec<f32> = rows.iter().map(|(_, e, b)| e - b).collect();
         let (_, kth, _) = lower.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         let cut = *kth;
         rows.iter()
             .filter(|(_, e, b)| e + b >= cut)
-            .map(|(row, _, _)| self.ids[*row])
+            .map(|(row, _, _)| *row)
             .collect()
+    }
+
+    /// The rows whose exact cosine to `query` may reach `least`; every
+    /// other row's is below `least - SLACK`. `None` for a query of length
+    /// zero or other dimensions.
+    pub fn rows_reaching(&self, query: &[f32], least: f32) -> Option<Vec<usize>> {
+        Some(
+            self.estimates(query)?
+                .filter(|(_, e, b)| e + b >= least)
+                .map(|(row, _, _)| row)
+                .collect(),
+        )
     }
 
     /// Whether no row, however close its exact cosine comes to its
     /// estimate, is within `threshold` of `vector` (less a margin for the
     /// database's rounding). `false` for a vector of length zero.
     pub fn clear_of(&self, vector: &[f32], threshold: f32) -> bool {
-        self.estimates(vector)
-            .is_some_and(|mut rows| rows.all(|(_, e, b)| e + b < threshold - SLACK))
+        self.rows_reaching(vector, threshold - SLACK)
+            .is_some_and(|rows| rows.is_empty())
     }
 }
 

@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use pgvector::Vector;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -220,12 +221,9 @@ impl UserCopy {
         if let Some(codes) = &self.codes {
             return codes.clear_of(vector, threshold);
         }
-        self.vectors.as_ref().is_some_and(|vectors| {
-            vectors
-                .nearest(vector, 1, |_| false)
-                .first()
-                .is_none_or(|(_, similarity)| *similarity < threshold - ROUNDING)
-        })
+        self.vectors
+            .as_ref()
+            .is_some_and(|vectors| vectors.any_reaches(vector, threshold - ROUNDING) == Some(false))
     }
 
     /// Each of `ids`' cosine similarity to `query`, for those whose vector
@@ -446,7 +444,7 @@ impl KeywordCopies {
             && let Some(vectors) = copy.vectors.take()
         {
             // The user outgrew floats: their codes from here on.
-            copy.codes = vectors.to_codes();
+            copy.codes = Some(vectors.into_codes());
         }
         for new in added {
             let row = copy.expires.len();
@@ -654,15 +652,40 @@ async fn load(
     }
     let kind = copies.limits.kind(current, dims);
     let with_vectors = kind.is_some();
-    let memories: Vec<CopiedRow> = sqlx::query_as(
-        "SELECT id, keyword_length, expires_at, CASE WHEN $2 THEN embedding END \
-         FROM memories WHERE user_id = $1 AND valid_to IS NULL",
-    )
-    .bind(user)
-    .bind(with_vectors)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db(CX))?;
+    // Rows are taken as they stream in, each vector coded (or copied) at
+    // once: a large user's vectors never sit in memory as PostgreSQL's
+    // floats all at once (60 MB for 10,000 memories at 1536 dimensions),
+    // only as what the copy keeps.
+    let mut vectors =
+        (kind == Some(VectorKind::Floats)).then(|| CopyVectors::with_capacity(dims, current));
+    let mut codes =
+        (kind == Some(VectorKind::Codes)).then(|| CopyCodes::with_capacity(dims, current));
+    let mut rows: Vec<(Uuid, i32, Option<DateTime<Utc>>)> = Vec::with_capacity(current);
+    {
+        let mut memories = sqlx::query_as::<_, CopiedRow>(
+            "SELECT id, keyword_length, expires_at, CASE WHEN $2 THEN embedding END \
+             FROM memories WHERE user_id = $1 AND valid_to IS NULL",
+        )
+        .bind(user)
+        .bind(with_vectors)
+        .fetch(&mut *tx);
+        while let Some((id, length, expires_at, vector)) =
+            memories.try_next().await.map_err(db(CX))?
+        {
+            // Every row has a vector, or the copy holds none.
+            if let Some(held) = &mut vectors
+                && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
+            {
+                vectors = None;
+            }
+            if let Some(held) = &mut codes
+                && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
+            {
+                codes = None;
+            }
+            rows.push((id, length, expires_at));
+        }
+    }
     let postings: Vec<(Uuid, String, i32)> =
         sqlx::query_as("SELECT memory_id, term, tf FROM keyword_postings WHERE user_id = $1")
             .bind(user)
@@ -679,23 +702,8 @@ async fn load(
             .push((term, u32::try_from(tf).unwrap_or(0)));
     }
     let mut keywords = UserKeywords::default();
-    let mut expires = Vec::with_capacity(memories.len());
-    let rows = memories.len();
-    let mut vectors =
-        (kind == Some(VectorKind::Floats)).then(|| CopyVectors::with_capacity(dims, rows));
-    let mut codes = (kind == Some(VectorKind::Codes)).then(|| CopyCodes::with_capacity(dims, rows));
-    for (row, (id, length, expires_at, vector)) in memories.into_iter().enumerate() {
-        // Every row has a vector, or the copy holds none.
-        if let Some(held) = &mut vectors
-            && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
-        {
-            vectors = None;
-        }
-        if let Some(held) = &mut codes
-            && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
-        {
-            codes = None;
-        }
+    let mut expires = Vec::with_capacity(rows.len());
+    for (row, (id, length, expires_at)) in rows.into_iter().enumerate() {
         let mut counts = terms.remove(&id).unwrap_or_default();
         counts.sort();
         let doc = DocumentTerms {

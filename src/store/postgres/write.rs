@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
-use super::audit::insert_audit;
+use super::audit::{INSERT as AUDIT_INSERT, bind_record, insert_audit};
 use super::keyword_copy::{Added, locked_text};
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
 use super::queue::insert_pending;
@@ -182,6 +182,7 @@ impl Writes for PgStore {
             tx: None,
             locked: false,
             copy_write: None,
+            audits: Vec::new(),
         }))
     }
 
@@ -312,6 +313,9 @@ pub(super) struct PgBatch<'a> {
     /// When the batch began by adding memories to a user whose copy holds
     /// vectors: what the copy is moved on with at its commit.
     copy_write: Option<CopyWrite>,
+    /// Audit records, written at the commit: the last in the same statement
+    /// as the version the commit reads, when it reads one.
+    audits: Vec<AuditRecord>,
 }
 
 /// A batch's part in keeping its user's in-process copy current (the
@@ -852,20 +856,27 @@ impl WriteBatch for PgBatch<'_> {
         self.import_memory(imported).await
     }
 
+    /// Kept for the commit, in the batch's transaction: a record saves a
+    /// round trip of its own, and a write undone later leaves it whole.
     async fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        insert_audit(self.conn().await?, record).await
+        self.audits.push(record.clone());
+        Ok(())
     }
 
     /// Commits; a batch that only added memories to a user whose copy
     /// holds vectors first reads the version it leaves them at, and moves
     /// the copy on to it once committed.
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         const CX: &str = "committing a write";
+        if !self.audits.is_empty() {
+            self.conn().await?;
+        }
         let PgBatch {
             store,
             user_id,
             tx,
             copy_write,
+            audits,
             ..
         } = *self;
         // Nothing was written.
@@ -874,16 +885,41 @@ impl WriteBatch for PgBatch<'_> {
         };
         let added = copy_write.as_ref().is_none_or(|w| !w.added.is_empty());
         let copy_write = copy_write.filter(|w| !w.other && !w.added.is_empty());
+        let (last, earlier) = match audits.split_last() {
+            Some((last, earlier)) => (Some(last), earlier),
+            None => (None, &[][..]),
+        };
+        for record in earlier {
+            insert_audit(&mut tx, record).await?;
+        }
+        const LEFT_AT: &str = "SELECT version, current, \
+             current_setting('engram.locked_version', true) \
+             FROM memory_users WHERE user_id = ";
         let mut left_at = None;
-        if copy_write.is_some() {
-            left_at = sqlx::query_as::<_, (i64, i64, Option<String>)>(
-                "SELECT version, current, current_setting('engram.locked_version', true) \
-                 FROM memory_users WHERE user_id = $1",
-            )
-            .bind(&user_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(CX))?;
+        match (copy_write.is_some(), last) {
+            (true, Some(record)) => {
+                let sql = format!("WITH audited AS ({AUDIT_INSERT}) {LEFT_AT}$12");
+                let query = bind_record(sqlx::query(sqlx::AssertSqlSafe(sql)), record);
+                left_at = query
+                    .bind(&user_id)
+                    .try_map(|row: sqlx::postgres::PgRow| {
+                        <(i64, i64, Option<String>) as sqlx::FromRow<_>>::from_row(&row)
+                    })
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(CX))?;
+            }
+            (true, None) => {
+                left_at = sqlx::query_as::<_, (i64, i64, Option<String>)>(sqlx::AssertSqlSafe(
+                    format!("{LEFT_AT}$1"),
+                ))
+                .bind(&user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(CX))?;
+            }
+            (false, Some(record)) => insert_audit(&mut tx, record).await?,
+            (false, None) => {}
         }
         tx.commit().await.map_err(db(CX))?;
         let moved_on = match (copy_write, left_at) {
