@@ -499,6 +499,20 @@ fn scan_portable(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
     }
 }
 
+/// The integer dot product of two codes of levels within -127..=127 (this
+/// index's, and PostgreSQL copies' `copy_codes`), with AVX2 where the CPU
+/// has it.
+pub(crate) fn dot_codes(a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2::dot(a, b) };
+        }
+    }
+    dot_i8(a, b)
+}
+
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter()
         .zip(b)
@@ -552,7 +566,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    unsafe fn dot(a: &[i8], b: &[i8]) -> i32 {
+    pub unsafe fn dot(a: &[i8], b: &[i8]) -> i32 {
         let n = a.len().min(b.len());
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_si256();

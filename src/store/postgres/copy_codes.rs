@@ -26,6 +26,7 @@
 use uuid::Uuid;
 
 use super::copy_vectors::unit;
+use crate::store::vector_index::dot_codes;
 
 /// Room for float rounding: of the unit vectors here and of the cosine
 /// PostgreSQL computes from the stored vector.
@@ -131,7 +132,7 @@ impl CopyCodes {
                 .chunks_exact(self.dims)
                 .enumerate()
                 .map(move |(row, c)| {
-                    let estimate = dot(c, &q.code) as f32 * self.scales[row] * q.scale;
+                    let estimate = dot_codes(c, &q.code) as f32 * self.scales[row] * q.scale;
                     let bound = self.errors[row] + q.error * (1.0 + self.errors[row]) + SLACK;
                     (row, estimate, bound)
                 }),
@@ -199,26 +200,6 @@ impl CopyCodes {
         self.rows_reaching(vector, threshold - SLACK)
             .is_some_and(|rows| rows.is_empty())
     }
-}
-
-/// The dot product of two codes, summed in 32 lanes of 32 bits (products
-/// of two levels fit 15 bits, so no lane overflows below 2^16 dimensions).
-fn dot(a: &[i8], b: &[i8]) -> i32 {
-    const LANES: usize = 32;
-    let mut lanes = [0i32; LANES];
-    let (a32, a_rest) = a.as_chunks::<LANES>();
-    let (b32, b_rest) = b.as_chunks::<LANES>();
-    for (x, y) in a32.iter().zip(b32) {
-        for i in 0..LANES {
-            lanes[i] += i32::from(i16::from(x[i]) * i16::from(y[i]));
-        }
-    }
-    let tail: i32 = a_rest
-        .iter()
-        .zip(b_rest)
-        .map(|(x, y)| i32::from(*x) * i32::from(*y))
-        .sum();
-    lanes.iter().sum::<i32>() + tail
 }
 
 #[cfg(test)]
