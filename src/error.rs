@@ -66,7 +66,10 @@ impl Error {
             Self::Forbidden(_) => "forbidden",
             Self::Conflict(_) | Self::Store(StoreError::Conflict(_)) => "conflict",
             Self::Store(
-                StoreError::Database { .. } | StoreError::Open { .. } | StoreError::TimedOut { .. },
+                StoreError::Database { .. }
+                | StoreError::Open { .. }
+                | StoreError::TimedOut { .. }
+                | StoreError::Unanswered(_),
             ) => "unavailable",
             Self::Embed(_) | Self::Extract(_) | Self::Store(StoreError::Embed(_)) => "model_failed",
             Self::Store(_) => "internal",

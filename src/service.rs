@@ -43,7 +43,8 @@
 //! kept out of a remember, as `ENGRAM_SECRETS` says), `budget` (the daily
 //! token budgets, counted in the store),
 //! `remember` (the write flow, and what it keeps when the model fails or
-//! the budget is spent),
+//! the budget is spent), `grouped` (one user's remembers that wait for
+//! another of theirs, written in one transaction),
 //! `recall` (search and the context), `correct` (a correction by id),
 //! `listing` (pages of a user's memories and their cursor), `cached` (the
 //! cache-through steps),
@@ -72,6 +73,7 @@ mod audited;
 mod budget;
 mod cached;
 mod correct;
+mod grouped;
 mod import;
 mod listing;
 mod observed;
@@ -158,6 +160,9 @@ pub struct MemoryService {
     audit: Option<Arc<Auditor>>,
     /// Seals sensitive values at rest (`sealing.rs`); `None`: nothing is sealed.
     sealer: Option<Arc<crate::crypto::Sealer>>,
+    /// One user's remembers that wait for another of theirs, written
+    /// together (`grouped.rs`).
+    groups: Arc<grouped::Groups>,
 }
 
 impl MemoryService {
@@ -177,6 +182,7 @@ impl MemoryService {
             floor: tokio::sync::OnceCell::new(),
             audit: None,
             sealer: None,
+            groups: Arc::default(),
         }
     }
 
@@ -806,5 +812,114 @@ mod tests {
             s.stats(ME, Some(&long)).await,
             Err(Error::InvalidInput { .. })
         ));
+    }
+
+    /// Remembers of one user that arrive while a write of theirs is under
+    /// way wait, and are then written in one round: each answered with its
+    /// own events, duplicates among them found (one kept), each audit row
+    /// naming its own memory, and a remember arriving after the round
+    /// writes alone again.
+    #[tokio::test]
+    async fn remembers_waiting_for_their_user_are_written_together() {
+        let (s, _dir) = service().await;
+        let auditor = Arc::new(Auditor::new(
+            crate::audit::Pseudonyms::new(b"test pseudonym key".to_vec()),
+            false,
+            crate::audit::Sink::start(s.store.clone()),
+        ));
+        let s = Arc::new(s.with_audit(auditor.clone()));
+        let held = s.groups.hold(&s.store, "alice");
+        let texts = [
+            "Alice keeps bees in the garden",
+            "Alice sings in a choir on Tuesdays",
+            "Alice is allergic to hazelnuts",
+            "Alice sings in a choir on Tuesdays",
+            "Alice drives an old green van",
+        ];
+        let mut waiting = Vec::new();
+        for text in texts {
+            let s = s.clone();
+            waiting.push(tokio::spawn(async move {
+                let params = RememberParams {
+                    text: Some(text.into()),
+                    user_id: Some("alice".into()),
+                    infer: Some(false),
+                    ..RememberParams::default()
+                };
+                s.remember(ME, params).await
+            }));
+        }
+        while s.groups.queued("alice") < texts.len() {
+            tokio::task::yield_now().await;
+        }
+        let (_, stored) = s
+            .store
+            .recent(&Scope::new("alice", None, None).unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, 0,
+            "nothing is written while the user's write is under way"
+        );
+        drop(held);
+        let mut answers = Vec::new();
+        for task in waiting {
+            answers.push(task.await.expect("task").expect("remember"));
+        }
+        assert_eq!(
+            s.groups.rounds(),
+            1,
+            "the five waited and went in one round"
+        );
+        let events: Vec<_> = answers.iter().map(|a| a.results[0].event).collect();
+        use crate::model::Event;
+        assert_eq!(
+            events,
+            [Event::Add, Event::Add, Event::Add, Event::None, Event::Add]
+        );
+        assert_eq!(answers[3].results[0].id, answers[1].results[0].id);
+        for (answer, text) in answers.iter().zip(texts) {
+            assert_eq!(answer.results.len(), 1);
+            assert_eq!(answer.results[0].memory, text);
+        }
+        let (_, stored) = s
+            .store
+            .recent(&Scope::new("alice", None, None).unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(stored, 4);
+
+        // Each remember's audit row names the memory it answered with.
+        let mut rows = Vec::new();
+        for _ in 0..200 {
+            rows = s
+                .store
+                .audit_rows(&crate::store::AuditQuery {
+                    user_ref: Some(auditor.user_ref("alice")),
+                    since: None,
+                    operation: Some("remember".into()),
+                    before_seq: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap();
+            if rows.len() >= texts.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut audited: Vec<MemoryId> = rows
+            .iter()
+            .flat_map(|r| r.record.memory_ids.iter().copied())
+            .collect();
+        let mut answered: Vec<MemoryId> = answers.iter().map(|a| a.results[0].id).collect();
+        audited.sort_by_key(|id| id.0);
+        answered.sort_by_key(|id| id.0);
+        assert_eq!(audited, answered, "{rows:#?}");
+
+        // Nothing under way any more: the next remember writes alone.
+        remember(&s, "alice", "Alice collects vinyl records").await;
+        assert_eq!(s.groups.rounds(), 1);
+        assert_eq!(s.groups.queued("alice"), 0);
     }
 }

@@ -171,6 +171,42 @@ impl MemoryService {
         }
         .into_iter();
 
+        let searched_at = |index: usize| {
+            searched
+                .get(index)
+                .copied()
+                .flatten()
+                .and_then(|s| s.clear_of(self.settings.dedup_threshold))
+        };
+        let planned = facts.into_iter().zip(embeddings).zip(plans).enumerate();
+        let planned: Vec<(NewMemory, Option<u64>, Plan)> = planned
+            .map(|(index, ((fact, embedding), plan))| {
+                let new = new_memory(work, fact, embedding, &self.settings.retention);
+                (new, searched_at(index), plan)
+            })
+            .collect();
+        // New facts that replace nothing (the usual remember) go to the
+        // store together (on PostgreSQL, one statement), and with those of
+        // the user's other remembers that wait meanwhile (`grouped`).
+        if work.replacing.is_empty() && planned.iter().all(|(_, _, p)| matches!(p, Plan::Add)) {
+            let facts = NewFacts {
+                user_id: work.scope.user_id().to_string(),
+                memories: planned.into_iter().map(|(new, at, _)| (new, at)).collect(),
+                audit: work.audit.clone(),
+            };
+            let results = self
+                .groups
+                .write(&self.store, self.settings.dedup_threshold, facts)
+                .await?;
+            return Ok(RememberResult {
+                user_id: work.scope.user_id().to_string(),
+                results,
+                usage: (usage.calls > 0).then_some(usage),
+                deferred: None,
+                redacted: Vec::new(),
+            });
+        }
+
         // Every write of this remember in one batch: all of its facts or none.
         let mut batch = self.store.begin(work.scope.user_id()).await?;
         let mut writes = Writer {
@@ -181,36 +217,11 @@ impl MemoryService {
             replacing: work.replacing.iter().cloned().collect(),
             written: Vec::new(),
         };
-        let searched_at = |index: usize| {
-            searched
-                .get(index)
-                .copied()
-                .flatten()
-                .and_then(|s| s.clear_of(self.settings.dedup_threshold))
-        };
-        // New facts that replace nothing (the usual remember) go to the
-        // store together: on PostgreSQL, one statement.
-        let all_new = writes.replacing.is_empty() && plans.iter().all(|p| matches!(p, Plan::Add));
-        let planned = facts.into_iter().zip(embeddings).zip(plans).enumerate();
-        let planned: Vec<(NewMemory, Option<u64>, Plan)> = planned
-            .map(|(index, ((fact, embedding), plan))| {
-                let new = new_memory(work, fact, embedding, &self.settings.retention);
-                (new, searched_at(index), plan)
-            })
-            .collect();
-        let results = if all_new {
-            let news = planned
-                .into_iter()
-                .map(|(new, searched_at, _)| (new, searched_at));
-            writes.add_all(news.collect()).await?
-        } else {
-            let mut results = Vec::with_capacity(planned.len());
-            for (new, searched_at, plan) in planned {
-                let vectors = &mut rewritten_vectors;
-                results.push(writes.apply(plan, new, searched_at, vectors).await?);
-            }
-            results
-        };
+        let mut results = Vec::with_capacity(planned.len());
+        for (new, searched_at, plan) in planned {
+            let vectors = &mut rewritten_vectors;
+            results.push(writes.apply(plan, new, searched_at, vectors).await?);
+        }
         let leftover: Vec<MemoryId> = writes.replacing.iter().map(|m| m.id).collect();
         close_all(writes.batch, &leftover).await?;
         let touched = results.iter().map(|e| e.id).chain(leftover.iter().copied());
@@ -538,6 +549,55 @@ impl Writer<'_> {
         }
         Ok(events)
     }
+}
+
+/// A remember's facts when all are new: what [`write_new`] writes.
+pub(super) struct NewFacts {
+    pub user_id: String,
+    /// The memories, each with the version at which a search of the whole
+    /// user found nothing near it ([`Writer::add`]).
+    pub memories: Vec<(NewMemory, Option<u64>)>,
+    /// The remember's audit row (audit on), to name what it stored.
+    pub audit: Option<AuditRecord>,
+}
+
+/// Writes the facts of several remembers of one user (all new) in one
+/// batch: one transaction, their memories in one [`Writer::add_all`] (so
+/// each is deduplicated against the others too), each remember's audit
+/// row naming its own. Answers each remember's events, in order.
+pub(super) async fn write_new(
+    store: &dyn crate::store::Store,
+    dedup_threshold: f32,
+    remembers: &[NewFacts],
+) -> Result<Vec<Vec<MemoryEvent>>, Error> {
+    let Some(first) = remembers.first() else {
+        return Ok(Vec::new());
+    };
+    let mut batch = store.begin(&first.user_id).await?;
+    let mut writes = Writer {
+        batch: batch.as_mut(),
+        dedup_threshold,
+        replacing: VecDeque::new(),
+        written: Vec::new(),
+    };
+    let memories = remembers
+        .iter()
+        .flat_map(|r| r.memories.iter().cloned())
+        .collect();
+    let mut events = writes.add_all(memories).await?.into_iter();
+    let mut answers = Vec::with_capacity(remembers.len());
+    for remember in remembers {
+        let own: Vec<MemoryEvent> = events.by_ref().take(remember.memories.len()).collect();
+        if let Some(record) = &remember.audit {
+            let mut record = record.clone();
+            crate::audit::with_memories(&mut record, own.iter().map(|e| e.id).collect());
+            writes.batch.audit(&record).await?;
+        }
+        answers.push(own);
+    }
+    crate::failpoint::crash_point("remember-before-commit");
+    batch.commit().await?;
+    Ok(answers)
 }
 
 /// Closes the verbatim copies no fact replaced (a re-extraction's rest).

@@ -130,6 +130,11 @@ pub enum StoreError {
         limit.as_millis()
     )]
     TimedOut { limit: std::time::Duration },
+
+    /// A write ended without telling how (the task writing it stopped):
+    /// it may or may not be stored; a retry is deduplicated.
+    #[error("a write ended unanswered ({0}); it may or may not be stored")]
+    Unanswered(&'static str),
 }
 
 /// Wraps a database error with what the store was doing (`map_err(db("..."))`).

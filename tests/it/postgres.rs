@@ -1016,6 +1016,97 @@ async fn facts_of_one_remember_are_deduplicated_against_each_other() {
     );
 }
 
+/// One user's remembers from many clients at once, each fact sent twice:
+/// those that wait for the user's write under way go in together
+/// (`service::grouped`), and still exactly one memory is kept per fact, each
+/// caller is answered with its own fact's memory, and a recall of each fact
+/// (through the user's in-process copy) finds it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_concurrent_remembers_keep_one_memory_per_fact() {
+    use engram::extract::VerbatimExtractor;
+    use engram::model::Event;
+    use engram::params::{RecallParams, RememberParams};
+    use engram::service::{MemoryService, Settings};
+
+    let db = TestDatabase::create().await;
+    let service = Arc::new(MemoryService::new(
+        Arc::new(open(&db, PlanSettings::default()).await),
+        Arc::new(HashEmbedder::new(DIMS)),
+        Arc::new(VerbatimExtractor),
+        Settings {
+            dedup_threshold: 0.9,
+            ..Settings::default()
+        },
+    ));
+    // Seeded first, so the user has a copy that the writes move on.
+    let facts = [
+        "Keeps bees in the garden behind the house",
+        "Sings baritone in a Tuesday choir",
+        "Is allergic to hazelnuts and almonds",
+        "Drives an old green camper van",
+        "Collects vinyl records from the seventies",
+        "Grew up on a farm near Porto",
+        "Runs a marathon every spring",
+        "Speaks fluent Japanese after living in Osaka",
+        "Fixes vintage typewriters as a hobby",
+        "Takes oat milk in coffee, never sugar",
+        "Plays chess online most evenings",
+        "Volunteers at the animal shelter on Saturdays",
+    ];
+    let remember = |text: &str| RememberParams {
+        text: Some(text.into()),
+        user_id: Some("alice".into()),
+        infer: Some(false),
+        ..RememberParams::default()
+    };
+    service
+        .remember(common::ME, remember("Works as a nurse on night shifts"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for (i, text) in facts.iter().enumerate() {
+            let service = service.clone();
+            let params = remember(text);
+            tasks.push(tokio::spawn(async move {
+                let answer = service.remember(common::ME, params).await.unwrap();
+                (round, i, answer)
+            }));
+        }
+    }
+    let mut ids = vec![Vec::new(); facts.len()];
+    for task in tasks {
+        let (_, i, answer) = task.await.unwrap();
+        assert_eq!(answer.results.len(), 1, "{answer:?}");
+        let event = &answer.results[0];
+        assert_eq!(event.memory, facts[i], "each caller gets its own fact");
+        assert!(matches!(event.event, Event::Add | Event::None), "{event:?}");
+        ids[i].push(event.id);
+    }
+    for (i, both) in ids.iter().enumerate() {
+        assert_eq!(both[0], both[1], "fact {i}: both callers name the one memory");
+    }
+    let mut expected: Vec<String> = facts.iter().map(|f| f.to_string()).collect();
+    expected.push("Works as a nurse on night shifts".into());
+    expected.sort();
+    assert_eq!(common::current(&service, "alice").await, expected);
+    for (i, text) in facts.iter().enumerate() {
+        let found = service
+            .recall(
+                common::ME,
+                RecallParams {
+                    query: text.to_string(),
+                    user_id: Some("alice".into()),
+                    limit: Some(3),
+                    ..RecallParams::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.results[0].memory.id, ids[i][0], "{found:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_duplicate_check_scales_the_exact_scan_limit_by_dimension() {
     const WIDE: usize = 1536;
