@@ -240,6 +240,7 @@ impl Rounds {
     async fn write(&self, queued: Vec<Queued>) {
         let (facts, answers): (Vec<NewFacts>, Vec<_>) =
             queued.into_iter().map(|q| (q.facts, q.answer)).unzip();
+        tracing::debug!(user_id = %self.user_id, remembers = facts.len(), "writing queued remembers together");
         let together = write_new(self.store.as_ref(), self.dedup_threshold, &facts).await;
         match together {
             Ok(events) => {

@@ -1084,7 +1084,10 @@ async fn one_users_concurrent_remembers_keep_one_memory_per_fact() {
         ids[i].push(event.id);
     }
     for (i, both) in ids.iter().enumerate() {
-        assert_eq!(both[0], both[1], "fact {i}: both callers name the one memory");
+        assert_eq!(
+            both[0], both[1],
+            "fact {i}: both callers name the one memory"
+        );
     }
     let mut expected: Vec<String> = facts.iter().map(|f| f.to_string()).collect();
     expected.push("Works as a nurse on night shifts".into());
