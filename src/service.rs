@@ -173,6 +173,10 @@ impl MemoryService {
         settings: Settings,
     ) -> Self {
         Self {
+            groups: Arc::new(grouped::Groups::new(
+                store.clone(),
+                settings.dedup_threshold,
+            )),
             store,
             embedder: Arc::new(crate::embed::Timed(embedder)),
             extractor,
@@ -182,7 +186,6 @@ impl MemoryService {
             floor: tokio::sync::OnceCell::new(),
             audit: None,
             sealer: None,
-            groups: Arc::default(),
         }
     }
 
@@ -828,7 +831,7 @@ mod tests {
             crate::audit::Sink::start(s.store.clone()),
         ));
         let s = Arc::new(s.with_audit(auditor.clone()));
-        let held = s.groups.hold(&s.store, "alice");
+        let held = s.groups.hold("alice");
         let texts = [
             "Alice keeps bees in the garden",
             "Alice sings in a choir on Tuesdays",

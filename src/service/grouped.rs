@@ -49,70 +49,71 @@ struct Queued {
     answer: oneshot::Sender<Answer>,
 }
 
-/// The users with a write under way, and the remembers waiting on each.
-#[derive(Default)]
+/// The users with a write under way, and the remembers waiting on each;
+/// and where and how they are written.
 pub(super) struct Groups {
     under_way: Mutex<HashMap<String, Vec<Queued>>>,
+    store: Arc<dyn Store>,
+    dedup_threshold: f32,
     /// Rounds written for queued remembers (a count for tests and benchmarks).
     rounds: AtomicU64,
 }
 
-/// Where a remember's write goes.
+/// Where a remember's write goes. (Lives for one match, on the stack:
+/// boxing the larger variant would only add an allocation.)
+#[allow(clippy::large_enum_variant)]
 enum Place {
-    /// Nothing of the user's is under way: write now; the guard hands on
-    /// to whatever queues meanwhile.
-    Now(Handoff),
+    /// Nothing of the user's is under way: write the facts now; the guard
+    /// hands on to whatever queues meanwhile.
+    Now(Handoff, NewFacts),
     /// Queued behind a write under way: wait for the answer.
     Queued(oneshot::Receiver<Answer>),
 }
 
 impl Groups {
+    pub(super) fn new(store: Arc<dyn Store>, dedup_threshold: f32) -> Self {
+        Self {
+            under_way: Mutex::default(),
+            store,
+            dedup_threshold,
+            rounds: AtomicU64::new(0),
+        }
+    }
+
     /// Writes `facts` (all new) for their user: at once when nothing of the
     /// user's is under way, else with whatever else waits, in one round
     /// after the write under way.
-    pub(super) async fn write(
-        self: &Arc<Self>,
-        store: &Arc<dyn Store>,
-        dedup_threshold: f32,
-        facts: NewFacts,
-    ) -> Answer {
-        let (place, facts) = self.enter(store, dedup_threshold, facts);
-        match place {
-            Place::Now(_handoff) => {
-                let facts = facts.ok_or_else(|| lost("a write lost its own facts"))?;
-                let mut events = write_new(store.as_ref(), dedup_threshold, &[facts]).await?;
-                events
-                    .pop()
-                    .ok_or_else(|| lost("a write answered no events"))
-            }
+    pub(super) async fn write(self: &Arc<Self>, facts: NewFacts) -> Answer {
+        match self.enter(facts) {
+            Place::Now(_handoff, facts) => self.write_alone(facts).await,
             Place::Queued(answer) => answer
                 .await
                 .unwrap_or_else(|_| Err(lost("the round writing this remember ended unanswered"))),
         }
     }
 
-    /// Takes the user's place for `facts`: either the write (the facts come
-    /// back to be written) or a place in the queue (they stay there).
-    fn enter(
-        self: &Arc<Self>,
-        store: &Arc<dyn Store>,
-        dedup_threshold: f32,
-        facts: NewFacts,
-    ) -> (Place, Option<NewFacts>) {
+    /// Takes the user's place for `facts`: the write, or a place in the queue.
+    fn enter(self: &Arc<Self>, facts: NewFacts) -> Place {
         let mut under_way = self.lock();
         if let Some(queue) = under_way.get_mut(&facts.user_id) {
             let (answer, answered) = oneshot::channel();
             queue.push(Queued { facts, answer });
-            return (Place::Queued(answered), None);
+            return Place::Queued(answered);
         }
         under_way.insert(facts.user_id.clone(), Vec::new());
         let handoff = Handoff {
             groups: self.clone(),
-            store: store.clone(),
-            dedup_threshold,
             user_id: facts.user_id.clone(),
         };
-        (Place::Now(handoff), Some(facts))
+        Place::Now(handoff, facts)
+    }
+
+    /// One remember's facts in a write of their own.
+    async fn write_alone(&self, facts: NewFacts) -> Answer {
+        let mut events = write_new(self.store.as_ref(), self.dedup_threshold, &[facts]).await?;
+        events
+            .pop()
+            .ok_or_else(|| lost("a write answered no events"))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Queued>>> {
@@ -151,12 +152,10 @@ impl Groups {
     /// Marks a write of `user_id` under way, as a remember writing alone
     /// does, until the guard is dropped.
     #[cfg(test)]
-    pub(super) fn hold(self: &Arc<Self>, store: &Arc<dyn Store>, user_id: &str) -> Handoff {
+    pub(super) fn hold(self: &Arc<Self>, user_id: &str) -> Handoff {
         self.lock().insert(user_id.to_owned(), Vec::new());
         Handoff {
             groups: self.clone(),
-            store: store.clone(),
-            dedup_threshold: 1.0,
             user_id: user_id.to_owned(),
         }
     }
@@ -167,8 +166,6 @@ impl Groups {
 /// own, or the user leaves the table.
 pub(super) struct Handoff {
     groups: Arc<Groups>,
-    store: Arc<dyn Store>,
-    dedup_threshold: f32,
     user_id: String,
 }
 
@@ -181,8 +178,6 @@ impl Drop for Handoff {
         // and the task writes them next.
         let rounds = Rounds {
             groups: self.groups.clone(),
-            store: self.store.clone(),
-            dedup_threshold: self.dedup_threshold,
             user_id: std::mem::take(&mut self.user_id),
             done: false,
         };
@@ -204,19 +199,9 @@ impl Drop for Handoff {
     }
 }
 
-impl Drop for Rounds {
-    fn drop(&mut self) {
-        if !self.done {
-            self.groups.lock().remove(&self.user_id);
-        }
-    }
-}
-
 /// The task that writes a user's queued remembers, a round at a time.
 struct Rounds {
     groups: Arc<Groups>,
-    store: Arc<dyn Store>,
-    dedup_threshold: f32,
     user_id: String,
     /// Set when a round ended with nothing queued (the user has left the
     /// table): until then, dropping this (a panic, no runtime) takes the
@@ -236,17 +221,22 @@ impl Rounds {
         self.done = true;
     }
 
-    /// One round: every remember in one write; if that fails, each alone.
+    /// One round: every remember in one write; if that fails and there
+    /// were several, each alone.
     async fn write(&self, queued: Vec<Queued>) {
         let (facts, answers): (Vec<NewFacts>, Vec<_>) =
             queued.into_iter().map(|q| (q.facts, q.answer)).unzip();
-        tracing::debug!(user_id = %self.user_id, remembers = facts.len(), "writing queued remembers together");
-        let together = write_new(self.store.as_ref(), self.dedup_threshold, &facts).await;
-        match together {
+        tracing::debug!(
+            user_id = %self.user_id,
+            remembers = facts.len(),
+            "writing queued remembers together"
+        );
+        let groups = &self.groups;
+        // A caller that gave up has dropped its receiver: its facts are
+        // written all the same, and its answer is dropped (`let _`).
+        match write_new(groups.store.as_ref(), groups.dedup_threshold, &facts).await {
             Ok(events) => {
                 for (answer, events) in answers.into_iter().zip(events) {
-                    // A caller that gave up has dropped its receiver: its
-                    // facts are written all the same.
                     let _ = answer.send(Ok(events));
                 }
             }
@@ -263,16 +253,17 @@ impl Rounds {
                     "a round of remembers failed together; writing each alone"
                 );
                 for (facts, answer) in facts.into_iter().zip(answers) {
-                    let alone = write_new(self.store.as_ref(), self.dedup_threshold, &[facts])
-                        .await
-                        .and_then(|mut events| {
-                            events
-                                .pop()
-                                .ok_or_else(|| lost("a write answered no events"))
-                        });
-                    let _ = answer.send(alone);
+                    let _ = answer.send(groups.write_alone(facts).await);
                 }
             }
+        }
+    }
+}
+
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        if !self.done {
+            self.groups.lock().remove(&self.user_id);
         }
     }
 }

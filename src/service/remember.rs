@@ -194,10 +194,7 @@ impl MemoryService {
                 memories: planned.into_iter().map(|(new, at, _)| (new, at)).collect(),
                 audit: work.audit.clone(),
             };
-            let results = self
-                .groups
-                .write(&self.store, self.settings.dedup_threshold, facts)
-                .await?;
+            let results = self.groups.write(facts).await?;
             return Ok(RememberResult {
                 user_id: work.scope.user_id().to_string(),
                 results,

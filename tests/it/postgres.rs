@@ -2151,6 +2151,49 @@ async fn serve(db: &TestDatabase, extra: &[(&'static str, &str)]) -> Client {
     connect_with(std::path::Path::new("/nonexistent/unused.db"), &env).await
 }
 
+/// The binary over MCP stdio: sixteen remembers of one user in flight at
+/// once on the one pipe (eight facts, each twice), as an agent framework's
+/// parallel tool calls send them. Those that wait for the user's write go
+/// in together; each call is answered with its own fact, one memory is kept
+/// per fact, and each is found again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembers_in_flight_at_once_over_stdio_keep_one_memory_per_fact() {
+    let db = TestDatabase::create().await;
+    let client = serve(&db, &[]).await;
+    let facts = [
+        "Keeps bees in the garden behind the house",
+        "Sings baritone in a Tuesday choir",
+        "Is allergic to hazelnuts and almonds",
+        "Drives an old green camper van",
+        "Collects vinyl records from the seventies",
+        "Grew up on a farm near Porto",
+        "Runs a marathon every spring",
+        "Fixes vintage typewriters as a hobby",
+    ];
+    let calls = facts.iter().chain(facts.iter()).map(|text| {
+        ok(
+            &client,
+            "remember",
+            json!({"text": text, "user_id": "zoe", "infer": false}),
+        )
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut ids = vec![Vec::new(); facts.len()];
+    for (i, answer) in answers.iter().enumerate() {
+        let result = &answer["results"][0];
+        assert_eq!(result["memory"], facts[i % facts.len()], "{answer}");
+        ids[i % facts.len()].push(result["id"].as_str().expect("id").to_owned());
+    }
+    for both in &ids {
+        assert_eq!(both[0], both[1], "both calls name the one memory: {ids:?}");
+    }
+    assert_eq!(total(&client, "zoe").await, facts.len() as u64);
+    for text in facts {
+        common::assert_best_recall(&client, "zoe", text, text).await;
+    }
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engram_processes_on_one_database_behave_as_one() {
     let db = TestDatabase::create().await;
