@@ -684,6 +684,29 @@ mod tests {
     use crate::embed::{HashEmbedder, dot};
     use crate::keywords::document_terms;
 
+    /// `dot_codes` (AVX2 where the CPU has it) is the plain integer dot
+    /// product, whatever the length (whole 32-byte steps and a tail), at
+    /// the extremes of the levels too.
+    #[test]
+    fn the_codes_dot_is_the_plain_integer_dot() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut level = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state % 255) as i32 - 127) as i8
+        };
+        for len in [0, 1, 31, 32, 33, 64, 384, 1536, 1537] {
+            let a: Vec<i8> = (0..len).map(|_| level()).collect();
+            let b: Vec<i8> = (0..len).map(|_| level()).collect();
+            assert_eq!(dot_codes(&a, &b), dot_i8(&a, &b), "length {len}");
+            let high = vec![127i8; len];
+            let low = vec![-127i8; len];
+            assert_eq!(dot_codes(&high, &low), -(127 * 127) * len as i32);
+            assert_eq!(dot_codes(&low, &low), 127 * 127 * len as i32);
+        }
+    }
+
     #[test]
     fn best_k_keeps_the_k_highest_in_order_as_a_full_sort_would() {
         // Scores with ties, negatives and more rows than k.
