@@ -200,7 +200,27 @@ enum Transport {
     Http,
 }
 
+/// Allocations of 256 KiB and more are mapped on their own, and given back
+/// to the system when freed. glibc otherwise raises that threshold to the
+/// largest block freed so far (up to 32 MiB): the users' in-process copies
+/// (a few MB each, loaded and dropped as they come and go within
+/// `ENGRAM_VECTOR_CACHE_MB`) then come from the heap, whose freed middle is
+/// never returned, and the process held 2.7 times the copies' budget
+/// (258 MiB at 96 MiB, against 165 MiB with this; `docs/benchmarks.md`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_copies() {
+    // SAFETY: mallopt only sets a malloc parameter; it is called before any
+    // thread but this one exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_copies() {}
+
 fn main() -> ExitCode {
+    return_freed_copies();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

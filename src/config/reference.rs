@@ -338,8 +338,8 @@ pub const SETTINGS: &[Setting] = {
         },
         Setting {
             variable: "ENGRAM_VECTOR_CACHE_MB",
-            default: Value("512"),
-            meaning: "memory for the in-process copies of users' data, all users together: vectors and keyword postings on SQLite; keyword postings on PostgreSQL, with the f32 vectors of users of at most 5,000 memories at 384 dimensions (1,250 at 1536; 6 MB for 1,000 at 1536) and 8-bit codes of larger users' up to 32 MiB a user (21,845 memories at 1536; 15 MB for 10,000). A copy answers only while it is of the user's current version; least recently used users are dropped (and reloaded when next used)",
+            default: Value("96"),
+            meaning: "memory for the in-process copies of users' data, all users together: vectors and keyword postings on SQLite; keyword postings on PostgreSQL, with the f32 vectors of users of at most 5,000 memories at 384 dimensions (1,250 at 1536; 7.7 MB for 1,000 at 1536) and 8-bit codes of larger users' up to 32 MiB a user (21,845 memories at 1536; 15 MB for 10,000). A copy answers only while it is of the user's current version. On PostgreSQL, when the copies do not all fit, floats go first (a copy keeps its codes: 1.8 MB for 1,000 memories at 1536), then the copies of users wanted least often, and a user wanted no more often than those held goes without one (recall reads PostgreSQL alone); on SQLite the least recently used users are dropped (and reloaded when next used)",
         },
         Setting {
             variable: "ENGRAM_RETENTION_DAYS",

@@ -17,7 +17,11 @@ use crate::store::redact;
 
 /// Where the store keeps it (the configuration reads it from there).
 pub use crate::store::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, IndexKind, Pooler};
-pub const DEFAULT_VECTOR_CACHE_MB: usize = 512;
+/// Memory for all users' in-process copies: ten users of 1,000 memories at
+/// 1536 dimensions with their floats (7.7 MB each), ~50 as codes alone, one
+/// of ~150,000 memories at 384 dimensions on SQLite; the process stays near
+/// 130 MiB with it full (`docs/benchmarks.md`, shape c).
+pub const DEFAULT_VECTOR_CACHE_MB: usize = 96;
 /// How long a request waits for a PostgreSQL connection ([`crate::store::DEFAULT_ACQUIRE_TIMEOUT`]).
 pub const DEFAULT_DATABASE_TIMEOUT_MS: u64 =
     crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_millis() as u64;

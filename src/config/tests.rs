@@ -28,7 +28,7 @@ fn defaults_then_file_then_env() {
     assert_eq!(cfg.memory.default_user, "envy");
     assert_eq!(cfg.memory.dedup_threshold, 0.9);
     assert_eq!(cfg.memory.max_text_bytes, 32 * 1024);
-    assert_eq!(cfg.store.vector_cache_mb, 512);
+    assert_eq!(cfg.store.vector_cache_mb, 96);
     assert_eq!(cfg.store.timeout_ms, 3000);
     assert_eq!(cfg.store.statement_timeout_ms, 5000);
     assert_eq!(cfg.store.ready_timeout_ms, 1000);

@@ -2755,6 +2755,69 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     assert_ne!(after.version, want_version);
 }
 
+/// Copies that do not all fit with their floats give up the floats before
+/// anyone goes without: the third user's copy comes in as codes, and the
+/// least recently used other copy gives up its floats to make room. Every
+/// copy still answers recall as SQL does, and a small user's copy of codes
+/// follows this instance's adds and claims for them as a larger user's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_past_their_budget_give_up_floats_first_and_answer_as_sql_does() {
+    let db = TestDatabase::create().await;
+    let writer = open(&db, PlanSettings::default()).await;
+    let users = ["fa", "fb", "fc"];
+    for user in users {
+        let scope = whole(user);
+        for i in 0..30 {
+            let text = format!(
+                "Walk {i} of {user}: the {} by the {} on day {}",
+                ["lighthouse", "mill", "bridge"][i % 3],
+                ["river", "coast", "forest", "lake"][i % 4],
+                i * 3
+            );
+            writer.insert(memory(&scope, &text), 0.95).await.unwrap();
+        }
+    }
+    // What one user's copy holds with floats, and as codes alone.
+    let with_floats = open(&db, PlanSettings::default()).await;
+    with_floats.load_keyword_copy("fa").await.unwrap();
+    assert!(with_floats.copy_holds_vectors("fa"));
+    let full = with_floats.keyword_copy_bytes();
+    let codes_only = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0);
+    codes_only.load_keyword_copy("fa").await.unwrap();
+    let coded = codes_only.keyword_copy_bytes();
+    assert!(coded * 2 < full, "{coded} {full}");
+
+    // Room for two with floats and half a third as codes.
+    let a = open(&db, PlanSettings::default())
+        .await
+        .with_keyword_copy_bytes(2 * full + coded / 2);
+    for user in users {
+        a.load_keyword_copy(user).await.unwrap();
+    }
+    assert!(users.iter().all(|user| a.keyword_copy_held(user)));
+    assert!(a.copy_holds_codes("fa") && !a.copy_holds_vectors("fa"));
+    assert!(a.copy_holds_vectors("fb"));
+    assert!(a.copy_holds_codes("fc") && !a.copy_holds_vectors("fc"));
+    assert!(a.keyword_copy_bytes() <= 2 * full + coded / 2);
+    assert_eq!(a.copies_refused(), 0);
+    for user in users {
+        for query in [
+            "the lighthouse by the river",
+            "mill day 12",
+            "nothing like it",
+        ] {
+            candidates_as_in_steps(&a, &whole(user), query).await;
+        }
+    }
+    assert_eq!(a.keyword_copy_answers(), 9, "every copy answered");
+
+    // fa's copy of codes moves on with this instance's adds.
+    claims_two_adds_and_refuses_a_near_duplicate(&a, &whole("fa")).await;
+    assert!(a.copy_holds_codes("fa") && !a.copy_holds_vectors("fa"));
+}
+
 /// A larger user's copy holds 8-bit codes of their vectors: recall's
 /// nearest memories are then the exact best of the rows the codes name,
 /// which are what SQL's exact scan gives; the codes answer a remember's

@@ -146,6 +146,12 @@ impl CopyVectors {
         self.codes
     }
 
+    /// The same rows' codes, without the floats (a copy giving up its
+    /// floats while others share it).
+    pub fn codes(&self) -> &CopyCodes {
+        &self.codes
+    }
+
     /// Row `row`'s unit vector.
     fn row(&self, row: usize) -> &[f32] {
         &self.values[row * self.dims..(row + 1) * self.dims]

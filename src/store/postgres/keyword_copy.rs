@@ -52,6 +52,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::copy_codes::{self, CopyCodes};
+use super::copy_uses::Uses;
 use super::copy_vectors::{self, CopyVectors};
 use super::scope::scoped_to;
 use super::session::Settings;
@@ -67,10 +68,13 @@ pub(super) const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// A user whose copy would not fit the budget is not tried again sooner.
 const TOO_LARGE_WAIT: Duration = Duration::from_secs(600);
 
-/// The bytes a copy of `memories` memories of `dims` dimensions holds
-/// beyond its postings.
-fn bytes_without_postings(memories: usize, dims: usize, limits: VectorLimits) -> usize {
-    let vectors = match limits.kind(memories, dims) {
+/// A copy unused this long may be dropped for any other.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The bytes a copy of `memories` memories of `dims` dimensions holding
+/// its vectors as `kind` holds beyond its postings.
+fn bytes_without_postings(memories: usize, dims: usize, kind: Option<VectorKind>) -> usize {
+    let vectors = match kind {
         Some(VectorKind::Floats) => CopyVectors::bytes_for(memories, dims),
         Some(VectorKind::Codes) => CopyCodes::bytes_for(memories, dims),
         None => 0,
@@ -182,6 +186,57 @@ impl UserCopy {
         self
     }
 
+    /// Bytes the copy would give up by holding its vectors as codes only.
+    fn float_bytes(&self) -> usize {
+        self.vectors
+            .as_ref()
+            .map_or(0, |v| v.bytes() - v.codes().bytes())
+    }
+
+    /// The copy with its vectors as codes only (`copy_codes`): a quarter of
+    /// the bytes at 1536 dimensions, and recall's exact cosines of the rows
+    /// they name read in PostgreSQL. What copies give up first when they
+    /// do not all fit.
+    fn without_floats(self) -> Self {
+        let UserCopy {
+            version,
+            keywords,
+            expires,
+            vectors,
+            codes,
+            bytes: _,
+        } = self;
+        UserCopy {
+            version,
+            keywords,
+            expires,
+            vectors: None,
+            codes: codes.or_else(|| vectors.map(CopyVectors::into_codes)),
+            bytes: 0,
+        }
+        .measured()
+    }
+
+    /// [`Self::without_floats`] of a copy readers may still hold: all but
+    /// the floats cloned.
+    fn shared_without_floats(shared: Arc<Self>) -> Self {
+        match Arc::try_unwrap(shared) {
+            Ok(copy) => copy.without_floats(),
+            Err(shared) => UserCopy {
+                version: shared.version,
+                keywords: shared.keywords.clone(),
+                expires: shared.expires.clone(),
+                vectors: None,
+                codes: shared
+                    .codes
+                    .clone()
+                    .or_else(|| shared.vectors.as_ref().map(|v| v.codes().clone())),
+                bytes: 0,
+            }
+            .measured(),
+        }
+    }
+
     /// Whether the copy holds the user's vectors (recall's vector side is
     /// then answered here too).
     pub fn has_vectors(&self) -> bool {
@@ -272,6 +327,68 @@ struct Held {
     /// Before when no load of a user may start.
     loads: HashMap<String, Instant>,
     bytes: usize,
+    /// How often each user's copy was wanted lately.
+    uses: Uses,
+}
+
+/// What making room for a copy does to another user's copy.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// Keeps it, with its vectors as codes only ([`UserCopy::without_floats`]).
+    Demote(String),
+    /// Drops it (loaded again when next wanted, if it then fits).
+    Drop(String),
+}
+
+impl Held {
+    /// What to do to the other copies so that one of `bytes` for `user`
+    /// fits within `budget`. Floats go first: a copy of a user wanted at
+    /// least as often as the others (or unused for [`IDLE`]) is kept as
+    /// codes. Then whole copies: those unused for [`IDLE`], then the least
+    /// wanted, the least recently used among equals, but only copies
+    /// `user` is wanted clearly more often than ([`Uses::outweighs`]).
+    /// `None` when that is not room enough: the others stay as they are,
+    /// and `user` goes without.
+    fn room_for(&self, user: &str, bytes: usize, budget: usize) -> Option<Vec<Room>> {
+        let mut over = (self.bytes + bytes).saturating_sub(budget);
+        if over == 0 {
+            return Some(Vec::new());
+        }
+        let now = Instant::now();
+        let idle = |used: Instant| now.duration_since(used) >= IDLE;
+        let mut others: Vec<(&String, &UserCopy, Instant)> = self
+            .copies
+            .iter()
+            .filter(|(other, _)| other.as_str() != user)
+            .map(|(other, (copy, used))| (other, copy.as_ref(), *used))
+            .collect();
+        others.sort_by_key(|(other, _, used)| (!idle(*used), self.uses.of(other), *used));
+        let mut plan = Vec::new();
+        let mut left: HashMap<&str, usize> = HashMap::new();
+        for (other, copy, used) in &others {
+            let floats = copy.float_bytes();
+            left.insert(other.as_str(), copy.bytes - floats);
+            if floats == 0 || !(idle(*used) || self.uses.of(user) >= self.uses.of(other)) {
+                continue;
+            }
+            plan.push(Room::Demote((*other).clone()));
+            over = over.saturating_sub(floats);
+            if over == 0 {
+                return Some(plan);
+            }
+        }
+        for (other, copy, used) in others {
+            if !idle(used) && !self.uses.outweighs(user, other) {
+                return None;
+            }
+            plan.push(Room::Drop(other.clone()));
+            over = over.saturating_sub(left.get(other.as_str()).copied().unwrap_or(copy.bytes));
+            if over == 0 {
+                return Some(plan);
+            }
+        }
+        None
+    }
 }
 
 /// Every user's copy, within a budget of bytes.
@@ -288,6 +405,8 @@ pub(super) struct KeywordCopies {
     advanced: std::sync::atomic::AtomicU64,
     /// New memories whose duplicate check a copy answered (made a claim for).
     claimed: std::sync::atomic::AtomicU64,
+    /// Copies not kept for want of room that others wanted as often held.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl KeywordCopies {
@@ -303,6 +422,7 @@ impl KeywordCopies {
             turns: Mutex::default(),
             advanced: Default::default(),
             claimed: Default::default(),
+            refused: Default::default(),
         }
     }
 
@@ -320,12 +440,27 @@ impl KeywordCopies {
         self.limits
     }
 
-    /// The user's copy, if one is held (whatever its version).
+    /// The user's copy, if one is held (whatever its version), counted as
+    /// a use of it whether held or not.
     pub fn get(&self, user: &str) -> Option<Arc<UserCopy>> {
         let mut held = self.held.lock().ok()?;
+        held.uses.count(user);
         let (copy, used) = held.copies.get_mut(user)?;
         *used = Instant::now();
         Some(copy.clone())
+    }
+
+    /// Counts a use of the user's copy that found none to use.
+    fn wanted(&self, user: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.uses.count(user);
+        }
+    }
+
+    /// The user's copy, if one is held, not counted as a use.
+    pub fn peek(&self, user: &str) -> Option<Arc<UserCopy>> {
+        let held = self.held.lock().ok()?;
+        held.copies.get(user).map(|(copy, _)| copy.clone())
     }
 
     /// Counts a load of `user`'s copy as started now, whether or not one may.
@@ -356,12 +491,13 @@ impl KeywordCopies {
         }
     }
 
-    /// Keeps `copy` for `user` (in place of an older one), evicting the
-    /// least recently used copies to stay within the budget. A copy larger
-    /// than the budget is not kept.
-    fn keep(&self, user: &str, copy: UserCopy) {
+    /// Keeps `copy` for `user` (in place of an older one), dropping the
+    /// copies [`Held::room_for`] names to stay within the budget; `false`,
+    /// and the user left without a copy, when there is no such room (or
+    /// the copy is larger than the whole budget).
+    fn keep(&self, user: &str, copy: UserCopy) -> bool {
         let Ok(mut held) = self.held.lock() else {
-            return;
+            return false;
         };
         if let Some((old, _)) = held.copies.remove(user) {
             held.bytes -= old.bytes;
@@ -369,24 +505,41 @@ impl KeywordCopies {
         if copy.bytes > self.budget {
             held.loads
                 .insert(user.to_owned(), Instant::now() + TOO_LARGE_WAIT);
-            return;
+            return false;
         }
-        while held.bytes + copy.bytes > self.budget {
-            let Some(oldest) = held
-                .copies
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(user, _)| user.clone())
-            else {
-                break;
-            };
-            if let Some((gone, _)) = held.copies.remove(&oldest) {
-                held.bytes -= gone.bytes;
+        // Floats only into free room.
+        let copy = if held.bytes + copy.bytes > self.budget && copy.float_bytes() > 0 {
+            copy.without_floats()
+        } else {
+            copy
+        };
+        let Some(plan) = held.room_for(user, copy.bytes, self.budget) else {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        };
+        for step in plan {
+            match step {
+                Room::Demote(other) => {
+                    let freed = held.copies.get_mut(&other).map_or(0, |(kept, _)| {
+                        let before = kept.bytes;
+                        let old = std::mem::replace(kept, Arc::new(UserCopy::empty(0)));
+                        *kept = Arc::new(UserCopy::shared_without_floats(old));
+                        before - kept.bytes
+                    });
+                    held.bytes -= freed;
+                }
+                Room::Drop(other) => {
+                    if let Some((gone, _)) = held.copies.remove(&other) {
+                        held.bytes -= gone.bytes;
+                    }
+                }
             }
         }
         held.bytes += copy.bytes;
         held.copies
             .insert(user.to_owned(), (Arc::new(copy), Instant::now()));
+        true
     }
 
     /// Waits for this instance's turn to write `user`, held until the
@@ -456,14 +609,18 @@ impl KeywordCopies {
             {
                 copy.vectors = None;
             }
+            // Codes for a user of any size that gets vectors: a small
+            // user's copy holds them alone once it gave up its floats.
             if let Some(codes) = &mut copy.codes
-                && !(kind == Some(VectorKind::Codes) && codes.push(new.id, &new.vector))
+                && !(kind.is_some() && codes.push(new.id, &new.vector))
             {
                 copy.codes = None;
             }
         }
         copy.version = to;
-        self.keep(user, copy.measured());
+        if !self.keep(user, copy.measured()) {
+            return false;
+        }
         self.advanced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
@@ -487,19 +644,51 @@ impl KeywordCopies {
     /// whose copy fits beside those held (a write does not evict another
     /// user's copy); otherwise the user waits [`RELOAD_EVERY`].
     fn could_fit(&self, user: &str, memories: usize, dims: usize, wanted: Wanted) -> bool {
-        let bytes = bytes_without_postings(memories, dims, self.limits);
+        // At least: with its vectors as codes, as a copy that does not fit
+        // with floats holds them.
+        let least = self.limits.kind(memories, dims).map(|_| VectorKind::Codes);
+        let bytes = bytes_without_postings(memories, dims, least);
         if let Wanted::ForWrites = wanted {
             let with_vectors = self.limits.kind(memories, dims).is_some();
             return with_vectors && self.held_bytes() + bytes <= self.budget;
         }
-        if bytes <= self.budget {
-            return true;
-        }
-        if let Ok(mut held) = self.held.lock() {
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        if bytes > self.budget {
             held.loads
                 .insert(user.to_owned(), Instant::now() + TOO_LARGE_WAIT);
+            return false;
         }
-        false
+        // Not read at all when it would not be kept.
+        if held.room_for(user, bytes, self.budget).is_none() {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// How a copy of `user`'s `memories` memories of `dims` dimensions is
+    /// loaded: as [`VectorLimits::kind`] says, but with codes in place of
+    /// floats when a copy with floats would not fit in the room the other
+    /// copies leave (it would be kept as codes: see [`Self::keep`]), so
+    /// that the floats are not read and coded only to be dropped.
+    fn kind_to_load(&self, user: &str, memories: usize, dims: usize) -> Option<VectorKind> {
+        let kind = self.limits.kind(memories, dims);
+        if kind != Some(VectorKind::Floats) {
+            return kind;
+        }
+        let Ok(held) = self.held.lock() else {
+            return kind;
+        };
+        let own = held.copies.get(user).map_or(0, |(copy, _)| copy.bytes);
+        let with_floats = bytes_without_postings(memories, dims, kind);
+        if held.bytes - own + with_floats > self.budget {
+            Some(VectorKind::Codes)
+        } else {
+            kind
+        }
     }
 
     /// Bytes held (tests).
@@ -521,6 +710,7 @@ impl PgStore {
     /// vectors and the copy fits beside those held, so that their next
     /// writes' duplicate checks are answered here.
     pub(super) fn refresh_copy_after_write(&self, user: &str) {
+        self.keyword_copies.wanted(user);
         self.refresh_copy(user, Wanted::ForWrites);
     }
 
@@ -590,6 +780,14 @@ impl PgStore {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many copies were not loaded, or not kept, for want of room
+    /// that copies wanted as often held.
+    pub fn copies_refused(&self) -> u64 {
+        self.keyword_copies
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many times this instance's own writes moved a copy on.
     pub fn copy_advances(&self) -> u64 {
         self.keyword_copies
@@ -650,7 +848,7 @@ async fn load(
     if !copies.could_fit(user, current, dims, wanted) {
         return Ok(());
     }
-    let kind = copies.limits.kind(current, dims);
+    let kind = copies.kind_to_load(user, current, dims);
     let with_vectors = kind.is_some();
     // Rows are taken as they stream in, each vector coded (or copied) at
     // once: a large user's vectors never sit in memory as PostgreSQL's
@@ -727,4 +925,177 @@ async fn load(
         .measured(),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::copy_vectors::tests::vector;
+    use super::*;
+
+    /// A copy that counts as `bytes` against the budget.
+    fn copy_of(bytes: usize) -> UserCopy {
+        UserCopy {
+            bytes,
+            ..UserCopy::empty(4)
+        }
+    }
+
+    fn held(copies: &KeywordCopies) -> Vec<String> {
+        let held = copies.held.lock().unwrap();
+        let mut users: Vec<String> = held.copies.keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    #[test]
+    fn users_read_in_turn_keep_the_copies_held_instead_of_evicting_each_other() {
+        // Two copies fill the budget: not even an empty one fits beside them.
+        let copies = KeywordCopies::new(1_000_000);
+        assert!(copies.keep("a", copy_of(500_000)));
+        assert!(copies.keep("b", copy_of(500_000)));
+        // Three users read in turn, two copies' room: the third goes without,
+        // round after round (not even read), and never pushes out the others.
+        for _ in 0..5 {
+            for user in ["a", "b", "c"] {
+                if copies.get(user).is_none() {
+                    assert!(!copies.could_fit(user, 0, 4, Wanted::ForSearch));
+                    assert!(!copies.keep(user, copy_of(500_000)));
+                }
+            }
+        }
+        assert_eq!(held(&copies), ["a", "b"]);
+        assert_eq!(copies.held_bytes(), 1_000_000);
+        // Each miss was refused twice: before the load, and on keeping.
+        assert_eq!(
+            copies.refused.load(std::sync::atomic::Ordering::Relaxed),
+            10
+        );
+    }
+
+    #[test]
+    fn a_user_wanted_far_more_often_takes_the_place_of_the_least_wanted() {
+        let copies = KeywordCopies::new(100);
+        assert!(copies.keep("a", copy_of(40)));
+        assert!(copies.keep("b", copy_of(40)));
+        for _ in 0..3 {
+            copies.get("a");
+        }
+        copies.get("b");
+        // Twice b's uses is not enough; three times is.
+        copies.get("hot");
+        copies.get("hot");
+        assert!(!copies.keep("hot", copy_of(40)));
+        copies.get("hot");
+        assert!(copies.keep("hot", copy_of(40)));
+        assert_eq!(held(&copies), ["a", "hot"]);
+        // Room for a larger one would take a too, but a is wanted as often.
+        assert!(!copies.keep("big", copy_of(70)));
+        assert_eq!(held(&copies), ["a", "hot"]);
+        // A copy larger than the whole budget is never kept.
+        for _ in 0..100 {
+            copies.get("huge");
+        }
+        assert!(!copies.keep("huge", copy_of(101)));
+        assert_eq!(copies.held_bytes(), 80);
+    }
+
+    #[test]
+    fn a_copy_unused_for_a_while_makes_room_for_anyone() {
+        let copies = KeywordCopies::new(100);
+        assert!(copies.keep("old", copy_of(60)));
+        for _ in 0..50 {
+            copies.get("old");
+        }
+        assert!(!copies.keep("new", copy_of(60)));
+        {
+            let mut held = copies.held.lock().unwrap();
+            let (_, used) = held.copies.get_mut("old").unwrap();
+            *used = Instant::now().checked_sub(IDLE).unwrap();
+        }
+        assert!(copies.keep("new", copy_of(60)));
+        assert_eq!(held(&copies), ["new"]);
+    }
+
+    /// A copy holding `rows` vectors as floats (and codes).
+    fn floats_copy(rows: u64) -> UserCopy {
+        let dims = 64;
+        let mut vectors = CopyVectors::with_capacity(dims, rows as usize);
+        for i in 0..rows {
+            assert!(vectors.push(Uuid::new_v4(), &vector(i, dims)));
+        }
+        UserCopy {
+            vectors: Some(vectors),
+            ..UserCopy::empty(dims)
+        }
+        .measured()
+    }
+
+    fn with_floats(copies: &KeywordCopies) -> Vec<String> {
+        let held = copies.held.lock().unwrap();
+        let mut users: Vec<String> = held
+            .copies
+            .iter()
+            .filter(|(_, (copy, _))| copy.has_vectors())
+            .map(|(user, _)| user.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    #[test]
+    fn copies_that_do_not_all_fit_give_up_their_floats_before_anyone_goes_without() {
+        let full = floats_copy(100);
+        let coded = floats_copy(100).without_floats();
+        assert!(coded.may_claim() && !coded.has_vectors());
+        assert!(
+            coded.bytes * 4 < full.bytes,
+            "{} {}",
+            coded.bytes,
+            full.bytes
+        );
+        // Room for two copies with floats and half a third as codes.
+        let copies = KeywordCopies::new(2 * full.bytes + coded.bytes / 2);
+        assert!(copies.keep("a", floats_copy(100)));
+        assert!(copies.keep("b", floats_copy(100)));
+        assert_eq!(with_floats(&copies), ["a", "b"]);
+        // A third, wanted as often: it comes in as codes, and the least
+        // recently used of the others gives up its floats to make room.
+        assert!(copies.keep("c", floats_copy(100)));
+        assert_eq!(held(&copies), ["a", "b", "c"]);
+        assert_eq!(with_floats(&copies), ["b"]);
+        assert!(copies.get("c").unwrap().may_claim());
+        // More users, as codes, until b's floats go too; nobody is dropped.
+        let mut more = 0;
+        while !with_floats(&copies).is_empty() {
+            assert!(copies.keep(&format!("u{more}"), floats_copy(100)));
+            more += 1;
+            assert_eq!(held(&copies).len(), 3 + more);
+            assert!(more < 10, "b kept its floats");
+        }
+        assert!(copies.held_bytes() <= copies.budget());
+        assert_eq!(copies.held_bytes(), (3 + more) * coded.bytes);
+        // A user wanted less than b keeps b's floats: none were asked of one
+        // used more often.
+        let copies = KeywordCopies::new(2 * full.bytes + coded.bytes / 2);
+        assert!(copies.keep("a", floats_copy(100)));
+        assert!(copies.keep("b", floats_copy(100)));
+        copies.get("a");
+        copies.get("b");
+        assert!(!copies.keep("cold", floats_copy(100)));
+        assert_eq!(with_floats(&copies), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_copy_replaced_by_its_own_newer_version_needs_only_the_difference() {
+        let copies = KeywordCopies::new(100);
+        assert!(copies.keep("a", copy_of(50)));
+        assert!(copies.keep("b", copy_of(40)));
+        copies.get("b");
+        // a's newer copy, 10 larger, fits where a's was.
+        assert!(copies.keep("a", copy_of(60)));
+        assert_eq!(copies.held_bytes(), 100);
+        // 5 more would push out b, who is wanted as often as a.
+        assert!(!copies.keep("a", copy_of(65)));
+        assert_eq!(held(&copies), ["b"]);
+    }
 }

@@ -71,6 +71,7 @@ use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
 mod copy_codes;
+mod copy_uses;
 mod copy_vectors;
 mod import;
 mod indexer;

@@ -547,7 +547,7 @@ impl PgBatch<'_> {
     ) {
         let store = self.store;
         let copies = &store.keyword_copies;
-        let holds_vectors = |user| copies.get(user).is_some_and(|c| c.may_claim());
+        let holds_vectors = |user| copies.peek(user).is_some_and(|c| c.may_claim());
         if self.tx.is_some() || self.copy_write.is_some() || !holds_vectors(&self.user_id) {
             return;
         }
