@@ -925,4 +925,70 @@ mod tests {
         assert_eq!(s.groups.rounds(), 1);
         assert_eq!(s.groups.queued("alice"), 0);
     }
+
+    /// A round the store refuses (here one remember's insert, refused by a
+    /// trigger) is written again one remember at a time: the others are
+    /// stored and answered, only the refused one fails, and nothing of the
+    /// failed round is left behind.
+    #[tokio::test]
+    async fn a_refused_round_is_written_again_one_remember_at_a_time() {
+        let (s, dir) = service().await;
+        let url = format!("sqlite://{}/engram.db", dir.path().display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        sqlx::query(
+            "CREATE TRIGGER poisoned BEFORE INSERT ON memories \
+             WHEN NEW.content LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .execute(&pool)
+        .await
+        .expect("trigger");
+        pool.close().await;
+        let s = Arc::new(s);
+        let held = s.groups.hold("bob");
+        let texts = [
+            "Bob rows on the river at dawn",
+            "Bob keeps poison dart frogs",
+            "Bob bakes rye bread on Sundays",
+        ];
+        let mut waiting = Vec::new();
+        for text in texts {
+            let s = s.clone();
+            waiting.push(tokio::spawn(async move {
+                let params = RememberParams {
+                    text: Some(text.into()),
+                    user_id: Some("bob".into()),
+                    infer: Some(false),
+                    ..RememberParams::default()
+                };
+                s.remember(ME, params).await
+            }));
+        }
+        while s.groups.queued("bob") < texts.len() {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let mut answers = Vec::new();
+        for task in waiting {
+            answers.push(task.await.expect("task"));
+        }
+        assert_eq!(s.groups.rounds(), 1, "the three went in one round");
+        let refused = answers[1].as_ref().expect_err("the poisoned one fails");
+        assert!(refused.to_string().contains("poisoned"), "{refused}");
+        for i in [0, 2] {
+            let answer = answers[i].as_ref().expect("the others are written alone");
+            assert_eq!(answer.results.len(), 1);
+            assert_eq!(answer.results[0].memory, texts[i]);
+        }
+        let (stored, count) = s
+            .store
+            .recent(&Scope::new("bob", None, None).unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+        let mut contents: Vec<&str> = stored.iter().map(|m| m.memory.as_str()).collect();
+        contents.sort();
+        let mut written = [texts[0], texts[2]];
+        written.sort();
+        assert_eq!(contents, written);
+    }
 }

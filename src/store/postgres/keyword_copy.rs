@@ -751,14 +751,14 @@ impl PgStore {
     /// Whether `user`'s copy is held and holds their vectors as codes (tests).
     pub fn copy_holds_codes(&self, user: &str) -> bool {
         self.keyword_copies
-            .get(user)
+            .peek(user)
             .is_some_and(|copy| copy.codes.is_some())
     }
 
     /// Whether `user`'s copy is held and holds their vectors (tests).
     pub fn copy_holds_vectors(&self, user: &str) -> bool {
         self.keyword_copies
-            .get(user)
+            .peek(user)
             .is_some_and(|copy| copy.has_vectors())
     }
 
@@ -770,7 +770,7 @@ impl PgStore {
     /// Whether a copy of `user`'s postings is held, of whatever version: a
     /// benchmark waits on it for the load a user's first recall starts.
     pub fn keyword_copy_held(&self, user: &str) -> bool {
-        self.keyword_copies.get(user).is_some()
+        self.keyword_copies.peek(user).is_some()
     }
 
     /// How many new memories' duplicate checks a copy made a claim for.
