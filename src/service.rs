@@ -817,6 +817,34 @@ mod tests {
         ));
     }
 
+    /// Starts a remember of each of `texts` for `user`, whose write is held
+    /// (`Groups::hold`), and waits until all of them are queued.
+    async fn queue_remembers(
+        s: &Arc<MemoryService>,
+        user: &'static str,
+        texts: &[&'static str],
+    ) -> Vec<tokio::task::JoinHandle<Result<RememberResult, Error>>> {
+        let waiting: Vec<_> = texts
+            .iter()
+            .map(|&text| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let params = RememberParams {
+                        text: Some(text.into()),
+                        user_id: Some(user.into()),
+                        infer: Some(false),
+                        ..RememberParams::default()
+                    };
+                    s.remember(ME, params).await
+                })
+            })
+            .collect();
+        while s.groups.queued(user) < texts.len() {
+            tokio::task::yield_now().await;
+        }
+        waiting
+    }
+
     /// Remembers of one user that arrive while a write of theirs is under
     /// way wait, and are then written in one round: each answered with its
     /// own events, duplicates among them found (one kept), each audit row
@@ -839,22 +867,7 @@ mod tests {
             "Alice sings in a choir on Tuesdays",
             "Alice drives an old green van",
         ];
-        let mut waiting = Vec::new();
-        for text in texts {
-            let s = s.clone();
-            waiting.push(tokio::spawn(async move {
-                let params = RememberParams {
-                    text: Some(text.into()),
-                    user_id: Some("alice".into()),
-                    infer: Some(false),
-                    ..RememberParams::default()
-                };
-                s.remember(ME, params).await
-            }));
-        }
-        while s.groups.queued("alice") < texts.len() {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_remembers(&s, "alice", &texts).await;
         let (_, stored) = s
             .store
             .recent(&Scope::new("alice", None, None).unwrap(), 10)
@@ -950,22 +963,7 @@ mod tests {
             "Bob keeps poison dart frogs",
             "Bob bakes rye bread on Sundays",
         ];
-        let mut waiting = Vec::new();
-        for text in texts {
-            let s = s.clone();
-            waiting.push(tokio::spawn(async move {
-                let params = RememberParams {
-                    text: Some(text.into()),
-                    user_id: Some("bob".into()),
-                    infer: Some(false),
-                    ..RememberParams::default()
-                };
-                s.remember(ME, params).await
-            }));
-        }
-        while s.groups.queued("bob") < texts.len() {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_remembers(&s, "bob", &texts).await;
         drop(held);
         let mut answers = Vec::new();
         for task in waiting {
