@@ -581,6 +581,91 @@ async fn the_indexer_moves_a_backlog_into_the_index_by_itself() {
     drop(store);
 }
 
+/// The plan `session` runs its prepared `same_text` lookup with.
+async fn same_text_plan(session: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar::<_, String>("EXPLAIN EXECUTE same_text('a', '\\x00')")
+        .fetch_all(session)
+        .await
+        .unwrap()
+        .join("\n")
+}
+
+/// A table that fills faster than autovacuum looks (once a minute) is
+/// analyzed by the store itself, as the runtime role, and a plan that a
+/// session cached while the table was empty is then made again from the new
+/// statistics: the duplicate check's same-text lookup probes the unique index
+/// on (user, text hash) rather than reading the user's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_fill_fast_are_analyzed_and_cached_plans_made_again() {
+    let db = TestDatabase::create().await;
+    let idle = open_idle(&db, PlanSettings::default()).await;
+    // Nothing has changed yet: nothing is due.
+    assert_eq!(
+        idle.analyze_stale_tables().await.unwrap(),
+        Vec::<&str>::new()
+    );
+    drop(idle);
+    let options = PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        index_backlog_every: None,
+        analyze_every: Some(std::time::Duration::from_millis(50)),
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .unwrap();
+
+    // Only the store analyzes here.
+    let pool = db.pool().await;
+    sqlx::query("ALTER TABLE memories SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A session caches its generic plan of the lookup while the table is empty.
+    let mut session = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET plan_cache_mode = force_generic_plan; \
+         PREPARE same_text (text, bytea) AS SELECT id FROM memories \
+             WHERE user_id = $1 AND content_hash = $2 AND valid_to IS NULL",
+    )
+    .execute(&mut *session)
+    .await
+    .unwrap();
+    let before = same_text_plan(&mut session).await;
+
+    let rows: Vec<(String, Option<&str>, serde_json::Value)> = (0..600)
+        .map(|i| {
+            (
+                format!("Note {i} about {}", THINGS[i % THINGS.len()]),
+                None,
+                json!({}),
+            )
+        })
+        .collect();
+    bulk_insert(&pool, "a", &rows).await;
+    let analyzed = || async {
+        sqlx::query_scalar::<_, f32>("SELECT reltuples FROM pg_class WHERE relname = 'memories'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while analyzed().await < 600.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memories not analyzed 30 s after 600 rows went in (reltuples {})",
+            analyzed().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after = same_text_plan(&mut session).await;
+    assert!(
+        after.contains("memories_current_text"),
+        "before the analyze:\n{before}\nafter:\n{after}"
+    );
+    drop(store);
+}
+
 /// A large user's new rows wait outside the vector index (a tail of at
 /// most `engram_index_tail_rows`) instead of paying the index insertion on
 /// the write; they are found exactly meanwhile, by searches and by the

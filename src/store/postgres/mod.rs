@@ -36,7 +36,10 @@
 //! written and rebuilt) and `rows` (the dialect: how rows hold ids, times
 //! and JSON, for the shared mapping). What both stores do alike is written
 //! once in `store/shared`. This file opens the store: options, pools,
-//! re-embedding; `session` says how each connection is set up.
+//! re-embedding; `session` says how each connection is set up. Two tasks
+//! run beside each store: `indexer` moves rows waiting outside the vector
+//! index into it, and `statistics` analyzes tables whose statistics are
+//! behind their changes (so cached plans are made again as tables grow).
 //!
 //! The URLs (docs/managed-postgres.md, "URLs and roles"):
 //! * `url` (`database_url`): requests, as the runtime role; may be a
@@ -89,6 +92,7 @@ mod scope;
 mod sealed;
 mod search;
 mod session;
+mod statistics;
 mod usage;
 mod versions;
 mod write;
@@ -156,6 +160,10 @@ pub struct PgOptions {
     /// How often the store looks for rows waiting to enter the vector index
     /// (`indexer`); `None`: never (they are then added by [`PgStore::index_backlog`]).
     pub index_backlog_every: Option<Duration>,
+    /// How often the store looks for tables whose statistics are behind
+    /// their changes and analyzes them (`statistics`); `None`: never (they
+    /// are then left to autovacuum, or [`PgStore::analyze_stale_tables`]).
+    pub analyze_every: Option<Duration>,
 }
 
 /// The session settings `engram_exact_scan_limit` reads: exact scans for
@@ -208,6 +216,7 @@ impl Default for PgOptions {
             direct_url: None,
             pooler: Pooler::None,
             index_backlog_every: Some(Duration::from_secs(1)),
+            analyze_every: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -229,6 +238,8 @@ pub struct PgStore {
     keyword_copies: std::sync::Arc<keyword_copy::KeywordCopies>,
     /// Stops with the store.
     _indexer: Option<indexer::Indexer>,
+    /// Stops with the store.
+    _analyzer: Option<statistics::Analyzer>,
 }
 
 impl PgStore {
@@ -333,6 +344,7 @@ impl PgStore {
                 DEFAULT_KEYWORD_COPY_BYTES,
             )),
             _indexer: None,
+            _analyzer: None,
         };
         let mut tx = setup.begin().await.map_err(db("opening the store"))?;
         lock_schema(&mut tx).await?;
@@ -351,9 +363,13 @@ impl PgStore {
         let _indexer = options
             .index_backlog_every
             .map(|every| indexer::spawn(store.operator.clone(), every));
+        let _analyzer = options
+            .analyze_every
+            .map(|every| statistics::spawn(store.operator.clone(), every));
         Ok(Self {
             index,
             _indexer,
+            _analyzer,
             ..store
         })
     }

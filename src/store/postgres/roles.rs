@@ -8,7 +8,11 @@
 //! * reading `store_info` and the migration ledger (to check the schema);
 //! * appending to `audit_log` and sealing it (its `chain_pos` and `hash`
 //!   columns), never deleting or rewriting a row;
-//! * the sequences behind those tables.
+//! * the sequences behind those tables;
+//! * on PostgreSQL 17 and later, MAINTAIN on the tables the store analyzes
+//!   itself when their statistics fall behind (`statistics`). It allows
+//!   VACUUM, ANALYZE, REINDEX, CLUSTER and LOCK TABLE on them; no reading or
+//!   writing of rows beyond what the grants above allow.
 //!
 //! Grants are idempotent, so every start repeats them and a table a later
 //! migration adds is covered the first time it runs.
@@ -47,6 +51,18 @@ pub(super) async fn grant_runtime_role(
         statements.push(format!(
             "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {table} FROM {role}"
         ));
+    }
+    // The store's own ANALYZE of tables that grow faster than autovacuum
+    // looks (`statistics`); MAINTAIN exists from PostgreSQL 17 on, and
+    // before it only the owner may analyze.
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::integer")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading the server's version"))?;
+    if version >= 170_000 {
+        for table in super::statistics::WATCHED {
+            statements.push(format!("GRANT MAINTAIN ON {table} TO {role}"));
+        }
     }
     for statement in statements {
         sqlx::query(sqlx::AssertSqlSafe(statement))
