@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::background::{self, Background};
 use super::{PgStore, StoreError, db};
 
 /// Rows moved into the index per statement (each an index insertion, ~6 ms
@@ -69,40 +70,20 @@ async fn step(operator: &PgPool) -> Result<u64, StoreError> {
     Ok(moved.max(0) as u64)
 }
 
-/// Aborts the indexer task when the store that started it is dropped.
-#[derive(Debug)]
-pub(super) struct Indexer(tokio::task::AbortHandle);
-
-impl Drop for Indexer {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts the indexer on `operator`: it works through every backlog, then
-/// looks again every `every`. A failure is logged once until a pass works.
-pub(super) fn spawn(operator: PgPool, every: Duration) -> Indexer {
-    let task = tokio::spawn(async move {
-        let mut failing = false;
-        loop {
-            match step(&operator).await {
-                Ok(moved) if moved > 0 => {
-                    failing = false;
-                    tracing::debug!(moved, "moved waiting memories into the vector index");
-                    continue;
-                }
-                Ok(_) => failing = false,
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "the vector index's backlog could not be worked on; retrying");
-                    }
-                    failing = true;
-                }
+/// looks again every `every`.
+pub(super) fn spawn(operator: PgPool, every: Duration) -> Background {
+    let what = "the vector index's backlog could not be worked on";
+    background::repeat(what, every, move || {
+        let operator = operator.clone();
+        async move {
+            let moved = step(&operator).await?;
+            if moved > 0 {
+                tracing::debug!(moved, "moved waiting memories into the vector index");
             }
-            tokio::time::sleep(every).await;
+            Ok(moved > 0)
         }
-    });
-    Indexer(task.abort_handle())
+    })
 }
 
 impl PgStore {

@@ -39,7 +39,8 @@
 //! re-embedding; `session` says how each connection is set up. Two tasks
 //! run beside each store: `indexer` moves rows waiting outside the vector
 //! index into it, and `statistics` analyzes tables whose statistics are
-//! behind their changes (so cached plans are made again as tables grow).
+//! behind their changes (so cached plans are made again as tables grow);
+//! `background` repeats their passes and stops them with the store.
 //!
 //! The URLs (docs/managed-postgres.md, "URLs and roles"):
 //! * `url` (`database_url`): requests, as the runtime role; may be a
@@ -73,6 +74,7 @@ use super::{Store, StoreError, db};
 use crate::embed::{Embedder, EmbedderIdentity};
 
 mod audit;
+mod background;
 mod copy_codes;
 mod copy_uses;
 mod copy_vectors;
@@ -237,9 +239,9 @@ pub struct PgStore {
     /// Users' keyword postings in process, for recall (`keyword_copy`).
     keyword_copies: std::sync::Arc<keyword_copy::KeywordCopies>,
     /// Stops with the store.
-    _indexer: Option<indexer::Indexer>,
+    _indexer: Option<background::Background>,
     /// Stops with the store.
-    _analyzer: Option<statistics::Analyzer>,
+    _analyzer: Option<background::Background>,
 }
 
 impl PgStore {

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::background::{self, Background};
 use super::{StoreError, db};
 
 /// The tables whose plans every request depends on: `memories` (the
@@ -90,40 +91,19 @@ async fn step(operator: &PgPool) -> Result<Vec<&'static str>, StoreError> {
     Ok(tables)
 }
 
-/// Aborts the task when the store that started it is dropped.
-#[derive(Debug)]
-pub(super) struct Analyzer(tokio::task::AbortHandle);
-
-impl Drop for Analyzer {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Starts the task on `operator`: it looks every `every`. A failure is
-/// logged once until a pass works.
-pub(super) fn spawn(operator: PgPool, every: Duration) -> Analyzer {
-    let task = tokio::spawn(async move {
-        let mut failing = false;
-        loop {
-            match step(&operator).await {
-                Ok(tables) => {
-                    failing = false;
-                    if !tables.is_empty() {
-                        tracing::debug!(?tables, "analyzed tables whose statistics were behind");
-                    }
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "tables whose statistics are behind could not be analyzed; retrying");
-                    }
-                    failing = true;
-                }
+/// Starts the task on `operator`: it looks every `every`.
+pub(super) fn spawn(operator: PgPool, every: Duration) -> Background {
+    let what = "tables whose statistics are behind could not be analyzed";
+    background::repeat(what, every, move || {
+        let operator = operator.clone();
+        async move {
+            let tables = step(&operator).await?;
+            if !tables.is_empty() {
+                tracing::debug!(?tables, "analyzed tables whose statistics were behind");
             }
-            tokio::time::sleep(every).await;
+            Ok(false)
         }
-    });
-    Analyzer(task.abort_handle())
+    })
 }
 
 impl super::PgStore {
