@@ -493,7 +493,8 @@ pub async fn serve_stdio(config: &Config) -> Result<(), StartupError> {
     spawn_metrics(config, &service, &sealing).await?;
     let _stop_sealing = sealing.drop_guard();
     let handler = EngramMcp::new(service.clone(), Caller::Fixed(Principal::Operator));
-    let transport = crate::stdio::transport(tokio::io::stdin(), tokio::io::stdout());
+    let (input, output) = crate::stdio::standard_streams();
+    let transport = crate::stdio::transport(input, output);
     let running = match handler.serve(transport).await {
         Ok(running) => running,
         // A client that goes away before initializing is not a server failure.

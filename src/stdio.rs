@@ -7,7 +7,15 @@
 //!
 //! To avoid an error storm with a peer that echoes our replies back as more
 //! garbage, at most [`MAX_ERROR_REPLIES_PER_SEC`] such replies go out per second.
-//! Both directions share one writer, so replies never interleave mid-line.
+//! Both directions share one writer, so replies never interleave mid-line,
+//! and each line goes out in one write.
+//!
+//! [`standard_streams`] picks how standard input and output are read and
+//! written (`streams`).
+
+mod streams;
+
+pub use streams::standard_streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +51,8 @@ where
     let sink = futures::sink::unfold(
         writer.clone(),
         |writer, msg: TxJsonRpcMessage<RoleServer>| async move {
-            let line = serde_json::to_vec(&msg).map_err(std::io::Error::other)?;
+            let mut line = serde_json::to_vec(&msg).map_err(std::io::Error::other)?;
+            line.push(b'\n');
             write_line(&writer, &line).await?;
             Ok::<_, std::io::Error>(writer)
         },
@@ -117,7 +126,8 @@ where
             );
             return;
         }
-        let line = refusal.to_json().to_string().into_bytes();
+        let mut line = refusal.to_json().to_string().into_bytes();
+        line.push(b'\n');
         if let Err(e) = write_line(&self.writer, &line).await {
             tracing::error!(error = %e, "writing an error reply failed");
         }
@@ -165,13 +175,13 @@ fn trim_line(line: &[u8]) -> &[u8] {
     line.trim_ascii()
 }
 
+/// Writes `line`, which ends with its newline, and flushes it.
 async fn write_line<W: AsyncWrite + Unpin>(
     writer: &SharedWriter<W>,
     line: &[u8],
 ) -> std::io::Result<()> {
     let mut w = writer.lock().await;
     w.write_all(line).await?;
-    w.write_all(b"\n").await?;
     w.flush().await
 }
 

@@ -14,7 +14,8 @@
 //!   (when the model fails), [`token_budget`] (daily token budgets, shared
 //!   by two processes), [`chat_agent`].
 //! * Protocols, through the binary: [`mcp_stdio`], [`protocol`] (raw
-//!   JSON-RPC framing), [`mcp_http`], [`sse_limits`] (the legacy SSE
+//!   JSON-RPC framing), [`stdio_streams`] (stdio over pipes, a Unix
+//!   socket, a file, a stdout that stderr shares), [`mcp_http`], [`sse_limits`] (the legacy SSE
 //!   transport's bounds and refusals), [`rest_api`], [`http_auth`],
 //!   [`inspector`] (the official MCP Inspector CLI), [`odd_input`] (one
 //!   rule for odd input on every door and both stores), [`key_lifecycle`]
@@ -75,6 +76,7 @@ mod retention;
 mod row_level_security;
 mod secrets;
 mod sse_limits;
+mod stdio_streams;
 mod store_conformance;
 mod tls;
 mod token_budget;
