@@ -43,23 +43,20 @@ enum Kind {
 /// Standard input and output: through the reactor where they are pipes or
 /// Unix sockets, else tokio's own (module docs). Must run inside the runtime.
 pub fn standard_streams() -> Streams {
-    let input: Box<dyn AsyncRead + Send + Unpin> = match reactor_input() {
-        Ok(Some(input)) => input,
-        Ok(None) => Box::new(tokio::io::stdin()),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading stdin through the blocking pool");
-            Box::new(tokio::io::stdin())
-        }
-    };
-    let output: Box<dyn AsyncWrite + Send + Unpin> = match reactor_output() {
-        Ok(Some(output)) => output,
-        Ok(None) => Box::new(tokio::io::stdout()),
-        Err(e) => {
-            tracing::debug!(error = %e, "writing stdout through the blocking pool");
-            Box::new(tokio::io::stdout())
-        }
-    };
+    let input = or_else(reactor_input(), "stdin", || Box::new(tokio::io::stdin()));
+    let output = or_else(reactor_output(), "stdout", || Box::new(tokio::io::stdout()));
     (input, output)
+}
+
+/// The reactor's stream if `picked` is one, else `tokio_own()`; a failure
+/// to switch `name` is logged and served the same way.
+fn or_else<T>(picked: io::Result<Option<T>>, name: &str, tokio_own: impl FnOnce() -> T) -> T {
+    picked
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, stream = name, "served through the blocking pool");
+            None
+        })
+        .unwrap_or_else(tokio_own)
 }
 
 /// Standard input through the reactor, if it is a pipe or a Unix socket.
