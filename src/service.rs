@@ -939,6 +939,41 @@ mod tests {
         assert_eq!(s.groups.queued("alice"), 0);
     }
 
+    /// With every write slot taken, remembers of other users wait too, and
+    /// the first slot to end writes all of them in one round (SQLite takes
+    /// no rounds of several users: each user's remembers are written apart,
+    /// in that round); each is answered with its own memory.
+    #[tokio::test]
+    async fn other_users_remembers_wait_for_a_slot_and_go_in_one_round() {
+        let (s, _dir) = service().await;
+        let s = Arc::new(s);
+        let slots: Vec<_> = (0..grouped::WRITES_AT_ONCE)
+            .map(|i| s.groups.hold(&format!("holder-{i}")))
+            .collect();
+        let mut waiting = Vec::new();
+        for (user, texts) in [
+            (
+                "carol",
+                &["Carol fixes old radios", "Carol speaks Finnish"][..],
+            ),
+            ("dave", &["Dave grows chillies on the balcony"][..]),
+            ("erin", &["Erin swims in the sea all winter"][..]),
+        ] {
+            waiting.extend(queue_remembers(&s, user, texts).await);
+        }
+        assert_eq!(s.groups.queued("carol"), 2);
+        drop(slots);
+        for task in waiting {
+            let answer = task.await.expect("task").expect("remember");
+            assert_eq!(answer.results[0].event, crate::model::Event::Add);
+        }
+        assert_eq!(s.groups.rounds(), 1, "all four in one round");
+        for (user, count) in [("carol", 2), ("dave", 1), ("erin", 1)] {
+            let scope = Scope::new(user, None, None).unwrap();
+            assert_eq!(s.store.recent(&scope, 10).await.unwrap().1, count, "{user}");
+        }
+    }
+
     /// A round the store refuses (here one remember's insert, refused by a
     /// trigger) is written again one remember at a time: the others are
     /// stored and answered, only the refused one fails, and nothing of the

@@ -1,58 +1,82 @@
-//! One user's remembers that arrive while another of theirs is being
-//! written go to the store together: one transaction, one statement for
-//! their facts, one commit (group commit).
+//! Remembers that wait for the store are written together: one
+//! transaction, one statement for their facts, one commit (group commit).
 //!
 //! A user's writes serialise in the store (the user's lock, and on
-//! PostgreSQL this instance's turn for the user's copy), so remembers of
-//! one user from several clients used to queue for it one at a time, each
-//! paying its own begin, insert and commit with its WAL flush. Here:
+//! PostgreSQL this instance's turn for the user's copy), and every write
+//! pays its own begin, statement and commit with its WAL flush, most of a
+//! remember's cost in the database. Here:
 //!
 //! * a remember whose facts are all new (the usual one: no update,
-//!   supersede or re-extraction) and which finds no write of its user under
-//!   way writes at once, alone, as before (no hop, no wait);
-//! * one that finds a write under way joins its user's queue and waits;
-//! * when the write under way ends, everything queued is written in one
-//!   round ([`super::remember::write_new`]), by a task of its own (so a
-//!   caller that gives up does not strand the others), and so on while
-//!   remembers keep arriving; the user leaves the table when a round ends
-//!   with nothing queued.
+//!   supersede or re-extraction), whose user has no write under way, and
+//!   which finds fewer than [`WRITES_AT_ONCE`] writes running, writes at
+//!   once, alone, as before (no hop, no wait);
+//! * any other joins its user's queue and waits: behind its user's write
+//!   under way, or for a write to end;
+//! * when a write ends, every user that waits and has no write under way
+//!   goes into the next round, written by a task of its own (so a caller
+//!   that gives up does not strand the others): one user's remembers
+//!   together ([`super::remember::write_new`]), several users' in one
+//!   transaction ([`super::remember::write_round`]) where the store takes
+//!   rounds (PostgreSQL), and each user's in turn where it does not.
 //!
 //! Invariants:
-//! * a user is in `under_way` exactly while one write or round of theirs
-//!   is running or about to (an entry's removal and a remember's joining
-//!   happen under the same lock, so no remember is left queued with nobody
-//!   to write it);
+//! * a user is in `users` exactly while a write of theirs runs or a
+//!   remember of theirs waits; `writing` holds those whose write runs, and
+//!   a user in `users` but not `writing` has remembers waiting (their
+//!   queue is not empty);
+//! * `running` counts the writes running, each holding a [`Slot`]; whenever
+//!   it is below [`WRITES_AT_ONCE`], no user waits without a write of theirs
+//!   under way (an entry's change and a remember's joining happen under the
+//!   same lock, so no remember is left queued with nobody to write it);
+//! * a user is in at most one running write, so this instance's rounds never
+//!   wait on each other for a user;
 //! * every queued remember is answered once: its own events, in its facts'
-//!   order, or its own error. A round that fails writes each of its
-//!   remembers alone, so one remember's failure is not another's;
-//! * deduplication is unchanged: within a round the facts are checked
-//!   against each other as one remember's are ([`super::remember`]'s
+//!   order, or its own error. A round that fails writes each user's
+//!   remembers apart, and those of a user that fails each alone, so one
+//!   remember's failure is not another's;
+//! * deduplication is unchanged: within a user's remembers the facts are
+//!   checked against each other as one remember's are ([`super::remember`]'s
 //!   `Writer::add_all`), and against what is stored by the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::remember::{NewFacts, write_new};
+use super::remember::{NewFacts, write_new, write_round};
 use super::types::MemoryEvent;
 use crate::error::Error;
 use crate::store::{Store, StoreError};
 
+/// Writes that run at once before remembers wait to go in a round. Two keep
+/// the database working on one write while engram prepares the next
+/// (measured: docs/benchmarks.md, seventeenth run).
+pub(super) const WRITES_AT_ONCE: usize = 2;
+
 /// What a queued remember is answered with: its facts' events, or why not.
 type Answer = Result<Vec<MemoryEvent>, Error>;
 
-/// A remember waiting for its user's write under way to end.
+/// A remember waiting for its turn to be written.
 struct Queued {
     facts: NewFacts,
     answer: oneshot::Sender<Answer>,
 }
 
-/// The users with a write under way, and the remembers waiting on each;
-/// and where and how they are written.
+/// The next round: users, each with the remembers of theirs it writes.
+type Round = Vec<(String, Vec<Queued>)>;
+
+/// Who is being written and who waits (the module's invariants).
+#[derive(Default)]
+struct State {
+    users: HashMap<String, Vec<Queued>>,
+    writing: HashSet<String>,
+    running: usize,
+}
+
+/// The remembers waiting, and where and how they are written.
 pub(super) struct Groups {
-    under_way: Mutex<HashMap<String, Vec<Queued>>>,
+    state: Mutex<State>,
     store: Arc<dyn Store>,
     dedup_threshold: f32,
     /// Rounds written for queued remembers (a count for tests and benchmarks).
@@ -63,17 +87,16 @@ pub(super) struct Groups {
 /// boxing the larger variant would only add an allocation.)
 #[allow(clippy::large_enum_variant)]
 enum Place {
-    /// Nothing of the user's is under way: write the facts now; the guard
-    /// hands on to whatever queues meanwhile.
-    Now(Handoff, NewFacts),
-    /// Queued behind a write under way: wait for the answer.
+    /// Written now; the slot hands on to whatever queues meanwhile.
+    Now(Slot, NewFacts),
+    /// Queued: wait for the answer.
     Queued(oneshot::Receiver<Answer>),
 }
 
 impl Groups {
     pub(super) fn new(store: Arc<dyn Store>, dedup_threshold: f32) -> Self {
         Self {
-            under_way: Mutex::default(),
+            state: Mutex::default(),
             store,
             dedup_threshold,
             rounds: AtomicU64::new(0),
@@ -81,31 +104,41 @@ impl Groups {
     }
 
     /// Writes `facts` (all new) for their user: at once when nothing of the
-    /// user's is under way, else with whatever else waits, in one round
-    /// after the write under way.
+    /// user's is under way and a write may start, else in a round with
+    /// whatever else waits.
     pub(super) async fn write(self: &Arc<Self>, facts: NewFacts) -> Answer {
         match self.enter(facts) {
-            Place::Now(_handoff, facts) => self.write_alone(facts).await,
+            Place::Now(_slot, facts) => self.write_alone(facts).await,
             Place::Queued(answer) => answer
                 .await
                 .unwrap_or_else(|_| Err(lost("the round writing this remember ended unanswered"))),
         }
     }
 
-    /// Takes the user's place for `facts`: the write, or a place in the queue.
+    /// Takes a place for `facts`: a write now, or a place in its user's queue.
     fn enter(self: &Arc<Self>, facts: NewFacts) -> Place {
-        let mut under_way = self.lock();
-        if let Some(queue) = under_way.get_mut(&facts.user_id) {
+        let mut state = self.lock();
+        let queue_for = |state: &mut State, facts: NewFacts| {
             let (answer, answered) = oneshot::channel();
+            let queue = state.users.entry(facts.user_id.clone()).or_default();
             queue.push(Queued { facts, answer });
-            return Place::Queued(answered);
-        }
-        under_way.insert(facts.user_id.clone(), Vec::new());
-        let handoff = Handoff {
-            groups: self.clone(),
-            user_id: facts.user_id.clone(),
+            Place::Queued(answered)
         };
-        Place::Now(handoff, facts)
+        if state.users.contains_key(&facts.user_id) || state.running >= WRITES_AT_ONCE {
+            return queue_for(&mut state, facts);
+        }
+        let user = facts.user_id.clone();
+        state.users.insert(user.clone(), Vec::new());
+        state.writing.insert(user.clone());
+        state.running += 1;
+        Place::Now(self.slot(vec![user]), facts)
+    }
+
+    fn slot(self: &Arc<Self>, users: Vec<String>) -> Slot {
+        Slot {
+            groups: self.clone(),
+            users,
+        }
     }
 
     /// One remember's facts in a write of their own.
@@ -116,25 +149,53 @@ impl Groups {
             .ok_or_else(|| lost("a write answered no events"))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Queued>>> {
-        // A panic while holding this lock leaves the map as consistent as
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the state as consistent as
         // any of its single operations: go on with it.
-        self.under_way
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The remembers queued for `user_id`, taken; `None` (and the user
-    /// leaves the table) when there are none.
-    fn take_queued(&self, user_id: &str) -> Option<Vec<Queued>> {
-        let mut under_way = self.lock();
-        match under_way.get_mut(user_id) {
-            Some(queue) if !queue.is_empty() => Some(std::mem::take(queue)),
-            _ => {
-                under_way.remove(user_id);
-                None
+    /// Ends the running write of `users`, and takes the next round (its
+    /// write counted as running) when any user waits.
+    fn release(&self, users: &[String]) -> Option<Round> {
+        let mut state = self.lock();
+        for user in users {
+            state.writing.remove(user);
+            if state.users.get(user).is_some_and(Vec::is_empty) {
+                state.users.remove(user);
             }
         }
+        state.running = state.running.saturating_sub(1);
+        let State {
+            users: queues,
+            writing,
+            running,
+        } = &mut *state;
+        let round: Round = queues
+            .iter_mut()
+            .filter(|(user, queue)| !queue.is_empty() && !writing.contains(*user))
+            .map(|(user, queue)| (user.clone(), std::mem::take(queue)))
+            .collect();
+        if round.is_empty() {
+            return None;
+        }
+        writing.extend(round.iter().map(|(user, _)| user.clone()));
+        *running += 1;
+        Some(round)
+    }
+
+    /// Takes `users` out of the table with whatever waits for them (no
+    /// runtime is left to write it: its callers are told so, their answers
+    /// dropped unsent), ending their write.
+    fn abandon(&self, users: &[String]) {
+        let mut state = self.lock();
+        for user in users {
+            state.writing.remove(user);
+            state.users.remove(user);
+        }
+        state.running = state.running.saturating_sub(1);
     }
 
     /// Rounds written for queued remembers so far.
@@ -143,98 +204,109 @@ impl Groups {
         self.rounds.load(Ordering::Relaxed)
     }
 
-    /// How many remembers wait for `user_id`'s write under way.
+    /// How many remembers wait for `user_id`.
     #[cfg(test)]
     pub(super) fn queued(&self, user_id: &str) -> usize {
-        self.lock().get(user_id).map_or(0, Vec::len)
+        self.lock().users.get(user_id).map_or(0, Vec::len)
     }
 
-    /// Marks a write of `user_id` under way, as a remember writing alone
-    /// does, until the guard is dropped.
+    /// Marks a write of `user_id` running, as a remember writing alone
+    /// does, until the slot is dropped.
     #[cfg(test)]
-    pub(super) fn hold(self: &Arc<Self>, user_id: &str) -> Handoff {
-        self.lock().insert(user_id.to_owned(), Vec::new());
-        Handoff {
-            groups: self.clone(),
-            user_id: user_id.to_owned(),
-        }
+    pub(super) fn hold(self: &Arc<Self>, user_id: &str) -> Slot {
+        let mut state = self.lock();
+        state.users.entry(user_id.to_owned()).or_default();
+        state.writing.insert(user_id.to_owned());
+        state.running += 1;
+        drop(state);
+        self.slot(vec![user_id.to_owned()])
     }
 }
 
-/// Held by the remember writing alone; when it ends (done, failed or
-/// dropped mid-way), whatever queued behind it is written by a task of its
-/// own, or the user leaves the table.
-pub(super) struct Handoff {
+/// Held by a running write (alone or a round) of `users`; when it ends
+/// (done, failed or dropped mid-way), the next round, if anyone waits, is
+/// written by a task of its own.
+pub(super) struct Slot {
     groups: Arc<Groups>,
-    user_id: String,
+    users: Vec<String>,
 }
 
-impl Drop for Handoff {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let Some(first) = self.groups.take_queued(&self.user_id) else {
+        let Some(round) = self.groups.release(&self.users) else {
             return;
         };
-        // The queue stays in the table (empty now): later remembers join it
-        // and the task writes them next.
-        let rounds = Rounds {
-            groups: self.groups.clone(),
-            user_id: std::mem::take(&mut self.user_id),
-            done: false,
-        };
+        let users: Vec<String> = round.iter().map(|(user, _)| user.clone()).collect();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(rounds.run(first));
+                runtime.spawn(self.groups.slot(users).write(round));
             }
             Err(_) => {
                 // No runtime (shutting down): nothing can write them. Their
-                // callers are told so (the answers drop unsent), and the
-                // dropped task takes the user out of the table.
+                // callers are told so (the answers drop unsent).
                 tracing::warn!(
-                    user_id = %rounds.user_id,
-                    queued = first.len(),
+                    users = users.len(),
+                    queued = round.iter().map(|(_, q)| q.len()).sum::<usize>(),
                     "remembers queued at shutdown were not written"
                 );
+                self.groups.abandon(&users);
             }
         }
     }
 }
 
-/// The task that writes a user's queued remembers, a round at a time.
-struct Rounds {
-    groups: Arc<Groups>,
-    user_id: String,
-    /// Set when a round ended with nothing queued (the user has left the
-    /// table): until then, dropping this (a panic, no runtime) takes the
-    /// user out of the table itself, so later remembers are not queued
-    /// behind a task that is gone.
-    done: bool,
+impl Slot {
+    /// Writes `round` (the slot's users, each with their queued remembers):
+    /// several users in one transaction where the store takes it, else (or
+    /// should that fail) each user's remembers apart. Dropping the slot at
+    /// the end hands on to the next round.
+    async fn write(self, round: Round) {
+        let groups = &self.groups;
+        groups.rounds.fetch_add(1, Ordering::Relaxed);
+        if round.len() > 1 {
+            let facts: Vec<&NewFacts> = round
+                .iter()
+                .flat_map(|(_, queued)| queued.iter().map(|q| &q.facts))
+                .collect();
+            match write_round(groups.store.as_ref(), groups.dedup_threshold, &facts).await {
+                Ok(Some(events)) => {
+                    let queued = round.into_iter().flat_map(|(_, queued)| queued);
+                    for (q, events) in queued.zip(events) {
+                        let _ = q.answer.send(Ok(events));
+                    }
+                    return;
+                }
+                Ok(None) => tracing::debug!(
+                    users = round.len(),
+                    "the store declined a round of several users; writing each apart"
+                ),
+                Err(e) => tracing::warn!(
+                    users = round.len(),
+                    error = %e,
+                    "a round of several users failed; writing each apart"
+                ),
+            }
+        }
+        for (user, queued) in round {
+            groups.write_user(&user, queued).await;
+        }
+    }
 }
 
-impl Rounds {
-    async fn run(mut self, first: Vec<Queued>) {
-        let mut round = Some(first);
-        while let Some(queued) = round {
-            self.groups.rounds.fetch_add(1, Ordering::Relaxed);
-            self.write(queued).await;
-            round = self.groups.take_queued(&self.user_id);
-        }
-        self.done = true;
-    }
-
-    /// One round: every remember in one write; if that fails and there
+impl Groups {
+    /// One user's queued remembers in one write; if that fails and there
     /// were several, each alone.
-    async fn write(&self, queued: Vec<Queued>) {
+    async fn write_user(&self, user_id: &str, queued: Vec<Queued>) {
         let (facts, answers): (Vec<NewFacts>, Vec<_>) =
             queued.into_iter().map(|q| (q.facts, q.answer)).unzip();
         tracing::debug!(
-            user_id = %self.user_id,
+            user_id,
             remembers = facts.len(),
             "writing queued remembers together"
         );
-        let groups = &self.groups;
         // A caller that gave up has dropped its receiver: its facts are
         // written all the same, and its answer is dropped (`let _`).
-        match write_new(groups.store.as_ref(), groups.dedup_threshold, &facts).await {
+        match write_new(self.store.as_ref(), self.dedup_threshold, &facts).await {
             Ok(events) => {
                 for (answer, events) in answers.into_iter().zip(events) {
                     let _ = answer.send(Ok(events));
@@ -247,23 +319,15 @@ impl Rounds {
             }
             Err(e) => {
                 tracing::warn!(
-                    user_id = %self.user_id,
+                    user_id,
                     remembers = facts.len(),
                     error = %e,
                     "a round of remembers failed together; writing each alone"
                 );
                 for (facts, answer) in facts.into_iter().zip(answers) {
-                    let _ = answer.send(groups.write_alone(facts).await);
+                    let _ = answer.send(self.write_alone(facts).await);
                 }
             }
-        }
-    }
-}
-
-impl Drop for Rounds {
-    fn drop(&mut self) {
-        if !self.done {
-            self.groups.lock().remove(&self.user_id);
         }
     }
 }

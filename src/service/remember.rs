@@ -597,6 +597,70 @@ pub(super) async fn write_new(
     Ok(answers)
 }
 
+/// Writes the facts of remembers of several users (all new) in one round
+/// ([`crate::store::Writes::add_round`]): each user's memories as one part,
+/// their claims standing only where no other memory of the part is near
+/// (as [`Writer::add_all`] has it), each remember's audit row naming its
+/// own. Answers each remember's events, in order; `None` when the store
+/// declined the round and wrote nothing.
+pub(super) async fn write_round(
+    store: &dyn crate::store::Store,
+    dedup_threshold: f32,
+    remembers: &[&NewFacts],
+) -> Result<Option<Vec<Vec<MemoryEvent>>>, Error> {
+    let mut parts: Vec<crate::store::RoundPart> = Vec::new();
+    for remember in remembers {
+        let at = match parts.iter().position(|p| p.user_id == remember.user_id) {
+            Some(at) => at,
+            None => {
+                parts.push(crate::store::RoundPart {
+                    user_id: remember.user_id.clone(),
+                    memories: Vec::new(),
+                    audits: Vec::new(),
+                });
+                parts.len() - 1
+            }
+        };
+        let part = &mut parts[at];
+        part.memories.extend(remember.memories.iter().cloned());
+        if let Some(record) = &remember.audit {
+            let mut record = record.clone();
+            let ids = remember.memories.iter().map(|(new, _)| new.id).collect();
+            crate::audit::with_memories(&mut record, ids);
+            part.audits.push(record);
+        }
+    }
+    for part in &mut parts {
+        let near: Vec<bool> = (0..part.memories.len())
+            .map(|i| {
+                let vector = &part.memories[i].0.embedding;
+                part.memories.iter().enumerate().any(|(j, (other, _))| {
+                    j != i && crate::embed::might_be_near(&other.embedding, vector, dedup_threshold)
+                })
+            })
+            .collect();
+        for ((_, claim), near) in part.memories.iter_mut().zip(near) {
+            if near {
+                *claim = None;
+            }
+        }
+    }
+    if store.add_round(&parts, dedup_threshold).await?.is_none() {
+        return Ok(None);
+    }
+    let answers = remembers
+        .iter()
+        .map(|remember| {
+            remember
+                .memories
+                .iter()
+                .map(|(new, _)| MemoryEvent::of(new.id, new.content.clone(), Event::Add))
+                .collect()
+        })
+        .collect();
+    Ok(Some(answers))
+}
+
 /// Closes the verbatim copies no fact replaced (a re-extraction's rest).
 async fn close_all(batch: &mut dyn WriteBatch, ids: &[MemoryId]) -> Result<(), Error> {
     for &id in ids {

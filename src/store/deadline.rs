@@ -24,7 +24,7 @@ use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit,
     ImportOutcome, ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending,
     Pending, PendingQueue, Pick, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention,
-    Scored, SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals,
+    RoundPart, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals,
     SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
@@ -148,6 +148,14 @@ impl Writes for Deadline {
             inner,
             limit: self.limit,
         }))
+    }
+
+    async fn add_round(
+        &self,
+        parts: &[RoundPart],
+        dedup_threshold: f32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        bounded(self.limit, self.inner.add_round(parts, dedup_threshold)).await
     }
 
     async fn delete(

@@ -60,7 +60,8 @@ pub use traits::{
 pub use types::{
     AUDIT_MAX_IDS, Access, ApiKey, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry,
     Hit, InsertOutcome, KeyState, ListingKey, Nearest, NewMemory, NewPending, Pending, Pick,
-    PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection, SupersedeOutcome,
+    PurgeCounts, PurgePlan, PurgeReport, RoundPart, Scored, SearchScope, Selection,
+    SupersedeOutcome,
 };
 
 /// What to do about a connection that failed for `source`, when engram

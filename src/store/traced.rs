@@ -16,7 +16,7 @@ use super::{
     ApiKey, AuditLog, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit,
     ImportOutcome, ImportedMemory, InsertOutcome, Keys, ListingKey, Nearest, NewMemory, NewPending,
     Pending, PendingQueue, Pick, PurgeCounts, PurgePlan, PurgeReport, Reads, Reports, Retention,
-    Scored, SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals,
+    RoundPart, Scored, SealReport, Search, SearchScope, Selection, Store, StoreError, StoreTotals,
     SupersedeOutcome, TokenUsage, UserExport, UserStats, Versions, WriteBatch, Writes,
 };
 use crate::embed::EmbedderIdentity;
@@ -214,6 +214,15 @@ impl Writes for Traced {
             span,
             writes: 0,
         }))
+    }
+
+    async fn add_round(
+        &self,
+        parts: &[RoundPart],
+        dedup_threshold: f32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.call("add_round", self.inner.add_round(parts, dedup_threshold))
+            .await
     }
 
     async fn delete(

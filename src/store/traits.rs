@@ -6,8 +6,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{
     ApiKey, AuditQuery, AuditRecord, AuditRow, Candidates, HistoryEntry, Hit, ImportOutcome,
     ImportedMemory, InsertOutcome, ListingKey, Nearest, NewMemory, NewPending, Pending, Pick,
-    PurgeCounts, PurgePlan, PurgeReport, Scored, SearchScope, Selection, StoreError, StoreTotals,
-    SupersedeOutcome, UserExport, UserStats,
+    PurgeCounts, PurgePlan, PurgeReport, RoundPart, Scored, SearchScope, Selection, StoreError,
+    StoreTotals, SupersedeOutcome, UserExport, UserStats,
 };
 use crate::embed::EmbedderIdentity;
 use crate::model::{Memory, MemoryId, Scope};
@@ -101,6 +101,27 @@ pub trait Writes: Send + Sync {
     /// no other write of theirs (on this store) runs until it ends; the
     /// holder must not wait for another write of the same user meanwhile.
     async fn begin<'a>(&'a self, user_id: &str) -> Result<Box<dyn WriteBatch + 'a>, StoreError>;
+
+    /// Several users' new memories, and their audit records, in one
+    /// transaction: a round of remembers that waited for the store (group
+    /// commit across users). All or nothing: `Ok(Some(at))`, when every
+    /// memory was added at `at`; `Ok(None)` when the store declined, writing
+    /// nothing, because it writes users one at a time or because a memory
+    /// was a duplicate (of a stored one or of another in the round): the
+    /// caller then writes each user's part in a batch of its own, which
+    /// judges duplicates as always.
+    ///
+    /// Each part names a different user. Invariant: the round holds every
+    /// user's write lock until it ends, taken in one order (the users' ids
+    /// by their bytes), so two rounds never wait on each other in a circle.
+    async fn add_round(
+        &self,
+        parts: &[RoundPart],
+        dedup_threshold: f32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let _ = (parts, dedup_threshold);
+        Ok(None)
+    }
 
     /// [`WriteBatch::insert`] in a batch of its own.
     async fn insert(

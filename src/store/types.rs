@@ -23,6 +23,16 @@ pub struct NewMemory {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// One user's part of a round ([`crate::store::Writes::add_round`]): their
+/// new memories, each with the version at which a search of the whole user
+/// found nothing near it (if one did), and the audit records that name them.
+#[derive(Debug, Clone)]
+pub struct RoundPart {
+    pub user_id: String,
+    pub memories: Vec<(NewMemory, Option<u64>)>,
+    pub audits: Vec<AuditRecord>,
+}
+
 impl NewMemory {
     /// The memory as stored by a write committed at `at`.
     pub(super) fn stored_at(self, at: DateTime<Utc>) -> Memory {

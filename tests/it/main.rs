@@ -6,7 +6,8 @@
 //!
 //! * Stores: [`store_conformance`] (every behaviour, both stores, and
 //!   PostgreSQL again through PgBouncer in transaction mode),
-//!   [`postgres`] (what only PostgreSQL has to prove), [`cache`] (Redis,
+//!   [`postgres`] (what only PostgreSQL has to prove), [`postgres_rounds`]
+//!   (several users' remembers in one transaction), [`cache`] (Redis,
 //!   never the source of truth), [`crash`] (what an abort at an exact step
 //!   keeps, both stores).
 //! * Models: [`llm_extractor`], [`openai_embedder`], [`local_embedder`] (the
@@ -70,6 +71,7 @@ mod odd_input;
 mod openai_embedder;
 mod otel;
 mod postgres;
+mod postgres_rounds;
 mod protocol;
 mod rest_api;
 mod retention;

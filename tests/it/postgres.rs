@@ -27,11 +27,11 @@ use engram::store::{
 use serde_json::json;
 use sqlx::{Acquire, PgPool};
 
-const DIMS: usize = 384;
+pub(crate) const DIMS: usize = 384;
 
 /// The store on `db` in the two-role setup, so the row-level security
 /// policies bind every call.
-async fn open(db: &TestDatabase, plan: PlanSettings) -> PgStore {
+pub(crate) async fn open(db: &TestDatabase, plan: PlanSettings) -> PgStore {
     let options = PgOptions {
         plan,
         owner_url: Some(db.owner_url.clone()),
@@ -57,11 +57,11 @@ async fn open_idle(db: &TestDatabase, plan: PlanSettings) -> PgStore {
 }
 
 /// All of the user's memories.
-fn whole(id: &str) -> Scope {
+pub(crate) fn whole(id: &str) -> Scope {
     Scope::new(id, None, None).unwrap()
 }
 
-fn memory(scope: &Scope, text: &str) -> NewMemory {
+pub(crate) fn memory(scope: &Scope, text: &str) -> NewMemory {
     NewMemory {
         id: MemoryId::new(),
         scope: scope.clone(),
@@ -2622,7 +2622,7 @@ async fn a_connection_cut_while_idle_is_replaced_before_the_next_call() {
 
 /// `store`'s recall candidates for `query` over the whole of `user`, checked
 /// against the two searches' (all SQL).
-async fn candidates_as_in_steps(
+pub(crate) async fn candidates_as_in_steps(
     store: &PgStore,
     user: &Scope,
     query: &str,

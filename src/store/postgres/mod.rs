@@ -88,6 +88,7 @@ mod read;
 mod reports;
 mod retention;
 mod roles;
+mod round;
 mod rows;
 mod schema;
 mod scope;

@@ -90,7 +90,7 @@ impl PgStore {
 
     /// A transaction on the request pool begun by `sql`, one simple-query
     /// message that starts with a `BEGIN` and the settings.
-    async fn begin_with_sql(
+    pub(super) async fn begin_with_sql(
         &self,
         sql: String,
         context: &'static str,

@@ -22,8 +22,8 @@ use crate::keywords;
 use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{MEMORY_COLUMNS, content_hash, for_user, memory_from_row, same_user};
 use crate::store::{
-    AuditRecord, ImportOutcome, ImportedMemory, InsertOutcome, NewMemory, NewPending, Selection,
-    StoreError, SupersedeOutcome, WriteBatch, Writes,
+    AuditRecord, ImportOutcome, ImportedMemory, InsertOutcome, NewMemory, NewPending, RoundPart,
+    Selection, StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
 /// The SQLSTATE `engram_refuse_duplicate` raises, with the candidates as JSON detail.
@@ -73,8 +73,9 @@ pub(super) struct Near {
 }
 
 impl PgStore {
-    /// Inserts `news`, in order, with their keyword postings and ADD
-    /// history rows inside `tx`, in one statement: the deduplication
+    /// Inserts `news`, in order (each for its own user: a round writes
+    /// several), with their keyword postings and ADD history rows inside
+    /// `tx`, in one statement: the deduplication
     /// trigger runs for each row with whatever `tx` has set, and sees the
     /// rows the statement inserted before it. Any refusal fails the whole
     /// statement.
@@ -87,6 +88,7 @@ impl PgStore {
         for (n, new) in (1..).zip(news) {
             let terms = keywords::document_terms(&new.content);
             let (words, counts) = posting_columns(&terms);
+            rows.users.push(new.scope.user_id().as_str());
             rows.ids.push(new.id.0);
             rows.agents.push(new.scope.agent_id());
             rows.runs.push(new.scope.run_id());
@@ -105,19 +107,18 @@ impl PgStore {
                 .extend(words.into_iter().map(str::to_owned));
             rows.posting_counts.extend(counts);
         }
-        let user_id = news.first().map(|new| new.scope.user_id().as_str());
         sqlx::query(
             "WITH r AS ( \
-                 SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], \
-                     $6::bytea[], $7::vector[], $8::jsonb[], $9::jsonb[], $10::integer[], \
-                     $11::timestamptz[], $12::text[]) WITH ORDINALITY \
-                     AS r (id, agent_id, run_id, content, content_hash, embedding, metadata, \
-                           categories, keyword_length, expires_at, actor, n)), \
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], \
+                     $5::text[], $6::bytea[], $7::vector[], $8::jsonb[], $9::jsonb[], \
+                     $10::integer[], $11::timestamptz[], $12::text[]) WITH ORDINALITY \
+                     AS r (user_id, id, agent_id, run_id, content, content_hash, embedding, \
+                           metadata, categories, keyword_length, expires_at, actor, n)), \
                   m AS ( \
                  INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
                      embedding, metadata, categories, created_at, updated_at, valid_from, \
                      keyword_length, expires_at) \
-                 SELECT r.id, $1, r.agent_id, r.run_id, r.content, r.content_hash, r.embedding, \
+                 SELECT r.id, r.user_id, r.agent_id, r.run_id, r.content, r.content_hash, r.embedding, \
                      r.metadata, ARRAY(SELECT jsonb_array_elements_text(r.categories)), \
                      $13, $13, $13, r.keyword_length, r.expires_at \
                  FROM r ORDER BY r.n \
@@ -131,7 +132,7 @@ impl PgStore {
              FROM unnest($14::bigint[], $15::text[], $16::integer[]) AS t (n, term, tf) \
              JOIN r ON r.n = t.n JOIN m ON m.id = r.id",
         )
-        .bind(user_id)
+        .bind(&rows.users)
         .bind(&rows.ids)
         .bind(&rows.agents)
         .bind(&rows.runs)
@@ -157,6 +158,7 @@ impl PgStore {
 /// postings flattened, each naming its row by position (from 1).
 #[derive(Default)]
 struct Rows<'a> {
+    users: Vec<&'a str>,
     ids: Vec<Uuid>,
     agents: Vec<Option<&'a str>>,
     runs: Vec<Option<&'a str>>,
@@ -184,6 +186,14 @@ impl Writes for PgStore {
             copy_write: None,
             audits: Vec::new(),
         }))
+    }
+
+    async fn add_round(
+        &self,
+        parts: &[RoundPart],
+        dedup_threshold: f32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.write_round(parts, dedup_threshold).await
     }
 
     async fn delete(
@@ -320,16 +330,86 @@ pub(super) struct PgBatch<'a> {
 
 /// A batch's part in keeping its user's in-process copy current (the
 /// invariants of `keyword_copy`).
-struct CopyWrite {
+pub(super) struct CopyWrite {
     /// This instance's turn to write the user, held to the end of the batch.
     _turn: tokio::sync::OwnedMutexGuard<()>,
     /// The copy's version when the batch began: its claims name it, and the
     /// batch locked the user at it or the copy is not moved on.
     from: i64,
     /// The memories the batch added.
-    added: Vec<Added>,
+    pub(super) added: Vec<Added>,
     /// Whether the batch did anything else to the user's memories.
     other: bool,
+}
+
+/// Before a write's first statement, when `user_id`'s copy holds vectors
+/// (as floats or codes): waits for this instance's turn to write the user
+/// (the copy is then as the writer before left it), and gives each of
+/// `news` that has no claim the copy's version as one where no memory of
+/// the copy, and no other of `news`, is near it. The duplicate check trusts
+/// the claim only if the user is still at that version when the write locks
+/// them. `None` (no turn taken, no claim made) when the copy holds no vectors.
+pub(super) async fn claim_from_copy(
+    store: &PgStore,
+    user_id: &str,
+    news: &mut [(NewMemory, Option<u64>)],
+    dedup_threshold: f32,
+) -> Option<CopyWrite> {
+    let copies = &store.keyword_copies;
+    if !copies.peek(user_id).is_some_and(|c| c.may_claim()) {
+        return None;
+    }
+    let turn = copies.turn(user_id).await;
+    let copy = copies.get(user_id).filter(|c| c.may_claim())?;
+    let alone: Vec<bool> = (0..news.len())
+        .map(|i| {
+            let vector = &news[i].0.embedding;
+            news.iter().enumerate().all(|(j, (other, _))| {
+                j == i || !crate::embed::might_be_near(&other.embedding, vector, dedup_threshold)
+            })
+        })
+        .collect();
+    for ((new, claim), alone) in news.iter_mut().zip(alone) {
+        if claim.is_none() && alone && copy.clear_of(&new.embedding, dedup_threshold) {
+            *claim = u64::try_from(copy.version).ok();
+            copies.claimed();
+        }
+    }
+    Some(CopyWrite {
+        _turn: turn,
+        from: copy.version,
+        added: Vec::new(),
+        other: false,
+    })
+}
+
+/// After a write of `user_id` committed: moves the user's copy on by what
+/// `write` added when the write locked the user at the copy's version
+/// (`locked`, read back with the version `to` and count `current` it left
+/// them at), else (the write added memories) has the copy refreshed.
+pub(super) fn move_copy_on(
+    store: &PgStore,
+    user_id: &str,
+    write: Option<CopyWrite>,
+    added: bool,
+    left_at: Option<(i64, i64, Option<String>)>,
+) {
+    let moved_on = match (write, left_at) {
+        (Some(write), Some((to, current, locked))) if locked == Some(locked_text(write.from)) => {
+            store.keyword_copies.advance(
+                user_id,
+                write.from,
+                to,
+                current,
+                write.added,
+                store.embedder.dims,
+            )
+        }
+        _ => false,
+    };
+    if added && !moved_on {
+        store.refresh_copy_after_write(user_id);
+    }
 }
 
 /// Takes the user's write lock and their version's row, and records that
@@ -533,49 +613,17 @@ impl PgBatch<'_> {
         )))
     }
 
-    /// Before a batch's first write, when the user's copy holds vectors (as
-    /// floats or codes):
-    /// waits for this instance's turn to write the user (the copy is then as
-    /// the writer before left it), and gives each of `news` that has no
-    /// claim the copy's version as one where no memory of the copy, and no
-    /// other of `news`, is near it. The duplicate check trusts the claim
-    /// only if the user is still at that version when the batch locks them.
+    /// Before a batch's first write: the claims its user's copy can make
+    /// ([`claim_from_copy`]), and the turn that goes with them.
     async fn claim_from_copy(
         &mut self,
         news: &mut [(NewMemory, Option<u64>)],
         dedup_threshold: f32,
     ) {
-        let store = self.store;
-        let copies = &store.keyword_copies;
-        let holds_vectors = |user| copies.peek(user).is_some_and(|c| c.may_claim());
-        if self.tx.is_some() || self.copy_write.is_some() || !holds_vectors(&self.user_id) {
+        if self.tx.is_some() || self.copy_write.is_some() {
             return;
         }
-        let turn = copies.turn(&self.user_id).await;
-        let Some(copy) = copies.get(&self.user_id).filter(|c| c.may_claim()) else {
-            return;
-        };
-        let alone: Vec<bool> = (0..news.len())
-            .map(|i| {
-                let vector = &news[i].0.embedding;
-                news.iter().enumerate().all(|(j, (other, _))| {
-                    j == i
-                        || !crate::embed::might_be_near(&other.embedding, vector, dedup_threshold)
-                })
-            })
-            .collect();
-        for ((new, claim), alone) in news.iter_mut().zip(alone) {
-            if claim.is_none() && alone && copy.clear_of(&new.embedding, dedup_threshold) {
-                *claim = u64::try_from(copy.version).ok();
-                copies.claimed();
-            }
-        }
-        self.copy_write = Some(CopyWrite {
-            _turn: turn,
-            from: copy.version,
-            added: Vec::new(),
-            other: false,
-        });
+        self.copy_write = claim_from_copy(self.store, &self.user_id, news, dedup_threshold).await;
     }
 
     /// [`WriteBatch::insert_all`] of one memory.
@@ -922,24 +970,7 @@ impl WriteBatch for PgBatch<'_> {
             (false, None) => {}
         }
         tx.commit().await.map_err(db(CX))?;
-        let moved_on = match (copy_write, left_at) {
-            (Some(write), Some((to, current, locked)))
-                if locked == Some(locked_text(write.from)) =>
-            {
-                store.keyword_copies.advance(
-                    &user_id,
-                    write.from,
-                    to,
-                    current,
-                    write.added,
-                    store.embedder.dims,
-                )
-            }
-            _ => false,
-        };
-        if added && !moved_on {
-            store.refresh_copy_after_write(&user_id);
-        }
+        move_copy_on(store, &user_id, copy_write, added, left_at);
         Ok(())
     }
 }

@@ -1,0 +1,399 @@
+//! Rounds on PostgreSQL: several users' new memories in one transaction and
+//! one statement (`Writes::add_round`, migration `rounds_across_users`).
+//! Each user's memories stay their own (rows, counts, versions, in-process
+//! copies, audit rows); a duplicate anywhere writes nothing; the duplicate
+//! check trusts a claim only at its own user's locked version; row-level
+//! security admits a round's users and no one else; and the service's
+//! concurrent remembers of many users, which go in rounds, keep one memory
+//! per fact.
+
+use std::sync::Arc;
+
+use engram::embed::HashEmbedder;
+use engram::model::{Event, MemoryId};
+use engram::store::prelude::*;
+use engram::store::{
+    AuditQuery, AuditRecord, InsertOutcome, NewMemory, PgStore, PlanSettings, RoundPart,
+};
+use sqlx::{Connection, PgConnection};
+
+use crate::common::postgres::TestDatabase;
+use crate::common::{self, ME};
+use crate::postgres::{candidates_as_in_steps, memory, open, whole};
+
+const THRESHOLD: f32 = 0.9;
+
+fn part(user: &str, memories: Vec<NewMemory>) -> RoundPart {
+    RoundPart {
+        user_id: user.to_owned(),
+        memories: memories.into_iter().map(|m| (m, None)).collect(),
+        audits: Vec::new(),
+    }
+}
+
+fn audit_record(user_ref: &str, ids: Vec<MemoryId>) -> AuditRecord {
+    AuditRecord {
+        at: chrono::Utc::now(),
+        principal: "operator".into(),
+        key_id: None,
+        user_ref: Some(user_ref.into()),
+        transport: "test".into(),
+        client_addr: None,
+        operation: "remember".into(),
+        memory_count: ids.len() as u64,
+        memory_ids: ids,
+        outcome: "ok".into(),
+        query: None,
+    }
+}
+
+/// The user's current memories' texts, sorted.
+async fn texts_of(store: &PgStore, user: &str) -> Vec<String> {
+    let (memories, _) = store.recent(&whole(user), 100).await.unwrap();
+    assert!(
+        memories.iter().all(|m| m.scope.user_id().as_str() == user),
+        "{memories:?}"
+    );
+    let mut texts: Vec<String> = memories.into_iter().map(|m| m.memory).collect();
+    texts.sort();
+    texts
+}
+
+/// Alice and Bob hold a memory each, and the store holds a copy of each
+/// (a recall loads it), so the round's claims and copy moves are seen.
+async fn alice_and_bob(store: &PgStore) {
+    for (user, text) in [
+        ("alice", "Alice keeps bees on her roof"),
+        ("bob", "Bob collects vintage typewriters"),
+    ] {
+        let added = store.insert(memory(&whole(user), text), THRESHOLD).await;
+        assert!(matches!(added.unwrap(), InsertOutcome::Added(_)));
+        candidates_as_in_steps(store, &whole(user), text).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_writes_each_users_memories_as_their_own() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    alice_and_bob(&store).await;
+    let versions = [
+        store.version("alice").await.unwrap(),
+        store.version("bob").await.unwrap(),
+    ];
+    let (claims, advances) = (store.copy_claims(), store.copy_advances());
+
+    let oboe = memory(&whole("bob"), "Bob plays the oboe in an orchestra");
+    let mut bobs = part("bob", vec![oboe.clone()]);
+    bobs.audits.push(audit_record("bob-ref", vec![oboe.id]));
+    let parts = [
+        bobs,
+        part(
+            "alice",
+            vec![
+                memory(&whole("alice"), "Alice grew up near Porto"),
+                memory(&whole("alice"), "Alice runs a marathon every spring"),
+            ],
+        ),
+        part(
+            "carol",
+            vec![memory(&whole("carol"), "Carol fixes old radios")],
+        ),
+    ];
+    let at = store.add_round(&parts, THRESHOLD).await.unwrap();
+    assert!(at.is_some(), "nothing in the round is a duplicate");
+
+    assert_eq!(
+        texts_of(&store, "alice").await,
+        [
+            "Alice grew up near Porto",
+            "Alice keeps bees on her roof",
+            "Alice runs a marathon every spring"
+        ]
+    );
+    assert_eq!(
+        texts_of(&store, "bob").await,
+        [
+            "Bob collects vintage typewriters",
+            "Bob plays the oboe in an orchestra"
+        ]
+    );
+    assert_eq!(texts_of(&store, "carol").await, ["Carol fixes old radios"]);
+    for (user, before) in ["alice", "bob"].into_iter().zip(versions) {
+        let after = store.version(user).await.unwrap();
+        assert!(after > before, "{user}: {before:?} -> {after:?}");
+    }
+    assert_eq!(
+        store.stats("alice").await.unwrap().memories,
+        3,
+        "the user's count"
+    );
+
+    // Alice's and Bob's copies claimed their rows and moved on (Carol has
+    // no copy), and answer recall, current, with the new memories.
+    assert_eq!(store.copy_claims(), claims + 3);
+    assert_eq!(store.copy_advances(), advances + 2);
+    let answers = store.keyword_copy_answers();
+    let found = candidates_as_in_steps(&store, &whole("bob"), "oboe orchestra").await;
+    assert_eq!(
+        store.keyword_copy_answers(),
+        answers + 1,
+        "the copy is current"
+    );
+    assert!(found.iter().any(|c| c.id == oboe.id), "{found:?}");
+    let found = candidates_as_in_steps(&store, &whole("alice"), "oboe orchestra").await;
+    assert!(found.iter().all(|c| c.id != oboe.id), "{found:?}");
+
+    // History and the audit row came with the round.
+    let history = store.history("bob", oboe.id).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let rows = store
+        .audit_rows(&AuditQuery {
+            user_ref: Some("bob-ref".into()),
+            since: None,
+            operation: Some("remember".into()),
+            before_seq: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].record.memory_ids, [oboe.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_with_a_duplicate_anywhere_writes_nothing() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    alice_and_bob(&store).await;
+    let before = (
+        store.version("alice").await.unwrap(),
+        store.version("bob").await.unwrap(),
+    );
+    let figs = || part("alice", vec![memory(&whole("alice"), "Alice likes figs")]);
+
+    // Bob's text is one he holds already.
+    let again = part(
+        "bob",
+        vec![memory(&whole("bob"), "Bob collects vintage typewriters")],
+    );
+    assert_eq!(
+        store.add_round(&[figs(), again], THRESHOLD).await.unwrap(),
+        None
+    );
+    // Two near-identical memories of Bob's in the one round.
+    let twins = part(
+        "bob",
+        vec![
+            memory(&whole("bob"), "Bob sails on the lake at weekends"),
+            memory(&whole("bob"), "Bob sails on the lake at weekends!"),
+        ],
+    );
+    assert_eq!(
+        store.add_round(&[figs(), twins], THRESHOLD).await.unwrap(),
+        None
+    );
+
+    assert_eq!(
+        texts_of(&store, "alice").await,
+        ["Alice keeps bees on her roof"]
+    );
+    assert_eq!(
+        texts_of(&store, "bob").await,
+        ["Bob collects vintage typewriters"]
+    );
+    let after = (
+        store.version("alice").await.unwrap(),
+        store.version("bob").await.unwrap(),
+    );
+    assert_eq!(before, after, "nothing of a declined round is kept");
+
+    // One user named in two parts is the caller's mistake, not a round.
+    let refused = store
+        .add_round(&[figs(), figs()], THRESHOLD)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("two parts"), "{refused}");
+}
+
+/// A claim names the version a search of its user saw; in a round it is
+/// trusted only at that user's version under the round's lock, never at
+/// another user's, and never once the user has moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trusts_a_claim_only_at_its_own_users_version() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0)
+        .with_copy_code_bytes(0);
+    alice_and_bob(&store).await;
+    let near = "Alice keeps bees on her roof!";
+    let claimed = |version: u64| RoundPart {
+        user_id: "alice".into(),
+        memories: vec![(memory(&whole("alice"), near), Some(version))],
+        audits: Vec::new(),
+    };
+    let bobs = || part("bob", vec![memory(&whole("bob"), "Bob bakes sourdough")]);
+    let alice_at = store.version("alice").await.unwrap().unwrap();
+    let bob_at = store.version("bob").await.unwrap().unwrap();
+
+    // At Bob's version: searched, and the near one refused.
+    let at_bobs = store.add_round(&[claimed(bob_at), bobs()], THRESHOLD).await;
+    assert_eq!(at_bobs.unwrap(), None, "a claim at another user's version");
+    // Without a claim: searched, refused.
+    let unclaimed = part("alice", vec![memory(&whole("alice"), near)]);
+    let searched = store.add_round(&[unclaimed, bobs()], THRESHOLD).await;
+    assert_eq!(searched.unwrap(), None, "an unclaimed near-duplicate");
+
+    // At Alice's own version: trusted (the service makes no such claim:
+    // its search saw the near one), so the near one gets in.
+    let trusted = store
+        .add_round(&[claimed(alice_at), bobs()], THRESHOLD)
+        .await;
+    assert!(trusted.unwrap().is_some(), "a claim at the user's version");
+    assert_eq!(texts_of(&store, "alice").await.len(), 2);
+
+    // Alice has moved on: the same claim is stale now.
+    let again = RoundPart {
+        user_id: "alice".into(),
+        memories: vec![(
+            memory(&whole("alice"), "Alice keeps bees on her roof!!"),
+            Some(alice_at),
+        )],
+        audits: Vec::new(),
+    };
+    let bread = part("bob", vec![memory(&whole("bob"), "Bob brews cider")]);
+    let stale = store.add_round(&[again, bread], THRESHOLD).await;
+    assert_eq!(stale.unwrap(), None, "a stale claim is searched");
+}
+
+/// Row-level security admits the users `engram.round_users` names, as
+/// `engram.user_id` admits one, on engram's own role; no one else's rows
+/// are seen or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_security_admits_a_rounds_users_and_no_one_else() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    for user in ["alice", "bob", "carol"] {
+        let text = format!("{user} has a memory of their own");
+        store
+            .insert(memory(&whole(user), &text), THRESHOLD)
+            .await
+            .unwrap();
+    }
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('engram.round_users', '{alice,carol}', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for table in [
+        "memories",
+        "memory_history",
+        "memory_users",
+        "keyword_postings",
+    ] {
+        let users: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT user_id FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(users, ["alice", "carol"], "{table}");
+    }
+    let planted = sqlx::query(
+        "INSERT INTO memory_history (memory_id, user_id, event, actor, created_at) \
+         VALUES (gen_random_uuid(), 'bob', 'ADD', 'agent', now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    let code = planted.as_database_error().and_then(|d| d.code());
+    assert_eq!(code.as_deref(), Some("42501"), "{planted}");
+    drop(tx);
+
+    // Unset or empty, it admits nobody.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('engram.round_users', '', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM memories")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+}
+
+/// Many users' remembers at once through the service: those that wait for
+/// the store go in rounds of several users, and each user still keeps
+/// exactly one memory per fact, each caller answered with its own fact's
+/// memory, and nothing of one user's reaches another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_concurrent_remembers_keep_one_memory_per_fact_each() {
+    use engram::extract::VerbatimExtractor;
+    use engram::params::RememberParams;
+    use engram::service::{MemoryService, Settings};
+
+    let db = TestDatabase::create().await;
+    let service = Arc::new(MemoryService::new(
+        Arc::new(open(&db, PlanSettings::default()).await),
+        Arc::new(HashEmbedder::new(crate::postgres::DIMS)),
+        Arc::new(VerbatimExtractor),
+        Settings {
+            dedup_threshold: THRESHOLD,
+            ..Settings::default()
+        },
+    ));
+    let users: Vec<String> = (0..8).map(|u| format!("user-{u}")).collect();
+    let facts = [
+        "keeps bees in the garden behind the house",
+        "sings baritone in a Tuesday choir",
+        "is allergic to hazelnuts and almonds",
+        "drives an old green camper van",
+        "collects vinyl records from the seventies",
+    ];
+    let fact = |user: &str, i: usize| format!("{user} {}", facts[i]);
+    let mut tasks = Vec::new();
+    // Each fact twice per user, all at once: many rounds, some with a
+    // duplicate in them (written again apart, where it is found).
+    for copy in 0..2 {
+        for i in 0..facts.len() {
+            for user in &users {
+                let service = service.clone();
+                let params = RememberParams {
+                    text: Some(fact(user, i)),
+                    user_id: Some(user.clone()),
+                    infer: Some(false),
+                    ..RememberParams::default()
+                };
+                let user = user.clone();
+                tasks.push(tokio::spawn(async move {
+                    let answer = service.remember(ME, params).await.unwrap();
+                    (user, i, copy, answer)
+                }));
+            }
+        }
+    }
+    let mut ids = std::collections::HashMap::new();
+    for task in tasks {
+        let (user, i, _, answer) = task.await.unwrap();
+        assert_eq!(answer.results.len(), 1, "{answer:?}");
+        let event = &answer.results[0];
+        assert_eq!(
+            event.memory,
+            fact(&user, i),
+            "each caller gets its own fact"
+        );
+        assert!(matches!(event.event, Event::Add | Event::None), "{event:?}");
+        ids.entry((user, i)).or_insert_with(Vec::new).push(event.id);
+    }
+    for ((user, i), both) in &ids {
+        assert_eq!(both[0], both[1], "{user} fact {i}: both name one memory");
+    }
+    for user in &users {
+        let mut expected: Vec<String> = (0..facts.len()).map(|i| fact(user, i)).collect();
+        expected.sort();
+        assert_eq!(common::current(&service, user).await, expected, "{user}");
+    }
+}
