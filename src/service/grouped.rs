@@ -118,14 +118,11 @@ impl Groups {
     /// Takes a place for `facts`: a write now, or a place in its user's queue.
     fn enter(self: &Arc<Self>, facts: NewFacts) -> Place {
         let mut state = self.lock();
-        let queue_for = |state: &mut State, facts: NewFacts| {
+        if state.users.contains_key(&facts.user_id) || state.running >= WRITES_AT_ONCE {
             let (answer, answered) = oneshot::channel();
             let queue = state.users.entry(facts.user_id.clone()).or_default();
             queue.push(Queued { facts, answer });
-            Place::Queued(answered)
-        };
-        if state.users.contains_key(&facts.user_id) || state.running >= WRITES_AT_ONCE {
-            return queue_for(&mut state, facts);
+            return Place::Queued(answered);
         }
         let user = facts.user_id.clone();
         state.users.insert(user.clone(), Vec::new());
@@ -268,6 +265,11 @@ impl Slot {
                 .iter()
                 .flat_map(|(_, queued)| queued.iter().map(|q| &q.facts))
                 .collect();
+            tracing::debug!(
+                users = round.len(),
+                remembers = facts.len(),
+                "writing queued remembers of several users in one round"
+            );
             match write_round(groups.store.as_ref(), groups.dedup_threshold, &facts).await {
                 Ok(Some(events)) => {
                     let queued = round.into_iter().flat_map(|(_, queued)| queued);
