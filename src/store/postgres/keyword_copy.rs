@@ -321,6 +321,18 @@ pub(super) struct Added {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+impl Added {
+    /// `new` as the copy holds it once its write commits.
+    pub(super) fn of(new: &crate::store::NewMemory) -> Self {
+        Added {
+            id: new.id.0,
+            vector: new.embedding.clone(),
+            terms: crate::keywords::document_terms(&new.content),
+            expires_at: new.expires_at,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Held {
     copies: HashMap<String, (Arc<UserCopy>, Instant)>,

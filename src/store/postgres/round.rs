@@ -34,7 +34,6 @@ use super::write::{
     CopyWrite, claim_from_copy, is_unique_violation, move_copy_on, refused_as_duplicate,
 };
 use super::{PgStore, db};
-use crate::keywords;
 use crate::store::{NewMemory, RoundPart, StoreError};
 
 /// A user's memories as the round writes them (each with its claim), and
@@ -107,15 +106,7 @@ impl PgStore {
 
         for ((news, write), user) in writes.into_iter().zip(&users) {
             let write = write.map(|mut write| {
-                write.added = news
-                    .iter()
-                    .map(|(new, _)| Added {
-                        id: new.id.0,
-                        vector: new.embedding.clone(),
-                        terms: keywords::document_terms(&new.content),
-                        expires_at: new.expires_at,
-                    })
-                    .collect();
+                write.added = news.iter().map(|(new, _)| Added::of(new)).collect();
                 write
             });
             let left_at = left.iter().find(|(u, _)| u == user).map(|(_, l)| l.clone());

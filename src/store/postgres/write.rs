@@ -722,15 +722,7 @@ impl WriteBatch for PgBatch<'_> {
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         self.claim_from_copy(&mut news, dedup_threshold).await;
         let copied: Vec<Added> = match &self.copy_write {
-            Some(_) => news
-                .iter()
-                .map(|(new, _)| Added {
-                    id: new.id.0,
-                    vector: new.embedding.clone(),
-                    terms: keywords::document_terms(&new.content),
-                    expires_at: new.expires_at,
-                })
-                .collect(),
+            Some(_) => news.iter().map(|(new, _)| Added::of(new)).collect(),
             None => Vec::new(),
         };
         let outcomes = if news.len() > 1
