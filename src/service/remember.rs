@@ -645,7 +645,7 @@ pub(super) async fn write_round(
             }
         }
     }
-    if store.add_round(&parts, dedup_threshold).await?.is_none() {
+    if store.add_round(parts, dedup_threshold).await?.is_none() {
         return Ok(None);
     }
     let answers = remembers

@@ -152,7 +152,7 @@ impl Writes for Deadline {
 
     async fn add_round(
         &self,
-        parts: &[RoundPart],
+        parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         bounded(self.limit, self.inner.add_round(parts, dedup_threshold)).await

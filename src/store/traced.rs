@@ -218,7 +218,7 @@ impl Writes for Traced {
 
     async fn add_round(
         &self,
-        parts: &[RoundPart],
+        parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.call("add_round", self.inner.add_round(parts, dedup_threshold))

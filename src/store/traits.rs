@@ -116,7 +116,7 @@ pub trait Writes: Send + Sync {
     /// by their bytes), so two rounds never wait on each other in a circle.
     async fn add_round(
         &self,
-        parts: &[RoundPart],
+        parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let _ = (parts, dedup_threshold);

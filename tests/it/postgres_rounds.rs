@@ -86,7 +86,7 @@ async fn a_round_writes_each_users_memories_as_their_own() {
     let oboe = memory(&whole("bob"), "Bob plays the oboe in an orchestra");
     let mut bobs = part("bob", vec![oboe.clone()]);
     bobs.audits.push(audit_record("bob-ref", vec![oboe.id]));
-    let parts = [
+    let parts = vec![
         bobs,
         part(
             "alice",
@@ -100,7 +100,7 @@ async fn a_round_writes_each_users_memories_as_their_own() {
             vec![memory(&whole("carol"), "Carol fixes old radios")],
         ),
     ];
-    let at = store.add_round(&parts, THRESHOLD).await.unwrap();
+    let at = store.add_round(parts, THRESHOLD).await.unwrap();
     assert!(at.is_some(), "nothing in the round is a duplicate");
 
     assert_eq!(
@@ -178,7 +178,10 @@ async fn a_round_with_a_duplicate_anywhere_writes_nothing() {
         vec![memory(&whole("bob"), "Bob collects vintage typewriters")],
     );
     assert_eq!(
-        store.add_round(&[figs(), again], THRESHOLD).await.unwrap(),
+        store
+            .add_round(vec![figs(), again], THRESHOLD)
+            .await
+            .unwrap(),
         None
     );
     // Two near-identical memories of Bob's in the one round.
@@ -190,7 +193,10 @@ async fn a_round_with_a_duplicate_anywhere_writes_nothing() {
         ],
     );
     assert_eq!(
-        store.add_round(&[figs(), twins], THRESHOLD).await.unwrap(),
+        store
+            .add_round(vec![figs(), twins], THRESHOLD)
+            .await
+            .unwrap(),
         None
     );
 
@@ -210,7 +216,7 @@ async fn a_round_with_a_duplicate_anywhere_writes_nothing() {
 
     // One user named in two parts is the caller's mistake, not a round.
     let refused = store
-        .add_round(&[figs(), figs()], THRESHOLD)
+        .add_round(vec![figs(), figs()], THRESHOLD)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("two parts"), "{refused}");
@@ -238,17 +244,19 @@ async fn a_round_trusts_a_claim_only_at_its_own_users_version() {
     let bob_at = store.version("bob").await.unwrap().unwrap();
 
     // At Bob's version: searched, and the near one refused.
-    let at_bobs = store.add_round(&[claimed(bob_at), bobs()], THRESHOLD).await;
+    let at_bobs = store
+        .add_round(vec![claimed(bob_at), bobs()], THRESHOLD)
+        .await;
     assert_eq!(at_bobs.unwrap(), None, "a claim at another user's version");
     // Without a claim: searched, refused.
     let unclaimed = part("alice", vec![memory(&whole("alice"), near)]);
-    let searched = store.add_round(&[unclaimed, bobs()], THRESHOLD).await;
+    let searched = store.add_round(vec![unclaimed, bobs()], THRESHOLD).await;
     assert_eq!(searched.unwrap(), None, "an unclaimed near-duplicate");
 
     // At Alice's own version: trusted (the service makes no such claim:
     // its search saw the near one), so the near one gets in.
     let trusted = store
-        .add_round(&[claimed(alice_at), bobs()], THRESHOLD)
+        .add_round(vec![claimed(alice_at), bobs()], THRESHOLD)
         .await;
     assert!(trusted.unwrap().is_some(), "a claim at the user's version");
     assert_eq!(texts_of(&store, "alice").await.len(), 2);
@@ -263,7 +271,7 @@ async fn a_round_trusts_a_claim_only_at_its_own_users_version() {
         audits: Vec::new(),
     };
     let bread = part("bob", vec![memory(&whole("bob"), "Bob brews cider")]);
-    let stale = store.add_round(&[again, bread], THRESHOLD).await;
+    let stale = store.add_round(vec![again, bread], THRESHOLD).await;
     assert_eq!(stale.unwrap(), None, "a stale claim is searched");
 }
 

@@ -23,13 +23,12 @@
 //!   single user's write takes its turn before its lock: a writer that holds
 //!   a lock never waits for a turn, so no wait goes in a circle.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::keyword_copy::Added;
 use super::rows::now_micros;
+use super::scope::text_literal;
 use super::write::{
     CopyWrite, claim_from_copy, is_unique_violation, move_copy_on, refused_as_duplicate,
 };
@@ -48,22 +47,20 @@ impl PgStore {
     /// [`super::super::Writes::add_round`] on PostgreSQL.
     pub(super) async fn write_round(
         &self,
-        parts: &[RoundPart],
+        mut parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         const CX: &str = "writing a round of remembers";
-        let mut order: Vec<&RoundPart> = parts.iter().collect();
-        order.sort_by(|a, b| a.user_id.as_bytes().cmp(b.user_id.as_bytes()));
-        let distinct: HashSet<&str> = order.iter().map(|p| p.user_id.as_str()).collect();
-        if distinct.len() != order.len() {
+        parts.sort_by(|a, b| a.user_id.as_bytes().cmp(b.user_id.as_bytes()));
+        if parts.windows(2).any(|w| w[0].user_id == w[1].user_id) {
             return Err(StoreError::Corrupt(
                 "a round named one user in two parts".into(),
             ));
         }
         // Turns first, in lock order, and claims from each user's copy.
-        let mut writes: Vec<UserWrite> = Vec::with_capacity(order.len());
-        for part in &order {
-            let mut news = part.memories.clone();
+        let mut writes: Vec<UserWrite> = Vec::with_capacity(parts.len());
+        for part in &mut parts {
+            let mut news = std::mem::take(&mut part.memories);
             if news
                 .iter()
                 .any(|(new, _)| new.scope.user_id().as_str() != part.user_id)
@@ -75,7 +72,7 @@ impl PgStore {
             let write = claim_from_copy(self, &part.user_id, &mut news, dedup_threshold).await;
             writes.push((news, write));
         }
-        let users: Vec<&str> = order.iter().map(|p| p.user_id.as_str()).collect();
+        let users: Vec<&str> = parts.iter().map(|p| p.user_id.as_str()).collect();
         let claims: Vec<String> = writes
             .iter()
             .flat_map(|(news, _)| news.iter())
@@ -101,7 +98,7 @@ impl PgStore {
                 });
             }
         }
-        let left = audit_and_read_back(&mut tx, parts, &users).await?;
+        let left = audit_and_read_back(&mut tx, &parts, &users).await?;
         tx.commit().await.map_err(db(CX))?;
 
         for ((news, write), user) in writes.into_iter().zip(&users) {
@@ -123,13 +120,10 @@ impl PgStore {
         claims: &[String],
         dedup_threshold: f32,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        // The ids reach the SQL as hex only (as `scope::scoped_to` does).
+        // The ids reach the SQL as hex only.
         let array = users
             .iter()
-            .map(|u| {
-                let hex: String = u.bytes().map(|b| format!("{b:02x}")).collect();
-                format!("convert_from(decode('{hex}', 'hex'), 'UTF8')")
-            })
+            .map(|u| text_literal(u))
             .collect::<Vec<_>>()
             .join(", ");
         // Uuids and numbers, written by this code.

@@ -126,8 +126,17 @@ impl PgStore {
 /// The call that scopes a transaction to `user_id`. The id travels
 /// hex-encoded, so no character of it is ever read as SQL.
 pub(super) fn scoped_to(user_id: &str) -> String {
-    let hex: String = user_id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("set_config('engram.user_id', convert_from(decode('{hex}', 'hex'), 'UTF8'), true)")
+    format!(
+        "set_config('engram.user_id', {}, true)",
+        text_literal(user_id)
+    )
+}
+
+/// `text` as a SQL expression that never reads any of its characters as
+/// SQL: hex-encoded, decoded by the server.
+pub(super) fn text_literal(text: &str) -> String {
+    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("convert_from(decode('{hex}', 'hex'), 'UTF8')")
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ impl Writes for PgStore {
 
     async fn add_round(
         &self,
-        parts: &[RoundPart],
+        parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.write_round(parts, dedup_threshold).await
