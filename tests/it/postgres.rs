@@ -666,6 +666,98 @@ async fn tables_that_fill_fast_are_analyzed_and_cached_plans_made_again() {
     drop(store);
 }
 
+/// The store analyzes a table again once its changes reach its size (50
+/// rows + 100%), not at autovacuum's 10%: a table that grows fast is
+/// analyzed at each doubling (its plans' choices move with its size), not
+/// every second, and autovacuum keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_analyzes_a_table_again_when_it_has_doubled() {
+    let db = TestDatabase::create().await;
+    let options = PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        index_backlog_every: None,
+        analyze_every: None,
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .unwrap();
+    // One connection, told after each insert to report its counts at once
+    // (a backend may otherwise hold them back up to 10 s).
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    // Only this test analyzes here.
+    sqlx::raw_sql(
+        "ALTER TABLE memories SET (autovacuum_enabled = false); \
+         ALTER TABLE keyword_postings SET (autovacuum_enabled = false)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut written = 0;
+    let mut add = async |n: usize| {
+        let rows: Vec<(String, Option<&str>, serde_json::Value)> = (written..written + n)
+            .map(|i| {
+                (
+                    format!("Note {i} on {}", THINGS[i % THINGS.len()]),
+                    None,
+                    json!({}),
+                )
+            })
+            .collect();
+        bulk_insert(&pool, "a", &rows).await;
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&pool)
+            .await
+            .unwrap();
+        written += n;
+    };
+    // Whether the store finds `memories` due once the statistics show
+    // `changes` since its last analyze (a backend reports its counts up to a
+    // second after its transaction).
+    let stats = db.pool().await;
+    let due_after = async |changes: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seen: i64 = sqlx::query_scalar(
+                "SELECT coalesce((SELECT n_mod_since_analyze FROM pg_stat_user_tables \
+                                  WHERE relname = 'memories'), -1)",
+            )
+            .fetch_one(&stats)
+            .await
+            .unwrap();
+            if seen == changes {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the statistics show {seen} changes, not {changes}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store
+            .analyze_stale_tables()
+            .await
+            .unwrap()
+            .contains(&"memories")
+    };
+
+    add(600).await;
+    assert!(due_after(600).await, "600 new rows on an empty table");
+    // 200 changes: past autovacuum's threshold (50 + 10% of 600), short of
+    // the store's (50 + 600).
+    add(200).await;
+    assert!(!due_after(200).await, "200 changes on 600 rows");
+    // 700 in all since the last analyze.
+    add(500).await;
+    assert!(due_after(700).await, "700 changes on 600 rows");
+    assert!(!due_after(0).await, "nothing changed since");
+    drop(store);
+}
+
 /// A large user's new rows wait outside the vector index (a tail of at
 /// most `engram_index_tail_rows`) instead of paying the index insertion on
 /// the write; they are found exactly meanwhile, by searches and by the
