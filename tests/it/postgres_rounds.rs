@@ -60,8 +60,9 @@ async fn texts_of(store: &PgStore, user: &str) -> Vec<String> {
 }
 
 /// Alice and Bob hold a memory each, and the store holds a copy of each
-/// (a recall loads it), so the round's claims and copy moves are seen.
-async fn alice_and_bob(store: &PgStore) {
+/// (a recall starts its load, in the background: waited for here when the
+/// copies hold vectors), so the round's claims and copy moves are seen.
+async fn alice_and_bob(store: &PgStore, vectors_in_copies: bool) {
     for (user, text) in [
         ("alice", "Alice keeps bees on her roof"),
         ("bob", "Bob collects vintage typewriters"),
@@ -69,6 +70,14 @@ async fn alice_and_bob(store: &PgStore) {
         let added = store.insert(memory(&whole(user), text), THRESHOLD).await;
         assert!(matches!(added.unwrap(), InsertOutcome::Added(_)));
         candidates_as_in_steps(store, &whole(user), text).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while vectors_in_copies && !store.copy_holds_vectors(user) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{user}'s copy not loaded 10 s after a recall"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -76,7 +85,7 @@ async fn alice_and_bob(store: &PgStore) {
 async fn a_round_writes_each_users_memories_as_their_own() {
     let db = TestDatabase::create().await;
     let store = open(&db, PlanSettings::default()).await;
-    alice_and_bob(&store).await;
+    alice_and_bob(&store, true).await;
     let versions = [
         store.version("alice").await.unwrap(),
         store.version("bob").await.unwrap(),
@@ -165,7 +174,7 @@ async fn a_round_writes_each_users_memories_as_their_own() {
 async fn a_round_with_a_duplicate_anywhere_writes_nothing() {
     let db = TestDatabase::create().await;
     let store = open(&db, PlanSettings::default()).await;
-    alice_and_bob(&store).await;
+    alice_and_bob(&store, true).await;
     let before = (
         store.version("alice").await.unwrap(),
         store.version("bob").await.unwrap(),
@@ -232,7 +241,7 @@ async fn a_round_trusts_a_claim_only_at_its_own_users_version() {
         .await
         .with_copy_vector_floats(0)
         .with_copy_code_bytes(0);
-    alice_and_bob(&store).await;
+    alice_and_bob(&store, false).await;
     let near = "Alice keeps bees on her roof!";
     let claimed = |version: u64| RoundPart {
         user_id: "alice".into(),
