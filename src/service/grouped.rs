@@ -14,10 +14,13 @@
 //!   under way, or for a write to end;
 //! * when a write ends, every user that waits and has no write under way
 //!   goes into the next round, written by a task of its own (so a caller
-//!   that gives up does not strand the others): one user's remembers
-//!   together ([`super::remember::write_new`]), several users' in one
+//!   that gives up does not strand the others): several users' in one
 //!   transaction ([`super::remember::write_round`]) where the store takes
-//!   rounds (PostgreSQL), and each user's in turn where it does not.
+//!   rounds (PostgreSQL), and each user's in turn where it does not;
+//! * one user's remembers (alone, or their part of a round written user by
+//!   user) go as a round of that one user where the store takes rounds (on
+//!   PostgreSQL one message), and as a batch ([`super::remember::write_new`])
+//!   where it does not or declines (a duplicate).
 //!
 //! Invariants:
 //! * a user is in `users` exactly while a write of theirs runs or a
@@ -140,10 +143,23 @@ impl Groups {
 
     /// One remember's facts in a write of their own.
     async fn write_alone(&self, facts: NewFacts) -> Answer {
-        let mut events = write_new(self.store.as_ref(), self.dedup_threshold, &[facts]).await?;
+        let mut events = self.write_together(std::slice::from_ref(&facts)).await?;
         events
             .pop()
             .ok_or_else(|| lost("a write answered no events"))
+    }
+
+    /// One user's remembers in one write: a round of that one user where
+    /// the store takes rounds (on PostgreSQL one message, where a batch
+    /// takes four), else, or when the store declined it (a duplicate), a
+    /// batch, which judges duplicates as always.
+    async fn write_together(&self, facts: &[NewFacts]) -> Result<Vec<Vec<MemoryEvent>>, Error> {
+        let store = self.store.as_ref();
+        let all: Vec<&NewFacts> = facts.iter().collect();
+        if let Some(events) = write_round(store, self.dedup_threshold, &all).await? {
+            return Ok(events);
+        }
+        write_new(store, self.dedup_threshold, facts).await
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -308,7 +324,7 @@ impl Groups {
         );
         // A caller that gave up has dropped its receiver: its facts are
         // written all the same, and its answer is dropped (`let _`).
-        match write_new(self.store.as_ref(), self.dedup_threshold, &facts).await {
+        match self.write_together(&facts).await {
             Ok(events) => {
                 for (answer, events) in answers.into_iter().zip(events) {
                     let _ = answer.send(Ok(events));

@@ -9,17 +9,19 @@
 
 use std::sync::Arc;
 
-use engram::embed::HashEmbedder;
+use engram::embed::{Embedder, HashEmbedder};
 use engram::model::{Event, MemoryId};
 use engram::store::prelude::*;
 use engram::store::{
-    AuditQuery, AuditRecord, InsertOutcome, NewMemory, PgStore, PlanSettings, RoundPart,
+    AuditQuery, AuditRecord, InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, Pooler,
+    RoundPart,
 };
 use sqlx::{Connection, PgConnection};
 
+use crate::common::pgbouncer::PgBouncer;
 use crate::common::postgres::TestDatabase;
 use crate::common::{self, ME};
-use crate::postgres::{candidates_as_in_steps, memory, open, whole};
+use crate::postgres::{DIMS, candidates_as_in_steps, memory, open, whole};
 
 const THRESHOLD: f32 = 0.9;
 
@@ -413,4 +415,145 @@ async fn many_users_concurrent_remembers_keep_one_memory_per_fact_each() {
         expected.sort();
         assert_eq!(common::current(&service, user).await, expected, "{user}");
     }
+}
+
+/// Behind a transaction pooler a round goes inside `BEGIN ... COMMIT`:
+/// through a real PgBouncer in transaction mode, rounds one after another
+/// commit whole (their audit rows with them), and one with a duplicate
+/// keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_through_a_transaction_pooler_commits_or_declines_whole() {
+    let db = TestDatabase::create().await;
+    let pooler = PgBouncer::start().await;
+    let options = PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        direct_url: Some(db.app_url.clone()),
+        pooler: Pooler::Transaction,
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(
+        &pooler.url(&db.app_url),
+        HashEmbedder::new(DIMS).identity(),
+        options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("opening through pgbouncer: {e}\n{}", pooler.log()));
+
+    let texts = [
+        ("alice", "Alice grew up near Porto"),
+        ("bob", "Bob plays the oboe in an orchestra"),
+        ("alice", "Alice runs a marathon every spring"),
+        ("bob", "Bob bakes sourdough on Sundays"),
+    ];
+    for pair in texts.chunks(2) {
+        let mut parts = Vec::new();
+        for (user, text) in pair {
+            let new = memory(&whole(user), text);
+            let mut one = part(user, vec![new.clone()]);
+            one.audits.push(audit_record(user, vec![new.id]));
+            parts.push(one);
+        }
+        let at = store.add_round(parts, THRESHOLD).await;
+        assert!(at.unwrap().is_some(), "{pair:?}: nothing is a duplicate");
+    }
+    let again = vec![
+        part("alice", vec![memory(&whole("alice"), "Alice likes figs")]),
+        part("bob", vec![memory(&whole("bob"), texts[1].1)]),
+    ];
+    assert_eq!(store.add_round(again, THRESHOLD).await.unwrap(), None);
+
+    assert_eq!(
+        texts_of(&store, "alice").await,
+        [texts[0].1, texts[2].1],
+        "the figs went with the declined round"
+    );
+    assert_eq!(texts_of(&store, "bob").await, [texts[3].1, texts[1].1]);
+    let audited = store
+        .audit_rows(&AuditQuery {
+            user_ref: None,
+            since: None,
+            operation: Some("remember".into()),
+            before_seq: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        audited.len(),
+        4,
+        "one audit row per remember of the two rounds"
+    );
+}
+
+/// On a direct connection a round is a transaction of its own: it leaves
+/// none of its settings on the connection for the next transaction, and
+/// it is bounded by the store's statement timeout as every request
+/// statement is (here while it waits for a user's lock another session
+/// holds), without hanging the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_alone_leaves_nothing_behind_and_is_bounded() {
+    let db = TestDatabase::create().await;
+    let options = PgOptions {
+        owner_url: Some(db.owner_url.clone()),
+        pool_size: 1,
+        statement_timeout: Some(std::time::Duration::from_millis(500)),
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.app_url, HashEmbedder::new(DIMS).identity(), options)
+        .await
+        .expect("open the PostgreSQL store");
+    let round = |alice: &str, bob: &str| {
+        vec![
+            part("alice", vec![memory(&whole("alice"), alice)]),
+            part("bob", vec![memory(&whole("bob"), bob)]),
+        ]
+    };
+    let first = round("Alice keeps bees", "Bob collects typewriters");
+    assert!(store.add_round(first, THRESHOLD).await.unwrap().is_some());
+
+    // The pool's one connection, next: nothing of the round's is set.
+    let mut tx = store.user_transaction("mallory").await.unwrap();
+    let left: (String, String, String) = sqlx::query_as(
+        "SELECT coalesce(current_setting('engram.round_users', true), ''), \
+                coalesce(current_setting('engram.round_locked', true), ''), \
+                coalesce(current_setting('engram.dedup_searched', true), '')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(left, (String::new(), String::new(), String::new()));
+    drop(tx);
+
+    // Bob's write lock, held by another session.
+    let mut holder = PgConnection::connect(&db.owner_url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('engram.user:bob', 0))")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.add_round(round("Alice likes figs", "Bob brews cider"), THRESHOLD),
+    )
+    .await
+    .expect("a round waiting for a lock ends at the statement timeout");
+    let refused = waited.unwrap_err().to_string();
+    assert!(refused.contains("statement timeout"), "{refused}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    // The connection serves the next round, and only the first is kept.
+    let next = round("Alice sings in a choir", "Bob rows on Saturdays");
+    assert!(store.add_round(next, THRESHOLD).await.unwrap().is_some());
+    assert_eq!(
+        texts_of(&store, "alice").await,
+        ["Alice keeps bees", "Alice sings in a choir"]
+    );
+    assert_eq!(
+        texts_of(&store, "bob").await,
+        ["Bob collects typewriters", "Bob rows on Saturdays"]
+    );
 }

@@ -595,6 +595,8 @@ async fn connect(
             OPERATOR_POOL_SIZE.min(options.pool_size.max(1)),
             options.acquire_timeout,
         );
+    let settings = settings.behind(options.pooler);
+    let bound = settings.direct_bound();
     let requests = PgPoolOptions::new()
         .max_connections(options.pool_size)
         .acquire_timeout(options.acquire_timeout)
@@ -611,8 +613,17 @@ async fn connect(
                 Ok(true)
             })
         })
+        .after_connect(move |conn, _| {
+            let bound = bound.clone();
+            Box::pin(async move {
+                match bound {
+                    Some(sql) => session::apply(conn, sql).await,
+                    None => Ok(()),
+                }
+            })
+        })
         .connect_lazy_with(connect);
-    Ok((requests, settings.behind(options.pooler), operator))
+    Ok((requests, settings, operator))
 }
 
 /// `url` without its password, for messages and logs.

@@ -1,19 +1,22 @@
 //! A round: several users' new memories in one transaction and one insert
 //! ([`super::super::Writes::add_round`]), so remembers of different users
-//! that wait for the store share one `BEGIN`, one statement (its plan start
-//! and statement triggers) and one commit with its WAL flush.
+//! that wait for the store share one transaction, one insert statement (its
+//! plan start and statement triggers) and one commit with its WAL flush.
 //!
-//! Four messages, whatever the number of users:
-//! 1. `BEGIN`, the settings (row-level security for the round's users,
-//!    `engram.round_users`; the duplicate check's settings with every
-//!    claim), each user's write lock in the order of their ids' bytes, and
-//!    each user's version under it (`engram.round_locked`);
-//! 2. the insert of every memory ([`PgStore::insert_in`]): the duplicate
-//!    trigger checks each row against its own user's memories, trusting a
-//!    claim only at the version its user was locked at;
-//! 3. the audit records, and each user's version and count after the insert;
-//! 4. `COMMIT`; then each user's in-process copy is moved on, as a single
-//!    user's write moves it (`write::move_copy_on`).
+//! The whole round is one call of `engram_write_round` (migration
+//! 20280201000001), which in order sets the settings (row-level security
+//! for the round's users, `engram.round_users`; the duplicate check's
+//! settings with every claim), takes each user's write lock in the order of
+//! their ids' bytes, records each user's version under it
+//! (`engram.round_locked`), inserts every memory (the duplicate trigger
+//! checks each row against its own user's memories, trusting a claim only at
+//! the version its user was locked at), writes the audit records, and
+//! answers each user's version and count after the insert. On a direct
+//! connection the call goes alone, outside `BEGIN`: its own transaction, one
+//! message and one round trip in all. Behind a transaction pooler it goes
+//! inside `BEGIN ... COMMIT`, as every statement there (three messages).
+//! Each user's in-process copy is then moved on, as a single user's write
+//! moves it (`write::move_copy_on`).
 //!
 //! Invariants:
 //! * all or nothing: a refusal (a duplicate) rolls the whole round back and
@@ -28,9 +31,10 @@ use sqlx::Row;
 
 use super::keyword_copy::Added;
 use super::rows::now_micros;
-use super::scope::text_literal;
+use super::session::Pooler;
 use super::write::{
-    CopyWrite, claim_from_copy, is_unique_violation, move_copy_on, refused_as_duplicate,
+    CopyWrite, FIRST_DEDUP_ROUND, PgQuery, Rows, claim_from_copy, is_unique_violation,
+    move_copy_on, refused_as_duplicate,
 };
 use super::{PgStore, db};
 use crate::store::{NewMemory, RoundPart, StoreError};
@@ -50,7 +54,6 @@ impl PgStore {
         mut parts: Vec<RoundPart>,
         dedup_threshold: f32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        const CX: &str = "writing a round of remembers";
         parts.sort_by(|a, b| a.user_id.as_bytes().cmp(b.user_id.as_bytes()));
         if parts.windows(2).any(|w| w[0].user_id == w[1].user_id) {
             return Err(StoreError::Corrupt(
@@ -78,28 +81,22 @@ impl PgStore {
             .flat_map(|(news, _)| news.iter())
             .filter_map(|(new, at)| at.map(|v| format!("{}@{v}", new.id.0)))
             .collect();
-        let mut tx = self.begin_round(&users, &claims, dedup_threshold).await?;
-
         let now = now_micros();
         let rows: Vec<&NewMemory> = writes
             .iter()
             .flat_map(|(news, _)| news.iter().map(|(new, _)| new))
             .collect();
-        match PgStore::insert_in(&mut tx, &rows, now).await {
-            Ok(()) => {}
-            Err(e) if refused_as_duplicate(&e).is_some() || is_unique_violation(&e) => {
-                // Dropped, the transaction rolls back (the pool sends it).
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(StoreError::Database {
-                    context: "storing a round's memories",
-                    source: e,
-                });
-            }
-        }
-        let left = audit_and_read_back(&mut tx, &parts, &users).await?;
-        tx.commit().await.map_err(db(CX))?;
+        let call = Call {
+            users: &users,
+            claims: claims.join(","),
+            dedup_threshold,
+            rows: Rows::of(&rows),
+            audits: AuditColumns::of(&parts),
+            now,
+        };
+        let Some(left) = self.call_round(&call).await? else {
+            return Ok(None);
+        };
 
         for ((news, write), user) in writes.into_iter().zip(&users) {
             let write = write.map(|mut write| {
@@ -112,120 +109,135 @@ impl PgStore {
         Ok(Some(now))
     }
 
-    /// Message 1: the round's transaction, its users' locks taken and
-    /// their versions recorded.
-    async fn begin_round(
+    /// Sends `call`: alone on a direct connection (its own transaction),
+    /// inside `BEGIN ... COMMIT` behind a transaction pooler. Answers each
+    /// user's [`LeftAt`], or `None` when the round was refused (a duplicate)
+    /// and rolled back whole.
+    async fn call_round(
         &self,
-        users: &[&str],
-        claims: &[String],
-        dedup_threshold: f32,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        // The ids reach the SQL as hex only.
-        let array = users
-            .iter()
-            .map(|u| text_literal(u))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Uuids and numbers, written by this code.
-        let more = format!(
-            "set_config('engram.round_users', (ARRAY[{array}]::text[])::text, true), \
-             set_config('engram.dedup_threshold', '{dedup_threshold}', true), \
-             set_config('engram.dedup_allow', '{{}}', true), \
-             set_config('engram.dedup_k', '{k}', true), \
-             set_config('engram.dedup_searched', '{claims}', true)",
-            k = super::write::FIRST_DEDUP_ROUND,
-            claims = claims.join(","),
-        );
-        let begin = self.settings.begin("BEGIN", Some(&more));
-        // The locks in the array's order (a function scan's), then the
-        // versions under them, read through the round's own row security.
-        let sql = format!(
-            "{begin}; \
-             SELECT count(pg_advisory_xact_lock(hashtextextended('engram.user:' || u, 0))) \
-             FROM unnest(current_setting('engram.round_users')::text[]) AS u; \
-             SELECT set_config('engram.round_locked', coalesce( \
-                 (SELECT jsonb_object_agg(user_id, version::text) FROM memory_users \
-                  WHERE user_id = ANY (current_setting('engram.round_users')::text[])), \
-                 '{{}}')::text, true)"
-        );
-        self.begin_with_sql(sql, "starting a round of remembers")
-            .await
+        call: &Call<'_>,
+    ) -> Result<Option<Vec<(String, LeftAt)>>, StoreError> {
+        const CX: &str = "writing a round of remembers";
+        let (names, values) = self.settings.names_and_values();
+        let query = sqlx::query(
+            "SELECT round_user, left_version, left_current, locked_version \
+             FROM engram_write_round($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, \
+                 $29, $30, $31, $32, $33)",
+        )
+        .bind(names)
+        .bind(values)
+        .bind(call.users)
+        .bind(call.dedup_threshold)
+        .bind(i32::try_from(FIRST_DEDUP_ROUND).unwrap_or(i32::MAX))
+        .bind(&call.claims);
+        let query = call.audits.bind_to(call.rows.bind_to(query, call.now));
+        // PostgreSQL commits or rolls back all of the call: the last point
+        // at which the process can die with none of it written is before
+        // it is sent.
+        crate::failpoint::crash_point("remember-before-commit");
+        let answered = match self.settings.pooler() {
+            Pooler::None => {
+                let mut conn = self.acquire_request(CX).await?;
+                query.fetch_all(&mut *conn).await
+            }
+            Pooler::Transaction => {
+                let begin = self.settings.begin("BEGIN", None);
+                let mut tx = self.begin_with_sql(begin, CX).await?;
+                match query.fetch_all(&mut *tx).await {
+                    // Dropped on an error, the transaction rolls back.
+                    Ok(rows) => tx.commit().await.map(|()| rows),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let rows = match answered {
+            Ok(rows) => rows,
+            Err(e) if refused_as_duplicate(&e).is_some() || is_unique_violation(&e) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(db(CX)(e)),
+        };
+        let cx = "reading back a round's users";
+        rows.iter()
+            .map(|row| {
+                let user: String = row.try_get("round_user").map_err(db(cx))?;
+                let left = (
+                    row.try_get("left_version").map_err(db(cx))?,
+                    row.try_get("left_current").map_err(db(cx))?,
+                    row.try_get("locked_version").map_err(db(cx))?,
+                );
+                Ok((user, left))
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 }
 
-/// Message 3: every part's audit records, and each user's version and count
-/// as the round leaves them, with the version it locked them at.
-async fn audit_and_read_back(
-    tx: &mut sqlx::PgConnection,
-    parts: &[RoundPart],
-    users: &[&str],
-) -> Result<Vec<(String, LeftAt)>, StoreError> {
-    let records: Vec<&crate::store::AuditRecord> =
-        parts.iter().flat_map(|p| p.audits.iter()).collect();
-    let mut at = Vec::new();
-    let mut principal = Vec::new();
-    let mut key_id = Vec::new();
-    let mut user_ref = Vec::new();
-    let mut transport = Vec::new();
-    let mut client_addr = Vec::new();
-    let mut operation = Vec::new();
-    let mut memory_ids = Vec::new();
-    let mut memory_count = Vec::new();
-    let mut outcome = Vec::new();
-    let mut query = Vec::new();
-    for r in &records {
-        at.push(r.at);
-        principal.push(r.principal.as_str());
-        key_id.push(r.key_id);
-        user_ref.push(r.user_ref.as_deref());
-        transport.push(r.transport.as_str());
-        client_addr.push(r.client_addr.as_deref());
-        operation.push(r.operation.as_str());
-        // A uuid[] literal per record: arrays of arrays must be rectangular.
-        let ids: Vec<String> = r.memory_ids.iter().map(|id| id.0.to_string()).collect();
-        memory_ids.push(format!("{{{}}}", ids.join(",")));
-        memory_count.push(i64::try_from(r.memory_count).unwrap_or(i64::MAX));
-        outcome.push(r.outcome.as_str());
-        query.push(r.query.as_deref());
+/// A round as `engram_write_round` takes it.
+struct Call<'a> {
+    /// Sorted by their ids' bytes: the order of their locks.
+    users: &'a [&'a str],
+    /// `<memory id>@<version>` for each claim, comma-separated.
+    claims: String,
+    dedup_threshold: f32,
+    rows: Rows<'a>,
+    audits: AuditColumns<'a>,
+    now: DateTime<Utc>,
+}
+
+/// Every part's audit records, one array per column.
+#[derive(Default)]
+struct AuditColumns<'a> {
+    at: Vec<DateTime<Utc>>,
+    principal: Vec<&'a str>,
+    key_id: Vec<Option<uuid::Uuid>>,
+    user_ref: Vec<Option<&'a str>>,
+    transport: Vec<&'a str>,
+    client_addr: Vec<Option<&'a str>>,
+    operation: Vec<&'a str>,
+    /// A uuid[] literal per record: arrays of arrays must be rectangular.
+    memory_ids: Vec<String>,
+    memory_count: Vec<i64>,
+    outcome: Vec<&'a str>,
+    query: Vec<Option<&'a str>>,
+}
+
+impl<'a> AuditColumns<'a> {
+    fn of(parts: &'a [RoundPart]) -> Self {
+        let mut columns = Self::default();
+        for r in parts.iter().flat_map(|p| p.audits.iter()) {
+            columns.at.push(r.at);
+            columns.principal.push(r.principal.as_str());
+            columns.key_id.push(r.key_id);
+            columns.user_ref.push(r.user_ref.as_deref());
+            columns.transport.push(r.transport.as_str());
+            columns.client_addr.push(r.client_addr.as_deref());
+            columns.operation.push(r.operation.as_str());
+            let ids: Vec<String> = r.memory_ids.iter().map(|id| id.0.to_string()).collect();
+            columns.memory_ids.push(format!("{{{}}}", ids.join(",")));
+            columns
+                .memory_count
+                .push(i64::try_from(r.memory_count).unwrap_or(i64::MAX));
+            columns.outcome.push(r.outcome.as_str());
+            columns.query.push(r.query.as_deref());
+        }
+        columns
     }
-    let sql = "WITH audited AS (INSERT INTO audit_log (at, principal, key_id, user_ref, transport, \
-                 client_addr, operation, memory_ids, memory_count, outcome, query) \
-             SELECT a.at, a.principal, a.key_id, a.user_ref, a.transport, a.client_addr, \
-                 a.operation, a.memory_ids::uuid[], a.memory_count, a.outcome, a.query \
-             FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[]) \
-                 WITH ORDINALITY AS a (at, principal, key_id, user_ref, transport, \
-                     client_addr, operation, memory_ids, memory_count, outcome, query, n) \
-             ORDER BY a.n) \
-         SELECT user_id, version, current, \
-             current_setting('engram.round_locked', true)::jsonb ->> user_id AS locked \
-         FROM memory_users WHERE user_id = ANY ($12::text[])";
-    let rows = sqlx::query(sql)
-        .bind(at)
-        .bind(principal)
-        .bind(key_id)
-        .bind(user_ref)
-        .bind(transport)
-        .bind(client_addr)
-        .bind(operation)
-        .bind(memory_ids)
-        .bind(memory_count)
-        .bind(outcome)
-        .bind(query)
-        .bind(users)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("auditing a round of remembers"))?;
-    let cx = "reading back a round's users";
-    rows.iter()
-        .map(|row| {
-            let user: String = row.try_get("user_id").map_err(db(cx))?;
-            let left = (
-                row.try_get("version").map_err(db(cx))?,
-                row.try_get("current").map_err(db(cx))?,
-                row.try_get("locked").map_err(db(cx))?,
-            );
-            Ok((user, left))
-        })
-        .collect()
+
+    /// Binds `engram_write_round`'s eleven audit arguments, in its order.
+    fn bind_to<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.at)
+            .bind(&self.principal)
+            .bind(&self.key_id)
+            .bind(&self.user_ref)
+            .bind(&self.transport)
+            .bind(&self.client_addr)
+            .bind(&self.operation)
+            .bind(&self.memory_ids)
+            .bind(&self.memory_count)
+            .bind(&self.outcome)
+            .bind(&self.query)
+    }
 }

@@ -16,6 +16,7 @@
 //! Setting the user costs no round trip of its own: it travels with `BEGIN`
 //! in one simple-query message, beside the connection settings (`session`).
 
+use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{PgStore, db};
@@ -105,6 +106,21 @@ impl PgStore {
             .pool_acquire
             .observe(started.elapsed().as_secs_f64());
         tx
+    }
+
+    /// A connection of the request pool, outside any transaction: for a
+    /// statement that is a transaction of its own (a round on a direct
+    /// connection). `context` names the work in errors.
+    pub(super) async fn acquire_request(
+        &self,
+        context: &'static str,
+    ) -> Result<PoolConnection<Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await.map_err(db(context));
+        crate::metrics::metrics()
+            .pool_acquire
+            .observe(started.elapsed().as_secs_f64());
+        conn
     }
 
     /// Ends `tx`, which only read, without waiting for its end. Dropped, it

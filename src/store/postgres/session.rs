@@ -22,9 +22,11 @@
 //! * no connection is ever opened with startup `options`; the startup
 //!   packet carries only what every pooler accepts (user, database,
 //!   `application_name`, and sqlx's `DateStyle`, `client_encoding`, `TimeZone`);
-//! * nothing is set session-wide on the request pool: a session setting
-//!   through a transaction pooler would leak to whichever client gets that
-//!   server session next (`engram.all_users` would lift row-level security);
+//! * nothing is set session-wide on the request pool but, on a direct
+//!   connection, its statement bound ([`Settings::direct_bound`]): a
+//!   session setting through a transaction pooler would leak to whichever
+//!   client gets that server session next (`engram.all_users` would lift
+//!   row-level security);
 //! * behind a transaction pooler ([`Pooler::Transaction`]) every statement
 //!   of the request pool runs inside a transaction begun by
 //!   [`Settings::begin`] (so its Parse and Bind reach the same server
@@ -131,6 +133,36 @@ impl Settings {
         sql
     }
 
+    /// What stands between the request pool and PostgreSQL.
+    pub(super) fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// Every setting's name and value, as two arrays in one order (for
+    /// `engram_write_round`, which sets them transaction-local itself).
+    pub(super) fn names_and_values(&self) -> (Vec<&str>, Vec<&str>) {
+        self.pairs
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .unzip()
+    }
+
+    /// On a direct request connection, the statement that sets its
+    /// statement bound session-wide, if it has one: the one setting a
+    /// statement needs in force before it starts, for a statement sent
+    /// outside `BEGIN` (a round, `round`), whose settings come too late for
+    /// itself. The same value every transaction sets; never behind a
+    /// transaction pooler (the module's invariants).
+    pub(super) fn direct_bound(&self) -> Option<String> {
+        if self.pooler != Pooler::None {
+            return None;
+        }
+        self.pairs
+            .iter()
+            .find(|(name, _)| *name == "statement_timeout")
+            .map(|(name, value)| format!("SELECT set_config('{name}', '{value}', false)"))
+    }
+
     /// The statement that sets every setting for the rest of a session.
     pub(super) fn session(&self) -> String {
         let calls: Vec<String> = self
@@ -174,7 +206,8 @@ pub(super) async fn reachable(pool: &PgPool, url: &str) -> Result<(), StoreError
         })
 }
 
-async fn apply(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
+/// Runs `sql` (settings of this code's own) on a connection as it connects.
+pub(super) async fn apply(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
     conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
         .await
         .map(|_| ())
@@ -222,6 +255,17 @@ mod tests {
              set_config('engram.exact_scan_max_rows', '10', true), \
              set_config('engram.ef_search', '80', true), f()"
         );
+    }
+
+    #[test]
+    fn only_a_direct_connection_takes_its_statement_bound_session_wide() {
+        let bounded = Settings::new(&plan(), Some(Duration::from_millis(5000)));
+        assert_eq!(
+            bounded.direct_bound().as_deref(),
+            Some("SELECT set_config('statement_timeout', '5000', false)")
+        );
+        assert_eq!(bounded.behind(Pooler::Transaction).direct_bound(), None);
+        assert_eq!(Settings::new(&plan(), None).direct_bound(), None);
     }
 
     #[test]

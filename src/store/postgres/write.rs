@@ -73,9 +73,8 @@ pub(super) struct Near {
 }
 
 impl PgStore {
-    /// Inserts `news`, in order (each for its own user: a round writes
-    /// several), with their keyword postings and ADD history rows inside
-    /// `tx`, in one statement: the deduplication
+    /// Inserts `news`, in order, with their keyword postings and ADD
+    /// history rows inside `tx`, in one statement: the deduplication
     /// trigger runs for each row with whatever `tx` has set, and sees the
     /// rows the statement inserted before it. Any refusal fails the whole
     /// statement.
@@ -84,6 +83,43 @@ impl PgStore {
         news: &[&NewMemory],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        // The statement is `engram_insert_memories` (migration
+        // 20280201000001), which a round calls too.
+        let rows = Rows::of(news);
+        let query = sqlx::query(
+            "SELECT engram_insert_memories($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12, $13, $14, $15, $16)",
+        );
+        rows.bind_to(query, now).execute(&mut *tx).await.map(|_| ())
+    }
+}
+
+/// The columns of [`PgStore::insert_in`]'s rows, one array each; the
+/// postings flattened, each naming its row by position (from 1).
+#[derive(Default)]
+pub(super) struct Rows<'a> {
+    users: Vec<&'a str>,
+    ids: Vec<Uuid>,
+    agents: Vec<Option<&'a str>>,
+    runs: Vec<Option<&'a str>>,
+    contents: Vec<&'a str>,
+    hashes: Vec<Vec<u8>>,
+    vectors: Vec<Vector>,
+    metadata: Vec<serde_json::Value>,
+    categories: Vec<serde_json::Value>,
+    lengths: Vec<i32>,
+    expiries: Vec<Option<DateTime<Utc>>>,
+    actors: Vec<&'a str>,
+    posting_rows: Vec<i64>,
+    posting_terms: Vec<String>,
+    posting_counts: Vec<i32>,
+}
+
+/// A query of this module's, its arguments bound one by one.
+pub(super) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl<'a> Rows<'a> {
+    pub(super) fn of(news: &[&'a NewMemory]) -> Self {
         let mut rows = Rows::default();
         for (n, new) in (1..).zip(news) {
             let terms = keywords::document_terms(&new.content);
@@ -107,72 +143,30 @@ impl PgStore {
                 .extend(words.into_iter().map(str::to_owned));
             rows.posting_counts.extend(counts);
         }
-        sqlx::query(
-            "WITH r AS ( \
-                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], \
-                     $5::text[], $6::bytea[], $7::vector[], $8::jsonb[], $9::jsonb[], \
-                     $10::integer[], $11::timestamptz[], $12::text[]) WITH ORDINALITY \
-                     AS r (user_id, id, agent_id, run_id, content, content_hash, embedding, \
-                           metadata, categories, keyword_length, expires_at, actor, n)), \
-                  m AS ( \
-                 INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, \
-                     embedding, metadata, categories, created_at, updated_at, valid_from, \
-                     keyword_length, expires_at) \
-                 SELECT r.id, r.user_id, r.agent_id, r.run_id, r.content, r.content_hash, r.embedding, \
-                     r.metadata, ARRAY(SELECT jsonb_array_elements_text(r.categories)), \
-                     $13, $13, $13, r.keyword_length, r.expires_at \
-                 FROM r ORDER BY r.n \
-                 RETURNING id, user_id, content, created_at, keyword_length), \
-                  h AS (INSERT INTO memory_history (memory_id, user_id, event, old_content, \
-                            new_content, actor, created_at) \
-                        SELECT m.id, m.user_id, 'ADD', NULL, m.content, r.actor, m.created_at \
-                        FROM m JOIN r ON r.id = m.id) \
-             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
-             SELECT m.user_id, t.term, m.id, t.tf, m.keyword_length \
-             FROM unnest($14::bigint[], $15::text[], $16::integer[]) AS t (n, term, tf) \
-             JOIN r ON r.n = t.n JOIN m ON m.id = r.id",
-        )
-        .bind(&rows.users)
-        .bind(&rows.ids)
-        .bind(&rows.agents)
-        .bind(&rows.runs)
-        .bind(&rows.contents)
-        .bind(&rows.hashes)
-        .bind(&rows.vectors)
-        .bind(&rows.metadata)
-        .bind(&rows.categories)
-        .bind(&rows.lengths)
-        .bind(&rows.expiries)
-        .bind(&rows.actors)
-        .bind(now)
-        .bind(&rows.posting_rows)
-        .bind(&rows.posting_terms)
-        .bind(&rows.posting_counts)
-        .execute(&mut *tx)
-        .await
-        .map(|_| ())
+        rows
     }
-}
 
-/// The columns of [`PgStore::insert_in`]'s rows, one array each; the
-/// postings flattened, each naming its row by position (from 1).
-#[derive(Default)]
-struct Rows<'a> {
-    users: Vec<&'a str>,
-    ids: Vec<Uuid>,
-    agents: Vec<Option<&'a str>>,
-    runs: Vec<Option<&'a str>>,
-    contents: Vec<&'a str>,
-    hashes: Vec<Vec<u8>>,
-    vectors: Vec<Vector>,
-    metadata: Vec<serde_json::Value>,
-    categories: Vec<serde_json::Value>,
-    lengths: Vec<i32>,
-    expiries: Vec<Option<DateTime<Utc>>>,
-    actors: Vec<&'a str>,
-    posting_rows: Vec<i64>,
-    posting_terms: Vec<String>,
-    posting_counts: Vec<i32>,
+    /// Binds `engram_insert_memories`' sixteen arguments, in its order
+    /// (`now` is the thirteenth), as the next ones of `query`.
+    pub(super) fn bind_to<'q>(&'q self, query: PgQuery<'q>, now: DateTime<Utc>) -> PgQuery<'q> {
+        query
+            .bind(&self.users)
+            .bind(&self.ids)
+            .bind(&self.agents)
+            .bind(&self.runs)
+            .bind(&self.contents)
+            .bind(&self.hashes)
+            .bind(&self.vectors)
+            .bind(&self.metadata)
+            .bind(&self.categories)
+            .bind(&self.lengths)
+            .bind(&self.expiries)
+            .bind(&self.actors)
+            .bind(now)
+            .bind(&self.posting_rows)
+            .bind(&self.posting_terms)
+            .bind(&self.posting_counts)
+    }
 }
 
 #[async_trait]
