@@ -49,6 +49,20 @@ fn audit_record(user_ref: &str, ids: Vec<MemoryId>) -> AuditRecord {
     }
 }
 
+/// The audit trail's remember rows (of `user_ref`'s, if named), up to 10.
+async fn remember_rows(store: &PgStore, user_ref: Option<&str>) -> Vec<engram::store::AuditRow> {
+    store
+        .audit_rows(&AuditQuery {
+            user_ref: user_ref.map(str::to_owned),
+            since: None,
+            operation: Some("remember".into()),
+            before_seq: None,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+}
+
 /// The user's current memories' texts, sorted.
 async fn texts_of(store: &PgStore, user: &str) -> Vec<String> {
     let (memories, _) = store.recent(&whole(user), 100).await.unwrap();
@@ -158,16 +172,7 @@ async fn a_round_writes_each_users_memories_as_their_own() {
     // History and the audit row came with the round.
     let history = store.history("bob", oboe.id).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
-    let rows = store
-        .audit_rows(&AuditQuery {
-            user_ref: Some("bob-ref".into()),
-            since: None,
-            operation: Some("remember".into()),
-            before_seq: None,
-            limit: 10,
-        })
-        .await
-        .unwrap();
+    let rows = remember_rows(&store, Some("bob-ref")).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].record.memory_ids, [oboe.id]);
 }
@@ -468,16 +473,7 @@ async fn a_round_through_a_transaction_pooler_commits_or_declines_whole() {
         "the figs went with the declined round"
     );
     assert_eq!(texts_of(&store, "bob").await, [texts[3].1, texts[1].1]);
-    let audited = store
-        .audit_rows(&AuditQuery {
-            user_ref: None,
-            since: None,
-            operation: Some("remember".into()),
-            before_seq: None,
-            limit: 10,
-        })
-        .await
-        .unwrap();
+    let audited = remember_rows(&store, None).await;
     assert_eq!(
         audited.len(),
         4,
