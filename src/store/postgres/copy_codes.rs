@@ -21,7 +21,20 @@
 //!   |q - q'||v'|`;
 //! * so the rows [`CopyCodes::may_be_nearest`] names hold the `k` nearest:
 //!   a row left out has an exact cosine below the `k`-th best lower bound,
-//!   and `k` rows named are at or above it.
+//!   and `k` rows named are at or above it;
+//! * each row is kept as its head (the first [`head_len`] levels) and its
+//!   rest, with the length of its unit vector's rest (`rest_lengths[i]`):
+//!   the exact cosine is at most the heads' estimate plus the same bound
+//!   plus the product of the two rests' lengths (Cauchy-Schwarz on the
+//!   rest), so [`CopyCodes::rows_reaching`] reads a row's rest only when
+//!   its head leaves it able to reach the threshold.
+//!
+//! Why the head: the duplicate check of every remember passes over all of
+//! the user's rows, and a near duplicate (cosine 0.9 by default) is rare,
+//! while a row far from the new vector is ruled out by a quarter of its
+//! levels (at 1536 dimensions, 384 of 1,536 bytes). At 8 remembering
+//! clients the pass over whole rows was a fifth of engram's CPU
+//! (docs/benchmarks.md, twentieth run).
 
 use uuid::Uuid;
 
@@ -47,11 +60,36 @@ pub(super) fn coded_enough(rows: usize, dims: usize, max_bytes: usize) -> bool {
 #[derive(Debug, Clone)]
 pub(super) struct CopyCodes {
     dims: usize,
-    /// Row after row, `dims` each.
-    codes: Vec<i8>,
+    /// The first [`head_len`] levels of each row, row after row.
+    heads: Vec<i8>,
+    /// The other levels of each row, row after row.
+    rests: Vec<i8>,
     scales: Vec<f32>,
     errors: Vec<f32>,
+    /// The length of each row's unit vector past its head.
+    rest_lengths: Vec<f32>,
     ids: Vec<Uuid>,
+}
+
+/// The levels of a row read before its rest: a quarter of them (in whole
+/// AVX2 steps of 32), from 256 dimensions; all of them below, where a row
+/// is short enough to read whole.
+fn head_len(dims: usize) -> usize {
+    if dims >= 256 {
+        dims / 4 / 32 * 32
+    } else {
+        dims
+    }
+}
+
+/// A query as the rows are kept: coded, split at the head, with the length
+/// of its unit vector's rest.
+struct Query {
+    head: Vec<i8>,
+    rest: Vec<i8>,
+    scale: f32,
+    error: f32,
+    rest_length: f32,
 }
 
 /// A vector's code: the levels, their scale, and the length of the error.
@@ -59,6 +97,15 @@ struct Coded {
     code: Vec<i8>,
     scale: f32,
     error: f32,
+}
+
+/// The length of `v` past its first `head` components.
+fn rest_length(v: &[f32], head: usize) -> f32 {
+    v[head..]
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt() as f32
 }
 
 /// `v` (unit length) rounded to levels of its largest component / 127.
@@ -83,11 +130,14 @@ fn code(v: &[f32]) -> Coded {
 
 impl CopyCodes {
     pub fn with_capacity(dims: usize, rows: usize) -> Self {
+        let head = head_len(dims);
         Self {
             dims,
-            codes: Vec::with_capacity(dims * rows),
+            heads: Vec::with_capacity(head * rows),
+            rests: Vec::with_capacity((dims - head) * rows),
             scales: Vec::with_capacity(rows),
             errors: Vec::with_capacity(rows),
+            rest_lengths: Vec::with_capacity(rows),
             ids: Vec::with_capacity(rows),
         }
     }
@@ -99,12 +149,51 @@ impl CopyCodes {
         let Some(unit) = unit(vector).filter(|v| v.len() == self.dims) else {
             return false;
         };
+        let head = head_len(self.dims);
         let coded = code(&unit);
-        self.codes.extend_from_slice(&coded.code);
+        self.heads.extend_from_slice(&coded.code[..head]);
+        self.rests.extend_from_slice(&coded.code[head..]);
         self.scales.push(coded.scale);
         self.errors.push(coded.error);
+        self.rest_lengths.push(rest_length(&unit, head));
         self.ids.push(id);
         true
+    }
+
+    /// `query` as the rows are kept; `None` for a query of length zero or
+    /// other dimensions.
+    fn query(&self, query: &[f32]) -> Option<Query> {
+        let unit = unit(query).filter(|q| q.len() == self.dims)?;
+        let head = head_len(self.dims);
+        let Coded {
+            mut code,
+            scale,
+            error,
+        } = code(&unit);
+        let rest = code.split_off(head);
+        Some(Query {
+            head: code,
+            rest,
+            scale,
+            error,
+            rest_length: rest_length(&unit, head),
+        })
+    }
+
+    /// Row `row`'s head and rest.
+    fn row(&self, row: usize) -> (&[i8], &[i8]) {
+        let head = head_len(self.dims);
+        let rest = self.dims - head;
+        (
+            &self.heads[row * head..(row + 1) * head],
+            &self.rests[row * rest..(row + 1) * rest],
+        )
+    }
+
+    /// How far row `row`'s estimate from `q` may be off its exact cosine
+    /// (the module's invariants).
+    fn bound(&self, row: usize, q: &Query) -> f32 {
+        self.errors[row] + q.error * (1.0 + self.errors[row]) + SLACK
     }
 
     pub fn len(&self) -> usize {
@@ -118,25 +207,20 @@ impl CopyCodes {
 
     /// Bytes a copy of `rows` codes of `dims` dimensions holds.
     pub fn bytes_for(rows: usize, dims: usize) -> usize {
-        // The codes, scale and error, and the id.
-        rows * (dims + 8 + 16)
+        // The codes, scale, error and rest length, and the id.
+        rows * (dims + 12 + 16)
     }
 
     /// Each row's estimated cosine to `query` and how far off it may be;
     /// `None` for a query of length zero or other dimensions.
     fn estimates(&self, query: &[f32]) -> Option<impl Iterator<Item = (usize, f32, f32)> + '_> {
-        let query = unit(query).filter(|q| q.len() == self.dims)?;
-        let q = code(&query);
-        Some(
-            self.codes
-                .chunks_exact(self.dims)
-                .enumerate()
-                .map(move |(row, c)| {
-                    let estimate = dot_codes(c, &q.code) as f32 * self.scales[row] * q.scale;
-                    let bound = self.errors[row] + q.error * (1.0 + self.errors[row]) + SLACK;
-                    (row, estimate, bound)
-                }),
-        )
+        let q = self.query(query)?;
+        Some((0..self.len()).map(move |row| {
+            let (head, rest) = self.row(row);
+            let levels = dot_codes(head, &q.head) + dot_codes(rest, &q.rest);
+            let estimate = levels as f32 * self.scales[row] * q.scale;
+            (row, estimate, self.bound(row, &q))
+        }))
     }
 
     /// The rows, but those `skip` names, that may be among the `k` nearest
@@ -185,12 +269,32 @@ impl CopyCodes {
     /// other row's is below `least - SLACK`. `None` for a query of length
     /// zero or other dimensions.
     pub fn rows_reaching(&self, query: &[f32], least: f32) -> Option<Vec<usize>> {
+        let q = self.query(query)?;
         Some(
-            self.estimates(query)?
-                .filter(|(_, e, b)| e + b >= least)
-                .map(|(row, _, _)| row)
+            (0..self.len())
+                .filter(|&row| {
+                    self.head_leaves_open(row, &q, least)
+                        .is_some_and(|from_head| {
+                            let scale = self.scales[row] * q.scale;
+                            let (_, rest) = self.row(row);
+                            from_head
+                                + dot_codes(rest, &q.rest) as f32 * scale
+                                + self.bound(row, &q)
+                                >= least
+                        })
+                })
                 .collect(),
         )
+    }
+
+    /// Row `row`'s heads' estimate from `q`, when its exact cosine may
+    /// still reach `least` after its head alone; `None` when it cannot
+    /// (whatever its rest: the module's invariants).
+    fn head_leaves_open(&self, row: usize, q: &Query, least: f32) -> Option<f32> {
+        let (head, _) = self.row(row);
+        let from_head = dot_codes(head, &q.head) as f32 * self.scales[row] * q.scale;
+        let most = from_head + self.bound(row, q) + self.rest_lengths[row] * q.rest_length;
+        (most >= least).then_some(from_head)
     }
 
     /// Whether no row, however close its exact cosine comes to its
@@ -278,6 +382,62 @@ mod tests {
                 "{exact} {estimate} {bound}"
             );
             assert!(bound < 0.05, "{bound}");
+        }
+    }
+
+    #[test]
+    fn rows_reaching_names_what_whole_estimates_name_and_reads_few_rests() {
+        for dims in [37, 255, 256, 384, 1536] {
+            let rows = rows(600, dims);
+            let mut codes = CopyCodes::with_capacity(dims, rows.len());
+            for row in &rows {
+                assert!(codes.push(Uuid::new_v4(), row));
+            }
+            let mut rests_read = 0;
+            for (q, least) in (0..12u64).zip([0.9, 0.5, 0.2, 0.95, 0.7, 0.99].iter().cycle()) {
+                // Stored rows themselves and rows a little off them, among
+                // queries that share a part with many rows.
+                let query: Vec<f32> = match q % 3 {
+                    0 => rows[q as usize * 7].clone(),
+                    1 => rows[q as usize].iter().map(|x| x * 1.01 + 0.002).collect(),
+                    _ => {
+                        let shared = vector(5000 + q % 5, dims);
+                        vector(9000 + q, dims)
+                            .iter()
+                            .zip(&shared)
+                            .map(|(a, b)| a + b)
+                            .collect()
+                    }
+                };
+                let named = codes.rows_reaching(&query, *least).unwrap();
+                let prepared = codes.query(&query).unwrap();
+                let whole: Vec<bool> = (codes.estimates(&query).unwrap())
+                    .map(|(_, estimate, bound)| estimate + bound >= *least)
+                    .collect();
+                for (row, stored) in rows.iter().enumerate() {
+                    let exact = cosine(stored, &query) as f32;
+                    assert_eq!(
+                        named.contains(&row),
+                        whole[row],
+                        "dims {dims}: row {row} at {exact} for {least}"
+                    );
+                    if exact >= *least {
+                        assert!(named.contains(&row), "dims {dims}: a reaching row left out");
+                    }
+                    if *least == 0.9 && codes.head_leaves_open(row, &prepared, *least).is_some() {
+                        rests_read += 1;
+                    }
+                }
+            }
+            // At the duplicate check's threshold, from 256 dimensions, a row
+            // far from the query is ruled out by its head: of these (a fifth
+            // of them share a part with the query) few are read whole.
+            let share = rests_read as f64 / (2.0 * rows.len() as f64);
+            if dims >= 256 {
+                assert!(share < 0.1, "dims {dims}: {share} of the rows read whole");
+            } else {
+                assert_eq!(codes.rests.len(), 0, "dims {dims}: rows are read whole");
+            }
         }
     }
 
