@@ -190,6 +190,18 @@ impl CopyCodes {
         )
     }
 
+    /// Row `row`'s heads' part of its estimated cosine to `q`.
+    fn head_estimate(&self, row: usize, q: &Query) -> f32 {
+        let (head, _) = self.row(row);
+        dot_codes(head, &q.head) as f32 * self.scales[row] * q.scale
+    }
+
+    /// Row `row`'s rests' part of its estimated cosine to `q`.
+    fn rest_estimate(&self, row: usize, q: &Query) -> f32 {
+        let (_, rest) = self.row(row);
+        dot_codes(rest, &q.rest) as f32 * self.scales[row] * q.scale
+    }
+
     /// How far row `row`'s estimate from `q` may be off its exact cosine
     /// (the module's invariants).
     fn bound(&self, row: usize, q: &Query) -> f32 {
@@ -216,9 +228,7 @@ impl CopyCodes {
     fn estimates(&self, query: &[f32]) -> Option<impl Iterator<Item = (usize, f32, f32)> + '_> {
         let q = self.query(query)?;
         Some((0..self.len()).map(move |row| {
-            let (head, rest) = self.row(row);
-            let levels = dot_codes(head, &q.head) + dot_codes(rest, &q.rest);
-            let estimate = levels as f32 * self.scales[row] * q.scale;
+            let estimate = self.head_estimate(row, &q) + self.rest_estimate(row, &q);
             (row, estimate, self.bound(row, &q))
         }))
     }
@@ -275,12 +285,7 @@ impl CopyCodes {
                 .filter(|&row| {
                     self.head_leaves_open(row, &q, least)
                         .is_some_and(|from_head| {
-                            let scale = self.scales[row] * q.scale;
-                            let (_, rest) = self.row(row);
-                            from_head
-                                + dot_codes(rest, &q.rest) as f32 * scale
-                                + self.bound(row, &q)
-                                >= least
+                            from_head + self.rest_estimate(row, &q) + self.bound(row, &q) >= least
                         })
                 })
                 .collect(),
@@ -291,8 +296,7 @@ impl CopyCodes {
     /// still reach `least` after its head alone; `None` when it cannot
     /// (whatever its rest: the module's invariants).
     fn head_leaves_open(&self, row: usize, q: &Query, least: f32) -> Option<f32> {
-        let (head, _) = self.row(row);
-        let from_head = dot_codes(head, &q.head) as f32 * self.scales[row] * q.scale;
+        let from_head = self.head_estimate(row, q);
         let most = from_head + self.bound(row, q) + self.rest_lengths[row] * q.rest_length;
         (most >= least).then_some(from_head)
     }
