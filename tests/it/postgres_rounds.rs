@@ -291,6 +291,81 @@ async fn a_round_trusts_a_claim_only_at_its_own_users_version() {
     assert_eq!(stale.unwrap(), None, "a stale claim is searched");
 }
 
+/// A user with no memories has no row: a round locks them at no version,
+/// which a claim names as the empty copy's (version 0). Such a claim is
+/// trusted while the user is still without memories (here two near twins,
+/// claimed by hand: the service claims only a memory alone in its write)
+/// and not once they have some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_a_user_without_memories_holds_until_they_have_some() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default())
+        .await
+        .with_copy_vector_floats(0)
+        .with_copy_code_bytes(0);
+    let twins = |user: &str| RoundPart {
+        user_id: user.into(),
+        memories: vec![
+            (
+                memory(&whole(user), "Dora paddles a kayak to work"),
+                Some(0),
+            ),
+            (
+                memory(&whole(user), "Dora paddles a kayak to work!"),
+                Some(0),
+            ),
+        ],
+        audits: Vec::new(),
+    };
+    let trusted = store.add_round(vec![twins("dora")], THRESHOLD).await;
+    assert!(trusted.unwrap().is_some(), "claims on a user with no row");
+    assert_eq!(texts_of(&store, "dora").await.len(), 2);
+
+    let stale = store.add_round(vec![twins("dora")], THRESHOLD).await;
+    assert_eq!(stale.unwrap(), None, "claims of no memories, with some");
+    assert_eq!(texts_of(&store, "dora").await.len(), 2);
+}
+
+/// The copy of a user with no memories is empty; their first
+/// round finds them still without a row, claims from that copy and moves
+/// it on, as it moves any other: the next recall is the copy's answer, with
+/// the new memories, rather than SQL's after a stale check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_users_first_round_moves_their_empty_copy_on() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    alice_and_bob(&store, true).await;
+    store.load_keyword_copy("dora").await.unwrap();
+    assert!(store.copy_holds_vectors("dora"), "an empty copy");
+    let (claims, advances) = (store.copy_claims(), store.copy_advances());
+
+    let kayak = memory(&whole("dora"), "Dora paddles a kayak to work");
+    let parts = vec![
+        part("bob", vec![memory(&whole("bob"), "Bob bakes sourdough")]),
+        part(
+            "dora",
+            vec![kayak.clone(), memory(&whole("dora"), "Dora grows chillies")],
+        ),
+    ];
+    let at = store.add_round(parts, THRESHOLD).await.unwrap();
+    assert!(at.is_some(), "nothing in the round is a duplicate");
+
+    assert_eq!(store.copy_claims(), claims + 3, "Bob's one and Dora's two");
+    assert_eq!(
+        store.copy_advances(),
+        advances + 2,
+        "Bob's and Dora's copies"
+    );
+    let answers = store.keyword_copy_answers();
+    let found = candidates_as_in_steps(&store, &whole("dora"), "kayak work").await;
+    assert_eq!(
+        store.keyword_copy_answers(),
+        answers + 1,
+        "Dora's copy is current"
+    );
+    assert!(found.iter().any(|c| c.id == kayak.id), "{found:?}");
+}
+
 /// Row-level security admits the users `engram.round_users` names, as
 /// `engram.user_id` admits one, on engram's own role; no one else's rows
 /// are seen or written.

@@ -124,6 +124,16 @@ impl VectorLimits {
 /// the duplicate check's trigger calls that state `none`.
 pub(super) const NO_USER: i64 = 0;
 
+/// A claim as the duplicate check's trigger reads it (one entry of
+/// `engram.dedup_searched`): the memory and the version of its user at
+/// which nothing near it was found, in [`locked_text`]'s words, so that a
+/// claim made on the copy of a user who had no memories holds when the
+/// write finds them still without any.
+pub(super) fn claim_text(id: Uuid, version: u64) -> String {
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    format!("{id}@{}", locked_text(version))
+}
+
 /// As the duplicate check's trigger writes the version it locked a user
 /// at (`engram.locked_version`).
 pub(super) fn locked_text(version: i64) -> String {

@@ -29,7 +29,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::keyword_copy::Added;
+use super::keyword_copy::{Added, NO_USER, claim_text, locked_text};
 use super::rows::now_micros;
 use super::session::Pooler;
 use super::write::{
@@ -79,7 +79,7 @@ impl PgStore {
         let claims: Vec<String> = writes
             .iter()
             .flat_map(|(news, _)| news.iter())
-            .filter_map(|(new, at)| at.map(|v| format!("{}@{v}", new.id.0)))
+            .filter_map(|(new, at)| at.map(|v| claim_text(new.id.0, v)))
             .collect();
         let now = now_micros();
         let rows: Vec<&NewMemory> = writes
@@ -162,10 +162,16 @@ impl PgStore {
         rows.iter()
             .map(|row| {
                 let user: String = row.try_get("round_user").map_err(db(cx))?;
+                // A user with no row when the round locked them is absent
+                // from `engram.round_locked`: the duplicate trigger reads
+                // that as `none` (no memories), and so does the copy of a
+                // user who had none (`locked_text(NO_USER)`), which this
+                // round then moves on like any other.
+                let locked: Option<String> = row.try_get("locked_version").map_err(db(cx))?;
                 let left = (
                     row.try_get("left_version").map_err(db(cx))?,
                     row.try_get("left_current").map_err(db(cx))?,
-                    row.try_get("locked_version").map_err(db(cx))?,
+                    Some(locked.unwrap_or_else(|| locked_text(NO_USER))),
                 );
                 Ok((user, left))
             })

@@ -12,7 +12,7 @@ use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
 use super::audit::{INSERT as AUDIT_INSERT, bind_record, insert_audit};
-use super::keyword_copy::{Added, locked_text};
+use super::keyword_copy::{Added, claim_text, locked_text};
 use super::keyword_index::{index_terms, keyword_length, posting_columns};
 use super::queue::insert_pending;
 use super::read::memories_by_id;
@@ -480,7 +480,7 @@ impl PgBatch<'_> {
                 uuid_array_literal(allowed),
                 searched
                     .iter()
-                    .map(|(id, version)| format!("{id}@{version}"))
+                    .map(|(id, version)| claim_text(*id, *version))
                     .collect::<Vec<_>>()
                     .join(","),
             ),
