@@ -92,14 +92,13 @@ pub async fn plan(
         return Ok(out);
     }
     let at = SearchScope::unfiltered(scope);
-    // Each fact's search at once (on PostgreSQL, each on its own
-    // connection, through the vector index where the user's rows are in it,
-    // reading the similar memories in the same statement), read back in the
-    // facts' order.
-    let searches = embeddings
-        .iter()
-        .map(|embedding| store.similar(at, embedding, CANDIDATES, Some(threshold)));
-    let mut found = futures::future::try_join_all(searches).await?;
+    // Every fact's search, in the facts' order (on PostgreSQL, from the
+    // user's copy in one read, else each on its own connection at once,
+    // through the vector index where the user's rows are in it), each
+    // reading its similar memories with it.
+    let mut found = store
+        .similar_all(at, embeddings, CANDIDATES, Some(threshold))
+        .await?;
     // The memories the searches read, if every one did; else read after.
     let loaded: Option<Vec<Memory>> = found
         .iter_mut()

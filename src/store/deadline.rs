@@ -238,6 +238,17 @@ impl Search for Deadline {
         bounded(self.limit, self.inner.similar(at, query, limit, load_from)).await
     }
 
+    async fn similar_all(
+        &self,
+        at: SearchScope<'_>,
+        queries: &[Vec<f32>],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Vec<Nearest>, StoreError> {
+        let call = self.inner.similar_all(at, queries, limit, load_from);
+        bounded(self.limit, call).await
+    }
+
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,

@@ -313,6 +313,17 @@ impl Search for Traced {
             .await
     }
 
+    async fn similar_all(
+        &self,
+        at: SearchScope<'_>,
+        queries: &[Vec<f32>],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Vec<Nearest>, StoreError> {
+        let call = self.inner.similar_all(at, queries, limit, load_from);
+        self.call("similar_all", call).await
+    }
+
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,

@@ -379,6 +379,23 @@ pub trait Search: Send + Sync {
         self.nearest(at, query, limit).await
     }
 
+    /// [`Search::similar`] for each of `queries` (a remember's facts), in
+    /// their order. Provided: each search on its own, all at once; a store
+    /// may answer them together (PostgreSQL, from a user's copy: one read
+    /// for all of them).
+    async fn similar_all(
+        &self,
+        at: SearchScope<'_>,
+        queries: &[Vec<f32>],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Vec<Nearest>, StoreError> {
+        let each = queries
+            .iter()
+            .map(|query| self.similar(at, query, limit, load_from));
+        futures::future::try_join_all(each).await
+    }
+
     /// Up to `limit` current memories in scope holding terms of `query`, best
     /// first, scored by [`crate::keywords`]: BM25 over the user's current
     /// memories, on a 0..1 scale. Equal scores come in id order.

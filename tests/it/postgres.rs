@@ -2924,6 +2924,20 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     let want_version = want.version;
     assert_eq!(loaded(got), loaded(want));
 
+    // Several facts' searches from the copy in one read: each as the copy
+    // answers it alone.
+    let queries: Vec<Vec<f32>> = ["a bus trip", "train 33", "a boat"]
+        .iter()
+        .map(|q| HashEmbedder::new(DIMS).embed(q))
+        .collect();
+    let together = a.similar_all(at, &queries, 5, Some(0.1)).await.unwrap();
+    for (query, together) in queries.iter().zip(together) {
+        let alone = a.similar(at, query, 5, Some(0.1)).await.unwrap();
+        assert_eq!(together.hits, alone.hits);
+        assert_eq!(together.version, alone.version);
+        assert_eq!(loaded(together), loaded(alone));
+    }
+
     // Plain SQL changes a memory: the copy is stale and SQL answers.
     let admin = db.pool().await;
     sqlx::query(
@@ -2936,6 +2950,8 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     assert_eq!(a.keyword_copy_answers(), 3, "a stale copy answered");
     let after = a.similar(at, &query, 5, None).await.unwrap();
     assert_ne!(after.version, want_version);
+    let all_after = a.similar_all(at, &queries, 5, None).await.unwrap();
+    assert!(all_after.iter().all(|n| n.version == after.version));
 }
 
 /// Copies that do not all fit with their floats give up the floats before

@@ -817,6 +817,29 @@ async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
     let empty = s.similar(whole, &queries[0], 0, Some(0.0)).await.unwrap();
     assert!(empty.hits.is_empty());
     assert!(empty.memories.is_none_or(|m| m.is_empty()));
+
+    // Every fact's search at once, as each on its own.
+    let at = SearchScope {
+        scope: &alice,
+        filter: &none,
+    };
+    let all = s.similar_all(at, &queries, 5, Some(0.0)).await.unwrap();
+    assert_eq!(all.len(), queries.len());
+    for (query, together) in queries.iter().zip(all) {
+        let alone = s.similar(at, query, 5, Some(0.0)).await.unwrap();
+        assert_eq!(ids(&together.hits), ids(&alone.hits));
+        assert_eq!(together.version, alone.version);
+        let sorted = |memories: Option<Vec<engram::model::Memory>>| {
+            memories.map(|mut m| {
+                m.sort_by_key(|m| m.id.0);
+                m
+            })
+        };
+        assert_eq!(sorted(together.memories), sorted(alone.memories));
+    }
+    let none_asked = s.similar_all(at, &queries, 0, Some(0.0)).await.unwrap();
+    assert_eq!(none_asked.len(), queries.len());
+    assert!(none_asked.iter().all(|n| n.hits.is_empty()));
 }
 
 async fn a_changed_detail_is_not_a_duplicate(b: Backend) {

@@ -123,9 +123,22 @@ impl PgStore {
                 ..Nearest::default()
             });
         }
-        if let Some(found) = self.nearest_in_copy(at, query, limit, load_from).await? {
-            return Ok(found);
+        if let Some(mut found) = self.nearest_in_copy(at, &[query], limit, load_from).await? {
+            return Ok(found.remove(0));
         }
+        self.search_in_sql(through, at, query, limit, load_from)
+            .await
+    }
+
+    /// [`Self::search_at_version`] in SQL, the user's copy not asked.
+    async fn search_in_sql(
+        &self,
+        through: Through,
+        at: SearchScope<'_>,
+        query: &[f32],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Nearest, StoreError> {
         let function = match through {
             Through::Nearest => "engram_nearest",
             Through::Similar => "engram_similar",
@@ -279,20 +292,20 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// [`Self::search_at_version`] from the user's copy, when it holds their
-    /// vectors and the search is of the whole user: the nearest memories are
-    /// found here (exactly: what either search function answers for a user
-    /// this small), and one statement reads the user's version and the
-    /// memories of the hits from `load_from`. `None` when there is no such
-    /// copy (one is then loaded in the background) or the version is not
-    /// the copy's.
+    /// [`Self::search_at_version`] for each of `queries` from the user's
+    /// copy, when it holds their vectors and the searches are of the whole
+    /// user: the nearest memories are found here (exactly: what either
+    /// search function answers for a user this small), and one statement
+    /// reads the user's version and the memories of every search's hits
+    /// from `load_from`. `None` when there is no such copy (one is then
+    /// loaded in the background) or the version is not the copy's.
     async fn nearest_in_copy(
         &self,
         at: SearchScope<'_>,
-        query: &[f32],
+        queries: &[&[f32]],
         limit: usize,
         load_from: Option<f32>,
-    ) -> Result<Option<Nearest>, StoreError> {
+    ) -> Result<Option<Vec<Nearest>>, StoreError> {
         if !at.scope.is_whole_user() || !at.filter.is_empty() {
             return Ok(None);
         }
@@ -306,15 +319,17 @@ impl PgStore {
         if !copy.has_vectors() {
             return Ok(None);
         }
-        let found = copy.nearest(query, limit);
-        let wanted: Vec<MemoryId> = match load_from {
-            Some(least) => found
-                .iter()
-                .filter(|(_, similarity)| *similarity >= least)
-                .map(|(id, _)| MemoryId(*id))
-                .collect(),
-            None => Vec::new(),
-        };
+        let found: Vec<Vec<(Uuid, f32)>> = queries
+            .iter()
+            .map(|query| copy.nearest(query, limit))
+            .collect();
+        let loads = |similarity: f32| load_from.is_some_and(|least| similarity >= least);
+        let mut wanted: Vec<MemoryId> = Vec::new();
+        for &(id, similarity) in found.iter().flatten() {
+            if loads(similarity) && !wanted.contains(&MemoryId(id)) {
+                wanted.push(MemoryId(id));
+            }
+        }
         let mut tx = self.user_transaction(user_id).await?;
         let (version, memories) = memories_at_version(&mut tx, user_id, &wanted).await?;
         PgStore::end_read(tx);
@@ -322,11 +337,18 @@ impl PgStore {
             self.refresh_keyword_copy(user_id);
             return Ok(None);
         }
-        Ok(Some(Nearest {
-            hits: hits(found),
-            version: version.map(|v| v as u64),
-            memories: load_from.map(|_| memories),
-        }))
+        let nearest = found
+            .into_iter()
+            .map(|hits| Nearest {
+                memories: load_from.map(|_| {
+                    let loaded = |m: &&Memory| hits.iter().any(|&(id, s)| id == m.id.0 && loads(s));
+                    memories.iter().filter(loaded).cloned().collect()
+                }),
+                hits: self::hits(hits),
+                version: version.map(|v| v as u64),
+            })
+            .collect();
+        Ok(Some(nearest))
     }
 
     /// Recall's candidates from a copy that holds the user's vectors: both
@@ -453,6 +475,32 @@ impl Search for PgStore {
     ) -> Result<Nearest, StoreError> {
         self.search_at_version(Through::Similar, at, query, limit, load_from)
             .await
+    }
+
+    /// From the user's copy, one read for all of them; else each search in
+    /// SQL, at once.
+    async fn similar_all(
+        &self,
+        at: SearchScope<'_>,
+        queries: &[Vec<f32>],
+        limit: usize,
+        load_from: Option<f32>,
+    ) -> Result<Vec<Nearest>, StoreError> {
+        if limit == 0 || queries.is_empty() {
+            let none = || Nearest {
+                memories: load_from.map(|_| Vec::new()),
+                ..Nearest::default()
+            };
+            return Ok(queries.iter().map(|_| none()).collect());
+        }
+        let each: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        if let Some(found) = self.nearest_in_copy(at, &each, limit, load_from).await? {
+            return Ok(found);
+        }
+        let searches = each
+            .iter()
+            .map(|query| self.search_in_sql(Through::Similar, at, query, limit, load_from));
+        futures::future::try_join_all(searches).await
     }
 
     async fn keyword_search(
