@@ -118,13 +118,11 @@ impl PgStore {
         load_from: Option<f32>,
     ) -> Result<Nearest, StoreError> {
         if limit == 0 {
-            return Ok(Nearest {
-                memories: load_from.map(|_| Vec::new()),
-                ..Nearest::default()
-            });
+            return Ok(nothing_found(load_from));
         }
-        if let Some(mut found) = self.nearest_in_copy(at, &[query], limit, load_from).await? {
-            return Ok(found.remove(0));
+        let from_copy = self.nearest_in_copy(at, &[query], limit, load_from).await?;
+        if let Some(found) = from_copy.and_then(|found| found.into_iter().next()) {
+            return Ok(found);
         }
         self.search_in_sql(through, at, query, limit, load_from)
             .await
@@ -487,11 +485,7 @@ impl Search for PgStore {
         load_from: Option<f32>,
     ) -> Result<Vec<Nearest>, StoreError> {
         if limit == 0 || queries.is_empty() {
-            let none = || Nearest {
-                memories: load_from.map(|_| Vec::new()),
-                ..Nearest::default()
-            };
-            return Ok(queries.iter().map(|_| none()).collect());
+            return Ok(queries.iter().map(|_| nothing_found(load_from)).collect());
         }
         let each: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
         if let Some(found) = self.nearest_in_copy(at, &each, limit, load_from).await? {
@@ -706,6 +700,14 @@ fn with_copy_keywords(
 }
 
 /// Search rows (id, score) as hits, in the order given.
+/// A search asked for no hits: none, and (with `load_from`) no memories.
+fn nothing_found(load_from: Option<f32>) -> Nearest {
+    Nearest {
+        memories: load_from.map(|_| Vec::new()),
+        ..Nearest::default()
+    }
+}
+
 pub(super) fn hits(rows: Vec<(Uuid, f32)>) -> Vec<Hit> {
     rows.into_iter()
         .map(|(id, score)| Hit {
