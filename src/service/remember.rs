@@ -185,13 +185,30 @@ impl MemoryService {
                 (new, searched_at(index), plan)
             })
             .collect();
-        // New facts that replace nothing (the usual remember) go to the
-        // store together (on PostgreSQL, one statement), and with those of
-        // the user's other remembers that wait meanwhile (`grouped`).
-        if work.replacing.is_empty() && planned.iter().all(|(_, _, p)| matches!(p, Plan::Add)) {
+        // New facts that replace nothing (the usual remember), beside any
+        // facts already known, go to the store together (on PostgreSQL, one
+        // statement), and with those of the user's other remembers that
+        // wait meanwhile (`grouped`).
+        let adds_and_keeps = planned
+            .iter()
+            .all(|(_, _, p)| matches!(p, Plan::Add | Plan::Keep { .. }));
+        let any_add = planned.iter().any(|(_, _, p)| matches!(p, Plan::Add));
+        if work.replacing.is_empty() && adds_and_keeps && any_add {
+            let mut memories = Vec::with_capacity(planned.len());
+            let mut kept = Vec::new();
+            for (position, (new, at, plan)) in planned.into_iter().enumerate() {
+                match plan {
+                    Plan::Keep { memory } => kept.push((
+                        position,
+                        MemoryEvent::of(memory.id, memory.memory, Event::None),
+                    )),
+                    _ => memories.push((new, at)),
+                }
+            }
             let facts = NewFacts {
                 user_id: work.scope.user_id().to_string(),
-                memories: planned.into_iter().map(|(new, at, _)| (new, at)).collect(),
+                memories,
+                kept,
                 audit: work.audit.clone(),
             };
             let results = self.groups.write(facts).await?;
@@ -548,14 +565,40 @@ impl Writer<'_> {
     }
 }
 
-/// A remember's facts when all are new: what [`write_new`] writes.
+/// A remember's facts when all are new or already known: what
+/// [`write_new`] writes.
 pub(super) struct NewFacts {
     pub user_id: String,
     /// The memories, each with the version at which a search of the whole
     /// user found nothing near it ([`Writer::add`]).
     pub memories: Vec<(NewMemory, Option<u64>)>,
+    /// The facts the reconciler found known, each with its place among
+    /// the remember's facts (ascending) and its event (`NONE`): nothing to
+    /// write, but answered and audited in that place, as a batch would.
+    pub kept: Vec<(usize, MemoryEvent)>,
     /// The remember's audit row (audit on), to name what it stored.
     pub audit: Option<AuditRecord>,
+}
+
+impl NewFacts {
+    /// The remember's events in its facts' order: `written` (one per
+    /// memory, in order) with the kept facts' events in their places.
+    fn in_order(&self, written: Vec<MemoryEvent>) -> Vec<MemoryEvent> {
+        let mut events = written;
+        for (position, event) in &self.kept {
+            events.insert((*position).min(events.len()), event.clone());
+        }
+        events
+    }
+
+    /// The remember's audit row naming its events' memories, in order.
+    fn audit_of(&self, events: &[MemoryEvent]) -> Option<AuditRecord> {
+        self.audit.as_ref().map(|record| {
+            let mut record = record.clone();
+            crate::audit::with_memories(&mut record, events.iter().map(|e| e.id).collect());
+            record
+        })
+    }
 }
 
 /// Writes the facts of several remembers of one user (all new) in one
@@ -584,10 +627,8 @@ pub(super) async fn write_new(
     let mut events = writes.add_all(memories).await?.into_iter();
     let mut answers = Vec::with_capacity(remembers.len());
     for remember in remembers {
-        let own: Vec<MemoryEvent> = events.by_ref().take(remember.memories.len()).collect();
-        if let Some(record) = &remember.audit {
-            let mut record = record.clone();
-            crate::audit::with_memories(&mut record, own.iter().map(|e| e.id).collect());
+        let own = remember.in_order(events.by_ref().take(remember.memories.len()).collect());
+        if let Some(record) = remember.audit_of(&own) {
             writes.batch.audit(&record).await?;
         }
         answers.push(own);
@@ -608,8 +649,19 @@ pub(super) async fn write_round(
     dedup_threshold: f32,
     remembers: &[&NewFacts],
 ) -> Result<Option<Vec<Vec<MemoryEvent>>>, Error> {
+    // A round writes every memory or none: each remember's events are its
+    // memories added, with its kept facts in their places.
+    let answers: Vec<Vec<MemoryEvent>> = remembers
+        .iter()
+        .map(|remember| {
+            let added = remember.memories.iter();
+            let added =
+                added.map(|(new, _)| MemoryEvent::of(new.id, new.content.clone(), Event::Add));
+            remember.in_order(added.collect())
+        })
+        .collect();
     let mut parts: Vec<crate::store::RoundPart> = Vec::new();
-    for remember in remembers {
+    for (remember, events) in remembers.iter().zip(&answers) {
         let at = match parts.iter().position(|p| p.user_id == remember.user_id) {
             Some(at) => at,
             None => {
@@ -623,10 +675,7 @@ pub(super) async fn write_round(
         };
         let part = &mut parts[at];
         part.memories.extend(remember.memories.iter().cloned());
-        if let Some(record) = &remember.audit {
-            let mut record = record.clone();
-            let ids = remember.memories.iter().map(|(new, _)| new.id).collect();
-            crate::audit::with_memories(&mut record, ids);
+        if let Some(record) = remember.audit_of(events) {
             part.audits.push(record);
         }
     }
@@ -648,16 +697,6 @@ pub(super) async fn write_round(
     if store.add_round(parts, dedup_threshold).await?.is_none() {
         return Ok(None);
     }
-    let answers = remembers
-        .iter()
-        .map(|remember| {
-            remember
-                .memories
-                .iter()
-                .map(|(new, _)| MemoryEvent::of(new.id, new.content.clone(), Event::Add))
-                .collect()
-        })
-        .collect();
     Ok(Some(answers))
 }
 

@@ -3322,3 +3322,90 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
         assert_eq!((seen, acting.as_str()), (0, "someone else"));
     }
 }
+
+/// A remember with a fact the reconciler finds known beside a new one
+/// still goes as a round: the new fact is stored, the known one answered
+/// `NONE` with the stored memory's id, each in its fact's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_fact_beside_a_new_one_is_answered_in_its_place() {
+    use common::fake_openai::{FakeOpenAi, Reply};
+    use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
+    use engram::model::Event;
+    use engram::params::RememberParams;
+    use engram::service::{MemoryService, Settings};
+
+    let db = TestDatabase::create().await;
+    let fake = FakeOpenAi::start(DIMS).await;
+    let llm = LlmSettings {
+        endpoint: engram::openai::Endpoint {
+            base_url: fake.base_url.clone(),
+            api_key: Some("test-key".into()),
+            timeout: std::time::Duration::from_secs(5),
+            max_retries: 1,
+        },
+        model: "gpt-4o-mini".into(),
+        categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
+    };
+    let service = MemoryService::new(
+        Arc::new(open(&db, PlanSettings::default()).await),
+        Arc::new(HashEmbedder::new(DIMS)),
+        Arc::new(LlmExtractor::new(llm).unwrap()),
+        Settings {
+            dedup_threshold: 0.9,
+            reconcile_threshold: 0.3,
+            ..Settings::default()
+        },
+    );
+    let facts = |texts: &[&str]| {
+        let facts: Vec<_> = texts
+            .iter()
+            .map(|t| json!({"text": t, "categories": ["hobbies"]}))
+            .collect();
+        Reply::Content(json!({ "facts": facts }).to_string())
+    };
+    let decide = |decisions: serde_json::Value| {
+        Reply::Content(json!({ "decisions": decisions }).to_string())
+    };
+    let remember = |text: &str| RememberParams {
+        text: Some(text.into()),
+        user_id: Some("alice".into()),
+        ..RememberParams::default()
+    };
+
+    fake.then(facts(&["Keeps bees in the garden"]));
+    let bees = service
+        .remember(common::ME, remember("I keep bees"))
+        .await
+        .unwrap()
+        .results[0]
+        .id;
+    fake.then(facts(&[
+        "Keeps bees in the garden, two hives",
+        "Plays the cello",
+    ]))
+    .then(decide(json!([
+        {"fact": 0, "event": "NONE", "id": "m1", "text": "x"},
+        {"fact": 1, "event": "ADD", "text": "Plays the cello"}
+    ])));
+    let both = service
+        .remember(
+            common::ME,
+            remember("Two hives of bees; and I play the cello"),
+        )
+        .await
+        .unwrap();
+    let events: Vec<(Event, bool)> = both
+        .results
+        .iter()
+        .map(|r| (r.event, r.id == bees))
+        .collect();
+    assert_eq!(
+        events,
+        [(Event::None, true), (Event::Add, false)],
+        "{both:?}"
+    );
+    assert_eq!(
+        common::current(&service, "alice").await,
+        ["Keeps bees in the garden", "Plays the cello"]
+    );
+}
