@@ -7,7 +7,8 @@
 //! remember's cost in the database. Here:
 //!
 //! * a remember whose facts are all new (the usual one: no update,
-//!   supersede or re-extraction), whose user has no write under way, and
+//!   supersede or re-extraction; facts found already known beside them
+//!   write nothing and ride along as events), whose user has no write under way, and
 //!   which finds fewer than [`WRITES_AT_ONCE`] writes running, writes at
 //!   once, alone, as before (no hop, no wait);
 //! * any other joins its user's queue and waits: behind its user's write
@@ -106,7 +107,7 @@ impl Groups {
         }
     }
 
-    /// Writes `facts` (all new) for their user: at once when nothing of the
+    /// Writes `facts` (all new, beside any already known) for their user: at once when nothing of the
     /// user's is under way and a write may start, else in a round with
     /// whatever else waits.
     pub(super) async fn write(self: &Arc<Self>, facts: NewFacts) -> Answer {
