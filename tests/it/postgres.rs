@@ -13,6 +13,7 @@ use crate::common;
 
 use std::sync::Arc;
 
+use common::fake_openai::{FakeOpenAi, Reply};
 use common::postgres::TestDatabase;
 use common::{Client, connect_to, connect_with, ok, run_engram, texts, total};
 use engram::config::IndexKind;
@@ -1127,20 +1128,16 @@ async fn a_batchs_inserts_go_in_together_each_with_its_own_claim() {
     assert_eq!(store.recent(&alice, 10).await.unwrap().1, 5);
 }
 
-/// A remember whose facts its reconciliation found clear of every stored
-/// memory still deduplicates them against each other: the second of two
-/// near-identical facts is found known, not stored, though the search made
-/// before the batch saw neither.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn facts_of_one_remember_are_deduplicated_against_each_other() {
-    use common::fake_openai::{FakeOpenAi, Reply};
+/// A service over `db` whose model is `fake` (the hash embedder, duplicates
+/// at 0.9, the reconciler asked above `reconcile_threshold`).
+async fn service_with_model(
+    db: &TestDatabase,
+    fake: &FakeOpenAi,
+    reconcile_threshold: f32,
+) -> engram::service::MemoryService {
     use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
-    use engram::model::Event;
-    use engram::params::RememberParams;
     use engram::service::{MemoryService, Settings};
 
-    let db = TestDatabase::create().await;
-    let fake = FakeOpenAi::start(DIMS).await;
     let llm = LlmSettings {
         endpoint: engram::openai::Endpoint {
             base_url: fake.base_url.clone(),
@@ -1151,28 +1148,48 @@ async fn facts_of_one_remember_are_deduplicated_against_each_other() {
         model: "gpt-4o-mini".into(),
         categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
     };
-    let service = MemoryService::new(
-        Arc::new(open(&db, PlanSettings::default()).await),
+    MemoryService::new(
+        Arc::new(open(db, PlanSettings::default()).await),
         Arc::new(HashEmbedder::new(DIMS)),
         Arc::new(LlmExtractor::new(llm).unwrap()),
         Settings {
             dedup_threshold: 0.9,
-            reconcile_threshold: 0.5,
+            reconcile_threshold,
             ..Settings::default()
         },
-    );
-    let facts = |texts: &[&str]| {
-        let facts: Vec<_> = texts
-            .iter()
-            .map(|t| json!({"text": t, "categories": ["hobbies"]}))
-            .collect();
-        Reply::Content(json!({ "facts": facts }).to_string())
-    };
-    let remember = |text: &str| RememberParams {
+    )
+}
+
+/// The model's answer extracting `texts` as facts.
+fn fact_reply(texts: &[&str]) -> Reply {
+    let facts: Vec<_> = texts
+        .iter()
+        .map(|t| json!({"text": t, "categories": ["hobbies"]}))
+        .collect();
+    Reply::Content(json!({ "facts": facts }).to_string())
+}
+
+/// A remember of `text` for alice.
+fn alices(text: &str) -> engram::params::RememberParams {
+    engram::params::RememberParams {
         text: Some(text.into()),
         user_id: Some("alice".into()),
-        ..RememberParams::default()
-    };
+        ..Default::default()
+    }
+}
+
+/// A remember whose facts its reconciliation found clear of every stored
+/// memory still deduplicates them against each other: the second of two
+/// near-identical facts is found known, not stored, though the search made
+/// before the batch saw neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_of_one_remember_are_deduplicated_against_each_other() {
+    use engram::model::Event;
+
+    let db = TestDatabase::create().await;
+    let fake = FakeOpenAi::start(DIMS).await;
+    let service = service_with_model(&db, &fake, 0.5).await;
+    let (facts, remember) = (fact_reply, alices);
 
     fake.then(facts(&["Prefers window seats on long flights"]));
     service
@@ -3328,48 +3345,14 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
 /// `NONE` with the stored memory's id, each in its fact's place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_fact_beside_a_new_one_is_answered_in_its_place() {
-    use common::fake_openai::{FakeOpenAi, Reply};
-    use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
     use engram::model::Event;
-    use engram::params::RememberParams;
-    use engram::service::{MemoryService, Settings};
 
     let db = TestDatabase::create().await;
     let fake = FakeOpenAi::start(DIMS).await;
-    let llm = LlmSettings {
-        endpoint: engram::openai::Endpoint {
-            base_url: fake.base_url.clone(),
-            api_key: Some("test-key".into()),
-            timeout: std::time::Duration::from_secs(5),
-            max_retries: 1,
-        },
-        model: "gpt-4o-mini".into(),
-        categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
-    };
-    let service = MemoryService::new(
-        Arc::new(open(&db, PlanSettings::default()).await),
-        Arc::new(HashEmbedder::new(DIMS)),
-        Arc::new(LlmExtractor::new(llm).unwrap()),
-        Settings {
-            dedup_threshold: 0.9,
-            reconcile_threshold: 0.3,
-            ..Settings::default()
-        },
-    );
-    let facts = |texts: &[&str]| {
-        let facts: Vec<_> = texts
-            .iter()
-            .map(|t| json!({"text": t, "categories": ["hobbies"]}))
-            .collect();
-        Reply::Content(json!({ "facts": facts }).to_string())
-    };
+    let service = service_with_model(&db, &fake, 0.3).await;
+    let (facts, remember) = (fact_reply, alices);
     let decide = |decisions: serde_json::Value| {
         Reply::Content(json!({ "decisions": decisions }).to_string())
-    };
-    let remember = |text: &str| RememberParams {
-        text: Some(text.into()),
-        user_id: Some("alice".into()),
-        ..RememberParams::default()
     };
 
     fake.then(facts(&["Keeps bees in the garden"]));
