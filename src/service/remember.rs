@@ -198,10 +198,7 @@ impl MemoryService {
             let mut kept = Vec::new();
             for (position, (new, at, plan)) in planned.into_iter().enumerate() {
                 match plan {
-                    Plan::Keep { memory } => kept.push((
-                        position,
-                        MemoryEvent::of(memory.id, memory.memory, Event::None),
-                    )),
+                    Plan::Keep { memory } => kept.push((position, known(memory))),
                     _ => memories.push((new, at)),
                 }
             }
@@ -409,7 +406,7 @@ impl Writer<'_> {
     ) -> Result<MemoryEvent, Error> {
         Ok(match plan {
             Plan::Add => self.add_replacing(new, searched_at).await?,
-            Plan::Keep { memory } => MemoryEvent::of(memory.id, memory.memory, Event::None),
+            Plan::Keep { memory } => known(memory),
             Plan::Update { id, text } => {
                 let vector = rewritten_vectors.next().unwrap_or_default();
                 match self.update(id, &text, vector, &new.actor).await {
@@ -601,10 +598,17 @@ impl NewFacts {
     }
 }
 
-/// Writes the facts of several remembers of one user (all new) in one
-/// batch: one transaction, their memories in one [`Writer::add_all`] (so
-/// each is deduplicated against the others too), each remember's audit
-/// row naming its own. Answers each remember's events, in order.
+/// A fact the reconciler found already said by `memory`: answered `NONE`
+/// with it, and nothing written.
+fn known(memory: Memory) -> MemoryEvent {
+    MemoryEvent::of(memory.id, memory.memory, Event::None)
+}
+
+/// Writes the facts of several remembers of one user (all new, beside any
+/// already known) in one batch: one transaction, their memories in one
+/// [`Writer::add_all`] (so each is deduplicated against the others too),
+/// each remember's audit row naming its own. Answers each remember's
+/// events, in order.
 pub(super) async fn write_new(
     store: &dyn crate::store::Store,
     dedup_threshold: f32,

@@ -1130,11 +1130,13 @@ async fn a_batchs_inserts_go_in_together_each_with_its_own_claim() {
 
 /// A service over `db` whose model is `fake` (the hash embedder, duplicates
 /// at 0.9, the reconciler asked above `reconcile_threshold`).
+/// Audit is on: its rows are read from the store this returns beside it.
 async fn service_with_model(
     db: &TestDatabase,
     fake: &FakeOpenAi,
     reconcile_threshold: f32,
-) -> engram::service::MemoryService {
+) -> (engram::service::MemoryService, Arc<PgStore>) {
+    use engram::audit::{Auditor, Pseudonyms, Sink};
     use engram::extract::{DEFAULT_CATEGORIES, LlmExtractor, LlmSettings};
     use engram::service::{MemoryService, Settings};
 
@@ -1148,8 +1150,14 @@ async fn service_with_model(
         model: "gpt-4o-mini".into(),
         categories: DEFAULT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
     };
-    MemoryService::new(
-        Arc::new(open(db, PlanSettings::default()).await),
+    let store = Arc::new(open(db, PlanSettings::default()).await);
+    let auditor = Auditor::new(
+        Pseudonyms::new(b"test pseudonym key".to_vec()),
+        false,
+        Sink::start(store.clone()),
+    );
+    let service = MemoryService::new(
+        store.clone(),
         Arc::new(HashEmbedder::new(DIMS)),
         Arc::new(LlmExtractor::new(llm).unwrap()),
         Settings {
@@ -1158,6 +1166,8 @@ async fn service_with_model(
             ..Settings::default()
         },
     )
+    .with_audit(Arc::new(auditor));
+    (service, store)
 }
 
 /// The model's answer extracting `texts` as facts.
@@ -1188,7 +1198,7 @@ async fn facts_of_one_remember_are_deduplicated_against_each_other() {
 
     let db = TestDatabase::create().await;
     let fake = FakeOpenAi::start(DIMS).await;
-    let service = service_with_model(&db, &fake, 0.5).await;
+    let (service, _) = service_with_model(&db, &fake, 0.5).await;
     let (facts, remember) = (fact_reply, alices);
 
     fake.then(facts(&["Prefers window seats on long flights"]));
@@ -3342,14 +3352,15 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
 
 /// A remember with a fact the reconciler finds known beside a new one
 /// still goes as a round: the new fact is stored, the known one answered
-/// `NONE` with the stored memory's id, each in its fact's place.
+/// `NONE` with the stored memory's id, each in its fact's place, and the
+/// remember's audit row names both, in that order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_fact_beside_a_new_one_is_answered_in_its_place() {
     use engram::model::Event;
 
     let db = TestDatabase::create().await;
     let fake = FakeOpenAi::start(DIMS).await;
-    let service = service_with_model(&db, &fake, 0.3).await;
+    let (service, store) = service_with_model(&db, &fake, 0.3).await;
     let (facts, remember) = (fact_reply, alices);
     let decide = |decisions: serde_json::Value| {
         Reply::Content(json!({ "decisions": decisions }).to_string())
@@ -3391,4 +3402,16 @@ async fn a_known_fact_beside_a_new_one_is_answered_in_its_place() {
         common::current(&service, "alice").await,
         ["Keeps bees in the garden", "Plays the cello"]
     );
+
+    service.auditor().expect("audit is on").flush().await;
+    let rows = store
+        .audit_rows(&engram::store::AuditQuery {
+            operation: Some("remember".into()),
+            limit: 1,
+            ..engram::store::AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let named: Vec<MemoryId> = rows[0].record.memory_ids.clone();
+    assert_eq!(named, [bees, both.results[1].id], "{rows:?}");
 }
