@@ -261,6 +261,90 @@ async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user(
     assert_eq!(role, APP_ROLE);
 }
 
+/// The read that ends a search from a user's in-process copy goes alone,
+/// outside `BEGIN`, and sets its own scope (migration
+/// `read_at_version_in_one_statement`): as the runtime role it answers the
+/// user it names and no one else, and leaves nothing set behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_statement_read_answers_the_user_it_names_alone() {
+    let db = TestDatabase::create().await;
+    let _store = alice_and_bob(&db).await;
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    let everyone: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, user_id FROM memories ORDER BY content")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(everyone.len(), 3);
+    let ids: Vec<uuid::Uuid> = everyone.iter().map(|(id, _)| *id).collect();
+
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    for user in ["alice", "bob"] {
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM memory_users WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        // Every memory's id asked for, as the user: the user's alone come back.
+        let rows: Vec<(Option<i64>, Option<uuid::Uuid>, Option<String>)> = sqlx::query_as(
+            "SELECT version, id, user_id FROM engram_memories_at_version( \
+                 ARRAY['jit'], ARRAY['off'], $1, $2) ORDER BY id",
+        )
+        .bind(user)
+        .bind(&ids)
+        .fetch_all(&mut app)
+        .await
+        .unwrap();
+        let mut want: Vec<uuid::Uuid> = everyone
+            .iter()
+            .filter(|(_, owner)| owner == user)
+            .map(|(id, _)| *id)
+            .collect();
+        want.sort();
+        assert_eq!(
+            rows.iter().map(|r| r.1.unwrap()).collect::<Vec<_>>(),
+            want,
+            "{user}"
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.0 == Some(version) && r.2.as_deref() == Some(user))
+        );
+        // The scope and settings were the statement's own: nothing is left
+        // on the connection.
+        let (seen, scope, jit): (i64, String, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM memories), \
+                    coalesce(current_setting('engram.user_id', true), ''), \
+                    current_setting('jit')",
+        )
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+        assert_eq!((seen, scope.as_str()), (0, ""), "after {user}'s read");
+        assert_eq!(jit, "on", "the server's default, not the read's");
+    }
+    // No id of the user's: one row, the version alone.
+    let rows: Vec<(Option<i64>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT version, id FROM engram_memories_at_version('{}', '{}', 'alice', $1)",
+    )
+    .bind(vec![uuid::Uuid::now_v7()])
+    .fetch_all(&mut app)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].0.is_some() && rows[0].1.is_none());
+    // A user with no memories: no version either.
+    let rows: Vec<(Option<i64>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT version, id FROM engram_memories_at_version('{}', '{}', 'carol', $1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut app)
+    .await
+    .unwrap();
+    assert_eq!(rows, [(None, None)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_two_role_setup_serves_seals_and_says_it_enforces() {
     let db = TestDatabase::create().await;

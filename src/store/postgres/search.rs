@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::keyword_copy::UserCopy;
 use super::read::{BY_ID, memories_by_id};
+use super::session::Pooler;
 use super::{PgStore, db};
 use crate::keywords;
 use crate::model::{Memory, MemoryId};
@@ -328,9 +329,7 @@ impl PgStore {
                 wanted.push(MemoryId(id));
             }
         }
-        let mut tx = self.user_transaction(user_id).await?;
-        let (version, memories) = memories_at_version(&mut tx, user_id, &wanted).await?;
-        PgStore::end_read(tx);
+        let (version, memories) = self.memories_at_version(user_id, &wanted).await?;
         if version != Some(copy.version) {
             self.refresh_keyword_copy(user_id);
             return Ok(None);
@@ -371,9 +370,7 @@ impl PgStore {
             .collect();
         let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let chosen = pick(&scored);
-        let mut tx = self.user_transaction(user_id).await?;
-        let (version, memories) = memories_at_version(&mut tx, user_id, &chosen).await?;
-        PgStore::end_read(tx);
+        let (version, memories) = self.memories_at_version(user_id, &chosen).await?;
         if version != Some(copy.version) {
             return Ok(None);
         }
@@ -385,41 +382,69 @@ impl PgStore {
     }
 }
 
-/// The user's version and their memories with these ids (expired ones left
-/// out), read in one statement's snapshot on `conn`. No version when the
-/// user has never had a memory.
-async fn memories_at_version(
-    conn: &mut PgConnection,
-    user_id: &str,
-    ids: &[MemoryId],
-) -> Result<(Option<i64>, Vec<Memory>), StoreError> {
-    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-    // One row at least: the version, with no memory when none is asked for.
-    let sql = format!(
-        "WITH loaded AS MATERIALIZED ( \
-             SELECT {MEMORY_COLUMNS} FROM memories m WHERE {BY_ID}) \
-         SELECT (SELECT version FROM memory_users WHERE user_id = $1) AS version, m.* \
-         FROM (VALUES (1)) AS one (x) LEFT JOIN loaded m ON true"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("reading memories"))?;
-    let column = db("reading memories");
-    let version: Option<i64> = match rows.first() {
-        Some(row) => row.try_get("version").map_err(&column)?,
-        None => None,
-    };
-    let mut memories = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let loaded: Option<Uuid> = row.try_get("id").map_err(&column)?;
-        if loaded.is_some() {
-            memories.push(memory_from_row(row)?);
+impl PgStore {
+    /// The user's version and their memories with these ids (expired ones
+    /// left out), read in one statement's snapshot. No version when the user
+    /// has never had a memory.
+    ///
+    /// On a direct connection the read is one call of
+    /// `engram_memories_at_version` (migration 20280501000001), which sets
+    /// its own settings: a transaction of its own, one round trip. Behind a
+    /// transaction pooler it goes inside a transaction, as every statement
+    /// there.
+    async fn memories_at_version(
+        &self,
+        user_id: &str,
+        ids: &[MemoryId],
+    ) -> Result<(Option<i64>, Vec<Memory>), StoreError> {
+        const CX: &str = "reading memories";
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let rows = match self.settings.pooler() {
+            Pooler::None => {
+                let (names, values) = self.settings.names_and_values();
+                let query = sqlx::query("SELECT * FROM engram_memories_at_version($1, $2, $3, $4)")
+                    .bind(names)
+                    .bind(values)
+                    .bind(user_id)
+                    .bind(&ids);
+                let mut conn = self.acquire_request(CX).await?;
+                query.fetch_all(&mut *conn).await.map_err(db(CX))?
+            }
+            Pooler::Transaction => {
+                // One row at least: the version, with no memory when none
+                // is asked for.
+                let sql = format!(
+                    "WITH loaded AS MATERIALIZED ( \
+                         SELECT {MEMORY_COLUMNS} FROM memories m WHERE {BY_ID}) \
+                     SELECT (SELECT version FROM memory_users WHERE user_id = $1) AS version, \
+                         m.* \
+                     FROM (VALUES (1)) AS one (x) LEFT JOIN loaded m ON true"
+                );
+                let mut tx = self.user_transaction(user_id).await?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(user_id)
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db(CX))?;
+                PgStore::end_read(tx);
+                rows
+            }
+        };
+        let column = db(CX);
+        let version: Option<i64> = match rows.first() {
+            Some(row) => row.try_get("version").map_err(&column)?,
+            None => None,
+        };
+        let mut memories = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let loaded: Option<Uuid> = row.try_get("id").map_err(&column)?;
+            if loaded.is_some() {
+                memories.push(memory_from_row(row)?);
+            }
         }
+        Ok((version, memories))
     }
-    Ok((version, memories))
 }
 
 /// `scored` and the memories of those `pick` chooses, read on `tx` (the
