@@ -184,9 +184,33 @@ pub(super) fn unit(v: &[f32]) -> Option<Vec<f32>> {
     Some(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
 }
 
+/// The dot product, with AVX2 where the CPU has it. Both paths sum the
+/// same sixteen lanes in the same order ([`dot_lanes`]), so a row scores
+/// the same on every CPU.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_lanes(a, b)
+}
+
+/// [`dot_lanes`] compiled for AVX2: the sixteen lanes are two 256-bit
+/// registers where the baseline target has four 128-bit ones (measured on
+/// recall from a copy: the rows' rescoring was 8.5% of engram's CPU).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
 /// The dot product, over sixteen lanes that the compiler keeps in vector
 /// registers (a plain sum of products is one chain of adds, in order).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [0f32; LANES];
     let (a16, a_rest) = a.as_chunks::<LANES>();
@@ -267,6 +291,23 @@ pub(super) mod tests {
             copy.similarities(&[Uuid::new_v4()], &vector(5, dims))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_dot_product_is_the_same_on_every_path() {
+        // Lengths below, at and off the sixteen lanes, and 1536.
+        for dims in [5, 16, 37, 384, 1536] {
+            for seed in 0..10 {
+                let (a, b) = (vector(seed, dims), vector(100 + seed, dims));
+                let exact: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum();
+                assert_eq!(dot(&a, &b).to_bits(), dot_lanes(&a, &b).to_bits());
+                assert!((f64::from(dot(&a, &b)) - exact).abs() < 1e-4);
+            }
+        }
     }
 
     /// Every row scored exactly, as the copy did before its codes narrowed
