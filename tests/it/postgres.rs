@@ -14,6 +14,7 @@ use crate::common;
 use std::sync::Arc;
 
 use common::fake_openai::{FakeOpenAi, Reply};
+use common::pgbouncer::PgBouncer;
 use common::postgres::TestDatabase;
 use common::{Client, connect_to, connect_with, ok, run_engram, texts, total};
 use engram::config::IndexKind;
@@ -22,7 +23,7 @@ use engram::keywords::{self, Bm25, Corpus};
 use engram::model::{MemoryId, MetadataFilter, Scope};
 use engram::store::prelude::*;
 use engram::store::{
-    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, SearchScope, StoreError,
+    InsertOutcome, NewMemory, PgOptions, PgStore, PlanSettings, Pooler, SearchScope, StoreError,
     SupersedeOutcome,
 };
 use serde_json::json;
@@ -2979,6 +2980,83 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     assert_ne!(after.version, want_version);
     let all_after = a.similar_all(at, &queries, 5, None).await.unwrap();
     assert!(all_after.iter().all(|n| n.version == after.version));
+}
+
+/// Behind a transaction pooler the read that ends a search from a copy
+/// stays inside a transaction (on a direct connection it is one statement,
+/// `engram_memories_at_version`): through a real PgBouncer, the copy still
+/// answers recall and the reconciler's search, with the rows and the
+/// version a direct store's SQL gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_behind_a_transaction_pooler_reads_its_rows_as_sql_does() {
+    let db = TestDatabase::create().await;
+    let pooler = PgBouncer::start().await;
+    let pooled = PgStore::open(
+        &pooler.url(&db.app_url),
+        HashEmbedder::new(DIMS).identity(),
+        PgOptions {
+            owner_url: Some(db.owner_url.clone()),
+            direct_url: Some(db.app_url.clone()),
+            pooler: Pooler::Transaction,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("opening through pgbouncer: {e}\n{}", pooler.log()));
+    let user = whole("tp");
+    for i in 0..20 {
+        let text = format!(
+            "Walk {i}: along the {} at {}",
+            ["river", "coast"][i % 2],
+            i * 7
+        );
+        pooled.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    pooled.load_keyword_copy("tp").await.unwrap();
+    assert!(pooled.copy_holds_vectors("tp"));
+    let sql = open(&db, PlanSettings::default())
+        .await
+        .with_keyword_copy_bytes(0);
+
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    let query = HashEmbedder::new(DIMS).embed("a walk along the river");
+    // Every row asked for: no cut, where the copy and SQL break ties apart.
+    let want = sql.similar(at, &query, 30, Some(0.1)).await.unwrap();
+    let got = pooled.similar(at, &query, 30, Some(0.1)).await.unwrap();
+    assert!(got.version.is_some());
+    assert_eq!(got.version, want.version);
+    let loaded = |nearest: &engram::store::Nearest| {
+        let mut ids: Vec<MemoryId> = nearest
+            .memories
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert!(!loaded(&got).is_empty());
+    assert_eq!(loaded(&got), loaded(&want));
+
+    // Recall's candidates: answered by the copy, the picked rows read
+    // through the pooler.
+    let pick_all = |scored: &[engram::store::Scored]| scored.iter().map(|c| c.id).collect();
+    let candidates = pooled
+        .candidates(at, &query, "walk river", 8, &pick_all)
+        .await
+        .unwrap();
+    assert_eq!(pooled.keyword_copy_answers(), 1);
+    let mut read: Vec<MemoryId> = candidates.memories.unwrap().iter().map(|m| m.id).collect();
+    let mut scored: Vec<MemoryId> = candidates.scored.iter().map(|c| c.id).collect();
+    read.sort();
+    scored.sort();
+    assert!(!read.is_empty());
+    assert_eq!(read, scored);
 }
 
 /// Copies that do not all fit with their floats give up the floats before
