@@ -10,7 +10,7 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::keyword_copy::UserCopy;
-use super::read::{BY_ID, memories_by_id};
+use super::read::memories_by_id;
 use super::session::Pooler;
 use super::{PgStore, db};
 use crate::keywords;
@@ -380,18 +380,15 @@ impl PgStore {
             memories: Some(memories),
         }))
     }
-}
 
-impl PgStore {
     /// The user's version and their memories with these ids (expired ones
     /// left out), read in one statement's snapshot. No version when the user
     /// has never had a memory.
     ///
-    /// On a direct connection the read is one call of
-    /// `engram_memories_at_version` (migration 20280501000001), which sets
-    /// its own settings: a transaction of its own, one round trip. Behind a
-    /// transaction pooler it goes inside a transaction, as every statement
-    /// there.
+    /// The read is `engram_memories_at_version` (migration 20280501000001),
+    /// which sets its own settings and scope: on a direct connection it goes
+    /// alone, a transaction of its own and one round trip; behind a
+    /// transaction pooler inside a transaction, as every statement there.
     async fn memories_at_version(
         &self,
         user_id: &str,
@@ -399,34 +396,20 @@ impl PgStore {
     ) -> Result<(Option<i64>, Vec<Memory>), StoreError> {
         const CX: &str = "reading memories";
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let (names, values) = self.settings.names_and_values();
+        let query = sqlx::query("SELECT * FROM engram_memories_at_version($1, $2, $3, $4)")
+            .bind(names)
+            .bind(values)
+            .bind(user_id)
+            .bind(&ids);
         let rows = match self.settings.pooler() {
             Pooler::None => {
-                let (names, values) = self.settings.names_and_values();
-                let query = sqlx::query("SELECT * FROM engram_memories_at_version($1, $2, $3, $4)")
-                    .bind(names)
-                    .bind(values)
-                    .bind(user_id)
-                    .bind(&ids);
                 let mut conn = self.acquire_request(CX).await?;
                 query.fetch_all(&mut *conn).await.map_err(db(CX))?
             }
             Pooler::Transaction => {
-                // One row at least: the version, with no memory when none
-                // is asked for.
-                let sql = format!(
-                    "WITH loaded AS MATERIALIZED ( \
-                         SELECT {MEMORY_COLUMNS} FROM memories m WHERE {BY_ID}) \
-                     SELECT (SELECT version FROM memory_users WHERE user_id = $1) AS version, \
-                         m.* \
-                     FROM (VALUES (1)) AS one (x) LEFT JOIN loaded m ON true"
-                );
                 let mut tx = self.user_transaction(user_id).await?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(user_id)
-                    .bind(&ids)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db(CX))?;
+                let rows = query.fetch_all(&mut *tx).await.map_err(db(CX))?;
                 PgStore::end_read(tx);
                 rows
             }
