@@ -163,8 +163,6 @@ pub(super) struct UserCopy {
     /// query was embedded reads nothing more ([`Self::memories`]). `None`
     /// without floats, or once a row came without its memory.
     rows: Option<Vec<Memory>>,
-    /// What `rows` hold ([`memory_bytes`] of each), kept as rows come.
-    row_bytes: usize,
     bytes: usize,
 }
 
@@ -193,7 +191,6 @@ impl UserCopy {
             vectors: Some(CopyVectors::with_capacity(dims, 0)),
             codes: None,
             rows: Some(Vec::new()),
-            row_bytes: 0,
             bytes: 0,
         }
     }
@@ -204,7 +201,10 @@ impl UserCopy {
             + self.expires.len() * 16
             + self.vectors.as_ref().map_or(0, CopyVectors::bytes)
             + self.codes.as_ref().map_or(0, CopyCodes::bytes)
-            + self.rows.as_ref().map_or(0, |_| self.row_bytes)
+            + self
+                .rows
+                .as_ref()
+                .map_or(0, |rows| rows.iter().map(memory_bytes).sum())
             + std::mem::size_of::<UserCopy>();
         self
     }
@@ -228,7 +228,6 @@ impl UserCopy {
             vectors,
             codes,
             rows: _,
-            row_bytes: _,
             bytes: _,
         } = self;
         UserCopy {
@@ -238,7 +237,6 @@ impl UserCopy {
             vectors: None,
             codes: codes.or_else(|| vectors.map(CopyVectors::into_codes)),
             rows: None,
-            row_bytes: 0,
             bytes: 0,
         }
         .measured()
@@ -259,7 +257,6 @@ impl UserCopy {
                     .clone()
                     .or_else(|| shared.vectors.as_ref().map(|v| v.codes().clone())),
                 rows: None,
-                row_bytes: 0,
                 bytes: 0,
             }
             .measured(),
@@ -710,10 +707,7 @@ impl KeywordCopies {
                 copy.vectors = None;
             }
             match (&mut copy.rows, new.memory) {
-                (Some(rows), Some(memory)) if copy.vectors.is_some() => {
-                    copy.row_bytes += memory_bytes(&memory);
-                    rows.push(memory);
-                }
+                (Some(rows), Some(memory)) if copy.vectors.is_some() => rows.push(memory),
                 _ => copy.rows = None,
             }
             // Codes for a user of any size that gets vectors: a small
@@ -1041,9 +1035,6 @@ async fn load(
             version,
             keywords,
             expires,
-            row_bytes: loaded
-                .as_ref()
-                .map_or(0, |rows| rows.iter().map(memory_bytes).sum()),
             rows: loaded.filter(|_| vectors.is_some()),
             vectors,
             codes,
