@@ -16,10 +16,9 @@
 //! * a copy is the user's current memories and postings as of one version
 //!   of the user (`memory_users.version`), read in one snapshot;
 //! * a copy is used only when the statement that reads the vectors finds
-//!   that same version, in its own snapshot, or (for the memories a copy
-//!   with floats holds) when a read of the version made during the recall
-//!   finds it: whatever another instance, or this one, wrote since makes the
-//!   copy stale, and recall then takes the SQL path, never a stale answer;
+//!   that same version, in its own snapshot: whatever another instance, or
+//!   this one, wrote since makes the copy stale, and recall then takes the
+//!   SQL path, never a stale answer;
 //! * a stale or missing copy is (re)loaded in the background, at most once
 //!   per user every [`RELOAD_EVERY`], so a user written to all the time
 //!   costs one load per interval, not one per write;
