@@ -41,15 +41,7 @@ impl MemoryService {
     ) -> Result<RecallResult, Error> {
         let at = SearchScope { scope, filter };
         let depth = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
-        // The user's version, read while the query is embedded, where the
-        // store could answer from what it holds at that version. A failed
-        // read only costs the store its shortcut.
-        let (semantic, seen) = tokio::join!(self.semantic_side(&query), self.store.version_now(at));
-        let seen = seen.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "the user's version could not be read ahead");
-            None
-        });
-        let semantic = match semantic {
+        let semantic = match self.semantic_side(&query).await {
             Ok(semantic) => semantic,
             Err(Error::Embed(e)) => {
                 tracing::warn!(
@@ -83,7 +75,7 @@ impl MemoryService {
         };
         let candidates = self
             .store
-            .candidates(at, &embedding, &query, depth, &winners, seen)
+            .candidates(at, &embedding, &query, depth, &winners)
             .await?;
         let mut fused = rank::fuse(&candidates.scored, semantic);
         fused.truncate(limit);

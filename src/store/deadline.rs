@@ -268,10 +268,6 @@ impl Search for Deadline {
         bounded(self.limit, self.inner.score(user_id, ids, vector, query)).await
     }
 
-    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
-        bounded(self.limit, self.inner.version_now(at)).await
-    }
-
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -279,11 +275,10 @@ impl Search for Deadline {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
-        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         bounded(
             self.limit,
-            self.inner.candidates(at, vector, query, depth, pick, seen),
+            self.inner.candidates(at, vector, query, depth, pick),
         )
         .await
     }

@@ -348,10 +348,6 @@ impl Search for Traced {
             .await
     }
 
-    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
-        self.call("version_now", self.inner.version_now(at)).await
-    }
-
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -359,11 +355,10 @@ impl Search for Traced {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
-        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         self.call(
             "candidates",
-            self.inner.candidates(at, vector, query, depth, pick, seen),
+            self.inner.candidates(at, vector, query, depth, pick),
         )
         .await
     }

@@ -418,25 +418,13 @@ pub trait Search: Send + Sync {
         query: &str,
     ) -> Result<Vec<Scored>, StoreError>;
 
-    /// The version of `at`'s user, read now, when this store could answer
-    /// [`Search::candidates`] in `at` at that version without reading
-    /// anything more (PostgreSQL: from the user's in-process copy, when it
-    /// holds their memories); `None`, and nothing read, otherwise. Recall
-    /// reads it while its query is embedded and hands it to `candidates`.
-    async fn version_now(&self, _at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
-        Ok(None)
-    }
-
     /// A recall's candidates: the `depth` current memories in scope most
     /// similar to `vector` and the `depth` best by keywords for `query`, each
     /// with both relevances, in no particular order; and, where the store
     /// reads them in the same transaction, the memories of those `pick`
-    /// chooses ([`Candidates::memories`]). `seen` is the user's version as
-    /// [`Search::version_now`] read it after the recall began, if it did: a
-    /// store that holds the user as of that version may answer from what it
-    /// holds. Provided by [`candidates_in_steps`], without memories; a store
-    /// may answer in fewer round trips, and the conformance suite checks it
-    /// gives the same.
+    /// chooses ([`Candidates::memories`]). Provided by
+    /// [`candidates_in_steps`], without memories; a store may answer in
+    /// fewer round trips, and the conformance suite checks it gives the same.
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -444,7 +432,6 @@ pub trait Search: Send + Sync {
         query: &str,
         depth: usize,
         _pick: Pick<'_>,
-        _seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         Ok(Candidates {
             scored: candidates_in_steps(self, at, vector, query, depth).await?,

@@ -443,7 +443,7 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     let hits = other.keyword_search(at, "sailing", 10).await.unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id]);
     let both = other
-        .candidates(at, &q, "sailing", 10, &|_: &[Scored]| Vec::new(), None)
+        .candidates(at, &q, "sailing", 10, &|_: &[Scored]| Vec::new())
         .await
         .unwrap();
     assert!(
@@ -2565,10 +2565,7 @@ async fn searches_after_a_bulk_delete_find_only_what_is_left(b: Backend) {
                 .is_empty()
         );
         let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
-        let candidates = store
-            .candidates(at, &q, "budget", 20, &all, None)
-            .await
-            .unwrap();
+        let candidates = store.candidates(at, &q, "budget", 20, &all).await.unwrap();
         assert!(
             candidates.scored.iter().all(|c| !work.contains(&c.id)),
             "{candidates:?}"
@@ -3058,7 +3055,7 @@ async fn an_expired_memory_is_never_returned_even_before_the_purge(b: Backend) {
     assert!(vec.iter().all(|h| h.id != gone), "{vec:?}");
     assert_eq!(vec.len(), 2, "the live memories fill the places: {vec:?}");
     let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
-    let both = s.candidates(at, &q, text, 10, &all, None).await.unwrap();
+    let both = s.candidates(at, &q, text, 10, &all).await.unwrap();
     assert!(both.scored.iter().all(|c| c.id != gone), "{both:?}");
     let loaded = both.memories.unwrap_or_default();
     assert!(loaded.iter().all(|m| m.id != gone), "{loaded:?}");

@@ -352,11 +352,7 @@ impl PgStore {
     /// sides are computed here, and one statement reads the rows `pick`
     /// chooses with the user's version, in one snapshot; `None` when that
     /// version is not the copy's (the copy is stale: the caller takes the
-    /// SQL path, and the rows read are dropped). When the version `seen`
-    /// during the recall is the copy's and the copy holds its memories,
-    /// the rows come from the copy and nothing is read: the answer is the
-    /// user as they were at that read.
-    #[allow(clippy::too_many_arguments)]
+    /// SQL path, and the rows read are dropped).
     async fn candidates_from_copy(
         &self,
         copy: &UserCopy,
@@ -365,7 +361,6 @@ impl PgStore {
         terms: &[String],
         depth: usize,
         pick: Pick<'_>,
-        seen: Option<u64>,
     ) -> Result<Option<Candidates>, StoreError> {
         let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let nearest = hits(copy.nearest(vector, depth));
@@ -375,14 +370,6 @@ impl PgStore {
             .collect();
         let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let chosen = pick(&scored);
-        let current = seen.is_some_and(|seen| i64::try_from(seen) == Ok(copy.version));
-        if let Some(memories) = copy.memories(&chosen).filter(|_| current) {
-            self.keyword_copies.answered();
-            return Ok(Some(Candidates {
-                scored,
-                memories: Some(memories),
-            }));
-        }
         let (version, memories) = self.memories_at_version(user_id, &chosen).await?;
         if version != Some(copy.version) {
             return Ok(None);
@@ -518,24 +505,6 @@ impl Search for PgStore {
         futures::future::try_join_all(searches).await
     }
 
-    /// From a copy of the whole user that holds their memories: the
-    /// version alone, in one statement (`engram_memories_at_version` asked
-    /// for no rows).
-    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
-        let user_id = at.scope.user_id().as_str();
-        let from_copy = at.scope.is_whole_user()
-            && at.filter.is_empty()
-            && self
-                .keyword_copies
-                .peek(user_id)
-                .is_some_and(|copy| copy.holds_memories());
-        if !from_copy {
-            return Ok(None);
-        }
-        let (version, _) = self.memories_at_version(user_id, &[]).await?;
-        Ok(version.and_then(|v| u64::try_from(v).ok()))
-    }
-
     async fn keyword_search(
         &self,
         at: SearchScope<'_>,
@@ -563,7 +532,6 @@ impl Search for PgStore {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
-        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
@@ -572,7 +540,7 @@ impl Search for PgStore {
         if at.scope.is_whole_user() && at.filter.is_empty() && depth > 0 {
             if let Some(copy) = self.keyword_copies.get(user_id) {
                 let found = if copy.has_vectors() {
-                    self.candidates_from_copy(&copy, user_id, vector, &terms, depth, pick, seen)
+                    self.candidates_from_copy(&copy, user_id, vector, &terms, depth, pick)
                         .await?
                 } else {
                     self.candidates_with_copy(&copy, at, vector, &terms, depth, pick)
