@@ -74,7 +74,10 @@ pub struct Reconciled {
 
 /// Plans each of `facts` against the memories of `scope`. Asks `extractor`
 /// at most once. Memories in `exclude` are never shown (a re-extraction's
-/// own verbatim copies, which its facts replace).
+/// own verbatim copies, which its facts replace). `seen` is the user's
+/// version read since the remember began, if it was
+/// ([`crate::store::Search::version_now`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn plan(
     store: &dyn Store,
     extractor: &dyn Extractor,
@@ -83,6 +86,7 @@ pub async fn plan(
     embeddings: &[Vec<f32>],
     threshold: f32,
     exclude: &[MemoryId],
+    seen: Option<u64>,
 ) -> Result<Reconciled, Error> {
     let mut out = Reconciled {
         plans: vec![Plan::Add; facts.len()],
@@ -97,7 +101,7 @@ pub async fn plan(
     // through the vector index where the user's rows are in it), each
     // reading its similar memories with it.
     let mut found = store
-        .similar_all(at, embeddings, CANDIDATES, Some(threshold))
+        .similar_all(at, embeddings, CANDIDATES, Some(threshold), seen)
         .await?;
     // The memories the searches read, if every one did; else read after.
     let loaded: Option<Vec<Memory>> = found

@@ -38,7 +38,8 @@
 //! Every public operation leaves a row in the audit trail when audit is
 //! on (`audited.rs`: the public entry points, each around its flow here).
 //!
-//! Beside this file, one step each: `audited` (the entry points and their
+//! Beside this file, one step each: `ahead` (the user's version read while
+//! a flow waits on a model), `audited` (the entry points and their
 //! audit rows), `validate` (what every door accepts), `screen` (secrets
 //! kept out of a remember, as `ENGRAM_SECRETS` says), `budget` (the daily
 //! token budgets, counted in the store),
@@ -69,6 +70,7 @@ use crate::params::{
 };
 use crate::store::{AuditRecord, Selection, Store, UserExport, UserStats};
 
+mod ahead;
 mod audited;
 mod budget;
 mod cached;

@@ -591,7 +591,10 @@ impl OneUser {
             // (both searches, both relevances), then ten of their rows.
             let t = Instant::now();
             let none = |_: &[Scored]| Vec::new();
-            let candidates = self.store.candidates(at, &q, query, 40, &none).await?;
+            let candidates = self
+                .store
+                .candidates(at, &q, query, 40, &none, None)
+                .await?;
             m.candidates.push(t.elapsed());
             let ids: Vec<MemoryId> = candidates.scored.iter().take(10).map(|c| c.id).collect();
             let t = Instant::now();

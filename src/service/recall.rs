@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::MemoryService;
 use super::types::{RecallResult, ScoredMemory};
+use super::{MemoryService, ahead};
 use crate::context::UserContext;
 use crate::embed::calibration;
 use crate::error::Error;
@@ -41,7 +41,10 @@ impl MemoryService {
     ) -> Result<RecallResult, Error> {
         let at = SearchScope { scope, filter };
         let depth = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
-        let semantic = match self.semantic_side(&query).await {
+        // The user's version, read while the query is embedded (`ahead`).
+        let (semantic, seen) =
+            ahead::while_waiting_on(self.semantic_side(&query), self.store.version_now(at)).await;
+        let semantic = match semantic {
             Ok(semantic) => semantic,
             Err(Error::Embed(e)) => {
                 tracing::warn!(
@@ -75,7 +78,7 @@ impl MemoryService {
         };
         let candidates = self
             .store
-            .candidates(at, &embedding, &query, depth, &winners)
+            .candidates(at, &embedding, &query, depth, &winners, seen)
             .await?;
         let mut fused = rank::fuse(&candidates.scored, semantic);
         fused.truncate(limit);

@@ -24,15 +24,16 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::MemoryService;
 use super::types::{DeferCause, Deferred, MemoryEvent, RememberResult};
+use super::{MemoryService, ahead};
 use crate::config::RetentionConfig;
 use crate::error::Error;
 use crate::extract::{Extracted, Extractor, VerbatimExtractor};
 use crate::model::{Event, Fact, Input, Memory, MemoryId, Message, Metadata, Scope};
 use crate::reconcile::{self, Plan};
 use crate::store::{
-    AuditRecord, InsertOutcome, NewMemory, NewPending, StoreError, SupersedeOutcome, WriteBatch,
+    AuditRecord, InsertOutcome, NewMemory, NewPending, SearchScope, StoreError, SupersedeOutcome,
+    WriteBatch,
 };
 
 /// Who closes a verbatim copy that no extracted fact replaced, in history.
@@ -98,18 +99,30 @@ pub(super) fn is_model_failure(error: &Error) -> bool {
 impl MemoryService {
     /// The pipeline after validation: extract, embed, reconcile, apply.
     pub(super) async fn process(&self, work: &Work<'_>) -> Result<RememberResult, Error> {
-        let Extracted { facts, mut usage } = if work.infer {
+        let (extracted, seen) = if work.infer {
             let started = std::time::Instant::now();
-            let extracted = self.extractor.extract(work.input).await;
+            // The user's version, read while the model extracts, for the
+            // reconciler's search (`ahead`).
+            let version_now = async {
+                if self.extractor.reconciles() {
+                    let at = SearchScope::unfiltered(work.scope);
+                    self.store.version_now(at).await
+                } else {
+                    Ok(None)
+                }
+            };
+            let extract = self.extractor.extract(work.input);
+            let (extracted, seen) = ahead::while_waiting_on(extract, version_now).await;
             if self.extractor.infers() {
                 crate::metrics::metrics()
                     .extraction_duration
                     .observe(started.elapsed().as_secs_f64());
             }
-            extracted?
+            (extracted?, seen)
         } else {
-            VerbatimExtractor.extract(work.input).await?
+            (VerbatimExtractor.extract(work.input).await?, None)
         };
+        let Extracted { facts, mut usage } = extracted;
         if facts.is_empty() && work.infer && self.extractor.infers() {
             // The model found nothing worth remembering: a normal answer. A
             // re-extraction still retires what it stored verbatim.
@@ -145,6 +158,7 @@ impl MemoryService {
                 &embeddings,
                 self.settings.reconcile_threshold,
                 &copies,
+                seen,
             )
             .await?;
             usage.add(&reconciled.usage);

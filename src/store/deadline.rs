@@ -244,8 +244,9 @@ impl Search for Deadline {
         queries: &[Vec<f32>],
         limit: usize,
         load_from: Option<f32>,
+        seen: Option<u64>,
     ) -> Result<Vec<Nearest>, StoreError> {
-        let call = self.inner.similar_all(at, queries, limit, load_from);
+        let call = self.inner.similar_all(at, queries, limit, load_from, seen);
         bounded(self.limit, call).await
     }
 
@@ -268,6 +269,10 @@ impl Search for Deadline {
         bounded(self.limit, self.inner.score(user_id, ids, vector, query)).await
     }
 
+    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
+        bounded(self.limit, self.inner.version_now(at)).await
+    }
+
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -275,10 +280,11 @@ impl Search for Deadline {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
+        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         bounded(
             self.limit,
-            self.inner.candidates(at, vector, query, depth, pick),
+            self.inner.candidates(at, vector, query, depth, pick, seen),
         )
         .await
     }

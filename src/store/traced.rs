@@ -319,8 +319,9 @@ impl Search for Traced {
         queries: &[Vec<f32>],
         limit: usize,
         load_from: Option<f32>,
+        seen: Option<u64>,
     ) -> Result<Vec<Nearest>, StoreError> {
-        let call = self.inner.similar_all(at, queries, limit, load_from);
+        let call = self.inner.similar_all(at, queries, limit, load_from, seen);
         self.call("similar_all", call).await
     }
 
@@ -348,6 +349,10 @@ impl Search for Traced {
             .await
     }
 
+    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
+        self.call("version_now", self.inner.version_now(at)).await
+    }
+
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -355,10 +360,11 @@ impl Search for Traced {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
+        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         self.call(
             "candidates",
-            self.inner.candidates(at, vector, query, depth, pick),
+            self.inner.candidates(at, vector, query, depth, pick, seen),
         )
         .await
     }

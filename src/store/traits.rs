@@ -382,13 +382,16 @@ pub trait Search: Send + Sync {
     /// [`Search::similar`] for each of `queries` (a remember's facts), in
     /// their order. Provided: each search on its own, all at once; a store
     /// may answer them together (PostgreSQL, from a user's copy: one read
-    /// for all of them).
+    /// for all of them, or none when `seen`, the user's version as
+    /// [`Search::version_now`] read it after the remember began, is the
+    /// copy's).
     async fn similar_all(
         &self,
         at: SearchScope<'_>,
         queries: &[Vec<f32>],
         limit: usize,
         load_from: Option<f32>,
+        _seen: Option<u64>,
     ) -> Result<Vec<Nearest>, StoreError> {
         let each = queries
             .iter()
@@ -418,13 +421,26 @@ pub trait Search: Send + Sync {
         query: &str,
     ) -> Result<Vec<Scored>, StoreError>;
 
+    /// The version of `at`'s user, read now, when this store could answer
+    /// [`Search::candidates`] in `at` at that version without reading
+    /// anything more (PostgreSQL: from the user's in-process copy, when it
+    /// holds their memories); `None`, and nothing read, otherwise. Recall
+    /// reads it while its query is embedded and hands it to `candidates`;
+    /// remember, while the model extracts, and hands it to `similar_all`.
+    async fn version_now(&self, _at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// A recall's candidates: the `depth` current memories in scope most
     /// similar to `vector` and the `depth` best by keywords for `query`, each
     /// with both relevances, in no particular order; and, where the store
     /// reads them in the same transaction, the memories of those `pick`
-    /// chooses ([`Candidates::memories`]). Provided by
-    /// [`candidates_in_steps`], without memories; a store may answer in
-    /// fewer round trips, and the conformance suite checks it gives the same.
+    /// chooses ([`Candidates::memories`]). `seen` is the user's version as
+    /// [`Search::version_now`] read it after the recall began, if it did: a
+    /// store that holds the user as of that version may answer from what it
+    /// holds. Provided by [`candidates_in_steps`], without memories; a store
+    /// may answer in fewer round trips, and the conformance suite checks it
+    /// gives the same.
     async fn candidates(
         &self,
         at: SearchScope<'_>,
@@ -432,6 +448,7 @@ pub trait Search: Send + Sync {
         query: &str,
         depth: usize,
         _pick: Pick<'_>,
+        _seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         Ok(Candidates {
             scored: candidates_in_steps(self, at, vector, query, depth).await?,

@@ -2958,7 +2958,10 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
         .iter()
         .map(|q| HashEmbedder::new(DIMS).embed(q))
         .collect();
-    let together = a.similar_all(at, &queries, 5, Some(0.1)).await.unwrap();
+    let together = a
+        .similar_all(at, &queries, 5, Some(0.1), None)
+        .await
+        .unwrap();
     for (query, together) in queries.iter().zip(together) {
         let alone = a.similar(at, query, 5, Some(0.1)).await.unwrap();
         assert_eq!(together.hits, alone.hits);
@@ -2978,7 +2981,7 @@ async fn a_copy_with_vectors_answers_as_sql_does_and_only_while_current() {
     assert_eq!(a.keyword_copy_answers(), 3, "a stale copy answered");
     let after = a.similar(at, &query, 5, None).await.unwrap();
     assert_ne!(after.version, want_version);
-    let all_after = a.similar_all(at, &queries, 5, None).await.unwrap();
+    let all_after = a.similar_all(at, &queries, 5, None, None).await.unwrap();
     assert!(all_after.iter().all(|n| n.version == after.version));
 }
 
@@ -3047,7 +3050,7 @@ async fn a_copy_behind_a_transaction_pooler_reads_its_rows_as_sql_does() {
     // through the pooler.
     let pick_all = |scored: &[engram::store::Scored]| scored.iter().map(|c| c.id).collect();
     let candidates = pooled
-        .candidates(at, &query, "walk river", 8, &pick_all)
+        .candidates(at, &query, "walk river", 8, &pick_all, None)
         .await
         .unwrap();
     assert_eq!(pooled.keyword_copy_answers(), 1);
@@ -3393,7 +3396,7 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
     let every = |scored: &[engram::store::Scored]| scored.iter().map(|c| c.id).collect();
 
     let found = store
-        .candidates(at, &vector, query, 8, &every)
+        .candidates(at, &vector, query, 8, &every, None)
         .await
         .unwrap();
     assert!(found.memories.is_some_and(|m| !m.is_empty()));
@@ -3404,7 +3407,7 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
     store.load_keyword_copy("reader").await.unwrap();
     let answers = store.keyword_copy_answers();
     let found = store
-        .candidates(at, &vector, query, 8, &every)
+        .candidates(at, &vector, query, 8, &every, None)
         .await
         .unwrap();
     assert_eq!(
@@ -3426,6 +3429,149 @@ async fn read_transactions_end_before_their_connections_are_used_again() {
         tx.commit().await.unwrap();
         assert_eq!((seen, acting.as_str()), (0, "someone else"));
     }
+}
+
+/// A recall whose user's version was read while its query was embedded
+/// (`version_now`) takes the picked memories from the user's copy when the
+/// copy is of that version, and reads nothing more: the memories are the
+/// ones SQL gives, field for field, for rows the copy loaded and rows this
+/// instance's writes moved it on with. A version read after another
+/// instance wrote is not the copy's, and the answer then comes from SQL
+/// with that write in it.
+#[tokio::test]
+async fn a_recall_that_read_its_users_version_ahead_takes_the_rows_from_the_copy() {
+    let db = TestDatabase::create().await;
+    let store = open(&db, PlanSettings::default()).await;
+    let other = open(&db, PlanSettings::default()).await;
+    let user = whole("ahead");
+    for i in 0..6 {
+        let text = format!("Walked the dog along the river on day {i}");
+        store.insert(memory(&user, &text), 0.95).await.unwrap();
+    }
+    // Loaded now; the next writes move it on.
+    store.load_keyword_copy("ahead").await.unwrap();
+    let mut tagged = memory(&user, "Walked the river path with a lantern");
+    tagged.metadata = json!({"place": "river", "n": 3})
+        .as_object()
+        .cloned()
+        .unwrap();
+    tagged.categories = vec!["walks".into()];
+    tagged.expires_at = Some(chrono::Utc::now() + chrono::Duration::days(30));
+    let advances = store.copy_advances();
+    store.insert(tagged, 0.95).await.unwrap();
+    store
+        .insert(memory(&user, "Walked along the river at dawn"), 0.95)
+        .await
+        .unwrap();
+    assert!(
+        store.copy_advances() > advances,
+        "the writes moved the copy on"
+    );
+
+    let none = MetadataFilter::default();
+    let at = SearchScope {
+        scope: &user,
+        filter: &none,
+    };
+    let query = "walked the river";
+    let vector = HashEmbedder::new(DIMS).embed(query);
+    let every = |scored: &[engram::store::Scored]| scored.iter().map(|c| c.id).collect();
+    let sorted = |found: engram::store::Candidates| {
+        let mut memories = found
+            .memories
+            .expect("the memories come with the candidates");
+        memories.sort_by_key(|m| m.id.0);
+        memories
+    };
+
+    let seen = store.version_now(at).await.unwrap();
+    assert!(
+        seen.is_some(),
+        "the copy holds the memories: the version is read"
+    );
+    assert_eq!(
+        other.version_now(at).await.unwrap(),
+        None,
+        "no copy, no read"
+    );
+    let from_copy = sorted(
+        store
+            .candidates(at, &vector, query, 20, &every, seen)
+            .await
+            .unwrap(),
+    );
+    let from_sql = sorted(
+        other
+            .candidates(at, &vector, query, 20, &every, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(from_copy.len(), 8);
+    assert_eq!(from_copy, from_sql);
+    // The reconciler's searches too: the hits (all of the user's, so that
+    // ties at the cut do not matter), the version and the memories SQL
+    // gives.
+    let similar = |found: Vec<engram::store::Nearest>| {
+        let mut found = found.into_iter().next().expect("one search");
+        let mut memories = found.memories.take().expect("the memories were read");
+        memories.sort_by_key(|m| m.id.0);
+        let mut hits: Vec<MemoryId> = found.hits.iter().map(|h| h.id).collect();
+        hits.sort();
+        (hits, found.version, memories)
+    };
+    let queries = [vector.clone()];
+    let ahead = store.similar_all(at, &queries, 20, Some(0.1), seen);
+    let in_sql = other.similar_all(at, &queries, 20, Some(0.1), None);
+    let (ahead, in_sql) = (
+        similar(ahead.await.unwrap()),
+        similar(in_sql.await.unwrap()),
+    );
+    assert!(
+        !ahead.2.is_empty(),
+        "memories above the similarity asked for"
+    );
+    assert_eq!(ahead, in_sql);
+    assert_eq!(ahead.1, seen);
+
+    // Another instance writes. A version read before that write still
+    // names the copy's: the answer is the user as they were then, with
+    // nothing read (a remember's write then finds the version moved on).
+    other
+        .insert(memory(&user, "Walked the river with a new friend"), 0.95)
+        .await
+        .unwrap();
+    let then = sorted(
+        store
+            .candidates(at, &vector, query, 20, &every, seen)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(then, from_copy);
+    let reconciled_then = store.similar_all(at, &queries, 20, Some(0.1), seen);
+    assert_eq!(similar(reconciled_then.await.unwrap()), ahead);
+    // One read after it is not the copy's: SQL answers, with that write.
+    let seen_after = store.version_now(at).await.unwrap();
+    assert_ne!(seen_after, seen);
+    let after = sorted(
+        store
+            .candidates(at, &vector, query, 20, &every, seen_after)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after.len(), 9);
+    assert!(
+        after
+            .iter()
+            .any(|m| m.memory == "Walked the river with a new friend")
+    );
+    let reconciled = store.similar_all(at, &queries, 20, Some(0.1), seen_after);
+    let (_, version, memories) = similar(reconciled.await.unwrap());
+    assert_eq!(version, seen_after);
+    assert!(
+        memories
+            .iter()
+            .any(|m| m.memory == "Walked the river with a new friend")
+    );
 }
 
 /// A remember with a fact the reconciler finds known beside a new one

@@ -443,7 +443,7 @@ async fn a_second_instance_on_the_same_database_stays_coherent(b: Backend) {
     let hits = other.keyword_search(at, "sailing", 10).await.unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id]);
     let both = other
-        .candidates(at, &q, "sailing", 10, &|_: &[Scored]| Vec::new())
+        .candidates(at, &q, "sailing", 10, &|_: &[Scored]| Vec::new(), None)
         .await
         .unwrap();
     assert!(
@@ -823,7 +823,10 @@ async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
         scope: &alice,
         filter: &none,
     };
-    let all = s.similar_all(at, &queries, 5, Some(0.0)).await.unwrap();
+    let all = s
+        .similar_all(at, &queries, 5, Some(0.0), None)
+        .await
+        .unwrap();
     assert_eq!(all.len(), queries.len());
     for (query, together) in queries.iter().zip(all) {
         let alone = s.similar(at, query, 5, Some(0.0)).await.unwrap();
@@ -837,7 +840,10 @@ async fn a_search_at_a_version_answers_as_the_plain_search(b: Backend) {
         };
         assert_eq!(sorted(together.memories), sorted(alone.memories));
     }
-    let none_asked = s.similar_all(at, &queries, 0, Some(0.0)).await.unwrap();
+    let none_asked = s
+        .similar_all(at, &queries, 0, Some(0.0), None)
+        .await
+        .unwrap();
     assert_eq!(none_asked.len(), queries.len());
     assert!(none_asked.iter().all(|n| n.hits.is_empty()));
 }
@@ -2565,7 +2571,10 @@ async fn searches_after_a_bulk_delete_find_only_what_is_left(b: Backend) {
                 .is_empty()
         );
         let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
-        let candidates = store.candidates(at, &q, "budget", 20, &all).await.unwrap();
+        let candidates = store
+            .candidates(at, &q, "budget", 20, &all, None)
+            .await
+            .unwrap();
         assert!(
             candidates.scored.iter().all(|c| !work.contains(&c.id)),
             "{candidates:?}"
@@ -3055,7 +3064,7 @@ async fn an_expired_memory_is_never_returned_even_before_the_purge(b: Backend) {
     assert!(vec.iter().all(|h| h.id != gone), "{vec:?}");
     assert_eq!(vec.len(), 2, "the live memories fill the places: {vec:?}");
     let all = |c: &[Scored]| c.iter().map(|c| c.id).collect();
-    let both = s.candidates(at, &q, text, 10, &all).await.unwrap();
+    let both = s.candidates(at, &q, text, 10, &all, None).await.unwrap();
     assert!(both.scored.iter().all(|c| c.id != gone), "{both:?}");
     let loaded = both.memories.unwrap_or_default();
     assert!(loaded.iter().all(|m| m.id != gone), "{loaded:?}");

@@ -85,6 +85,11 @@ impl CopyVectors {
         self.ids.len()
     }
 
+    /// The row `id`'s vector is in, if the copy holds it.
+    pub fn row_of(&self, id: &Uuid) -> Option<usize> {
+        self.row_of.get(id).copied()
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         Self::bytes_for(self.len(), self.dims)

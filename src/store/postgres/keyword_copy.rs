@@ -16,9 +16,10 @@
 //! * a copy is the user's current memories and postings as of one version
 //!   of the user (`memory_users.version`), read in one snapshot;
 //! * a copy is used only when the statement that reads the vectors finds
-//!   that same version, in its own snapshot: whatever another instance, or
-//!   this one, wrote since makes the copy stale, and recall then takes the
-//!   SQL path, never a stale answer;
+//!   that same version, in its own snapshot, or (for the memories a copy
+//!   with floats holds) when a read of the version made during the recall
+//!   finds it: whatever another instance, or this one, wrote since makes the
+//!   copy stale, and recall then takes the SQL path, never a stale answer;
 //! * a stale or missing copy is (re)loaded in the background, at most once
 //!   per user every [`RELOAD_EVERY`], so a user written to all the time
 //!   costs one load per interval, not one per write;
@@ -48,19 +49,21 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use pgvector::Vector;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::copy_codes::{self, CopyCodes};
 use super::copy_uses::Uses;
 use super::copy_vectors::{self, CopyVectors};
+use super::rows::micros;
 use super::scope::scoped_to;
 use super::session::Settings;
 use super::{PgStore, db};
 use crate::keywords::DocumentTerms;
-use crate::model::MemoryId;
+use crate::model::{Memory, MemoryId};
 use crate::store::StoreError;
 use crate::store::keyword_copy::{QueryScores, UserKeywords};
+use crate::store::shared::memory_from_row;
 
 /// A copy is loaded again at most this often per user.
 pub(super) const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -155,6 +158,13 @@ pub(super) struct UserCopy {
     vectors: Option<CopyVectors>,
     /// By the same row numbers, for a larger user whose codes fit.
     codes: Option<CopyCodes>,
+    /// By the same row numbers, with the floats: each row's memory as recall
+    /// returns it, so that a recall that read the user's version while its
+    /// query was embedded reads nothing more ([`Self::memories`]). `None`
+    /// without floats, or once a row came without its memory.
+    rows: Option<Vec<Memory>>,
+    /// What `rows` hold ([`memory_bytes`] of each), kept as rows come.
+    row_bytes: usize,
     bytes: usize,
 }
 
@@ -182,6 +192,8 @@ impl UserCopy {
             expires: Vec::new(),
             vectors: Some(CopyVectors::with_capacity(dims, 0)),
             codes: None,
+            rows: Some(Vec::new()),
+            row_bytes: 0,
             bytes: 0,
         }
     }
@@ -192,6 +204,7 @@ impl UserCopy {
             + self.expires.len() * 16
             + self.vectors.as_ref().map_or(0, CopyVectors::bytes)
             + self.codes.as_ref().map_or(0, CopyCodes::bytes)
+            + self.rows.as_ref().map_or(0, |_| self.row_bytes)
             + std::mem::size_of::<UserCopy>();
         self
     }
@@ -214,6 +227,8 @@ impl UserCopy {
             expires,
             vectors,
             codes,
+            rows: _,
+            row_bytes: _,
             bytes: _,
         } = self;
         UserCopy {
@@ -222,6 +237,8 @@ impl UserCopy {
             expires,
             vectors: None,
             codes: codes.or_else(|| vectors.map(CopyVectors::into_codes)),
+            rows: None,
+            row_bytes: 0,
             bytes: 0,
         }
         .measured()
@@ -241,6 +258,8 @@ impl UserCopy {
                     .codes
                     .clone()
                     .or_else(|| shared.vectors.as_ref().map(|v| v.codes().clone())),
+                rows: None,
+                row_bytes: 0,
                 bytes: 0,
             }
             .measured(),
@@ -251,6 +270,12 @@ impl UserCopy {
     /// then answered here too).
     pub fn has_vectors(&self) -> bool {
         self.vectors.is_some()
+    }
+
+    /// Whether the copy holds its rows' memories, so that recall may take
+    /// them from it ([`Self::memories`]).
+    pub fn holds_memories(&self) -> bool {
+        self.rows.is_some() && self.vectors.is_some()
     }
 
     /// Whether the copy can answer a remember's duplicate check (it holds
@@ -303,6 +328,22 @@ impl UserCopy {
             .map_or_else(Vec::new, |vectors| vectors.similarities(ids, query))
     }
 
+    /// The unexpired memories among `ids`, from a copy that holds its rows'
+    /// memories (`None` otherwise): what the database holds for them at the
+    /// copy's version.
+    pub fn memories(&self, ids: &[MemoryId]) -> Option<Vec<Memory>> {
+        let (rows, vectors) = (self.rows.as_ref()?, self.vectors.as_ref()?);
+        let now = Utc::now();
+        Some(
+            ids.iter()
+                .filter_map(|id| vectors.row_of(&id.0))
+                .filter_map(|row| rows.get(row))
+                .filter(|memory| !memory.expired_at(now))
+                .cloned()
+                .collect(),
+        )
+    }
+
     fn expired(&self, row: i64, now: DateTime<Utc>) -> bool {
         usize::try_from(row)
             .ok()
@@ -329,6 +370,8 @@ pub(super) struct Added {
     pub vector: Vec<f32>,
     pub terms: DocumentTerms,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The memory as stored, when the write knows it.
+    pub memory: Option<Memory>,
 }
 
 impl Added {
@@ -339,8 +382,43 @@ impl Added {
             vector: new.embedding.clone(),
             terms: crate::keywords::document_terms(&new.content),
             expires_at: new.expires_at,
+            memory: None,
         }
     }
+
+    /// The same, with the memory as its write stored it; its expiry as the
+    /// database holds it, to the microsecond.
+    pub(super) fn stored_as(self, memory: Memory) -> Self {
+        Added {
+            memory: Some(Memory {
+                expires_at: memory.expires_at.map(micros),
+                ..memory
+            }),
+            ..self
+        }
+    }
+}
+
+/// About the bytes `memory` holds: its struct, its text, its scope, its
+/// categories and its metadata (as JSON, doubled for the map's own).
+fn memory_bytes(memory: &Memory) -> usize {
+    let scope = memory.scope.user_id().as_str().len()
+        + memory.scope.agent_id().map_or(0, str::len)
+        + memory.scope.run_id().map_or(0, str::len);
+    let metadata = if memory.metadata.is_empty() {
+        0
+    } else {
+        2 * serde_json::to_string(&memory.metadata).map_or(0, |json| json.len())
+    };
+    std::mem::size_of::<Memory>()
+        + memory.memory.len()
+        + scope
+        + memory
+            .categories
+            .iter()
+            .map(|c| c.len() + 24)
+            .sum::<usize>()
+        + metadata
 }
 
 #[derive(Default)]
@@ -631,6 +709,13 @@ impl KeywordCopies {
             {
                 copy.vectors = None;
             }
+            match (&mut copy.rows, new.memory) {
+                (Some(rows), Some(memory)) if copy.vectors.is_some() => {
+                    copy.row_bytes += memory_bytes(&memory);
+                    rows.push(memory);
+                }
+                _ => copy.rows = None,
+            }
             // Codes for a user of any size that gets vectors: a small
             // user's copy holds them alone once it gave up its floats.
             if let Some(codes) = &mut copy.codes
@@ -825,8 +910,19 @@ impl PgStore {
     }
 }
 
-/// A memory as a copy loads it: id, keyword length, expiry, vector.
-type CopiedRow = (Uuid, i32, Option<DateTime<Utc>>, Option<Vector>);
+/// A copy's read of a user's current memories: id, keyword length,
+/// expiry and (when `$2`) vector, and (when `$3`) the memory's columns as
+/// [`memory_from_row`] reads them.
+const COPIED_ROWS: &str = "SELECT m.id, m.keyword_length, m.expires_at, \
+         CASE WHEN $2 THEN m.embedding END AS embedding, \
+         CASE WHEN $3 THEN m.user_id END AS user_id, \
+         CASE WHEN $3 THEN m.agent_id END AS agent_id, \
+         CASE WHEN $3 THEN m.run_id END AS run_id, \
+         CASE WHEN $3 THEN m.content END AS content, \
+         CASE WHEN $3 THEN m.metadata END AS metadata, \
+         CASE WHEN $3 THEN m.categories END AS categories, \
+         m.created_at, m.updated_at \
+     FROM memories m WHERE m.user_id = $1 AND m.valid_to IS NULL";
 
 /// Reads `user`'s current memories and postings (and their vectors, for a
 /// user small enough at `dims` dimensions) in one snapshot, with the
@@ -881,17 +977,22 @@ async fn load(
     let mut codes =
         (kind == Some(VectorKind::Codes)).then(|| CopyCodes::with_capacity(dims, current));
     let mut rows: Vec<(Uuid, i32, Option<DateTime<Utc>>)> = Vec::with_capacity(current);
+    // With floats, each row's memory too (recall's rows, read no more).
+    let mut loaded: Option<Vec<Memory>> = vectors.is_some().then(|| Vec::with_capacity(current));
     {
-        let mut memories = sqlx::query_as::<_, CopiedRow>(
-            "SELECT id, keyword_length, expires_at, CASE WHEN $2 THEN embedding END \
-             FROM memories WHERE user_id = $1 AND valid_to IS NULL",
-        )
-        .bind(user)
-        .bind(with_vectors)
-        .fetch(&mut *tx);
-        while let Some((id, length, expires_at, vector)) =
-            memories.try_next().await.map_err(db(CX))?
-        {
+        let mut memories = sqlx::query(COPIED_ROWS)
+            .bind(user)
+            .bind(with_vectors)
+            .bind(loaded.is_some())
+            .fetch(&mut *tx);
+        while let Some(row) = memories.try_next().await.map_err(db(CX))? {
+            let id: Uuid = row.try_get("id").map_err(db(CX))?;
+            let length: i32 = row.try_get("keyword_length").map_err(db(CX))?;
+            let expires_at: Option<DateTime<Utc>> = row.try_get("expires_at").map_err(db(CX))?;
+            let vector: Option<Vector> = row.try_get("embedding").map_err(db(CX))?;
+            if let Some(held) = &mut loaded {
+                held.push(memory_from_row(&row)?);
+            }
             // Every row has a vector, or the copy holds none.
             if let Some(held) = &mut vectors
                 && !vector.as_ref().is_some_and(|v| held.push(id, v.as_slice()))
@@ -940,6 +1041,10 @@ async fn load(
             version,
             keywords,
             expires,
+            row_bytes: loaded
+                .as_ref()
+                .map_or(0, |rows| rows.iter().map(memory_bytes).sum()),
+            rows: loaded.filter(|_| vectors.is_some()),
             vectors,
             codes,
             bytes: 0,
@@ -1047,6 +1152,7 @@ mod tests {
         }
         UserCopy {
             vectors: Some(vectors),
+            rows: None,
             ..UserCopy::empty(dims)
         }
         .measured()

@@ -100,7 +100,10 @@ impl PgStore {
 
         for ((news, write), user) in writes.into_iter().zip(&users) {
             let write = write.map(|mut write| {
-                write.added = news.iter().map(|(new, _)| Added::of(new)).collect();
+                write.added = news
+                    .iter()
+                    .map(|(new, _)| Added::of(new).stored_as(new.clone().stored_at(now)))
+                    .collect();
                 write
             });
             let left_at = left.iter().find(|(u, _)| u == user).map(|(_, l)| l.clone());

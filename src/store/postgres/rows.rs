@@ -60,8 +60,12 @@ impl Columns for PgRow {
 /// Now, as PostgreSQL keeps it (microseconds): a value written now reads
 /// back equal.
 pub(super) fn now_micros() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    micros(Utc::now())
+}
+
+/// `at` to the microsecond, as a `timestamptz` holds what sqlx sends it.
+pub(super) fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }
 
 /// A Postgres array literal (`{a,b}`) of ids, for a setting read as `uuid[]`.

@@ -121,7 +121,9 @@ impl PgStore {
         if limit == 0 {
             return Ok(nothing_found(load_from));
         }
-        let from_copy = self.nearest_in_copy(at, &[query], limit, load_from).await?;
+        let from_copy = self
+            .nearest_in_copy(at, &[query], limit, load_from, None)
+            .await?;
         if let Some(found) = from_copy.and_then(|found| found.into_iter().next()) {
             return Ok(found);
         }
@@ -297,13 +299,17 @@ impl PgStore {
     /// search function answers for a user this small), and one statement
     /// reads the user's version and the memories of every search's hits
     /// from `load_from`. `None` when there is no such copy (one is then
-    /// loaded in the background) or the version is not the copy's.
+    /// loaded in the background) or the version is not the copy's. When
+    /// the version `seen` since the search began is the copy's and the copy
+    /// holds its memories, nothing is read: the answer is the user as they
+    /// were at that read.
     async fn nearest_in_copy(
         &self,
         at: SearchScope<'_>,
         queries: &[&[f32]],
         limit: usize,
         load_from: Option<f32>,
+        seen: Option<u64>,
     ) -> Result<Option<Vec<Nearest>>, StoreError> {
         if !at.scope.is_whole_user() || !at.filter.is_empty() {
             return Ok(None);
@@ -329,7 +335,11 @@ impl PgStore {
                 wanted.push(MemoryId(id));
             }
         }
-        let (version, memories) = self.memories_at_version(user_id, &wanted).await?;
+        let current = seen.is_some_and(|seen| i64::try_from(seen) == Ok(copy.version));
+        let (version, memories) = match copy.memories(&wanted).filter(|_| current) {
+            Some(memories) => (Some(copy.version), memories),
+            None => self.memories_at_version(user_id, &wanted).await?,
+        };
         if version != Some(copy.version) {
             self.refresh_keyword_copy(user_id);
             return Ok(None);
@@ -352,7 +362,11 @@ impl PgStore {
     /// sides are computed here, and one statement reads the rows `pick`
     /// chooses with the user's version, in one snapshot; `None` when that
     /// version is not the copy's (the copy is stale: the caller takes the
-    /// SQL path, and the rows read are dropped).
+    /// SQL path, and the rows read are dropped). When the version `seen`
+    /// during the recall is the copy's and the copy holds its memories,
+    /// the rows come from the copy and nothing is read: the answer is the
+    /// user as they were at that read.
+    #[allow(clippy::too_many_arguments)]
     async fn candidates_from_copy(
         &self,
         copy: &UserCopy,
@@ -361,6 +375,7 @@ impl PgStore {
         terms: &[String],
         depth: usize,
         pick: Pick<'_>,
+        seen: Option<u64>,
     ) -> Result<Option<Candidates>, StoreError> {
         let (keyword_hits, keyword_of) = copy.search(terms, depth);
         let nearest = hits(copy.nearest(vector, depth));
@@ -370,6 +385,14 @@ impl PgStore {
             .collect();
         let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let chosen = pick(&scored);
+        let current = seen.is_some_and(|seen| i64::try_from(seen) == Ok(copy.version));
+        if let Some(memories) = copy.memories(&chosen).filter(|_| current) {
+            self.keyword_copies.answered();
+            return Ok(Some(Candidates {
+                scored,
+                memories: Some(memories),
+            }));
+        }
         let (version, memories) = self.memories_at_version(user_id, &chosen).await?;
         if version != Some(copy.version) {
             return Ok(None);
@@ -491,18 +514,38 @@ impl Search for PgStore {
         queries: &[Vec<f32>],
         limit: usize,
         load_from: Option<f32>,
+        seen: Option<u64>,
     ) -> Result<Vec<Nearest>, StoreError> {
         if limit == 0 || queries.is_empty() {
             return Ok(queries.iter().map(|_| nothing_found(load_from)).collect());
         }
         let each: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
-        if let Some(found) = self.nearest_in_copy(at, &each, limit, load_from).await? {
+        let from_copy = self.nearest_in_copy(at, &each, limit, load_from, seen);
+        if let Some(found) = from_copy.await? {
             return Ok(found);
         }
         let searches = each
             .iter()
             .map(|query| self.search_in_sql(Through::Similar, at, query, limit, load_from));
         futures::future::try_join_all(searches).await
+    }
+
+    /// From a copy of the whole user that holds their memories: the
+    /// version alone, in one statement (`engram_memories_at_version` asked
+    /// for no rows).
+    async fn version_now(&self, at: SearchScope<'_>) -> Result<Option<u64>, StoreError> {
+        let user_id = at.scope.user_id().as_str();
+        let from_copy = at.scope.is_whole_user()
+            && at.filter.is_empty()
+            && self
+                .keyword_copies
+                .peek(user_id)
+                .is_some_and(|copy| copy.holds_memories());
+        if !from_copy {
+            return Ok(None);
+        }
+        let (version, _) = self.memories_at_version(user_id, &[]).await?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()))
     }
 
     async fn keyword_search(
@@ -532,6 +575,7 @@ impl Search for PgStore {
         query: &str,
         depth: usize,
         pick: Pick<'_>,
+        seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id().as_str();
         let terms = keywords::query_terms(query);
@@ -540,7 +584,7 @@ impl Search for PgStore {
         if at.scope.is_whole_user() && at.filter.is_empty() && depth > 0 {
             if let Some(copy) = self.keyword_copies.get(user_id) {
                 let found = if copy.has_vectors() {
-                    self.candidates_from_copy(&copy, user_id, vector, &terms, depth, pick)
+                    self.candidates_from_copy(&copy, user_id, vector, &terms, depth, pick, seen)
                         .await?
                 } else {
                     self.candidates_with_copy(&copy, at, vector, &terms, depth, pick)

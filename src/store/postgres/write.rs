@@ -736,10 +736,12 @@ impl WriteBatch for PgBatch<'_> {
         };
         if let Some(write) = &mut self.copy_write {
             let kept = copied.into_iter().zip(&outcomes);
-            write.added.extend(
-                kept.filter(|(_, outcome)| matches!(outcome, InsertOutcome::Added(_)))
-                    .map(|(added, _)| added),
-            );
+            write
+                .added
+                .extend(kept.filter_map(|(added, outcome)| match outcome {
+                    InsertOutcome::Added(memory) => Some(added.stored_as(memory.clone())),
+                    InsertOutcome::Duplicate { .. } => None,
+                }));
         }
         Ok(outcomes)
     }

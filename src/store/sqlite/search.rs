@@ -201,6 +201,7 @@ impl Search for SqliteStore {
         query: &str,
         depth: usize,
         _pick: Pick<'_>,
+        _seen: Option<u64>,
     ) -> Result<Candidates, StoreError> {
         let user_id = at.scope.user_id();
         let terms = keywords::query_terms(query);

@@ -261,7 +261,7 @@ pub async fn candidates_as_in_steps(
         ids.into_iter().step_by(2).collect()
     };
     let candidates = store
-        .candidates(at, vector, query, depth, &pick)
+        .candidates(at, vector, query, depth, &pick, None)
         .await
         .unwrap();
     let got = sorted(candidates.scored);
