@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::MemoryService;
+use super::ahead::ReadAhead;
 use super::types::{RecallResult, ScoredMemory};
-use super::{MemoryService, ahead};
 use crate::context::UserContext;
 use crate::embed::calibration;
 use crate::error::Error;
@@ -42,8 +43,9 @@ impl MemoryService {
         let at = SearchScope { scope, filter };
         let depth = (limit * CANDIDATES_PER_RESULT).max(MIN_CANDIDATES);
         // The user's version, read while the query is embedded (`ahead`).
-        let (semantic, seen) =
-            ahead::while_waiting_on(self.semantic_side(&query), self.store.version_now(at)).await;
+        let mut ahead = ReadAhead::new(self.store.version_now(at));
+        let semantic = ahead.beside(self.semantic_side(&query)).await;
+        let seen = ahead.seen();
         let semantic = match semantic {
             Ok(semantic) => semantic,
             Err(Error::Embed(e)) => {

@@ -24,8 +24,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::MemoryService;
+use super::ahead::ReadAhead;
 use super::types::{DeferCause, Deferred, MemoryEvent, RememberResult};
-use super::{MemoryService, ahead};
 use crate::config::RetentionConfig;
 use crate::error::Error;
 use crate::extract::{Extracted, Extractor, VerbatimExtractor};
@@ -99,30 +100,29 @@ pub(super) fn is_model_failure(error: &Error) -> bool {
 impl MemoryService {
     /// The pipeline after validation: extract, embed, reconcile, apply.
     pub(super) async fn process(&self, work: &Work<'_>) -> Result<RememberResult, Error> {
-        let (extracted, seen) = if work.infer {
+        // The user's version, read while the model extracts and the facts
+        // are embedded, for the reconciler's search (`ahead`).
+        let reconciles = work.infer && self.extractor.reconciles();
+        let mut ahead = ReadAhead::new(async {
+            if reconciles {
+                let at = SearchScope::unfiltered(work.scope);
+                self.store.version_now(at).await
+            } else {
+                Ok(None)
+            }
+        });
+        let Extracted { facts, mut usage } = if work.infer {
             let started = std::time::Instant::now();
-            // The user's version, read while the model extracts, for the
-            // reconciler's search (`ahead`).
-            let version_now = async {
-                if self.extractor.reconciles() {
-                    let at = SearchScope::unfiltered(work.scope);
-                    self.store.version_now(at).await
-                } else {
-                    Ok(None)
-                }
-            };
-            let extract = self.extractor.extract(work.input);
-            let (extracted, seen) = ahead::while_waiting_on(extract, version_now).await;
+            let extracted = ahead.beside(self.extractor.extract(work.input)).await;
             if self.extractor.infers() {
                 crate::metrics::metrics()
                     .extraction_duration
                     .observe(started.elapsed().as_secs_f64());
             }
-            (extracted?, seen)
+            extracted?
         } else {
-            (VerbatimExtractor.extract(work.input).await?, None)
+            VerbatimExtractor.extract(work.input).await?
         };
-        let Extracted { facts, mut usage } = extracted;
         if facts.is_empty() && work.infer && self.extractor.infers() {
             // The model found nothing worth remembering: a normal answer. A
             // re-extraction still retires what it stored verbatim.
@@ -147,7 +147,8 @@ impl MemoryService {
             ));
         }
         let texts: Vec<String> = facts.iter().map(|f| f.text.clone()).collect();
-        let embeddings = self.embedder.embed_documents(&texts).await?;
+        let embeddings = ahead.beside(self.embedder.embed_documents(&texts)).await?;
+        let seen = ahead.seen();
         let copies: Vec<MemoryId> = work.replacing.iter().map(|m| m.id).collect();
         let (mut plans, searched) = if work.infer {
             let reconciled = reconcile::plan(
