@@ -7,6 +7,7 @@ Usage:
     bench/side_by_side.py                      # shapes a and b
     bench/side_by_side.py --large              # also c: 100 users x 1,000 memories
     bench/side_by_side.py --shapes b --queries 500 --embed-latency-ms 5
+    bench/side_by_side.py --shapes a --rounds 3   # systems in turn, three times: medians
 
 The first run creates a virtualenv (default /var/tmp/engram-bench-venv) and installs
 the pinned mem0ai and psycopg into it, then re-runs itself with that interpreter.
@@ -720,10 +721,36 @@ def mib(kib):
     return f"{kib / 1024:.0f} MiB" if kib else "?"
 
 
-def report(shape, users, per_user, results):
+def median_of(runs):
+    """One system's runs of a shape as one result: each number the median over the runs
+    (the other fields from the first), the runs themselves under "runs"."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs)
+    merged["runs"] = runs
+    return merged
+
+
+def ratio_cell(m_runs, e_runs, ratio):
+    """`ratio(mem0, engram)` over the rounds: each round's engram run against the mem0 run
+    beside it, so that a slow stretch of the machine weighs on both sides of one ratio;
+    the median, and the range when there is more than one round."""
+    each = [ratio(m, e) for m, e in zip(m_runs, e_runs)]
+    cell = f"{statistics.median(each):.2f}x"
+    return cell if len(each) == 1 else f"{cell} ({min(each):.2f}-{max(each):.2f})"
+
+
+def report(shape, users, per_user, runs):
+    """`runs`: each system's results of this shape, one per round."""
+    results = {key: median_of(r) for key, r in runs.items()}
+    rounds = max(len(r) for r in runs.values())
     m = results.get("mem0")
+    each = f", the median of {rounds} rounds" if rounds > 1 else ""
     lines = [f"\n### Shape {shape}: {users} user{'s' if users > 1 else ''} x {per_user:,} memories "
-             f"({users * per_user:,})\n",
+             f"({users * per_user:,}{each})\n",
              "| system | remember/s 1 client | remember/s 8 clients | recall p50 | p95 | p99 "
              "| hit@10 | answers | peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -738,12 +765,17 @@ def report(shape, users, per_user, results):
         return "\n".join(lines + ["", "(no mem0 run: no ratios)"])
     lines += ["", "| engram door | recall p50 mem0/engram | p95 mem0/engram "
               "| remember/s engram/mem0, 1 client | 8 clients |", "|---|---:|---:|---:|---:|"]
-    for key, r in ran:
+    for key, _ in ran:
         if key == "mem0":
             continue
-        lines.append(f"| {names[key]} | {m['p50'] / r['p50']:.2f}x | {m['p95'] / r['p95']:.2f}x "
-                     f"| {r['remember_1'] / m['remember_1']:.2f}x "
-                     f"| {r['remember_8'] / m['remember_8']:.2f}x |")
+        cells = [ratio_cell(runs["mem0"], runs[key], ratio) for ratio in (
+            lambda m, e: m["p50"] / e["p50"],
+            lambda m, e: m["p95"] / e["p95"],
+            lambda m, e: e["remember_1"] / m["remember_1"],
+            lambda m, e: e["remember_8"] / m["remember_8"])]
+        lines.append(f"| {names[key]} | " + " | ".join(cells) + " |")
+    if rounds > 1:
+        lines.append("\n(ratios: the median of each round's, min-max in brackets)")
     ev = "; ".join(f"{k}: {v.get('events')}" for k, v in results.items())
     lines.append(f"\nremember events: {ev}")
     return "\n".join(lines)
@@ -781,6 +813,9 @@ def main():
                    help="multiply memories per user (e.g. 0.1 for a quick trial)")
     p.add_argument("--keep", action="store_true", help="keep the scratch databases")
     p.add_argument("--json-out", help="also write every number to this JSON file")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the systems in turn this many times per shape and report "
+                        "medians; each ratio pairs runs of one round (default 1)")
     args = p.parse_args(argv)
     ensure_venv(args, argv)
 
@@ -793,6 +828,8 @@ def main():
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES] + \
         [s for s in systems if s not in ("mem0", "stdio", "http")]
+    if args.rounds < 1:
+        sys.exit("--rounds takes 1 or more")
     if unknown or not shapes or not systems:
         sys.exit(f"unknown or missing: {', '.join(unknown) or 'shapes/systems'}; "
                  f"--shapes takes {','.join(SHAPES)}, --systems mem0,stdio,http")
@@ -810,21 +847,26 @@ def main():
         for shape in shapes:
             users, per_user = SHAPES[shape]
             per_user = max(2, int(per_user * args.scale))
-            results = {}
-            for system in systems:
-                t0 = time.time()
-                print(f"shape {shape}: {system} ...", file=sys.stderr, flush=True)
-                if system == "mem0":
-                    results["mem0"] = run_mem0(args, args.database_url, users, per_user, embed_port)
-                    meta.update(mem0ai=results["mem0"]["version"], postgres=results["mem0"]["pg"],
-                                pgvector=results["mem0"]["pgvector"])
-                else:
-                    results[system] = run_engram(args, system, args.database_url, users, per_user,
-                                                 embed_port, log)
-                print(f"shape {shape}: {system} done in {time.time() - t0:.0f} s: "
-                      f"{json.dumps(results[system])}", file=sys.stderr, flush=True)
-            all_results[shape] = {"users": users, "per_user": per_user, **results}
-            print(report(shape, users, per_user, results), flush=True)
+            runs = {system: [] for system in systems}
+            for round_no in range(1, args.rounds + 1):
+                for system in systems:
+                    t0 = time.time()
+                    label = f"shape {shape}: {system}" + \
+                        (f" (round {round_no} of {args.rounds})" if args.rounds > 1 else "")
+                    print(f"{label} ...", file=sys.stderr, flush=True)
+                    if system == "mem0":
+                        result = run_mem0(args, args.database_url, users, per_user, embed_port)
+                        meta.update(mem0ai=result["version"], postgres=result["pg"],
+                                    pgvector=result["pgvector"])
+                    else:
+                        result = run_engram(args, system, args.database_url, users, per_user,
+                                            embed_port, log)
+                    runs[system].append(result)
+                    print(f"{label} done in {time.time() - t0:.0f} s: {json.dumps(result)}",
+                          file=sys.stderr, flush=True)
+            all_results[shape] = {"users": users, "per_user": per_user,
+                                  **{system: median_of(r) for system, r in runs.items()}}
+            print(report(shape, users, per_user, runs), flush=True)
     finally:
         embedder.terminate()
         embedder.wait()
