@@ -183,7 +183,7 @@ pub struct PlanSettings {
     pub index_from_rows: Option<u64>,
     /// How many of a large user's rows may wait outside the vector index
     /// for the indexer before new rows go in directly
-    /// (`engram_index_tail_rows`, schema default 256); 0: none wait.
+    /// (`engram_index_tail_rows`, schema default 2,048); 0: none wait.
     pub index_tail_rows: Option<u64>,
 }
 
