@@ -30,8 +30,14 @@ where
 {
     /// `read`, not started yet.
     pub(super) fn new(read: F) -> Self {
+        Self::maybe(Some(read))
+    }
+
+    /// `read` if there is one; without, [`Self::beside`] only awaits its
+    /// call and nothing is seen.
+    pub(super) fn maybe(read: Option<F>) -> Self {
         Self {
-            read: Some(Box::pin(read)),
+            read: read.map(Box::pin),
             seen: None,
         }
     }
@@ -117,6 +123,14 @@ mod tests {
             started.elapsed() < Duration::from_secs(20),
             "the read was waited for"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_read_the_call_alone_is_awaited() {
+        type Read = std::future::Ready<Result<Option<u64>, StoreError>>;
+        let mut ahead = ReadAhead::maybe(None::<Read>);
+        assert_eq!(ahead.beside(after(5, 1)).await, 1);
+        assert_eq!(ahead.seen(), None);
     }
 
     #[tokio::test]

@@ -103,14 +103,9 @@ impl MemoryService {
         // The user's version, read while the model extracts and the facts
         // are embedded, for the reconciler's search (`ahead`).
         let reconciles = work.infer && self.extractor.reconciles();
-        let mut ahead = ReadAhead::new(async {
-            if reconciles {
-                let at = SearchScope::unfiltered(work.scope);
-                self.store.version_now(at).await
-            } else {
-                Ok(None)
-            }
-        });
+        let mut ahead = ReadAhead::maybe(
+            reconciles.then(|| self.store.version_now(SearchScope::unfiltered(work.scope))),
+        );
         let Extracted { facts, mut usage } = if work.infer {
             let started = std::time::Instant::now();
             let extracted = ahead.beside(self.extractor.extract(work.input)).await;

@@ -328,10 +328,15 @@ impl UserCopy {
             .map_or_else(Vec::new, |vectors| vectors.similarities(ids, query))
     }
 
-    /// The unexpired memories among `ids`, from a copy that holds its rows'
-    /// memories (`None` otherwise): what the database holds for them at the
-    /// copy's version.
-    pub fn memories(&self, ids: &[MemoryId]) -> Option<Vec<Memory>> {
+    /// The unexpired memories among `ids`, when `seen` (the user's version,
+    /// read since the search began) is the copy's and the copy holds its
+    /// rows' memories; `None` otherwise. What the database held for them at
+    /// that version.
+    pub fn memories_at(&self, seen: Option<u64>, ids: &[MemoryId]) -> Option<Vec<Memory>> {
+        let seen = i64::try_from(seen?).ok()?;
+        if seen != self.version {
+            return None;
+        }
         let (rows, vectors) = (self.rows.as_ref()?, self.vectors.as_ref()?);
         let now = Utc::now();
         Some(
@@ -1034,6 +1039,9 @@ async fn load(
         keywords.insert(row as i64, MemoryId(id), 0, &doc);
         expires.push(expires_at);
     }
+    // A row without a vector left the copy without floats, and so without
+    // memories.
+    let rows_held = loaded.filter(|_| vectors.is_some());
 
     copies.keep(
         user,
@@ -1041,10 +1049,10 @@ async fn load(
             version,
             keywords,
             expires,
-            row_bytes: loaded
+            row_bytes: rows_held
                 .as_ref()
                 .map_or(0, |rows| rows.iter().map(memory_bytes).sum()),
-            rows: loaded.filter(|_| vectors.is_some()),
+            rows: rows_held,
             vectors,
             codes,
             bytes: 0,

@@ -101,8 +101,8 @@ impl PgStore {
         for ((news, write), user) in writes.into_iter().zip(&users) {
             let write = write.map(|mut write| {
                 write.added = news
-                    .iter()
-                    .map(|(new, _)| Added::of(new).stored_as(new.clone().stored_at(now)))
+                    .into_iter()
+                    .map(|(new, _)| Added::of(&new).stored_as(new.stored_at(now)))
                     .collect();
                 write
             });

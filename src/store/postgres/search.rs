@@ -335,8 +335,7 @@ impl PgStore {
                 wanted.push(MemoryId(id));
             }
         }
-        let current = seen.is_some_and(|seen| i64::try_from(seen) == Ok(copy.version));
-        let (version, memories) = match copy.memories(&wanted).filter(|_| current) {
+        let (version, memories) = match copy.memories_at(seen, &wanted) {
             Some(memories) => (Some(copy.version), memories),
             None => self.memories_at_version(user_id, &wanted).await?,
         };
@@ -385,8 +384,7 @@ impl PgStore {
             .collect();
         let scored = with_copy_keywords(&nearest, keyword_hits, &keyword_of, &cosine);
         let chosen = pick(&scored);
-        let current = seen.is_some_and(|seen| i64::try_from(seen) == Ok(copy.version));
-        if let Some(memories) = copy.memories(&chosen).filter(|_| current) {
+        if let Some(memories) = copy.memories_at(seen, &chosen) {
             self.keyword_copies.answered();
             return Ok(Some(Candidates {
                 scored,
