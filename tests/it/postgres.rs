@@ -766,6 +766,51 @@ async fn the_store_analyzes_a_table_again_when_it_has_doubled() {
     drop(store);
 }
 
+/// Unless `engram.index_tail_rows` says otherwise, up to 2,048 of a large
+/// user's rows wait outside the vector index (20280601000001; 256 before),
+/// and the rows after them go in directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_large_users_tail_holds_2048_rows() {
+    let db = TestDatabase::create().await;
+    // Migrates the database; its indexer never sees the uncommitted rows.
+    let _store = open_idle(&db, PlanSettings::default()).await;
+    let pool = db.pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    // Every row of the user counts as a large user's; the tail is the
+    // schema's default.
+    sqlx::query("SET LOCAL engram.index_from_rows = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let insert = |from: i32, to: i32| {
+        sqlx::query(
+            "INSERT INTO memories (id, user_id, content, content_hash, embedding, created_at, \
+                 updated_at, valid_from) \
+             SELECT gen_random_uuid(), 'burst', 'burst memory ' || i, \
+                    sha256(convert_to('burst memory ' || i, 'UTF8')), \
+                    (SELECT array_agg(random() - 0.5)::vector FROM generate_series(1, $3) \
+                     WHERE i > 0), \
+                    now(), now(), now() \
+             FROM generate_series($1, $2) AS i",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(DIMS as i32)
+    };
+    insert(1, 2040).execute(&mut *tx).await.unwrap();
+    for i in 2041..=2050 {
+        insert(i, i).execute(&mut *tx).await.unwrap();
+    }
+    let rows: Vec<(bool, i64)> = sqlx::query_as(
+        "SELECT indexed, count(*) FROM memories WHERE user_id = 'burst' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(rows, [(false, 2048), (true, 2)]);
+    tx.rollback().await.unwrap();
+}
+
 /// A large user's new rows wait outside the vector index (a tail of at
 /// most `engram_index_tail_rows`) instead of paying the index insertion on
 /// the write; they are found exactly meanwhile, by searches and by the
