@@ -41,7 +41,11 @@ untimed warm-up.
 Printed per shape: remember/s (1 client, 8 clients), recall p50/p95/p99, hit@10 (the
 memory a query was made from is among the 10 answers), mean answers per recall, peak
 RSS (VmHWM) of the engram server process and of the mem0 worker process, and the
-ratios mem0/engram for recall p50 and engram/mem0 for remember/s. Latencies are
+ratios mem0/engram for recall p50 and engram/mem0 for remember/s. Also where the
+machine's time went while 8 clients remembered: CPU milliseconds per call of the system
+under test (engram's server process, or mem0's worker with its client threads),
+PostgreSQL's processes, the embedder, the harness's client, the kernel's threads and
+the rest, with the machine's idle and stolen time (from /proc, Linux only). Latencies are
 measured in this client: for engram they include the transport and JSON-RPC framing;
 mem0 is a library called in-process, so its numbers carry no transport at all.
 """
@@ -347,8 +351,42 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def run_load(data, call, concurrent):
-    """First half one call at a time, second half from `concurrent` threads; calls/s of each."""
+def cpu_seconds(roles):
+    """CPU time so far, in clock ticks, by role: the processes `roles` names (pid -> role),
+    PostgreSQL's processes, the kernel's threads, everything else; and the machine's idle
+    and stolen time (all of /proc/stat's idle and iowait, and its steal). A process that
+    ends between two readings loses its share: every process here outlives the load."""
+    ticks = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        pid, ppid = int(entry), int(fields[1])
+        role = roles.get(pid) or ("PostgreSQL" if comm == "postgres" else
+                                  "kernel" if pid == 2 or ppid == 2 else "other")
+        ticks[role] = ticks.get(role, 0) + int(fields[11]) + int(fields[12])
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    ticks["idle"] = cpu[3] + cpu[4]
+    ticks["steal"] = cpu[7] if len(cpu) > 7 else 0
+    return ticks
+
+
+def cpu_per_call(before, after, calls):
+    """Milliseconds of CPU per call, by role, between two `cpu_seconds` readings."""
+    ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    return {role: (after.get(role, 0) - before.get(role, 0)) * ms / calls for role in after}
+
+
+def run_load(data, call, concurrent, roles):
+    """First half one call at a time, second half from `concurrent` threads; calls/s of each,
+    and the CPU the concurrent half took per call, by role (`cpu_seconds`)."""
     half = len(data) // 2
     t0 = time.perf_counter()
     for u, t in data[:half]:
@@ -365,15 +403,17 @@ def run_load(data, call, concurrent):
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrent)]
+    before = cpu_seconds(roles)
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     many = len(rest) / (time.perf_counter() - t0)
+    cpu = cpu_per_call(before, cpu_seconds(roles), len(rest))
     if errors:
         raise errors[0]
-    return single, many
+    return single, many, cpu
 
 
 def run_recalls(qs, search, warmup):
@@ -424,22 +464,25 @@ def mem0_worker(job_path):
         for item in r["results"]:
             events[item["event"]] = events.get(item["event"], 0) + 1
 
-    single, many = run_load(data, add, CONCURRENT)
+    single, many, cpu = run_load(data, add, CONCURRENT, {
+        os.getpid(): "system", job["embedder_pid"]: "embedder"})
 
     def search(u, q):
         return [m["memory"] for m in memory.search(q, top_k=10, filters={"user_id": u})["results"]]
 
     rec = run_recalls(queries(data, users, job["queries"], job["seed"]), search, job["warmup"])
-    out = {"remember_1": single, "remember_8": many, "events": events, **rec,
+    out = {"remember_1": single, "remember_8": many, "cpu_8": cpu, "events": events, **rec,
            "rss_kib": vm_hwm_kib(os.getpid()), "version": version("mem0ai")}
     print(json.dumps(out), flush=True)
 
 
-def run_mem0(args, admin_url, users, per_user, embed_port):
+def run_mem0(args, admin_url, users, per_user, embedder):
     db = f"{args.db_prefix}_mem0"
     recreate_db(admin_url, db)
     tmp = tempfile.mkdtemp(prefix="mem0-bench-")
-    job = {"db_url": with_db(admin_url, db), "embed_port": embed_port, "users": users,
+    embed_port, embedder_pid = embedder
+    job = {"db_url": with_db(admin_url, db), "embed_port": embed_port,
+           "embedder_pid": embedder_pid, "users": users,
            "per_user": per_user, "seed": args.seed, "queries": args.queries,
            "warmup": args.warmup, "mem0_dir": tmp}
     path = os.path.join(tmp, "job.json")
@@ -671,7 +714,8 @@ def engram_version(engram):
     return out, commit
 
 
-def run_engram(args, transport, admin_url, users, per_user, embed_port, log):
+def run_engram(args, transport, admin_url, users, per_user, embedder, log):
+    embed_port = embedder[0]
     db = f"{args.db_prefix}_engram"
     recreate_db(admin_url, db)
     data_home = tempfile.mkdtemp(prefix="engram-bench-")
@@ -699,7 +743,8 @@ def run_engram(args, transport, admin_url, users, per_user, embed_port, log):
                 for item in r["results"]:
                     events[item["event"]] = events.get(item["event"], 0) + 1
 
-        single, many = run_load(data, remember, CONCURRENT)
+        single, many, cpu = run_load(data, remember, CONCURRENT, {
+            server.proc.pid: "system", embedder[1]: "embedder", os.getpid(): "client"})
 
         def search(u, q):
             r = server.call(0, "recall", {"query": q, "user_id": u, "limit": 10})
@@ -711,7 +756,8 @@ def run_engram(args, transport, admin_url, users, per_user, embed_port, log):
         shutil.rmtree(data_home, ignore_errors=True)
         if not args.keep:
             drop_db(admin_url, db)
-    return {"remember_1": single, "remember_8": many, "events": events, **rec, "rss_kib": rss}
+    return {"remember_1": single, "remember_8": many, "cpu_8": cpu, "events": events, **rec,
+            "rss_kib": rss}
 
 
 # ---------------------------------------------------------------- report
@@ -730,6 +776,9 @@ def median_of(runs):
     for key, value in runs[0].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             merged[key] = statistics.median(r[key] for r in runs)
+        elif key == "cpu_8":
+            merged[key] = {role: statistics.median(r[key].get(role, 0) for r in runs)
+                           for role in value}
     merged["runs"] = runs
     return merged
 
@@ -741,6 +790,26 @@ def ratio_cell(m_runs, e_runs, ratio):
     each = [ratio(m, e) for m, e in zip(m_runs, e_runs)]
     cell = f"{statistics.median(each):.2f}x"
     return cell if len(each) == 1 else f"{cell} ({min(each):.2f}-{max(each):.2f})"
+
+
+CPU_ROLES = [("system", "engram or mem0"), ("PostgreSQL", "PostgreSQL"), ("embedder", "embedder"),
+             ("client", "client"), ("kernel", "kernel threads"), ("other", "other"),
+             ("idle", "idle"), ("steal", "stolen")]
+
+
+def cpu_table(ran, names):
+    """Where the machine's time went while 8 clients remembered: CPU milliseconds per call,
+    by role (`cpu_seconds`). mem0's client threads are in its own process (its "system"
+    column); engram's are this harness's ("client"). Idle and stolen are the machine's,
+    summed over its cores."""
+    lines = ["", "CPU per remember, 8 clients (ms of CPU a call, summed over the machine's cores):",
+             "", "| run | " + " | ".join(label for _, label in CPU_ROLES) + " |",
+             "|---|" + "---:|" * len(CPU_ROLES)]
+    for key, r in ran:
+        cpu = r.get("cpu_8", {})
+        lines.append(f"| {names[key]} | " + " | ".join(
+            f"{cpu[role]:.2f}" if role in cpu else "-" for role, _ in CPU_ROLES) + " |")
+    return lines
 
 
 def report(shape, users, per_user, runs):
@@ -761,6 +830,7 @@ def report(shape, users, per_user, runs):
         lines.append(f"| {names[key]} | {r['remember_1']:.0f} | {r['remember_8']:.0f} "
                      f"| {r['p50']:.2f} ms | {r['p95']:.2f} ms | {r['p99']:.2f} ms "
                      f"| {r['hit10']:.3f} | {r['answers']:.1f} | {mib(r['rss_kib'])} |")
+    lines += cpu_table(ran, names)
     if not m:
         return "\n".join(lines + ["", "(no mem0 run: no ratios)"])
     lines += ["", "| engram door | recall p50 mem0/engram | p95 mem0/engram "
@@ -855,12 +925,13 @@ def main():
                         (f" (round {round_no} of {args.rounds})" if args.rounds > 1 else "")
                     print(f"{label} ...", file=sys.stderr, flush=True)
                     if system == "mem0":
-                        result = run_mem0(args, args.database_url, users, per_user, embed_port)
+                        result = run_mem0(args, args.database_url, users, per_user,
+                                          (embed_port, embedder.pid))
                         meta.update(mem0ai=result["version"], postgres=result["pg"],
                                     pgvector=result["pgvector"])
                     else:
                         result = run_engram(args, system, args.database_url, users, per_user,
-                                            embed_port, log)
+                                            (embed_port, embedder.pid), log)
                     runs[system].append(result)
                     print(f"{label} done in {time.time() - t0:.0f} s: {json.dumps(result)}",
                           file=sys.stderr, flush=True)
