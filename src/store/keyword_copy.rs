@@ -140,7 +140,9 @@ impl UserKeywords {
     }
 
     /// BM25 relevance (pk, id, score) of every memory holding a term of
-    /// `terms` whose scope `counted` admits, in no particular order.
+    /// `terms` whose scope `counted` admits, in no particular order: what
+    /// [`QueryScores`] is checked against (searches read the best few).
+    #[cfg(test)]
     pub fn score(
         &self,
         terms: &[String],
@@ -201,10 +203,11 @@ impl UserKeywords {
     }
 }
 
-/// A scored memory ordered worst last: greater means a lower relevance, or
-/// the same relevance and a greater id (which a ranking puts after).
+/// A scored memory (relevance, id, pk) ordered worst last: greater means a
+/// lower relevance, or the same relevance and a greater id (which a ranking
+/// puts after). An id names one pk, so the pk only keeps `Ord` total.
 #[derive(Debug, PartialEq)]
-struct Worse(f32, MemoryId);
+struct Worse(f32, MemoryId, i64);
 
 impl Eq for Worse {}
 
@@ -216,7 +219,11 @@ impl PartialOrd for Worse {
 
 impl Ord for Worse {
     fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+        other
+            .0
+            .total_cmp(&self.0)
+            .then(self.1.cmp(&other.1))
+            .then(self.2.cmp(&other.2))
     }
 }
 
@@ -243,11 +250,12 @@ impl QueryScores<'_> {
         self.keywords.slots[slot as usize].as_ref()
     }
 
-    /// Up to `k` memories whose pk `admit` accepts, best first, ties by id
-    /// (as [`UserKeywords::score`]'s sorted would give them). One pass that
-    /// keeps the best `k` so far: most memories cost one comparison with
-    /// the worst of them, and only those that would enter are asked about.
-    pub fn best(&self, k: usize, admit: impl Fn(i64) -> bool) -> Vec<(MemoryId, f32)> {
+    /// Up to `k` memories (pk, id, relevance) whose pk `admit` accepts,
+    /// best first, ties by id (as all the scores sorted would
+    /// give them). One pass that keeps the best `k` so far: most memories
+    /// cost one comparison with the worst of them, and only those that
+    /// would enter are asked about.
+    pub fn best(&self, k: usize, admit: impl Fn(i64) -> bool) -> Vec<(i64, MemoryId, f32)> {
         if k == 0 {
             return Vec::new();
         }
@@ -261,7 +269,7 @@ impl QueryScores<'_> {
             let Some(memory) = self.memory(slot) else {
                 continue;
             };
-            let candidate = Worse(relevance, memory.id);
+            let candidate = Worse(relevance, memory.id, memory.pk);
             if kept.len() == k && kept.peek().is_some_and(|w| candidate >= *w) {
                 continue;
             }
@@ -276,7 +284,7 @@ impl QueryScores<'_> {
         // Ascending by `Worse` is best first.
         kept.into_sorted_vec()
             .into_iter()
-            .map(|Worse(score, id)| (id, score))
+            .map(|Worse(score, id, pk)| (pk, id, score))
             .collect()
     }
 
@@ -423,11 +431,11 @@ mod tests {
             expected.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.1.cmp(&b.1)));
             let scores = copy.query(&terms, |_| true);
             for k in [0, 1, 3, 10, 100] {
-                let want: Vec<(MemoryId, f32)> = expected
+                let want: Vec<(i64, MemoryId, f32)> = expected
                     .iter()
                     .filter(|(pk, ..)| admit(*pk))
                     .take(k)
-                    .map(|&(_, id, score)| (id, score))
+                    .copied()
                     .collect();
                 assert_eq!(scores.best(k, admit), want, "{query}, k {k}");
             }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::RwLock;
 
-use super::keyword_copy::UserKeywords;
+use super::keyword_copy::{QueryScores, UserKeywords};
 use super::sketch::{self, Sketch};
 use crate::keywords::DocumentTerms;
 use crate::model::MemoryId;
@@ -48,7 +48,32 @@ pub enum Among<'a> {
     Pks(&'a HashSet<i64>),
 }
 
-/// Per-user quantised vectors, each row with its memory's pk, id and scope.
+/// What a row of the copy holds of its memory besides the vector and terms.
+#[derive(Debug, Clone, Copy)]
+pub struct RowOf<'a> {
+    pub pk: i64,
+    pub id: MemoryId,
+    pub agent_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    /// When the memory expires (Unix milliseconds), if it does.
+    pub expires_at: Option<i64>,
+}
+
+impl RowOf<'_> {
+    /// A row of memory `pk` (`id`) with no agent, run or expiry.
+    pub fn new(pk: i64, id: MemoryId) -> Self {
+        Self {
+            pk,
+            id,
+            agent_id: None,
+            run_id: None,
+            expires_at: None,
+        }
+    }
+}
+
+/// Per-user quantised vectors, each row with its memory's pk, id, scope and
+/// expiry.
 #[derive(Debug, Default)]
 pub struct UserVectors {
     /// The database write generation this copy reflects; `None` = never loaded.
@@ -65,6 +90,10 @@ pub struct UserVectors {
     codes: Vec<i8>,
     inv_scales: Vec<f32>,
     sketches: Vec<Sketch>,
+    /// Each row's expiry (Unix milliseconds), `i64::MAX` for none.
+    expires: Vec<i64>,
+    /// How many rows have an expiry: with none, nothing needs checking.
+    expiring: usize,
     keywords: UserKeywords,
     /// Approximate bytes held, readable by the index without taking this
     /// copy's lock.
@@ -90,29 +119,30 @@ impl UserVectors {
         self.codes.clear();
         self.inv_scales.clear();
         self.sketches.clear();
+        self.expires.clear();
+        self.expiring = 0;
         self.keywords.clear();
         self.account();
     }
 
     /// Publishes the bytes held, for the index's budget.
     fn account(&self) {
-        let row = self.dims + std::mem::size_of::<(i64, MemoryId, usize, f32, Sketch)>();
+        let row = self.dims + std::mem::size_of::<(i64, MemoryId, usize, f32, Sketch, i64)>();
         let bytes = self.pks.len() * row + self.keywords.bytes();
         self.bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Adds a row for memory `pk` of agent `agent_id` and run `run_id`,
-    /// with its vector and its text's keyword terms.
-    pub fn push(
-        &mut self,
-        pk: i64,
-        id: MemoryId,
-        agent_id: Option<&str>,
-        run_id: Option<&str>,
-        vector: &[f32],
-        terms: &DocumentTerms,
-    ) {
+    /// Adds a row for memory `row`, with its vector and its text's keyword
+    /// terms.
+    pub fn push(&mut self, row: RowOf<'_>, vector: &[f32], terms: &DocumentTerms) {
         debug_assert_eq!(vector.len(), self.dims);
+        let RowOf {
+            pk,
+            id,
+            agent_id,
+            run_id,
+            expires_at,
+        } = row;
         let key = (agent_id.map(str::to_owned), run_id.map(str::to_owned));
         let next = self.scope_names.len();
         let scope = *self.scope_index.entry(key.clone()).or_insert(next);
@@ -125,6 +155,8 @@ impl UserVectors {
         self.scopes.push(scope);
         self.inv_scales.push(inv_scale);
         self.sketches.push(sketch::sketch(vector));
+        self.expires.push(expires_at.unwrap_or(i64::MAX));
+        self.expiring += usize::from(expires_at.is_some());
         self.keywords.insert(pk, id, scope, terms);
         self.account();
     }
@@ -152,6 +184,7 @@ impl UserVectors {
             self.scopes.swap(i, last);
             self.inv_scales.swap(i, last);
             self.sketches.swap(i, last);
+            self.expires.swap(i, last);
             let d = self.dims;
             if i != last {
                 let (head, tail) = self.codes.split_at_mut(last * d);
@@ -162,6 +195,8 @@ impl UserVectors {
             self.scopes.pop();
             self.inv_scales.pop();
             self.sketches.pop();
+            let expires = self.expires.pop();
+            self.expiring -= usize::from(expires.is_some_and(|at| at != i64::MAX));
             self.codes.truncate(last * d);
         }
         self.account();
@@ -188,6 +223,7 @@ impl UserVectors {
                 self.scopes[kept] = self.scopes[i];
                 self.inv_scales[kept] = self.inv_scales[i];
                 self.sketches[kept] = self.sketches[i];
+                self.expires[kept] = self.expires[i];
                 self.codes.copy_within(i * d..(i + 1) * d, kept * d);
             }
             kept += 1;
@@ -197,24 +233,38 @@ impl UserVectors {
         self.scopes.truncate(kept);
         self.inv_scales.truncate(kept);
         self.sketches.truncate(kept);
+        self.expires.truncate(kept);
+        self.expiring = self.expires.iter().filter(|&&at| at != i64::MAX).count();
         self.codes.truncate(kept * d);
         self.account();
     }
 
-    /// BM25 relevance (pk, id, score) of every memory `among` selects that
-    /// holds a term of `terms` (see [`UserKeywords::score`]).
-    pub fn keyword_scores(&self, terms: &[String], among: Among<'_>) -> Vec<(i64, MemoryId, f32)> {
+    /// The pks of the rows whose memory has expired at `now` (Unix
+    /// milliseconds): the copy keeps an expiring memory until it is
+    /// purged, and searches leave it out before they cut at a limit.
+    pub fn expired(&self, now: i64) -> HashSet<i64> {
+        if self.expiring == 0 {
+            return HashSet::new();
+        }
+        self.expires
+            .iter()
+            .zip(&self.pks)
+            .filter(|&(&at, _)| at <= now)
+            .map(|(_, &pk)| pk)
+            .collect()
+    }
+
+    /// One query's BM25 over the memories `among` selects by their agent
+    /// and run ([`UserKeywords::query`]). A pk list is the reader's to apply
+    /// (as `admit` to [`QueryScores::best`]): the statistics are the whole
+    /// user's either way.
+    pub fn keyword_query(&self, terms: &[String], among: Among<'_>) -> QueryScores<'_> {
         match among {
-            Among::All => self.keywords.score(terms, |_| true),
             Among::Scope { .. } => {
                 let scope_in = self.scope_filter(among);
-                self.keywords.score(terms, |scope| scope_in[scope])
+                self.keywords.query(terms, |scope| scope_in[scope])
             }
-            Among::Pks(allowed) => {
-                let mut scores = self.keywords.score(terms, |_| true);
-                scores.retain(|(pk, ..)| allowed.contains(pk));
-                scores
-            }
+            Among::All | Among::Pks(_) => self.keywords.query(terms, |_| true),
         }
     }
 
@@ -346,7 +396,7 @@ pub fn sketch_recall(rows: &[Vec<f32>], queries: &[Vec<f32>], min_score: f32) ->
     copy.reset(0);
     let none = crate::keywords::document_terms("");
     for (pk, v) in rows.iter().enumerate() {
-        copy.push(pk as i64, MemoryId::new(), None, None, v, &none);
+        copy.push(RowOf::new(pk as i64, MemoryId::new()), v, &none);
     }
     let max = sketch::max_distance(min_score);
     let mut recall = SketchRecall {
@@ -726,6 +776,41 @@ mod tests {
         assert!(best_k(std::iter::empty(), 3).is_empty());
     }
 
+    /// The copy says which rows have expired at a time, as rows come and
+    /// go by every path (one removal, many, a reload).
+    #[test]
+    fn expired_rows_are_those_due_at_the_time_asked() {
+        let mut uv = UserVectors::new(8);
+        uv.reset(1);
+        let expiring = |pk: i64, at: Option<i64>| RowOf {
+            expires_at: at,
+            ..RowOf::new(pk, MemoryId::new())
+        };
+        for (pk, at) in [(1, None), (2, Some(100)), (3, Some(200)), (4, Some(300))] {
+            uv.push(expiring(pk, at), &[0.5; 8], &document_terms(""));
+        }
+        let at = |uv: &UserVectors, now: i64| -> Vec<i64> {
+            let mut pks: Vec<i64> = uv.expired(now).into_iter().collect();
+            pks.sort_unstable();
+            pks
+        };
+        assert_eq!(at(&uv, 99), Vec::<i64>::new());
+        assert_eq!(at(&uv, 100), vec![2], "due at its own time");
+        assert_eq!(at(&uv, 250), vec![2, 3]);
+        // Removing row 2 moves the last row (4) into its place.
+        uv.remove(2);
+        assert_eq!(at(&uv, 1000), vec![3, 4]);
+        uv.remove_many(&[3].into_iter().collect());
+        assert_eq!(at(&uv, 1000), vec![4]);
+        assert_eq!(uv.expiring, 1);
+        uv.remove(4);
+        assert_eq!(uv.expiring, 0, "no row left with an expiry");
+        assert_eq!(at(&uv, i64::MAX - 1), Vec::<i64>::new());
+        uv.push(expiring(5, Some(10)), &[0.5; 8], &document_terms(""));
+        uv.reset(2);
+        assert_eq!((uv.expiring, at(&uv, 1000)), (0, vec![]));
+    }
+
     #[test]
     fn removing_many_rows_keeps_the_others_and_their_vectors() {
         let e = HashEmbedder::new(64);
@@ -735,10 +820,7 @@ mod tests {
         let ids: Vec<MemoryId> = (0..20).map(|_| MemoryId::new()).collect();
         for (i, t) in texts.iter().enumerate() {
             uv.push(
-                i as i64,
-                ids[i],
-                None,
-                None,
+                RowOf::new(i as i64, ids[i]),
                 &e.embed(t),
                 &document_terms(t),
             );
@@ -769,10 +851,7 @@ mod tests {
         let vecs: Vec<Vec<f32>> = texts.iter().map(|t| e.embed(t)).collect();
         for (i, v) in vecs.iter().enumerate() {
             uv.push(
-                i as i64,
-                MemoryId::new(),
-                None,
-                None,
+                RowOf::new(i as i64, MemoryId::new()),
                 v,
                 &document_terms(&texts[i]),
             );
@@ -825,10 +904,7 @@ mod tests {
         uv.reset(1);
         for i in 0..2000 {
             uv.push(
-                i as i64,
-                MemoryId::new(),
-                None,
-                None,
+                RowOf::new(i as i64, MemoryId::new()),
                 &e.embed(&text(i)),
                 &document_terms(&text(i)),
             );
@@ -916,10 +992,7 @@ mod tests {
     /// A row of eight equal components and no terms.
     fn push_plain(v: &mut UserVectors, pk: i64) {
         v.push(
-            pk,
-            MemoryId::new(),
-            None,
-            None,
+            RowOf::new(pk, MemoryId::new()),
             &[0.5; 8],
             &document_terms(""),
         );
@@ -969,10 +1042,11 @@ mod tests {
             (4, Some("b"), None, "red sky"),
         ] {
             uv.push(
-                pk,
-                MemoryId::new(),
-                agent,
-                run,
+                RowOf {
+                    agent_id: agent,
+                    run_id: run,
+                    ..RowOf::new(pk, MemoryId::new())
+                },
                 &e.embed(t),
                 &document_terms(t),
             );
@@ -1006,18 +1080,20 @@ mod tests {
         let mut uv = UserVectors::new(32);
         uv.reset(1);
         uv.push(
-            7,
-            MemoryId::new(),
-            Some("a"),
-            None,
+            RowOf {
+                agent_id: Some("a"),
+                run_id: None,
+                ..RowOf::new(7, MemoryId::new())
+            },
             &e.embed("alpha"),
             &document_terms("alpha"),
         );
         uv.push(
-            8,
-            MemoryId::new(),
-            Some("b"),
-            None,
+            RowOf {
+                agent_id: Some("b"),
+                run_id: None,
+                ..RowOf::new(8, MemoryId::new())
+            },
             &e.embed("bravo"),
             &document_terms("bravo"),
         );
@@ -1038,10 +1114,7 @@ mod tests {
         uv.reset(1);
         for (pk, t) in [(10, "alpha"), (11, "bravo"), (12, "charlie")] {
             uv.push(
-                pk,
-                MemoryId::new(),
-                None,
-                None,
+                RowOf::new(pk, MemoryId::new()),
                 &e.embed(t),
                 &document_terms(t),
             );

@@ -178,7 +178,7 @@ impl UserCopy {
         let best = scores
             .best(k, |row| !self.expired(row, now))
             .into_iter()
-            .map(|(id, score)| (id.0, score))
+            .map(|(_, id, score)| (id.0, score))
             .collect();
         (best, scores)
     }

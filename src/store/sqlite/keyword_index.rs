@@ -19,6 +19,12 @@ use crate::keywords::{self, DocumentTerms};
 /// as this version of [`crate::keywords`] cuts text.
 const INDEX_VERSION: &str = keywords::INDEX_VERSION;
 
+/// A text's terms and their counts as the postings' inserts read them: a
+/// JSON array of `[term, count]` pairs.
+pub(super) fn terms_json(terms: &DocumentTerms) -> Result<String, StoreError> {
+    serde_json::to_string(&terms.counts).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// Writes the postings of a memory's text (its `keyword_length` is written
 /// with the row, and its scope read from it).
 pub(super) async fn index_terms(
@@ -29,8 +35,6 @@ pub(super) async fn index_terms(
     if terms.counts.is_empty() {
         return Ok(());
     }
-    let counts =
-        serde_json::to_string(&terms.counts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO keyword_postings (user_id, agent_id, run_id, term, pk, tf, length) \
          SELECT m.user_id, m.agent_id, m.run_id, j.value ->> 0, m.pk, j.value ->> 1, ?2 \
@@ -38,7 +42,7 @@ pub(super) async fn index_terms(
     )
     .bind(pk)
     .bind(i64::from(terms.length))
-    .bind(counts)
+    .bind(terms_json(terms)?)
     .execute(&mut *conn)
     .await
     .map_err(db("indexing keywords"))?;

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use chrono::Utc;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
@@ -43,25 +44,6 @@ impl SqliteStore {
         let mut copy = entry.write_owned().await;
         self.sync_vectors(conn, user_id, &mut copy).await?;
         Ok(copy.downgrade())
-    }
-
-    /// The pks of the user's current memories that have expired but are
-    /// not purged yet: searches leave them out before they cut at a limit,
-    /// so an expired memory never takes a live one's place.
-    pub(super) async fn expired_pks(
-        conn: &mut SqliteConnection,
-        user_id: &str,
-    ) -> Result<HashSet<i64>, StoreError> {
-        let pks: String = sqlx::query_scalar(
-            "SELECT json_group_array(pk) FROM memories INDEXED BY memories_expiring \
-             WHERE user_id = ? AND valid_to IS NULL AND expires_at IS NOT NULL \
-               AND expires_at <= unixepoch('subsec') * 1000",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db("finding expired memories"))?;
-        serde_json::from_str(&pks).map_err(|e| StoreError::Corrupt(format!("pk list: {e}")))
     }
 
     /// The pks of the user's current memories that a metadata filter (and
@@ -116,14 +98,15 @@ impl Search for SqliteStore {
         let among = among(at, allowed.as_ref());
         // Expired memories still in the copy take places in the scan that
         // the exact read then empties: the pool makes room for them.
-        let expired = Self::expired_pks(&mut conn, user_id).await?;
-        let pool = limit * RERANK_FACTOR + RERANK_EXTRA + expired.len();
+        let now = Utc::now().timestamp_millis();
+        let pool =
+            |vecs: &UserVectors| limit * RERANK_FACTOR + RERANK_EXTRA + vecs.expired(now).len();
         // Optimistic: scan the copy as it is, then read the user's generation
         // and the candidates' exact vectors in one statement (one snapshot).
         // A copy behind the database is reloaded and the search redone.
         let (seen, approx) = {
             let vecs = entry.read().await;
-            (vecs.generation, vecs.top_k_among(query, pool, among))
+            (vecs.generation, vecs.top_k_among(query, pool(&vecs), among))
         };
         let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
         let (generation, exact) = exact_scores(&mut conn, user_id, &pks, query).await?;
@@ -133,7 +116,7 @@ impl Search for SqliteStore {
             let mut vecs = entry.write().await;
             let mut tx = conn.begin().await.map_err(db("loading vectors"))?;
             let generation = self.sync_vectors(&mut tx, user_id, &mut vecs).await?;
-            let approx = vecs.top_k_among(query, pool, among);
+            let approx = vecs.top_k_among(query, pool(&vecs), among);
             let pks: Vec<i64> = approx.iter().map(|s| s.pk).collect();
             let (read_at, exact) = exact_scores(&mut tx, user_id, &pks, query).await?;
             tx.commit().await.map_err(db("loading vectors"))?;
@@ -171,22 +154,21 @@ impl Search for SqliteStore {
         } else {
             Some(self.scoped_pks(&mut conn, at).await?)
         };
-        let expired = Self::expired_pks(&mut conn, user_id).await?;
-        // The copy at the user's current generation holds the postings and
-        // ids of exactly the current memories: no rows to read.
+        // The copy at the user's current generation holds the postings, ids
+        // and expiries of exactly the current memories: no rows to read.
         let mut tx = conn.begin().await.map_err(db("searching keywords"))?;
         let now = generation(&mut tx, user_id).await?;
         let copy = self.copy_at(&mut tx, user_id, now).await?;
         tx.commit().await.map_err(db("searching keywords"))?;
-        let mut hits: Vec<Hit> = copy
-            .keyword_scores(&terms, among(at, allowed.as_ref()))
+        let expired = copy.expired(Utc::now().timestamp_millis());
+        let hits = copy
+            .keyword_query(&terms, among(at, allowed.as_ref()))
+            .best(limit, |pk| {
+                !expired.contains(&pk) && allowed.as_ref().is_none_or(|a| a.contains(&pk))
+            })
             .into_iter()
-            .filter(|(pk, ..)| !expired.contains(pk))
             .map(|(_, id, score)| Hit { id, score })
             .collect();
-        drop(copy);
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        hits.truncate(limit);
         Ok(hits)
     }
 
@@ -215,26 +197,37 @@ impl Search for SqliteStore {
             Some(self.scoped_pks(&mut conn, at).await?)
         };
         let among = among(at, allowed.as_ref());
-        // As in vector_search: expired memories leave the keyword side
-        // before its cut, and make room in the vector scan's pool.
-        let expired = Self::expired_pks(&mut conn, user_id).await?;
-        let pool = depth * RERANK_FACTOR + RERANK_EXTRA + expired.len();
         // Both signals come from the copy as it is, under one read lock;
         // its generation is checked in the statement that reads the exact
         // vectors, and a copy behind is reloaded and both signals redone.
+        let now = Utc::now().timestamp_millis();
         let signals = |copy: &UserVectors| {
+            // As in vector_search: expired memories leave the keyword side
+            // before its cut, and make room in the vector scan's pool.
+            let expired = copy.expired(now);
+            let pool = depth * RERANK_FACTOR + RERANK_EXTRA + expired.len();
             let approx = copy.top_k_among(vector, pool, among);
-            let keyword: HashMap<i64, f32> = copy
-                .keyword_scores(&terms, among)
-                .into_iter()
-                .filter(|(pk, ..)| !expired.contains(pk))
-                .map(|(pk, _, score)| (pk, score))
+            // The keyword side's best `depth`, cut as keyword_search cuts
+            // (equal scores in id order), and the keyword relevance of the
+            // vector side's candidates: nothing else of the matches is kept.
+            let scores = copy.keyword_query(&terms, among);
+            let by_keyword = scores.best(depth, |pk| {
+                !expired.contains(&pk) && allowed.as_ref().is_none_or(|a| a.contains(&pk))
+            });
+            let keyword: HashMap<i64, f32> = by_keyword
+                .iter()
+                .map(|&(pk, _, score)| (pk, score))
+                .chain(
+                    approx
+                        .iter()
+                        .filter(|s| !expired.contains(&s.pk))
+                        .filter_map(|s| Some((s.pk, scores.of(s.id)?))),
+                )
                 .collect();
-            let by_keyword = best_with_ties(&keyword, depth);
             let mut union: Vec<i64> = approx
                 .iter()
                 .map(|s| s.pk)
-                .chain(by_keyword.iter().copied())
+                .chain(by_keyword.iter().map(|&(pk, ..)| pk))
                 .collect();
             union.sort_unstable();
             union.dedup();
@@ -266,21 +259,10 @@ impl Search for SqliteStore {
             .collect();
         by_vector.sort_by(|a, b| b.1.total_cmp(&a.1));
         by_vector.truncate(depth);
-        // The keyword side cut at `depth` as keyword_search cuts it: equal
-        // scores in id order (the ids came with the vectors).
-        let mut by_keyword: Vec<(i64, f32, MemoryId)> = by_keyword
-            .iter()
-            .filter_map(|pk| {
-                let (id, _) = exact.get(pk)?;
-                Some((*pk, keyword.get(pk).copied().unwrap_or(0.0), *id))
-            })
-            .collect();
-        by_keyword.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
-        by_keyword.truncate(depth);
         let chosen: HashSet<i64> = by_vector
             .iter()
             .map(|(pk, _)| *pk)
-            .chain(by_keyword.iter().map(|(pk, ..)| *pk))
+            .chain(by_keyword.iter().map(|&(pk, ..)| pk))
             .collect();
         let scored = chosen
             .into_iter()
@@ -338,12 +320,11 @@ impl Search for SqliteStore {
         let keyword: HashMap<i64, f32> = if terms.is_empty() {
             HashMap::new()
         } else {
-            let wanted: HashSet<i64> = pks.iter().copied().collect();
-            self.copy_at(&mut tx, user_id, generation)
-                .await?
-                .keyword_scores(&terms, Among::Pks(&wanted))
-                .into_iter()
-                .map(|(pk, _, score)| (pk, score))
+            let copy = self.copy_at(&mut tx, user_id, generation).await?;
+            let scores = copy.keyword_query(&terms, Among::All);
+            found
+                .iter()
+                .filter_map(|&(pk, id)| Some((pk, scores.of(id)?)))
                 .collect()
         };
         tx.commit().await.map_err(db("scoring memories"))?;
@@ -370,14 +351,4 @@ pub(super) fn among<'a>(at: SearchScope<'a>, allowed: Option<&'a HashSet<i64>>) 
             run_id: at.scope.run_id(),
         },
     }
-}
-
-/// The `depth` best of `scores` (pk, score) and every one tied with the last.
-pub(super) fn best_with_ties(scores: &HashMap<i64, f32>, depth: usize) -> Vec<i64> {
-    let mut ranked: Vec<(i64, f32)> = scores.iter().map(|(&pk, &s)| (pk, s)).collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    if let Some(&(_, cut)) = ranked.get(depth.saturating_sub(1)) {
-        ranked.retain(|&(_, s)| s >= cut);
-    }
-    ranked.into_iter().map(|(pk, _)| pk).collect()
 }

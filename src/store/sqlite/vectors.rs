@@ -11,7 +11,7 @@ use crate::embed::dot;
 use crate::keywords;
 use crate::model::MemoryId;
 use crate::store::StoreError;
-use crate::store::vector_index::UserVectors;
+use crate::store::vector_index::{RowOf, UserVectors};
 
 impl SqliteStore {
     /// Keeps the in-process copy of `user_id` (vectors and keyword
@@ -31,7 +31,7 @@ impl SqliteStore {
         // check counts them. One that expires after the load stays in the
         // copy until the next reload; the exact read below drops it.
         let rows = sqlx::query(concat!(
-            "SELECT m.pk, m.id, m.agent_id, m.run_id, m.content, v.embedding \
+            "SELECT m.pk, m.id, m.agent_id, m.run_id, m.content, m.expires_at, v.embedding \
              FROM memories m JOIN memory_vectors v ON v.pk = m.pk \
              WHERE m.user_id = ? AND m.valid_to IS NULL AND ",
             unexpired!("m")
@@ -54,14 +54,18 @@ impl SqliteStore {
             let agent_id: Option<&str> = row.try_get("agent_id").map_err(db("reading a scope"))?;
             let run_id: Option<&str> = row.try_get("run_id").map_err(db("reading a scope"))?;
             let content: &str = row.try_get("content").map_err(db("reading a memory"))?;
-            vecs.push(
-                row.try_get("pk").map_err(db("reading a vector"))?,
-                parse_id(row)?,
+            let expires_at: Option<i64> =
+                row.try_get("expires_at").map_err(db("reading an expiry"))?;
+            let memory = RowOf {
                 agent_id,
                 run_id,
-                &embedding,
-                &keywords::document_terms(content),
-            );
+                expires_at,
+                ..RowOf::new(
+                    row.try_get("pk").map_err(db("reading a vector"))?,
+                    parse_id(row)?,
+                )
+            };
+            vecs.push(memory, &embedding, &keywords::document_terms(content));
         }
         tracing::debug!(user_id, rows = rows.len(), generation, "loaded vectors");
         Ok(generation)

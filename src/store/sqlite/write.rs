@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::audit::insert_audit;
-use super::keyword_index::index_terms;
+use super::keyword_index::{index_terms, terms_json};
 use super::queue::insert_pending;
 use super::rows::{json_array, parse_id};
 use super::vectors::{decode_vector, encode_vector};
@@ -23,28 +23,34 @@ use crate::model::{Memory, MemoryId, details_differ};
 use crate::store::shared::{
     MEMORY_COLUMNS, content_hash_hex, for_user, memory_from_row, same_user,
 };
-use crate::store::vector_index::{DEDUP_MARGIN, UserVectors};
+use crate::store::vector_index::{DEDUP_MARGIN, RowOf, UserVectors};
 use crate::store::{
     AuditRecord, ImportOutcome, ImportedMemory, InsertOutcome, NewMemory, NewPending, Selection,
     StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
-/// Writes a new memory with its vector, keyword length and ADD history row, and
-/// moves the user to the next write generation, in one round trip (its
-/// postings follow: [`index_terms`]). Parameters:
-/// ?1 id, ?2 vector blob, ?3 keyword length, ?4 actor, ?5 user, ?6 agent, ?7 run,
+/// Writes a new memory with its vector, keyword length, postings and ADD
+/// history row, and moves the user to the next write generation, in one
+/// round trip. Parameters:
+/// ?1 id, ?2 vector blob, ?3 the text's terms and counts (JSON, as
+/// [`terms_json`] writes them), ?4 actor, ?5 user, ?6 agent, ?7 run,
 /// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms),
-/// ?13 expiry (ms, or NULL).
+/// ?13 expiry (ms, or NULL), ?14 keyword length.
 ///
 /// Later statements read what they can from the new row, so each uses few
 /// parameters: sqlx counts the unused numbers below a statement's highest one
 /// as positional arguments across statements, and stops binding a statement
-/// once that count passes the number of arguments (here it reaches 6 of 12).
+/// once that count passes the number of arguments (here it reaches 6 of 14).
+/// So a parameter only the first statement uses takes the highest number.
 pub(super) const INSERT_MEMORY: &str = "\
     INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
         categories, created_at, updated_at, valid_from, keyword_length, expires_at) \
-        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?3, ?13) RETURNING pk; \
+        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?14, ?13) RETURNING pk; \
     INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
+    INSERT INTO keyword_postings (user_id, agent_id, run_id, term, pk, tf, length) \
+        SELECT m.user_id, m.agent_id, m.run_id, j.value ->> 0, m.pk, j.value ->> 1, \
+               m.keyword_length \
+        FROM memories m, json_each(?3) j WHERE m.id = ?1; \
     INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
         SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
     UPDATE write_seq SET value = value + 1 WHERE one = 1; \
@@ -103,14 +109,13 @@ impl UserWrite<'_> {
 /// the user's copy.
 pub(super) fn keep(vecs: &mut UserVectors, pk: i64, new: &NewMemory, terms: &DocumentTerms) {
     let scope = &new.scope;
-    vecs.push(
-        pk,
-        new.id,
-        scope.agent_id(),
-        scope.run_id(),
-        &new.embedding,
-        terms,
-    );
+    let row = RowOf {
+        agent_id: scope.agent_id(),
+        run_id: scope.run_id(),
+        expires_at: new.expires_at.map(|at| at.timestamp_millis()),
+        ..RowOf::new(pk, new.id)
+    };
+    vecs.push(row, &new.embedding, terms);
 }
 
 impl SqliteStore {
@@ -177,8 +182,9 @@ impl SqliteStore {
     }
 
     /// Writes `new` (row, vector, keyword postings, ADD history) and moves
-    /// the user to the next generation; returns the row's pk, that
-    /// generation and the text's keyword terms (for the user's copy).
+    /// the user to the next generation, in one call ([`INSERT_MEMORY`]);
+    /// returns the row's pk, that generation and the text's keyword terms
+    /// (for the user's copy).
     pub(super) async fn insert_row(
         conn: &mut SqliteConnection,
         new: &NewMemory,
@@ -193,7 +199,7 @@ impl SqliteStore {
         let rows = sqlx::query(INSERT_MEMORY)
             .bind(new.id.to_string())
             .bind(encode_vector(&new.embedding))
-            .bind(i64::from(terms.length))
+            .bind(terms_json(&terms)?)
             .bind(&new.actor)
             .bind(new.scope.user_id().as_str())
             .bind(new.scope.agent_id())
@@ -204,6 +210,7 @@ impl SqliteStore {
             .bind(&categories)
             .bind(now.timestamp_millis())
             .bind(new.expires_at.map(|at| at.timestamp_millis()))
+            .bind(i64::from(terms.length))
             .fetch_all(&mut *conn)
             .await
             .map_err(db("storing a memory"))?;
@@ -218,7 +225,6 @@ impl SqliteStore {
                 rows.len()
             )));
         };
-        index_terms(conn, pk, &terms).await?;
         Ok((pk, generation, terms))
     }
 
