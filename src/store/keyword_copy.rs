@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use super::scratch;
 use crate::keywords::{Bm25, Corpus, DocumentTerms};
 use crate::model::MemoryId;
 
@@ -180,7 +181,7 @@ impl UserKeywords {
         );
         // Raw scores by slot, summed term by term in query order. A term's
         // weight is positive (its IDF is), so 0 means not yet touched.
-        let mut raw = vec![0.0f64; self.slots.len()];
+        let mut raw = scratch::take_zeroed(self.slots.len());
         let mut touched: Vec<u32> = Vec::new();
         for (i, list) in lists.iter().enumerate() {
             for &(slot, tf) in *list {
@@ -233,12 +234,25 @@ impl Ord for Worse {
 /// thousands of memories.
 ///
 /// Invariant: `raw[slot] > 0` exactly for the slots in `touched`, each a
-/// memory held by the copy that holds a query term.
+/// memory held by the copy that holds a query term; every other entry is
+/// zero (`raw`, a [`scratch`] buffer, may run past the copy's slots).
 pub struct QueryScores<'a> {
     keywords: &'a UserKeywords,
     raw: Vec<f64>,
     touched: Vec<u32>,
     bm25: Bm25,
+}
+
+impl Drop for QueryScores<'_> {
+    /// Zeroes what the query wrote (only the touched slots: the invariant)
+    /// and gives the buffer back for the thread's next query.
+    fn drop(&mut self) {
+        let mut raw = std::mem::take(&mut self.raw);
+        for &slot in &self.touched {
+            raw[slot as usize] = 0.0;
+        }
+        scratch::give_zeroed(raw);
+    }
 }
 
 impl QueryScores<'_> {

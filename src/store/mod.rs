@@ -17,7 +17,8 @@
 //! `traced` (a span around every call, when traces are exported),
 //! `report` (stats and export shapes), `vector_index` (SQLite's in-process
 //! copy of a user's vectors, with `sketch` for its near-duplicate check and
-//! `keyword_copy` for its keyword postings), `shared` (what both backends
+//! `keyword_copy` for its keyword postings, and `scratch` for the buffers
+//! their scans reuse), `shared` (what both backends
 //! do alike, written once), and a folder per backend. This file: the error
 //! and the prelude.
 
@@ -40,6 +41,7 @@ pub use sqlite::SqliteStore;
 mod imported;
 mod keyword_copy;
 mod report;
+mod scratch;
 mod shared;
 mod sketch;
 mod traits;

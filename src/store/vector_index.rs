@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::RwLock;
 
 use super::keyword_copy::{QueryScores, UserKeywords};
+use super::scratch;
 use super::sketch::{self, Sketch};
 use crate::keywords::DocumentTerms;
 use crate::model::MemoryId;
@@ -354,7 +355,7 @@ impl UserVectors {
         }
         let mut q = Vec::with_capacity(self.dims);
         let q_inv = quantise_into(query, &mut q);
-        let mut scores = vec![0.0f32; self.pks.len()];
+        let mut scores = scratch::take_scores(self.pks.len());
         scan_parallel(&q, &self.codes, self.dims, &mut scores);
         let scored = scores
             .iter()
@@ -362,7 +363,9 @@ impl UserVectors {
             .map(|(&s, &inv)| s * q_inv * inv)
             .enumerate()
             .filter(|&(i, _)| counted(i));
-        self.best(scored, k)
+        let best = self.best(scored, k);
+        scratch::give_scores(scores);
+        best
     }
 }
 
@@ -505,13 +508,19 @@ fn scan_parallel(q: &[i8], codes: &[i8], dims: usize, scores: &mut [f32]) {
         return scan(q, codes, dims, scores);
     }
     let rows_each = scores.len().div_ceil(threads);
+    // The calling thread scans the first slice itself: one thread fewer to
+    // start (each maps and unmaps its stack).
+    let mut slices = codes
+        .chunks(rows_each * dims)
+        .zip(scores.chunks_mut(rows_each));
+    let Some((own_codes, own_scores)) = slices.next() else {
+        return;
+    };
     std::thread::scope(|s| {
-        for (codes, scores) in codes
-            .chunks(rows_each * dims)
-            .zip(scores.chunks_mut(rows_each))
-        {
+        for (codes, scores) in slices {
             s.spawn(move || scan(q, codes, dims, scores));
         }
+        scan(q, own_codes, dims, own_scores);
     });
 }
 
