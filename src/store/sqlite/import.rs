@@ -6,7 +6,6 @@
 use chrono::Utc;
 use sqlx::sqlite::SqliteConnection;
 
-use super::keyword_index::index_terms;
 use super::vectors::encode_vector;
 use super::write::{SqliteBatch, keep};
 use super::{SqliteStore, db};
@@ -41,10 +40,9 @@ impl SqliteBatch<'_> {
             let existing = SqliteStore::fetch_memory(&mut self.tx, pk).await?;
             return Ok(ImportOutcome::Repeat(existing.id));
         }
-        let terms = keywords::document_terms(&new.content);
         // Another user's id is found by the unique index refusing the row
         // (which undoes that statement alone): no read looks past the user.
-        let pk = match insert_imported(&mut self.tx, &imported, i64::from(terms.length)).await {
+        let pk = match insert_imported(&mut self.tx, &imported).await {
             Err(e) if is_taken_id(&e) => return Ok(ImportOutcome::IdTaken),
             Err(e) => {
                 return Err(StoreError::Database {
@@ -54,12 +52,14 @@ impl SqliteBatch<'_> {
             }
             Ok(pk) => pk,
         };
-        if current {
-            index_terms(&mut self.tx, pk, &terms).await?;
-        }
         self.generation = super::versions::bump_generation(&mut self.tx, &user_id).await?;
         if imported.searchable_at(Utc::now()) {
-            keep(&mut self.copy.vecs, pk, new, &terms);
+            keep(
+                &mut self.copy.vecs,
+                pk,
+                new,
+                &keywords::document_terms(&new.content),
+            );
         }
         Ok(ImportOutcome::Added)
     }
@@ -77,13 +77,12 @@ fn is_taken_id(e: &sqlx::Error) -> bool {
 async fn insert_imported(
     conn: &mut SqliteConnection,
     imported: &ImportedMemory,
-    keyword_length: i64,
 ) -> Result<i64, sqlx::Error> {
     let new = &imported.memory;
     let pk: i64 = sqlx::query_scalar(
         "INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
-             categories, created_at, updated_at, valid_from, valid_to, keyword_length, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11, ?12, ?13) RETURNING pk",
+             categories, created_at, updated_at, valid_from, valid_to, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11, ?12) RETURNING pk",
     )
     .bind(new.id.to_string())
     .bind(new.scope.user_id().as_str())
@@ -96,7 +95,6 @@ async fn insert_imported(
     .bind(imported.created_at.timestamp_millis())
     .bind(imported.updated_at.timestamp_millis())
     .bind(imported.valid_to.map(|at| at.timestamp_millis()))
-    .bind(keyword_length)
     .bind(new.expires_at.map(|at| at.timestamp_millis()))
     .fetch_one(&mut *conn)
     .await?;

@@ -1,6 +1,7 @@
-//! The embedded store: one SQLite file (WAL), keyword postings scored by
-//! BM25 ([`crate::keywords`]), and vectors as f32 blobs scanned through the
-//! in-process [`VectorIndex`].
+//! The embedded store: one SQLite file (WAL), and each active user's
+//! in-process copy ([`VectorIndex`]) that searches read: the vectors as
+//! 8-bit codes, rescored from the stored f32 blobs, and keyword postings cut
+//! from the texts and scored by BM25 ([`crate::keywords`]).
 //!
 //! Writes are serialised twice: an in-process mutex (no busy-waiting between
 //! our own tasks) and `BEGIN IMMEDIATE` (SQLite's write lock, which also
@@ -15,7 +16,7 @@
 //! ([`Reports`]), `versions` (the generations, [`Versions`]), `usage`
 //! (tokens per user and day, [`TokenUsage`]); beside them
 //! `vectors` (the in-process copy and exact cosines), `keyword_index` (the
-//! BM25 postings) and `rows` (the dialect: how rows hold ids, times and
+//! keyword version's marker) and `rows` (the dialect: how rows hold ids, times and
 //! JSON, for the shared mapping). What both stores do alike is written once
 //! in `store/shared`. This file opens the store: connection, migrations,
 //! the embedder check, re-embedding.

@@ -11,7 +11,6 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::audit::insert_audit;
-use super::keyword_index::{index_terms, terms_json};
 use super::queue::insert_pending;
 use super::rows::{json_array, parse_id};
 use super::vectors::{decode_vector, encode_vector};
@@ -29,30 +28,23 @@ use crate::store::{
     StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
-/// Writes a new memory with its vector, keyword length, postings and ADD
-/// history row, and moves the user to the next write generation, in one
-/// round trip. Parameters:
-/// ?1 id, ?2 vector blob, ?3 the text's terms and counts (JSON, as
-/// [`terms_json`] writes them), ?4 actor, ?5 user, ?6 agent, ?7 run,
-/// ?8 content, ?9 content hash, ?10 metadata, ?11 categories, ?12 time (ms),
-/// ?13 expiry (ms, or NULL), ?14 keyword length.
+/// Writes a new memory with its vector and ADD history row, and moves the
+/// user to the next write generation, in one round trip. Parameters:
+/// ?1 id, ?2 vector blob, ?3 actor, ?4 user, ?5 agent, ?6 run, ?7 content,
+/// ?8 content hash, ?9 metadata, ?10 categories, ?11 time (ms), ?12 expiry
+/// (ms, or NULL).
 ///
 /// Later statements read what they can from the new row, so each uses few
 /// parameters: sqlx counts the unused numbers below a statement's highest one
 /// as positional arguments across statements, and stops binding a statement
-/// once that count passes the number of arguments (here it reaches 6 of 14).
-/// So a parameter only the first statement uses takes the highest number.
+/// once that count passes the number of arguments (here it reaches 3 of 12).
 pub(super) const INSERT_MEMORY: &str = "\
     INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
-        categories, created_at, updated_at, valid_from, keyword_length, expires_at) \
-        VALUES (?1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?14, ?13) RETURNING pk; \
+        categories, created_at, updated_at, valid_from, expires_at) \
+        VALUES (?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11, ?12) RETURNING pk; \
     INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
-    INSERT INTO keyword_postings (user_id, agent_id, run_id, term, pk, tf, length) \
-        SELECT m.user_id, m.agent_id, m.run_id, j.value ->> 0, m.pk, j.value ->> 1, \
-               m.keyword_length \
-        FROM memories m, json_each(?3) j WHERE m.id = ?1; \
     INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
-        SELECT id, user_id, 'ADD', NULL, content, ?4, created_at FROM memories WHERE id = ?1; \
+        SELECT id, user_id, 'ADD', NULL, content, ?3, created_at FROM memories WHERE id = ?1; \
     UPDATE write_seq SET value = value + 1 WHERE one = 1; \
     INSERT INTO user_generations (user_id, generation) \
         SELECT user_id, (SELECT value FROM write_seq WHERE one = 1) FROM memories WHERE id = ?1 \
@@ -181,7 +173,7 @@ impl SqliteStore {
         Ok(best)
     }
 
-    /// Writes `new` (row, vector, keyword postings, ADD history) and moves
+    /// Writes `new` (row, vector, ADD history) and moves
     /// the user to the next generation, in one call ([`INSERT_MEMORY`]);
     /// returns the row's pk, that generation and the text's keyword terms
     /// (for the user's copy).
@@ -199,7 +191,6 @@ impl SqliteStore {
         let rows = sqlx::query(INSERT_MEMORY)
             .bind(new.id.to_string())
             .bind(encode_vector(&new.embedding))
-            .bind(terms_json(&terms)?)
             .bind(&new.actor)
             .bind(new.scope.user_id().as_str())
             .bind(new.scope.agent_id())
@@ -210,7 +201,6 @@ impl SqliteStore {
             .bind(&categories)
             .bind(now.timestamp_millis())
             .bind(new.expires_at.map(|at| at.timestamp_millis()))
-            .bind(i64::from(terms.length))
             .fetch_all(&mut *conn)
             .await
             .map_err(db("storing a memory"))?;
@@ -525,10 +515,6 @@ impl Writes for SqliteStore {
                 "deleting deferred remembers",
             ),
             (
-                "DELETE FROM keyword_users WHERE user_id = ?",
-                "deleting keyword statistics",
-            ),
-            (
                 "DELETE FROM user_generations WHERE user_id = ?",
                 "deleting generation",
             ),
@@ -651,14 +637,11 @@ impl WriteBatch for SqliteBatch<'_> {
         }
         let now = Utc::now().timestamp_millis();
         let terms = keywords::document_terms(content);
-        // A trigger drops the old text's postings; the new ones follow.
         sqlx::query(
-            "UPDATE memories SET content = ?, content_hash = ?, keyword_length = ?, \
-             updated_at = ? WHERE pk = ?",
+            "UPDATE memories SET content = ?, content_hash = ?, updated_at = ? WHERE pk = ?",
         )
         .bind(content)
         .bind(content_hash_hex(content))
-        .bind(i64::from(terms.length))
         .bind(now)
         .bind(pk)
         .execute(&mut **tx)
@@ -670,7 +653,6 @@ impl WriteBatch for SqliteBatch<'_> {
             .execute(&mut **tx)
             .await
             .map_err(db("updating a vector"))?;
-        index_terms(tx, pk, &terms).await?;
         let memory = SqliteStore::fetch_memory(tx, pk).await?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, \
