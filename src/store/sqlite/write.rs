@@ -28,8 +28,10 @@ use crate::store::{
     StoreError, SupersedeOutcome, WriteBatch, Writes,
 };
 
-/// Writes a new memory with its vector and ADD history row, and moves the
-/// user to the next write generation, in one round trip. Parameters:
+/// Writes a new memory with its vector and ADD history row, in one round
+/// trip, and answers the row's pk and the user's generation after it (the
+/// insert trigger of migration `generations_follow_every_write` moved it,
+/// and nothing after the row's insert moves it again). Parameters:
 /// ?1 id, ?2 vector blob, ?3 actor, ?4 user, ?5 agent, ?6 run, ?7 content,
 /// ?8 content hash, ?9 metadata, ?10 categories, ?11 time (ms), ?12 expiry
 /// (ms, or NULL).
@@ -37,7 +39,7 @@ use crate::store::{
 /// Later statements read what they can from the new row, so each uses few
 /// parameters: sqlx counts the unused numbers below a statement's highest one
 /// as positional arguments across statements, and stops binding a statement
-/// once that count passes the number of arguments (here it reaches 3 of 12).
+/// once that count passes the number of arguments (here it reaches 6 of 12).
 pub(super) const INSERT_MEMORY: &str = "\
     INSERT INTO memories (id, user_id, agent_id, run_id, content, content_hash, metadata, \
         categories, created_at, updated_at, valid_from, expires_at) \
@@ -45,11 +47,7 @@ pub(super) const INSERT_MEMORY: &str = "\
     INSERT INTO memory_vectors (pk, embedding) SELECT pk, ?2 FROM memories WHERE id = ?1; \
     INSERT INTO memory_history (memory_id, user_id, event, old_content, new_content, actor, created_at) \
         SELECT id, user_id, 'ADD', NULL, content, ?3, created_at FROM memories WHERE id = ?1; \
-    UPDATE write_seq SET value = value + 1 WHERE one = 1; \
-    INSERT INTO user_generations (user_id, generation) \
-        SELECT user_id, (SELECT value FROM write_seq WHERE one = 1) FROM memories WHERE id = ?1 \
-        ON CONFLICT (user_id) DO UPDATE SET generation = excluded.generation \
-        RETURNING generation;";
+    SELECT generation FROM user_generations WHERE user_id = ?4;";
 
 /// How many approximate candidates get an exact dedup check.
 pub(super) const DEDUP_CANDIDATES: usize = 8;
