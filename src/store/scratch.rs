@@ -5,8 +5,9 @@
 //! afresh, buffers that large come straight from the kernel (glibc maps
 //! them), so every recall paid a page fault per 4 KB to first touch them
 //! and an unmap to give them back: about a seventh of a recall's samples
-//! at 100k (docs/benchmarks.md, twenty-seventh run). Each thread keeps the
-//! last buffer it gave back instead, so a thread's next scan reuses it.
+//! at 100k (docs/benchmarks.md, SQLite, "Both 100k targets on a slower
+//! machine"). Each thread keeps the last buffer it gave back instead, so
+//! a thread's next scan reuses it.
 //!
 //! Invariants:
 //! * a zeroed buffer ([`take_zeroed`]) holds only zeros, and is given back

@@ -49,6 +49,17 @@ pub enum Among<'a> {
     Pks(&'a HashSet<i64>),
 }
 
+impl Among<'_> {
+    /// Whether the memory at `pk` may count, as far as a pk list says
+    /// (agent and run are the scans' to check, by each row's scope).
+    fn admits_pk(&self, pk: i64) -> bool {
+        match self {
+            Among::Pks(allowed) => allowed.contains(&pk),
+            Among::All | Among::Scope { .. } => true,
+        }
+    }
+}
+
 /// What a row of the copy holds of its memory besides the vector and terms.
 #[derive(Debug, Clone, Copy)]
 pub struct RowOf<'a> {
@@ -256,8 +267,7 @@ impl UserVectors {
     }
 
     /// One query's BM25 over the memories `among` selects by their agent
-    /// and run ([`UserKeywords::query`]). A pk list is the reader's to apply
-    /// (as `admit` to [`QueryScores::best`]): the statistics are the whole
+    /// and run ([`UserKeywords::query`]); the statistics are the whole
     /// user's either way.
     pub fn keyword_query(&self, terms: &[String], among: Among<'_>) -> QueryScores<'_> {
         match among {
@@ -267,6 +277,21 @@ impl UserVectors {
             }
             Among::All | Among::Pks(_) => self.keywords.query(terms, |_| true),
         }
+    }
+
+    /// One keyword pass for a search: up to `k` memories `among` selects,
+    /// best BM25 first (ties by id), the rows in `expired` left out; and
+    /// the query's scores, for the relevance of any other memory by id.
+    pub fn keyword_search(
+        &self,
+        terms: &[String],
+        among: Among<'_>,
+        k: usize,
+        expired: &HashSet<i64>,
+    ) -> (Vec<(i64, MemoryId, f32)>, QueryScores<'_>) {
+        let scores = self.keyword_query(terms, among);
+        let best = scores.best(k, |pk| !expired.contains(&pk) && among.admits_pk(pk));
+        (best, scores)
     }
 
     /// Whether each scope of `scope_names` is in `among`'s agent and run

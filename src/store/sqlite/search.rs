@@ -161,11 +161,8 @@ impl Search for SqliteStore {
         let copy = self.copy_at(&mut tx, user_id, now).await?;
         tx.commit().await.map_err(db("searching keywords"))?;
         let expired = copy.expired(Utc::now().timestamp_millis());
-        let hits = copy
-            .keyword_query(&terms, among(at, allowed.as_ref()))
-            .best(limit, |pk| {
-                !expired.contains(&pk) && allowed.as_ref().is_none_or(|a| a.contains(&pk))
-            })
+        let (best, _) = copy.keyword_search(&terms, among(at, allowed.as_ref()), limit, &expired);
+        let hits = best
             .into_iter()
             .map(|(_, id, score)| Hit { id, score })
             .collect();
@@ -210,10 +207,7 @@ impl Search for SqliteStore {
             // The keyword side's best `depth`, cut as keyword_search cuts
             // (equal scores in id order), and the keyword relevance of the
             // vector side's candidates: nothing else of the matches is kept.
-            let scores = copy.keyword_query(&terms, among);
-            let by_keyword = scores.best(depth, |pk| {
-                !expired.contains(&pk) && allowed.as_ref().is_none_or(|a| a.contains(&pk))
-            });
+            let (by_keyword, scores) = copy.keyword_search(&terms, among, depth, &expired);
             let keyword: HashMap<i64, f32> = by_keyword
                 .iter()
                 .map(|&(pk, _, score)| (pk, score))
