@@ -2013,9 +2013,9 @@ async fn keyword_search_narrows_small_and_large_scopes_alike() {
 
 /// Checks the keyword index against a recount from the memories
 /// themselves: the postings of every current memory are exactly its
-/// terms, its keyword_length its length, each user's row in
-/// memory_users has their current memories' count and total length, and
-/// keyword_terms each term's document frequency.
+/// terms, its keyword_length its length, each user's row in memory_users
+/// has their current memories' count and total length, and keyword_terms
+/// each term's document frequency for the users whose counts are kept.
 async fn assert_index_is_exact(pool: &PgPool, what: &str) {
     let current: Vec<(uuid::Uuid, String, String, i32)> = sqlx::query_as(
         "SELECT id, user_id, content, keyword_length FROM memories WHERE valid_to IS NULL",
@@ -2060,18 +2060,19 @@ async fn assert_index_is_exact(pool: &PgPool, what: &str) {
         .collect();
     assert_eq!(users, expected_users, "{what}: memory_users");
 
-    // keyword_terms: each (user, term)'s document frequency exactly, and
-    // bounds that hold every posting's tf and length.
+    // keyword_terms: for each user whose counts are kept, each term's
+    // document frequency exactly, and bounds that hold every posting's tf
+    // and length; for every other user, nothing.
     let recount: Vec<(String, String, i32, i32, i32)> = sqlx::query_as(
-        "SELECT user_id, term, count(*)::integer, max(tf), min(length) FROM keyword_postings \
-         GROUP BY user_id, term ORDER BY user_id, term",
+        "SELECT p.user_id, p.term, count(*)::integer, max(p.tf), min(p.length) \
+         FROM keyword_postings p JOIN memory_users u ON u.user_id = p.user_id \
+         WHERE u.keeps_term_counts GROUP BY p.user_id, p.term ORDER BY 1, 2",
     )
     .fetch_all(pool)
     .await
     .unwrap();
     let terms: Vec<(String, String, i32, i32, i32)> = sqlx::query_as(
-        "SELECT user_id, term, docs, max_tf, min_length FROM keyword_terms \
-         ORDER BY user_id, term",
+        "SELECT user_id, term, docs, max_tf, min_length FROM keyword_terms ORDER BY 1, 2",
     )
     .fetch_all(pool)
     .await
@@ -2088,6 +2089,14 @@ async fn assert_index_is_exact(pool: &PgPool, what: &str) {
             "{what}: keyword_terms bounds {stored:?} do not hold {actual:?}"
         );
     }
+}
+
+/// The users whose document frequencies are kept (not counted at search).
+async fn users_keeping_term_counts(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT user_id FROM memory_users WHERE keeps_term_counts ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2184,6 +2193,9 @@ async fn postings_and_lengths_follow_every_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
     let db = TestDatabase::create().await;
+    // The user's counts start to be kept in the middle of the writes below
+    // (24 memories, then 24 writers that remove 12 and add 24).
+    db.set_default("engram.term_counts_from", "30").await;
     let store = Arc::new(open(&db, PlanSettings::default()).await);
     let user = whole("busy");
     let words = [
@@ -2235,7 +2247,9 @@ async fn concurrent_writers_of_one_user_keep_the_statistics_exact() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
     }
-    assert_index_is_exact(&db.pool().await, "after concurrent writers").await;
+    let pool = db.pool().await;
+    assert_index_is_exact(&pool, "after concurrent writers").await;
+    assert_eq!(users_keeping_term_counts(&pool).await, ["busy"]);
 }
 
 /// The keyword search results of every fixture query, for comparing stores.
@@ -2320,11 +2334,236 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
     pool.close().await;
 }
 
-/// A store written by the build before keyword_terms (frequencies counted
-/// at query time) gets them counted once in its migration, without a
-/// keyword rebuild, and searches score as before.
+/// A memory of `user`'s and its keyword postings, inserted by hand as a
+/// build of an earlier schema wrote them (the triggers of the schema the
+/// database is at run).
+async fn insert_with_postings(pool: &PgPool, user: &str, agent: Option<&str>, text: &str) {
+    let doc = keywords::document_terms(text);
+    let embedding = pgvector::Vector::from(HashEmbedder::new(DIMS).embed(text));
+    // As the user, where the schema has row-level security.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('engram.user_id', $1, true)")
+        .bind(user)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH m AS (INSERT INTO memories (id, user_id, agent_id, content, content_hash, \
+                        embedding, created_at, updated_at, valid_from, keyword_length) \
+                    VALUES ($1, $2, $3, $4, sha256(convert_to($4, 'UTF8')), $5, now(), \
+                            now(), now(), $6) RETURNING id, keyword_length) \
+         INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
+         SELECT $2, t.term, m.id, t.tf, m.keyword_length \
+         FROM m, unnest($7::text[], $8::integer[]) AS t (term, tf)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(user)
+    .bind(agent)
+    .bind(text)
+    .bind(embedding)
+    .bind(doc.length as i32)
+    .bind(
+        doc.counts
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        doc.counts
+            .iter()
+            .map(|&(_, n)| n as i32)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Every fixture query's answer from the SQL keyword functions alone (no
+/// copy): `engram_keyword_search`'s best `k`, and `engram_keyword_scores` of
+/// every current memory of the user's, as (id, score) lists.
+async fn sql_keyword_answers(
+    pool: &PgPool,
+    user: &str,
+    k: i32,
+) -> Vec<(Vec<(uuid::Uuid, f32)>, Vec<(uuid::Uuid, f32)>)> {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET engram.all_users = 'on'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM memories WHERE user_id = $1 AND valid_to IS NULL")
+            .bind(user)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    let mut answers = Vec::new();
+    for query in KEYWORD_QUERIES {
+        let terms = keywords::query_terms(query);
+        let hits: Vec<(uuid::Uuid, f32)> = sqlx::query_as(
+            "SELECT id, score FROM engram_keyword_search($1, NULL, NULL, NULL, $2, $3)",
+        )
+        .bind(user)
+        .bind(&terms)
+        .bind(k)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let scores: Vec<(uuid::Uuid, f32)> =
+            sqlx::query_as("SELECT id, score FROM engram_keyword_scores($1, $2, $3) ORDER BY id")
+                .bind(user)
+                .bind(&terms)
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        answers.push((hits, scores));
+    }
+    answers
+}
+
+/// The users with rows in keyword_terms, read on `conn`.
+async fn users_with_stored_counts(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar("SELECT DISTINCT user_id FROM keyword_terms ORDER BY 1")
+        .fetch_all(conn)
+        .await
+        .unwrap()
+}
+
+/// A store whose document frequencies were all kept in `keyword_terms`
+/// (the schema before 20280701000001) keeps only those of users with many
+/// memories after its migration: a small user's rows are gone, and the SQL
+/// keyword functions answer as they did from the stored counts, after a
+/// deletion that left the stored bounds wider than the postings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postings_of_the_previous_schema_get_their_frequencies() {
+async fn stored_term_counts_of_small_users_give_way_to_counts_at_search() {
+    let db = TestDatabase::create().await;
+    let pool = PgPool::connect(&db.owner_url).await.unwrap();
+    sqlx::migrate!("./migrations/postgres")
+        .run_to(20280601000001, &pool)
+        .await
+        .unwrap();
+    for (text, agent, _) in KEYWORD_FIXTURE {
+        insert_with_postings(&pool, "kw", agent, text).await;
+    }
+    for text in OTHER_USER {
+        insert_with_postings(&pool, "other", None, text).await;
+    }
+    // Past row-level security, as the operator.
+    let mut admin = pool.acquire().await.unwrap();
+    sqlx::query("SET engram.all_users = 'on'")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    // "Paints paints paints" held the other user's largest tf of "paint":
+    // its stored bound stays that wide after it goes.
+    let deleted = sqlx::query("DELETE FROM memories WHERE content = 'Paints paints paints'")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+    assert_eq!(users_with_stored_counts(&mut admin).await, ["kw", "other"]);
+    let before = [
+        sql_keyword_answers(&pool, "kw", 3).await,
+        sql_keyword_answers(&pool, "other", 3).await,
+    ];
+    assert!(
+        before[0].iter().any(|(hits, _)| hits.len() == 3),
+        "some query finds the search's k: {before:?}"
+    );
+
+    sqlx::migrate!("./migrations/postgres")
+        .run(&pool)
+        .await
+        .unwrap();
+    assert!(
+        users_with_stored_counts(&mut admin).await.is_empty(),
+        "two users of a few memories keep no counts"
+    );
+    let after = [
+        sql_keyword_answers(&pool, "kw", 3).await,
+        sql_keyword_answers(&pool, "other", 3).await,
+    ];
+    assert_eq!(after, before);
+
+    // A write after the migration is counted by the next search.
+    insert_with_postings(&pool, "kw", None, "Green tea again, green tea always").await;
+    let grown = sql_keyword_answers(&pool, "kw", 3).await;
+    assert_ne!(
+        grown[0],
+        after[0][0].clone(),
+        "\"green tea\" sees the new memory"
+    );
+    drop(admin);
+    pool.close().await;
+}
+
+/// The keyword search and scores are the same whether a user's document
+/// frequencies are kept by their writes or counted at search: the same
+/// memories, written into a store that keeps every user's counts and into
+/// one that keeps none, score alike (compared by text: ids differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_and_counted_term_frequencies_score_alike() {
+    let mut answers = Vec::new();
+    for from in ["1", "1000000"] {
+        let db = TestDatabase::create().await;
+        db.set_default("engram.term_counts_from", from).await;
+        let store = open(&db, PlanSettings::default()).await;
+        let mine = store_keyword_fixture(&store, "kw", "other").await;
+        // A memory changed and one deleted: counts moved both ways.
+        let text = "Coffee, coffee and oat milk every single day";
+        let embedding = HashEmbedder::new(DIMS).embed(text);
+        assert!(
+            store
+                .update("kw", mine[6].0, text, &embedding, "user")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        store.delete("kw", mine[1].0, None).await.unwrap();
+        let pool = db.pool().await;
+        assert_index_is_exact(&pool, &format!("counts kept from {from}")).await;
+        let keeping = users_keeping_term_counts(&pool).await;
+        if from == "1" {
+            assert_eq!(keeping, ["kw", "other"]);
+        } else {
+            assert!(keeping.is_empty(), "{keeping:?}");
+        }
+        let texts: std::collections::HashMap<uuid::Uuid, String> =
+            sqlx::query_as("SELECT id, content FROM memories")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let by_text = |list: &[(uuid::Uuid, f32)]| -> Vec<(String, f32)> {
+            let mut named: Vec<(String, f32)> = list
+                .iter()
+                .map(|(id, score)| (texts[id].clone(), *score))
+                .collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named
+        };
+        let mut mode = Vec::new();
+        for user in ["kw", "other"] {
+            for (hits, scores) in sql_keyword_answers(&pool, user, 100).await {
+                mode.push((by_text(&hits), by_text(&scores)));
+            }
+        }
+        answers.push(mode);
+        pool.close().await;
+    }
+    assert!(answers[0].iter().any(|(hits, _)| !hits.is_empty()));
+    assert_eq!(answers[0], answers[1]);
+}
+
+/// A store written by the build before keyword_terms opens at this schema
+/// (through keyword_terms and back to counts at search) without a keyword
+/// rebuild, and searches score as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_written_before_keyword_terms_open_without_a_rebuild() {
     let db = TestDatabase::create().await;
     let pool = PgPool::connect(&db.owner_url).await.unwrap();
     sqlx::migrate!("./migrations/postgres")
@@ -2333,38 +2572,7 @@ async fn postings_of_the_previous_schema_get_their_frequencies() {
         .unwrap();
     // The postings that build wrote, by hand.
     for (text, agent, _) in KEYWORD_FIXTURE {
-        let id = uuid::Uuid::now_v7();
-        let doc = keywords::document_terms(text);
-        let embedding = pgvector::Vector::from(HashEmbedder::new(DIMS).embed(text));
-        sqlx::query(
-            "WITH m AS (INSERT INTO memories (id, user_id, agent_id, content, content_hash, \
-                            embedding, created_at, updated_at, valid_from, keyword_length) \
-                        VALUES ($1, 'kw', $2, $3, sha256(convert_to($3, 'UTF8')), $4, now(), \
-                                now(), now(), $5) RETURNING id, keyword_length) \
-             INSERT INTO keyword_postings (user_id, term, memory_id, tf, length) \
-             SELECT 'kw', t.term, m.id, t.tf, m.keyword_length \
-             FROM m, unnest($6::text[], $7::integer[]) AS t (term, tf)",
-        )
-        .bind(id)
-        .bind(agent)
-        .bind(text)
-        .bind(embedding)
-        .bind(doc.length as i32)
-        .bind(
-            doc.counts
-                .iter()
-                .map(|(t, _)| t.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            doc.counts
-                .iter()
-                .map(|&(_, n)| n as i32)
-                .collect::<Vec<_>>(),
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        insert_with_postings(&pool, "kw", agent, text).await;
     }
     sqlx::query("INSERT INTO store_info (key, value) VALUES ('keyword_index', $1)")
         .bind(keywords::INDEX_VERSION)

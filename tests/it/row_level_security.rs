@@ -94,7 +94,16 @@ async fn alice_and_bob(db: &TestDatabase) -> PgStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unscoped_query_through_engrams_connection_sees_only_the_acting_user() {
     let db = TestDatabase::create().await;
+    // Every user's term counts kept, so that keyword_terms holds rows too:
+    // a user's counts start to be kept by a write that finds them at the
+    // line already, so Bob writes a second time.
+    db.set_default("engram.term_counts_from", "1").await;
     let store = alice_and_bob(&db).await;
+    let env = two_role_env(&db);
+    let client = connect_to(&db.app_url, &borrowed(&env)).await;
+    let text = json!({"user_id": "bob", "text": "Bob restores old radios"});
+    ok(&client, "remember", text).await;
+    client.cancel().await.unwrap();
     let mut admin = PgConnection::connect(&db.url).await.unwrap();
 
     // Every per-user table has the policy, forced, and holds both users' rows.

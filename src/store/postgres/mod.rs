@@ -15,8 +15,9 @@
 //!   distinct term of each current memory, keyed by (user, term, memory).
 //!   The terms are made here, in Rust, and written in the transaction that
 //!   makes a memory current or changes its text; triggers drop them when it
-//!   stops being current, keep each user's count and total length in
-//!   `memory_users` and each term's document frequency in `keyword_terms`.
+//!   stops being current and keep each user's count and total length in
+//!   `memory_users`. A term's document frequency is counted from its
+//!   postings by the SQL search that needs it, not kept by every write.
 //!   A store whose postings predate this build gets them at open
 //!   ([`PgStore::open`]). Recall reads them from an in-process copy of the
 //!   user's postings (`keyword_copy`) while the copy is of the user's

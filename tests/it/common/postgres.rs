@@ -105,6 +105,21 @@ impl TestDatabase {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.name))
     }
+
+    /// Sets `setting` to `value` for every later connection to the database
+    /// (`ALTER DATABASE ... SET`, as the superuser).
+    pub async fn set_default(&self, setting: &str, value: &str) {
+        let mut admin = PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.name));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {} SET {setting} = '{value}'",
+                self.name
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("cannot set {setting} on {}: {e}", self.name));
+    }
 }
 
 impl Drop for TestDatabase {
