@@ -2268,11 +2268,7 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
     // A database at the schema before keyword postings, with memories
     // written then (the old triggers ran), upgraded by opening it.
     let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.owner_url).await.unwrap();
-    sqlx::migrate!("./migrations/postgres")
-        .run_to(20261220000001, &pool)
-        .await
-        .unwrap();
+    let pool = owner_pool_at_schema(&db, 20261220000001).await;
     let mut mine = Vec::new();
     for (text, ..) in KEYWORD_FIXTURE {
         raw_insert(&pool, "kw", text).await.unwrap();
@@ -2332,6 +2328,17 @@ async fn a_store_without_this_builds_postings_gets_them_at_open() {
             .unwrap();
     assert_eq!(left, 0);
     pool.close().await;
+}
+
+/// A pool on `db` as its owner, with the migrations applied up to and
+/// including `version` (a store an earlier build left).
+async fn owner_pool_at_schema(db: &TestDatabase, version: i64) -> PgPool {
+    let pool = PgPool::connect(&db.owner_url).await.unwrap();
+    sqlx::migrate!("./migrations/postgres")
+        .run_to(version, &pool)
+        .await
+        .unwrap();
+    pool
 }
 
 /// A memory of `user`'s and its keyword postings, inserted by hand as a
@@ -2440,11 +2447,7 @@ async fn users_with_stored_counts(conn: &mut sqlx::PgConnection) -> Vec<String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_term_counts_of_small_users_give_way_to_counts_at_search() {
     let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.owner_url).await.unwrap();
-    sqlx::migrate!("./migrations/postgres")
-        .run_to(20280601000001, &pool)
-        .await
-        .unwrap();
+    let pool = owner_pool_at_schema(&db, 20280601000001).await;
     for (text, agent, _) in KEYWORD_FIXTURE {
         insert_with_postings(&pool, "kw", agent, text).await;
     }
@@ -2474,10 +2477,19 @@ async fn stored_term_counts_of_small_users_give_way_to_counts_at_search() {
         "some query finds the search's k: {before:?}"
     );
 
-    sqlx::migrate!("./migrations/postgres")
-        .run(&pool)
-        .await
-        .unwrap();
+    // Migrated as engram migrates, by opening the store (its setup
+    // connection acts for all users: the tables' row-level security binds
+    // their owner too); its keyword index marked current, so opening
+    // rebuilds no postings.
+    sqlx::query(
+        "INSERT INTO store_info (key, value) VALUES ('keyword_index', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(keywords::INDEX_VERSION)
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    drop(open(&db, PlanSettings::default()).await);
     assert!(
         users_with_stored_counts(&mut admin).await.is_empty(),
         "two users of a few memories keep no counts"
@@ -2565,11 +2577,7 @@ async fn kept_and_counted_term_frequencies_score_alike() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postings_written_before_keyword_terms_open_without_a_rebuild() {
     let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.owner_url).await.unwrap();
-    sqlx::migrate!("./migrations/postgres")
-        .run_to(20261230000001, &pool)
-        .await
-        .unwrap();
+    let pool = owner_pool_at_schema(&db, 20261230000001).await;
     // The postings that build wrote, by hand.
     for (text, agent, _) in KEYWORD_FIXTURE {
         insert_with_postings(&pool, "kw", agent, text).await;

@@ -16,8 +16,9 @@
 //!   The terms are made here, in Rust, and written in the transaction that
 //!   makes a memory current or changes its text; triggers drop them when it
 //!   stops being current and keep each user's count and total length in
-//!   `memory_users`. A term's document frequency is counted from its
-//!   postings by the SQL search that needs it, not kept by every write.
+//!   `memory_users`. A term's document frequency is kept in `keyword_terms`
+//!   for users of 10,000 memories or more (`memory_users.keeps_term_counts`)
+//!   and counted from the postings by the SQL search for the others.
 //!   A store whose postings predate this build gets them at open
 //!   ([`PgStore::open`]). Recall reads them from an in-process copy of the
 //!   user's postings (`keyword_copy`) while the copy is of the user's
