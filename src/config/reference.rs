@@ -444,12 +444,12 @@ pub const SETTINGS: &[Setting] = {
         Setting {
             variable: "OTEL_EXPORTER_OTLP_HEADERS",
             default: Described("none"),
-            meaning: "headers sent with every export (`key=value,...`, e.g. the collector's token); ms per export",
+            meaning: "headers sent with every export (`key=value,...`, e.g. the collector's token)",
         },
         Setting {
             variable: "OTEL_EXPORTER_OTLP_TIMEOUT",
             default: Value("10000"),
-            meaning: "headers sent with every export (`key=value,...`, e.g. the collector's token); ms per export",
+            meaning: "ms an export may take before it is given up (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` for traces alone)",
         },
         Setting {
             variable: "OTEL_SERVICE_NAME",
@@ -463,8 +463,8 @@ pub const SETTINGS: &[Setting] = {
         },
         Setting {
             variable: "OTEL_TRACES_SAMPLER_ARG",
-            default: Value("parentbased_always_on"),
-            meaning: "which traces are kept, e.g. `parentbased_traceidratio` with `0.1`",
+            default: Unset,
+            meaning: "the sampler's argument: for `traceidratio` and `parentbased_traceidratio`, the share of traces kept (`0.1`: one in ten)",
         },
         Setting {
             variable: "ENGRAM_TRACE_CONTENT",
